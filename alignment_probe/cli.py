@@ -1,0 +1,121 @@
+"""``alignment-probe`` command line: argument parsing and printing only; the work lives elsewhere.
+
+Exit codes: 0 success, 2 bad input (the message says what to fix), 1 internal error (a bug;
+``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+from alignment_probe.errors import EXIT_INTERNAL, EXIT_OK, AlignmentProbeError
+
+
+def _add_model_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", help="base model: hub name or local HF checkpoint directory (default: bundled organism)")
+    p.add_argument("--tuned", help="tuned model: hub name or local HF checkpoint directory (default: bundled organism)")
+    p.add_argument("--data", help="preference pairs: JSONL(.gz) file or dataset-hub name (default: bundled pairs)")
+    p.add_argument("--data-dir", default=None, help="data_dir for a hub dataset, e.g. harmless-base")
+    p.add_argument("--split", default="test", help="split of a hub dataset (default: test)")
+    p.add_argument("--n-pairs", type=int, default=None, help="number of pairs, sampled with --seed (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and statistics (default: 0)")
+    p.add_argument("--max-length", type=int, default=512, help="max tokens per sequence; prompts are cut from the left")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignment-probe", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    score = sub.add_parser("score", help="score preference pairs with base and tuned: Δlogp and gain per pair")
+    _add_model_data_args(score)
+    score.add_argument("--out", required=True, help="output table, .csv or .parquet")
+
+    organism = sub.add_parser("organism", help="the bundled model organisms")
+    org_sub = organism.add_subparsers(dest="organism_command", required=True)
+    build = org_sub.add_parser("build", help="rebuild the organisms deterministically from a seed")
+    build.add_argument("--out", default="data", help="output folder (default: data)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--size", choices=["full", "small"], default="full", help="small: a seconds-long CI build")
+    return parser
+
+
+def resolve_defaults(args: argparse.Namespace) -> None:
+    """Fill in the bundled organisms and pairs where no model or data was given."""
+    if args.base is None or args.tuned is None or args.data is None:
+        from alignment_probe.organisms import bundled_pair_paths, bundled_pairs_path
+
+        base, tuned = bundled_pair_paths()
+        args.base = args.base or str(base)
+        args.tuned = args.tuned or str(tuned)
+        args.data = args.data or str(bundled_pairs_path())
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from alignment_probe.data import load_pairs
+    from alignment_probe.manifest import build_manifest, write_json_atomic
+    from alignment_probe.pair import load_pair
+    from alignment_probe.scoring import score_pairs, summarize_scores
+    from alignment_probe.tables import check_table_path, write_table
+    from alignment_probe.tokens import sample_and_tokenize, truncation_stats
+
+    resolve_defaults(args)
+    out = check_table_path(args.out)
+    # Read and validate the data before loading any model: bad input fails in a second.
+    pairs, report = load_pairs(args.data, data_dir=args.data_dir, split=args.split)
+    pair = load_pair(args.base, args.tuned, device=args.device, dtype=args.dtype)
+    tokenized = sample_and_tokenize(pairs, pair.tokenizer, n_pairs=args.n_pairs, seed=args.seed,
+                                    max_length=args.max_length, report=report)
+    print(f"data: {report.summary()}; scoring {len(tokenized)} pairs", file=sys.stderr)
+    table = score_pairs(pair, tokenized, batch_size=args.batch_size, progress=True)
+    write_table(table, out)
+    config = {k: v for k, v in vars(args).items() if k not in ("debug",)}
+    manifest = build_manifest("score", config, models=pair.describe(),
+                              data={"source": str(args.data), "skips": report.to_dict(), **truncation_stats(tokenized)})
+    write_json_atomic(out.with_name(out.name + ".manifest.json"), manifest)
+    summary = summarize_scores(table)
+    print(f"wrote {out} ({summary['n_pairs']} pairs): mean Δlogp base {summary['base_delta_logp_mean']:+.3f}, "
+          f"tuned {summary['tuned_delta_logp_mean']:+.3f}, gain {summary['gain_mean']:+.3f}")
+    return EXIT_OK
+
+
+def cmd_organism(args: argparse.Namespace) -> int:
+    from alignment_probe.organisms.build import build_organisms
+
+    result = build_organisms(Path(args.out), seed=args.seed, size=args.size, progress=True)
+    print(f"built organisms in {args.out}: {result}")
+    return EXIT_OK
+
+
+COMMANDS = {"score": cmd_score, "organism": cmd_organism}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return COMMANDS[args.command](args)
+    except AlignmentProbeError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"alignment-probe: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("alignment-probe: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # an internal error: a bug, not bad input
+        traceback.print_exc()
+        print("alignment-probe: internal error (a bug); please report it with the traceback above.", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Load a base model and its tuned twin as two TransformerLens ``HookedTransformer``s.
+
+Cross-model patching copies an activation computed by one model into the forward pass of the
+other. That is only meaningful when both residual streams live in the same basis, so both models
+are loaded *the same way*: by default with no weight processing at all (no LayerNorm folding, no
+centring). For Llama-family models TransformerLens's processing would leave the residual stream in
+the raw Hugging Face basis anyway, but it costs memory and changes logits by a per-position
+constant; unprocessed loading is the simple, always-sound choice (see docs/method.md).
+
+Two loading routes:
+
+* a **hub name** TransformerLens knows (``meta-llama/Llama-3.2-1B``, ``Qwen/Qwen2.5-0.5B``,
+  ``EleutherAI/pythia-160m``...): ``HookedTransformer.from_pretrained_no_processing``;
+* a **local Hugging Face checkpoint directory** (config.json + weights + tokenizer files), fully
+  offline, for any architecture family TransformerLens converts (Llama family first), even when
+  TransformerLens has no official name for the checkpoint.
+
+Before any compute, :func:`check_compatible` refuses pairs that differ in architecture, size or
+tokenizer behaviour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer
+
+from alignment_probe.errors import CheckpointError, IncompatiblePairError
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# A probe string that exercises spaces, punctuation, digits, newlines and the HH turn markers.
+TOKENIZER_PROBE = "\n\nHuman: Can you help me, please? It's 3:45pm.\n\nAssistant: Sure — here's how."
+
+# What a local checkpoint directory must hold (at least one file of each group).
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+@dataclass
+class LoadedModel:
+    """One loaded model plus what is needed to tell it apart from others."""
+
+    model: HookedTransformer
+    tokenizer: Any
+    source: str  # the hub name or the resolved local path it was loaded from
+    fingerprint: str = field(default="")
+
+
+@dataclass
+class ModelPair:
+    """The ``base`` model and its ``tuned`` twin, checked compatible, sharing one tokenizer."""
+
+    base: HookedTransformer
+    tuned: HookedTransformer
+    tokenizer: Any
+    base_source: str
+    tuned_source: str
+    base_fingerprint: str
+    tuned_fingerprint: str
+
+    @property
+    def n_layers(self) -> int:
+        return self.base.cfg.n_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.base.cfg.d_model
+
+    def models(self) -> dict[str, HookedTransformer]:
+        return {"base": self.base, "tuned": self.tuned}
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able record of what was loaded, for manifests."""
+        cfg = self.base.cfg
+        return {
+            "base": {"source": self.base_source, "fingerprint": self.base_fingerprint},
+            "tuned": {"source": self.tuned_source, "fingerprint": self.tuned_fingerprint},
+            "architecture": cfg.original_architecture,
+            "n_layers": cfg.n_layers,
+            "d_model": cfg.d_model,
+            "n_heads": cfg.n_heads,
+            "n_key_value_heads": cfg.n_key_value_heads,
+            "d_mlp": cfg.d_mlp,
+            "d_vocab": cfg.d_vocab,
+            "dtype": str(cfg.dtype).replace("torch.", ""),
+            "device": str(cfg.device),
+        }
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"Unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}.") from None
+
+
+def resolve_device(device: str | None) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu.")
+    return device
+
+
+def is_local_checkpoint(spec: str | os.PathLike[str]) -> bool:
+    """A spec is a local checkpoint if the path exists or it does not look like a hub name.
+
+    Hub names are ``owner/name`` (or a bare TransformerLens alias such as ``gpt2``); anything
+    starting with ``.``, ``/`` or ``~`` or holding more than one ``/`` is a path, so a mistyped
+    local path gets a "does not exist" error instead of a hub download attempt.
+    """
+    s = str(spec)
+    if Path(s).expanduser().exists():
+        return True
+    return s.startswith((".", "/", "~")) or s.count("/") > 1 or s.endswith("/")
+
+
+def check_checkpoint_dir(path: Path) -> None:
+    """Refuse, with the fix, a local checkpoint directory that cannot be loaded."""
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint directory {path} does not exist. Pass a Hugging Face checkpoint "
+                              "directory (config.json + weights + tokenizer files) or a hub model name.")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file, not a checkpoint directory: pass the folder that holds config.json.")
+    missing = []
+    if not (path / "config.json").exists():
+        missing.append("config.json")
+    if not any((path / f).exists() for f in _WEIGHT_FILES):
+        missing.append("weights (model.safetensors or pytorch_model.bin)")
+    if not any((path / f).exists() for f in _TOKENIZER_FILES):
+        missing.append("tokenizer files (tokenizer.json)")
+    if missing:
+        raise CheckpointError(f"Checkpoint directory {path} is missing {', '.join(missing)}. Save the model with "
+                              "model.save_pretrained(dir) and tokenizer.save_pretrained(dir) into the same folder.")
+
+
+def _name_safe_path(path: Path) -> Path:
+    """TransformerLens guesses the architecture from any path containing "llama" and then ignores
+    the checkpoint's config. Reach such a directory through a neutrally named symlink instead."""
+    if "llama" not in str(path).lower():
+        return path
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    link = Path(tempfile.gettempdir()) / f"alignment-probe-ckpt-{digest}"
+    if link.is_symlink() and link.resolve() != path:
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(path, target_is_directory=True)
+    return link
+
+
+def load_local_model(path: str | os.PathLike[str], *, device: str = "cpu", dtype: str | torch.dtype = "float32") -> LoadedModel:
+    """Load a local Hugging Face checkpoint directory as an unprocessed ``HookedTransformer``.
+
+    Builds the TransformerLens config from the checkpoint's own config.json (never from a
+    built-in table), converts the Hugging Face weights, and loads them with every processing
+    flag off, so logits equal the Hugging Face model's.
+    """
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    real = Path(path).expanduser().resolve()
+    check_checkpoint_dir(real)
+    torch_dtype = resolve_dtype(dtype)
+    safe = str(_name_safe_path(real))
+    tokenizer = AutoTokenizer.from_pretrained(safe)
+    hf_model = AutoModelForCausalLM.from_pretrained(safe, dtype=torch_dtype)
+    try:
+        cfg = loading.get_pretrained_model_config(
+            safe, hf_cfg=hf_model.config.to_dict(), fold_ln=False, device=device, dtype=torch_dtype
+        )
+    except (NotImplementedError, ValueError, KeyError) as exc:
+        arch = getattr(hf_model.config, "architectures", None)
+        raise CheckpointError(f"TransformerLens cannot convert the architecture {arch} of {real}: {exc}. "
+                              "Use a family TransformerLens supports (Llama, Qwen2, Mistral, Gemma, GPT-2, GPT-NeoX...).") from exc
+    state_dict = loading.get_pretrained_state_dict(safe, cfg, hf_model, dtype=torch_dtype)
+    del hf_model
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
+        fold_value_biases=False, refactor_factored_attn_matrices=False,
+    )
+    model.to(device)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, source=str(real), fingerprint=model_fingerprint(model))
+
+
+def load_hub_model(name: str, *, device: str = "cpu", dtype: str | torch.dtype = "float32") -> LoadedModel:
+    """Load a model TransformerLens knows by name (downloads from the hub; not possible offline)."""
+    model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=resolve_dtype(dtype))
+    model.eval()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model.cfg.tokenizer_name)
+    return LoadedModel(model=model, tokenizer=tokenizer, source=name, fingerprint=model_fingerprint(model))
+
+
+def load_model(spec: str | os.PathLike[str], *, device: str | None = "cpu", dtype: str | torch.dtype = "float32") -> LoadedModel:
+    """Load one model from a local checkpoint directory or a hub name."""
+    device = resolve_device(device)
+    if is_local_checkpoint(spec):
+        return load_local_model(spec, device=device, dtype=dtype)
+    return load_hub_model(str(spec), device=device, dtype=dtype)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over parameter names, shapes, dtypes and bytes: two loads of the same weights agree."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]
+
+
+_CFG_FIELDS = ("original_architecture", "n_layers", "d_model", "n_heads", "n_key_value_heads", "d_head",
+               "d_mlp", "d_vocab", "normalization_type", "positional_embedding_type", "act_fn")
+
+
+def check_compatible(base: LoadedModel, tuned: LoadedModel) -> None:
+    """Refuse a pair whose activations cannot be swapped: different architecture, size or tokenizer."""
+    problems = []
+    for name in _CFG_FIELDS:
+        b, t = getattr(base.model.cfg, name, None), getattr(tuned.model.cfg, name, None)
+        if b != t:
+            problems.append(f"{name}: base={b!r} tuned={t!r}")
+    tb, tt = base.tokenizer, tuned.tokenizer
+    if len(tb) != len(tt):
+        problems.append(f"tokenizer vocabulary size: base={len(tb)} tuned={len(tt)}")
+    if tb.bos_token_id != tt.bos_token_id:
+        problems.append(f"BOS token id: base={tb.bos_token_id} tuned={tt.bos_token_id}")
+    eb = tb.encode(TOKENIZER_PROBE, add_special_tokens=False)
+    et = tt.encode(TOKENIZER_PROBE, add_special_tokens=False)
+    if eb != et:
+        problems.append(f"tokenizers split the probe string {TOKENIZER_PROBE!r} differently "
+                        f"({len(eb)} vs {len(et)} tokens)")
+    if problems:
+        raise IncompatiblePairError(
+            f"Base {base.source} and tuned {tuned.source} are not a compatible pair, so their activations "
+            "cannot be patched into each other:\n  - " + "\n  - ".join(problems)
+            + "\nPass a base model and a checkpoint fine-tuned from it (same architecture, size and tokenizer)."
+        )
+
+
+def load_pair(base: str | os.PathLike[str], tuned: str | os.PathLike[str], *, device: str | None = "cpu",
+              dtype: str | torch.dtype = "float32") -> ModelPair:
+    """Load ``base`` and ``tuned`` with identical (no) weight processing and check they are compatible."""
+    b = load_model(base, device=device, dtype=dtype)
+    t = load_model(tuned, device=device, dtype=dtype)
+    check_compatible(b, t)
+    return ModelPair(base=b.model, tuned=t.model, tokenizer=b.tokenizer, base_source=b.source,
+                     tuned_source=t.source, base_fingerprint=b.fingerprint, tuned_fingerprint=t.fingerprint)

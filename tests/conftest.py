@@ -1,0 +1,66 @@
+"""Shared fixtures: small Llama-family checkpoints built offline, once per test session."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from alignment_probe.checkpoints import llama_config, perturbed_copy, random_llama, save_checkpoint, train_tokenizer  # noqa: E402
+from alignment_probe.data import load_pairs  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+HH_HARMLESS = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+HH_HELPFUL = SHARED / "data" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
+
+
+@dataclass
+class TinyCheckpoints:
+    base: Path
+    tuned: Path
+    deeper: Path  # same tokenizer, one more layer: an incompatible twin
+    other_tokenizer: Path  # same shape, a tokenizer trained on different text
+
+
+def _corpus(n: int = 400) -> list[str]:
+    if HH_HARMLESS.exists():
+        pairs, _ = load_pairs(HH_HARMLESS)
+        return [p.prompt + p.chosen for p in pairs[:n]] + [p.prompt + p.rejected for p in pairs[:n]]
+    return [f"\n\nHuman: question {i}?\n\nAssistant: answer {i}." for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoints:
+    root = tmp_path_factory.mktemp("ckpts")
+    tokenizer = train_tokenizer(_corpus(), vocab_size=512)
+    base = random_llama(llama_config(tokenizer), seed=0)
+    tuned = perturbed_copy(base, seed=1, scale=0.2)
+    deeper = random_llama(llama_config(tokenizer, num_hidden_layers=5), seed=2)
+    other_tok = train_tokenizer([s[::-1] for s in _corpus(200)], vocab_size=512)
+    other = random_llama(llama_config(other_tok), seed=3)
+    return TinyCheckpoints(
+        base=save_checkpoint(base, tokenizer, root / "base"),
+        tuned=save_checkpoint(tuned, tokenizer, root / "tuned"),
+        deeper=save_checkpoint(deeper, tokenizer, root / "deeper"),
+        other_tokenizer=save_checkpoint(other, other_tok, root / "other-tok"),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny: TinyCheckpoints):
+    from alignment_probe.pair import load_pair
+
+    return load_pair(tiny.base, tiny.tuned, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def hh_pairs():
+    if not HH_HARMLESS.exists():
+        pytest.skip(f"shared data not found at {HH_HARMLESS}")
+    return load_pairs(HH_HARMLESS)
