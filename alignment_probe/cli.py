@@ -39,6 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data_args(score)
     score.add_argument("--out", required=True, help="output table, .csv or .parquet")
 
+    run = sub.add_parser("run", help="run the paper's experiment suite and write a run directory with a report")
+    _add_model_data_args(run)
+    run.set_defaults(n_pairs=80, batch_size=32)
+    run.add_argument("--experiments", default="all",
+                     help="comma-separated experiment names (default: all); see the README for the names")
+    run.add_argument("--hook", default="resid_post", help="hook point the experiments patch (default: resid_post)")
+    run.add_argument("--scope", default="all", help="positions patched: all, prompt, completion, last_prompt")
+    run.add_argument("--extra-hooks", default="", help="E1 also at these hook points, e.g. mlp_out,attn_out")
+    run.add_argument("--extra-scopes", default="", help="E1 also with these scopes, e.g. last_prompt,completion")
+    run.add_argument("--alpha-layers", default=None, help="layers for the α sweep (default: all)")
+    run.add_argument("--lowrank-layers", default=None, help="layers for low rank (default: E1's peak layer)")
+    run.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for every CI")
+    run.add_argument("--engine", choices=["fast", "reference"], default="fast",
+                     help="fast (default) or reference (one run_with_hooks per pair, layer and sequence)")
+    run.add_argument("--force", action="store_true", help="overwrite a run directory made with another config")
+    run.add_argument("--out", required=True, help="run directory to write")
+
     organism = sub.add_parser("organism", help="the bundled model organisms")
     org_sub = organism.add_subparsers(dest="organism_command", required=True)
     build = org_sub.add_parser("build", help="rebuild the organisms deterministically from a seed")
@@ -87,6 +104,39 @@ def cmd_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _list(text: str | None, cast=str) -> tuple | None:
+    if text is None:
+        return None
+    return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from alignment_probe.effects import EXPERIMENT_NAMES
+    from alignment_probe.experiments.suite import SuiteConfig
+    from alignment_probe.run import RunRequest, execute
+
+    resolve_defaults(args)
+    experiments = EXPERIMENT_NAMES if args.experiments == "all" else _list(args.experiments)
+    suite = SuiteConfig(experiments=experiments, hook=args.hook, scope=args.scope,
+                        extra_hooks=_list(args.extra_hooks) or (), extra_scopes=_list(args.extra_scopes) or (),
+                        alpha_layers=_list(args.alpha_layers, int), lowrank_layers=_list(args.lowrank_layers, int),
+                        seed=args.seed, n_boot=args.n_boot)
+    req = RunRequest(base=args.base, tuned=args.tuned, data=args.data, out=Path(args.out), suite=suite,
+                     n_pairs=args.n_pairs, max_length=args.max_length, data_dir=args.data_dir, split=args.split,
+                     device=args.device, dtype=args.dtype, engine=args.engine, batch_size=args.batch_size,
+                     force=args.force)
+    result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr))
+    s = result.summary
+    print(f"wrote {args.out}/ ({s['n_pairs']} pairs, {s['n_layers']} layers): gain {s['gain_mean']:+.3f} "
+          f"[{s['gain_ci'][0]:+.3f}, {s['gain_ci'][1]:+.3f}]")
+    e1 = s["experiments"].get("patch_tuned_to_base")
+    if e1:
+        print(f"tuned→base patching: peak layer {e1['peak_layer']} {e1['peak_layer_ci']}, "
+              f"onset layer {e1['onset_layer']} {e1['onset_layer_ci']}")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return EXIT_OK
+
+
 def cmd_organism(args: argparse.Namespace) -> int:
     from alignment_probe.organisms.build import build_organisms
 
@@ -95,7 +145,7 @@ def cmd_organism(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"score": cmd_score, "organism": cmd_organism}
+COMMANDS = {"score": cmd_score, "run": cmd_run, "organism": cmd_organism}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,13 +7,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens's patching loops print a bar per call
 
 from alignment_probe.checkpoints import llama_config, perturbed_copy, random_llama, save_checkpoint, train_tokenizer  # noqa: E402
 from alignment_probe.data import load_pairs  # noqa: E402
+
+# The test models are tiny: one thread is faster than two, and far faster on a loaded machine.
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 HH_HARMLESS = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"

@@ -1,0 +1,83 @@
+"""The tidy effects table: the one result type every experiment returns and every figure,
+statistic and report reads.
+
+One row per (experiment, condition, hook, scope, layer, pair). It keeps the raw numbers the effect
+came from, so any summary can be recomputed from the table alone:
+
+==================  ===========================================================================
+column              meaning
+==================  ===========================================================================
+experiment          name, e.g. ``patch_tuned_to_base``, ``identity``, ``alpha``, ``lowrank_difference``
+target, source      which model is run (``base``/``tuned``) and where patched activations come from
+hook                hook point inside block ``layer``: ``resid_pre``, ``resid_mid``, ``resid_post``,
+                    ``attn_out`` or ``mlp_out`` (the full name is ``blocks.{layer}.hook_{hook}``)
+scope               positions patched: ``all``, ``prompt``, ``completion``, ``last_prompt``
+sides               sequences patched: ``both``, ``chosen`` or ``rejected``
+layer               block index
+param               the experiment's extra axis (α, k, scale), NaN when it has none
+split               ``all``, or ``fit`` / ``heldout`` for quantities fitted on half the pairs
+pair_id             the pair's 0-based line in the data file
+clean_logp_chosen   target's own log p(y+|x) (unpatched) — and the same for rejected
+clean_delta_logp    target's own Δlogp
+patched_logp_*      log-probs with the patch applied
+patched_delta_logp  Δlogp with the patch applied
+effect              patched_delta_logp − clean_delta_logp
+==================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+KEY_COLUMNS = ["experiment", "target", "source", "hook", "scope", "sides", "layer", "param", "split", "pair_id"]
+VALUE_COLUMNS = ["clean_logp_chosen", "clean_logp_rejected", "clean_delta_logp",
+                 "patched_logp_chosen", "patched_logp_rejected", "patched_delta_logp", "effect"]
+COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
+
+EXPERIMENT_NAMES = (
+    "patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction", "alpha",
+    "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected", "vector_contrast",
+    "lowrank_reconstruct", "lowrank_difference", "lasso",
+)
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """Identifies one group of rows (all pairs) of the effects table."""
+
+    experiment: str
+    target: str
+    source: str
+    hook: str
+    scope: str
+    sides: str
+    layer: int
+    param: float = math.nan
+    split: str = "all"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in KEY_COLUMNS if k != "pair_id"}
+
+
+def make_row(key: RowKey, pair_id: int, clean: tuple[float, float], patched: tuple[float, float]) -> dict[str, Any]:
+    clean_delta = clean[0] - clean[1]
+    patched_delta = patched[0] - patched[1]
+    return key.as_dict() | {
+        "pair_id": pair_id,
+        "clean_logp_chosen": clean[0], "clean_logp_rejected": clean[1], "clean_delta_logp": clean_delta,
+        "patched_logp_chosen": patched[0], "patched_logp_rejected": patched[1],
+        "patched_delta_logp": patched_delta, "effect": patched_delta - clean_delta,
+    }
+
+
+def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows → the effects table with canonical column order, types and a stable row order."""
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    frame["layer"] = frame["layer"].astype("int64")
+    frame["pair_id"] = frame["pair_id"].astype("int64")
+    frame["param"] = frame["param"].astype("float64")
+    return frame.sort_values(KEY_COLUMNS, kind="stable", na_position="first").reset_index(drop=True)

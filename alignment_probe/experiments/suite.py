@@ -1,0 +1,227 @@
+"""The whole paper, end to end: score, patch (E1, E3, E4, E5), low rank (E6), LASSO (E2), statistics.
+
+:func:`run_suite` is the one place that decides the order: per-layer patching first (one engine
+call for every per-layer condition, so they share batches), then the low-rank analysis at the
+layer(s) E1 points to, then the LASSO on cached activations. It returns the tidy effects table,
+the per-pair scores and a JSON-able summary; run.py writes them to disk and report/ draws them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from alignment_probe import stats
+from alignment_probe.effects import EXPERIMENT_NAMES
+from alignment_probe.engine.spec import HOOKS, Engine, PatchSpec
+from alignment_probe.errors import ConfigError
+from alignment_probe.experiments.alpha import DEFAULT_ALPHAS, alpha_specs
+from alignment_probe.experiments.controls import control_specs
+from alignment_probe.experiments.lowrank import (DEFAULT_KS, MODES, fit_for_mode, full_patch_specs, ks_for,
+                                                 lowrank_specs, stacked_activations)
+from alignment_probe.experiments.patching import DIRECTIONS, patching_specs
+from alignment_probe.experiments.sources import PER_SEQUENCE, VECTORS, source_specs
+from alignment_probe.interventions import SCOPES
+from alignment_probe.pair import ModelPair
+from alignment_probe.scoring import score_pairs
+from alignment_probe.tokens import TokenizedPair
+
+PER_LAYER = ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction",
+             "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected", "vector_contrast")
+
+
+@dataclass
+class SuiteConfig:
+    """Every knob of the suite. Defaults follow docs/method.md; the manifest records all of them."""
+
+    experiments: tuple[str, ...] = EXPERIMENT_NAMES
+    hook: str = "resid_post"  # the default hook point every experiment reports on
+    scope: str = "all"  # the default position scope
+    extra_hooks: tuple[str, ...] = ()  # E1 tuned→base also at these hook points
+    extra_scopes: tuple[str, ...] = ()  # ... and these position scopes
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    alpha_layers: tuple[int, ...] | None = None  # None: every layer
+    vector_scale: float = 1.0
+    lowrank_ks: tuple[int, ...] = DEFAULT_KS
+    lowrank_layers: tuple[int, ...] | None = None  # None: the peak layer of E1
+    lowrank_centre: bool = True
+    lowrank_exclude_bos: bool = True
+    lasso_position: str = "last_prompt"
+    seed: int = 0
+    n_boot: int = 2000
+
+    def validate(self, n_layers: int) -> None:
+        unknown = [e for e in self.experiments if e not in EXPERIMENT_NAMES]
+        if unknown:
+            raise ConfigError(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(EXPERIMENT_NAMES)}.")
+        for h in (self.hook, *self.extra_hooks):
+            if h not in HOOKS:
+                raise ConfigError(f"unknown hook point {h!r}; choose from {', '.join(HOOKS)}.")
+        for s in (self.scope, *self.extra_scopes):
+            if s not in SCOPES:
+                raise ConfigError(f"unknown position scope {s!r}; choose from {', '.join(SCOPES)}.")
+        for layer in (*(self.alpha_layers or ()), *(self.lowrank_layers or ())):
+            if not 0 <= layer < n_layers:
+                raise ConfigError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SuiteResult:
+    scores: pd.DataFrame
+    effects: pd.DataFrame
+    summary: dict[str, Any]
+    lasso: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def per_layer_specs(cfg: SuiteConfig, n_layers: int) -> list[PatchSpec]:
+    """Every condition that sweeps layers, for one shared engine call."""
+    wanted = set(cfg.experiments)
+    if wanted & set(MODES):
+        wanted.add("patch_tuned_to_base")  # low rank needs E1's peak layer
+    specs = patching_specs(n_layers, hooks=(cfg.hook, *cfg.extra_hooks), scopes=(cfg.scope, *cfg.extra_scopes),
+                           experiments=[e for e in DIRECTIONS if e in wanted])
+    specs += control_specs(n_layers, experiments=sorted(wanted), seed=cfg.seed, hook=cfg.hook, scope=cfg.scope)
+    specs += source_specs(n_layers, experiments=[e for e in (*PER_SEQUENCE, *VECTORS) if e in wanted], hook=cfg.hook,
+                          scope=cfg.scope, vector_scale=cfg.vector_scale)
+    if "alpha" in wanted:
+        layers = cfg.alpha_layers if cfg.alpha_layers is not None else range(n_layers)
+        specs += alpha_specs(layers, alphas=cfg.alphas, hook=cfg.hook, scope=cfg.scope)
+    return specs
+
+
+def default_rows(effects: pd.DataFrame, experiment: str, cfg: SuiteConfig) -> pd.DataFrame:
+    rows = effects[(effects.experiment == experiment) & (effects.hook == cfg.hook) & (effects.split == "all")]
+    if experiment.startswith("vector_"):
+        return rows[rows.scope == "completion"]
+    return rows[rows.scope == cfg.scope]
+
+
+def summarize_alpha(effects: pd.DataFrame, cfg: SuiteConfig) -> dict[str, Any]:
+    rows = default_rows(effects, "alpha", cfg)
+    alphas = sorted(rows.param.unique().tolist())
+    by_alpha = {repr(a): stats.per_layer_summary(rows[rows.param == a], seed=cfg.seed, n_boot=cfg.n_boot) for a in alphas}
+    reference = 1.0 if 1.0 in alphas else max(alphas)
+    out = stats.summarize_experiment(rows[rows.param == reference], seed=cfg.seed, n_boot=cfg.n_boot)
+    rho = {}
+    for layer in sorted(rows.layer.unique()):
+        means = [float(rows[(rows.param == a) & (rows.layer == layer)].effect.mean()) for a in alphas]
+        rho[int(layer)] = stats.spearman_monotonicity(alphas, means)
+    return out | {"alphas": alphas, "per_layer_alpha": reference, "by_alpha": by_alpha, "spearman_rho": rho}
+
+
+def ratio_of_means(num: np.ndarray, den: np.ndarray, *, seed: int, n_boot: int) -> tuple[float, float, float]:
+    """mean(num) / mean(den) with a paired percentile bootstrap over pairs."""
+    point = float(num.mean() / den.mean()) if den.mean() != 0 else math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(num), size=(n_boot, len(num)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boots = num[idx].mean(1) / den[idx].mean(1)
+    boots = boots[np.isfinite(boots)]
+    if len(boots) == 0:
+        return point, math.nan, math.nan
+    return point, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def run_lowrank(pair: ModelPair, tokenized: Sequence[TokenizedPair], engine: Engine, cfg: SuiteConfig,
+                layers: Sequence[int], *, progress: bool) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """E6 at ``layers``: fit on all pairs and on the fit half, patch, and compute effect ratios."""
+    modes = [m for m in MODES if m in cfg.experiments]
+    scope = "all_but_bos" if cfg.lowrank_exclude_bos and cfg.scope == "all" else cfg.scope
+    ks = ks_for(pair.d_model, cfg.lowrank_ks)
+    ids = [t.pair_id for t in tokenized]
+    fit_ids, heldout_ids = stats.split_halves(ids, seed=cfg.seed)
+    fit_tok = [t for t in tokenized if t.pair_id in set(fit_ids)]
+    specs: list[PatchSpec] = full_patch_specs(layers, hook=cfg.hook, scope=scope)
+    variance: dict[tuple[str, int, int], float] = {}
+    for layer in layers:
+        acts_all = stacked_activations(pair, tokenized, layer=layer, hook=cfg.hook, exclude_bos=cfg.lowrank_exclude_bos)
+        acts_fit = stacked_activations(pair, fit_tok, layer=layer, hook=cfg.hook, exclude_bos=cfg.lowrank_exclude_bos)
+        for name in modes:
+            sub_all = fit_for_mode(MODES[name], acts_all, centre=cfg.lowrank_centre)
+            sub_fit = fit_for_mode(MODES[name], acts_fit, centre=cfg.lowrank_centre)
+            specs += lowrank_specs(name, sub_all, layer=layer, ks=ks, hook=cfg.hook, scope=scope)
+            specs += lowrank_specs(name, sub_fit, layer=layer, ks=ks, hook=cfg.hook, scope=scope, split="heldout",
+                                   pair_ids=frozenset(heldout_ids))
+            for k in ks:
+                variance[(name, layer, k)] = sub_all.variance_explained(k)
+    effects = engine.run(pair, tokenized, specs, progress=progress)
+    full = effects[effects.experiment == "lowrank_full"]
+    out: dict[str, Any] = {}
+    for name in modes:
+        rows, by_k = effects[effects.experiment == name], []
+        for layer in layers:
+            den = full[full.layer == layer].set_index("pair_id").effect
+            for k in ks:
+                sel = rows[(rows.layer == layer) & (rows.param == k)]
+                num_all = sel[sel.split == "all"].set_index("pair_id").effect.reindex(den.index)
+                num_held = sel[sel.split == "heldout"].set_index("pair_id").effect
+                r, lo, hi = ratio_of_means(num_all.to_numpy(), den.to_numpy(), seed=cfg.seed, n_boot=cfg.n_boot)
+                hr, hlo, hhi = ratio_of_means(num_held.to_numpy(), den.reindex(num_held.index).to_numpy(),
+                                              seed=cfg.seed, n_boot=cfg.n_boot)
+                by_k.append({"layer": int(layer), "k": int(k), "effect_mean": float(num_all.mean()),
+                             "full_effect_mean": float(den.mean()), "effect_ratio": r, "effect_ratio_ci": [lo, hi],
+                             "heldout_effect_ratio": hr, "heldout_effect_ratio_ci": [hlo, hhi],
+                             "variance_explained": variance[(name, layer, k)]})
+        k_ref = 4 if 4 in ks else ks[0]
+        per_layer_rows = rows[(rows.split == "all") & (rows.param == k_ref)]
+        summary = stats.summarize_experiment(per_layer_rows, seed=cfg.seed, n_boot=cfg.n_boot) if len(layers) > 1 else {
+            "per_layer": stats.per_layer_summary(per_layer_rows, seed=cfg.seed, n_boot=cfg.n_boot)}
+        out[name] = summary | {"layers": [int(x) for x in layers], "ks": ks, "per_layer_k": k_ref, "by_k": by_k,
+                               "scope": scope, "centre": cfg.lowrank_centre, "fit_pairs": len(fit_ids),
+                               "heldout_pairs": len(heldout_ids)}
+    return effects, out
+
+
+def gain_summary(scores: pd.DataFrame, cfg: SuiteConfig) -> dict[str, Any]:
+    mean, lo, hi = stats.bootstrap_mean_ci(scores.gain.to_numpy(), seed=cfg.seed, n_boot=cfg.n_boot)
+    pt_mean, pt_lo, pt_hi = stats.bootstrap_mean_ci(scores.gain_per_token.to_numpy(), seed=cfg.seed, n_boot=cfg.n_boot)
+    return {"n_pairs": int(len(scores)), "base_delta_logp_mean": float(scores.base_delta_logp.mean()),
+            "tuned_delta_logp_mean": float(scores.tuned_delta_logp.mean()), "gain_mean": mean, "gain_ci": [lo, hi],
+            "gain_per_token_mean": pt_mean, "gain_per_token_ci": [pt_lo, pt_hi]}
+
+
+def run_suite(pair: ModelPair, tokenized: Sequence[TokenizedPair], engine: Engine, cfg: SuiteConfig | None = None, *,
+              progress: bool = False, log: Callable[[str], None] = lambda s: None) -> SuiteResult:
+    """Run the chosen experiments on a loaded pair and tokenised pairs."""
+    cfg = cfg or SuiteConfig()
+    cfg.validate(pair.n_layers)
+    log(f"scoring {len(tokenized)} pairs with base and tuned")
+    scores = score_pairs(pair, tokenized, progress=progress)
+    summary: dict[str, Any] = {"n_layers": pair.n_layers} | gain_summary(scores, cfg) | {"experiments": {}}
+    specs = per_layer_specs(cfg, pair.n_layers)
+    tables = []
+    if specs:
+        log(f"patching: {len(specs)} per-layer conditions × {len(tokenized)} pairs ({engine.name} engine)")
+        effects = engine.run(pair, tokenized, specs, progress=progress)
+        tables.append(effects)
+        for name in PER_LAYER:
+            if name in cfg.experiments:
+                summary["experiments"][name] = stats.summarize_experiment(default_rows(effects, name, cfg),
+                                                                          seed=cfg.seed, n_boot=cfg.n_boot)
+        if "alpha" in cfg.experiments:
+            summary["experiments"]["alpha"] = summarize_alpha(effects, cfg)
+    if set(MODES) & set(cfg.experiments):
+        e1 = summary["experiments"].get("patch_tuned_to_base") or stats.summarize_experiment(
+            default_rows(tables[0], "patch_tuned_to_base", cfg), seed=cfg.seed, n_boot=cfg.n_boot)
+        layers = list(cfg.lowrank_layers) if cfg.lowrank_layers is not None else [e1["peak_layer"]]
+        log(f"low rank at layer(s) {layers}")
+        lr_effects, lr_summary = run_lowrank(pair, tokenized, engine, cfg, layers, progress=progress)
+        tables.append(lr_effects)
+        summary["experiments"].update(lr_summary)
+    lasso = None
+    if "lasso" in cfg.experiments:
+        from alignment_probe.experiments.lasso import run_lasso
+
+        log("LASSO on per-layer activation distances")
+        lasso = run_lasso(pair, tokenized, target=scores.gain.to_numpy(), seed=cfg.seed)
+        summary["experiments"]["lasso"] = lasso
+    effects = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    return SuiteResult(scores=scores, effects=effects, summary=summary, lasso=lasso)

@@ -1,0 +1,187 @@
+"""What a patch does to one activation: pure functions of cached tensors.
+
+Every intervention answers one question: *given the target model's own activation at a hook point
+and the source model's activation at the same hook point on the same tokens, what should the
+target see instead?* Both activations are ``[pos, d_model]`` for one sequence. The engine then
+writes the answer only at the positions in scope and runs the rest of the target model.
+
+==================  ===============================================================  =========
+intervention        new activation                                                   method.md
+==================  ===============================================================  =========
+Replace             h_src                                                            E1, E3, E5
+Interpolate(α)      h_tgt + α (h_src − h_tgt)   (α > 1 extrapolates)                 E4
+GaussianNoise       noise with h_src's per-position mean and norm                    E3 (a)
+RandomDirection     h_tgt + ‖h_src − h_tgt‖ · random unit vector                     E3 (b)
+AddVector(kind)     h_tgt + scale · v, v from the source's completion tokens          E5
+Project(V_k)        reconstruct: (h_src − μ) V_k V_kᵀ + μ; difference: h_tgt + P_k Δ  E6
+==================  ===============================================================  =========
+
+Random interventions draw from a generator seeded by (seed, pair, side, layer), so every engine
+and every batch order draws the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+Act = Float[Tensor, "pos d_model"]
+
+
+@dataclass
+class SequenceContext:
+    """What an intervention may look at for one sequence of one pair, at one hook point."""
+
+    pair_id: int
+    side: str  # "chosen" or "rejected"
+    layer: int
+    target: Act
+    source: Act
+    prompt_len: int  # positions [0, prompt_len) are BOS + prompt
+    length: int  # real tokens; completion is [prompt_len, length)
+    # Source activations of both sequences of the pair (for vectors built from the other run).
+    source_by_side: dict[str, Act] = field(default_factory=dict)
+    prompt_len_by_side: dict[str, int] = field(default_factory=dict)
+    length_by_side: dict[str, int] = field(default_factory=dict)
+
+
+class Intervention(Protocol):
+    def __call__(self, ctx: SequenceContext) -> Act: ...
+
+
+def _generator(seed: int, ctx: SequenceContext) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}|{ctx.pair_id}|{ctx.side}|{ctx.layer}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def _randn_like(x: Tensor, gen: torch.Generator) -> Tensor:
+    return torch.randn(x.shape, generator=gen, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+
+
+@dataclass(frozen=True)
+class Replace:
+    """Activation patching proper: the target sees the source's activation."""
+
+    def __call__(self, ctx: SequenceContext) -> Act:
+        return ctx.source
+
+
+@dataclass(frozen=True)
+class Interpolate:
+    """Dose-response: move a fraction α of the way from the target's activation to the source's."""
+
+    alpha: float
+
+    def __call__(self, ctx: SequenceContext) -> Act:
+        return ctx.target + self.alpha * (ctx.source - ctx.target)
+
+
+@dataclass(frozen=True)
+class GaussianNoise:
+    """Control (a): Gaussian noise with the same per-position mean and norm as the source activation,
+    so only the *information* is removed, not the scale."""
+
+    seed: int = 0
+
+    def __call__(self, ctx: SequenceContext) -> Act:
+        src = ctx.source.float()
+        mean = src.mean(-1, keepdim=True)
+        z = _randn_like(src, _generator(self.seed, ctx)).float()
+        z = z - z.mean(-1, keepdim=True)
+        z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return (mean + z * (src - mean).norm(dim=-1, keepdim=True)).to(ctx.source.dtype)
+
+
+@dataclass(frozen=True)
+class RandomDirection:
+    """Control (b): shift the target by as much as tuning did, but in a random direction."""
+
+    seed: int = 0
+
+    def __call__(self, ctx: SequenceContext) -> Act:
+        shift = (ctx.source - ctx.target).float()
+        u = _randn_like(shift, _generator(self.seed, ctx)).float()
+        u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return (ctx.target.float() + u * shift.norm(dim=-1, keepdim=True)).to(ctx.target.dtype)
+
+
+def completion_mean(ctx: SequenceContext, side: str) -> Float[Tensor, " d_model"]:
+    """Mean source activation over the completion tokens of one run of the pair."""
+    act = ctx.source_by_side[side]
+    return act[ctx.prompt_len_by_side[side]: ctx.length_by_side[side]].mean(0)
+
+
+@dataclass(frozen=True)
+class AddVector:
+    """Source-vector variants (E5): add v+ (``chosen``), v- (``rejected``) or v± = v+ − v-
+    (``contrast``), built from the source model's completion tokens of this pair, times ``scale``."""
+
+    kind: str
+    scale: float = 1.0
+
+    def __call__(self, ctx: SequenceContext) -> Act:
+        if self.kind == "chosen":
+            v = completion_mean(ctx, "chosen")
+        elif self.kind == "rejected":
+            v = completion_mean(ctx, "rejected")
+        elif self.kind == "contrast":
+            v = completion_mean(ctx, "chosen") - completion_mean(ctx, "rejected")
+        else:
+            raise ValueError(f"unknown vector kind {self.kind!r}")
+        return ctx.target + self.scale * v
+
+
+@dataclass(frozen=True, eq=False)
+class Project:
+    """Low-rank patching (E6) with an orthonormal basis ``basis`` [d_model, k] fitted elsewhere.
+
+    * ``reconstruct``: the target sees the rank-k reconstruction of the source activation,
+      ``(h_src − μ) V Vᵀ + μ`` (μ = the centre subtracted before the SVD, or 0).
+    * ``difference``: the target moves by the part of (h_src − h_tgt) inside the subspace.
+    """
+
+    mode: str
+    basis: Tensor
+    centre: Tensor | None = None
+
+    def __call__(self, ctx: SequenceContext) -> Act:
+        v = self.basis.to(ctx.source.device, ctx.source.dtype)
+        if self.mode == "reconstruct":
+            mu = torch.zeros_like(ctx.source[0]) if self.centre is None else self.centre.to(ctx.source)
+            return (ctx.source - mu) @ v @ v.T + mu
+        if self.mode == "difference":
+            return ctx.target + (ctx.source - ctx.target) @ v @ v.T
+        raise ValueError(f"unknown low-rank mode {self.mode!r}")
+
+
+SCOPES = ("all", "prompt", "completion", "last_prompt", "all_but_bos")
+
+
+def scope_mask(scope: str, prompt_len: int, length: int, width: int) -> torch.Tensor:
+    """Boolean mask over ``width`` positions of the positions a patch writes to."""
+    mask = torch.zeros(width, dtype=torch.bool)
+    if scope == "all":
+        mask[:length] = True
+    elif scope == "all_but_bos":
+        mask[1:length] = True
+    elif scope == "prompt":
+        mask[:prompt_len] = True
+    elif scope == "completion":
+        mask[prompt_len:length] = True
+    elif scope == "last_prompt":
+        mask[prompt_len - 1] = True
+    else:
+        raise ValueError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
+    return mask
+
+
+def apply_in_scope(intervention: Intervention, ctx: SequenceContext, scope: str) -> Act:
+    """The target's activation with the intervention written only at the positions in scope."""
+    new = intervention(ctx)
+    mask = scope_mask(scope, ctx.prompt_len, ctx.length, ctx.target.shape[0]).to(ctx.target.device)
+    return torch.where(mask[:, None], new.to(ctx.target.dtype), ctx.target)

@@ -1,0 +1,136 @@
+"""The patching engines: exact identities, known answers, TransformerLens's own patching, and the
+fast engine against the reference engine on every experiment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformer_lens import patching as tl_patching
+
+from alignment_probe.checkpoints import llama_config, perturbed_copy, random_llama, save_checkpoint, train_tokenizer
+from alignment_probe.effects import EXPERIMENT_NAMES
+from alignment_probe.engine import FastEngine, ReferenceEngine
+from alignment_probe.experiments.lowrank import fit_for_mode, lowrank_specs, stacked_activations
+from alignment_probe.experiments.patching import layer_sweep
+from alignment_probe.experiments.suite import SuiteConfig, per_layer_specs
+from alignment_probe.pair import load_pair
+from alignment_probe.tokens import sample_and_tokenize
+
+from conftest import _corpus
+
+
+@pytest.fixture(scope="module")
+def tokenized(hh_pairs, tiny_pair):
+    pairs, _ = hh_pairs
+    return sample_and_tokenize(pairs, tiny_pair.tokenizer, n_pairs=3, seed=11, max_length=80)
+
+
+def _suite_specs(pair, tokenized):
+    cfg = SuiteConfig(experiments=EXPERIMENT_NAMES, alphas=(0.5, 1.5), extra_hooks=("resid_pre", "resid_mid",
+                      "attn_out", "mlp_out"), extra_scopes=("last_prompt",))
+    specs = per_layer_specs(cfg, pair.n_layers)
+    acts = stacked_activations(pair, tokenized, layer=2)
+    for name, mode in (("lowrank_reconstruct", "reconstruct"), ("lowrank_difference", "difference")):
+        specs += lowrank_specs(name, fit_for_mode(mode, acts, centre=True), layer=2, ks=(1, 4, 64), hook="resid_post",
+                               scope="all_but_bos")
+    return specs
+
+
+def test_fast_engine_equals_reference_on_every_experiment(tiny_pair, tokenized):
+    tokenized = tokenized[:2]
+    specs = _suite_specs(tiny_pair, tokenized)
+    experiments = {s.key.experiment for s in specs}
+    assert experiments >= set(EXPERIMENT_NAMES) - {"lasso"}
+    ref = ReferenceEngine().run(tiny_pair, tokenized, specs)
+    fast = FastEngine(batch_size=7, memory_budget_gb=0.0001).run(tiny_pair, tokenized, specs)  # tiny budget: 1 pair/chunk
+    assert len(ref) == len(fast) == len(specs) * len(tokenized)
+    keys = ["experiment", "hook", "scope", "sides", "layer", "param", "split", "pair_id"]
+    pd.testing.assert_frame_equal(ref[keys], fast[keys])
+    for col in ("clean_delta_logp", "patched_logp_chosen", "patched_logp_rejected", "effect"):
+        assert np.abs(ref[col].to_numpy() - fast[col].to_numpy()).max() <= 1e-4, col
+    # Not a vacuous comparison: the conditions do move Δlogp.
+    assert fast[fast.experiment == "patch_tuned_to_base"].effect.abs().max() > 1e-3
+
+
+def test_identity_patch_is_exactly_zero(tiny_pair, tokenized):
+    specs = layer_sweep("identity", target="base", source="base", layers=range(tiny_pair.n_layers),
+                        hooks=("resid_pre", "resid_post", "mlp_out", "attn_out", "resid_mid"))
+    for engine in (FastEngine(batch_size=5), ReferenceEngine()):
+        effects = engine.run(tiny_pair, tokenized, specs)
+        assert (effects.effect == 0.0).all(), engine.name
+
+
+def test_per_sequence_effects_add_up(tiny_pair, tokenized):
+    specs = [s for s in per_layer_specs(SuiteConfig(experiments=("patch_tuned_to_base", "source_chosen_only",
+                                                                  "source_rejected_only")), tiny_pair.n_layers)]
+    e = FastEngine().run(tiny_pair, tokenized, specs).set_index(["experiment", "layer", "pair_id"]).effect
+    both, chosen, rejected = e["patch_tuned_to_base"], e["source_chosen_only"], e["source_rejected_only"]
+    np.testing.assert_allclose((chosen + rejected).to_numpy(), both.to_numpy(), atol=1e-9, rtol=0)
+
+
+def test_matches_transformer_lens_patching_utilities(tiny_pair, tokenized):
+    """E1 tuned→base equals TransformerLens's own `patching` functions applied across models."""
+    base, tuned = tiny_pair.base, tiny_pair.tuned
+    specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=range(base.cfg.n_layers),
+                        hooks=("resid_pre",), scopes=("all", "last_prompt"))
+    ours = FastEngine().run(tiny_pair, tokenized, specs).set_index(["scope", "layer", "pair_id"])
+    for t in tokenized:
+        deltas_all, deltas_last, clean = {}, {}, {}
+        for side in ("chosen", "rejected"):
+            seq = t.sequence(side)
+            tokens = torch.tensor([list(seq.prompt_ids) + list(seq.completion_ids)])
+            start = seq.completion_start
+
+            def metric(logits, tokens=tokens, start=start):
+                logp = logits[0].double().log_softmax(-1)  # float64 sum, as our scoring does
+                return sum(logp[p - 1, tokens[0, p]] for p in range(start, tokens.shape[1]))
+
+            _, src_cache = tuned.run_with_cache(tokens)
+            clean[side] = metric(base(tokens)).item()
+            # All positions at once, per layer: the generic patcher with a whole-activation setter.
+            deltas_all[side] = tl_patching.generic_activation_patch(
+                base, tokens, src_cache, metric, lambda corrupted, index, clean_act: clean_act, "resid_pre",
+                index_axis_names=("layer",))
+            # One position, every layer: TransformerLens's own (layer, pos) patch setter at the last prompt token.
+            index_df = pd.DataFrame({"layer": range(base.cfg.n_layers), "pos": start - 1})
+            deltas_last[side] = tl_patching.generic_activation_patch(
+                base, tokens, src_cache, metric, tl_patching.layer_pos_patch_setter, "resid_pre", index_df=index_df)
+        clean_delta = clean["chosen"] - clean["rejected"]
+        for layer in range(base.cfg.n_layers):
+            tl_all = (deltas_all["chosen"][layer] - deltas_all["rejected"][layer]).item() - clean_delta
+            tl_last = (deltas_last["chosen"][layer] - deltas_last["rejected"][layer]).item() - clean_delta
+            assert abs(ours.loc[("all", layer, t.pair_id), "effect"] - tl_all) <= 1e-4
+            assert abs(ours.loc[("last_prompt", layer, t.pair_id), "effect"] - tl_last) <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A base and a twin that differs from it only in the MLP of layer 2: the answer is known."""
+    root = tmp_path_factory.mktemp("planted")
+    tok = train_tokenizer(_corpus(200), vocab_size=400)
+    base = random_llama(llama_config(tok, num_hidden_layers=5), seed=5)
+    twin = perturbed_copy(base, seed=6, scale=0.5, only="layers.2.mlp")
+    return load_pair(save_checkpoint(base, tok, root / "base"), save_checkpoint(twin, tok, root / "twin"))
+
+
+def test_known_answer_on_a_planted_twin(planted, hh_pairs):
+    pairs, _ = hh_pairs
+    tokenized = sample_and_tokenize(pairs, planted.tokenizer, n_pairs=4, seed=2, max_length=64)
+    specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=range(5),
+                        hooks=("resid_post", "mlp_out"))
+    e = FastEngine().run(planted, tokenized, specs).set_index(["hook", "layer", "pair_id"]).effect
+    from alignment_probe.scoring import score_pairs
+
+    gain = score_pairs(planted, tokenized).set_index("pair_id").gain
+    assert gain.abs().max() > 1e-3
+    for layer in range(5):
+        mlp = e.xs(("mlp_out", layer), level=["hook", "layer"])
+        resid = e.xs(("resid_post", layer), level=["hook", "layer"])
+        if layer < 2:  # nothing differs before the planted layer
+            assert (resid == 0).all() and (mlp == 0).all()
+        elif layer == 2:  # the planted MLP's output carries the whole gain
+            np.testing.assert_allclose(mlp.to_numpy(), gain.loc[mlp.index].to_numpy(), atol=1e-4)
+        if layer >= 2:  # from the planted layer on, the residual stream carries the whole gain
+            np.testing.assert_allclose(resid.to_numpy(), gain.loc[resid.index].to_numpy(), atol=1e-4)

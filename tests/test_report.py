@@ -1,0 +1,393 @@
+"""Figures and the HTML report, on synthetic summaries with known answers (no model is run)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+from plotly.offline import get_plotlyjs
+
+from alignment_probe.effects import EXPERIMENT_NAMES, RowKey, make_row, to_frame
+from alignment_probe.report import figures as F
+from alignment_probe.report import html as H
+from alignment_probe.report import (
+    MissingExperimentError,
+    all_figures,
+    alpha_dose_response,
+    controls,
+    directionality,
+    findings,
+    gain_histogram,
+    lasso_coefficients,
+    layer_curve,
+    lowrank,
+    render_report,
+    save_static,
+    source_variants,
+    write_report,
+)
+
+N_LAYERS = 7
+PEAK = 3  # relative depth 3/6 = 0.5: mid-stack, like the paper's 8/15
+MALICIOUS = "<script>alert(1)</script>"
+
+
+def per_layer(values, half_width=0.1):
+    return [{"layer": i, "mean": v, "ci_low": v - half_width, "ci_high": v + half_width} for i, v in enumerate(values)]
+
+
+def layer_experiment(values, peak=None, onset=None, half_width=0.1):
+    peak = int(np.argmax(values)) if peak is None else peak
+    return {"per_layer": per_layer(values, half_width), "peak_layer": peak, "peak_layer_ci": [peak - 1, peak + 1],
+            "onset_layer": max(peak - 1, 0) if onset is None else onset, "onset_layer_ci": [0, peak]}
+
+
+def make_summary(peak: int = PEAK, n_layers: int = N_LAYERS) -> dict:
+    bump = [2.0 * math.exp(-((i - peak) ** 2)) for i in range(n_layers)]
+    alphas = [0.0, 0.25, 0.5, 1.0, 1.5]
+    ks = [1, 2, 4, 8, 16]
+    return {
+        "n_pairs": 40, "n_layers": n_layers, "base_delta_logp_mean": -0.5, "tuned_delta_logp_mean": 1.5,
+        "gain_mean": 2.0, "gain_ci": [1.8, 2.2],
+        "experiments": {
+            "patch_tuned_to_base": layer_experiment(bump, peak=peak),
+            "patch_base_to_tuned": layer_experiment([-0.1 * b for b in bump]),
+            "identity": layer_experiment([0.0] * n_layers, half_width=0.0),
+            "random_noise": layer_experiment([-0.05] * n_layers),
+            "random_direction": layer_experiment([0.01] * n_layers),
+            "source_chosen_only": layer_experiment([0.6 * b for b in bump]),
+            "source_rejected_only": layer_experiment([0.4 * b for b in bump]),
+            "vector_chosen": layer_experiment([0.5 * b for b in bump]),
+            "vector_rejected": layer_experiment([-0.3 * b for b in bump]),
+            "vector_contrast": layer_experiment([0.8 * b for b in bump]),
+            "alpha": {"alphas": alphas, "by_alpha": {str(a): per_layer([a * b for b in bump]) for a in alphas},
+                      "spearman_rho": {str(i): 1.0 for i in range(n_layers)}},
+            "lowrank_reconstruct": {"layers": [peak], "by_k": [
+                {"layer": peak, "k": k, "effect_ratio": min(0.99, 0.25 * k), "effect_ratio_ci": [0.2 * k, 0.3 * k],
+                 "variance_explained": k / 30, "heldout_effect_ratio": min(0.97, 0.24 * k)} for k in ks]},
+            "lowrank_difference": {"layers": [1, peak], "by_k": [
+                {"layer": layer, "k": k, "effect_ratio": 0.5, "effect_ratio_ci": [0.4, 0.6],
+                 "variance_explained": 0.3, "heldout_effect_ratio": 0.45} for layer in (1, peak) for k in ks]},
+            "lasso": {"coefficients": [0.0] * peak + [-0.18] + [0.0] * (n_layers - peak - 1), "alpha_": 0.01,
+                      "selection_frequency": [0.1] * peak + [0.95] + [0.05] * (n_layers - peak - 1),
+                      "probe_r2": [0.1] * n_layers, "nonzero_layers": [peak]},
+        },
+    }
+
+
+def make_manifest(base_name: str = "org/base-model") -> dict:
+    return {
+        "command": "run", "config": {"seed": 7, "scope": "all"}, "created": "2026-01-02T03:04:05+00:00",
+        "models": {"base": {"source": base_name, "fingerprint": "0123456789abcdef" * 4},
+                   "tuned": {"source": "org/tuned-model", "fingerprint": "fedcba9876543210" * 4},
+                   "architecture": "LlamaForCausalLM", "n_layers": N_LAYERS},
+        "versions": {"python": "3.11", "torch": "2.13.0"},
+    }
+
+
+def make_scores(n: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    base = rng.normal(-0.5, 1, n)
+    tuned = base + rng.normal(2, 0.5, n)
+    return pd.DataFrame({"pair_id": range(n), "base_delta_logp": base, "tuned_delta_logp": tuned,
+                         "gain": tuned - base})
+
+
+def identity_effects(offset: float = 0.0) -> pd.DataFrame:
+    rows = []
+    for layer in range(N_LAYERS):
+        key = RowKey("identity", "base", "base", "resid_post", "all", "both", layer)
+        for pair in range(5):
+            clean = (-1.0 - pair, -2.0)
+            rows.append(make_row(key, pair, clean, (clean[0] + offset, clean[1])))
+    return to_frame(rows)
+
+
+def names(fig: go.Figure) -> list[str]:
+    return [t.name for t in fig.data]
+
+
+def trace(fig: go.Figure, name: str):
+    hits = [t for t in fig.data if t.name == name]
+    assert hits, f"no trace {name!r} in {names(fig)}"
+    return hits[0]
+
+
+def without(summary: dict, *drop: str) -> dict:
+    out = json.loads(json.dumps(summary))
+    for name in drop:
+        out["experiments"].pop(name, None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def summary() -> dict:
+    return make_summary()
+
+
+# ------------------------------------------------------------------------------------------- figures
+
+
+def test_layer_curve_has_band_mean_and_markers(summary):
+    fig = layer_curve(summary)
+    assert isinstance(fig, go.Figure)
+    label = F.LABELS["patch_tuned_to_base"]
+    mean = trace(fig, label)
+    assert list(mean.x) == list(range(N_LAYERS))
+    band = trace(fig, f"{label} (95% CI)")
+    assert band.fill == "toself"
+    assert set(band.x) == set(range(N_LAYERS)) and len(band.x) == 2 * N_LAYERS
+    peak = trace(fig, f"{label} peak")
+    assert list(peak.x) == [PEAK] and peak.y[0] == pytest.approx(2.0)
+    assert list(peak.error_x.arrayminus) == [1] and list(peak.error_x.array) == [1]
+    assert list(trace(fig, f"{label} onset").x) == [PEAK - 1]
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.tickformat == "d"
+    assert "nats" in fig.layout.yaxis.title.text
+    assert fig.layout.title.text
+    assert any(s.line.dash == "dash" and s.y0 == 0 for s in fig.layout.shapes)  # zero line
+    assert "nats" in mean.hovertemplate
+
+
+def test_layer_curve_several_experiments_and_partial_missing(summary):
+    fig = layer_curve(summary, experiments=("patch_tuned_to_base", "vector_contrast", "nonexistent"))
+    assert F.LABELS["vector_contrast"] in names(fig)
+    assert any("not run: nonexistent" in a.text for a in fig.layout.annotations)
+    with pytest.raises(MissingExperimentError, match="patch_tuned_to_base"):
+        layer_curve(without(summary, "patch_tuned_to_base"))
+
+
+def test_band_skipped_when_ci_missing(summary):
+    s = without(summary)
+    for row in s["experiments"]["patch_tuned_to_base"]["per_layer"]:
+        row["ci_low"] = row["ci_high"] = None
+    fig = layer_curve(s)
+    assert F.LABELS["patch_tuned_to_base"] in names(fig)
+    assert not any(n.endswith("(95% CI)") for n in names(fig))
+
+
+def test_directionality_and_controls(summary):
+    fig = directionality(summary)
+    assert {F.LABELS["patch_tuned_to_base"], F.LABELS["patch_base_to_tuned"]} <= set(names(fig))
+    fig = controls(summary)
+    for name in ("patch_tuned_to_base", "identity", "random_noise", "random_direction"):
+        assert F.LABELS[name] in names(fig)
+    only_identity = without(summary, "random_noise", "random_direction")
+    fig = controls(only_identity)
+    assert F.LABELS["identity"] in names(fig)
+    assert any("random_noise" in a.text for a in fig.layout.annotations)
+    with pytest.raises(MissingExperimentError):
+        controls(without(summary, "identity", "random_noise", "random_direction"))
+
+
+def test_alpha_dose_response(summary):
+    fig = alpha_dose_response(summary)
+    line = trace(fig, f"layer {PEAK} (ρ = +1.00)")
+    assert list(line.x) == [0.0, 0.25, 0.5, 1.0, 1.5]
+    assert line.y[3] == pytest.approx(2.0)
+    assert f"layer {PEAK} (ρ = +1.00) (95% CI)" in names(fig)
+    assert fig.layout.xaxis.title.text.startswith("α")
+    with pytest.raises(MissingExperimentError):
+        alpha_dose_response(without(summary, "alpha"))
+
+
+def test_source_variants(summary):
+    fig = source_variants(summary)
+    for name in ("source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected", "vector_contrast"):
+        assert F.LABELS[name] in names(fig)
+    total = trace(fig, "chosen-only + rejected-only")
+    both = trace(fig, "both (= tuned → base)")
+    np.testing.assert_allclose(total.y, both.y)  # the synthetic decomposition adds up
+    only_vectors = without(summary, "source_chosen_only", "source_rejected_only")
+    fig = source_variants(only_vectors)
+    assert F.LABELS["vector_contrast"] in names(fig) and F.LABELS["source_chosen_only"] not in names(fig)
+    assert any("source_chosen_only" in a.text for a in fig.layout.annotations)
+    with pytest.raises(MissingExperimentError):
+        source_variants(without(only_vectors, "vector_chosen", "vector_rejected", "vector_contrast"))
+
+
+def test_lowrank(summary):
+    fig = lowrank(summary)
+    ratio = trace(fig, f"reconstruct, layer {PEAK}")
+    assert list(ratio.x) == [1, 2, 4, 8, 16]
+    assert f"reconstruct, layer {PEAK} (95% CI)" in names(fig)
+    assert f"reconstruct, layer {PEAK} (held-out)" in names(fig)
+    assert f"reconstruct, layer {PEAK}: variance explained" in names(fig)
+    assert "difference, layer 1" in names(fig)
+    assert fig.layout.xaxis.type == "log" and "4" in fig.layout.xaxis.ticktext
+    fig = lowrank(without(summary, "lowrank_difference"))
+    assert not any(n.startswith("difference") for n in names(fig))
+    with pytest.raises(MissingExperimentError):
+        lowrank(without(summary, "lowrank_difference", "lowrank_reconstruct"))
+
+
+def test_lasso_coefficients(summary):
+    fig = lasso_coefficients(summary)
+    bars = trace(fig, "LASSO coefficient")
+    assert isinstance(bars, go.Bar) and list(bars.x) == list(range(N_LAYERS))
+    assert bars.y[PEAK] == pytest.approx(-0.18)
+    assert trace(fig, "selection frequency").yaxis == "y2"
+    assert "probe R² (CV)" in names(fig)
+    with pytest.raises(MissingExperimentError):
+        lasso_coefficients(without(summary, "lasso"))
+
+
+def test_gain_histogram():
+    scores = make_scores()
+    fig = gain_histogram(scores)
+    assert isinstance(fig.data[0], go.Histogram) and len(fig.data[0].x) == len(scores)
+    fig = gain_histogram(scores.drop(columns="gain"))  # computed from the two Δlogp columns
+    np.testing.assert_allclose(fig.data[0].x, scores["gain"])
+    with pytest.raises(MissingExperimentError):
+        gain_histogram(None)
+
+
+def test_all_figures_skips_what_was_not_run(summary):
+    figs = all_figures(summary, scores=make_scores())
+    assert list(figs) == list(F.FIGURES)
+    assert all(isinstance(f, go.Figure) for f in figs.values())
+    small = without(summary, *(n for n in summary["experiments"] if n not in ("identity", "lasso")))
+    figs, skipped = F.build_figures(small)
+    assert list(figs) == ["controls", "lasso_coefficients"]
+    assert "gain_histogram" in skipped and "alpha" in skipped["alpha_dose_response"]
+    assert all_figures({"n_pairs": 3, "experiments": {}}) == {}
+
+
+def test_save_static_explains_missing_browser(summary, tmp_path, monkeypatch):
+    fig = layer_curve(summary)
+    with pytest.raises(ValueError, match="format"):
+        save_static(fig, tmp_path / "x.bmp")
+
+    def no_chrome(*args, **kwargs):
+        raise RuntimeError("Kaleido requires Google Chrome to be installed.")
+
+    monkeypatch.setattr(go.Figure, "write_image", no_chrome)
+    with pytest.raises(RuntimeError, match="chromium"):
+        save_static(fig, tmp_path / "x.png")
+
+
+# ------------------------------------------------------------------------------------------- verdicts
+
+
+def verdicts(summary, effects=None) -> dict[str, str]:
+    return {f.key: f.verdict for f in findings(summary, effects)}
+
+
+def test_verdicts_agree_on_paper_like_results(summary):
+    v = verdicts(summary, identity_effects(0.0))
+    assert v == {"peak": "agrees", "lasso": "agrees", "lowrank:reconstruct": "agrees",
+                 "lowrank:difference": "differs", "identity": "agrees", "reverse": "agrees"}
+
+
+def test_verdicts_differ_on_contrary_results():
+    s = make_summary(peak=N_LAYERS - 1)  # curve rises to the last layer: relative depth 1.0
+    s["experiments"]["lasso"]["coefficients"][1] = 0.3
+    s["experiments"]["lasso"]["nonzero_layers"] = [1, PEAK]
+    for row in s["experiments"]["lowrank_reconstruct"]["by_k"]:
+        row["effect_ratio"] = 0.4
+    s["experiments"]["identity"] = layer_experiment([0.0, 0.02, 0.0, 0.0, 0.0, 0.0, 0.0], half_width=0.0)
+    s["experiments"]["patch_base_to_tuned"] = layer_experiment([-1.8] * N_LAYERS)
+    v = verdicts(s)
+    assert v["peak"] == v["lasso"] == v["lowrank:reconstruct"] == v["identity"] == v["reverse"] == "differs"
+    peak = next(f for f in findings(s) if f.key == "peak")
+    assert "relative depth 1" in peak.ours
+
+
+def test_verdict_rule_details(summary):
+    # one LASSO layer, but not mid-stack
+    s = without(summary)
+    s["experiments"]["lasso"]["nonzero_layers"] = [0]
+    assert verdicts(s)["lasso"] == "differs"
+    # nonzero layers derived from coefficients when the summary lacks the list
+    s = without(summary)
+    del s["experiments"]["lasso"]["nonzero_layers"]
+    assert verdicts(s)["lasso"] == "agrees"
+    # held-out ratio outside the band breaks agreement
+    s = without(summary)
+    for row in s["experiments"]["lowrank_reconstruct"]["by_k"]:
+        row["heldout_effect_ratio"] = 0.5
+    assert verdicts(s)["lowrank:reconstruct"] == "differs"
+    # k = 4 not evaluated → not run
+    s = without(summary)
+    s["experiments"]["lowrank_reconstruct"]["by_k"] = [r for r in s["experiments"]["lowrank_reconstruct"]["by_k"]
+                                                      if r["k"] != 4]
+    assert verdicts(s)["lowrank:reconstruct"] == "not run"
+    # identity judged on per-pair rows when the effects table is given
+    assert verdicts(summary, identity_effects(1e-3))["identity"] == "differs"
+    assert verdicts(summary, identity_effects(0.0))["identity"] == "agrees"
+    # reverse falls back to the gain when tuned → base is missing: 0.2 / 2.0 = 0.1
+    assert verdicts(without(summary, "patch_tuned_to_base"))["reverse"] == "agrees"
+    # relative depth is layer / (n_layers − 1)
+    assert H.relative_depth(8, 16) == pytest.approx(8 / 15)
+
+
+def test_verdicts_not_run_when_absent():
+    v = verdicts({"n_pairs": 1, "experiments": {}})
+    assert set(v.values()) == {"not run"}
+    assert set(v) == {"peak", "lasso", "lowrank:reconstruct", "identity", "reverse"}
+
+
+# ------------------------------------------------------------------------------------------- HTML
+
+
+@pytest.fixture(scope="module")
+def report(summary) -> str:
+    return render_report(summary, make_manifest(MALICIOUS), scores=make_scores(), effects=identity_effects())
+
+
+def test_report_is_self_contained(report):
+    assert report.count(get_plotlyjs()) == 1
+    assert report.count("plotly.js v") == 1
+    assert '<script src="http' not in report and "<script src=" not in report
+    rest = report.replace(get_plotlyjs(), "")  # plotly.js itself names a topojson CDN for geo maps only
+    assert "http://" not in rest and "https://" not in rest
+
+
+def test_report_contains_every_figure_and_sections(report):
+    for name in F.FIGURES:
+        assert f'id="fig-{name}"' in report
+    for text in ("Findings vs the paper", "Experiments not run", "docs/method.md", "relative depth",
+                 "org/tuned-model", "0123456789ab", "2026-01-02", "torch 2.13.0", "+2 nats", "[1.8, 2.2]"):
+        assert text in report, text
+    assert ">7<" in report  # the seed
+    assert "Every experiment was run." in report
+
+
+def test_report_escapes_user_strings(report):
+    assert MALICIOUS not in report
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in report
+
+
+def test_report_says_what_was_not_run(summary):
+    s = without(summary, "alpha", "lasso", "lowrank_reconstruct", "lowrank_difference")
+    text = render_report(s, {}, scores=None)
+    assert 'id="fig-alpha_dose_response"' not in text and 'id="fig-lasso_coefficients"' not in text
+    assert 'id="fig-layer_curve"' in text
+    section = text[text.index('id="not-run"'):]
+    for name in ("alpha", "lasso", "lowrank_reconstruct", "lowrank_difference"):
+        assert f"<code>{name}</code> — not run" in section
+    assert "gain_histogram" in section  # no per-pair scores given
+    assert text.count("not run</span>") == 2  # lasso and low-rank verdicts
+
+
+def test_report_with_nothing_run():
+    text = render_report({"n_pairs": 0, "experiments": {}}, None)
+    assert "No figure could be drawn" in text
+    assert all(f"<code>{n}</code> — not run" in text for n in EXPERIMENT_NAMES)
+
+
+def test_write_report_from_run_dir(summary, tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "manifest.json").write_text(json.dumps(make_manifest()))
+    make_scores().to_csv(tmp_path / "scores.csv", index=False)
+    out = write_report(tmp_path)
+    assert out == tmp_path / "report.html"
+    text = out.read_text(encoding="utf-8")
+    assert 'id="fig-gain_histogram"' in text and "org/base-model" in text
+    out2 = write_report(tmp_path / "sub" / "custom.html", summary=summary, manifest={})
+    assert out2.exists() and not (tmp_path / "sub" / "custom.html.tmp").exists()
+    with pytest.raises(FileNotFoundError, match="summary.json"):
+        write_report(tmp_path / "empty")
