@@ -48,7 +48,7 @@ class RunRequest:
     force: bool = False
 
     def config(self) -> dict[str, Any]:
-        return {"base": self.base, "tuned": self.tuned, "data": self.data, "data_dir": self.data_dir,
+        return {"seed": self.suite.seed, "base": self.base, "tuned": self.tuned, "data": self.data, "data_dir": self.data_dir,
                 "split": self.split, "n_pairs": self.n_pairs, "max_length": self.max_length, "device": self.device,
                 "dtype": self.dtype, "engine": self.engine, "batch_size": self.batch_size,
                 "suite": self.suite.to_dict()}
@@ -86,6 +86,7 @@ def write_run(req: RunRequest, result: SuiteResult, manifest: dict[str, Any]) ->
 
 def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None] = print) -> SuiteResult:
     """Validate everything cheap first, then load, run and write the run directory."""
+    req.suite.validate()
     req.out.mkdir(parents=True, exist_ok=True)
     check_run_dir(req)
     pairs, report = load_pairs(req.data, data_dir=req.data_dir, split=req.split)

@@ -32,7 +32,7 @@ from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.interventions import SequenceContext, apply_in_scope
 from alignment_probe.pair import ModelPair
 from alignment_probe.scoring import completion_token_logprobs, sum_by_row
-from alignment_probe.tokens import SIDES, ScoredSequence, TokenizedPair, make_batch, pair_sequences
+from alignment_probe.tokens import SIDES, ScoredSequence, SequenceBatch, TokenizedPair, make_batch, pair_sequences
 
 
 def start_of(spec: PatchSpec) -> tuple[int, str | None]:
@@ -74,12 +74,28 @@ class ChunkCache:
     seqs: dict[tuple[int, str], ScoredSequence]
 
 
+@dataclass
+class WorkCounter:
+    """Block-token products: what the engine computed (padding included) and the floor, the same
+    forwards on unpadded sequences. Their ratio is the engine's overhead over the minimal work."""
+
+    computed: int = 0
+    floor: int = 0
+    forwards: int = 0
+
+    def add(self, n_blocks: int, batch: "SequenceBatch") -> None:
+        self.computed += n_blocks * batch.tokens.numel()
+        self.floor += n_blocks * int(batch.lengths.sum())
+        self.forwards += 1
+
+
 class FastEngine:
     name = "fast"
 
     def __init__(self, batch_size: int = 32, memory_budget_gb: float = 2.0):
         self.batch_size = batch_size
         self.memory_budget_gb = memory_budget_gb
+        self.work = WorkCounter()
 
     def pairs_per_chunk(self, pair: ModelPair, tokenized: Sequence[TokenizedPair], n_cached: int) -> int:
         """How many pairs' caches fit the memory budget (at least one)."""
@@ -93,9 +109,12 @@ class FastEngine:
         batch = make_batch(seqs)
         acts, clean = {}, {}
         for name, model in pair.models().items():
-            names = need.get(name, set())
+            if name not in need:  # neither patched nor a source: its clean run is not needed
+                continue
+            names = need[name]
             resid, cache = model.run_with_cache(batch.tokens.to(model.cfg.device), names_filter=lambda n: n in names,
                                                 stop_at_layer=model.cfg.n_layers)
+            self.work.add(model.cfg.n_layers, batch)
             acts[name] = {n: cache[n] for n in names}
             lp, rows = completion_token_logprobs(model, resid, batch)
             sums = sum_by_row(lp, rows, batch.size).tolist()
@@ -142,6 +161,7 @@ class FastEngine:
             fwd_hooks = [(hook, lambda act, hook: written.to(act.dtype))]
         with model.hooks(fwd_hooks=fwd_hooks):
             final = model(resid, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
+        self.work.add(model.cfg.n_layers - start, batch)
         lp, rows = completion_token_logprobs(model, final, batch)
         return sum_by_row(lp, rows, batch.size).tolist()
 

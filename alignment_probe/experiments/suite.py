@@ -54,7 +54,8 @@ class SuiteConfig:
     seed: int = 0
     n_boot: int = 2000
 
-    def validate(self, n_layers: int) -> None:
+    def validate(self, n_layers: int | None = None) -> None:
+        """Check names and ranges; ``n_layers=None`` checks what is known before a model loads."""
         unknown = [e for e in self.experiments if e not in EXPERIMENT_NAMES]
         if unknown:
             raise ConfigError(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(EXPERIMENT_NAMES)}.")
@@ -65,8 +66,8 @@ class SuiteConfig:
             if s not in SCOPES:
                 raise ConfigError(f"unknown position scope {s!r}; choose from {', '.join(SCOPES)}.")
         for layer in (*(self.alpha_layers or ()), *(self.lowrank_layers or ())):
-            if not 0 <= layer < n_layers:
-                raise ConfigError(f"layer {layer} is out of range: the model has layers 0..{n_layers - 1}.")
+            if layer < 0 or (n_layers is not None and layer >= n_layers):
+                raise ConfigError(f"layer {layer} is out of range: the model has layers 0..{(n_layers or 1) - 1}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,8 +173,7 @@ def run_lowrank(pair: ModelPair, tokenized: Sequence[TokenizedPair], engine: Eng
                              "variance_explained": variance[(name, layer, k)]})
         k_ref = 4 if 4 in ks else ks[0]
         per_layer_rows = rows[(rows.split == "all") & (rows.param == k_ref)]
-        summary = stats.summarize_experiment(per_layer_rows, seed=cfg.seed, n_boot=cfg.n_boot) if len(layers) > 1 else {
-            "per_layer": stats.per_layer_summary(per_layer_rows, seed=cfg.seed, n_boot=cfg.n_boot)}
+        summary = stats.summarize_experiment(per_layer_rows, seed=cfg.seed, n_boot=cfg.n_boot)
         out[name] = summary | {"layers": [int(x) for x in layers], "ks": ks, "per_layer_k": k_ref, "by_k": by_k,
                                "scope": scope, "centre": cfg.lowrank_centre, "fit_pairs": len(fit_ids),
                                "heldout_pairs": len(heldout_ids)}
