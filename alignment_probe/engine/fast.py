@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -122,30 +122,24 @@ class FastEngine:
         row_of = {(s.pair_id, s.side): i for i, s in enumerate(seqs)}
         return ChunkCache(acts, clean, row_of, {(s.pair_id, s.side): s for s in seqs})
 
-    def items(self, spec_index: int, spec: PatchSpec, chunk: Sequence[TokenizedPair], cc: ChunkCache) -> Iterator[Item]:
-        """The patched runs one condition needs on one chunk, with the values they start from."""
+    def item(self, spec_index: int, spec: PatchSpec, pair_id: int, side: str, cc: ChunkCache) -> Item:
+        """One patched run, with the value it starts from (computed only when its batch runs)."""
         k = spec.key
-        for t in chunk:
-            if not spec.applies_to(t.pair_id):
-                continue
-            src = {s: cc.acts[k.source][spec.name][cc.row_of[(t.pair_id, s)]] for s in SIDES}
-            for side in SIDES:
-                if not spec.patches(side):
-                    continue
-                seq = cc.seqs[(t.pair_id, side)]
-                row = cc.row_of[(t.pair_id, side)]
-                ctx = SequenceContext(
-                    pair_id=t.pair_id, side=side, layer=k.layer, target=cc.acts[k.target][spec.name][row],
-                    source=src[side], prompt_len=seq.completion_start, length=seq.length, source_by_side=src,
-                    prompt_len_by_side={s: cc.seqs[(t.pair_id, s)].completion_start for s in SIDES},
-                    length_by_side={s: cc.seqs[(t.pair_id, s)].length for s in SIDES},
-                )
-                patched = apply_in_scope(spec.intervention, ctx, k.scope)
-                if k.hook in ("resid_pre", "resid_post"):
-                    yield Item(spec_index, seq, patched)
-                else:  # start from the target's own resid_pre; a hook writes the patched value
-                    start = cc.acts[k.target][hook_name(k.layer, "resid_pre")][row]
-                    yield Item(spec_index, seq, torch.stack([start, patched]))
+        src = {s: cc.acts[k.source][spec.name][cc.row_of[(pair_id, s)]] for s in SIDES}
+        seq = cc.seqs[(pair_id, side)]
+        row = cc.row_of[(pair_id, side)]
+        ctx = SequenceContext(
+            pair_id=pair_id, side=side, layer=k.layer, target=cc.acts[k.target][spec.name][row],
+            source=src[side], prompt_len=seq.completion_start, length=seq.length, source_by_side=src,
+            prompt_len_by_side={s: cc.seqs[(pair_id, s)].completion_start for s in SIDES},
+            length_by_side={s: cc.seqs[(pair_id, s)].length for s in SIDES},
+        )
+        patched = apply_in_scope(spec.intervention, ctx, k.scope)
+        if k.hook in ("resid_pre", "resid_post"):
+            return Item(spec_index, seq, patched)
+        # Other hook points: start from the target's own resid_pre; a hook writes the patched value.
+        start = cc.acts[k.target][hook_name(k.layer, "resid_pre")][row]
+        return Item(spec_index, seq, torch.stack([start, patched]))
 
     @torch.inference_mode()
     def run_batch(self, pair: ModelPair, target: str, start: int, hook: str | None, items: list[Item]) -> list[float]:
@@ -180,14 +174,14 @@ class FastEngine:
             cc = self.clean_chunk(pair, chunk, need)
             patched: dict[tuple[int, int, str], float] = {}
             for (target, start, hook), spec_ids in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] or "")):
-                pending: list[Item] = []
-                stream = (it for i in spec_ids for it in self.items(i, specs[i], chunk, cc))
-                for item in stream:
-                    pending.append(item)
-                    if len(pending) == self.batch_size:
-                        self._flush(pair, target, start, hook, pending, patched)
-                if pending:
-                    self._flush(pair, target, start, hook, pending, patched)
+                # Every patched run of this group on this chunk, shortest first, so batches pad little.
+                runs = [(i, t.pair_id, side) for i in spec_ids for t in chunk if specs[i].applies_to(t.pair_id)
+                        for side in SIDES if specs[i].patches(side)]
+                runs.sort(key=lambda r: cc.seqs[(r[1], r[2])].length)
+                for b in range(0, len(runs), self.batch_size):
+                    items = [self.item(i, specs[i], pid, side, cc) for i, pid, side in runs[b: b + self.batch_size]]
+                    for it, v in zip(items, self.run_batch(pair, target, start, hook, items)):
+                        patched[(it.spec_index, it.seq.pair_id, it.seq.side)] = v
             for i, spec in enumerate(specs):
                 k = spec.key
                 for t in chunk:
@@ -199,13 +193,3 @@ class FastEngine:
             bar.update(len(chunk))
         bar.close()
         return to_frame(rows)
-
-    def _flush(self, pair: ModelPair, target: str, start: int, hook: str | None, pending: list[Item],
-               out: dict[tuple[int, int, str], float]) -> None:
-        # Sort by length so a batch pads little; results are keyed, so order does not matter.
-        pending.sort(key=lambda it: it.seq.length)
-        values = self.run_batch(pair, target, start, hook, pending)
-        for it, v in zip(pending, values):
-            out[(it.spec_index, it.seq.pair_id, it.seq.side)] = v
-        pending.clear()
-
