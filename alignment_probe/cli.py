@@ -1,19 +1,35 @@
 """``alignment-probe`` command line: argument parsing and printing only; the work lives elsewhere.
 
-Exit codes: 0 success, 2 bad input (the message says what to fix), 1 internal error (a bug;
-``--debug`` shows the traceback).
+Exit codes: 0 success; 1 internal error (a bug: the traceback is printed); 2 bad input (data,
+checkpoints, options, run directory: one paragraph says what to fix, ``--debug`` adds the
+traceback); 3 a model produced NaN/inf (the message names pair, model and layer); 130 / 143
+interrupted by Ctrl-C / SIGTERM (a ``run`` keeps what it finished: rerun the same command to resume).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Sequence
 
-from alignment_probe.errors import EXIT_INTERNAL, EXIT_OK, AlignmentProbeError
+from alignment_probe.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, AlignmentProbeError
+
+
+class Terminated(BaseException):
+    """SIGTERM (or SIGHUP) arrived: unwind like Ctrl-C, so the run stops between two atomic writes."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):  # noqa: ANN001 - signal handler signature
+    raise Terminated(signum)
 
 
 def _add_model_data_args(p: argparse.ArgumentParser) -> None:
@@ -28,6 +44,7 @@ def _add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for every CI")
     run.add_argument("--engine", choices=["fast", "reference"], default="fast",
                      help="fast (default) or reference (one run_with_hooks per pair, layer and sequence)")
-    run.add_argument("--force", action="store_true", help="overwrite a run directory made with another config")
+    run.add_argument("--force", action="store_true",
+                     help="discard the results in --out of a different configuration (or changed data or checkpoints) "
+                          "and start over; without it such a directory is refused. A run of the same configuration "
+                          "is always resumed")
+    run.add_argument("--pairs-per-part", type=int, default=8,
+                     help="advanced: pairs per saved part; an interrupted run redoes at most one part per stage "
+                          "(default: 8)")
     run.add_argument("--out", required=True, help="run directory to write")
 
     organism = sub.add_parser("organism", help="the bundled model organisms")
@@ -78,25 +101,41 @@ def resolve_defaults(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from alignment_probe.data import load_pairs
-    from alignment_probe.manifest import build_manifest, write_json_atomic
-    from alignment_probe.pair import load_pair
+    from alignment_probe.manifest import build_manifest, file_fingerprint, write_json_atomic
+    from alignment_probe.numerics import check_scores
+    from alignment_probe.pair import load_pair, precheck_pair
     from alignment_probe.scoring import score_pairs, summarize_scores
     from alignment_probe.tables import check_table_path, write_table
-    from alignment_probe.tokens import sample_and_tokenize, truncation_stats
+    from alignment_probe.tokens import (cap_to_context, check_sampling_options, describe_truncation,
+                                        sample_and_tokenize, truncation_stats)
 
     resolve_defaults(args)
     out = check_table_path(args.out)
-    # Read and validate the data before loading any model: bad input fails in a second.
+    if args.batch_size < 1:
+        from alignment_probe.errors import ConfigError
+
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    # Read and validate the data and the checkpoints' files before loading any model: bad input fails in a second.
     pairs, report = load_pairs(args.data, data_dir=args.data_dir, split=args.split)
+    check_sampling_options(args.n_pairs, args.max_length, len(pairs), args.data, report)
+    precheck_pair(args.base, args.tuned)
     pair = load_pair(args.base, args.tuned, device=args.device, dtype=args.dtype)
+    max_length, note = cap_to_context(args.max_length, getattr(pair.base.cfg, "n_ctx", None))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     tokenized = sample_and_tokenize(pairs, pair.tokenizer, n_pairs=args.n_pairs, seed=args.seed,
-                                    max_length=args.max_length, report=report)
+                                    max_length=max_length, report=report)
     print(f"data: {report.summary()}; scoring {len(tokenized)} pairs", file=sys.stderr)
+    truncation = describe_truncation(tokenized, max_length, report)
+    if truncation:
+        print(truncation, file=sys.stderr)
     table = score_pairs(pair, tokenized, batch_size=args.batch_size, progress=True)
+    check_scores(pair, table, tokenized)
     write_table(table, out)
-    config = {k: v for k, v in vars(args).items() if k not in ("debug",)}
-    manifest = build_manifest("score", config, models=pair.describe(),
-                              data={"source": str(args.data), "skips": report.to_dict(), **truncation_stats(tokenized)})
+    config = {k: v for k, v in vars(args).items() if k not in ("debug", "argv")}
+    manifest = build_manifest("score", config, models=pair.describe(), argv=args.argv, device=args.device,
+                              data={"source": str(args.data), **file_fingerprint(args.data), "skips": report.to_dict(),
+                                    "max_length_used": max_length, **truncation_stats(tokenized)})
     write_json_atomic(out.with_name(out.name + ".manifest.json"), manifest)
     summary = summarize_scores(table)
     print(f"wrote {out} ({summary['n_pairs']} pairs): mean Δlogp base {summary['base_delta_logp_mean']:+.3f}, "
@@ -104,10 +143,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _list(text: str | None, cast=str) -> tuple | None:
+def _list(text: str | None, cast=str, option: str = "") -> tuple | None:
     if text is None:
         return None
-    return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+    try:
+        return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError:
+        from alignment_probe.errors import ConfigError
+
+        raise ConfigError(f"{option} {text!r}: expected a comma-separated list of {cast.__name__}s, e.g. 4,8,12.") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -119,12 +163,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     experiments = EXPERIMENT_NAMES if args.experiments == "all" else _list(args.experiments)
     suite = SuiteConfig(experiments=experiments, hook=args.hook, scope=args.scope,
                         extra_hooks=_list(args.extra_hooks) or (), extra_scopes=_list(args.extra_scopes) or (),
-                        alpha_layers=_list(args.alpha_layers, int), lowrank_layers=_list(args.lowrank_layers, int),
+                        alpha_layers=_list(args.alpha_layers, int, "--alpha-layers"),
+                        lowrank_layers=_list(args.lowrank_layers, int, "--lowrank-layers"),
                         seed=args.seed, n_boot=args.n_boot)
     req = RunRequest(base=args.base, tuned=args.tuned, data=args.data, out=Path(args.out), suite=suite,
                      n_pairs=args.n_pairs, max_length=args.max_length, data_dir=args.data_dir, split=args.split,
                      device=args.device, dtype=args.dtype, engine=args.engine, batch_size=args.batch_size,
-                     force=args.force)
+                     force=args.force, pairs_per_part=args.pairs_per_part, argv=args.argv)
     result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr))
     s = result.summary
     print(f"wrote {args.out}/ ({s['n_pairs']} pairs, {s['n_layers']} layers): gain {s['gain_mean']:+.3f} "
@@ -149,8 +194,16 @@ COMMANDS = {"score": cmd_score, "run": cmd_run, "organism": cmd_organism}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = ["alignment-probe", *argv]
+    args.debug = getattr(args, "debug", False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None:
+                handlers[sig] = signal.signal(sig, _raise_terminated)
     try:
         return COMMANDS[args.command](args)
     except AlignmentProbeError as exc:
@@ -158,13 +211,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"alignment-probe: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("alignment-probe: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        code = 128 + exc.signum if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+        if args.debug:
+            traceback.print_exc()
+        hint = (f" Results finished so far are kept in {args.out}; run the same command again to resume."
+                if args.command == "run" else "")
+        print(f"alignment-probe: interrupted.{hint}", file=sys.stderr)
+        return code
     except Exception:  # an internal error: a bug, not bad input
         traceback.print_exc()
         print("alignment-probe: internal error (a bug); please report it with the traceback above.", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

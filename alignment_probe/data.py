@@ -13,8 +13,19 @@ Supported sources, one loader (:func:`load_pairs`):
   the ``datasets`` library (needs the hub).
 
 Every pair keeps ``pair_id``, its 0-based line (row) number in the source, so results can always be
-traced back to the input. Pairs that cannot be scored are *skipped and reported*, never silently
-dropped: see :class:`SkipReport`.
+traced back to the input.
+
+What is refused and what is skipped:
+
+* **refused** (:class:`DataError`, before any model loads): a file that cannot be read as UTF-8
+  JSON lines (missing, a folder, a broken ``.gz``, UTF-16, Parquet, invalid UTF-8), and lines that
+  are not preference pairs at all — malformed JSON, not an object, missing or misspelled keys, a
+  non-string value. Such a line means the file is not what the user thinks it is, so silently
+  dropping it would bias the sample; one error lists up to :data:`MAX_REPORTED_LINES` of them.
+* **skipped and reported** (:class:`SkipReport`): well-formed pairs that cannot be scored — chosen
+  identical to rejected, an empty prompt or completion, an HH dialogue without an Assistant turn,
+  chosen and rejected that do not share a prompt. Real data has a few of these (HH helpful-base
+  holds identical pairs); a file where *every* pair is skipped is refused.
 """
 
 from __future__ import annotations
@@ -22,9 +33,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from alignment_probe.errors import DataError
 
@@ -107,40 +119,130 @@ def make_pair(pair_id: int, prompt: str, chosen: str, rejected: str) -> Preferen
     return PreferencePair(pair_id=pair_id, prompt=prompt, chosen=chosen, rejected=rejected)
 
 
+# The JSON type names users see in their files (not Python's).
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "true/false", int: "a number",
+               float: "a number", type(None): "null"}
+
+FORMAT_HELP = ("Each line must be one JSON object with 'chosen' and 'rejected' (whole HH dialogues), or with "
+               "'prompt', 'chosen' and 'rejected' (a prompt and two completions), all strings.")
+
+# How many bad lines one error lists (the total is always given).
+MAX_REPORTED_LINES = 10
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _close_key(key: str, candidates: Iterable[Any], *, loose: bool = True) -> str | None:
+    """The candidate that is most likely a misspelling of ``key``, if any.
+
+    Strict (``loose=False``): same letters in another case, or a typo (a similar word at most two
+    characters longer or shorter). Loose also accepts near words and affixed names
+    (``chosen_response``) — only used for hints in a message about a key that is missing anyway.
+    """
+    import difflib
+
+    cands = [c for c in candidates if isinstance(c, str)]
+    for c in cands:
+        if c.strip().lower() == key:
+            return c
+    for c in cands:
+        ratio = difflib.SequenceMatcher(None, key, c.lower()).ratio()
+        if ratio >= 0.8 and abs(len(c) - len(key)) <= 2:
+            return c
+    if not loose:
+        return None
+    close = difflib.get_close_matches(key, cands, n=1, cutoff=0.7)
+    if close:
+        return close[0]
+    for c in cands:  # e.g. "chosen_response", "rejected_text"
+        if key in c.lower():
+            return c
+    return None
+
+
+def _misspelling_hint(record: dict, expected: Sequence[str]) -> list[str]:
+    """"'rejectd' looks like 'rejected'" for keys of ``record`` that nearly match a missing expected key."""
+    unknown = [k for k in record if k not in (*EXPLICIT_KEYS,)]
+    hints = []
+    for key in expected:
+        if key in record:
+            continue
+        near = _close_key(key, unknown)
+        if near is not None:
+            hints.append(f"{near!r} looks like a misspelling of {key!r}")
+            unknown.remove(near)
+    return hints
+
+
 def record_to_pair(record: Any, pair_id: int, where: str) -> PreferencePair:
-    """Interpret one JSON object (either format). ``where`` names file and line for errors."""
+    """Interpret one JSON object (either format). ``where`` names file and line for errors.
+
+    Raises :class:`DataError` for a record that is malformed (wrong type, missing or misspelled
+    keys, non-string values) and :class:`SkipPair` for one that is well-formed but unusable.
+    """
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object with keys 'chosen' and 'rejected' "
-                        f"(and optionally 'prompt'), got {type(record).__name__}.")
-    keys = EXPLICIT_KEYS if "prompt" in record else HH_KEYS
+                        f"(and optionally 'prompt'), got {_json_type(record)}.")
+    # A misspelled 'prompt' would silently turn an explicit-format line into an HH one.
+    typo_prompt = "prompt" not in record and _close_key("prompt", [k for k in record if k not in HH_KEYS],
+                                                         loose=False)
+    keys = EXPLICIT_KEYS if "prompt" in record or typo_prompt else HH_KEYS
     missing = [k for k in keys if k not in record]
     if missing:
         found = ", ".join(repr(k) for k in record) or "none"
-        raise DataError(f"{where}: missing key(s) {', '.join(repr(k) for k in missing)} (found {found}). "
-                        "Each line needs 'chosen' and 'rejected' (whole HH dialogues), or 'prompt', "
-                        "'chosen' and 'rejected' (prompt plus completions).")
+        hints = _misspelling_hint(record, keys)
+        hint = f"; {'; '.join(hints)}" if hints else ""
+        raise DataError(f"{where}: missing key(s) {', '.join(repr(k) for k in missing)} (found {found}{hint}).")
     for k in keys:
-        if not isinstance(record[k], str):
-            raise DataError(f"{where}: field {k!r} must be a string, got {type(record[k]).__name__}.")
+        value = record[k]
+        if not isinstance(value, str):
+            raise DataError(f"{where}: field {k!r} must be a string, got {_json_type(value)}.")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{where}: field {k!r} holds an invalid \\u escape (a lone UTF-16 surrogate such as "
+                            "\\ud800) that no tokenizer can read; re-export the text as valid UTF-8.") from None
     if "prompt" in record:
         return make_pair(pair_id, record["prompt"], record["chosen"], record["rejected"])
     return split_hh_pair(record["chosen"], record["rejected"], pair_id)
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+    if path.is_dir():
+        raise DataError(f"Data path {path} is a folder, not a file: pass the JSONL(.gz) file of preference pairs "
+                        "inside it.")
     try:
-        return io.StringIO(raw.decode("utf-8"))
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"Data file {path} cannot be read ({exc.strerror or exc}); check its permissions.") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{path}: not a valid gzip file ({exc}); it may be truncated (an interrupted "
+                            "download?). Download it again, or pass the uncompressed JSONL file.") from None
+    if raw[:4] == b"PAR1":
+        raise DataError(f"{path} is a Parquet file; alignment-probe reads JSON lines. Convert it, e.g. "
+                        "pandas.read_parquet(path).to_json(out, orient='records', lines=True).")
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DataError(f"{path} is encoded as UTF-16; re-save it as UTF-8, e.g. iconv -f utf-16 -t utf-8 "
+                        f"{path.name} > fixed.jsonl.")
+    try:
+        return io.StringIO(raw.decode("utf-8-sig"))  # a leading UTF-8 byte-order mark is harmless
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte {exc.start}). Re-save the file as UTF-8, "
-                        "e.g. iconv -f latin1 -t utf-8.") from None
+                        f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.jsonl.") from None
+
+
+class _LineError(Exception):
+    """A line that is not a preference pair at all (collected, then reported together)."""
 
 
 def iter_jsonl_records(path: Path) -> Iterator[tuple[int, Any, str]]:
-    """Yield (0-based line number, parsed object, "file:line") for each non-blank line."""
+    """Yield (0-based line number, parsed object or :class:`_LineError`, "file:line") per non-blank line."""
     with _open_text(path) as handle:
         for lineno, line in enumerate(handle):
             if not line.strip():
@@ -149,15 +251,30 @@ def iter_jsonl_records(path: Path) -> Iterator[tuple[int, Any, str]]:
             try:
                 yield lineno, json.loads(line), where
             except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno}). "
-                                "Each line must be one JSON object.") from None
+                hint = ""
+                if lineno == 0 and line.lstrip().startswith("["):
+                    hint = (" The file looks like one JSON array rather than JSON lines: write one object per "
+                            "line, e.g. jq -c '.[]' in.json > out.jsonl.")
+                yield lineno, _LineError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno}).{hint}"), where
+            except RecursionError:
+                yield lineno, _LineError(f"{where}: malformed JSON (nested too deeply)."), where
 
 
 def iter_hub_records(name: str, data_dir: str | None, split: str) -> Iterator[tuple[int, Any, str]]:
     """Yield rows of a dataset-hub dataset (needs the hub)."""
-    import datasets
+    try:
+        import datasets
 
-    ds = datasets.load_dataset(name, data_dir=data_dir, split=split)
+        ds = datasets.load_dataset(name, data_dir=data_dir, split=split)
+    except ImportError:
+        raise DataError(f"--data {name} names a dataset-hub dataset, which needs the 'datasets' package "
+                        "(pip install datasets); or pass a local JSONL file.") from None
+    except Exception as exc:  # network, unknown name, unknown split: all are about the input
+        reason = str(exc) if len(str(exc)) <= 300 else str(exc)[:300] + " ..."
+        raise DataError(f"--data {name} (data_dir={data_dir!r}, split={split!r}) could not be loaded from the "
+                        f"dataset hub: {type(exc).__name__}: {reason}. Check the name, --data-dir and --split, the "
+                        "network, or pass a local JSONL(.gz) file; a local file that does not exist is read as a "
+                        "hub name.") from None
     for i, row in enumerate(ds):
         yield i, dict(row), f"{name}[{data_dir or ''}:{split}] row {i}"
 
@@ -184,13 +301,29 @@ def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = 
         records = iter_jsonl_records(path)
     pairs: list[PreferencePair] = []
     report = SkipReport()
+    bad: list[str] = []
+    n_bad = 0
     for pair_id, record, where in records:
         report.n_read += 1
         try:
+            if isinstance(record, _LineError):
+                raise DataError(str(record))
             pairs.append(record_to_pair(record, pair_id, where))
         except SkipPair as skip:
             report.add(skip.reason, pair_id)
+        except DataError as exc:
+            n_bad += 1
+            if len(bad) < MAX_REPORTED_LINES:
+                bad.append(str(exc))
+    if n_bad == 1:
+        raise DataError(f"{bad[0]} {FORMAT_HELP} Fix or remove that line.")
+    if n_bad:
+        shown = f"the first {len(bad)}" if n_bad > len(bad) else "all of them"
+        raise DataError(f"{source}: {n_bad} of {report.n_read} lines are not valid preference pairs ({shown} "
+                        "below). " + FORMAT_HELP + " Fix or remove these lines.\n  " + "\n  ".join(bad))
     if not pairs:
-        raise DataError(f"{source}: no usable preference pairs ({report.summary()}).")
+        if report.n_read == 0:
+            raise DataError(f"{source} holds no preference pairs (the file is empty). " + FORMAT_HELP)
+        raise DataError(f"{source}: no usable preference pairs ({report.summary()}). Every pair was skipped; "
+                        "see the README's 'When something goes wrong' for what each reason means.")
     return pairs, report
-

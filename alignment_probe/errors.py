@@ -1,7 +1,18 @@
 """The errors alignment-probe raises on purpose, and the exit codes the CLI maps them to.
 
-Every error here is about the *user's input* (a file, a checkpoint, an option) and its message
-names the problem and the fix. Anything else that escapes is an internal error (a bug).
+Every error here is about the *user's input* (a file, a checkpoint, an option) or about numbers
+the user's models produced, and its message names the problem and the fix. Anything else that
+escapes is an internal error (a bug).
+
+=========  ====================================================================================
+exit code  meaning
+=========  ====================================================================================
+0          success
+1          internal error (a bug): the traceback is printed; please report it
+2          bad input: data, checkpoints, options or the run directory (the message says what to fix)
+3          numerical failure: a model produced NaN or inf (the message names pair, model and layer)
+130, 143   interrupted (Ctrl-C / SIGTERM): results so far are kept; rerun the same command to resume
+=========  ====================================================================================
 """
 
 from __future__ import annotations
@@ -9,6 +20,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
+EXIT_NUMERICAL = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 128 + 15 = 143
 
 
 class AlignmentProbeError(Exception):
@@ -30,4 +43,10 @@ class IncompatiblePairError(AlignmentProbeError):
 
 
 class ConfigError(AlignmentProbeError):
-    """An option value is invalid."""
+    """An option value is invalid, or it conflicts with an existing run directory."""
+
+
+class NumericalError(AlignmentProbeError):
+    """A forward pass produced NaN or inf (a broken checkpoint, an overflowing dtype, an extreme patch)."""
+
+    exit_code = EXIT_NUMERICAL

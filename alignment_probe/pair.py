@@ -22,6 +22,7 @@ tokenizer behaviour.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
-from alignment_probe.errors import CheckpointError, IncompatiblePairError
+from alignment_probe.errors import CheckpointError, ConfigError, IncompatiblePairError
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -107,7 +108,9 @@ def resolve_device(device: str | None) -> str:
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu.")
+        raise ConfigError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu.")
+    if not (device == "cpu" or device.startswith(("cuda", "mps"))):
+        raise ConfigError(f"--device {device!r} is not a device: use cpu, cuda or cuda:N.")
     return device
 
 
@@ -125,7 +128,8 @@ def is_local_checkpoint(spec: str | os.PathLike[str]) -> bool:
 
 
 def check_checkpoint_dir(path: Path) -> None:
-    """Refuse, with the fix, a local checkpoint directory that cannot be loaded."""
+    """Refuse, with the fix, a local checkpoint directory that cannot be loaded (cheap: reads only
+    config.json and the shard index, never the weights)."""
     if not path.exists():
         raise CheckpointError(f"Checkpoint directory {path} does not exist. Pass a Hugging Face checkpoint "
                               "directory (config.json + weights + tokenizer files) or a hub model name.")
@@ -141,6 +145,77 @@ def check_checkpoint_dir(path: Path) -> None:
     if missing:
         raise CheckpointError(f"Checkpoint directory {path} is missing {', '.join(missing)}. Save the model with "
                               "model.save_pretrained(dir) and tokenizer.save_pretrained(dir) into the same folder.")
+    config = read_checkpoint_config(path)
+    if "model_type" not in config:
+        raise CheckpointError(f"{path / 'config.json'} has no 'model_type', so the architecture is unknown: it is "
+                              "not a transformers model config. Save the model with model.save_pretrained(dir).")
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = path / index_name
+        if not index.exists():
+            continue
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{index} is not a valid shard index ({type(exc).__name__}: {exc}); save the "
+                                  "checkpoint again.") from None
+        absent = [s for s in shards if not (path / s).exists()]
+        if absent:
+            raise CheckpointError(f"Checkpoint directory {path} is missing {len(absent)} of its {len(shards)} weight "
+                                  f"shards listed in {index_name}: {', '.join(absent[:5])}"
+                                  f"{' ...' if len(absent) > 5 else ''}. Copy or download the missing files.")
+
+
+def read_checkpoint_config(path: Path) -> dict[str, Any]:
+    """config.json of a checkpoint directory as a dict, or a CheckpointError naming the problem."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({exc}); the file may be truncated. "
+                              "Save the model again with model.save_pretrained(dir).") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path / 'config.json'} must hold a JSON object, not {type(config).__name__}.")
+    return config
+
+
+# config.json fields that must agree for two checkpoints' activations to be interchangeable.
+# (name in config.json, the TransformerLens name used in messages)
+_HF_CONFIG_FIELDS = (("model_type", "architecture"), ("architectures", "architectures"), ("hidden_size", "d_model"),
+                     ("num_hidden_layers", "n_layers"), ("num_attention_heads", "n_heads"),
+                     ("num_key_value_heads", "n_key_value_heads"), ("intermediate_size", "d_mlp"),
+                     ("vocab_size", "d_vocab"), ("n_embd", "d_model"), ("n_layer", "n_layers"), ("n_head", "n_heads"))
+
+
+def precheck_pair(base: str | os.PathLike[str], tuned: str | os.PathLike[str]) -> None:
+    """Before any weights load: both local checkpoint directories exist and are complete, and their
+    config.json files agree on architecture and size. Hub names are checked after loading only."""
+    local = {}
+    for role, spec in (("base", base), ("tuned", tuned)):
+        if is_local_checkpoint(spec):
+            path = Path(spec).expanduser().resolve()
+            try:
+                check_checkpoint_dir(path)
+            except CheckpointError as exc:
+                raise CheckpointError(f"--{role}: {exc}") from None
+            local[role] = read_checkpoint_config(path)
+    if len(local) < 2:
+        return
+    problems = [f"{name}: base={local['base'].get(k)!r} tuned={local['tuned'].get(k)!r} (config.json {k})"
+                for k, name in _HF_CONFIG_FIELDS if local["base"].get(k) != local["tuned"].get(k)]
+    if problems:
+        raise IncompatiblePairError(
+            f"Base {base} and tuned {tuned} are not a compatible pair, so their activations cannot be patched "
+            "into each other (from their config.json files):\n  - " + "\n  - ".join(problems)
+            + "\nPass a base model and a checkpoint fine-tuned from it (same architecture, size and tokenizer).")
+
+
+def check_finite_weights(model: torch.nn.Module, source: str) -> None:
+    """Refuse a model with NaN or inf in its weights (a broken save or an overflowed conversion)."""
+    # Parameters only: buffers such as the attention mask's IGNORE value are -inf by design.
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise CheckpointError(f"The checkpoint {source} has NaN or inf in {len(bad)} weight tensor(s): "
+                              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. The file is broken (or was "
+                              "converted to a dtype too narrow for its values); re-save or re-download it.")
 
 
 def _name_safe_path(path: Path) -> Path:
@@ -171,8 +246,17 @@ def load_local_model(path: str | os.PathLike[str], *, device: str = "cpu", dtype
     check_checkpoint_dir(real)
     torch_dtype = resolve_dtype(dtype)
     safe = str(_name_safe_path(real))
-    tokenizer = AutoTokenizer.from_pretrained(safe)
-    hf_model = AutoModelForCausalLM.from_pretrained(safe, dtype=torch_dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(safe)
+    except Exception as exc:  # corrupt or incompatible tokenizer files: a problem with the checkpoint
+        raise CheckpointError(f"The tokenizer files in {real} cannot be loaded ({type(exc).__name__}: {exc}). Save "
+                              "them again with tokenizer.save_pretrained(dir) (--debug shows the traceback).") from exc
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(safe, dtype=torch_dtype)
+    except Exception as exc:  # truncated weights, shapes that disagree with config.json, unknown model_type
+        raise CheckpointError(f"The model in {real} cannot be loaded ({type(exc).__name__}: {exc}). The weight files "
+                              "may be truncated (an interrupted copy or download) or disagree with config.json; save "
+                              "or download the checkpoint again (--debug shows the traceback).") from exc
     try:
         cfg = loading.get_pretrained_model_config(
             safe, hf_cfg=hf_model.config.to_dict(), fold_ln=False, device=device, dtype=torch_dtype
@@ -190,16 +274,25 @@ def load_local_model(path: str | os.PathLike[str], *, device: str = "cpu", dtype
     )
     model.to(device)
     model.eval()
+    check_finite_weights(model, str(real))
     return LoadedModel(model=model, tokenizer=tokenizer, source=str(real), fingerprint=model_fingerprint(model))
 
 
 def load_hub_model(name: str, *, device: str = "cpu", dtype: str | torch.dtype = "float32") -> LoadedModel:
     """Load a model TransformerLens knows by name (downloads from the hub; not possible offline)."""
-    model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=resolve_dtype(dtype))
-    model.eval()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model.cfg.tokenizer_name)
+    try:
+        model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=resolve_dtype(dtype))
+        tokenizer = AutoTokenizer.from_pretrained(model.cfg.tokenizer_name)
+    except Exception as exc:  # unknown name, no network, no access: all about the input
+        reason = str(exc) if len(str(exc)) <= 300 else str(exc)[:300] + " ..."
+        raise CheckpointError(f"Model {name!r} could not be loaded from the hub ({type(exc).__name__}: {reason}). Check "
+                              "the name (TransformerLens must know it), the network or the Hugging Face cache and your "
+                              "access to the model; a local checkpoint directory that does not exist is read as a hub "
+                              "name, so check that path too (--debug shows the traceback).") from exc
+    model.eval()
+    check_finite_weights(model, name)
     return LoadedModel(model=model, tokenizer=tokenizer, source=name, fingerprint=model_fingerprint(model))
 
 
@@ -253,6 +346,7 @@ def check_compatible(base: LoadedModel, tuned: LoadedModel) -> None:
 def load_pair(base: str | os.PathLike[str], tuned: str | os.PathLike[str], *, device: str | None = "cpu",
               dtype: str | torch.dtype = "float32") -> ModelPair:
     """Load ``base`` and ``tuned`` with identical (no) weight processing and check they are compatible."""
+    precheck_pair(base, tuned)  # cheap: missing files and mismatched configs fail before any weights load
     b = load_model(base, device=device, dtype=dtype)
     t = load_model(tuned, device=device, dtype=dtype)
     check_compatible(b, t)

@@ -3,29 +3,44 @@
 ::
 
     <out>/
-      manifest.json   config, seed, versions, model sources and fingerprints, data source and skips
+      manifest.json   config, seed, versions, command line, model sources and fingerprints, the data
+                      file's sha256, skips and truncation, pair ids, status and timestamps
+      parts/          results as they complete (one file per stage and group of pairs); a restart
+                      with the same command loads them and computes only what is missing
       scores.parquet  one row per pair: both models' log-probs, Δlogp, gain (see scoring.py)
       effects.parquet the tidy effects table of every experiment (see effects.py)
       lasso.parquet   per-layer LASSO coefficients, selection frequencies, probe R² (if run)
       summary.json    headline numbers and per-experiment results (see the README for the format)
       report.html     a self-contained report with every figure and the comparison with the paper
+
+Every file is written atomically (a flushed temporary file, then a rename), so a run killed at any
+moment leaves complete files only. **Resuming**: ``manifest.json`` is written before any compute; a
+later run into the same directory with the same configuration, data file and checkpoints continues
+from the parts (the final tables are assembled from the parts in a fixed order, so they are
+byte-identical to an uninterrupted run's). A different configuration — or a changed data file or
+checkpoint — is refused unless ``--force``, which discards the old results and starts over.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from alignment_probe.data import load_pairs
 from alignment_probe.engine import make_engine
 from alignment_probe.errors import ConfigError
-from alignment_probe.experiments.suite import SuiteConfig, SuiteResult, run_suite
-from alignment_probe.manifest import build_manifest, write_json_atomic
-from alignment_probe.pair import load_pair
-from alignment_probe.tables import write_table
-from alignment_probe.tokens import sample_and_tokenize, truncation_stats
+from alignment_probe.experiments.suite import DEFAULT_PAIRS_PER_PART, SuiteConfig, SuiteResult, run_suite
+from alignment_probe.manifest import build_manifest, file_fingerprint, now, write_json_atomic
+from alignment_probe.pair import load_pair, precheck_pair
+from alignment_probe.tables import PartStore, write_table
+from alignment_probe.tokens import (cap_to_context, check_sampling_options, describe_truncation, sample_and_tokenize,
+                                    truncation_stats)
+
+OUTPUTS = ("scores.parquet", "effects.parquet", "lasso.parquet", "summary.json", "report.html")
 
 
 @dataclass
@@ -46,29 +61,93 @@ class RunRequest:
     engine: str = "fast"
     batch_size: int = 32
     force: bool = False
+    pairs_per_part: int = DEFAULT_PAIRS_PER_PART
+    argv: Sequence[str] | None = field(default=None, repr=False)  # the command line, for the manifest
 
     def config(self) -> dict[str, Any]:
         return {"seed": self.suite.seed, "base": self.base, "tuned": self.tuned, "data": self.data, "data_dir": self.data_dir,
                 "split": self.split, "n_pairs": self.n_pairs, "max_length": self.max_length, "device": self.device,
                 "dtype": self.dtype, "engine": self.engine, "batch_size": self.batch_size,
-                "suite": self.suite.to_dict()}
+                "pairs_per_part": self.pairs_per_part, "suite": self.suite.to_dict()}
+
+    def validate(self) -> None:
+        """Option checks that need nothing loaded."""
+        self.suite.validate()
+        for name, value in (("--batch-size", self.batch_size), ("--pairs-per-part", self.pairs_per_part),
+                            ("--n-boot", self.suite.n_boot)):
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}.")
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out {self.out} is a file; pass a folder for the run directory.")
 
 
 # Options that change no number: a run directory may be reused across them.
 _NEUTRAL = ("engine", "batch_size", "device")
 
 
-def check_run_dir(req: RunRequest) -> None:
-    """Refuse to mix results of different configurations in one directory (unless --force)."""
-    manifest = req.out / "manifest.json"
-    if not manifest.exists() or req.force:
-        return
-    old = json.loads(manifest.read_text()).get("config", {})
-    new = json.loads(json.dumps(req.config()))
+def _old_manifest(out: Path) -> dict[str, Any] | None:
+    path = out / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"{path} is not valid JSON, so the run in {out} cannot be resumed; pass --force to start "
+                          "over there, or use a new --out directory.") from None
+
+
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
+    """The suite's options at the top level (they are options too), so a message names the option."""
+    out = {k: v for k, v in config.items() if k != "suite"}
+    out.update(config.get("suite") or {})
+    return out
+
+
+def check_run_dir(req: RunRequest) -> dict[str, Any] | None:
+    """Refuse to mix results of different configurations in one directory (unless --force).
+
+    Returns the existing manifest when the run can be resumed, else None (a new run).
+    """
+    old_manifest = _old_manifest(req.out)
+    if old_manifest is None:
+        return None
+    old = _flat(old_manifest.get("config", {}))
+    new = _flat(json.loads(json.dumps(req.config())))
     changed = sorted(k for k in set(old) | set(new) if k not in _NEUTRAL and old.get(k) != new.get(k))
     if changed:
+        if req.force:
+            return None
         raise ConfigError(f"{req.out} already holds a run with a different configuration ({', '.join(changed)} "
-                          "changed). Use a new --out directory, or pass --force to overwrite it.")
+                          "changed). Use a new --out directory, rerun with the original options to resume it, or "
+                          "pass --force to discard its results and start over.")
+    return old_manifest
+
+
+def check_same_inputs(req: RunRequest, old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Same configuration: are the data file, the checkpoints and the pairs also the same? True to
+    resume; False to start over (--force); otherwise refuse."""
+    changed = []
+    if old.get("data", {}).get("sha256") != new["data"].get("sha256"):
+        changed.append(f"the data file {req.data} (sha256)")
+    for role in ("base", "tuned"):
+        if old.get("models", {}).get(role, {}).get("fingerprint") != new["models"][role]["fingerprint"]:
+            changed.append(f"the {role} checkpoint {getattr(req, role)} (weights fingerprint)")
+    if not changed and old.get("data", {}).get("pair_ids") != new["data"]["pair_ids"]:
+        changed.append("the sampled pairs")
+    if not changed:
+        return True
+    if req.force:
+        return False
+    raise ConfigError(f"{req.out} holds a run of the same configuration, but {' and '.join(changed)} changed since it "
+                      "started, so its results cannot be continued. Use a new --out directory, or pass --force to "
+                      "discard them and start over.")
+
+
+def discard_results(out: Path) -> None:
+    """--force: remove what an earlier run left (parts and outputs); nothing else in the folder."""
+    shutil.rmtree(out / "parts", ignore_errors=True)
+    for name in OUTPUTS:
+        (out / name).unlink(missing_ok=True)
 
 
 def write_run(req: RunRequest, result: SuiteResult, manifest: dict[str, Any]) -> None:
@@ -84,29 +163,69 @@ def write_run(req: RunRequest, result: SuiteResult, manifest: dict[str, Any]) ->
     write_report(req.out / "report.html", result.summary, manifest, scores=result.scores, effects=result.effects)
 
 
-def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None] = print) -> SuiteResult:
-    """Validate everything cheap first, then load, run and write the run directory."""
-    req.suite.validate()
-    req.out.mkdir(parents=True, exist_ok=True)
-    check_run_dir(req)
-    pairs, report = load_pairs(req.data, data_dir=req.data_dir, split=req.split)
-    if req.n_pairs is not None and req.n_pairs > len(pairs):
-        from alignment_probe.errors import DataError
+def make_deterministic(device: str | None) -> None:
+    """On a GPU: deterministic cuBLAS workspaces and kernels (set before the first CUDA call).
+    CPU kernels are deterministic for a fixed number of threads (recorded in the manifest)."""
+    if device is not None and str(device).startswith("cuda"):
+        import torch
 
-        raise DataError(f"--n-pairs {req.n_pairs} is larger than the {len(pairs)} usable pairs in {req.data} "
-                        f"({report.summary()}); pass --n-pairs {len(pairs)} or fewer.")
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None] = print) -> SuiteResult:
+    """Validate everything cheap first, then load, run (resuming from parts) and write the run directory."""
+    req.validate()
+    old_manifest = check_run_dir(req)
+    # The data and the checkpoints' files are read and checked before any model loads.
+    pairs, report = load_pairs(req.data, data_dir=req.data_dir, split=req.split)
+    check_sampling_options(req.n_pairs, req.max_length, len(pairs), req.data, report)
+    precheck_pair(req.base, req.tuned)
+    make_deterministic(req.device)
     pair = load_pair(req.base, req.tuned, device=req.device, dtype=req.dtype)
     req.suite.validate(pair.n_layers)
+    max_length, note = cap_to_context(req.max_length, getattr(pair.base.cfg, "n_ctx", None))
+    if note:
+        log(f"note: {note}")
     tokenized = sample_and_tokenize(pairs, pair.tokenizer, n_pairs=req.n_pairs, seed=req.suite.seed,
-                                    max_length=req.max_length, report=report)
+                                    max_length=max_length, report=report)
     log(f"data: {report.summary()}; using {len(tokenized)} pairs")
-    manifest = build_manifest("run", req.config(), models=pair.describe(),
-                              data={"source": req.data, "skips": report.to_dict(), **truncation_stats(tokenized),
+    if report.n_skipped > report.n_read / 2:
+        log("warning: more than half the pairs were skipped; check that the data has the format you expect.")
+    truncation = describe_truncation(tokenized, max_length, report)
+    if truncation:
+        log(truncation)
+    manifest = build_manifest("run", req.config(), models=pair.describe(), argv=req.argv, device=req.device,
+                              data={"source": req.data, **file_fingerprint(req.data), "skips": report.to_dict(),
+                                    "max_length_used": max_length, **truncation_stats(tokenized),
                                     "pair_ids": [t.pair_id for t in tokenized]})
+    resume = old_manifest is not None and check_same_inputs(req, old_manifest, manifest)
+    req.out.mkdir(parents=True, exist_ok=True)
+    for stale in req.out.glob("*.tmp"):  # a kill in the middle of writing an output leaves its temporary file
+        stale.unlink()
+    if resume:
+        assert old_manifest is not None
+        manifest["created"] = old_manifest.get("created", manifest["created"])
+        manifest["resumed"] = [*old_manifest.get("resumed", []), now()]
+    else:
+        discard_results(req.out)
+    manifest["status"] = "running"
     write_json_atomic(req.out / "manifest.json", manifest)
+    store = PartStore(req.out / "parts")
+    if resume:
+        done = sorted(p.name for p in store.root.iterdir()) if store.root else []
+        log(f"resuming the run in {req.out}: {len(done)} part(s) already done" if done else
+            f"restarting the run in {req.out}: no part was finished")
     engine = make_engine(req.engine, batch_size=req.batch_size) if req.engine == "fast" else make_engine(req.engine)
-    result = run_suite(pair, tokenized, engine, req.suite, progress=progress, log=log)
+    result = run_suite(pair, tokenized, engine, req.suite, progress=progress, log=log, store=store,
+                       pairs_per_part=req.pairs_per_part)
     result.summary["run"] = {"seed": req.suite.seed, "engine": req.engine,
                              "base_fingerprint": pair.base_fingerprint, "tuned_fingerprint": pair.tuned_fingerprint}
+    result.extra["parts_loaded"] = list(store.loaded)
+    result.extra["parts_computed"] = list(store.computed)
     write_run(req, result, manifest)
+    manifest["status"] = "complete"
+    manifest["finished"] = now()
+    write_json_atomic(req.out / "manifest.json", manifest)
     return result

@@ -1,15 +1,24 @@
-"""Write tidy tables to .csv or .parquet, atomically (a temporary file, then a rename)."""
+"""Write tidy tables to .csv or .parquet atomically, and keep a run's partial results as parts.
+
+Atomic means: the data goes to a temporary file next to the target, is flushed to disk, and is
+renamed over the target (``os.replace``). A reader — or a run restarted after a kill — sees the
+old file or the new one, never half of one.
+"""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import pandas as pd
 
 from alignment_probe.errors import ConfigError
 
 TABLE_SUFFIXES = (".csv", ".parquet")
+TMP_SUFFIX = ".tmp"
 
 
 def check_table_path(path: str | Path) -> Path:
@@ -18,20 +27,113 @@ def check_table_path(path: str | Path) -> Path:
         raise ConfigError(f"--out {path}: the file name must end in .csv or .parquet.")
     if not path.parent.exists():
         raise ConfigError(f"--out {path}: the folder {path.parent} does not exist; create it first.")
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; give a file name ending in .csv or .parquet.")
+    return path
+
+
+def table_bytes(table: pd.DataFrame, suffix: str = ".parquet") -> bytes:
+    """The exact bytes :func:`write_table` writes (deterministic: no timestamps in either format)."""
+    buf = io.BytesIO()
+    if suffix == ".csv":
+        buf.write(table.to_csv(index=False, float_format="%.9g").encode("utf-8"))
+    else:
+        table.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a flushed temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
     return path
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     path = check_table_path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".csv":
-        table.to_csv(tmp, index=False, float_format="%.9g")
-    else:
-        table.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(path, table_bytes(table, path.suffix))
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, default=str) + "\n").encode("utf-8")
+
+
+class PartStore:
+    """Named partial results of a run: tables (Parquet) and JSON objects.
+
+    With a folder, each part is a file written atomically, so a run killed at any moment leaves
+    only complete parts, and a restarted run loads them instead of recomputing. Without one, parts
+    live in memory. Either way :meth:`table` and :meth:`json` hand back what was *read back* from the
+    stored bytes, so a result is the same whether it was just computed or loaded after a restart.
+    """
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else None
+        self._memory: dict[str, bytes] = {}
+        self.loaded: list[str] = []  # parts found already done (for logs and tests)
+        self.computed: list[str] = []
+        if self.root is not None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(f"*{TMP_SUFFIX}"):  # left by a kill in the middle of a write
+                stale.unlink()
+
+    def _path(self, name: str) -> Path:
+        assert self.root is not None
+        return self.root / name
+
+    def _read(self, name: str) -> bytes | None:
+        if self.root is None:
+            return self._memory.get(name)
+        path = self._path(name)
+        return path.read_bytes() if path.exists() else None
+
+    def _write(self, name: str, data: bytes) -> None:
+        if self.root is None:
+            self._memory[name] = data
+        else:
+            write_bytes_atomic(self._path(name), data)
+
+    def has(self, name: str) -> bool:
+        return self._read(name) is not None
+
+    def table(self, name: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        """The table stored as ``name`` (``.parquet`` is appended), computing and storing it if absent."""
+        return self._get(f"{name}.parquet", compute, table_bytes, lambda b: pd.read_parquet(io.BytesIO(b)))
+
+    def json(self, name: str, compute: Callable[[], Any]) -> Any:
+        """The JSON object stored as ``name`` (``.json`` is appended), computing and storing it if absent."""
+        return self._get(f"{name}.json", compute, json_bytes, lambda b: json.loads(b.decode("utf-8")))
+
+    def _get(self, name: str, compute: Callable[[], Any], dump: Callable[[Any], bytes],
+             load: Callable[[bytes], Any]) -> Any:
+        data = self._read(name)
+        if data is not None:
+            try:
+                value = load(data)
+            except Exception:  # not written by us (we never leave half a file): recompute it
+                data = None
+            else:
+                self.loaded.append(name)
+                return value
+        data = dump(compute())
+        self._write(name, data)
+        self.computed.append(name)
+        return load(data)
+
+    def clear(self) -> None:
+        """Forget every part (``--force`` on a run directory of another configuration)."""
+        self._memory.clear()
+        if self.root is not None:
+            for path in self.root.iterdir():
+                if path.is_file():
+                    path.unlink()

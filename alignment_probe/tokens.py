@@ -28,6 +28,7 @@ from alignment_probe.data import PreferencePair, SkipReport
 from alignment_probe.errors import ConfigError, DataError
 
 SIDES = ("chosen", "rejected")
+TOO_LONG = "completion longer than max_length"  # the skip reason tokenize_pair's ValueError carries
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def tokenize_pair(pair: PreferencePair, tokenizer: Any, max_length: int | None =
     if max_length is not None:
         room = max_length - len(bos) - max(len(chosen), len(rejected))
         if room < 1:  # keep at least one prompt token so the first completion token has a predictor
-            raise ValueError("completion longer than max_length")
+            raise ValueError(TOO_LONG)
         if len(prompt) > room:
             cut = len(prompt) - room
             prompt = prompt[cut:]
@@ -107,13 +108,7 @@ def sample_and_tokenize(pairs: Sequence[PreferencePair], tokenizer: Any, *, n_pa
     exactly ``n_pairs`` usable pairs come back when the data has them. The result is sorted by
     ``pair_id``, so the same data, seed and N always give the same list.
     """
-    if n_pairs is not None and n_pairs < 1:
-        raise ConfigError(f"--n-pairs must be at least 1, got {n_pairs}.")
-    if max_length is not None and max_length < 4:
-        raise ConfigError(f"--max-length must be at least 4 tokens, got {max_length}.")
-    if n_pairs is not None and n_pairs > len(pairs):
-        raise DataError(f"--n-pairs {n_pairs} is larger than the {len(pairs)} usable pairs in the data; "
-                        f"pass --n-pairs {len(pairs)} or fewer.")
+    check_sampling_options(n_pairs, max_length, len(pairs), "the data", report)
     order = np.random.default_rng(seed).permutation(len(pairs)) if n_pairs is not None else range(len(pairs))
     want = len(pairs) if n_pairs is None else n_pairs
     out: list[TokenizedPair] = []
@@ -126,15 +121,59 @@ def sample_and_tokenize(pairs: Sequence[PreferencePair], tokenizer: Any, *, n_pa
         except ValueError as exc:
             if report is not None:
                 report.add(str(exc), pair.pair_id)
+    if n_pairs is None and out:  # all pairs asked for: the ones that do not fit are skipped and reported
+        return sorted(out, key=lambda t: t.pair_id)
     if len(out) < want:
-        raise DataError(f"Only {len(out)} of the requested {want} pairs fit in --max-length {max_length}; "
-                        "raise --max-length or lower --n-pairs.")
+        raise DataError(f"Only {len(out)} of the requested {want} pairs fit in {max_length} tokens (--max-length, "
+                        "capped at the model's context); the others have a completion longer than that. Raise "
+                        f"--max-length (if the model's context allows) or pass --n-pairs {len(out)} or fewer.")
     return sorted(out, key=lambda t: t.pair_id)
+
+
+def check_sampling_options(n_pairs: int | None, max_length: int | None, n_usable: int, source: str,
+                           report: SkipReport | None = None) -> None:
+    """Option checks that need only the data, run before any model loads."""
+    if n_pairs is not None and n_pairs < 1:
+        raise ConfigError(f"--n-pairs must be at least 1, got {n_pairs}.")
+    if max_length is not None and max_length < 4:
+        raise ConfigError(f"--max-length must be at least 4 tokens, got {max_length}.")
+    if n_pairs is not None and n_pairs > n_usable:
+        skipped = f" ({report.summary()})" if report is not None else ""
+        raise DataError(f"--n-pairs {n_pairs} is larger than the {n_usable} usable pairs in {source}{skipped}; "
+                        f"pass --n-pairs {n_usable} or fewer, or more data.")
+
+
+def cap_to_context(max_length: int | None, n_ctx: int | None) -> tuple[int | None, str | None]:
+    """``max_length`` capped at the model's context ``n_ctx`` (a model cannot run longer sequences),
+    and a note saying so when it was lowered."""
+    if n_ctx is None or n_ctx <= 0:
+        return max_length, None
+    if max_length is None or max_length > n_ctx:
+        asked = "no --max-length" if max_length is None else f"--max-length {max_length}"
+        return n_ctx, (f"{asked} exceeds the model's context of {n_ctx} tokens; using {n_ctx} (longer prompts are "
+                       "cut from the left, pairs whose completion alone is longer are skipped)")
+    return max_length, None
 
 
 def truncation_stats(tokenized: Sequence[TokenizedPair]) -> dict[str, int]:
     cut = [t.n_prompt_tokens_cut for t in tokenized]
     return {"pairs_truncated": sum(c > 0 for c in cut), "prompt_tokens_cut": int(sum(cut))}
+
+
+def describe_truncation(tokenized: Sequence[TokenizedPair], max_length: int | None,
+                        report: SkipReport | None = None) -> str | None:
+    """One line on what the truncation policy did, or None when it did nothing."""
+    st = truncation_stats(tokenized)
+    n_long = len(report.skipped.get(TOO_LONG, [])) if report is not None else 0
+    parts = []
+    if st["pairs_truncated"]:
+        parts.append(f"{st['pairs_truncated']} of {len(tokenized)} pairs had their prompt cut from the left "
+                     f"({st['prompt_tokens_cut']} tokens in all)")
+    if n_long:
+        parts.append(f"{n_long} pairs were skipped because a completion alone does not fit")
+    if not parts:
+        return None
+    return f"truncation to {max_length} tokens: " + "; ".join(parts)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from alignment_probe.effects import make_row, to_frame
 from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.interventions import SequenceContext, apply_in_scope
+from alignment_probe.numerics import check_clean, check_patched
 from alignment_probe.pair import ModelPair
 from alignment_probe.scoring import completion_token_logprobs, sum_by_row
 from alignment_probe.tokens import SIDES, ScoredSequence, SequenceBatch, TokenizedPair, make_batch, pair_sequences
@@ -172,6 +173,7 @@ class FastEngine:
         for lo in range(0, len(tokenized), per_chunk):
             chunk = tokenized[lo: lo + per_chunk]
             cc = self.clean_chunk(pair, chunk, need)
+            check_clean(pair, cc.clean, chunk)  # NaN/inf check (numerics.py): names pair, model, layer
             patched: dict[tuple[int, int, str], float] = {}
             for (target, start, hook), spec_ids in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] or "")):
                 # Every patched run of this group on this chunk, shortest first, so batches pad little.
@@ -182,6 +184,7 @@ class FastEngine:
                     items = [self.item(i, specs[i], pid, side, cc) for i, pid, side in runs[b: b + self.batch_size]]
                     for it, v in zip(items, self.run_batch(pair, target, start, hook, items)):
                         patched[(it.spec_index, it.seq.pair_id, it.seq.side)] = v
+            check_patched(patched, specs)  # NaN/inf check: names pair and patched condition
             for i, spec in enumerate(specs):
                 k = spec.key
                 for t in chunk:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from alignment_probe.effects import make_row, to_frame
 from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.interventions import SequenceContext, apply_in_scope
+from alignment_probe.numerics import check_clean, check_patched
 from alignment_probe.pair import ModelPair
 from alignment_probe.tokens import SIDES, ScoredSequence, TokenizedPair
 
@@ -46,6 +47,8 @@ class ReferenceEngine:
             seqs = {side: t.sequence(side) for side in SIDES}
             clean = {name: {side: full_logprob(m(_tokens(seqs[side], m.cfg.device)), seqs[side]) for side in SIDES}
                      for name, m in models.items()}
+            check_clean(pair, {name: {(t.pair_id, side): v for side, v in c.items()} for name, c in clean.items()},
+                        [t])  # NaN/inf check (numerics.py)
             for spec in specs:
                 if not spec.applies_to(t.pair_id):
                     continue
@@ -73,6 +76,7 @@ class ReferenceEngine:
 
                     logits = target.run_with_hooks(_tokens(seq, target.cfg.device), fwd_hooks=[(spec.name, overwrite)])
                     patched[side] = full_logprob(logits, seq)
+                check_patched({(0, t.pair_id, side): v for side, v in patched.items()}, [spec])
                 rows.append(make_row(spec.key, t.pair_id,
                                      (clean[spec.key.target]["chosen"], clean[spec.key.target]["rejected"]),
                                      (patched["chosen"], patched["rejected"])))

@@ -1,9 +1,19 @@
 """The whole paper, end to end: score, patch (E1, E3, E4, E5), low rank (E6), LASSO (E2), statistics.
 
-:func:`run_suite` is the one place that decides the order: per-layer patching first (one engine
-call for every per-layer condition, so they share batches), then the low-rank analysis at the
-layer(s) E1 points to, then the LASSO on cached activations. It returns the tidy effects table,
-the per-pair scores and a JSON-able summary; run.py writes them to disk and report/ draws them.
+:func:`run_suite` is the one place that decides the order, in three stages whose results are kept
+as *parts* (see :class:`~alignment_probe.tables.PartStore`), so an interrupted run resumes where it
+stopped and ends with the same numbers as an uninterrupted one:
+
+1. per group of ``pairs_per_part`` pairs (in pair-id order): the scores (``scores-<first>-<last>``)
+   and every per-layer condition (``stage1-<first>-<last>``, one engine call, so they share batches);
+2. low rank at the layer(s) E1 points to (needs all of stage 1): the subspaces are fitted on all
+   pairs (``stage2-fit``, the variance explained), then patched per group (``stage2-<first>-<last>``);
+3. the LASSO on per-layer activation distances (``lasso``).
+
+The summary is then computed from the concatenated parts, always read back from their stored form,
+so it cannot depend on which parts were computed in this process. The groups are a function of the
+pair list and ``pairs_per_part`` only, so every run of the same configuration batches the same
+sequences together. run.py writes the result to disk and report/ draws it.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from alignment_probe import stats
-from alignment_probe.effects import EXPERIMENT_NAMES
+from alignment_probe.effects import EXPERIMENT_NAMES, KEY_COLUMNS
 from alignment_probe.engine.spec import HOOKS, Engine, PatchSpec
 from alignment_probe.errors import ConfigError
 from alignment_probe.experiments.alpha import DEFAULT_ALPHAS, alpha_specs
@@ -26,8 +36,10 @@ from alignment_probe.experiments.lowrank import (DEFAULT_KS, MODES, fit_for_mode
 from alignment_probe.experiments.patching import DIRECTIONS, patching_specs
 from alignment_probe.experiments.sources import PER_SEQUENCE, VECTORS, source_specs
 from alignment_probe.interventions import SCOPES
+from alignment_probe.numerics import check_scores
 from alignment_probe.pair import ModelPair
 from alignment_probe.scoring import score_pairs
+from alignment_probe.tables import PartStore
 from alignment_probe.tokens import TokenizedPair
 
 PER_LAYER = ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction",
@@ -131,15 +143,29 @@ def ratio_of_means(num: np.ndarray, den: np.ndarray, *, seed: int, n_boot: int) 
     return point, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
-def run_lowrank(pair: ModelPair, tokenized: Sequence[TokenizedPair], engine: Engine, cfg: SuiteConfig,
-                layers: Sequence[int], *, progress: bool) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """E6 at ``layers``: fit on all pairs and on the fit half, patch, and compute effect ratios."""
-    modes = [m for m in MODES if m in cfg.experiments]
-    scope = "all_but_bos" if cfg.lowrank_exclude_bos and cfg.scope == "all" else cfg.scope
-    ks = ks_for(pair.d_model, cfg.lowrank_ks)
+@dataclass
+class LowRankFit:
+    """What E6 fitted at ``layers``: the conditions to patch, and the variance explained per (mode, layer, k)."""
+
+    specs: list[PatchSpec]
+    variance: dict[tuple[str, int, int], float]
+
+
+def lowrank_context(pair: ModelPair, tokenized: Sequence[TokenizedPair], cfg: SuiteConfig) -> dict[str, Any]:
+    """Modes, position scope, ks and the fit/held-out halves of E6 (cheap; no forward pass)."""
     ids = [t.pair_id for t in tokenized]
     fit_ids, heldout_ids = stats.split_halves(ids, seed=cfg.seed)
-    fit_tok = [t for t in tokenized if t.pair_id in set(fit_ids)]
+    return {"modes": [m for m in MODES if m in cfg.experiments],
+            "scope": "all_but_bos" if cfg.lowrank_exclude_bos and cfg.scope == "all" else cfg.scope,
+            "ks": ks_for(pair.d_model, cfg.lowrank_ks), "fit_ids": fit_ids, "heldout_ids": heldout_ids}
+
+
+def fit_lowrank(pair: ModelPair, tokenized: Sequence[TokenizedPair], cfg: SuiteConfig,
+                layers: Sequence[int]) -> LowRankFit:
+    """E6's subspaces at ``layers``, fitted on all pairs and on the fit half, as patch conditions."""
+    ctx = lowrank_context(pair, tokenized, cfg)
+    modes, scope, ks = ctx["modes"], ctx["scope"], ctx["ks"]
+    fit_tok = [t for t in tokenized if t.pair_id in set(ctx["fit_ids"])]
     specs: list[PatchSpec] = full_patch_specs(layers, hook=cfg.hook, scope=scope)
     variance: dict[tuple[str, int, int], float] = {}
     for layer in layers:
@@ -150,13 +176,19 @@ def run_lowrank(pair: ModelPair, tokenized: Sequence[TokenizedPair], engine: Eng
             sub_fit = fit_for_mode(MODES[name], acts_fit, centre=cfg.lowrank_centre)
             specs += lowrank_specs(name, sub_all, layer=layer, ks=ks, hook=cfg.hook, scope=scope)
             specs += lowrank_specs(name, sub_fit, layer=layer, ks=ks, hook=cfg.hook, scope=scope, split="heldout",
-                                   pair_ids=frozenset(heldout_ids))
+                                   pair_ids=frozenset(ctx["heldout_ids"]))
             for k in ks:
                 variance[(name, layer, k)] = sub_all.variance_explained(k)
-    effects = engine.run(pair, tokenized, specs, progress=progress)
+    return LowRankFit(specs, variance)
+
+
+def summarize_lowrank(effects: pd.DataFrame, ctx: dict[str, Any], variance: dict[tuple[str, int, int], float],
+                      cfg: SuiteConfig, layers: Sequence[int]) -> dict[str, Any]:
+    """E6's effect ratios (low-rank effect / full-patch effect) per mode, layer and k, with CIs."""
+    ks = ctx["ks"]
     full = effects[effects.experiment == "lowrank_full"]
     out: dict[str, Any] = {}
-    for name in modes:
+    for name in ctx["modes"]:
         rows, by_k = effects[effects.experiment == name], []
         for layer in layers:
             den = full[full.layer == layer].set_index("pair_id").effect
@@ -170,14 +202,22 @@ def run_lowrank(pair: ModelPair, tokenized: Sequence[TokenizedPair], engine: Eng
                 by_k.append({"layer": int(layer), "k": int(k), "effect_mean": float(num_all.mean()),
                              "full_effect_mean": float(den.mean()), "effect_ratio": r, "effect_ratio_ci": [lo, hi],
                              "heldout_effect_ratio": hr, "heldout_effect_ratio_ci": [hlo, hhi],
-                             "variance_explained": variance[(name, layer, k)]})
+                             "variance_explained": variance[(name, int(layer), int(k))]})
         k_ref = 4 if 4 in ks else ks[0]
         per_layer_rows = rows[(rows.split == "all") & (rows.param == k_ref)]
         summary = stats.summarize_experiment(per_layer_rows, seed=cfg.seed, n_boot=cfg.n_boot)
         out[name] = summary | {"layers": [int(x) for x in layers], "ks": ks, "per_layer_k": k_ref, "by_k": by_k,
-                               "scope": scope, "centre": cfg.lowrank_centre, "fit_pairs": len(fit_ids),
-                               "heldout_pairs": len(heldout_ids)}
-    return effects, out
+                               "scope": ctx["scope"], "centre": cfg.lowrank_centre, "fit_pairs": len(ctx["fit_ids"]),
+                               "heldout_pairs": len(ctx["heldout_ids"])}
+    return out
+
+
+def run_lowrank(pair: ModelPair, tokenized: Sequence[TokenizedPair], engine: Engine, cfg: SuiteConfig,
+                layers: Sequence[int], *, progress: bool) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """E6 at ``layers`` in one go (no parts): fit on all pairs and on the fit half, patch, summarise."""
+    fit = fit_lowrank(pair, tokenized, cfg, layers)
+    effects = engine.run(pair, tokenized, fit.specs, progress=progress)
+    return effects, summarize_lowrank(effects, lowrank_context(pair, tokenized, cfg), fit.variance, cfg, layers)
 
 
 def gain_summary(scores: pd.DataFrame, cfg: SuiteConfig) -> dict[str, Any]:
@@ -188,19 +228,70 @@ def gain_summary(scores: pd.DataFrame, cfg: SuiteConfig) -> dict[str, Any]:
             "gain_per_token_mean": pt_mean, "gain_per_token_ci": [pt_lo, pt_hi]}
 
 
+DEFAULT_PAIRS_PER_PART = 8
+
+
+def pair_groups(tokenized: Sequence[TokenizedPair], pairs_per_part: int | None) -> list[list[TokenizedPair]]:
+    """Consecutive groups of ``pairs_per_part`` pairs in pair-id order (one group if None)."""
+    if pairs_per_part is not None and pairs_per_part < 1:
+        raise ConfigError(f"--pairs-per-part must be at least 1, got {pairs_per_part}.")
+    ordered = sorted(tokenized, key=lambda t: t.pair_id)
+    size = pairs_per_part or max(len(ordered), 1)
+    return [ordered[i: i + size] for i in range(0, len(ordered), size)]
+
+
+def group_tag(group: Sequence[TokenizedPair]) -> str:
+    return f"{group[0].pair_id:06d}-{group[-1].pair_id:06d}"
+
+
+def canonical_effects(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Parts of an effects table → one table in the canonical row order (that of ``to_frame``)."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame()
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.sort_values(KEY_COLUMNS, kind="stable", na_position="first").reset_index(drop=True)
+
+
 def run_suite(pair: ModelPair, tokenized: Sequence[TokenizedPair], engine: Engine, cfg: SuiteConfig | None = None, *,
-              progress: bool = False, log: Callable[[str], None] = lambda s: None) -> SuiteResult:
-    """Run the chosen experiments on a loaded pair and tokenised pairs."""
+              progress: bool = False, log: Callable[[str], None] = lambda s: None, store: PartStore | None = None,
+              pairs_per_part: int | None = DEFAULT_PAIRS_PER_PART) -> SuiteResult:
+    """Run the chosen experiments on a loaded pair and tokenised pairs.
+
+    ``store`` keeps each stage's parts (a folder for a resumable run; in memory by default):
+    parts it already holds are loaded, not recomputed.
+    """
     cfg = cfg or SuiteConfig()
     cfg.validate(pair.n_layers)
-    log(f"scoring {len(tokenized)} pairs with base and tuned")
-    scores = score_pairs(pair, tokenized, progress=progress)
-    summary: dict[str, Any] = {"n_layers": pair.n_layers} | gain_summary(scores, cfg) | {"experiments": {}}
+    store = store if store is not None else PartStore()
+    tokenized = sorted(tokenized, key=lambda t: t.pair_id)
+    groups = pair_groups(tokenized, pairs_per_part)
     specs = per_layer_specs(cfg, pair.n_layers)
+
+    # Stage 1: scores and every per-layer condition, one group of pairs at a time.
+    log(f"stage 1: scoring and {len(specs)} per-layer conditions × {len(tokenized)} pairs in {len(groups)} "
+        f"part(s) ({engine.name} engine)")
+    score_parts, effect_parts = [], []
+    for n, group in enumerate(groups, 1):
+        tag = group_tag(group)
+        done = store.has(f"scores-{tag}.parquet") and (not specs or store.has(f"stage1-{tag}.parquet"))
+
+        def score(group: list[TokenizedPair] = group) -> pd.DataFrame:
+            table = score_pairs(pair, group, progress=False)
+            check_scores(pair, table, group)  # NaN/inf: names the pair, model and layer
+            return table
+
+        score_parts.append(store.table(f"scores-{tag}", score))
+        if specs:
+            effect_parts.append(store.table(f"stage1-{tag}", lambda g=group: engine.run(pair, g, specs,
+                                                                                       progress=progress)))
+        log(f"stage 1: part {n}/{len(groups)} (pair_id {group[0].pair_id}–{group[-1].pair_id}) "
+            f"{'already done' if done else 'done'}")
+    scores = pd.concat(score_parts, ignore_index=True).sort_values("pair_id", kind="stable").reset_index(drop=True)
+    summary: dict[str, Any] = {"n_layers": pair.n_layers} | gain_summary(scores, cfg) | {"experiments": {}}
     tables = []
     if specs:
-        log(f"patching: {len(specs)} per-layer conditions × {len(tokenized)} pairs ({engine.name} engine)")
-        effects = engine.run(pair, tokenized, specs, progress=progress)
+        effects = canonical_effects(effect_parts)
         tables.append(effects)
         for name in PER_LAYER:
             if name in cfg.experiments:
@@ -208,20 +299,48 @@ def run_suite(pair: ModelPair, tokenized: Sequence[TokenizedPair], engine: Engin
                                                                           seed=cfg.seed, n_boot=cfg.n_boot)
         if "alpha" in cfg.experiments:
             summary["experiments"]["alpha"] = summarize_alpha(effects, cfg)
+
+    # Stage 2: low rank at E1's peak layer (or the layers asked for).
     if set(MODES) & set(cfg.experiments):
         e1 = summary["experiments"].get("patch_tuned_to_base") or stats.summarize_experiment(
             default_rows(tables[0], "patch_tuned_to_base", cfg), seed=cfg.seed, n_boot=cfg.n_boot)
-        layers = list(cfg.lowrank_layers) if cfg.lowrank_layers is not None else [e1["peak_layer"]]
-        log(f"low rank at layer(s) {layers}")
-        lr_effects, lr_summary = run_lowrank(pair, tokenized, engine, cfg, layers, progress=progress)
+        layers = [int(x) for x in (cfg.lowrank_layers if cfg.lowrank_layers is not None else [e1["peak_layer"]])]
+        ctx = lowrank_context(pair, tokenized, cfg)
+        names = [f"stage2-{group_tag(g)}.parquet" for g in groups]
+        fitted: list[LowRankFit] = []
+
+        def fit() -> LowRankFit:
+            if not fitted:
+                log(f"stage 2: fitting low-rank subspaces at layer(s) {layers}")
+                fitted.append(fit_lowrank(pair, tokenized, cfg, layers))
+            return fitted[0]
+
+        if not (store.has("stage2-fit.json") and all(store.has(n) for n in names)):
+            fit()  # some part is missing: its conditions need the subspaces
+        saved = store.json("stage2-fit", lambda: {"layers": layers, "variance": [
+            [name, layer, k, v] for (name, layer, k), v in sorted(fit().variance.items())]})
+        variance = {(name, int(layer), int(k)): float(v) for name, layer, k, v in saved["variance"]}
+        lr_parts = []
+        for n, (group, name) in enumerate(zip(groups, names), 1):
+            done = store.has(name)
+            lr_parts.append(store.table(name.removesuffix(".parquet"),
+                                        lambda g=group: engine.run(pair, g, fit().specs, progress=progress)))
+            log(f"stage 2: part {n}/{len(groups)} (pair_id {group[0].pair_id}–{group[-1].pair_id}) "
+                f"{'already done' if done else 'done'}")
+        lr_effects = canonical_effects(lr_parts)
         tables.append(lr_effects)
-        summary["experiments"].update(lr_summary)
+        summary["experiments"].update(summarize_lowrank(lr_effects, ctx, variance, cfg, layers))
+
+    # Stage 3: the LASSO (needs every pair at once).
     lasso = None
     if "lasso" in cfg.experiments:
         from alignment_probe.experiments.lasso import run_lasso
 
-        log("LASSO on per-layer activation distances")
-        lasso = run_lasso(pair, tokenized, target=scores.gain.to_numpy(), seed=cfg.seed)
+        def fit_lasso() -> dict[str, Any]:
+            log("stage 3: LASSO on per-layer activation distances")
+            return run_lasso(pair, tokenized, target=scores.gain.to_numpy(), seed=cfg.seed)
+
+        lasso = store.json("lasso", fit_lasso)
         summary["experiments"]["lasso"] = lasso
     effects = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     return SuiteResult(scores=scores, effects=effects, summary=summary, lasso=lasso)
