@@ -79,8 +79,14 @@ def load(args):
     else:
         from alignment_probe.checkpoints import train_tokenizer
 
+        import tempfile
+
+        from transformers import AutoTokenizer
+
         hh, _ = load_pairs(HH)
-        tok = train_tokenizer([p.prompt + p.chosen for p in hh[:2000]], vocab_size=4096)
+        tok_dir = Path(tempfile.mkdtemp(prefix="bench-tok-"))
+        train_tokenizer([p.prompt + p.chosen for p in hh[:2000]], vocab_size=4096).save_pretrained(tok_dir)
+        tok = AutoTokenizer.from_pretrained(tok_dir)  # a saved tokenizer: TransformerLens reloads it by path
         pair = llama_1b_shape_pair(args.device, getattr(torch, args.dtype), tok)
         data = HH
     pairs, _ = load_pairs(data)
