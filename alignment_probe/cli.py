@@ -186,7 +186,10 @@ def cmd_organism(args: argparse.Namespace) -> int:
     from alignment_probe.organisms.build import build_organisms
 
     result = build_organisms(Path(args.out), seed=args.seed, size=args.size, progress=True)
-    print(f"built organisms in {args.out}: {result}")
+    t = result["tuned"]
+    print(f"built organisms in {args.out} (seed {args.seed}, {args.size}): held-out loss of base "
+          f"{result['heldout_loss']['base_per_token_nats']:.3f} nats/token; tuned gain {t['mean_gain']:+.2f} "
+          f"[{t['gain_ci95'][0]:+.2f}, {t['gain_ci95'][1]:+.2f}]; metrics in {Path(args.out) / 'organisms' / 'metrics.json'}")
     return EXIT_OK
 
 

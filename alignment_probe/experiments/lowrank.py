@@ -54,19 +54,29 @@ class Subspace:
 def stacked_activations(pair: ModelPair, tokenized: Sequence[TokenizedPair], *, layer: int, hook: str = "resid_post",
                         models: Iterable[str] = ("base", "tuned"), exclude_bos: bool = True,
                         pairs_per_batch: int = 8) -> dict[str, Tensor]:
-    """Real-token activations of each model at one hook point, stacked over all sequences: [N·T, d]."""
+    """Real-token activations of each model at one hook point, stacked over all sequences: [N·T, d].
+
+    The extra key ``"pair_id"`` holds, for every row, the pair it came from (to select a subset)."""
     name = hook_name(layer, hook)
     out: dict[str, list[Tensor]] = {m: [] for m in models}
+    owner: list[Tensor] = []
     first = 1 if exclude_bos else 0
     for lo in range(0, len(tokenized), pairs_per_batch):
         seqs = pair_sequences(tokenized[lo: lo + pairs_per_batch])
         batch = make_batch(seqs)
+        owner += [torch.full((s.length - first,), s.pair_id, dtype=torch.long) for s in seqs]
         for m in out:
             model = pair.models()[m]
             _, cache = model.run_with_cache(batch.tokens.to(model.cfg.device), names_filter=name, stop_at_layer=layer + 1)
             acts = cache[name].float().cpu()
             out[m] += [acts[i, first: s.length] for i, s in enumerate(seqs)]
-    return {m: torch.cat(v) for m, v in out.items()}
+    return {m: torch.cat(v) for m, v in out.items()} | {"pair_id": torch.cat(owner)}
+
+
+def rows_of(acts: dict[str, Tensor], pair_ids: Iterable[int]) -> dict[str, Tensor]:
+    """The rows of :func:`stacked_activations` that belong to ``pair_ids``."""
+    keep = torch.isin(acts["pair_id"], torch.tensor(sorted(pair_ids), dtype=torch.long))
+    return {m: v[keep] for m, v in acts.items()}
 
 
 def fit_subspace(stack: Tensor, *, centre: bool = True) -> Subspace:

@@ -32,7 +32,7 @@ from alignment_probe.errors import ConfigError
 from alignment_probe.experiments.alpha import DEFAULT_ALPHAS, alpha_specs
 from alignment_probe.experiments.controls import control_specs
 from alignment_probe.experiments.lowrank import (DEFAULT_KS, MODES, fit_for_mode, full_patch_specs, ks_for,
-                                                 lowrank_specs, stacked_activations)
+                                                 lowrank_specs, rows_of, stacked_activations)
 from alignment_probe.experiments.patching import DIRECTIONS, patching_specs
 from alignment_probe.experiments.sources import PER_SEQUENCE, VECTORS, source_specs
 from alignment_probe.interventions import SCOPES
@@ -165,12 +165,11 @@ def fit_lowrank(pair: ModelPair, tokenized: Sequence[TokenizedPair], cfg: SuiteC
     """E6's subspaces at ``layers``, fitted on all pairs and on the fit half, as patch conditions."""
     ctx = lowrank_context(pair, tokenized, cfg)
     modes, scope, ks = ctx["modes"], ctx["scope"], ctx["ks"]
-    fit_tok = [t for t in tokenized if t.pair_id in set(ctx["fit_ids"])]
     specs: list[PatchSpec] = full_patch_specs(layers, hook=cfg.hook, scope=scope)
     variance: dict[tuple[str, int, int], float] = {}
     for layer in layers:
         acts_all = stacked_activations(pair, tokenized, layer=layer, hook=cfg.hook, exclude_bos=cfg.lowrank_exclude_bos)
-        acts_fit = stacked_activations(pair, fit_tok, layer=layer, hook=cfg.hook, exclude_bos=cfg.lowrank_exclude_bos)
+        acts_fit = rows_of(acts_all, ctx["fit_ids"])
         for name in modes:
             sub_all = fit_for_mode(MODES[name], acts_all, centre=cfg.lowrank_centre)
             sub_fit = fit_for_mode(MODES[name], acts_fit, centre=cfg.lowrank_centre)
