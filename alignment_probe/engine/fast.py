@@ -11,6 +11,11 @@ What it avoids, and how:
   point goes into one right-padded batch, whatever the layer sweep, control, α or pair.
 * **Completion-only unembedding.** Only completion positions are normed, unembedded and
   log-softmaxed (see scoring.py).
+* **No run that cannot change anything.** A patch that leaves the target's activation bit-for-bit
+  as it was (the identity control, α = 0) reuses the clean log-prob: downstream of an unchanged
+  activation the computation *is* the clean run. This also makes those controls exactly zero however
+  a batched forward happens to round (multi-threaded CPU kernels round differently per batch shape,
+  by ~1e-5 nats). The reference engine still recomputes them.
 * **Bounded memory.** Pairs stream through in chunks whose caches fit a memory budget; only the
   patched runs of one batch are materialised at a time.
 
@@ -63,6 +68,7 @@ class Item:
     spec_index: int
     seq: ScoredSequence
     value: torch.Tensor  # [pos, d_model]: the start residual, or the activation a hook writes
+    unchanged: bool = False  # the patch leaves the target's activation bit-for-bit as it was
 
 
 @dataclass
@@ -136,11 +142,12 @@ class FastEngine:
             length_by_side={s: cc.seqs[(pair_id, s)].length for s in SIDES},
         )
         patched = apply_in_scope(spec.intervention, ctx, k.scope)
+        unchanged = torch.equal(patched, ctx.target)
         if k.hook in ("resid_pre", "resid_post"):
-            return Item(spec_index, seq, patched)
+            return Item(spec_index, seq, patched, unchanged)
         # Other hook points: start from the target's own resid_pre; a hook writes the patched value.
         start = cc.acts[k.target][hook_name(k.layer, "resid_pre")][row]
-        return Item(spec_index, seq, torch.stack([start, patched]))
+        return Item(spec_index, seq, torch.stack([start, patched]), unchanged)
 
     @torch.inference_mode()
     def run_batch(self, pair: ModelPair, target: str, start: int, hook: str | None, items: list[Item]) -> list[float]:
@@ -180,10 +187,20 @@ class FastEngine:
                 runs = [(i, t.pair_id, side) for i in spec_ids for t in chunk if specs[i].applies_to(t.pair_id)
                         for side in SIDES if specs[i].patches(side)]
                 runs.sort(key=lambda r: cc.seqs[(r[1], r[2])].length)
-                for b in range(0, len(runs), self.batch_size):
-                    items = [self.item(i, specs[i], pid, side, cc) for i, pid, side in runs[b: b + self.batch_size]]
-                    for it, v in zip(items, self.run_batch(pair, target, start, hook, items)):
-                        patched[(it.spec_index, it.seq.pair_id, it.seq.side)] = v
+                pending: list[Item] = []
+                for n, (i, pid, side) in enumerate(runs):
+                    it = self.item(i, specs[i], pid, side, cc)
+                    if it.unchanged:
+                        # The target's activation is exactly its own, so everything downstream is the
+                        # clean run: reuse its log-prob (this is what makes the identity control and
+                        # α = 0 exactly zero, independent of how a batched forward rounds).
+                        patched[(i, pid, side)] = cc.clean[target][(pid, side)]
+                    else:
+                        pending.append(it)
+                    if pending and (len(pending) == self.batch_size or n == len(runs) - 1):
+                        for p_it, v in zip(pending, self.run_batch(pair, target, start, hook, pending)):
+                            patched[(p_it.spec_index, p_it.seq.pair_id, p_it.seq.side)] = v
+                        pending = []
             check_patched(patched, specs)  # NaN/inf check: names pair and patched condition
             for i, spec in enumerate(specs):
                 k = spec.key
