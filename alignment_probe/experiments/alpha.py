@@ -13,7 +13,7 @@ from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.interventions import Interpolate
 
-DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+DEFAULT_ALPHAS = (0.0, 0.5, 1.0, 1.5)
 
 
 def alpha_specs(layers: Iterable[int], *, alphas: Sequence[float] = DEFAULT_ALPHAS, hook: str = "resid_post",

@@ -116,6 +116,28 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float = 0.
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+class StepLog:
+    """One optimizer step (gradient norm clipped to 1), the loss history, and a running-mean log line
+    every ``every`` steps: the loop body that pretraining and DPO share."""
+
+    def __init__(self, what: str, steps: int, log: Callable[[str], None] | None, every: int):
+        self.what, self.steps, self.log, self.every = what, steps, log, every
+        self.history: list[float] = []
+        self.running = 0.0
+
+    def step(self, opt: torch.optim.Optimizer, loss: torch.Tensor, params, step: int) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        self.history.append(float(loss.detach()))
+        self.running += self.history[-1]
+        if self.log and ((step + 1) % self.every == 0 or step + 1 == self.steps):
+            self.log(f"  {self.what} step {step + 1}/{self.steps}  loss {self.running / ((step % self.every) + 1):.4f}")
+        if (step + 1) % self.every == 0:
+            self.running = 0.0
+
+
 def pretrain(model: LlamaForCausalLM, seqs: Sequence[Sequence[int]], *, pad_id: int, steps: int,
              batch_size: int, lr: float, warmup: int, weight_decay: float, seed: int,
              log: Callable[[str], None] | None = None, log_every: int = 100) -> list[float]:
@@ -127,9 +149,8 @@ def pretrain(model: LlamaForCausalLM, seqs: Sequence[Sequence[int]], *, pad_id: 
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
     model.train()
-    history: list[float] = []
+    steps_log = StepLog("pretrain", steps, log, log_every)
     batches: list[list[int]] = []
-    running = 0.0
     for step in range(steps):
         if not batches:
             batches = length_batches(lengths, batch_size, rng)
@@ -139,18 +160,9 @@ def pretrain(model: LlamaForCausalLM, seqs: Sequence[Sequence[int]], *, pad_id: 
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, lr, warmup)
         loss, _ = lm_loss(model, batch, lens)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        history.append(float(loss.detach()))
-        running += history[-1]
-        if log and ((step + 1) % log_every == 0 or step + 1 == steps):
-            log(f"  pretrain step {step + 1}/{steps}  loss {running / ((step % log_every) + 1):.4f}")
-        if (step + 1) % log_every == 0:
-            running = 0.0
+        steps_log.step(opt, loss, model.parameters(), step)
     model.eval()
-    return history
+    return steps_log.history
 
 
 @torch.no_grad()
@@ -249,9 +261,8 @@ def dpo_train(model: LlamaForCausalLM, pairs: TokenPairs, ref: tuple[torch.Tenso
     lengths = [len(p) + max(len(c), len(r)) for p, c, r in zip(pairs.prompts, pairs.chosen, pairs.rejected)]
     ref_c, ref_r = ref
     model.train()
-    history: list[float] = []
+    steps_log = StepLog("dpo", steps, log, log_every)
     batches: list[list[int]] = []
-    running = 0.0
     for step in range(steps):
         if not batches:
             batches = length_batches(lengths, batch_size, rng, pool=16)
@@ -264,17 +275,8 @@ def dpo_train(model: LlamaForCausalLM, pairs: TokenPairs, ref: tuple[torch.Tenso
         logps = completion_logps(model, ids, mask)
         pc, pr = logps[:len(idx)], logps[len(idx):]
         loss = dpo_loss(pc, pr, ref_c[idx].float(), ref_r[idx].float(), beta)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        history.append(float(loss.detach()))
-        running += history[-1]
-        if log and ((step + 1) % log_every == 0 or step + 1 == steps):
-            log(f"  dpo step {step + 1}/{steps}  loss {running / ((step % log_every) + 1):.4f}")
-        if (step + 1) % log_every == 0:
-            running = 0.0
+        steps_log.step(opt, loss, params, step)
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    return history
+    return steps_log.history
