@@ -11,21 +11,15 @@ from typing import Any, Iterable
 
 import torch
 
-SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
-
-
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Any:
-    """Train a byte-level BPE tokenizer (GPT-2/Llama-3 style) and wrap it for ``transformers``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """Train a byte-level BPE tokenizer (GPT-2/Llama-3 style) and wrap it for ``transformers``.
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+    One implementation for the tests, the benchmarks and the model organisms
+    (:mod:`alignment_probe.organisms.tokenizer` documents its special tokens and boundary property).
+    """
+    from alignment_probe.organisms.tokenizer import train_tokenizer as train
+
+    return train(texts, vocab_size)
 
 
 def llama_config(tokenizer: Any, **overrides: Any) -> Any:
