@@ -65,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scope", default="all", help="positions patched: all, prompt, completion, last_prompt")
     run.add_argument("--extra-hooks", default="", help="E1 also at these hook points, e.g. mlp_out,attn_out")
     run.add_argument("--extra-scopes", default="", help="E1 also with these scopes, e.g. last_prompt,completion")
-    run.add_argument("--alpha-layers", default=None, help="layers for the α sweep (default: all)")
+    run.add_argument("--layers", default=None,
+                     help="layers the per-layer experiments sweep, e.g. 0,4,8 or 0:30:3 (start:stop:step); default: all")
+    run.add_argument("--pair-ids", default=None,
+                     help="file of pair ids to draw from (a JSON list, or ids separated by spaces/newlines), e.g. the "
+                          "held-out half a tuned model was not trained on")
+    run.add_argument("--alpha-layers", default=None, help="layers for the α sweep (default: every swept layer)")
     run.add_argument("--lowrank-layers", default=None, help="layers for low rank (default: E1's peak layer)")
     run.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for every CI")
     run.add_argument("--engine", choices=["fast", "reference"], default="fast",
@@ -154,6 +159,25 @@ def _list(text: str | None, cast=str, option: str = "") -> tuple | None:
         raise ConfigError(f"{option} {text!r}: expected a comma-separated list of {cast.__name__}s, e.g. 4,8,12.") from None
 
 
+def _layers(text: str | None, option: str) -> tuple[int, ...] | None:
+    """``4,8,12`` or ``0:30:3`` (Python's range: start, stop, step) or a mix of both."""
+    if text is None:
+        return None
+    out: list[int] = []
+    for item in (x.strip() for x in text.split(",")):
+        if ":" in item:
+            try:
+                out += list(range(*(int(v) for v in item.split(":"))))
+            except (TypeError, ValueError):
+                from alignment_probe.errors import ConfigError
+
+                raise ConfigError(f"{option} {text!r}: {item!r} is not start:stop or start:stop:step with integers, "
+                                  "e.g. 0:30:3.") from None
+        elif item:
+            out += list(_list(item, int, option) or ())
+    return tuple(sorted(set(out)))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from alignment_probe.effects import EXPERIMENT_NAMES
     from alignment_probe.experiments.suite import SuiteConfig
@@ -163,13 +187,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     experiments = EXPERIMENT_NAMES if args.experiments == "all" else _list(args.experiments)
     suite = SuiteConfig(experiments=experiments, hook=args.hook, scope=args.scope,
                         extra_hooks=_list(args.extra_hooks) or (), extra_scopes=_list(args.extra_scopes) or (),
-                        alpha_layers=_list(args.alpha_layers, int, "--alpha-layers"),
-                        lowrank_layers=_list(args.lowrank_layers, int, "--lowrank-layers"),
+                        layers=_layers(args.layers, "--layers"),
+                        alpha_layers=_layers(args.alpha_layers, "--alpha-layers"),
+                        lowrank_layers=_layers(args.lowrank_layers, "--lowrank-layers"),
                         seed=args.seed, n_boot=args.n_boot)
     req = RunRequest(base=args.base, tuned=args.tuned, data=args.data, out=Path(args.out), suite=suite,
                      n_pairs=args.n_pairs, max_length=args.max_length, data_dir=args.data_dir, split=args.split,
                      device=args.device, dtype=args.dtype, engine=args.engine, batch_size=args.batch_size,
-                     force=args.force, pairs_per_part=args.pairs_per_part, argv=args.argv)
+                     force=args.force, pairs_per_part=args.pairs_per_part, pair_ids=args.pair_ids, argv=args.argv)
     result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr))
     s = result.summary
     print(f"wrote {args.out}/ ({s['n_pairs']} pairs, {s['n_layers']} layers): gain {s['gain_mean']:+.3f} "

@@ -327,3 +327,41 @@ def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = 
         raise DataError(f"{source}: no usable preference pairs ({report.summary()}). Every pair was skipped; "
                         "see the README's 'When something goes wrong' for what each reason means.")
     return pairs, report
+
+
+def read_pair_ids(path: str | Path) -> list[int]:
+    """Pair ids from a file: a JSON list of integers, or integers separated by spaces or newlines.
+
+    Used to restrict a run to a subset, e.g. the held-out half a tuned twin was not trained on
+    (``alignment_probe.realmodels.dpo_lora.heldout_pairs``). Ids are the ``pair_id`` that
+    :func:`load_pairs` gives: the 0-based record (line) number in the data file.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"Pair-id file {path} does not exist (--pair-ids). Pass a file with a JSON list of pair ids "
+                        "or one id per line.")
+    text = path.read_text()
+    try:
+        values = json.loads(text) if text.lstrip().startswith("[") else text.split()
+        ids = [int(v) for v in values]
+        if any(isinstance(v, float) and not float(v).is_integer() for v in values):
+            raise ValueError
+    except (ValueError, TypeError):
+        raise DataError(f"{path} (--pair-ids) must hold a JSON list of integer pair ids or integers separated by "
+                        "spaces or newlines; it could not be read as either.") from None
+    if not ids:
+        raise DataError(f"{path} (--pair-ids) holds no pair ids.")
+    return sorted(set(ids))
+
+
+def restrict_pairs(pairs: Sequence[PreferencePair], ids: Sequence[int], *, source: str, ids_source: str) -> list[PreferencePair]:
+    """The usable pairs whose ``pair_id`` is in ``ids``; an id that names no usable pair is an error."""
+    wanted = set(ids)
+    kept = [p for p in pairs if p.pair_id in wanted]
+    missing = sorted(wanted - {p.pair_id for p in kept})
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
+        raise DataError(f"{len(missing)} of the {len(wanted)} pair ids in {ids_source} name no usable pair of {source} "
+                        f"(ids {shown}). Ids are 0-based record numbers of the data file; check that the id file was "
+                        "made for this file, or drop those ids.")
+    return kept

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from alignment_probe.data import load_pairs
+from alignment_probe.data import load_pairs, read_pair_ids, restrict_pairs
 from alignment_probe.engine import make_engine
 from alignment_probe.errors import ConfigError
 from alignment_probe.experiments.suite import DEFAULT_PAIRS_PER_PART, SuiteConfig, SuiteResult, run_suite
@@ -62,13 +62,14 @@ class RunRequest:
     batch_size: int = 32
     force: bool = False
     pairs_per_part: int = DEFAULT_PAIRS_PER_PART
+    pair_ids: str | None = None  # a file of pair ids to draw from (e.g. a held-out half); None: every pair
     argv: Sequence[str] | None = field(default=None, repr=False)  # the command line, for the manifest
 
     def config(self) -> dict[str, Any]:
         return {"seed": self.suite.seed, "base": self.base, "tuned": self.tuned, "data": self.data, "data_dir": self.data_dir,
                 "split": self.split, "n_pairs": self.n_pairs, "max_length": self.max_length, "device": self.device,
                 "dtype": self.dtype, "engine": self.engine, "batch_size": self.batch_size,
-                "pairs_per_part": self.pairs_per_part, "suite": self.suite.to_dict()}
+                "pairs_per_part": self.pairs_per_part, "pair_ids": self.pair_ids, "suite": self.suite.to_dict()}
 
     def validate(self) -> None:
         """Option checks that need nothing loaded."""
@@ -180,6 +181,11 @@ def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None
     old_manifest = check_run_dir(req)
     # The data and the checkpoints' files are read and checked before any model loads.
     pairs, report = load_pairs(req.data, data_dir=req.data_dir, split=req.split)
+    id_source: dict[str, Any] = {}
+    if req.pair_ids is not None:
+        pairs = restrict_pairs(pairs, read_pair_ids(req.pair_ids), source=req.data, ids_source=req.pair_ids)
+        id_source = {"pair_ids_file": req.pair_ids, "pair_ids_file_sha256": file_fingerprint(req.pair_ids)["sha256"],
+                     "n_pairs_in_id_file": len(pairs)}
     check_sampling_options(req.n_pairs, req.max_length, len(pairs), req.data, report)
     precheck_pair(req.base, req.tuned)
     make_deterministic(req.device)
@@ -198,7 +204,7 @@ def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None
         log(truncation)
     manifest = build_manifest("run", req.config(), models=pair.describe(), argv=req.argv, device=req.device,
                               data={"source": req.data, **file_fingerprint(req.data), "skips": report.to_dict(),
-                                    "max_length_used": max_length, **truncation_stats(tokenized),
+                                    "max_length_used": max_length, **truncation_stats(tokenized), **id_source,
                                     "pair_ids": [t.pair_id for t in tokenized]})
     resume = old_manifest is not None and check_same_inputs(req, old_manifest, manifest)
     req.out.mkdir(parents=True, exist_ok=True)

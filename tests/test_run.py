@@ -81,3 +81,66 @@ def test_changed_config_in_existing_run_dir_is_refused(tiny, full_run, capsys):
 def test_unknown_experiment_is_refused_before_compute(tiny, tmp_path, capsys):
     assert main(_args(tiny, tmp_path / "x", "--experiments", "patch_tuned_to_bse")) == 2
     assert "unknown experiment" in capsys.readouterr().err
+
+
+def test_layer_subset_rows_equal_the_full_sweep(tiny, tmp_path, full_run):
+    """--layers only filters conditions: every row (random controls included) equals the full run's row."""
+    names = ["patch_tuned_to_base", "random_noise", "random_direction", "source_chosen_only", "alpha"]
+    out = tmp_path / "layers"
+    assert main(_args(tiny, out, "--experiments", ",".join(names), "--layers", "1,3")) == 0
+    a = pd.read_parquet(out / "effects.parquet")
+    assert sorted(a.layer.unique()) == [1, 3]
+    b = pd.read_parquet(full_run / "effects.parquet")
+    b = b[b.experiment.isin(names) & b.layer.isin([1, 3])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    e1 = json.loads((out / "summary.json").read_text())["experiments"]["patch_tuned_to_base"]
+    assert [r["layer"] for r in e1["per_layer"]] == [1, 3] and e1["peak_layer"] in (1, 3)
+
+
+def test_layer_range_syntax_and_out_of_range_layer(tiny, tmp_path, capsys):
+    from alignment_probe.cli import _layers
+
+    assert _layers("0:4:2,3", "--layers") == (0, 2, 3)
+    assert main(_args(tiny, tmp_path / "x", "--experiments", "identity", "--layers", "0:9")) == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+def test_pair_ids_restrict_the_sample(tiny, tmp_path, capsys, full_run):
+    fit = json.loads((full_run / "manifest.json").read_text())["data"]["pair_ids"]  # 6 pairs that fit in 72 tokens
+    ids = sorted({*fit, 3, 10, 11, 12})
+    id_file = tmp_path / "ids.json"
+    id_file.write_text(json.dumps(ids))
+    out = tmp_path / "ids"
+    assert main(_args(tiny, out, "--experiments", "identity", "--pair-ids", str(id_file))) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["data"]["pair_ids"]) == 6 and set(manifest["data"]["pair_ids"]) <= set(ids)
+    assert manifest["config"]["pair_ids"] == str(id_file) and manifest["data"]["n_pairs_in_id_file"] == len(ids)
+    # An id the data file does not have is named, before any model loads.
+    bad = tmp_path / "bad.txt"
+    bad.write_text("3\n10\n999999\n")
+    assert main(_args(tiny, tmp_path / "bad", "--pair-ids", str(bad))) == 2
+    err = capsys.readouterr().err
+    assert "999999" in err and str(bad) in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_smollm2_findings_collect_reads_runs(tiny, tmp_path, full_run):
+    """The real-model protocol's collector quotes a run's own numbers (checked on a tiny run here)."""
+    from alignment_probe.realmodels.findings import collect, extra_hook_results, neighbours
+
+    assert neighbours(12, [0, 3, 6, 9, 12, 15, 18], 1) == (9, 12, 15)
+    assert neighbours(0, [0, 3, 6], 2) == (0, 3, 6)
+    out = tmp_path / "hooks"
+    assert main(_args(tiny, out, "--experiments", "patch_tuned_to_base", "--extra-hooks", "mlp_out")) == 0
+    s = json.loads((full_run / "summary.json").read_text())
+    found = collect({"harmless": s}, n_layers=4, planted_layer=2,
+                    extra={"harmless": {"by_hook": extra_hook_results(out, ("mlp_out",), seed=0, n_boot=200)}})
+    h = found["harmless"]
+    assert h["gain_ci"] == s["gain_ci"] and h["n_pairs"] == 6
+    assert h["patch_tuned_to_base"]["peak_layer"] == s["experiments"]["patch_tuned_to_base"]["peak_layer"]
+    assert h["lasso"]["coefficients"] == s["experiments"]["lasso"]["coefficients"]
+    assert h["identity_max_abs_mean"] == 0.0
+    effects = pd.read_parquet(out / "effects.parquet")
+    mlp = effects.query("hook == 'mlp_out' and layer == 1").effect.mean()
+    assert abs(h["by_hook"]["mlp_out"]["per_layer"][1]["mean"] - mlp) < 1e-12
+    json.dumps(found)  # JSON-ready

