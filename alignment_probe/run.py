@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 from alignment_probe.data import load_pairs, read_pair_ids, restrict_pairs
 from alignment_probe.engine import make_engine
 from alignment_probe.errors import ConfigError
+from alignment_probe.experiments.lasso import LASSO_CV_FOLDS
 from alignment_probe.experiments.suite import DEFAULT_PAIRS_PER_PART, SuiteConfig, SuiteResult, run_suite
 from alignment_probe.manifest import build_manifest, file_fingerprint, now, write_json_atomic
 from alignment_probe.pair import load_pair, precheck_pair
@@ -197,6 +198,10 @@ def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None
     tokenized = sample_and_tokenize(pairs, pair.tokenizer, n_pairs=req.n_pairs, seed=req.suite.seed,
                                     max_length=max_length, report=report)
     log(f"data: {report.summary()}; using {len(tokenized)} pairs")
+    if "lasso" in req.suite.experiments and len(tokenized) < LASSO_CV_FOLDS:
+        raise ConfigError(f"The LASSO experiment cross-validates over {LASSO_CV_FOLDS} folds, so it needs at least "
+                          f"{LASSO_CV_FOLDS} pairs; this run has {len(tokenized)}. Pass --n-pairs {LASSO_CV_FOLDS} or "
+                          "more, or leave lasso out of --experiments.")
     if report.n_skipped > report.n_read / 2:
         log("warning: more than half the pairs were skipped; check that the data has the format you expect.")
     truncation = describe_truncation(tokenized, max_length, report)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,48 @@ def test_dpo_lora_recipe_end_to_end_on_tiny_model(tiny, tmp_path):
     twin_w = load_file(materialise_tuned(planted, tmp_path / "cache") / "model.safetensors")
     changed = sorted(k for k in base_w if not torch.equal(base_w[k], twin_w[k]))
     assert changed and all(k.startswith("model.layers.2.mlp.") for k in changed), changed
+
+
+# --------------------------------------------------------------------------------------------
+# The committed adapters (data/smollm2/): rebuilt on load, they reproduce what the findings quote.
+# --------------------------------------------------------------------------------------------
+REPO_SMOLLM2 = Path(__file__).resolve().parents[1] / "data" / "smollm2"
+
+
+@pytest.fixture(scope="module")
+def merged_twins(smollm2_dir, tmp_path_factory: pytest.TempPathFactory):
+    from alignment_probe.realmodels.dpo_lora import materialise_tuned
+
+    base, _ = smollm2_dir
+    root = tmp_path_factory.mktemp("merged")
+    return {name: materialise_tuned(REPO_SMOLLM2 / name, root, base_dir=base)
+            for name in ("dpo-lora-s0", "dpo-planted-L15")}
+
+
+@needs_smollm2
+def test_planted_twin_differs_from_base_only_in_its_layer_mlp(smollm2_dir, merged_twins):
+    from safetensors.torch import load_file
+
+    base = load_file(str(smollm2_dir[0] / "model.safetensors"))
+    planted = load_file(str(merged_twins["dpo-planted-L15"] / "model.safetensors"))
+    assert base.keys() == planted.keys()
+    changed = sorted(k for k in base if not torch.equal(base[k], planted[k]))
+    assert changed == [f"model.layers.15.mlp.{m}.weight" for m in ("down_proj", "gate_proj", "up_proj")]
+
+
+@needs_smollm2
+def test_committed_adapters_reproduce_the_recorded_scores(smollm2_dir, merged_twins, hh_pairs):
+    """Base + committed adapter, merged here from scratch, score held-out pairs as the findings run did."""
+    from alignment_probe.pair import load_pair
+    from alignment_probe.scoring import score_pairs
+    from alignment_probe.tokens import tokenize_pair
+
+    ref = json.loads((REPO_SMOLLM2 / "reference_scores.json").read_text())
+    pairs = {p.pair_id: p for p in hh_pairs[0]}
+    for name, rows in ref["adapters"].items():
+        pair = load_pair(smollm2_dir[0], merged_twins[name])
+        tokenized = [tokenize_pair(pairs[r["pair_id"]], pair.tokenizer, ref["max_length"]) for r in rows]
+        table = score_pairs(pair, tokenized).set_index("pair_id")
+        for r in rows:
+            for col in ("base_delta_logp", "tuned_delta_logp"):
+                assert abs(table.loc[r["pair_id"], col] - r[col]) < 2e-3, (name, r["pair_id"], col)

@@ -44,6 +44,7 @@ from alignment_probe.tokens import ScoredSequence, TokenizedPair, batches_by_len
 
 HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 POSITIONS = ("last_prompt", "final_tokens")
+LASSO_CV_FOLDS = 5  # folds of the cross-validated LASSO (so a run needs at least this many pairs)
 DEFAULT_ALPHAS = np.logspace(-4, 1, 50)
 
 
@@ -139,7 +140,7 @@ def _kfold(cv: int, seed: int):
 
 
 def fit_lasso(features: np.ndarray, target: np.ndarray, *, seed: int = 0, n_boot: int = 200,
-              alphas: np.ndarray | Sequence[float] = DEFAULT_ALPHAS, cv: int = 5,
+              alphas: np.ndarray | Sequence[float] = DEFAULT_ALPHAS, cv: int = LASSO_CV_FOLDS,
               alpha_rule: str = "min") -> dict[str, Any]:
     """LASSO of the target on z-scored per-layer features, α chosen by cross-validation.
 
@@ -201,7 +202,7 @@ def fit_lasso(features: np.ndarray, target: np.ndarray, *, seed: int = 0, n_boot
     }
 
 
-def univariate_probes(features: np.ndarray, target: np.ndarray, *, cv: int = 5, seed: int = 0) -> list[float]:
+def univariate_probes(features: np.ndarray, target: np.ndarray, *, cv: int = LASSO_CV_FOLDS, seed: int = 0) -> list[float]:
     """Per-layer cross-validated R² of ``target ~ a + b · features[:, ℓ]`` (eq. 3).
 
     Each layer is scored alone: mean R² over the held-out folds of a seeded shuffled ``KFold(cv)``
@@ -237,7 +238,7 @@ def _align_target(target: Any, tokenized: Sequence[TokenizedPair]) -> np.ndarray
 
 def run_lasso(pair: ModelPair, tokenized: Sequence[TokenizedPair], *, target: np.ndarray | pd.Series, seed: int = 0,
               hook: str = "resid_post", position: str = "last_prompt", batch_size: int = 8, n_boot: int = 200,
-              cv: int = 5, alphas: np.ndarray | Sequence[float] = DEFAULT_ALPHAS, alpha_rule: str = "min",
+              cv: int = LASSO_CV_FOLDS, alphas: np.ndarray | Sequence[float] = DEFAULT_ALPHAS, alpha_rule: str = "min",
               target_name: str = "gain") -> dict[str, Any]:
     """E2 end to end: activation-distance features → LASSO + selection frequency + probes.
 

@@ -15,7 +15,8 @@ What it does, in order (every step is cached or resumable, so a second call only
 
    ``harmless/``       DPO twin vs base on held-out harmless pairs: E1, E2, controls, source variants
                        at the swept layers, and LASSO (every layer; it needs no patching);
-   ``harmless-peak/``  α interpolation and low rank at ``harmless/``'s peak layer and its neighbours;
+   ``harmless-peak/``  α interpolation at ``harmless/``'s peak layer and its swept neighbours, low rank
+                       at the peak layer;
    ``planted/``        planted twin vs base on the same pairs: E1 at ``resid_post`` and ``mlp_out``;
    ``helpful/``        DPO twin vs base on helpful-base pairs (never trained on): E1, E2, per-sequence
                        sources, identity and LASSO — does what was localized on harmlessness carry over?
@@ -60,12 +61,12 @@ def neighbours(peak: int, swept: Sequence[int], span: int) -> tuple[int, ...]:
     return tuple(swept[max(0, i - span): i + span + 1])
 
 
-def models(cache_dir: Path | None = None, adapters: Path = REPO_DATA) -> dict[str, Path]:
-    """Checkpoint directories of the base and both twins (converted / merged once, then cached)."""
+def models(cache_dir: Path | None = None, adapters: Path = REPO_DATA,
+           twins: Sequence[str] = ("dpo", "planted")) -> dict[str, Path]:
+    """Checkpoint directories of the base and the ``twins`` asked for (converted / merged once, then cached)."""
     base = convert_smollm2(cache_dir)
-    return {"base": base,
-            "dpo": materialise_tuned(adapters / DPO_ADAPTER, cache_dir, base_dir=base),
-            "planted": materialise_tuned(adapters / PLANTED_ADAPTER, cache_dir, base_dir=base)}
+    names = {"dpo": DPO_ADAPTER, "planted": PLANTED_ADAPTER}
+    return {"base": base} | {t: materialise_tuned(adapters / names[t], cache_dir, base_dir=base) for t in twins}
 
 
 def write_heldout_ids(path: Path) -> Path:
@@ -77,26 +78,28 @@ def write_heldout_ids(path: Path) -> Path:
 
 
 def plan(out: Path, paths: dict[str, Path], ids_file: Path, *, n_pairs: int, max_length: int, layers: Sequence[int],
-         seed: int, n_boot: int, peak_layers: Sequence[int] | None) -> dict[str, dict[str, Any]]:
+         seed: int, n_boot: int, peak_layers: Sequence[int] | None,
+         lowrank_layer: int | None = None) -> dict[str, dict[str, Any]]:
     """Keyword arguments of each run's :class:`~alignment_probe.run.RunRequest` (``harmless-peak`` needs the
     peak of ``harmless`` first, so it is planned only once ``peak_layers`` is known)."""
     common = {"n_pairs": n_pairs, "max_length": max_length}
     harmless = {"data": str(DEFAULT_DATA), "pair_ids": str(ids_file), **common}
     out_plan: dict[str, dict[str, Any]] = {
-        "harmless": {"base": paths["base"], "tuned": paths["dpo"], **harmless,
+        "harmless": {"base": paths["base"], "tuned": paths.get("dpo"), **harmless,
                      "suite": SuiteConfig(experiments=SWEEP, layers=tuple(layers), seed=seed, n_boot=n_boot)},
-        "planted": {"base": paths["base"], "tuned": paths["planted"], **harmless,
+        "planted": {"base": paths["base"], "tuned": paths.get("planted"), **harmless,
                     "suite": SuiteConfig(experiments=("patch_tuned_to_base", "patch_base_to_tuned", "identity"),
                                          extra_hooks=("mlp_out",), seed=seed, n_boot=n_boot)},
-        "helpful": {"base": paths["base"], "tuned": paths["dpo"], "data": str(HELPFUL_DATA), **common,
+        "helpful": {"base": paths["base"], "tuned": paths.get("dpo"), "data": str(HELPFUL_DATA), **common,
                     "suite": SuiteConfig(experiments=TRANSFER, layers=tuple(layers), seed=seed, n_boot=n_boot)},
     }
-    if peak_layers is not None:
+    if peak_layers is not None:  # α at the peak and its neighbours; low rank at the peak only (25 patches per layer)
+        peak = peak_layers[len(peak_layers) // 2] if lowrank_layer is None else lowrank_layer
         out_plan["harmless-peak"] = {
-            "base": paths["base"], "tuned": paths["dpo"], **harmless,
+            "base": paths["base"], "tuned": paths.get("dpo"), **harmless,
             "suite": SuiteConfig(experiments=("alpha", "lowrank_difference", "lowrank_reconstruct"),
                                  layers=tuple(peak_layers), alpha_layers=tuple(peak_layers),
-                                 lowrank_layers=tuple(peak_layers), lowrank_ks=LOWRANK_KS, seed=seed, n_boot=n_boot)}
+                                 lowrank_layers=(peak,), lowrank_ks=LOWRANK_KS, seed=seed, n_boot=n_boot)}
     return out_plan
 
 
@@ -112,11 +115,17 @@ def run_one(name: str, kwargs: dict[str, Any], out: Path, *, device: str | None,
     log(f"[{name}] running into {req.out}")
     execute(req, progress=True, log=lambda s: log(f"[{name}] {s}"))
     summary = json.loads((req.out / "summary.json").read_text())
-    timing = _read(out / "timing.json")
-    if name not in timing:  # the first complete run's wall time; a resumed no-op does not overwrite it
-        timing[name] = round(time.perf_counter() - t0, 1)
-        write_json_atomic(out / "timing.json", timing)
+    timing = req.out / "wall_seconds.json"
+    if not timing.exists():  # the first complete run's wall time; a resumed no-op does not overwrite it
+        write_json_atomic(timing, {"wall_seconds": round(time.perf_counter() - t0, 1), "device": device,
+                                   "threads": _threads()})
     return summary
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -218,7 +227,7 @@ def figures(out: Path, run_dirs: dict[str, Path], log: Callable[[str], None] = p
             if name not in built:
                 continue
             fig = built[name]
-            fig.update_layout(title=f"SmolLM2-135M-Instruct, {run}: {fig.layout.title.text or name}")
+            fig.update_layout(title=f"SmolLM2-135M · {run}: {fig.layout.title.text or name}")
             stem = fig_dir / f"{run}-{name}"
             fig.write_html(stem.with_suffix(".html"), include_plotlyjs="cdn")
             written.append(stem.with_suffix(".html"))
@@ -262,13 +271,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unknown run(s) {unknown}; choose from {list(RUNS)}")
     out: Path = a.out
     out.mkdir(parents=True, exist_ok=True)
-    paths = models(a.cache_dir, a.adapters)
+    paths = models(a.cache_dir, a.adapters, twins=sorted({"planted" if r == "planted" else "dpo" for r in wanted}))
     ids_file = write_heldout_ids(out / "heldout_pair_ids.json")
     settings = dict(n_pairs=a.n_pairs, max_length=a.max_length, layers=layers, seed=a.seed, n_boot=a.n_boot)
     summaries: dict[str, dict[str, Any]] = {}
-    runs = plan(out, paths, ids_file, peak_layers=None, **settings)
     for name in ("harmless", "planted", "helpful"):
         if name in wanted:
+            runs = plan(out, paths, ids_file, peak_layers=None, **settings)
             summaries[name] = run_one(name, runs[name], out, device=a.device, batch_size=a.batch_size, log=log)
     if "harmless-peak" in wanted:
         harmless = summaries.get("harmless") or _read(out / "harmless" / "summary.json")
@@ -276,7 +285,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             p.error("harmless-peak needs the harmless run first (it chooses the layers around its peak)")
         peak = harmless["experiments"]["patch_tuned_to_base"]["peak_layer"]
         peak_layers = neighbours(peak, layers, a.peak_span)
-        runs = plan(out, paths, ids_file, peak_layers=peak_layers, **settings)
+        runs = plan(out, paths, ids_file, peak_layers=peak_layers, lowrank_layer=peak, **settings)
         summaries["harmless-peak"] = run_one("harmless-peak", runs["harmless-peak"], out, device=a.device,
                                              batch_size=a.batch_size, log=log)
     n_layers = next(iter(summaries.values()))["n_layers"] if summaries else 30
@@ -286,12 +295,26 @@ def _main(argv: Sequence[str] | None = None) -> int:
     found = collect(summaries, n_layers=n_layers, planted_layer=PLANTED_LAYER, extra=extra)
     found["settings"] = {**settings, "layers": list(layers), "peak_span": a.peak_span, "device": a.device,
                          "threads": torch.get_num_threads(), "models": {k: str(v) for k, v in paths.items()},
-                         "timing_seconds": _read(out / "timing.json")}
+                         "timing": {r: _read(out / r / "wall_seconds.json") for r in summaries}}
     write_json_atomic(out / "findings.json", found)
     written = figures(out, {r: out / r for r in RUNS}, log=log)
     log(f"wrote {out / 'findings.json'} and {len(written)} figure file(s) in {out / 'figures'}")
     return 0
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """``_main`` with the CLI's exit codes: bad input (a run directory made with other options, a missing
+    adapter or data file) prints one paragraph and exits 2 instead of a traceback."""
+    import sys
+
+    from alignment_probe.errors import EXIT_BAD_INPUT, AlignmentProbeError
+
+    try:
+        return _main(argv)
+    except (AlignmentProbeError, FileNotFoundError) as err:
+        print(f"alignment_probe.realmodels.findings: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
 if __name__ == "__main__":
-    raise SystemExit(_main())
+    raise SystemExit(main())
