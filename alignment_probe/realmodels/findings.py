@@ -15,8 +15,8 @@ What it does, in order (every step is cached or resumable, so a second call only
 
    ``harmless/``       DPO twin vs base on held-out harmless pairs: E1, E2, controls, source variants
                        at the swept layers, and LASSO (every layer; it needs no patching);
-   ``harmless-peak/``  α interpolation at ``harmless/``'s peak layer and its swept neighbours, low rank
-                       at the peak layer;
+   ``harmless-peak/``  α interpolation and low rank at ``harmless/``'s peak and onset layers (α also at
+                       the peak's swept neighbours with ``--peak-span``);
    ``planted/``        planted twin vs base on the same pairs: E1 at ``resid_post`` and ``mlp_out``;
    ``helpful/``        DPO twin vs base on helpful-base pairs (never trained on): E1, E2, per-sequence
                        sources, identity and LASSO — does what was localized on harmlessness carry over?
@@ -47,11 +47,25 @@ PLANTED_ADAPTER = "dpo-planted-L15"
 PLANTED_LAYER = 15
 RUNS = ("harmless", "harmless-peak", "planted", "helpful")
 
-SWEEP = ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction",
-         "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected", "vector_contrast", "lasso")
-TRANSFER = ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "source_chosen_only", "source_rejected_only",
-            "lasso")
-LOWRANK_KS = (1, 2, 4, 8, 16, 64, 256)  # plus d_model (576), always added
+# What each run patches. "cpu" is what one 2-core CPU session can afford (docs/findings-smollm2.md
+# has the times); "full" is the paper's whole protocol, for a GPU.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "cpu": {"n_pairs": 80, "layers": "0,6,12,15,18,24,29", "planted_layers": "0,6,12,14,15,16,18,24,29",
+            "harmless": ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "source_chosen_only",
+                         "source_rejected_only", "lasso"),
+            "helpful": ("patch_tuned_to_base", "identity", "source_chosen_only", "source_rejected_only"),
+            "planted": ("patch_tuned_to_base", "identity"),
+            "alphas": (0.0, 0.5, 1.0, 1.5), "lowrank_ks": (1, 4, 16, 64), "peak_span": 0},
+    "full": {"n_pairs": 400, "layers": "0:30", "planted_layers": "0:30",
+             "harmless": ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction",
+                          "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected",
+                          "vector_contrast", "lasso"),
+             "helpful": ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "source_chosen_only",
+                         "source_rejected_only", "lasso"),
+             "planted": ("patch_tuned_to_base", "patch_base_to_tuned", "identity"),
+             "alphas": (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5), "lowrank_ks": (1, 2, 4, 8, 16, 32, 64, 128, 256),
+             "peak_span": 2},
+}
 
 
 def neighbours(peak: int, swept: Sequence[int], span: int) -> tuple[int, ...]:
@@ -77,29 +91,32 @@ def write_heldout_ids(path: Path) -> Path:
     return path
 
 
-def plan(out: Path, paths: dict[str, Path], ids_file: Path, *, n_pairs: int, max_length: int, layers: Sequence[int],
-         seed: int, n_boot: int, peak_layers: Sequence[int] | None,
-         lowrank_layer: int | None = None) -> dict[str, dict[str, Any]]:
+def plan(out: Path, paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_pairs: int, max_length: int,
+         layers: Sequence[int], planted_layers: Sequence[int], seed: int, n_boot: int,
+         peak_layers: Sequence[int] | None,
+         lowrank_layers: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
     """Keyword arguments of each run's :class:`~alignment_probe.run.RunRequest` (``harmless-peak`` needs the
     peak of ``harmless`` first, so it is planned only once ``peak_layers`` is known)."""
     common = {"n_pairs": n_pairs, "max_length": max_length}
     harmless = {"data": str(DEFAULT_DATA), "pair_ids": str(ids_file), **common}
     out_plan: dict[str, dict[str, Any]] = {
         "harmless": {"base": paths["base"], "tuned": paths.get("dpo"), **harmless,
-                     "suite": SuiteConfig(experiments=SWEEP, layers=tuple(layers), seed=seed, n_boot=n_boot)},
+                     "suite": SuiteConfig(experiments=protocol["harmless"], layers=tuple(layers), seed=seed,
+                                          n_boot=n_boot)},
         "planted": {"base": paths["base"], "tuned": paths.get("planted"), **harmless,
-                    "suite": SuiteConfig(experiments=("patch_tuned_to_base", "patch_base_to_tuned", "identity"),
-                                         extra_hooks=("mlp_out",), seed=seed, n_boot=n_boot)},
+                    "suite": SuiteConfig(experiments=protocol["planted"], extra_hooks=("mlp_out",),
+                                         layers=tuple(planted_layers), seed=seed, n_boot=n_boot)},
         "helpful": {"base": paths["base"], "tuned": paths.get("dpo"), "data": str(HELPFUL_DATA), **common,
-                    "suite": SuiteConfig(experiments=TRANSFER, layers=tuple(layers), seed=seed, n_boot=n_boot)},
+                    "suite": SuiteConfig(experiments=protocol["helpful"], layers=tuple(layers), seed=seed,
+                                         n_boot=n_boot)},
     }
-    if peak_layers is not None:  # α at the peak and its neighbours; low rank at the peak only (25 patches per layer)
-        peak = peak_layers[len(peak_layers) // 2] if lowrank_layer is None else lowrank_layer
+    if peak_layers is not None:  # α at ``peak_layers``; low rank (many patches per layer) at ``lowrank_layers``
         out_plan["harmless-peak"] = {
             "base": paths["base"], "tuned": paths.get("dpo"), **harmless,
             "suite": SuiteConfig(experiments=("alpha", "lowrank_difference", "lowrank_reconstruct"),
-                                 layers=tuple(peak_layers), alpha_layers=tuple(peak_layers),
-                                 lowrank_layers=(peak,), lowrank_ks=LOWRANK_KS, seed=seed, n_boot=n_boot)}
+                                 layers=tuple(peak_layers), alpha_layers=tuple(peak_layers), alphas=protocol["alphas"],
+                                 lowrank_layers=tuple(lowrank_layers or peak_layers), lowrank_ks=protocol["lowrank_ks"],
+                                 seed=seed, n_boot=n_boot)}
     return out_plan
 
 
@@ -201,6 +218,96 @@ def collect(summaries: dict[str, dict[str, Any]], *, n_layers: int, planted_laye
 
 
 # --------------------------------------------------------------------------------------------
+# The numbers as Markdown tables (docs/findings-smollm2.md quotes them)
+# --------------------------------------------------------------------------------------------
+def _ci(mean: float, ci: Sequence[float], digits: int = 2) -> str:
+    return f"{mean:+.{digits}f} [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+
+
+def _row(cells: Sequence[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    return "\n".join([_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)])
+
+
+LABELS = {"patch_tuned_to_base": "E1 tuned→base", "patch_base_to_tuned": "E2 base→tuned",
+          "source_chosen_only": "chosen only", "source_rejected_only": "rejected only",
+          "random_noise": "random noise", "random_direction": "random direction", "vector_chosen": "vector chosen",
+          "vector_rejected": "vector rejected", "vector_contrast": "vector contrast"}
+
+
+def render_tables(found: dict[str, Any]) -> str:
+    """Every headline number of ``findings.json`` as Markdown: gains, per-layer curves, peak/onset,
+    LASSO, α and low rank. Means with 95 % bootstrap CIs, in nats of Δlogp."""
+    runs = [r for r in RUNS if r in found]
+    parts = ["### Gain (tuned Δlogp − base Δlogp), mean [95 % CI]",
+             _table(["run", "pairs", "base Δlogp", "tuned Δlogp", "gain"],
+                    [[r, found[r]["n_pairs"], f"{found[r]['base_delta_logp_mean']:+.2f}",
+                      f"{found[r]['tuned_delta_logp_mean']:+.2f}", _ci(found[r]["gain_mean"], found[r]["gain_ci"])]
+                     for r in runs])]
+    curves = [(r, key, found[r][key]) for r in runs for key in LABELS if found[r].get(key)]
+    curves += [(r, f"E1 tuned→base @ {hook}", res) for r in runs for hook, res in (found[r].get("by_hook") or {}).items()]
+    peak_rows = []
+    for run, key, res in curves:
+        held = res.get("heldout") or {}
+        held_txt = (f"layer {held['chosen_layer']}: {_ci(held['heldout_mean'], held['heldout_ci'])}"
+                    if held.get("heldout_ci") else "")
+        peak_rows.append([run, LABELS.get(key, key), f"{res['peak_layer']} {res['peak_layer_ci']}",
+                          f"{res['onset_layer']} {res['onset_layer_ci']}", held_txt])
+    parts += ["### Peak and onset layers [95 % CI]; held-out peak (chosen on half the pairs, measured on the other half)",
+              _table(["run", "experiment", "peak", "onset", "held-out peak"], peak_rows)]
+    for run in runs:
+        present = [(LABELS.get(key, key), res) for r, key, res in curves if r == run]
+        if not present:
+            continue
+        layers = sorted({row["layer"] for _, res in present for row in res["per_layer"]})
+        rows = []
+        for layer in layers:
+            cells = [layer]
+            for _, res in present:
+                hit = [x for x in res["per_layer"] if x["layer"] == layer]
+                cells.append(_ci(hit[0]["mean"], (hit[0]["ci_low"], hit[0]["ci_high"])) if hit else "")
+            rows.append(cells)
+        parts += [f"### {run}: per-layer effect, mean [95 % CI] (nats)",
+                  _table(["layer", *[name for name, _ in present]], rows)]
+        if "identity_max_abs_mean" in found[run]:
+            parts.append(f"Identity patch, largest |mean| over layers: {found[run]['identity_max_abs_mean']:.3g}.")
+    for run in runs:
+        lasso = found[run].get("lasso")
+        if lasso:
+            nz = lasso["nonzero_layers"]
+            freq = lasso.get("selection_frequency") or []
+            top = sorted(range(len(freq)), key=lambda i: -freq[i])[:5]
+            parts += [f"### {run}: LASSO of the gain on per-layer ‖h_tuned − h_base‖ (last prompt token)",
+                      f"Non-zero layers: {nz or 'none'} "
+                      f"(coefficients {[round(lasso['coefficients'][i], 3) for i in nz]}); regularisation α = "
+                      f"{lasso['alpha_']:.3g}. Highest bootstrap selection frequencies: "
+                      + ", ".join(f"layer {i} {freq[i]:.2f}" for i in top) + "."]
+    for run in runs:
+        alpha = found[run].get("alpha")
+        if alpha:
+            alphas = [str(a) for a in alpha["by_alpha"]]
+            layers = [row["layer"] for row in alpha["by_alpha"][alphas[0]]]
+            rows = [[layer, *[_ci(*(lambda x: (x["mean"], (x["ci_low"], x["ci_high"])))(
+                [x for x in alpha["by_alpha"][a] if x["layer"] == layer][0])) for a in alphas],
+                     f"{alpha['spearman_rho'][str(layer)]:.2f}"] for layer in layers]
+            parts += [f"### {run}: α interpolation h = (1−α)·h_base + α·h_tuned",
+                      _table(["layer", *[f"α = {a}" for a in alphas], "Spearman ρ"], rows)]
+        for mode in ("lowrank_difference", "lowrank_reconstruct"):
+            rows = found[run].get(mode)
+            if rows:
+                parts += [f"### {run}: {mode.replace('_', ' ')} (effect ratio = low-rank effect / full-patch effect)",
+                          _table(["layer", "k", "effect ratio [95 % CI]", "variance explained", "held-out ratio"],
+                                 [[r["layer"], r["k"], _ci(r["effect_ratio"], r["effect_ratio_ci"]),
+                                   f"{r['variance_explained']:.3f}",
+                                   "" if r["heldout_effect_ratio"] is None else f"{r['heldout_effect_ratio']:+.2f}"]
+                                  for r in rows])]
+    return "\n\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------
 def figures(out: Path, run_dirs: dict[str, Path], log: Callable[[str], None] = print) -> list[Path]:
@@ -246,10 +353,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/smollm2"))
-    p.add_argument("--n-pairs", type=int, default=80, help="pairs per run (the paper's protocol: 80)")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu",
+                   help="cpu: what a 2-core CPU affords (default); full: the paper's whole protocol, for a GPU")
+    p.add_argument("--n-pairs", type=int, default=None, help="pairs per run (default: the protocol's; paper: 80)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per sequence (the adapters were trained at 128)")
-    p.add_argument("--layers", default="0:30:3,29", help="layers swept by harmless/ and helpful/ (default every 3rd + 29)")
-    p.add_argument("--peak-span", type=int, default=1, help="α and low rank at the peak and this many swept layers either side")
+    p.add_argument("--layers", default=None, help="layers swept by harmless/ and helpful/ (default: the protocol's)")
+    p.add_argument("--planted-layers", default=None, help="layers swept by planted/ (default: the protocol's)")
+    p.add_argument("--peak-span", type=int, default=None,
+                   help="α at the peak and this many swept layers either side (default: the protocol's)")
     p.add_argument("--runs", default=",".join(RUNS), help=f"which runs (default all: {','.join(RUNS)})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-boot", type=int, default=2000)
@@ -264,7 +375,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     log = print
-    layers = _layers(a.layers, "--layers") or ()
+    protocol = PROTOCOLS[a.protocol]
+    layers = _layers(a.layers or protocol["layers"], "--layers") or ()
+    planted_layers = _layers(a.planted_layers or protocol["planted_layers"], "--planted-layers") or ()
+    peak_span = protocol["peak_span"] if a.peak_span is None else a.peak_span
     wanted = [r for r in a.runs.split(",") if r]
     unknown = sorted(set(wanted) - set(RUNS))
     if unknown:
@@ -273,7 +387,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     paths = models(a.cache_dir, a.adapters, twins=sorted({"planted" if r == "planted" else "dpo" for r in wanted}))
     ids_file = write_heldout_ids(out / "heldout_pair_ids.json")
-    settings = dict(n_pairs=a.n_pairs, max_length=a.max_length, layers=layers, seed=a.seed, n_boot=a.n_boot)
+    settings = dict(protocol=protocol, n_pairs=a.n_pairs or protocol["n_pairs"], max_length=a.max_length,
+                    layers=layers, planted_layers=planted_layers, seed=a.seed, n_boot=a.n_boot)
     summaries: dict[str, dict[str, Any]] = {}
     for name in ("harmless", "planted", "helpful"):
         if name in wanted:
@@ -283,9 +398,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
         harmless = summaries.get("harmless") or _read(out / "harmless" / "summary.json")
         if not harmless:
             p.error("harmless-peak needs the harmless run first (it chooses the layers around its peak)")
-        peak = harmless["experiments"]["patch_tuned_to_base"]["peak_layer"]
-        peak_layers = neighbours(peak, layers, a.peak_span)
-        runs = plan(out, paths, ids_file, peak_layers=peak_layers, lowrank_layer=peak, **settings)
+        e1 = harmless["experiments"]["patch_tuned_to_base"]
+        peak, onset = e1["peak_layer"], e1["onset_layer"]
+        # The peak and its neighbours, and the onset: with a curve that rises to the last layer the
+        # peak is the unembedding's input, and the onset is where the effect first takes hold.
+        peak_layers = tuple(sorted({*neighbours(peak, layers, peak_span), onset}))
+        runs = plan(out, paths, ids_file, peak_layers=peak_layers, lowrank_layers=tuple(sorted({peak, onset})),
+                    **settings)
         summaries["harmless-peak"] = run_one("harmless-peak", runs["harmless-peak"], out, device=a.device,
                                              batch_size=a.batch_size, log=log)
     n_layers = next(iter(summaries.values()))["n_layers"] if summaries else 30
@@ -293,12 +412,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if "planted" in summaries:
         extra["planted"] = {"by_hook": extra_hook_results(out / "planted", ("mlp_out",), seed=a.seed, n_boot=a.n_boot)}
     found = collect(summaries, n_layers=n_layers, planted_layer=PLANTED_LAYER, extra=extra)
-    found["settings"] = {**settings, "layers": list(layers), "peak_span": a.peak_span, "device": a.device,
+    found["settings"] = {**settings, "protocol": a.protocol, "layers": list(layers), "planted_layers": list(planted_layers),
+                         "peak_span": peak_span, "device": a.device,
                          "threads": torch.get_num_threads(), "models": {k: str(v) for k, v in paths.items()},
                          "timing": {r: _read(out / r / "wall_seconds.json") for r in summaries}}
     write_json_atomic(out / "findings.json", found)
+    (out / "findings-tables.md").write_text(render_tables(found))
     written = figures(out, {r: out / r for r in RUNS}, log=log)
-    log(f"wrote {out / 'findings.json'} and {len(written)} figure file(s) in {out / 'figures'}")
+    log(f"wrote {out / 'findings.json'}, {out / 'findings-tables.md'} and {len(written)} figure file(s) in "
+        f"{out / 'figures'}")
     return 0
 
 
