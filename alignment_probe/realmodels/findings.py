@@ -23,9 +23,11 @@ What it does, in order (every step is cached or resumable, so a second call only
 
 4. collects the headline numbers into ``findings.json`` and draws ``figures/*.png`` (and ``.html``).
 
-Budget (docs/findings-smollm2.md has the measured times): on a 2-core CPU the default settings take
-about an hour; with ``--device cuda`` they take minutes, and ``--n-pairs 400 --layers 0:30`` is the
-full-resolution run.
+Budget (docs/findings-smollm2.md has the measured times): the default ``--protocol cpu`` (80 pairs,
+7 swept layers, the experiments that fit) takes about 70 CPU-minutes on one thread, about 40 min of
+wall time on 2 cores with ``--runs harmless,harmless-peak`` and ``--runs planted,helpful`` in two
+processes. ``--protocol full --device cuda`` is the paper's whole protocol (400 pairs, every layer,
+every experiment) for a GPU.
 """
 
 from __future__ import annotations
