@@ -163,18 +163,15 @@ def _layers(text: str | None, option: str) -> tuple[int, ...] | None:
     """``4,8,12`` or ``0:30:3`` (Python's range: start, stop, step) or a mix of both."""
     if text is None:
         return None
+    from alignment_probe.errors import ConfigError
+
     out: list[int] = []
     for item in (x.strip() for x in text.split(",")):
-        if ":" in item:
-            try:
-                out += list(range(*(int(v) for v in item.split(":"))))
-            except (TypeError, ValueError):
-                from alignment_probe.errors import ConfigError
-
-                raise ConfigError(f"{option} {text!r}: {item!r} is not start:stop or start:stop:step with integers, "
-                                  "e.g. 0:30:3.") from None
-        elif item:
-            out += list(_list(item, int, option) or ())
+        try:
+            out += list(range(*(int(v) for v in item.split(":")))) if ":" in item else [int(item)] if item else []
+        except (TypeError, ValueError):
+            raise ConfigError(f"{option} {text!r}: expected a comma-separated list of ints or start:stop:step "
+                              "ranges, e.g. 4,8,12 or 0:30:3.") from None
     return tuple(sorted(set(out)))
 
 
