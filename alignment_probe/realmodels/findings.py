@@ -11,12 +11,13 @@ What it does, in order (every step is cached or resumable, so a second call only
    merges the committed adapters in ``data/smollm2/`` into full checkpoints (:func:`~.dpo_lora.materialise_tuned`):
    the DPO-LoRA twin (all layers) and the planted twin (LoRA on one layer's MLP);
 2. writes the held-out half of harmless-base (the pairs the adapters never saw) as a pair-id file;
-3. runs four ordinary ``alignment-probe run`` directories, each with its own ``report.html``:
+3. runs five ordinary ``alignment-probe run`` directories, each with its own ``report.html``:
 
    ``harmless/``       DPO twin vs base on held-out harmless pairs: E1, E2, controls, source variants
                        at the swept layers, and LASSO (every layer; it needs no patching);
    ``harmless-peak/``  α interpolation and low rank at ``harmless/``'s peak and onset layers (α also at
                        the peak's swept neighbours with ``--peak-span``);
+   ``controls/``       identity, random noise and a random direction at ``harmless/``'s onset and peak;
    ``planted/``        planted twin vs base on the same pairs: E1 at ``resid_post`` and ``mlp_out``;
    ``helpful/``        DPO twin vs base on helpful-base pairs (never trained on): E1, E2, per-sequence
                        sources, identity and LASSO — does what was localized on harmlessness carry over?
@@ -47,7 +48,7 @@ HELPFUL_DATA = DEFAULT_DATA.parents[1] / "helpful-base" / "test.jsonl.gz"
 DPO_ADAPTER = "dpo-lora-s0"
 PLANTED_ADAPTER = "dpo-planted-L15"
 PLANTED_LAYER = 15
-RUNS = ("harmless", "harmless-peak", "planted", "helpful")
+RUNS = ("harmless", "harmless-peak", "controls", "planted", "helpful")
 
 # What each run patches. "cpu" is what one 2-core CPU session can afford (docs/findings-smollm2.md
 # has the times); "full" is the paper's whole protocol, for a GPU.
@@ -318,7 +319,8 @@ def figures(out: Path, run_dirs: dict[str, Path], log: Callable[[str], None] = p
     from alignment_probe.report import figures as F
     from alignment_probe.report.html import load_run
 
-    wanted = {"harmless": ("layer_curve", "directionality", "controls", "source_variants", "lasso_coefficients"),
+    wanted = {"harmless": ("layer_curve", "directionality", "source_variants", "lasso_coefficients"),
+              "controls": ("controls",),
               "harmless-peak": ("alpha_dose_response", "lowrank"),
               "planted": ("layer_curve",), "helpful": ("layer_curve", "directionality", "source_variants")}
     png = F.static_export_available()
@@ -409,6 +411,16 @@ def _main(argv: Sequence[str] | None = None) -> int:
                     **settings)
         summaries["harmless-peak"] = run_one("harmless-peak", runs["harmless-peak"], out, device=a.device,
                                              batch_size=a.batch_size, log=log)
+    if "controls" in wanted:  # random controls at the onset and peak of harmless/ (the cpu protocol's sweep lacks them)
+        harmless = summaries.get("harmless") or _read(out / "harmless" / "summary.json")
+        if not harmless:
+            p.error("controls needs the harmless run first (it patches at its onset and peak layers)")
+        e1 = harmless["experiments"]["patch_tuned_to_base"]
+        kw = plan(out, paths, ids_file, peak_layers=None, **settings)["harmless"]
+        kw["suite"] = SuiteConfig(experiments=("identity", "random_noise", "random_direction"),
+                                  layers=tuple(sorted({e1["onset_layer"], e1["peak_layer"]})), seed=a.seed,
+                                  n_boot=a.n_boot)
+        summaries["controls"] = run_one("controls", kw, out, device=a.device, batch_size=a.batch_size, log=log)
     n_layers = next(iter(summaries.values()))["n_layers"] if summaries else 30
     extra = {}
     if "planted" in summaries:
