@@ -25,8 +25,8 @@ What it does, in order (every step is cached or resumable, so a second call only
 4. collects the headline numbers into ``findings.json`` and draws ``figures/*.png`` (and ``.html``).
 
 Budget (docs/findings-smollm2.md has the measured times): the default ``--protocol cpu`` (80 pairs,
-7 swept layers, the experiments that fit) takes about 70 CPU-minutes on one thread, about 40 min of
-wall time on 2 cores with ``--runs harmless,harmless-peak`` and ``--runs planted,helpful`` in two
+7 swept layers, the experiments that fit) takes about 80 CPU-minutes on one thread, about 45 min of
+wall time on 2 cores with ``--runs harmless,harmless-peak,controls`` and ``--runs planted,helpful`` in two
 processes. ``--protocol full --device cuda`` is the paper's whole protocol (400 pairs, every layer,
 every experiment) for a GPU.
 """
