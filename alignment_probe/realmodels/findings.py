@@ -94,12 +94,12 @@ def write_heldout_ids(path: Path) -> Path:
     return path
 
 
-def plan(out: Path, paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_pairs: int, max_length: int,
-         layers: Sequence[int], planted_layers: Sequence[int], seed: int, n_boot: int,
-         peak_layers: Sequence[int] | None,
-         lowrank_layers: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
-    """Keyword arguments of each run's :class:`~alignment_probe.run.RunRequest` (``harmless-peak`` needs the
-    peak of ``harmless`` first, so it is planned only once ``peak_layers`` is known)."""
+def plan(paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_pairs: int, max_length: int,
+         layers: Sequence[int], planted_layers: Sequence[int], seed: int, n_boot: int, peak_span: int,
+         e1: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Keyword arguments of each run's :class:`~alignment_probe.run.RunRequest`. ``harmless-peak`` and
+    ``controls`` patch at the peak and onset layers of ``harmless/``'s E1, so they are planned only once
+    its summary ``e1`` is known."""
     common = {"n_pairs": n_pairs, "max_length": max_length}
     harmless = {"data": str(DEFAULT_DATA), "pair_ids": str(ids_file), **common}
     out_plan: dict[str, dict[str, Any]] = {
@@ -113,13 +113,22 @@ def plan(out: Path, paths: dict[str, Path], ids_file: Path, *, protocol: dict[st
                     "suite": SuiteConfig(experiments=protocol["helpful"], layers=tuple(layers), seed=seed,
                                          n_boot=n_boot)},
     }
-    if peak_layers is not None:  # α at ``peak_layers``; low rank (many patches per layer) at ``lowrank_layers``
+    if e1 is not None:
+        peak, onset = e1["peak_layer"], e1["onset_layer"]
+        # α at the peak, its swept neighbours and the onset; low rank (many patches per layer) at the peak
+        # and the onset: with a curve that rises to the last layer the peak is the unembedding's input,
+        # and the onset is where the effect first takes hold.
+        peak_layers = tuple(sorted({*neighbours(peak, layers, peak_span), onset}))
         out_plan["harmless-peak"] = {
             "base": paths["base"], "tuned": paths.get("dpo"), **harmless,
             "suite": SuiteConfig(experiments=("alpha", "lowrank_difference", "lowrank_reconstruct"),
                                  layers=tuple(peak_layers), alpha_layers=tuple(peak_layers), alphas=protocol["alphas"],
-                                 lowrank_layers=tuple(lowrank_layers or peak_layers), lowrank_ks=protocol["lowrank_ks"],
+                                 lowrank_layers=tuple(sorted({peak, onset})), lowrank_ks=protocol["lowrank_ks"],
                                  seed=seed, n_boot=n_boot)}
+        # Random controls at the same two layers (the cpu protocol's sweep leaves them out).
+        out_plan["controls"] = {**out_plan["harmless"],
+                                "suite": SuiteConfig(experiments=("identity", "random_noise", "random_direction"),
+                                                     layers=tuple(sorted({onset, peak})), seed=seed, n_boot=n_boot)}
     return out_plan
 
 
@@ -392,42 +401,33 @@ def _main(argv: Sequence[str] | None = None) -> int:
     paths = models(a.cache_dir, a.adapters, twins=sorted({"planted" if r == "planted" else "dpo" for r in wanted}))
     ids_file = write_heldout_ids(out / "heldout_pair_ids.json")
     settings = dict(protocol=protocol, n_pairs=a.n_pairs or protocol["n_pairs"], max_length=a.max_length,
-                    layers=layers, planted_layers=planted_layers, seed=a.seed, n_boot=a.n_boot)
+                    layers=layers, planted_layers=planted_layers, seed=a.seed, n_boot=a.n_boot, peak_span=peak_span)
     summaries: dict[str, dict[str, Any]] = {}
+
+    def run(name: str, runs: dict[str, dict[str, Any]]) -> None:
+        summaries[name] = run_one(name, runs[name], out, device=a.device, batch_size=a.batch_size, log=log)
+
     for name in ("harmless", "planted", "helpful"):
         if name in wanted:
-            runs = plan(out, paths, ids_file, peak_layers=None, **settings)
-            summaries[name] = run_one(name, runs[name], out, device=a.device, batch_size=a.batch_size, log=log)
-    if "harmless-peak" in wanted:
+            run(name, plan(paths, ids_file, **settings))
+    later = [name for name in ("harmless-peak", "controls") if name in wanted]
+    if later:
         harmless = summaries.get("harmless") or _read(out / "harmless" / "summary.json")
         if not harmless:
-            p.error("harmless-peak needs the harmless run first (it chooses the layers around its peak)")
-        e1 = harmless["experiments"]["patch_tuned_to_base"]
-        peak, onset = e1["peak_layer"], e1["onset_layer"]
-        # The peak and its neighbours, and the onset: with a curve that rises to the last layer the
-        # peak is the unembedding's input, and the onset is where the effect first takes hold.
-        peak_layers = tuple(sorted({*neighbours(peak, layers, peak_span), onset}))
-        runs = plan(out, paths, ids_file, peak_layers=peak_layers, lowrank_layers=tuple(sorted({peak, onset})),
-                    **settings)
-        summaries["harmless-peak"] = run_one("harmless-peak", runs["harmless-peak"], out, device=a.device,
-                                             batch_size=a.batch_size, log=log)
-    if "controls" in wanted:  # random controls at the onset and peak of harmless/ (the cpu protocol's sweep lacks them)
-        harmless = summaries.get("harmless") or _read(out / "harmless" / "summary.json")
-        if not harmless:
-            p.error("controls needs the harmless run first (it patches at its onset and peak layers)")
-        e1 = harmless["experiments"]["patch_tuned_to_base"]
-        kw = plan(out, paths, ids_file, peak_layers=None, **settings)["harmless"]
-        kw["suite"] = SuiteConfig(experiments=("identity", "random_noise", "random_direction"),
-                                  layers=tuple(sorted({e1["onset_layer"], e1["peak_layer"]})), seed=a.seed,
-                                  n_boot=a.n_boot)
-        summaries["controls"] = run_one("controls", kw, out, device=a.device, batch_size=a.batch_size, log=log)
+            p.error(f"{', '.join(later)} need(s) the harmless run first (it patches at its peak and onset layers)")
+        runs = plan(paths, ids_file, e1=harmless["experiments"]["patch_tuned_to_base"], **settings)
+        for name in later:
+            run(name, runs)
+    for name in RUNS:  # findings.json covers every finished run in --out, not only the ones run now
+        if name not in summaries and (out / name / "summary.json").exists():
+            summaries[name] = _read(out / name / "summary.json")
     n_layers = next(iter(summaries.values()))["n_layers"] if summaries else 30
     extra = {}
     if "planted" in summaries:
         extra["planted"] = {"by_hook": extra_hook_results(out / "planted", ("mlp_out",), seed=a.seed, n_boot=a.n_boot)}
     found = collect(summaries, n_layers=n_layers, planted_layer=PLANTED_LAYER, extra=extra)
     found["settings"] = {**settings, "protocol": a.protocol, "layers": list(layers), "planted_layers": list(planted_layers),
-                         "peak_span": peak_span, "device": a.device,
+                         "device": a.device,
                          "threads": torch.get_num_threads(), "models": {k: str(v) for k, v in paths.items()},
                          "timing": {r: _read(out / r / "wall_seconds.json") for r in summaries}}
     write_json_atomic(out / "findings.json", found)
