@@ -13,14 +13,19 @@ What it does, in order (every step is cached or resumable, so a second call only
 2. writes the held-out half of harmless-base (the pairs the adapters never saw) as a pair-id file;
 3. runs five ordinary ``alignment-probe run`` directories, each with its own ``report.html``:
 
-   ``harmless/``       DPO twin vs base on held-out harmless pairs: E1, E2, controls, source variants
-                       at the swept layers, and LASSO (every layer; it needs no patching);
+   ``harmless/``       DPO twin vs base on held-out harmless pairs: E1, E2, identity, per-sequence
+                       sources (``full`` adds random controls and vector sources) at the swept layers,
+                       and LASSO (every layer; it needs no patching);
    ``harmless-peak/``  α interpolation and low rank at ``harmless/``'s peak and onset layers (α also at
                        the peak's swept neighbours with ``--peak-span``);
-   ``controls/``       identity, random noise and a random direction at ``harmless/``'s onset and peak;
+   ``controls/``       identity, random noise and a random direction at ``harmless/``'s onset and peak
+                       (the ``cpu`` protocol's sweep leaves the random controls out);
    ``planted/``        planted twin vs base on the same pairs: E1 at ``resid_post`` and ``mlp_out``;
-   ``helpful/``        DPO twin vs base on helpful-base pairs (never trained on): E1, E2, per-sequence
-                       sources, identity and LASSO — does what was localized on harmlessness carry over?
+   ``helpful/``        DPO twin vs base on helpful-base pairs (never trained on): E1, identity and
+                       per-sequence sources (``full`` adds E2 and LASSO) — does what was localized on
+                       harmlessness carry over?
+
+   What each protocol patches is in :data:`PROTOCOLS`.
 
 4. collects the headline numbers into ``findings.json`` and draws ``figures/*.png`` (and ``.html``).
 
@@ -120,7 +125,7 @@ def plan(paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_
         # and the onset is where the effect first takes hold.
         peak_layers = tuple(sorted({*neighbours(peak, layers, peak_span), onset}))
         out_plan["harmless-peak"] = {
-            "base": paths["base"], "tuned": paths.get("dpo"), **harmless,
+            **out_plan["harmless"],
             "suite": SuiteConfig(experiments=("alpha", "lowrank_difference", "lowrank_reconstruct"),
                                  layers=tuple(peak_layers), alpha_layers=tuple(peak_layers), alphas=protocol["alphas"],
                                  lowrank_layers=tuple(sorted({peak, onset})), lowrank_ks=protocol["lowrank_ks"],
@@ -236,6 +241,12 @@ def _ci(mean: float, ci: Sequence[float], digits: int = 2) -> str:
     return f"{mean:+.{digits}f} [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
 
 
+def _layer_ci(per_layer: Sequence[dict[str, Any]], layer: int) -> str:
+    """``mean [lo, hi]`` of ``layer`` in a summary's per-layer rows ("" when that layer was not run)."""
+    hit = [x for x in per_layer if x["layer"] == layer]
+    return _ci(hit[0]["mean"], (hit[0]["ci_low"], hit[0]["ci_high"])) if hit else ""
+
+
 def _row(cells: Sequence[Any]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -275,13 +286,7 @@ def render_tables(found: dict[str, Any]) -> str:
         if not present:
             continue
         layers = sorted({row["layer"] for _, res in present for row in res["per_layer"]})
-        rows = []
-        for layer in layers:
-            cells = [layer]
-            for _, res in present:
-                hit = [x for x in res["per_layer"] if x["layer"] == layer]
-                cells.append(_ci(hit[0]["mean"], (hit[0]["ci_low"], hit[0]["ci_high"])) if hit else "")
-            rows.append(cells)
+        rows = [[layer, *[_layer_ci(res["per_layer"], layer) for _, res in present]] for layer in layers]
         parts += [f"### {run}: per-layer effect, mean [95 % CI] (nats)",
                   _table(["layer", *[name for name, _ in present]], rows)]
         if "identity_max_abs_mean" in found[run]:
@@ -302,8 +307,7 @@ def render_tables(found: dict[str, Any]) -> str:
         if alpha:
             alphas = [str(a) for a in alpha["by_alpha"]]
             layers = [row["layer"] for row in alpha["by_alpha"][alphas[0]]]
-            rows = [[layer, *[_ci(*(lambda x: (x["mean"], (x["ci_low"], x["ci_high"])))(
-                [x for x in alpha["by_alpha"][a] if x["layer"] == layer][0])) for a in alphas],
+            rows = [[layer, *[_layer_ci(alpha["by_alpha"][a], layer) for a in alphas],
                      f"{alpha['spearman_rho'][str(layer)]:.2f}"] for layer in layers]
             parts += [f"### {run}: α interpolation h = (1−α)·h_base + α·h_tuned",
                       _table(["layer", *[f"α = {a}" for a in alphas], "Spearman ρ"], rows)]
