@@ -1,77 +1,8 @@
-"""Make small Hugging Face checkpoints offline: a byte-level BPE tokenizer and Llama-family models.
-
-Used by the tests (which may download nothing), the benchmarks (a random model with a real
-model's shape) and the model organisms. Everything is seeded: same arguments, same files.
-"""
+"""Publishing a finished cache directory atomically (twins, the SmolLM2 conversion, merged adapters)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
-
-import torch
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Any:
-    """Train a byte-level BPE tokenizer (GPT-2/Llama-3 style) and wrap it for ``transformers``.
-
-    One implementation for the tests, the benchmarks and the model organisms
-    (:mod:`alignment_probe.organisms.tokenizer` documents its special tokens and boundary property).
-    """
-    from alignment_probe.organisms.tokenizer import train_tokenizer as train
-
-    return train(texts, vocab_size)
-
-
-def llama_config(tokenizer: Any, **overrides: Any) -> Any:
-    """A small ``LlamaConfig`` (RMSNorm, rotary, SwiGLU, grouped-query attention) for ``tokenizer``."""
-    from transformers import LlamaConfig
-
-    kwargs: dict[str, Any] = dict(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
-        rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
-
-
-def random_llama(config: Any, seed: int) -> Any:
-    """A randomly initialised ``LlamaForCausalLM`` (float32), reproducible from ``seed``."""
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    # HF initialises RMSNorm weights to exactly 1; randomise them so a test would notice a norm
-    # that is skipped or folded wrongly.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-    return model.eval()
-
-
-def save_checkpoint(model: Any, tokenizer: Any, path: str | Path) -> Path:
-    """Write model + tokenizer as one Hugging Face checkpoint directory (safetensors)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def perturbed_copy(model: Any, seed: int, scale: float = 0.05, only: str | None = None) -> Any:
-    """A copy of ``model`` with Gaussian noise (relative ``scale``) added to its weights —
-    or only to the parameters whose name contains ``only``: a stand-in "tuned" twin for tests."""
-    import copy
-
-    twin = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in twin.named_parameters():
-            if only is None or only in name:
-                p.add_(scale * p.std() * torch.randn(p.shape, generator=gen))
-    return twin
 
 
 def publish_directory(tmp: Path, target: Path, *, is_complete, replace_stale: bool = True) -> Path:

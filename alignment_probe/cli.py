@@ -108,7 +108,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from alignment_probe.data import load_pairs
     from alignment_probe.manifest import build_manifest, file_fingerprint, write_json_atomic
     from alignment_probe.numerics import check_scores
-    from alignment_probe.pair import load_pair, precheck_pair
+    from alignment_probe.pair import load_twins, precheck_pair
     from alignment_probe.scoring import score_pairs, summarize_scores
     from alignment_probe.tables import check_table_path, write_table
     from alignment_probe.tokens import (cap_to_context, check_sampling_options, describe_truncation,
@@ -124,7 +124,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     pairs, report = load_pairs(args.data, data_dir=args.data_dir, split=args.split)
     check_sampling_options(args.n_pairs, args.max_length, len(pairs), args.data, report)
     precheck_pair(args.base, args.tuned)
-    pair = load_pair(args.base, args.tuned, device=args.device, dtype=args.dtype)
+    pair = load_twins(args.base, args.tuned, device=args.device, dtype=args.dtype)
     max_length, note = cap_to_context(args.max_length, getattr(pair.base.cfg, "n_ctx", None))
     if note:
         print(f"note: {note}", file=sys.stderr)

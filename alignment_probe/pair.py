@@ -55,8 +55,11 @@ class LoadedModel:
 
 
 @dataclass
-class ModelPair:
-    """The ``base`` model and its ``tuned`` twin, checked compatible, sharing one tokenizer."""
+class Twins:
+    """The ``base`` model and its ``tuned`` twin, checked compatible, sharing one tokenizer.
+
+    (Named for what it holds: ``load_pairs`` in data.py loads preference *pairs*; this is the
+    model twins. ``ModelPair``/``load_pair`` remain as aliases for old code.)"""
 
     base: HookedTransformer
     tuned: HookedTransformer
@@ -358,12 +361,17 @@ def check_compatible(base: LoadedModel, tuned: LoadedModel) -> None:
         )
 
 
-def load_pair(base: str | os.PathLike[str], tuned: str | os.PathLike[str], *, device: str | None = "cpu",
-              dtype: str | torch.dtype = "float32") -> ModelPair:
+def load_twins(base: str | os.PathLike[str], tuned: str | os.PathLike[str], *, device: str | None = "cpu",
+              dtype: str | torch.dtype = "float32") -> Twins:
     """Load ``base`` and ``tuned`` with identical (no) weight processing and check they are compatible."""
     precheck_pair(base, tuned)  # cheap: missing files and mismatched configs fail before any weights load
     b = load_model(base, device=device, dtype=dtype)
     t = load_model(tuned, device=device, dtype=dtype)
     check_compatible(b, t)
-    return ModelPair(base=b.model, tuned=t.model, tokenizer=b.tokenizer, base_source=b.source,
+    return Twins(base=b.model, tuned=t.model, tokenizer=b.tokenizer, base_source=b.source,
                      tuned_source=t.source, base_fingerprint=b.fingerprint, tuned_fingerprint=t.fingerprint)
+
+
+# Old names, kept so existing scripts keep working.
+ModelPair = Twins
+load_pair = load_twins

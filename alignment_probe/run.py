@@ -36,7 +36,7 @@ from alignment_probe.errors import ConfigError
 from alignment_probe.experiments.lasso import LASSO_CV_FOLDS
 from alignment_probe.experiments.suite import DEFAULT_PAIRS_PER_PART, SuiteConfig, SuiteResult, run_suite
 from alignment_probe.manifest import build_manifest, file_fingerprint, now, write_json_atomic
-from alignment_probe.pair import load_pair, precheck_pair
+from alignment_probe.pair import load_twins, precheck_pair
 from alignment_probe.tables import PartStore, write_table
 from alignment_probe.tokens import (cap_to_context, check_sampling_options, describe_truncation, sample_and_tokenize,
                                     truncation_stats)
@@ -190,7 +190,7 @@ def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None
     check_sampling_options(req.n_pairs, req.max_length, len(pairs), req.data, report)
     precheck_pair(req.base, req.tuned)
     make_deterministic(req.device)
-    pair = load_pair(req.base, req.tuned, device=req.device, dtype=req.dtype)
+    pair = load_twins(req.base, req.tuned, device=req.device, dtype=req.dtype)
     req.suite.validate(pair.n_layers)
     max_length, note = cap_to_context(req.max_length, getattr(pair.base.cfg, "n_ctx", None))
     if note:

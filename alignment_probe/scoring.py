@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from alignment_probe.pair import ModelPair
+from alignment_probe.pair import Twins
 from alignment_probe.tokens import (ScoredSequence, SequenceBatch, TokenizedPair, batches_by_length, make_batch,
                                     pair_sequences)
 
@@ -76,7 +76,7 @@ def sequence_logprobs(model: HookedTransformer, sequences: Sequence[ScoredSequen
     return out
 
 
-def score_pairs(pair: ModelPair, tokenized: Sequence[TokenizedPair], *, batch_size: int = 8,
+def score_pairs(pair: Twins, tokenized: Sequence[TokenizedPair], *, batch_size: int = 8,
                 progress: bool = False) -> pd.DataFrame:
     """One row per pair: both models' log-probs of both completions, Δlogp, gain, token counts.
 

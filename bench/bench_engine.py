@@ -41,7 +41,7 @@ def column_major(model: torch.nn.Module) -> None:
 def llama_1b_shape_pair(device: str, dtype: torch.dtype, tokenizer):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from alignment_probe.pair import ModelPair, model_fingerprint
+    from alignment_probe.pair import Twins, model_fingerprint
 
     cfg = HookedTransformerConfig(
         n_layers=16, d_model=2048, n_heads=32, n_key_value_heads=8, d_head=64, d_mlp=8192, d_vocab=128256,
@@ -59,25 +59,25 @@ def llama_1b_shape_pair(device: str, dtype: torch.dtype, tokenizer):
                 p.add_(0.05 * p.float().std().item() * torch.randn(p.shape, generator=gen).to(p))
     for m in (base, tuned):
         column_major(m)
-    return ModelPair(base=base, tuned=tuned, tokenizer=tokenizer, base_source="random llama-1b shape",
+    return Twins(base=base, tuned=tuned, tokenizer=tokenizer, base_source="random llama-1b shape",
                      tuned_source="random llama-1b shape + noise in blocks 6-7",
                      base_fingerprint=model_fingerprint(base)[:8], tuned_fingerprint=model_fingerprint(tuned)[:8])
 
 
 def load(args):
     from alignment_probe.data import load_pairs
-    from alignment_probe.pair import load_pair
+    from alignment_probe.pair import load_twins
     from alignment_probe.tokens import sample_and_tokenize
 
     if args.model == "bundled":
         from alignment_probe.organisms import bundled_pair_paths, bundled_pairs_path
 
-        pair = load_pair(*bundled_pair_paths(), device=args.device, dtype=args.dtype)
+        pair = load_twins(*bundled_pair_paths(), device=args.device, dtype=args.dtype)
         for m in pair.models().values():
             column_major(m)
         data = bundled_pairs_path()
     else:
-        from alignment_probe.checkpoints import train_tokenizer
+        from alignment_probe.organisms.tokenizer import train_tokenizer
 
         import tempfile
 

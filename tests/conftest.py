@@ -14,7 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens's patching loops print a bar per call
 
-from alignment_probe.checkpoints import llama_config, perturbed_copy, random_llama, save_checkpoint, train_tokenizer  # noqa: E402
+from tests.helpers.checkpoints import llama_config, perturbed_copy, random_llama, save_checkpoint, train_tokenizer  # noqa: E402
 from alignment_probe.data import load_pairs  # noqa: E402
 
 # The test models are tiny: one thread is faster than two, and far faster on a loaded machine.
@@ -23,6 +23,17 @@ torch.set_num_threads(1)
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 HH_HARMLESS = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 HH_HELPFUL = SHARED / "data" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
+
+
+TIERS = ("unit", "integration", "acceptance")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier (the folder it lives in), so ``pytest -m "not acceptance"`` is a fast loop."""
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @dataclass
@@ -59,9 +70,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoints:
 
 @pytest.fixture(scope="session")
 def tiny_pair(tiny: TinyCheckpoints):
-    from alignment_probe.pair import load_pair
+    from alignment_probe.pair import load_twins
 
-    return load_pair(tiny.base, tiny.tuned, device="cpu", dtype="float32")
+    return load_twins(tiny.base, tiny.tuned, device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ from alignment_probe.effects import make_row, to_frame
 from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.interventions import SequenceContext, apply_in_scope
 from alignment_probe.numerics import check_clean, check_patched
-from alignment_probe.pair import ModelPair
+from alignment_probe.pair import Twins
 from alignment_probe.scoring import completion_token_logprobs, sum_by_row
 from alignment_probe.tokens import SIDES, ScoredSequence, SequenceBatch, TokenizedPair, make_batch, pair_sequences
 
@@ -104,14 +104,14 @@ class FastEngine:
         self.memory_budget_gb = memory_budget_gb
         self.work = WorkCounter()
 
-    def pairs_per_chunk(self, pair: ModelPair, tokenized: Sequence[TokenizedPair], n_cached: int) -> int:
+    def pairs_per_chunk(self, pair: Twins, tokenized: Sequence[TokenizedPair], n_cached: int) -> int:
         """How many pairs' caches fit the memory budget (at least one)."""
         width = max(max(len(t.prompt_ids) + len(t.completion_ids(s)) for s in SIDES) for t in tokenized)
         bytes_per_pair = 2 * max(n_cached, 1) * width * pair.d_model * pair.base.cfg.dtype.itemsize
         return max(1, int(self.memory_budget_gb * 2**30 // bytes_per_pair))
 
     @torch.inference_mode()
-    def clean_chunk(self, pair: ModelPair, chunk: Sequence[TokenizedPair], need: dict[str, set[str]]) -> ChunkCache:
+    def clean_chunk(self, pair: Twins, chunk: Sequence[TokenizedPair], need: dict[str, set[str]]) -> ChunkCache:
         seqs = pair_sequences(chunk)
         batch = make_batch(seqs)
         acts, clean = {}, {}
@@ -150,7 +150,7 @@ class FastEngine:
         return Item(spec_index, seq, torch.stack([start, patched]), unchanged)
 
     @torch.inference_mode()
-    def run_batch(self, pair: ModelPair, target: str, start: int, hook: str | None, items: list[Item]) -> list[float]:
+    def run_batch(self, pair: Twins, target: str, start: int, hook: str | None, items: list[Item]) -> list[float]:
         model = pair.models()[target]
         batch = make_batch([it.seq for it in items])
         width = batch.tokens.shape[1]
@@ -167,7 +167,7 @@ class FastEngine:
         lp, rows = completion_token_logprobs(model, final, batch)
         return sum_by_row(lp, rows, batch.size).tolist()
 
-    def run(self, pair: ModelPair, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
+    def run(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
             progress: bool = False) -> pd.DataFrame:
         need = cache_names(specs)
         per_chunk = self.pairs_per_chunk(pair, tokenized, sum(len(v) for v in need.values()))

@@ -18,7 +18,7 @@ from alignment_probe.effects import make_row, to_frame
 from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.interventions import SequenceContext, apply_in_scope
 from alignment_probe.numerics import check_clean, check_patched
-from alignment_probe.pair import ModelPair
+from alignment_probe.pair import Twins
 from alignment_probe.tokens import SIDES, ScoredSequence, TokenizedPair
 
 
@@ -39,7 +39,7 @@ class ReferenceEngine:
     name = "reference"
 
     @torch.inference_mode()
-    def run(self, pair: ModelPair, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
+    def run(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
             progress: bool = False) -> pd.DataFrame:
         models = pair.models()
         rows = []

@@ -9,7 +9,7 @@ import pandas as pd
 
 from alignment_probe.effects import RowKey
 from alignment_probe.interventions import Intervention
-from alignment_probe.pair import ModelPair
+from alignment_probe.pair import Twins
 from alignment_probe.tokens import TokenizedPair
 
 HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -51,5 +51,5 @@ class Engine(Protocol):
 
     name: str
 
-    def run(self, pair: ModelPair, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
+    def run(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
             progress: bool = False) -> pd.DataFrame: ...

@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from alignment_probe.errors import ConfigError
-from alignment_probe.pair import ModelPair
+from alignment_probe.pair import Twins
 from alignment_probe.tokens import ScoredSequence, TokenizedPair, batches_by_length, make_batch
 
 HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -58,7 +58,7 @@ def _positions(seq: ScoredSequence, position: str) -> int:
 
 
 @torch.inference_mode()
-def _batch_norms(pair: ModelPair, group: Sequence[ScoredSequence], names: list[str],
+def _batch_norms(pair: Twins, group: Sequence[ScoredSequence], names: list[str],
                  position: str) -> np.ndarray:
     """``[len(group), n_layers]``: ||h_tuned − h_base|| at each sequence's chosen position."""
     batch = make_batch(group)
@@ -75,7 +75,7 @@ def _batch_norms(pair: ModelPair, group: Sequence[ScoredSequence], names: list[s
     return torch.stack(out, dim=1).numpy()
 
 
-def activation_distance_features(pair: ModelPair, tokenized: Sequence[TokenizedPair], *, hook: str = "resid_post",
+def activation_distance_features(pair: Twins, tokenized: Sequence[TokenizedPair], *, hook: str = "resid_post",
                                  position: str = "last_prompt", batch_size: int = 8) -> np.ndarray:
     """``[n_pairs, n_layers]`` array of ``||h_ℓ^tuned − h_ℓ^base||₂`` (rows in ``tokenized`` order).
 
@@ -236,7 +236,7 @@ def _align_target(target: Any, tokenized: Sequence[TokenizedPair]) -> np.ndarray
     return y
 
 
-def run_lasso(pair: ModelPair, tokenized: Sequence[TokenizedPair], *, target: np.ndarray | pd.Series, seed: int = 0,
+def run_lasso(pair: Twins, tokenized: Sequence[TokenizedPair], *, target: np.ndarray | pd.Series, seed: int = 0,
               hook: str = "resid_post", position: str = "last_prompt", batch_size: int = 8, n_boot: int = 200,
               cv: int = LASSO_CV_FOLDS, alphas: np.ndarray | Sequence[float] = DEFAULT_ALPHAS, alpha_rule: str = "min",
               target_name: str = "gain") -> dict[str, Any]:

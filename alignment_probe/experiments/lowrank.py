@@ -28,7 +28,7 @@ from torch import Tensor
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.interventions import Project, Replace
-from alignment_probe.pair import ModelPair
+from alignment_probe.pair import Twins
 from alignment_probe.tokens import TokenizedPair, make_batch, pair_sequences
 
 MODES = {"lowrank_reconstruct": "reconstruct", "lowrank_difference": "difference"}
@@ -51,7 +51,7 @@ class Subspace:
 
 
 @torch.inference_mode()
-def stacked_activations(pair: ModelPair, tokenized: Sequence[TokenizedPair], *, layer: int, hook: str = "resid_post",
+def stacked_activations(pair: Twins, tokenized: Sequence[TokenizedPair], *, layer: int, hook: str = "resid_post",
                         models: Iterable[str] = ("base", "tuned"), exclude_bos: bool = True,
                         pairs_per_batch: int = 8) -> dict[str, Tensor]:
     """Real-token activations of each model at one hook point, stacked over all sequences: [N·T, d].

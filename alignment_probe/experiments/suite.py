@@ -37,7 +37,7 @@ from alignment_probe.experiments.patching import DIRECTIONS, patching_specs
 from alignment_probe.experiments.sources import PER_SEQUENCE, VECTORS, source_specs
 from alignment_probe.interventions import SCOPES
 from alignment_probe.numerics import check_scores
-from alignment_probe.pair import ModelPair
+from alignment_probe.pair import Twins
 from alignment_probe.scoring import score_pairs
 from alignment_probe.tables import PartStore
 from alignment_probe.tokens import TokenizedPair
@@ -166,7 +166,7 @@ class LowRankFit:
     variance: dict[tuple[str, int, int], float]
 
 
-def lowrank_context(pair: ModelPair, tokenized: Sequence[TokenizedPair], cfg: SuiteConfig) -> dict[str, Any]:
+def lowrank_context(pair: Twins, tokenized: Sequence[TokenizedPair], cfg: SuiteConfig) -> dict[str, Any]:
     """Modes, position scope, ks and the fit/held-out halves of E6 (cheap; no forward pass)."""
     ids = [t.pair_id for t in tokenized]
     fit_ids, heldout_ids = stats.split_halves(ids, seed=cfg.seed)
@@ -175,7 +175,7 @@ def lowrank_context(pair: ModelPair, tokenized: Sequence[TokenizedPair], cfg: Su
             "ks": ks_for(pair.d_model, cfg.lowrank_ks), "fit_ids": fit_ids, "heldout_ids": heldout_ids}
 
 
-def fit_lowrank(pair: ModelPair, tokenized: Sequence[TokenizedPair], cfg: SuiteConfig,
+def fit_lowrank(pair: Twins, tokenized: Sequence[TokenizedPair], cfg: SuiteConfig,
                 layers: Sequence[int]) -> LowRankFit:
     """E6's subspaces at ``layers``, fitted on all pairs and on the fit half, as patch conditions."""
     ctx = lowrank_context(pair, tokenized, cfg)
@@ -226,7 +226,7 @@ def summarize_lowrank(effects: pd.DataFrame, ctx: dict[str, Any], variance: dict
     return out
 
 
-def run_lowrank(pair: ModelPair, tokenized: Sequence[TokenizedPair], engine: Engine, cfg: SuiteConfig,
+def run_lowrank(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, cfg: SuiteConfig,
                 layers: Sequence[int], *, progress: bool) -> tuple[pd.DataFrame, dict[str, Any]]:
     """E6 at ``layers`` in one go (no parts): fit on all pairs and on the fit half, patch, summarise."""
     fit = fit_lowrank(pair, tokenized, cfg, layers)
@@ -267,7 +267,7 @@ def canonical_effects(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return frame.sort_values(KEY_COLUMNS, kind="stable", na_position="first").reset_index(drop=True)
 
 
-def run_suite(pair: ModelPair, tokenized: Sequence[TokenizedPair], engine: Engine, cfg: SuiteConfig | None = None, *,
+def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, cfg: SuiteConfig | None = None, *,
               progress: bool = False, log: Callable[[str], None] = lambda s: None, store: PartStore | None = None,
               pairs_per_part: int | None = DEFAULT_PAIRS_PER_PART) -> SuiteResult:
     """Run the chosen experiments on a loaded pair and tokenised pairs.

@@ -21,7 +21,7 @@ Recipe (every choice is written to ``dpo_lora_recipe.json`` beside the adapter):
 * **output**: only the adapter (``adapter_model.safetensors`` + ``adapter_config.json``, ~10 MB at
   rank 8 on all linear layers) and the recipe. :func:`materialise_tuned` merges it into the base
   (peft ``merge_and_unload``) and caches a full checkpoint directory that
-  :func:`alignment_probe.pair.load_local_model` / ``load_pair`` load.
+  :func:`alignment_probe.pair.load_local_model` / ``load_twins`` load.
 
 Command line::
 
@@ -323,7 +323,7 @@ def materialise_tuned(adapter_dir: Path | str, cache_dir: Path | str | None = No
         if leftovers:
             raise RuntimeError(f"merge_and_unload left adapter tensors behind: {leftovers[:3]}")
         merged.save_pretrained(tmp, safe_serialization=True)
-        for name in TOKENIZER_FILES:  # byte-identical tokenizer: load_pair's compatibility check must pass
+        for name in TOKENIZER_FILES:  # byte-identical tokenizer: load_twins's compatibility check must pass
             if (base_dir / name).is_file():
                 shutil.copyfile(base_dir / name, tmp / name)
         if (adapter_dir / RECIPE).is_file():

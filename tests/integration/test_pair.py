@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignment_probe.errors import CheckpointError, IncompatiblePairError
-from alignment_probe.pair import load_local_model, load_pair
+from alignment_probe.pair import load_local_model, load_twins
 
 
 def test_local_llama_logits_match_hugging_face(tiny, hh_pairs):
@@ -40,19 +40,19 @@ def test_fingerprints_identify_weights(tiny_pair, tiny):
 
 def test_incompatible_layers_refused(tiny):
     with pytest.raises(IncompatiblePairError, match="n_layers: base=4 tuned=5"):
-        load_pair(tiny.base, tiny.deeper)
+        load_twins(tiny.base, tiny.deeper)
 
 
 def test_incompatible_tokenizer_refused(tiny):
     with pytest.raises(IncompatiblePairError, match="probe string"):
-        load_pair(tiny.base, tiny.other_tokenizer)
+        load_twins(tiny.base, tiny.other_tokenizer)
 
 
 def test_missing_checkpoint_files_are_named(tiny, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_pair(tmp_path / "nowhere", tiny.tuned)
+        load_twins(tmp_path / "nowhere", tiny.tuned)
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / "config.json").write_text((tiny.base / "config.json").read_text())
     with pytest.raises(CheckpointError, match=r"missing weights .* tokenizer files"):
-        load_pair(partial, tiny.tuned)
+        load_twins(partial, tiny.tuned)

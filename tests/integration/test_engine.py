@@ -9,13 +9,13 @@ import pytest
 import torch
 from transformer_lens import patching as tl_patching
 
-from alignment_probe.checkpoints import llama_config, perturbed_copy, random_llama, save_checkpoint, train_tokenizer
+from tests.helpers.checkpoints import llama_config, perturbed_copy, random_llama, save_checkpoint, train_tokenizer
 from alignment_probe.effects import EXPERIMENT_NAMES
 from alignment_probe.engine import FastEngine, ReferenceEngine
 from alignment_probe.experiments.lowrank import fit_for_mode, lowrank_specs, stacked_activations
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.experiments.suite import SuiteConfig, per_layer_specs
-from alignment_probe.pair import load_pair
+from alignment_probe.pair import load_twins
 from alignment_probe.tokens import sample_and_tokenize
 
 from conftest import _corpus
@@ -112,7 +112,7 @@ def planted(tmp_path_factory):
     tok = train_tokenizer(_corpus(200), vocab_size=400)
     base = random_llama(llama_config(tok, num_hidden_layers=5), seed=5)
     twin = perturbed_copy(base, seed=6, scale=0.5, only="layers.2.mlp")
-    return load_pair(save_checkpoint(base, tok, root / "base"), save_checkpoint(twin, tok, root / "twin"))
+    return load_twins(save_checkpoint(base, tok, root / "base"), save_checkpoint(twin, tok, root / "twin"))
 
 
 def test_known_answer_on_a_planted_twin(planted, hh_pairs):

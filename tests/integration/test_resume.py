@@ -24,7 +24,7 @@ from alignment_probe.errors import EXIT_BAD_INPUT
 
 from conftest import HH_HARMLESS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = ("scores.parquet", "effects.parquet", "lasso.parquet", "summary.json")
 # Every stage (per-layer patching, low rank, LASSO) in a few seconds; 3 parts per stage.
 EXPERIMENTS = "patch_tuned_to_base,random_noise,lowrank_difference,lasso"

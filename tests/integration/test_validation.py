@@ -39,8 +39,8 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was validated")
 
-    monkeypatch.setattr(alignment_probe.pair, "load_pair", refuse)
-    monkeypatch.setattr(alignment_probe.run, "load_pair", refuse)
+    monkeypatch.setattr(alignment_probe.pair, "load_twins", refuse)
+    monkeypatch.setattr(alignment_probe.run, "load_twins", refuse)
 
 
 def score(tiny, data, tmp_path, *extra, base=None, tuned=None):
@@ -345,7 +345,7 @@ def test_internal_errors_exit_1_with_a_traceback(tiny, tmp_path, capsys, monkeyp
     def bug(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(alignment_probe.pair, "load_pair", bug)
+    monkeypatch.setattr(alignment_probe.pair, "load_twins", bug)
     data = write_lines(tmp_path / "pairs.jsonl", [good(i) for i in range(3)])
     assert score(tiny, data, tmp_path) == EXIT_INTERNAL
     err = capsys.readouterr().err

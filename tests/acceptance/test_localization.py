@@ -10,7 +10,7 @@ from alignment_probe.data import load_pairs
 from alignment_probe.engine import FastEngine
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.organisms import PLANTED_LAYERS, bundled_pair_paths, bundled_pairs_path, planted_twin_path
-from alignment_probe.pair import load_pair
+from alignment_probe.pair import load_twins
 from alignment_probe.scoring import score_pairs
 from alignment_probe.tokens import sample_and_tokenize
 
@@ -26,7 +26,7 @@ def heldout():
 @pytest.mark.parametrize("planted", PLANTED_LAYERS)
 def test_suite_localises_the_planted_layer(planted, heldout):
     base, _ = bundled_pair_paths()
-    pair = load_pair(base, planted_twin_path(planted))
+    pair = load_twins(base, planted_twin_path(planted))
     tokenized = sample_and_tokenize(heldout, pair.tokenizer, n_pairs=N_PAIRS, seed=0, max_length=256)
     specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=range(pair.n_layers),
                         hooks=("mlp_out", "resid_post"))
@@ -48,7 +48,7 @@ def test_suite_localises_the_planted_layer(planted, heldout):
 
 
 def test_bundled_tuned_twin_has_a_positive_gain(heldout):
-    pair = load_pair(*bundled_pair_paths())
+    pair = load_twins(*bundled_pair_paths())
     tokenized = sample_and_tokenize(heldout, pair.tokenizer, n_pairs=N_PAIRS, seed=1, max_length=256)
     gain = score_pairs(pair, tokenized).gain.to_numpy()
     mean, lo, hi = stats.bootstrap_mean_ci(gain, seed=0)
