@@ -1,0 +1,108 @@
+"""The closed vocabularies: one definition of every name a spec, a row key or an option may use.
+
+Each vocabulary is a ``Literal`` type (for annotations and the type checker) and a tuple of its
+values (for validation and help texts), the tuple derived from the type so the two cannot drift:
+
+================  ==========================================================  =====================
+type              values                                                      used by
+================  ==========================================================  =====================
+``Hook``          resid_pre, resid_mid, resid_post, attn_out, mlp_out          RowKey.hook, E2 features
+``Scope``         all, prompt, completion, last_prompt, all_but_bos,           RowKey.scope, scope_mask
+                  and parametrised ``first_completion:K`` (K ≥ 1)
+``Side``          chosen, rejected                                             one sequence of a pair
+``Sides``         both, chosen, rejected                                       RowKey.sides (patched)
+``Role``          base, tuned                                                  RowKey.target/.source
+``LowRankMode``   reconstruct, difference                                      Project.mode (E6)
+``VectorKind``    chosen, rejected, contrast                                   AddVector.kind (E5)
+================  ==========================================================  =====================
+
+``check(value, allowed, what)`` rejects a value outside its vocabulary at construction time with a
+message naming the bad value and the allowed ones; ``check_scope`` also parses parametrised scopes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Collection, Literal, TypeVar, get_args
+
+from alignment_probe.errors import ConfigError
+
+Hook = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
+HOOKS: tuple[str, ...] = get_args(Hook)
+
+# Plain (unparametrised) position scopes. Parametrised ones are written ``name:K``.
+Scope = Literal["all", "prompt", "completion", "last_prompt", "all_but_bos"]
+SCOPES: tuple[str, ...] = get_args(Scope)
+ParamScope = Literal["first_completion"]  # ``first_completion:K``: the first K completion positions
+PARAM_SCOPES: tuple[str, ...] = get_args(ParamScope)
+
+Side = Literal["chosen", "rejected"]
+SIDES: tuple[str, ...] = get_args(Side)
+
+Sides = Literal["both", "chosen", "rejected"]
+PATCHED_SIDES: tuple[str, ...] = get_args(Sides)
+
+Role = Literal["base", "tuned"]
+ROLES: tuple[str, ...] = get_args(Role)
+
+LowRankMode = Literal["reconstruct", "difference"]
+LOWRANK_MODE_NAMES: tuple[str, ...] = get_args(LowRankMode)
+# E6's experiment names → the mode each one patches with.
+LOWRANK_MODES: dict[str, str] = {f"lowrank_{m}": m for m in LOWRANK_MODE_NAMES}
+
+VectorKind = Literal["chosen", "rejected", "contrast"]
+VECTOR_KINDS: tuple[str, ...] = get_args(VectorKind)
+
+
+class VocabularyError(ConfigError, ValueError):
+    """A name outside its closed vocabulary (a ConfigError for the CLI, a ValueError for callers)."""
+
+
+T = TypeVar("T")
+
+
+def check(value: T, allowed: Collection[Any], what: str) -> T:
+    """``value`` if it is one of ``allowed``; otherwise a VocabularyError naming both."""
+    if value not in allowed:
+        raise VocabularyError(f"unknown {what} {value!r}; use one of {', '.join(map(str, allowed))}")
+    return value
+
+
+def parse_scope(scope: str) -> tuple[str, int | None]:
+    """``"completion"`` → ``("completion", None)``; ``"first_completion:4"`` → ``("first_completion", 4)``.
+
+    Raises VocabularyError for anything else, naming the allowed scopes.
+    """
+    allowed = ", ".join([*SCOPES, *(f"{p}:K" for p in PARAM_SCOPES)])
+    if not isinstance(scope, str):
+        raise VocabularyError(f"unknown position scope {scope!r}; use one of {allowed}")
+    if scope in SCOPES:
+        return scope, None
+    name, sep, arg = scope.partition(":")
+    if sep and name in PARAM_SCOPES:
+        if arg.isdigit() and int(arg) >= 1:
+            return name, int(arg)
+        raise VocabularyError(f"bad position scope {scope!r}: {name}:K needs a whole number K ≥ 1, "
+                              f"e.g. {name}:4")
+    raise VocabularyError(f"unknown position scope {scope!r}; use one of {allowed}")
+
+
+def check_scope(scope: str) -> str:
+    """``scope`` if it is a plain scope or a well-formed parametrised one (see parse_scope)."""
+    parse_scope(scope)
+    return scope
+
+
+def check_hook(hook: str) -> str:
+    return check(hook, HOOKS, "hook point")
+
+
+def check_side(side: str) -> str:
+    return check(side, SIDES, "side")
+
+
+def check_sides(sides: str) -> str:
+    return check(sides, PATCHED_SIDES, "patched sides")
+
+
+def check_role(role: str, what: str = "model role") -> str:
+    return check(role, ROLES, what)
