@@ -50,3 +50,23 @@ class NumericalError(AlignmentProbeError):
     """A forward pass produced NaN or inf (a broken checkpoint, an overflowing dtype, an extreme patch)."""
 
     exit_code = EXIT_NUMERICAL
+
+
+class ArchitectureNotSupportedError(CheckpointError):
+    """The checkpoint's architecture is one TransformerLens cannot convert."""
+
+
+class HubModelUnknownError(CheckpointError):
+    """A hub name that TransformerLens has no official entry for (and that is no local folder)."""
+
+
+class HubModelNotCachedError(CheckpointError):
+    """A hub model that is not in the Hugging Face cache while the hub cannot be reached."""
+
+
+class HubAccessError(CheckpointError):
+    """A gated or private hub model this account has no access to."""
+
+
+class AdapterError(CheckpointError):
+    """A peft adapter that does not belong to the base model or does not fit its shapes."""

@@ -21,6 +21,7 @@ tokenizer behaviour.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -32,7 +33,8 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
-from alignment_probe.errors import CheckpointError, ConfigError, IncompatiblePairError
+from alignment_probe.errors import ArchitectureNotSupportedError, CheckpointError, ConfigError, IncompatiblePairError
+from alignment_probe.families import build_config, check_architecture
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -221,10 +223,14 @@ def check_finite_weights(model: torch.nn.Module, source: str) -> None:
                               "converted to a dtype too narrow for its values); re-save or re-download it.")
 
 
+# Substrings that make TransformerLens read a family from a *path* instead of its config.json.
+_NAME_GUESSES = ("llama", "gemma")
+
+
 def _name_safe_path(path: Path) -> Path:
-    """TransformerLens guesses the architecture from any path containing "llama" and then ignores
-    the checkpoint's config. Reach such a directory through a neutrally named symlink instead."""
-    if "llama" not in str(path).lower():
+    """TransformerLens guesses the architecture from any path containing "llama" (or "gemma") and then
+    ignores the checkpoint's config. Reach such a directory through a neutrally named symlink instead."""
+    if not any(g in str(path).lower() for g in _NAME_GUESSES):
         return path
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
     link = Path(tempfile.gettempdir()) / f"alignment-probe-ckpt-{digest}"
@@ -235,51 +241,84 @@ def _name_safe_path(path: Path) -> Path:
     return link
 
 
-def load_local_model(path: str | os.PathLike[str], *, device: str = "cpu", dtype: str | torch.dtype = "float32") -> LoadedModel:
+class _SoftCappedUnembed(torch.nn.Module):
+    """Unembed, then ``cap * tanh(logits / cap)`` (Gemma-2's final logit soft-capping).
+
+    TransformerLens applies the cap in ``forward()`` after ``model.unembed``; scoring unembeds only
+    the completion positions by calling ``model.unembed`` itself and would skip it. Moving the cap into
+    the module (and switching it off in the config) gives both routes HF's logits exactly once.
+    Parameters keep their names (``unembed.W_U``, ``unembed.b_U``), so fingerprints are unchanged."""
+
+    def __init__(self, unembed: torch.nn.Module, cap: float) -> None:
+        super().__init__()
+        self.W_U, self.b_U, self.cap = unembed.W_U, unembed.b_U, cap
+
+    def forward(self, residual: torch.Tensor) -> torch.Tensor:
+        logits = residual @ self.W_U + self.b_U
+        return self.cap * torch.tanh(logits / self.cap)
+
+
+def _move_soft_cap_into_unembed(model: HookedTransformer) -> None:
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0)
+    if cap is not None and cap > 0:
+        model.unembed = _SoftCappedUnembed(model.unembed, float(cap))
+        model.cfg.output_logits_soft_cap = -1.0
+
+
+def load_local_model(path: str | os.PathLike[str], *, device: str = "cpu", dtype: str | torch.dtype = "float32",
+                     source: str | None = None) -> LoadedModel:
     """Load a local Hugging Face checkpoint directory as an unprocessed ``HookedTransformer``.
 
     Builds the TransformerLens config from the checkpoint's own config.json (never from a
-    built-in table), converts the Hugging Face weights, and loads them with every processing
-    flag off, so logits equal the Hugging Face model's.
+    built-in table; :mod:`alignment_probe.families` for the families TransformerLens configures only
+    by official name), converts the Hugging Face weights, and loads them with every processing
+    flag off, so logits equal the Hugging Face model's. The Hugging Face copy is released before this
+    returns, so a pair peaks at one Hugging Face model plus two converted ones. ``source`` names the
+    model in messages and manifests (default: the resolved path).
     """
     from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     real = Path(path).expanduser().resolve()
     check_checkpoint_dir(real)
+    source = source or str(real)
     torch_dtype = resolve_dtype(dtype)
     safe = str(_name_safe_path(real))
+    arch = check_architecture(read_checkpoint_config(real), source)  # before reading any weights
     try:
         tokenizer = AutoTokenizer.from_pretrained(safe)
     except Exception as exc:  # corrupt or incompatible tokenizer files: a problem with the checkpoint
-        raise CheckpointError(f"The tokenizer files in {real} cannot be loaded ({type(exc).__name__}: {exc}). Save "
+        raise CheckpointError(f"The tokenizer files in {source} cannot be loaded ({type(exc).__name__}: {exc}). Save "
                               "them again with tokenizer.save_pretrained(dir) (--debug shows the traceback).") from exc
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(safe, dtype=torch_dtype)
     except Exception as exc:  # truncated weights, shapes that disagree with config.json, unknown model_type
-        raise CheckpointError(f"The model in {real} cannot be loaded ({type(exc).__name__}: {exc}). The weight files "
+        raise CheckpointError(f"The model in {source} cannot be loaded ({type(exc).__name__}: {exc}). The weight files "
                               "may be truncated (an interrupted copy or download) or disagree with config.json; save "
                               "or download the checkpoint again (--debug shows the traceback).") from exc
     try:
-        cfg = loading.get_pretrained_model_config(
-            safe, hf_cfg=hf_model.config.to_dict(), fold_ln=False, device=device, dtype=torch_dtype
-        )
-    except (NotImplementedError, ValueError, KeyError) as exc:
-        arch = getattr(hf_model.config, "architectures", None)
-        raise CheckpointError(f"TransformerLens cannot convert the architecture {arch} of {real}: {exc}. "
-                              "Use a family TransformerLens supports (Llama, Qwen2, Mistral, Gemma, GPT-2, GPT-NeoX...).") from exc
-    state_dict = loading.get_pretrained_state_dict(safe, cfg, hf_model, dtype=torch_dtype)
-    del hf_model
+        cfg = build_config(safe, hf_model.config.to_dict(), device=device, dtype=torch_dtype)
+        state_dict = loading.get_pretrained_state_dict(safe, cfg, hf_model, dtype=torch_dtype)
+    except ArchitectureNotSupportedError as exc:
+        raise ArchitectureNotSupportedError(f"{source}: {exc}") from exc
+    except (NotImplementedError, ValueError, KeyError, AttributeError, AssertionError) as exc:
+        raise ArchitectureNotSupportedError(
+            f"TransformerLens cannot convert the {arch} checkpoint {source} ({type(exc).__name__}: {exc}). It supports "
+            "the released variants of each family; use one (--debug shows the traceback).") from exc
+    del hf_model  # the state dict still views its tensors; they go when it is emptied below
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(
+    model.load_and_process_state_dict(  # empties state_dict key by key, releasing the Hugging Face tensors
         state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
         fold_value_biases=False, refactor_factored_attn_matrices=False,
     )
+    del state_dict
+    gc.collect()
+    _move_soft_cap_into_unembed(model)
     model.to(device)
     model.eval()
-    check_finite_weights(model, str(real))
+    check_finite_weights(model, source)
     store_weights_column_major(model)
-    return LoadedModel(model=model, tokenizer=tokenizer, source=str(real), fingerprint=model_fingerprint(model))
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, fingerprint=model_fingerprint(model))
 
 
 def store_weights_column_major(model: torch.nn.Module) -> None:
