@@ -33,31 +33,48 @@ from typing import Any
 
 import pandas as pd
 
+from alignment_probe.vocab import Hook, Role, Sides, check_hook, check_role, check_scope, check_sides
+
 KEY_COLUMNS = ["experiment", "target", "source", "hook", "scope", "sides", "layer", "param", "split", "pair_id"]
 VALUE_COLUMNS = ["clean_logp_chosen", "clean_logp_rejected", "clean_delta_logp",
                  "patched_logp_chosen", "patched_logp_rejected", "patched_delta_logp", "effect"]
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
 
-EXPERIMENT_NAMES = (
-    "patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction", "alpha",
-    "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected", "vector_contrast",
-    "lowrank_reconstruct", "lowrank_difference", "lasso",
-)
+
+
+def __getattr__(name: str) -> Any:
+    # EXPERIMENT_NAMES derives from the experiment registry (which imports this module, hence lazily).
+    if name == "EXPERIMENT_NAMES":
+        from alignment_probe.experiments.registry import experiment_names
+
+        return experiment_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
 class RowKey:
-    """Identifies one group of rows (all pairs) of the effects table."""
+    """Identifies one group of rows (all pairs) of the effects table.
+
+    Target, source, hook, scope and sides are checked against their vocabularies (alignment_probe.vocab)
+    here, so a typo fails when the spec is built, naming the bad value and the allowed ones.
+    """
 
     experiment: str
-    target: str
-    source: str
-    hook: str
-    scope: str
-    sides: str
+    target: Role
+    source: Role
+    hook: Hook
+    scope: str  # a vocab.Scope, or a parametrised one such as "first_completion:4"
+    sides: Sides
     layer: int
     param: float = math.nan
     split: str = "all"
+
+    def __post_init__(self) -> None:
+        check_role(self.target, "target model")
+        check_role(self.source, "source model")
+        check_hook(self.hook)
+        check_scope(self.scope)
+        check_sides(self.sides)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in KEY_COLUMNS if k != "pair_id"}

@@ -27,10 +27,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
+from alignment_probe.vocab import (LOWRANK_MODE_NAMES, SCOPES, VECTOR_KINDS, LowRankMode, Side, VectorKind, check,
+                                   check_scope, check_side, parse_scope)
+
 Act = Float[Tensor, "pos d_model"]
+# Both runs of a pair: their lengths differ, so ``pos`` is not tied to the sequence in context.
+SideAct = Float[Tensor, "_pos d_model"]
 
 
 @dataclass
@@ -38,16 +43,19 @@ class SequenceContext:
     """What an intervention may look at for one sequence of one pair, at one hook point."""
 
     pair_id: int
-    side: str  # "chosen" or "rejected"
+    side: Side
     layer: int
     target: Act
     source: Act
     prompt_len: int  # positions [0, prompt_len) are BOS + prompt
     length: int  # real tokens; completion is [prompt_len, length)
     # Source activations of both sequences of the pair (for vectors built from the other run).
-    source_by_side: dict[str, Act] = field(default_factory=dict)
-    prompt_len_by_side: dict[str, int] = field(default_factory=dict)
-    length_by_side: dict[str, int] = field(default_factory=dict)
+    source_by_side: dict[Side, SideAct] = field(default_factory=dict)
+    prompt_len_by_side: dict[Side, int] = field(default_factory=dict)
+    length_by_side: dict[Side, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_side(self.side)
 
 
 class Intervention(Protocol):
@@ -110,7 +118,7 @@ class RandomDirection:
         return (ctx.target.float() + u * shift.norm(dim=-1, keepdim=True)).to(ctx.target.dtype)
 
 
-def completion_mean(ctx: SequenceContext, side: str) -> Float[Tensor, " d_model"]:
+def completion_mean(ctx: SequenceContext, side: Side) -> Float[Tensor, " d_model"]:
     """Mean source activation over the completion tokens of one run of the pair."""
     act = ctx.source_by_side[side]
     return act[ctx.prompt_len_by_side[side]: ctx.length_by_side[side]].mean(0)
@@ -121,8 +129,11 @@ class AddVector:
     """Source-vector variants (E5): add v+ (``chosen``), v- (``rejected``) or v± = v+ − v-
     (``contrast``), built from the source model's completion tokens of this pair, times ``scale``."""
 
-    kind: str
+    kind: VectorKind
     scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        check(self.kind, VECTOR_KINDS, "vector kind")
 
     def __call__(self, ctx: SequenceContext) -> Act:
         if self.kind == "chosen":
@@ -145,9 +156,12 @@ class Project:
     * ``difference``: the target moves by the part of (h_src − h_tgt) inside the subspace.
     """
 
-    mode: str
-    basis: Tensor
-    centre: Tensor | None = None
+    mode: LowRankMode
+    basis: Float[Tensor, "d_model k"]
+    centre: Float[Tensor, " d_model"] | None = None
+
+    def __post_init__(self) -> None:
+        check(self.mode, LOWRANK_MODE_NAMES, "low-rank mode")
 
     def __call__(self, ctx: SequenceContext) -> Act:
         v = self.basis.to(ctx.source.device, ctx.source.dtype)
@@ -159,13 +173,17 @@ class Project:
         raise ValueError(f"unknown low-rank mode {self.mode!r}")
 
 
-SCOPES = ("all", "prompt", "completion", "last_prompt", "all_but_bos")
+def scope_mask(scope: str, prompt_len: int, length: int, width: int) -> Bool[Tensor, " width"]:
+    """Boolean mask over ``width`` positions of the positions a patch writes to.
 
-
-def scope_mask(scope: str, prompt_len: int, length: int, width: int) -> torch.Tensor:
-    """Boolean mask over ``width`` positions of the positions a patch writes to."""
+    ``scope`` is one of :data:`SCOPES` or ``first_completion:K`` (the first K completion positions,
+    fewer when the completion is shorter); anything else raises a VocabularyError (a ValueError).
+    """
+    name, k = parse_scope(scope)
     mask = torch.zeros(width, dtype=torch.bool)
-    if scope == "all":
+    if name == "first_completion":
+        mask[prompt_len: min(prompt_len + k, length)] = True
+    elif scope == "all":
         mask[:length] = True
     elif scope == "all_but_bos":
         mask[1:length] = True
@@ -175,13 +193,14 @@ def scope_mask(scope: str, prompt_len: int, length: int, width: int) -> torch.Te
         mask[prompt_len:length] = True
     elif scope == "last_prompt":
         mask[prompt_len - 1] = True
-    else:
+    else:  # unreachable: parse_scope rejected it
         raise ValueError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
     return mask
 
 
 def apply_in_scope(intervention: Intervention, ctx: SequenceContext, scope: str) -> Act:
     """The target's activation with the intervention written only at the positions in scope."""
+    check_scope(scope)
     new = intervention(ctx)
     mask = scope_mask(scope, ctx.prompt_len, ctx.length, ctx.target.shape[0]).to(ctx.target.device)
     return torch.where(mask[:, None], new.to(ctx.target.dtype), ctx.target)

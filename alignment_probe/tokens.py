@@ -26,8 +26,7 @@ from torch import Tensor
 
 from alignment_probe.data import PreferencePair, SkipReport
 from alignment_probe.errors import ConfigError, DataError
-
-SIDES = ("chosen", "rejected")
+from alignment_probe.vocab import SIDES  # noqa: F401  (re-exported: the two runs of a pair, defined once)
 TOO_LONG = "completion longer than max_length"  # the skip reason tokenize_pair's ValueError carries
 
 

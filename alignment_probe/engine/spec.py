@@ -11,14 +11,14 @@ from alignment_probe.effects import RowKey
 from alignment_probe.interventions import Intervention
 from alignment_probe.pair import Twins
 from alignment_probe.tokens import TokenizedPair
+from alignment_probe.vocab import HOOKS, Hook, Side, check_hook, check_side
 
-HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+__all__ = ["HOOKS", "Engine", "PatchSpec", "hook_name"]
 
 
-def hook_name(layer: int, hook: str) -> str:
+def hook_name(layer: int, hook: Hook) -> str:
     """TransformerLens's uniform hook names, e.g. ``blocks.8.hook_resid_post``."""
-    if hook not in HOOKS:
-        raise ValueError(f"unknown hook point {hook!r}; use one of {', '.join(HOOKS)}")
+    check_hook(hook)
     return f"blocks.{layer}.hook_{hook}"
 
 
@@ -35,6 +35,12 @@ class PatchSpec:
     intervention: Intervention
     pair_ids: frozenset[int] | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, RowKey):  # RowKey validates its own vocabularies
+            raise TypeError(f"PatchSpec.key must be a RowKey, got {type(self.key).__name__}")
+        if not callable(self.intervention):
+            raise TypeError(f"PatchSpec.intervention must be callable, got {self.intervention!r}")
+
     @property
     def name(self) -> str:
         return hook_name(self.key.layer, self.key.hook)
@@ -42,8 +48,8 @@ class PatchSpec:
     def applies_to(self, pair_id: int) -> bool:
         return self.pair_ids is None or pair_id in self.pair_ids
 
-    def patches(self, side: str) -> bool:
-        return self.key.sides in ("both", side)
+    def patches(self, side: Side) -> bool:
+        return self.key.sides in ("both", check_side(side))
 
 
 class Engine(Protocol):
