@@ -40,13 +40,20 @@ def completion_token_logprobs(model: HookedTransformer, resid_final: Float[Tenso
     Returns the flat per-token log-probs and, for each, the batch row it belongs to.
     """
     rows, pos, targets = (t.to(resid_final.device) for t in batch.completion_index())
-    out = torch.empty(rows.shape[0], dtype=torch.float32, device=resid_final.device)
-    for lo in range(0, rows.shape[0], UNEMBED_CHUNK):
+    return token_logprobs(model, resid_final[rows, pos], targets), rows
+
+
+def token_logprobs(model: HookedTransformer, resid: Float[Tensor, "n d_model"],
+                   targets: Int[Tensor, " n"]) -> Float[Tensor, " n"]:
+    """log p(target | predictor) for each predictor position's final residual (before ``ln_final``),
+    unembedded :data:`UNEMBED_CHUNK` positions at a time."""
+    out = torch.empty(resid.shape[0], dtype=torch.float32, device=resid.device)
+    targets = targets.to(resid.device)
+    for lo in range(0, resid.shape[0], UNEMBED_CHUNK):
         hi = lo + UNEMBED_CHUNK
-        x = resid_final[rows[lo:hi], pos[lo:hi]].unsqueeze(0)  # [1, n, d_model]
-        logits = model.unembed(model.ln_final(x))[0].float()
+        logits = model.unembed(model.ln_final(resid[lo:hi].unsqueeze(0)))[0].float()  # [n, d_vocab]
         out[lo:hi] = logits.log_softmax(-1).gather(-1, targets[lo:hi, None])[:, 0]
-    return out, rows
+    return out
 
 
 def sum_by_row(values: Float[Tensor, " n"], rows: Int[Tensor, " n"], n_rows: int) -> Float[Tensor, " batch"]:
@@ -88,6 +95,12 @@ def score_pairs(pair: Twins, tokenized: Sequence[TokenizedPair], *, batch_size: 
     seqs = pair_sequences(tokenized)
     scores = {name: sequence_logprobs(model, seqs, batch_size=batch_size, progress=progress, desc=f"scoring {name}")
               for name, model in pair.models().items()}
+    return score_table(tokenized, scores)
+
+
+def score_table(tokenized: Sequence[TokenizedPair], scores: dict[str, dict[tuple[int, str], float]]) -> pd.DataFrame:
+    """The :func:`score_pairs` table from log-probs already computed: ``scores[model][(pair_id, side)]``
+    for ``model`` in base, tuned (e.g. :meth:`FastEngine.clean_scores`, from the engine's clean runs)."""
     rows = []
     for t in tokenized:
         n_c, n_r = len(t.chosen_ids), len(t.rejected_ids)

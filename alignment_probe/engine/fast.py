@@ -2,13 +2,21 @@
 
 What it avoids, and how:
 
-* **Clean runs once.** Each model runs once per sequence (``run_with_cache`` on a chunk of pairs,
-  caching only the hook points the conditions need); the clean log-probs come from that same run.
+* **Clean runs once.** Each model runs once per sequence (caching only the hook points the
+  conditions need); the clean log-probs come from that same run (:meth:`FastEngine.clean_scores`
+  hands them out, so scoring needs no forward of its own).
+* **Shared prompts.** A pair's two sequences share BOS + prompt, and by causality the prompt
+  positions see only the prompt: in the clean runs, and in every patched run whose patch writes the
+  same values on both prompts (scopes ``all``, ``prompt``, ``last_prompt``, ``all_but_bos`` of a
+  side-independent intervention, any scope that leaves the prompt alone). The prompt then runs once
+  per pair and condition, and both completions continue from its keys and values (prefix.py). Runs
+  whose two prompts differ (a one-sided patch, noise seeded per side) run as full sequences.
 * **No recomputation below the patch.** A patch at block ℓ cannot change anything before it, so a
   patched run starts at ℓ from the target's cached residual (``start_at_layer``). A patch of
   ``resid_post`` at ℓ *is* a new ``resid_pre`` of ℓ+1, so it starts one block later still.
 * **Many patched runs per forward.** Every (condition, sequence) with the same start block and hook
-  point goes into one right-padded batch, whatever the layer sweep, control, α or pair.
+  point can share a forward, whatever the layer sweep, control, α or pair; batches are cut from
+  the length-sorted runs where padding would cost more than another forward (batching.py).
 * **Completion-only unembedding.** Only completion positions are normed, unembedded and
   log-softmaxed (see scoring.py).
 * **No run that cannot change anything.** A patch that leaves the target's activation bit-for-bit
@@ -16,29 +24,57 @@ What it avoids, and how:
   activation the computation *is* the clean run. This also makes those controls exactly zero however
   a batched forward happens to round (multi-threaded CPU kernels round differently per batch shape,
   by ~1e-5 nats). The reference engine still recomputes them.
-* **Bounded memory.** Pairs stream through in chunks whose caches fit a memory budget; only the
-  patched runs of one batch are materialised at a time.
+* **Bounded memory.** Pairs stream through in chunks whose caches fit a memory budget; the patched
+  runs of one start block are materialised a wave at a time.
 
-Right padding needs no attention mask for real tokens, also with ``start_at_layer``.
+Right padding needs no attention mask for real tokens, also with ``start_at_layer``; continuations
+pass the mask of their padded prompt keys (prefix.py).
+
+**Work accounting** (:class:`WorkCounter`, per stage in ``FastEngine.work_by_stage``): ``computed``
+is Σ over forwards of blocks run × tokens in the padded batch; ``floor`` is the least block-token
+work of the same task: each needed run from its start block, no padding, and each shareable prompt
+counted once per pair and condition (whether or not ``share_prompts`` is on).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
 
-import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from jaxtyping import Float
+from torch import Tensor
 
-from alignment_probe.effects import make_row, to_frame
+from alignment_probe.engine.batching import overhead_tokens, plan_batches
+from alignment_probe.engine.prefix import PromptState, pad_stack, run_continuations, run_prompts, supports_prefix
 from alignment_probe.engine.spec import PatchSpec, hook_name
-from alignment_probe.interventions import SequenceContext, apply_in_scope
-from alignment_probe.numerics import check_clean, check_patched
-from alignment_probe.pair import Twins
-from alignment_probe.scoring import completion_token_logprobs, sum_by_row
-from alignment_probe.tokens import SIDES, ScoredSequence, SequenceBatch, TokenizedPair, make_batch, pair_sequences
+from alignment_probe.interventions import (AddVector, GaussianNoise, Interpolate, Intervention, Project,
+                                           RandomDirection, Replace, SequenceContext, apply_in_scope)
+from alignment_probe.tokens import SIDES, ScoredSequence, TokenizedPair, make_batch, pair_sequences
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from alignment_probe.pair import Twins
+
+Key = tuple[int, str]  # (pair_id, side)
+
+# Whether an intervention writes the same values on the prompt positions of a pair's two runs when
+# their inputs there are the same. Replace/Interpolate/Project are functions of the activations at
+# each position; AddVector adds one vector per pair (v+, v− or v± are the pair's, not the side's).
+# The random controls draw from a generator seeded per side, so their prompt values differ.
+# An intervention class can declare this itself with a ``same_on_both_prompts`` attribute; an
+# undeclared one is shared only when its two prompt values are found equal.
+SAME_ON_BOTH_PROMPTS: dict[type, bool] = {Replace: True, Interpolate: True, AddVector: True, Project: True,
+                                          GaussianNoise: False, RandomDirection: False}
+
+
+def same_on_both_prompts(intervention: Intervention) -> bool | None:
+    declared = getattr(intervention, "same_on_both_prompts", None)
+    if declared is not None:
+        return bool(declared)
+    return SAME_ON_BOTH_PROMPTS.get(type(intervention))
 
 
 def start_of(spec: PatchSpec) -> tuple[int, str | None]:
@@ -67,7 +103,7 @@ class Item:
 
     spec_index: int
     seq: ScoredSequence
-    value: torch.Tensor  # [pos, d_model]: the start residual, or the activation a hook writes
+    value: Tensor  # [pos, d_model]: the start residual; or [2, pos, d_model]: start residual, written activation
     unchanged: bool = False  # the patch leaves the target's activation bit-for-bit as it was
 
 
@@ -75,34 +111,74 @@ class Item:
 class ChunkCache:
     """Clean activations and log-probs of one chunk of pairs."""
 
-    acts: dict[str, dict[str, torch.Tensor]]  # model -> hook name -> [seq, pos, d_model]
-    clean: dict[str, dict[tuple[int, str], float]]  # model -> (pair_id, side) -> logp
-    row_of: dict[tuple[int, str], int]
-    seqs: dict[tuple[int, str], ScoredSequence]
+    acts: dict[str, dict[str, dict[Key, Tensor]]]  # model -> hook name -> (pair_id, side) -> [length, d_model]
+    clean: dict[str, dict[Key, float]]  # model -> (pair_id, side) -> logp
+    seqs: dict[Key, ScoredSequence]
 
 
 @dataclass
 class WorkCounter:
-    """Block-token products: what the engine computed (padding included) and the floor, the same
-    forwards on unpadded sequences. Their ratio is the engine's overhead over the minimal work."""
+    """Block-token products: what the engine computed (padding included) and the floor, the least
+    work of the same task (no padding, shareable prompts once). Their ratio is the overhead."""
 
     computed: int = 0
     floor: int = 0
     forwards: int = 0
 
-    def add(self, n_blocks: int, batch: "SequenceBatch") -> None:
-        self.computed += n_blocks * batch.tokens.numel()
-        self.floor += n_blocks * int(batch.lengths.sum())
+    def add_computed(self, n_blocks: int, tokens: int) -> None:
+        self.computed += n_blocks * tokens
         self.forwards += 1
+
+    def add_floor(self, n_blocks: int, tokens: int) -> None:
+        self.floor += n_blocks * tokens
+
+    @property
+    def ratio(self) -> float | None:
+        return self.computed / self.floor if self.floor else None
+
+
+@dataclass
+class _Shared:
+    """A patched prompt run once for the completions that continue it (both sides of a pair, or one)."""
+
+    prompt: Tensor  # [P, d_model] or [2, P, d_model]
+    items: list[Item] = field(default_factory=list)  # their value holds the whole sequence
 
 
 class FastEngine:
+    """``FastEngine(batch_size, memory_budget_gb, share_prompts=True)``: ``share_prompts=False``
+    runs every sequence in full (the same numbers to float precision; for comparisons)."""
+
     name = "fast"
 
-    def __init__(self, batch_size: int = 32, memory_budget_gb: float = 2.0):
+    def __init__(self, batch_size: int = 32, memory_budget_gb: float = 2.0, share_prompts: bool = True,
+                 overhead_tokens: float | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
         self.memory_budget_gb = memory_budget_gb
+        self.share_prompts = share_prompts
+        self.overhead = overhead_tokens
         self.work = WorkCounter()
+        self.work_by_stage = {"clean": WorkCounter(), "patched": WorkCounter()}
+        # model -> (pair_id, side) -> clean logp, for every pair this engine has run (see clean_scores)
+        self.clean_logprobs: dict[str, dict[Key, float]] = defaultdict(dict)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _computed(self, stage: str, n_blocks: int, tokens: int) -> None:
+        self.work.add_computed(n_blocks, tokens)
+        self.work_by_stage[stage].add_computed(n_blocks, tokens)
+
+    def _floor(self, stage: str, n_blocks: int, tokens: int) -> None:
+        self.work.add_floor(n_blocks, tokens)
+        self.work_by_stage[stage].add_floor(n_blocks, tokens)
+
+    def _plan(self, model: Any, lengths: Sequence[int]) -> list[list[int]]:
+        cost = self.overhead if self.overhead is not None else overhead_tokens(model.cfg)
+        return plan_batches(lengths, self.batch_size, cost)
+
+    def _shares(self, model: Any) -> bool:
+        return self.share_prompts and supports_prefix(model)
 
     def pairs_per_chunk(self, pair: Twins, tokenized: Sequence[TokenizedPair], n_cached: int) -> int:
         """How many pairs' caches fit the memory budget (at least one)."""
@@ -110,33 +186,111 @@ class FastEngine:
         bytes_per_pair = 2 * max(n_cached, 1) * width * pair.d_model * pair.base.cfg.dtype.itemsize
         return max(1, int(self.memory_budget_gb * 2**30 // bytes_per_pair))
 
+    # -- clean runs --------------------------------------------------------------------------
     @torch.inference_mode()
     def clean_chunk(self, pair: Twins, chunk: Sequence[TokenizedPair], need: dict[str, set[str]]) -> ChunkCache:
+        """Clean runs of every model in ``need``, caching the hook points it names."""
         seqs = pair_sequences(chunk)
-        batch = make_batch(seqs)
         acts, clean = {}, {}
         for name, model in pair.models().items():
             if name not in need:  # neither patched nor a source: its clean run is not needed
                 continue
-            names = need[name]
-            resid, cache = model.run_with_cache(batch.tokens.to(model.cfg.device), names_filter=lambda n: n in names,
-                                                stop_at_layer=model.cfg.n_layers)
-            self.work.add(model.cfg.n_layers, batch)
-            acts[name] = {n: cache[n] for n in names}
-            lp, rows = completion_token_logprobs(model, resid, batch)
-            sums = sum_by_row(lp, rows, batch.size).tolist()
-            clean[name] = {(s.pair_id, s.side): v for s, v in zip(seqs, sums)}
-        row_of = {(s.pair_id, s.side): i for i, s in enumerate(seqs)}
-        return ChunkCache(acts, clean, row_of, {(s.pair_id, s.side): s for s in seqs})
+            names = set(need[name])
+            capture = (lambda n, names=names: n in names) if names else None
+            n_blocks = model.cfg.n_layers
+            if supports_prefix(model):
+                self._floor("clean", n_blocks, sum(len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids)
+                                                   for t in chunk))
+            else:
+                self._floor("clean", n_blocks, sum(s.length for s in seqs))
+            if self._shares(model):
+                clean[name], acts[name] = self._clean_shared(model, chunk, names, capture)
+            else:
+                clean[name], acts[name] = self._clean_full(model, seqs, names, capture)
+            self.clean_logprobs[name].update(clean[name])
+        return ChunkCache(acts, clean, {(s.pair_id, s.side): s for s in seqs})
 
+    def _clean_full(self, model: Any, seqs: list[ScoredSequence], names: set[str], capture: Any
+                    ) -> tuple[dict[Key, float], dict[str, dict[Key, Tensor]]]:
+        from alignment_probe.scoring import completion_token_logprobs, sum_by_row
+
+        clean: dict[Key, float] = {}
+        acts: dict[str, dict[Key, Tensor]] = {n: {} for n in names}
+        for rows in self._plan(model, [s.length for s in seqs]):
+            group = [seqs[r] for r in rows]
+            batch = make_batch(group)
+            tokens = batch.tokens.to(model.cfg.device)
+            if capture is None:
+                resid, cache = model(tokens, stop_at_layer=model.cfg.n_layers), {}
+            else:
+                resid, cache = model.run_with_cache(tokens, names_filter=capture, stop_at_layer=model.cfg.n_layers,
+                                                    return_cache_object=False)
+            self._computed("clean", model.cfg.n_layers, batch.tokens.numel())
+            lp, idx = completion_token_logprobs(model, resid, batch)
+            for s, v in zip(group, sum_by_row(lp, idx, batch.size).tolist()):
+                clean[(s.pair_id, s.side)] = v
+            for n in names:
+                for b, s in enumerate(group):
+                    acts[n][(s.pair_id, s.side)] = cache[n][b, : s.length]
+        return clean, acts
+
+    def _clean_shared(self, model: Any, chunk: Sequence[TokenizedPair], names: set[str], capture: Any
+                      ) -> tuple[dict[Key, float], dict[str, dict[Key, Tensor]]]:
+        n_blocks = model.cfg.n_layers
+        states: dict[int, PromptState] = {}
+        prompt_acts: dict[str, dict[int, Tensor]] = {n: {} for n in names}
+        for rows in self._plan(model, [len(t.prompt_ids) for t in chunk]):
+            group = [chunk[r] for r in rows]
+            inputs = [torch.tensor(t.prompt_ids, dtype=torch.long) for t in group]
+            st, a, _ = run_prompts(model, None, inputs, capture=capture)
+            self._computed("clean", n_blocks, len(group) * max(len(t.prompt_ids) for t in group))
+            for b, t in enumerate(group):
+                states[t.pair_id] = st[b]
+                for n in names:
+                    prompt_acts[n][t.pair_id] = a[n][b, : len(t.prompt_ids)]
+        seqs = pair_sequences(chunk)
+        clean: dict[Key, float] = {}
+        acts: dict[str, dict[Key, Tensor]] = {n: {} for n in names}
+        for rows in self._plan(model, [len(s.completion_ids) for s in seqs]):
+            group = [seqs[r] for r in rows]
+            inputs = [torch.tensor(s.completion_ids, dtype=torch.long) for s in group]
+            prompts = [states[s.pair_id] for s in group]
+            out, a = run_continuations(model, None, prompts, inputs, capture=capture)
+            self._computed("clean", n_blocks, len(group) * max(len(s.completion_ids) for s in group))
+            for s, v in zip(group, continuation_logprobs(model, prompts, out, group)):
+                clean[(s.pair_id, s.side)] = v
+            for n in names:
+                for b, s in enumerate(group):
+                    acts[n][(s.pair_id, s.side)] = torch.cat([prompt_acts[n][s.pair_id],
+                                                              a[n][b, : len(s.completion_ids)]])
+        return clean, acts
+
+    def clean_scores(self, pair: Twins, tokenized: Sequence[TokenizedPair]) -> pd.DataFrame:
+        """The scores table of ``tokenized`` (the columns of :func:`alignment_probe.scoring.score_pairs`)
+        from this engine's clean runs: free after :meth:`run` on the same pairs, else one clean pass."""
+        from alignment_probe.numerics import check_clean
+        from alignment_probe.scoring import score_table
+
+        models = pair.models()
+        keys = [(t.pair_id, s) for t in tokenized for s in SIDES]
+        missing = [t for t in tokenized if any((t.pair_id, s) not in self.clean_logprobs[m] for m in models
+                                               for s in SIDES)]
+        if missing:
+            per = self.pairs_per_chunk(pair, missing, 0)
+            for lo in range(0, len(missing), per):
+                chunk = missing[lo: lo + per]
+                cc = self.clean_chunk(pair, chunk, {m: set() for m in models})
+                check_clean(pair, cc.clean, chunk)
+        return score_table(tokenized, {m: {k: self.clean_logprobs[m][k] for k in keys} for m in models})
+
+    # -- patched runs ------------------------------------------------------------------------
     def item(self, spec_index: int, spec: PatchSpec, pair_id: int, side: str, cc: ChunkCache) -> Item:
-        """One patched run, with the value it starts from (computed only when its batch runs)."""
+        """One patched run, with the value it starts from (computed only when its wave runs)."""
         k = spec.key
-        src = {s: cc.acts[k.source][spec.name][cc.row_of[(pair_id, s)]] for s in SIDES}
+        src = {s: cc.acts[k.source][spec.name][(pair_id, s)] for s in SIDES}
         seq = cc.seqs[(pair_id, side)]
-        row = cc.row_of[(pair_id, side)]
         ctx = SequenceContext(
-            pair_id=pair_id, side=side, layer=k.layer, target=cc.acts[k.target][spec.name][row],
+            pair_id=pair_id, side=side, layer=k.layer, target=cc.acts[k.target][spec.name][(pair_id, side)],
             source=src[side], prompt_len=seq.completion_start, length=seq.length, source_by_side=src,
             prompt_len_by_side={s: cc.seqs[(pair_id, s)].completion_start for s in SIDES},
             length_by_side={s: cc.seqs[(pair_id, s)].length for s in SIDES},
@@ -146,29 +300,131 @@ class FastEngine:
         if k.hook in ("resid_pre", "resid_post"):
             return Item(spec_index, seq, patched, unchanged)
         # Other hook points: start from the target's own resid_pre; a hook writes the patched value.
-        start = cc.acts[k.target][hook_name(k.layer, "resid_pre")][row]
+        start = cc.acts[k.target][hook_name(k.layer, "resid_pre")][(pair_id, side)]
         return Item(spec_index, seq, torch.stack([start, patched]), unchanged)
 
     @torch.inference_mode()
     def run_batch(self, pair: Twins, target: str, start: int, hook: str | None, items: list[Item]) -> list[float]:
+        """Full-sequence patched runs of ``items`` in one right-padded forward from block ``start``."""
+        from alignment_probe.scoring import completion_token_logprobs, sum_by_row
+
         model = pair.models()[target]
         batch = make_batch([it.seq for it in items])
         width = batch.tokens.shape[1]
         if hook is None:
-            resid = torch.stack([it.value[:width] for it in items])
+            resid = pad_stack([it.value for it in items], width)
             fwd_hooks = []
         else:
-            resid = torch.stack([it.value[0, :width] for it in items])
-            written = torch.stack([it.value[1, :width] for it in items])
+            resid = pad_stack([it.value[0] for it in items], width)
+            written = pad_stack([it.value[1] for it in items], width)
             fwd_hooks = [(hook, lambda act, hook: written.to(act.dtype))]
         with model.hooks(fwd_hooks=fwd_hooks):
             final = model(resid, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
-        self.work.add(model.cfg.n_layers - start, batch)
+        self._computed("patched", model.cfg.n_layers - start, batch.tokens.numel())
         lp, rows = completion_token_logprobs(model, final, batch)
         return sum_by_row(lp, rows, batch.size).tolist()
 
+    @torch.inference_mode()
+    def run_shared(self, pair: Twins, target: str, start: int, hook: str | None, units: list[_Shared]
+                   ) -> dict[tuple[int, int, str], float]:
+        """Each unit's prompt once, then both completions continued from it."""
+        model = pair.models()[target]
+        n_blocks = model.cfg.n_layers - start
+        states: list[PromptState | None] = [None] * len(units)
+        for rows in self._plan(model, [u.items[0].seq.completion_start for u in units]):
+            group = [units[r] for r in rows]
+            if hook is None:
+                st, _, _ = run_prompts(model, start, [u.prompt for u in group])
+            else:
+                st, _, _ = run_prompts(model, start, [u.prompt[0] for u in group], hook=hook,
+                                       written=[u.prompt[1] for u in group])
+            self._computed("patched", n_blocks, len(group) * max(u.items[0].seq.completion_start for u in group))
+            for r, s in zip(rows, st):
+                states[r] = s
+        conts = [(states[u_i], it) for u_i, u in enumerate(units) for it in u.items]
+        out: dict[tuple[int, int, str], float] = {}
+        for rows in self._plan(model, [len(it.seq.completion_ids) for _, it in conts]):
+            group = [conts[r] for r in rows]
+            prompts = [s for s, _ in group]  # type: ignore[misc]
+            seqs = [it.seq for _, it in group]
+            if hook is None:
+                res, _ = run_continuations(model, start, prompts, [it.value[it.seq.completion_start:] for _, it in group])
+            else:
+                res, _ = run_continuations(model, start, prompts,
+                                           [it.value[0, it.seq.completion_start:] for _, it in group], hook=hook,
+                                           written=[it.value[1, it.seq.completion_start:] for _, it in group])
+            self._computed("patched", n_blocks, len(group) * max(len(s.completion_ids) for s in seqs))
+            for (_, it), v in zip(group, continuation_logprobs(model, prompts, res, seqs)):
+                out[(it.spec_index, it.seq.pair_id, it.seq.side)] = v
+        return out
+
+    def _shareable(self, spec: PatchSpec, a: Item, b: Item) -> tuple[bool, bool]:
+        """(shareable in principle, shareable here): the floor counts the first, the run uses the second."""
+        declared = same_on_both_prompts(spec.intervention)
+        principle = bool(declared) or spec.key.scope == "completion"
+        if not self.share_prompts or declared is False and spec.key.scope != "completion":
+            return principle, False
+        p = a.seq.completion_start
+        equal = torch.equal(a.value[..., :p, :], b.value[..., :p, :])
+        return principle or equal, equal
+
+    def run_group(self, pair: Twins, target: str, start: int, hook: str | None, specs: Sequence[PatchSpec],
+                  spec_ids: Sequence[int], chunk: Sequence[TokenizedPair], cc: ChunkCache
+                  ) -> dict[tuple[int, int, str], float]:
+        """Every patched run of the conditions ``spec_ids`` (same target, start block and hook) on a chunk."""
+        model = pair.models()[target]
+        n_blocks = model.cfg.n_layers - start
+        shares = self._shares(model)
+        units = [(i, t) for i in spec_ids for t in chunk if specs[i].applies_to(t.pair_id)]
+        units.sort(key=lambda u: len(u[1].prompt_ids))
+        # A wave of (condition, pair) units at a time: their patched values and prompt caches fit the budget.
+        width = max(len(t.prompt_ids) + max(len(t.chosen_ids), len(t.rejected_ids)) for t in chunk)
+        per_unit = 8 * width * pair.d_model * model.cfg.dtype.itemsize * (1 + n_blocks)
+        wave = max(self.batch_size, int(self.memory_budget_gb * 2**30 // per_unit))
+        patched: dict[tuple[int, int, str], float] = {}
+        for lo in range(0, len(units), wave):
+            full: list[Item] = []
+            shared: list[_Shared] = []
+            for i, t in units[lo: lo + wave]:
+                sides = [s for s in SIDES if specs[i].patches(s)]
+                changed = []
+                for side in sides:
+                    it = self.item(i, specs[i], t.pair_id, side, cc)
+                    if it.unchanged:
+                        # The target's activation is exactly its own, so everything downstream is the
+                        # clean run: reuse its log-prob (this is what makes the identity control and
+                        # α = 0 exactly zero, independent of how a batched forward rounds).
+                        patched[(i, t.pair_id, side)] = cc.clean[target][(t.pair_id, side)]
+                    else:
+                        changed.append(it)
+                principle, here = self._shareable(specs[i], *changed) if len(changed) == 2 else (False, False)
+                if principle and supports_prefix(model):
+                    self._floor("patched", n_blocks, len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids))
+                else:
+                    self._floor("patched", n_blocks, sum(it.seq.length for it in changed))
+                if not shares:
+                    full.extend(changed)
+                    continue
+                # Every run continues from a prompt run: its pair's other side's too when both prompts
+                # are the same, else its own (one code path, so one-sided runs add up exactly).
+                p = len(t.prompt_ids)
+                for group in ([changed] if here else [[it] for it in changed]):
+                    shared.append(_Shared(group[0].value[..., :p, :], group))
+            for rows in self._plan(model, [it.seq.length for it in full]):
+                batch = [full[r] for r in rows]
+                for it, v in zip(batch, self.run_batch(pair, target, start, hook, batch)):
+                    patched[(it.spec_index, it.seq.pair_id, it.seq.side)] = v
+            if shared:
+                patched.update(self.run_shared(pair, target, start, hook, shared))
+        return patched
+
     def run(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
             progress: bool = False) -> pd.DataFrame:
+        from tqdm.auto import tqdm
+
+        from alignment_probe.effects import make_row, to_frame
+        from alignment_probe.numerics import check_clean, check_patched
+
         need = cache_names(specs)
         per_chunk = self.pairs_per_chunk(pair, tokenized, sum(len(v) for v in need.values()))
         # Conditions that start at the same block with the same hook share batches.
@@ -183,24 +439,7 @@ class FastEngine:
             check_clean(pair, cc.clean, chunk)  # NaN/inf check (numerics.py): names pair, model, layer
             patched: dict[tuple[int, int, str], float] = {}
             for (target, start, hook), spec_ids in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] or "")):
-                # Every patched run of this group on this chunk, shortest first, so batches pad little.
-                runs = [(i, t.pair_id, side) for i in spec_ids for t in chunk if specs[i].applies_to(t.pair_id)
-                        for side in SIDES if specs[i].patches(side)]
-                runs.sort(key=lambda r: cc.seqs[(r[1], r[2])].length)
-                pending: list[Item] = []
-                for n, (i, pid, side) in enumerate(runs):
-                    it = self.item(i, specs[i], pid, side, cc)
-                    if it.unchanged:
-                        # The target's activation is exactly its own, so everything downstream is the
-                        # clean run: reuse its log-prob (this is what makes the identity control and
-                        # α = 0 exactly zero, independent of how a batched forward rounds).
-                        patched[(i, pid, side)] = cc.clean[target][(pid, side)]
-                    else:
-                        pending.append(it)
-                    if pending and (len(pending) == self.batch_size or n == len(runs) - 1):
-                        for p_it, v in zip(pending, self.run_batch(pair, target, start, hook, pending)):
-                            patched[(p_it.spec_index, p_it.seq.pair_id, p_it.seq.side)] = v
-                        pending = []
+                patched.update(self.run_group(pair, target, start, hook, specs, spec_ids, chunk, cc))
             check_patched(patched, specs)  # NaN/inf check: names pair and patched condition
             for i, spec in enumerate(specs):
                 k = spec.key
@@ -213,3 +452,20 @@ class FastEngine:
             bar.update(len(chunk))
         bar.close()
         return to_frame(rows)
+
+
+def continuation_logprobs(model: Any, prompts: Sequence[PromptState], final: Float[Tensor, "batch pos d_model"],
+                          seqs: Sequence[ScoredSequence]) -> list[float]:
+    """``logp(completion | prompt)`` per row of a continuation batch: the first completion token is
+    predicted by the prompt's last position, the others by the continuation's own positions."""
+    from alignment_probe.scoring import sum_by_row, token_logprobs
+
+    xs, targets, rows = [], [], []
+    for r, (p, s) in enumerate(zip(prompts, seqs)):
+        n = len(s.completion_ids)
+        xs += [p.last[None], final[r, : n - 1]]
+        targets += list(s.completion_ids)
+        rows += [r] * n
+    device = final.device
+    lp = token_logprobs(model, torch.cat(xs), torch.tensor(targets, device=device))
+    return sum_by_row(lp, torch.tensor(rows, device=device), len(seqs)).tolist()
