@@ -193,6 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                      device=args.device, dtype=args.dtype, engine=args.engine, batch_size=args.batch_size,
                      force=args.force, pairs_per_part=args.pairs_per_part, pair_ids=args.pair_ids, argv=args.argv)
     result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr))
+    if result.extra.get("rank", 0) != 0:  # one of several torchrun processes: rank 0 reports the run
+        return EXIT_OK
     s = result.summary
     print(f"wrote {args.out}/ ({s['n_pairs']} pairs, {s['n_layers']} layers): gain {s['gain_mean']:+.3f} "
           f"[{s['gain_ci'][0]:+.3f}, {s['gain_ci'][1]:+.3f}]")

@@ -177,7 +177,26 @@ def make_deterministic(device: str | None) -> None:
 
 
 def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None] = print) -> SuiteResult:
-    """Validate everything cheap first, then load, run (resuming from parts) and write the run directory."""
+    """Validate everything cheap first, then load, run (resuming from parts) and write the run directory.
+
+    Launched by torchrun, every process runs this: each loads the pair on its own device and
+    computes its share of the parts (see :mod:`alignment_probe.distributed`); rank 0 alone logs,
+    writes the manifest and the outputs. Alone, it is the plain single-process run.
+    """
+    from alignment_probe.distributed import World
+
+    world = World.from_env(req.device)
+    with world:
+        result = run_in_world(req, world, progress=progress and world.is_main,
+                              log=log if world.is_main else (lambda s: None))
+        world.finish()
+    return result
+
+
+def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[str], None]) -> SuiteResult:
+    """:func:`execute` in a given world (of one process, or this rank's share of a torchrun run)."""
+    from alignment_probe.distributed import PassLog, device_for, run_passes
+
     req.validate()
     old_manifest = check_run_dir(req)
     # The data and the checkpoints' files are read and checked before any model loads.
@@ -189,8 +208,9 @@ def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None
                      "n_pairs_in_id_file": len(pairs)}
     check_sampling_options(req.n_pairs, req.max_length, len(pairs), req.data, report)
     precheck_pair(req.base, req.tuned)
-    make_deterministic(req.device)
-    pair = load_twins(req.base, req.tuned, device=req.device, dtype=req.dtype)
+    device = device_for(req.device, world.local_rank) if world.distributed else req.device  # cuda → cuda:LOCAL_RANK
+    make_deterministic(device)
+    pair = load_twins(req.base, req.tuned, device=device, dtype=req.dtype)
     req.suite.validate(pair.n_layers)
     max_length, note = cap_to_context(req.max_length, getattr(pair.base.cfg, "n_ctx", None))
     if note:
@@ -207,36 +227,51 @@ def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None
     truncation = describe_truncation(tokenized, max_length, report)
     if truncation:
         log(truncation)
-    manifest = build_manifest("run", req.config(), models=pair.describe(), argv=req.argv, device=req.device,
+    manifest = build_manifest("run", req.config(), models=pair.describe(), argv=req.argv, device=device,
                               data={"source": req.data, **file_fingerprint(req.data), "skips": report.to_dict(),
                                     "max_length_used": max_length, **truncation_stats(tokenized), **id_source,
                                     "pair_ids": [t.pair_id for t in tokenized]})
+    # Not part of the config (a run directory resumes with any number of processes): how it ran.
+    manifest["distributed"] = world.describe()
     resume = old_manifest is not None and check_same_inputs(req, old_manifest, manifest)
-    req.out.mkdir(parents=True, exist_ok=True)
-    for stale in req.out.glob("*.tmp"):  # a kill in the middle of writing an output leaves its temporary file
-        stale.unlink()
-    if resume:
-        assert old_manifest is not None
-        manifest["created"] = old_manifest.get("created", manifest["created"])
-        manifest["resumed"] = [*old_manifest.get("resumed", []), now()]
-    else:
-        discard_results(req.out)
-    manifest["status"] = "running"
-    write_json_atomic(req.out / "manifest.json", manifest)
-    store = PartStore(req.out / "parts")
+    if world.is_main:  # the run directory is set up by rank 0 alone; the others wait at the barrier below
+        req.out.mkdir(parents=True, exist_ok=True)
+        for stale in req.out.glob("*.tmp"):  # a kill in the middle of writing an output leaves its temporary file
+            stale.unlink()
+        if resume:
+            assert old_manifest is not None
+            manifest["created"] = old_manifest.get("created", manifest["created"])
+            manifest["resumed"] = [*old_manifest.get("resumed", []), now()]
+            history = old_manifest.get("world_sizes", [old_manifest.get("distributed", {}).get("world_size", 1)])
+            manifest["world_sizes"] = [*history, world.size]
+        else:
+            discard_results(req.out)
+            manifest["world_sizes"] = [world.size]
+        manifest["status"] = "running"
+        write_json_atomic(req.out / "manifest.json", manifest)
+        store = PartStore(req.out / "parts", world=world)
+    world.barrier("run-directory-ready")
+    if not world.is_main:
+        store = PartStore(req.out / "parts", world=world)
     if resume:
         done = sorted(p.name for p in store.root.iterdir()) if store.root else []
         log(f"resuming the run in {req.out}: {len(done)} part(s) already done" if done else
             f"restarting the run in {req.out}: no part was finished")
     engine = make_engine(req.engine, batch_size=req.batch_size) if req.engine == "fast" else make_engine(req.engine)
-    result = run_suite(pair, tokenized, engine, req.suite, progress=progress, log=log, store=store,
-                       pairs_per_part=req.pairs_per_part)
+    if world.distributed:
+        log(f"distributed: {world.size} processes ({world.backend}); each computes its share of every stage's parts")
+    pass_log = PassLog(log, store)  # a part's message once, however many passes the ranks need
+    result = run_passes(lambda: run_suite(pair, tokenized, engine, req.suite, progress=progress, log=pass_log,
+                                          store=store, pairs_per_part=req.pairs_per_part), store, world, log=log)
     result.summary["run"] = {"seed": req.suite.seed, "engine": req.engine,
                              "base_fingerprint": pair.base_fingerprint, "tuned_fingerprint": pair.tuned_fingerprint}
     result.extra["parts_loaded"] = list(store.loaded)
     result.extra["parts_computed"] = list(store.computed)
-    write_run(req, result, manifest)
-    manifest["status"] = "complete"
-    manifest["finished"] = now()
-    write_json_atomic(req.out / "manifest.json", manifest)
+    result.extra["parts_received"] = list(store.received)
+    result.extra["rank"], result.extra["world_size"] = world.rank, world.size
+    if world.is_main:
+        write_run(req, result, manifest)
+        manifest["status"] = "complete"
+        manifest["finished"] = now()
+        write_json_atomic(req.out / "manifest.json", manifest)
     return result

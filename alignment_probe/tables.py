@@ -75,17 +75,32 @@ class PartStore:
     only complete parts, and a restarted run loads them instead of recomputing. Without one, parts
     live in memory. Either way :meth:`table` and :meth:`json` hand back what was *read back* from the
     stored bytes, so a result is the same whether it was just computed or loaded after a restart.
+
+    With a ``world`` of several processes (torchrun; see :mod:`alignment_probe.distributed`) the
+    store is *sharded*: each table part is computed by one rank (the k-th part of a family, i.e. of
+    names that differ only in their numeric tail, by rank ``k % world_size``) and the others get a
+    :class:`~alignment_probe.distributed.PendingPart` placeholder until it is published; each JSON
+    part (a whole-data result) is computed by rank 0 while the others wait for it. Code that gets
+    its work through :meth:`table` and :meth:`json` is thereby sharded without knowing it;
+    :func:`~alignment_probe.distributed.run_passes` reruns it until no placeholder is left.
     """
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, *, world: Any = None):
         self.root = Path(root) if root is not None else None
+        self.world = world if world is not None and getattr(world, "distributed", False) else None
         self._memory: dict[str, bytes] = {}
         self.loaded: list[str] = []  # parts found already done (for logs and tests)
         self.computed: list[str] = []
+        self.received: list[str] = []  # parts another rank computed in this run
+        self.pending: dict[str, int] = {}  # this pass's placeholders: part name -> owning rank
+        self._families: dict[str, int] = {}
+        self._published: set[str] = set()
+        self.passes = 0
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(f"*{TMP_SUFFIX}"):  # left by a kill in the middle of a write
-                stale.unlink()
+            if self.world is None or self.world.is_main:  # others may already be writing theirs
+                for stale in self.root.glob(f"*{TMP_SUFFIX}"):  # left by a kill in the middle of a write
+                    stale.unlink()
 
     def _path(self, name: str) -> Path:
         assert self.root is not None
@@ -108,14 +123,59 @@ class PartStore:
 
     def table(self, name: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
         """The table stored as ``name`` (``.parquet`` is appended), computing and storing it if absent."""
-        return self._get(f"{name}.parquet", compute, table_bytes, lambda b: pd.read_parquet(io.BytesIO(b)))
+        return self._get(f"{name}.parquet", compute, table_bytes, lambda b: pd.read_parquet(io.BytesIO(b)),
+                         shard=True)
 
     def json(self, name: str, compute: Callable[[], Any]) -> Any:
         """The JSON object stored as ``name`` (``.json`` is appended), computing and storing it if absent."""
-        return self._get(f"{name}.json", compute, json_bytes, lambda b: json.loads(b.decode("utf-8")))
+        return self._get(f"{name}.json", compute, json_bytes, lambda b: json.loads(b.decode("utf-8")), shard=False)
+
+    # --- sharding ------------------------------------------------------------------------------
+    def begin_pass(self) -> None:
+        """A new pass of the same code: ownership is counted again from the first request."""
+        self._families.clear()
+        self.pending = {}
+        self.passes += 1
+
+    def owner(self, name: str, *, shard: bool) -> int:
+        """The rank that computes part ``name`` (called once per request, in request order)."""
+        if self.world is None:
+            return 0
+        if not shard:
+            return 0
+        from alignment_probe.distributed import part_family
+
+        family = part_family(name.rsplit(".", 1)[0])
+        k = self._families.get(family, 0)
+        self._families[family] = k + 1
+        return k % self.world.size
+
+    def _publish(self, name: str, data: bytes) -> None:
+        if self.world is not None and name not in self._published:
+            self.world.publish(name, data)
+            self._published.add(name)
+
+    def _accept(self, name: str, data: bytes) -> None:
+        """Bytes another rank computed: rank 0 keeps a copy in its run directory (if not there already),
+        so the directory it writes the outputs to holds every part even without a shared file system."""
+        if name not in self.received:
+            self.received.append(name)
+        if self.world.is_main and not self.has(name):
+            self._write(name, data)
+
+    def receive_pending(self) -> None:
+        """Wait until every placeholder of this pass has been published by its owner."""
+        if not self.pending:
+            return
+        names = list(self.pending)
+        for name, data in self.world.receive(names, [self.pending[n] for n in names]).items():
+            self._accept(name, data)
+        self.pending = {}
 
     def _get(self, name: str, compute: Callable[[], Any], dump: Callable[[Any], bytes],
-             load: Callable[[bytes], Any]) -> Any:
+             load: Callable[[bytes], Any], *, shard: bool = True) -> Any:
+        owner = self.owner(name, shard=shard)
+        mine = self.world is None or owner == self.world.rank
         data = self._read(name)
         if data is not None:
             try:
@@ -123,10 +183,25 @@ class PartStore:
             except Exception:  # not written by us (we never leave half a file): recompute it
                 data = None
             else:
-                self.loaded.append(name)
+                if name not in self.loaded:
+                    self.loaded.append(name)
+                if mine:
+                    self._publish(name, data)  # a rank without this file (another node) may need it
                 return value
+        if not mine:
+            data = self.world.published(name)
+            if data is None and not shard:  # a whole-data result: needed at once, so wait for it here
+                data = self.world.receive([name], [owner])[name]
+            if data is None:
+                self.pending[name] = owner
+                from alignment_probe.distributed import PendingPart
+
+                return PendingPart(name, owner)
+            self._accept(name, data)
+            return load(data)
         data = dump(compute())
         self._write(name, data)
+        self._publish(name, data)
         self.computed.append(name)
         return load(data)
 

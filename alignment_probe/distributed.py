@@ -1,0 +1,365 @@
+"""One run over many processes, GPUs and nodes, launched by ``torchrun``.
+
+``torchrun --nproc_per_node N [--nnodes M ...] -m alignment_probe run ... --out DIR`` starts N × M
+copies of the same command. Each reads its place in the world from the variables torchrun sets
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), loads the pair on its
+own device (``cuda:LOCAL_RANK``, or the CPU with the gloo backend) and runs the *same* suite code.
+The work is split where it is already cut into parts (:class:`~alignment_probe.tables.PartStore`):
+
+* a **table part** (``store.table(name, fn)``: per group of pairs) belongs to one rank: parts whose
+  names differ only in their numeric tail (``stage1-000000-000007``, ``stage1-000008-000015`` …) form
+  a family, and the k-th part of a family requested goes to rank ``k % world_size``. Every rank
+  requests parts in the same order (same code, same inputs), so ownership is the same everywhere.
+  A rank computes its own parts and gets a :class:`PendingPart` placeholder for the others, so the
+  parts of a stage run in parallel;
+* a **JSON part** (``store.json(name, fn)``: a whole-data result such as the low-rank fit or the
+  LASSO) is computed once, by rank 0; the others wait for it where they need it.
+
+When the suite touches a placeholder (concatenating a stage's parts) the pass stops;
+:func:`run_passes` waits until the owners have published those parts and runs the suite again,
+which now loads them. A finished part is written atomically to the run directory by its owner and
+its bytes are published through torch.distributed's key-value store, so every rank reads exactly
+the bytes the owner stored: the final tables are assembled from the same bytes, in the same order,
+as a single-process run's, so they are byte-identical (on CPUs: with the same threads per process).
+Rank 0 writes the manifest and the final outputs; the others exit after a last barrier.
+
+Nothing can hang: every wait polls the store and stops with :class:`PeerError` when a rank reports
+a failure, when a rank's heartbeat stops (``ALIGNMENT_PROBE_DIST_TIMEOUT`` seconds, default 300),
+or when the store itself is gone (rank 0 or the torchrun agent died). torchrun also stops the other
+workers when one exits. Whatever was finished stays in ``parts/``: running the same command again,
+with any number of processes, resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable
+
+from alignment_probe.errors import AlignmentProbeError
+
+EXIT_PEER = 4  # another rank of the same run stopped (its message is repeated); rerun to resume
+DEFAULT_TIMEOUT_S = 300.0
+HEARTBEAT_S = 1.0
+
+
+def _timeout_s() -> float:
+    raw = os.environ.get("ALIGNMENT_PROBE_DIST_TIMEOUT")
+    if raw is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        from alignment_probe.errors import ConfigError
+
+        raise ConfigError(f"ALIGNMENT_PROBE_DIST_TIMEOUT={raw!r}: expected a positive number of seconds, e.g. 300.")
+    return value
+
+
+class PeerError(AlignmentProbeError):
+    """Another process of the same distributed run failed, died or cannot be reached.
+
+    The finished parts are kept: run the same command again (with any number of processes) to resume.
+    """
+
+    exit_code = EXIT_PEER
+
+
+class PartPending(Exception):
+    """A part computed by another rank was used before it was ready (caught by :func:`run_passes`)."""
+
+
+class PendingPart:
+    """Stands in for a table part another rank is computing; any use raises :class:`PartPending`."""
+
+    __slots__ = ("name", "owner")
+
+    def __init__(self, name: str, owner: int):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "owner", owner)
+
+    def _pending(self, *args: Any, **kwargs: Any) -> Any:
+        raise PartPending(f"part {object.__getattribute__(self, 'name')} is being computed by rank "
+                          f"{object.__getattribute__(self, 'owner')}")
+
+    def __getattr__(self, attr: str) -> Any:
+        self._pending()
+
+    __len__ = __iter__ = __getitem__ = __setitem__ = __bool__ = __array__ = __eq__ = __ne__ = __lt__ = __gt__ = \
+        __add__ = __radd__ = __mul__ = __contains__ = __hash__ = __setattr__ = __float__ = __int__ = _pending
+
+    def __repr__(self) -> str:
+        return f"<part {object.__getattribute__(self, 'name')} pending on rank {object.__getattribute__(self, 'owner')}>"
+
+
+_FAMILY_TAIL = re.compile(r"(-\d+)+$")
+
+
+def part_family(name: str) -> str:
+    """``stage1-000000-000007`` → ``stage1``: parts that differ only in their numeric tail."""
+    return _FAMILY_TAIL.sub("", name)
+
+
+@dataclass
+class World:
+    """This process's place in a run: rank, world size, local rank, and the shared key-value store."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    backend: str = "gloo"
+    store: Any = None  # torch.distributed Store (a PrefixStore private to this run); None when alone
+    _beat_store: Any = field(default=None, repr=False)
+    _beat_stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _seen: dict[int, tuple[int, float]] = field(default_factory=dict, repr=False)
+    _initialised_pg: bool = field(default=False, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"world_size": self.size, "backend": self.backend if self.distributed else None,
+                "nodes": int(os.environ.get("GROUP_WORLD_SIZE", "1") or 1) if self.distributed else 1,
+                "processes_per_node": int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if self.distributed else 1}
+
+    # --- set-up and tear-down ---------------------------------------------------------------
+    @classmethod
+    def from_env(cls, device: str | None = None) -> "World":
+        """The world torchrun describes in the environment, or a world of one (no torchrun)."""
+        size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if size <= 1:
+            return cls()
+        missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            from alignment_probe.errors import ConfigError
+
+            raise ConfigError(f"WORLD_SIZE={size} is set but {', '.join(missing)} is not: launch with torchrun "
+                              "(torchrun --nproc_per_node N -m alignment_probe run ...), which sets them all.")
+        import torch
+        import torch.distributed as dist
+
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+        timeout = _timeout_s()
+        cuda = device_for(device, local_rank).startswith("cuda")
+        backend = "nccl" if cuda and torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        world = cls(rank=rank, size=size, local_rank=local_rank, timeout_s=timeout, backend=backend)
+        try:
+            if not dist.is_initialized():
+                dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+                world._initialised_pg = True
+            host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+            prefix = (f"alignment_probe/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
+                      f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/")
+            client = dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=timeout))
+            world.store = dist.PrefixStore(prefix, client)
+            world._beat_store = dist.PrefixStore(prefix, client.clone())
+        except (RuntimeError, ValueError) as exc:
+            raise PeerError(f"rank {rank} could not join the run at {os.environ['MASTER_ADDR']}:"
+                            f"{os.environ['MASTER_PORT']} ({exc}). Check that every node runs the same torchrun "
+                            "command with the same --rdzv-endpoint/--master-addr, and that the port is reachable.") from exc
+        threading.Thread(target=world._heartbeat, name="alignment-probe-heartbeat", daemon=True).start()
+        return world
+
+    def _heartbeat(self) -> None:
+        while not self._beat_stop.wait(HEARTBEAT_S):
+            try:
+                self._beat_store.add(f"hb/{self.rank}", 1)
+            except Exception:  # the store is gone: the main thread notices at its next wait
+                return
+
+    def fail(self, message: str) -> None:
+        """Tell the other ranks that this one stopped (best effort: the store may be gone already)."""
+        if self.store is None:
+            return
+        try:
+            self.store.set(f"failed/{self.rank}", message.encode("utf-8", "replace")[:4000])
+            self.store.add("failures", 1)
+        except Exception:
+            pass
+
+    def finish(self) -> None:
+        """The last barrier: every rank is done (rank 0 has written the outputs); then rank 0, which may
+        host the store, waits until every other rank has left it before it exits."""
+        if not self.distributed:
+            return
+        self.barrier("finished")
+        self.store.add("left", 1)
+        if self.is_main:
+            deadline = time.monotonic() + min(self.timeout_s, 60.0)
+            while time.monotonic() < deadline:
+                try:
+                    if self.store.add("left", 0) >= self.size:
+                        return
+                except Exception:
+                    return
+                time.sleep(0.02)
+
+    def close(self) -> None:
+        self._beat_stop.set()
+        if self._initialised_pg:
+            import torch.distributed as dist
+
+            try:
+                dist.destroy_process_group()
+            except Exception:
+                pass
+            self._initialised_pg = False
+
+    def __enter__(self) -> "World":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:  # noqa: ANN001
+        if exc is not None and not isinstance(exc, PeerError):
+            self.fail(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        self.close()
+
+    # --- waiting without hanging ---------------------------------------------------------------
+    def _check_alive(self, waiting_for: str) -> None:
+        store = self.store
+        try:
+            failures = store.add("failures", 0)
+            if failures:
+                for r in range(self.size):
+                    if r != self.rank and store.check([f"failed/{r}"]):
+                        message = store.get(f"failed/{r}").decode("utf-8", "replace")
+                        raise PeerError(f"rank {r} of this run stopped ({message}), so rank {self.rank} stops too. "
+                                        "The finished parts are kept: run the same command again to resume.")
+            now = time.monotonic()
+            for r in range(self.size):
+                if r == self.rank:
+                    continue
+                beats = store.add(f"hb/{r}", 0)
+                last = self._seen.get(r)
+                if last is None or last[0] != beats:
+                    self._seen[r] = (beats, now)
+                elif now - last[1] > self.timeout_s:
+                    raise PeerError(f"rank {r} of this run has shown no sign of life for {self.timeout_s:.0f} s "
+                                    f"while rank {self.rank} waited for {waiting_for}: it was killed or its machine "
+                                    "is gone. The finished parts are kept: run the same command again to resume (set "
+                                    "ALIGNMENT_PROBE_DIST_TIMEOUT to wait longer).")
+        except PeerError:
+            raise
+        except Exception as exc:  # the store (rank 0 or the torchrun agent) is unreachable
+            raise PeerError(f"rank {self.rank} lost contact with the run's coordinator at "
+                            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} while waiting for "
+                            f"{waiting_for} ({type(exc).__name__}: {exc}): rank 0 or the torchrun agent stopped. The "
+                            "finished parts are kept: run the same command again to resume.") from exc
+
+    def wait_for(self, keys: list[str], what: str) -> None:
+        """Block until every key is in the store, checking that the other ranks are alive."""
+        delay = 0.01
+        while True:
+            self._check_alive(what)
+            try:
+                if not keys or self.store.check(keys):
+                    return
+            except Exception:
+                self._check_alive(what)
+                raise
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    def barrier(self, name: str) -> None:
+        """Every rank reaches ``name`` (a name used once per run) before any goes on."""
+        if not self.distributed:
+            return
+        key = f"barrier/{name}"
+        self.store.add(key, 1)
+        delay = 0.01
+        while True:
+            self._check_alive(f"every rank to reach '{name}'")
+            if self.store.add(key, 0) >= self.size:
+                return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    # --- part bytes --------------------------------------------------------------------------
+    def publish(self, name: str, data: bytes) -> None:
+        self.store.set(f"part/{name}", data)
+
+    def published(self, name: str) -> bytes | None:
+        key = f"part/{name}"
+        return self.store.get(key) if self.store.check([key]) else None
+
+    def receive(self, names: list[str], owners: list[int]) -> dict[str, bytes]:
+        what = ", ".join(f"{n} (rank {o})" for n, o in zip(names, owners))
+        self.wait_for([f"part/{n}" for n in names], f"part(s) {what}")
+        return {n: self.store.get(f"part/{n}") for n in names}
+
+
+def device_for(device: str | None, local_rank: int) -> str:
+    """The device this rank loads the pair on: ``cuda``/None with a GPU → ``cuda:LOCAL_RANK``."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        return f"cuda:{local_rank}"
+    return device
+
+
+class PassLog:
+    """The suite's log across passes: a message is shown once, at the pass that gets furthest (the passes
+    run the same code, so the n-th message of every pass is about the same thing), and a part that
+    another rank computes is marked as that rank's share."""
+
+    def __init__(self, log: Callable[[str], None], store: Any):
+        self.log, self.store = log, store
+        self.shown, self.count, self.pass_no, self.pending_seen = 0, 0, -1, 0
+
+    def __call__(self, message: str) -> None:
+        if getattr(self.store, "passes", 0) != self.pass_no:
+            self.pass_no, self.count, self.pending_seen = getattr(self.store, "passes", 0), 0, 0
+        self.count += 1
+        pending = getattr(self.store, "pending", {})
+        if len(pending) > self.pending_seen:
+            message += f" (rank {list(pending.values())[-1]}'s share)"
+        self.pending_seen = len(pending)
+        if self.count > self.shown:
+            self.shown = self.count
+            self.log(message)
+
+
+def run_passes(run: Callable[[], Any], store: Any, world: World, *, log: Callable[[str], None] = lambda s: None) -> Any:
+    """Run ``run()`` (the suite) until a pass completes with every part real.
+
+    A pass that got placeholders for other ranks' parts (or stopped where it used one) waits for
+    those parts and runs again; parts this or earlier passes finished are loaded, not recomputed.
+    A pass that failed with no placeholder handed out failed for real: its error propagates.
+    """
+    if not world.distributed:
+        return run()
+    n = 0
+    while True:
+        n += 1
+        store.begin_pass()
+        try:
+            result = run()
+        except (KeyboardInterrupt, SystemExit, PeerError):
+            raise
+        except BaseException:
+            if not store.pending:
+                raise
+        else:
+            if not store.pending:
+                return result
+        pending = dict(store.pending)
+        if world.is_main:
+            log(f"waiting for {len(pending)} part(s) from other ranks: "
+                + ", ".join(f"{name} (rank {owner})" for name, owner in list(pending.items())[:6])
+                + (" …" if len(pending) > 6 else ""))
+        store.receive_pending()
