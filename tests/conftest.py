@@ -14,15 +14,47 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens's patching loops print a bar per call
 
+# Runtime shape and type checks (jaxtyping + beartype) on the checked modules: installed before they are imported.
+from tests.helpers import typecheck  # noqa: E402
+
+typecheck.install()
+
 from tests.helpers.checkpoints import llama_config, perturbed_copy, random_llama, save_checkpoint, train_tokenizer  # noqa: E402
 from alignment_probe.data import load_pairs  # noqa: E402
 
 # The test models are tiny: one thread is faster than two, and far faster on a loaded machine.
 torch.set_num_threads(1)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-HH_HARMLESS = SHARED / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
-HH_HELPFUL = SHARED / "data" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_hh_dir() -> Path:
+    """Where the real HH-RLHF test files live: ``$ALIGNMENT_PROBE_HH_DIR``, else ``../shared/data/hh-rlhf``
+    beside the repository. (It may not exist: tests that need it skip, :func:`require_hh`.)"""
+    env = os.environ.get("ALIGNMENT_PROBE_HH_DIR")
+    return Path(env).expanduser() if env else REPO.parent / "shared" / "data" / "hh-rlhf"
+
+
+HH_DIR = find_hh_dir()
+SHARED = REPO.parent / "shared"
+HH_HARMLESS = HH_DIR / "harmless-base" / "test.jsonl.gz"
+HH_HELPFUL = HH_DIR / "helpful-base" / "test.jsonl.gz"
+# The project's own 256 held-out HH-style pairs: stand-in data for tests where real HH is not essential.
+BUNDLED_PAIRS = REPO / "data" / "pairs" / "heldout.jsonl"
+PAIRS_DATA = HH_HARMLESS if HH_HARMLESS.exists() else BUNDLED_PAIRS
+
+
+def hh_missing_reason(path: Path = HH_HARMLESS) -> str:
+    return (f"real HH-RLHF data not found ({path}): set ALIGNMENT_PROBE_HH_DIR to a folder holding "
+            "harmless-base/test.jsonl.gz and helpful-base/test.jsonl.gz (the test splits of the `datasets` dataset "
+            "Anthropic/hh-rlhf, JSON lines), or put them in ../shared/data/hh-rlhf beside the repository")
+
+
+def require_hh(path: Path = HH_HARMLESS) -> Path:
+    """``path`` if the real HH-RLHF file is there; otherwise skip the calling test, saying how to provide it."""
+    if not path.exists():
+        pytest.skip(hh_missing_reason(path))
+    return path
 
 
 TIERS = ("unit", "integration", "acceptance")
@@ -45,10 +77,8 @@ class TinyCheckpoints:
 
 
 def _corpus(n: int = 400) -> list[str]:
-    if HH_HARMLESS.exists():
-        pairs, _ = load_pairs(HH_HARMLESS)
-        return [p.prompt + p.chosen for p in pairs[:n]] + [p.prompt + p.rejected for p in pairs[:n]]
-    return [f"\n\nHuman: question {i}?\n\nAssistant: answer {i}." for i in range(n)]
+    pairs, _ = load_pairs(PAIRS_DATA)  # real HH-RLHF where present, else the bundled HH-style pairs
+    return [p.prompt + p.chosen for p in pairs[:n]] + [p.prompt + p.rejected for p in pairs[:n]]
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +107,10 @@ def tiny_pair(tiny: TinyCheckpoints):
 
 @pytest.fixture(scope="session")
 def hh_pairs():
-    if not HH_HARMLESS.exists():
-        pytest.skip(f"shared data not found at {HH_HARMLESS}")
-    return load_pairs(HH_HARMLESS)
+    return load_pairs(require_hh(HH_HARMLESS))
+
+
+@pytest.fixture(scope="session")
+def any_pairs():
+    """Real HH-RLHF harmless-base pairs where present, else the bundled held-out pairs."""
+    return load_pairs(PAIRS_DATA)

@@ -45,7 +45,17 @@ from alignment_probe.data import PreferencePair, load_pairs
 from alignment_probe.realmodels.smollm2 import (MARKER, WEIGHTS, _make_readable, convert_smollm2, default_cache_root,
                                                 sha256_file)
 
-DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+HH_DIR_ENV = "ALIGNMENT_PROBE_HH_DIR"
+
+
+def default_hh_dir() -> Path:
+    """The real HH-RLHF data folder (``harmless-base/``, ``helpful-base/``): ``$ALIGNMENT_PROBE_HH_DIR``,
+    else ``../shared/data/hh-rlhf`` beside the repository (what the tests look up too)."""
+    env = os.environ.get(HH_DIR_ENV)
+    return Path(env).expanduser() if env else Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf"
+
+
+DEFAULT_DATA = default_hh_dir() / "harmless-base" / "test.jsonl.gz"
 DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RECIPE = "dpo_lora_recipe.json"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")

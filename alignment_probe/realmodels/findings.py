@@ -368,6 +368,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     from alignment_probe.cli import _layers
 
+    global DEFAULT_DATA, HELPFUL_DATA  # --hh-dir: the data every run plan reads
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/smollm2"))
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu",
@@ -386,7 +387,16 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--adapters", type=Path, default=REPO_DATA, help="folder holding the committed adapters")
+    p.add_argument("--hh-dir", type=Path, default=DEFAULT_DATA.parents[1],
+                   help="HH-RLHF folder with harmless-base/ and helpful-base/ test.jsonl.gz (default: "
+                        "$ALIGNMENT_PROBE_HH_DIR, else ../shared/data/hh-rlhf)")
     a = p.parse_args(argv)
+    DEFAULT_DATA = a.hh_dir / "harmless-base" / "test.jsonl.gz"
+    HELPFUL_DATA = a.hh_dir / "helpful-base" / "test.jsonl.gz"
+    for f in (DEFAULT_DATA, *([HELPFUL_DATA] if "helpful" in a.runs.split(",") else [])):
+        if not f.is_file():
+            p.error(f"{f} not found: pass --hh-dir (or set ALIGNMENT_PROBE_HH_DIR) to the folder holding "
+                    "harmless-base/ and helpful-base/ test.jsonl.gz of the datasets dataset Anthropic/hh-rlhf")
     import torch
 
     if a.threads:

@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import PAIRS_DATA  # real HH-RLHF where present, else the bundled pairs (the recipe runs on either)
+
 from alignment_probe.realmodels.smollm2 import (
     MARKER,
     PIP_INSTALL,
@@ -154,12 +156,12 @@ def test_dpo_lora_recipe_end_to_end_on_tiny_model(tiny, tmp_path):
 
     torch.set_num_threads(1)
     out = train_adapter(tmp_path / "adapter", base_dir=tiny.base, steps=2, batch_size=2, grad_accum=1, lr=1e-2,
-                        max_length=64, n_train=16, n_eval=2, seed=0, log=lambda *a: None)
+                        max_length=64, n_train=16, n_eval=2, seed=0, data=PAIRS_DATA, log=lambda *a: None)
     assert sorted(p.name for p in out.iterdir()) == sorted([*ADAPTER_FILES, RECIPE])
     recipe = json.loads((out / RECIPE).read_text())
     assert recipe["dpo"]["steps"] == 2 and len(recipe["timing"]["seconds_per_step"]) == 2
     assert set(recipe["data"]["train_pair_ids"]).isdisjoint(recipe["data"]["heldout_pair_ids"])
-    assert recipe["data"]["heldout_pair_ids"] == [p.pair_id for p in heldout_pairs()]
+    assert recipe["data"]["heldout_pair_ids"] == [p.pair_id for p in heldout_pairs(PAIRS_DATA)]
     assert "eval_rewards/accuracies" in recipe["eval_metrics"]
     tuned = materialise_tuned(out, tmp_path / "cache")
     assert "llama" not in tuned.name and materialise_tuned(out, tmp_path / "cache") == tuned
@@ -168,6 +170,7 @@ def test_dpo_lora_recipe_end_to_end_on_tiny_model(tiny, tmp_path):
     # A planted twin: LoRA on one layer's MLP only changes that layer's weights (step 1 is warm-up, lr 0).
     planted = train_adapter(tmp_path / "planted", base_dir=tiny.base, steps=2, batch_size=2, grad_accum=1, lr=1e-2,
                             max_length=64, n_train=8, n_eval=0, target_modules=("gate_proj", "up_proj", "down_proj"),
+                            data=PAIRS_DATA,
                             layers_to_transform=[2], log=lambda *a: None)
     from safetensors.torch import load_file
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from alignment_probe.cli import main
-from conftest import HH_HARMLESS
+from conftest import PAIRS_DATA
 
 REQUIRED = ["pair_id", "base_logp_chosen", "base_logp_rejected", "tuned_logp_chosen", "tuned_logp_rejected",
             "base_delta_logp", "tuned_delta_logp", "gain", "n_chosen_tokens", "n_rejected_tokens"]
@@ -17,7 +17,7 @@ REQUIRED = ["pair_id", "base_logp_chosen", "base_logp_rejected", "tuned_logp_cho
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_score_command_writes_the_table(tiny, tmp_path, suffix, capsys):
     out = tmp_path / f"scores{suffix}"
-    code = main(["score", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(HH_HARMLESS),
+    code = main(["score", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA),
                  "--n-pairs", "5", "--seed", "1", "--max-length", "128", "--device", "cpu", "--out", str(out)])
     assert code == 0
     table = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
@@ -29,7 +29,7 @@ def test_score_command_writes_the_table(tiny, tmp_path, suffix, capsys):
 
 
 def test_score_same_seed_same_numbers(tiny, tmp_path):
-    args = ["score", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(HH_HARMLESS),
+    args = ["score", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA),
             "--n-pairs", "3", "--max-length", "96", "--device", "cpu"]
     assert main(args + ["--out", str(tmp_path / "a.csv")]) == 0
     assert main(args + ["--out", str(tmp_path / "b.csv")]) == 0
@@ -37,11 +37,11 @@ def test_score_same_seed_same_numbers(tiny, tmp_path):
 
 
 def test_bad_input_exits_2_with_a_message(tiny, tmp_path, capsys):
-    code = main(["score", "--base", str(tiny.base), "--tuned", str(tiny.deeper), "--data", str(HH_HARMLESS),
+    code = main(["score", "--base", str(tiny.base), "--tuned", str(tiny.deeper), "--data", str(PAIRS_DATA),
                  "--n-pairs", "2", "--out", str(tmp_path / "x.csv")])
     assert code == 2
     assert "not a compatible pair" in capsys.readouterr().err
-    code = main(["score", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(HH_HARMLESS),
+    code = main(["score", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA),
                  "--out", str(tmp_path / "x.txt")])
     assert code == 2
     assert ".csv or .parquet" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from alignment_probe.data import ASSISTANT_TURN, load_pairs, split_hh_dialogue
 from alignment_probe.errors import DataError
 from alignment_probe.tokens import sample_and_tokenize, tokenize_pair
 
-from conftest import HH_HARMLESS, HH_HELPFUL
+from conftest import HH_HARMLESS, HH_HELPFUL, require_hh
 
 
 def test_hh_split_on_real_harmless_data(hh_pairs):
@@ -34,9 +34,7 @@ def test_hh_split_on_real_harmless_data(hh_pairs):
 
 
 def test_identical_pairs_in_helpful_base_are_reported():
-    if not HH_HELPFUL.exists():
-        pytest.skip("shared data missing")
-    pairs, report = load_pairs(HH_HELPFUL)
+    pairs, report = load_pairs(require_hh(HH_HELPFUL))
     assert report.n_read == 2354
     assert len(report.skipped["chosen == rejected"]) == 2
     raw = [json.loads(line) for line in gzip.open(HH_HELPFUL, "rt")]
@@ -80,8 +78,8 @@ def test_missing_file_is_a_clear_error(tmp_path):
         load_pairs(tmp_path / "nope.jsonl")
 
 
-def test_sampling_is_seeded_and_exact(hh_pairs, tiny_pair):
-    pairs, _ = hh_pairs
+def test_sampling_is_seeded_and_exact(any_pairs, tiny_pair):
+    pairs, _ = any_pairs
     a = sample_and_tokenize(pairs, tiny_pair.tokenizer, n_pairs=20, seed=7, max_length=256)
     b = sample_and_tokenize(pairs, tiny_pair.tokenizer, n_pairs=20, seed=7, max_length=256)
     c = sample_and_tokenize(pairs, tiny_pair.tokenizer, n_pairs=20, seed=8, max_length=256)
@@ -92,9 +90,9 @@ def test_sampling_is_seeded_and_exact(hh_pairs, tiny_pair):
         sample_and_tokenize(pairs, tiny_pair.tokenizer, n_pairs=len(pairs) + 1)
 
 
-def test_truncation_drops_prompt_from_the_left_never_the_completion(hh_pairs, tiny_pair):
+def test_truncation_drops_prompt_from_the_left_never_the_completion(any_pairs, tiny_pair):
     tok = tiny_pair.tokenizer
-    pairs, _ = hh_pairs
+    pairs, _ = any_pairs
     pair = max(pairs[:200], key=lambda p: len(p.prompt))
     full = tokenize_pair(pair, tok)
     longest = max(len(full.chosen_ids), len(full.rejected_ids))

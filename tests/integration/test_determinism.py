@@ -14,21 +14,19 @@ from alignment_probe.engine import FastEngine
 from alignment_probe.experiments.suite import SuiteConfig, run_suite
 from alignment_probe.tokens import sample_and_tokenize
 
-from conftest import HH_HARMLESS
+from conftest import PAIRS_DATA
 
 EXPERIMENTS = "patch_tuned_to_base,random_noise,random_direction,alpha,lowrank_difference,lasso"
 
 
 def args(tiny, out):
-    return ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(HH_HARMLESS), "--n-pairs", "5",
+    return ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA), "--n-pairs", "5",
             "--seed", "4", "--max-length", "64", "--device", "cpu", "--n-boot", "50", "--pairs-per-part", "2",
             "--alpha-layers", "1,2", "--experiments", EXPERIMENTS, "--out", str(out)]
 
 
 @pytest.fixture(scope="module")
 def two_runs(tiny, tmp_path_factory):
-    if not HH_HARMLESS.exists():
-        pytest.skip("shared data missing")
     root = tmp_path_factory.mktemp("determinism")
     for name in ("a", "b"):
         assert main(args(tiny, root / name)) == 0
@@ -60,9 +58,7 @@ def test_parts_do_not_change_the_numbers(tiny_pair):
     """Saving results per group of pairs changes batching only: the numbers agree to float precision."""
     from alignment_probe.data import load_pairs
 
-    if not HH_HARMLESS.exists():
-        pytest.skip("shared data missing")
-    pairs, _ = load_pairs(HH_HARMLESS)
+    pairs, _ = load_pairs(PAIRS_DATA)
     tokenized = sample_and_tokenize(pairs, tiny_pair.tokenizer, n_pairs=4, seed=2, max_length=64)
     cfg = SuiteConfig(experiments=("patch_tuned_to_base", "random_noise", "lowrank_difference"), n_boot=50)
     whole = run_suite(tiny_pair, tokenized, FastEngine(), cfg, pairs_per_part=None)

@@ -22,7 +22,7 @@ import alignment_probe.tables
 from alignment_probe.cli import main
 from alignment_probe.errors import EXIT_BAD_INPUT
 
-from conftest import HH_HARMLESS
+from conftest import PAIRS_DATA
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = ("scores.parquet", "effects.parquet", "lasso.parquet", "summary.json")
@@ -31,7 +31,7 @@ EXPERIMENTS = "patch_tuned_to_base,random_noise,lowrank_difference,lasso"
 
 
 def args(tiny, out, *extra):
-    return ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(HH_HARMLESS), "--n-pairs", "6",
+    return ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA), "--n-pairs", "6",
             "--max-length", "64", "--device", "cpu", "--n-boot", "50", "--pairs-per-part", "2",
             "--experiments", EXPERIMENTS, "--out", str(out), *extra]
 
@@ -47,8 +47,6 @@ def part_times(out: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny, tmp_path_factory):
-    if not HH_HARMLESS.exists():
-        pytest.skip("shared data missing")
     out = tmp_path_factory.mktemp("resume") / "uninterrupted"
     assert main(args(tiny, out)) == 0
     return out

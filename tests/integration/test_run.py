@@ -10,7 +10,7 @@ import pytest
 from alignment_probe.cli import main
 from alignment_probe.effects import EXPERIMENT_NAMES
 
-from conftest import HH_HARMLESS
+from conftest import PAIRS_DATA
 
 PER_LAYER = ["patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction",
              "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected", "vector_contrast",
@@ -18,7 +18,7 @@ PER_LAYER = ["patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_n
 
 
 def _args(tiny, out, *extra):
-    return ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(HH_HARMLESS),
+    return ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA),
             "--n-pairs", "6", "--max-length", "72", "--device", "cpu", "--n-boot", "200", "--out", str(out), *extra]
 
 

@@ -14,7 +14,7 @@ import torch
 import alignment_probe.pair
 import alignment_probe.run
 from alignment_probe.cli import main
-from conftest import HH_HARMLESS
+from conftest import PAIRS_DATA
 from alignment_probe.data import load_pairs
 from alignment_probe.effects import RowKey
 from alignment_probe.engine import FastEngine, PatchSpec, ReferenceEngine
@@ -355,7 +355,7 @@ def test_internal_errors_exit_1_with_a_traceback(tiny, tmp_path, capsys, monkeyp
 def test_lasso_with_too_few_pairs_is_refused_before_compute(tiny, tmp_path, capsys):
 
     out = tmp_path / "few"
-    assert main(["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(HH_HARMLESS),
+    assert main(["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA),
                  "--n-pairs", "3", "--max-length", "72", "--experiments", "identity,lasso", "--out", str(out)]) == 2
     assert "--n-pairs 5" in capsys.readouterr().err
     assert not (out / "parts").exists()
