@@ -52,6 +52,9 @@ LOWRANK_MODES: dict[str, str] = {f"lowrank_{m}": m for m in LOWRANK_MODE_NAMES}
 VectorKind = Literal["chosen", "rejected", "contrast"]
 VECTOR_KINDS: tuple[str, ...] = get_args(VectorKind)
 
+# Every vocabulary type above (the test suite's runtime checker leaves their membership to check()).
+VOCABULARIES = (Hook, Scope, ParamScope, Side, Sides, Role, LowRankMode, VectorKind)
+
 
 class VocabularyError(ConfigError, ValueError):
     """A name outside its closed vocabulary (a ConfigError for the CLI, a ValueError for callers)."""

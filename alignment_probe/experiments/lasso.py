@@ -37,12 +37,17 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float
 
 from alignment_probe.errors import ConfigError
 from alignment_probe.pair import Twins
 from alignment_probe.tokens import ScoredSequence, TokenizedPair, batches_by_length, make_batch
+from alignment_probe.vocab import HOOKS, Hook, Side, check
 
-HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+Features = Float[np.ndarray, "pairs layers"]
+# One value per pair. Its length is checked against the features by _check_xy / _align_target, which
+# raise a ValueError naming both counts, so the shape annotation leaves it unbound here.
+Target = Float[np.ndarray, "*_pairs"]
 POSITIONS = ("last_prompt", "final_tokens")
 LASSO_CV_FOLDS = 5  # folds of the cross-validated LASSO (so a run needs at least this many pairs)
 DEFAULT_ALPHAS = np.logspace(-4, 1, 50)
@@ -59,12 +64,12 @@ def _positions(seq: ScoredSequence, position: str) -> int:
 
 @torch.inference_mode()
 def _batch_norms(pair: Twins, group: Sequence[ScoredSequence], names: list[str],
-                 position: str) -> np.ndarray:
+                 position: str) -> Float[np.ndarray, "group layers"]:
     """``[len(group), n_layers]``: ||h_tuned − h_base|| at each sequence's chosen position."""
     batch = make_batch(group)
     rows = torch.arange(len(group))
     pos = torch.tensor([_positions(s, position) for s in group], dtype=torch.long)
-    acts: dict[str, list[torch.Tensor]] = {}
+    acts: dict[str, list[Float[torch.Tensor, "group d_model"]]] = {}
     for label, model in (("base", pair.base), ("tuned", pair.tuned)):
         device = model.cfg.device
         _, cache = model.run_with_cache(batch.tokens.to(device), names_filter=lambda n: n in names,
@@ -75,8 +80,8 @@ def _batch_norms(pair: Twins, group: Sequence[ScoredSequence], names: list[str],
     return torch.stack(out, dim=1).numpy()
 
 
-def activation_distance_features(pair: Twins, tokenized: Sequence[TokenizedPair], *, hook: str = "resid_post",
-                                 position: str = "last_prompt", batch_size: int = 8) -> np.ndarray:
+def activation_distance_features(pair: Twins, tokenized: Sequence[TokenizedPair], *, hook: Hook = "resid_post",
+                                 position: str = "last_prompt", batch_size: int = 8) -> Features:
     """``[n_pairs, n_layers]`` array of ``||h_ℓ^tuned − h_ℓ^base||₂`` (rows in ``tokenized`` order).
 
     ``h_ℓ`` is the activation at ``blocks.{ℓ}.hook_{hook}``. ``position="last_prompt"`` reads the
@@ -86,15 +91,14 @@ def activation_distance_features(pair: Twins, tokenized: Sequence[TokenizedPair]
     read, so it cannot change them); only the needed hooks are cached, and the unembedding is
     skipped.
     """
-    if hook not in HOOKS:
-        raise ConfigError(f"Unknown hook point {hook!r} for E2 features: use one of {', '.join(HOOKS)}.")
+    check(hook, HOOKS, "E2 feature hook point")
     if position not in POSITIONS:
         raise ConfigError(f"Unknown feature position {position!r}: use one of {', '.join(POSITIONS)}.")
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}.")
     n_layers = pair.n_layers
     names = [f"blocks.{layer}.hook_{hook}" for layer in range(n_layers)]
-    sides = ("chosen",) if position == "last_prompt" else ("chosen", "rejected")
+    sides: tuple[Side, ...] = ("chosen",) if position == "last_prompt" else ("chosen", "rejected")
     seqs = [t.sequence(side) for t in tokenized for side in sides]
     norms: dict[tuple[int, str], np.ndarray] = {}
     for group in batches_by_length(seqs, batch_size):
@@ -111,7 +115,7 @@ def activation_distance_features(pair: Twins, tokenized: Sequence[TokenizedPair]
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_xy(features: np.ndarray, target: np.ndarray, cv: int) -> tuple[np.ndarray, np.ndarray]:
+def _check_xy(features: Any, target: Any, cv: int) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(target, dtype=np.float64).ravel()
     if x.ndim != 2:
@@ -125,7 +129,7 @@ def _check_xy(features: np.ndarray, target: np.ndarray, cv: int) -> tuple[np.nda
     return x, y
 
 
-def standardize(features: np.ndarray) -> np.ndarray:
+def standardize(features: Features) -> Features:
     """z-score each column; a constant column (zero spread) becomes all zeros instead of NaN."""
     x = np.asarray(features, dtype=np.float64)
     mu, sd = x.mean(axis=0), x.std(axis=0)
@@ -139,7 +143,7 @@ def _kfold(cv: int, seed: int):
     return KFold(n_splits=cv, shuffle=True, random_state=seed)
 
 
-def fit_lasso(features: np.ndarray, target: np.ndarray, *, seed: int = 0, n_boot: int = 200,
+def fit_lasso(features: Features, target: Target, *, seed: int = 0, n_boot: int = 200,
               alphas: np.ndarray | Sequence[float] = DEFAULT_ALPHAS, cv: int = LASSO_CV_FOLDS,
               alpha_rule: str = "min") -> dict[str, Any]:
     """LASSO of the target on z-scored per-layer features, α chosen by cross-validation.
@@ -202,7 +206,7 @@ def fit_lasso(features: np.ndarray, target: np.ndarray, *, seed: int = 0, n_boot
     }
 
 
-def univariate_probes(features: np.ndarray, target: np.ndarray, *, cv: int = LASSO_CV_FOLDS, seed: int = 0) -> list[float]:
+def univariate_probes(features: Features, target: Target, *, cv: int = LASSO_CV_FOLDS, seed: int = 0) -> list[float]:
     """Per-layer cross-validated R² of ``target ~ a + b · features[:, ℓ]`` (eq. 3).
 
     Each layer is scored alone: mean R² over the held-out folds of a seeded shuffled ``KFold(cv)``
@@ -223,7 +227,7 @@ def univariate_probes(features: np.ndarray, target: np.ndarray, *, cv: int = LAS
 # --------------------------------------------------------------------------------------------------
 
 
-def _align_target(target: Any, tokenized: Sequence[TokenizedPair]) -> np.ndarray:
+def _align_target(target: Any, tokenized: Sequence[TokenizedPair]) -> Float[np.ndarray, " pairs"]:
     if isinstance(target, pd.Series):
         ids = [t.pair_id for t in tokenized]
         missing = [p for p in ids if p not in target.index]
@@ -236,8 +240,8 @@ def _align_target(target: Any, tokenized: Sequence[TokenizedPair]) -> np.ndarray
     return y
 
 
-def run_lasso(pair: Twins, tokenized: Sequence[TokenizedPair], *, target: np.ndarray | pd.Series, seed: int = 0,
-              hook: str = "resid_post", position: str = "last_prompt", batch_size: int = 8, n_boot: int = 200,
+def run_lasso(pair: Twins, tokenized: Sequence[TokenizedPair], *, target: Target | pd.Series, seed: int = 0,
+              hook: Hook = "resid_post", position: str = "last_prompt", batch_size: int = 8, n_boot: int = 200,
               cv: int = LASSO_CV_FOLDS, alphas: np.ndarray | Sequence[float] = DEFAULT_ALPHAS, alpha_rule: str = "min",
               target_name: str = "gain") -> dict[str, Any]:
     """E2 end to end: activation-distance features → LASSO + selection frequency + probes.

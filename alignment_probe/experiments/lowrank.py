@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from alignment_probe.effects import RowKey
@@ -30,8 +31,11 @@ from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.interventions import Project, Replace
 from alignment_probe.pair import Twins
 from alignment_probe.tokens import TokenizedPair, make_batch, pair_sequences
+from alignment_probe.vocab import LOWRANK_MODE_NAMES, LOWRANK_MODES, Hook, LowRankMode, Role, check
 
-MODES = {"lowrank_reconstruct": "reconstruct", "lowrank_difference": "difference"}
+MODES = LOWRANK_MODES  # experiment name → low-rank mode (defined once, in alignment_probe.vocab)
+# stacked_activations: [rows, d_model] per model, and the owning pair of every row under "pair_id".
+Stacked = dict[str, Float[Tensor, "rows d_model"] | Int[Tensor, " rows"]]
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -39,11 +43,11 @@ DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 class Subspace:
     """Principal directions of a stack of activations (columns of ``basis``, strongest first)."""
 
-    basis: Tensor  # [d_model, d_model]
-    variance: Tensor  # [d_model] squared singular values, descending
-    centre: Tensor | None
+    basis: Float[Tensor, "d_model d_model"]
+    variance: Float[Tensor, " d_model"]  # squared singular values, descending
+    centre: Float[Tensor, " d_model"] | None
 
-    def top(self, k: int) -> Tensor:
+    def top(self, k: int) -> Float[Tensor, "d_model k"]:
         return self.basis[:, :k]
 
     def variance_explained(self, k: int) -> float:
@@ -51,9 +55,9 @@ class Subspace:
 
 
 @torch.inference_mode()
-def stacked_activations(pair: Twins, tokenized: Sequence[TokenizedPair], *, layer: int, hook: str = "resid_post",
-                        models: Iterable[str] = ("base", "tuned"), exclude_bos: bool = True,
-                        pairs_per_batch: int = 8) -> dict[str, Tensor]:
+def stacked_activations(pair: Twins, tokenized: Sequence[TokenizedPair], *, layer: int, hook: Hook = "resid_post",
+                        models: Iterable[Role] = ("base", "tuned"), exclude_bos: bool = True,
+                        pairs_per_batch: int = 8) -> Stacked:
     """Real-token activations of each model at one hook point, stacked over all sequences: [N·T, d].
 
     The extra key ``"pair_id"`` holds, for every row, the pair it came from (to select a subset)."""
@@ -73,13 +77,13 @@ def stacked_activations(pair: Twins, tokenized: Sequence[TokenizedPair], *, laye
     return {m: torch.cat(v) for m, v in out.items()} | {"pair_id": torch.cat(owner)}
 
 
-def rows_of(acts: dict[str, Tensor], pair_ids: Iterable[int]) -> dict[str, Tensor]:
+def rows_of(acts: Stacked, pair_ids: Iterable[int]) -> Stacked:
     """The rows of :func:`stacked_activations` that belong to ``pair_ids``."""
     keep = torch.isin(acts["pair_id"], torch.tensor(sorted(pair_ids), dtype=torch.long))
     return {m: v[keep] for m, v in acts.items()}
 
 
-def fit_subspace(stack: Tensor, *, centre: bool = True) -> Subspace:
+def fit_subspace(stack: Float[Tensor, "rows d_model"], *, centre: bool = True) -> Subspace:
     """Principal directions via the eigendecomposition of the d×d second-moment matrix (float64)."""
     x = stack.double()
     mu = x.mean(0) if centre else None
@@ -91,7 +95,8 @@ def fit_subspace(stack: Tensor, *, centre: bool = True) -> Subspace:
                     centre=None if mu is None else mu.float())
 
 
-def fit_for_mode(mode: str, acts: dict[str, Tensor], *, centre: bool) -> Subspace:
+def fit_for_mode(mode: LowRankMode, acts: Stacked, *, centre: bool) -> Subspace:
+    check(mode, LOWRANK_MODE_NAMES, "low-rank mode")
     stack = acts["tuned"] if mode == "reconstruct" else acts["tuned"] - acts["base"]
     return fit_subspace(stack, centre=centre)
 
@@ -100,15 +105,15 @@ def ks_for(d_model: int, ks: Sequence[int]) -> list[int]:
     return sorted({k for k in ks if k <= d_model} | {d_model})
 
 
-def lowrank_specs(experiment: str, subspace: Subspace, *, layer: int, ks: Sequence[int], hook: str, scope: str,
+def lowrank_specs(experiment: str, subspace: Subspace, *, layer: int, ks: Sequence[int], hook: Hook, scope: str,
                   split: str = "all", pair_ids: frozenset[int] | None = None) -> list[PatchSpec]:
-    mode = MODES[experiment]
+    mode = MODES[check(experiment, MODES, "low-rank experiment")]
     centre = subspace.centre if mode == "reconstruct" else None
     return [PatchSpec(RowKey(experiment, "base", "tuned", hook, scope, "both", layer, float(k), split),
                       Project(mode, subspace.top(k), centre), pair_ids) for k in ks]
 
 
-def full_patch_specs(layers: Iterable[int], *, hook: str, scope: str) -> list[PatchSpec]:
+def full_patch_specs(layers: Iterable[int], *, hook: Hook, scope: str) -> list[PatchSpec]:
     """The denominator of the effect ratio: the full tuned→base patch at the same layer and scope."""
     return [PatchSpec(RowKey("lowrank_full", "base", "tuned", hook, scope, "both", layer, math.nan, "all"), Replace())
             for layer in layers]

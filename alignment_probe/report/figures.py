@@ -50,7 +50,7 @@ REVERSE = "patch_base_to_tuned"
 CONTROL_EXPERIMENTS = ("identity", "random_noise", "random_direction")
 DECOMPOSITION_EXPERIMENTS = ("source_chosen_only", "source_rejected_only")
 VECTOR_EXPERIMENTS = ("vector_chosen", "vector_rejected", "vector_contrast")
-LOWRANK_MODES = {"lowrank_reconstruct": "reconstruct", "lowrank_difference": "difference"}
+from alignment_probe.vocab import LOWRANK_MODES  # noqa: E402  (E6 experiment name → mode; defined once)
 
 LABELS = {
     "patch_tuned_to_base": "tuned → base",
