@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Bool, Float
@@ -58,6 +58,7 @@ class SequenceContext:
         check_side(self.side)
 
 
+@runtime_checkable
 class Intervention(Protocol):
     def __call__(self, ctx: SequenceContext) -> Act: ...
 
