@@ -40,11 +40,15 @@ VALUE_COLUMNS = ["clean_logp_chosen", "clean_logp_rejected", "clean_delta_logp",
                  "patched_logp_chosen", "patched_logp_rejected", "patched_delta_logp", "effect"]
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
 
-EXPERIMENT_NAMES = (
-    "patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction", "alpha",
-    "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected", "vector_contrast",
-    "lowrank_reconstruct", "lowrank_difference", "lasso",
-)
+
+
+def __getattr__(name: str) -> Any:
+    # EXPERIMENT_NAMES derives from the experiment registry (which imports this module, hence lazily).
+    if name == "EXPERIMENT_NAMES":
+        from alignment_probe.experiments.registry import experiment_names
+
+        return experiment_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

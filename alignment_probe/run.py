@@ -41,7 +41,7 @@ from alignment_probe.tables import PartStore, write_table
 from alignment_probe.tokens import (cap_to_context, check_sampling_options, describe_truncation, sample_and_tokenize,
                                     truncation_stats)
 
-OUTPUTS = ("scores.parquet", "effects.parquet", "lasso.parquet", "summary.json", "report.html")
+OUTPUTS = ("scores.parquet", "effects.parquet", "lasso.parquet", "fits.json", "summary.json", "report.html")
 
 
 @dataclass
@@ -155,6 +155,7 @@ def discard_results(out: Path) -> None:
 def write_run(req: RunRequest, result: SuiteResult, manifest: dict[str, Any]) -> None:
     write_table(result.scores, req.out / "scores.parquet")
     write_table(result.effects, req.out / "effects.parquet")
+    write_json_atomic(req.out / "fits.json", result.fits)  # what experiments fitted: the summary reads it
     if result.lasso is not None:
         from alignment_probe.experiments.lasso import lasso_table
 

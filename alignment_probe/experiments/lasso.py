@@ -40,6 +40,7 @@ import torch
 from jaxtyping import Float
 
 from alignment_probe.errors import ConfigError
+from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, register
 from alignment_probe.pair import Twins
 from alignment_probe.tokens import ScoredSequence, TokenizedPair, batches_by_length, make_batch
 from alignment_probe.vocab import HOOKS, Hook, Side, check
@@ -279,3 +280,20 @@ def lasso_table(result: dict[str, Any]) -> pd.DataFrame:
         raise ValueError("result's per-layer lists differ in length")
     return pd.DataFrame({"layer": np.arange(len(coef), dtype=np.int64), "coefficient": coef,
                          "selection_frequency": freq, "probe_r2": r2})
+
+
+def _compute(plan: Plan) -> dict[str, Any]:
+    return run_lasso(plan.twins, plan.tokenized, target=plan.scores.gain.to_numpy(), seed=plan.cfg.seed)
+
+
+register(Experiment(
+    key="lasso", method="E2", order=60,
+    names=(Name("lasso", "LASSO", "#1f77b4",
+                "A LASSO over per-layer activation distances ‖h_tuned − h_base‖ predicting the gain (Fig. 2).",
+                per_layer=False),),
+    compute=_compute, summarize=lambda tables: {"lasso": dict(tables.fits["lasso"])},
+    figures=(Figure("lasso_coefficients", "alignment_probe.report.figures:lasso_coefficients",
+                    "LASSO attribution and probes (paper Fig. 2, Table 1)",
+                    "Paper Fig. 2 / Table 1. LASSO (5-fold CV) coefficients of the z-scored per-layer "
+                    "activation distances predicting the gain; grey bars are zero.", needs=("lasso",), order=70),),
+))

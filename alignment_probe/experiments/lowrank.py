@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec, hook_name
+from alignment_probe.experiments.registry import Experiment, Figure, Fitted, Name, Plan, Tables, register
 from alignment_probe.interventions import Project, Replace
 from alignment_probe.pair import Twins
 from alignment_probe.tokens import TokenizedPair, make_batch, pair_sequences
@@ -117,3 +120,108 @@ def full_patch_specs(layers: Iterable[int], *, hook: Hook, scope: str) -> list[P
     """The denominator of the effect ratio: the full tuned→base patch at the same layer and scope."""
     return [PatchSpec(RowKey("lowrank_full", "base", "tuned", hook, scope, "both", layer, math.nan, "all"), Replace())
             for layer in layers]
+
+
+# --------------------------------------------------------------------------------------------------
+# the registered experiment: fitted at E1's peak layer (or --lowrank-layers), then patched per pair
+
+
+def ratio_of_means(num: np.ndarray, den: np.ndarray, *, seed: int, n_boot: int) -> tuple[float, float, float]:
+    """mean(num) / mean(den) with a paired percentile bootstrap over pairs."""
+    point = float(num.mean() / den.mean()) if den.mean() != 0 else math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(num), size=(n_boot, len(num)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boots = num[idx].mean(1) / den[idx].mean(1)
+    boots = boots[np.isfinite(boots)]
+    if len(boots) == 0:
+        return point, math.nan, math.nan
+    return point, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def lowrank_context(cfg: Any, d_model: int, pair_ids: Sequence[int]) -> dict[str, Any]:
+    """Modes, position scope, ks and the fit/held-out halves of E6 (cheap; no forward pass)."""
+    fit_ids, heldout_ids = stats.split_halves(list(pair_ids), seed=cfg.seed)
+    return {"modes": [m for m in MODES if m in cfg.experiments],
+            "scope": "all_but_bos" if cfg.lowrank_exclude_bos and cfg.scope == "all" else cfg.scope,
+            "ks": ks_for(d_model, cfg.lowrank_ks), "fit_ids": fit_ids, "heldout_ids": heldout_ids}
+
+
+def lowrank_layers(plan: Plan) -> list[int]:
+    """--lowrank-layers, else E1's peak layer (the declared upstream result)."""
+    cfg = plan.cfg
+    if cfg.lowrank_layers is not None:
+        return [int(x) for x in cfg.lowrank_layers]
+    return [int(plan.upstream["patch_tuned_to_base"]["peak_layer"])]
+
+
+def fit_lowrank(plan: Plan) -> Fitted:
+    """E6's subspaces at its layers, fitted on all pairs and on the fit half, as patch conditions."""
+    cfg, layers = plan.cfg, lowrank_layers(plan)
+    ctx = lowrank_context(cfg, plan.d_model, [t.pair_id for t in plan.tokenized])
+    modes, scope, ks = ctx["modes"], ctx["scope"], ctx["ks"]
+    specs: list[PatchSpec] = full_patch_specs(layers, hook=cfg.hook, scope=scope)
+    variance: dict[tuple[str, int, int], float] = {}
+    for layer in layers:
+        acts_all = stacked_activations(plan.twins, plan.tokenized, layer=layer, hook=cfg.hook,
+                                       exclude_bos=cfg.lowrank_exclude_bos)
+        acts_fit = rows_of(acts_all, ctx["fit_ids"])
+        for name in modes:
+            sub_all = fit_for_mode(MODES[name], acts_all, centre=cfg.lowrank_centre)
+            sub_fit = fit_for_mode(MODES[name], acts_fit, centre=cfg.lowrank_centre)
+            specs += lowrank_specs(name, sub_all, layer=layer, ks=ks, hook=cfg.hook, scope=scope)
+            specs += lowrank_specs(name, sub_fit, layer=layer, ks=ks, hook=cfg.hook, scope=scope, split="heldout",
+                                   pair_ids=frozenset(ctx["heldout_ids"]))
+            for k in ks:
+                variance[(name, layer, k)] = sub_all.variance_explained(k)
+    return Fitted(specs, {"layers": layers, "variance": [[name, layer, k, v]
+                                                         for (name, layer, k), v in sorted(variance.items())]})
+
+
+def summarize_lowrank(tables: Tables) -> dict[str, dict[str, Any]]:
+    """E6's effect ratios (low-rank effect / full-patch effect) per mode, layer and k, with CIs."""
+    cfg, effects = tables.cfg, tables.effects
+    record = tables.fits["lowrank"]
+    layers = [int(x) for x in record["layers"]]
+    variance = {(name, int(layer), int(k)): float(v) for name, layer, k, v in record["variance"]}
+    ctx = lowrank_context(cfg, tables.d_model, tables.scores.pair_id.tolist())
+    ks = ctx["ks"]
+    full = effects[effects.experiment == "lowrank_full"]
+    out: dict[str, Any] = {}
+    for name in ctx["modes"]:
+        rows, by_k = effects[effects.experiment == name], []
+        for layer in layers:
+            den = full[full.layer == layer].set_index("pair_id").effect
+            for k in ks:
+                sel = rows[(rows.layer == layer) & (rows.param == k)]
+                num_all = sel[sel.split == "all"].set_index("pair_id").effect.reindex(den.index)
+                num_held = sel[sel.split == "heldout"].set_index("pair_id").effect
+                r, lo, hi = ratio_of_means(num_all.to_numpy(), den.to_numpy(), seed=cfg.seed, n_boot=cfg.n_boot)
+                hr, hlo, hhi = ratio_of_means(num_held.to_numpy(), den.reindex(num_held.index).to_numpy(),
+                                              seed=cfg.seed, n_boot=cfg.n_boot)
+                by_k.append({"layer": int(layer), "k": int(k), "effect_mean": float(num_all.mean()),
+                             "full_effect_mean": float(den.mean()), "effect_ratio": r, "effect_ratio_ci": [lo, hi],
+                             "heldout_effect_ratio": hr, "heldout_effect_ratio_ci": [hlo, hhi],
+                             "variance_explained": variance[(name, int(layer), int(k))]})
+        k_ref = 4 if 4 in ks else ks[0]
+        per_layer_rows = rows[(rows.split == "all") & (rows.param == k_ref)]
+        summary = stats.summarize_experiment(per_layer_rows, seed=cfg.seed, n_boot=cfg.n_boot)
+        out[name] = summary | {"layers": [int(x) for x in layers], "ks": ks, "per_layer_k": k_ref, "by_k": by_k,
+                               "scope": ctx["scope"], "centre": cfg.lowrank_centre, "fit_pairs": len(ctx["fit_ids"]),
+                               "heldout_pairs": len(ctx["heldout_ids"])}
+    return out
+
+
+register(Experiment(
+    key="lowrank", method="E6", order=50, needs=("patch_tuned_to_base",), emits=("lowrank_full",),
+    names=(Name("lowrank_reconstruct", "low-rank: reconstruct", "#1f77b4",
+                "The base sees a rank-k reconstruction of the tuned activation (the paper's literal reading)."),
+           Name("lowrank_difference", "low-rank: difference", "#ff7f0e",
+                "The base moves by the part of the tuning shift inside its top-k directions.")),
+    fit=fit_lowrank, specs=lambda plan: plan.fitted.specs, summarize=summarize_lowrank,
+    figures=(Figure("lowrank", "alignment_probe.report.figures:lowrank", "Low-rank patching (paper Fig. 4, Table 2)",
+                    "Paper Fig. 4 / Table 2. Effect of patching a rank-k version of the activations, as a fraction "
+                    "of the full effect, and the variance the k directions explain; dotted: subspace fitted on one "
+                    "half of the pairs, evaluated on the other.",
+                    needs=tuple(MODES), order=60),),
+))

@@ -16,6 +16,8 @@ from typing import Iterable, Sequence
 
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, register
+from alignment_probe.experiments.rows import summarize_per_layer, swept_only
 from alignment_probe.interventions import Intervention, Replace
 
 DIRECTIONS = {"patch_tuned_to_base": ("base", "tuned"), "patch_base_to_tuned": ("tuned", "base")}
@@ -38,3 +40,33 @@ def patching_specs(n_layers: int, *, hooks: Sequence[str] = ("resid_post",), sco
         target, source = DIRECTIONS[name]
         specs += layer_sweep(name, target=target, source=source, layers=range(n_layers), hooks=hooks, scopes=scopes)
     return specs
+
+
+def _specs(plan: Plan) -> list[PatchSpec]:
+    cfg = plan.cfg
+    return swept_only(plan, patching_specs(plan.n_layers, hooks=(cfg.hook, *cfg.extra_hooks),
+                                           scopes=(cfg.scope, *cfg.extra_scopes),
+                                           experiments=[e for e in DIRECTIONS if e in plan.selected]))
+
+
+register(Experiment(
+    key="patching", method="E1", order=10,
+    names=(Name("patch_tuned_to_base", "tuned → base", "#1f77b4",
+                "Patch the tuned model's activation at one layer into the base (paper Fig. 1)."),
+           Name("patch_base_to_tuned", "base → tuned", "#d62728",
+                "The reverse direction: base activations into the tuned model (control A1).", method="E3")),
+    specs=_specs, summarize=summarize_per_layer,
+    figures=(
+        Figure("layer_curve", "alignment_probe.report.figures:layer_curve",
+               "Per-layer effect, tuned → base (paper Fig. 1)",
+               "Paper Fig. 1. Mean effect of patching the tuned model's activations into the base at each "
+               "layer, with 95% bootstrap CI. ★ peak layer (argmax of the mean), ◆ onset layer (first layer "
+               "reaching half the maximum); horizontal bars are their bootstrap CIs.",
+               needs=("patch_tuned_to_base",), order=10),
+        Figure("directionality", "alignment_probe.report.figures:directionality",
+               "Directionality (paper A1, Fig. 5)",
+               "Paper Fig. 5 (A1). Both directions; base → tuned is measured against the tuned model's own "
+               "Δlogp, so removing the tuning shows as a negative effect.",
+               needs=("patch_tuned_to_base", "patch_base_to_tuned"), order=20),
+    ),
+))

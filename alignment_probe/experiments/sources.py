@@ -15,6 +15,8 @@ from typing import Sequence
 
 from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.experiments.patching import layer_sweep
+from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, register
+from alignment_probe.experiments.rows import summarize_per_layer, swept_only
 from alignment_probe.interventions import AddVector, Replace
 
 PER_SEQUENCE = {"source_chosen_only": "chosen", "source_rejected_only": "rejected"}
@@ -33,3 +35,31 @@ def source_specs(n_layers: int, *, experiments: Sequence[str], hook: str = "resi
                                  scopes=("completion",), intervention=AddVector(VECTORS[name], vector_scale),
                                  param=vector_scale)
     return specs
+
+
+def _specs(plan: Plan) -> list[PatchSpec]:
+    cfg, names = plan.cfg, [e for e in (*PER_SEQUENCE, *VECTORS) if e in plan.selected]
+    return swept_only(plan, source_specs(plan.n_layers, experiments=names, hook=cfg.hook, scope=cfg.scope,
+                                         vector_scale=cfg.vector_scale))
+
+
+register(Experiment(
+    key="sources", method="E5", order=40, batch_order=30,
+    names=(Name("source_chosen_only", "chosen-only", "#2ca02c",
+                "Tuned activations into the base's chosen run only (does tuning raise y+?)."),
+           Name("source_rejected_only", "rejected-only", "#d62728",
+                "Tuned activations into the base's rejected run only (does tuning lower y−?)."),
+           Name("vector_chosen", "v+ (chosen)", "#2ca02c",
+                "Add the tuned model's mean chosen-completion activation to the base's completions."),
+           Name("vector_rejected", "v− (rejected)", "#d62728",
+                "Add the tuned model's mean rejected-completion activation to the base's completions."),
+           Name("vector_contrast", "v± (contrast)", "#17becf",
+                "Add v+ − v− to the base's completions.")),
+    specs=_specs, summarize=summarize_per_layer,
+    figures=(Figure("source_variants", "alignment_probe.report.figures:source_variants",
+                    "Source variants (paper Fig. 3)",
+                    "Paper Fig. 3. Left: the per-sequence decomposition (both = chosen-only + rejected-only "
+                    "exactly). Right: mean tuned completion vectors v+, v−, v± added to the base residual.",
+                    needs=("source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected",
+                           "vector_contrast"), order=50),),
+))

@@ -31,7 +31,7 @@ function                   paper                                   summary keys 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
+
+from alignment_probe.experiments import registry
 
 EFFECT_AXIS = "Δlogp effect (nats)"
 LAYER_AXIS = "layer"
@@ -52,37 +54,33 @@ DECOMPOSITION_EXPERIMENTS = ("source_chosen_only", "source_rejected_only")
 VECTOR_EXPERIMENTS = ("vector_chosen", "vector_rejected", "vector_contrast")
 from alignment_probe.vocab import LOWRANK_MODES  # noqa: E402  (E6 experiment name → mode; defined once)
 
-LABELS = {
-    "patch_tuned_to_base": "tuned → base",
-    "patch_base_to_tuned": "base → tuned",
-    "identity": "identity (base → base)",
-    "random_noise": "random: Gaussian noise",
-    "random_direction": "random: direction",
-    "source_chosen_only": "chosen-only",
-    "source_rejected_only": "rejected-only",
-    "vector_chosen": "v+ (chosen)",
-    "vector_rejected": "v− (rejected)",
-    "vector_contrast": "v± (contrast)",
-    "alpha": "α-interpolation",
-    "lowrank_reconstruct": "low-rank: reconstruct",
-    "lowrank_difference": "low-rank: difference",
-    "lasso": "LASSO",
-}
 
-COLORS = {
-    "patch_tuned_to_base": "#1f77b4",
-    "patch_base_to_tuned": "#d62728",
-    "identity": "#7f7f7f",
-    "random_noise": "#ff7f0e",
-    "random_direction": "#9467bd",
-    "source_chosen_only": "#2ca02c",
-    "source_rejected_only": "#d62728",
-    "vector_chosen": "#2ca02c",
-    "vector_rejected": "#d62728",
-    "vector_contrast": "#17becf",
-    "lowrank_reconstruct": "#1f77b4",
-    "lowrank_difference": "#ff7f0e",
-}
+
+class _FromRegistry(Mapping):
+    """A read-only view of the experiment registry (labels, colours, figures), built on first use."""
+
+    def __init__(self, build: Any):
+        self._build = build
+
+    def _data(self) -> dict[str, Any]:
+        return self._build()
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+
+def _names() -> list[Any]:
+    return [n for e in registry.experiments() for n in e.names]
+
+
+LABELS: Mapping[str, str] = _FromRegistry(lambda: {n.name: n.label for n in _names()})
+COLORS: Mapping[str, str] = _FromRegistry(lambda: {n.name: n.color for n in _names()})
 
 # The paper's reference values (Llama-3.2-1B, 16 layers), drawn as grey markers for comparison.
 PAPER_LOWRANK = {"k": 4, "effect_ratio": 0.986, "variance_explained": 0.15, "layer": 9}
@@ -583,45 +581,23 @@ def gain_histogram(scores: pd.DataFrame | None, *, nbins: int | None = None) -> 
 # --------------------------------------------------------------------------------------------------
 # all of them, and static export
 
-# name → (function, what it needs, caption). Order is the report's order.
-FIGURES: dict[str, tuple[Any, tuple[str, ...], str]] = {
-    "layer_curve": (layer_curve, (MAIN,),
-                    "Paper Fig. 1. Mean effect of patching the tuned model's activations into the base at each "
-                    "layer, with 95% bootstrap CI. ★ peak layer (argmax of the mean), ◆ onset layer (first layer "
-                    "reaching half the maximum); horizontal bars are their bootstrap CIs."),
-    "directionality": (directionality, (MAIN, REVERSE),
-                       "Paper Fig. 5 (A1). Both directions; base → tuned is measured against the tuned model's own "
-                       "Δlogp, so removing the tuning shows as a negative effect."),
-    "controls": (controls, CONTROL_EXPERIMENTS,
-                 "Paper Fig. 6 (A2). Identity (base → base) must be exactly 0; the random controls replace the "
-                 "activation by norm-matched Gaussian noise, or add a random direction of the tuned shift's norm."),
-    "alpha_dose_response": (alpha_dose_response, ("alpha",),
-                            "Paper Fig. 7 (A3). h = h_base + α (h_tuned − h_base); Spearman ρ in the legend."),
-    "source_variants": (source_variants, DECOMPOSITION_EXPERIMENTS + VECTOR_EXPERIMENTS,
-                        "Paper Fig. 3. Left: the per-sequence decomposition (both = chosen-only + rejected-only "
-                        "exactly). Right: mean tuned completion vectors v+, v−, v± added to the base residual."),
-    "lowrank": (lowrank, tuple(LOWRANK_MODES),
-                "Paper Fig. 4 / Table 2. Effect of patching a rank-k version of the activations, as a fraction of "
-                "the full effect, and the variance the k directions explain; dotted: subspace fitted on one half "
-                "of the pairs, evaluated on the other."),
-    "lasso_coefficients": (lasso_coefficients, ("lasso",),
-                           "Paper Fig. 2 / Table 1. LASSO (5-fold CV) coefficients of the z-scored per-layer "
-                           "activation distances predicting the gain; grey bars are zero."),
-    "gain_histogram": (gain_histogram, (),
-                       "Distribution over pairs of gain = Δlogp_tuned − Δlogp_base (needs the per-pair scores)."),
-}
+# name → (function, what it needs, caption), in the report's order: every figure the registered
+# experiments declare (each experiment module names its own figures).
+FIGURES: Mapping[str, tuple[Any, tuple[str, ...], str]] = _FromRegistry(
+    lambda: {f.name: (f.function(), f.needs, f.caption) for f in registry.figures()})
 
 
 def build_figures(summary: Mapping[str, Any], scores: pd.DataFrame | None = None
                   ) -> tuple[dict[str, go.Figure], dict[str, str]]:
-    """(figures that can be drawn, name → reason for those that cannot), both in report order."""
+    """(figures that can be drawn, name → reason for those that cannot), both in report order.
+    A figure that needs no experiment is drawn from the per-pair scores."""
     drawn: dict[str, go.Figure] = {}
     skipped: dict[str, str] = {}
-    for name, (fn, _, _) in FIGURES.items():
+    for fig in registry.figures():
         try:
-            drawn[name] = fn(scores) if name == "gain_histogram" else fn(summary)
+            drawn[fig.name] = fig.function()(summary if fig.needs else scores)
         except MissingExperimentError as err:
-            skipped[name] = f"not run: {', '.join(err.missing)}"
+            skipped[fig.name] = f"not run: {', '.join(err.missing)}"
     return drawn, skipped
 
 

@@ -45,13 +45,13 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from alignment_probe.effects import EXPERIMENT_NAMES
+from alignment_probe.experiments import registry
 from alignment_probe.report import figures as F
 
 AGREES, DIFFERS, NOT_RUN = "agrees", "differs", "not run"
@@ -371,7 +371,6 @@ def _header(summary: Mapping[str, Any], manifest: Mapping[str, Any], title: str)
         ("layers", esc(F.n_layers(summary) or "—")),
         ("seed", esc(seed if seed is not None else "not recorded")),
         ("run date", esc(manifest.get("created") or manifest.get("date") or "not recorded")),
-        ("report generated", esc(datetime.now(timezone.utc).isoformat(timespec="seconds"))),
     ]
     if manifest.get("command"):
         rows.append(("command", f"<code>{esc(manifest['command'])}</code>"))
@@ -424,20 +423,12 @@ def _findings_table(rows: Sequence[Finding]) -> str:
     return f'<table class="findings">{head}{"".join(body)}</table>'
 
 
-HEADINGS = {
-    "layer_curve": "Per-layer effect, tuned → base (paper Fig. 1)",
-    "directionality": "Directionality (paper A1, Fig. 5)",
-    "controls": "Identity and random controls (paper A2, Fig. 6)",
-    "alpha_dose_response": "α dose-response (paper A3, Fig. 7)",
-    "source_variants": "Source variants (paper Fig. 3)",
-    "lowrank": "Low-rank patching (paper Fig. 4, Table 2)",
-    "lasso_coefficients": "LASSO attribution and probes (paper Fig. 2, Table 1)",
-    "gain_histogram": "Per-pair gain",
-}
-
-
 def _heading(name: str) -> str:
-    return HEADINGS.get(name, name.replace("_", " "))
+    """A figure's report heading, as its experiment registered it."""
+    for fig in registry.figures():
+        if fig.name == name:
+            return fig.heading
+    return name.replace("_", " ")
 
 
 def _figure_html(name: str, fig: Any) -> str:

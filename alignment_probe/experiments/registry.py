@@ -1,0 +1,229 @@
+"""The experiment registry: every experiment says once what it is, and everything else derives from it.
+
+An experiment module ends with one :func:`register` call. The registration says
+
+* which **names** it answers to (``patch_tuned_to_base``, ``identity`` …), with a label, a colour
+  and a one-line description each, and the method id (E1–E11; docs/method.md and
+  ../shared/docs/localization.md define them);
+* how it builds its **patch conditions** (``specs``) from the configuration and from the *declared*
+  upstream results it ``needs`` (low rank is fitted at E1's peak layer, so it needs E1's summary);
+* optionally a **fit** on all pairs before patching (low rank's subspaces) or a **whole-data
+  computation** with no patching at all (the LASSO); what they record is kept as a run's ``fits``;
+* how it **summarises** its rows of the effects table (a pure function of the tables), and
+* its **figures** (drawn from the summary, i.e. from the tables) with their report headings.
+
+The suite (a small dependency graph over registered experiments), ``EXPERIMENT_NAMES``, the figure
+labels and colours, the report's headings and the findings driver's labels all read this registry,
+so a new experiment is one module plus its tests. Modules in ``alignment_probe/experiments/`` are
+discovered automatically (see :func:`load_all`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+if TYPE_CHECKING:  # the registry itself stays import-light: the CLI reads it before any model loads
+    import pandas as pd
+
+    from alignment_probe.engine.spec import PatchSpec
+
+
+@dataclass(frozen=True)
+class Name:
+    """One selectable experiment name: a value of the effects table's ``experiment`` column."""
+
+    name: str
+    label: str
+    color: str
+    description: str
+    method: str | None = None  # overrides the experiment's method id (the reverse direction is E3)
+    per_layer: bool = True  # emits one row per (pair, layer) at the default hook and scope
+
+
+@dataclass
+class Plan:
+    """What an experiment may read to decide its conditions: the configuration, the model's shape, the
+    pairs, the upstream summaries it declared, and (for fits) the loaded twins and tokenised pairs."""
+
+    cfg: Any  # SuiteConfig
+    n_layers: int
+    d_model: int
+    selected: tuple[str, ...]  # this experiment's names that were asked for
+    pair_ids: tuple[int, ...] = ()
+    upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    scores: Any = None  # the per-pair scores table (pandas), for whole-data computations
+    twins: Any = None
+    tokenized: Sequence[Any] = ()
+    fitted: Any = None  # what ``fit`` returned (its conditions and record), for ``specs``
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A fit on all pairs: the conditions it defines and a JSON-able record (kept in ``fits``)."""
+
+    specs: list["PatchSpec"]
+    record: dict[str, Any]
+
+
+@dataclass
+class Tables:
+    """Everything a summary may read: the run's tables and fit records, never a model."""
+
+    effects: "pd.DataFrame"
+    scores: "pd.DataFrame"
+    fits: Mapping[str, Any]
+    cfg: Any  # SuiteConfig
+    n_layers: int
+    d_model: int
+    selected: tuple[str, ...] = ()
+    upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure drawn from a run's summary. ``draw`` is ``"module:function"`` (imported only when drawn,
+    so the registry costs nothing at start-up); ``needs`` are the names it draws (any one suffices;
+    empty: drawn from the per-pair scores)."""
+
+    name: str
+    draw: str
+    heading: str
+    caption: str
+    needs: tuple[str, ...] = ()
+    order: int = 100
+
+    def function(self) -> Callable[..., Any]:
+        module, _, attr = self.draw.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One registered experiment (usually one module): see the module docstring."""
+
+    key: str  # its id, e.g. "lowrank"; also the name of its fit record and whole-data part
+    method: str  # "E1" … "E11"
+    names: tuple[Name, ...]
+    summarize: Callable[[Tables], dict[str, dict[str, Any]]]
+    specs: Callable[[Plan], list["PatchSpec"]] | None = None
+    fit: Callable[[Plan], Fitted] | None = None
+    compute: Callable[[Plan], dict[str, Any]] | None = None  # whole-data, no patching (after every stage)
+    needs: tuple[str, ...] = ()  # names whose summaries ``specs``/``fit`` read (their rows are computed first)
+    emits: tuple[str, ...] = ()  # extra ``experiment`` values in its rows (e.g. ``lowrank_full``)
+    figures: tuple[Figure, ...] = ()
+    order: int = 100  # its place in listings (EXPERIMENT_NAMES, the report, the summary)
+    batch_order: int | None = None  # its conditions' place in a shared engine call (default: ``order``);
+    # kept as in the first release, so batches, and with them float rounding, stay as they were
+
+    @property
+    def spec_order(self) -> int:
+        return self.order if self.batch_order is None else self.batch_order
+
+    def method_of(self, name: str) -> str:
+        return next((n.method for n in self.names if n.name == name and n.method), self.method)
+
+
+_REGISTRY: dict[str, Experiment] = {}
+_BY_NAME: dict[str, Experiment] = {}
+_EXTRA_FIGURES: dict[str, Figure] = {}
+_loaded = False
+
+
+def register(experiment: Experiment) -> Experiment:
+    """Add an experiment (called once at the end of its module). Names must be unique."""
+    for n in experiment.names:
+        other = _BY_NAME.get(n.name)
+        if other is not None and other.key != experiment.key:
+            raise ValueError(f"experiment name {n.name!r} is registered twice ({other.key} and {experiment.key})")
+    old = _REGISTRY.get(experiment.key)
+    if old is not None:  # a re-import (e.g. importlib.reload in a notebook) replaces the entry
+        for n in old.names:
+            _BY_NAME.pop(n.name, None)
+    _REGISTRY[experiment.key] = experiment
+    for n in experiment.names:
+        _BY_NAME[n.name] = experiment
+    return experiment
+
+
+def register_figure(figure: Figure) -> Figure:
+    """A figure that belongs to no one experiment (e.g. the per-pair gain histogram)."""
+    _EXTRA_FIGURES[figure.name] = figure
+    return figure
+
+
+def load_all() -> None:
+    """Import every module of ``alignment_probe.experiments`` once, so each registers itself."""
+    global _loaded
+    if _loaded:
+        return
+    import alignment_probe.experiments as package
+
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.name not in ("registry", "suite"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+    importlib.import_module("alignment_probe.report.gain")  # the gain histogram (scores only)
+    _loaded = True
+
+
+def experiments() -> list[Experiment]:
+    """Registered experiments, in listing order (the order of their ``order`` and then key)."""
+    load_all()
+    return sorted(_REGISTRY.values(), key=lambda e: (e.order, e.key))
+
+
+def experiment_names() -> tuple[str, ...]:
+    """Every selectable name, in listing order."""
+    return tuple(n.name for e in experiments() for n in e.names)
+
+
+def get(name: str) -> Experiment:
+    """The experiment that answers to ``name`` (a selectable name or an experiment key)."""
+    load_all()
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    raise KeyError(f"unknown experiment {name!r}; choose from {', '.join(experiment_names())}")
+
+
+def name_info(name: str) -> Name | None:
+    load_all()
+    exp = _BY_NAME.get(name)
+    return next((n for n in exp.names if n.name == name), None) if exp else None
+
+
+def label(name: str) -> str:
+    info = name_info(name)
+    return info.label if info else name
+
+
+def color(name: str, default: str | None = None) -> str | None:
+    info = name_info(name)
+    return info.color if info else default
+
+
+def method_id(name: str) -> str | None:
+    load_all()
+    exp = _BY_NAME.get(name)
+    return exp.method_of(name) if exp else None
+
+
+def per_layer_names() -> tuple[str, ...]:
+    """Names that emit per-layer rows (what ``ap.sweep`` accepts)."""
+    return tuple(n.name for e in experiments() if e.specs is not None and e.fit is None and not e.needs
+                 for n in e.names if n.per_layer)
+
+
+def figures() -> list[Figure]:
+    """Every registered figure, in report order."""
+    figs = [f for e in experiments() for f in e.figures] + list(_EXTRA_FIGURES.values())
+    return sorted(figs, key=lambda f: f.order)
+
+
+def table() -> list[dict[str, str]]:
+    """The registry as rows: name, method id, experiment key, label and one-line description."""
+    return [{"name": n.name, "method": e.method_of(n.name), "experiment": e.key, "label": n.label,
+             "description": n.description} for e in experiments() for n in e.names]
