@@ -1,0 +1,138 @@
+"""One run over several processes (torchrun, gloo on CPU) gives the same bytes as one process.
+
+Two processes share every stage's parts (per-group tables round robin, the whole-data fit and
+LASSO on rank 0) and rank 0 writes the outputs: scores, effects, LASSO table and summary must equal
+a single-process run's byte for byte (one thread per process in both). A rank killed mid-run stops
+the other one (no hang), and the same command resumes from the finished parts with another number
+of processes, here one, again byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alignment_probe.distributed import EXIT_PEER, PartPending, PendingPart, part_family
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "data" / "pairs" / "heldout.jsonl"  # bundled: needs no ../shared
+RESULTS = ("scores.parquet", "effects.parquet", "lasso.parquet", "summary.json")
+# Every kind of stage: per-layer patching (stage 1), a fit on all pairs and its parts (stage 2), the LASSO.
+EXPERIMENTS = "patch_tuned_to_base,random_noise,lowrank_difference,lasso"
+
+
+def args(tiny, out, *extra):
+    return ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(DATA), "--n-pairs", "6",
+            "--max-length", "64", "--device", "cpu", "--n-boot", "50", "--pairs-per-part", "1",
+            "--experiments", EXPERIMENTS, "--out", str(out), *extra]
+
+
+def env(**extra):
+    # One thread per process, as in the single-process reference (conftest sets torch threads to 1).
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
+                TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore", **extra)
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    for name in RESULTS:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def one_process(tiny, out):
+    """``python -m alignment_probe run ...``: a plain single-process run, launched like the others."""
+    proc = subprocess.run([sys.executable, "-m", "alignment_probe", *args(tiny, out)], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def single(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distributed") / "single"
+    one_process(tiny, out)
+    return out
+
+
+def test_two_processes_give_the_bytes_of_one(tiny, tmp_path, single):
+    out = tmp_path / "two"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "alignment_probe", *args(tiny, out)], cwd=REPO, env=env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_results(single, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["distributed"]["world_size"] == 2
+    assert "world_size" not in json.dumps(manifest["config"])  # not compared on resume
+    # Rank 0 alone reports; the work was shared: rank 0 waited for parts rank 1 computed.
+    assert proc.stdout.count("wrote ") == 1
+    assert "waiting for" in proc.stderr and "from other ranks" in proc.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_killed_rank_stops_the_run_and_one_process_resumes_it(tiny, tmp_path, single):
+    """Launched without torchrun's agent (as a scheduler would), so the ranks' own liveness checks
+    must notice: rank 1 is SIGKILLed after the first part; rank 0 stops within the timeout with an
+    error naming rank 1; then the same run resumes with one process and ends byte-identical."""
+    out, port = tmp_path / "killed", _free_port()
+    procs, logs = [], []
+    for rank in range(2):
+        logs.append(open(tmp_path / f"rank{rank}.txt", "wb"))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "alignment_probe", *args(tiny, out)], cwd=REPO, stdout=logs[-1], stderr=logs[-1],
+            env=env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), ALIGNMENT_PROBE_DIST_TIMEOUT="5")))
+    try:
+        deadline = time.monotonic() + 180
+        while not list((out / "parts").glob("stage1-*.parquet")):
+            assert all(p.poll() is None for p in procs), (tmp_path / "rank0.txt").read_text()
+            assert time.monotonic() < deadline, "no part was written in time"
+            time.sleep(0.01)
+        procs[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        code = procs[0].wait(timeout=60)  # no hang
+        stopped_after = time.monotonic() - killed_at
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        for log in logs:
+            log.close()
+    err = (tmp_path / "rank0.txt").read_text()
+    assert code == EXIT_PEER, err[-3000:]
+    assert "rank 1 of this run has shown no sign of life" in err and "run the same command again" in err
+    assert stopped_after < 30
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"
+    assert not (out / "summary.json").exists() and not (out / "parts" / "lasso.json").exists()
+    done = {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir() if p.suffix != ".tmp"}
+    assert done
+
+    assert "resuming the run" in one_process(tiny, out).stderr  # the same command, now one process
+    assert {n: (out / "parts" / n).stat().st_mtime_ns for n in done} == done  # kept, not recomputed
+    assert_same_results(single, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["world_sizes"] == [2, 1] and manifest["status"] == "complete"
+
+
+def test_ownership_and_placeholders():
+    assert part_family("stage1-000000-000007") == part_family("stage1-000008-000015") == "stage1"
+    assert part_family("stage2-fit") == "stage2-fit" and part_family("lasso") == "lasso"
+    pending = PendingPart("stage1-000000-000007.parquet", 1)
+    import pandas as pd
+
+    for use in (len, bool, list, lambda p: p.effect, lambda p: pd.concat([p])):
+        with pytest.raises(PartPending, match="computed by rank 1"):
+            use(pending)
