@@ -50,7 +50,8 @@ from alignment_probe.engine.batching import overhead_tokens, plan_batches
 from alignment_probe.engine.prefix import PromptState, pad_stack, run_continuations, run_prompts, supports_prefix
 from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.interventions import (AddVector, GaussianNoise, Interpolate, Intervention, Project,
-                                           RandomDirection, Replace, SequenceContext, apply_in_scope)
+                                           RandomDirection, Replace, SequenceContext, apply_in_scope,
+                                           scope_mask)
 from alignment_probe.tokens import SIDES, ScoredSequence, TokenizedPair, make_batch, pair_sequences
 
 if TYPE_CHECKING:
@@ -361,10 +362,11 @@ class FastEngine:
     def _shareable(self, spec: PatchSpec, a: Item, b: Item) -> tuple[bool, bool]:
         """(shareable in principle, shareable here): the floor counts the first, the run uses the second."""
         declared = same_on_both_prompts(spec.intervention)
-        principle = bool(declared) or spec.key.scope == "completion"
-        if not self.share_prompts or declared is False and spec.key.scope != "completion":
-            return principle, False
         p = a.seq.completion_start
+        prompt_untouched = not bool(scope_mask(spec.key.scope, p, a.seq.length, a.seq.length)[:p].any())
+        principle = bool(declared) or prompt_untouched
+        if not self.share_prompts or (declared is False and not prompt_untouched):
+            return principle, False
         equal = torch.equal(a.value[..., :p, :], b.value[..., :p, :])
         return principle or equal, equal
 

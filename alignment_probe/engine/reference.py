@@ -8,21 +8,25 @@ by design and exists to check the fast engine against (``alignment-probe run --e
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from alignment_probe.effects import make_row, to_frame
 from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.interventions import SequenceContext, apply_in_scope
 from alignment_probe.numerics import check_clean, check_patched
-from alignment_probe.pair import Twins
 from alignment_probe.tokens import SIDES, ScoredSequence, TokenizedPair
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def full_logprob(logits: torch.Tensor, seq: ScoredSequence) -> float:
+    from alignment_probe.pair import Twins
+
+
+def full_logprob(logits: Float[Tensor, "1 pos d_vocab"], seq: ScoredSequence) -> float:
     """Sum of log p(completion token | prefix) from full logits [1, pos, vocab]."""
     logp = logits[0].float().log_softmax(-1)
     total = 0.0
@@ -31,7 +35,7 @@ def full_logprob(logits: torch.Tensor, seq: ScoredSequence) -> float:
     return total
 
 
-def _tokens(seq: ScoredSequence, device: str) -> torch.Tensor:
+def _tokens(seq: ScoredSequence, device: str) -> Int[Tensor, "1 pos"]:
     return torch.tensor([list(seq.prompt_ids) + list(seq.completion_ids)], device=device)
 
 
@@ -41,6 +45,8 @@ class ReferenceEngine:
     @torch.inference_mode()
     def run(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
             progress: bool = False) -> pd.DataFrame:
+        from tqdm.auto import tqdm
+
         models = pair.models()
         rows = []
         for t in tqdm(tokenized, desc="patching (reference)", disable=not progress, unit="pair"):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 from alignment_probe.effects import RowKey
 from alignment_probe.interventions import Intervention
-from alignment_probe.pair import Twins
-from alignment_probe.tokens import TokenizedPair
+
+if TYPE_CHECKING:  # annotations only: importing the engine's contract loads no model code
+    import pandas as pd
+
+    from alignment_probe.pair import Twins
+    from alignment_probe.tokens import TokenizedPair
 from alignment_probe.vocab import HOOKS, Hook, Side, check_hook, check_side
 
 __all__ = ["HOOKS", "Engine", "PatchSpec", "hook_name"]
