@@ -14,6 +14,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")  # TransformerLens's patching loops print a bar per call
 
+# Runtime shape and type checks (jaxtyping + beartype) on the checked modules: installed before they are imported.
+from tests.helpers import typecheck  # noqa: E402
+
+typecheck.install()
+
 from tests.helpers.checkpoints import llama_config, perturbed_copy, random_llama, save_checkpoint, train_tokenizer  # noqa: E402
 from alignment_probe.data import load_pairs  # noqa: E402
 
