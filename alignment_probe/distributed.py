@@ -363,3 +363,58 @@ def run_passes(run: Callable[[], Any], store: Any, world: World, *, log: Callabl
                 + ", ".join(f"{name} (rank {owner})" for name, owner in list(pending.items())[:6])
                 + (" …" if len(pending) > 6 else ""))
         store.receive_pending()
+
+
+# --- launching a run from Python (the findings driver, the bench) -------------------------------------
+def launch(req: Any, nproc: int, *, threads: int | None = None, log: Callable[[str], None] = print) -> None:
+    """Run the :class:`~alignment_probe.run.RunRequest` ``req`` as ``nproc`` processes on this machine with
+    ``torchrun --standalone`` (``threads`` torch threads each; torchrun's default is 1). The run
+    directory is the same as a single-process run's, and so are the numbers; rank 0's output shows."""
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    from alignment_probe.errors import ConfigError
+
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}.")
+    with tempfile.TemporaryDirectory(prefix="alignment-probe-launch-") as tmp:
+        path = os.path.join(tmp, "request.pkl")
+        with open(path, "wb") as handle:
+            pickle.dump(req, handle)
+        env = dict(os.environ)
+        if threads:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "alignment_probe.distributed", path]
+        log(f"launching {nproc} processes: {' '.join(cmd[1:])}")
+        code = subprocess.call(cmd, env=env)
+    if code != 0:
+        raise PeerError(f"the {nproc}-process run into {req.out} failed (torchrun exit code {code}; the ranks' "
+                        "messages are above). The finished parts are kept: run the same command again to resume.")
+
+
+def _worker(path: str) -> int:
+    """One torchrun process of :func:`launch`: the pickled request, executed in this rank's share."""
+    import pickle
+    import sys
+
+    from alignment_probe.errors import AlignmentProbeError
+    from alignment_probe.run import execute
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with open(path, "rb") as handle:
+        req = pickle.load(handle)
+    try:
+        execute(req, progress=True, log=lambda s: print(s, file=sys.stderr))
+    except AlignmentProbeError as exc:
+        print(f"alignment-probe (rank {os.environ.get('RANK', 0)}): error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_worker(sys.argv[1]))

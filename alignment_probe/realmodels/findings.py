@@ -138,8 +138,9 @@ def plan(paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_
 
 
 def run_one(name: str, kwargs: dict[str, Any], out: Path, *, device: str | None, batch_size: int,
-            log: Callable[[str], None]) -> dict[str, Any]:
-    """One resumable ``alignment-probe run`` into ``out/name``; returns its summary."""
+            log: Callable[[str], None], nproc: int = 1, threads: int | None = None) -> dict[str, Any]:
+    """One resumable ``alignment-probe run`` into ``out/name``; returns its summary. ``nproc`` > 1: the
+    same run as that many torchrun processes (``threads`` each), with the same numbers."""
     from alignment_probe.run import RunRequest, execute
 
     kw = dict(kwargs)
@@ -147,12 +148,17 @@ def run_one(name: str, kwargs: dict[str, Any], out: Path, *, device: str | None,
                      batch_size=batch_size, argv=["alignment_probe.realmodels.findings", name], **kw)
     t0 = time.perf_counter()
     log(f"[{name}] running into {req.out}")
-    execute(req, progress=True, log=lambda s: log(f"[{name}] {s}"))
+    if nproc > 1:
+        from alignment_probe.distributed import launch
+
+        launch(req, nproc, threads=threads, log=lambda s: log(f"[{name}] {s}"))
+    else:
+        execute(req, progress=True, log=lambda s: log(f"[{name}] {s}"))
     summary = json.loads((req.out / "summary.json").read_text())
     timing = req.out / "wall_seconds.json"
     if not timing.exists():  # the first complete run's wall time; a resumed no-op does not overwrite it
         write_json_atomic(timing, {"wall_seconds": round(time.perf_counter() - t0, 1), "device": device,
-                                   "threads": _threads()})
+                                   "threads": (threads or 1) if nproc > 1 else _threads(), "processes": nproc})
     return summary
 
 
@@ -385,6 +391,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes per run, launched with torchrun (--threads each, default 1; one GPU each with "
+                        "--device cuda); same numbers as one process")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--adapters", type=Path, default=REPO_DATA, help="folder holding the committed adapters")
     p.add_argument("--hh-dir", type=Path, default=DEFAULT_DATA.parents[1],
@@ -419,7 +428,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     summaries: dict[str, dict[str, Any]] = {}
 
     def run(name: str, runs: dict[str, dict[str, Any]]) -> None:
-        summaries[name] = run_one(name, runs[name], out, device=a.device, batch_size=a.batch_size, log=log)
+        summaries[name] = run_one(name, runs[name], out, device=a.device, batch_size=a.batch_size, log=log,
+                                  nproc=a.nproc, threads=a.threads)
 
     for name in ("harmless", "planted", "helpful"):
         if name in wanted:
