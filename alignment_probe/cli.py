@@ -232,6 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if sig is not None:
                 handlers[sig] = signal.signal(sig, _raise_terminated)
     try:
+        if args.command != "run" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            from alignment_probe.errors import ConfigError
+
+            raise ConfigError(f"only `run` is shared between processes; launch `{args.command}` without torchrun "
+                              "(alignment-probe " + args.command + " ...).")
         return COMMANDS[args.command](args)
     except AlignmentProbeError as exc:
         if args.debug:

@@ -301,14 +301,16 @@ class World:
         return {n: self.store.get(f"part/{n}") for n in names}
 
 
-def device_for(device: str | None, local_rank: int) -> str:
-    """The device this rank loads the pair on: ``cuda``/None with a GPU → ``cuda:LOCAL_RANK``."""
+def device_for(device: str | None, local_rank: int, n_devices: int = 1) -> str:
+    """The device this rank loads the pair on: ``cuda``/None with a GPU → ``cuda:LOCAL_RANK``; with a
+    pair spread over ``n_devices`` GPUs per rank (TransformerLens ``n_devices``), the first of this
+    rank's block of GPUs, ``cuda:LOCAL_RANK × n_devices`` (TransformerLens counts on from there)."""
     import torch
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
-        return f"cuda:{local_rank}"
+        return f"cuda:{local_rank * n_devices}"
     return device
 
 
@@ -349,9 +351,9 @@ def run_passes(run: Callable[[], Any], store: Any, world: World, *, log: Callabl
         store.begin_pass()
         try:
             result = run()
-        except (KeyboardInterrupt, SystemExit, PeerError):
+        except PeerError:
             raise
-        except BaseException:
+        except Exception:  # (Ctrl-C, SIGTERM and exits are BaseExceptions: they always stop the run)
             if not store.pending:
                 raise
         else:
