@@ -192,9 +192,22 @@ _HF_CONFIG_FIELDS = (("model_type", "architecture"), ("architectures", "architec
 
 def precheck_pair(base: str | os.PathLike[str], tuned: str | os.PathLike[str]) -> None:
     """Before any weights load: both local checkpoint directories exist and are complete, and their
-    config.json files agree on architecture and size. Hub names are checked after loading only."""
+    config.json files agree on architecture and size; a hub name is one TransformerLens knows; an
+    adapter folder holds its config and weights. Everything else is checked at load."""
+    from alignment_probe.adapters import is_adapter_dir, read_adapter_config
+    from alignment_probe.hub import official_name
+
     local = {}
     for role, spec in (("base", base), ("tuned", tuned)):
+        if role == "tuned" and is_adapter_dir(spec):  # merged onto base at load; its fit is checked then
+            read_adapter_config(Path(spec).expanduser())
+            continue
+        if not is_local_checkpoint(spec):
+            try:
+                official_name(str(spec))
+            except CheckpointError as exc:
+                raise type(exc)(f"--{role}: {exc}") from None
+            continue
         if is_local_checkpoint(spec):
             path = Path(spec).expanduser().resolve()
             try:
@@ -335,29 +348,37 @@ def store_weights_column_major(model: torch.nn.Module) -> None:
 
 
 def load_hub_model(name: str, *, device: str = "cpu", dtype: str | torch.dtype = "float32") -> LoadedModel:
-    """Load a model TransformerLens knows by name (downloads from the hub; not possible offline)."""
-    from transformers import AutoTokenizer
+    """Load a model TransformerLens knows by name: its snapshot folder in the Hugging Face cache
+    (downloaded when the hub can be reached, as is offline), through the local-checkpoint route.
 
-    try:
-        model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=resolve_dtype(dtype))
-        tokenizer = AutoTokenizer.from_pretrained(model.cfg.tokenizer_name)
-    except Exception as exc:  # unknown name, no network, no access: all about the input
-        reason = str(exc) if len(str(exc)) <= 300 else str(exc)[:300] + " ..."
-        raise CheckpointError(f"Model {name!r} could not be loaded from the hub ({type(exc).__name__}: {reason}). Check "
-                              "the name (TransformerLens must know it), the network or the Hugging Face cache and your "
-                              "access to the model; a local checkpoint directory that does not exist is read as a hub "
-                              "name, so check that path too (--debug shows the traceback).") from exc
-    model.eval()
-    check_finite_weights(model, name)
-    store_weights_column_major(model)
-    return LoadedModel(model=model, tokenizer=tokenizer, source=name, fingerprint=model_fingerprint(model))
+    Errors say which case it is (:mod:`alignment_probe.hub`): unknown to TransformerLens, not cached
+    and no network, gated or private, an architecture TransformerLens cannot convert."""
+    from alignment_probe.hub import resolve_snapshot
+
+    official, path = resolve_snapshot(name)
+    return load_local_model(path, device=device, dtype=dtype, source=official)
 
 
-def load_model(spec: str | os.PathLike[str], *, device: str | None = "cpu", dtype: str | torch.dtype = "float32") -> LoadedModel:
+def resolve_tuned(base: str | os.PathLike[str], tuned: str | os.PathLike[str], *,
+                  cache_dir: str | os.PathLike[str] | None = None) -> tuple[str | os.PathLike[str], str | None]:
+    """``tuned``, or, when it is a peft adapter folder, the cached folder of it merged onto ``base``,
+    with a description of what was merged (for messages and manifests)."""
+    from alignment_probe.adapters import is_adapter_dir, merge_adapter
+    from alignment_probe.hub import resolve_snapshot
+
+    if not is_adapter_dir(tuned):
+        return tuned, None
+    base_dir = Path(base).expanduser().resolve() if is_local_checkpoint(base) else resolve_snapshot(str(base))[1]
+    merged = merge_adapter(base_dir, tuned, cache_dir=cache_dir, base_spec=str(base))
+    return merged, f"{base} + adapter {Path(tuned).expanduser().resolve()}"
+
+
+def load_model(spec: str | os.PathLike[str], *, device: str | None = "cpu", dtype: str | torch.dtype = "float32",
+               source: str | None = None) -> LoadedModel:
     """Load one model from a local checkpoint directory or a hub name."""
     device = resolve_device(device)
     if is_local_checkpoint(spec):
-        return load_local_model(spec, device=device, dtype=dtype)
+        return load_local_model(spec, device=device, dtype=dtype, source=source)
     return load_hub_model(str(spec), device=device, dtype=dtype)
 
 
@@ -401,14 +422,20 @@ def check_compatible(base: LoadedModel, tuned: LoadedModel) -> None:
 
 
 def load_twins(base: str | os.PathLike[str], tuned: str | os.PathLike[str], *, device: str | None = "cpu",
-              dtype: str | torch.dtype = "float32") -> Twins:
-    """Load ``base`` and ``tuned`` with identical (no) weight processing and check they are compatible."""
+              dtype: str | torch.dtype = "float32", cache_dir: str | os.PathLike[str] | None = None) -> Twins:
+    """Load ``base`` and ``tuned`` with identical (no) weight processing and check they are compatible.
+
+    ``tuned`` may be a peft adapter folder: it is merged onto ``base`` first (cached in ``cache_dir``,
+    default ``$ALIGNMENT_PROBE_CACHE`` or ``~/.cache/alignment-probe``). One model is loaded at a time,
+    each one's Hugging Face copy released before the next loads (peak: two converted models plus one
+    Hugging Face copy)."""
     precheck_pair(base, tuned)  # cheap: missing files and mismatched configs fail before any weights load
+    tuned_path, merged_from = resolve_tuned(base, tuned, cache_dir=cache_dir)
     b = load_model(base, device=device, dtype=dtype)
-    t = load_model(tuned, device=device, dtype=dtype)
+    t = load_model(tuned_path, device=device, dtype=dtype, source=merged_from)
     check_compatible(b, t)
     return Twins(base=b.model, tuned=t.model, tokenizer=b.tokenizer, base_source=b.source,
-                     tuned_source=t.source, base_fingerprint=b.fingerprint, tuned_fingerprint=t.fingerprint)
+                 tuned_source=t.source, base_fingerprint=b.fingerprint, tuned_fingerprint=t.fingerprint)
 
 
 # Old names, kept so existing scripts keep working.

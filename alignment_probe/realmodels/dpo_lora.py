@@ -31,7 +31,6 @@ Command line::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -40,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from alignment_probe.checkpoints import publish_directory
+from alignment_probe.adapters import merge_adapter
 from alignment_probe.data import PreferencePair, load_pairs
 from alignment_probe.realmodels.smollm2 import (MARKER, WEIGHTS, _make_readable, convert_smollm2, default_cache_root,
                                                 sha256_file)
@@ -295,10 +294,6 @@ def materialise_tuned(adapter_dir: Path | str, cache_dir: Path | str | None = No
     is still there, same sha256), else :func:`convert_smollm2` into the same cache root. Refuses an
     adapter whose recipe names a different base checkpoint.
     """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     adapter_dir = Path(adapter_dir).expanduser().resolve()
     for f in ADAPTER_FILES:
         if not (adapter_dir / f).is_file():
@@ -314,40 +309,12 @@ def materialise_tuned(adapter_dir: Path | str, cache_dir: Path | str | None = No
     if want not in (None, base_sha):
         raise ValueError(f"The adapter in {adapter_dir} was trained on a base with model.safetensors sha256 {want[:12]}…, "
                          f"but {base_dir} has {base_sha[:12]}…: not its base model.")
-    adapter_sha = {f: sha256_file(adapter_dir / f) for f in ADAPTER_FILES}
-    key = hashlib.sha256(json.dumps([base_sha, adapter_sha], sort_keys=True).encode()).hexdigest()[:16]
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
-    target = root / f"{TUNED_PREFIX}{key}"
-    marker = _read_json(target / TUNED_MARKER)
-    if marker and marker.get("key") == key and all(
-            (target / n).is_file() and (target / n).stat().st_size == i["size"] for n, i in marker["files"].items()):
-        return target
-
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{TUNED_PREFIX}{key}.tmp-", dir=root))
-    _make_readable(tmp)
-    try:
-        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
-        leftovers = [n for n in merged.state_dict() if "lora_" in n or "base_layer" in n]
-        if leftovers:
-            raise RuntimeError(f"merge_and_unload left adapter tensors behind: {leftovers[:3]}")
-        merged.save_pretrained(tmp, safe_serialization=True)
-        for name in TOKENIZER_FILES:  # byte-identical tokenizer: load_twins's compatibility check must pass
-            if (base_dir / name).is_file():
-                shutil.copyfile(base_dir / name, tmp / name)
-        if (adapter_dir / RECIPE).is_file():
-            shutil.copyfile(adapter_dir / RECIPE, tmp / RECIPE)
-        info = {"key": key, "base": str(base_dir), "base_model_safetensors_sha256": base_sha,
-                "adapter": str(adapter_dir), "adapter_sha256": adapter_sha, "versions": _versions(),
-                "files": {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
-                          for f in sorted(tmp.iterdir()) if f.is_file()}}
-        (tmp / TUNED_MARKER).write_text(json.dumps(info, indent=2) + "\n")
-        publish_directory(tmp, target, is_complete=lambda d: (d / TUNED_MARKER).is_file())
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    recipe_file = adapter_dir / RECIPE
+    # One merge implementation (alignment_probe.adapters); the base is identified by its weights' sha256
+    # above, so the adapter's recorded base name (a cache path on the training machine) is not checked.
+    return merge_adapter(base_dir, adapter_dir, cache_dir=cache_dir, check_name=False, prefix=TUNED_PREFIX,
+                         base_sha=base_sha, extra_files=(recipe_file,) if recipe_file.is_file() else (),
+                         extra_marker={"base_model_safetensors_sha256": base_sha, "versions": _versions()})
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
