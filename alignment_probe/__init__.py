@@ -8,12 +8,38 @@ The data path, one module per step::
     scoring.py       Δlogp        log p(completion | prompt), Δlogp, gain
     interventions.py patches      what a patch does to one activation (pure tensor functions)
     engine/          forwards     how patched runs execute: reference loop, fast engine
-    experiments/     E1–E6        one module per paper experiment, and the suite that runs them
+    experiments/     E1–E11       one module per experiment, each registering itself (registry.py),
+                                  and the suite: a dependency graph over the registry
     effects.py       the table    one tidy effects table that statistics, figures and reports read
     stats.py         CIs          bootstrap CIs, peak and onset layers, held-out splits
     report/          figures      plotly figures and the self-contained HTML report
     run.py, cli.py   the edges    the run directory (resumable) and the command line
+    rundir.py        read back    a finished run: tables in, summary and report regenerated
     organisms/       the default  the bundled model organisms and how they are built
+
+For notebooks, the package top level is the API (``import alignment_probe as ap``; see api.py)::
+
+    twins = ap.load_twins(base, tuned)        pairs = ap.load_pairs(data, n=16, tokenizer=twins.tokenizer)
+    ap.score(twins, pairs)                    eff = ap.sweep(twins, pairs, experiments=[...], hooks=[...])
+    ap.curves(eff)   ap.plot(eff)             ap.list_experiments()     ap.load_run("runs/default")
+
+Its names are imported on first use, so ``import alignment_probe`` (and the CLI) stays fast.
 """
 
 __version__ = "0.1.0"
+
+_API = ("load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run",
+        "completion_logprob", "sequence_tokens", "TokenizedPairs")
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from alignment_probe import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'alignment_probe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

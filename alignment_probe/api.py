@@ -1,0 +1,178 @@
+"""The notebook API: ``import alignment_probe as ap``. These names are the stable interface.
+
+::
+
+    twins = ap.load_twins(base, tuned, device="cpu", dtype="float32")  # checked base/tuned HookedTransformers
+    pairs = ap.load_pairs(data, n=16, seed=0, tokenizer=twins.tokenizer, max_length=512)
+    scores = ap.score(twins, pairs)              # the per-pair table of `alignment-probe score`
+    eff = ap.sweep(twins, pairs, experiments=["patch_tuned_to_base", "identity"],
+                   hooks=["resid_post", "mlp_out"], layers=None, scope="all", engine="fast")
+    ap.curves(eff)                               # experiment, hook, scope, param, layer, mean, ci_low, ci_high, n
+    ap.plot(eff)                                 # one line (with CI band) per condition
+    ap.list_experiments()                        # the registry: name, method id, description
+    run = ap.load_run("runs/default")            # .effects, .scores, .summary, .manifest, .report()
+
+With no arguments, ``load_twins()`` and ``load_pairs(tokenizer=...)`` use the bundled model
+organisms and their held-out pairs (offline). For a hand-made patch, :func:`completion_logprob`
+runs one sequence with any TransformerLens forward hooks and returns log p(completion | prompt).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from alignment_probe.errors import ConfigError
+
+__all__ = ["load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run",
+           "completion_logprob", "sequence_tokens", "TokenizedPairs"]
+
+
+def load_twins(base: str | os.PathLike[str] | None = None, tuned: str | os.PathLike[str] | None = None, *,
+               device: str | None = "cpu", dtype: str = "float32") -> Any:
+    """Load a base model and its tuned twin as unprocessed HookedTransformers, checked compatible.
+
+    ``base``/``tuned``: hub names TransformerLens knows or local Hugging Face checkpoint folders;
+    both None: the bundled model organisms. Returns :class:`~alignment_probe.pair.Twins`
+    (``.base``, ``.tuned``, ``.tokenizer``, ``.n_layers``, ``.d_model``)."""
+    from alignment_probe.pair import load_twins as _load
+
+    if (base is None) != (tuned is None):
+        raise ConfigError("pass both base= and tuned= (or neither, for the bundled model organisms).")
+    if base is None:
+        from alignment_probe.organisms import bundled_pair_paths
+
+        base, tuned = bundled_pair_paths()
+    return _load(base, tuned, device=device, dtype=dtype)
+
+
+class TokenizedPairs(list):
+    """A list of :class:`~alignment_probe.tokens.TokenizedPair`, with ``.report``: what was read and
+    skipped (and why) from the data source."""
+
+    report: Any = None
+
+
+def load_pairs(data: str | os.PathLike[str] | None = None, *, n: int | None = 16, seed: int = 0,
+               tokenizer: Any = None, max_length: int | None = 512, data_dir: str | None = None,
+               split: str = "test") -> TokenizedPairs:
+    """Read preference pairs (HH-RLHF JSONL, prompt/chosen/rejected JSONL, or a hub dataset name), draw a
+    seeded sample of ``n`` usable pairs (None: all) and tokenise them with ``tokenizer`` (BOS + prompt +
+    completion; prompts longer than ``max_length`` lose tokens from the left). ``data=None``: the bundled
+    held-out pairs."""
+    from alignment_probe.data import load_pairs as read_pairs
+    from alignment_probe.tokens import check_sampling_options, sample_and_tokenize
+
+    if tokenizer is None:
+        raise ConfigError("load_pairs needs the twins' tokenizer: pass tokenizer=twins.tokenizer.")
+    if data is None:
+        from alignment_probe.organisms import bundled_pairs_path
+
+        data = bundled_pairs_path()
+    pairs, report = read_pairs(data, data_dir=data_dir, split=split)
+    check_sampling_options(n, max_length, len(pairs), str(data), report)
+    out = TokenizedPairs(sample_and_tokenize(pairs, tokenizer, n_pairs=n, seed=seed, max_length=max_length,
+                                             report=report))
+    out.report = report
+    return out
+
+
+def score(twins: Any, pairs: Sequence[Any], *, batch_size: int = 8) -> pd.DataFrame:
+    """One row per pair: both models' log-probs of both completions, their Δlogp and the gain."""
+    from alignment_probe.scoring import score_pairs
+
+    return score_pairs(twins, pairs, batch_size=batch_size)
+
+
+def sweep(twins: Any, pairs: Sequence[Any], *, experiments: Sequence[str] = ("patch_tuned_to_base",),
+          hooks: Sequence[str] = ("resid_post",), layers: Sequence[int] | None = None, scope: str = "all",
+          engine: str = "fast", seed: int = 0, progress: bool = True, **options: Any) -> pd.DataFrame:
+    """Patch every layer (or ``layers``) at each hook point for each per-layer experiment; returns the
+    tidy effects table (one row per pair × condition, see effects.py).
+
+    ``experiments``: any registered name that emits per-layer rows (``ap.list_experiments()``).
+    ``options``: other :class:`~alignment_probe.experiments.suite.SuiteConfig` fields (``alphas``,
+    ``vector_scale``…). ``engine``: ``"fast"`` or ``"reference"`` (same numbers, one forward per patch).
+    """
+    from alignment_probe.engine import make_engine
+    from alignment_probe.experiments import registry
+    from alignment_probe.experiments.suite import SuiteConfig, per_layer_specs
+
+    experiments = [experiments] if isinstance(experiments, str) else list(experiments)
+    hooks = [hooks] if isinstance(hooks, str) else list(hooks)
+    allowed = registry.per_layer_names()
+    bad = [e for e in experiments if e not in allowed]
+    if bad:
+        raise ConfigError(f"ap.sweep runs experiments that emit per-layer rows; {', '.join(map(repr, bad))} "
+                          f"{'is' if len(bad) == 1 else 'are'} not one. Choose from {', '.join(allowed)} (the "
+                          "others need the whole suite: use `alignment-probe run --experiments ...`).")
+    if not hooks:
+        raise ConfigError("hooks is empty; pass at least one hook point, e.g. hooks=['resid_post'].")
+    specs = []
+    for hook in hooks:
+        cfg = SuiteConfig(experiments=tuple(experiments), hook=hook, scope=scope,
+                          layers=None if layers is None else tuple(int(x) for x in layers), seed=seed, **options)
+        cfg.validate(twins.n_layers)
+        specs += per_layer_specs(cfg, twins.n_layers, twins.d_model)
+    return make_engine(engine).run(twins, list(pairs), specs, progress=progress)
+
+
+def curves(effects: pd.DataFrame, *, seed: int = 0, n_boot: int = 2000) -> pd.DataFrame:
+    """Tidy per-layer curves of any slice of an effects table: ``experiment, hook, scope, param, layer,
+    mean, ci_low, ci_high, n`` (+ target, source, sides, split), one row per condition and layer."""
+    from alignment_probe.report.curves import curves as _curves
+
+    return _curves(effects, seed=seed, n_boot=n_boot)
+
+
+def plot(effects: pd.DataFrame, *, title: str = "Per-layer effect by condition", seed: int = 0,
+         n_boot: int = 2000) -> Any:
+    """A plotly Figure: one line with its 95% CI band per condition of an effects table (or of ``curves``)."""
+    from alignment_probe.report.curves import plot as _plot
+
+    return _plot(effects, title=title, seed=seed, n_boot=n_boot)
+
+
+def list_experiments() -> pd.DataFrame:
+    """Every registered experiment name with its method id (E1–E11), label and one-line description."""
+    from alignment_probe.experiments import registry
+
+    return pd.DataFrame(registry.table(), columns=["name", "method", "description", "label", "experiment"])
+
+
+def load_run(path: str | os.PathLike[str]) -> Any:
+    """A finished run directory: ``.effects``, ``.scores``, ``.summary``, ``.manifest``, ``.fits``,
+    ``.curves(...)``, ``.report(path=None)`` (regenerated from the tables)."""
+    from alignment_probe.rundir import load_run as _load
+
+    return _load(Path(path))
+
+
+def sequence_tokens(pair: Any, side: str = "chosen") -> Any:
+    """The token ids [1, pos] of one side of a tokenised pair (BOS + prompt + completion)."""
+    import torch
+
+    from alignment_probe.vocab import SIDES
+
+    if side not in SIDES:
+        raise ConfigError(f"side must be one of {', '.join(SIDES)}, not {side!r}.")
+    seq = pair.sequence(side)
+    return torch.tensor([list(seq.prompt_ids) + list(seq.completion_ids)], dtype=torch.long)
+
+
+def completion_logprob(model: Any, pair: Any, side: str = "chosen",
+                       fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = ()) -> float:
+    """log p(completion | prompt) of one side of a tokenised pair under ``model`` (a HookedTransformer),
+    with any TransformerLens forward hooks applied: the building block of a hand-made patch."""
+    import torch
+
+    seq = pair.sequence(side)
+    tokens = sequence_tokens(pair, side).to(model.cfg.device)
+    with torch.inference_mode():
+        logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
+    logp = logits[0, seq.completion_start - 1: seq.length - 1].float().log_softmax(-1)
+    target = tokens[0, seq.completion_start: seq.length]
+    return float(logp.gather(-1, target[:, None]).sum())

@@ -1,0 +1,133 @@
+"""A finished run directory, read back: its tables, and everything derived from them regenerated.
+
+After the engine, a run's numbers live in its tables — ``effects.parquet``, ``scores.parquet`` and
+``fits.json`` (what experiments fitted on all pairs: low rank's variance explained, the LASSO) — and
+its ``manifest.json`` (configuration, model shapes and fingerprints). The summary, the figures, the
+findings-vs-paper verdicts and the report are pure functions of those: ``summary.json`` and
+``report.html`` are caches, and :meth:`RunDir.regenerate` rebuilds them byte for byte.
+
+    run = ap.load_run("runs/default")
+    run.effects                      # the tidy effects table (see effects.py)
+    run.summary["gain_mean"]
+    run.report("runs/default/report-again.html")
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from alignment_probe.errors import ConfigError
+
+
+def suite_config(manifest: Mapping[str, Any]) -> Any:
+    """The run's SuiteConfig, from its manifest (JSON lists back to tuples)."""
+    from alignment_probe.experiments.suite import SuiteConfig
+
+    raw = dict((manifest.get("config") or {}).get("suite") or {})
+    known = set(SuiteConfig.__dataclass_fields__)
+    return SuiteConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known})
+
+
+def run_info(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary's ``run`` entry: seed, engine and the two checkpoints' fingerprints."""
+    config, models = manifest.get("config") or {}, manifest.get("models") or {}
+    return {"seed": config.get("seed"), "engine": config.get("engine"),
+            "base_fingerprint": (models.get("base") or {}).get("fingerprint"),
+            "tuned_fingerprint": (models.get("tuned") or {}).get("fingerprint")}
+
+
+def summarize_run(effects: pd.DataFrame, scores: pd.DataFrame, fits: Mapping[str, Any],
+                  manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """summary.json of a run, from its tables and manifest alone."""
+    from alignment_probe.experiments.suite import summarize_tables
+
+    models = manifest.get("models") or {}
+    summary = summarize_tables(effects, scores, fits, suite_config(manifest), n_layers=int(models["n_layers"]),
+                               d_model=int(models["d_model"]))
+    summary["run"] = run_info(manifest)
+    return summary
+
+
+@dataclass
+class RunDir:
+    """One run directory's tables and caches (see the module docstring)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    effects: pd.DataFrame
+    scores: pd.DataFrame
+    fits: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)  # summary.json as stored
+
+    def summarize(self) -> dict[str, Any]:
+        """The summary recomputed from the tables (equals :attr:`summary` for an untouched run)."""
+        return summarize_run(self.effects, self.scores, self.fits, self.manifest)
+
+    def report_html(self, summary: Mapping[str, Any] | None = None) -> str:
+        from alignment_probe.report.html import render_report
+
+        return render_report(summary if summary is not None else self.summarize(), self.manifest, scores=self.scores,
+                             effects=self.effects)
+
+    def report(self, path: str | Path | None = None) -> Path:
+        """Write the report regenerated from the tables (default: the run's own ``report.html``)."""
+        from alignment_probe.tables import write_bytes_atomic
+
+        target = Path(path) if path is not None else self.path / "report.html"
+        return write_bytes_atomic(target, self.report_html().encode("utf-8"))
+
+    def regenerate(self) -> dict[str, Any]:
+        """Rewrite summary.json and report.html from the tables; returns the summary."""
+        from alignment_probe.manifest import write_json_atomic
+
+        summary = self.summarize()
+        write_json_atomic(self.path / "summary.json", summary)
+        self.summary = summary
+        self.report()
+        return summary
+
+    def curves(self, **where: Any) -> pd.DataFrame:
+        """Per-condition, per-layer means with CIs of this run's effects (``ap.curves``), optionally sliced
+        by column values, e.g. ``run.curves(experiment="patch_tuned_to_base", hook=["resid_post", "mlp_out"])``."""
+        from alignment_probe.report.curves import curves, select
+
+        cfg = suite_config(self.manifest)
+        return curves(select(self.effects, **where), seed=cfg.seed, n_boot=cfg.n_boot)
+
+
+def _fits_from_parts(path: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Runs written before fits.json existed keep the same records among their parts."""
+    from alignment_probe.experiments.suite import plan_steps
+
+    fits = {}
+    steps = plan_steps(suite_config(manifest))
+    for step in steps:
+        exp = step.experiment
+        same_stage = [s for s in steps if s.stage == step.stage and s.experiment.fit is not None]
+        name = (exp.key if exp.compute is not None else
+                f"stage{step.stage}-fit" + ("" if len(same_stage) == 1 else f"-{exp.key}") if exp.fit else None)
+        part = path / "parts" / f"{name}.json"
+        if name and part.is_file():
+            fits[exp.key] = json.loads(part.read_text())
+    return fits
+
+
+def load_run(path: str | Path) -> RunDir:
+    """Read a run directory written by ``alignment-probe run`` (or ``ap.run``)."""
+    path = Path(path)
+    missing = [name for name in ("manifest.json", "effects.parquet", "scores.parquet") if not (path / name).is_file()]
+    if missing:
+        hint = (" The run has not finished: rerun the same command to resume it."
+                if (path / "manifest.json").is_file() else " Is this the --out folder of `alignment-probe run`?")
+        raise ConfigError(f"{path} is not a finished run directory: {', '.join(missing)} missing.{hint}")
+    manifest = json.loads((path / "manifest.json").read_text())
+    fits = json.loads((path / "fits.json").read_text()) if (path / "fits.json").is_file() else _fits_from_parts(
+        path, manifest)
+    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
+    return RunDir(path=path, manifest=manifest, effects=pd.read_parquet(path / "effects.parquet"),
+                  scores=pd.read_parquet(path / "scores.parquet"), fits=fits, summary=summary)
