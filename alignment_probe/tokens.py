@@ -32,7 +32,7 @@ TOO_LONG = "completion longer than max_length"  # the skip reason tokenize_pair'
 
 @dataclass(frozen=True)
 class TokenizedPair:
-    """Token ids of one pair. ``prompt_ids`` starts with BOS (when the tokenizer has one)."""
+    """Token ids of one pair. ``prompt_ids`` starts with exactly one BOS (:func:`bos_ids`)."""
 
     pair_id: int
     prompt_ids: tuple[int, ...]
@@ -66,11 +66,29 @@ class ScoredSequence:
 
 
 def bos_ids(tokenizer: Any) -> list[int]:
-    """[BOS] if the tokenizer defines one, else [] (e.g. some GPT-2-style tokenizers use EOS as BOS)."""
+    """The one token every scored sequence starts with, whatever the tokenizer would do by itself.
+
+    * the tokenizer's BOS (Llama, Gemma, SmolLM2; GPT-2's BOS *is* its ``<|endoftext|>`` EOS token);
+    * a tokenizer without BOS (Qwen2/2.5/3, some OLMo and Pythia exports) gets its EOS: the document
+      separator these models saw before every training document, so the first real token has a
+      predictor and position 0 is the attention sink it always was;
+    * a tokenizer with neither is refused, since a sequence without a start token would score its
+      first prompt token differently from every other model's.
+
+    Prompts and completions are encoded with ``add_special_tokens=False``, so a tokenizer that adds
+    BOS itself (Gemma) does not add a second one (:func:`tokenize_pair` also drops a leading BOS that
+    slips through)."""
     bos = tokenizer.bos_token_id
     if bos is None:
         bos = tokenizer.eos_token_id
-    return [bos] if bos is not None else []
+    if bos is None:
+        from alignment_probe.errors import CheckpointError
+
+        raise CheckpointError(
+            f"The tokenizer ({getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}) defines neither a BOS "
+            "nor an EOS token, so scored sequences have no start token. Set one and save it with the checkpoint: "
+            "tokenizer.bos_token = '<the model's start token>'; tokenizer.save_pretrained(dir).")
+    return [bos]
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -82,6 +100,8 @@ def tokenize_pair(pair: PreferencePair, tokenizer: Any, max_length: int | None =
     completion alone exceeds ``max_length`` (callers turn that into a reported skip)."""
     bos = bos_ids(tokenizer)
     prompt = encode(tokenizer, pair.prompt)
+    while prompt[:1] == bos:  # a tokenizer that adds BOS regardless, or a prompt that starts with it: one BOS only
+        prompt = prompt[1:]
     chosen = encode(tokenizer, pair.chosen)
     rejected = encode(tokenizer, pair.rejected)
     if not chosen or not rejected:

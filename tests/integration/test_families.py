@@ -313,3 +313,27 @@ def test_family_patching_invariants(fam, build):
     chosen, rejected = e["source_chosen_only"].xs("resid_post", level="hook"), e["source_rejected_only"].xs(
         "resid_post", level="hook")
     np.testing.assert_allclose((chosen + rejected).to_numpy(), both.loc[chosen.index].to_numpy(), atol=1e-9, rtol=0)
+
+
+def test_exactly_one_bos_even_when_the_text_or_tokenizer_brings_one(base_tokenizer):
+    from alignment_probe.data import PreferencePair
+    from alignment_probe.tokens import tokenize_pair
+
+    tok = family_tokenizer("adds_bos", base_tokenizer)
+    assert tok.encode("Hi")[0] == tok.bos_token_id  # this tokenizer adds BOS by itself
+    pair = PreferencePair(0, "<|bos|>\n\nHuman: Hi there\n\nAssistant:", " Hello.", " Go away.")
+    t = tokenize_pair(pair, tok)
+    assert t.prompt_ids[0] == tok.bos_token_id and tok.bos_token_id not in t.prompt_ids[1:]
+    assert list(t.prompt_ids[1:]) == tok.encode("\n\nHuman: Hi there\n\nAssistant:", add_special_tokens=False)
+
+
+def test_tokenizer_without_bos_or_eos_is_refused(base_tokenizer):
+    from transformers import PreTrainedTokenizerFast
+
+    from alignment_probe.errors import CheckpointError
+    from alignment_probe.tokens import bos_ids
+
+    assert bos_ids(family_tokenizer("no_bos", base_tokenizer)) == [base_tokenizer.eos_token_id]
+    bare = PreTrainedTokenizerFast(tokenizer_object=copy.deepcopy(base_tokenizer.backend_tokenizer))
+    with pytest.raises(CheckpointError, match="neither a BOS nor an EOS token"):
+        bos_ids(bare)
