@@ -39,6 +39,7 @@ from alignment_probe.vocab import LOWRANK_MODE_NAMES, LOWRANK_MODES, Hook, LowRa
 MODES = LOWRANK_MODES  # experiment name → low-rank mode (defined once, in alignment_probe.vocab)
 # stacked_activations: [rows, d_model] per model, and the owning pair of every row under "pair_id".
 Stacked = dict[str, Float[Tensor, "rows d_model"] | Int[Tensor, " rows"]]
+Subset = dict[str, Float[Tensor, "kept d_model"] | Int[Tensor, " kept"]]  # rows_of: some of those rows
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -80,7 +81,7 @@ def stacked_activations(pair: Twins, tokenized: Sequence[TokenizedPair], *, laye
     return {m: torch.cat(v) for m, v in out.items()} | {"pair_id": torch.cat(owner)}
 
 
-def rows_of(acts: Stacked, pair_ids: Iterable[int]) -> Stacked:
+def rows_of(acts: Stacked, pair_ids: Iterable[int]) -> Subset:
     """The rows of :func:`stacked_activations` that belong to ``pair_ids``."""
     keep = torch.isin(acts["pair_id"], torch.tensor(sorted(pair_ids), dtype=torch.long))
     return {m: v[keep] for m, v in acts.items()}
