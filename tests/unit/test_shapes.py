@@ -79,6 +79,16 @@ def test_lowrank_shapes():
         Subspace(basis=torch.eye(4), variance=torch.ones(3), centre=None)
 
 
+def test_lowrank_row_subsets_have_their_own_length():
+    from alignment_probe.experiments.lowrank import rows_of
+
+    acts = {"base": torch.zeros(5, 3), "tuned": torch.ones(5, 3), "pair_id": torch.tensor([0, 0, 1, 2, 2])}
+    kept = rows_of(acts, [0, 2])
+    assert kept["tuned"].shape == (4, 3) and kept["pair_id"].tolist() == [0, 0, 2, 2]
+    with pytest.raises(TypeCheckError, match="acts"):  # (beartype checks one value of a dict per call)
+        rows_of({"pair_id": torch.zeros(5, 2, dtype=torch.long)}, [0])
+
+
 def test_lasso_shapes():
     from alignment_probe.experiments.lasso import fit_lasso, standardize
 
