@@ -7,13 +7,18 @@ centring). For Llama-family models TransformerLens's processing would leave the 
 the raw Hugging Face basis anyway, but it costs memory and changes logits by a per-position
 constant; unprocessed loading is the simple, always-sound choice (see docs/method.md).
 
-Two loading routes:
+Where a model comes from:
 
-* a **hub name** TransformerLens knows (``meta-llama/Llama-3.2-1B``, ``Qwen/Qwen2.5-0.5B``,
-  ``EleutherAI/pythia-160m``...): ``HookedTransformer.from_pretrained_no_processing``;
 * a **local Hugging Face checkpoint directory** (config.json + weights + tokenizer files), fully
-  offline, for any architecture family TransformerLens converts (Llama family first), even when
-  TransformerLens has no official name for the checkpoint.
+  offline, for every family TransformerLens converts, named or not: the TransformerLens config is
+  built from the checkpoint's own config.json (:mod:`alignment_probe.families`);
+* a **hub name** TransformerLens knows (``meta-llama/Llama-3.2-1B``, ``Qwen/Qwen2.5-0.5B``, ``gpt2``...):
+  its snapshot folder in the Hugging Face cache (downloaded if the hub can be reached), loaded the same
+  way (:mod:`alignment_probe.hub`);
+* for the tuned twin, a **peft adapter folder** (adapter_config.json): merged onto the base into a
+  cached checkpoint folder first (:mod:`alignment_probe.adapters`).
+
+Models load one at a time, each one's Hugging Face copy released before the next loads.
 
 Before any compute, :func:`check_compatible` refuses pairs that differ in architecture, size or
 tokenizer behaviour.
