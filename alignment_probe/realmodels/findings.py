@@ -39,134 +39,17 @@ every experiment) for a GPU.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from alignment_probe.experiments.suite import SuiteConfig
+from alignment_probe.experiments import registry
 from alignment_probe.manifest import write_json_atomic
-from alignment_probe.realmodels.dpo_lora import DEFAULT_DATA, heldout_pairs, materialise_tuned
-from alignment_probe.realmodels.smollm2 import convert_smollm2
-
-REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "smollm2"
-HELPFUL_DATA = DEFAULT_DATA.parents[1] / "helpful-base" / "test.jsonl.gz"
-DPO_ADAPTER = "dpo-lora-s0"
-PLANTED_ADAPTER = "dpo-planted-L15"
-PLANTED_LAYER = 15
-RUNS = ("harmless", "harmless-peak", "controls", "planted", "helpful")
-
-# What each run patches. "cpu" is what one 2-core CPU session can afford (docs/findings-smollm2.md
-# has the times); "full" is the paper's whole protocol, for a GPU.
-PROTOCOLS: dict[str, dict[str, Any]] = {
-    "cpu": {"n_pairs": 80, "layers": "0,6,12,15,18,24,29", "planted_layers": "0,6,12,14,15,16,18,24,29",
-            "harmless": ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "source_chosen_only",
-                         "source_rejected_only", "lasso"),
-            "helpful": ("patch_tuned_to_base", "identity", "source_chosen_only", "source_rejected_only"),
-            "planted": ("patch_tuned_to_base", "identity"),
-            "alphas": (0.0, 0.5, 1.0, 1.5), "lowrank_ks": (1, 4, 16, 64), "peak_span": 0},
-    "full": {"n_pairs": 400, "layers": "0:30", "planted_layers": "0:30",
-             "harmless": ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction",
-                          "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected",
-                          "vector_contrast", "lasso"),
-             "helpful": ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "source_chosen_only",
-                         "source_rejected_only", "lasso"),
-             "planted": ("patch_tuned_to_base", "patch_base_to_tuned", "identity"),
-             "alphas": (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5), "lowrank_ks": (1, 2, 4, 8, 16, 32, 64, 128, 256),
-             "peak_span": 2},
-}
-
-
-def neighbours(peak: int, swept: Sequence[int], span: int) -> tuple[int, ...]:
-    """The peak and the swept layers ``span`` positions either side of it in the sweep."""
-    swept = sorted(swept)
-    i = swept.index(peak)
-    return tuple(swept[max(0, i - span): i + span + 1])
-
-
-def models(cache_dir: Path | None = None, adapters: Path = REPO_DATA,
-           twins: Sequence[str] = ("dpo", "planted")) -> dict[str, Path]:
-    """Checkpoint directories of the base and the ``twins`` asked for (converted / merged once, then cached)."""
-    base = convert_smollm2(cache_dir)
-    names = {"dpo": DPO_ADAPTER, "planted": PLANTED_ADAPTER}
-    return {"base": base} | {t: materialise_tuned(adapters / names[t], cache_dir, base_dir=base) for t in twins}
-
-
-def write_heldout_ids(path: Path) -> Path:
-    """The harmless-base pairs the adapters were not trained on, as a JSON list of pair ids."""
-    ids = [p.pair_id for p in heldout_pairs(DEFAULT_DATA)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, ids)
-    return path
-
-
-def plan(paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_pairs: int, max_length: int,
-         layers: Sequence[int], planted_layers: Sequence[int], seed: int, n_boot: int, peak_span: int,
-         e1: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Keyword arguments of each run's :class:`~alignment_probe.run.RunRequest`. ``harmless-peak`` and
-    ``controls`` patch at the peak and onset layers of ``harmless/``'s E1, so they are planned only once
-    its summary ``e1`` is known."""
-    common = {"n_pairs": n_pairs, "max_length": max_length}
-    harmless = {"data": str(DEFAULT_DATA), "pair_ids": str(ids_file), **common}
-    out_plan: dict[str, dict[str, Any]] = {
-        "harmless": {"base": paths["base"], "tuned": paths.get("dpo"), **harmless,
-                     "suite": SuiteConfig(experiments=protocol["harmless"], layers=tuple(layers), seed=seed,
-                                          n_boot=n_boot)},
-        "planted": {"base": paths["base"], "tuned": paths.get("planted"), **harmless,
-                    "suite": SuiteConfig(experiments=protocol["planted"], extra_hooks=("mlp_out",),
-                                         layers=tuple(planted_layers), seed=seed, n_boot=n_boot)},
-        "helpful": {"base": paths["base"], "tuned": paths.get("dpo"), "data": str(HELPFUL_DATA), **common,
-                    "suite": SuiteConfig(experiments=protocol["helpful"], layers=tuple(layers), seed=seed,
-                                         n_boot=n_boot)},
-    }
-    if e1 is not None:
-        peak, onset = e1["peak_layer"], e1["onset_layer"]
-        # α at the peak, its swept neighbours and the onset; low rank (many patches per layer) at the peak
-        # and the onset: with a curve that rises to the last layer the peak is the unembedding's input,
-        # and the onset is where the effect first takes hold.
-        peak_layers = tuple(sorted({*neighbours(peak, layers, peak_span), onset}))
-        out_plan["harmless-peak"] = {
-            **out_plan["harmless"],
-            "suite": SuiteConfig(experiments=("alpha", "lowrank_difference", "lowrank_reconstruct"),
-                                 layers=tuple(peak_layers), alpha_layers=tuple(peak_layers), alphas=protocol["alphas"],
-                                 lowrank_layers=tuple(sorted({peak, onset})), lowrank_ks=protocol["lowrank_ks"],
-                                 seed=seed, n_boot=n_boot)}
-        # Random controls at the same two layers (the cpu protocol's sweep leaves them out).
-        out_plan["controls"] = {**out_plan["harmless"],
-                                "suite": SuiteConfig(experiments=("identity", "random_noise", "random_direction"),
-                                                     layers=tuple(sorted({onset, peak})), seed=seed, n_boot=n_boot)}
-    return out_plan
-
-
-def run_one(name: str, kwargs: dict[str, Any], out: Path, *, device: str | None, batch_size: int,
-            log: Callable[[str], None], nproc: int = 1, threads: int | None = None) -> dict[str, Any]:
-    """One resumable ``alignment-probe run`` into ``out/name``; returns its summary. ``nproc`` > 1: the
-    same run as that many torchrun processes (``threads`` each), with the same numbers."""
-    from alignment_probe.run import RunRequest, execute
-
-    kw = dict(kwargs)
-    req = RunRequest(base=str(kw.pop("base")), tuned=str(kw.pop("tuned")), out=out / name, device=device,
-                     batch_size=batch_size, argv=["alignment_probe.realmodels.findings", name], **kw)
-    t0 = time.perf_counter()
-    log(f"[{name}] running into {req.out}")
-    if nproc > 1:
-        from alignment_probe.distributed import launch
-
-        launch(req, nproc, threads=threads, log=lambda s: log(f"[{name}] {s}"))
-    else:
-        execute(req, progress=True, log=lambda s: log(f"[{name}] {s}"))
-    summary = json.loads((req.out / "summary.json").read_text())
-    timing = req.out / "wall_seconds.json"
-    if not timing.exists():  # the first complete run's wall time; a resumed no-op does not overwrite it
-        write_json_atomic(timing, {"wall_seconds": round(time.perf_counter() - t0, 1), "device": device,
-                                   "threads": (threads or 1) if nproc > 1 else _threads(), "processes": nproc})
-    return summary
-
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
+from alignment_probe.realmodels.dpo_lora import DEFAULT_DATA
+from alignment_probe.realmodels.protocol import (  # noqa: F401  (the plan: kept importable from here)
+    DPO_ADAPTER, PLANTED_ADAPTER, PLANTED_LAYER, PROTOCOLS, REPO_DATA, RUNS, models, neighbours, plan, run_one,
+    write_heldout_ids)
+from alignment_probe.report.format import ci_cell as _ci
+from alignment_probe.report.format import layer_ci_cell as _layer_ci
 
 def _read(path: Path) -> dict[str, Any]:
     try:
@@ -191,18 +74,16 @@ def _layer_result(entry: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def extra_hook_results(run_dir: Path, hooks: Sequence[str], *, seed: int, n_boot: int) -> dict[str, Any]:
-    """E1 at the extra hook points (the summary reports the default hook only): per-layer means, CIs, peak, onset."""
-    import pandas as pd
-
+    """E1 at the extra hook points (the summary reports the default hook only), from the run's effects
+    table: per-layer means, CIs, peak, onset."""
     from alignment_probe import stats
+    from alignment_probe.report.curves import select
+    from alignment_probe.rundir import load_run
 
-    effects = pd.read_parquet(run_dir / "effects.parquet")
-    out = {}
-    for hook in hooks:
-        rows = effects[(effects.experiment == "patch_tuned_to_base") & (effects.hook == hook)
-                       & (effects.scope == "all") & (effects.split == "all")]
-        out[hook] = _layer_result(stats.summarize_experiment(rows, seed=seed, n_boot=n_boot))
-    return out
+    effects = load_run(run_dir).effects
+    return {hook: _layer_result(stats.summarize_experiment(
+        select(effects, experiment="patch_tuned_to_base", hook=hook, scope="all", split="all"), seed=seed,
+        n_boot=n_boot)) for hook in hooks}
 
 
 def collect(summaries: dict[str, dict[str, Any]], *, n_layers: int, planted_layer: int,
@@ -243,16 +124,6 @@ def collect(summaries: dict[str, dict[str, Any]], *, n_layers: int, planted_laye
 # --------------------------------------------------------------------------------------------
 # The numbers as Markdown tables (docs/findings-smollm2.md quotes them)
 # --------------------------------------------------------------------------------------------
-def _ci(mean: float, ci: Sequence[float], digits: int = 2) -> str:
-    return f"{mean:+.{digits}f} [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
-
-
-def _layer_ci(per_layer: Sequence[dict[str, Any]], layer: int) -> str:
-    """``mean [lo, hi]`` of ``layer`` in a summary's per-layer rows ("" when that layer was not run)."""
-    hit = [x for x in per_layer if x["layer"] == layer]
-    return _ci(hit[0]["mean"], (hit[0]["ci_low"], hit[0]["ci_high"])) if hit else ""
-
-
 def _row(cells: Sequence[Any]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -261,10 +132,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)])
 
 
-LABELS = {"patch_tuned_to_base": "E1 tuned→base", "patch_base_to_tuned": "E2 base→tuned",
-          "source_chosen_only": "chosen only", "source_rejected_only": "rejected only",
-          "random_noise": "random noise", "random_direction": "random direction", "vector_chosen": "vector chosen",
-          "vector_rejected": "vector rejected", "vector_contrast": "vector contrast"}
+CURVES = ("patch_tuned_to_base", "patch_base_to_tuned", "source_chosen_only", "source_rejected_only", "random_noise",
+          "random_direction", "vector_chosen", "vector_rejected", "vector_contrast")
+
+
+def _label(name: str) -> str:
+    """The registry's method id and label, e.g. "E3 base → tuned" (one numbering everywhere)."""
+    return f"{registry.method_id(name)} {registry.label(name)}" if registry.method_id(name) else name
 
 
 def render_tables(found: dict[str, Any]) -> str:
@@ -276,19 +150,20 @@ def render_tables(found: dict[str, Any]) -> str:
                     [[r, found[r]["n_pairs"], f"{found[r]['base_delta_logp_mean']:+.2f}",
                       f"{found[r]['tuned_delta_logp_mean']:+.2f}", _ci(found[r]["gain_mean"], found[r]["gain_ci"])]
                      for r in runs])]
-    curves = [(r, key, found[r][key]) for r in runs for key in LABELS if found[r].get(key)]
-    curves += [(r, f"E1 tuned→base @ {hook}", res) for r in runs for hook, res in (found[r].get("by_hook") or {}).items()]
+    curves = [(r, key, found[r][key]) for r in runs for key in CURVES if found[r].get(key)]
+    curves += [(r, f"{_label('patch_tuned_to_base')} @ {hook}", res) for r in runs
+               for hook, res in (found[r].get("by_hook") or {}).items()]
     peak_rows = []
     for run, key, res in curves:
         held = res.get("heldout") or {}
         held_txt = (f"layer {held['chosen_layer']}: {_ci(held['heldout_mean'], held['heldout_ci'])}"
                     if held.get("heldout_ci") else "")
-        peak_rows.append([run, LABELS.get(key, key), f"{res['peak_layer']} {res['peak_layer_ci']}",
+        peak_rows.append([run, _label(key), f"{res['peak_layer']} {res['peak_layer_ci']}",
                           f"{res['onset_layer']} {res['onset_layer_ci']}", held_txt])
     parts += ["### Peak and onset layers [95 % CI]; held-out peak (chosen on half the pairs, measured on the other half)",
               _table(["run", "experiment", "peak", "onset", "held-out peak"], peak_rows)]
     for run in runs:
-        present = [(LABELS.get(key, key), res) for r, key, res in curves if r == run]
+        present = [(_label(key), res) for r, key, res in curves if r == run]
         if not present:
             continue
         layers = sorted({row["layer"] for _, res in present for row in res["per_layer"]})
@@ -374,7 +249,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     from alignment_probe.cli import _layers
 
-    global DEFAULT_DATA, HELPFUL_DATA  # --hh-dir: the data every run plan reads
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/smollm2"))
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu",
@@ -400,9 +274,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
                    help="HH-RLHF folder with harmless-base/ and helpful-base/ test.jsonl.gz (default: "
                         "$ALIGNMENT_PROBE_HH_DIR, else ../shared/data/hh-rlhf)")
     a = p.parse_args(argv)
-    DEFAULT_DATA = a.hh_dir / "harmless-base" / "test.jsonl.gz"
-    HELPFUL_DATA = a.hh_dir / "helpful-base" / "test.jsonl.gz"
-    for f in (DEFAULT_DATA, *([HELPFUL_DATA] if "helpful" in a.runs.split(",") else [])):
+    harmless_data = a.hh_dir / "harmless-base" / "test.jsonl.gz"
+    helpful_data = a.hh_dir / "helpful-base" / "test.jsonl.gz"
+    for f in (harmless_data, *([helpful_data] if "helpful" in a.runs.split(",") else [])):
         if not f.is_file():
             p.error(f"{f} not found: pass --hh-dir (or set ALIGNMENT_PROBE_HH_DIR) to the folder holding "
                     "harmless-base/ and helpful-base/ test.jsonl.gz of the datasets dataset Anthropic/hh-rlhf")
@@ -422,9 +296,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     out: Path = a.out
     out.mkdir(parents=True, exist_ok=True)
     paths = models(a.cache_dir, a.adapters, twins=sorted({"planted" if r == "planted" else "dpo" for r in wanted}))
-    ids_file = write_heldout_ids(out / "heldout_pair_ids.json")
+    ids_file = write_heldout_ids(out / "heldout_pair_ids.json", harmless_data)
     settings = dict(protocol=protocol, n_pairs=a.n_pairs or protocol["n_pairs"], max_length=a.max_length,
                     layers=layers, planted_layers=planted_layers, seed=a.seed, n_boot=a.n_boot, peak_span=peak_span)
+    data = dict(harmless_data=harmless_data, helpful_data=helpful_data)
     summaries: dict[str, dict[str, Any]] = {}
 
     def run(name: str, runs: dict[str, dict[str, Any]]) -> None:
@@ -433,13 +308,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     for name in ("harmless", "planted", "helpful"):
         if name in wanted:
-            run(name, plan(paths, ids_file, **settings))
+            run(name, plan(paths, ids_file, **settings, **data))
     later = [name for name in ("harmless-peak", "controls") if name in wanted]
     if later:
         harmless = summaries.get("harmless") or _read(out / "harmless" / "summary.json")
         if not harmless:
             p.error(f"{', '.join(later)} need(s) the harmless run first (it patches at its peak and onset layers)")
-        runs = plan(paths, ids_file, e1=harmless["experiments"]["patch_tuned_to_base"], **settings)
+        runs = plan(paths, ids_file, e1=harmless["experiments"]["patch_tuned_to_base"], **settings, **data)
         for name in later:
             run(name, runs)
     for name in RUNS:  # findings.json covers every finished run in --out, not only the ones run now

@@ -126,7 +126,7 @@ def test_pair_ids_restrict_the_sample(tiny, tmp_path, capsys, full_run):
 
 def test_smollm2_findings_collect_reads_runs(tiny, tmp_path, full_run):
     """The real-model protocol's collector quotes a run's own numbers (checked on a tiny run here)."""
-    from alignment_probe.realmodels.findings import collect, extra_hook_results, neighbours
+    from alignment_probe.realmodels.findings import collect, extra_hook_results, neighbours, render_tables
 
     assert neighbours(12, [0, 3, 6, 9, 12, 15, 18], 1) == (9, 12, 15)
     assert neighbours(0, [0, 3, 6], 2) == (0, 3, 6)
@@ -144,3 +144,6 @@ def test_smollm2_findings_collect_reads_runs(tiny, tmp_path, full_run):
     mlp = effects.query("hook == 'mlp_out' and layer == 1").effect.mean()
     assert abs(h["by_hook"]["mlp_out"]["per_layer"][1]["mean"] - mlp) < 1e-12
     json.dumps(found)  # JSON-ready
+    # Labels come from the registry, so the numbering is the method docs' (the reverse direction is E3).
+    tables = render_tables(found)
+    assert "| E1 tuned → base |" in tables and "| E3 base → tuned |" in tables and "E2 base" not in tables

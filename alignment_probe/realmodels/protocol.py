@@ -1,0 +1,137 @@
+"""The SmolLM2 protocol's plan: which runs, what each one patches, and how each is executed.
+
+:mod:`~alignment_probe.realmodels.findings` drives it and renders the numbers; this module only says
+*what* runs (:data:`PROTOCOLS`, :func:`plan`) and runs one of them (:func:`run_one`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from alignment_probe.experiments.suite import SuiteConfig
+from alignment_probe.manifest import write_json_atomic
+from alignment_probe.realmodels.dpo_lora import DEFAULT_DATA, heldout_pairs, materialise_tuned
+from alignment_probe.realmodels.smollm2 import convert_smollm2
+
+REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "smollm2"
+HELPFUL_DATA = DEFAULT_DATA.parents[1] / "helpful-base" / "test.jsonl.gz"
+DPO_ADAPTER = "dpo-lora-s0"
+PLANTED_ADAPTER = "dpo-planted-L15"
+PLANTED_LAYER = 15
+RUNS = ("harmless", "harmless-peak", "controls", "planted", "helpful")
+
+# What each run patches. "cpu" is what one 2-core CPU session can afford (docs/findings-smollm2.md
+# has the times); "full" is the paper's whole protocol, for a GPU.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "cpu": {"n_pairs": 80, "layers": "0,6,12,15,18,24,29", "planted_layers": "0,6,12,14,15,16,18,24,29",
+            "harmless": ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "source_chosen_only",
+                         "source_rejected_only", "lasso"),
+            "helpful": ("patch_tuned_to_base", "identity", "source_chosen_only", "source_rejected_only"),
+            "planted": ("patch_tuned_to_base", "identity"),
+            "alphas": (0.0, 0.5, 1.0, 1.5), "lowrank_ks": (1, 4, 16, 64), "peak_span": 0},
+    "full": {"n_pairs": 400, "layers": "0:30", "planted_layers": "0:30",
+             "harmless": ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction",
+                          "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected",
+                          "vector_contrast", "lasso"),
+             "helpful": ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "source_chosen_only",
+                         "source_rejected_only", "lasso"),
+             "planted": ("patch_tuned_to_base", "patch_base_to_tuned", "identity"),
+             "alphas": (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5), "lowrank_ks": (1, 2, 4, 8, 16, 32, 64, 128, 256),
+             "peak_span": 2},
+}
+
+
+def neighbours(peak: int, swept: Sequence[int], span: int) -> tuple[int, ...]:
+    """The peak and the swept layers ``span`` positions either side of it in the sweep."""
+    swept = sorted(swept)
+    i = swept.index(peak)
+    return tuple(swept[max(0, i - span): i + span + 1])
+
+
+def models(cache_dir: Path | None = None, adapters: Path = REPO_DATA,
+           twins: Sequence[str] = ("dpo", "planted")) -> dict[str, Path]:
+    """Checkpoint directories of the base and the ``twins`` asked for (converted / merged once, then cached)."""
+    base = convert_smollm2(cache_dir)
+    names = {"dpo": DPO_ADAPTER, "planted": PLANTED_ADAPTER}
+    return {"base": base} | {t: materialise_tuned(adapters / names[t], cache_dir, base_dir=base) for t in twins}
+
+
+def write_heldout_ids(path: Path, data: Path = DEFAULT_DATA) -> Path:
+    """The harmless-base pairs the adapters were not trained on, as a JSON list of pair ids."""
+    ids = [p.pair_id for p in heldout_pairs(data)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, ids)
+    return path
+
+
+def plan(paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_pairs: int, max_length: int,
+         layers: Sequence[int], planted_layers: Sequence[int], seed: int, n_boot: int, peak_span: int,
+         e1: dict[str, Any] | None = None, harmless_data: Path = DEFAULT_DATA,
+         helpful_data: Path = HELPFUL_DATA) -> dict[str, dict[str, Any]]:
+    """Keyword arguments of each run's :class:`~alignment_probe.run.RunRequest`. ``harmless-peak`` and
+    ``controls`` patch at the peak and onset layers of ``harmless/``'s E1, so they are planned only once
+    its summary ``e1`` is known."""
+    common = {"n_pairs": n_pairs, "max_length": max_length}
+    harmless = {"data": str(harmless_data), "pair_ids": str(ids_file), **common}
+    out_plan: dict[str, dict[str, Any]] = {
+        "harmless": {"base": paths["base"], "tuned": paths.get("dpo"), **harmless,
+                     "suite": SuiteConfig(experiments=protocol["harmless"], layers=tuple(layers), seed=seed,
+                                          n_boot=n_boot)},
+        "planted": {"base": paths["base"], "tuned": paths.get("planted"), **harmless,
+                    "suite": SuiteConfig(experiments=protocol["planted"], extra_hooks=("mlp_out",),
+                                         layers=tuple(planted_layers), seed=seed, n_boot=n_boot)},
+        "helpful": {"base": paths["base"], "tuned": paths.get("dpo"), "data": str(helpful_data), **common,
+                    "suite": SuiteConfig(experiments=protocol["helpful"], layers=tuple(layers), seed=seed,
+                                         n_boot=n_boot)},
+    }
+    if e1 is not None:
+        peak, onset = e1["peak_layer"], e1["onset_layer"]
+        # α at the peak, its swept neighbours and the onset; low rank (many patches per layer) at the peak
+        # and the onset: with a curve that rises to the last layer the peak is the unembedding's input,
+        # and the onset is where the effect first takes hold.
+        peak_layers = tuple(sorted({*neighbours(peak, layers, peak_span), onset}))
+        out_plan["harmless-peak"] = {
+            **out_plan["harmless"],
+            "suite": SuiteConfig(experiments=("alpha", "lowrank_difference", "lowrank_reconstruct"),
+                                 layers=tuple(peak_layers), alpha_layers=tuple(peak_layers), alphas=protocol["alphas"],
+                                 lowrank_layers=tuple(sorted({peak, onset})), lowrank_ks=protocol["lowrank_ks"],
+                                 seed=seed, n_boot=n_boot)}
+        # Random controls at the same two layers (the cpu protocol's sweep leaves them out).
+        out_plan["controls"] = {**out_plan["harmless"],
+                                "suite": SuiteConfig(experiments=("identity", "random_noise", "random_direction"),
+                                                     layers=tuple(sorted({onset, peak})), seed=seed, n_boot=n_boot)}
+    return out_plan
+
+
+def run_one(name: str, kwargs: dict[str, Any], out: Path, *, device: str | None, batch_size: int,
+            log: Callable[[str], None], nproc: int = 1, threads: int | None = None) -> dict[str, Any]:
+    """One resumable ``alignment-probe run`` into ``out/name``; returns its summary. ``nproc`` > 1: the
+    same run as that many torchrun processes (``threads`` each), with the same numbers."""
+    from alignment_probe.run import RunRequest, execute
+
+    kw = dict(kwargs)
+    req = RunRequest(base=str(kw.pop("base")), tuned=str(kw.pop("tuned")), out=out / name, device=device,
+                     batch_size=batch_size, argv=["alignment_probe.realmodels.findings", name], **kw)
+    t0 = time.perf_counter()
+    log(f"[{name}] running into {req.out}")
+    if nproc > 1:
+        from alignment_probe.distributed import launch
+
+        launch(req, nproc, threads=threads, log=lambda s: log(f"[{name}] {s}"))
+    else:
+        execute(req, progress=True, log=lambda s: log(f"[{name}] {s}"))
+    summary = json.loads((req.out / "summary.json").read_text())
+    timing = req.out / "wall_seconds.json"
+    if not timing.exists():  # the first complete run's wall time; a resumed no-op does not overwrite it
+        write_json_atomic(timing, {"wall_seconds": round(time.perf_counter() - t0, 1), "device": device,
+                                   "threads": (threads or 1) if nproc > 1 else _threads(), "processes": nproc})
+    return summary
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
