@@ -27,7 +27,7 @@ import pandas as pd
 
 from alignment_probe.errors import ConfigError
 
-__all__ = ["load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run",
+__all__ = ["load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run", "run",
            "completion_logprob", "sequence_tokens", "TokenizedPairs"]
 
 
@@ -149,6 +149,31 @@ def load_run(path: str | os.PathLike[str]) -> Any:
     from alignment_probe.rundir import load_run as _load
 
     return _load(Path(path))
+
+
+def run(out: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None,
+        tuned: str | os.PathLike[str] | None = None, data: str | os.PathLike[str] | None = None,
+        experiments: Sequence[str] | None = None, n_pairs: int | None = 80, max_length: int = 512, device: str = "cpu",
+        dtype: str = "float32", engine: str = "fast", progress: bool = True, force: bool = False,
+        **suite: Any) -> Any:
+    """``alignment-probe run`` from Python: the whole suite into the run directory ``out`` (resumable),
+    returned as :func:`load_run` reads it. Models and data default to the bundled organisms;
+    ``suite``: :class:`~alignment_probe.experiments.suite.SuiteConfig` fields (``hook``, ``layers``,
+    ``alphas``, ``n_boot``…)."""
+    from alignment_probe.experiments.suite import SuiteConfig
+    from alignment_probe.organisms import bundled_pair_paths, bundled_pairs_path
+    from alignment_probe.run import RunRequest, execute
+
+    if (base is None) != (tuned is None):
+        raise ConfigError("pass both base= and tuned= (or neither, for the bundled model organisms).")
+    if base is None:
+        base, tuned = bundled_pair_paths()
+    cfg = SuiteConfig(**({"experiments": tuple(experiments)} if experiments is not None else {}), **suite)
+    req = RunRequest(base=str(base), tuned=str(tuned), data=str(data if data is not None else bundled_pairs_path()),
+                     out=Path(out), suite=cfg, n_pairs=n_pairs, max_length=max_length, device=device, dtype=dtype,
+                     engine=engine, force=force, argv=["ap.run"])
+    execute(req, progress=progress, log=print if progress else (lambda s: None))
+    return load_run(out)
 
 
 def sequence_tokens(pair: Any, side: str = "chosen") -> Any:
