@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from alignment_probe import stats
+from alignment_probe import stats, vocab
 from alignment_probe.effects import KEY_COLUMNS
 from alignment_probe.engine.spec import HOOKS, Engine, PatchSpec
 from alignment_probe.errors import ConfigError
@@ -35,7 +35,6 @@ from alignment_probe.experiments import registry
 from alignment_probe.experiments.alpha import DEFAULT_ALPHAS
 from alignment_probe.experiments.lowrank import DEFAULT_KS
 from alignment_probe.experiments.registry import Experiment, Plan, Tables
-from alignment_probe.interventions import SCOPES
 from alignment_probe.numerics import check_scores
 from alignment_probe.pair import Twins
 from alignment_probe.scoring import score_pairs
@@ -78,8 +77,7 @@ class SuiteConfig:
             if h not in HOOKS:
                 raise ConfigError(f"unknown hook point {h!r}; choose from {', '.join(HOOKS)}.")
         for s in (self.scope, *self.extra_scopes):
-            if s not in SCOPES:
-                raise ConfigError(f"unknown position scope {s!r}; choose from {', '.join(SCOPES)}.")
+            vocab.check_scope(s)  # the plain names, or first_completion:K
         for layer in (*(self.layers or ()), *(self.alpha_layers or ()), *(self.lowrank_layers or ())):
             if layer < 0 or (n_layers is not None and layer >= n_layers):
                 raise ConfigError(f"layer {layer} is out of range: the model has layers 0..{(n_layers or 1) - 1}.")
