@@ -12,13 +12,22 @@ final state, so the curve tends to rise with depth; that is why the suite report
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
+from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
-from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, register
+from alignment_probe.experiments.registry import (
+    Experiment,
+    Figure,
+    Name,
+    Plan,
+    Tables,
+    register,
+)
 from alignment_probe.experiments.rows import summarize_per_layer, swept_only
 from alignment_probe.interventions import Intervention, Replace
+from alignment_probe.vocab import HOOKS
 
 DIRECTIONS = {"patch_tuned_to_base": ("base", "tuned"), "patch_base_to_tuned": ("tuned", "base")}
 
@@ -49,13 +58,52 @@ def _specs(plan: Plan) -> list[PatchSpec]:
                                            experiments=[e for e in DIRECTIONS if e in plan.selected]))
 
 
+def summarize_patching(tables: Tables) -> dict[str, dict[str, Any]]:
+    """The per-layer summary at the default hook; with extra hooks (``--extra-hooks``), also ``by_hook``:
+    hook → the per-layer list at the default scope, so components share one figure (E7)."""
+    out = summarize_per_layer(tables)
+    cfg = tables.cfg
+    for name, entry in out.items():
+        rows = tables.effects[(tables.effects.experiment == name) & (tables.effects.scope == cfg.scope)
+                              & (tables.effects.split == "all")]
+        hooks = [h for h in HOOKS if h in set(rows.hook)]
+        if len(hooks) > 1:
+            entry["by_hook"] = {h: stats.per_layer_summary(rows[rows.hook == h], seed=cfg.seed, n_boot=cfg.n_boot)
+                                for h in hooks}
+    return out
+
+
+def components_figure(summary: Mapping[str, Any]) -> Any:
+    """E7 components: tuned → base patched at each hook point run (``resid_post``, ``attn_out``, ``mlp_out``
+    …), one line with its CI band per hook, on one figure."""
+    from alignment_probe.report import figures as F
+
+    entry = F.experiment(summary, "patch_tuned_to_base")
+    by_hook = (entry or {}).get("by_hook")
+    if not by_hook:
+        raise F.MissingExperimentError("components", ["patch_tuned_to_base at more than one hook (--extra-hooks)"])
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    palette = {"resid_post": "#1f77b4", "attn_out": "#ff7f0e", "mlp_out": "#2ca02c", "resid_mid": "#9467bd",
+               "resid_pre": "#8c564b"}
+    layers: list[int] = []
+    for hook, rows in by_hook.items():
+        frame = F.per_layer_frame(rows)
+        F._add_curve(fig, frame, name=f"tuned → base @ {hook}", color=palette.get(hook, "#7f7f7f"), group=hook)
+        layers += frame["layer"].tolist()
+    F._zero_line(fig)
+    F._layer_ticks(fig, layers)
+    return F._layout(fig, "Components: tuned → base at each hook point (E7)")
+
+
 register(Experiment(
     key="patching", method="E1", order=10,
     names=(Name("patch_tuned_to_base", "tuned → base", "#1f77b4",
                 "Patch the tuned model's activation at one layer into the base (paper Fig. 1)."),
            Name("patch_base_to_tuned", "base → tuned", "#d62728",
                 "The reverse direction: base activations into the tuned model (control A1).", method="E3")),
-    specs=_specs, summarize=summarize_per_layer,
+    specs=_specs, summarize=summarize_patching,
     figures=(
         Figure("layer_curve", "alignment_probe.report.figures:layer_curve",
                "Per-layer effect, tuned → base (paper Fig. 1)",
@@ -68,5 +116,11 @@ register(Experiment(
                "Paper Fig. 5 (A1). Both directions; base → tuned is measured against the tuned model's own "
                "Δlogp, so removing the tuning shows as a negative effect.",
                needs=("patch_tuned_to_base", "patch_base_to_tuned"), order=20),
+        Figure("components", "alignment_probe.experiments.patching:components_figure",
+               "Components: attention, MLP and residual stream (E7)",
+               "E7. The tuned → base patch at each hook point of each block: the residual stream after the block "
+               "(resid_post) and the outputs of its attention (attn_out) and MLP (mlp_out), with 95% bootstrap "
+               "CIs. A block whose MLP output alone carries the effect is where that part of the tuning sits.",
+               needs=("patch_tuned_to_base",), order=15),
     ),
 ))

@@ -61,6 +61,16 @@ def test_a_run_slices_several_hooks_into_one_figure(run_dir):
     assert len(means) == 2 and len({t.name for t in means}) == 2
 
 
+def test_components_share_one_figure(run_dir):
+    """E7 components: E1 at every hook run is in the summary (``by_hook``) and on one figure of the report."""
+    run = ap.load_run(run_dir)
+    by_hook = run.summary["experiments"]["patch_tuned_to_base"]["by_hook"]
+    assert list(by_hook) == ["resid_post", "mlp_out"]
+    mlp = run.curves(experiment="patch_tuned_to_base", hook="mlp_out").sort_values("layer")
+    assert [r["mean"] for r in by_hook["mlp_out"]] == mlp["mean"].tolist()
+    assert 'id="section-components"' in (run_dir / "report.html").read_text()
+
+
 def test_load_run_refuses_an_unfinished_directory(tmp_path):
     from alignment_probe.errors import ConfigError
 
