@@ -40,9 +40,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable
 
-from alignment_probe.errors import AlignmentProbeError
+from alignment_probe.errors import EXIT_PEER, AlignmentProbeError  # noqa: F401  (EXIT_PEER: kept importable here)
 
-EXIT_PEER = 4  # another rank of the same run stopped (its message is repeated); rerun to resume
 DEFAULT_TIMEOUT_S = 300.0
 HEARTBEAT_S = 1.0
 

@@ -21,6 +21,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_NUMERICAL = 3
+EXIT_PEER = 4  # another rank of the same torchrun run stopped (distributed.PeerError); rerun to resume
 EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 128 + 15 = 143
 
 
