@@ -41,7 +41,8 @@ from transformer_lens import HookedTransformer
 from alignment_probe.errors import ArchitectureNotSupportedError, CheckpointError, ConfigError, IncompatiblePairError
 from alignment_probe.families import build_config, check_architecture
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+                                 "float64": torch.float64}
 
 # A probe string that exercises spaces, punctuation, digits, newlines and the HH turn markers.
 TOKENIZER_PROBE = "\n\nHuman: Can you help me, please? It's 3:45pm.\n\nAssistant: Sure — here's how."
