@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data_args(run)
     run.set_defaults(n_pairs=80, batch_size=32)
     run.add_argument("--experiments", default="all",
-                     help="comma-separated experiment names (default: all); see the README for the names")
+                     help="comma-separated experiment names (default: all, the default suite; opt-in ones such as "
+                          "steer only when named); see the README for the names")
     run.add_argument("--hook", default="resid_post", help="hook point the experiments patch (default: resid_post)")
     run.add_argument("--scope", default="all", help="positions patched: all, prompt, completion, last_prompt")
     run.add_argument("--extra-hooks", default="", help="E1 also at these hook points, e.g. mlp_out,attn_out")
@@ -73,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--alpha-layers", default=None, help="layers for the α sweep (default: every swept layer)")
     run.add_argument("--lowrank-layers", default=None, help="layers for low rank (default: E1's peak layer)")
     run.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for every CI")
+    run.add_argument("--steer-layer", type=int, default=None,
+                     help="steer (E11, opt-in): the layer (default: E1's peak chosen on the fit half)")
+    run.add_argument("--steer-c", default=None, help="steer: the coefficients c, e.g. 0.5,1,2,4 (the default; 1 is "
+                                                     "always added)")
+    run.add_argument("--steer-k", type=int, default=None, help="steer: rank of the low-rank baseline (default: 4)")
+    run.add_argument("--transfer-data", default=None,
+                     help="steer: also evaluate the vectors on this data source's pairs (a file or hub name)")
     run.add_argument("--engine", choices=["fast", "reference"], default="fast",
                      help="fast (default) or reference (one run_with_hooks per pair, layer and sequence)")
     run.add_argument("--force", action="store_true",
@@ -187,6 +195,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                         layers=_layers(args.layers, "--layers"),
                         alpha_layers=_layers(args.alpha_layers, "--alpha-layers"),
                         lowrank_layers=_layers(args.lowrank_layers, "--lowrank-layers"),
+                        steer_layer=args.steer_layer, steer_cs=_list(args.steer_c, float, "--steer-c"),
+                        steer_k=args.steer_k, transfer_data=args.transfer_data,
                         seed=args.seed, n_boot=args.n_boot)
     req = RunRequest(base=args.base, tuned=args.tuned, data=args.data, out=Path(args.out), suite=suite,
                      n_pairs=args.n_pairs, max_length=args.max_length, data_dir=args.data_dir, split=args.split,

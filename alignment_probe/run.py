@@ -131,6 +131,8 @@ def check_same_inputs(req: RunRequest, old: dict[str, Any], new: dict[str, Any])
     changed = []
     if old.get("data", {}).get("sha256") != new["data"].get("sha256"):
         changed.append(f"the data file {req.data} (sha256)")
+    if (old.get("transfer_data") or {}).get("sha256") != (new.get("transfer_data") or {}).get("sha256"):
+        changed.append(f"the transfer data {req.suite.transfer_data} (sha256)")
     for role in ("base", "tuned"):
         if old.get("models", {}).get(role, {}).get("fingerprint") != new["models"][role]["fingerprint"]:
             changed.append(f"the {role} checkpoint {getattr(req, role)} (weights fingerprint)")
@@ -208,6 +210,10 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
         id_source = {"pair_ids_file": req.pair_ids, "pair_ids_file_sha256": file_fingerprint(req.pair_ids)["sha256"],
                      "n_pairs_in_id_file": len(pairs)}
     check_sampling_options(req.n_pairs, req.max_length, len(pairs), req.data, report)
+    transfer = None
+    if req.suite.transfer_data is not None:  # E11's transfer pairs: another data source, checked before any model loads
+        transfer = load_pairs(req.suite.transfer_data, split=req.split)
+        check_sampling_options(req.n_pairs, req.max_length, len(transfer[0]), req.suite.transfer_data, transfer[1])
     precheck_pair(req.base, req.tuned)
     device = device_for(req.device, world.local_rank) if world.distributed else req.device  # cuda → cuda:LOCAL_RANK
     make_deterministic(device)
@@ -219,6 +225,12 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
     tokenized = sample_and_tokenize(pairs, pair.tokenizer, n_pairs=req.n_pairs, seed=req.suite.seed,
                                     max_length=max_length, report=report)
     log(f"data: {report.summary()}; using {len(tokenized)} pairs")
+    extra_pairs = None
+    if transfer is not None:
+        transfer_tokenized = sample_and_tokenize(transfer[0], pair.tokenizer, n_pairs=req.n_pairs, seed=req.suite.seed,
+                                                 max_length=max_length, report=transfer[1])
+        log(f"transfer data: {transfer[1].summary()}; using {len(transfer_tokenized)} pairs")
+        extra_pairs = {"transfer": transfer_tokenized}
     if "lasso" in req.suite.experiments and len(tokenized) < LASSO_CV_FOLDS:
         raise ConfigError(f"The LASSO experiment cross-validates over {LASSO_CV_FOLDS} folds, so it needs at least "
                           f"{LASSO_CV_FOLDS} pairs; this run has {len(tokenized)}. Pass --n-pairs {LASSO_CV_FOLDS} or "
@@ -232,6 +244,10 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
                               data={"source": req.data, **file_fingerprint(req.data), "skips": report.to_dict(),
                                     "max_length_used": max_length, **truncation_stats(tokenized), **id_source,
                                     "pair_ids": [t.pair_id for t in tokenized]})
+    if transfer is not None:
+        manifest["transfer_data"] = {"source": req.suite.transfer_data, **file_fingerprint(req.suite.transfer_data),
+                                     "skips": transfer[1].to_dict(),
+                                     "pair_ids": [t.pair_id for t in extra_pairs["transfer"]]}
     # Not part of the config (a run directory resumes with any number of processes): how it ran.
     manifest["distributed"] = world.describe()
     resume = old_manifest is not None and check_same_inputs(req, old_manifest, manifest)
@@ -263,7 +279,8 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
         log(f"distributed: {world.size} processes ({world.backend}); each computes its share of every stage's parts")
     pass_log = PassLog(log, store)  # a part's message once, however many passes the ranks need
     result = run_passes(lambda: run_suite(pair, tokenized, engine, req.suite, progress=progress, log=pass_log,
-                                          store=store, pairs_per_part=req.pairs_per_part), store, world, log=log)
+                                          store=store, pairs_per_part=req.pairs_per_part, extra_pairs=extra_pairs),
+                         store, world, log=log)
     result.summary["run"] = {"seed": req.suite.seed, "engine": req.engine,
                              "base_fingerprint": pair.base_fingerprint, "tuned_fingerprint": pair.tuned_fingerprint}
     result.extra["parts_loaded"] = list(store.loaded)

@@ -58,6 +58,9 @@ class Plan:
     twins: Any = None
     tokenized: Sequence[Any] = ()
     fitted: Any = None  # what ``fit`` returned (its conditions and record), for ``specs``
+    # other pair sets than the run's (tag → tokenised pairs, e.g. ``{"transfer": …}``): a later stage's
+    # condition whose ``key.split`` is a tag runs on that set's pairs (parts ``stage<n>-<tag>-…``), not the run's
+    extra_pairs: Mapping[str, Sequence[Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,9 @@ class Experiment:
     order: int = 100  # its place in listings (EXPERIMENT_NAMES, the report, the summary)
     batch_order: int | None = None  # its conditions' place in a shared engine call (default: ``order``);
     # kept as in the first release, so batches, and with them float rounding, stay as they were
+    # in the default suite (``SuiteConfig()``, ``--experiments all``, ``EXPERIMENT_NAMES``); False: opt-in,
+    # run only when named (e.g. ``--experiments patch_tuned_to_base,steer``)
+    default: bool = True
 
     @property
     def spec_order(self) -> int:
@@ -177,9 +183,10 @@ def experiments() -> list[Experiment]:
     return sorted(_REGISTRY.values(), key=lambda e: (e.order, e.key))
 
 
-def experiment_names() -> tuple[str, ...]:
-    """Every selectable name, in listing order."""
-    return tuple(n.name for e in experiments() for n in e.names)
+def experiment_names(*, opt_in: bool = False) -> tuple[str, ...]:
+    """The default suite's names, in listing order (``EXPERIMENT_NAMES``, ``--experiments all``); with
+    ``opt_in=True`` every selectable name, the opt-in experiments' (``Experiment.default=False``) too."""
+    return tuple(n.name for e in experiments() if e.default or opt_in for n in e.names)
 
 
 def get(name: str) -> Experiment:
@@ -189,7 +196,7 @@ def get(name: str) -> Experiment:
         return _BY_NAME[name]
     if name in _REGISTRY:
         return _REGISTRY[name]
-    raise KeyError(f"unknown experiment {name!r}; choose from {', '.join(experiment_names())}")
+    raise KeyError(f"unknown experiment {name!r}; choose from {', '.join(experiment_names(opt_in=True))}")
 
 
 def name_info(name: str) -> Name | None:
@@ -226,7 +233,8 @@ def figures() -> list[Figure]:
     return sorted(figs, key=lambda f: f.order)
 
 
-def table() -> list[dict[str, str]]:
-    """The registry as rows: name, method id, experiment key, label and one-line description."""
+def table(*, opt_in: bool = False) -> list[dict[str, str]]:
+    """The registry as rows: name, method id, experiment key, label and one-line description (the default
+    suite's names; ``opt_in=True``: the opt-in experiments' too)."""
     return [{"name": n.name, "method": e.method_of(n.name), "experiment": e.key, "label": n.label,
-             "description": n.description} for e in experiments() for n in e.names]
+             "description": n.description} for e in experiments() if e.default or opt_in for n in e.names]

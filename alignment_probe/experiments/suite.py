@@ -43,6 +43,7 @@ from alignment_probe.tokens import TokenizedPair
 
 
 def _all_names() -> tuple[str, ...]:
+    """The default suite: every registered name except the opt-in experiments' (``Experiment.default``)."""
     return registry.experiment_names()
 
 
@@ -66,10 +67,15 @@ class SuiteConfig:
     lasso_position: str = "last_prompt"
     seed: int = 0
     n_boot: int = 2000
+    # E11 steering (experiments/steering.py); None: its defaults (E1's held-out layer; c ∈ 0.5, 1, 2, 4; k = 4)
+    steer_layer: int | None = None
+    steer_cs: tuple[float, ...] | None = None
+    steer_k: int | None = None
+    transfer_data: str | None = None  # E11 transfer: pairs of another data source (loaded by run.py)
 
     def validate(self, n_layers: int | None = None) -> None:
         """Check names and ranges; ``n_layers=None`` checks what is known before a model loads."""
-        names = registry.experiment_names()
+        names = registry.experiment_names(opt_in=True)
         unknown = [e for e in self.experiments if e not in names]
         if unknown:
             raise ConfigError(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(names)}.")
@@ -78,12 +84,20 @@ class SuiteConfig:
                 raise ConfigError(f"unknown hook point {h!r}; choose from {', '.join(HOOKS)}.")
         for s in (self.scope, *self.extra_scopes):
             vocab.check_scope(s)  # the plain names, or first_completion:K
-        for layer in (*(self.layers or ()), *(self.alpha_layers or ()), *(self.lowrank_layers or ())):
+        for layer in (*(self.layers or ()), *(self.alpha_layers or ()), *(self.lowrank_layers or ()),
+                      *(() if self.steer_layer is None else (self.steer_layer,))):
             if layer < 0 or (n_layers is not None and layer >= n_layers):
                 raise ConfigError(f"layer {layer} is out of range: the model has layers 0..{(n_layers or 1) - 1}.")
         if self.layers is not None and len(self.layers) == 0:
             raise ConfigError("--layers is empty; give at least one layer, e.g. --layers 0,4,8, or leave it out to "
                               "sweep every layer.")
+        if self.steer_k is not None and self.steer_k < 1:
+            raise ConfigError(f"--steer-k must be at least 1, got {self.steer_k}.")
+        if self.steer_cs is not None and len(self.steer_cs) == 0:
+            raise ConfigError("--steer-c is empty; give at least one coefficient, e.g. --steer-c 0.5,1,2,4.")
+        if self.transfer_data is not None and "steer" not in self.experiments:
+            raise ConfigError("--transfer-data is read by the steering experiment only; add steer to --experiments "
+                              "(e.g. --experiments patch_tuned_to_base,steer).")
 
     def swept_layers(self, n_layers: int) -> list[int]:
         """The layers every per-layer experiment visits, ascending."""
@@ -210,11 +224,14 @@ def canonical_effects(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
 def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, cfg: SuiteConfig | None = None, *,
               progress: bool = False, log: Callable[[str], None] = lambda s: None, store: PartStore | None = None,
-              pairs_per_part: int | None = DEFAULT_PAIRS_PER_PART) -> SuiteResult:
+              pairs_per_part: int | None = DEFAULT_PAIRS_PER_PART,
+              extra_pairs: Mapping[str, Sequence[TokenizedPair]] | None = None) -> SuiteResult:
     """Run the chosen experiments on loaded twins and tokenised pairs.
 
     ``store`` keeps each stage's parts (a folder for a resumable run; in memory by default):
-    parts it already holds are loaded, not recomputed.
+    parts it already holds are loaded, not recomputed. ``extra_pairs`` (tag → tokenised pairs, e.g. the
+    transfer data of E11) are other pair sets a later stage's conditions may target: a condition whose
+    ``key.split`` is a tag runs on that set (parts ``stage<n>-<tag>-<first>-<last>``), the others on the run's.
     """
     cfg = cfg or SuiteConfig()
     cfg.validate(pair.n_layers)
@@ -241,6 +258,8 @@ def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, c
     for number in sorted({s.stage for s in steps if s.experiment.compute is None} | {1}):
         stage = [s for s in steps if s.stage == number and s.experiment.compute is None]
         extra = {"pair_ids": ids, "upstream": upstream, "twins": pair, "tokenized": tokenized}
+        if extra_pairs:
+            extra["extra_pairs"] = {tag: sorted(p, key=lambda t: t.pair_id) for tag, p in extra_pairs.items()}
         if number == 1:
             scores, rows = _stage_one(pair, groups, engine, stage_specs(stage, cfg, n_layers, d_model, **extra),
                                       store, log=log, progress=progress)
@@ -300,6 +319,9 @@ def _later_stage(number: int, stage: list[Step], pair: Twins, groups: list[list[
     fit_part = {s.experiment.key: f"stage{number}-fit" if len(fitting) == 1 else f"stage{number}-fit-{s.experiment.key}"
                 for s in fitting}
     names = [f"stage{number}-{group_tag(g)}.parquet" for g in groups]
+    other = {tag: pair_groups(p, len(groups[0]) if groups else None) for tag, p in extra.get("extra_pairs", {}).items()
+             if p}  # other pair sets (E11's transfer data), in groups of the run's size
+    other_names = {tag: [f"stage{number}-{tag}-{group_tag(g)}.parquet" for g in gs] for tag, gs in other.items()}
     fitted: dict[str, Any] = {}
 
     def fitted_of(step: Step) -> Any:
@@ -308,7 +330,8 @@ def _later_stage(number: int, stage: list[Step], pair: Twins, groups: list[list[
             fitted[step.experiment.key] = step.experiment.fit(_plan(step, cfg, n_layers, d_model, **extra))
         return fitted[step.experiment.key]
 
-    complete = all(store.has(f"{p}.json") for p in fit_part.values()) and all(store.has(n) for n in names)
+    complete = (all(store.has(f"{p}.json") for p in fit_part.values()) and all(store.has(n) for n in names)
+                and all(store.has(n) for ns in other_names.values() for n in ns))
     for step in fitting:
         if not complete:
             fitted_of(step)  # some part is missing: its conditions need the fit
@@ -321,11 +344,27 @@ def _later_stage(number: int, stage: list[Step], pair: Twins, groups: list[list[
                 _plan(s, cfg, n_layers, d_model, fitted=fitted_of(s) if s.experiment.fit else None, **extra))])
         return specs_cache[0]
 
+    def specs_for(tag: str | None) -> list[PatchSpec]:
+        """The run's pairs (None) get every condition but those of another pair set; a set, only its own."""
+        if not other:
+            return specs()
+        return [s for s in specs() if (s.key.split == tag if tag is not None else s.key.split not in other)]
+
     parts = []
     for n, (group, name) in enumerate(zip(groups, names), 1):
         done = store.has(name)
-        parts.append(store.table(name.removesuffix(".parquet"), lambda g=group: engine.run(pair, g, specs(),
+        parts.append(store.table(name.removesuffix(".parquet"), lambda g=group: engine.run(pair, g, specs_for(None),
                                                                                            progress=progress)))
         log(f"stage {number}: part {n}/{len(groups)} (pair_id {group[0].pair_id}–{group[-1].pair_id}) "
             f"{'already done' if done else 'done'}")
+    for tag, tag_groups in other.items():
+        for n, (group, name) in enumerate(zip(tag_groups, other_names[tag]), 1):
+            def run_other(g: list[TokenizedPair] = group, t: str = tag) -> pd.DataFrame:
+                chosen = specs_for(t)
+                return engine.run(pair, g, chosen, progress=progress) if chosen else pd.DataFrame()
+
+            done = store.has(name)
+            parts.append(store.table(name.removesuffix(".parquet"), run_other))
+            log(f"stage {number}: {tag} part {n}/{len(tag_groups)} (pair_id {group[0].pair_id}–"
+                f"{group[-1].pair_id}) {'already done' if done else 'done'}")
     return canonical_effects(parts)
