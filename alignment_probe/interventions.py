@@ -14,6 +14,7 @@ GaussianNoise       noise with h_src's per-position mean and norm               
 RandomDirection     h_tgt + ‖h_src − h_tgt‖ · random unit vector                     E3 (b)
 AddVector(kind)     h_tgt + scale · v, v from the source's completion tokens          E5
 Project(V_k)        reconstruct: (h_src − μ) V_k V_kᵀ + μ; difference: h_tgt + P_k Δ  E6
+AddFixed(v)         h_tgt + v, one vector fitted elsewhere (every position alike)    E11
 ==================  ===============================================================  =========
 
 Random interventions draw from a generator seeded by (seed, pair, side, layer), so every engine
@@ -172,6 +173,18 @@ class Project:
         if self.mode == "difference":
             return ctx.target + (ctx.source - ctx.target) @ v @ v.T
         raise ValueError(f"unknown low-rank mode {self.mode!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class AddFixed:
+    """Steering (E11): add one fixed vector ``vector`` [d_model], fitted elsewhere (e.g. the mean tuning
+    shift at a layer, scaled), to the target's activation at every position in scope. ``vector = 0``
+    leaves the activation bit-for-bit unchanged."""
+
+    vector: Float[Tensor, " d_model"]
+
+    def __call__(self, ctx: SequenceContext) -> Act:
+        return ctx.target + self.vector.to(ctx.target.device, ctx.target.dtype)
 
 
 def scope_mask(scope: str, prompt_len: int, length: int, width: int) -> Bool[Tensor, " width"]:
