@@ -110,7 +110,10 @@ def run_one(engine_name: str, args, queue) -> None:
 
     pair, tokenized = load(args)
     specs, suite_cfg = work_specs(args, pair, tokenized)
-    engine = make_engine(engine_name, batch_size=args.batch_size) if engine_name == "fast" else make_engine(engine_name)
+    if engine_name.startswith("fast"):
+        engine = make_engine("fast", batch_size=args.batch_size, share_prompts=engine_name != "fast-noshare")
+    else:
+        engine = make_engine(engine_name)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -132,6 +135,9 @@ def run_one(engine_name: str, args, queue) -> None:
                                                          for t in tokenized) / len(tokenized),
         "work_ratio": (work.computed / work.floor) if work and work.floor else None,
         "forwards": work.forwards if work else None,
+        "work_by_stage": {k: {"computed": w.computed, "floor": w.floor, "forwards": w.forwards,
+                              "ratio": w.computed / w.floor if w.floor else None}
+                          for k, w in getattr(engine, "work_by_stage", {}).items()},
     }
     queue.put(out)
 
@@ -156,7 +162,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--engines", default="reference,fast")
+    parser.add_argument("--engines", default="reference,fast",
+                        help="comma-separated: reference, fast, fast-noshare (the fast engine, full sequences)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -169,6 +176,9 @@ def main() -> None:
           f"{any_r['tokens_per_pair']:.0f} tokens per pair (both sequences), max length {args.max_length}")
     for name, r in results.items():
         extra = f", work/floor {r['work_ratio']:.3f}, {r['forwards']} forwards" if r["work_ratio"] else ""
+        for stage, w in r.get("work_by_stage", {}).items():
+            if w["ratio"]:
+                extra += f"; {stage} {w['ratio']:.3f} ({w['forwards']} forwards)"
         gpu = f", peak GPU {r['peak_gpu_gb']:.2f} GiB" if r["peak_gpu_gb"] is not None else ""
         print(f"  {name:>9}: {r['seconds']:8.2f} s, peak RSS {r['peak_rss_gb']:.2f} GiB{gpu}{extra}")
     if "reference" in results and "fast" in results:
@@ -177,6 +187,11 @@ def main() -> None:
         same_keys = all(ref["effects"][k] == fast["effects"][k] for k in ("experiment", "layer", "pair_id"))
         print(f"  speed-up fast vs reference: {ref['seconds'] / fast['seconds']:.2f}x; "
               f"identical rows: {same_keys}; max |effect difference|: {diff:.2e}")
+    if "fast-noshare" in results and "fast" in results:
+        off, on = results["fast-noshare"], results["fast"]
+        diff = max(abs(a - b) for a, b in zip(off["effects"]["effect"], on["effects"]["effect"]))
+        print(f"  shared prompts vs full sequences: {off['seconds'] / on['seconds']:.2f}x; "
+              f"max |effect difference|: {diff:.2e}")
     if args.json:
         for r in results.values():
             r.pop("effects")
