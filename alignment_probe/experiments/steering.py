@@ -17,7 +17,8 @@ Baselines, each a unit direction scaled to the same norm c · s, fitted on the s
 
 **Recovered fraction** = mean effect / mean gain over the held-out pairs at c = 1 (a ratio of means
 with a paired bootstrap CI, :func:`lowrank.ratio_of_means`). **Reverse** (``steer_reverse``): the
-tuned model with c · s · v_ℓ/‖v_ℓ‖ *subtracted*; fraction lost = −effect / gain. **Transfer** (with
+tuned model with c · s · v_ℓ/‖v_ℓ‖ *subtracted*; fraction lost = −effect / gain; its control
+(``steer_reverse_random``) subtracts the random direction at the same norm. **Transfer** (with
 ``--transfer-data``): the same vectors (fitted on the run's pairs) steer the other data's pairs
 (``split = "transfer"``; the gain there is the tuned minus the base model's clean Δlogp, both read from
 the rows themselves).
@@ -47,15 +48,15 @@ from alignment_probe.tokens import TokenizedPair, make_batch, pair_sequences
 
 DEFAULT_CS = (0.5, 1.0, 2.0, 4.0)
 DEFAULT_K = 4
-MAIN, REVERSE = "steer", "steer_reverse"
+MAIN, REVERSE, REVERSE_RANDOM = "steer", "steer_reverse", "steer_reverse_random"
 BASELINES = {"random": "steer_random", "contrast": "steer_contrast", "lowrank": "steer_lowrank"}
 DIRECTIONS = {MAIN: "v", **{name: key for key, name in BASELINES.items()}}  # experiment → direction
 TRANSFER = "transfer"  # the extra pair set (and split) of the transfer rows
 SCOPE, SIDES = "all", "both"
 COLORS = {MAIN: "#d62728", "steer_lowrank": "#ff7f0e", "steer_contrast": "#17becf", "steer_random": "#7f7f7f",
-          REVERSE: "#9467bd"}
+          REVERSE: "#9467bd", REVERSE_RANDOM: "#c5b0d5"}
 LABELS = {MAIN: "v_ℓ (tuning shift)", "steer_lowrank": "rank-k (E6)", "steer_contrast": "v± (E5)",
-          "steer_random": "random direction", REVERSE: "tuned − c·v_ℓ"}
+          "steer_random": "random direction", REVERSE: "tuned − c·v_ℓ", REVERSE_RANDOM: "tuned − c·random"}
 
 
 def steer_cs(cfg: Any) -> list[float]:
@@ -141,8 +142,9 @@ def steer_specs(units: Mapping[str, Tensor], norm: float, *, layer: int, hook: s
     ids = frozenset(int(p) for p in pair_ids)
     specs = []
     for name in experiments:
-        target, source, sign = ("tuned", "base", -1.0) if name == REVERSE else ("base", "tuned", 1.0)
-        unit = units["v" if name == REVERSE else DIRECTIONS[name]]
+        reverse = name in (REVERSE, REVERSE_RANDOM)
+        target, source, sign = ("tuned", "base", -1.0) if reverse else ("base", "tuned", 1.0)
+        unit = units["v" if name == REVERSE else "random" if name == REVERSE_RANDOM else DIRECTIONS[name]]
         for c in cs:
             vector = (sign * float(c) * norm * unit).float()
             specs.append(PatchSpec(RowKey(name, target, source, hook, SCOPE, SIDES, layer, float(c), split),
@@ -162,7 +164,7 @@ def fit_steering(plan: Plan) -> Fitted:
     units, norm, record = steering_directions(rows_of(acts, fit_ids), k=k, centre=cfg.lowrank_centre, seed=cfg.seed,
                                               layer=layer)
     specs = steer_specs(units, norm, layer=layer, hook=cfg.hook, cs=cs, pair_ids=held_ids, split="heldout",
-                        experiments=(MAIN, *BASELINES.values(), REVERSE))
+                        experiments=(MAIN, *BASELINES.values(), REVERSE, REVERSE_RANDOM))
     transfer = list(plan.extra_pairs.get(TRANSFER, ()))
     if transfer:
         specs += steer_specs(units, norm, layer=layer, hook=cfg.hook, cs=cs, pair_ids=[t.pair_id for t in transfer],
@@ -213,7 +215,8 @@ def summarize_steering(tables: Tables) -> dict[str, dict[str, Any]]:
     out: dict[str, Any] = {
         "layer": int(record["layer"]), **main,
         "baselines": {key: _curve(effects, name, "heldout", cs, gain, cfg) for key, name in BASELINES.items()},
-        "reverse": _curve(effects, REVERSE, "heldout", cs, gain, cfg, fraction="lost_fraction", sign=-1.0),
+        "reverse": _curve(effects, REVERSE, "heldout", cs, gain, cfg, fraction="lost_fraction", sign=-1.0)
+        | {"random": _curve(effects, REVERSE_RANDOM, "heldout", cs, gain, cfg, fraction="lost_fraction", sign=-1.0)},
         "gain": _mean_ci(gain, cfg),
         "fit": {key: record[key] for key in ("layer_source", "hook", "scope", "k", "centre", "norm", "cosine",
                                              "fit_pairs", "heldout_pairs", "fit_positions", "lowrank_kept")},
@@ -246,6 +249,7 @@ def figure(summary: Mapping[str, Any]) -> Any:
         raise F.MissingExperimentError("steer", [MAIN])
     curves = [(MAIN, entry)] + [(BASELINES[k], v) for k, v in (entry.get("baselines") or {}).items()]
     curves.append((REVERSE, entry.get("reverse") or {}))
+    curves.append((REVERSE_RANDOM, (entry.get("reverse") or {}).get("random") or {}))
     fig = go.Figure()
     for name, data in curves:
         rows = data.get("by_c") or []
@@ -259,7 +263,7 @@ def figure(summary: Mapping[str, Any]) -> Any:
             fig.add_trace(band)
         fig.add_trace(go.Scatter(x=x, y=[F._num(r.get("mean")) for r in rows], mode="lines+markers", name=label,
                                  legendgroup=name, line={"color": color, "width": 2,
-                                                         "dash": "dash" if name == REVERSE else "solid"},
+                                                         "dash": "dash" if name in (REVERSE, REVERSE_RANDOM) else "solid"},
                                  hovertemplate=f"<b>{label}</b><br>c = %{{x}}<br>effect %{{y:.3f}} nats<extra></extra>"))
     gain = F._num((entry.get("gain") or {}).get("mean"))
     if math.isfinite(gain):
@@ -297,7 +301,7 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
 
 register(Experiment(
     key="steer", method="E11", order=110, needs=("patch_tuned_to_base",), default=False,
-    emits=("steer_random", "steer_contrast", "steer_lowrank", "steer_reverse"),
+    emits=("steer_random", "steer_contrast", "steer_lowrank", REVERSE, REVERSE_RANDOM),
     names=(Name("steer", "steering: v_ℓ", COLORS[MAIN],
                 "Add c·s·v_ℓ/‖v_ℓ‖ (the mean tuning shift at the localized layer, fitted on one half) to the base on "
                 "the other half; baselines: rank-k (E6), v± (E5), random; reverse: subtract it from the tuned model.",
@@ -308,7 +312,7 @@ register(Experiment(
                     "E11. Effect on Δlogp of adding c·s·v_ℓ/‖v_ℓ‖ to the base residual at the localized layer (v_ℓ: "
                     "the mean tuning shift over the fit half's completion positions; s: the mean ‖h_tuned − h_base‖) on "
                     "the held-out half, against c; the rank-k, v± and random directions at the same norm; dashed: the "
-                    "tuned model with the same vector subtracted. Dotted: the held-out gain (and its negative).",
+                    "tuned model with the same vector (or the random one) subtracted. Dotted: the held-out gain (and its negative).",
                     needs=(MAIN,), order=110),),
     verdicts=("alignment_probe.experiments.steering:verdict",),
 ))

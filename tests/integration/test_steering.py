@@ -67,7 +67,8 @@ def test_c_zero_is_exactly_zero(run):
     eff = run.effects[run.effects.experiment.str.startswith("steer")]
     zero = eff[eff.param == 0.0]
     assert len(zero) and (zero.effect == 0.0).all()
-    assert set(zero.experiment) == {"steer", "steer_random", "steer_contrast", "steer_lowrank", "steer_reverse"}
+    assert set(zero.experiment) == {"steer", "steer_random", "steer_contrast", "steer_lowrank", "steer_reverse",
+                                    "steer_reverse_random"}
 
 
 def test_rows_only_on_the_heldout_half_and_transfer_pairs(run):
@@ -94,7 +95,9 @@ def test_summary_keys(run):
     assert set(entry["baselines"]) == {"random", "contrast", "lowrank"}
     for b in entry["baselines"].values():
         assert set(b) == {"by_c", "recovered_fraction"} and all(set(r) == CURVE for r in b["by_c"])
-    assert set(entry["reverse"]) == {"by_c", "lost_fraction"} and set(entry["reverse"]["lost_fraction"]) == FRACTION
+    assert set(entry["reverse"]) == {"by_c", "lost_fraction", "random"}
+    assert set(entry["reverse"]["lost_fraction"]) == FRACTION
+    assert set(entry["reverse"]["random"]) == {"by_c", "lost_fraction"}
     assert {"by_c", "recovered_fraction", "random", "reverse", "gain", "n_pairs"} == set(entry["transfer"])
     held = len(stats.split_halves(run.scores.pair_id.tolist(), seed=0)[1])
     assert all(r["n"] == held for r in entry["by_c"])
@@ -173,7 +176,9 @@ def test_fixed_vectors_have_norm_s(tiny_pair):
     main_vec = by[("steer", 1.0)].intervention.vector.double()
     assert float(torch.nn.functional.cosine_similarity(main_vec, v, dim=0)) == pytest.approx(1.0, abs=1e-6)
     torch.testing.assert_close(by[("steer_reverse", 1.0)].intervention.vector, -by[("steer", 1.0)].intervention.vector)
-    assert by[("steer_reverse", 1.0)].key.target == "tuned"
+    assert by[("steer_reverse", 1.0)].key.target == "tuned" == by[("steer_reverse_random", 1.0)].key.target
+    torch.testing.assert_close(by[("steer_reverse_random", 2.0)].intervention.vector,
+                               -by[("steer_random", 2.0)].intervention.vector)
 
 
 def test_add_fixed_is_a_pure_function_of_the_context():
