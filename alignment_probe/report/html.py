@@ -194,14 +194,21 @@ def _effects_overview(effects: pd.DataFrame | None) -> str:
 
 
 def _not_run(summary: Mapping[str, Any], skipped: Mapping[str, str]) -> str:
-    run = {n for n in EXPERIMENT_NAMES if F.experiment(summary, n)}
-    missing = [n for n in EXPERIMENT_NAMES if n not in run]
-    unknown = sorted(set((summary.get("experiments") or {})) - set(EXPERIMENT_NAMES))
+    """The default suite's experiments that are absent, the opt-in ones that were not asked for, and the
+    figures that could not be drawn (with why)."""
+    present = set(summary.get("experiments") or {})
+    missing = [n for n in EXPERIMENT_NAMES if n not in present or not F.experiment(summary, n)]
+    opt_in = [n for n in registry.experiment_names(opt_in=True) if n not in EXPERIMENT_NAMES and n not in present]
+    known = set(registry.experiment_names(opt_in=True))
+    unknown = sorted(present - known)
     parts = ["<h2 id=\"not-run\">Experiments not run</h2>"]
     if missing:
         parts.append("<ul>" + "".join(f"<li><code>{esc(n)}</code> — not run</li>" for n in missing) + "</ul>")
     else:
         parts.append("<p>Every experiment was run.</p>")
+    if opt_in:
+        parts.append("<p>Opt-in experiments (run only when named in <code>--experiments</code>): "
+                     + ", ".join(f"<code>{esc(n)}</code>" for n in opt_in) + ".</p>")
     if skipped:
         parts.append("<p>Figures left out:</p><ul>" + "".join(
             f"<li><code>{esc(n)}</code> — {esc(why)}</li>" for n, why in skipped.items()) + "</ul>")
