@@ -39,7 +39,10 @@ def supports_prefix(model: Any) -> bool:
     cfg = model.cfg
     return (cfg.positional_embedding_type in ("rotary", "standard") and not getattr(cfg, "use_attention_sinks", False)
             and not getattr(cfg, "use_logn_attn", False) and not getattr(cfg, "use_dynamic_ntk_rope", False)
-            and getattr(cfg, "attention_dir", "causal") == "causal")
+            and getattr(cfg, "attention_dir", "causal") == "causal"
+            # Sliding-window attention (Mistral, Gemma-2/3, GPT-Neo's local layers): TransformerLens masks the
+            # window only within one forward, so a continuation from a cache would see keys past the window.
+            and not getattr(cfg, "use_local_attn", False))
 
 
 @dataclass
