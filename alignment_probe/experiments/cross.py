@@ -1,0 +1,121 @@
+"""E8 — the 2×2 cross design: do the late layers depend on what the tuned early layers wrote?
+
+At split s, the early blocks (< s, with the embedding) come from X ∈ {B, T} and the late blocks
+(≥ s, with the final norm and unembedding) from Y ∈ {B, T}; Δ(X, Y) is that hybrid's Δlogp. Every
+cell is a run the engine already knows (../shared/docs/localization.md, E8):
+
+* Δ(B, B) and Δ(T, T) are the two models' own Δlogp (the rows' clean columns);
+* Δ(T, B): the base run from block s on, started from the tuned model's ``resid_pre`` of block s —
+  tuned → base patching of ``resid_pre`` at layer s (rows with target ``base``);
+* Δ(B, T): the tuned run from block s on, started from the base's ``resid_pre`` — base → tuned
+  patching of ``resid_pre`` at s (rows with target ``tuned``).
+
+Reported per split, each a mean over pairs with a bootstrap CI: the late effect on base upstream state
+Δ(B,T) − Δ(B,B), on tuned upstream state Δ(T,T) − Δ(T,B), and the **interaction**
+I(s) = Δ(T,T) − Δ(T,B) − Δ(B,T) + Δ(B,B). A positive interaction says the late layers read something
+the tuned early layers wrote. On a twin tuned in one block only the interaction is 0 at every split
+(below the block the early states agree; above it the late blocks do). Splits run from 1 to L − 1
+(at s = 0 there are no early blocks) at the swept layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from alignment_probe import stats
+from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.experiments.patching import layer_sweep
+from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
+
+NAME = "cross_2x2"
+CELLS = ("bb", "bt", "tb", "tt")
+
+
+def splits(plan: Plan) -> list[int]:
+    """The split layers: the swept layers from 1 to L − 1."""
+    return [s for s in plan.cfg.swept_layers(plan.n_layers) if 1 <= s < plan.n_layers]
+
+
+def cross_specs(plan: Plan) -> list[PatchSpec]:
+    """Δ(T, B) and Δ(B, T) at every split: resid_pre patched across, at every position."""
+    layers = splits(plan)
+    return (layer_sweep(NAME, target="base", source="tuned", layers=layers, hooks=("resid_pre",), scopes=("all",))
+            + layer_sweep(NAME, target="tuned", source="base", layers=layers, hooks=("resid_pre",), scopes=("all",)))
+
+
+def cells(effects: Any) -> dict[int, dict[str, np.ndarray]]:
+    """Per split: the four cells' per-pair Δlogp (pairs in pair-id order) from the effects table."""
+    rows = effects[effects.experiment == NAME]
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for s, group in rows.groupby("layer", sort=True):
+        on_base = group[group.target == "base"].set_index("pair_id").sort_index()
+        on_tuned = group[group.target == "tuned"].set_index("pair_id").reindex(on_base.index)
+        out[int(s)] = {"bb": on_base.clean_delta_logp.to_numpy(), "tb": on_base.patched_delta_logp.to_numpy(),
+                       "tt": on_tuned.clean_delta_logp.to_numpy(), "bt": on_tuned.patched_delta_logp.to_numpy()}
+    return out
+
+
+def summarize_cross(tables: Tables) -> dict[str, dict[str, Any]]:
+    """``by_split``: the four cells' means, the late effects on base and on tuned upstream state and the
+    interaction, each with a bootstrap CI over pairs; ``per_layer``: the interaction by split."""
+    cfg = tables.cfg
+
+    def ci(values: np.ndarray) -> tuple[float, list[float]]:
+        mean, lo, hi = stats.bootstrap_mean_ci(values, seed=cfg.seed, n_boot=cfg.n_boot)
+        return mean, [lo, hi]
+
+    by_split, per_layer = [], []
+    for s, c in cells(tables.effects).items():
+        late_base, late_tuned = c["bt"] - c["bb"], c["tt"] - c["tb"]
+        interaction = late_tuned - late_base
+        entry: dict[str, Any] = {"split": s, **{k: float(c[k].mean()) for k in CELLS}}
+        for key, values in (("late_on_base", late_base), ("late_on_tuned", late_tuned),
+                            ("interaction", interaction)):
+            entry[key], entry[f"{key}_ci"] = ci(values)
+        entry["n"] = int(len(interaction))
+        by_split.append(entry)
+        per_layer.append({"layer": s, "mean": entry["interaction"], "ci_low": entry["interaction_ci"][0],
+                          "ci_high": entry["interaction_ci"][1], "n": entry["n"]})
+    return {NAME: {"by_split": by_split, "per_layer": per_layer}}
+
+
+def cross_figure(summary: Mapping[str, Any]) -> Any:
+    """Per split: the late effect on base and on tuned upstream state, and their difference (the
+    interaction), each with its 95% CI band."""
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from alignment_probe.report import figures as F
+
+    entry = F.experiment(summary, NAME)
+    if not entry or not entry.get("by_split"):
+        raise F.MissingExperimentError("cross_2x2", [NAME])
+    fig = go.Figure()
+    rows = entry["by_split"]
+    for key, label, color in (("late_on_base", "late blocks tuned, on base upstream: Δ(B,T) − Δ(B,B)", "#1f77b4"),
+                              ("late_on_tuned", "late blocks tuned, on tuned upstream: Δ(T,T) − Δ(T,B)", "#ff7f0e"),
+                              ("interaction", "interaction I(s)", "#d62728")):
+        frame = pd.DataFrame({"layer": [r["split"] for r in rows], "mean": [r[key] for r in rows],
+                              "ci_low": [r[f"{key}_ci"][0] for r in rows], "ci_high": [r[f"{key}_ci"][1] for r in rows]})
+        F._add_curve(fig, frame, name=label, color=color, group=key)
+    F._zero_line(fig)
+    F._layer_ticks(fig, [r["split"] for r in rows])
+    return F._layout(fig, "2×2 cross design: late blocks on base vs tuned upstream state (E8)", x_title="split s")
+
+
+register(Experiment(
+    key="cross", method="E8", order=35, batch_order=47,
+    names=(Name(NAME, "2×2 cross design", "#d62728",
+                "Early blocks from base or tuned × late blocks from base or tuned, per split: the interaction says "
+                "whether late layers read what tuned early layers wrote."),),
+    specs=cross_specs, summarize=summarize_cross,
+    figures=(Figure("cross_2x2", "alignment_probe.experiments.cross:cross_figure",
+                    "2×2 cross design: early × late blocks (E8)",
+                    "E8. At each split s the early blocks (< s) come from base or tuned and the late blocks (≥ s) "
+                    "from base or tuned. Blue: what tuned late blocks add on base upstream state; orange: on tuned "
+                    "upstream state; red: their difference, the interaction (0 when the late blocks do not depend "
+                    "on what the tuned early blocks wrote). 95% bootstrap CIs over pairs.",
+                    needs=(NAME,), order=45),),
+))
