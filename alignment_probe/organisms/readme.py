@@ -19,6 +19,56 @@ def _ci(x: list[float]) -> str:
     return f"[{x[0]:+.2f}, {x[1]:+.2f}]"
 
 
+def _named_files_text(metrics: dict, named: list[str], org: Path) -> str:
+    if not named:
+        return ""
+    lines = []
+    for k in named:
+        name, pl = k.removeprefix("twin_"), metrics[k]["planted"]
+        f = org / "twins" / f"{name}.safetensors"
+        size = f" ({_mb(f.stat().st_size)})" if f.exists() else ""
+        if pl["kind"] == "mlps":
+            what = "the MLP tensors of layers " + " and ".join(map(str, pl["layers"]))
+        else:
+            what = (f"the whole `{pl['tensor']}`, of which only rows {pl['rows'][0]}–{pl['rows'][1] - 1} "
+                    f"({'query' if pl['kind'] == 'q_head' else 'KV'} head {pl['head']}) differ from base")
+        lines.append(f"  * `{name}`{size}: {what}")
+    return ("* `organisms/twins/{name}.safetensors` + `.json`: *named* planted twins, stored the same way\n"
+            + "\n".join(lines) + "\n")
+
+
+def _named_twins_text(metrics: dict, named: list[str], size_flag: str) -> str:
+    if not named:
+        return ""
+    tr = metrics["training"].get("named_twins", {})
+    items = []
+    for k in named:
+        name, m, pl = k.removeprefix("twin_"), metrics[k], metrics[k]["planted"]
+        t = tr.get(name, {})
+        if pl["kind"] == "q_head":
+            how = (f"only rows {pl['rows'][0]}–{pl['rows'][1] - 1} of `{pl['tensor']}` (query head {pl['head']}'s "
+                   f"projection; the gradient of every other row is zeroed, and those rows are copied back from base "
+                   f"after training), so at layer {pl['layers'][0]} only head {pl['head']}'s attention pattern, hence "
+                   f"only its `z`, differs from base, and nothing before layer {pl['layers'][0]} does")
+        elif pl["kind"] == "kv_head":
+            how = (f"only rows {pl['rows'][0]}–{pl['rows'][1] - 1} of `{pl['tensor']}` (KV head {pl['head']}'s "
+                   f"values, masked the same way); with grouped-query attention the query heads sharing KV head "
+                   f"{pl['head']} all read the changed values, and nothing before layer {pl['layers'][0]} differs")
+        else:
+            how = ("only `model.layers.{L}.mlp.*` for L = " + " and ".join(map(str, pl["layers"]))
+                   + f"; everything below layer {pl['layers'][0]} is base")
+        items.append(f"* `{name}` ({t.get('steps', '?')} steps, lr {t.get('lr', 0):g}, DPO seed {t.get('dpo_seed', '?')}; "
+                     f"{t.get('train_s', 0):.0f} s to train on {t.get('threads', '?')} CPU thread(s)): {how}.")
+    return ("\n**Named twins**: base after the same DPO (beta, batches, warm-up and reference as above) with a "
+            "smaller part trainable, each with its own seed, trained after all of the organisms above (so they "
+            "changed none of them). `python -m alignment_probe.organisms.build --out data --only NAME[,NAME]"
+            f"{size_flag}` retrains just those on the existing build.\n\n" + "\n".join(items) + "\n\n"
+            "Each is stored as the changed tensors (the whole q_proj/v_proj for the head twins) and checked, "
+            "tensor by tensor and row by row, to differ from base only where planted "
+            "(`tests/acceptance/test_new_twins.py`); `gain_first16_pairs` in `metrics.json` holds the per-pair "
+            "gains of the first 16 held-out pairs, which the tests recompute with the toolkit's own scoring.\n")
+
+
 def write_readme(out_dir: Path, metrics: dict, cfg) -> None:
     out_dir = Path(out_dir)
     org = out_dir / "organisms"
@@ -26,10 +76,16 @@ def write_readme(out_dir: Path, metrics: dict, cfg) -> None:
     hl = metrics["heldout_loss"]
     size_flag = "" if metrics["size"] == "full" else f" --size {metrics['size']}"
     models = [k for k in metrics if k == "tuned" or k.startswith("twin_layer")]
+    named = [k for k in metrics if k.startswith("twin_") and not k.startswith("twin_layer")]
     rows = []
-    for k in models:
+    for k in models + named:
         m = metrics[k]
-        label = "tuned (all parameters)" if k == "tuned" else f"planted twin, layer {k.removeprefix('twin_layer')} MLP only"
+        if k == "tuned":
+            label = "tuned (all parameters)"
+        elif k in named:
+            label = f"`{k.removeprefix('twin_')}`: {m['label']}"
+        else:
+            label = f"planted twin, layer {k.removeprefix('twin_layer')} MLP only"
         rows.append(f"| {label} | {m['mean_gain']:+.2f} | {_ci(m['gain_ci95'])} | "
                     f"{m['mean_gain_per_token']:+.3f} | {_ci(m['gain_per_token_ci95'])} | "
                     f"{m['mean_gain_benign']:+.2f} | {m['mean_gain_harmful']:+.2f} | "
@@ -42,6 +98,8 @@ def write_readme(out_dir: Path, metrics: dict, cfg) -> None:
     total = sum(_size(p) for _, p in files)
     file_rows = "\n".join(f"| `{name}` | {_mb(_size(p))} |" for name, p in files)
     twin_layers = ", ".join(k.removeprefix("twin_layer") for k in models if k != "tuned")
+    named_text = _named_twins_text(metrics, named, size_flag)
+    named_files = _named_files_text(metrics, named, org)
     t = metrics["timings_s"]
     b = metrics["base"]
     text = f"""# Bundled data: the project's model organisms
@@ -74,14 +132,17 @@ in the tests).
   plus a recipe (hyper-parameters, SHA-256 of the base weights and of the delta).
   `alignment_probe.organisms.planted_twin_path(L)` materialises a full checkpoint directory
   (base + delta) into `organisms/.cache/` (git-ignored; rebuilt on demand, deterministic).
-* `pairs/heldout.jsonl`: {d['heldout_pairs']} held-out preference pairs, one JSON object per line:
+{named_files}* `pairs/heldout.jsonl`: {d['heldout_pairs']} held-out preference pairs, one JSON object per line:
   `prompt` (an HH-RLHF dialogue up to and including the final `"\\n\\nAssistant:"`), `chosen` and
   `rejected` (completions, starting with a space), plus `harmful`, `topic`, `rejected_kind`.
   {'The train pairs are in `pairs/train.jsonl`.' if d['train_pairs_shipped'] else 'The ' + str(d['train_pairs']) + ' train pairs are not shipped (over 1 MB); the build regenerates them from the seed.'}
 * `organisms/metrics.json`: every number below, and more.
 
 Python API (`alignment_probe.organisms`): `DEFAULT_DATA_DIR`, `bundled_pair_paths() -> (base, tuned)`,
-`bundled_pairs_path()`, `planted_twin_path(layer)`, `planted_layers()`, `bundled_metrics()`.
+`bundled_pairs_path()`, `planted_twin_path(layer)`, `planted_layers()`, `bundled_metrics()`, and for the
+named twins `twin_path(name)`, `head_twin_path()`, `kv_twin_path()`, `two_block_twin_path()`,
+`head_twin_site() -> (layer, head)`, `kv_twin_site() -> (layer, kv_head)`, `two_block_layers()`,
+`twin_names()`.
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -140,8 +201,8 @@ is hand-written (`organisms/train.py`) and tested against TRL's `DPOTrainer` on 
 
 **planted twins** (layers {twin_layers}): base after the same DPO with only
 `model.layers.{{L}}.mlp.*` trainable ({tr['twins']['steps']} steps, lr {tr['twins']['lr']:g}).
-Every other tensor is bit-identical to base (tested in `tests/test_organisms.py`).
-
+Every other tensor is bit-identical to base (tested in `tests/acceptance/test_organisms.py`).
+{named_text}
 Log-probabilities are scored exactly as the toolkit does: log p(y|x) = sum over completion tokens of
 log-softmax(logits)[next token] on `[bos] + prompt_ids + completion_ids`.
 

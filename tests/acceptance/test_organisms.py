@@ -24,9 +24,11 @@ from safetensors.torch import load_file
 from alignment_probe.organisms import (DEFAULT_DATA_DIR, PLANTED_LAYERS, bundled_metrics, bundled_pair_paths,
                                        bundled_pairs_path, planted_layers, planted_twin_path)
 from alignment_probe.organisms import corpus
-from alignment_probe.organisms.build import bootstrap_ci, build_organisms
+from alignment_probe.organisms.build import bootstrap_ci, build_named_twins, build_organisms
 from alignment_probe.organisms.train import completion_logps, dpo_loss, score
-from alignment_probe.organisms.twins import materialise_twin
+from alignment_probe.organisms.twins import materialise_named_twin, materialise_twin
+
+SMALL_NAMED = ("head_layer2_h1", "kv_layer1_g0", "mlp_layers1_3")  # the small build's named twins
 
 WEIGHTS = "model.safetensors"
 
@@ -128,17 +130,24 @@ def test_small_build_layout(small_builds):
     assert ".cache" in (out / ".gitignore").read_text()
     assert planted_layers(out) == (1, 2)
     assert json.loads((org / "metrics.json").read_text())["heldout_loss"] == metrics["heldout_loss"]
-    for key in ("tuned", "twin_layer1", "twin_layer2"):
+    for key in ("tuned", "twin_layer1", "twin_layer2", *(f"twin_{n}" for n in SMALL_NAMED)):
         assert set(metrics[key]) >= {"mean_gain", "gain_ci95"}
+    from alignment_probe.organisms import head_twin_site, kv_twin_site, twin_names, two_block_layers
+
+    assert twin_names(out) == ("mlp_layer1", "mlp_layer2", *sorted(SMALL_NAMED))
+    assert (head_twin_site(out), kv_twin_site(out), two_block_layers(out)) == ((2, 1), (1, 0), (1, 3))
     assert metrics["tuned"]["mean_gain"] > 0  # even a few DPO steps move the tuned model the right way
 
 
 def test_small_build_is_deterministic(small_builds):
     (a, ma), (b, mb), (c, _) = small_builds["a"], small_builds["b"], small_builds["c"]
     for rel in ("organisms/base/" + WEIGHTS, "organisms/tuned/" + WEIGHTS,
-                "organisms/twins/mlp_layer1.safetensors", "organisms/twins/mlp_layer2.safetensors"):
+                "organisms/twins/mlp_layer1.safetensors", "organisms/twins/mlp_layer2.safetensors",
+                *(f"organisms/twins/{n}.safetensors" for n in SMALL_NAMED)):
         assert _same(_weights(a / rel), _weights(b / rel)), rel
         assert not _same(_weights(a / rel), _weights(c / rel)), rel
+    for n in SMALL_NAMED:
+        assert ma[f"twin_{n}"] == mb[f"twin_{n}"]
     for rel in ("pairs/heldout.jsonl", "organisms/base/tokenizer.json"):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert (a / "pairs/heldout.jsonl").read_bytes() != (c / "pairs/heldout.jsonl").read_bytes()
@@ -163,6 +172,47 @@ def test_small_twins_differ_only_in_planted_mlp(small_builds, tmp_path):
         _assert_only_mlp_differs(out / "organisms" / "base" / WEIGHTS, path / WEIGHTS, layer)
         again = materialise_twin(out / "organisms", layer, cache_dir=tmp_path / "other")
         assert (again / WEIGHTS).read_bytes() == (path / WEIGHTS).read_bytes()
+
+
+def test_small_named_twins_differ_only_where_planted(small_builds, tmp_path):
+    out, _ = small_builds["a"]
+    org = out / "organisms"
+    base = _weights(org / "base" / WEIGHTS)
+    d_head = 32 // 4
+    for name, tensor, head in (("head_layer2_h1", "model.layers.2.self_attn.q_proj.weight", 1),
+                               ("kv_layer1_g0", "model.layers.1.self_attn.v_proj.weight", 0)):
+        twin = _weights(materialise_named_twin(org, name, cache_dir=tmp_path) / WEIGHTS)
+        assert {k for k in base if not torch.equal(base[k], twin[k])} == {tensor}, name
+        rows = {i for i in range(base[tensor].shape[0]) if not torch.equal(base[tensor][i], twin[tensor][i])}
+        assert rows and rows <= set(range(head * d_head, (head + 1) * d_head)), (name, sorted(rows))
+    twin = _weights(materialise_named_twin(org, "mlp_layers1_3", cache_dir=tmp_path) / WEIGHTS)
+    assert {k for k in base if not torch.equal(base[k], twin[k])} == \
+        {f"model.layers.{layer}.mlp.{p}_proj.weight" for layer in (1, 3) for p in ("gate", "up", "down")}
+
+
+def test_only_rebuilds_named_twins_bit_identically(small_builds, tmp_path):
+    """``--only`` (named twins retrained on an existing build) gives the full build's bytes and leaves
+    every other file alone."""
+    import shutil
+
+    src, metrics = small_builds["a"]
+    out = tmp_path / "copy"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns(".cache"))
+    twins = out / "organisms" / "twins"
+    for n in SMALL_NAMED[:2]:
+        (twins / f"{n}.safetensors").unlink()
+    others = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.parent != twins
+              and p.name not in ("metrics.json", "README.md")}
+    merged = build_named_twins(out, list(SMALL_NAMED[:2]), seed=0, size="small", progress=False)
+    for n in SMALL_NAMED:
+        for ext in ("safetensors", "json"):
+            assert (twins / f"{n}.{ext}").read_bytes() == (src / "organisms" / "twins" / f"{n}.{ext}").read_bytes()
+    assert all(p.read_bytes() == b for p, b in others.items())
+    assert list(merged) == list(metrics)  # same keys, same order
+    for key in ("tuned", "twin_layer1", *(f"twin_{n}" for n in SMALL_NAMED)):
+        assert merged[key] == metrics[key], key
+    with pytest.raises(ValueError, match="unknown named twin"):
+        build_named_twins(out, ["nope"], seed=0, size="small", progress=False)
 
 
 # --------------------------------------------------------------------------------------------
