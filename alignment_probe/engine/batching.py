@@ -16,12 +16,21 @@ from typing import Sequence
 
 def plan_batches(lengths: Sequence[int], batch_size: int, overhead_tokens: float) -> list[list[int]]:
     """Indices into ``lengths`` grouped into batches (each sorted by length, shortest first)."""
+    return _plan(lengths, batch_size, overhead_tokens)[0]
+
+
+def plan_cost(lengths: Sequence[int], batch_size: int, overhead_tokens: float) -> float:
+    """The planner's cost of its best plan: Σ (overhead + rows · longest), in token-equivalents."""
+    return _plan(lengths, batch_size, overhead_tokens)[1]
+
+
+def _plan(lengths: Sequence[int], batch_size: int, overhead_tokens: float) -> tuple[list[list[int]], float]:
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     n = len(order)
     if n == 0:
-        return []
+        return [], 0.0
     best = [0.0] + [float("inf")] * n  # best[j]: cheapest plan for the j shortest
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
@@ -34,7 +43,7 @@ def plan_batches(lengths: Sequence[int], batch_size: int, overhead_tokens: float
     while j > 0:
         batches.append(order[cut[j]:j])
         j = cut[j]
-    return batches[::-1]
+    return batches[::-1], best[n]
 
 
 def overhead_tokens(cfg) -> float:

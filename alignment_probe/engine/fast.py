@@ -46,7 +46,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from alignment_probe.engine.batching import overhead_tokens, plan_batches
+from alignment_probe.engine.batching import overhead_tokens, plan_batches, plan_cost
 from alignment_probe.engine.prefix import PromptState, pad_stack, run_continuations, run_prompts, supports_prefix
 from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.interventions import (AddVector, GaussianNoise, Interpolate, Intervention, Project,
@@ -147,17 +147,25 @@ class _Shared:
 
 
 class FastEngine:
-    """``FastEngine(batch_size, memory_budget_gb, share_prompts=True)``: ``share_prompts=False``
-    runs every sequence in full (the same numbers to float precision; for comparisons)."""
+    """``FastEngine(batch_size, memory_budget_gb, share_prompts="auto", overhead_tokens=None)``.
+
+    ``share_prompts``: ``"auto"`` (default) shares prompts where the batch planner's cost model
+    (padded tokens + a per-forward cost of ``overhead_tokens``, by default from the model's width,
+    batching.py) says the prompt-then-continuation forwards are cheaper than full sequences — on a
+    tiny model the extra forwards can cost more than the prompt tokens they save; ``True`` always
+    shares where the prompts are the same; ``False`` runs every sequence in full. All three give
+    the same numbers to float precision."""
 
     name = "fast"
 
-    def __init__(self, batch_size: int = 32, memory_budget_gb: float = 2.0, share_prompts: bool = True,
+    def __init__(self, batch_size: int = 32, memory_budget_gb: float = 2.0, share_prompts: bool | str = "auto",
                  overhead_tokens: float | None = None):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
         self.memory_budget_gb = memory_budget_gb
+        if share_prompts not in (True, False, "auto"):
+            raise ValueError(f"share_prompts must be True, False or 'auto', got {share_prompts!r}")
         self.share_prompts = share_prompts
         self.overhead = overhead_tokens
         self.work = WorkCounter()
@@ -174,12 +182,22 @@ class FastEngine:
         self.work.add_floor(n_blocks, tokens)
         self.work_by_stage[stage].add_floor(n_blocks, tokens)
 
+    def _overhead(self, model: Any) -> float:
+        return self.overhead if self.overhead is not None else overhead_tokens(model.cfg)
+
     def _plan(self, model: Any, lengths: Sequence[int]) -> list[list[int]]:
-        cost = self.overhead if self.overhead is not None else overhead_tokens(model.cfg)
-        return plan_batches(lengths, self.batch_size, cost)
+        return plan_batches(lengths, self.batch_size, self._overhead(model))
 
     def _shares(self, model: Any) -> bool:
-        return self.share_prompts and supports_prefix(model)
+        return bool(self.share_prompts) and supports_prefix(model)
+
+    def _worth_sharing(self, model: Any, full: Sequence[int], prompts: Sequence[int], completions: Sequence[int]) -> bool:
+        """Whether prompt + continuation forwards beat full sequences (always, unless "auto")."""
+        if self.share_prompts != "auto":
+            return True
+        c = self._overhead(model)
+        shared = plan_cost(prompts, self.batch_size, c) + plan_cost(completions, self.batch_size, c)
+        return shared < plan_cost(full, self.batch_size, c)
 
     def pairs_per_chunk(self, pair: Twins, tokenized: Sequence[TokenizedPair], n_cached: int) -> int:
         """How many pairs' caches fit the memory budget (at least one)."""
@@ -204,7 +222,9 @@ class FastEngine:
                                                    for t in chunk))
             else:
                 self._floor("clean", n_blocks, sum(s.length for s in seqs))
-            if self._shares(model):
+            if self._shares(model) and self._worth_sharing(
+                    model, [s.length for s in seqs], [len(t.prompt_ids) for t in chunk],
+                    [len(s.completion_ids) for s in seqs]):
                 clean[name], acts[name] = self._clean_shared(model, chunk, names, capture)
             else:
                 clean[name], acts[name] = self._clean_full(model, seqs, names, capture)
@@ -404,14 +424,19 @@ class FastEngine:
                     self._floor("patched", n_blocks, len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids))
                 else:
                     self._floor("patched", n_blocks, sum(it.seq.length for it in changed))
-                if not shares:
-                    full.extend(changed)
-                    continue
-                # Every run continues from a prompt run: its pair's other side's too when both prompts
-                # are the same, else its own (one code path, so one-sided runs add up exactly).
-                p = len(t.prompt_ids)
-                for group in ([changed] if here else [[it] for it in changed]):
-                    shared.append(_Shared(group[0].value[..., :p, :], group))
+                full.extend(changed)
+                if shares:
+                    # Every run continues from a prompt run: its pair's other side's too when both prompts
+                    # are the same, else its own (one code path, so one-sided runs add up exactly).
+                    p = len(t.prompt_ids)
+                    for group in ([changed] if here else [[it] for it in changed]):
+                        shared.append(_Shared(group[0].value[..., :p, :], group))
+            if shared and self._worth_sharing(model, [it.seq.length for it in full],
+                                              [u.items[0].seq.completion_start for u in shared],
+                                              [len(it.seq.completion_ids) for u in shared for it in u.items]):
+                full = []
+            else:
+                shared = []
             for rows in self._plan(model, [it.seq.length for it in full]):
                 batch = [full[r] for r in rows]
                 for it, v in zip(batch, self.run_batch(pair, target, start, hook, batch)):

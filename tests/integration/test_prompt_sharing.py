@@ -62,7 +62,7 @@ def test_every_scope_and_hook(tiny_pair, tokenized, scope):
                         hooks=("resid_pre", "resid_post", "attn_out", "mlp_out", "resid_mid"), scopes=(scope,))
     specs += layer_sweep("random_noise", target="base", source="tuned", layers=(1,), hooks=("resid_post",),
                          scopes=(scope,), intervention=GaussianNoise(seed=3))
-    a = FastEngine(batch_size=4, share_prompts=True).run(tiny_pair, tokenized, specs)
+    a = FastEngine(batch_size=4, share_prompts=True, overhead_tokens=20).run(tiny_pair, tokenized, specs)
     b = FastEngine(batch_size=4, share_prompts=False).run(tiny_pair, tokenized, specs)
     _close(a, b, 1e-5)
     assert a.effect.abs().max() > 1e-4
