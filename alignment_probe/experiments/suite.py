@@ -295,14 +295,17 @@ def _stage_one(pair: Twins, groups: list[list[TokenizedPair]], engine: Engine, s
         done = store.has(f"scores-{tag}.parquet") and (not specs or store.has(f"stage1-{tag}.parquet"))
 
         def score(group: list[TokenizedPair] = group) -> pd.DataFrame:
-            table = score_pairs(pair, group, progress=False)
+            # One clean pass per model for the run: the fast engine scored these sequences in its clean runs
+            # (free after engine.run; else its own clean pass); the reference engine has no such pass.
+            clean = getattr(engine, "clean_scores", None)
+            table = clean(pair, group) if clean is not None else score_pairs(pair, group, progress=False)
             check_scores(pair, table, group)  # NaN/inf: names the pair, model and layer
             return table
 
-        score_parts.append(store.table(f"scores-{tag}", score))
         if specs:
             effect_parts.append(store.table(f"stage1-{tag}", lambda g=group: engine.run(pair, g, specs,
                                                                                        progress=progress)))
+        score_parts.append(store.table(f"scores-{tag}", score))
         log(f"stage 1: part {n}/{len(groups)} (pair_id {group[0].pair_id}–{group[-1].pair_id}) "
             f"{'already done' if done else 'done'}")
     scores = pd.concat(score_parts, ignore_index=True).sort_values("pair_id", kind="stable").reset_index(drop=True)
