@@ -183,12 +183,28 @@ def _layers(text: str | None, option: str) -> tuple[int, ...] | None:
     return tuple(sorted(set(out)))
 
 
+def precheck_inputs(args: argparse.Namespace) -> tuple[object, object] | None:
+    """The cheap checks, before torch or TransformerLens is imported, so bad input is refused in under a
+    second: the data file read and validated (returned, so it is read once), the pair-id file, and the
+    checkpoint folders, adapter folder or hub names. A hub dataset is checked when it loads."""
+    from alignment_probe.checkpoint_files import precheck_pair
+    from alignment_probe.data import is_hub_dataset, load_pairs, read_pair_ids
+
+    loaded = None if is_hub_dataset(args.data) else load_pairs(args.data, data_dir=args.data_dir, split=args.split)
+    if args.pair_ids is not None:
+        read_pair_ids(args.pair_ids)
+    precheck_pair(args.base, args.tuned)
+    return loaded
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    resolve_defaults(args)
+    loaded = precheck_inputs(args)
+
     from alignment_probe.effects import EXPERIMENT_NAMES
     from alignment_probe.experiments.suite import SuiteConfig
     from alignment_probe.run import RunRequest, execute
 
-    resolve_defaults(args)
     experiments = EXPERIMENT_NAMES if args.experiments == "all" else _list(args.experiments)
     suite = SuiteConfig(experiments=experiments, hook=args.hook, scope=args.scope,
                         extra_hooks=_list(args.extra_hooks) or (), extra_scopes=_list(args.extra_scopes) or (),
@@ -202,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                      n_pairs=args.n_pairs, max_length=args.max_length, data_dir=args.data_dir, split=args.split,
                      device=args.device, dtype=args.dtype, engine=args.engine, batch_size=args.batch_size,
                      force=args.force, pairs_per_part=args.pairs_per_part, pair_ids=args.pair_ids, argv=args.argv)
-    result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr))
+    result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr), loaded=loaded)
     if result.extra.get("rank", 0) != 0:  # one of several torchrun processes: rank 0 reports the run
         return EXIT_OK
     s = result.summary

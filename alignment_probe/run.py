@@ -179,8 +179,11 @@ def make_deterministic(device: str | None) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None] = print) -> SuiteResult:
+def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None] = print,
+            loaded: tuple[Any, Any] | None = None) -> SuiteResult:
     """Validate everything cheap first, then load, run (resuming from parts) and write the run directory.
+    ``loaded``: the ``(pairs, report)`` of ``load_pairs(req.data, …)`` when the caller already read them
+    (the CLI does, before importing anything heavy).
 
     Launched by torchrun, every process runs this: each loads the pair on its own device and
     computes its share of the parts (see :mod:`alignment_probe.distributed`); rank 0 alone logs,
@@ -191,19 +194,20 @@ def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None
     world = World.from_env(req.device)
     with world:
         result = run_in_world(req, world, progress=progress and world.is_main,
-                              log=log if world.is_main else (lambda s: None))
+                              log=log if world.is_main else (lambda s: None), loaded=loaded)
         world.finish()
     return result
 
 
-def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[str], None]) -> SuiteResult:
+def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[str], None],
+                 loaded: tuple[Any, Any] | None = None) -> SuiteResult:
     """:func:`execute` in a given world (of one process, or this rank's share of a torchrun run)."""
     from alignment_probe.distributed import PassLog, device_for, run_passes
 
     req.validate()
     old_manifest = check_run_dir(req)
     # The data and the checkpoints' files are read and checked before any model loads.
-    pairs, report = load_pairs(req.data, data_dir=req.data_dir, split=req.split)
+    pairs, report = loaded if loaded is not None else load_pairs(req.data, data_dir=req.data_dir, split=req.split)
     id_source: dict[str, Any] = {}
     if req.pair_ids is not None:
         pairs = restrict_pairs(pairs, read_pair_ids(req.pair_ids), source=req.data, ids_source=req.pair_ids)
