@@ -137,10 +137,13 @@ def plot(effects: pd.DataFrame, *, title: str = "Per-layer effect by condition",
 
 
 def list_experiments() -> pd.DataFrame:
-    """Every registered experiment name with its method id (E1–E11), label and one-line description."""
+    """Every registered experiment name with its method id (E1–E11), one-line description, label, module key,
+    and whether the default suite runs it (``default``; the others run when named in ``experiments``)."""
     from alignment_probe.experiments import registry
 
-    return pd.DataFrame(registry.table(), columns=["name", "method", "description", "label", "experiment"])
+    default = set(registry.experiment_names())
+    rows = [r | {"default": r["name"] in default} for r in registry.table(opt_in=True)]
+    return pd.DataFrame(rows, columns=["name", "method", "description", "label", "experiment", "default"])
 
 
 def load_run(path: str | os.PathLike[str]) -> Any:

@@ -92,7 +92,8 @@ def test_list_experiments_is_the_registry():
     table = ap.list_experiments()
     from alignment_probe.effects import EXPERIMENT_NAMES
 
-    assert tuple(table.name) == EXPERIMENT_NAMES and table.name.is_unique
+    assert tuple(table[table.default].name) == EXPERIMENT_NAMES and table.name.is_unique
+    assert "steer" in set(table[~table.default].name)  # opt-in experiments are listed too
     assert all(re.fullmatch(r"E\d+", m) for m in table.method)
     assert table.set_index("name").loc["patch_base_to_tuned", "method"] == "E3"
     assert table.set_index("name").loc["lasso", "method"] == "E2"
