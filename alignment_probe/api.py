@@ -27,7 +27,7 @@ import pandas as pd
 
 from alignment_probe.errors import ConfigError
 
-__all__ = ["load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run", "run",
+__all__ = ["load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run", "run_suite",
            "completion_logprob", "sequence_tokens", "TokenizedPairs"]
 
 
@@ -154,13 +154,14 @@ def load_run(path: str | os.PathLike[str]) -> Any:
     return _load(Path(path))
 
 
-def run(out: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None,
+def run_suite(out: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None,
         tuned: str | os.PathLike[str] | None = None, data: str | os.PathLike[str] | None = None,
         experiments: Sequence[str] | None = None, n_pairs: int | None = 80, max_length: int = 512, device: str = "cpu",
         dtype: str = "float32", engine: str = "fast", progress: bool = True, force: bool = False,
         **suite: Any) -> Any:
     """``alignment-probe run`` from Python: the whole suite into the run directory ``out`` (resumable),
-    returned as :func:`load_run` reads it. Models and data default to the bundled organisms;
+    returned as :func:`load_run` reads it (not ``ap.run``: that name is the module ``alignment_probe.run``).
+    Models and data default to the bundled organisms;
     ``suite``: :class:`~alignment_probe.experiments.suite.SuiteConfig` fields (``hook``, ``layers``,
     ``alphas``, ``n_boot``…)."""
     from alignment_probe.experiments.suite import SuiteConfig

@@ -28,7 +28,7 @@ from alignment_probe.organisms import bundled_pair_paths, bundled_pairs_path
 def entry(tmp_path_factory):
     base, tuned = bundled_pair_paths()
     out = tmp_path_factory.mktemp("steer-organisms") / "run"
-    run = ap.run(out, base=base, tuned=tuned, data=bundled_pairs_path(), experiments=("patch_tuned_to_base", "steer"),
+    run = ap.run_suite(out, base=base, tuned=tuned, data=bundled_pairs_path(), experiments=("patch_tuned_to_base", "steer"),
                  n_pairs=80, progress=False, steer_cs=(0.5, 1.0, 2.0), n_boot=1000)
     summary = run.summary["experiments"]
     assert summary["steer"]["layer"] == summary["patch_tuned_to_base"]["heldout"]["chosen_layer"]

@@ -19,7 +19,10 @@ def pairs(tiny_pair):
 
 
 def test_top_level_names():
-    for name in ("load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run"):
+    import alignment_probe.run  # noqa: F401  (a submodule import must not shadow an API name)
+
+    for name in ("load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run",
+                 "run_suite"):
         assert callable(getattr(ap, name)), name
     with pytest.raises(AttributeError):
         ap.no_such_name  # noqa: B018
