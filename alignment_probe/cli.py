@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steer-k", type=int, default=None, help="steer: rank of the low-rank baseline (default: 4)")
     run.add_argument("--transfer-data", default=None,
                      help="steer: also evaluate the vectors on this data source's pairs (a file or hub name)")
+    run.add_argument("--confirm", type=int, default=None, metavar="K",
+                     help="atp (E10, opt-in): also patch exactly the K conditions attribution patching ranks highest "
+                          "(adds atp and atp_confirm to --experiments)")
     run.add_argument("--engine", choices=["fast", "reference"], default="fast",
                      help="fast (default) or reference (one run_with_hooks per pair, layer and sequence)")
     run.add_argument("--force", action="store_true",
@@ -206,6 +209,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from alignment_probe.run import RunRequest, execute
 
     experiments = EXPERIMENT_NAMES if args.experiments == "all" else _list(args.experiments)
+    if args.confirm is not None:  # E10: AtP's top K conditions confirmed by exact patching
+        experiments = (*experiments, *(e for e in ("atp", "atp_confirm") if e not in experiments))
     suite = SuiteConfig(experiments=experiments, hook=args.hook, scope=args.scope,
                         extra_hooks=_list(args.extra_hooks) or (), extra_scopes=_list(args.extra_scopes) or (),
                         layers=_layers(args.layers, "--layers"),
@@ -213,6 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         lowrank_layers=_layers(args.lowrank_layers, "--lowrank-layers"),
                         steer_layer=args.steer_layer, steer_cs=_list(args.steer_c, float, "--steer-c"),
                         steer_k=args.steer_k, transfer_data=args.transfer_data,
+                        **({} if args.confirm is None else {"atp_confirm_k": args.confirm}),
                         seed=args.seed, n_boot=args.n_boot)
     req = RunRequest(base=args.base, tuned=args.tuned, data=args.data, out=Path(args.out), suite=suite,
                      n_pairs=args.n_pairs, max_length=args.max_length, data_dir=args.data_dir, split=args.split,

@@ -17,6 +17,8 @@ layer               block index
 param               the experiment's extra axis (α, k, scale), NaN when it has none
 split               ``all``, or ``fit`` / ``heldout`` for quantities fitted on half the pairs
 pair_id             the pair's 0-based line in the data file
+estimator           ``exact`` (the patch was run) or ``atp`` (attribution patching's first-order
+                    estimate of it, E10; its patched_* columns are clean + estimate)
 clean_logp_chosen   target's own log p(y+|x) (unpatched) — and the same for rejected
 clean_delta_logp    target's own Δlogp
 patched_logp_*      log-probs with the patch applied
@@ -35,7 +37,10 @@ import pandas as pd
 
 from alignment_probe.vocab import Hook, Role, Sides, check_hook, check_role, check_scope, check_sides
 
-KEY_COLUMNS = ["experiment", "target", "source", "hook", "scope", "sides", "layer", "param", "split", "pair_id"]
+# ``estimator`` last: every exact-only table keeps the row order it had before the column existed
+KEY_COLUMNS = ["experiment", "target", "source", "hook", "scope", "sides", "layer", "param", "split", "pair_id",
+               "estimator"]
+ESTIMATORS: tuple[str, ...] = ("exact", "atp", "atp*")
 VALUE_COLUMNS = ["clean_logp_chosen", "clean_logp_rejected", "clean_delta_logp",
                  "patched_logp_chosen", "patched_logp_rejected", "patched_delta_logp", "effect"]
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
@@ -68,8 +73,11 @@ class RowKey:
     layer: int
     param: float = math.nan
     split: str = "all"
+    estimator: str = "exact"  # how the rows' effects were obtained: run exactly, or estimated (ESTIMATORS)
 
     def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; use one of {', '.join(ESTIMATORS)}")
         check_role(self.target, "target model")
         check_role(self.source, "source model")
         check_hook(self.hook)

@@ -126,6 +126,9 @@ class Experiment:
     # in the default suite (``SuiteConfig()``, ``--experiments all``, ``EXPERIMENT_NAMES``); False: opt-in,
     # run only when named (e.g. ``--experiments patch_tuned_to_base,steer``)
     default: bool = True
+    # how its conditions are computed: "exact" (the run's engine) or an estimator the suite runs them with
+    # instead, in parts of their own (``stage<n>-<estimator>-…``; "atp": engine/attribution.py, E10)
+    estimator: str = "exact"
 
     @property
     def spec_order(self) -> int:
@@ -222,9 +225,9 @@ def method_id(name: str) -> str | None:
 
 
 def per_layer_names() -> tuple[str, ...]:
-    """Names that emit per-layer rows (what ``ap.sweep`` accepts)."""
+    """Names that emit per-layer rows with the exact engines (what ``ap.sweep`` accepts)."""
     return tuple(n.name for e in experiments() if e.specs is not None and e.fit is None and not e.needs
-                 for n in e.names if n.per_layer)
+                 and e.estimator == "exact" for n in e.names if n.per_layer)
 
 
 def figures() -> list[Figure]:

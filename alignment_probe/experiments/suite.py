@@ -72,6 +72,7 @@ class SuiteConfig:
     steer_cs: tuple[float, ...] | None = None
     steer_k: int | None = None
     transfer_data: str | None = None  # E11 transfer: pairs of another data source (loaded by run.py)
+    atp_confirm_k: int = 5  # E10 ``--confirm K``: exact patching of the K conditions attribution patching ranks highest
 
     def validate(self, n_layers: int | None = None) -> None:
         """Check names and ranges; ``n_layers=None`` checks what is known before a model loads."""
@@ -91,6 +92,8 @@ class SuiteConfig:
         if self.layers is not None and len(self.layers) == 0:
             raise ConfigError("--layers is empty; give at least one layer, e.g. --layers 0,4,8, or leave it out to "
                               "sweep every layer.")
+        if self.atp_confirm_k < 1:
+            raise ConfigError(f"--confirm must be at least 1, got {self.atp_confirm_k}.")
         if self.steer_k is not None and self.steer_k < 1:
             raise ConfigError(f"--steer-k must be at least 1, got {self.steer_k}.")
         if self.steer_cs is not None and len(self.steer_cs) == 0:
@@ -218,6 +221,10 @@ def canonical_effects(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
     parts = [p for p in parts if len(p)]
     if not parts:
         return pd.DataFrame()
+    for i, p in enumerate(parts):
+        if "estimator" not in p.columns:  # a part stored before the column existed: every row exact
+            parts[i] = p = p.copy()
+            p.insert(p.columns.get_loc("pair_id") + 1, "estimator", "exact")
     frame = pd.concat(parts, ignore_index=True)
     return frame.sort_values(KEY_COLUMNS, kind="stable", na_position="first").reset_index(drop=True)
 
@@ -260,12 +267,15 @@ def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, c
         extra = {"pair_ids": ids, "upstream": upstream, "twins": pair, "tokenized": tokenized}
         if extra_pairs:
             extra["extra_pairs"] = {tag: sorted(p, key=lambda t: t.pair_id) for tag, p in extra_pairs.items()}
+        exact = [s for s in stage if s.experiment.estimator == "exact"]  # the others: _estimated
         if number == 1:
-            scores, rows = _stage_one(pair, groups, engine, stage_specs(stage, cfg, n_layers, d_model, **extra),
+            scores, rows = _stage_one(pair, groups, engine, stage_specs(exact, cfg, n_layers, d_model, **extra),
                                       store, log=log, progress=progress)
         else:
-            rows = _later_stage(number, stage, pair, groups, engine, cfg, store, fits, extra, log=log,
-                                progress=progress)
+            rows = _later_stage(number, exact, pair, groups, engine, cfg, store, fits, extra, log=log,
+                                progress=progress) if exact else pd.DataFrame()
+        rows = _estimated(number, [s for s in stage if s not in exact], rows, pair, groups, cfg, store, extra, log=log,
+                          progress=progress)
         if len(rows):
             ran(rows, stage)
     for step in steps:
@@ -371,3 +381,39 @@ def _later_stage(number: int, stage: list[Step], pair: Twins, groups: list[list[
             log(f"stage {number}: {tag} part {n}/{len(tag_groups)} (pair_id {group[0].pair_id}–"
                 f"{group[-1].pair_id}) {'already done' if done else 'done'}")
     return canonical_effects(parts)
+
+
+# Engines of the estimators an experiment may declare (``Experiment.estimator``), "module:Class".
+ESTIMATOR_ENGINES = {"atp": "alignment_probe.engine.attribution:AttributionEngine"}
+
+
+def estimator_engine(name: str) -> Engine:
+    """The engine that computes an estimator's conditions (built with its defaults)."""
+    import importlib
+
+    if name not in ESTIMATOR_ENGINES:
+        raise ConfigError(f"unknown estimator {name!r}; known: exact, {', '.join(ESTIMATOR_ENGINES)}.")
+    module, _, attr = ESTIMATOR_ENGINES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)()
+
+
+def _estimated(number: int, stage: list[Step], rows: pd.DataFrame, pair: Twins, groups: list[list[TokenizedPair]],
+               cfg: SuiteConfig, store: PartStore, extra: dict[str, Any], *, log: Callable[[str], None],
+               progress: bool) -> pd.DataFrame:
+    """A stage's conditions that an estimator computes instead of the run's engine (``Experiment.estimator``,
+    e.g. attribution patching), per group of pairs in parts ``stage<n>-<estimator>-<first>-<last>``, added to
+    the stage's exact ``rows`` in the canonical order (the exact rows keep theirs)."""
+    parts = [rows]
+    for name in sorted({s.experiment.estimator for s in stage}):
+        own = [s for s in stage if s.experiment.estimator == name]
+        if any(s.experiment.fit is not None for s in own):
+            raise ConfigError(f"{', '.join(s.experiment.key for s in own)}: an estimated experiment cannot have a fit.")
+        specs = stage_specs(own, cfg, pair.n_layers, pair.d_model, **extra)
+        if not specs:
+            continue
+        engine = estimator_engine(name)
+        log(f"stage {number}: {len(specs)} conditions estimated by {name} ({engine.name} engine)")
+        for group in groups:
+            parts.append(store.table(f"stage{number}-{name}-{group_tag(group)}",
+                                     lambda g=group: engine.run(pair, g, specs, progress=progress)))
+    return canonical_effects(parts) if len(parts) > 1 else rows

@@ -1,0 +1,252 @@
+"""E10 — attribution patching (AtP): E1's conditions *estimated* to first order, every layer at once.
+
+``atp`` has E1's conditions (target base, source tuned, ``Replace`` at all positions of the run's
+scope) at ``resid_pre``, ``resid_post``, ``attn_out`` and ``mlp_out`` of every swept layer (plus the
+run's ``--hook`` / ``--extra-hooks``), run by :class:`~alignment_probe.engine.attribution.AttributionEngine`
+(``Experiment.estimator = "atp"``: the suite routes these conditions to it, in parts
+``stage1-atp-<first>-<last>``). Its rows are ``experiment = "atp"``, ``estimator = "atp"``: the estimate
+Σ_p (a′_p − a_p)·∂Δ/∂a_p of what the exact patch would do.
+
+**Validation, always reported**: where the run also has exact rows of the same conditions
+(``patch_tuned_to_base`` at the same hook and scope, e.g. with ``--extra-hooks``), the summary gives
+per hook the Spearman ρ between AtP's and the exact per-layer means, top-k recall (of the k conditions
+with the largest |exact mean|, the share among AtP's k largest |means|; k = 3 and k = 10 % of the
+conditions, at least 1), the largest absolute error of a per-layer mean and the number of conditions
+compared; the same pooled over every hook under ``atp.validation``.
+
+``atp_confirm`` (``--confirm K``, stage 2, needs ``atp``) runs *exact* patching for the K conditions
+(hook, layer) whose AtP means are largest in absolute value, and the summary sets both side by side
+under ``atp.confirmed``: AtP as a prefilter, exact patching as the confirmation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from alignment_probe import stats
+from alignment_probe.effects import RowKey
+from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.experiments.patching import layer_sweep
+from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
+from alignment_probe.experiments.rows import swept_only
+from alignment_probe.interventions import Replace
+from alignment_probe.vocab import HOOKS
+
+ATP_HOOKS: tuple[str, ...] = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+EXACT = "patch_tuned_to_base"  # the exact experiment whose conditions AtP estimates
+DEFAULT_CONFIRM_K = 5
+
+
+def atp_hooks(cfg: Any) -> list[str]:
+    """The hooks AtP estimates: the four of E7 and the run's own hook and extra hooks, in HOOKS order."""
+    chosen = {*ATP_HOOKS, cfg.hook, *cfg.extra_hooks}
+    return [h for h in HOOKS if h in chosen]
+
+
+def atp_specs(n_layers: int, *, hooks: Sequence[str] = ATP_HOOKS, scopes: Sequence[str] = ("all",)) -> list[PatchSpec]:
+    """E1's tuned → base conditions under the name ``atp`` (estimated by the attribution engine)."""
+    return layer_sweep("atp", target="base", source="tuned", layers=range(n_layers), hooks=hooks, scopes=scopes)
+
+
+def _specs(plan: Plan) -> list[PatchSpec]:
+    cfg = plan.cfg
+    scopes = list(dict.fromkeys((cfg.scope, *cfg.extra_scopes)))
+    return swept_only(plan, atp_specs(plan.n_layers, hooks=atp_hooks(cfg), scopes=scopes))
+
+
+# --------------------------------------------------------------------------------------------------
+# validation: pure functions of per-condition means
+
+
+def topk_recall(exact: Sequence[float], estimate: Sequence[float], k: int) -> float:
+    """Of the k conditions with the largest |exact| value, the share that are among the k largest
+    |estimate| values (ties broken by position, stably)."""
+    exact, estimate = np.abs(np.asarray(exact, float)), np.abs(np.asarray(estimate, float))
+    k = min(k, exact.size)
+    if k <= 0:
+        return math.nan
+    top_exact = set(np.argsort(-exact, kind="stable")[:k].tolist())
+    top_est = set(np.argsort(-estimate, kind="stable")[:k].tolist())
+    return len(top_exact & top_est) / k
+
+
+def validation(exact: Sequence[float], estimate: Sequence[float]) -> dict[str, Any]:
+    """``spearman``, ``topk_recall`` ({"3": …, "10%": …}), ``topk_k`` (the k of each), ``max_abs_error`` and
+    ``n_conditions`` of estimated against exact per-condition means (matched by position)."""
+    exact, estimate = np.asarray(exact, float), np.asarray(estimate, float)
+    n = int(exact.size)
+    k10 = max(1, int(math.ceil(0.1 * n)))
+    return {"spearman": stats.spearman_monotonicity(exact, estimate),
+            "topk_recall": {"3": topk_recall(exact, estimate, 3), "10%": topk_recall(exact, estimate, k10)},
+            "topk_k": {"3": min(3, n), "10%": min(k10, n)},
+            "max_abs_error": float(np.max(np.abs(exact - estimate))) if n else math.nan,
+            "n_conditions": n}
+
+
+def _estimator(rows: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Rows of one estimator (a table written before the column existed is all exact)."""
+    if "estimator" not in rows.columns:
+        return rows if value == "exact" else rows.iloc[:0]
+    return rows[rows.estimator == value]
+
+
+def _condition_rows(effects: pd.DataFrame, experiment: str, scope: str, estimator: str) -> pd.DataFrame:
+    rows = effects[(effects.experiment == experiment) & (effects.scope == scope) & (effects.split == "all")
+                   & (effects.sides == "both")]
+    return _estimator(rows, estimator)
+
+
+def _means(rows: pd.DataFrame) -> pd.Series:
+    return rows.groupby(["hook", "layer"]).effect.mean()
+
+
+def confirmed(tables: Tables) -> list[dict[str, Any]]:
+    """``atp_confirm``'s exact rows beside AtP's estimate of the same (hook, layer), ordered by |AtP mean|."""
+    cfg = tables.cfg
+    exact = _condition_rows(tables.effects, "atp_confirm", cfg.scope, "exact")
+    atp = _condition_rows(tables.effects, "atp", cfg.scope, "atp")
+    out = []
+    for (hook, layer), ex in exact.groupby(["hook", "layer"], sort=True):
+        est = atp[(atp.hook == hook) & (atp.layer == layer)]
+        e_mean, e_lo, e_hi = stats.bootstrap_mean_ci(ex.sort_values("pair_id").effect.to_numpy(), seed=cfg.seed,
+                                                     n_boot=cfg.n_boot)
+        row = {"hook": str(hook), "layer": int(layer), "exact": e_mean, "exact_ci_low": e_lo, "exact_ci_high": e_hi,
+               "n": int(len(ex))}
+        if len(est):
+            a_mean, a_lo, a_hi = stats.bootstrap_mean_ci(est.sort_values("pair_id").effect.to_numpy(), seed=cfg.seed,
+                                                         n_boot=cfg.n_boot)
+            row |= {"atp": a_mean, "atp_ci_low": a_lo, "atp_ci_high": a_hi}
+        out.append(row)
+    return sorted(out, key=lambda r: (-abs(r.get("atp", 0.0)), HOOKS.index(r["hook"]), r["layer"]))
+
+
+def summarize_atp(tables: Tables) -> dict[str, dict[str, Any]]:
+    """``atp``: ``by_hook`` (hook → ``per_layer`` estimates with CIs, and ``exact_per_layer`` and
+    ``validation`` where exact rows of the same conditions exist), ``validation`` pooled over hooks, and
+    ``confirmed`` (``--confirm K``)."""
+    if "atp" not in tables.selected:
+        return {}
+    cfg = tables.cfg
+    atp = _condition_rows(tables.effects, "atp", cfg.scope, "atp")
+    exact = _condition_rows(tables.effects, EXACT, cfg.scope, "exact")
+    by_hook: dict[str, Any] = {}
+    pooled_exact, pooled_atp = [], []
+    for hook in [h for h in HOOKS if h in set(atp.hook)]:
+        rows = atp[atp.hook == hook]
+        entry: dict[str, Any] = {"per_layer": stats.per_layer_summary(rows, seed=cfg.seed, n_boot=cfg.n_boot)}
+        ex = exact[(exact.hook == hook) & exact.layer.isin(set(rows.layer)) & exact.pair_id.isin(set(rows.pair_id))]
+        if len(ex):
+            est = rows[rows.layer.isin(set(ex.layer)) & rows.pair_id.isin(set(ex.pair_id))]
+            entry["exact_per_layer"] = stats.per_layer_summary(ex, seed=cfg.seed, n_boot=cfg.n_boot)
+            e_means, a_means = ex.groupby("layer").effect.mean(), est.groupby("layer").effect.mean()
+            layers = sorted(set(e_means.index) & set(a_means.index))
+            entry["validation"] = validation(e_means[layers].to_numpy(), a_means[layers].to_numpy())
+            pooled_exact += e_means[layers].tolist()
+            pooled_atp += a_means[layers].tolist()
+        by_hook[hook] = entry
+    out: dict[str, Any] = {"by_hook": by_hook, "scope": cfg.scope, "estimator": "atp"}
+    if pooled_exact:
+        out["validation"] = validation(pooled_exact, pooled_atp)
+    conf = confirmed(tables)
+    if conf:
+        out["confirmed"] = conf
+    return {"atp": out}
+
+
+# --------------------------------------------------------------------------------------------------
+# --confirm K: exact patching of AtP's top conditions
+
+
+def ranked_conditions(atp_summary: Mapping[str, Any]) -> list[tuple[str, int, float]]:
+    """(hook, layer, AtP mean) of every estimated condition, largest |mean| first (ties: HOOKS order, layer)."""
+    items = [(hook, int(r["layer"]), float(r["mean"])) for hook, entry in (atp_summary.get("by_hook") or {}).items()
+             for r in entry.get("per_layer", [])]
+    return sorted(items, key=lambda x: (-abs(x[2]), HOOKS.index(x[0]), x[1]))
+
+
+def _confirm_specs(plan: Plan) -> list[PatchSpec]:
+    cfg = plan.cfg
+    k = getattr(cfg, "atp_confirm_k", DEFAULT_CONFIRM_K)
+    top = ranked_conditions(plan.upstream.get("atp") or {})[:k]
+    return [PatchSpec(RowKey("atp_confirm", "base", "tuned", hook, cfg.scope, "both", layer), Replace())
+            for hook, layer, _ in sorted(top, key=lambda x: (HOOKS.index(x[0]), x[1]))]
+
+
+def summarize_confirm(tables: Tables) -> dict[str, dict[str, Any]]:
+    return {"atp_confirm": {"confirmed": confirmed(tables)}} if "atp_confirm" in tables.selected else {}
+
+
+# --------------------------------------------------------------------------------------------------
+# the figure
+
+PALETTE = {"resid_pre": "#8c564b", "resid_mid": "#9467bd", "resid_post": "#1f77b4", "attn_out": "#ff7f0e",
+           "mlp_out": "#2ca02c"}
+
+
+def atp_figure(summary: Mapping[str, Any]) -> Any:
+    """AtP per-layer mean (y) against the exact per-layer mean (x), one colour per hook, with y = x;
+    the ``--confirm`` conditions as open diamonds."""
+    from alignment_probe.report import figures as F
+
+    entry = F.experiment(summary, "atp") or {}
+    by_hook = {h: e for h, e in (entry.get("by_hook") or {}).items() if e.get("exact_per_layer")}
+    conf = [c for c in entry.get("confirmed") or [] if "atp" in c]
+    if not by_hook and not conf:
+        raise F.MissingExperimentError("atp_vs_exact", ["patch_tuned_to_base at AtP's hooks (--experiments "
+                                                        "atp,patch_tuned_to_base --extra-hooks …) or --confirm K"])
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    values: list[float] = []
+    for hook, e in by_hook.items():
+        est = {int(r["layer"]): r for r in e["per_layer"]}
+        ex = [r for r in e["exact_per_layer"] if int(r["layer"]) in est]
+        xs, ys = [F._num(r["mean"]) for r in ex], [F._num(est[int(r["layer"])]["mean"]) for r in ex]
+        rho = (e.get("validation") or {}).get("spearman")
+        name = f"{hook} (ρ = {rho:.2f})" if isinstance(rho, float) and math.isfinite(rho) else hook
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", name=name, text=[str(r["layer"]) for r in ex],
+                                 textposition="top center", marker={"color": PALETTE.get(hook, "#7f7f7f"), "size": 9},
+                                 hovertemplate="layer %{text}<br>exact %{x:.3f}<br>AtP %{y:.3f}<extra>" + hook
+                                 + "</extra>"))
+        values += xs + ys
+    if conf:
+        xs, ys = [F._num(c["exact"]) for c in conf], [F._num(c["atp"]) for c in conf]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="confirmed (--confirm)",
+                                 text=[f"{c['hook']} {c['layer']}" for c in conf],
+                                 marker={"symbol": "diamond-open", "size": 14, "color": "#222"},
+                                 hovertemplate="%{text}<br>exact %{x:.3f}<br>AtP %{y:.3f}<extra></extra>"))
+        values += xs + ys
+    finite = [v for v in values if math.isfinite(v)] or [0.0, 1.0]
+    lo, hi = min(finite + [0.0]), max(finite + [0.0])
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x",
+                             line={"color": "#999", "dash": "dash"}, hoverinfo="skip"))
+    return F._layout(fig, "Attribution patching vs exact (E10)", x_title="exact effect (nats, mean over pairs)",
+                     y_title="AtP estimate (nats, mean over pairs)")
+
+
+register(Experiment(
+    key="atp", method="E10", order=90, estimator="atp", default=False,
+    names=(Name("atp", "AtP (estimate)", "#e377c2",
+                "Attribution patching: first-order estimate of tuned → base patching at every layer and hook "
+                "from one forward and one backward per sequence (E10)."),),
+    specs=_specs, summarize=summarize_atp,
+    figures=(Figure("atp_vs_exact", "alignment_probe.experiments.atp:atp_figure",
+                    "Attribution patching vs exact (E10)",
+                    "E10. Each point is one condition (hook, layer): the mean over pairs of attribution patching's "
+                    "first-order estimate (y) against the exact tuned → base patch (x), one colour per hook; the "
+                    "dashed line is y = x, the legend gives each hook's Spearman ρ across layers. Open diamonds: "
+                    "the conditions AtP ranked highest, confirmed by exact patching (--confirm K).",
+                    needs=("atp",), order=95),),
+))
+
+register(Experiment(
+    key="atp_confirm", method="E10", order=91, needs=("atp",), default=False,
+    names=(Name("atp_confirm", "AtP top-K, exact", "#7f7f7f",
+                "Exact tuned → base patching of the K conditions attribution patching ranks highest (--confirm K).",
+                per_layer=False),),
+    specs=_confirm_specs, summarize=summarize_confirm,
+))
