@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import load  # noqa: E402
+from bench_engine import load
 
 HOOKS4 = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 

@@ -31,7 +31,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -41,7 +42,14 @@ from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.errors import ConfigError, NumericalError
 from alignment_probe.interventions import Interpolate, Replace, scope_mask
 from alignment_probe.scoring import UNEMBED_CHUNK
-from alignment_probe.tokens import SIDES, ScoredSequence, TokenizedPair, batches_by_length, make_batch, pair_sequences
+from alignment_probe.tokens import (
+    SIDES,
+    ScoredSequence,
+    TokenizedPair,
+    batches_by_length,
+    make_batch,
+    pair_sequences,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -103,7 +111,7 @@ class AttributionEngine:
                 _, cache = source.run_with_cache(tokens, names_filter=lambda n: n in wanted, stop_at_layer=top)
             acts: dict[str, Tensor] = {}
 
-            def keep(act: Tensor, hook: Any) -> Tensor:
+            def keep(act: Tensor, hook: Any, acts: dict[str, Tensor] = acts) -> Tensor:
                 if not act.requires_grad:  # frozen weights and nothing upstream kept: a leaf of its own
                     act = act.detach().requires_grad_(True)
                 acts[hook.name] = act
@@ -132,7 +140,6 @@ class AttributionEngine:
                     out.setdefault((seq.pair_id, seq.side), {})[name] = terms[i, : seq.length]
             for i, seq in enumerate(group):
                 clean[(seq.pair_id, seq.side)] = float(per_seq[i])
-            del acts, grads, cache, resid
         return out, clean
 
     # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ under ``atp.confirmed``: AtP as a prefilter, exact patching as the confirmation.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,14 @@ from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.experiments.patching import layer_sweep
-from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
+from alignment_probe.experiments.registry import (
+    Experiment,
+    Figure,
+    Name,
+    Plan,
+    Tables,
+    register,
+)
 from alignment_probe.experiments.rows import swept_only
 from alignment_probe.interventions import Replace
 from alignment_probe.vocab import HOOKS
@@ -79,7 +87,7 @@ def validation(exact: Sequence[float], estimate: Sequence[float]) -> dict[str, A
     ``n_conditions`` of estimated against exact per-condition means (matched by position)."""
     exact, estimate = np.asarray(exact, float), np.asarray(estimate, float)
     n = int(exact.size)
-    k10 = max(1, int(math.ceil(0.1 * n)))
+    k10 = max(1, math.ceil(0.1 * n))
     return {"spearman": stats.spearman_monotonicity(exact, estimate),
             "topk_recall": {"3": topk_recall(exact, estimate, 3), "10%": topk_recall(exact, estimate, k10)},
             "topk_k": {"3": min(3, n), "10%": min(k10, n)},
@@ -115,7 +123,7 @@ def confirmed(tables: Tables) -> list[dict[str, Any]]:
         e_mean, e_lo, e_hi = stats.bootstrap_mean_ci(ex.sort_values("pair_id").effect.to_numpy(), seed=cfg.seed,
                                                      n_boot=cfg.n_boot)
         row = {"hook": str(hook), "layer": int(layer), "exact": e_mean, "exact_ci_low": e_lo, "exact_ci_high": e_hi,
-               "n": int(len(ex))}
+               "n": len(ex)}
         if len(est):
             a_mean, a_lo, a_hi = stats.bootstrap_mean_ci(est.sort_values("pair_id").effect.to_numpy(), seed=cfg.seed,
                                                          n_boot=cfg.n_boot)
@@ -196,8 +204,8 @@ def atp_figure(summary: Mapping[str, Any]) -> Any:
     by_hook = {h: e for h, e in (entry.get("by_hook") or {}).items() if e.get("exact_per_layer")}
     conf = [c for c in entry.get("confirmed") or [] if "atp" in c]
     if not by_hook and not conf:
-        raise F.MissingExperimentError("atp_vs_exact", ["patch_tuned_to_base at AtP's hooks (--experiments "
-                                                        "atp,patch_tuned_to_base --extra-hooks …) or --confirm K"])
+        raise F.MissingExperimentError("atp_vs_exact", [("patch_tuned_to_base at AtP's hooks (--experiments "
+                                                         "atp,patch_tuned_to_base --extra-hooks …) or --confirm K")])
     import plotly.graph_objects as go
 
     fig = go.Figure()

@@ -415,5 +415,5 @@ def _estimated(number: int, stage: list[Step], rows: pd.DataFrame, pair: Twins, 
         log(f"stage {number}: {len(specs)} conditions estimated by {name} ({engine.name} engine)")
         for group in groups:
             parts.append(store.table(f"stage{number}-{name}-{group_tag(group)}",
-                                     lambda g=group: engine.run(pair, g, specs, progress=progress)))
+                                     lambda g=group, e=engine, c=specs: e.run(pair, g, c, progress=progress)))
     return canonical_effects(parts) if len(parts) > 1 else rows

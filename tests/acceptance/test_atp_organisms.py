@@ -10,7 +10,12 @@ from alignment_probe.engine import FastEngine
 from alignment_probe.engine.attribution import AttributionEngine
 from alignment_probe.experiments.atp import validation
 from alignment_probe.experiments.patching import layer_sweep
-from alignment_probe.organisms import PLANTED_LAYERS, bundled_pair_paths, bundled_pairs_path, planted_twin_path
+from alignment_probe.organisms import (
+    PLANTED_LAYERS,
+    bundled_pair_paths,
+    bundled_pairs_path,
+    planted_twin_path,
+)
 from alignment_probe.pair import load_twins
 from alignment_probe.tokens import sample_and_tokenize
 

@@ -14,8 +14,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import PAIRS_DATA, _corpus
 
-from tests.helpers.checkpoints import llama_config, perturbed_copy, random_llama, save_checkpoint, train_tokenizer
 from alignment_probe.effects import KEY_COLUMNS, RowKey
 from alignment_probe.engine import FastEngine, ReferenceEngine
 from alignment_probe.engine.attribution import AttributionEngine, position_terms
@@ -28,8 +28,13 @@ from alignment_probe.interventions import AddVector, Interpolate
 from alignment_probe.pair import load_twins
 from alignment_probe.tables import PartStore
 from alignment_probe.tokens import sample_and_tokenize
-
-from conftest import PAIRS_DATA, _corpus
+from tests.helpers.checkpoints import (
+    llama_config,
+    perturbed_copy,
+    random_llama,
+    save_checkpoint,
+    train_tokenizer,
+)
 
 HOOKS4 = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 
@@ -64,7 +69,7 @@ def _exact64(pair, tok, specs):
                 tokens = torch.tensor([list(seq.prompt_ids) + list(seq.completion_ids)])
                 _, cache = source.run_with_cache(tokens, names_filter=spec.name)
 
-                def hook(act, hook, seq=seq, side=side, src=cache[spec.name][0]):
+                def hook(act, hook, seq=seq, side=side, src=cache[spec.name][0], spec=spec, t=t):
                     ctx = SequenceContext(pair_id=t.pair_id, side=side, layer=spec.key.layer, target=act[0], source=src,
                                           prompt_len=seq.completion_start, length=seq.length)
                     return apply_in_scope(spec.intervention, ctx, spec.key.scope)[None]
@@ -173,7 +178,7 @@ def test_validation_statistics():
 
 
 def test_suite_routes_atp_and_keeps_exact_rows(tiny_pair, tokenized):
-    base_cfg = dict(extra_hooks=("mlp_out", "attn_out"), n_boot=100)
+    base_cfg = {"extra_hooks": ("mlp_out", "attn_out"), "n_boot": 100}
     plain_store = PartStore()
     plain = run_suite(tiny_pair, tokenized, FastEngine(), SuiteConfig(experiments=("patch_tuned_to_base",),
                                                                       **base_cfg), store=plain_store, pairs_per_part=2)
