@@ -86,8 +86,8 @@ SIZES: dict[str, BuildConfig] = {
         dpo_beta=0.1, dpo_lr=7e-5, dpo_steps=150, dpo_batch=16, dpo_warmup=20,
         twin_layers=(2, 4, 6), twin_lr=5e-4, twin_steps=150,
         named_twins=(
-            TwinSpec("head_layer4_h1", "q_head", (4,), head=1, lr=2e-2, steps=150, seed_offset=100_000),
-            TwinSpec("kv_layer3_g0", "kv_head", (3,), head=0, lr=5e-3, steps=150, seed_offset=200_000),
+            TwinSpec("head_layer4_h1", "q_head", (4,), head=1, lr=1e-2, steps=150, seed_offset=100_000),
+            TwinSpec("kv_layer3_g0", "kv_head", (3,), head=0, lr=2e-2, steps=150, seed_offset=200_000),
             TwinSpec("mlp_layers2_5", "mlps", (2, 5), lr=5e-4, steps=150, seed_offset=300_000),
         ),
     ),
@@ -210,7 +210,7 @@ def train_named_twin(spec: TwinSpec, base, tp_train: TokenPairs, ref, *, cfg: Bu
         mask = torch.zeros_like(param)
         mask[start:stop] = 1.0
         handle = param.register_hook(lambda g: g * mask)
-    log(f"twin {spec.name}: DPO, only {spec.describe()} trainable, {spec.steps} steps (lr {spec.lr:g})")
+    log(f"twin {spec.name}: DPO, {spec.describe()} trainable, {spec.steps} steps (lr {spec.lr:g})")
     hist = dpo_train(twin, tp_train, ref, bos_id=bos, pad_id=pad, beta=cfg.dpo_beta, lr=spec.lr, steps=spec.steps,
                      batch_size=cfg.dpo_batch, warmup=cfg.dpo_warmup, seed=seed + spec.seed_offset,
                      trainable=spec.trainable, log=log, log_every=max(1, spec.steps // 3))

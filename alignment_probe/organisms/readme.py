@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 
@@ -19,6 +20,11 @@ def _ci(x: list[float]) -> str:
     return f"[{x[0]:+.2f}, {x[1]:+.2f}]"
 
 
+def _wrap(text: str, indent: str = "  ") -> str:
+    return textwrap.fill(text, width=104, subsequent_indent=indent if text.lstrip().startswith("* ") else "",
+                         break_long_words=False, break_on_hyphens=False)
+
+
 def _named_files_text(metrics: dict, named: list[str], org: Path) -> str:
     if not named:
         return ""
@@ -32,7 +38,7 @@ def _named_files_text(metrics: dict, named: list[str], org: Path) -> str:
         else:
             what = (f"the whole `{pl['tensor']}`, of which only rows {pl['rows'][0]}–{pl['rows'][1] - 1} "
                     f"({'query' if pl['kind'] == 'q_head' else 'KV'} head {pl['head']}) differ from base")
-        lines.append(f"  * `{name}`{size}: {what}")
+        lines.append(_wrap(f"  * `{name}`{size}: {what}", indent="    "))
     return ("* `organisms/twins/{name}.safetensors` + `.json`: *named* planted twins, stored the same way\n"
             + "\n".join(lines) + "\n")
 
@@ -57,16 +63,16 @@ def _named_twins_text(metrics: dict, named: list[str], size_flag: str) -> str:
         else:
             how = ("only `model.layers.{L}.mlp.*` for L = " + " and ".join(map(str, pl["layers"]))
                    + f"; everything below layer {pl['layers'][0]} is base")
-        items.append(f"* `{name}` ({t.get('steps', '?')} steps, lr {t.get('lr', 0):g}, DPO seed {t.get('dpo_seed', '?')}; "
-                     f"{t.get('train_s', 0):.0f} s to train on {t.get('threads', '?')} CPU thread(s)): {how}.")
-    return ("\n**Named twins**: base after the same DPO (beta, batches, warm-up and reference as above) with a "
+        items.append(_wrap(f"* `{name}` ({t.get('steps', '?')} steps, lr {t.get('lr', 0):g}, DPO seed {t.get('dpo_seed', '?')}; "
+                     f"{t.get('train_s', 0):.0f} s to train on {t.get('threads', '?')} CPU thread(s)): {how}."))
+    return ("\n" + _wrap("**Named twins**: base after the same DPO (beta, batches, warm-up and reference as above) with a "
             "smaller part trainable, each with its own seed, trained after all of the organisms above (so they "
             "changed none of them). `python -m alignment_probe.organisms.build --out data --only NAME[,NAME]"
-            f"{size_flag}` retrains just those on the existing build.\n\n" + "\n".join(items) + "\n\n"
-            "Each is stored as the changed tensors (the whole q_proj/v_proj for the head twins) and checked, "
+            f"{size_flag}` retrains just those on the existing build.") + "\n\n" + "\n".join(items) + "\n\n"
+            + _wrap("Each is stored as the changed tensors (the whole q_proj/v_proj for the head twins) and checked, "
             "tensor by tensor and row by row, to differ from base only where planted "
             "(`tests/acceptance/test_new_twins.py`); `gain_first16_pairs` in `metrics.json` holds the per-pair "
-            "gains of the first 16 held-out pairs, which the tests recompute with the toolkit's own scoring.\n")
+            "gains of the first 16 held-out pairs, which the tests recompute with the toolkit's own scoring.") + "\n")
 
 
 def write_readme(out_dir: Path, metrics: dict, cfg) -> None:
