@@ -136,22 +136,48 @@ def test_stored_gains_agree_with_the_toolkit_scoring(name, first_pairs):
     assert gain.mean() > 0
 
 
-def test_mlp_patching_finds_nothing_below_the_first_planted_block(first_pairs):
-    """Known answer for the existing engine: in the two-block twin every MLP below layer 2 is base's, and so
-    is everything feeding it, so patching its output (tuned → base) changes nothing, exactly."""
+def _sweep(name, first_pairs, hooks):
     from alignment_probe.engine import make_engine
     from alignment_probe.experiments.patching import layer_sweep
     from alignment_probe.scoring import score_pairs
 
-    pair, tokenized = _scored(TWO_BLOCK_NAME, first_pairs[:8])
+    pair, tokenized = _scored(name, first_pairs[:8])
     assert pair.n_layers == N_LAYERS
     specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=range(pair.n_layers),
-                        hooks=("mlp_out",))
+                        hooks=hooks)
     effects = make_engine("fast").run(pair, tokenized, specs)
-    mlp = effects[effects.hook == "mlp_out"].groupby("layer").effect.mean()
-    first, second = TWO_BLOCK_LAYERS
-    assert (effects[effects.layer < first].effect == 0).all()  # every pair, not just the mean
     gain = score_pairs(pair, tokenized).gain.mean()
     assert gain > 0
+    return effects, effects.groupby(["hook", "layer"]).effect.mean(), gain
+
+
+def test_mlp_patching_finds_nothing_below_the_first_planted_block(first_pairs):
+    """Known answer for the existing engine: in the two-block twin every MLP below layer 2 is base's, and so
+    is everything feeding it, so patching its output (tuned → base) changes nothing, exactly."""
+    effects, mean, gain = _sweep(TWO_BLOCK_NAME, first_pairs, ("mlp_out", "resid_post", "attn_out"))
+    first, second = TWO_BLOCK_LAYERS
+    mlp = mean["mlp_out"]
+    below = effects[(effects.hook == "mlp_out") & (effects.layer < first)]
+    assert len(below) and (below.effect == 0).all()  # every pair, not just the mean
+    assert (effects[(effects.hook == "attn_out") & (effects.layer <= first)].effect == 0).all()
     assert mlp[first] > 0 and mlp[second] > 0  # each planted block alone moves base toward the twin
     assert mlp[second] > 0.5 * gain
+    # the residual stream: nothing before the first block; the first block's share up to the second; all after
+    resid = mean["resid_post"]
+    assert (resid[resid.index < first] == 0).all()
+    for layer in range(first, second):
+        assert resid[layer] == pytest.approx(mlp[first], rel=1e-3)
+    for layer in range(second, N_LAYERS):
+        assert resid[layer] == pytest.approx(gain, rel=1e-3)
+
+
+@pytest.mark.parametrize("name, layer", [(HEAD_NAME, HEAD_TWIN_SITE[0]), (KV_NAME, KV_TWIN_SITE[0])])
+def test_head_twins_localise_to_their_layers_attention(name, layer, first_pairs):
+    """Known answer at layer level (head-level patching is tested elsewhere): nothing below the planted layer
+    carries any effect, and that layer's attention output carries the whole gain."""
+    effects, mean, gain = _sweep(name, first_pairs, ("attn_out", "mlp_out", "resid_post"))
+    assert (effects[effects.layer < layer].effect == 0).all()
+    assert (effects[(effects.hook == "mlp_out") & (effects.layer < layer)].effect == 0).all()
+    assert mean["attn_out"][layer] == pytest.approx(gain, rel=1e-3)
+    for later in range(layer, N_LAYERS):
+        assert mean["resid_post"][later] == pytest.approx(gain, rel=1e-3)
