@@ -28,10 +28,11 @@ loss is estimated exactly; the estimate is the derivative of the exact α-interp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -81,6 +82,20 @@ def _logits_dtype(model: HookedTransformer) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
+@contextlib.contextmanager
+def _frozen(model: torch.nn.Module) -> Iterator[None]:
+    """Weights that do not require gradients while AtP's forward runs (restored after): autograd then keeps
+    only what the activations' gradients need (a hooked activation becomes a leaf, see ``keep``)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 class AttributionEngine:
     """Estimates patched conditions by attribution patching (module docstring); rows ``estimator="atp"``."""
 
@@ -117,7 +132,7 @@ class AttributionEngine:
                 acts[hook.name] = act
                 return act
 
-            with torch.enable_grad():
+            with torch.enable_grad(), _frozen(target):  # gradients for activations only, none for weights
                 resid = target.run_with_hooks(tokens, stop_at_layer=n_layers,
                                               fwd_hooks=[(lambda n: n in wanted, keep)])
                 rows, pos, targets = (t.to(resid.device) for t in batch.completion_index())
