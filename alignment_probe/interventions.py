@@ -34,9 +34,9 @@ from torch import Tensor
 from alignment_probe.vocab import (LOWRANK_MODE_NAMES, SCOPES, VECTOR_KINDS, LowRankMode, Side, VectorKind, check,
                                    check_scope, check_side, parse_scope)
 
-Act = Float[Tensor, "pos d_model"]
+Act = Float[Tensor, "pos d *rest"]  # [pos, d_model]; per-head hooks: [pos, heads, d_head]
 # Both runs of a pair: their lengths differ, so ``pos`` is not tied to the sequence in context.
-SideAct = Float[Tensor, "_pos d_model"]
+SideAct = Float[Tensor, "_pos d *rest"]
 
 
 @dataclass
@@ -79,6 +79,22 @@ class Replace:
 
     def __call__(self, ctx: SequenceContext) -> Act:
         return ctx.source
+
+
+@dataclass(frozen=True)
+class ReplaceHead:
+    """Patch one head: the target's per-head activation ([pos, heads, d_head]) with head ``head`` taken from
+    the source (E7: ``z`` per query head, ``k``/``v`` per key/value head)."""
+
+    head: int
+
+    def __call__(self, ctx: SequenceContext) -> Act:
+        if ctx.target.dim() != 3 or not 0 <= self.head < ctx.target.shape[1]:
+            raise ValueError(f"ReplaceHead({self.head}) needs a per-head activation [pos, heads, d_head] with more "
+                             f"than {self.head} heads; got shape {tuple(ctx.target.shape)}")
+        out = ctx.target.clone()
+        out[:, self.head] = ctx.source[:, self.head]
+        return out
 
 
 @dataclass(frozen=True)
@@ -217,4 +233,5 @@ def apply_in_scope(intervention: Intervention, ctx: SequenceContext, scope: str)
     check_scope(scope)
     new = intervention(ctx)
     mask = scope_mask(scope, ctx.prompt_len, ctx.length, ctx.target.shape[0]).to(ctx.target.device)
-    return torch.where(mask[:, None], new.to(ctx.target.dtype), ctx.target)
+    mask = mask.view(-1, *([1] * (ctx.target.dim() - 1)))  # broadcast over d_model (or heads × d_head)
+    return torch.where(mask, new.to(ctx.target.dtype), ctx.target)

@@ -28,6 +28,10 @@ from alignment_probe.errors import ConfigError
 
 Hook = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
 HOOKS: tuple[str, ...] = get_args(Hook)
+# Hook points inside attention, one row per head (E7): ``z`` [pos, n_heads, d_head] per query head; ``k``, ``v``
+# [pos, n_key_value_heads, d_head] per key/value head, before TransformerLens repeats them to the query heads.
+HeadHook = Literal["z", "k", "v"]
+HEAD_HOOKS: tuple[str, ...] = get_args(HeadHook)
 
 # Plain (unparametrised) position scopes. Parametrised ones are written ``name:K``.
 Scope = Literal["all", "prompt", "completion", "last_prompt", "all_but_bos"]
@@ -53,7 +57,7 @@ VectorKind = Literal["chosen", "rejected", "contrast"]
 VECTOR_KINDS: tuple[str, ...] = get_args(VectorKind)
 
 # Every vocabulary type above (the test suite's runtime checker leaves their membership to check()).
-VOCABULARIES = (Hook, Scope, ParamScope, Side, Sides, Role, LowRankMode, VectorKind)
+VOCABULARIES = (Hook, HeadHook, Scope, ParamScope, Side, Sides, Role, LowRankMode, VectorKind)
 
 
 class VocabularyError(ConfigError, ValueError):
@@ -96,7 +100,7 @@ def check_scope(scope: str) -> str:
 
 
 def check_hook(hook: str) -> str:
-    return check(hook, HOOKS, "hook point")
+    return check(hook, HOOKS + HEAD_HOOKS, "hook point")
 
 
 def check_side(side: str) -> str:

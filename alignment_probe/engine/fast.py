@@ -53,6 +53,7 @@ from alignment_probe.interventions import (AddVector, GaussianNoise, Interpolate
                                            RandomDirection, Replace, SequenceContext, apply_in_scope,
                                            scope_mask)
 from alignment_probe.tokens import SIDES, ScoredSequence, TokenizedPair, make_batch, pair_sequences
+from alignment_probe.vocab import HEAD_HOOKS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -104,7 +105,9 @@ class Item:
 
     spec_index: int
     seq: ScoredSequence
-    value: Tensor  # [pos, d_model]: the start residual; or [2, pos, d_model]: start residual, written activation
+    # [pos, d_model]: the start residual; or [2, pos, d_model]: start residual, written activation; for a per-head
+    # hook (z, k, v) the pair (start residual [pos, d_model], written activation [pos, heads, d_head])
+    value: Tensor | tuple[Tensor, Tensor]
     unchanged: bool = False  # the patch leaves the target's activation bit-for-bit as it was
 
 
@@ -322,6 +325,8 @@ class FastEngine:
             return Item(spec_index, seq, patched, unchanged)
         # Other hook points: start from the target's own resid_pre; a hook writes the patched value.
         start = cc.acts[k.target][hook_name(k.layer, "resid_pre")][(pair_id, side)]
+        if k.hook in HEAD_HOOKS:  # a per-head activation [pos, heads, d_head]: its own shape beside the residual
+            return Item(spec_index, seq, (start, patched), unchanged)
         return Item(spec_index, seq, torch.stack([start, patched]), unchanged)
 
     @torch.inference_mode()
@@ -396,7 +401,9 @@ class FastEngine:
         """Every patched run of the conditions ``spec_ids`` (same target, start block and hook) on a chunk."""
         model = pair.models()[target]
         n_blocks = model.cfg.n_layers - start
-        shares = self._shares(model)
+        # Per-head hooks run full sequences (their written activations are not [pos, d_model] residuals).
+        per_head = any(specs[i].key.hook in HEAD_HOOKS for i in spec_ids)
+        shares = self._shares(model) and not per_head
         units = [(i, t) for i in spec_ids for t in chunk if specs[i].applies_to(t.pair_id)]
         units.sort(key=lambda u: len(u[1].prompt_ids))
         # A wave of (condition, pair) units at a time: their patched values and prompt caches fit the budget.
@@ -419,7 +426,8 @@ class FastEngine:
                         patched[(i, t.pair_id, side)] = cc.clean[target][(t.pair_id, side)]
                     else:
                         changed.append(it)
-                principle, here = self._shareable(specs[i], *changed) if len(changed) == 2 else (False, False)
+                principle, here = (self._shareable(specs[i], *changed) if len(changed) == 2 and not per_head
+                                   else (False, False))
                 if principle and supports_prefix(model):
                     self._floor("patched", n_blocks, len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids))
                 else:

@@ -13,15 +13,16 @@ if TYPE_CHECKING:  # annotations only: importing the engine's contract loads no 
 
     from alignment_probe.pair import Twins
     from alignment_probe.tokens import TokenizedPair
-from alignment_probe.vocab import HOOKS, Hook, Side, check_hook, check_side
+from alignment_probe.vocab import HEAD_HOOKS, HOOKS, Hook, Side, check_hook, check_side
 
 __all__ = ["HOOKS", "Engine", "PatchSpec", "hook_name"]
 
 
 def hook_name(layer: int, hook: Hook) -> str:
-    """TransformerLens's uniform hook names, e.g. ``blocks.8.hook_resid_post``."""
+    """TransformerLens's uniform hook names, e.g. ``blocks.8.hook_resid_post``; the per-head hooks are inside
+    the attention module (``blocks.8.attn.hook_z``)."""
     check_hook(hook)
-    return f"blocks.{layer}.hook_{hook}"
+    return f"blocks.{layer}.attn.hook_{hook}" if hook in HEAD_HOOKS else f"blocks.{layer}.hook_{hook}"
 
 
 @dataclass(frozen=True, eq=False)
