@@ -71,9 +71,10 @@ def test_two_processes_give_the_bytes_of_one(tiny, tmp_path, single):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["distributed"]["world_size"] == 2
     assert "world_size" not in json.dumps(manifest["config"])  # not compared on resume
-    # Rank 0 alone reports; the work was shared: rank 0 waited for parts rank 1 computed.
+    # Rank 0 alone reports. (Whether rank 0 had to *wait* for rank 1's parts, and so logs "waiting for …",
+    # depends on timing: a fresh clone's run once had every part ready in time. Who owns which part is
+    # deterministic and tested in test_ownership_and_placeholders.)
     assert proc.stdout.count("wrote ") == 1
-    assert "waiting for" in proc.stderr and "from other ranks" in proc.stderr
 
 
 def _free_port() -> int:
