@@ -65,11 +65,17 @@ def save_twin(organisms_dir: Path, layer: int, twin_state: dict[str, torch.Tenso
     if not changed:
         raise ValueError(f"twin for layer {layer} is identical to base")
     delta_path, recipe_path = twin_files(organisms_dir, layer)
+    return write_delta(organisms_dir, delta_path, recipe_path, changed, {**recipe, "layer": layer},
+                       metadata={"format": "pt", "layer": str(layer)})
+
+
+def write_delta(organisms_dir: Path, delta_path: Path, recipe_path: Path, changed: dict, recipe: dict, *,
+                metadata: dict[str, str]) -> tuple[Path, Path]:
+    """Write a twin's changed tensors and its recipe (with the SHA-256 of base and delta), for any twin."""
     delta_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(changed, str(delta_path), metadata={"format": "pt", "layer": str(layer)})
+    save_file(changed, str(delta_path), metadata=metadata)
     full = dict(recipe)
     full.update({
-        "layer": layer,
         "base": "base",
         "base_sha256": sha256_file(Path(organisms_dir) / "base" / WEIGHTS),
         "delta": delta_path.name,
@@ -256,20 +262,9 @@ def save_named_twin(organisms_dir: Path, spec: TwinSpec, twin_state: dict[str, t
         raise ValueError(f"twin {spec.name} is identical to base")
     check_planted(changed, base_state, spec, d_head)
     delta_path, recipe_path = named_twin_files(organisms_dir, spec.name)
-    delta_path.parent.mkdir(parents=True, exist_ok=True)
     # one metadata key only: safetensors writes metadata in hash order, so two keys could swap between runs
-    save_file(changed, str(delta_path), metadata={"format": "pt"})
-    full = dict(recipe)
-    full.update(spec.to_json(d_head))
-    full.update({
-        "base": "base",
-        "base_sha256": sha256_file(Path(organisms_dir) / "base" / WEIGHTS),
-        "delta": delta_path.name,
-        "delta_sha256": sha256_file(delta_path),
-        "tensors": sorted(changed),
-    })
-    recipe_path.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
-    return delta_path, recipe_path
+    return write_delta(organisms_dir, delta_path, recipe_path, changed, {**recipe, **spec.to_json(d_head)},
+                       metadata={"format": "pt"})
 
 
 def named_twins(organisms_dir: Path) -> dict[str, dict]:
