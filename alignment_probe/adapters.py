@@ -23,6 +23,7 @@ from typing import Any
 
 from alignment_probe.checkpoints import publish_directory
 from alignment_probe.errors import AdapterError
+from alignment_probe.manifest import sha256_file
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -49,14 +50,6 @@ def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
     return cfg
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _weights_sha(folder: Path) -> str:
     """sha256 over a checkpoint's weight files (recorded in a merge marker when there is one)."""
     marker = folder / MERGE_MARKER
@@ -66,7 +59,7 @@ def _weights_sha(folder: Path) -> str:
         except (ValueError, KeyError):
             pass
     files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-    return hashlib.sha256("".join(_sha256(p) for p in files).encode()).hexdigest()
+    return hashlib.sha256("".join(sha256_file(p) for p in files).encode()).hexdigest()
 
 
 def check_base_name(adapter_dir: Path, adapter_cfg: dict[str, Any], base_spec: str, base_dir: Path) -> None:
@@ -116,7 +109,7 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, *, cache_dir: s
     if check_name:
         check_base_name(adapter_dir, adapter_cfg, base_spec or str(base_dir), base_dir)
     base_sha = base_sha or _weights_sha(base_dir)
-    adapter_sha = {p.name: _sha256(p) for p in sorted(adapter_dir.iterdir())
+    adapter_sha = {p.name: sha256_file(p) for p in sorted(adapter_dir.iterdir())
                    if p.is_file() and (p.name == ADAPTER_CONFIG or p.name in ADAPTER_WEIGHTS)}
     key = hashlib.sha256(json.dumps([base_sha, adapter_sha], sort_keys=True).encode()).hexdigest()[:16]
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
@@ -142,7 +135,7 @@ def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, *, cache_dir: s
             shutil.copyfile(f, tmp / f.name)
         info = {"key": key, "base": str(base_dir), "base_weights_sha256": base_sha, "adapter": str(adapter_dir),
                 "adapter_sha256": adapter_sha, **(extra_marker or {}),
-                "files": {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)}
+                "files": {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
                           for f in sorted(tmp.iterdir()) if f.is_file()}}
         (tmp / MERGE_MARKER).write_text(json.dumps(info, indent=2) + "\n")
         publish_directory(tmp, target, is_complete=lambda d: (d / MERGE_MARKER).is_file())

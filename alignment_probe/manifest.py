@@ -52,16 +52,21 @@ def environment(device: str | None = None) -> dict[str, Any]:
     return env
 
 
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (data files, checkpoints, adapters, twin deltas)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_fingerprint(path: str | Path) -> dict[str, Any]:
     """sha256 and size of a local file (a data file), or {} for a hub name."""
     path = Path(path).expanduser()
     if not path.is_file():
         return {}
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return {"path": str(path.resolve()), "sha256": h.hexdigest(), "bytes": path.stat().st_size}
+    return {"path": str(path.resolve()), "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def build_manifest(command: str, config: dict[str, Any], models: dict[str, Any] | None = None,

@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from alignment_probe.checkpoints import publish_directory
+from alignment_probe.manifest import sha256_file
 
 WEIGHTS = "model.safetensors"
 _MLP_TWIN = re.compile(r"mlp_layer(\d+)")
@@ -44,14 +45,6 @@ def mlp_prefix(layer: int) -> str:
 def twin_files(organisms_dir: Path, layer: int) -> tuple[Path, Path]:
     twins = Path(organisms_dir) / "twins"
     return twins / f"mlp_layer{layer}.safetensors", twins / f"mlp_layer{layer}.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_twin(organisms_dir: Path, layer: int, twin_state: dict[str, torch.Tensor],

