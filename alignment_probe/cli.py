@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "steer only when named); see the README for the names")
     run.add_argument("--hook", default="resid_post", help="hook point the experiments patch (default: resid_post)")
     run.add_argument("--scope", default="all", help="positions patched: all, prompt, completion, last_prompt")
-    run.add_argument("--extra-hooks", default="", help="E1 also at these hook points, e.g. mlp_out,attn_out")
+    run.add_argument("--extra-hooks", default="attn_out,mlp_out",
+                     help="E1 also at these hook points (default: attn_out,mlp_out, the components of E7; '' for none)")
     run.add_argument("--extra-scopes", default="", help="E1 also with these scopes, e.g. last_prompt,completion")
     run.add_argument("--layers", default=None,
                      help="layers the per-layer experiments sweep, e.g. 0,4,8 or 0:30:3 (start:stop:step); default: all")
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "held-out half a tuned model was not trained on")
     run.add_argument("--alpha-layers", default=None, help="layers for the α sweep (default: every swept layer)")
     run.add_argument("--lowrank-layers", default=None, help="layers for low rank (default: E1's peak layer)")
+    run.add_argument("--window-widths", default="1,2",
+                     help="window_transplant/window_revert (E8): blocks per window, e.g. 1,2 (the default)")
     run.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for every CI")
     run.add_argument("--steer-layer", type=int, default=None,
                      help="steer (E11, opt-in): the layer (default: E1's peak chosen on the fit half)")
@@ -214,6 +217,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = SuiteConfig(experiments=experiments, hook=args.hook, scope=args.scope,
                         extra_hooks=_list(args.extra_hooks) or (), extra_scopes=_list(args.extra_scopes) or (),
                         layers=_layers(args.layers, "--layers"),
+                        window_widths=_list(args.window_widths, int, "--window-widths") or (),
                         alpha_layers=_layers(args.alpha_layers, "--alpha-layers"),
                         lowrank_layers=_layers(args.lowrank_layers, "--lowrank-layers"),
                         steer_layer=args.steer_layer, steer_cs=_list(args.steer_c, float, "--steer-c"),

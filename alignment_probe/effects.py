@@ -99,6 +99,68 @@ def make_row(key: RowKey, pair_id: int, clean: tuple[float, float], patched: tup
     }
 
 
+# The long per-token table (E9): one row per (condition, pair, side, completion position). Σ over a side's
+# positions of ``effect`` is that sequence's change of log p(y|x), so chosen minus rejected is the pair's effect.
+TOKEN_KEY_COLUMNS = KEY_COLUMNS + ["side", "position"]
+TOKEN_VALUE_COLUMNS = ["token_id", "clean_logp", "patched_logp", "effect"]
+TOKEN_COLUMNS = TOKEN_KEY_COLUMNS + TOKEN_VALUE_COLUMNS
+
+
+@dataclass(frozen=True)
+class TokenBlock:
+    """The per-token values of one sequence under one condition (rows of the long table, see
+    :func:`tokens_to_frame`): arrays over its completion positions."""
+
+    key: RowKey
+    pair_id: int
+    side: str
+    token_ids: Any  # [n] ints
+    clean: Any  # [n] clean log-probs
+    patched: Any  # [n] patched log-probs
+
+
+def tokens_to_frame(blocks: list[TokenBlock]) -> pd.DataFrame:
+    """Per-sequence token blocks → the long table with canonical column order, types and row order."""
+    import numpy as np
+
+    lengths = [len(b.token_ids) for b in blocks]
+    data: dict[str, Any] = {}
+    for col in KEY_COLUMNS:
+        values = [b.pair_id if col == "pair_id" else getattr(b.key, col) for b in blocks]
+        data[col] = np.repeat(np.asarray(values, dtype=object if col not in ("layer", "param", "pair_id") else None),
+                              lengths)
+    data["side"] = np.repeat(np.asarray([b.side for b in blocks], dtype=object), lengths)
+    data["position"] = np.concatenate([np.arange(n) for n in lengths]) if blocks else np.zeros(0, int)
+    cat = (lambda f, dtype: np.concatenate([np.asarray(f(b), dtype=dtype) for b in blocks]) if blocks
+           else np.zeros(0, dtype))
+    data["token_id"] = cat(lambda b: b.token_ids, np.int64)
+    data["clean_logp"] = cat(lambda b: b.clean, np.float64)
+    data["patched_logp"] = cat(lambda b: b.patched, np.float64)
+    data["effect"] = data["patched_logp"] - data["clean_logp"]
+    frame = pd.DataFrame(data, columns=TOKEN_COLUMNS)
+    for col in ("layer", "pair_id", "position", "token_id"):
+        frame[col] = frame[col].astype("int64")
+    frame["param"] = frame["param"].astype("float64")
+    return frame.sort_values(TOKEN_KEY_COLUMNS, kind="stable", na_position="first").reset_index(drop=True)
+
+
+def effects_from_tokens(tokens: pd.DataFrame) -> pd.DataFrame:
+    """The per-pair effects table of the conditions in a long per-token table: each sequence's log-probs are
+    its tokens' sums (accumulated in float64), Δlogp is chosen minus rejected."""
+    if not len(tokens):
+        return to_frame([])
+    sums = (tokens.groupby(KEY_COLUMNS + ["side"], sort=False, dropna=False)[["clean_logp", "patched_logp"]]
+            .sum().unstack("side"))
+    rows = []
+    for index, r in sums.iterrows():
+        key = dict(zip(KEY_COLUMNS, index))
+        pair_id = key.pop("pair_id")
+        rows.append(make_row(RowKey(**key), int(pair_id),
+                             (float(r[("clean_logp", "chosen")]), float(r[("clean_logp", "rejected")])),
+                             (float(r[("patched_logp", "chosen")]), float(r[("patched_logp", "rejected")]))))
+    return to_frame(rows)
+
+
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows → the effects table with canonical column order, types and a stable row order."""
     frame = pd.DataFrame(rows, columns=COLUMNS)

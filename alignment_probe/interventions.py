@@ -15,6 +15,8 @@ RandomDirection     h_tgt + ‖h_src − h_tgt‖ · random unit vector         
 AddVector(kind)     h_tgt + scale · v, v from the source's completion tokens          E5
 Project(V_k)        reconstruct: (h_src − μ) V_k V_kᵀ + μ; difference: h_tgt + P_k Δ  E6
 AddFixed(v)         h_tgt + v, one vector fitted elsewhere (every position alike)    E11
+Transplant(w)       the residual entering block a, then blocks a … a+w−1 of the      E8
+                    source's *weights* (engine/hybrid.py)
 ==================  ===============================================================  =========
 
 Random interventions draw from a generator seeded by (seed, pair, side, layer), so every engine
@@ -201,6 +203,29 @@ class AddFixed:
 
     def __call__(self, ctx: SequenceContext) -> Act:
         return ctx.target + self.vector.to(ctx.target.device, ctx.target.dtype)
+
+
+@dataclass(frozen=True)
+class Transplant:
+    """Weight transplant (E8): run blocks ``a … a+width−1`` of the source model inside the target, every other
+    block the target's own. The hook point is the residual entering block a (``resid_pre``), and what the
+    hybrid sees there is the *target's* own residual (blocks below a are the target's), except at a = 0, where
+    the embedding goes with block 0's owner, the source. The engine swaps the blocks (and, when the window
+    holds the last block, the final norm and unembedding) for the rest of the forward (engine/hybrid.py), so a
+    transplant of every block is the source model itself."""
+
+    width: int
+    same_on_both_prompts = True  # a function of each position's own activation
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.width, int) or self.width < 1:
+            raise ValueError(f"Transplant width must be a whole number ≥ 1, got {self.width!r}")
+
+    def blocks(self, start: int) -> range:
+        return range(start, start + self.width)
+
+    def __call__(self, ctx: SequenceContext) -> Act:
+        return ctx.source if ctx.layer == 0 else ctx.target
 
 
 def scope_mask(scope: str, prompt_len: int, length: int, width: int) -> Bool[Tensor, " width"]:

@@ -9,6 +9,7 @@
                       with the same command loads them and computes only what is missing
       scores.parquet  one row per pair: both models' log-probs, Δlogp, gain (see scoring.py)
       effects.parquet the tidy effects table of every experiment (see effects.py)
+      token_effects.parquet  per completion token, for the per-token experiments (token_map; effects.py)
       lasso.parquet   per-layer LASSO coefficients, selection frequencies, probe R² (if run)
       summary.json    headline numbers and per-experiment results (see the README for the format)
       report.html     a self-contained report with every figure and the comparison with the paper
@@ -41,7 +42,8 @@ from alignment_probe.tables import PartStore, write_table
 from alignment_probe.tokens import (cap_to_context, check_sampling_options, describe_truncation, sample_and_tokenize,
                                     truncation_stats)
 
-OUTPUTS = ("scores.parquet", "effects.parquet", "lasso.parquet", "fits.json", "summary.json", "report.html")
+OUTPUTS = ("scores.parquet", "effects.parquet", "token_effects.parquet", "lasso.parquet", "fits.json", "summary.json",
+           "report.html")
 
 
 @dataclass
@@ -157,6 +159,8 @@ def discard_results(out: Path) -> None:
 def write_run(req: RunRequest, result: SuiteResult, manifest: dict[str, Any]) -> None:
     write_table(result.scores, req.out / "scores.parquet")
     write_table(result.effects, req.out / "effects.parquet")
+    if len(result.tokens):
+        write_table(result.tokens, req.out / "token_effects.parquet")
     write_json_atomic(req.out / "fits.json", result.fits)  # what experiments fitted: the summary reads it
     if result.lasso is not None:
         from alignment_probe.experiments.lasso import lasso_table

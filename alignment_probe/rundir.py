@@ -8,6 +8,7 @@ findings-vs-paper verdicts and the report are pure functions of those: ``summary
 
     run = ap.load_run("runs/default")
     run.effects                      # the tidy effects table (see effects.py)
+    run.tokens                       # per completion token (token_map; empty when no per-token experiment ran)
     run.summary["gain_mean"]
     run.report("runs/default/report-again.html")
 """
@@ -42,13 +43,13 @@ def run_info(manifest: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def summarize_run(effects: pd.DataFrame, scores: pd.DataFrame, fits: Mapping[str, Any],
-                  manifest: Mapping[str, Any]) -> dict[str, Any]:
+                  manifest: Mapping[str, Any], tokens: pd.DataFrame | None = None) -> dict[str, Any]:
     """summary.json of a run, from its tables and manifest alone."""
     from alignment_probe.experiments.suite import summarize_tables
 
     models = manifest.get("models") or {}
     summary = summarize_tables(effects, scores, fits, suite_config(manifest), n_layers=int(models["n_layers"]),
-                               d_model=int(models["d_model"]))
+                               d_model=int(models["d_model"]), tokens=tokens)
     summary["run"] = run_info(manifest)
     return summary
 
@@ -63,10 +64,11 @@ class RunDir:
     scores: pd.DataFrame
     fits: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)  # summary.json as stored
+    tokens: pd.DataFrame = field(default_factory=pd.DataFrame)  # token_effects.parquet (per-token experiments)
 
     def summarize(self) -> dict[str, Any]:
         """The summary recomputed from the tables (equals :attr:`summary` for an untouched run)."""
-        return summarize_run(self.effects, self.scores, self.fits, self.manifest)
+        return summarize_run(self.effects, self.scores, self.fits, self.manifest, tokens=self.tokens)
 
     def report_html(self, summary: Mapping[str, Any] | None = None) -> str:
         from alignment_probe.report.html import render_report
@@ -129,5 +131,7 @@ def load_run(path: str | Path) -> RunDir:
     fits = json.loads((path / "fits.json").read_text()) if (path / "fits.json").is_file() else _fits_from_parts(
         path, manifest)
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
+    tokens = pd.read_parquet(path / "token_effects.parquet") if (path / "token_effects.parquet").is_file() else None
     return RunDir(path=path, manifest=manifest, effects=pd.read_parquet(path / "effects.parquet"),
-                  scores=pd.read_parquet(path / "scores.parquet"), fits=fits, summary=summary)
+                  scores=pd.read_parquet(path / "scores.parquet"), fits=fits, summary=summary,
+                  tokens=tokens if tokens is not None else pd.DataFrame())

@@ -62,6 +62,12 @@ def sum_by_row(values: Float[Tensor, " n"], rows: Int[Tensor, " n"], n_rows: int
     return sums.index_add_(0, rows, values.double())
 
 
+def split_by_row(values: Float[Tensor, " n"], rows: Int[Tensor, " n"], n_rows: int) -> list[Float[Tensor, " _k"]]:
+    """Per-token values grouped by row, each row's in its original (position) order, on the CPU."""
+    values, rows = values.detach().cpu(), rows.cpu()
+    return [values[rows == r] for r in range(n_rows)]
+
+
 @torch.inference_mode()
 def batch_logprobs(model: HookedTransformer, batch: SequenceBatch) -> Float[Tensor, " batch"]:
     """``logp(completion | prompt)`` of every sequence of a right-padded batch (unpatched model)."""

@@ -7,6 +7,8 @@ values (for validation and help texts), the tuple derived from the type so the t
 type              values                                                      used by
 ================  ==========================================================  =====================
 ``Hook``          resid_pre, resid_mid, resid_post, attn_out, mlp_out          RowKey.hook, E2 features
+``HeadHook``      z (per query head), k, v (per key/value head)                RowKey.hook (E7, E10)
+``BlockHook``     blocks (the weights of a window of blocks)                   RowKey.hook (E8)
 ``Scope``         all, prompt, completion, last_prompt, all_but_bos,           RowKey.scope, scope_mask
                   and parametrised ``first_completion:K`` (K ≥ 1)
 ``Side``          chosen, rejected                                             one sequence of a pair
@@ -32,6 +34,10 @@ HOOKS: tuple[str, ...] = get_args(Hook)
 # [pos, n_key_value_heads, d_head] per key/value head, before TransformerLens repeats them to the query heads.
 HeadHook = Literal["z", "k", "v"]
 HEAD_HOOKS: tuple[str, ...] = get_args(HeadHook)
+# Not an activation but the blocks' *weights* (E8 transplants): a row with hook ``blocks``, layer a and
+# ``param`` w ran blocks a … a+w−1 of the source model inside the target (engine/hybrid.py).
+BlockHook = Literal["blocks"]
+BLOCK_HOOKS: tuple[str, ...] = get_args(BlockHook)
 
 # Plain (unparametrised) position scopes. Parametrised ones are written ``name:K``.
 Scope = Literal["all", "prompt", "completion", "last_prompt", "all_but_bos"]
@@ -57,7 +63,7 @@ VectorKind = Literal["chosen", "rejected", "contrast"]
 VECTOR_KINDS: tuple[str, ...] = get_args(VectorKind)
 
 # Every vocabulary type above (the test suite's runtime checker leaves their membership to check()).
-VOCABULARIES = (Hook, HeadHook, Scope, ParamScope, Side, Sides, Role, LowRankMode, VectorKind)
+VOCABULARIES = (Hook, HeadHook, BlockHook, Scope, ParamScope, Side, Sides, Role, LowRankMode, VectorKind)
 
 
 class VocabularyError(ConfigError, ValueError):
@@ -100,7 +106,7 @@ def check_scope(scope: str) -> str:
 
 
 def check_hook(hook: str) -> str:
-    return check(hook, HOOKS + HEAD_HOOKS, "hook point")
+    return check(hook, HOOKS + HEAD_HOOKS + BLOCK_HOOKS, "hook point")
 
 
 def check_side(side: str) -> str:

@@ -24,6 +24,14 @@ What it avoids, and how:
   activation the computation *is* the clean run. This also makes those controls exactly zero however
   a batched forward happens to round (multi-threaded CPU kernels round differently per batch shape,
   by ~1e-5 nats). The reference engine still recomputes them.
+* **Weight transplants (E8) are patched runs too.** A window of the source's blocks inside the target
+  starts at its first block from the target's cached residual (the source's embedding when the window
+  starts at block 0), with the window's modules swapped in for that forward (hybrid.py), batched and
+  prompt-shared like any other run. A hybrid whose weights are the target's (or the source's) reuses
+  that model's clean log-prob, as the identity control does.
+* **Per-token log-probs on request.** :meth:`FastEngine.run_tokens` returns, for every condition, each
+  completion token's clean and patched log-prob (the long table of E9, effects.py) from the same
+  forwards; the per-sequence sums are the ones :meth:`FastEngine.run` returns, bit for bit.
 * **Bounded memory.** Pairs stream through in chunks whose caches fit a memory budget; the patched
   runs of one start block are materialised a wave at a time.
 
@@ -38,7 +46,9 @@ counted once per pair and condition (whether or not ``share_prompts`` is on).
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -47,6 +57,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from alignment_probe.engine.batching import overhead_tokens, plan_batches, plan_cost
+from alignment_probe.engine.hybrid import PartComparison, transplanted
+from alignment_probe.engine.outputs import ExactEngine
 from alignment_probe.engine.prefix import PromptState, pad_stack, run_continuations, run_prompts, supports_prefix
 from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.interventions import (AddVector, GaussianNoise, Interpolate, Intervention, Project,
@@ -61,6 +73,8 @@ if TYPE_CHECKING:
     from alignment_probe.pair import Twins
 
 Key = tuple[int, str]  # (pair_id, side)
+RunKey = tuple[int, int, str]  # (spec index, pair_id, side)
+Swap = tuple[str, int, int] | None  # a transplant's (source model, first block, last block + 1); None: no swap
 
 # Whether an intervention writes the same values on the prompt positions of a pair's two runs when
 # their inputs there are the same. Replace/Interpolate/Project are functions of the activations at
@@ -81,11 +95,16 @@ def same_on_both_prompts(intervention: Intervention) -> bool | None:
 
 def start_of(spec: PatchSpec) -> tuple[int, str | None]:
     """(block to start the patched run at, hook name that must be overwritten there or None)."""
-    if spec.key.hook == "resid_pre":
+    if spec.key.hook in ("resid_pre", "blocks"):  # a transplant starts from the residual entering its window
         return spec.key.layer, None
     if spec.key.hook == "resid_post":
         return spec.key.layer + 1, None
     return spec.key.layer, spec.name
+
+
+def swap_of(spec: PatchSpec) -> Swap:
+    window = spec.window
+    return None if window is None else (spec.key.source, window.start, window.stop)
 
 
 def cache_names(specs: Sequence[PatchSpec]) -> dict[str, set[str]]:
@@ -109,6 +128,8 @@ class Item:
     # hook (z, k, v) the pair (start residual [pos, d_model], written activation [pos, heads, d_head])
     value: Tensor | tuple[Tensor, Tensor]
     unchanged: bool = False  # the patch leaves the target's activation bit-for-bit as it was
+    # a transplant whose hybrid has exactly one model's weights: that model's clean run is the patched run
+    same_as: str | None = None
 
 
 @dataclass
@@ -118,6 +139,7 @@ class ChunkCache:
     acts: dict[str, dict[str, dict[Key, Tensor]]]  # model -> hook name -> (pair_id, side) -> [length, d_model]
     clean: dict[str, dict[Key, float]]  # model -> (pair_id, side) -> logp
     seqs: dict[Key, ScoredSequence]
+    tokens: dict[str, dict[Key, Tensor]]  # model -> (pair_id, side) -> per completion token logp [n] (float32)
 
 
 @dataclass
@@ -149,7 +171,7 @@ class _Shared:
     items: list[Item] = field(default_factory=list)  # their value holds the whole sequence
 
 
-class FastEngine:
+class FastEngine(ExactEngine):
     """``FastEngine(batch_size, memory_budget_gb, share_prompts="auto", overhead_tokens=None)``.
 
     ``share_prompts``: ``"auto"`` (default) shares prompts where the batch planner's cost model
@@ -175,6 +197,7 @@ class FastEngine:
         self.work_by_stage = {"clean": WorkCounter(), "patched": WorkCounter()}
         # model -> (pair_id, side) -> clean logp, for every pair this engine has run (see clean_scores)
         self.clean_logprobs: dict[str, dict[Key, float]] = defaultdict(dict)
+        self._comparisons: dict[tuple[int, int], PartComparison] = {}  # which parts of two models are equal
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _computed(self, stage: str, n_blocks: int, tokens: int) -> None:
@@ -213,7 +236,7 @@ class FastEngine:
     def clean_chunk(self, pair: Twins, chunk: Sequence[TokenizedPair], need: dict[str, set[str]]) -> ChunkCache:
         """Clean runs of every model in ``need``, caching the hook points it names."""
         seqs = pair_sequences(chunk)
-        acts, clean = {}, {}
+        acts, clean, tokens = {}, {}, {}
         for name, model in pair.models().items():
             if name not in need:  # neither patched nor a source: its clean run is not needed
                 continue
@@ -228,38 +251,36 @@ class FastEngine:
             if self._shares(model) and self._worth_sharing(
                     model, [s.length for s in seqs], [len(t.prompt_ids) for t in chunk],
                     [len(s.completion_ids) for s in seqs]):
-                clean[name], acts[name] = self._clean_shared(model, chunk, names, capture)
+                clean[name], tokens[name], acts[name] = self._clean_shared(model, chunk, names, capture)
             else:
-                clean[name], acts[name] = self._clean_full(model, seqs, names, capture)
+                clean[name], tokens[name], acts[name] = self._clean_full(model, seqs, names, capture)
             self.clean_logprobs[name].update(clean[name])
-        return ChunkCache(acts, clean, {(s.pair_id, s.side): s for s in seqs})
+        return ChunkCache(acts, clean, {(s.pair_id, s.side): s for s in seqs}, tokens)
 
     def _clean_full(self, model: Any, seqs: list[ScoredSequence], names: set[str], capture: Any
-                    ) -> tuple[dict[Key, float], dict[str, dict[Key, Tensor]]]:
-        from alignment_probe.scoring import completion_token_logprobs, sum_by_row
-
+                    ) -> tuple[dict[Key, float], dict[Key, Tensor], dict[str, dict[Key, Tensor]]]:
         clean: dict[Key, float] = {}
+        tokens: dict[Key, Tensor] = {}
         acts: dict[str, dict[Key, Tensor]] = {n: {} for n in names}
         for rows in self._plan(model, [s.length for s in seqs]):
             group = [seqs[r] for r in rows]
             batch = make_batch(group)
-            tokens = batch.tokens.to(model.cfg.device)
+            ids = batch.tokens.to(model.cfg.device)
             if capture is None:
-                resid, cache = model(tokens, stop_at_layer=model.cfg.n_layers), {}
+                resid, cache = model(ids, stop_at_layer=model.cfg.n_layers), {}
             else:
-                resid, cache = model.run_with_cache(tokens, names_filter=capture, stop_at_layer=model.cfg.n_layers,
+                resid, cache = model.run_with_cache(ids, names_filter=capture, stop_at_layer=model.cfg.n_layers,
                                                     return_cache_object=False)
             self._computed("clean", model.cfg.n_layers, batch.tokens.numel())
-            lp, idx = completion_token_logprobs(model, resid, batch)
-            for s, v in zip(group, sum_by_row(lp, idx, batch.size).tolist()):
-                clean[(s.pair_id, s.side)] = v
+            for s, v, per_token in zip(group, *batch_logprobs(model, resid, batch)):
+                clean[(s.pair_id, s.side)], tokens[(s.pair_id, s.side)] = v, per_token
             for n in names:
                 for b, s in enumerate(group):
                     acts[n][(s.pair_id, s.side)] = cache[n][b, : s.length]
-        return clean, acts
+        return clean, tokens, acts
 
     def _clean_shared(self, model: Any, chunk: Sequence[TokenizedPair], names: set[str], capture: Any
-                      ) -> tuple[dict[Key, float], dict[str, dict[Key, Tensor]]]:
+                      ) -> tuple[dict[Key, float], dict[Key, Tensor], dict[str, dict[Key, Tensor]]]:
         n_blocks = model.cfg.n_layers
         states: dict[int, PromptState] = {}
         prompt_acts: dict[str, dict[int, Tensor]] = {n: {} for n in names}
@@ -274,6 +295,7 @@ class FastEngine:
                     prompt_acts[n][t.pair_id] = a[n][b, : len(t.prompt_ids)]
         seqs = pair_sequences(chunk)
         clean: dict[Key, float] = {}
+        tokens: dict[Key, Tensor] = {}
         acts: dict[str, dict[Key, Tensor]] = {n: {} for n in names}
         for rows in self._plan(model, [len(s.completion_ids) for s in seqs]):
             group = [seqs[r] for r in rows]
@@ -281,13 +303,13 @@ class FastEngine:
             prompts = [states[s.pair_id] for s in group]
             out, a = run_continuations(model, None, prompts, inputs, capture=capture)
             self._computed("clean", n_blocks, len(group) * max(len(s.completion_ids) for s in group))
-            for s, v in zip(group, continuation_logprobs(model, prompts, out, group)):
-                clean[(s.pair_id, s.side)] = v
+            for s, v, per_token in zip(group, *continuation_logprobs(model, prompts, out, group)):
+                clean[(s.pair_id, s.side)], tokens[(s.pair_id, s.side)] = v, per_token
             for n in names:
                 for b, s in enumerate(group):
                     acts[n][(s.pair_id, s.side)] = torch.cat([prompt_acts[n][s.pair_id],
                                                               a[n][b, : len(s.completion_ids)]])
-        return clean, acts
+        return clean, tokens, acts
 
     def clean_scores(self, pair: Twins, tokenized: Sequence[TokenizedPair]) -> pd.DataFrame:
         """The scores table of ``tokenized`` (the columns of :func:`alignment_probe.scoring.score_pairs`)
@@ -308,7 +330,25 @@ class FastEngine:
         return score_table(tokenized, {m: {k: self.clean_logprobs[m][k] for k in keys} for m in models})
 
     # -- patched runs ------------------------------------------------------------------------
-    def item(self, spec_index: int, spec: PatchSpec, pair_id: int, side: str, cc: ChunkCache) -> Item:
+    def _parts(self, pair: Twins, target: str, source: str) -> PartComparison:
+        models = pair.models()
+        key = (id(models[target]), id(models[source]))
+        if key not in self._comparisons:
+            self._comparisons[key] = PartComparison(models[target], models[source])
+        return self._comparisons[key]
+
+    @contextlib.contextmanager
+    def _hybrid(self, pair: Twins, target: str, swap: Swap) -> Iterator[Any]:
+        """The target model, with a transplant's window of source blocks swapped in (hybrid.py) if ``swap``."""
+        model = pair.models()[target]
+        if swap is None:
+            yield model
+            return
+        source, lo, hi = swap
+        with transplanted(model, pair.models()[source], range(lo, hi)):
+            yield model
+
+    def item(self, pair: Twins, spec_index: int, spec: PatchSpec, pair_id: int, side: str, cc: ChunkCache) -> Item:
         """One patched run, with the value it starts from (computed only when its wave runs)."""
         k = spec.key
         src = {s: cc.acts[k.source][spec.name][(pair_id, s)] for s in SIDES}
@@ -321,6 +361,10 @@ class FastEngine:
         )
         patched = apply_in_scope(spec.intervention, ctx, k.scope)
         unchanged = torch.equal(patched, ctx.target)
+        if spec.window is not None:  # a transplant: which model, if any, the hybrid's weights are
+            same = self._parts(pair, k.target, k.source).hybrid_equals(spec.window)
+            return Item(spec_index, seq, patched, unchanged and same == "target",
+                        same_as=k.source if same == "source" else None)
         if k.hook in ("resid_pre", "resid_post"):
             return Item(spec_index, seq, patched, unchanged)
         # Other hook points: start from the target's own resid_pre; a hook writes the patched value.
@@ -330,11 +374,14 @@ class FastEngine:
         return Item(spec_index, seq, torch.stack([start, patched]), unchanged)
 
     @torch.inference_mode()
-    def run_batch(self, pair: Twins, target: str, start: int, hook: str | None, items: list[Item]) -> list[float]:
-        """Full-sequence patched runs of ``items`` in one right-padded forward from block ``start``."""
-        from alignment_probe.scoring import completion_token_logprobs, sum_by_row
+    def run_batch(self, pair: Twins, target: str, start: int, hook: str | None, items: list[Item], swap: Swap = None
+                  ) -> list[tuple[float, Tensor]]:
+        """Full-sequence patched runs of ``items`` in one right-padded forward from block ``start``: each
+        one's log p(completion | prompt) and its per-token log-probs."""
+        with self._hybrid(pair, target, swap) as model:
+            return self._run_batch(model, start, hook, items)
 
-        model = pair.models()[target]
+    def _run_batch(self, model: Any, start: int, hook: str | None, items: list[Item]) -> list[tuple[float, Tensor]]:
         batch = make_batch([it.seq for it in items])
         width = batch.tokens.shape[1]
         if hook is None:
@@ -347,14 +394,17 @@ class FastEngine:
         with model.hooks(fwd_hooks=fwd_hooks):
             final = model(resid, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
         self._computed("patched", model.cfg.n_layers - start, batch.tokens.numel())
-        lp, rows = completion_token_logprobs(model, final, batch)
-        return sum_by_row(lp, rows, batch.size).tolist()
+        return list(zip(*batch_logprobs(model, final, batch)))
 
     @torch.inference_mode()
-    def run_shared(self, pair: Twins, target: str, start: int, hook: str | None, units: list[_Shared]
-                   ) -> dict[tuple[int, int, str], float]:
+    def run_shared(self, pair: Twins, target: str, start: int, hook: str | None, units: list[_Shared],
+                   swap: Swap = None) -> dict[RunKey, tuple[float, Tensor]]:
         """Each unit's prompt once, then both completions continued from it."""
-        model = pair.models()[target]
+        with self._hybrid(pair, target, swap) as model:
+            return self._run_shared(model, start, hook, units)
+
+    def _run_shared(self, model: Any, start: int, hook: str | None, units: list[_Shared]
+                    ) -> dict[RunKey, tuple[float, Tensor]]:
         n_blocks = model.cfg.n_layers - start
         states: list[PromptState | None] = [None] * len(units)
         for rows in self._plan(model, [u.items[0].seq.completion_start for u in units]):
@@ -368,7 +418,7 @@ class FastEngine:
             for r, s in zip(rows, st):
                 states[r] = s
         conts = [(states[u_i], it) for u_i, u in enumerate(units) for it in u.items]
-        out: dict[tuple[int, int, str], float] = {}
+        out: dict[RunKey, tuple[float, Tensor]] = {}
         for rows in self._plan(model, [len(it.seq.completion_ids) for _, it in conts]):
             group = [conts[r] for r in rows]
             prompts = [s for s, _ in group]  # type: ignore[misc]
@@ -380,8 +430,8 @@ class FastEngine:
                                            [it.value[0, it.seq.completion_start:] for _, it in group], hook=hook,
                                            written=[it.value[1, it.seq.completion_start:] for _, it in group])
             self._computed("patched", n_blocks, len(group) * max(len(s.completion_ids) for s in seqs))
-            for (_, it), v in zip(group, continuation_logprobs(model, prompts, res, seqs)):
-                out[(it.spec_index, it.seq.pair_id, it.seq.side)] = v
+            for (_, it), v, per_token in zip(group, *continuation_logprobs(model, prompts, res, seqs)):
+                out[(it.spec_index, it.seq.pair_id, it.seq.side)] = (v, per_token)
         return out
 
     def _shareable(self, spec: PatchSpec, a: Item, b: Item) -> tuple[bool, bool]:
@@ -396,9 +446,10 @@ class FastEngine:
         return principle or equal, equal
 
     def run_group(self, pair: Twins, target: str, start: int, hook: str | None, specs: Sequence[PatchSpec],
-                  spec_ids: Sequence[int], chunk: Sequence[TokenizedPair], cc: ChunkCache
-                  ) -> dict[tuple[int, int, str], float]:
-        """Every patched run of the conditions ``spec_ids`` (same target, start block and hook) on a chunk."""
+                  spec_ids: Sequence[int], chunk: Sequence[TokenizedPair], cc: ChunkCache, swap: Swap = None
+                  ) -> dict[RunKey, tuple[float, Tensor]]:
+        """Every patched run of the conditions ``spec_ids`` (same target, start block, hook and transplanted
+        window) on a chunk: log p(completion | prompt) and its per-token log-probs."""
         model = pair.models()[target]
         n_blocks = model.cfg.n_layers - start
         # Per-head hooks run full sequences (their written activations are not [pos, d_model] residuals).
@@ -410,7 +461,7 @@ class FastEngine:
         width = max(len(t.prompt_ids) + max(len(t.chosen_ids), len(t.rejected_ids)) for t in chunk)
         per_unit = 8 * width * pair.d_model * model.cfg.dtype.itemsize * (1 + n_blocks)
         wave = max(self.batch_size, int(self.memory_budget_gb * 2**30 // per_unit))
-        patched: dict[tuple[int, int, str], float] = {}
+        patched: dict[RunKey, tuple[float, Tensor]] = {}
         for lo in range(0, len(units), wave):
             full: list[Item] = []
             shared: list[_Shared] = []
@@ -418,12 +469,15 @@ class FastEngine:
                 sides = [s for s in SIDES if specs[i].patches(s)]
                 changed = []
                 for side in sides:
-                    it = self.item(i, specs[i], t.pair_id, side, cc)
-                    if it.unchanged:
-                        # The target's activation is exactly its own, so everything downstream is the
-                        # clean run: reuse its log-prob (this is what makes the identity control and
-                        # α = 0 exactly zero, independent of how a batched forward rounds).
-                        patched[(i, t.pair_id, side)] = cc.clean[target][(t.pair_id, side)]
+                    it = self.item(pair, i, specs[i], t.pair_id, side, cc)
+                    same = target if it.unchanged else it.same_as
+                    if same is not None:
+                        # The target's activation is exactly its own (or a transplant's hybrid has exactly one
+                        # model's weights), so the patched run *is* that model's clean run: reuse its log-probs
+                        # (this makes the identity control, α = 0 and a transplant of base into base exactly
+                        # zero, independent of how a batched forward rounds).
+                        patched[(i, t.pair_id, side)] = (cc.clean[same][(t.pair_id, side)],
+                                                         cc.tokens[same][(t.pair_id, side)])
                     else:
                         changed.append(it)
                 principle, here = (self._shareable(specs[i], *changed) if len(changed) == 2 and not per_head
@@ -447,53 +501,63 @@ class FastEngine:
                 shared = []
             for rows in self._plan(model, [it.seq.length for it in full]):
                 batch = [full[r] for r in rows]
-                for it, v in zip(batch, self.run_batch(pair, target, start, hook, batch)):
+                for it, v in zip(batch, self.run_batch(pair, target, start, hook, batch, swap)):
                     patched[(it.spec_index, it.seq.pair_id, it.seq.side)] = v
             if shared:
-                patched.update(self.run_shared(pair, target, start, hook, shared))
+                patched.update(self.run_shared(pair, target, start, hook, shared, swap))
         return patched
 
-    def run(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
-            progress: bool = False) -> pd.DataFrame:
+    def runs(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
+              progress: bool = False) -> Iterator[tuple[PatchSpec, int, tuple[Any, Any], tuple[Any, Any]]]:
+        """Per (condition, pair): the clean and patched (log-prob, per-token log-probs) of each side."""
         from tqdm.auto import tqdm
 
-        from alignment_probe.effects import make_row, to_frame
         from alignment_probe.numerics import check_clean, check_patched
 
         need = cache_names(specs)
         per_chunk = self.pairs_per_chunk(pair, tokenized, sum(len(v) for v in need.values()))
-        # Conditions that start at the same block with the same hook share batches.
-        groups: dict[tuple[str, int, str | None], list[int]] = defaultdict(list)
+        # Conditions that start at the same block with the same hook (and the same transplanted window) share batches.
+        groups: dict[tuple[str, int, str | None, Swap], list[int]] = defaultdict(list)
         for i, s in enumerate(specs):
-            groups[(s.key.target, *start_of(s))].append(i)
-        rows = []
+            groups[(s.key.target, *start_of(s), swap_of(s))].append(i)
+        order = sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] or "", g[0][3] or ()))
         bar = tqdm(total=len(tokenized), desc=f"patching ({len(specs)} conditions)", disable=not progress, unit="pair")
         for lo in range(0, len(tokenized), per_chunk):
             chunk = tokenized[lo: lo + per_chunk]
             cc = self.clean_chunk(pair, chunk, need)
             check_clean(pair, cc.clean, chunk)  # NaN/inf check (numerics.py): names pair, model, layer
-            patched: dict[tuple[int, int, str], float] = {}
-            for (target, start, hook), spec_ids in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] or "")):
-                patched.update(self.run_group(pair, target, start, hook, specs, spec_ids, chunk, cc))
-            check_patched(patched, specs)  # NaN/inf check: names pair and patched condition
+            patched: dict[RunKey, tuple[float, Tensor]] = {}
+            for (target, start, hook, swap), spec_ids in order:
+                patched.update(self.run_group(pair, target, start, hook, specs, spec_ids, chunk, cc, swap))
+            check_patched({k: v[0] for k, v in patched.items()}, specs)  # NaN/inf: names pair and condition
             for i, spec in enumerate(specs):
                 k = spec.key
                 for t in chunk:
                     if not spec.applies_to(t.pair_id):
                         continue
-                    clean = tuple(cc.clean[k.target][(t.pair_id, s)] for s in SIDES)
-                    after = tuple(patched.get((i, t.pair_id, s), cc.clean[k.target][(t.pair_id, s)]) for s in SIDES)
-                    rows.append(make_row(k, t.pair_id, clean, after))  # type: ignore[arg-type]
+                    clean = tuple((cc.clean[k.target][(t.pair_id, s)], cc.tokens[k.target][(t.pair_id, s)])
+                                  for s in SIDES)
+                    after = tuple(patched.get((i, t.pair_id, s), c) for s, c in zip(SIDES, clean))
+                    yield spec, t.pair_id, clean, after
             bar.update(len(chunk))
         bar.close()
-        return to_frame(rows)
+
+
+def batch_logprobs(model: Any, final: Float[Tensor, "batch pos d_model"], batch: Any
+                   ) -> tuple[list[float], list[Tensor]]:
+    """Per row of a right-padded full-sequence batch: log p(completion | prompt) (summed in float64) and the
+    per-token log-probs (CPU, float32)."""
+    from alignment_probe.scoring import completion_token_logprobs, split_by_row, sum_by_row
+
+    lp, rows = completion_token_logprobs(model, final, batch)
+    return sum_by_row(lp, rows, batch.size).tolist(), split_by_row(lp, rows, batch.size)
 
 
 def continuation_logprobs(model: Any, prompts: Sequence[PromptState], final: Float[Tensor, "batch pos d_model"],
-                          seqs: Sequence[ScoredSequence]) -> list[float]:
-    """``logp(completion | prompt)`` per row of a continuation batch: the first completion token is
-    predicted by the prompt's last position, the others by the continuation's own positions."""
-    from alignment_probe.scoring import sum_by_row, token_logprobs
+                          seqs: Sequence[ScoredSequence]) -> tuple[list[float], list[Tensor]]:
+    """``logp(completion | prompt)`` per row of a continuation batch, and its per-token log-probs: the first
+    completion token is predicted by the prompt's last position, the others by the continuation's own positions."""
+    from alignment_probe.scoring import split_by_row, sum_by_row, token_logprobs
 
     xs, targets, rows = [], [], []
     for r, (p, s) in enumerate(zip(prompts, seqs)):
@@ -503,4 +567,5 @@ def continuation_logprobs(model: Any, prompts: Sequence[PromptState], final: Flo
         rows += [r] * n
     device = final.device
     lp = token_logprobs(model, torch.cat(xs), torch.tensor(targets, device=device))
-    return sum_by_row(lp, torch.tensor(rows, device=device), len(seqs)).tolist()
+    index = torch.tensor(rows, device=device)
+    return sum_by_row(lp, index, len(seqs)).tolist(), split_by_row(lp, index, len(seqs))

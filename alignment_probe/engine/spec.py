@@ -6,14 +6,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 from alignment_probe.effects import RowKey
-from alignment_probe.interventions import Intervention
+from alignment_probe.interventions import Intervention, Transplant
 
 if TYPE_CHECKING:  # annotations only: importing the engine's contract loads no model code
     import pandas as pd
 
     from alignment_probe.pair import Twins
     from alignment_probe.tokens import TokenizedPair
-from alignment_probe.vocab import HEAD_HOOKS, HOOKS, Hook, Side, check_hook, check_side
+from alignment_probe.vocab import BLOCK_HOOKS, HEAD_HOOKS, HOOKS, Hook, Side, check_hook, check_side
 
 __all__ = ["HOOKS", "Engine", "PatchSpec", "hook_name"]
 
@@ -43,10 +43,28 @@ class PatchSpec:
             raise TypeError(f"PatchSpec.key must be a RowKey, got {type(self.key).__name__}")
         if not callable(self.intervention):
             raise TypeError(f"PatchSpec.intervention must be callable, got {self.intervention!r}")
+        transplant = isinstance(self.intervention, Transplant)
+        if transplant != (self.key.hook in BLOCK_HOOKS):
+            raise ValueError(f"{self.key.experiment} at layer {self.key.layer}: a Transplant goes with hook 'blocks' "
+                             f"and hook 'blocks' with a Transplant (got {type(self.intervention).__name__} at hook "
+                             f"{self.key.hook!r})")
+        if transplant and not (self.key.param == self.intervention.width and self.key.scope == "all"
+                               and self.key.sides == "both"):
+            raise ValueError(f"{self.key.experiment} at layer {self.key.layer}: a transplant's row has param = its "
+                             f"width ({self.intervention.width}), scope 'all' and sides 'both'; got param "
+                             f"{self.key.param}, scope {self.key.scope!r}, sides {self.key.sides!r}")
 
     @property
     def name(self) -> str:
+        """The hook point the engine reads and writes; a transplant's is the residual entering its first block."""
+        if self.key.hook in BLOCK_HOOKS:
+            return hook_name(self.key.layer, "resid_pre")
         return hook_name(self.key.layer, self.key.hook)
+
+    @property
+    def window(self) -> range | None:
+        """The blocks whose weights come from the source (a transplant), else None."""
+        return self.intervention.blocks(self.key.layer) if isinstance(self.intervention, Transplant) else None
 
     def applies_to(self, pair_id: int) -> bool:
         return self.pair_ids is None or pair_id in self.pair_ids

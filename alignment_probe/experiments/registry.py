@@ -83,6 +83,7 @@ class Tables:
     d_model: int
     selected: tuple[str, ...] = ()
     upstream: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    tokens: "pd.DataFrame | None" = None  # the long per-token table (effects.py), for per-token experiments
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,9 @@ class Experiment:
     # how its conditions are computed: "exact" (the run's engine) or an estimator the suite runs them with
     # instead, in parts of their own (``stage<n>-<estimator>-…``; "atp": engine/attribution.py, E10)
     estimator: str = "exact"
+    # True: the engine also returns its conditions' per-token log-probs (the long table of effects.py, E9); the
+    # conditions' per-pair rows are derived from it, and its summary reads ``Tables.tokens``
+    per_token: bool = False
 
     @property
     def spec_order(self) -> int:

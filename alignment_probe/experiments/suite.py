@@ -34,6 +34,7 @@ from alignment_probe.errors import ConfigError
 from alignment_probe.experiments import registry
 from alignment_probe.experiments.alpha import DEFAULT_ALPHAS
 from alignment_probe.experiments.lowrank import DEFAULT_KS
+from alignment_probe.experiments.windows import DEFAULT_WIDTHS
 from alignment_probe.experiments.registry import Experiment, Plan, Tables
 from alignment_probe.numerics import check_scores
 from alignment_probe.pair import Twins
@@ -54,7 +55,9 @@ class SuiteConfig:
     experiments: tuple[str, ...] = field(default_factory=_all_names)
     hook: str = "resid_post"  # the default hook point every experiment reports on
     scope: str = "all"  # the default position scope
-    extra_hooks: tuple[str, ...] = ()  # E1 tuned→base also at these hook points
+    # E1 tuned→base also at these hook points: by default the block's attention and MLP outputs, so the components
+    # (E7) share one figure with the residual stream
+    extra_hooks: tuple[str, ...] = ("attn_out", "mlp_out")
     extra_scopes: tuple[str, ...] = ()  # ... and these position scopes
     layers: tuple[int, ...] | None = None  # layers the per-layer experiments sweep; None: every layer
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
@@ -72,6 +75,7 @@ class SuiteConfig:
     steer_cs: tuple[float, ...] | None = None
     steer_k: int | None = None
     transfer_data: str | None = None  # E11 transfer: pairs of another data source (loaded by run.py)
+    window_widths: tuple[int, ...] = DEFAULT_WIDTHS  # E8 window transplants/reverts: widths w (blocks per window)
     atp_confirm_k: int = 5  # E10 ``--confirm K``: exact patching of the K conditions attribution patching ranks highest
 
     def validate(self, n_layers: int | None = None) -> None:
@@ -92,6 +96,12 @@ class SuiteConfig:
         if self.layers is not None and len(self.layers) == 0:
             raise ConfigError("--layers is empty; give at least one layer, e.g. --layers 0,4,8, or leave it out to "
                               "sweep every layer.")
+        if not self.window_widths or any(not isinstance(w, int) or w < 1 for w in self.window_widths):
+            raise ConfigError(f"--window-widths {','.join(map(str, self.window_widths)) or '(empty)'}: give whole "
+                              "numbers ≥ 1 (blocks per window), e.g. --window-widths 1,2.")
+        if n_layers is not None and min(self.window_widths) >= n_layers:
+            raise ConfigError(f"--window-widths: every width is ≥ the model's {n_layers} blocks; a window must leave "
+                              f"some block out, e.g. --window-widths 1,2.")
         if self.atp_confirm_k < 1:
             raise ConfigError(f"--confirm must be at least 1, got {self.atp_confirm_k}.")
         if self.steer_k is not None and self.steer_k < 1:
@@ -118,6 +128,7 @@ class SuiteResult:
     lasso: dict[str, Any] | None = None
     fits: dict[str, Any] = field(default_factory=dict)  # each experiment's fit / whole-data record
     extra: dict[str, Any] = field(default_factory=dict)
+    tokens: pd.DataFrame = field(default_factory=pd.DataFrame)  # the long per-token table (token_effects.parquet)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,13 +192,13 @@ def per_layer_specs(cfg: SuiteConfig, n_layers: int, d_model: int = 0) -> list[P
 
 
 def summarize_tables(effects: pd.DataFrame, scores: pd.DataFrame, fits: Mapping[str, Any], cfg: SuiteConfig, *,
-                     n_layers: int, d_model: int) -> dict[str, Any]:
+                     n_layers: int, d_model: int, tokens: pd.DataFrame | None = None) -> dict[str, Any]:
     """The run's summary, a pure function of its tables: the gain and every reported experiment's entry
     (in execution order). summary.json is a cache of this."""
     summary: dict[str, Any] = {"n_layers": n_layers} | gain_summary(scores, cfg) | {"experiments": {}}
     for step in plan_steps(cfg):
         if step.reported and (step.experiment.compute is None or step.experiment.key in fits):
-            tables = Tables(effects, scores, fits, cfg, n_layers, d_model, selected=step.reported)
+            tables = Tables(effects, scores, fits, cfg, n_layers, d_model, selected=step.reported, tokens=tokens)
             summary["experiments"].update(step.experiment.summarize(tables))
     return summary
 
@@ -214,6 +225,50 @@ def pair_groups(tokenized: Sequence[TokenizedPair], pairs_per_part: int | None) 
 
 def group_tag(group: Sequence[TokenizedPair]) -> str:
     return f"{group[0].pair_id:06d}-{group[-1].pair_id:06d}"
+
+
+def canonical_tokens(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Parts of the long per-token table → one table in the canonical row order (that of ``tokens_to_frame``)."""
+    from alignment_probe.effects import TOKEN_KEY_COLUMNS
+
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame()
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.sort_values(TOKEN_KEY_COLUMNS, kind="stable", na_position="first").reset_index(drop=True)
+
+
+def per_token_names() -> set[str]:
+    """Names of the experiments whose conditions the engine reports per token (``Experiment.per_token``)."""
+    return {n.name for e in registry.experiments() if e.per_token for n in e.names}
+
+
+def engine_part(store: PartStore, name: str, engine: Engine, pair: Twins, group: Sequence[TokenizedPair],
+                specs: Callable[[], Sequence[PatchSpec]], *, per_token: bool, progress: bool,
+                token_parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """One engine call on one group of pairs (``specs()``: its conditions, built only if a part is computed),
+    stored as the effects part ``name``. With ``per_token`` (the stage has an ``Experiment.per_token``
+    experiment) the same call also gives the long per-token table of those experiments' conditions, stored first
+    as ``<stage>-tokens-<group>`` (appended to ``token_parts``)."""
+    if not per_token:
+        return store.table(name, lambda: engine.run(pair, group, specs(), progress=progress))
+    if not hasattr(engine, "runs"):
+        raise ConfigError(f"per-token maps need an exact engine (--engine fast or reference); {engine.name} has none.")
+    from alignment_probe.engine.outputs import effects_table, token_table
+
+    wanted = per_token_names()
+    done: dict[str, pd.DataFrame] = {}
+
+    def both() -> dict[str, pd.DataFrame]:
+        if not done:  # one engine call for both parts (a resumed run may need only one of them)
+            runs = list(engine.runs(pair, group, specs(), progress=progress))
+            done["effects"] = effects_table(runs)
+            done["tokens"] = token_table([r for r in runs if r[0].key.experiment in wanted], group)
+        return done
+
+    stage, _, tag = name.partition("-")
+    token_parts.append(store.table(f"{stage}-tokens-{tag}", lambda: both()["tokens"]))
+    return store.table(name, lambda: both()["effects"])
 
 
 def canonical_effects(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -251,6 +306,7 @@ def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, c
     fits: dict[str, Any] = {}
     upstream: dict[str, Any] = {}
     tables: list[pd.DataFrame] = []
+    token_parts: list[pd.DataFrame] = []  # the long per-token table's parts (per-token experiments only)
     scores = pd.DataFrame()
 
     def ran(rows: pd.DataFrame, stage: Sequence[Step]) -> None:
@@ -270,10 +326,11 @@ def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, c
         exact = [s for s in stage if s.experiment.estimator == "exact"]  # the others: _estimated
         if number == 1:
             scores, rows = _stage_one(pair, groups, engine, stage_specs(exact, cfg, n_layers, d_model, **extra),
-                                      store, log=log, progress=progress)
+                                      store, log=log, progress=progress, token_parts=token_parts,
+                                      per_token=any(s.experiment.per_token for s in exact))
         else:
             rows = _later_stage(number, exact, pair, groups, engine, cfg, store, fits, extra, log=log,
-                                progress=progress) if exact else pd.DataFrame()
+                                progress=progress, token_parts=token_parts) if exact else pd.DataFrame()
         rows = _estimated(number, [s for s in stage if s not in exact], rows, pair, groups, cfg, store, extra, log=log,
                           progress=progress)
         if len(rows):
@@ -289,12 +346,15 @@ def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, c
 
             fits[step.experiment.key] = store.json(step.experiment.key, compute)
     effects = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()  # effects.parquet, as written
-    summary = summarize_tables(effects, scores, fits, cfg, n_layers=n_layers, d_model=d_model)
-    return SuiteResult(scores=scores, effects=effects, summary=summary, lasso=fits.get("lasso"), fits=fits)
+    tokens = canonical_tokens(token_parts)  # token_effects.parquet
+    summary = summarize_tables(effects, scores, fits, cfg, n_layers=n_layers, d_model=d_model, tokens=tokens)
+    return SuiteResult(scores=scores, effects=effects, summary=summary, lasso=fits.get("lasso"), fits=fits,
+                       tokens=tokens)
 
 
 def _stage_one(pair: Twins, groups: list[list[TokenizedPair]], engine: Engine, specs: list[PatchSpec],
-               store: PartStore, *, log: Callable[[str], None], progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+               store: PartStore, *, log: Callable[[str], None], progress: bool, per_token: bool,
+               token_parts: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scores and every stage-1 condition, one group of pairs at a time."""
     n_pairs = sum(len(g) for g in groups)
     log(f"stage 1: scoring and {len(specs)} per-layer conditions × {n_pairs} pairs in {len(groups)} "
@@ -313,8 +373,8 @@ def _stage_one(pair: Twins, groups: list[list[TokenizedPair]], engine: Engine, s
             return table
 
         if specs:
-            effect_parts.append(store.table(f"stage1-{tag}", lambda g=group: engine.run(pair, g, specs,
-                                                                                       progress=progress)))
+            effect_parts.append(engine_part(store, f"stage1-{tag}", engine, pair, group, lambda: specs,
+                                            per_token=per_token, progress=progress, token_parts=token_parts))
         score_parts.append(store.table(f"scores-{tag}", score))
         log(f"stage 1: part {n}/{len(groups)} (pair_id {group[0].pair_id}–{group[-1].pair_id}) "
             f"{'already done' if done else 'done'}")
@@ -324,7 +384,7 @@ def _stage_one(pair: Twins, groups: list[list[TokenizedPair]], engine: Engine, s
 
 def _later_stage(number: int, stage: list[Step], pair: Twins, groups: list[list[TokenizedPair]], engine: Engine,
                  cfg: SuiteConfig, store: PartStore, fits: dict[str, Any], extra: dict[str, Any], *,
-                 log: Callable[[str], None], progress: bool) -> pd.DataFrame:
+                 log: Callable[[str], None], progress: bool, token_parts: list[pd.DataFrame]) -> pd.DataFrame:
     """A stage after the first: its fits on all pairs (computed only when some part still needs them),
     then its conditions per group of pairs."""
     n_layers, d_model = pair.n_layers, pair.d_model
@@ -366,8 +426,9 @@ def _later_stage(number: int, stage: list[Step], pair: Twins, groups: list[list[
     parts = []
     for n, (group, name) in enumerate(zip(groups, names), 1):
         done = store.has(name)
-        parts.append(store.table(name.removesuffix(".parquet"), lambda g=group: engine.run(pair, g, specs_for(None),
-                                                                                           progress=progress)))
+        parts.append(engine_part(store, name.removesuffix(".parquet"), engine, pair, group, lambda: specs_for(None),
+                                 per_token=any(s.experiment.per_token for s in stage), progress=progress,
+                                 token_parts=token_parts))
         log(f"stage {number}: part {n}/{len(groups)} (pair_id {group[0].pair_id}–{group[-1].pair_id}) "
             f"{'already done' if done else 'done'}")
     for tag, tag_groups in other.items():

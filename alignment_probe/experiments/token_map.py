@@ -1,0 +1,151 @@
+"""E9 — which completion tokens carry an effect: per-token maps of patching and transplant conditions.
+
+For a condition (one patch, one transplant), the **per-token effect** of completion token p of one side is
+its patched log-prob minus its clean one. They live in a long table of their own, ``token_effects.parquet``
+(pair × condition × side × position; effects.py), beside the per-pair effects table; a side's per-token
+effects sum to its change of log p(y|x), so for pair i the **position contribution**
+d_i(p) = e⁺_i(p) − e⁻_i(p) (chosen minus rejected; 0 past a side's last token) sums over p to the pair's
+effect (../shared/docs/localization.md, E9).
+
+``token_map`` maps, at every swept layer: E1's tuned → base patch (the run's ``--hook`` and ``--scope``), the
+width-1 weight transplant of E8 (hook ``blocks``), and the transplant of every block — the tuned model
+itself, so its map is the per-token gain. Summaries, with bootstrap CIs over pairs:
+
+* ``by_position``: the mean contribution of each completion position p < ``MAX_POSITION`` (they add up,
+  over every position, to the mean effect);
+* ``by_bin``: the contribution of the first 1, 2, 4, 8 tokens and of the rest, and its **share** of the
+  pair effect (a ratio of means, paired bootstrap).
+
+The engine computes these from the same forwards as any condition (``Experiment.per_token``: the suite asks the
+engine for the long table and derives the conditions' per-pair rows from it). Opt-in: ``--experiments
+token_map``. Positions are also a patching scope: ``--scope first_completion:K`` patches the first K only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from alignment_probe import stats
+from alignment_probe.effects import RowKey
+from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.experiments.lowrank import ratio_of_means
+from alignment_probe.experiments.patching import layer_sweep
+from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
+from alignment_probe.interventions import Transplant
+
+NAME = "token_map"
+MAX_POSITION = 32  # by_position stops here; by_bin's "rest" pools every later position
+BINS = (1, 2, 4, 8)
+
+
+def token_map_specs(plan: Plan) -> list[PatchSpec]:
+    """E1's patch and the width-1 transplant at every swept layer, and the transplant of every block."""
+    cfg, n = plan.cfg, plan.n_layers
+    layers = cfg.swept_layers(n)
+    return (layer_sweep(NAME, target="base", source="tuned", layers=layers, hooks=(cfg.hook,), scopes=(cfg.scope,))
+            + [PatchSpec(RowKey(NAME, "base", "tuned", "blocks", "all", "both", a, 1.0), Transplant(1)) for a in layers]
+            + [PatchSpec(RowKey(NAME, "base", "tuned", "blocks", "all", "both", 0, float(n)), Transplant(n))])
+
+
+def contributions(tokens: pd.DataFrame) -> tuple[np.ndarray, list[int]]:
+    """One condition's rows of the long table → ``(d, pair_ids)``: ``d[i, p]`` = chosen minus rejected per-token
+    effect at completion position p of pair ``pair_ids[i]`` (0 past a side's end)."""
+    signed = tokens.effect.to_numpy() * np.where(tokens.side.to_numpy() == "chosen", 1.0, -1.0)
+    pair_ids = sorted(int(p) for p in set(tokens.pair_id))
+    row = {p: i for i, p in enumerate(pair_ids)}
+    d = np.zeros((len(pair_ids), int(tokens.position.max()) + 1 if len(tokens) else 0))
+    np.add.at(d, ([row[int(p)] for p in tokens.pair_id], tokens.position.to_numpy()), signed)
+    return d, pair_ids
+
+
+def _label(hook: str, layer: int, width: float, n_layers: int) -> str:
+    if hook == "blocks":
+        return "every block (the gain)" if int(width) == n_layers else f"transplant block {layer}"
+    return f"{hook} {layer}"
+
+
+def summarize_token_map(tables: Tables) -> dict[str, dict[str, Any]]:
+    """``conditions`` (each with its mean pair effect), ``by_position`` and ``by_bin`` (module docstring)."""
+    cfg, tokens, n_layers = tables.cfg, tables.tokens, tables.n_layers
+    rows = tokens[tokens.experiment == NAME] if tokens is not None and len(tokens) else pd.DataFrame()
+    conditions, by_position, by_bin = [], [], []
+    for (hook, layer, width), group in (rows.groupby(["hook", "layer", "param"], sort=True, dropna=False)
+                                        if len(rows) else []):
+        d, _ = contributions(group)
+        where = {"hook": hook, "layer": int(layer), "width": None if math.isnan(width) else int(width)}
+        total = d.sum(1)
+        mean, lo, hi = stats.bootstrap_mean_ci(total, seed=cfg.seed, n_boot=cfg.n_boot)
+        conditions.append({**where, "label": _label(hook, int(layer), width, n_layers), "mean": mean, "ci_low": lo,
+                           "ci_high": hi, "n": int(len(total))})
+        shown = d[:, :MAX_POSITION]
+        boots = stats.bootstrap_means(shown, seed=cfg.seed, n_boot=cfg.n_boot)
+        low, high = np.percentile(boots, (2.5, 97.5), axis=0)
+        present = (group.groupby("position").pair_id.nunique().reindex(range(shown.shape[1]), fill_value=0))
+        by_position += [{**where, "position": p, "mean": float(shown[:, p].mean()), "ci_low": float(low[p]),
+                         "ci_high": float(high[p]), "n": int(len(shown)), "n_with_position": int(present[p])}
+                        for p in range(shown.shape[1])]
+        for first in (*BINS, "rest"):
+            part = d[:, BINS[-1]:].sum(1) if first == "rest" else d[:, :first].sum(1)
+            m, lo_, hi_ = stats.bootstrap_mean_ci(part, seed=cfg.seed, n_boot=cfg.n_boot)
+            share, s_lo, s_hi = ratio_of_means(part, total, seed=cfg.seed, n_boot=cfg.n_boot)
+            by_bin.append({**where, "first": first, "mean": m, "ci_low": lo_, "ci_high": hi_, "share": share,
+                           "share_ci": [s_lo, s_hi], "n": int(len(part))})
+    return {NAME: {"max_position": MAX_POSITION, "conditions": conditions, "by_position": by_position,
+                   "by_bin": by_bin}}
+
+
+def token_map_figure(summary: Mapping[str, Any]) -> Any:
+    """Heatmaps condition × completion position of the mean contribution to Δlogp (hover: the CI), one for E1's
+    patch and one for the transplants, the gain's own row on top of the latter."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from alignment_probe.report import figures as F
+
+    entry = F.experiment(summary, NAME)
+    if not entry or not entry.get("by_position"):
+        raise F.MissingExperimentError("token_map", [NAME])
+    cells = entry["by_position"]
+    conditions = entry["conditions"]
+    panels = [("activation patch, tuned → base", [c for c in conditions if c["hook"] != "blocks"]),
+              ("weight transplant, tuned block in base", [c for c in conditions if c["hook"] == "blocks"])]
+    panels = [(t, cs) for t, cs in panels if cs]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for t, _ in panels], horizontal_spacing=0.18)
+    span = max((abs(c["mean"]) for c in cells), default=1.0) or 1.0
+    for col, (_, conds) in enumerate(panels, start=1):
+        conds = sorted(conds, key=lambda c: (c["width"] or 0) != F.n_layers(summary), reverse=False)
+        positions = sorted({c["position"] for c in cells})
+        lookup = {(c["hook"], c["layer"], c["width"], c["position"]): c for c in cells}
+        z, text = [], []
+        for c in conds:
+            row = [lookup.get((c["hook"], c["layer"], c["width"], p)) for p in positions]
+            z.append([r["mean"] if r else None for r in row])
+            text.append([f"{r['mean']:+.3g} [{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]" if r else "" for r in row])
+        fig.add_trace(go.Heatmap(z=z, x=positions, y=[f"{c['label']} · Σ {c['mean']:+.3g}" for c in conds], text=text,
+                                 zmid=0, zmin=-span, zmax=span, colorscale="RdBu_r", showscale=col == len(panels),
+                                 colorbar={"title": "nats"},
+                                 hovertemplate="%{y}<br>position %{x}: %{text}<extra></extra>"), row=1, col=col)
+        fig.update_xaxes(title_text="position in the completion (0 = first token)", row=1, col=col)
+    height = max(F.HEIGHT, 80 + 24 * max(len(cs) for _, cs in panels))
+    return F._layout(fig, "Where in the completion: per-token contributions to the effect (E9)", height=height,
+                     x_title=None, y_title=None)
+
+
+register(Experiment(
+    key="token_map", method="E9", order=57, batch_order=50, default=False, per_token=True,
+    names=(Name(NAME, "per-token map", "#bcbd22",
+                "Per completion token: the change of its log-prob under E1's patch and E8's one-block transplant at "
+                "every layer, and under the tuned model itself (the per-token gain).", per_layer=False),),
+    specs=token_map_specs, summarize=summarize_token_map,
+    figures=(Figure("token_map", "alignment_probe.experiments.token_map:token_map_figure",
+                    "Where in the completion: per-token maps (E9)",
+                    "E9. Each cell: the mean over pairs of a completion position's contribution to the effect on Δlogp "
+                    "(the chosen token's change of log-prob minus the rejected token's at the same position; 0 past a "
+                    "completion's end), so a row sums to the condition's mean effect (Σ). Left: E1's tuned → base patch "
+                    "at each layer; right: one tuned block transplanted into the base, and every block (the tuned model: "
+                    "the per-token gain). Hover for 95% bootstrap CIs.", needs=(NAME,), order=77),),
+))

@@ -1,0 +1,186 @@
+"""E8 — weight transplants: which blocks' *weights* carry the tuning (sufficiency and necessity).
+
+Activation patching asks "what if this layer's output were the tuned one"; a transplant asks "what if this
+layer's *weights* were the tuned ones", with the rest of the network computing on its own
+(../shared/docs/localization.md, E8). The embedding goes with block 0's owner and the final norm and
+unembedding with block L−1's, so a transplant of every block is the tuned model exactly.
+
+* ``window_transplant`` W(a, w): blocks a … a+w−1 from the tuned model inside the base.
+  Effect = Δ(hybrid) − Δ(B): how much of the gain those blocks' weights are **sufficient** for.
+* ``window_revert`` R(a, w): blocks a … a+w−1 from the base inside the tuned model.
+  Reported effect = Δ(T) − Δ(hybrid): how much of the gain is lost without them, i.e. how **necessary**
+  they are. (Its rows in the effects table keep the table's convention, effect = patched − clean =
+  Δ(hybrid) − Δ(T); the summary reports the negative, so both curves read "gain carried".)
+
+Rows: hook ``blocks``, ``layer`` = the window's first block a, ``param`` = its width w, scope ``all``. The
+engines run a window as a patched run from block a with the window's modules swapped in (engine/hybrid.py),
+batched and prompt-shared like any patch. Widths: ``--window-widths`` (default 1 and 2); starts: the swept
+layers (``--layers``) at which a window fits. ``window_transplant`` also runs the window of every block once,
+a check that the hybrid machinery reproduces the tuned model (``every_block``: its mean effect beside the gain).
+
+For a twin tuned in block p only, W(p, 1) = R(p, 1) = gain exactly and every window that misses p gives
+exactly 0 (tests/acceptance/test_windows.py): a window of equal weights *is* the target model and a window of
+every differing part *is* the source, and the engines reuse those models' clean runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from alignment_probe import stats
+from alignment_probe.effects import RowKey
+from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
+from alignment_probe.interventions import Transplant
+
+TRANSPLANT, REVERT = "window_transplant", "window_revert"
+DIRECTIONS = {TRANSPLANT: ("base", "tuned"), REVERT: ("tuned", "base")}  # name → (target, source)
+DEFAULT_WIDTHS = (1, 2)
+COLORS = {TRANSPLANT: "#2ca02c", REVERT: "#9467bd"}
+
+
+def window_widths(cfg: Any) -> tuple[int, ...]:
+    return tuple(sorted(set(cfg.window_widths)))
+
+
+def window_specs(plan: Plan) -> list[PatchSpec]:
+    """One transplant (or revert) per (width, start) with the start at a swept layer and the window inside
+    the model; the transplant of every block once, as a check."""
+    n, specs = plan.n_layers, []
+    for name in (TRANSPLANT, REVERT):
+        if name not in plan.selected:
+            continue
+        target, source = DIRECTIONS[name]
+        for w in window_widths(plan.cfg):
+            specs += [PatchSpec(RowKey(name, target, source, "blocks", "all", "both", a, float(w)), Transplant(w))
+                      for a in plan.cfg.swept_layers(n) if a + w <= n and w < n]
+        if name == TRANSPLANT:
+            specs.append(PatchSpec(RowKey(name, target, source, "blocks", "all", "both", 0, float(n)), Transplant(n)))
+    return specs
+
+
+def carried(rows: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Rows with ``effect`` = the gain the window carries: the transplant's own effect, the revert's negative."""
+    if name == REVERT:
+        rows = rows.assign(effect=-rows["effect"])
+    return rows
+
+
+def summarize_windows(tables: Tables) -> dict[str, dict[str, Any]]:
+    """Per name: ``by_window`` (every start and width: mean, CI, n), ``per_layer`` and the peak/onset/held-out
+    block of the width-1 windows (as for E1), ``by_width`` (the same per width), the mean gain of the same
+    pairs, and for the transplant ``every_block``: the transplant of all blocks beside the gain."""
+    cfg, effects, n = tables.cfg, tables.effects, tables.n_layers
+    out: dict[str, dict[str, Any]] = {}
+    for name in tables.selected:
+        rows = carried(effects[(effects.experiment == name) & (effects.hook == "blocks")], name)
+        entry: dict[str, Any] = {"sign": "Δ(hybrid) − Δ(B)" if name == TRANSPLANT else "Δ(T) − Δ(hybrid)",
+                                 "by_window": [], "by_width": {}}
+        for w in sorted(int(v) for v in set(rows.param) if int(v) < n):
+            summary = stats.summarize_experiment(rows[rows.param == w], seed=cfg.seed, n_boot=cfg.n_boot)
+            entry["by_width"][str(w)] = summary
+            entry["by_window"] += [{"start": r["layer"], "width": w, "mean": r["mean"], "ci_low": r["ci_low"],
+                                    "ci_high": r["ci_high"], "n": r["n"]} for r in summary["per_layer"]]
+        if "1" in entry["by_width"]:
+            entry.update({k: v for k, v in entry["by_width"]["1"].items()})
+        ids = sorted(set(rows.pair_id))
+        gain = tables.scores.set_index("pair_id").loc[ids, "gain"].to_numpy() if len(ids) else np.zeros(0)
+        if len(gain):
+            mean, lo, hi = stats.bootstrap_mean_ci(gain, seed=cfg.seed, n_boot=cfg.n_boot)
+            entry["gain"] = {"mean": mean, "ci_low": lo, "ci_high": hi, "n": int(len(gain))}
+        every = rows[rows.param == n]
+        if len(every):
+            g = tables.scores.set_index("pair_id").loc[every.pair_id, "gain"].to_numpy()
+            entry["every_block"] = {"mean": float(every.effect.mean()), "gain_mean": float(g.mean()),
+                                    "max_abs_error": float(np.max(np.abs(every.effect.to_numpy() - g)))}
+        out[name] = entry
+    return out
+
+
+def windows_figure(summary: Mapping[str, Any]) -> Any:
+    """Per window start: the gain carried by a transplant of the window (sufficiency) and lost by reverting it
+    (necessity), one line per width with its CI band; dotted: the mean gain."""
+    import plotly.graph_objects as go
+
+    from alignment_probe.report import figures as F
+
+    present = [(n, F.experiment(summary, n)) for n in (TRANSPLANT, REVERT)]
+    present = [(n, e) for n, e in present if e and e.get("by_window")]
+    if not present:
+        raise F.MissingExperimentError("windows", [TRANSPLANT, REVERT])
+    fig = go.Figure()
+    starts: list[int] = []
+    gain = math.nan
+    for name, entry in present:
+        widths = sorted({r["width"] for r in entry["by_window"]})
+        for i, w in enumerate(widths):
+            frame = pd.DataFrame([r for r in entry["by_window"] if r["width"] == w]).rename(columns={"start": "layer"})
+            what = "transplant tuned → base" if name == TRANSPLANT else "revert base → tuned"
+            F._add_curve(fig, frame, name=f"{what}, {w} block{'s' if w > 1 else ''}", color=COLORS[name],
+                         group=f"{name}-{w}", dash=(None, "dash", "dot", "dashdot")[i % 4], x_label="first block")
+            starts += frame["layer"].tolist()
+        gain = F._num((entry.get("gain") or {}).get("mean"))
+    if math.isfinite(gain):
+        fig.add_hline(y=gain, line_dash="dot", line_color="#555", annotation_text=f"gain {gain:+.3g}",
+                      annotation_position="top left")
+    F._zero_line(fig)
+    F._layer_ticks(fig, starts)
+    return F._layout(fig, "Weight transplants: the gain a window of blocks carries (E8)",
+                     x_title="first block of the window")
+
+
+def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
+    """"The gain is carried by blocks …": the single block whose transplant carries the most gain, chosen on the
+    fit half and measured on the held-out half; agrees with the paper's mid-stack localisation iff that block's
+    held-out transplant carries at least half the gain (CI low > 0) and its relative depth is within the peak
+    rule's tolerance of 8/15."""
+    from alignment_probe.report import figures as F
+    from alignment_probe.report.format import fmt_ci
+    from alignment_probe.report.verdicts import (AGREES, DEPTH_TOLERANCE, DIFFERS, PAPER_RELATIVE_DEPTH, Finding,
+                                                 relative_depth)
+
+    entry = F.experiment(summary, TRANSPLANT)
+    if not entry or not entry.get("per_layer"):
+        return None
+    n_layers = F.n_layers(summary)
+    carriers = [r["layer"] for r in entry["per_layer"] if F._num(r["ci_low"]) > 0]
+    held = entry.get("heldout") or {}
+    gain = F._num((entry.get("gain") or {}).get("mean"))
+    block = held.get("chosen_layer", entry.get("peak_layer"))
+    mean = F._num(held.get("heldout_mean"))
+    lo, hi = (held.get("heldout_ci") or [math.nan, math.nan])
+    share = mean / gain if math.isfinite(gain) and gain != 0 else math.nan
+    depth = relative_depth(block, n_layers)
+    ok = (math.isfinite(share) and share >= 0.5 and F._num(lo) > 0
+          and math.isfinite(depth) and abs(depth - PAPER_RELATIVE_DEPTH) <= DEPTH_TOLERANCE)
+    ours = (f"one block, chosen on half the pairs: block {block} (relative depth {depth:.2f}) carries "
+            f"{mean:+.3g} nats {fmt_ci(lo, hi)} of a {gain:+.3g} gain ({share:.0%}) on the other half; blocks whose "
+            f"own transplant has CI > 0: {', '.join(map(str, carriers)) or 'none'}")
+    return Finding("windows", "The gain is carried by a mid-stack block's weights (E8)",
+                   "the paper localizes the gain at layer 8 of 16 by activation patching; weights not tested", ours,
+                   AGREES if ok else DIFFERS,
+                   f"agrees iff the held-out transplant of the fit-half best block carries ≥ 50% of the gain with CI "
+                   f"low > 0, and its relative depth is within {DEPTH_TOLERANCE} of {PAPER_RELATIVE_DEPTH:.3f}")
+
+
+register(Experiment(
+    key="windows", method="E8", order=33, batch_order=49,
+    names=(Name(TRANSPLANT, "window transplant (tuned blocks in base)", COLORS[TRANSPLANT],
+                "Blocks a…a+w−1 of the tuned model inside the base: the gain those blocks' weights are sufficient for."),
+           Name(REVERT, "window revert (base blocks in tuned)", COLORS[REVERT],
+                "Blocks a…a+w−1 of the base inside the tuned model: the gain lost without those blocks' weights "
+                "(reported as Δ(T) − Δ(hybrid)).")),
+    specs=window_specs, summarize=summarize_windows,
+    figures=(Figure("windows", "alignment_probe.experiments.windows:windows_figure",
+                    "Weight transplants: windows of blocks (E8)",
+                    "E8. Solid/dashed: the gain carried when a window of w blocks starting at block a runs with the tuned "
+                    "model's weights inside the base (transplant: sufficiency, Δ(hybrid) − Δ(base)) and the gain lost "
+                    "when it runs with the base's weights inside the tuned model (revert: necessity, Δ(tuned) − "
+                    "Δ(hybrid)); the embedding goes with block 0, the final norm and unembedding with the last block. "
+                    "Dotted: the mean gain. 95% bootstrap CIs over pairs.", needs=(TRANSPLANT, REVERT), order=40),),
+    verdicts=("alignment_probe.experiments.windows:verdict",),
+))
