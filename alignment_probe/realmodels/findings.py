@@ -257,6 +257,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=128, help="tokens per sequence (the adapters were trained at 128)")
     p.add_argument("--layers", default=None, help="layers swept by harmless/ and helpful/ (default: the protocol's)")
     p.add_argument("--planted-layers", default=None, help="layers swept by planted/ (default: the protocol's)")
+    p.add_argument("--window-layers", default=None,
+                   help="first blocks of the windows of windows/ and planted-windows/ (default: the protocol's)")
     p.add_argument("--peak-span", type=int, default=None,
                    help="α at the peak and this many swept layers either side (default: the protocol's)")
     p.add_argument("--runs", default=",".join(RUNS), help=f"which runs (default all: {','.join(RUNS)})")
@@ -288,6 +290,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     protocol = PROTOCOLS[a.protocol]
     layers = _layers(a.layers or protocol["layers"], "--layers") or ()
     planted_layers = _layers(a.planted_layers or protocol["planted_layers"], "--planted-layers") or ()
+    window_layers = _layers(a.window_layers or protocol["window_layers"], "--window-layers") or ()
     peak_span = protocol["peak_span"] if a.peak_span is None else a.peak_span
     wanted = [r for r in a.runs.split(",") if r]
     unknown = sorted(set(wanted) - set(RUNS))
@@ -295,10 +298,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unknown run(s) {unknown}; choose from {list(RUNS)}")
     out: Path = a.out
     out.mkdir(parents=True, exist_ok=True)
-    paths = models(a.cache_dir, a.adapters, twins=sorted({"planted" if r == "planted" else "dpo" for r in wanted}))
+    paths = models(a.cache_dir, a.adapters, twins=sorted({"planted" if r.startswith("planted") else "dpo" for r in wanted}))
     ids_file = write_heldout_ids(out / "heldout_pair_ids.json", harmless_data)
     settings = dict(protocol=protocol, n_pairs=a.n_pairs or protocol["n_pairs"], max_length=a.max_length,
-                    layers=layers, planted_layers=planted_layers, seed=a.seed, n_boot=a.n_boot, peak_span=peak_span)
+                    layers=layers, planted_layers=planted_layers, window_layers=window_layers, seed=a.seed,
+                    n_boot=a.n_boot, peak_span=peak_span)
     data = dict(harmless_data=harmless_data, helpful_data=helpful_data)
     summaries: dict[str, dict[str, Any]] = {}
 
@@ -306,7 +310,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         summaries[name] = run_one(name, runs[name], out, device=a.device, batch_size=a.batch_size, log=log,
                                   nproc=a.nproc, threads=a.threads)
 
-    for name in ("harmless", "planted", "helpful"):
+    for name in ("harmless", "planted", "helpful", "windows", "cross", "planted-windows"):
         if name in wanted:
             run(name, plan(paths, ids_file, **settings, **data))
     later = [name for name in ("harmless-peak", "controls") if name in wanted]
@@ -326,6 +330,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         extra["planted"] = {"by_hook": extra_hook_results(out / "planted", ("mlp_out",), seed=a.seed, n_boot=a.n_boot)}
     found = collect(summaries, n_layers=n_layers, planted_layer=PLANTED_LAYER, extra=extra)
     found["settings"] = {**settings, "protocol": a.protocol, "layers": list(layers), "planted_layers": list(planted_layers),
+                         "window_layers": list(window_layers),
                          "device": a.device,
                          "threads": torch.get_num_threads(), "models": {k: str(v) for k, v in paths.items()},
                          "timing": {r: _read(out / r / "wall_seconds.json") for r in summaries}}

@@ -21,7 +21,7 @@ HELPFUL_DATA = DEFAULT_DATA.parents[1] / "helpful-base" / "test.jsonl.gz"
 DPO_ADAPTER = "dpo-lora-s0"
 PLANTED_ADAPTER = "dpo-planted-L15"
 PLANTED_LAYER = 15
-RUNS = ("harmless", "harmless-peak", "controls", "planted", "helpful")
+RUNS = ("harmless", "harmless-peak", "controls", "planted", "helpful", "windows", "cross", "planted-windows")
 
 # What each run patches. "cpu" is what one 2-core CPU session can afford (docs/findings-smollm2.md
 # has the times); "full" is the paper's whole protocol, for a GPU.
@@ -31,7 +31,10 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                          "source_rejected_only", "lasso"),
             "helpful": ("patch_tuned_to_base", "identity", "source_chosen_only", "source_rejected_only"),
             "planted": ("patch_tuned_to_base", "identity"),
-            "alphas": (0.0, 0.5, 1.0, 1.5), "lowrank_ks": (1, 4, 16, 64), "peak_span": 0},
+            "alphas": (0.0, 0.5, 1.0, 1.5), "lowrank_ks": (1, 4, 16, 64), "peak_span": 0,
+            # the localization instruments (E8, E9): one-block windows at every layer cost about one E1 sweep
+            "window_layers": "0:30", "window_widths": (1,), "planted_window_widths": (1, 2),
+            "cross": ("cross_2x2", "shift")},
     "full": {"n_pairs": 400, "layers": "0:30", "planted_layers": "0:30",
              "harmless": ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction",
                           "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected",
@@ -40,7 +43,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                          "source_rejected_only", "lasso"),
              "planted": ("patch_tuned_to_base", "patch_base_to_tuned", "identity"),
              "alphas": (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5), "lowrank_ks": (1, 2, 4, 8, 16, 32, 64, 128, 256),
-             "peak_span": 2},
+             "peak_span": 2, "window_layers": "0:30", "window_widths": (1, 2, 4), "planted_window_widths": (1, 2, 4),
+             "cross": ("cross_2x2", "shift")},
 }
 
 
@@ -68,7 +72,8 @@ def write_heldout_ids(path: Path, data: Path = DEFAULT_DATA) -> Path:
 
 
 def plan(paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_pairs: int, max_length: int,
-         layers: Sequence[int], planted_layers: Sequence[int], seed: int, n_boot: int, peak_span: int,
+         layers: Sequence[int], planted_layers: Sequence[int], window_layers: Sequence[int], seed: int, n_boot: int,
+         peak_span: int,
          e1: dict[str, Any] | None = None, harmless_data: Path = DEFAULT_DATA,
          helpful_data: Path = HELPFUL_DATA) -> dict[str, dict[str, Any]]:
     """Keyword arguments of each run's :class:`~alignment_probe.run.RunRequest`. ``harmless-peak`` and
@@ -76,16 +81,31 @@ def plan(paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_
     its summary ``e1`` is known."""
     common = {"n_pairs": n_pairs, "max_length": max_length}
     harmless = {"data": str(harmless_data), "pair_ids": str(ids_file), **common}
+    # extra_hooks stated everywhere: the suite's default (the components) is not what these runs measure
     out_plan: dict[str, dict[str, Any]] = {
         "harmless": {"base": paths["base"], "tuned": paths.get("dpo"), **harmless,
-                     "suite": SuiteConfig(experiments=protocol["harmless"], layers=tuple(layers), seed=seed,
-                                          n_boot=n_boot)},
+                     "suite": SuiteConfig(experiments=protocol["harmless"], layers=tuple(layers), extra_hooks=(),
+                                          seed=seed, n_boot=n_boot)},
         "planted": {"base": paths["base"], "tuned": paths.get("planted"), **harmless,
                     "suite": SuiteConfig(experiments=protocol["planted"], extra_hooks=("mlp_out",),
                                          layers=tuple(planted_layers), seed=seed, n_boot=n_boot)},
         "helpful": {"base": paths["base"], "tuned": paths.get("dpo"), "data": str(helpful_data), **common,
-                    "suite": SuiteConfig(experiments=protocol["helpful"], layers=tuple(layers), seed=seed,
-                                         n_boot=n_boot)},
+                    "suite": SuiteConfig(experiments=protocol["helpful"], layers=tuple(layers), extra_hooks=(),
+                                         seed=seed, n_boot=n_boot)},
+        # E8 weight transplants at every layer, and the 2×2 design and the distribution shift at the swept layers
+        "windows": {"base": paths["base"], "tuned": paths.get("dpo"), **harmless,
+                    "suite": SuiteConfig(experiments=("window_transplant", "window_revert"), extra_hooks=(),
+                                         layers=tuple(window_layers), window_widths=tuple(protocol["window_widths"]),
+                                         seed=seed, n_boot=n_boot)},
+        "cross": {"base": paths["base"], "tuned": paths.get("dpo"), **harmless,
+                  "suite": SuiteConfig(experiments=protocol["cross"], extra_hooks=(), layers=tuple(layers), seed=seed,
+                                       n_boot=n_boot)},
+        # the planted twin's known answer for the transplants: every window over block 15 carries the gain
+        "planted-windows": {"base": paths["base"], "tuned": paths.get("planted"), **harmless,
+                            "suite": SuiteConfig(experiments=("window_transplant", "window_revert"), extra_hooks=(),
+                                                 layers=tuple(window_layers),
+                                                 window_widths=tuple(protocol["planted_window_widths"]), seed=seed,
+                                                 n_boot=n_boot)},
     }
     if e1 is not None:
         peak, onset = e1["peak_layer"], e1["onset_layer"]
@@ -96,13 +116,14 @@ def plan(paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_
         out_plan["harmless-peak"] = {
             **out_plan["harmless"],
             "suite": SuiteConfig(experiments=("alpha", "lowrank_difference", "lowrank_reconstruct"),
-                                 layers=tuple(peak_layers), alpha_layers=tuple(peak_layers), alphas=protocol["alphas"],
+                                 layers=tuple(peak_layers), extra_hooks=(), alpha_layers=tuple(peak_layers), alphas=protocol["alphas"],
                                  lowrank_layers=tuple(sorted({peak, onset})), lowrank_ks=protocol["lowrank_ks"],
                                  seed=seed, n_boot=n_boot)}
         # Random controls at the same two layers (the cpu protocol's sweep leaves them out).
         out_plan["controls"] = {**out_plan["harmless"],
                                 "suite": SuiteConfig(experiments=("identity", "random_noise", "random_direction"),
-                                                     layers=tuple(sorted({onset, peak})), seed=seed, n_boot=n_boot)}
+                                                     layers=tuple(sorted({onset, peak})), extra_hooks=(), seed=seed,
+                                                     n_boot=n_boot)}
     return out_plan
 
 
