@@ -112,6 +112,7 @@ def sweep(twins: Any, pairs: Sequence[Any], *, experiments: Sequence[str] = ("pa
     if not hooks:
         raise ConfigError("hooks is empty; pass at least one hook point, e.g. hooks=['resid_post'].")
     specs = []
+    options.setdefault("extra_hooks", ())  # ``hooks`` are the hook points: none besides them
     for hook in hooks:
         cfg = SuiteConfig(experiments=tuple(experiments), hook=hook, scope=scope,
                           layers=None if layers is None else tuple(int(x) for x in layers), seed=seed, **options)

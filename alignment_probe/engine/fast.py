@@ -47,6 +47,7 @@ counted once per pair and condition (whether or not ``share_prompts`` is on).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -516,10 +517,12 @@ class FastEngine(ExactEngine):
 
         need = cache_names(specs)
         per_chunk = self.pairs_per_chunk(pair, tokenized, sum(len(v) for v in need.values()))
+        first = first_of_each(specs)  # a condition that another experiment also asks for runs once
         # Conditions that start at the same block with the same hook (and the same transplanted window) share batches.
         groups: dict[tuple[str, int, str | None, Swap], list[int]] = defaultdict(list)
         for i, s in enumerate(specs):
-            groups[(s.key.target, *start_of(s), swap_of(s))].append(i)
+            if first[i] == i:
+                groups[(s.key.target, *start_of(s), swap_of(s))].append(i)
         order = sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] or "", g[0][3] or ()))
         bar = tqdm(total=len(tokenized), desc=f"patching ({len(specs)} conditions)", disable=not progress, unit="pair")
         for lo in range(0, len(tokenized), per_chunk):
@@ -537,10 +540,27 @@ class FastEngine(ExactEngine):
                         continue
                     clean = tuple((cc.clean[k.target][(t.pair_id, s)], cc.tokens[k.target][(t.pair_id, s)])
                                   for s in SIDES)
-                    after = tuple(patched.get((i, t.pair_id, s), c) for s, c in zip(SIDES, clean))
+                    after = tuple(patched.get((first[i], t.pair_id, s), c) for s, c in zip(SIDES, clean))
                     yield spec, t.pair_id, clean, after
             bar.update(len(chunk))
         bar.close()
+
+
+def first_of_each(specs: Sequence[PatchSpec]) -> list[int]:
+    """For each condition, the index of the first condition that patches exactly the same thing (every key field
+    but the experiment's name and split, the same intervention, the same pairs): e.g. E1's patch that the per-token
+    map asks for too. Interventions that do not compare by value (fitted subspaces, vectors) count as distinct."""
+    seen: dict[Any, int] = {}
+    out = []
+    for i, s in enumerate(specs):
+        k = s.key
+        param = None if math.isnan(k.param) else k.param  # NaN ≠ NaN: "no parameter" is one value
+        ident = (k.target, k.source, k.hook, k.scope, k.sides, k.layer, param, k.estimator, s.intervention, s.pair_ids)
+        try:
+            out.append(seen.setdefault(ident, i))
+        except TypeError:  # an unhashable intervention
+            out.append(i)
+    return out
 
 
 def batch_logprobs(model: Any, final: Float[Tensor, "batch pos d_model"], batch: Any

@@ -117,7 +117,8 @@ def token_map_figure(summary: Mapping[str, Any]) -> Any:
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for t, _ in panels], horizontal_spacing=0.18)
     span = max((abs(c["mean"]) for c in cells), default=1.0) or 1.0
     for col, (_, conds) in enumerate(panels, start=1):
-        conds = sorted(conds, key=lambda c: (c["width"] or 0) != F.n_layers(summary), reverse=False)
+        # the gain's row (every block) first, i.e. at the bottom of the heatmap, then by layer upwards
+        conds = sorted(conds, key=lambda c: (c["width"] != F.n_layers(summary), c["layer"]))
         positions = sorted({c["position"] for c in cells})
         lookup = {(c["hook"], c["layer"], c["width"], c["position"]): c for c in cells}
         z, text = [], []

@@ -117,6 +117,22 @@ def collect(summaries: dict[str, dict[str, Any]], *, n_layers: int, planted_laye
                 entry[mode] = [{k: r.get(k) for k in ("layer", "k", "effect_ratio", "effect_ratio_ci",
                                                      "variance_explained", "heldout_effect_ratio")}
                                for r in ex[mode]["by_k"]]
+        for key in WINDOWS:  # E8: the gain each window carries (transplant: sufficiency; revert: necessity)
+            if key in ex:
+                w = ex[key]
+                entry[key] = {"by_window": w["by_window"], "gain": w.get("gain"), "every_block": w.get("every_block"),
+                              **(_layer_result(w) if w.get("per_layer") else {})}
+        for key in HEADS:  # E7: one head at a time
+            if key in ex:
+                entry[key] = {k: ex[key][k] for k in ("hook", "by_head", "by_head_k", "attn_out", "sum_of_heads")
+                              if k in ex[key]}
+        if "cross_2x2" in ex:
+            entry["cross_2x2"] = ex["cross_2x2"]["by_split"]
+        if "shift" in ex:
+            entry["shift"] = {k: ex["shift"][k] for k in ("kl_mean", "rank_gt3_mean", "kl_by_bin", "rank_gt3_by_bin",
+                                                         "top_rank")}
+        if "token_map" in ex:
+            entry["token_map"] = {"conditions": ex["token_map"]["conditions"], "by_bin": ex["token_map"]["by_bin"]}
         out[name] = entry | (extra or {}).get(name, {})
     return out
 
@@ -132,6 +148,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)])
 
 
+WINDOWS = ("window_transplant", "window_revert")
+HEADS = ("head_patch", "kv_head_patch")
 CURVES = ("patch_tuned_to_base", "patch_base_to_tuned", "source_chosen_only", "source_rejected_only", "random_noise",
           "random_direction", "vector_chosen", "vector_rejected", "vector_contrast")
 
@@ -201,7 +219,79 @@ def render_tables(found: dict[str, Any]) -> str:
                                    f"{r['variance_explained']:.3f}",
                                    "" if r["heldout_effect_ratio"] is None else f"{r['heldout_effect_ratio']:+.2f}"]
                                   for r in rows])]
+    parts += render_localization(found, runs)
     return "\n\n".join(parts) + "\n"
+
+
+def render_localization(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
+    """The localization instruments' tables: E8 windows and the 2×2 design, E9 shift and per-token maps."""
+    parts: list[str] = []
+    for run in runs:
+        present = [(key, found[run][key]) for key in WINDOWS if found[run].get(key)]
+        if present:
+            widths = sorted({r["width"] for _, w in present for r in w["by_window"]})
+            cols = [(key, width) for key, _ in present for width in widths]
+            starts = sorted({r["start"] for _, w in present for r in w["by_window"]})
+            cell = {(key, r["width"], r["start"]): _ci(r["mean"], [r["ci_low"], r["ci_high"]])
+                    for key, w in present for r in w["by_window"]}
+            gain = present[0][1].get("gain") or {}
+            parts += [f"### {run}: weight transplants, gain carried by the window starting at each block, mean [95 % CI] "
+                      f"(transplant: Δ(hybrid) − Δ(base); revert: Δ(tuned) − Δ(hybrid); gain of these pairs "
+                      f"{_ci(gain.get('mean'), [gain.get('ci_low'), gain.get('ci_high')])})",
+                      _table(["first block", *[f"{_label(k)}, w = {w}" for k, w in cols]],
+                             [[a, *[cell.get((k, w, a), "") for k, w in cols]] for a in starts])]
+            for key, w in present:
+                held = w.get("heldout") or {}
+                if held.get("heldout_ci"):
+                    parts.append(f"{_label(key)}, one block: peak {w['peak_layer']} {w['peak_layer_ci']}; chosen on "
+                                 f"half the pairs: block {held['chosen_layer']}, "
+                                 f"{_ci(held['heldout_mean'], held['heldout_ci'])} on the other half.")
+                if w.get("every_block"):
+                    e = w["every_block"]
+                    parts.append(f"{_label(key)} of every block: mean {e['mean']:+.4f} vs gain {e['gain_mean']:+.4f} "
+                                 f"(largest per-pair difference {e['max_abs_error']:.2g}).")
+        for key in HEADS:
+            heads = found[run].get(key)
+            if not heads:
+                continue
+            attn = {r["layer"]: r for r in heads.get("attn_out") or []}
+            sums = {r["layer"]: r["sum"] for r in heads.get("sum_of_heads") or []}
+            rows = []
+            for layer in sorted({c["layer"] for c in heads["by_head"]}):
+                cells = sorted((c for c in heads["by_head"] if c["layer"] == layer), key=lambda c: -abs(c["mean"]))
+                a = attn.get(layer)
+                rows.append([layer, _ci(a["mean"], [a["ci_low"], a["ci_high"]]) if a else "", f"{sums.get(layer, 0):+.2f}",
+                             "; ".join(f"h{c['head']} {_ci(c['mean'], [c['ci_low'], c['ci_high']])}" for c in cells[:3])])
+            parts += [f"### {run}: {_label(key)} (tuned → base, one head at a time, hook {heads['hook']}), mean [95 % CI]",
+                      _table(["layer", "whole attn_out", "Σ heads", "largest three heads"], rows)]
+        split_rows = found[run].get("cross_2x2")
+        if split_rows:
+            parts += [f"### {run}: 2×2 cross design per split s (early blocks < s × late blocks ≥ s), mean [95 % CI]",
+                      _table(["split", "Δ(B,B)", "Δ(T,T)", "late on base Δ(B,T) − Δ(B,B)",
+                              "late on tuned Δ(T,T) − Δ(T,B)", "interaction"],
+                             [[r["split"], f"{r['bb']:+.2f}", f"{r['tt']:+.2f}", _ci(r["late_on_base"], r["late_on_base_ci"]),
+                               _ci(r["late_on_tuned"], r["late_on_tuned_ci"]), _ci(r["interaction"], r["interaction_ci"])]
+                              for r in split_rows])]
+        shift = found[run].get("shift")
+        if shift:
+            bins = [b["first"] for b in shift["kl_by_bin"]]
+            parts += [f"### {run}: distribution shift on the completions (no patching), mean [95 % CI]",
+                      _table(["positions", "KL(tuned ‖ base), nats", f"share with tuned's top token ranked > "
+                                                                    f"{shift['top_rank']} under base"],
+                             [[f"first {k}" if k != "rest" else "the rest",
+                               _ci(a["mean"], [a["ci_low"], a["ci_high"]]), _ci(b["mean"], [b["ci_low"], b["ci_high"]])]
+                              for k, a, b in zip(bins, shift["kl_by_bin"], shift["rank_gt3_by_bin"])])]
+        tmap = found[run].get("token_map")
+        if tmap:
+            rows = []
+            for c in tmap["conditions"]:
+                mine = {b["first"]: b for b in tmap["by_bin"] if (b["hook"], b["layer"], b["width"]) ==
+                        (c["hook"], c["layer"], c["width"])}
+                rows.append([c["label"], _ci(c["mean"], [c["ci_low"], c["ci_high"]]),
+                             *[_ci(mine[k]["share"], mine[k]["share_ci"]) for k in (1, 2, 4, 8, "rest")]])
+            parts += [f"### {run}: share of each effect carried by the first k completion tokens [95 % CI]",
+                      _table(["condition", "effect", "first 1", "first 2", "first 4", "first 8", "the rest"], rows)]
+    return parts
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,7 +306,9 @@ def figures(out: Path, run_dirs: dict[str, Path], log: Callable[[str], None] = p
     wanted = {"harmless": ("layer_curve", "directionality", "source_variants", "lasso_coefficients"),
               "controls": ("controls",),
               "harmless-peak": ("alpha_dose_response", "lowrank"),
-              "planted": ("layer_curve",), "helpful": ("layer_curve", "directionality", "source_variants")}
+              "planted": ("layer_curve",), "helpful": ("layer_curve", "directionality", "source_variants"),
+              "windows": ("windows",), "cross": ("cross_2x2", "shift"), "planted-windows": ("windows",),
+              "heads": ("heads", "token_map")}
     png = F.static_export_available()
     if not png:
         log("note: kaleido found no Chrome/Chromium, so figures are written as .html only")
@@ -224,7 +316,7 @@ def figures(out: Path, run_dirs: dict[str, Path], log: Callable[[str], None] = p
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     for run, names in wanted.items():
-        if not (run_dirs[run] / "summary.json").exists():
+        if run not in run_dirs or not (run_dirs[run] / "summary.json").exists():
             continue
         summary, _, scores, _ = load_run(run_dirs[run])
         built = F.all_figures(summary, scores)
@@ -313,6 +405,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     for name in ("harmless", "planted", "helpful", "windows", "cross", "planted-windows"):
         if name in wanted:
             run(name, plan(paths, ids_file, **settings, **data))
+    if "heads" in wanted:
+        windows = summaries.get("windows") or _read(out / "windows" / "summary.json")
+        if not windows:
+            p.error("heads needs the windows run first (it looks at the blocks the transplants pick)")
+        run("heads", plan(paths, ids_file, windows=windows, **settings, **data))
     later = [name for name in ("harmless-peak", "controls") if name in wanted]
     if later:
         harmless = summaries.get("harmless") or _read(out / "harmless" / "summary.json")

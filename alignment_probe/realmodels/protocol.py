@@ -21,7 +21,7 @@ HELPFUL_DATA = DEFAULT_DATA.parents[1] / "helpful-base" / "test.jsonl.gz"
 DPO_ADAPTER = "dpo-lora-s0"
 PLANTED_ADAPTER = "dpo-planted-L15"
 PLANTED_LAYER = 15
-RUNS = ("harmless", "harmless-peak", "controls", "planted", "helpful", "windows", "cross", "planted-windows")
+RUNS = ("harmless", "harmless-peak", "controls", "planted", "helpful", "windows", "cross", "planted-windows", "heads")
 
 # What each run patches. "cpu" is what one 2-core CPU session can afford (docs/findings-smollm2.md
 # has the times); "full" is the paper's whole protocol, for a GPU.
@@ -55,6 +55,19 @@ def neighbours(peak: int, swept: Sequence[int], span: int) -> tuple[int, ...]:
     return tuple(swept[max(0, i - span): i + span + 1])
 
 
+def picked_blocks(windows: dict[str, Any], top: int = 2) -> tuple[int, ...]:
+    """Where to look closer (heads, per-token maps): for the one-block transplant and the one-block revert, the
+    block chosen on the fit half and the ``top`` blocks with the largest mean gain carried."""
+    picked: set[int] = set()
+    for key in ("window_transplant", "window_revert"):
+        entry = windows["experiments"].get(key) or {}
+        rows = sorted(entry.get("per_layer") or [], key=lambda r: -r["mean"])
+        picked |= {int(r["layer"]) for r in rows[:top]}
+        if entry.get("heldout"):
+            picked.add(int(entry["heldout"]["chosen_layer"]))
+    return tuple(sorted(picked))
+
+
 def models(cache_dir: Path | None = None, adapters: Path = REPO_DATA,
            twins: Sequence[str] = ("dpo", "planted")) -> dict[str, Path]:
     """Checkpoint directories of the base and the ``twins`` asked for (converted / merged once, then cached)."""
@@ -74,11 +87,11 @@ def write_heldout_ids(path: Path, data: Path = DEFAULT_DATA) -> Path:
 def plan(paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_pairs: int, max_length: int,
          layers: Sequence[int], planted_layers: Sequence[int], window_layers: Sequence[int], seed: int, n_boot: int,
          peak_span: int,
-         e1: dict[str, Any] | None = None, harmless_data: Path = DEFAULT_DATA,
+         e1: dict[str, Any] | None = None, windows: dict[str, Any] | None = None, harmless_data: Path = DEFAULT_DATA,
          helpful_data: Path = HELPFUL_DATA) -> dict[str, dict[str, Any]]:
     """Keyword arguments of each run's :class:`~alignment_probe.run.RunRequest`. ``harmless-peak`` and
     ``controls`` patch at the peak and onset layers of ``harmless/``'s E1, so they are planned only once
-    its summary ``e1`` is known."""
+    its summary ``e1`` is known; ``heads`` looks at the blocks ``windows/`` picked (its summary ``windows``)."""
     common = {"n_pairs": n_pairs, "max_length": max_length}
     harmless = {"data": str(harmless_data), "pair_ids": str(ids_file), **common}
     # extra_hooks stated everywhere: the suite's default (the components) is not what these runs measure
@@ -107,6 +120,11 @@ def plan(paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_
                                                  window_widths=tuple(protocol["planted_window_widths"]), seed=seed,
                                                  n_boot=n_boot)},
     }
+    if windows is not None:  # E7 heads and E9 per-token maps at the blocks the transplants pick
+        out_plan["heads"] = {**out_plan["windows"],
+                             "suite": SuiteConfig(experiments=("head_patch", "kv_head_patch", "token_map"),
+                                                  extra_hooks=(), layers=picked_blocks(windows), seed=seed,
+                                                  n_boot=n_boot)}
     if e1 is not None:
         peak, onset = e1["peak_layer"], e1["onset_layer"]
         # α at the peak, its swept neighbours and the onset; low rank (many patches per layer) at the peak

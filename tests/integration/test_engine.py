@@ -67,7 +67,8 @@ def test_identity_patch_is_exactly_zero(tiny_pair, tokenized):
 
 def test_per_sequence_effects_add_up(tiny_pair, tokenized):
     specs = [s for s in per_layer_specs(SuiteConfig(experiments=("patch_tuned_to_base", "source_chosen_only",
-                                                                  "source_rejected_only")), tiny_pair.n_layers)]
+                                                                  "source_rejected_only"), extra_hooks=()),
+                                        tiny_pair.n_layers)]
     e = FastEngine().run(tiny_pair, tokenized, specs).set_index(["experiment", "layer", "pair_id"]).effect
     both, chosen, rejected = e["patch_tuned_to_base"], e["source_chosen_only"], e["source_rejected_only"]
     np.testing.assert_allclose((chosen + rejected).to_numpy(), both.to_numpy(), atol=1e-9, rtol=0)

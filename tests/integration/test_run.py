@@ -50,7 +50,9 @@ def test_run_directory_and_summary_format(full_run):
     assert all(r["mean"] == 0.0 for r in s["experiments"]["identity"]["per_layer"])
     # The summary is computed from the table: recompute one number from effects.parquet.
     effects = pd.read_parquet(full_run / "effects.parquet")
-    e1 = effects.query("experiment == 'patch_tuned_to_base' and layer == 2")
+    e1 = effects.query("experiment == 'patch_tuned_to_base' and layer == 2 and hook == 'resid_post'")
+    assert set(effects.query("experiment == 'patch_tuned_to_base'").hook) == {"resid_post", "attn_out", "mlp_out"}
+    assert "by_hook" in s["experiments"]["patch_tuned_to_base"]  # the components (E7) are in the default run
     assert abs(e1.effect.mean() - s["experiments"]["patch_tuned_to_base"]["per_layer"][2]["mean"]) < 1e-12
     scores = pd.read_parquet(full_run / "scores.parquet")
     assert abs(scores.gain.mean() - s["gain_mean"]) < 1e-12
