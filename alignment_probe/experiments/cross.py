@@ -105,6 +105,25 @@ def cross_figure(summary: Mapping[str, Any]) -> Any:
     return F._layout(fig, "2×2 cross design: late blocks on base vs tuned upstream state (E8)", x_title="split s")
 
 
+def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
+    """"The late blocks read what the tuned early blocks wrote" (arXiv 2605.07284 found a positive interaction in all
+    five families it tested): agrees iff some split's interaction has CI low > 0."""
+    from alignment_probe.report import figures as F
+    from alignment_probe.report.format import fmt_ci
+    from alignment_probe.report.verdicts import AGREES, DIFFERS, Finding
+
+    entry = F.experiment(summary, NAME)
+    if not entry or not entry.get("by_split"):
+        return None
+    best = max(entry["by_split"], key=lambda r: r["interaction"])
+    positive = [r["split"] for r in entry["by_split"] if F._num(r["interaction_ci"][0]) > 0]
+    ours = (f"largest interaction at split {best['split']}: {best['interaction']:+.3g} nats "
+            f"{fmt_ci(*best['interaction_ci'])}; splits with CI > 0: {', '.join(map(str, positive)) or 'none'}")
+    return Finding("cross_2x2", "Late blocks read what tuned early blocks wrote: a positive interaction (E8)",
+                   "not in the paper; arXiv 2605.07284: +1.68 logits, positive in 5 of 5 families (4B–32B)", ours,
+                   AGREES if positive else DIFFERS, "agrees iff the interaction has CI low > 0 at some split")
+
+
 register(Experiment(
     key="cross", method="E8", order=35, batch_order=47,
     names=(Name(NAME, "2×2 cross design", "#d62728",
@@ -118,4 +137,5 @@ register(Experiment(
                     "upstream state; red: their difference, the interaction (0 when the late blocks do not depend "
                     "on what the tuned early blocks wrote). 95% bootstrap CIs over pairs.",
                     needs=(NAME,), order=45),),
+    verdicts=("alignment_probe.experiments.cross:verdict",),
 ))

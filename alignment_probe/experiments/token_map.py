@@ -136,6 +136,31 @@ def token_map_figure(summary: Mapping[str, Any]) -> Any:
                      x_title=None, y_title=None)
 
 
+EARLY = 8  # "the first few tokens": the claim's reading
+
+
+def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
+    """"Tuning mostly changes the first few completion tokens" (URIAL; Qi et al. 2024): agrees iff the first 8 tokens
+    carry more than half of the per-token gain (the transplant of every block), the share's CI low above 0.5."""
+    from alignment_probe.report import figures as F
+    from alignment_probe.report.format import fmt_ci
+    from alignment_probe.report.verdicts import AGREES, DIFFERS, Finding
+
+    entry = F.experiment(summary, NAME)
+    n_layers = F.n_layers(summary)
+    cell = next((b for b in (entry or {}).get("by_bin") or [] if b["hook"] == "blocks" and b["width"] == n_layers
+                 and b["first"] == EARLY), None)
+    if cell is None:
+        return None
+    ok = F._num(cell["share_ci"][0]) > 0.5
+    ours = (f"the first {EARLY} completion tokens carry {cell['share']:.0%} of the gain {fmt_ci(*cell['share_ci'])} "
+            f"({cell['mean']:+.3g} nats)")
+    return Finding("token_map", "The gain sits in the first few completion tokens (E9)",
+                   "not in the paper; URIAL (arXiv 2312.01552) and Qi et al. (arXiv 2406.05946): the first few tokens",
+                   ours, AGREES if ok else DIFFERS,
+                   f"agrees iff the share of the per-token gain in the first {EARLY} tokens has CI low > 0.5")
+
+
 register(Experiment(
     key="token_map", method="E9", order=57, batch_order=50, default=False, per_token=True,
     names=(Name(NAME, "per-token map", "#bcbd22",
@@ -149,4 +174,5 @@ register(Experiment(
                     "completion's end), so a row sums to the condition's mean effect (Σ). Left: E1's tuned → base patch "
                     "at each layer; right: one tuned block transplanted into the base, and every block (the tuned model: "
                     "the per-token gain). Hover for 95% bootstrap CIs.", needs=(NAME,), order=77),),
+    verdicts=("alignment_probe.experiments.token_map:verdict",),
 ))

@@ -123,3 +123,19 @@ def test_nothing_to_map_is_an_empty_summary():
     out = token_map.summarize_token_map(Tables(to_frame([]), _scores(np.zeros(1)), {}, cfg, N_LAYERS, 16,
                                                selected=(token_map.NAME,), tokens=pd.DataFrame()))
     assert out[token_map.NAME]["conditions"] == [] and not math.isnan(out[token_map.NAME]["max_position"])
+
+
+def test_cross_and_token_verdicts_follow_their_rules():
+    from alignment_probe.experiments import cross
+
+    split = {"split": 2, "interaction": 0.5, "interaction_ci": [0.1, 0.9]}
+    summary = {"n_layers": N_LAYERS, "experiments": {"cross_2x2": {"by_split": [split]}}}
+    assert cross.verdict(summary).verdict == "agrees"
+    split["interaction_ci"] = [-0.1, 0.9]
+    assert cross.verdict(summary).verdict == "differs"
+    cell = {"hook": "blocks", "layer": 0, "width": N_LAYERS, "first": 8, "mean": 1.0, "share": 0.8, "share_ci": [0.6, 0.9]}
+    summary = {"n_layers": N_LAYERS, "experiments": {token_map.NAME: {"by_bin": [cell]}}}
+    assert token_map.verdict(summary).verdict == "agrees"
+    cell["share_ci"] = [0.4, 0.9]
+    assert token_map.verdict(summary).verdict == "differs"
+    assert token_map.verdict({"n_layers": N_LAYERS, "experiments": {}}) is None
