@@ -337,3 +337,36 @@ def test_tokenizer_without_bos_or_eos_is_refused(base_tokenizer):
     bare = PreTrainedTokenizerFast(tokenizer_object=copy.deepcopy(base_tokenizer.backend_tokenizer))
     with pytest.raises(CheckpointError, match="neither a BOS nor an EOS token"):
         bos_ids(bare)
+
+
+@pytest.mark.parametrize("fam", FAMILIES, ids=lambda f: f.name)
+def test_family_weight_transplants(fam, build, tmp_path):
+    """E8 on every family, against a twin that differs in *every* weight (so no window is its base or its twin):
+    the reference engine's hybrid of every block is the twin itself (the embedding, positional embedding, final
+    norm and unembedding go with the end blocks), and the fast engine (start_at_layer, shared prompts) agrees
+    with it window by window, transplants and reverts."""
+    from transformers import AutoModelForCausalLM
+
+    from alignment_probe.effects import RowKey
+    from alignment_probe.engine.spec import PatchSpec
+    from alignment_probe.interventions import Transplant
+
+    b = build(fam)
+    hf_base = AutoModelForCausalLM.from_pretrained(b.dirs["base"], dtype=torch.float32)
+    everywhere = perturbed_copy(hf_base, seed=7, scale=0.2)
+    twins = load_twins(b.dirs["base"], save_checkpoint(everywhere, b.twins.tokenizer, tmp_path / "everywhere"),
+                       device="cpu", dtype="float32")
+    n = twins.n_layers
+    windows = [(0, 1), (1, 1), (n - 1, 1), (0, 2), (0, n)]
+    specs = [PatchSpec(RowKey(name, target, source, "blocks", "all", "both", a, float(w)), Transplant(w))
+             for name, target, source in (("window_transplant", "base", "tuned"), ("window_revert", "tuned", "base"))
+             for a, w in windows]
+    ref = make_engine("reference").run(twins, b.tokenized, specs)
+    fast = make_engine("fast").run(twins, b.tokenized, specs)
+    np.testing.assert_allclose(fast.effect.to_numpy(), ref.effect.to_numpy(), atol=1e-4)
+    gain = score_pairs(twins, b.tokenized).set_index("pair_id").gain
+    assert gain.abs().min() > 1e-3
+    every = ref[(ref.experiment == "window_transplant") & (ref.param == n)].set_index("pair_id").effect
+    np.testing.assert_allclose(every.to_numpy(), gain.loc[every.index].to_numpy(), atol=1e-4)
+    revert_all = ref[(ref.experiment == "window_revert") & (ref.param == n)].set_index("pair_id").effect
+    np.testing.assert_allclose(-revert_all.to_numpy(), gain.loc[revert_all.index].to_numpy(), atol=1e-4)
