@@ -44,7 +44,8 @@ def test_fast_engine_equals_reference_on_every_experiment(tiny_pair, tokenized):
     experiments = {s.key.experiment for s in specs}
     patching = {"patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction", "alpha",
                 "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected", "vector_contrast",
-                "lowrank_reconstruct", "lowrank_difference"}  # the experiments that patch (lasso, shift measure)
+                "lowrank_reconstruct", "lowrank_difference", "window_transplant", "window_revert",
+                "cross_2x2"}  # the experiments that patch (lasso, shift measure)
     assert experiments >= patching
     ref = ReferenceEngine().run(tiny_pair, tokenized, specs)
     fast = FastEngine(batch_size=7, memory_budget_gb=0.0001).run(tiny_pair, tokenized, specs)  # tiny budget: 1 pair/chunk
