@@ -149,3 +149,6 @@ def test_smollm2_findings_collect_reads_runs(tiny, tmp_path, full_run):
     # Labels come from the registry, so the numbering is the method docs' (the reverse direction is E3).
     tables = render_tables(found)
     assert "| E1 tuned → base |" in tables and "| E3 base → tuned |" in tables and "E2 base" not in tables
+    # The localization instruments of the default run have their tables too (E8 windows and 2×2, E9 shift).
+    assert "weight transplants" in tables and "2×2 cross design" in tables and "distribution shift" in tables
+    assert h["window_transplant"]["by_window"] == s["experiments"]["window_transplant"]["by_window"]
