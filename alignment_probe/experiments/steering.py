@@ -348,9 +348,16 @@ def _curve(effects: pd.DataFrame, name: str, split: str, cs: Sequence[float], ga
     return {"by_c": by_c, fraction: _fraction(_per_pair(effects, name, split, 1.0), gain, cfg, sign)}
 
 
+def _excess(effects: pd.DataFrame, name: str, control: str, split: str, gain: pd.Series, cfg: Any) -> dict[str, float]:
+    """The fraction of the gain recovered beyond the control direction at c = 1, paired by pair: mean(effect −
+    control effect) / mean gain, with a paired bootstrap CI (a more sensitive comparison than two separate CIs)."""
+    num, ctl = _per_pair(effects, name, split, 1.0), _per_pair(effects, control, split, 1.0)
+    return _fraction((num - ctl.reindex(num.index)).dropna(), gain, cfg)
+
+
 def summarize_steering(tables: Tables) -> dict[str, dict[str, Any]]:
-    """``{"steer": {layer, layer_rule, by_c, recovered_fraction, baselines, variants, per_token, reverse, gain,
-    layer_choice, fit, [transfer]}}``."""
+    """``{"steer": {layer, layer_rule, by_c, recovered_fraction, excess_over_random, baselines, variants, per_token,
+    reverse, gain, layer_choice, fit, [transfer]}}``."""
     cfg, effects, scores = tables.cfg, tables.effects, tables.scores
     record = tables.fits["steer"]
     cs = [float(c) for c in record["cs"]]
@@ -364,9 +371,11 @@ def summarize_steering(tables: Tables) -> dict[str, dict[str, Any]]:
                                    ("last_prompt_random", LAST_PROMPT_RANDOM))}
     out: dict[str, Any] = {
         "layer": int(record["layer"]), "layer_rule": rule, **main,
+        "excess_over_random": _excess(effects, MAIN, "steer_random", "heldout", gain, cfg),
         "baselines": {key: _curve(effects, name, "heldout", cs, gain, cfg) for key, name in BASELINES.items()},
         "variants": {"last_prompt": _curve(effects, LAST_PROMPT, "heldout", cs, gain, cfg)
                      | {"random": _curve(effects, LAST_PROMPT_RANDOM, "heldout", cs, gain, cfg),
+                        "excess_over_random": _excess(effects, LAST_PROMPT, LAST_PROMPT_RANDOM, "heldout", gain, cfg),
                         "scope": CONDITIONS[LAST_PROMPT][2], "norm": record.get("norm_last_prompt")}},
         "per_token": per_token | {"gain": _mean_ci(gain_pt, cfg)},
         "reverse": _curve(effects, REVERSE, "heldout", cs, gain, cfg, fraction="lost_fraction", sign=-1.0)
@@ -384,10 +393,13 @@ def summarize_steering(tables: Tables) -> dict[str, dict[str, Any]]:
         t_gain = (tuned - base.reindex(tuned.index)).sort_index()
         out["transfer"] = (_curve(effects, MAIN, TRANSFER, cs, t_gain, cfg)
                            | {"random": _curve(effects, "steer_random", TRANSFER, cs, t_gain, cfg),
+                              "excess_over_random": _excess(effects, MAIN, "steer_random", TRANSFER, t_gain, cfg),
                               "reverse": _curve(effects, REVERSE, TRANSFER, cs, t_gain, cfg, fraction="lost_fraction",
                                                 sign=-1.0),
                               "variants": {"last_prompt": _curve(effects, LAST_PROMPT, TRANSFER, cs, t_gain, cfg)
-                                           | {"random": _curve(effects, LAST_PROMPT_RANDOM, TRANSFER, cs, t_gain, cfg)}},
+                                           | {"random": _curve(effects, LAST_PROMPT_RANDOM, TRANSFER, cs, t_gain, cfg),
+                                              "excess_over_random": _excess(effects, LAST_PROMPT, LAST_PROMPT_RANDOM,
+                                                                            TRANSFER, t_gain, cfg)}},
                               "gain": _mean_ci(t_gain, cfg), "n_pairs": int(record["transfer_pairs"])})
     return {MAIN: out}
 

@@ -116,22 +116,25 @@ def test_the_layer_is_the_scans_fit_half_argmax(run):
 
 def test_summary_keys(run):
     entry = _entry(run)
-    assert set(entry) == {"layer", "layer_rule", "by_c", "recovered_fraction", "baselines", "variants", "per_token",
-                          "reverse", "transfer", "gain", "layer_choice", "fit"}
+    assert set(entry) == {"layer", "layer_rule", "by_c", "recovered_fraction", "excess_over_random", "baselines",
+                          "variants", "per_token", "reverse", "transfer", "gain", "layer_choice", "fit"}
     assert [r["c"] for r in entry["by_c"]] == list(CS) and all(set(r) == CURVE for r in entry["by_c"])
     assert set(entry["recovered_fraction"]) == FRACTION
     assert set(entry["baselines"]) == {"random", "contrast", "lowrank"}
     for b in entry["baselines"].values():
         assert set(b) == {"by_c", "recovered_fraction"} and all(set(r) == CURVE for r in b["by_c"])
     last = entry["variants"]["last_prompt"]
-    assert set(last) == {"by_c", "recovered_fraction", "random", "scope", "norm"} and last["scope"] == "last_prompt"
+    assert set(last) == {"by_c", "recovered_fraction", "random", "excess_over_random", "scope", "norm"}
+    assert last["scope"] == "last_prompt" and set(last["excess_over_random"]) == set(entry["excess_over_random"]) == FRACTION
     assert set(last["random"]) == {"by_c", "recovered_fraction"} and all(set(r) == CURVE for r in last["by_c"])
     assert set(entry["per_token"]) == {"v", "random", "last_prompt", "last_prompt_random", "gain"}
     assert set(entry["reverse"]) == {"by_c", "lost_fraction", "random"}
     assert set(entry["reverse"]["lost_fraction"]) == FRACTION
     assert set(entry["reverse"]["random"]) == {"by_c", "lost_fraction"}
-    assert {"by_c", "recovered_fraction", "random", "reverse", "variants", "gain", "n_pairs"} == set(entry["transfer"])
-    assert set(entry["transfer"]["variants"]["last_prompt"]) == {"by_c", "recovered_fraction", "random"}
+    assert {"by_c", "recovered_fraction", "random", "excess_over_random", "reverse", "variants", "gain",
+            "n_pairs"} == set(entry["transfer"])
+    assert set(entry["transfer"]["variants"]["last_prompt"]) == {"by_c", "recovered_fraction", "random",
+                                                                 "excess_over_random"}
     held = len(stats.split_halves(run.scores.pair_id.tolist(), seed=0)[1])
     assert all(r["n"] == held for r in entry["by_c"])
     assert all(r["n"] == len(run.manifest["transfer_data"]["pair_ids"]) for r in entry["transfer"]["by_c"])
@@ -182,6 +185,8 @@ def test_fractions_and_sign_conventions(run):
     last = one[one.experiment == "steer_last_prompt"].set_index("pair_id").sort_index()
     assert (last.scope == "last_prompt").all() and (last.target == "base").all()
     assert entry["variants"]["last_prompt"]["recovered_fraction"]["mean"] == pytest.approx(last.effect.mean() / gain.mean())
+    rnd = one[one.experiment == "steer_random"].set_index("pair_id").sort_index()
+    assert entry["excess_over_random"]["mean"] == pytest.approx((fwd.effect - rnd.effect).mean() / gain.mean())
 
 
 def test_fixed_vectors_have_norm_s(tiny_pair):
