@@ -357,7 +357,8 @@ def _excess(effects: pd.DataFrame, name: str, control: str, split: str, gain: pd
 
 def summarize_steering(tables: Tables) -> dict[str, dict[str, Any]]:
     """``{"steer": {layer, layer_rule, by_c, recovered_fraction, excess_over_random, baselines, variants, per_token,
-    reverse, gain, layer_choice, fit, [transfer]}}``."""
+    reverse, gain, layer_choice, fit, [transfer]}, "steer_scan": …}`` (the scan's entry, :func:`scan_landscape`, when
+    it ran)."""
     cfg, effects, scores = tables.cfg, tables.effects, tables.scores
     record = tables.fits["steer"]
     cs = [float(c) for c in record["cs"]]
@@ -365,6 +366,7 @@ def summarize_steering(tables: Tables) -> dict[str, dict[str, Any]]:
     gain = scores.set_index("pair_id").gain.reindex(held)
     gain_pt = scores.set_index("pair_id").gain_per_token.reindex(held)
     rule = record.get("layer_rule", record.get("layer_source"))
+    scan = scan_landscape(effects, scores, cfg)
     main = _curve(effects, MAIN, "heldout", cs, gain, cfg)
     per_token = {key: _fraction(_per_token_effect(effects, name, "heldout", 1.0, scores), gain_pt, cfg)
                  for key, name in (("v", MAIN), ("random", "steer_random"), ("last_prompt", LAST_PROMPT),
@@ -381,8 +383,7 @@ def summarize_steering(tables: Tables) -> dict[str, dict[str, Any]]:
         "reverse": _curve(effects, REVERSE, "heldout", cs, gain, cfg, fraction="lost_fraction", sign=-1.0)
         | {"random": _curve(effects, REVERSE_RANDOM, "heldout", cs, gain, cfg, fraction="lost_fraction", sign=-1.0)},
         "gain": _mean_ci(gain, cfg),
-        "layer_choice": scan_landscape(effects, scores, cfg) | {"rule": rule, "layer": int(record["layer"]),
-                                                                "e1_layer": record.get("e1_layer")},
+        "layer_choice": scan | {"rule": rule, "layer": int(record["layer"]), "e1_layer": record.get("e1_layer")},
         "fit": {key: record.get(key) for key in ("layer_source", "hook", "scope", "k", "centre", "norm",
                                                  "norm_last_prompt", "cosine", "fit_pairs", "heldout_pairs",
                                                  "fit_positions", "fit_runs", "lowrank_kept")},
@@ -401,7 +402,8 @@ def summarize_steering(tables: Tables) -> dict[str, dict[str, Any]]:
                                               "excess_over_random": _excess(effects, LAST_PROMPT, LAST_PROMPT_RANDOM,
                                                                             TRANSFER, t_gain, cfg)}},
                               "gain": _mean_ci(t_gain, cfg), "n_pairs": int(record["transfer_pairs"])})
-    return {MAIN: out}
+    # the scan ran for steer (it chose the layer): its own entry too, as if named (absent with --steer-layer)
+    return {MAIN: out} | ({SCAN: scan} if scan["by_layer"] else {})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,16 +11,17 @@ layers 0.02–0.06). Everything below is on the held-out half at layer 6.
 
 **v_ℓ (the mean shift over completion positions, added at every position) does not steer:** it recovers
 0.088 [−0.004, 0.216] of the held-out gain at c = 1, a random direction at the same norm 0.070
-[0.002, 0.167]. No layer does better on the held-out half (0.02–0.09, each within the random direction's
-CI), nor does per-token Δlogp change that. What a random direction "recovers" is a temperature effect: any
+[0.002, 0.167]. At no layer is v_ℓ's held-out CI above 0 (means 0.02–0.09), and per-token Δlogp does not
+change that. (With 160 pairs v_ℓ's paired excess over the random direction is 0.036 [0.003, 0.079]: a small real
+signal that the two-CI rule cannot separate.) What a random direction "recovers" is a temperature effect: any
 perturbation flattens the base's next-token distributions, which helps the chosen completions (lower per-token
 log-prob under the base, and 2.5× longer); scaling the base's logits by 1/1.05 alone moves Δlogp by +0.53 nats
 (7% of the gain). Even the per-sequence mean shift (an oracle that reads the tuned model on each sequence)
-recovers only 1–4%, while replacing the activation outright recovers 15–85%: the part of the shift a
+recovers only 1–4%, while replacing the activation outright recovers 20–85%: the part of the shift a
 constant vector could carry is not in the completion positions.
 
 **The last-prompt variant does steer**: the mean shift at the last prompt position, added there only, recovers
-0.155 [0.10, 0.24] at c = 1 (0.42 at c = 2), a random direction there 0.018 [0.00, 0.04].
+0.155 [0.101, 0.238] at c = 1 (0.42 at c = 2), a random direction there 0.005 [−0.015, 0.030].
 Subtracting v_ℓ from the tuned model costs it gain, 0.127 [0.063, 0.190], where the random direction costs
 little. The defined v_ℓ's forward claim is an xfail(strict) test, so a change that makes it hold is noticed.
 """

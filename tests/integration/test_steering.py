@@ -106,6 +106,8 @@ def test_the_layer_is_the_scans_fit_half_argmax(run):
     assert entry["layer_rule"] == steering.RULE_SCAN == entry["layer_choice"]["rule"]
     choice = entry["layer_choice"]
     assert choice["chosen_layer"] == choice["layer"] == entry["layer"] == run.summary["experiments"]["steer"]["layer"]
+    scan_entry = run.summary["experiments"]["steer_scan"]  # it ran for steer, so the summary says so
+    assert scan_entry["chosen_layer"] == entry["layer"] and scan_entry["by_layer"] == choice["by_layer"]
     assert choice["e1_layer"] == run.summary["experiments"]["patch_tuned_to_base"]["heldout"]["chosen_layer"]
     assert [r["layer"] for r in choice["by_layer"]] == list(range(run.summary["n_layers"]))
     for r in choice["by_layer"]:
@@ -255,7 +257,7 @@ def test_steer_layer_overrides_the_scan(tiny, tmp_path):
     entry = run.summary["experiments"]["steer"]
     assert entry["layer"] == 1 and entry["layer_rule"] == "--steer-layer"
     assert entry["layer_choice"]["by_layer"] == [] and entry["layer_choice"]["chosen_layer"] is None
-    assert not run.effects.experiment.str.startswith("steer_scan").any()
+    assert not run.effects.experiment.str.startswith("steer_scan").any() and "steer_scan" not in run.summary["experiments"]
     assert set(run.effects[run.effects.experiment.str.startswith("steer")].layer) == {1}
 
 
