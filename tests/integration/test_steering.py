@@ -55,9 +55,11 @@ def _entry(run):
 
 
 def test_steer_is_opt_in():
-    assert "steer" not in SuiteConfig().experiments and "steer" not in registry.experiment_names()
-    assert "steer" in registry.experiment_names(opt_in=True)
-    assert registry.method_id("steer") == "E11"
+    for name in ("steer", "steer_scan"):
+        assert name not in SuiteConfig().experiments and name not in registry.experiment_names()
+        assert name in registry.experiment_names(opt_in=True)
+        assert registry.method_id(name) == "E11"
+    assert "steer_scan" in registry.get("steer").needs  # naming steer runs the scan that chooses its layer
     SuiteConfig(experiments=("steer",)).validate()
     with pytest.raises(ConfigError, match="steer"):
         SuiteConfig(experiments=("patch_tuned_to_base",), transfer_data="x.jsonl").validate()
@@ -68,39 +70,76 @@ def test_c_zero_is_exactly_zero(run):
     zero = eff[eff.param == 0.0]
     assert len(zero) and (zero.effect == 0.0).all()
     assert set(zero.experiment) == {"steer", "steer_random", "steer_contrast", "steer_lowrank", "steer_reverse",
-                                    "steer_reverse_random"}
+                                    "steer_reverse_random", "steer_last_prompt", "steer_last_prompt_random"}
 
 
 def test_rows_only_on_the_heldout_half_and_transfer_pairs(run):
     eff = run.effects[run.effects.experiment.str.startswith("steer")]
-    assert set(eff.split) == {"heldout", "transfer"}
+    assert set(eff.split) == {"fit", "heldout", "transfer"}
     fit, held = stats.split_halves(run.scores.pair_id.tolist(), seed=0)
-    for name, rows in eff[eff.split == "heldout"].groupby("experiment"):
+    steered = eff[eff.split != "fit"]
+    for name, rows in steered[steered.split == "heldout"].groupby("experiment"):
         assert sorted(rows.pair_id.unique()) == held, name
         assert set(rows.param) == set(CS)
-    transfer = eff[eff.split == "transfer"]
-    assert set(transfer.experiment) == {"steer", "steer_random", "steer_reverse"}
+    transfer = steered[steered.split == "transfer"]
+    assert set(transfer.experiment) == {"steer", "steer_random", "steer_reverse", "steer_last_prompt",
+                                        "steer_last_prompt_random"}
     assert sorted(transfer.pair_id.unique()) == run.manifest["transfer_data"]["pair_ids"]
     layer = _entry(run)["layer"]
-    assert set(eff.layer) == {layer} and set(eff.scope) == {"all"} and set(eff.hook) == {"resid_post"}
-    # the layer is E1's peak chosen on the fit half
-    assert layer == run.summary["experiments"]["patch_tuned_to_base"]["heldout"]["chosen_layer"]
+    assert set(steered.layer) == {layer} and set(steered.hook) == {"resid_post"}
+    assert set(steered.scope) == {"all", "last_prompt"}
+    assert set(steered[steered.scope == "last_prompt"].experiment) == {"steer_last_prompt", "steer_last_prompt_random"}
+    # the scan: v_ℓ and the random direction at c = 1 at every layer, on the fit half only
+    scan = eff[eff.split == "fit"]
+    assert set(scan.experiment) == {"steer_scan", "steer_scan_random"} and set(scan.param) == {1.0}
+    assert sorted(scan.pair_id.unique()) == fit
+    assert sorted(scan.layer.unique()) == list(range(run.summary["n_layers"]))
+
+
+def test_the_layer_is_the_scans_fit_half_argmax(run):
+    """The steering layer is chosen on the fit half (the layer whose v_ℓ raises Δlogp most), never on the held-out
+    half; E1's fit-half peak is recorded beside it."""
+    entry = _entry(run)
+    scan = run.effects[run.effects.experiment == "steer_scan"]
+    means = scan.groupby("layer").effect.mean()
+    assert entry["layer"] == int(means.idxmax())
+    assert entry["layer_rule"] == steering.RULE_SCAN == entry["layer_choice"]["rule"]
+    choice = entry["layer_choice"]
+    assert choice["chosen_layer"] == choice["layer"] == entry["layer"] == run.summary["experiments"]["steer"]["layer"]
+    scan_entry = run.summary["experiments"]["steer_scan"]  # it ran for steer, so the summary says so
+    assert scan_entry["chosen_layer"] == entry["layer"] and scan_entry["by_layer"] == choice["by_layer"]
+    assert choice["e1_layer"] == run.summary["experiments"]["patch_tuned_to_base"]["heldout"]["chosen_layer"]
+    assert [r["layer"] for r in choice["by_layer"]] == list(range(run.summary["n_layers"]))
+    for r in choice["by_layer"]:
+        assert r["v"]["mean"] == pytest.approx(means[r["layer"]]) and r["v"]["n"] == len(stats.split_halves(
+            run.scores.pair_id.tolist(), seed=0)[0])
+        assert set(r["v"]) == set(r["random"]) == CURVE - {"c"} | {"recovered_fraction"}
 
 
 def test_summary_keys(run):
     entry = _entry(run)
-    assert set(entry) == {"layer", "by_c", "recovered_fraction", "baselines", "reverse", "transfer", "gain", "fit"}
+    assert set(entry) == {"layer", "layer_rule", "by_c", "recovered_fraction", "excess_over_random", "baselines",
+                          "variants", "per_token", "reverse", "transfer", "gain", "layer_choice", "fit"}
     assert [r["c"] for r in entry["by_c"]] == list(CS) and all(set(r) == CURVE for r in entry["by_c"])
     assert set(entry["recovered_fraction"]) == FRACTION
     assert set(entry["baselines"]) == {"random", "contrast", "lowrank"}
     for b in entry["baselines"].values():
         assert set(b) == {"by_c", "recovered_fraction"} and all(set(r) == CURVE for r in b["by_c"])
+    last = entry["variants"]["last_prompt"]
+    assert set(last) == {"by_c", "recovered_fraction", "random", "excess_over_random", "scope", "norm"}
+    assert last["scope"] == "last_prompt" and set(last["excess_over_random"]) == set(entry["excess_over_random"]) == FRACTION
+    assert set(last["random"]) == {"by_c", "recovered_fraction"} and all(set(r) == CURVE for r in last["by_c"])
+    assert set(entry["per_token"]) == {"v", "random", "last_prompt", "last_prompt_random", "gain"}
     assert set(entry["reverse"]) == {"by_c", "lost_fraction", "random"}
     assert set(entry["reverse"]["lost_fraction"]) == FRACTION
     assert set(entry["reverse"]["random"]) == {"by_c", "lost_fraction"}
-    assert {"by_c", "recovered_fraction", "random", "reverse", "gain", "n_pairs"} == set(entry["transfer"])
+    assert {"by_c", "recovered_fraction", "random", "excess_over_random", "reverse", "variants", "gain",
+            "n_pairs"} == set(entry["transfer"])
+    assert set(entry["transfer"]["variants"]["last_prompt"]) == {"by_c", "recovered_fraction", "random",
+                                                                 "excess_over_random"}
     held = len(stats.split_halves(run.scores.pair_id.tolist(), seed=0)[1])
     assert all(r["n"] == held for r in entry["by_c"])
+    assert all(r["n"] == len(run.manifest["transfer_data"]["pair_ids"]) for r in entry["transfer"]["by_c"])
 
 
 def test_no_transfer_key_without_transfer_data(run):
@@ -140,6 +179,16 @@ def test_fractions_and_sign_conventions(run):
     t_gain = (t[t.experiment == "steer_reverse"].set_index("pair_id").clean_delta_logp
               - t[t.experiment == "steer"].set_index("pair_id").clean_delta_logp)
     assert entry["transfer"]["gain"]["mean"] == pytest.approx(t_gain.mean())
+    # per-token: each side's log-prob change over its completion length, against the per-token gain
+    n = scores.reindex(held)
+    per_token = ((fwd.patched_logp_chosen - fwd.clean_logp_chosen) / n.n_chosen_tokens
+                 - (fwd.patched_logp_rejected - fwd.clean_logp_rejected) / n.n_rejected_tokens)
+    assert entry["per_token"]["v"]["mean"] == pytest.approx(per_token.mean() / n.gain_per_token.mean())
+    last = one[one.experiment == "steer_last_prompt"].set_index("pair_id").sort_index()
+    assert (last.scope == "last_prompt").all() and (last.target == "base").all()
+    assert entry["variants"]["last_prompt"]["recovered_fraction"]["mean"] == pytest.approx(last.effect.mean() / gain.mean())
+    rnd = one[one.experiment == "steer_random"].set_index("pair_id").sort_index()
+    assert entry["excess_over_random"]["mean"] == pytest.approx((fwd.effect - rnd.effect).mean() / gain.mean())
 
 
 def test_fixed_vectors_have_norm_s(tiny_pair):
@@ -153,8 +202,9 @@ def test_fixed_vectors_have_norm_s(tiny_pair):
     assert rec["layer"] == 2 and rec["cs"] == [0.5, 1.0, 2.0] and rec["layer_source"] == "--steer-layer"
     fit_ids, held = stats.split_halves([t.pair_id for t in tokenized], seed=0)
     assert rec["fit_pairs"] == len(fit_ids) and rec["heldout_pairs"] == len(held)
-    # s and v_ℓ recomputed by hand: completion positions of both runs of the fit pairs
-    diffs = []
+    # s and v_ℓ recomputed by hand: completion positions of both runs of the fit pairs; the last-prompt variant
+    # from each run's last prompt position
+    diffs, last = [], []
     name = "blocks.2.hook_resid_post"
     for t in tokenized:
         if t.pair_id not in fit_ids:
@@ -165,20 +215,50 @@ def test_fixed_vectors_have_norm_s(tiny_pair):
             acts = {m: model.run_with_cache(toks, names_filter=name)[1][name][0]
                     for m, model in (("base", tiny_pair.base), ("tuned", tiny_pair.tuned))}
             diffs.append((acts["tuned"] - acts["base"])[seq.completion_start: seq.length].double())
-    diff = torch.cat(diffs)
-    s = float(diff.norm(dim=-1).mean())
-    assert rec["norm"] == pytest.approx(s, rel=1e-5)
+            last.append((acts["tuned"] - acts["base"])[seq.completion_start - 1].double())
+    diff, last = torch.cat(diffs), torch.stack(last)
+    s, s_last = float(diff.norm(dim=-1).mean()), float(last.norm(dim=-1).mean())
+    assert rec["norm"] == pytest.approx(s, rel=1e-5) and rec["norm_last_prompt"] == pytest.approx(s_last, rel=1e-5)
     v = diff.mean(0)
     by = {(spec.key.experiment, spec.key.param): spec for spec in fitted.specs}
     for (exp, c), spec in by.items():
         assert isinstance(spec.intervention, AddFixed) and spec.pair_ids == frozenset(held)
-        assert float(spec.intervention.vector.norm()) == pytest.approx(c * s, rel=1e-5), (exp, c)
+        norm = s_last if exp.startswith("steer_last_prompt") else s
+        assert float(spec.intervention.vector.norm()) == pytest.approx(c * norm, rel=1e-5), (exp, c)
+        assert spec.key.scope == ("last_prompt" if exp.startswith("steer_last_prompt") else "all")
+    cos = torch.nn.functional.cosine_similarity
     main_vec = by[("steer", 1.0)].intervention.vector.double()
-    assert float(torch.nn.functional.cosine_similarity(main_vec, v, dim=0)) == pytest.approx(1.0, abs=1e-6)
+    assert float(cos(main_vec, v, dim=0)) == pytest.approx(1.0, abs=1e-6)
+    assert float(cos(by[("steer_last_prompt", 1.0)].intervention.vector.double(), last.mean(0), dim=0)) == pytest.approx(
+        1.0, abs=1e-6)
+    torch.testing.assert_close(by[("steer_last_prompt_random", 2.0)].intervention.vector / s_last,
+                               by[("steer_random", 2.0)].intervention.vector / s)  # one random direction
     torch.testing.assert_close(by[("steer_reverse", 1.0)].intervention.vector, -by[("steer", 1.0)].intervention.vector)
     assert by[("steer_reverse", 1.0)].key.target == "tuned" == by[("steer_reverse_random", 1.0)].key.target
     torch.testing.assert_close(by[("steer_reverse_random", 2.0)].intervention.vector,
                                -by[("steer_random", 2.0)].intervention.vector)
+    # the scan adds the same v_ℓ and random direction at c = 1 (here at layer 2) to the fit half
+    scan = steering.fit_scan(Plan(cfg=SuiteConfig(experiments=("steer",), steer_cs=(0.5, 2.0), n_boot=50),
+                                  n_layers=tiny_pair.n_layers, d_model=tiny_pair.d_model, selected=("steer_scan",),
+                                  pair_ids=plan.pair_ids, twins=tiny_pair, tokenized=tokenized))
+    at2 = {s.key.experiment: s for s in scan.specs if s.key.layer == 2}
+    assert {s.key.layer for s in scan.specs} == set(range(tiny_pair.n_layers)) and scan.record["layers"] == [0, 1, 2, 3]
+    assert all(s.pair_ids == frozenset(fit_ids) and s.key.split == "fit" and s.key.param == 1.0 for s in scan.specs)
+    torch.testing.assert_close(at2["steer_scan"].intervention.vector, by[("steer", 1.0)].intervention.vector)
+    torch.testing.assert_close(at2["steer_scan_random"].intervention.vector, by[("steer_random", 1.0)].intervention.vector)
+    assert steering.fit_scan(plan).specs == []  # --steer-layer: nothing to choose
+
+
+def test_steer_layer_overrides_the_scan(tiny, tmp_path):
+    """--steer-layer: no scan rows (the stage before steer has no conditions), and the rule says so."""
+    run = ap.run_suite(tmp_path / "run", base=tiny.base, tuned=tiny.tuned, data=BUNDLED_PAIRS, n_pairs=4, max_length=72,
+                       experiments=("patch_tuned_to_base", "steer"), steer_layer=1, steer_cs=(1.0,), n_boot=50,
+                       progress=False)
+    entry = run.summary["experiments"]["steer"]
+    assert entry["layer"] == 1 and entry["layer_rule"] == "--steer-layer"
+    assert entry["layer_choice"]["by_layer"] == [] and entry["layer_choice"]["chosen_layer"] is None
+    assert not run.effects.experiment.str.startswith("steer_scan").any() and "steer_scan" not in run.summary["experiments"]
+    assert set(run.effects[run.effects.experiment.str.startswith("steer")].layer) == {1}
 
 
 def test_add_fixed_is_a_pure_function_of_the_context():
