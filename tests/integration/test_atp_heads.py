@@ -433,3 +433,20 @@ def test_suite_atp_heads_beside_an_unchanged_atp(tiny_pair):
 
 def test_atp_heads_is_opt_in():
     assert ATP_HEADS not in SuiteConfig().experiments
+
+
+def test_cli_atp_heads_report(tiny, tmp_path):
+    from conftest import PAIRS_DATA
+
+    from alignment_probe.cli import main
+
+    out = tmp_path / "heads"
+    args = ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA), "--n-pairs", "2",
+            "--max-length", "64", "--device", "cpu", "--n-boot", "50", "--out", str(out), "--layers", "2,3",
+            "--experiments", f"{ATP_HEADS},head_patch,kv_head_patch"]
+    assert main(args) == 0
+    s = json.loads((out / "summary.json").read_text())["experiments"]
+    assert set(s["atp"]["head_validation"]) == {"z", "v", "k", "pooled"}
+    assert "Attribution patching vs exact, per head (E10)" in (out / "report.html").read_text()
+    eff = pd.read_parquet(out / "effects.parquet")
+    assert set(eff[eff.experiment == ATP_HEADS].estimator) == {"atp", "atp*"}
