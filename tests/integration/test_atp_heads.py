@@ -111,6 +111,32 @@ def test_attention_z_reproduces_transformer_lens(overrides):
     assert moved > 0 if overrides.get("original_architecture") == "Olmo2ForCausalLM" else moved == 0
 
 
+# Each feature attention_z models, switched off in the config after the forward: the match must break
+# (so the check above is not passing because a feature never mattered).
+FEATURES_OFF = {
+    "rotary, grouped-query (Llama)": ("positional_embedding_type", "standard"),
+    "partial rotary, halves (NeoX)": ("rotary_adjacent_pairs", True),
+    "soft-cap, sliding window, attn scale (Gemma-2)": ("attn_scores_soft_cap", -1.0),
+    "QK norm per head (Gemma-3, Qwen3)": ("use_qk_norm", False),
+    "QK norm over all heads (OLMo-2)": ("original_architecture", None),
+    "ALiBi": ("positional_embedding_type", "standard"),
+    "sinks and clipped QKV": ("use_attention_sinks", False),
+    "log-n query scaling (Qwen-1)": ("use_logn_attn", False),
+}
+
+
+@pytest.mark.parametrize("variant", FEATURES_OFF)
+def test_attention_z_needs_each_feature_it_models(variant):
+    model = _tl_model(ATTENTIONS[variant])
+    names = [f"blocks.1.attn.hook_{h}" for h in "qkvz"]
+    tokens = torch.randint(0, TL_BASE["d_vocab"], (2, 12), generator=torch.Generator().manual_seed(2))
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    q, k, v, z = (cache[n] for n in names)
+    attr, value = FEATURES_OFF[variant]
+    setattr(model.cfg, attr, value)
+    assert (attention_z(model.blocks[1].attn, q, k, v) - z).abs().max() > 1e-3
+
+
 def test_patched_keys_is_what_the_exact_engines_write():
     k, src = torch.randn(2, 5, 3, 4, dtype=torch.float64), torch.randn(2, 5, 3, 4, dtype=torch.float64)
     mask = torch.tensor([[0, 1, 1, 0, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
@@ -225,8 +251,9 @@ def _z_after_key_patch(pair: Twins, tokens, seq, layer: int, group: int, scope: 
 
 
 def test_qk_fix_is_the_derivative_along_the_exact_z_shift(pair64, tok64):
-    """AtP* = Σ (z′ − z)·∂logp/∂z, z′ the z of the key-patched model. So it is the α → 0 derivative of the exact
-    effect of z ← z + α (z′ − z); and at α = 1 that z patch is the key patch itself (keys reach nothing but z)."""
+    """AtP* = Σ (z′ − z)·∂logp/∂z, z′ the z of the key-patched model. So it is the α → 0 derivative of the
+    exact effect of z ← z + α (z′ − z); and at α = 1 that z patch is the key patch itself (keys reach nothing
+    but z)."""
     conditions = [("k", 1, 1, "all"), ("k", 2, 0, "completion"), ("k", 0, 1, "prompt")]
     targets = {}
     for t in tok64:
@@ -278,7 +305,8 @@ def test_qk_fix_is_exact_when_the_rest_of_the_network_is_linear(tmp_path):
     decade of ε; plain AtP linearises the softmax itself, an error ε does not touch."""
     pairs, _ = load_pairs(BUNDLED_PAIRS)
     tokenizer = train_tokenizer([p.prompt + p.chosen for p in pairs[:200]], vocab_size=400)
-    path = save_checkpoint(random_llama(llama_config(tokenizer, num_hidden_layers=2), seed=0), tokenizer, tmp_path / "m")
+    model = random_llama(llama_config(tokenizer, num_hidden_layers=2), seed=0)
+    path = save_checkpoint(model, tokenizer, tmp_path / "m")
     loaded = load_twins(path, path, dtype="float64")
     tok = sample_and_tokenize(pairs, loaded.tokenizer, n_pairs=3, seed=1, max_length=96)
     layer, group = 0, 0
