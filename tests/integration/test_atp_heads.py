@@ -201,10 +201,11 @@ def _atp(pair, tok, conditions, estimator) -> pd.Series:
     return pd.Series({(index[(r.hook, r.layer, r.param, r.scope)], r.pair_id): r.effect for r in rows.itertuples()})
 
 
-def _assert_derivative(atp: pd.Series, exact_of_alpha) -> None:
-    """exact(α)/α − AtP = α·c + O(α²): close at the smallest α, the error halving with α."""
+def _assert_derivative(atp: pd.Series, exact_of_alpha, alphas=ALPHAS) -> None:
+    """exact(α)/α − AtP = α·c + O(α²): close at the smallest α, the error halving with α. (The α grid must keep
+    α·c far above the float64 rounding of the effects, ~1e-13 nats / α.)"""
     assert atp.abs().min() > 1e-4, atp  # the conditions do something
-    errors = np.stack([(exact_of_alpha(a).reindex(atp.index) / a - atp).abs().to_numpy() for a in ALPHAS], axis=1)
+    errors = np.stack([(exact_of_alpha(a).reindex(atp.index) / a - atp).abs().to_numpy() for a in alphas], axis=1)
     rel = errors / np.maximum(atp.abs().to_numpy()[:, None], 1e-3)
     assert (rel[:, -1] < 0.05).all(), rel
     ratios = errors[:, :-1] / errors[:, 1:]
@@ -271,7 +272,9 @@ def test_qk_fix_is_the_derivative_along_the_exact_z_shift(pair64, tok64):
         return out
 
     star = _atp(pair64, tok64, conditions, "atp*")
-    _assert_derivative(star, move_z)
+    # z moves along a straight line, so exact(α) is nearly linear in α (its α·c term is ~1e-6 of the effect at
+    # α = 0.02): a larger α grid keeps that term above float64 rounding and still in the linear regime
+    _assert_derivative(star, move_z, (0.32, 0.16, 0.08, 0.04))
 
     def replace_keys(c, seq, mask, act, src):
         new = act.clone()
