@@ -17,6 +17,18 @@ compared; the same pooled over every hook under ``atp.validation``.
 ``atp_confirm`` (``--confirm K``, stage 2, needs ``atp``) runs *exact* patching for the K conditions
 (hook, layer) whose AtP means are largest in absolute value, and the summary sets both side by side
 under ``atp.confirmed``: AtP as a prefilter, exact patching as the confirmation.
+
+``atp_heads`` (opt-in, a second name of this experiment; rows ``experiment = "atp_heads"``) estimates E7's
+head conditions (experiments/heads.py) at every swept layer, from the same one forward and backward: one
+query head's ``z`` (``param`` = head), one key/value head's ``v`` and ``k`` (``param`` = KV head, before
+grouped-query attention repeats it), ``ReplaceHead`` at all positions. ``z`` and ``v`` rows are plain AtP
+(``estimator = "atp"``); ``k`` rows are AtP* with the QK fix (``"atp*"``: the pattern recomputed exactly,
+engine/attribution.py), and the same ``k`` conditions once more as plain AtP (``"atp"``) to show what the
+fix changes. Summary, beside ``by_hook`` under ``atp``: ``by_head`` (hook → cells {layer, head, mean,
+ci_low, ci_high, n}), ``head_estimator`` (hook → estimator of its cells), and, where ``head_patch`` /
+``kv_head_patch`` ran too, ``exact_by_head`` and ``head_validation`` (hook → the same statistics, matched
+per (layer, head); ``pooled`` over the three hooks), and ``k_without_qk_fix`` ({by_head, validation}: the
+plain-AtP ``k`` cells).
 """
 
 from __future__ import annotations
@@ -41,12 +53,16 @@ from alignment_probe.experiments.registry import (
     register,
 )
 from alignment_probe.experiments.rows import swept_only
-from alignment_probe.interventions import Replace
-from alignment_probe.vocab import HOOKS
+from alignment_probe.interventions import Replace, ReplaceHead
+from alignment_probe.vocab import HEAD_HOOKS, HOOKS
 
 ATP_HOOKS: tuple[str, ...] = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 EXACT = "patch_tuned_to_base"  # the exact experiment whose conditions AtP estimates
 DEFAULT_CONFIRM_K = 5
+ATP_HEADS = "atp_heads"  # the head rows' experiment name (and the name that selects them)
+# The exact experiment of each head hook's conditions (experiments/heads.py), and how AtP estimates them.
+EXACT_HEADS: dict[str, str] = {"z": "head_patch", "v": "kv_head_patch", "k": "kv_head_patch"}
+HEAD_ESTIMATOR: dict[str, str] = {"z": "atp", "v": "atp", "k": "atp*"}
 
 
 def atp_hooks(cfg: Any) -> list[str]:
@@ -60,10 +76,38 @@ def atp_specs(n_layers: int, *, hooks: Sequence[str] = ATP_HOOKS, scopes: Sequen
     return layer_sweep("atp", target="base", source="tuned", layers=range(n_layers), hooks=hooks, scopes=scopes)
 
 
+def n_heads_of(cfg: Any, hook: str) -> int:
+    """Heads at a per-head hook of a model with TransformerLens config ``cfg``: query heads at ``z``,
+    key/value heads at ``k`` and ``v`` (all heads when the model has no grouped-query attention)."""
+    return int(cfg.n_heads if hook == "z" else (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads))
+
+
+def atp_head_specs(layers: Sequence[int], n_heads: int, n_kv_heads: int) -> list[PatchSpec]:
+    """E7's head conditions under the name ``atp_heads``, per layer: ``z`` per query head, ``v`` and ``k`` per
+    key/value head (tuned → base, ``ReplaceHead`` at all positions), and the ``k`` ones again as plain AtP."""
+    def spec(hook: str, layer: int, head: int, estimator: str = "exact") -> PatchSpec:
+        # "exact": the engine's choice for the hook (AtP* at k); "atp": plain AtP asked for explicitly
+        return PatchSpec(RowKey(ATP_HEADS, "base", "tuned", hook, "all", "both", layer, float(head), "all",
+                                estimator), ReplaceHead(head))
+
+    specs: list[PatchSpec] = []
+    for layer in layers:
+        specs += [spec("z", layer, h) for h in range(n_heads)]
+        specs += [spec(hook, layer, g) for hook in ("v", "k") for g in range(n_kv_heads)]
+        specs += [spec("k", layer, g, "atp") for g in range(n_kv_heads)]
+    return specs
+
+
 def _specs(plan: Plan) -> list[PatchSpec]:
     cfg = plan.cfg
-    scopes = list(dict.fromkeys((cfg.scope, *cfg.extra_scopes)))
-    return swept_only(plan, atp_specs(plan.n_layers, hooks=atp_hooks(cfg), scopes=scopes))
+    specs: list[PatchSpec] = []
+    if "atp" in plan.selected:
+        scopes = list(dict.fromkeys((cfg.scope, *cfg.extra_scopes)))
+        specs += swept_only(plan, atp_specs(plan.n_layers, hooks=atp_hooks(cfg), scopes=scopes))
+    if ATP_HEADS in plan.selected:
+        mcfg = plan.twins.base.cfg
+        specs += atp_head_specs(cfg.swept_layers(plan.n_layers), n_heads_of(mcfg, "z"), n_heads_of(mcfg, "k"))
+    return specs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,9 +179,15 @@ def confirmed(tables: Tables) -> list[dict[str, Any]]:
 def summarize_atp(tables: Tables) -> dict[str, dict[str, Any]]:
     """``atp``: ``by_hook`` (hook → ``per_layer`` estimates with CIs, and ``exact_per_layer`` and
     ``validation`` where exact rows of the same conditions exist), ``validation`` pooled over hooks, and
-    ``confirmed`` (``--confirm K``)."""
-    if "atp" not in tables.selected:
-        return {}
+    ``confirmed`` (``--confirm K``); with ``atp_heads`` the head entries of :func:`summarize_heads`."""
+    out: dict[str, Any] = summarize_layers(tables) if "atp" in tables.selected else {}
+    if ATP_HEADS in tables.selected:
+        out |= summarize_heads(tables)
+    return {"atp": out} if out else {}
+
+
+def summarize_layers(tables: Tables) -> dict[str, Any]:
+    """The per-layer entries of ``atp`` (``by_hook``, ``scope``, ``estimator``, ``validation``, ``confirmed``)."""
     cfg = tables.cfg
     atp = _condition_rows(tables.effects, "atp", cfg.scope, "atp")
     exact = _condition_rows(tables.effects, EXACT, cfg.scope, "exact")
@@ -162,7 +212,72 @@ def summarize_atp(tables: Tables) -> dict[str, dict[str, Any]]:
     conf = confirmed(tables)
     if conf:
         out["confirmed"] = conf
-    return {"atp": out}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# heads (atp_heads): per (layer, head) cells, validated against head_patch / kv_head_patch
+
+
+def head_cells(rows: pd.DataFrame, cfg: Any) -> list[dict[str, Any]]:
+    """One cell per (layer, head) (``param`` is the head): the mean over pairs with its bootstrap CI."""
+    out = []
+    for (layer, head), group in rows.groupby(["layer", "param"], sort=True):
+        mean, lo, hi = stats.bootstrap_mean_ci(group.sort_values("pair_id").effect.to_numpy(), seed=cfg.seed,
+                                               n_boot=cfg.n_boot)
+        out.append({"layer": int(layer), "head": int(head), "mean": mean, "ci_low": lo, "ci_high": hi,
+                    "n": int(len(group))})
+    return out
+
+
+def _head_means(estimated: pd.DataFrame, exact: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Per-(layer, head) means of both, on the conditions and pairs they share (matched by index)."""
+    est = estimated[estimated.pair_id.isin(set(exact.pair_id))].groupby(["layer", "param"]).effect.mean()
+    ex = exact[exact.pair_id.isin(set(estimated.pair_id))].groupby(["layer", "param"]).effect.mean()
+    common = est.index.intersection(ex.index).sort_values()
+    return ex[common], est[common]
+
+
+def summarize_heads(tables: Tables) -> dict[str, Any]:
+    """``by_head``, ``head_estimator`` and, where the exact head experiments ran on the same conditions,
+    ``exact_by_head``, ``head_validation`` and ``k_without_qk_fix`` (module docstring)."""
+    cfg, effects = tables.cfg, tables.effects
+    rows = _condition_rows(effects, ATP_HEADS, "all", HEAD_ESTIMATOR["z"])
+    fixed = _condition_rows(effects, ATP_HEADS, "all", HEAD_ESTIMATOR["k"])
+    by_head: dict[str, Any] = {}
+    exact_by_head: dict[str, Any] = {}
+    checks: dict[str, Any] = {}
+    pooled_exact: list[float] = []
+    pooled_est: list[float] = []
+    for hook in HEAD_HOOKS:
+        est = (fixed if HEAD_ESTIMATOR[hook] == "atp*" else rows)
+        est = est[est.hook == hook]
+        if not len(est):
+            continue
+        by_head[hook] = head_cells(est, cfg)
+        exact = _condition_rows(effects, EXACT_HEADS[hook], "all", "exact")
+        exact = exact[(exact.hook == hook) & exact.layer.isin(set(est.layer)) & exact.param.isin(set(est.param))]
+        if len(exact):
+            exact_by_head[hook] = head_cells(exact, cfg)
+            e, a = _head_means(est, exact)
+            checks[hook] = validation(e.to_numpy(), a.to_numpy())
+            pooled_exact += e.tolist()
+            pooled_est += a.tolist()
+    out: dict[str, Any] = {"by_head": by_head, "head_estimator": {h: HEAD_ESTIMATOR[h] for h in by_head}}
+    if exact_by_head:
+        out["exact_by_head"] = exact_by_head
+        out["head_validation"] = checks | {"pooled": validation(pooled_exact, pooled_est)}
+    plain_k = rows[rows.hook == "k"]
+    if len(plain_k):
+        entry: dict[str, Any] = {"by_head": head_cells(plain_k, cfg), "estimator": "atp"}
+        exact = _condition_rows(effects, EXACT_HEADS["k"], "all", "exact")
+        exact = exact[exact.hook == "k"]
+        if len(exact):
+            e, a = _head_means(plain_k, exact)
+            if len(e):
+                entry["validation"] = validation(e.to_numpy(), a.to_numpy())
+        out["k_without_qk_fix"] = entry
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,11 +351,59 @@ def atp_figure(summary: Mapping[str, Any]) -> Any:
                      y_title="AtP estimate (nats, mean over pairs)")
 
 
+HEAD_MARKERS = {"z": ("#9467bd", "circle"), "v": ("#8c564b", "square"), "k": ("#17becf", "diamond")}
+
+
+def atp_heads_figure(summary: Mapping[str, Any]) -> Any:
+    """AtP per-(layer, head) mean (y) against the exact head patch's mean (x): query heads (z), value heads
+    (v) and key heads (k, AtP* with the QK fix; open diamonds: plain AtP without it), with y = x."""
+    from alignment_probe.report import figures as F
+
+    entry = F.experiment(summary, "atp") or {}
+    exact = entry.get("exact_by_head") or {}
+    if not exact:
+        raise F.MissingExperimentError("atp_heads_vs_exact", [f"{ATP_HEADS} with head_patch or kv_head_patch "
+                                                              f"(--experiments {ATP_HEADS},head_patch,kv_head_patch)"])
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    values: list[float] = []
+    checks = entry.get("head_validation") or {}
+    series = [(hook, entry["by_head"][hook], exact[hook], HEAD_ESTIMATOR[hook], checks.get(hook) or {}, False)
+              for hook in HEAD_HOOKS if hook in exact and hook in (entry.get("by_head") or {})]
+    plain = entry.get("k_without_qk_fix") or {}
+    if "k" in exact and plain.get("by_head"):
+        series.append(("k", plain["by_head"], exact["k"], "atp", plain.get("validation") or {}, True))
+    for hook, est_cells, ex_cells, estimator, check, hollow in series:
+        est = {(c["layer"], c["head"]): c for c in est_cells}
+        ex = [c for c in ex_cells if (c["layer"], c["head"]) in est]
+        xs, ys = [F._num(c["mean"]) for c in ex], [F._num(est[(c["layer"], c["head"])]["mean"]) for c in ex]
+        rho = check.get("spearman")
+        name = f"{hook} ({estimator}" + (f", ρ = {rho:.2f})" if isinstance(rho, float) and math.isfinite(rho) else ")")
+        color, symbol = HEAD_MARKERS[hook]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=name,
+                                 text=[f"layer {c['layer']} head {c['head']}" for c in ex],
+                                 marker={"color": color, "size": 9, "symbol": symbol + ("-open" if hollow else "")},
+                                 hovertemplate="%{text}<br>exact %{x:.3f}<br>" + estimator + " %{y:.3f}<extra>" + hook
+                                 + "</extra>"))
+        values += xs + ys
+    finite = [v for v in values if math.isfinite(v)] or [0.0, 1.0]
+    lo, hi = min(finite + [0.0]), max(finite + [0.0])
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x",
+                             line={"color": "#999", "dash": "dash"}, hoverinfo="skip"))
+    return F._layout(fig, "Attribution patching vs exact, per head (E10)", x_title="exact effect of one head's patch "
+                     "(nats, mean over pairs)", y_title="AtP estimate (nats, mean over pairs)")
+
+
 register(Experiment(
     key="atp", method="E10", order=90, estimator="atp", default=False,
     names=(Name("atp", "AtP (estimate)", "#e377c2",
                 "Attribution patching: first-order estimate of tuned → base patching at every layer and hook "
-                "from one forward and one backward per sequence (E10)."),),
+                "from one forward and one backward per sequence (E10)."),
+           Name(ATP_HEADS, "AtP per head (estimate)", "#bcbd22",
+                "Attribution patching of E7's head conditions: one query head's z, one key/value head's v and k "
+                "(AtP* with the QK fix) at every layer, from the same forward and backward (E10).",
+                per_layer=False)),
     specs=_specs, summarize=summarize_atp,
     figures=(Figure("atp_vs_exact", "alignment_probe.experiments.atp:atp_figure",
                     "Attribution patching vs exact (E10)",
@@ -248,7 +411,15 @@ register(Experiment(
                     "first-order estimate (y) against the exact tuned → base patch (x), one colour per hook; the "
                     "dashed line is y = x, the legend gives each hook's Spearman ρ across layers. Open diamonds: "
                     "the conditions AtP ranked highest, confirmed by exact patching (--confirm K).",
-                    needs=("atp",), order=95),),
+                    needs=("atp",), order=95),
+             Figure("atp_heads_vs_exact", "alignment_probe.experiments.atp:atp_heads_figure",
+                    "Attribution patching vs exact, per head (E10)",
+                    "E10. Each point is one head condition (layer, head): the mean over pairs of attribution "
+                    "patching's estimate (y) against the exact patch of that head, tuned → base (x; head_patch and "
+                    "kv_head_patch). Query heads (z) and value heads (v): plain AtP; key heads (k): AtP* with the "
+                    "QK fix (the attention pattern recomputed with the patched keys), and as open diamonds the same "
+                    "conditions by plain AtP. The dashed line is y = x; the legend gives each series' Spearman ρ.",
+                    needs=(ATP_HEADS,), order=96)),
 ))
 
 register(Experiment(
