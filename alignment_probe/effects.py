@@ -17,8 +17,9 @@ layer               block index
 param               the experiment's extra axis (α, k, scale), NaN when it has none
 split               ``all``, or ``fit`` / ``heldout`` for quantities fitted on half the pairs
 pair_id             the pair's 0-based line in the data file
-estimator           ``exact`` (the patch was run) or ``atp`` (attribution patching's first-order
-                    estimate of it, E10; its patched_* columns are clean + estimate)
+estimator           ``exact`` (the patch was run), ``atp`` (attribution patching's first-order
+                    estimate of it, E10; its patched_* columns are clean + estimate) or ``atp*``
+                    (AtP with the QK fix: the attention pattern recomputed with patched keys)
 clean_logp_chosen   target's own log p(y+|x) (unpatched) — and the same for rejected
 clean_delta_logp    target's own Δlogp
 patched_logp_*      log-probs with the patch applied
