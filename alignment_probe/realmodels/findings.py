@@ -370,7 +370,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     harmless_data = a.hh_dir / "harmless-base" / "test.jsonl.gz"
     helpful_data = a.hh_dir / "helpful-base" / "test.jsonl.gz"
-    for f in (harmless_data, *([helpful_data] if "helpful" in a.runs.split(",") else [])):
+    for f in (harmless_data, *([helpful_data] if {"helpful", "steer"} & set(a.runs.split(",")) else [])):
         if not f.is_file():
             p.error(f"{f} not found: pass --hh-dir (or set ALIGNMENT_PROBE_HH_DIR) to the folder holding "
                     "harmless-base/ and helpful-base/ test.jsonl.gz of the datasets dataset Anthropic/hh-rlhf")
@@ -402,7 +402,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         summaries[name] = run_one(name, runs[name], out, device=a.device, batch_size=a.batch_size, log=log,
                                   nproc=a.nproc, threads=a.threads)
 
-    for name in ("harmless", "planted", "helpful", "windows", "cross", "planted-windows"):
+    for name in ("harmless", "planted", "helpful", "windows", "cross", "planted-windows", "atp", "planted-atp", "steer"):
         if name in wanted:
             run(name, plan(paths, ids_file, **settings, **data))
     if "heads" in wanted:

@@ -21,7 +21,8 @@ HELPFUL_DATA = DEFAULT_DATA.parents[1] / "helpful-base" / "test.jsonl.gz"
 DPO_ADAPTER = "dpo-lora-s0"
 PLANTED_ADAPTER = "dpo-planted-L15"
 PLANTED_LAYER = 15
-RUNS = ("harmless", "harmless-peak", "controls", "planted", "helpful", "windows", "cross", "planted-windows", "heads")
+RUNS = ("harmless", "harmless-peak", "controls", "planted", "helpful", "windows", "cross", "planted-windows", "heads",
+        "atp", "planted-atp", "steer")
 
 # What each run patches. "cpu" is what one 2-core CPU session can afford (docs/findings-smollm2.md
 # has the times); "full" is the paper's whole protocol, for a GPU.
@@ -34,7 +35,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "alphas": (0.0, 0.5, 1.0, 1.5), "lowrank_ks": (1, 4, 16, 64), "peak_span": 0,
             # the localization instruments (E8, E9): one-block windows at every layer cost about one E1 sweep
             "window_layers": "0:30", "window_widths": (1,), "planted_window_widths": (1, 2),
-            "cross": ("cross_2x2", "shift")},
+            "cross": ("cross_2x2", "shift"), "atp_confirm_k": 10},
     "full": {"n_pairs": 400, "layers": "0:30", "planted_layers": "0:30",
              "harmless": ("patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction",
                           "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected",
@@ -44,7 +45,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
              "planted": ("patch_tuned_to_base", "patch_base_to_tuned", "identity"),
              "alphas": (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5), "lowrank_ks": (1, 2, 4, 8, 16, 32, 64, 128, 256),
              "peak_span": 2, "window_layers": "0:30", "window_widths": (1, 2, 4), "planted_window_widths": (1, 2, 4),
-             "cross": ("cross_2x2", "shift")},
+             "cross": ("cross_2x2", "shift"), "atp_confirm_k": 30},
 }
 
 
@@ -113,6 +114,20 @@ def plan(paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_
         "cross": {"base": paths["base"], "tuned": paths.get("dpo"), **harmless,
                   "suite": SuiteConfig(experiments=protocol["cross"], extra_hooks=(), layers=tuple(layers), seed=seed,
                                        n_boot=n_boot)},
+        # E10 at full resolution: every layer's 4 hooks and every head by attribution patching, its top conditions
+        # confirmed by exact patching; the planted twin as the known answer (its layer-15 MLP first, zeros below)
+        "atp": {"base": paths["base"], "tuned": paths.get("dpo"), **harmless,
+                "suite": SuiteConfig(experiments=("atp", "atp_heads", "atp_confirm"), extra_hooks=(),
+                                     layers=tuple(window_layers), atp_confirm_k=protocol["atp_confirm_k"], seed=seed,
+                                     n_boot=n_boot)},
+        "planted-atp": {"base": paths["base"], "tuned": paths.get("planted"), **harmless,
+                        "suite": SuiteConfig(experiments=("atp", "atp_heads", "atp_confirm"), extra_hooks=(),
+                                             layers=tuple(window_layers), atp_confirm_k=protocol["atp_confirm_k"],
+                                             seed=seed, n_boot=n_boot)},
+        # E11 at the layer a steering scan picks on the fit half (the swept layers), helpful-base as transfer data
+        "steer": {"base": paths["base"], "tuned": paths.get("dpo"), **harmless,
+                  "suite": SuiteConfig(experiments=("steer",), extra_hooks=(), layers=tuple(layers),
+                                       transfer_data=str(helpful_data), seed=seed, n_boot=n_boot)},
         # the planted twin's known answer for the transplants: every window over block 15 carries the gain
         "planted-windows": {"base": paths["base"], "tuned": paths.get("planted"), **harmless,
                             "suite": SuiteConfig(experiments=("window_transplant", "window_revert"), extra_hooks=(),
