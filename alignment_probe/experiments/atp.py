@@ -291,10 +291,17 @@ def ranked_conditions(atp_summary: Mapping[str, Any]) -> list[tuple[str, int, fl
     return sorted(items, key=lambda x: (-abs(x[2]), HOOKS.index(x[0]), x[1]))
 
 
+def distinct_conditions(ranked: Sequence[tuple[str, int, float]]) -> list[tuple[str, int, float]]:
+    """``ranked`` without the ``resid_pre`` of a block ℓ whose ``resid_post`` of block ℓ − 1 is listed: the two
+    are the same tensor, so the same patch (confirming both would spend two of K exact runs on one condition)."""
+    have = {(hook, layer) for hook, layer, _ in ranked}
+    return [c for c in ranked if not (c[0] == "resid_pre" and ("resid_post", c[1] - 1) in have)]
+
+
 def _confirm_specs(plan: Plan) -> list[PatchSpec]:
     cfg = plan.cfg
     k = getattr(cfg, "atp_confirm_k", DEFAULT_CONFIRM_K)
-    top = ranked_conditions(plan.upstream.get("atp") or {})[:k]
+    top = distinct_conditions(ranked_conditions(plan.upstream.get("atp") or {}))[:k]
     return [PatchSpec(RowKey("atp_confirm", "base", "tuned", hook, cfg.scope, "both", layer), Replace())
             for hook, layer, _ in sorted(top, key=lambda x: (HOOKS.index(x[0]), x[1]))]
 

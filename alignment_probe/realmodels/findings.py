@@ -402,7 +402,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         summaries[name] = run_one(name, runs[name], out, device=a.device, batch_size=a.batch_size, log=log,
                                   nproc=a.nproc, threads=a.threads)
 
-    for name in ("harmless", "planted", "helpful", "windows", "cross", "planted-windows", "atp", "planted-atp", "steer"):
+    for name in ("harmless", "planted", "helpful", "windows", "cross", "planted-windows", "atp", "planted-atp", "steer",
+                 "atp-check"):
         if name in wanted:
             run(name, plan(paths, ids_file, **settings, **data))
     if "heads" in wanted:

@@ -22,7 +22,7 @@ DPO_ADAPTER = "dpo-lora-s0"
 PLANTED_ADAPTER = "dpo-planted-L15"
 PLANTED_LAYER = 15
 RUNS = ("harmless", "harmless-peak", "controls", "planted", "helpful", "windows", "cross", "planted-windows", "heads",
-        "atp", "planted-atp", "steer")
+        "atp", "planted-atp", "steer", "atp-check")
 
 # What each run patches. "cpu" is what one 2-core CPU session can afford (docs/findings-smollm2.md
 # has the times); "full" is the paper's whole protocol, for a GPU.
@@ -124,6 +124,10 @@ def plan(paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_
                         "suite": SuiteConfig(experiments=("atp", "atp_heads", "atp_confirm"), extra_hooks=(),
                                              layers=tuple(window_layers), atp_confirm_k=protocol["atp_confirm_k"],
                                              seed=seed, n_boot=n_boot)},
+        # AtP beside exact patching of the same conditions (E1 at four hooks, the swept layers): its validation
+        "atp-check": {"base": paths["base"], "tuned": paths.get("dpo"), **harmless,
+                      "suite": SuiteConfig(experiments=("atp", "patch_tuned_to_base"), layers=tuple(layers),
+                                           extra_hooks=("resid_pre", "attn_out", "mlp_out"), seed=seed, n_boot=n_boot)},
         # E11 at the layer a steering scan picks on the fit half (the swept layers), helpful-base as transfer data
         "steer": {"base": paths["base"], "tuned": paths.get("dpo"), **harmless,
                   "suite": SuiteConfig(experiments=("steer",), extra_hooks=(), layers=tuple(layers),
@@ -136,8 +140,9 @@ def plan(paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_
                                                  n_boot=n_boot)},
     }
     if windows is not None:  # E7 heads and E9 per-token maps at the blocks the transplants pick
+        # (with AtP's head map at the same layers: its validation against the exact head patches)
         out_plan["heads"] = {**out_plan["windows"],
-                             "suite": SuiteConfig(experiments=("head_patch", "kv_head_patch", "token_map"),
+                             "suite": SuiteConfig(experiments=("head_patch", "kv_head_patch", "token_map", "atp_heads"),
                                                   extra_hooks=(), layers=picked_blocks(windows), seed=seed,
                                                   n_boot=n_boot)}
     if e1 is not None:

@@ -213,9 +213,10 @@ def test_suite_routes_atp_and_keeps_exact_rows(tiny_pair, tokenized):
             assert "validation" not in entry
     conf = s["confirmed"]
     assert len(conf) == 2 and {"hook", "layer", "atp", "exact", "exact_ci_low", "exact_ci_high"} <= set(conf[0])
-    # the confirmed conditions are AtP's two largest |means| and their exact values equal E1's rows
-    ranked = sorted(((h, r["layer"], abs(r["mean"])) for h, e in s["by_hook"].items() for r in e["per_layer"]),
-                    key=lambda x: -x[2])[:2]
+    # the confirmed conditions are AtP's two largest |means| among distinct patches (resid_pre of block ℓ is
+    # resid_post of block ℓ − 1: confirmed once, as resid_post) and their exact values equal E1's rows
+    ranked = sorted(((h, r["layer"], abs(r["mean"])) for h, e in s["by_hook"].items() for r in e["per_layer"]
+                     if not (h == "resid_pre" and r["layer"] > 0)), key=lambda x: -x[2])[:2]
     assert {(c["hook"], c["layer"]) for c in conf} == {(h, layer) for h, layer, _ in ranked}
     for c in conf:
         if c["hook"] in ("resid_post", "mlp_out", "attn_out"):
