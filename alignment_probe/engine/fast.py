@@ -24,6 +24,9 @@ What it avoids, and how:
   activation the computation *is* the clean run. This also makes those controls exactly zero however
   a batched forward happens to round (multi-threaded CPU kernels round differently per batch shape,
   by ~1e-5 nats). The reference engine still recomputes them.
+* **No run twice.** Patched runs of different conditions whose inputs are bit-for-bit the same
+  (``resid_pre`` at ℓ + 1 and ``resid_post`` at ℓ; a one-sided patch and the same side of the
+  two-sided one) run once and share the log-prob, so such rows also agree exactly.
 * **Bounded memory.** Pairs stream through in chunks whose caches fit a memory budget; the patched
   runs of one start block are materialised a wave at a time.
 
@@ -32,8 +35,9 @@ pass the mask of their padded prompt keys (prefix.py).
 
 **Work accounting** (:class:`WorkCounter`, per stage in ``FastEngine.work_by_stage``): ``computed``
 is Σ over forwards of blocks run × tokens in the padded batch; ``floor`` is the least block-token
-work of the same task: each needed run from its start block, no padding, and each shareable prompt
-counted once per pair and condition (whether or not ``share_prompts`` is on).
+work of the same task: each needed run from its start block (a repeat of another's inputs is not
+needed), no padding, and each shareable prompt counted once per pair and condition (whether or not
+``share_prompts`` is on).
 """
 
 from __future__ import annotations
@@ -139,6 +143,27 @@ class WorkCounter:
     @property
     def ratio(self) -> float | None:
         return self.computed / self.floor if self.floor else None
+
+
+class _Repeats:
+    """Patched runs of one target, start block and hook whose inputs are bit-for-bit the same run once: E8's
+    ``resid_pre`` at ℓ + 1 is E1's ``resid_post`` at ℓ, a one-sided source patch is one side of E1's run."""
+
+    def __init__(self) -> None:
+        self.first: dict[tuple[Any, ...], list[Item]] = defaultdict(list)
+        self.alias: dict[tuple[int, int, str], tuple[int, int, str]] = {}
+
+    def seen(self, it: Item) -> bool:
+        """Whether an earlier item runs ``it``'s inputs (then ``it`` takes that run's log-prob)."""
+        parts = it.value if isinstance(it.value, tuple) else (it.value,)
+        key = (it.seq.pair_id, it.seq.side, *(float(v.sum()) for v in parts))  # a cheap filter; torch.equal decides
+        for other in self.first[key]:
+            others = other.value if isinstance(other.value, tuple) else (other.value,)
+            if all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(parts, others)):
+                self.alias[(it.spec_index, it.seq.pair_id, it.seq.side)] = (other.spec_index, it.seq.pair_id, it.seq.side)
+                return True
+        self.first[key].append(it)
+        return False
 
 
 @dataclass
@@ -411,6 +436,7 @@ class FastEngine:
         per_unit = 8 * width * pair.d_model * model.cfg.dtype.itemsize * (1 + n_blocks)
         wave = max(self.batch_size, int(self.memory_budget_gb * 2**30 // per_unit))
         patched: dict[tuple[int, int, str], float] = {}
+        repeats = _Repeats()
         for lo in range(0, len(units), wave):
             full: list[Item] = []
             shared: list[_Shared] = []
@@ -424,7 +450,7 @@ class FastEngine:
                         # clean run: reuse its log-prob (this is what makes the identity control and
                         # α = 0 exactly zero, independent of how a batched forward rounds).
                         patched[(i, t.pair_id, side)] = cc.clean[target][(t.pair_id, side)]
-                    else:
+                    elif not repeats.seen(it):  # a repeat takes its first run's log-prob below
                         changed.append(it)
                 principle, here = (self._shareable(specs[i], *changed) if len(changed) == 2 and not per_head
                                    else (False, False))
@@ -451,6 +477,9 @@ class FastEngine:
                     patched[(it.spec_index, it.seq.pair_id, it.seq.side)] = v
             if shared:
                 patched.update(self.run_shared(pair, target, start, hook, shared))
+            repeats.first.clear()  # a wave's values are released with it
+        for key, first in repeats.alias.items():
+            patched[key] = patched[first]
         return patched
 
     def run(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
