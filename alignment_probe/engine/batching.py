@@ -49,12 +49,15 @@ def _plan(lengths: Sequence[int], batch_size: int, overhead_tokens: float) -> tu
 def overhead_tokens(cfg) -> float:
     """A forward's fixed cost in token-equivalents, from the model's width and device.
 
-    Measured on this project's CPU machine (8 blocks, d_model 512, 2 threads): a forward costs
-    ~12 ms plus ~0.45 ms per token, i.e. ~27 tokens of fixed cost; the fixed part (Python, hooks,
-    kernel dispatch) does not grow with the width while a token's cost grows with d_model², hence
-    7·10⁶ / d_model². On a GPU a forward costs about the same whatever its size up to thousands of
-    tokens, so padding is nearly free and fewer, larger batches win.
+    On a CPU a forward pays, whatever its size, ~0.5 ms of Python and kernel dispatch per block — worth
+    ~10⁶ / d_model² tokens, since a token's cost grows with d_model² — and reads every weight from
+    memory once, worth ~12 tokens of compute at any width (~60 GFLOP/s per core against ~10 GB/s).
+    Measured on this project's CPU machine, 1 thread: the bundled 8-block d_model-128 model costs
+    ~4 ms + ~50 µs per token per forward (~80 tokens; this gives 73; the whole default run's patched
+    stage is cheapest at 50–100); at d_model 512 an earlier 2-thread measurement gave ~27 (this gives
+    16). On a GPU a forward costs about the same whatever its size up to thousands of tokens, so padding
+    is nearly free and fewer, larger batches win.
     """
     if str(cfg.device).startswith("cuda"):
         return 4096.0
-    return max(1.0, 7e6 / cfg.d_model ** 2)
+    return 12.0 + 1e6 / cfg.d_model ** 2
