@@ -51,7 +51,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from alignment_probe.engine.batching import overhead_tokens, plan_batches, plan_cost
-from alignment_probe.engine.prefix import PromptState, pad_stack, run_continuations, run_prompts, supports_prefix
+from alignment_probe.engine.prefix import (PromptState, pad_stack, run_continuations, run_prompts, supports_prefix,
+                                          writing)
 from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.interventions import (AddVector, GaussianNoise, Interpolate, Intervention, Project,
                                            RandomDirection, Replace, SequenceContext, apply_in_scope,
@@ -362,14 +363,13 @@ class FastEngine:
         model = pair.models()[target]
         batch = make_batch([it.seq for it in items])
         width = batch.tokens.shape[1]
+        written = None
         if hook is None:
             resid = pad_stack([it.value for it in items], width)
-            fwd_hooks = []
         else:
             resid = pad_stack([it.value[0] for it in items], width)
             written = pad_stack([it.value[1] for it in items], width)
-            fwd_hooks = [(hook, lambda act, hook: written.to(act.dtype))]
-        with model.hooks(fwd_hooks=fwd_hooks):
+        with writing(model, hook, written):
             final = model(resid, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
         self._computed("patched", model.cfg.n_layers - start, batch.tokens.numel())
         lp, rows = completion_token_logprobs(model, final, batch)
