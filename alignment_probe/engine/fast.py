@@ -183,12 +183,13 @@ class FastEngine:
     batching.py) says the prompt-then-continuation forwards are cheaper than full sequences — on a
     tiny model the extra forwards can cost more than the prompt tokens they save; ``True`` always
     shares where the prompts are the same; ``False`` runs every sequence in full. All three give
-    the same numbers to float precision."""
+    the same numbers to float precision. ``keep_budget_gb``: the most clean activations a suite run may
+    ask it to keep for its fits and whole-data computations (``keep``)."""
 
     name = "fast"
 
     def __init__(self, batch_size: int = 32, memory_budget_gb: float = 2.0, share_prompts: bool | str = "auto",
-                 overhead_tokens: float | None = None):
+                 overhead_tokens: float | None = None, keep_budget_gb: float = 0.5):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
@@ -201,6 +202,13 @@ class FastEngine:
         self.work_by_stage = {"clean": WorkCounter(), "patched": WorkCounter()}
         # model -> (pair_id, side) -> clean logp, for every pair this engine has run (see clean_scores)
         self.clean_logprobs: dict[str, dict[Key, float]] = defaultdict(dict)
+        # Clean activations kept across calls: the hook names ``keep`` gives per model are captured by every clean
+        # pass and kept in ``kept`` (model -> hook -> (pair_id, side) -> [length, ...]), so a later stage or a
+        # whole-data computation of the same run reads them instead of running the models again (the suite sets
+        # ``keep`` when they fit its memory budget; see clean_pass).
+        self.keep: dict[str, set[str]] = {}
+        self.keep_budget_gb = keep_budget_gb
+        self.kept: dict[str, dict[str, dict[Key, Tensor]]] = defaultdict(lambda: defaultdict(dict))
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _computed(self, stage: str, n_blocks: int, tokens: int) -> None:
@@ -235,9 +243,47 @@ class FastEngine:
         return max(1, int(self.memory_budget_gb * 2**30 // bytes_per_pair))
 
     # -- clean runs --------------------------------------------------------------------------
+    def _need(self, specs: Sequence[PatchSpec]) -> dict[str, set[str]]:
+        """Hook names each model's clean runs cache for ``specs``, and those ``keep`` asks for."""
+        need = cache_names(specs)
+        for model, names in self.keep.items():
+            need[model] |= names
+        return need
+
+    def _chunks(self, pair: Twins, tokenized: Sequence[TokenizedPair], need: dict[str, set[str]]
+                ) -> list[Sequence[TokenizedPair]]:
+        per_chunk = self.pairs_per_chunk(pair, tokenized, sum(len(v) for v in need.values()))
+        return [tokenized[lo: lo + per_chunk] for lo in range(0, len(tokenized), per_chunk)]
+
+    def clean_pass(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec] = ()) -> None:
+        """The clean runs :meth:`run` makes of these pairs for ``specs``, without the patched runs: the same
+        chunks and batches, hence the same numbers. Fills ``kept`` and the clean log-probs where they are
+        missing (e.g. for parts a resumed run loaded instead of computing); runs nothing where they are not."""
+        from alignment_probe.numerics import check_clean
+
+        need = self._need(specs)
+        for chunk in self._chunks(pair, tokenized, need):
+            check_clean(pair, self.clean_chunk(pair, chunk, need).clean, chunk)
+
+    def _from_kept(self, pair: Twins, chunk: Sequence[TokenizedPair], need: dict[str, set[str]]) -> ChunkCache | None:
+        """The chunk's clean runs read from ``kept``, when it holds every activation and log-prob ``need`` asks for."""
+        seqs = pair_sequences(chunk)
+        keys = [(s.pair_id, s.side) for s in seqs]
+        models = [m for m in pair.models() if m in need]
+        held = self.kept
+        if not models or not all(k in self.clean_logprobs[m] and all(n in held[m] and k in held[m][n] for n in need[m])
+                                 for m in models for k in keys):
+            return None
+        return ChunkCache({m: {n: {k: held[m][n][k] for k in keys} for n in need[m]} for m in models},
+                          {m: {k: self.clean_logprobs[m][k] for k in keys} for m in models}, dict(zip(keys, seqs)))
+
     @torch.inference_mode()
     def clean_chunk(self, pair: Twins, chunk: Sequence[TokenizedPair], need: dict[str, set[str]]) -> ChunkCache:
-        """Clean runs of every model in ``need``, caching the hook points it names."""
+        """Clean runs of every model in ``need``, caching the hook points it names (read from ``kept`` when it
+        holds them all: the runs were made before, by this engine, on the same chunk)."""
+        held = self._from_kept(pair, chunk, need)
+        if held is not None:
+            return held
         seqs = pair_sequences(chunk)
         acts, clean = {}, {}
         for name, model in pair.models().items():
@@ -258,6 +304,9 @@ class FastEngine:
             else:
                 clean[name], acts[name] = self._clean_full(model, seqs, names, capture)
             self.clean_logprobs[name].update(clean[name])
+            for n in self.keep.get(name, ()):
+                for key, t in acts[name].get(n, {}).items():
+                    self.kept[name][n][key] = t.clone()  # not a view that would hold its padded batch
         return ChunkCache(acts, clean, {(s.pair_id, s.side): s for s in seqs})
 
     def _clean_full(self, model: Any, seqs: list[ScoredSequence], names: set[str], capture: Any
@@ -326,10 +375,9 @@ class FastEngine:
         missing = [t for t in tokenized if any((t.pair_id, s) not in self.clean_logprobs[m] for m in models
                                                for s in SIDES)]
         if missing:
-            per = self.pairs_per_chunk(pair, missing, 0)
-            for lo in range(0, len(missing), per):
-                chunk = missing[lo: lo + per]
-                cc = self.clean_chunk(pair, chunk, {m: set() for m in models})
+            need = {m: set(self.keep.get(m, ())) for m in models}  # capture what is kept: one clean pass
+            for chunk in self._chunks(pair, missing, need):
+                cc = self.clean_chunk(pair, chunk, need)
                 check_clean(pair, cc.clean, chunk)
         return score_table(tokenized, {m: {k: self.clean_logprobs[m][k] for k in keys} for m in models})
 
@@ -489,16 +537,14 @@ class FastEngine:
         from alignment_probe.effects import make_row, to_frame
         from alignment_probe.numerics import check_clean, check_patched
 
-        need = cache_names(specs)
-        per_chunk = self.pairs_per_chunk(pair, tokenized, sum(len(v) for v in need.values()))
+        need = self._need(specs)
         # Conditions that start at the same block with the same hook share batches.
         groups: dict[tuple[str, int, str | None], list[int]] = defaultdict(list)
         for i, s in enumerate(specs):
             groups[(s.key.target, *start_of(s))].append(i)
         rows = []
         bar = tqdm(total=len(tokenized), desc=f"patching ({len(specs)} conditions)", disable=not progress, unit="pair")
-        for lo in range(0, len(tokenized), per_chunk):
-            chunk = tokenized[lo: lo + per_chunk]
+        for chunk in self._chunks(pair, tokenized, need):
             cc = self.clean_chunk(pair, chunk, need)
             check_clean(pair, cc.clean, chunk)  # NaN/inf check (numerics.py): names pair, model, layer
             patched: dict[tuple[int, int, str], float] = {}
