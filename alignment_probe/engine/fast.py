@@ -10,7 +10,9 @@ What it avoids, and how:
   same values on both prompts (scopes ``all``, ``prompt``, ``last_prompt``, ``all_but_bos`` of a
   side-independent intervention, any scope that leaves the prompt alone). The prompt then runs once
   per pair and condition, and both completions continue from its keys and values (prefix.py). Runs
-  whose two prompts differ (a one-sided patch, noise seeded per side) run as full sequences.
+  whose two prompts differ (a one-sided patch, noise seeded per side) run as full sequences. A patch that
+  leaves the prompt as it was (scope ``completion``: E5's vectors) continues the clean run's prompt: its
+  prompt does not run again.
 * **No recomputation below the patch.** A patch at block ℓ cannot change anything before it, so a
   patched run starts at ℓ from the target's cached residual (``start_at_layer``). A patch of
   ``resid_post`` at ℓ *is* a new ``resid_pre`` of ℓ+1, so it starts one block later still.
@@ -36,8 +38,8 @@ pass the mask of their padded prompt keys (prefix.py).
 **Work accounting** (:class:`WorkCounter`, per stage in ``FastEngine.work_by_stage``): ``computed``
 is Σ over forwards of blocks run × tokens in the padded batch; ``floor`` is the least block-token
 work of the same task: each needed run from its start block (a repeat of another's inputs is not
-needed), no padding, and each shareable prompt counted once per pair and condition (whether or not
-``share_prompts`` is on).
+needed), no padding, each shareable prompt counted once per pair and condition and a prompt the patch
+left as it was not at all (the clean runs computed it), whether or not ``share_prompts`` is on.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ class Item:
     # hook (z, k, v) the pair (start residual [pos, d_model], written activation [pos, heads, d_head])
     value: Tensor | tuple[Tensor, Tensor]
     unchanged: bool = False  # the patch leaves the target's activation bit-for-bit as it was
+    clean_prompt: bool = False  # ... on the prompt positions at least (the run's prompt is the clean prompt)
 
 
 @dataclass
@@ -123,6 +126,9 @@ class ChunkCache:
     acts: dict[str, dict[str, dict[Key, Tensor]]]  # model -> hook name -> (pair_id, side) -> [length, d_model]
     clean: dict[str, dict[Key, float]]  # model -> (pair_id, side) -> logp
     seqs: dict[Key, ScoredSequence]
+    # model -> pair_id -> the clean prompt's keys and values (when the clean runs shared prompts): a patched run
+    # that leaves the prompt as it was continues from them, its prompt not run again
+    prompts: dict[str, dict[int, PromptState]] = field(default_factory=dict)
 
 
 @dataclass
@@ -171,8 +177,9 @@ class _Repeats:
 class _Shared:
     """A patched prompt run once for the completions that continue it (both sides of a pair, or one)."""
 
-    prompt: Tensor  # [P, d_model] or [2, P, d_model]
+    prompt: Tensor | None  # [P, d_model] or [2, P, d_model]; None: ``state`` is the clean prompt's
     items: list[Item] = field(default_factory=list)  # their value holds the whole sequence
+    state: PromptState | None = None
 
 
 class FastEngine:
@@ -285,7 +292,7 @@ class FastEngine:
         if held is not None:
             return held
         seqs = pair_sequences(chunk)
-        acts, clean = {}, {}
+        acts, clean, prompts = {}, {}, {}
         for name, model in pair.models().items():
             if name not in need:  # neither patched nor a source: its clean run is not needed
                 continue
@@ -300,14 +307,14 @@ class FastEngine:
             if self._shares(model) and self._worth_sharing(
                     model, [s.length for s in seqs], [len(t.prompt_ids) for t in chunk],
                     [len(s.completion_ids) for s in seqs]):
-                clean[name], acts[name] = self._clean_shared(model, chunk, names, capture)
+                clean[name], acts[name], prompts[name] = self._clean_shared(model, chunk, names, capture)
             else:
                 clean[name], acts[name] = self._clean_full(model, seqs, names, capture)
             self.clean_logprobs[name].update(clean[name])
             for n in self.keep.get(name, ()):
                 for key, t in acts[name].get(n, {}).items():
                     self.kept[name][n][key] = t.clone()  # not a view that would hold its padded batch
-        return ChunkCache(acts, clean, {(s.pair_id, s.side): s for s in seqs})
+        return ChunkCache(acts, clean, {(s.pair_id, s.side): s for s in seqs}, prompts)
 
     def _clean_full(self, model: Any, seqs: list[ScoredSequence], names: set[str], capture: Any
                     ) -> tuple[dict[Key, float], dict[str, dict[Key, Tensor]]]:
@@ -334,7 +341,7 @@ class FastEngine:
         return clean, acts
 
     def _clean_shared(self, model: Any, chunk: Sequence[TokenizedPair], names: set[str], capture: Any
-                      ) -> tuple[dict[Key, float], dict[str, dict[Key, Tensor]]]:
+                      ) -> tuple[dict[Key, float], dict[str, dict[Key, Tensor]], dict[int, PromptState]]:
         n_blocks = model.cfg.n_layers
         states: dict[int, PromptState] = {}
         prompt_acts: dict[str, dict[int, Tensor]] = {n: {} for n in names}
@@ -362,7 +369,7 @@ class FastEngine:
                 for b, s in enumerate(group):
                     acts[n][(s.pair_id, s.side)] = torch.cat([prompt_acts[n][s.pair_id],
                                                               a[n][b, : len(s.completion_ids)]])
-        return clean, acts
+        return clean, acts, states
 
     def clean_scores(self, pair: Twins, tokenized: Sequence[TokenizedPair]) -> pd.DataFrame:
         """The scores table of ``tokenized`` (the columns of :func:`alignment_probe.scoring.score_pairs`)
@@ -395,13 +402,15 @@ class FastEngine:
         )
         patched = apply_in_scope(spec.intervention, ctx, k.scope)
         unchanged = torch.equal(patched, ctx.target)
+        p = seq.completion_start
+        clean_prompt = unchanged or torch.equal(patched[:p], ctx.target[:p])
         if k.hook in ("resid_pre", "resid_post"):
-            return Item(spec_index, seq, patched, unchanged)
+            return Item(spec_index, seq, patched, unchanged, clean_prompt)
         # Other hook points: start from the target's own resid_pre; a hook writes the patched value.
         start = cc.acts[k.target][hook_name(k.layer, "resid_pre")][(pair_id, side)]
         if k.hook in HEAD_HOOKS:  # a per-head activation [pos, heads, d_head]: its own shape beside the residual
             return Item(spec_index, seq, (start, patched), unchanged)
-        return Item(spec_index, seq, torch.stack([start, patched]), unchanged)
+        return Item(spec_index, seq, torch.stack([start, patched]), unchanged, clean_prompt)
 
     @torch.inference_mode()
     def run_batch(self, pair: Twins, target: str, start: int, hook: str | None, items: list[Item]) -> list[float]:
@@ -426,11 +435,14 @@ class FastEngine:
     @torch.inference_mode()
     def run_shared(self, pair: Twins, target: str, start: int, hook: str | None, units: list[_Shared]
                    ) -> dict[tuple[int, int, str], float]:
-        """Each unit's prompt once, then both completions continued from it."""
+        """Each unit's prompt once (none for a clean prompt: its state is the clean run's), then both
+        completions continued from it."""
         model = pair.models()[target]
         n_blocks = model.cfg.n_layers - start
-        states: list[PromptState | None] = [None] * len(units)
-        for rows in self._plan(model, [u.items[0].seq.completion_start for u in units]):
+        states: list[PromptState | None] = [u.state for u in units]
+        to_run = [i for i, u in enumerate(units) if u.state is None]
+        for plan_rows in self._plan(model, [units[i].items[0].seq.completion_start for i in to_run]):
+            rows = [to_run[r] for r in plan_rows]
             group = [units[r] for r in rows]
             if hook is None:
                 st, _, _ = run_prompts(model, start, [u.prompt for u in group])
@@ -502,19 +514,25 @@ class FastEngine:
                         changed.append(it)
                 principle, here = (self._shareable(specs[i], *changed) if len(changed) == 2 and not per_head
                                    else (False, False))
-                if principle and supports_prefix(model):
+                clean_prompt = bool(changed) and not per_head and all(it.clean_prompt for it in changed)
+                if clean_prompt and supports_prefix(model):  # the clean runs computed this prompt already
+                    self._floor("patched", n_blocks, sum(len(it.seq.completion_ids) for it in changed))
+                elif principle and supports_prefix(model):
                     self._floor("patched", n_blocks, len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids))
                 else:
                     self._floor("patched", n_blocks, sum(it.seq.length for it in changed))
                 full.extend(changed)
-                if shares:
+                state = cc.prompts.get(target, {}).get(t.pair_id) if clean_prompt else None
+                if shares and state is not None:  # both sides continue the clean prompt's keys and values
+                    shared.append(_Shared(None, changed, state))
+                elif shares:
                     # Every run continues from a prompt run: its pair's other side's too when both prompts
                     # are the same, else its own (one code path, so one-sided runs add up exactly).
                     p = len(t.prompt_ids)
                     for group in ([changed] if here else [[it] for it in changed]):
                         shared.append(_Shared(group[0].value[..., :p, :], group))
             if shared and self._worth_sharing(model, [it.seq.length for it in full],
-                                              [u.items[0].seq.completion_start for u in shared],
+                                              [u.items[0].seq.completion_start for u in shared if u.state is None],
                                               [len(it.seq.completion_ids) for u in shared for it in u.items]):
                 full = []
             else:
