@@ -52,7 +52,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from alignment_probe.engine.batching import overhead_tokens, plan_batches, plan_cost
+from alignment_probe.engine.batching import attention_tokens, overhead_tokens, plan_batches, plan_cost
 from alignment_probe.engine.prefix import (PromptState, pad_stack, run_continuations, run_prompts, supports_prefix,
                                           writing)
 from alignment_probe.engine.spec import PatchSpec, hook_name
@@ -183,20 +183,23 @@ class _Shared:
 
 
 class FastEngine:
-    """``FastEngine(batch_size, memory_budget_gb, share_prompts="auto", overhead_tokens=None)``.
+    """``FastEngine(batch_size, memory_budget_gb, share_prompts="auto", overhead_tokens=None,
+    keep_budget_gb=0.5, attention_tokens=None)``.
 
     ``share_prompts``: ``"auto"`` (default) shares prompts where the batch planner's cost model
-    (padded tokens + a per-forward cost of ``overhead_tokens``, by default from the model's width,
-    batching.py) says the prompt-then-continuation forwards are cheaper than full sequences — on a
-    tiny model the extra forwards can cost more than the prompt tokens they save; ``True`` always
-    shares where the prompts are the same; ``False`` runs every sequence in full. All three give
-    the same numbers to float precision. ``keep_budget_gb``: the most clean activations a suite run may
-    ask it to keep for its fits and whole-data computations (``keep``)."""
+    (batching.py: padded tokens, a per-forward cost of ``overhead_tokens`` and the attention over padded
+    keys priced by ``attention_tokens``, both by default from the model's width) says the
+    prompt-then-continuation forwards are cheaper than full sequences — on a tiny model the extra
+    forwards can cost more than the prompt tokens they save; ``True`` always shares where the prompts
+    are the same; ``False`` runs every sequence in full. All three give the same numbers to float
+    precision. ``keep_budget_gb``: the most clean activations a suite run may ask it to keep for its
+    fits and whole-data computations (``keep``)."""
 
     name = "fast"
 
     def __init__(self, batch_size: int = 32, memory_budget_gb: float = 2.0, share_prompts: bool | str = "auto",
-                 overhead_tokens: float | None = None, keep_budget_gb: float = 0.5):
+                 overhead_tokens: float | None = None, keep_budget_gb: float = 0.5,
+                 attention_tokens: float | None = None):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
@@ -205,6 +208,7 @@ class FastEngine:
             raise ValueError(f"share_prompts must be True, False or 'auto', got {share_prompts!r}")
         self.share_prompts = share_prompts
         self.overhead = overhead_tokens
+        self.attention = attention_tokens
         self.work = WorkCounter()
         self.work_by_stage = {"clean": WorkCounter(), "patched": WorkCounter()}
         # model -> (pair_id, side) -> clean logp, for every pair this engine has run (see clean_scores)
@@ -229,19 +233,26 @@ class FastEngine:
     def _overhead(self, model: Any) -> float:
         return self.overhead if self.overhead is not None else overhead_tokens(model.cfg)
 
-    def _plan(self, model: Any, lengths: Sequence[int]) -> list[list[int]]:
-        return plan_batches(lengths, self.batch_size, self._overhead(model))
+    def _costs(self, model: Any) -> dict[str, float]:
+        """The planner's cost model for this model: its per-forward and attention terms (batching.py)."""
+        return {"overhead_tokens": self._overhead(model),
+                "attention_tokens": self.attention if self.attention is not None else attention_tokens(model.cfg)}
+
+    def _plan(self, model: Any, lengths: Sequence[int], context: Sequence[int] | None = None) -> list[list[int]]:
+        return plan_batches(lengths, self.batch_size, context=context, **self._costs(model))
 
     def _shares(self, model: Any) -> bool:
         return bool(self.share_prompts) and supports_prefix(model)
 
-    def _worth_sharing(self, model: Any, full: Sequence[int], prompts: Sequence[int], completions: Sequence[int]) -> bool:
-        """Whether prompt + continuation forwards beat full sequences (always, unless "auto")."""
+    def _worth_sharing(self, model: Any, full: Sequence[int], prompts: Sequence[int], completions: Sequence[int],
+                       context: Sequence[int]) -> bool:
+        """Whether prompt + continuation forwards (``context``: each continuation's prompt length) beat full
+        sequences (always, unless "auto")."""
         if self.share_prompts != "auto":
             return True
-        c = self._overhead(model)
-        shared = plan_cost(prompts, self.batch_size, c) + plan_cost(completions, self.batch_size, c)
-        return shared < plan_cost(full, self.batch_size, c)
+        c = self._costs(model)
+        shared = plan_cost(prompts, self.batch_size, **c) + plan_cost(completions, self.batch_size, context=context, **c)
+        return shared < plan_cost(full, self.batch_size, **c)
 
     def pairs_per_chunk(self, pair: Twins, tokenized: Sequence[TokenizedPair], n_cached: int) -> int:
         """How many pairs' caches fit the memory budget (at least one)."""
@@ -306,7 +317,7 @@ class FastEngine:
                 self._floor("clean", n_blocks, sum(s.length for s in seqs))
             if self._shares(model) and self._worth_sharing(
                     model, [s.length for s in seqs], [len(t.prompt_ids) for t in chunk],
-                    [len(s.completion_ids) for s in seqs]):
+                    [len(s.completion_ids) for s in seqs], [s.completion_start for s in seqs]):
                 clean[name], acts[name], prompts[name] = self._clean_shared(model, chunk, names, capture)
             else:
                 clean[name], acts[name] = self._clean_full(model, seqs, names, capture)
@@ -357,7 +368,7 @@ class FastEngine:
         seqs = pair_sequences(chunk)
         clean: dict[Key, float] = {}
         acts: dict[str, dict[Key, Tensor]] = {n: {} for n in names}
-        for rows in self._plan(model, [len(s.completion_ids) for s in seqs]):
+        for rows in self._plan(model, [len(s.completion_ids) for s in seqs], [s.completion_start for s in seqs]):
             group = [seqs[r] for r in rows]
             inputs = [torch.tensor(s.completion_ids, dtype=torch.long) for s in group]
             prompts = [states[s.pair_id] for s in group]
@@ -454,7 +465,8 @@ class FastEngine:
                 states[r] = s
         conts = [(states[u_i], it) for u_i, u in enumerate(units) for it in u.items]
         out: dict[tuple[int, int, str], float] = {}
-        for rows in self._plan(model, [len(it.seq.completion_ids) for _, it in conts]):
+        for rows in self._plan(model, [len(it.seq.completion_ids) for _, it in conts],
+                               [it.seq.completion_start for _, it in conts]):
             group = [conts[r] for r in rows]
             prompts = [s for s, _ in group]  # type: ignore[misc]
             seqs = [it.seq for _, it in group]
@@ -533,7 +545,8 @@ class FastEngine:
                         shared.append(_Shared(group[0].value[..., :p, :], group))
             if shared and self._worth_sharing(model, [it.seq.length for it in full],
                                               [u.items[0].seq.completion_start for u in shared if u.state is None],
-                                              [len(it.seq.completion_ids) for u in shared for it in u.items]):
+                                              [len(it.seq.completion_ids) for u in shared for it in u.items],
+                                              [it.seq.completion_start for u in shared for it in u.items]):
                 full = []
             else:
                 shared = []

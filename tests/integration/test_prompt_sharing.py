@@ -9,7 +9,7 @@ import torch
 
 from alignment_probe.effects import EXPERIMENT_NAMES
 from alignment_probe.engine import FastEngine, ReferenceEngine
-from alignment_probe.engine.batching import plan_batches
+from alignment_probe.engine.batching import plan_batches, plan_cost
 from alignment_probe.engine.fast import same_on_both_prompts
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.interventions import AddVector, GaussianNoise, Replace
@@ -107,3 +107,13 @@ def test_batch_planner_cuts_where_padding_costs_more_than_a_forward():
     assert plan_batches(lengths, batch_size=32, overhead_tokens=20) == [[0, 4, 2], [1, 3]]
     assert plan_batches(lengths, batch_size=32, overhead_tokens=1e6) == [[0, 4, 2, 1, 3]]
     assert max(len(b) for b in plan_batches(lengths, batch_size=2, overhead_tokens=1e6)) == 2
+
+
+def test_batch_planner_prices_attention_over_padded_prompt_keys():
+    # Four continuations of equal length: two of short prompts, two of long ones. Without the attention term
+    # one forward is cheapest; with it, padding the short prompts' keys to the long ones costs more than a forward.
+    completions, prompts = [20, 20, 20, 20], [10, 300, 12, 310]
+    assert plan_batches(completions, 32, 20, context=prompts) == [[0, 2, 1, 3]]
+    assert plan_batches(completions, 32, 20, context=prompts, attention_tokens=230) == [[0, 2], [1, 3]]
+    assert plan_cost(completions, 32, 20, context=prompts, attention_tokens=230) > plan_cost(completions, 32, 20,
+                                                                                             context=prompts)
