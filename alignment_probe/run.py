@@ -297,5 +297,9 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
         write_run(req, result, manifest)
         manifest["status"] = "complete"
         manifest["finished"] = now()
+        work = getattr(engine, "work_by_stage", None)
+        if work is not None:  # how it ran: block-token work this process computed, and the floor (fast.py)
+            manifest["engine_work"] = {stage: {"computed": w.computed, "floor": w.floor, "forwards": w.forwards}
+                                       for stage, w in work.items()}
         write_json_atomic(req.out / "manifest.json", manifest)
     return result
