@@ -6,7 +6,8 @@
 Each command runs in a fresh subprocess (imports, loading, scoring, patching, tables, report: the
 whole run); wall time, CPU time and that process's peak resident memory (``os.wait4``) are recorded
 with the 1-minute load average at its start, and the engine's block-token work (``engine_work`` in
-the run's manifest). ``--baseline REV`` runs the same commands on the code of an older commit
+the run's manifest). This process stays small (no model, no torch): Linux hands a process's peak RSS
+down to the processes it starts, so checkpoints are built in child processes. ``--baseline REV`` runs the same commands on the code of an older commit
 (``git archive`` into a temporary folder, first on ``PYTHONPATH``), alternating with this tree, so
 before and after are measured side by side under the same load. Raw output goes to
 ``bench/results/`` (``run-*.log``, and the numbers in ``--out``, default ``bench-run.json``).
@@ -19,7 +20,7 @@ Parts (``--only``; default: all but ``llama8``):
   (bench_load_llama1b.py; 2 x 2.5 GB): refused before any weights load?
 * ``bundled``: the bundled default ``run --out DIR`` (80 pairs, the whole default suite, report) under
   each ``--layouts`` thread layout (``default``: torch's own thread count; ``1``: OMP_NUM_THREADS=1);
-* ``memory``: the bundled default on 16 and on 80 pairs, peak RSS;
+* ``memory``: the bundled default on 16 and on 80 pairs, peak RSS (1 thread);
 * ``llama8``: the 8-layer d_model-512 random Llama pair (8 HH pairs <= 400 tokens), fast vs
   ``--engine reference``, and the largest difference between their effects.
 """
@@ -45,7 +46,8 @@ PARTS = ("startup", "refusal", "bundled", "memory", "llama8")
 
 
 def build_llama8(cache: Path) -> tuple[Path, Path]:
-    """The 8-layer d512 random pair as two checkpoint folders (built once, then reused)."""
+    """The 8-layer d512 random pair as two checkpoint folders (built once, then reused). Call it in a child
+    process (``--_build-llama8``): see :func:`plant_llama1b` on peak RSS."""
     base, tuned = cache / "llama8-d512-base", cache / "llama8-d512-tuned"
     if (tuned / "config.json").exists():
         return base, tuned
@@ -143,13 +145,17 @@ def max_effect_difference(a: Path, b: Path) -> float | None:
 
 
 def plant_llama1b(cache: Path) -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from bench_load_llama1b import plant
-
-    plant(cache)
+    """bench_load_llama1b.py's planted pair, made in a child process: a process's peak RSS is inherited by
+    the processes it starts (Linux keeps ru_maxrss across fork and exec), so this one must stay small."""
+    code = f"import sys; sys.path[:0] = [{str(ROOT / 'bench')!r}, {str(ROOT)!r}]; from bench_load_llama1b import plant; " \
+           f"from pathlib import Path; plant(Path({str(cache)!r}))"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--_build-llama8"]:  # in a child process: see plant_llama1b
+        build_llama8(Path(sys.argv[2]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=PARTS, action="append", help="parts to run (repeatable)")
     parser.add_argument("--baseline", default=None, help="also run the older commit REV, side by side")
@@ -174,7 +180,8 @@ def main() -> int:
                                                    str(work / "refused")], code=code)
                 for label, code in codes.items()} | {"help": timed("help", ["run", "--help"])}
         if "refusal" in parts:
-            # 80 pairs asked for, few fit 40 tokens: refused after tokenising (before: after loading both models)
+            # More pairs asked for than fit --max-length (78 of the bundled 256 fit 40 tokens; ~1500 of HH
+            # harmless-base's 2312 fit 64 tokens of the planted tokenizer): refused after tokenising.
             bad = ["run", "--n-pairs", "80", "--max-length", "40", "--out", str(work / "refused-n")]
             rows = {label: timed(f"bad-n-pairs-bundled-{label}", bad, code=code) for label, code in codes.items()}
             results["refusal"] = {"bundled": {k: r | {"weights_loaded": weights_loaded(r)} for k, r in rows.items()}}
@@ -182,7 +189,7 @@ def main() -> int:
                 with tempfile.TemporaryDirectory(prefix="bench-llama1b-") as cache:
                     plant_llama1b(Path(cache))
                     argv = ["run", "--base", "meta-llama/Llama-3.2-1B", "--tuned", "meta-llama/Llama-3.2-1B-Instruct",
-                            "--data", str(HH), "--n-pairs", "80", "--max-length", "64", "--out", str(work / "r1b")]
+                            "--data", str(HH), "--n-pairs", "2000", "--max-length", "64", "--out", str(work / "r1b")]
                     r = timed("bad-n-pairs-llama1b-after", argv, env={"HF_HUB_CACHE": cache})
                     results["refusal"]["llama1b"] = {"after": r | {"weights_loaded": weights_loaded(r)}}
         if "bundled" in parts:
@@ -198,15 +205,17 @@ def main() -> int:
                         if not args.keep:
                             shutil.rmtree(out, ignore_errors=True)
             results["bundled_default"] = runs
-        if "memory" in parts:
-            results["memory"] = {
-                f"{n} pairs": timed(f"bundled-{n}-pairs", ["run", "--n-pairs", str(n), "--out", str(work / f"m{n}")],
-                                    out=work / f"m{n}") for n in (16, 80)}
+        if "memory" in parts:  # 1 thread: memory does not depend on it, and it is the quickest here
+            one = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            results["memory"] = {label: {f"{n} pairs": timed(f"bundled-{n}-pairs-{label}", [
+                "run", "--n-pairs", str(n), "--out", str(work / f"m{n}-{label}")], code=code, env=one,
+                out=work / f"m{n}-{label}") for n in (16, 80)} for label, code in codes.items()}
         if "llama8" in parts:
             if not HH.exists():
                 print(f"skip llama8: {HH} not found")
             else:
-                base, tuned = build_llama8(args.cache)
+                subprocess.run([sys.executable, __file__, "--_build-llama8", str(args.cache)], check=True)
+                base, tuned = args.cache / "llama8-d512-base", args.cache / "llama8-d512-tuned"
                 common = ["run", "--base", str(base), "--tuned", str(tuned), "--data", str(HH), "--n-pairs", "8",
                           "--max-length", "400", "--experiments", "patch_tuned_to_base", "--n-boot", "200"]
                 l8 = {eng: timed(f"llama8-{eng}", common + ["--engine", eng, "--out", str(work / f"llama8-{eng}")],
