@@ -122,7 +122,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from alignment_probe.data import load_pairs
     from alignment_probe.manifest import build_manifest, file_fingerprint, write_json_atomic
     from alignment_probe.numerics import check_scores
-    from alignment_probe.pair import load_twins, precheck_pair
+    from alignment_probe.pair import load_twins, open_checkpoints
     from alignment_probe.scoring import score_pairs, summarize_scores
     from alignment_probe.tables import check_table_path, write_table
     from alignment_probe.tokens import (cap_to_context, check_sampling_options, describe_truncation,
@@ -137,17 +137,17 @@ def cmd_score(args: argparse.Namespace) -> int:
     # Read and validate the data and the checkpoints' files before loading any model: bad input fails in a second.
     pairs, report = load_pairs(args.data, data_dir=args.data_dir, split=args.split)
     check_sampling_options(args.n_pairs, args.max_length, len(pairs), args.data, report)
-    precheck_pair(args.base, args.tuned)
-    pair = load_twins(args.base, args.tuned, device=args.device, dtype=args.dtype)
-    max_length, note = cap_to_context(args.max_length, getattr(pair.base.cfg, "n_ctx", None))
+    checkpoints = open_checkpoints(args.base, args.tuned)  # tokenizers and context first: tokenise before any weights
+    max_length, note = cap_to_context(args.max_length, checkpoints.n_ctx)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    tokenized = sample_and_tokenize(pairs, pair.tokenizer, n_pairs=args.n_pairs, seed=args.seed,
+    tokenized = sample_and_tokenize(pairs, checkpoints.tokenizer, n_pairs=args.n_pairs, seed=args.seed,
                                     max_length=max_length, report=report)
     print(f"data: {report.summary()}; scoring {len(tokenized)} pairs", file=sys.stderr)
     truncation = describe_truncation(tokenized, max_length, report)
     if truncation:
         print(truncation, file=sys.stderr)
+    pair = load_twins(args.base, args.tuned, device=args.device, dtype=args.dtype, checkpoints=checkpoints)
     table = score_pairs(pair, tokenized, batch_size=args.batch_size, progress=True)
     check_scores(pair, table, tokenized)
     write_table(table, out)
@@ -262,6 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = ["alignment-probe", *argv]
     args.debug = getattr(args, "debug", False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Before torch loads its OpenMP runtime: threads that wait for work sleep instead of spinning. On a machine
+    # whose cores other jobs share, a spinning thread holds a core while its partner waits to be scheduled:
+    # measured on the shared 2-core machine, 2 threads ran the bundled default's patching 3-30x slower than
+    # 1 thread (default waiting) and as fast as 1 thread (PASSIVE). The thread count, hence every number, is
+    # unchanged; set OMP_WAIT_POLICY to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):

@@ -106,6 +106,8 @@ class Interpolate:
     alpha: float
 
     def __call__(self, ctx: SequenceContext) -> Act:
+        if self.alpha == 1:  # the source itself, as Replace writes it (t + (s − t) can round off s by an ulp)
+            return ctx.source
         return ctx.target + self.alpha * (ctx.source - ctx.target)
 
 

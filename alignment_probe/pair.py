@@ -30,9 +30,10 @@ import gc
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from transformer_lens import HookedTransformer
@@ -177,8 +178,33 @@ def _move_soft_cap_into_unembed(model: HookedTransformer) -> None:
         model.cfg.output_logits_soft_cap = -1.0
 
 
+def load_tokenizer(path: str | os.PathLike[str], source: str | None = None) -> Any:
+    """The tokenizer of a local checkpoint directory (offline; no weights read)."""
+    from transformers import AutoTokenizer
+
+    real = Path(path).expanduser().resolve()
+    try:
+        return AutoTokenizer.from_pretrained(str(_name_safe_path(real)))
+    except Exception as exc:  # corrupt or incompatible tokenizer files: a problem with the checkpoint
+        raise CheckpointError(f"The tokenizer files in {source or real} cannot be loaded ({type(exc).__name__}: {exc}). "
+                              "Save them again with tokenizer.save_pretrained(dir) (--debug shows the traceback).") from exc
+
+
+@contextmanager
+def _conversion_errors(source: str, arch: str) -> Iterator[None]:
+    """TransformerLens's failures to build a config or convert weights, as one error that names the checkpoint."""
+    try:
+        yield
+    except ArchitectureNotSupportedError as exc:
+        raise ArchitectureNotSupportedError(f"{source}: {exc}") from exc
+    except (NotImplementedError, ValueError, KeyError, AttributeError, AssertionError) as exc:
+        raise ArchitectureNotSupportedError(
+            f"TransformerLens cannot convert the {arch} checkpoint {source} ({type(exc).__name__}: {exc}). It supports "
+            "the released variants of each family; use one (--debug shows the traceback).") from exc
+
+
 def load_local_model(path: str | os.PathLike[str], *, device: str = "cpu", dtype: str | torch.dtype = "float32",
-                     source: str | None = None) -> LoadedModel:
+                     source: str | None = None, tokenizer: Any = None) -> LoadedModel:
     """Load a local Hugging Face checkpoint directory as an unprocessed ``HookedTransformer``.
 
     Builds the TransformerLens config from the checkpoint's own config.json (never from a
@@ -186,10 +212,11 @@ def load_local_model(path: str | os.PathLike[str], *, device: str = "cpu", dtype
     by official name), converts the Hugging Face weights, and loads them with every processing
     flag off, so logits equal the Hugging Face model's. The Hugging Face copy is released before this
     returns, so a pair peaks at one Hugging Face model plus two converted ones. ``source`` names the
-    model in messages and manifests (default: the resolved path).
+    model in messages and manifests (default: the resolved path). ``tokenizer``: the checkpoint's
+    tokenizer when the caller loaded it already (:func:`open_checkpoints`).
     """
     from transformer_lens import loading_from_pretrained as loading
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     real = Path(path).expanduser().resolve()
     check_checkpoint_dir(real)
@@ -197,26 +224,17 @@ def load_local_model(path: str | os.PathLike[str], *, device: str = "cpu", dtype
     torch_dtype = resolve_dtype(dtype)
     safe = str(_name_safe_path(real))
     arch = check_architecture(read_checkpoint_config(real), source)  # before reading any weights
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(safe)
-    except Exception as exc:  # corrupt or incompatible tokenizer files: a problem with the checkpoint
-        raise CheckpointError(f"The tokenizer files in {source} cannot be loaded ({type(exc).__name__}: {exc}). Save "
-                              "them again with tokenizer.save_pretrained(dir) (--debug shows the traceback).") from exc
+    if tokenizer is None:
+        tokenizer = load_tokenizer(real, source)
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(safe, dtype=torch_dtype)
     except Exception as exc:  # truncated weights, shapes that disagree with config.json, unknown model_type
         raise CheckpointError(f"The model in {source} cannot be loaded ({type(exc).__name__}: {exc}). The weight files "
                               "may be truncated (an interrupted copy or download) or disagree with config.json; save "
                               "or download the checkpoint again (--debug shows the traceback).") from exc
-    try:
+    with _conversion_errors(source, arch):
         cfg = build_config(safe, hf_model.config.to_dict(), device=device, dtype=torch_dtype)
         state_dict = loading.get_pretrained_state_dict(safe, cfg, hf_model, dtype=torch_dtype)
-    except ArchitectureNotSupportedError as exc:
-        raise ArchitectureNotSupportedError(f"{source}: {exc}") from exc
-    except (NotImplementedError, ValueError, KeyError, AttributeError, AssertionError) as exc:
-        raise ArchitectureNotSupportedError(
-            f"TransformerLens cannot convert the {arch} checkpoint {source} ({type(exc).__name__}: {exc}). It supports "
-            "the released variants of each family; use one (--debug shows the traceback).") from exc
     del hf_model  # the state dict still views its tensors; they go when it is emptied below
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(  # empties state_dict key by key, releasing the Hugging Face tensors
@@ -295,14 +313,9 @@ _CFG_FIELDS = ("original_architecture", "n_layers", "d_model", "n_heads", "n_key
                "d_mlp", "d_vocab", "normalization_type", "positional_embedding_type", "act_fn")
 
 
-def check_compatible(base: LoadedModel, tuned: LoadedModel) -> None:
-    """Refuse a pair whose activations cannot be swapped: different architecture, size or tokenizer."""
+def tokenizer_problems(tb: Any, tt: Any) -> list[str]:
+    """How two tokenizers differ in what scoring depends on (vocabulary size, BOS, how text splits); [] if not."""
     problems = []
-    for name in _CFG_FIELDS:
-        b, t = getattr(base.model.cfg, name, None), getattr(tuned.model.cfg, name, None)
-        if b != t:
-            problems.append(f"{name}: base={b!r} tuned={t!r}")
-    tb, tt = base.tokenizer, tuned.tokenizer
     if len(tb) != len(tt):
         problems.append(f"tokenizer vocabulary size: base={len(tb)} tuned={len(tt)}")
     if tb.bos_token_id != tt.bos_token_id:
@@ -312,26 +325,98 @@ def check_compatible(base: LoadedModel, tuned: LoadedModel) -> None:
     if eb != et:
         problems.append(f"tokenizers split the probe string {TOKENIZER_PROBE!r} differently "
                         f"({len(eb)} vs {len(et)} tokens)")
+    return problems
+
+
+def _refuse_incompatible(base_source: str, tuned_source: str, problems: list[str]) -> None:
     if problems:
         raise IncompatiblePairError(
-            f"Base {base.source} and tuned {tuned.source} are not a compatible pair, so their activations "
+            f"Base {base_source} and tuned {tuned_source} are not a compatible pair, so their activations "
             "cannot be patched into each other:\n  - " + "\n  - ".join(problems)
             + "\nPass a base model and a checkpoint fine-tuned from it (same architecture, size and tokenizer)."
         )
 
 
+def check_compatible(base: LoadedModel, tuned: LoadedModel) -> None:
+    """Refuse a pair whose activations cannot be swapped: different architecture, size or tokenizer."""
+    problems = []
+    for name in _CFG_FIELDS:
+        b, t = getattr(base.model.cfg, name, None), getattr(tuned.model.cfg, name, None)
+        if b != t:
+            problems.append(f"{name}: base={b!r} tuned={t!r}")
+    _refuse_incompatible(base.source, tuned.source, problems + tokenizer_problems(base.tokenizer, tuned.tokenizer))
+
+
+@dataclass
+class Checkpoints:
+    """Everything about a pair but its weights: the checkpoint folders, the tokenizers and the context.
+
+    :func:`open_checkpoints` reads it, so that data can be tokenised, sampled and refused before any
+    weights load; :func:`load_twins` then loads the weights from the same folders with the same tokenizers."""
+
+    base: Path
+    base_source: str
+    tuned: Path | None  # None: a peft adapter folder, merged onto the base when the weights load
+    tuned_source: str | None
+    tokenizer: Any  # the base's; the pair shares it (the tuned one is checked to behave the same)
+    tuned_tokenizer: Any
+    n_ctx: int | None  # the context TransformerLens gives the model (``cfg.n_ctx``)
+    n_layers: int
+
+
+def _checkpoint_dir(spec: str | os.PathLike[str]) -> tuple[Path, str]:
+    """(folder, name for messages) of a local checkpoint or a hub name (its cached snapshot)."""
+    if is_local_checkpoint(spec):
+        real = Path(spec).expanduser().resolve()
+        check_checkpoint_dir(real)
+        return real, str(real)
+    from alignment_probe.hub import resolve_snapshot
+
+    official, path = resolve_snapshot(str(spec))
+    return Path(path), official
+
+
+def open_checkpoints(base: str | os.PathLike[str], tuned: str | os.PathLike[str]) -> Checkpoints:
+    """Find both checkpoints, load their tokenizers, check the tokenizers behave the same and read the
+    model's context from its config: no weights are read (a hub model is fetched into the cache if absent).
+    A ``tuned`` adapter folder is merged onto the base later, by :func:`load_twins`."""
+    from transformers import AutoConfig
+
+    from alignment_probe.adapters import is_adapter_dir
+
+    precheck_pair(base, tuned)  # cheap: missing files and mismatched configs
+    base_dir, base_source = _checkpoint_dir(base)
+    arch = check_architecture(read_checkpoint_config(base_dir), base_source)
+    tokenizer = load_tokenizer(base_dir, base_source)
+    tuned_dir = tuned_source = tuned_tokenizer = None
+    if not is_adapter_dir(tuned):
+        tuned_dir, tuned_source = _checkpoint_dir(tuned)
+        tuned_tokenizer = load_tokenizer(tuned_dir, tuned_source)
+        _refuse_incompatible(base_source, tuned_source, tokenizer_problems(tokenizer, tuned_tokenizer))
+    safe = str(_name_safe_path(base_dir))
+    with _conversion_errors(base_source, arch):
+        cfg = build_config(safe, AutoConfig.from_pretrained(safe).to_dict(), device="cpu", dtype=torch.float32)
+    return Checkpoints(base_dir, base_source, tuned_dir, tuned_source, tokenizer, tuned_tokenizer,
+                       getattr(cfg, "n_ctx", None), cfg.n_layers)
+
+
 def load_twins(base: str | os.PathLike[str], tuned: str | os.PathLike[str], *, device: str | None = "cpu",
-              dtype: str | torch.dtype = "float32", cache_dir: str | os.PathLike[str] | None = None) -> Twins:
+              dtype: str | torch.dtype = "float32", cache_dir: str | os.PathLike[str] | None = None,
+              checkpoints: Checkpoints | None = None) -> Twins:
     """Load ``base`` and ``tuned`` with identical (no) weight processing and check they are compatible.
 
     ``tuned`` may be a peft adapter folder: it is merged onto ``base`` first (cached in ``cache_dir``,
     default ``$ALIGNMENT_PROBE_CACHE`` or ``~/.cache/alignment-probe``). One model is loaded at a time,
     each one's Hugging Face copy released before the next loads (peak: two converted models plus one
-    Hugging Face copy)."""
-    precheck_pair(base, tuned)  # cheap: missing files and mismatched configs fail before any weights load
-    tuned_path, merged_from = resolve_tuned(base, tuned, cache_dir=cache_dir)
-    b = load_model(base, device=device, dtype=dtype)
-    t = load_model(tuned_path, device=device, dtype=dtype, source=merged_from)
+    Hugging Face copy). ``checkpoints``: what :func:`open_checkpoints` already read of this pair."""
+    ck = checkpoints or open_checkpoints(base, tuned)
+    device = resolve_device(device)
+    tuned_dir, tuned_source, tuned_tokenizer = ck.tuned, ck.tuned_source, ck.tuned_tokenizer
+    if tuned_dir is None:  # an adapter: merged (or found merged in the cache) before any weights load here
+        merged, tuned_source = resolve_tuned(base, tuned, cache_dir=cache_dir)
+        tuned_dir = Path(merged)
+    b = load_local_model(ck.base, device=device, dtype=dtype, source=ck.base_source, tokenizer=ck.tokenizer)
+    t = load_local_model(tuned_dir, device=device, dtype=dtype, source=tuned_source, tokenizer=tuned_tokenizer)
     check_compatible(b, t)
     return Twins(base=b.model, tuned=t.model, tokenizer=b.tokenizer, base_source=b.source,
                  tuned_source=t.source, base_fingerprint=b.fingerprint, tuned_fingerprint=t.fingerprint)

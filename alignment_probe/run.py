@@ -37,7 +37,7 @@ from alignment_probe.errors import ConfigError
 from alignment_probe.experiments.lasso import LASSO_CV_FOLDS
 from alignment_probe.experiments.suite import DEFAULT_PAIRS_PER_PART, SuiteConfig, SuiteResult, run_suite
 from alignment_probe.manifest import build_manifest, file_fingerprint, now, write_json_atomic
-from alignment_probe.pair import load_twins, precheck_pair
+from alignment_probe.pair import load_twins, open_checkpoints
 from alignment_probe.tables import PartStore, write_table
 from alignment_probe.tokens import (cap_to_context, check_sampling_options, describe_truncation, sample_and_tokenize,
                                     truncation_stats)
@@ -222,21 +222,20 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
     if req.suite.transfer_data is not None:  # E11's transfer pairs: another data source, checked before any model loads
         transfer = load_pairs(req.suite.transfer_data, split=req.split)
         check_sampling_options(req.n_pairs, req.max_length, len(transfer[0]), req.suite.transfer_data, transfer[1])
-    precheck_pair(req.base, req.tuned)
-    device = device_for(req.device, world.local_rank) if world.distributed else req.device  # cuda → cuda:LOCAL_RANK
-    make_deterministic(device)
-    pair = load_twins(req.base, req.tuned, device=device, dtype=req.dtype)
-    req.suite.validate(pair.n_layers)
-    max_length, note = cap_to_context(req.max_length, getattr(pair.base.cfg, "n_ctx", None))
+    # Tokenizers and the model's shape come before the weights: tokenisation, sampling and layer checks
+    # refuse bad input before any weights load.
+    checkpoints = open_checkpoints(req.base, req.tuned)
+    req.suite.validate(checkpoints.n_layers)
+    max_length, note = cap_to_context(req.max_length, checkpoints.n_ctx)
     if note:
         log(f"note: {note}")
-    tokenized = sample_and_tokenize(pairs, pair.tokenizer, n_pairs=req.n_pairs, seed=req.suite.seed,
+    tokenized = sample_and_tokenize(pairs, checkpoints.tokenizer, n_pairs=req.n_pairs, seed=req.suite.seed,
                                     max_length=max_length, report=report)
     log(f"data: {report.summary()}; using {len(tokenized)} pairs")
     extra_pairs = None
     if transfer is not None:
-        transfer_tokenized = sample_and_tokenize(transfer[0], pair.tokenizer, n_pairs=req.n_pairs, seed=req.suite.seed,
-                                                 max_length=max_length, report=transfer[1])
+        transfer_tokenized = sample_and_tokenize(transfer[0], checkpoints.tokenizer, n_pairs=req.n_pairs,
+                                                 seed=req.suite.seed, max_length=max_length, report=transfer[1])
         log(f"transfer data: {transfer[1].summary()}; using {len(transfer_tokenized)} pairs")
         extra_pairs = {"transfer": transfer_tokenized}
     if "lasso" in req.suite.experiments and len(tokenized) < LASSO_CV_FOLDS:
@@ -248,6 +247,9 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
     truncation = describe_truncation(tokenized, max_length, report)
     if truncation:
         log(truncation)
+    device = device_for(req.device, world.local_rank) if world.distributed else req.device  # cuda → cuda:LOCAL_RANK
+    make_deterministic(device)
+    pair = load_twins(req.base, req.tuned, device=device, dtype=req.dtype, checkpoints=checkpoints)
     manifest = build_manifest("run", req.config(), models=pair.describe(), argv=req.argv, device=device,
                               data={"source": req.data, **file_fingerprint(req.data), "skips": report.to_dict(),
                                     "max_length_used": max_length, **truncation_stats(tokenized), **id_source,
@@ -299,5 +301,9 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
         write_run(req, result, manifest)
         manifest["status"] = "complete"
         manifest["finished"] = now()
+        work = getattr(engine, "work_by_stage", None)
+        if work is not None:  # how it ran: block-token work this process computed, and the floor (fast.py)
+            manifest["engine_work"] = {stage: {"computed": w.computed, "floor": w.floor, "forwards": w.forwards}
+                                       for stage, w in work.items()}
         write_json_atomic(req.out / "manifest.json", manifest)
     return result

@@ -1,17 +1,28 @@
-"""Whole-process benchmark: ``alignment-probe run`` as a user runs it, fast vs ``--engine reference``.
+"""Whole-process benchmark: ``alignment-probe run`` as a user runs it, each command in a fresh subprocess.
 
-    python bench/bench_run.py                      # both comparisons below, then the bundled default run
-    python bench/bench_run.py --only llama8        # just the 8-layer d_model-512 pair
+    python bench/bench_run.py --baseline 6ee59a4     # issue 15's targets, this tree beside an older commit
+    python bench/bench_run.py --only llama8          # just fast vs --engine reference on the 8-layer d512 pair
 
 Each command runs in a fresh subprocess (imports, loading, scoring, patching, tables, report: the
-whole run); wall time and that process's peak resident memory (``os.wait4``) are recorded, and the
-two engines' effects tables are compared. Also timed: how fast bad input (a missing ``--data``
-file) is refused. Raw output goes to ``bench/results/`` (``run-*.log`` and ``bench-run.json``).
+whole run); wall time, CPU time and that process's peak resident memory (``os.wait4``) are recorded
+with the 1-minute load average at its start, and the engine's block-token work (``engine_work`` in
+the run's manifest). This process stays small (no model, no torch): Linux hands a process's peak RSS
+down to the processes it starts, so checkpoints are built in child processes. ``--baseline REV`` runs the same commands on the code of an older commit
+(``git archive`` into a temporary folder, first on ``PYTHONPATH``), alternating with this tree, so
+before and after are measured side by side under the same load. Raw output goes to
+``bench/results/`` (``run-*.log``, and the numbers in ``--out``, default ``bench-run.json``).
 
-The ``llama8`` pair is a randomly initialised Llama-family model (8 layers, d_model 512, 8 heads,
-4 KV heads, d_mlp 1408, a 4096-token BPE vocabulary trained on HH) and a perturbed twin, saved as
-Hugging Face checkpoints under ``--cache`` and loaded through the CLI's local-checkpoint path; the
-data are 8 HH harmless-base pairs of up to 400 tokens (skipped if the shared data are absent).
+Parts (``--only``; default: all but ``llama8``):
+
+* ``startup``: bad input refused (a missing ``--data`` file), ``run --help``;
+* ``refusal``: ``--n-pairs`` more than the pairs that fit ``--max-length`` on the bundled pair, and,
+  with ``--llama1b``, on a Llama-3.2-1B-shaped pair planted in a temporary Hugging Face cache
+  (bench_load_llama1b.py; 2 x 2.5 GB): refused before any weights load?
+* ``bundled``: the bundled default ``run --out DIR`` (80 pairs, the whole default suite, report) under
+  each ``--layouts`` thread layout (``default``: torch's own thread count; ``1``: OMP_NUM_THREADS=1);
+* ``memory``: the bundled default on 16 and on 80 pairs, peak RSS (1 thread);
+* ``llama8``: the 8-layer d_model-512 random Llama pair (8 HH pairs <= 400 tokens), fast vs
+  ``--engine reference``, and the largest difference between their effects.
 """
 
 from __future__ import annotations
@@ -31,10 +42,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 HH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+PARTS = ("startup", "refusal", "bundled", "memory", "llama8")
 
 
 def build_llama8(cache: Path) -> tuple[Path, Path]:
-    """The 8-layer d512 random pair as two checkpoint folders (built once, then reused)."""
+    """The 8-layer d512 random pair as two checkpoint folders (built once, then reused). Call it in a child
+    process (``--_build-llama8``): see :func:`plant_llama1b` on peak RSS."""
     base, tuned = cache / "llama8-d512-base", cache / "llama8-d512-tuned"
     if (tuned / "config.json").exists():
         return base, tuned
@@ -66,22 +79,59 @@ def build_llama8(cache: Path) -> tuple[Path, Path]:
     return base, tuned
 
 
-def timed(name: str, argv: list[str], threads: int) -> dict:
-    """Run one CLI command in a fresh process: wall seconds, peak RSS (GiB), exit code; log kept."""
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                        "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(threads)}
+def engine_work(out: Path) -> dict | None:
+    """computed/floor per stage and for the whole run, from the run's manifest (absent before issue 15's bench)."""
+    try:
+        work = json.loads((out / "manifest.json").read_text()).get("engine_work")
+    except (OSError, ValueError):
+        return None
+    if not work:
+        return None
+    total = {k: sum(w[k] for w in work.values()) for k in ("computed", "floor", "forwards")}
+    return {**work, "all": total} | {"ratio": {s: round(w["computed"] / w["floor"], 4) if w["floor"] else None
+                                             for s, w in {**work, "all": total}.items()}}
+
+
+def timed(name: str, argv: list[str], *, code: Path | None = None, env: dict | None = None,
+          out: Path | None = None) -> dict:
+    """Run one CLI command in a fresh process: wall and CPU seconds, peak RSS (GiB), exit code; log kept.
+    ``code``: a folder holding another version of the package (first on PYTHONPATH); ``env``: extra variables."""
+    full_env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                             "TQDM_DISABLE": "1"} | (env or {})
+    if code is not None:
+        full_env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])
     RESULTS.mkdir(parents=True, exist_ok=True)
     log = RESULTS / f"run-{name}.log"
+    load = os.getloadavg()[0]
     with open(log, "w") as fh:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "alignment_probe.cli", *argv], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "alignment_probe.cli", *argv], cwd=code or ROOT, env=full_env,
                                 stdout=fh, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
-    rc = os.waitstatus_to_exitcode(status)
-    return {"name": name, "argv": argv, "wall_s": round(wall, 2), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3),
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "rc": rc, "log": str(log.relative_to(ROOT)),
-            "load_before": os.getloadavg()[0]}
+    row = {"name": name, "argv": argv, "env": env or {}, "code": "baseline" if code else "this tree",
+           "wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+           "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3), "rc": os.waitstatus_to_exitcode(status),
+           "log": str(log.relative_to(ROOT)), "load_before": round(load, 2)}
+    if out is not None:
+        row["engine_work"] = engine_work(out)
+    print(f"{name:>34}: {row['wall_s']:7.2f} s wall {row['cpu_s']:7.2f} s CPU {row['peak_rss_gib']:.2f} GiB "
+          f"rc {row['rc']} [load {load:.1f}]", flush=True)
+    return row
+
+
+def weights_loaded(row: dict) -> bool:
+    """Whether the run's log shows a model loading (transformers' progress, TransformerLens's device line)."""
+    text = (ROOT / row["log"]).read_text(errors="replace")
+    return "Loading weights" in text or "Moving model to device" in text
+
+
+def checkout(rev: str) -> Path:
+    """The package and data of commit ``rev`` in a temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-baseline-{rev[:10]}-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
 
 
 def max_effect_difference(a: Path, b: Path) -> float | None:
@@ -94,53 +144,93 @@ def max_effect_difference(a: Path, b: Path) -> float | None:
     return float((ea.effect - eb.effect).abs().max())
 
 
+def plant_llama1b(cache: Path) -> None:
+    """bench_load_llama1b.py's planted pair, made in a child process: a process's peak RSS is inherited by
+    the processes it starts (Linux keeps ru_maxrss across fork and exec), so this one must stay small."""
+    code = f"import sys; sys.path[:0] = [{str(ROOT / 'bench')!r}, {str(ROOT)!r}]; from bench_load_llama1b import plant; " \
+           f"from pathlib import Path; plant(Path({str(cache)!r}))"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--_build-llama8"]:  # in a child process: see plant_llama1b
+        build_llama8(Path(sys.argv[2]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["llama8", "bundled", "startup"], default=None)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--only", choices=PARTS, action="append", help="parts to run (repeatable)")
+    parser.add_argument("--baseline", default=None, help="also run the older commit REV, side by side")
+    parser.add_argument("--layouts", default="default,1", help="thread layouts of the bundled default run")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of the bundled default per layout and code")
+    parser.add_argument("--llama1b", action="store_true", help="also time the refusal on a planted 1B-shaped pair")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "alignment-probe-bench")
     parser.add_argument("--keep", action="store_true", help="keep the run directories")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench-run.json", help="where the numbers go")
     args = parser.parse_args()
+    parts = args.only or [p for p in PARTS if p != "llama8"]
     work = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    codes = {"after": None} | ({"before": checkout(args.baseline)} if args.baseline else {})
     results: dict = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
-                     "threads": args.threads, "cpu_count": os.cpu_count()}
+                     "cpu_count": os.cpu_count(), "baseline": args.baseline,
+                     "head": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                            capture_output=True, text=True).stdout.strip()}
     try:
-        if args.only in (None, "startup"):
-            results["startup"] = timed("bad-data", ["run", "--data", str(work / "missing.jsonl"), "--out",
-                                                    str(work / "refused")], args.threads)
-            results["startup_help"] = timed("help", ["run", "--help"], args.threads)
-        if args.only in (None, "llama8"):
+        if "startup" in parts:
+            results["startup"] = {
+                label: timed(f"bad-data-{label}", ["run", "--data", str(work / "missing.jsonl"), "--out",
+                                                   str(work / "refused")], code=code)
+                for label, code in codes.items()} | {"help": timed("help", ["run", "--help"])}
+        if "refusal" in parts:
+            # More pairs asked for than fit --max-length (78 of the bundled 256 fit 40 tokens; ~1500 of HH
+            # harmless-base's 2312 fit 64 tokens of the planted tokenizer): refused after tokenising.
+            bad = ["run", "--n-pairs", "80", "--max-length", "40", "--out", str(work / "refused-n")]
+            rows = {label: timed(f"bad-n-pairs-bundled-{label}", bad, code=code) for label, code in codes.items()}
+            results["refusal"] = {"bundled": {k: r | {"weights_loaded": weights_loaded(r)} for k, r in rows.items()}}
+            if args.llama1b:
+                with tempfile.TemporaryDirectory(prefix="bench-llama1b-") as cache:
+                    plant_llama1b(Path(cache))
+                    argv = ["run", "--base", "meta-llama/Llama-3.2-1B", "--tuned", "meta-llama/Llama-3.2-1B-Instruct",
+                            "--data", str(HH), "--n-pairs", "2000", "--max-length", "64", "--out", str(work / "r1b")]
+                    r = timed("bad-n-pairs-llama1b-after", argv, env={"HF_HUB_CACHE": cache})
+                    results["refusal"]["llama1b"] = {"after": r | {"weights_loaded": weights_loaded(r)}}
+        if "bundled" in parts:
+            runs: dict = {}
+            for rep in range(args.repeats):
+                for layout in args.layouts.split(","):
+                    env = {} if layout == "default" else {"OMP_NUM_THREADS": layout, "MKL_NUM_THREADS": layout}
+                    for label, code in codes.items():  # alternating, so both see the same load
+                        out = work / f"default-{label}-{layout}-{rep}"
+                        row = timed(f"bundled-default-{layout}t-{label}-{rep}", ["run", "--out", str(out)], code=code,
+                                    env=env, out=out)
+                        runs.setdefault(f"{layout} threads", {}).setdefault(label, []).append(row)
+                        if not args.keep:
+                            shutil.rmtree(out, ignore_errors=True)
+            results["bundled_default"] = runs
+        if "memory" in parts:  # 1 thread: memory does not depend on it, and it is the quickest here
+            one = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            results["memory"] = {label: {f"{n} pairs": timed(f"bundled-{n}-pairs-{label}", [
+                "run", "--n-pairs", str(n), "--out", str(work / f"m{n}-{label}")], code=code, env=one,
+                out=work / f"m{n}-{label}") for n in (16, 80)} for label, code in codes.items()}
+        if "llama8" in parts:
             if not HH.exists():
                 print(f"skip llama8: {HH} not found")
             else:
-                base, tuned = build_llama8(args.cache)
+                subprocess.run([sys.executable, __file__, "--_build-llama8", str(args.cache)], check=True)
+                base, tuned = args.cache / "llama8-d512-base", args.cache / "llama8-d512-tuned"
                 common = ["run", "--base", str(base), "--tuned", str(tuned), "--data", str(HH), "--n-pairs", "8",
                           "--max-length", "400", "--experiments", "patch_tuned_to_base", "--n-boot", "200"]
-                runs = {eng: timed(f"llama8-{eng}", common + ["--engine", eng, "--out", str(work / f"llama8-{eng}")],
-                                   args.threads) for eng in ("reference", "fast")}
-                results["llama8"] = runs | {
-                    "speedup": round(runs["reference"]["wall_s"] / runs["fast"]["wall_s"], 2),
+                l8 = {eng: timed(f"llama8-{eng}", common + ["--engine", eng, "--out", str(work / f"llama8-{eng}")],
+                                 out=work / f"llama8-{eng}") for eng in ("reference", "fast")}
+                results["llama8"] = l8 | {
+                    "speedup": round(l8["reference"]["wall_s"] / l8["fast"]["wall_s"], 2),
                     "max_effect_difference": max_effect_difference(work / "llama8-reference", work / "llama8-fast")}
-        if args.only in (None, "bundled"):
-            results["bundled_default"] = timed("bundled-default", ["run", "--out", str(work / "default")], args.threads)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"# {results['date']} · {results['machine']} · {args.threads} threads · load (1 min) at start of each run "
-          "in brackets")
-    for key, r in results.items():
-        if isinstance(r, dict) and "wall_s" in r:
-            print(f"{key:>16}: {r['wall_s']:7.2f} s wall, {r['cpu_s']:7.2f} s CPU, peak RSS {r['peak_rss_gib']:.2f} GiB, "
-                  f"rc {r['rc']} [load {r['load_before']:.1f}]")
-    if "llama8" in results:
-        l8 = results["llama8"]
-        for eng in ("reference", "fast"):
-            r = l8[eng]
-            print(f"  llama8 {eng:>9}: {r['wall_s']:7.2f} s wall, {r['cpu_s']:7.2f} s CPU, peak RSS "
-                  f"{r['peak_rss_gib']:.2f} GiB, rc {r['rc']} [load {r['load_before']:.1f}]")
-        print(f"  llama8 speed-up (whole process, wall): {l8['speedup']:.2f}x; max |effect difference| "
-              f"{l8['max_effect_difference']}")
-    (RESULTS / "bench-run.json").write_text(json.dumps(results, indent=2))
+        for code in codes.values():
+            if code is not None:
+                shutil.rmtree(code, ignore_errors=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -10,7 +10,9 @@ What it avoids, and how:
   same values on both prompts (scopes ``all``, ``prompt``, ``last_prompt``, ``all_but_bos`` of a
   side-independent intervention, any scope that leaves the prompt alone). The prompt then runs once
   per pair and condition, and both completions continue from its keys and values (prefix.py). Runs
-  whose two prompts differ (a one-sided patch, noise seeded per side) run as full sequences.
+  whose two prompts differ (a one-sided patch, noise seeded per side) run as full sequences. A patch that
+  leaves the prompt as it was (scope ``completion``: E5's vectors) continues the clean run's prompt: its
+  prompt does not run again.
 * **No recomputation below the patch.** A patch at block ℓ cannot change anything before it, so a
   patched run starts at ℓ from the target's cached residual (``start_at_layer``). A patch of
   ``resid_post`` at ℓ *is* a new ``resid_pre`` of ℓ+1, so it starts one block later still.
@@ -24,14 +26,18 @@ What it avoids, and how:
   activation the computation *is* the clean run. This also makes those controls exactly zero however
   a batched forward happens to round (multi-threaded CPU kernels round differently per batch shape,
   by ~1e-5 nats). The reference engine still recomputes them.
+* **No run twice.** Patched runs of different conditions whose inputs are bit-for-bit the same
+  (``resid_pre`` at ℓ + 1 and ``resid_post`` at ℓ; a one-sided patch and the same side of the
+  two-sided one) run once and share the log-prob, so such rows also agree exactly.
 * **Weight transplants (E8) are patched runs too.** A window of the source's blocks inside the target
   starts at its first block from the target's cached residual (the source's embedding when the window
   starts at block 0), with the window's modules swapped in for that forward (hybrid.py), batched and
-  prompt-shared like any other run. A hybrid whose weights are the target's (or the source's) reuses
-  that model's clean log-prob, as the identity control does.
-* **Per-token log-probs on request.** :meth:`FastEngine.run_tokens` returns, for every condition, each
-  completion token's clean and patched log-prob (the long table of E9, effects.py) from the same
-  forwards; the per-sequence sums are the ones :meth:`FastEngine.run` returns, bit for bit.
+  prompt-shared like any other run (its prompt runs again: the window's blocks change its keys and values).
+  A hybrid whose weights are the target's (or the source's) reuses that model's clean log-prob, as the
+  identity control does.
+* **Per-token log-probs come with every run.** :meth:`FastEngine.runs` yields each sequence's log-prob and
+  its completion tokens' log-probs from the same forwards (``run_tokens``: the long table of E9, effects.py);
+  the sums are the per-pair table's, bit for bit.
 * **Bounded memory.** Pairs stream through in chunks whose caches fit a memory budget; the patched
   runs of one start block are materialised a wave at a time.
 
@@ -40,14 +46,14 @@ pass the mask of their padded prompt keys (prefix.py).
 
 **Work accounting** (:class:`WorkCounter`, per stage in ``FastEngine.work_by_stage``): ``computed``
 is Σ over forwards of blocks run × tokens in the padded batch; ``floor`` is the least block-token
-work of the same task: each needed run from its start block, no padding, and each shareable prompt
-counted once per pair and condition (whether or not ``share_prompts`` is on).
+work of the same task: each needed run from its start block (a repeat of another's inputs is not
+needed), no padding, each shareable prompt counted once per pair and condition and a prompt the patch
+left as it was not at all (the clean runs computed it), whether or not ``share_prompts`` is on.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,10 +63,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from alignment_probe.engine.batching import overhead_tokens, plan_batches, plan_cost
+from alignment_probe.engine.batching import attention_tokens, overhead_tokens, plan_batches, plan_cost
 from alignment_probe.engine.hybrid import PartComparison, transplanted
-from alignment_probe.engine.outputs import ExactEngine
-from alignment_probe.engine.prefix import PromptState, pad_stack, run_continuations, run_prompts, supports_prefix
+from alignment_probe.engine.outputs import ExactEngine, Run
+from alignment_probe.engine.prefix import (PromptState, pad_stack, run_continuations, run_prompts, supports_prefix,
+                                          writing)
 from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.interventions import (AddVector, GaussianNoise, Interpolate, Intervention, Project,
                                            RandomDirection, Replace, SequenceContext, apply_in_scope,
@@ -75,6 +82,7 @@ if TYPE_CHECKING:
 
 Key = tuple[int, str]  # (pair_id, side)
 RunKey = tuple[int, int, str]  # (spec index, pair_id, side)
+Scored = tuple[float, Tensor]  # log p(completion | prompt) and its per-token log-probs [n] (CPU, float32)
 Swap = tuple[str, int, int] | None  # a transplant's (source model, first block, last block + 1); None: no swap
 
 # Whether an intervention writes the same values on the prompt positions of a pair's two runs when
@@ -129,6 +137,7 @@ class Item:
     # hook (z, k, v) the pair (start residual [pos, d_model], written activation [pos, heads, d_head])
     value: Tensor | tuple[Tensor, Tensor]
     unchanged: bool = False  # the patch leaves the target's activation bit-for-bit as it was
+    clean_prompt: bool = False  # ... on the prompt positions at least (the run's prompt is the clean prompt)
     # a transplant whose hybrid has exactly one model's weights: that model's clean run is the patched run
     same_as: str | None = None
 
@@ -140,7 +149,10 @@ class ChunkCache:
     acts: dict[str, dict[str, dict[Key, Tensor]]]  # model -> hook name -> (pair_id, side) -> [length, d_model]
     clean: dict[str, dict[Key, float]]  # model -> (pair_id, side) -> logp
     seqs: dict[Key, ScoredSequence]
-    tokens: dict[str, dict[Key, Tensor]]  # model -> (pair_id, side) -> per completion token logp [n] (float32)
+    tokens: dict[str, dict[Key, Tensor]]  # model -> (pair_id, side) -> per completion token logp [n]
+    # model -> pair_id -> the clean prompt's keys and values (when the clean runs shared prompts): a patched run
+    # that leaves the prompt as it was continues from them, its prompt not run again
+    prompts: dict[str, dict[int, PromptState]] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,28 +176,54 @@ class WorkCounter:
         return self.computed / self.floor if self.floor else None
 
 
+class _Repeats:
+    """Patched runs of one target, start block and hook whose inputs are bit-for-bit the same run once: E8's
+    ``resid_pre`` at ℓ + 1 is E1's ``resid_post`` at ℓ, a one-sided source patch is one side of E1's run."""
+
+    def __init__(self) -> None:
+        self.first: dict[tuple[Any, ...], list[Item]] = defaultdict(list)
+        self.alias: dict[tuple[int, int, str], tuple[int, int, str]] = {}
+
+    def seen(self, it: Item) -> bool:
+        """Whether an earlier item runs ``it``'s inputs (then ``it`` takes that run's log-prob)."""
+        parts = it.value if isinstance(it.value, tuple) else (it.value,)
+        key = (it.seq.pair_id, it.seq.side, *(float(v.sum()) for v in parts))  # a cheap filter; torch.equal decides
+        for other in self.first[key]:
+            others = other.value if isinstance(other.value, tuple) else (other.value,)
+            if all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(parts, others)):
+                self.alias[(it.spec_index, it.seq.pair_id, it.seq.side)] = (other.spec_index, it.seq.pair_id, it.seq.side)
+                return True
+        self.first[key].append(it)
+        return False
+
+
 @dataclass
 class _Shared:
     """A patched prompt run once for the completions that continue it (both sides of a pair, or one)."""
 
-    prompt: Tensor  # [P, d_model] or [2, P, d_model]
+    prompt: Tensor | None  # [P, d_model] or [2, P, d_model]; None: ``state`` is the clean prompt's
     items: list[Item] = field(default_factory=list)  # their value holds the whole sequence
+    state: PromptState | None = None
 
 
 class FastEngine(ExactEngine):
-    """``FastEngine(batch_size, memory_budget_gb, share_prompts="auto", overhead_tokens=None)``.
+    """``FastEngine(batch_size, memory_budget_gb, share_prompts="auto", overhead_tokens=None,
+    keep_budget_gb=0.5, attention_tokens=None)``.
 
     ``share_prompts``: ``"auto"`` (default) shares prompts where the batch planner's cost model
-    (padded tokens + a per-forward cost of ``overhead_tokens``, by default from the model's width,
-    batching.py) says the prompt-then-continuation forwards are cheaper than full sequences — on a
-    tiny model the extra forwards can cost more than the prompt tokens they save; ``True`` always
-    shares where the prompts are the same; ``False`` runs every sequence in full. All three give
-    the same numbers to float precision."""
+    (batching.py: padded tokens, a per-forward cost of ``overhead_tokens`` and the attention over padded
+    keys priced by ``attention_tokens``, both by default from the model's width) says the
+    prompt-then-continuation forwards are cheaper than full sequences — on a tiny model the extra
+    forwards can cost more than the prompt tokens they save; ``True`` always shares where the prompts
+    are the same; ``False`` runs every sequence in full. All three give the same numbers to float
+    precision. ``keep_budget_gb``: the most clean activations a suite run may ask it to keep for its
+    fits and whole-data computations (``keep``)."""
 
     name = "fast"
 
     def __init__(self, batch_size: int = 32, memory_budget_gb: float = 2.0, share_prompts: bool | str = "auto",
-                 overhead_tokens: float | None = None):
+                 overhead_tokens: float | None = None, keep_budget_gb: float = 0.5,
+                 attention_tokens: float | None = None):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
@@ -194,11 +232,20 @@ class FastEngine(ExactEngine):
             raise ValueError(f"share_prompts must be True, False or 'auto', got {share_prompts!r}")
         self.share_prompts = share_prompts
         self.overhead = overhead_tokens
+        self.attention = attention_tokens
         self.work = WorkCounter()
         self.work_by_stage = {"clean": WorkCounter(), "patched": WorkCounter()}
         # model -> (pair_id, side) -> clean logp, for every pair this engine has run (see clean_scores)
         self.clean_logprobs: dict[str, dict[Key, float]] = defaultdict(dict)
+        self.clean_tokens: dict[str, dict[Key, Tensor]] = defaultdict(dict)  # ... and per completion token
         self._comparisons: dict[tuple[int, int], PartComparison] = {}  # which parts of two models are equal
+        # Clean activations kept across calls: the hook names ``keep`` gives per model are captured by every clean
+        # pass and kept in ``kept`` (model -> hook -> (pair_id, side) -> [length, ...]), so a later stage or a
+        # whole-data computation of the same run reads them instead of running the models again (the suite sets
+        # ``keep`` when they fit its memory budget; see clean_pass).
+        self.keep: dict[str, set[str]] = {}
+        self.keep_budget_gb = keep_budget_gb
+        self.kept: dict[str, dict[str, dict[Key, Tensor]]] = defaultdict(lambda: defaultdict(dict))
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _computed(self, stage: str, n_blocks: int, tokens: int) -> None:
@@ -212,19 +259,26 @@ class FastEngine(ExactEngine):
     def _overhead(self, model: Any) -> float:
         return self.overhead if self.overhead is not None else overhead_tokens(model.cfg)
 
-    def _plan(self, model: Any, lengths: Sequence[int]) -> list[list[int]]:
-        return plan_batches(lengths, self.batch_size, self._overhead(model))
+    def _costs(self, model: Any) -> dict[str, float]:
+        """The planner's cost model for this model: its per-forward and attention terms (batching.py)."""
+        return {"overhead_tokens": self._overhead(model),
+                "attention_tokens": self.attention if self.attention is not None else attention_tokens(model.cfg)}
+
+    def _plan(self, model: Any, lengths: Sequence[int], context: Sequence[int] | None = None) -> list[list[int]]:
+        return plan_batches(lengths, self.batch_size, context=context, **self._costs(model))
 
     def _shares(self, model: Any) -> bool:
         return bool(self.share_prompts) and supports_prefix(model)
 
-    def _worth_sharing(self, model: Any, full: Sequence[int], prompts: Sequence[int], completions: Sequence[int]) -> bool:
-        """Whether prompt + continuation forwards beat full sequences (always, unless "auto")."""
+    def _worth_sharing(self, model: Any, full: Sequence[int], prompts: Sequence[int], completions: Sequence[int],
+                       context: Sequence[int]) -> bool:
+        """Whether prompt + continuation forwards (``context``: each continuation's prompt length) beat full
+        sequences (always, unless "auto")."""
         if self.share_prompts != "auto":
             return True
-        c = self._overhead(model)
-        shared = plan_cost(prompts, self.batch_size, c) + plan_cost(completions, self.batch_size, c)
-        return shared < plan_cost(full, self.batch_size, c)
+        c = self._costs(model)
+        shared = plan_cost(prompts, self.batch_size, **c) + plan_cost(completions, self.batch_size, context=context, **c)
+        return shared < plan_cost(full, self.batch_size, **c)
 
     def pairs_per_chunk(self, pair: Twins, tokenized: Sequence[TokenizedPair], n_cached: int) -> int:
         """How many pairs' caches fit the memory budget (at least one)."""
@@ -233,11 +287,50 @@ class FastEngine(ExactEngine):
         return max(1, int(self.memory_budget_gb * 2**30 // bytes_per_pair))
 
     # -- clean runs --------------------------------------------------------------------------
+    def _need(self, specs: Sequence[PatchSpec]) -> dict[str, set[str]]:
+        """Hook names each model's clean runs cache for ``specs``, and those ``keep`` asks for."""
+        need = cache_names(specs)
+        for model, names in self.keep.items():
+            need[model] |= names
+        return need
+
+    def _chunks(self, pair: Twins, tokenized: Sequence[TokenizedPair], need: dict[str, set[str]]
+                ) -> list[Sequence[TokenizedPair]]:
+        per_chunk = self.pairs_per_chunk(pair, tokenized, sum(len(v) for v in need.values()))
+        return [tokenized[lo: lo + per_chunk] for lo in range(0, len(tokenized), per_chunk)]
+
+    def clean_pass(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec] = ()) -> None:
+        """The clean runs :meth:`run` makes of these pairs for ``specs``, without the patched runs: the same
+        chunks and batches, hence the same numbers. Fills ``kept`` and the clean log-probs where they are
+        missing (e.g. for parts a resumed run loaded instead of computing); runs nothing where they are not."""
+        from alignment_probe.numerics import check_clean
+
+        need = self._need(specs)
+        for chunk in self._chunks(pair, tokenized, need):
+            check_clean(pair, self.clean_chunk(pair, chunk, need).clean, chunk)
+
+    def _from_kept(self, pair: Twins, chunk: Sequence[TokenizedPair], need: dict[str, set[str]]) -> ChunkCache | None:
+        """The chunk's clean runs read from ``kept``, when it holds every activation and log-prob ``need`` asks for."""
+        seqs = pair_sequences(chunk)
+        keys = [(s.pair_id, s.side) for s in seqs]
+        models = [m for m in pair.models() if m in need]
+        held = self.kept
+        if not models or not all(k in self.clean_logprobs[m] and all(n in held[m] and k in held[m][n] for n in need[m])
+                                 for m in models for k in keys):
+            return None
+        return ChunkCache({m: {n: {k: held[m][n][k] for k in keys} for n in need[m]} for m in models},
+                          {m: {k: self.clean_logprobs[m][k] for k in keys} for m in models}, dict(zip(keys, seqs)),
+                          {m: {k: self.clean_tokens[m][k] for k in keys} for m in models})
+
     @torch.inference_mode()
     def clean_chunk(self, pair: Twins, chunk: Sequence[TokenizedPair], need: dict[str, set[str]]) -> ChunkCache:
-        """Clean runs of every model in ``need``, caching the hook points it names."""
+        """Clean runs of every model in ``need``, caching the hook points it names (read from ``kept`` when it
+        holds them all: the runs were made before, by this engine, on the same chunk)."""
+        held = self._from_kept(pair, chunk, need)
+        if held is not None:
+            return held
         seqs = pair_sequences(chunk)
-        acts, clean, tokens = {}, {}, {}
+        acts, clean, tokens, prompts = {}, {}, {}, {}
         for name, model in pair.models().items():
             if name not in need:  # neither patched nor a source: its clean run is not needed
                 continue
@@ -251,12 +344,16 @@ class FastEngine(ExactEngine):
                 self._floor("clean", n_blocks, sum(s.length for s in seqs))
             if self._shares(model) and self._worth_sharing(
                     model, [s.length for s in seqs], [len(t.prompt_ids) for t in chunk],
-                    [len(s.completion_ids) for s in seqs]):
-                clean[name], tokens[name], acts[name] = self._clean_shared(model, chunk, names, capture)
+                    [len(s.completion_ids) for s in seqs], [s.completion_start for s in seqs]):
+                clean[name], tokens[name], acts[name], prompts[name] = self._clean_shared(model, chunk, names, capture)
             else:
                 clean[name], tokens[name], acts[name] = self._clean_full(model, seqs, names, capture)
             self.clean_logprobs[name].update(clean[name])
-        return ChunkCache(acts, clean, {(s.pair_id, s.side): s for s in seqs}, tokens)
+            self.clean_tokens[name].update(tokens[name])
+            for n in self.keep.get(name, ()):
+                for key, t in acts[name].get(n, {}).items():
+                    self.kept[name][n][key] = t.clone()  # not a view that would hold its padded batch
+        return ChunkCache(acts, clean, {(s.pair_id, s.side): s for s in seqs}, tokens, prompts)
 
     def _clean_full(self, model: Any, seqs: list[ScoredSequence], names: set[str], capture: Any
                     ) -> tuple[dict[Key, float], dict[Key, Tensor], dict[str, dict[Key, Tensor]]]:
@@ -281,7 +378,8 @@ class FastEngine(ExactEngine):
         return clean, tokens, acts
 
     def _clean_shared(self, model: Any, chunk: Sequence[TokenizedPair], names: set[str], capture: Any
-                      ) -> tuple[dict[Key, float], dict[Key, Tensor], dict[str, dict[Key, Tensor]]]:
+                      ) -> tuple[dict[Key, float], dict[Key, Tensor], dict[str, dict[Key, Tensor]],
+                                 dict[int, PromptState]]:
         n_blocks = model.cfg.n_layers
         states: dict[int, PromptState] = {}
         prompt_acts: dict[str, dict[int, Tensor]] = {n: {} for n in names}
@@ -298,7 +396,7 @@ class FastEngine(ExactEngine):
         clean: dict[Key, float] = {}
         tokens: dict[Key, Tensor] = {}
         acts: dict[str, dict[Key, Tensor]] = {n: {} for n in names}
-        for rows in self._plan(model, [len(s.completion_ids) for s in seqs]):
+        for rows in self._plan(model, [len(s.completion_ids) for s in seqs], [s.completion_start for s in seqs]):
             group = [seqs[r] for r in rows]
             inputs = [torch.tensor(s.completion_ids, dtype=torch.long) for s in group]
             prompts = [states[s.pair_id] for s in group]
@@ -310,7 +408,7 @@ class FastEngine(ExactEngine):
                 for b, s in enumerate(group):
                     acts[n][(s.pair_id, s.side)] = torch.cat([prompt_acts[n][s.pair_id],
                                                               a[n][b, : len(s.completion_ids)]])
-        return clean, tokens, acts
+        return clean, tokens, acts, states
 
     def clean_scores(self, pair: Twins, tokenized: Sequence[TokenizedPair]) -> pd.DataFrame:
         """The scores table of ``tokenized`` (the columns of :func:`alignment_probe.scoring.score_pairs`)
@@ -323,10 +421,9 @@ class FastEngine(ExactEngine):
         missing = [t for t in tokenized if any((t.pair_id, s) not in self.clean_logprobs[m] for m in models
                                                for s in SIDES)]
         if missing:
-            per = self.pairs_per_chunk(pair, missing, 0)
-            for lo in range(0, len(missing), per):
-                chunk = missing[lo: lo + per]
-                cc = self.clean_chunk(pair, chunk, {m: set() for m in models})
+            need = {m: set(self.keep.get(m, ())) for m in models}  # capture what is kept: one clean pass
+            for chunk in self._chunks(pair, missing, need):
+                cc = self.clean_chunk(pair, chunk, need)
                 check_clean(pair, cc.clean, chunk)
         return score_table(tokenized, {m: {k: self.clean_logprobs[m][k] for k in keys} for m in models})
 
@@ -364,51 +461,55 @@ class FastEngine(ExactEngine):
         unchanged = torch.equal(patched, ctx.target)
         if spec.window is not None:  # a transplant: which model, if any, the hybrid's weights are
             same = self._parts(pair, k.target, k.source).hybrid_equals(spec.window)
+            # Its prompt is never the clean one unless the hybrid is the target: the window's blocks differ.
             return Item(spec_index, seq, patched, unchanged and same == "target",
                         same_as=k.source if same == "source" else None)
+        p = seq.completion_start
+        clean_prompt = unchanged or torch.equal(patched[:p], ctx.target[:p])
         if k.hook in ("resid_pre", "resid_post"):
-            return Item(spec_index, seq, patched, unchanged)
+            return Item(spec_index, seq, patched, unchanged, clean_prompt)
         # Other hook points: start from the target's own resid_pre; a hook writes the patched value.
         start = cc.acts[k.target][hook_name(k.layer, "resid_pre")][(pair_id, side)]
         if k.hook in HEAD_HOOKS:  # a per-head activation [pos, heads, d_head]: its own shape beside the residual
             return Item(spec_index, seq, (start, patched), unchanged)
-        return Item(spec_index, seq, torch.stack([start, patched]), unchanged)
+        return Item(spec_index, seq, torch.stack([start, patched]), unchanged, clean_prompt)
 
     @torch.inference_mode()
     def run_batch(self, pair: Twins, target: str, start: int, hook: str | None, items: list[Item], swap: Swap = None
-                  ) -> list[tuple[float, Tensor]]:
+                  ) -> list[Scored]:
         """Full-sequence patched runs of ``items`` in one right-padded forward from block ``start``: each
         one's log p(completion | prompt) and its per-token log-probs."""
         with self._hybrid(pair, target, swap) as model:
             return self._run_batch(model, start, hook, items)
 
-    def _run_batch(self, model: Any, start: int, hook: str | None, items: list[Item]) -> list[tuple[float, Tensor]]:
+    def _run_batch(self, model: Any, start: int, hook: str | None, items: list[Item]) -> list[Scored]:
         batch = make_batch([it.seq for it in items])
         width = batch.tokens.shape[1]
+        written = None
         if hook is None:
             resid = pad_stack([it.value for it in items], width)
-            fwd_hooks = []
         else:
             resid = pad_stack([it.value[0] for it in items], width)
             written = pad_stack([it.value[1] for it in items], width)
-            fwd_hooks = [(hook, lambda act, hook: written.to(act.dtype))]
-        with model.hooks(fwd_hooks=fwd_hooks):
+        with writing(model, hook, written):
             final = model(resid, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
         self._computed("patched", model.cfg.n_layers - start, batch.tokens.numel())
         return list(zip(*batch_logprobs(model, final, batch)))
 
     @torch.inference_mode()
     def run_shared(self, pair: Twins, target: str, start: int, hook: str | None, units: list[_Shared],
-                   swap: Swap = None) -> dict[RunKey, tuple[float, Tensor]]:
-        """Each unit's prompt once, then both completions continued from it."""
+                   swap: Swap = None) -> dict[RunKey, Scored]:
+        """Each unit's prompt once (none for a clean prompt: its state is the clean run's), then both
+        completions continued from it."""
         with self._hybrid(pair, target, swap) as model:
             return self._run_shared(model, start, hook, units)
 
-    def _run_shared(self, model: Any, start: int, hook: str | None, units: list[_Shared]
-                    ) -> dict[RunKey, tuple[float, Tensor]]:
+    def _run_shared(self, model: Any, start: int, hook: str | None, units: list[_Shared]) -> dict[RunKey, Scored]:
         n_blocks = model.cfg.n_layers - start
-        states: list[PromptState | None] = [None] * len(units)
-        for rows in self._plan(model, [u.items[0].seq.completion_start for u in units]):
+        states: list[PromptState | None] = [u.state for u in units]
+        to_run = [i for i, u in enumerate(units) if u.state is None]
+        for plan_rows in self._plan(model, [units[i].items[0].seq.completion_start for i in to_run]):
+            rows = [to_run[r] for r in plan_rows]
             group = [units[r] for r in rows]
             if hook is None:
                 st, _, _ = run_prompts(model, start, [u.prompt for u in group])
@@ -419,8 +520,9 @@ class FastEngine(ExactEngine):
             for r, s in zip(rows, st):
                 states[r] = s
         conts = [(states[u_i], it) for u_i, u in enumerate(units) for it in u.items]
-        out: dict[RunKey, tuple[float, Tensor]] = {}
-        for rows in self._plan(model, [len(it.seq.completion_ids) for _, it in conts]):
+        out: dict[RunKey, Scored] = {}
+        for rows in self._plan(model, [len(it.seq.completion_ids) for _, it in conts],
+                               [it.seq.completion_start for _, it in conts]):
             group = [conts[r] for r in rows]
             prompts = [s for s, _ in group]  # type: ignore[misc]
             seqs = [it.seq for _, it in group]
@@ -448,7 +550,7 @@ class FastEngine(ExactEngine):
 
     def run_group(self, pair: Twins, target: str, start: int, hook: str | None, specs: Sequence[PatchSpec],
                   spec_ids: Sequence[int], chunk: Sequence[TokenizedPair], cc: ChunkCache, swap: Swap = None
-                  ) -> dict[RunKey, tuple[float, Tensor]]:
+                  ) -> dict[RunKey, Scored]:
         """Every patched run of the conditions ``spec_ids`` (same target, start block, hook and transplanted
         window) on a chunk: log p(completion | prompt) and its per-token log-probs."""
         model = pair.models()[target]
@@ -462,7 +564,8 @@ class FastEngine(ExactEngine):
         width = max(len(t.prompt_ids) + max(len(t.chosen_ids), len(t.rejected_ids)) for t in chunk)
         per_unit = 8 * width * pair.d_model * model.cfg.dtype.itemsize * (1 + n_blocks)
         wave = max(self.batch_size, int(self.memory_budget_gb * 2**30 // per_unit))
-        patched: dict[RunKey, tuple[float, Tensor]] = {}
+        patched: dict[RunKey, Scored] = {}
+        repeats = _Repeats()
         for lo in range(0, len(units), wave):
             full: list[Item] = []
             shared: list[_Shared] = []
@@ -479,24 +582,31 @@ class FastEngine(ExactEngine):
                         # zero, independent of how a batched forward rounds).
                         patched[(i, t.pair_id, side)] = (cc.clean[same][(t.pair_id, side)],
                                                          cc.tokens[same][(t.pair_id, side)])
-                    else:
+                    elif not repeats.seen(it):  # a repeat takes its first run's log-prob below
                         changed.append(it)
                 principle, here = (self._shareable(specs[i], *changed) if len(changed) == 2 and not per_head
                                    else (False, False))
-                if principle and supports_prefix(model):
+                clean_prompt = bool(changed) and not per_head and all(it.clean_prompt for it in changed)
+                if clean_prompt and supports_prefix(model):  # the clean runs computed this prompt already
+                    self._floor("patched", n_blocks, sum(len(it.seq.completion_ids) for it in changed))
+                elif principle and supports_prefix(model):
                     self._floor("patched", n_blocks, len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids))
                 else:
                     self._floor("patched", n_blocks, sum(it.seq.length for it in changed))
                 full.extend(changed)
-                if shares:
+                state = cc.prompts.get(target, {}).get(t.pair_id) if clean_prompt else None
+                if shares and state is not None:  # both sides continue the clean prompt's keys and values
+                    shared.append(_Shared(None, changed, state))
+                elif shares:
                     # Every run continues from a prompt run: its pair's other side's too when both prompts
                     # are the same, else its own (one code path, so one-sided runs add up exactly).
                     p = len(t.prompt_ids)
                     for group in ([changed] if here else [[it] for it in changed]):
                         shared.append(_Shared(group[0].value[..., :p, :], group))
             if shared and self._worth_sharing(model, [it.seq.length for it in full],
-                                              [u.items[0].seq.completion_start for u in shared],
-                                              [len(it.seq.completion_ids) for u in shared for it in u.items]):
+                                              [u.items[0].seq.completion_start for u in shared if u.state is None],
+                                              [len(it.seq.completion_ids) for u in shared for it in u.items],
+                                              [it.seq.completion_start for u in shared for it in u.items]):
                 full = []
             else:
                 shared = []
@@ -506,30 +616,30 @@ class FastEngine(ExactEngine):
                     patched[(it.spec_index, it.seq.pair_id, it.seq.side)] = v
             if shared:
                 patched.update(self.run_shared(pair, target, start, hook, shared, swap))
+            repeats.first.clear()  # a wave's values are released with it
+        for key, first in repeats.alias.items():
+            patched[key] = patched[first]
         return patched
 
     def runs(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
-              progress: bool = False) -> Iterator[tuple[PatchSpec, int, tuple[Any, Any], tuple[Any, Any]]]:
-        """Per (condition, pair): the clean and patched (log-prob, per-token log-probs) of each side."""
+             progress: bool = False) -> Iterator[Run]:
+        """Per (condition, pair): each side's clean and patched (log-prob, per-token log-probs); ``run`` and
+        ``run_tokens`` (outputs.py) turn them into the effects table and the long per-token table."""
         from tqdm.auto import tqdm
 
         from alignment_probe.numerics import check_clean, check_patched
 
-        need = cache_names(specs)
-        per_chunk = self.pairs_per_chunk(pair, tokenized, sum(len(v) for v in need.values()))
-        first = first_of_each(specs)  # a condition that another experiment also asks for runs once
+        need = self._need(specs)
         # Conditions that start at the same block with the same hook (and the same transplanted window) share batches.
         groups: dict[tuple[str, int, str | None, Swap], list[int]] = defaultdict(list)
         for i, s in enumerate(specs):
-            if first[i] == i:
-                groups[(s.key.target, *start_of(s), swap_of(s))].append(i)
+            groups[(s.key.target, *start_of(s), swap_of(s))].append(i)
         order = sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] or "", g[0][3] or ()))
         bar = tqdm(total=len(tokenized), desc=f"patching ({len(specs)} conditions)", disable=not progress, unit="pair")
-        for lo in range(0, len(tokenized), per_chunk):
-            chunk = tokenized[lo: lo + per_chunk]
+        for chunk in self._chunks(pair, tokenized, need):
             cc = self.clean_chunk(pair, chunk, need)
             check_clean(pair, cc.clean, chunk)  # NaN/inf check (numerics.py): names pair, model, layer
-            patched: dict[RunKey, tuple[float, Tensor]] = {}
+            patched: dict[RunKey, Scored] = {}
             for (target, start, hook, swap), spec_ids in order:
                 patched.update(self.run_group(pair, target, start, hook, specs, spec_ids, chunk, cc, swap))
             check_patched({k: v[0] for k, v in patched.items()}, specs)  # NaN/inf: names pair and condition
@@ -540,27 +650,10 @@ class FastEngine(ExactEngine):
                         continue
                     clean = tuple((cc.clean[k.target][(t.pair_id, s)], cc.tokens[k.target][(t.pair_id, s)])
                                   for s in SIDES)
-                    after = tuple(patched.get((first[i], t.pair_id, s), c) for s, c in zip(SIDES, clean))
+                    after = tuple(patched.get((i, t.pair_id, s), c) for s, c in zip(SIDES, clean))
                     yield spec, t.pair_id, clean, after
             bar.update(len(chunk))
         bar.close()
-
-
-def first_of_each(specs: Sequence[PatchSpec]) -> list[int]:
-    """For each condition, the index of the first condition that patches exactly the same thing (every key field
-    but the experiment's name and split, the same intervention, the same pairs): e.g. E1's patch that the per-token
-    map asks for too. Interventions that do not compare by value (fitted subspaces, vectors) count as distinct."""
-    seen: dict[Any, int] = {}
-    out = []
-    for i, s in enumerate(specs):
-        k = s.key
-        param = None if math.isnan(k.param) else k.param  # NaN ≠ NaN: "no parameter" is one value
-        ident = (k.target, k.source, k.hook, k.scope, k.sides, k.layer, param, k.estimator, s.intervention, s.pair_ids)
-        try:
-            out.append(seen.setdefault(ident, i))
-        except TypeError:  # an unhashable intervention
-            out.append(i)
-    return out
 
 
 def batch_logprobs(model: Any, final: Float[Tensor, "batch pos d_model"], batch: Any

@@ -32,7 +32,7 @@ Unlike the LASSO, probes do not compete: every layer that carries the signal sco
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -82,7 +82,8 @@ def _batch_norms(pair: Twins, group: Sequence[ScoredSequence], names: list[str],
 
 
 def activation_distance_features(pair: Twins, tokenized: Sequence[TokenizedPair], *, hook: Hook = "resid_post",
-                                 position: str = "last_prompt", batch_size: int = 8) -> Features:
+                                 position: str = "last_prompt", batch_size: int = 8,
+                                 clean: Mapping[str, Mapping[str, Mapping[Any, Any]]] | None = None) -> Features:
     """``[n_pairs, n_layers]`` array of ``||h_ℓ^tuned − h_ℓ^base||₂`` (rows in ``tokenized`` order).
 
     ``h_ℓ`` is the activation at ``blocks.{ℓ}.hook_{hook}``. ``position="last_prompt"`` reads the
@@ -90,7 +91,8 @@ def activation_distance_features(pair: Twins, tokenized: Sequence[TokenizedPair]
     ``"final_tokens"`` averages the norm over the last token of the chosen and of the rejected
     sequence. Both models run the same right-padded batches (padding sits after every position
     read, so it cannot change them); only the needed hooks are cached, and the unembedding is
-    skipped.
+    skipped. ``clean``: the clean activations (model → hook name → (pair_id, side) → [length, d_model]) of a
+    clean pass already made (the suite's, ``Plan.clean``); then no model runs here.
     """
     check(hook, HOOKS, "E2 feature hook point")
     if position not in POSITIONS:
@@ -102,9 +104,15 @@ def activation_distance_features(pair: Twins, tokenized: Sequence[TokenizedPair]
     sides: tuple[Side, ...] = ("chosen",) if position == "last_prompt" else ("chosen", "rejected")
     seqs = [t.sequence(side) for t in tokenized for side in sides]
     norms: dict[tuple[int, str], np.ndarray] = {}
-    for group in batches_by_length(seqs, batch_size):
-        for seq, row in zip(group, _batch_norms(pair, group, names, position)):
-            norms[(seq.pair_id, seq.side)] = row
+    if clean is not None:
+        for seq in seqs:
+            at = [[clean[m][n][(seq.pair_id, seq.side)][_positions(seq, position)].float().cpu() for n in names]
+                  for m in ("base", "tuned")]
+            norms[(seq.pair_id, seq.side)] = np.array([(t - b).double().norm().item() for b, t in zip(*at)])
+    else:
+        for group in batches_by_length(seqs, batch_size):
+            for seq, row in zip(group, _batch_norms(pair, group, names, position)):
+                norms[(seq.pair_id, seq.side)] = row
     out = np.zeros((len(tokenized), n_layers), dtype=np.float64)
     for i, t in enumerate(tokenized):
         out[i] = np.mean([norms[(t.pair_id, side)] for side in sides], axis=0)
@@ -244,7 +252,8 @@ def _align_target(target: Any, tokenized: Sequence[TokenizedPair]) -> Float[np.n
 def run_lasso(pair: Twins, tokenized: Sequence[TokenizedPair], *, target: Target | pd.Series, seed: int = 0,
               hook: Hook = "resid_post", position: str = "last_prompt", batch_size: int = 8, n_boot: int = 200,
               cv: int = LASSO_CV_FOLDS, alphas: np.ndarray | Sequence[float] = DEFAULT_ALPHAS, alpha_rule: str = "min",
-              target_name: str = "gain") -> dict[str, Any]:
+              target_name: str = "gain", clean: Mapping[str, Mapping[str, Mapping[Any, Any]]] | None = None
+              ) -> dict[str, Any]:
     """E2 end to end: activation-distance features → LASSO + selection frequency + probes.
 
     ``target`` holds one value per pair in ``tokenized`` order (an array), or a Series indexed by
@@ -254,7 +263,7 @@ def run_lasso(pair: Twins, tokenized: Sequence[TokenizedPair], *, target: Target
     indexed by layer.
     """
     y = _align_target(target, tokenized)
-    x = activation_distance_features(pair, tokenized, hook=hook, position=position, batch_size=batch_size)
+    x = activation_distance_features(pair, tokenized, hook=hook, position=position, batch_size=batch_size, clean=clean)
     fit = fit_lasso(x, y, seed=seed, n_boot=n_boot, alphas=alphas, cv=cv, alpha_rule=alpha_rule)
     return {
         "coefficients": fit["coefficients"],
@@ -282,8 +291,17 @@ def lasso_table(result: dict[str, Any]) -> pd.DataFrame:
                          "selection_frequency": freq, "probe_r2": r2})
 
 
+FEATURE_HOOK: Hook = "resid_post"  # the suite's E2 features: resid_post at every layer, at the last prompt token
+
+
+def _clean_hooks(plan: Plan) -> dict[str, set[str]]:
+    names = {f"blocks.{layer}.hook_{FEATURE_HOOK}" for layer in range(plan.n_layers)}
+    return {"base": names, "tuned": set(names)}
+
+
 def _compute(plan: Plan) -> dict[str, Any]:
-    return run_lasso(plan.twins, plan.tokenized, target=plan.scores.gain.to_numpy(), seed=plan.cfg.seed)
+    return run_lasso(plan.twins, plan.tokenized, target=plan.scores.gain.to_numpy(), seed=plan.cfg.seed,
+                     hook=FEATURE_HOOK, clean=plan.clean() if plan.clean is not None else None)
 
 
 register(Experiment(
@@ -291,7 +309,7 @@ register(Experiment(
     names=(Name("lasso", "LASSO", "#1f77b4",
                 "A LASSO over per-layer activation distances ‖h_tuned − h_base‖ predicting the gain (Fig. 2).",
                 per_layer=False),),
-    compute=_compute, summarize=lambda tables: {"lasso": dict(tables.fits["lasso"])},
+    compute=_compute, clean_hooks=_clean_hooks, summarize=lambda tables: {"lasso": dict(tables.fits["lasso"])},
     figures=(Figure("lasso_coefficients", "alignment_probe.report.figures:lasso_coefficients",
                     "LASSO attribution and probes (paper Fig. 2, Table 1)",
                     "Paper Fig. 2 / Table 1. LASSO (5-fold CV) coefficients of the z-scored per-layer "

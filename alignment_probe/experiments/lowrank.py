@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -61,18 +61,25 @@ class Subspace:
 @torch.inference_mode()
 def stacked_activations(pair: Twins, tokenized: Sequence[TokenizedPair], *, layer: int, hook: Hook = "resid_post",
                         models: Iterable[Role] = ("base", "tuned"), exclude_bos: bool = True,
-                        pairs_per_batch: int = 8) -> Stacked:
+                        pairs_per_batch: int = 8,
+                        clean: Mapping[str, Mapping[str, Mapping[Any, Tensor]]] | None = None) -> Stacked:
     """Real-token activations of each model at one hook point, stacked over all sequences: [N·T, d].
 
-    The extra key ``"pair_id"`` holds, for every row, the pair it came from (to select a subset)."""
+    The extra key ``"pair_id"`` holds, for every row, the pair it came from (to select a subset).
+    ``clean``: the clean activations of a clean pass already made (the suite's, ``Plan.clean``; model → hook
+    name → (pair_id, side) → [length, d_model]); then no model runs here."""
     name = hook_name(layer, hook)
     out: dict[str, list[Tensor]] = {m: [] for m in models}
     owner: list[Tensor] = []
     first = 1 if exclude_bos else 0
     for lo in range(0, len(tokenized), pairs_per_batch):
         seqs = pair_sequences(tokenized[lo: lo + pairs_per_batch])
-        batch = make_batch(seqs)
         owner += [torch.full((s.length - first,), s.pair_id, dtype=torch.long) for s in seqs]
+        if clean is not None:
+            for m in out:
+                out[m] += [clean[m][name][(s.pair_id, s.side)][first: s.length].float().cpu() for s in seqs]
+            continue
+        batch = make_batch(seqs)
         for m in out:
             model = pair.models()[m]
             _, cache = model.run_with_cache(batch.tokens.to(model.cfg.device), names_filter=name, stop_at_layer=layer + 1)
@@ -165,7 +172,8 @@ def fit_lowrank(plan: Plan) -> Fitted:
     variance: dict[tuple[str, int, int], float] = {}
     for layer in layers:
         acts_all = stacked_activations(plan.twins, plan.tokenized, layer=layer, hook=cfg.hook,
-                                       exclude_bos=cfg.lowrank_exclude_bos)
+                                       exclude_bos=cfg.lowrank_exclude_bos,
+                                       clean=plan.clean() if plan.clean is not None else None)
         acts_fit = rows_of(acts_all, ctx["fit_ids"])
         for name in modes:
             sub_all = fit_for_mode(MODES[name], acts_all, centre=cfg.lowrank_centre)
@@ -177,6 +185,15 @@ def fit_lowrank(plan: Plan) -> Fitted:
                 variance[(name, layer, k)] = sub_all.variance_explained(k)
     return Fitted(specs, {"layers": layers, "variance": [[name, layer, k, v]
                                                          for (name, layer, k), v in sorted(variance.items())]})
+
+
+def _clean_hooks(plan: Plan) -> dict[str, set[str]]:
+    """The fit's activations: the default hook at --lowrank-layers, else at every swept layer (E1's peak, where
+    the fit happens, is known only after stage 1)."""
+    cfg = plan.cfg
+    layers = cfg.lowrank_layers if cfg.lowrank_layers is not None else cfg.swept_layers(plan.n_layers)
+    names = {hook_name(int(layer), cfg.hook) for layer in layers}
+    return {"base": names, "tuned": set(names)}
 
 
 def summarize_lowrank(tables: Tables) -> dict[str, dict[str, Any]]:
@@ -219,7 +236,7 @@ register(Experiment(
                 "The base sees a rank-k reconstruction of the tuned activation (the paper's literal reading)."),
            Name("lowrank_difference", "low-rank: difference", "#ff7f0e",
                 "The base moves by the part of the tuning shift inside its top-k directions.")),
-    fit=fit_lowrank, specs=lambda plan: plan.fitted.specs, summarize=summarize_lowrank,
+    fit=fit_lowrank, clean_hooks=_clean_hooks, specs=lambda plan: plan.fitted.specs, summarize=summarize_lowrank,
     figures=(Figure("lowrank", "alignment_probe.report.figures:lowrank", "Low-rank patching (paper Fig. 4, Table 2)",
                     "Paper Fig. 4 / Table 2. Effect of patching a rank-k version of the activations, as a fraction "
                     "of the full effect, and the variance the k directions explain; dotted: subspace fitted on one "

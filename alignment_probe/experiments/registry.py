@@ -61,6 +61,10 @@ class Plan:
     # other pair sets than the run's (tag → tokenised pairs, e.g. ``{"transfer": …}``): a later stage's
     # condition whose ``key.split`` is a tag runs on that set's pairs (parts ``stage<n>-<tag>-…``), not the run's
     extra_pairs: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    # for fits and whole-data computations: the clean activations the experiment declared (``clean_hooks``), read
+    # from the engine's one clean pass of every pair — a callable returning model → hook name → (pair_id, side) →
+    # [length, …] — or None, and the experiment runs the models itself
+    clean: Callable[[], Mapping[str, Mapping[str, Mapping[Any, Any]]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,9 @@ class Experiment:
     specs: Callable[[Plan], list["PatchSpec"]] | None = None
     fit: Callable[[Plan], Fitted] | None = None
     compute: Callable[[Plan], dict[str, Any]] | None = None  # whole-data, no patching (after every stage)
+    # the clean activations its ``fit``/``compute`` reads (model → hook names), taken from the engine's clean pass
+    # when it can keep them (``Plan.clean``) instead of a forward of its own
+    clean_hooks: Callable[[Plan], Mapping[str, set[str]]] | None = None
     needs: tuple[str, ...] = ()  # names whose summaries ``specs``/``fit`` read (their rows are computed first)
     emits: tuple[str, ...] = ()  # extra ``experiment`` values in its rows (e.g. ``lowrank_full``)
     figures: tuple[Figure, ...] = ()

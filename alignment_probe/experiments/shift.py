@@ -8,9 +8,10 @@ distributions at that position on the same tokens:
   of positions with rank > 3 to be 5–8 % for 7B chat models, concentrated in the first tokens.
 
 Both are reported against the position in the completion (0 = its first token), with bootstrap CIs over
-pairs, plus their means over the first 1, 2, 4, 8 tokens and the rest. A whole-data computation (two
-clean forwards per sequence, no patching); its per-sequence values are the experiment's record in
-``fits.json``, and the summary is computed from that record.
+pairs, plus their means over the first 1, 2, 4, 8 tokens and the rest. A whole-data computation (no
+patching): the two models' final residuals come from the suite's one clean pass of every sequence where the
+engine keeps them (else two clean forwards here), unembedded at the completion positions; its per-sequence
+values are the experiment's record in ``fits.json``, and the summary is computed from that record.
 """
 
 from __future__ import annotations
@@ -30,22 +31,46 @@ BINS = (1, 2, 4, 8)
 TOP_RANK = 3
 
 
+def final_hook(twins: Any) -> str:
+    """The hook whose clean activations E9 reads: the final residual, before ``ln_final``."""
+    return f"blocks.{twins.n_layers - 1}.hook_resid_post"
+
+
+def _clean_hooks(plan: Plan) -> dict[str, set[str]]:
+    return {role: {f"blocks.{plan.n_layers - 1}.hook_resid_post"} for role in ("base", "tuned")}
+
+
+def _log_probs(model: Any, resid: torch.Tensor) -> torch.Tensor:
+    """log-softmax of the logits at these final residuals (before ``ln_final``): [positions, d_vocab]."""
+    return model.unembed(model.ln_final(resid[None]))[0].float().log_softmax(-1).cpu()
+
+
 @torch.inference_mode()
-def sequence_shift(twins: Any, tokenized: Sequence[Any], *, batch_size: int = 4) -> list[dict[str, Any]]:
-    """Per pair: for each side, KL(T‖B) and the rank of T's top token under B at every completion position."""
+def sequence_shift(twins: Any, tokenized: Sequence[Any], *, batch_size: int = 4,
+                   clean: Mapping[str, Mapping[str, Mapping[Any, torch.Tensor]]] | None = None) -> list[dict[str, Any]]:
+    """Per pair: for each side, KL(T‖B) and the rank of T's top token under B at every completion position.
+
+    ``clean``: the clean activations of a clean pass already made (the suite's, ``Plan.clean``; model → hook name
+    → (pair_id, side) → [length, d_model]), holding :func:`final_hook`; then only the unembedding runs here."""
     out = []
     for start in range(0, len(tokenized), batch_size):
         group = tokenized[start: start + batch_size]
         seqs = [t.sequence(side) for t in group for side in SIDES]
-        batch = make_batch(seqs)
-        logp = {}
-        for role, model in twins.models().items():
-            logits = model(batch.tokens.to(model.cfg.device), stop_at_layer=None)
-            logp[role] = logits.float().log_softmax(-1).cpu()
+        logp: dict[str, Any] = {}
+        if clean is not None:  # the completion predictors' final residuals, unembedded
+            name = final_hook(twins)
+            for role, model in twins.models().items():
+                logp[role] = [_log_probs(model, clean[role][name][(s.pair_id, s.side)][s.completion_start - 1:
+                                                                                      s.length - 1]) for s in seqs]
+        else:
+            batch = make_batch(seqs)
+            for role, model in twins.models().items():
+                logits = model(batch.tokens.to(model.cfg.device), stop_at_layer=None)
+                full = logits.float().log_softmax(-1).cpu()
+                logp[role] = [full[i, s.completion_start - 1: s.length - 1] for i, s in enumerate(seqs)]
         values: dict[tuple[int, str], tuple[list[float], list[int]]] = {}
         for i, seq in enumerate(seqs):
-            pos = slice(seq.completion_start - 1, seq.length - 1)  # the predictors of the completion tokens
-            lt, lb = logp["tuned"][i, pos], logp["base"][i, pos]
+            lt, lb = logp["tuned"][i], logp["base"][i]  # at the predictors of the completion tokens
             kl = (lt.exp() * (lt - lb)).sum(-1).clamp_min(0.0)
             top = lt.argmax(-1)
             rank = (lb > lb.gather(-1, top[:, None])).sum(-1) + 1
@@ -58,7 +83,8 @@ def sequence_shift(twins: Any, tokenized: Sequence[Any], *, batch_size: int = 4)
 
 def _compute(plan: Plan) -> dict[str, Any]:
     return {"max_position": MAX_POSITION, "top_rank": TOP_RANK,
-            "pairs": sequence_shift(plan.twins, sorted(plan.tokenized, key=lambda t: t.pair_id))}
+            "pairs": sequence_shift(plan.twins, sorted(plan.tokenized, key=lambda t: t.pair_id),
+                                    clean=plan.clean() if plan.clean is not None else None)}
 
 
 def _per_pair(record: Mapping[str, Any], key: str, select: Any) -> np.ndarray:
@@ -126,7 +152,7 @@ register(Experiment(
     names=(Name(NAME, "distribution shift", "#17becf",
                 "Per completion position, KL(tuned ‖ base) and the share where tuned's top token ranks > 3 under "
                 "base (no patching).", per_layer=False),),
-    compute=_compute, summarize=summarize_shift,
+    compute=_compute, clean_hooks=_clean_hooks, summarize=summarize_shift,
     figures=(Figure("shift", "alignment_probe.experiments.shift:shift_figure",
                     "Distribution shift by completion position (E9)",
                     "E9. For each position of the completions (chosen and rejected), KL(tuned ‖ base) of the two "

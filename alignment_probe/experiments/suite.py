@@ -12,6 +12,10 @@ where it stopped and ends with the same numbers as an uninterrupted one:
    such as low rank's variance explained), then its conditions per group (``stage<n>-<first>-<last>``);
 3. each whole-data computation under its experiment's key (``lasso``).
 
+Fits and whole-data computations read the clean activations they declare (``Experiment.clean_hooks``)
+from the clean pass stage 1 made anyway, kept by the fast engine (:func:`_shared_clean_pass`), and a later
+stage's clean runs come from there too: each model runs once per sequence from its tokens.
+
 The summary is then a pure function of the tables (effects, scores and the fit records, see
 :func:`summarize_tables`), always read back from their stored form, so it cannot depend on which
 parts were computed in this process, and a finished run directory regenerates it byte for byte.
@@ -303,6 +307,63 @@ def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, c
     n_layers, d_model = pair.n_layers, pair.d_model
     steps = plan_steps(cfg)
     ids = tuple(t.pair_id for t in tokenized)
+    base_extra: dict[str, Any] = {"pair_ids": ids, "twins": pair, "tokenized": tokenized}
+    if extra_pairs:
+        base_extra["extra_pairs"] = {tag: sorted(p, key=lambda t: t.pair_id) for tag, p in extra_pairs.items()}
+    stage_one = [s for s in steps if s.stage == 1 and s.experiment.compute is None and s.experiment.estimator == "exact"]
+    stage_one_specs = stage_specs(stage_one, cfg, n_layers, d_model, upstream={}, **base_extra)
+    clean = _shared_clean_pass(steps, cfg, pair, groups, engine, stage_one_specs)
+    try:
+        return _run_stages(pair, groups, steps, engine, cfg, store, clean, base_extra, stage_one_specs, log=log,
+                           progress=progress)
+    finally:
+        if clean is not None:  # the kept activations are this run's: release them
+            engine.keep = {}
+            engine.kept.clear()
+
+
+def _shared_clean_pass(steps: Sequence[Step], cfg: SuiteConfig, pair: Twins, groups: list[list[TokenizedPair]],
+                       engine: Engine, stage_one_specs: list[PatchSpec]) -> Callable[[], Any] | None:
+    """Issue 15's one clean pass per model and sequence: the clean activations the run's fits and whole-data
+    computations declare (``Experiment.clean_hooks``), kept by the engine from the clean runs it makes anyway.
+
+    Returns the ``Plan.clean`` callable, which first runs the clean passes that did not happen in this process
+    (a resumed run loads stage 1's parts instead), group by group exactly as stage 1 would have (same chunks
+    and batches, so the same numbers as an uninterrupted run); or None — the engine cannot keep activations
+    (the reference engine), or they would not fit its ``keep_budget_gb`` — and each experiment runs the models
+    itself."""
+    if not hasattr(engine, "keep"):
+        return None
+    keep: dict[str, set[str]] = {}
+    tokenized = [t for g in groups for t in g]
+    for step in steps:
+        exp = step.experiment
+        if exp.clean_hooks is not None and (exp.fit is not None or exp.compute is not None):
+            plan = _plan(step, cfg, pair.n_layers, pair.d_model, twins=pair, tokenized=tokenized)
+            for model, names in exp.clean_hooks(plan).items():
+                keep.setdefault(model, set()).update(names)
+    tokens = sum(2 * len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids) for t in tokenized)
+    size = tokens * sum(len(v) for v in keep.values()) * pair.d_model * pair.base.cfg.dtype.itemsize
+    if not keep or size > getattr(engine, "keep_budget_gb", 0.0) * 2**30:
+        return None
+    engine.keep = keep
+    done: list[bool] = []
+
+    def clean() -> Any:
+        if not done:
+            for group in groups:
+                engine.clean_pass(pair, group, stage_one_specs)  # nothing to run where stage 1 ran here
+            done.append(True)
+        return engine.kept
+
+    return clean
+
+
+def _run_stages(pair: Twins, groups: list[list[TokenizedPair]], steps: list[Step], engine: Engine, cfg: SuiteConfig,
+                store: PartStore, clean: Callable[[], Any] | None, base_extra: dict[str, Any],
+                stage_one_specs: list[PatchSpec], *, log: Callable[[str], None], progress: bool) -> SuiteResult:
+    """:func:`run_suite`'s stages, in order (see the module docstring)."""
+    n_layers, d_model = pair.n_layers, pair.d_model
     fits: dict[str, Any] = {}
     upstream: dict[str, Any] = {}
     tables: list[pd.DataFrame] = []
@@ -320,14 +381,11 @@ def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, c
 
     for number in sorted({s.stage for s in steps if s.experiment.compute is None} | {1}):
         stage = [s for s in steps if s.stage == number and s.experiment.compute is None]
-        extra = {"pair_ids": ids, "upstream": upstream, "twins": pair, "tokenized": tokenized}
-        if extra_pairs:
-            extra["extra_pairs"] = {tag: sorted(p, key=lambda t: t.pair_id) for tag, p in extra_pairs.items()}
+        extra = {**base_extra, "upstream": upstream, "clean": clean}
         exact = [s for s in stage if s.experiment.estimator == "exact"]  # the others: _estimated
         if number == 1:
-            scores, rows = _stage_one(pair, groups, engine, stage_specs(exact, cfg, n_layers, d_model, **extra),
-                                      store, log=log, progress=progress, token_parts=token_parts,
-                                      per_token=any(s.experiment.per_token for s in exact))
+            scores, rows = _stage_one(pair, groups, engine, stage_one_specs, store, log=log, progress=progress,
+                                      token_parts=token_parts, per_token=any(s.experiment.per_token for s in exact))
         else:
             rows = _later_stage(number, exact, pair, groups, engine, cfg, store, fits, extra, log=log,
                                 progress=progress, token_parts=token_parts) if exact else pd.DataFrame()
@@ -337,8 +395,7 @@ def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, c
             ran(rows, stage)
     for step in steps:
         if step.experiment.compute is not None:
-            plan = _plan(step, cfg, n_layers, d_model, pair_ids=ids, upstream=upstream, scores=scores, twins=pair,
-                         tokenized=tokenized)
+            plan = _plan(step, cfg, n_layers, d_model, upstream=upstream, scores=scores, clean=clean, **base_extra)
 
             def compute(step: Step = step, plan: Plan = plan) -> dict[str, Any]:
                 log(f"stage {step.stage}: {step.experiment.key} ({', '.join(step.computed)}) on all pairs")

@@ -75,6 +75,29 @@ def test_per_sequence_effects_add_up(tiny_pair, tokenized):
     np.testing.assert_allclose((chosen + rejected).to_numpy(), both.to_numpy(), atol=1e-9, rtol=0)
 
 
+def test_runs_with_the_same_inputs_run_once(tiny_pair, tokenized):
+    # E8's resid_pre at l + 1 starts from E1's resid_post at l, a one-sided source patch is one side of E1's
+    # run, and alpha = 1 writes the source as E1 does: the fast engine runs each once, so adding them costs no
+    # work and their rows agree exactly.
+    n = tiny_pair.n_layers
+    e1 = per_layer_specs(SuiteConfig(experiments=("patch_tuned_to_base", "patch_base_to_tuned"), extra_hooks=()), n)
+    repeats = per_layer_specs(SuiteConfig(experiments=("cross_2x2", "source_chosen_only", "source_rejected_only",
+                                                       "alpha"), alphas=(1.0,), extra_hooks=()), n)
+    alone, both = FastEngine(), FastEngine()
+    alone.run(tiny_pair, tokenized, e1)
+    e = both.run(tiny_pair, tokenized, e1 + repeats)
+    assert both.work_by_stage["patched"].computed == alone.work_by_stage["patched"].computed
+    assert both.work_by_stage["patched"].floor == alone.work_by_stage["patched"].floor
+    on_base = e[e.target == "base"].set_index(["experiment", "layer", "pair_id"])
+    cross = on_base.loc["cross_2x2"].rename(index=lambda layer: layer - 1, level="layer")
+    e1_rows = on_base.loc["patch_tuned_to_base"].loc[cross.index]
+    assert (cross.patched_logp_chosen == e1_rows.patched_logp_chosen).all()
+    assert (cross.patched_logp_rejected == e1_rows.patched_logp_rejected).all()
+    chosen = on_base.loc["source_chosen_only"]
+    assert (chosen.patched_logp_chosen == on_base.loc["patch_tuned_to_base"].patched_logp_chosen).all()
+    assert (on_base.loc["alpha"].effect == on_base.loc["patch_tuned_to_base"].effect).all()
+
+
 def test_matches_transformer_lens_patching_utilities(tiny_pair, tokenized):
     """E1 tuned→base equals TransformerLens's own `patching` functions applied across models."""
     base, tuned = tiny_pair.base, tiny_pair.tuned

@@ -9,10 +9,10 @@ import torch
 
 from alignment_probe.effects import EXPERIMENT_NAMES
 from alignment_probe.engine import FastEngine, ReferenceEngine
-from alignment_probe.engine.batching import plan_batches
+from alignment_probe.engine.batching import plan_batches, plan_cost
 from alignment_probe.engine.fast import same_on_both_prompts
 from alignment_probe.experiments.patching import layer_sweep
-from alignment_probe.interventions import GaussianNoise, Replace
+from alignment_probe.interventions import AddVector, GaussianNoise, Replace
 from alignment_probe.scoring import score_pairs
 from alignment_probe.tokens import sample_and_tokenize
 
@@ -56,6 +56,20 @@ def test_sharing_on_equals_off_and_reference_on_every_experiment(tiny_pair, toke
     assert (a[(a.experiment == "alpha") & (a.param == 0.0)].effect == 0.0).all()
 
 
+def test_a_patch_that_leaves_the_prompt_continues_the_clean_prompt(tiny_pair, tokenized):
+    # The v+ vector is added on the completions only: the patched runs' prompts are the clean runs' prompts, so
+    # both completions continue the clean prompt's keys and values and only completion tokens are computed.
+    specs = layer_sweep("vector_chosen", target="base", source="tuned", layers=(0, 2), hooks=("resid_post",),
+                        scopes=("completion",), intervention=AddVector("chosen", 1.0))
+    on = FastEngine(batch_size=5, share_prompts=True, overhead_tokens=0)  # no padding is worth a forward
+    a = on.run(tiny_pair, tokenized, specs)
+    blocks = sum(tiny_pair.n_layers - (s.key.layer + 1) for s in specs)  # resid_post at l: from block l + 1
+    completions = sum(len(t.chosen_ids) + len(t.rejected_ids) for t in tokenized)
+    assert on.work_by_stage["patched"].computed == on.work_by_stage["patched"].floor == blocks * completions
+    _close(a, FastEngine(batch_size=5, share_prompts=False).run(tiny_pair, tokenized, specs), 1e-5)
+    assert a.effect.abs().max() > 1e-4
+
+
 @pytest.mark.parametrize("scope", ["all", "prompt", "completion", "last_prompt", "all_but_bos"])
 def test_every_scope_and_hook(tiny_pair, tokenized, scope):
     specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=(0, 2, 3),
@@ -93,3 +107,13 @@ def test_batch_planner_cuts_where_padding_costs_more_than_a_forward():
     assert plan_batches(lengths, batch_size=32, overhead_tokens=20) == [[0, 4, 2], [1, 3]]
     assert plan_batches(lengths, batch_size=32, overhead_tokens=1e6) == [[0, 4, 2, 1, 3]]
     assert max(len(b) for b in plan_batches(lengths, batch_size=2, overhead_tokens=1e6)) == 2
+
+
+def test_batch_planner_prices_attention_over_padded_prompt_keys():
+    # Four continuations of equal length: two of short prompts, two of long ones. Without the attention term
+    # one forward is cheapest; with it, padding the short prompts' keys to the long ones costs more than a forward.
+    completions, prompts = [20, 20, 20, 20], [10, 300, 12, 310]
+    assert plan_batches(completions, 32, 20, context=prompts) == [[0, 2, 1, 3]]
+    assert plan_batches(completions, 32, 20, context=prompts, attention_tokens=230) == [[0, 2], [1, 3]]
+    assert plan_cost(completions, 32, 20, context=prompts, attention_tokens=230) > plan_cost(completions, 32, 20,
+                                                                                             context=prompts)

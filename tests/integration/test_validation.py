@@ -43,6 +43,17 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr(alignment_probe.run, "load_twins", refuse)
 
 
+@pytest.fixture
+def no_weights_load(monkeypatch):
+    """Fail the test if any checkpoint's weights are read (tokenizers and configs may load)."""
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the input was validated")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
 def score(tiny, data, tmp_path, *extra, base=None, tuned=None):
     return main(["score", "--base", str(base or tiny.base), "--tuned", str(tuned or tiny.tuned), "--data", str(data),
                  "--device", "cpu", "--max-length", "64", "--out", str(tmp_path / "scores.csv"), *extra])
@@ -168,6 +179,29 @@ def test_n_pairs_larger_than_the_data_is_refused_before_loading(tiny, tmp_path, 
     assert run(tiny, data, tmp_path / "run", "--n-pairs", "4") == EXIT_BAD_INPUT
     assert "--n-pairs 4 is larger than the 3 usable pairs" in error_of(capsys)
     assert not (tmp_path / "run").exists()  # nothing is written for a refused run
+
+
+def test_pairs_that_do_not_fit_max_length_are_refused_before_any_weights_load(tiny, tmp_path, capsys, no_model_load,
+                                                                                no_weights_load):
+    # Tokenisation needs only the tokenizer: --n-pairs more than the pairs that fit is refused before the weights.
+    long_completion = {"prompt": PROMPT, "chosen": " bread" * 80, "rejected": " no" * 80}
+    data = write_lines(tmp_path / "pairs.jsonl", [good(0), long_completion, long_completion])
+    assert score(tiny, data, tmp_path, "--n-pairs", "2") == EXIT_BAD_INPUT
+    assert "Only 1 of the requested 2 pairs fit in 64 tokens" in error_of(capsys)
+    assert run(tiny, data, tmp_path / "run", "--n-pairs", "2") == EXIT_BAD_INPUT
+    assert "Only 1 of the requested 2 pairs fit in 64 tokens" in error_of(capsys)
+    assert not (tmp_path / "run").exists()
+    # the model's shape comes from its config: a layer it does not have is refused before the weights too
+    data = write_lines(tmp_path / "ok.jsonl", [good(i) for i in range(3)])
+    assert run(tiny, data, tmp_path / "run", "--layers", "0,9") == EXIT_BAD_INPUT
+    assert "layer 9 is out of range" in error_of(capsys)
+
+
+def test_incompatible_tokenizers_are_refused_before_any_weights_load(tiny, no_weights_load):
+    from alignment_probe.errors import IncompatiblePairError
+
+    with pytest.raises(IncompatiblePairError, match="probe string"):
+        alignment_probe.pair.load_twins(tiny.base, tiny.other_tokenizer)
 
 
 @pytest.mark.parametrize("args, needle", [

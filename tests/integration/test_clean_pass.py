@@ -1,0 +1,71 @@
+"""One clean pass per model and sequence (issue 15): the suite's fits and whole-data computations (low rank's
+stacks, the LASSO's distances, E9's distributions) and its later stages read the clean activations the fast
+engine kept from stage 1, and give what their own forwards give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import alignment_probe as ap
+from alignment_probe.engine import FastEngine
+from alignment_probe.experiments.suite import SuiteConfig, run_suite
+
+from conftest import BUNDLED_PAIRS
+
+CFG = SuiteConfig(experiments=("patch_tuned_to_base", "lowrank_difference", "lasso", "shift"), n_boot=20,
+                  lowrank_ks=(1, 4))
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny_pair):
+    return ap.load_pairs(BUNDLED_PAIRS, n=6, seed=2, tokenizer=tiny_pair.tokenizer, max_length=72)
+
+
+def count_forwards_from_tokens(twins, monkeypatch) -> list[str]:
+    """Record every forward of either model that starts from token ids (a clean run or a copy of one)."""
+    seen: list[str] = []
+    for role, model in twins.models().items():
+        def forward(inputs, *args, _forward=model.forward, _role=role, **kwargs):
+            if kwargs.get("start_at_layer") is None and inputs.dtype == torch.long:
+                seen.append(_role)
+            return _forward(inputs, *args, **kwargs)
+
+        monkeypatch.setattr(model, "forward", forward)
+    return seen
+
+
+def test_no_model_runs_from_tokens_but_the_engines_clean_pass(tiny_pair, pairs, monkeypatch):
+    seen = count_forwards_from_tokens(tiny_pair, monkeypatch)
+    engine = FastEngine()
+    run_suite(tiny_pair, pairs, engine, CFG, pairs_per_part=3)
+    assert seen and len(seen) == engine.work_by_stage["clean"].forwards
+    assert engine.kept == {} and engine.keep == {}  # released with the run
+
+
+def test_kept_activations_give_what_own_forwards_give(tiny_pair, pairs):
+    kept = run_suite(tiny_pair, pairs, FastEngine(), CFG, pairs_per_part=3)
+    own = run_suite(tiny_pair, pairs, FastEngine(keep_budget_gb=0.0), CFG, pairs_per_part=3)  # nothing fits: own forwards
+    np.testing.assert_allclose(kept.effects.effect, own.effects.effect, atol=1e-5, rtol=0)
+    assert kept.effects.effect.abs().max() > 1e-3  # not a vacuous comparison
+    for key in ("coefficients", "probe_r2"):
+        np.testing.assert_allclose(kept.fits["lasso"][key], own.fits["lasso"][key], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose([v[-1] for v in kept.fits["lowrank"]["variance"]],
+                               [v[-1] for v in own.fits["lowrank"]["variance"]], atol=1e-6)
+    for a, b in zip(kept.fits["shift"]["pairs"], own.fits["shift"]["pairs"]):
+        for side in ("chosen", "rejected"):
+            np.testing.assert_allclose(a[side]["kl"], b[side]["kl"], atol=1e-5)
+            assert a[side]["rank"] == b[side]["rank"]
+
+
+def test_a_kept_chunk_is_not_run_again(tiny_pair, pairs):
+    engine = FastEngine()
+    names = {"blocks.1.hook_resid_post"}
+    engine.keep = {"base": names, "tuned": set(names)}
+    engine.clean_pass(tiny_pair, pairs)
+    ran = engine.work_by_stage["clean"].forwards
+    engine.clean_pass(tiny_pair, pairs)  # held: nothing runs
+    assert ran > 0 and engine.work_by_stage["clean"].forwards == ran
+    assert set(engine.kept["tuned"]["blocks.1.hook_resid_post"]) == {(t.pair_id, s) for t in pairs
+                                                                     for s in ("chosen", "rejected")}
