@@ -345,7 +345,7 @@ def test_family_weight_transplants(fam, build, tmp_path):
     the reference engine's hybrid of every block is the twin itself (the embedding, positional embedding, final
     norm and unembedding go with the end blocks), and the fast engine (start_at_layer, shared prompts) agrees
     with it window by window, transplants and reverts."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alignment_probe.effects import RowKey
     from alignment_probe.engine.spec import PatchSpec
@@ -354,7 +354,8 @@ def test_family_weight_transplants(fam, build, tmp_path):
     b = build(fam)
     hf_base = AutoModelForCausalLM.from_pretrained(b.dirs["base"], dtype=torch.float32)
     everywhere = perturbed_copy(hf_base, seed=7, scale=0.2)
-    twins = load_twins(b.dirs["base"], save_checkpoint(everywhere, b.twins.tokenizer, tmp_path / "everywhere"),
+    tokenizer = AutoTokenizer.from_pretrained(b.dirs["base"])  # the family's own, as saved (not the loaded twins')
+    twins = load_twins(b.dirs["base"], save_checkpoint(everywhere, tokenizer, tmp_path / "everywhere"),
                        device="cpu", dtype="float32")
     n = twins.n_layers
     windows = [(0, 1), (1, 1), (n - 1, 1), (0, 2), (0, n)]
