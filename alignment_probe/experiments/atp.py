@@ -358,6 +358,48 @@ def atp_figure(summary: Mapping[str, Any]) -> Any:
                      y_title="AtP estimate (nats, mean over pairs)")
 
 
+def atp_map_figure(summary: Mapping[str, Any]) -> Any:
+    """The AtP map: per-layer estimates with CIs, one line per hook (left), and the query heads' estimates as a
+    layer × head heatmap (right, when the run estimated heads)."""
+    from alignment_probe.report import figures as F
+
+    entry = F.experiment(summary, "atp") or {}
+    by_hook = entry.get("by_hook") or {}
+    if not by_hook:
+        raise F.MissingExperimentError("atp_map", ["atp"])
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    z_cells = (entry.get("by_head") or {}).get("z") or []
+    fig = make_subplots(rows=1, cols=2 if z_cells else 1, column_widths=[0.6, 0.4] if z_cells else None,
+                        horizontal_spacing=0.12,
+                        subplot_titles=("per layer, every hook", "per query head (z)") if z_cells else None)
+    for hook, e in by_hook.items():
+        F._add_curve(fig, F.per_layer_frame(e["per_layer"]), name=f"AtP {hook}", color=PALETTE.get(hook, "#7f7f7f"),
+                     row=1, col=1)
+    F._zero_line(fig, row=1, col=1)
+    F._layer_ticks(fig, [r["layer"] for e in by_hook.values() for r in e["per_layer"]], row=1, col=1)
+    fig.update_xaxes(title_text=F.LAYER_AXIS, row=1, col=1)
+    fig.update_yaxes(title_text="AtP estimate (nats, mean over pairs)", row=1, col=1)
+    if z_cells:
+        layers = sorted({c["layer"] for c in z_cells})
+        heads = sorted({c["head"] for c in z_cells})
+        cell = {(c["layer"], c["head"]): c for c in z_cells}
+        grid = [[F._num(cell[(l, h)]["mean"]) if (l, h) in cell else None for h in heads] for l in layers]
+        text = [[(f"layer {l} head {h}<br>AtP {F._num(cell[(l, h)]['mean']):+.3f} "
+                  f"[{F._num(cell[(l, h)]['ci_low']):+.3f}, {F._num(cell[(l, h)]['ci_high']):+.3f}]")
+                 if (l, h) in cell else "" for h in heads] for l in layers]
+        top = max((abs(v) for row in grid for v in row if v is not None and math.isfinite(v)), default=1.0) or 1.0
+        fig.add_trace(go.Heatmap(z=grid, x=heads, y=layers, text=text, hoverinfo="text", colorscale="RdBu",
+                                 reversescale=True, zmin=-top, zmax=top, colorbar={"title": "nats", "x": 1.0}),
+                      row=1, col=2)
+        fig.update_xaxes(title_text="head", dtick=1, row=1, col=2)
+        fig.update_yaxes(title_text="layer", row=1, col=2)
+    F._layout(fig, "Attribution patching map, tuned → base (E10)", x_title=None, y_title=None)
+    fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.18, "xanchor": "left"})
+    return fig
+
+
 HEAD_MARKERS = {"z": ("#9467bd", "circle"), "v": ("#8c564b", "square"), "k": ("#17becf", "diamond")}
 
 
@@ -412,7 +454,15 @@ register(Experiment(
                 "(AtP* with the QK fix) at every layer, from the same forward and backward (E10).",
                 per_layer=False)),
     specs=_specs, summarize=summarize_atp,
-    figures=(Figure("atp_vs_exact", "alignment_probe.experiments.atp:atp_figure",
+    figures=(Figure("atp_map", "alignment_probe.experiments.atp:atp_map_figure",
+                    "Attribution patching map (E10)",
+                    "E10. Left: attribution patching's first-order estimate of tuned → base patching at every layer, "
+                    "one line per hook, mean over pairs with 95 % bootstrap CIs (one forward and one backward per "
+                    "sequence gives every point). Right, when heads were estimated: the same for one query head's z "
+                    "at a time, as a layer × head heatmap (red: raises Δlogp). Estimates, not measurements: the "
+                    "next figure and the summary's validation say how well they track exact patching.",
+                    needs=("atp",), order=94),
+             Figure("atp_vs_exact", "alignment_probe.experiments.atp:atp_figure",
                     "Attribution patching vs exact (E10)",
                     "E10. Each point is one condition (hook, layer): the mean over pairs of attribution patching's "
                     "first-order estimate (y) against the exact tuned → base patch (x), one colour per hook; the "

@@ -101,8 +101,11 @@ def heads_figure(summary: Mapping[str, Any]) -> Any:
     if not present:
         raise F.MissingExperimentError("heads", [HEADS, KV_HEADS])
     titles = [f"{'query heads (z)' if n == HEADS else 'key/value heads (v)'}: tuned → base" for n, _ in present]
-    fig = make_subplots(rows=1, cols=len(present), subplot_titles=titles, horizontal_spacing=0.12)
-    for col, (name, entry) in enumerate(present, start=1):
+    # One panel under the other: the row labels are long, and side by side they ran into the other panel.
+    n = len(present)
+    fig = make_subplots(rows=n, cols=1, subplot_titles=titles, vertical_spacing=0.3 / n)
+    n_rows = 0
+    for row, (name, entry) in enumerate(present, start=1):
         cells = entry["by_head"]
         layers = sorted({c["layer"] for c in cells})
         heads = sorted({c["head"] for c in cells})
@@ -113,12 +116,14 @@ def heads_figure(summary: Mapping[str, Any]) -> Any:
         sums = {r["layer"]: r["sum"] for r in entry.get("sum_of_heads") or []}
         ylabels = [f"layer {la} · attn_out {attn.get(la, math.nan):+.3g} · Σ heads {sums.get(la, math.nan):+.3g}"
                    for la in layers]
-        span = max((abs(v) for row in z for v in row if v is not None), default=1.0) or 1.0
+        span = max((abs(v) for line in z for v in line if v is not None), default=1.0) or 1.0
+        n_rows += len(layers)
         fig.add_trace(go.Heatmap(z=z, x=[f"head {h}" for h in heads], y=ylabels, text=text, zmid=0, zmin=-span,
-                                 zmax=span, colorscale="RdBu_r", colorbar={"title": "nats", "x": 1.0 if col == len(present) else 0.45},
-                                 hovertemplate="%{y}<br>%{x}: %{text}<extra></extra>"), row=1, col=col)
+                                 zmax=span, colorscale="RdBu_r",
+                                 colorbar={"title": "nats", "y": 1 - (row - 0.5) / n, "len": 0.8 / n},
+                                 hovertemplate="%{y}<br>%{x}: %{text}<extra></extra>"), row=row, col=1)
     return F._layout(fig, "Attention heads: mean effect of patching one head, tuned → base (E7)",
-                     height=max(F.HEIGHT, 60 + 28 * len(layers)), x_title=None, y_title=None)
+                     height=max(F.HEIGHT, 120 * n + 28 * n_rows), x_title=None, y_title=None)
 
 
 register(Experiment(

@@ -133,6 +133,17 @@ def collect(summaries: dict[str, dict[str, Any]], *, n_layers: int, planted_laye
                                                          "top_rank")}
         if "token_map" in ex:
             entry["token_map"] = {"conditions": ex["token_map"]["conditions"], "by_bin": ex["token_map"]["by_bin"]}
+        if "atp" in ex:  # E10: estimates at every condition, their exact confirmation and validation
+            entry["atp"] = {k: ex["atp"][k] for k in ("by_hook", "confirmed", "by_head", "head_estimator",
+                                                      "exact_by_head", "head_validation") if k in ex["atp"]}
+        if "atp_confirm" in ex and not (entry.get("atp") or {}).get("confirmed"):
+            entry.setdefault("atp", {})["confirmed"] = ex["atp_confirm"].get("confirmed")
+        if "steer" in ex:  # E11: the dose curves stay in the run's summary; the document quotes c = 1
+            st = ex["steer"]
+            entry["steer"] = {k: st[k] for k in ("layer", "layer_rule", "by_c", "recovered_fraction",
+                                                 "excess_over_random", "baselines", "variants", "reverse", "gain",
+                                                 "transfer") if k in st}
+            entry["steer"]["by_layer"] = (st.get("layer_choice") or {}).get("by_layer")
         out[name] = entry | (extra or {}).get(name, {})
     return out
 
@@ -220,6 +231,7 @@ def render_tables(found: dict[str, Any]) -> str:
                                    "" if r["heldout_effect_ratio"] is None else f"{r['heldout_effect_ratio']:+.2f}"]
                                   for r in rows])]
     parts += render_localization(found, runs)
+    parts += render_attribution(found, runs)
     return "\n\n".join(parts) + "\n"
 
 
@@ -294,6 +306,88 @@ def render_localization(found: dict[str, Any], runs: Sequence[str]) -> list[str]
     return parts
 
 
+def _at_c(rows: Sequence[dict[str, Any]] | None, c: float = 1.0) -> str:
+    row = next((r for r in rows or [] if abs(float(r["c"]) - c) < 1e-9), None)
+    return _ci(row["mean"], [row["ci_low"], row["ci_high"]]) if row else ""
+
+
+def _frac(entry: dict[str, Any] | None) -> str:
+    return _ci(entry["mean"], [entry["ci_low"], entry["ci_high"]]) if entry else ""
+
+
+def _validation_cells(v: dict[str, Any] | None) -> list[str]:
+    if not v:
+        return ["", "", ""]
+    recall = v.get("topk_recall") or {}
+    return [f"{v['spearman']:.2f}", f"{recall.get('3', float('nan')):.2f}", f"{v['max_abs_error']:.3f}"]
+
+
+def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
+    """E10 (AtP: the map, its exact confirmation and validation) and E11 (steering at c = 1) as tables."""
+    parts: list[str] = []
+    for run in runs:
+        atp = found[run].get("atp")
+        if atp and atp.get("by_hook"):
+            rows = []
+            for hook, e in atp["by_hook"].items():
+                top = sorted(e["per_layer"], key=lambda r: -abs(r["mean"]))[:3]
+                rows.append([hook, len(e["per_layer"]),
+                             "; ".join(f"{r['layer']}: {_ci(r['mean'], [r['ci_low'], r['ci_high']])}" for r in top),
+                             *_validation_cells(e.get("validation"))])
+            parts += [f"### {run}: E10 attribution patching (tuned → base, every position), the three largest "
+                      f"estimates per hook, mean [95 % CI]; validation against exact rows of the same conditions",
+                      _table(["hook", "layers", "largest estimates (layer: AtP)", "Spearman ρ", "top-3 recall",
+                              "largest |AtP − exact|"], rows)]
+        if atp and atp.get("confirmed"):
+            parts += [f"### {run}: the conditions AtP ranks highest, patched exactly (--confirm)",
+                      _table(["hook", "layer", "AtP", "exact", "AtP / exact"],
+                             [[c["hook"], c["layer"], _ci(c["atp"], [c["atp_ci_low"], c["atp_ci_high"]]),
+                               _ci(c["exact"], [c["exact_ci_low"], c["exact_ci_high"]]),
+                               f"{c['atp'] / c['exact']:.2f}" if c["exact"] else ""] for c in atp["confirmed"]])]
+        if atp and atp.get("by_head"):
+            est = atp.get("head_estimator") or {}
+            rows = []
+            for hook, cells in atp["by_head"].items():
+                top = sorted(cells, key=lambda c: -abs(c["mean"]))[:4]
+                rows.append([f"{hook} ({est.get(hook, 'atp')})", len(cells),
+                             "; ".join(f"L{c['layer']}h{c['head']} {_ci(c['mean'], [c['ci_low'], c['ci_high']])}"
+                                       for c in top),
+                             *_validation_cells((atp.get("head_validation") or {}).get(hook))])
+            parts += [f"### {run}: E10 per head, the four largest estimates per hook, mean [95 % CI]; validation "
+                      f"against one-head exact patches where the run has them",
+                      _table(["hook (estimator)", "heads", "largest estimates", "Spearman ρ", "top-3 recall",
+                              "largest |AtP − exact|"], rows)]
+        st = found[run].get("steer")
+        if st:
+            rows = [["v_ℓ (mean tuning shift)", _at_c(st.get("by_c")), _frac(st.get("recovered_fraction"))]]
+            for name, b in (st.get("baselines") or {}).items():
+                rows.append([name, _at_c(b.get("by_c")), _frac(b.get("recovered_fraction"))])
+            for name, b in (st.get("variants") or {}).items():
+                rows.append([f"v at the {name.replace('_', ' ')} position", _at_c(b.get("by_c")),
+                             _frac(b.get("recovered_fraction"))])
+            rev = st.get("reverse") or {}
+            if rev:
+                rows.append(["reverse: −v_ℓ on the tuned model (fraction lost)", _at_c(rev.get("by_c")),
+                             _frac(rev.get("lost_fraction"))])
+            gain = st.get("gain") or {}
+            parts += [f"### {run}: E11 steering at layer {st['layer']} ({st.get('layer_rule', '')}); held-out half, "
+                      f"c = 1; gain there {_frac(gain)}",
+                      _table(["direction", "Δ(steered) − Δ(base)", "fraction of the gain"], rows)]
+            if st.get("by_layer"):
+                parts += [f"### {run}: E11 steering scan on the fit half (c = 1), mean [95 % CI]",
+                          _table(["layer", "v_ℓ", "random direction"],
+                                 [[r["layer"], _frac(r.get("v")), _frac(r.get("random"))] for r in st["by_layer"]])]
+            tr = st.get("transfer")
+            if tr:
+                parts += [f"### {run}: E11 transfer (v fitted on the run's data, evaluated on the other dataset's "
+                          f"pairs; their gain {_frac(tr.get('gain'))}), c = 1",
+                          _table(["direction", "Δ(steered) − Δ(base)", "fraction of the gain"],
+                                 [["v_ℓ", _at_c(tr.get("by_c")), _frac(tr.get("recovered_fraction"))],
+                                  ["random", _at_c((tr.get("random") or {}).get("by_c")),
+                                   _frac((tr.get("random") or {}).get("recovered_fraction"))]])]
+    return parts
+
+
 # --------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------
@@ -308,7 +402,8 @@ def figures(out: Path, run_dirs: dict[str, Path], log: Callable[[str], None] = p
               "harmless-peak": ("alpha_dose_response", "lowrank"),
               "planted": ("layer_curve",), "helpful": ("layer_curve", "directionality", "source_variants"),
               "windows": ("windows",), "cross": ("cross_2x2", "shift"), "planted-windows": ("windows",),
-              "heads": ("heads", "token_map")}
+              "heads": ("heads", "token_map", "atp_heads_vs_exact"), "atp": ("atp_map", "atp_vs_exact"),
+              "planted-atp": ("atp_map",), "atp-check": ("atp_vs_exact",), "steer": ("steer", "steer_layers")}
     png = F.static_export_available()
     if not png:
         log("note: kaleido found no Chrome/Chromium, so figures are written as .html only")
@@ -329,7 +424,8 @@ def figures(out: Path, run_dirs: dict[str, Path], log: Callable[[str], None] = p
             fig.write_html(stem.with_suffix(".html"), include_plotlyjs="cdn")
             written.append(stem.with_suffix(".html"))
             if png:
-                written.append(F.save_static(fig, stem.with_suffix(".png"), scale=1.5, width=900, height=480))
+                written.append(F.save_static(fig, stem.with_suffix(".png"), scale=1.5, width=900,
+                                             height=max(480, fig.layout.height or 0)))
     return written
 
 

@@ -244,6 +244,19 @@ def test_cli_atp_with_confirm(tiny, tmp_path):
     assert "Attribution patching vs exact (E10)" in html
     eff = pd.read_parquet(out / "effects.parquet")
     assert set(eff.estimator) == {"exact", "atp"}
+    assert "Attribution patching map (E10)" in html  # the map: per-layer estimates, one line per hook
+    # The real-model findings quote the run's own numbers: the map, the validation and the confirmed rows.
+    from alignment_probe.experiments.atp import atp_map_figure
+    from alignment_probe.realmodels.findings import collect, render_tables
+
+    assert len(atp_map_figure({"experiments": s}).data) >= 2 * len(s["atp"]["by_hook"])  # a band and a line each
+    found = collect({"atp": json.loads((out / "summary.json").read_text())}, n_layers=4, planted_layer=2)
+    assert found["atp"]["atp"]["by_hook"] == s["atp"]["by_hook"]
+    assert found["atp"]["atp"]["confirmed"] == s["atp"]["confirmed"]
+    tables = render_tables(found)
+    v = s["atp"]["by_hook"]["mlp_out"]["validation"]
+    assert "E10 attribution patching" in tables and f"| {v['spearman']:.2f} |" in tables
+    assert tables.count("| mlp_out |") >= 1 and "patched exactly (--confirm)" in tables
 
 
 def test_atp_is_not_in_the_default_suite():

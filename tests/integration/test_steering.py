@@ -275,3 +275,20 @@ def test_bad_transfer_data_fails_before_any_model_loads(tiny, tmp_path):
             "--out", str(tmp_path / "out")]
     assert main(args) != 0
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_findings_tables_quote_the_steering_summary(run_dir):
+    """The real-model findings (docs/findings-smollm2.md) quote the run's own c = 1 numbers."""
+    from alignment_probe.realmodels.findings import collect, render_tables
+    from alignment_probe.report.format import ci_cell
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    st = summary["experiments"]["steer"]
+    found = collect({"steer": summary}, n_layers=4, planted_layer=2)
+    assert found["steer"]["steer"]["layer"] == st["layer"]
+    tables = render_tables(found)
+    at1 = next(r for r in st["by_c"] if r["c"] == 1.0)
+    rf = st["recovered_fraction"]
+    assert f"E11 steering at layer {st['layer']}" in tables and "E11 transfer" in tables
+    assert (f"| v_ℓ (mean tuning shift) | {ci_cell(at1['mean'], [at1['ci_low'], at1['ci_high']])} | "
+            f"{ci_cell(rf['mean'], [rf['ci_low'], rf['ci_high']])} |") in tables
