@@ -292,3 +292,43 @@ def test_findings_tables_quote_the_steering_summary(run_dir):
     assert f"E11 steering at layer {st['layer']}" in tables and "E11 transfer" in tables
     assert (f"| v_ℓ (mean tuning shift) | {ci_cell(at1['mean'], [at1['ci_low'], at1['ci_high']])} | "
             f"{ci_cell(rf['mean'], [rf['ci_low'], rf['ci_high']])} |") in tables
+
+
+def test_a_bias_twin_is_steered_exactly(tmp_path):
+    """Known answer: a twin that differs from its base only by a vector u added to block ℓ's MLP output bias has
+    h_T − h_B = u at every position of ``resid_post`` ℓ. So v_ℓ = u, s = ‖u‖, and the base steered at ℓ with c = 1
+    *is* the twin: on every held-out pair the steering effect equals the gain (recovered fraction 1), and the twin
+    steered with −v_ℓ is the base (lost fraction 1); c = 2 is not the twin. (GPT-2: its MLPs have an output bias.)"""
+    import copy
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.helpers.checkpoints import save_checkpoint, train_tokenizer
+
+    pairs, _ = load_pairs(BUNDLED_PAIRS)
+    tok = train_tokenizer([p.prompt + p.chosen for p in pairs] + [p.rejected for p in pairs], vocab_size=320)
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=128, initializer_range=0.2,
+                                      vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).eval()
+    twin, layer = copy.deepcopy(base), 1
+    with torch.no_grad():
+        twin.transformer.h[layer].mlp.c_proj.bias.add_(torch.randn(32, generator=torch.Generator().manual_seed(3)))
+    dirs = {k: save_checkpoint(m, tok, tmp_path / k) for k, m in (("base", base), ("tuned", twin))}
+    run = ap.run_suite(tmp_path / "run", base=dirs["base"], tuned=dirs["tuned"], data=BUNDLED_PAIRS,
+                       experiments=("steer",), n_pairs=12, max_length=128, steer_layer=layer, steer_cs=(1.0, 2.0),
+                       n_boot=100, progress=False)
+    entry, eff = _entry(run), run.effects
+    scores = run.scores.set_index("pair_id")
+    _, held = stats.split_halves(run.scores.pair_id.tolist(), seed=0)
+    gain = scores.gain.reindex(held)
+    assert entry["layer"] == layer and gain.abs().min() > 1e-3  # the twin differs on every pair
+    one = eff[(eff.param == 1.0) & (eff.split == "heldout")]
+    fwd = one[one.experiment == "steer"].set_index("pair_id").effect.reindex(held)
+    rev = one[one.experiment == "steer_reverse"].set_index("pair_id").effect.reindex(held)
+    np.testing.assert_allclose(fwd, gain, atol=1e-4)
+    np.testing.assert_allclose(-rev, gain, atol=1e-4)
+    assert entry["recovered_fraction"]["mean"] == pytest.approx(1.0, abs=1e-4)
+    assert entry["reverse"]["lost_fraction"]["mean"] == pytest.approx(1.0, abs=1e-4)
+    two = eff[(eff.param == 2.0) & (eff.split == "heldout") & (eff.experiment == "steer")].set_index("pair_id")
+    assert np.abs(two.effect.reindex(held) - gain).max() > 1e-2
