@@ -228,7 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                      n_pairs=args.n_pairs, max_length=args.max_length, data_dir=args.data_dir, split=args.split,
                      device=args.device, dtype=args.dtype, engine=args.engine, batch_size=args.batch_size,
                      force=args.force, pairs_per_part=args.pairs_per_part, pair_ids=args.pair_ids, argv=args.argv)
-    result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr), loaded=loaded)
+    result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr), loaded=loaded, auto_threads=True)
     if result.extra.get("rank", 0) != 0:  # one of several torchrun processes: rank 0 reports the run
         return EXIT_OK
     s = result.summary

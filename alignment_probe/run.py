@@ -183,28 +183,67 @@ def make_deterministic(device: str | None) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+# Models narrower than this run on one CPU thread when the command line chooses (auto_threads): their matrix
+# products are too small to share between threads. Measured side by side on the bundled default (d_model 128,
+# 2-core machine, bench/README.md): 1 thread 129 s, torch's default 2 threads 293 s.
+ONE_THREAD_BELOW_D_MODEL = 512
+
+
+class CpuThreads:
+    """The command line's CPU thread count: one thread for a narrow model unless the user chose
+    (``OMP_NUM_THREADS`` set, as torchrun does), otherwise torch's own; put back when the run ends, so a
+    library caller's process keeps its setting."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and "OMP_NUM_THREADS" not in os.environ
+        self.before: int | None = None
+
+    def choose(self, device: Any, d_model: int, log: Callable[[str], None]) -> None:
+        if not self.enabled or not str(device).startswith("cpu") or d_model >= ONE_THREAD_BELOW_D_MODEL:
+            return
+        import torch
+
+        if torch.get_num_threads() > 1:
+            self.before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            log(f"note: 1 CPU thread (d_model {d_model} is too narrow to gain from {self.before}; "
+                "set OMP_NUM_THREADS to choose, or run more processes with torchrun)")
+
+    def restore(self) -> None:
+        if self.before is not None:
+            import torch
+
+            torch.set_num_threads(self.before)
+            self.before = None
+
+
 def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None] = print,
-            loaded: tuple[Any, Any] | None = None) -> SuiteResult:
+            loaded: tuple[Any, Any] | None = None, auto_threads: bool = False) -> SuiteResult:
     """Validate everything cheap first, then load, run (resuming from parts) and write the run directory.
     ``loaded``: the ``(pairs, report)`` of ``load_pairs(req.data, …)`` when the caller already read them
     (the CLI does, before importing anything heavy).
 
     Launched by torchrun, every process runs this: each loads the pair on its own device and
     computes its share of the parts (see :mod:`alignment_probe.distributed`); rank 0 alone logs,
-    writes the manifest and the outputs. Alone, it is the plain single-process run.
+    writes the manifest and the outputs. Alone, it is the plain single-process run. ``auto_threads`` (the
+    command line): :class:`CpuThreads` chooses the CPU thread count for the run.
     """
     from alignment_probe.distributed import World
 
     world = World.from_env(req.device)
-    with world:
-        result = run_in_world(req, world, progress=progress and world.is_main,
-                              log=log if world.is_main else (lambda s: None), loaded=loaded)
-        world.finish()
+    threads = CpuThreads(auto_threads)
+    try:
+        with world:
+            result = run_in_world(req, world, progress=progress and world.is_main,
+                                  log=log if world.is_main else (lambda s: None), loaded=loaded, threads=threads)
+            world.finish()
+    finally:
+        threads.restore()
     return result
 
 
 def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[str], None],
-                 loaded: tuple[Any, Any] | None = None) -> SuiteResult:
+                 loaded: tuple[Any, Any] | None = None, threads: CpuThreads | None = None) -> SuiteResult:
     """:func:`execute` in a given world (of one process, or this rank's share of a torchrun run)."""
     from alignment_probe.distributed import PassLog, device_for, run_passes
 
@@ -250,6 +289,8 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
     device = device_for(req.device, world.local_rank) if world.distributed else req.device  # cuda → cuda:LOCAL_RANK
     make_deterministic(device)
     pair = load_twins(req.base, req.tuned, device=device, dtype=req.dtype, checkpoints=checkpoints)
+    if threads is not None:
+        threads.choose(pair.base.cfg.device, pair.d_model, log)
     manifest = build_manifest("run", req.config(), models=pair.describe(), argv=req.argv, device=device,
                               data={"source": req.data, **file_fingerprint(req.data), "skips": report.to_dict(),
                                     "max_length_used": max_length, **truncation_stats(tokenized), **id_source,

@@ -19,7 +19,8 @@ Parts (``--only``; default: all but ``llama8``):
   with ``--llama1b``, on a Llama-3.2-1B-shaped pair planted in a temporary Hugging Face cache
   (bench_load_llama1b.py; 2 x 2.5 GB): refused before any weights load?
 * ``bundled``: the bundled default ``run --out DIR`` (80 pairs, the whole default suite, report) under
-  each ``--layouts`` thread layout (``default``: torch's own thread count; ``1``: OMP_NUM_THREADS=1);
+  each ``--layouts`` layout (``default``: torch's own thread count; ``1``: OMP_NUM_THREADS=1; ``2p``: two
+  processes of one thread, ``torchrun --standalone --nproc_per_node 2``);
 * ``memory``: the bundled default on 16 and on 80 pairs, peak RSS (1 thread);
 * ``llama8``: the 8-layer d_model-512 random Llama pair (8 HH pairs <= 400 tokens), fast vs
   ``--engine reference``, and the largest difference between their effects.
@@ -93,9 +94,11 @@ def engine_work(out: Path) -> dict | None:
 
 
 def timed(name: str, argv: list[str], *, code: Path | None = None, env: dict | None = None,
-          out: Path | None = None) -> dict:
+          out: Path | None = None, nproc: int = 1) -> dict:
     """Run one CLI command in a fresh process: wall and CPU seconds, peak RSS (GiB), exit code; log kept.
-    ``code``: a folder holding another version of the package (first on PYTHONPATH); ``env``: extra variables."""
+    ``code``: a folder holding another version of the package (first on PYTHONPATH); ``env``: extra variables;
+    ``nproc`` > 1: launched as ``torchrun --standalone --nproc_per_node nproc`` (one logical run; CPU time and
+    peak RSS then cover the launcher and its workers as ``wait4`` reports them)."""
     full_env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                              "TQDM_DISABLE": "1"} | (env or {})
     if code is not None:
@@ -105,7 +108,9 @@ def timed(name: str, argv: list[str], *, code: Path | None = None, env: dict | N
     load = os.getloadavg()[0]
     with open(log, "w") as fh:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "alignment_probe.cli", *argv], cwd=code or ROOT, env=full_env,
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                     "-m", "alignment_probe"] if nproc > 1 else [sys.executable, "-m", "alignment_probe.cli"])
+        proc = subprocess.Popen([*launcher, *argv], cwd=code or ROOT, env=full_env,
                                 stdout=fh, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
@@ -159,7 +164,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=PARTS, action="append", help="parts to run (repeatable)")
     parser.add_argument("--baseline", default=None, help="also run the older commit REV, side by side")
-    parser.add_argument("--layouts", default="default,1", help="thread layouts of the bundled default run")
+    parser.add_argument("--layouts", default="default,1,2p",
+                        help="layouts of the bundled default run: default (torch's threads), N (threads), "
+                             "Np (N processes of 1 thread, torchrun)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of the bundled default per layout and code")
     parser.add_argument("--llama1b", action="store_true", help="also time the refusal on a planted 1B-shaped pair")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "alignment-probe-bench")
@@ -196,11 +203,14 @@ def main() -> int:
             runs: dict = {}
             for rep in range(args.repeats):
                 for layout in args.layouts.split(","):
-                    env = {} if layout == "default" else {"OMP_NUM_THREADS": layout, "MKL_NUM_THREADS": layout}
+                    # "default": torch's thread count; "N": OMP_NUM_THREADS=N; "Np": N processes of 1 thread (torchrun)
+                    nproc = int(layout[:-1]) if layout.endswith("p") else 1
+                    threads = "1" if nproc > 1 else layout
+                    env = {} if layout == "default" else {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
                     for label, code in codes.items():  # alternating, so both see the same load
                         out = work / f"default-{label}-{layout}-{rep}"
-                        row = timed(f"bundled-default-{layout}t-{label}-{rep}", ["run", "--out", str(out)], code=code,
-                                    env=env, out=out)
+                        row = timed(f"bundled-default-{layout}{'' if nproc > 1 else 't'}-{label}-{rep}",
+                                    ["run", "--out", str(out)], code=code, env=env, out=out, nproc=nproc)
                         runs.setdefault(f"{layout} threads", {}).setdefault(label, []).append(row)
                         if not args.keep:
                             shutil.rmtree(out, ignore_errors=True)

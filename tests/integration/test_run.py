@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+import alignment_probe as ap
 from alignment_probe.cli import main
 from alignment_probe.effects import EXPERIMENT_NAMES
 
@@ -152,3 +153,27 @@ def test_smollm2_findings_collect_reads_runs(tiny, tmp_path, full_run):
     # The localization instruments of the default run have their tables too (E8 windows and 2×2, E9 shift).
     assert "weight transplants" in tables and "2×2 cross design" in tables and "distribution shift" in tables
     assert h["window_transplant"]["by_window"] == s["experiments"]["window_transplant"]["by_window"]
+
+
+def test_the_command_line_runs_a_narrow_model_on_one_thread_and_puts_the_count_back(tiny, tmp_path, monkeypatch):
+    """torch's default threads made the bundled default run 2.3x slower than one thread (bench/README.md): the
+    command line uses one for models narrower than 512 unless OMP_NUM_THREADS says otherwise; the manifest
+    records what ran, and the caller's process gets its own count back."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert main(_args(tiny, tmp_path / "auto", "--experiments", "identity")) == 0
+        assert json.loads((tmp_path / "auto" / "manifest.json").read_text())["environment"]["torch_num_threads"] == 1
+        assert torch.get_num_threads() == 2
+        # the library call leaves threads alone
+        api = ap.run_suite(tmp_path / "api", base=tiny.base, tuned=tiny.tuned, data=PAIRS_DATA,
+                           experiments=("identity",), n_pairs=6, max_length=72, n_boot=200, progress=False)
+        assert api.manifest["environment"]["torch_num_threads"] == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice stands
+        assert main(_args(tiny, tmp_path / "chosen", "--experiments", "identity")) == 0
+        assert json.loads((tmp_path / "chosen" / "manifest.json").read_text())["environment"]["torch_num_threads"] == 2
+    finally:
+        torch.set_num_threads(before)
