@@ -306,13 +306,13 @@ def render_localization(found: dict[str, Any], runs: Sequence[str]) -> list[str]
     return parts
 
 
-def _at_c(rows: Sequence[dict[str, Any]] | None, c: float = 1.0) -> str:
-    row = next((r for r in rows or [] if abs(float(r["c"]) - c) < 1e-9), None)
-    return _ci(row["mean"], [row["ci_low"], row["ci_high"]]) if row else ""
-
-
 def _frac(entry: dict[str, Any] | None) -> str:
+    """The CI cell of a summary entry holding ``mean``, ``ci_low``, ``ci_high`` ("" when there is none)."""
     return _ci(entry["mean"], [entry["ci_low"], entry["ci_high"]]) if entry else ""
+
+
+def _at_c(rows: Sequence[dict[str, Any]] | None, c: float = 1.0) -> str:
+    return _frac(next((r for r in rows or [] if abs(float(r["c"]) - c) < 1e-9), None))
 
 
 def _validation_cells(v: dict[str, Any] | None) -> list[str]:
@@ -332,7 +332,7 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
             for hook, e in atp["by_hook"].items():
                 top = sorted(e["per_layer"], key=lambda r: -abs(r["mean"]))[:3]
                 rows.append([hook, len(e["per_layer"]),
-                             "; ".join(f"{r['layer']}: {_ci(r['mean'], [r['ci_low'], r['ci_high']])}" for r in top),
+                             "; ".join(f"{r['layer']}: {_frac(r)}" for r in top),
                              *_validation_cells(e.get("validation"))])
             parts += [f"### {run}: E10 attribution patching (tuned → base, every position), the three largest "
                       f"estimates per hook, mean [95 % CI]; validation against exact rows of the same conditions",
@@ -350,7 +350,7 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
             for hook, cells in atp["by_head"].items():
                 top = sorted(cells, key=lambda c: -abs(c["mean"]))[:4]
                 rows.append([f"{hook} ({est.get(hook, 'atp')})", len(cells),
-                             "; ".join(f"L{c['layer']}h{c['head']} {_ci(c['mean'], [c['ci_low'], c['ci_high']])}"
+                             "; ".join(f"L{c['layer']}h{c['head']} {_frac(c)}"
                                        for c in top),
                              *_validation_cells((atp.get("head_validation") or {}).get(hook))])
             parts += [f"### {run}: E10 per head, the four largest estimates per hook, mean [95 % CI]; validation "
