@@ -99,6 +99,19 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoints:
 
 
 @pytest.fixture(scope="session")
+def planted(tmp_path_factory: pytest.TempPathFactory):
+    """A 5-layer base and a twin that differs from it only in the MLP of layer 2: the answer is known
+    (engine and AtP known-answer tests share it)."""
+    from alignment_probe.pair import load_twins
+
+    root = tmp_path_factory.mktemp("planted")
+    tok = train_tokenizer(_corpus(200), vocab_size=400)
+    base = random_llama(llama_config(tok, num_hidden_layers=5), seed=5)
+    twin = perturbed_copy(base, seed=6, scale=0.5, only="layers.2.mlp")
+    return load_twins(save_checkpoint(base, tok, root / "base"), save_checkpoint(twin, tok, root / "twin"))
+
+
+@pytest.fixture(scope="session")
 def tiny_pair(tiny: TinyCheckpoints):
     from alignment_probe.pair import load_twins
 

@@ -73,3 +73,19 @@ def perturbed_copy(model: Any, seed: int, scale: float = 0.05, only: str | None 
             if only is None or only in name:
                 p.add_(scale * p.std() * torch.randn(p.shape, generator=gen))
     return twin
+
+
+def planted_mlp_checkpoints(base_dir: str | Path, root: str | Path, blocks_and_seeds: Iterable[tuple[int, int]],
+                            scale: float = 0.5) -> list[Path]:
+    """Twins of the checkpoint ``base_dir`` tuned in one more block's MLP each (a known answer): the first
+    differs from the base in block b₀'s MLP only, the second also in b₁'s, … (``blocks_and_seeds``: (b, seed)
+    pairs), saved as ``root/one``, ``root/two``, … with the base's tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    out = []
+    for name, (block, seed) in zip(("one", "two", "three", "four"), blocks_and_seeds):
+        model = perturbed_copy(model, seed=seed, scale=scale, only=f"layers.{block}.mlp")
+        out.append(save_checkpoint(model, tok, Path(root) / name))
+    return out

@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BUNDLED_PAIRS, PAIRS_DATA, _corpus
+from conftest import BUNDLED_PAIRS, PAIRS_DATA
 
 from alignment_probe.data import load_pairs
 from alignment_probe.effects import KEY_COLUMNS, RowKey
@@ -29,13 +29,6 @@ from alignment_probe.interventions import AddVector, Interpolate
 from alignment_probe.pair import load_twins
 from alignment_probe.tables import PartStore
 from alignment_probe.tokens import sample_and_tokenize
-from tests.helpers.checkpoints import (
-    llama_config,
-    perturbed_copy,
-    random_llama,
-    save_checkpoint,
-    train_tokenizer,
-)
 
 HOOKS4 = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 
@@ -149,16 +142,6 @@ def test_rows_fit_the_effects_table(tiny_pair, tokenized):
     with pytest.raises(ConfigError, match="Replace and Interpolate"):
         AttributionEngine().run(tiny_pair, tokenized, layer_sweep("v", target="base", source="tuned", layers=(0,),
                                                                   intervention=AddVector("chosen")))
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    """A base and a twin that differs from it only in the MLP of layer 2."""
-    root = tmp_path_factory.mktemp("planted-atp")
-    tok = train_tokenizer(_corpus(200), vocab_size=400)
-    base = random_llama(llama_config(tok, num_hidden_layers=5), seed=5)
-    twin = perturbed_copy(base, seed=6, scale=0.5, only="layers.2.mlp")
-    return load_twins(save_checkpoint(base, tok, root / "base"), save_checkpoint(twin, tok, root / "twin"))
 
 
 def test_planted_twin_known_answer(planted):

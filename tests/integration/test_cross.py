@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import alignment_probe as ap
 from alignment_probe.engine import make_engine
@@ -14,19 +13,14 @@ from alignment_probe.experiments.registry import Plan, Tables
 from alignment_probe.experiments.suite import SuiteConfig
 
 from conftest import BUNDLED_PAIRS
-from tests.helpers.checkpoints import perturbed_copy, save_checkpoint
+from tests.helpers.checkpoints import planted_mlp_checkpoints
 
 
 @pytest.fixture(scope="module")
 def block_twins(tiny, tmp_path_factory):
     """(one-block twin, two-block twin) of the tiny base: MLP of block 1 tuned; MLPs of blocks 1 and 2 tuned."""
-    root = tmp_path_factory.mktemp("block-twins")
-    base = AutoModelForCausalLM.from_pretrained(tiny.base)
-    tok = AutoTokenizer.from_pretrained(tiny.base)
-    one = perturbed_copy(base, seed=5, scale=0.5, only="layers.1.mlp")
-    two = perturbed_copy(one, seed=6, scale=0.5, only="layers.2.mlp")
-    return (ap.load_twins(tiny.base, save_checkpoint(one, tok, root / "one")),
-            ap.load_twins(tiny.base, save_checkpoint(two, tok, root / "two")))
+    one, two = planted_mlp_checkpoints(tiny.base, tmp_path_factory.mktemp("block-twins"), [(1, 5), (2, 6)])
+    return ap.load_twins(tiny.base, one), ap.load_twins(tiny.base, two)
 
 
 def _run(twins, engine="fast"):

@@ -9,16 +9,12 @@ import pytest
 import torch
 from transformer_lens import patching as tl_patching
 
-from tests.helpers.checkpoints import llama_config, perturbed_copy, random_llama, save_checkpoint, train_tokenizer
 from alignment_probe.effects import EXPERIMENT_NAMES
 from alignment_probe.engine import FastEngine, ReferenceEngine
 from alignment_probe.experiments.lowrank import fit_for_mode, lowrank_specs, stacked_activations
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.experiments.suite import SuiteConfig, per_layer_specs
-from alignment_probe.pair import load_twins
 from alignment_probe.tokens import sample_and_tokenize
-
-from conftest import _corpus
 
 
 @pytest.fixture(scope="module")
@@ -131,16 +127,6 @@ def test_matches_transformer_lens_patching_utilities(tiny_pair, tokenized):
             tl_last = (deltas_last["chosen"][layer] - deltas_last["rejected"][layer]).item() - clean_delta
             assert abs(ours.loc[("all", layer, t.pair_id), "effect"] - tl_all) <= 1e-4
             assert abs(ours.loc[("last_prompt", layer, t.pair_id), "effect"] - tl_last) <= 1e-4
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    """A base and a twin that differs from it only in the MLP of layer 2: the answer is known."""
-    root = tmp_path_factory.mktemp("planted")
-    tok = train_tokenizer(_corpus(200), vocab_size=400)
-    base = random_llama(llama_config(tok, num_hidden_layers=5), seed=5)
-    twin = perturbed_copy(base, seed=6, scale=0.5, only="layers.2.mlp")
-    return load_twins(save_checkpoint(base, tok, root / "base"), save_checkpoint(twin, tok, root / "twin"))
 
 
 def test_known_answer_on_a_planted_twin(planted, hh_pairs):

@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 import alignment_probe as ap
 from alignment_probe.effects import RowKey
@@ -22,7 +22,7 @@ from alignment_probe.experiments.suite import SuiteConfig
 from alignment_probe.interventions import Transplant
 
 from conftest import BUNDLED_PAIRS
-from tests.helpers.checkpoints import perturbed_copy, save_checkpoint
+from tests.helpers.checkpoints import planted_mlp_checkpoints
 
 N_LAYERS = 4
 
@@ -35,13 +35,8 @@ def pairs(tiny_pair):
 @pytest.fixture(scope="module")
 def planted(tiny, tmp_path_factory):
     """Twins of the tiny base tuned in one block's MLP only (block 1), and in two (blocks 1 and 3)."""
-    root = tmp_path_factory.mktemp("planted-windows")
-    base = AutoModelForCausalLM.from_pretrained(tiny.base)
-    tok = AutoTokenizer.from_pretrained(tiny.base)
-    one = perturbed_copy(base, seed=11, scale=0.5, only="layers.1.mlp")
-    two = perturbed_copy(one, seed=12, scale=0.5, only="layers.3.mlp")
-    return {"one": ap.load_twins(tiny.base, save_checkpoint(one, tok, root / "one")),
-            "two": ap.load_twins(tiny.base, save_checkpoint(two, tok, root / "two"))}
+    one, two = planted_mlp_checkpoints(tiny.base, tmp_path_factory.mktemp("planted-windows"), [(1, 11), (3, 12)])
+    return {"one": ap.load_twins(tiny.base, one), "two": ap.load_twins(tiny.base, two)}
 
 
 def specs(name: str, starts_widths, *, target="base", source="tuned") -> list[PatchSpec]:
