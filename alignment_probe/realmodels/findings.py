@@ -235,6 +235,11 @@ def render_tables(found: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _entry_ci(entry: dict[str, Any] | None) -> str:
+    """The CI cell of a summary entry holding ``mean``, ``ci_low``, ``ci_high`` ("" when there is none)."""
+    return _ci(entry["mean"], [entry["ci_low"], entry["ci_high"]]) if entry else ""
+
+
 def render_localization(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
     """The localization instruments' tables: E8 windows and the 2×2 design, E9 shift and per-token maps."""
     parts: list[str] = []
@@ -244,7 +249,7 @@ def render_localization(found: dict[str, Any], runs: Sequence[str]) -> list[str]
             widths = sorted({r["width"] for _, w in present for r in w["by_window"]})
             cols = [(key, width) for key, _ in present for width in widths]
             starts = sorted({r["start"] for _, w in present for r in w["by_window"]})
-            cell = {(key, r["width"], r["start"]): _ci(r["mean"], [r["ci_low"], r["ci_high"]])
+            cell = {(key, r["width"], r["start"]): _entry_ci(r)
                     for key, w in present for r in w["by_window"]}
             gain = present[0][1].get("gain") or {}
             parts += [f"### {run}: weight transplants, gain carried by the window starting at each block, mean [95 % CI] "
@@ -272,8 +277,8 @@ def render_localization(found: dict[str, Any], runs: Sequence[str]) -> list[str]
             for layer in sorted({c["layer"] for c in heads["by_head"]}):
                 cells = sorted((c for c in heads["by_head"] if c["layer"] == layer), key=lambda c: -abs(c["mean"]))
                 a = attn.get(layer)
-                rows.append([layer, _ci(a["mean"], [a["ci_low"], a["ci_high"]]) if a else "", f"{sums.get(layer, 0):+.2f}",
-                             "; ".join(f"h{c['head']} {_ci(c['mean'], [c['ci_low'], c['ci_high']])}" for c in cells[:3])])
+                rows.append([layer, _entry_ci(a), f"{sums.get(layer, 0):+.2f}",
+                             "; ".join(f"h{c['head']} {_entry_ci(c)}" for c in cells[:3])])
             parts += [f"### {run}: {_label(key)} (tuned → base, one head at a time, hook {heads['hook']}), mean [95 % CI]",
                       _table(["layer", "whole attn_out", "Σ heads", "largest three heads"], rows)]
         split_rows = found[run].get("cross_2x2")
@@ -291,7 +296,7 @@ def render_localization(found: dict[str, Any], runs: Sequence[str]) -> list[str]
                       _table(["positions", "KL(tuned ‖ base), nats", f"share with tuned's top token ranked > "
                                                                     f"{shift['top_rank']} under base"],
                              [[f"first {k}" if k != "rest" else "the rest",
-                               _ci(a["mean"], [a["ci_low"], a["ci_high"]]), _ci(b["mean"], [b["ci_low"], b["ci_high"]])]
+                               _entry_ci(a), _entry_ci(b)]
                               for k, a, b in zip(bins, shift["kl_by_bin"], shift["rank_gt3_by_bin"])])]
         tmap = found[run].get("token_map")
         if tmap:
@@ -299,20 +304,15 @@ def render_localization(found: dict[str, Any], runs: Sequence[str]) -> list[str]
             for c in tmap["conditions"]:
                 mine = {b["first"]: b for b in tmap["by_bin"] if (b["hook"], b["layer"], b["width"]) ==
                         (c["hook"], c["layer"], c["width"])}
-                rows.append([c["label"], _ci(c["mean"], [c["ci_low"], c["ci_high"]]),
+                rows.append([c["label"], _entry_ci(c),
                              *[_ci(mine[k]["share"], mine[k]["share_ci"]) for k in (1, 2, 4, 8, "rest")]])
             parts += [f"### {run}: share of each effect carried by the first k completion tokens [95 % CI]",
                       _table(["condition", "effect", "first 1", "first 2", "first 4", "first 8", "the rest"], rows)]
     return parts
 
 
-def _frac(entry: dict[str, Any] | None) -> str:
-    """The CI cell of a summary entry holding ``mean``, ``ci_low``, ``ci_high`` ("" when there is none)."""
-    return _ci(entry["mean"], [entry["ci_low"], entry["ci_high"]]) if entry else ""
-
-
 def _at_c(rows: Sequence[dict[str, Any]] | None, c: float = 1.0) -> str:
-    return _frac(next((r for r in rows or [] if abs(float(r["c"]) - c) < 1e-9), None))
+    return _entry_ci(next((r for r in rows or [] if abs(float(r["c"]) - c) < 1e-9), None))
 
 
 def _validation_cells(v: dict[str, Any] | None) -> list[str]:
@@ -332,7 +332,7 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
             for hook, e in atp["by_hook"].items():
                 top = sorted(e["per_layer"], key=lambda r: -abs(r["mean"]))[:3]
                 rows.append([hook, len(e["per_layer"]),
-                             "; ".join(f"{r['layer']}: {_frac(r)}" for r in top),
+                             "; ".join(f"{r['layer']}: {_entry_ci(r)}" for r in top),
                              *_validation_cells(e.get("validation"))])
             parts += [f"### {run}: E10 attribution patching (tuned → base, every position), the three largest "
                       f"estimates per hook, mean [95 % CI]; validation against exact rows of the same conditions",
@@ -350,7 +350,7 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
             for hook, cells in atp["by_head"].items():
                 top = sorted(cells, key=lambda c: -abs(c["mean"]))[:4]
                 rows.append([f"{hook} ({est.get(hook, 'atp')})", len(cells),
-                             "; ".join(f"L{c['layer']}h{c['head']} {_frac(c)}"
+                             "; ".join(f"L{c['layer']}h{c['head']} {_entry_ci(c)}"
                                        for c in top),
                              *_validation_cells((atp.get("head_validation") or {}).get(hook))])
             parts += [f"### {run}: E10 per head, the four largest estimates per hook, mean [95 % CI]; validation "
@@ -359,32 +359,32 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
                               "largest |AtP − exact|"], rows)]
         st = found[run].get("steer")
         if st:
-            rows = [["v_ℓ (mean tuning shift)", _at_c(st.get("by_c")), _frac(st.get("recovered_fraction"))]]
+            rows = [["v_ℓ (mean tuning shift)", _at_c(st.get("by_c")), _entry_ci(st.get("recovered_fraction"))]]
             for name, b in (st.get("baselines") or {}).items():
-                rows.append([name, _at_c(b.get("by_c")), _frac(b.get("recovered_fraction"))])
+                rows.append([name, _at_c(b.get("by_c")), _entry_ci(b.get("recovered_fraction"))])
             for name, b in (st.get("variants") or {}).items():
                 rows.append([f"v at the {name.replace('_', ' ')} position", _at_c(b.get("by_c")),
-                             _frac(b.get("recovered_fraction"))])
+                             _entry_ci(b.get("recovered_fraction"))])
             rev = st.get("reverse") or {}
             if rev:
                 rows.append(["reverse: −v_ℓ on the tuned model (fraction lost)", _at_c(rev.get("by_c")),
-                             _frac(rev.get("lost_fraction"))])
+                             _entry_ci(rev.get("lost_fraction"))])
             gain = st.get("gain") or {}
             parts += [f"### {run}: E11 steering at layer {st['layer']} ({st.get('layer_rule', '')}); held-out half, "
-                      f"c = 1; gain there {_frac(gain)}",
+                      f"c = 1; gain there {_entry_ci(gain)}",
                       _table(["direction", "Δ(steered) − Δ(base)", "fraction of the gain"], rows)]
             if st.get("by_layer"):
                 parts += [f"### {run}: E11 steering scan on the fit half (c = 1), mean [95 % CI]",
                           _table(["layer", "v_ℓ", "random direction"],
-                                 [[r["layer"], _frac(r.get("v")), _frac(r.get("random"))] for r in st["by_layer"]])]
+                                 [[r["layer"], _entry_ci(r.get("v")), _entry_ci(r.get("random"))] for r in st["by_layer"]])]
             tr = st.get("transfer")
             if tr:
                 parts += [f"### {run}: E11 transfer (v fitted on the run's data, evaluated on the other dataset's "
-                          f"pairs; their gain {_frac(tr.get('gain'))}), c = 1",
+                          f"pairs; their gain {_entry_ci(tr.get('gain'))}), c = 1",
                           _table(["direction", "Δ(steered) − Δ(base)", "fraction of the gain"],
-                                 [["v_ℓ", _at_c(tr.get("by_c")), _frac(tr.get("recovered_fraction"))],
+                                 [["v_ℓ", _at_c(tr.get("by_c")), _entry_ci(tr.get("recovered_fraction"))],
                                   ["random", _at_c((tr.get("random") or {}).get("by_c")),
-                                   _frac((tr.get("random") or {}).get("recovered_fraction"))]])]
+                                   _entry_ci((tr.get("random") or {}).get("recovered_fraction"))]])]
     return parts
 
 
