@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "held-out half a tuned model was not trained on")
     run.add_argument("--alpha-layers", default=None, help="layers for the α sweep (default: every swept layer)")
     run.add_argument("--lowrank-layers", default=None, help="layers for low rank (default: E1's peak layer)")
-    run.add_argument("--window-widths", default="1,2",
-                     help="window_transplant/window_revert (E8): blocks per window, e.g. 1,2 (the default)")
+    run.add_argument("--window-widths", default=None,
+                     help="window_transplant/window_revert (E8): blocks per window, e.g. 1,2 (default: 1 in the "
+                          "default suite, 1,2 when --experiments names them)")
     run.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for every CI")
     run.add_argument("--steer-layer", type=int, default=None,
                      help="steer (E11, opt-in): the layer (default: E1's peak chosen on the fit half)")
@@ -217,7 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = SuiteConfig(experiments=experiments, hook=args.hook, scope=args.scope,
                         extra_hooks=_list(args.extra_hooks) or (), extra_scopes=_list(args.extra_scopes) or (),
                         layers=_layers(args.layers, "--layers"),
-                        window_widths=_list(args.window_widths, int, "--window-widths") or (),
+                        window_widths=_list(args.window_widths, int, "--window-widths"),
                         alpha_layers=_layers(args.alpha_layers, "--alpha-layers"),
                         lowrank_layers=_layers(args.lowrank_layers, "--lowrank-layers"),
                         steer_layer=args.steer_layer, steer_cs=_list(args.steer_c, float, "--steer-c"),

@@ -38,7 +38,7 @@ from alignment_probe.errors import ConfigError
 from alignment_probe.experiments import registry
 from alignment_probe.experiments.alpha import DEFAULT_ALPHAS
 from alignment_probe.experiments.lowrank import DEFAULT_KS
-from alignment_probe.experiments.windows import DEFAULT_WIDTHS
+from alignment_probe.experiments.windows import DEFAULT_SUITE_WIDTHS, DEFAULT_WIDTHS
 from alignment_probe.experiments.registry import Experiment, Plan, Tables
 from alignment_probe.numerics import check_scores
 from alignment_probe.pair import Twins
@@ -79,8 +79,14 @@ class SuiteConfig:
     steer_cs: tuple[float, ...] | None = None
     steer_k: int | None = None
     transfer_data: str | None = None  # E11 transfer: pairs of another data source (loaded by run.py)
-    window_widths: tuple[int, ...] = DEFAULT_WIDTHS  # E8 window transplants/reverts: widths w (blocks per window)
+    # E8 window transplants/reverts: widths w (blocks per window). None: 1 in the default suite (its time budget,
+    # issue 12), 1 and 2 when the experiments are chosen (the manifest records the widths used)
+    window_widths: tuple[int, ...] | None = None
     atp_confirm_k: int = 5  # E10 ``--confirm K``: exact patching of the K conditions attribution patching ranks highest
+
+    def __post_init__(self) -> None:
+        if self.window_widths is None:
+            self.window_widths = DEFAULT_SUITE_WIDTHS if set(self.experiments) == set(_all_names()) else DEFAULT_WIDTHS
 
     def validate(self, n_layers: int | None = None) -> None:
         """Check names and ranges; ``n_layers=None`` checks what is known before a model loads."""

@@ -14,7 +14,8 @@ unembedding with block L−1's, so a transplant of every block is the tuned mode
 
 Rows: hook ``blocks``, ``layer`` = the window's first block a, ``param`` = its width w, scope ``all``. The
 engines run a window as a patched run from block a with the window's modules swapped in (engine/hybrid.py),
-batched and prompt-shared like any patch. Widths: ``--window-widths`` (default 1 and 2); starts: the swept
+batched and prompt-shared like any patch. Widths: ``--window-widths`` (default 1 and 2; 1 in the default suite,
+whose time budget the second width would double); starts: the swept
 layers (``--layers``) at which a window fits. ``window_transplant`` also runs the window of every block once,
 a check that the hybrid machinery reproduces the tuned model (``every_block``: its mean effect beside the gain).
 
@@ -39,7 +40,8 @@ from alignment_probe.interventions import Transplant
 
 TRANSPLANT, REVERT = "window_transplant", "window_revert"
 DIRECTIONS = {TRANSPLANT: ("base", "tuned"), REVERT: ("tuned", "base")}  # name → (target, source)
-DEFAULT_WIDTHS = (1, 2)
+DEFAULT_WIDTHS = (1, 2)  # when the window experiments are asked for by name
+DEFAULT_SUITE_WIDTHS = (1,)  # in the default suite (issue 12: "the default run includes ... w=1 windows")
 COLORS = {TRANSPLANT: "#2ca02c", REVERT: "#9467bd"}
 
 

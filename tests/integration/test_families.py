@@ -16,6 +16,7 @@ whose window, cap, attention scale or norm is converted wrongly fails the logit 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,3 +372,87 @@ def test_family_weight_transplants(fam, build, tmp_path):
     np.testing.assert_allclose(every.to_numpy(), gain.loc[every.index].to_numpy(), atol=1e-4)
     revert_all = ref[(ref.experiment == "window_revert") & (ref.param == n)].set_index("pair_id").effect
     np.testing.assert_allclose(-revert_all.to_numpy(), gain.loc[revert_all.index].to_numpy(), atol=1e-4)
+
+
+# Attention modules engine/attention.py runs its own way, per family: the rest keep TransformerLens's own forward
+# (sliding windows, soft-capped scores, OLMo's QK norm on the flat projections).
+LEAN_MODULES = {"gpt2": 3, "gpt-neo": 2, "pythia": 3, "opt": 3, "llama": 3, "llama-3.2": 3, "mistral": 0, "qwen2": 3,
+                "qwen3": 3, "phi-3": 3, "gemma": 3, "gemma-2": 0, "gemma-3": 1, "olmo-2": 0}
+
+
+@pytest.mark.parametrize("kind", ["exact", "sdpa"])
+@pytest.mark.parametrize("fam", FAMILIES, ids=lambda f: f.name)
+def test_family_lean_attention(fam, kind, build, monkeypatch):
+    """The engines' attention (engine/attention.py) on every family: logits equal Hugging Face's; a right-padded
+    batch and key/value-cache continuations from a residual equal TransformerLens's own attention, every hook
+    point the path keeps included — bit for bit for ``exact``, to float rounding for ``sdpa``; a hook on the
+    pattern (which neither path computes) sends the forward back to TransformerLens's attention."""
+    from alignment_probe.engine.attention import lean_attention, supports_lean
+    from alignment_probe.engine.prefix import length_mask, pad_stack, run_continuations, run_prompts, supports_prefix
+
+    b = build(fam)
+    model = b.twins.base
+    assert sum(supports_lean(blk.attn) for blk in model.blocks) == LEAN_MODULES[fam.name]
+    seqs = [t.sequence(s) for t in b.tokenized for s in ("chosen", "rejected")]
+    ids = [torch.tensor(list(s.prompt_ids) + list(s.completion_ids)) for s in seqs]
+    with torch.no_grad():
+        hf_logits = [b.hf["base"](x[None]).logits for x in ids]
+    calls = []  # the lean path really runs: its modules call softmax / SDPA from attention.py
+    import alignment_probe.engine.attention as attention
+
+    real_f = attention.F
+    counting = type("F", (), {n: getattr(real_f, n) for n in ("linear",)})()
+    counting.softmax = lambda *a, **k: calls.append(1) or real_f.softmax(*a, **k)
+    counting.scaled_dot_product_attention = lambda *a, **k: calls.append(1) or real_f.scaled_dot_product_attention(
+        *a, **k)
+    monkeypatch.setattr(attention, "F", counting)
+    with lean_attention(model, kind=kind), torch.no_grad():
+        for x, ref in zip(ids, hf_logits):
+            assert (model(x[None]) - ref).abs().max().item() <= 1e-4
+    assert len(calls) == LEAN_MODULES[fam.name] * len(ids)
+    monkeypatch.undo()
+    # A right-padded batch, every kept hook point cached.
+    width = max(len(x) for x in ids)
+    batch, mask = pad_stack(ids, width), length_mask([len(x) for x in ids], width, "cpu")
+    keep = ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_z", "hook_attn_out", "hook_resid_post")
+
+    def cached(lean: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with (lean_attention(model, kind=kind) if lean else contextlib.nullcontext()), torch.no_grad():
+            return model.run_with_cache(batch, attention_mask=mask, names_filter=lambda n: n.endswith(keep),
+                                        return_cache_object=False)
+
+    def same(a: torch.Tensor, b_: torch.Tensor, what: str = "") -> None:
+        if kind == "exact":
+            assert torch.equal(a, b_), what
+        else:  # float rounding: the softmax is summed blockwise
+            torch.testing.assert_close(a, b_, rtol=1e-5, atol=1e-5, msg=what)
+
+    (ours, ours_cache), (theirs, theirs_cache) = cached(True), cached(False)
+    assert ours_cache.keys() == theirs_cache.keys() and ours_cache
+    real = mask.bool()
+    same(ours[real], theirs[real])
+    for name in theirs_cache:
+        same(ours_cache[name][real], theirs_cache[name][real], name)
+    if supports_prefix(model):  # prompts, then completions continued from block 1 with their keys and values
+        with torch.no_grad():
+            _, c = model.run_with_cache(batch, attention_mask=mask, names_filter="blocks.1.hook_resid_pre",
+                                        return_cache_object=False)
+        resid = [c["blocks.1.hook_resid_pre"][i, s.completion_start: s.length] for i, s in enumerate(seqs)]
+
+        def continued(lean: bool) -> torch.Tensor:
+            with lean_attention(model, kind=kind) if lean else contextlib.nullcontext():
+                states, _, _ = run_prompts(model, None, [torch.tensor(s.prompt_ids) for s in seqs])
+                return run_continuations(model, 1, states, resid)[0]
+
+        a, b_ = continued(True), continued(False)
+        real_c = length_mask([len(s.completion_ids) for s in seqs], a.shape[1], "cpu").bool()
+        same(a[real_c], b_[real_c])
+    # A hook on the pattern is honoured: that forward runs TransformerLens's attention.
+    seen = []
+    if LEAN_MODULES[fam.name]:
+        layer = next(i for i, blk in enumerate(model.blocks) if supports_lean(blk.attn))
+        with lean_attention(model, kind=kind), torch.no_grad():
+            model.run_with_hooks(ids[0][None], fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern",
+                                                           lambda p, hook: seen.append(p.shape))])
+        assert seen == [torch.Size([1, model.cfg.n_heads, len(ids[0]), len(ids[0])])]
+    assert not any("forward" in blk.attn.__dict__ for blk in model.blocks)  # the modules' own forwards are back

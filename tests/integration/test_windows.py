@@ -175,3 +175,13 @@ def test_a_transplant_spec_must_say_its_width_and_blocks():
         PatchSpec(RowKey("window_transplant", "base", "tuned", "blocks", "all", "both", 1, 2.0), Transplant(1))
     with pytest.raises(ValueError, match="whole number"):
         Transplant(0)
+
+
+def test_default_widths_are_one_in_the_default_suite_and_one_and_two_by_name():
+    """Issue 12: the default run includes w = 1 windows (its time budget); asked for by name, w = 1 and 2."""
+    from alignment_probe.experiments.suite import SuiteConfig
+
+    assert SuiteConfig().window_widths == (1,)
+    assert SuiteConfig(experiments=("patch_tuned_to_base", "window_transplant")).window_widths == (1, 2)
+    assert SuiteConfig(window_widths=(1, 2, 4)).window_widths == (1, 2, 4)
+    assert SuiteConfig().to_dict()["window_widths"] == (1,)  # the manifest records the widths used

@@ -1,0 +1,187 @@
+"""The engines' attention: TransformerLens's, without its extra passes over the attention scores.
+
+TransformerLens's attention writes a ``[batch, heads, query, key]`` tensor five times a forward (the
+scores, the scores divided by the scale, the masked scores from ``torch.where``, the pattern, the pattern
+with NaNs replaced), plus a boolean ``isnan`` of it: on a narrow model that is a third of a forward's time
+(bench/README.md). The engines never read the scores or the pattern, so inside their forwards
+:func:`lean_attention` swaps each supported attention module's ``forward`` for one of two others that keep
+everything else of TransformerLens's forward:
+
+* the queries, keys and values come from the module's own ``calculate_qkv_matrices`` (``hook_q``,
+  ``hook_k``, ``hook_v`` fire; QK norms, split inputs and grouped keys/values as TransformerLens
+  does them), rotary from its own ``apply_rotary`` (``hook_rot_q``, ``hook_rot_k``), the key/value
+  cache from its own ``append``;
+* the causal mask and the padding mask are TransformerLens's (keys at positions ≤ the query's,
+  ``attention_mask`` over cached and new keys), grouped heads as ``repeat_interleave`` groups them;
+* ``hook_z`` fires on the same ``[batch, pos, head_index, d_head]`` tensor, and the output
+  projection is the same ``F.linear``.
+
+``"exact"`` (:func:`exact_forward`, the engines' default) runs TransformerLens's own operations on the same
+operands, the divide, mask and NaN passes in place: the **same bits** as TransformerLens (tested on every
+family), so every exact identity of the engines (identity = 0, per-sequence sums, a row independent of its
+batch on one thread) is kept. ``"sdpa"`` (:func:`sdpa_forward`) fuses scores, mask, softmax and
+pattern × values into ``scaled_dot_product_attention``, which never materialises the pattern (the
+memory-light choice for long sequences on a GPU); it equals TransformerLens to float rounding (~1e-6
+relative), and a row then depends on its batch's padded width at that level.
+
+``hook_attn_scores`` and ``hook_pattern`` do not fire on either path, so a forward that has a hook on
+either (a cache that asks for the pattern, a user's hook), or that passes an additive mask or a position
+bias, runs TransformerLens's own forward; so do families whose attention is more than this (ALiBi,
+sliding windows, soft-capped scores, attention sinks, log-n scaling, OLMo's QK norm, per-head results,
+4-bit weights): :func:`supports_lean` names them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+# Architectures whose attention TransformerLens changes outside calculate_qkv_matrices (QK norm on the
+# flat projections).
+_OLMO_QK_NORM = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+_MARK = "_alignment_probe_sdpa"
+
+
+def supports_lean(attn: Any) -> bool:
+    """Whether :func:`exact_forward` and :func:`sdpa_forward` compute what this TransformerLens attention module
+    computes (the families and options their shared code covers)."""
+    from transformer_lens.components import Attention, GroupedQueryAttention
+
+    cfg = attn.cfg
+    return (type(attn) in (Attention, GroupedQueryAttention)
+            and cfg.positional_embedding_type in ("rotary", "standard")
+            and (attn._attention_dir_override or cfg.attention_dir) == "causal"
+            and getattr(attn, "attn_type", "global") == "global"
+            and not cfg.use_attention_sinks and not cfg.use_logn_attn and not cfg.use_attn_result
+            and not cfg.load_in_4bit and cfg.clip_qkv is None
+            and not (cfg.attn_scores_soft_cap is not None and cfg.attn_scores_soft_cap > 0)
+            and cfg.original_architecture not in _OLMO_QK_NORM
+            and bool(torch.isneginf(attn.IGNORE)))
+
+
+def _hooked(point: torch.nn.Module) -> bool:
+    return bool(point._forward_hooks or point._backward_hooks or point._forward_pre_hooks)
+
+
+def sdpa_attention(*models: Any) -> contextlib.AbstractContextManager[None]:
+    """:func:`lean_attention` with ``kind="sdpa"``."""
+    return lean_attention(*models, kind="sdpa")
+
+
+def causal_mask(n_query: int, offset: int, attention_mask: Int[Tensor, "batch key_pos"] | None,
+                n_key: int, device: Any) -> Tensor:
+    """TransformerLens's mask as booleans: query i (at position offset + i) sees key j ≤ offset + i,
+    and only keys the padding mask keeps. ``[1 | batch, 1, query_pos, key_pos]``."""
+    q = torch.arange(offset, offset + n_query, device=device)
+    k = torch.arange(n_key, device=device)
+    mask = (k[None, :] <= q[:, None])[None, None]
+    if attention_mask is not None:
+        mask = mask & attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+    return mask
+
+
+def _qkv(self: Any, query_input: Tensor, key_input: Tensor, value_input: Tensor, past_kv_cache_entry: Any,
+         attention_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """TransformerLens's queries, keys and values (its own hooks fire), the key/value cache appended and rotary
+    applied as it does them, and its causal × padding mask as booleans."""
+    q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)
+    offset = 0
+    if past_kv_cache_entry is not None:  # keys are cached before rotary, as TransformerLens does
+        offset = past_kv_cache_entry.past_keys.size(1)
+        k, v = past_kv_cache_entry.append(k, v)
+    if self.cfg.positional_embedding_type == "rotary":
+        q = self.hook_rot_q(self.apply_rotary(q, offset, attention_mask))
+        k = self.hook_rot_k(self.apply_rotary(k, 0, attention_mask))
+    return q, k, v, causal_mask(q.shape[1], offset, attention_mask, k.shape[1], q.device)
+
+
+def _output(self: Any, z: Float[Tensor, "batch pos head_index d_head"]) -> Float[Tensor, "batch pos d_model"]:
+    """``hook_z`` and TransformerLens's output projection, operation for operation."""
+    z = self.hook_z(z)
+    w = self.W_O.permute(2, 0, 1).reshape(self.W_O.shape[-1], -1).contiguous()  # "h d m -> m (h d)"
+    b_O = self.b_O
+    if w.device != z.device:
+        w, b_O = w.to(z.device), b_O.to(z.device)
+    return F.linear(z.reshape(z.shape[0], z.shape[1], -1).to(w.dtype), w, b_O)
+
+
+def _fallback(self: Any, additive_attention_mask: Tensor | None, position_bias: Tensor | None) -> bool:
+    return (additive_attention_mask is not None or position_bias is not None
+            or _hooked(self.hook_attn_scores) or _hooked(self.hook_pattern))
+
+
+def exact_forward(self: Any, query_input: Tensor, key_input: Tensor, value_input: Tensor,
+                  past_kv_cache_entry: Any = None, additive_attention_mask: Tensor | None = None,
+                  attention_mask: Int[Tensor, "batch offset_pos"] | None = None,
+                  position_bias: Tensor | None = None) -> Float[Tensor, "batch pos d_model"]:
+    """TransformerLens's ``AbstractAttention.forward``, the same operations on the same operands (so the same
+    bits), with the ``[batch, heads, query, key]`` passes done in place: the scale divides the scores where
+    they are, the mask fills them, NaNs of fully masked rows are zeroed in the pattern itself."""
+    if _fallback(self, additive_attention_mask, position_bias):
+        return type(self).forward(self, query_input, key_input, value_input, past_kv_cache_entry=past_kv_cache_entry,
+                                  additive_attention_mask=additive_attention_mask, attention_mask=attention_mask,
+                                  position_bias=position_bias)
+    q, k, v, mask = _qkv(self, query_input, key_input, value_input, past_kv_cache_entry, attention_mask)
+    if q.shape[2] != k.shape[2]:  # grouped heads, repeated as GroupedQueryAttention does
+        repeats = q.shape[2] // k.shape[2]
+        k = torch.repeat_interleave(k, dim=2, repeats=repeats)
+        v = torch.repeat_interleave(v, dim=2, repeats=repeats)
+    scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1)  # [batch, head_index, query_pos, key_pos]
+    scores.div_(self.attn_scale)
+    scores.masked_fill_(~mask.to(scores.device), float("-inf"))
+    pattern = F.softmax(scores, dim=-1).nan_to_num_(nan=0.0)  # a row with no key: 0, as TransformerLens
+    pattern = pattern.to(device=v.device, dtype=v.dtype)
+    return _output(self, (pattern @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3))
+
+
+def sdpa_forward(self: Any, query_input: Tensor, key_input: Tensor, value_input: Tensor,
+                 past_kv_cache_entry: Any = None, additive_attention_mask: Tensor | None = None,
+                 attention_mask: Int[Tensor, "batch offset_pos"] | None = None,
+                 position_bias: Tensor | None = None) -> Float[Tensor, "batch pos d_model"]:
+    """TransformerLens's ``AbstractAttention.forward`` with the scores, mask, softmax and pattern × values
+    fused into one ``scaled_dot_product_attention``; falls back to the original where that would differ."""
+    if _fallback(self, additive_attention_mask, position_bias):
+        return type(self).forward(self, query_input, key_input, value_input, past_kv_cache_entry=past_kv_cache_entry,
+                                  additive_attention_mask=additive_attention_mask, attention_mask=attention_mask,
+                                  position_bias=position_bias)
+    q, k, v, mask = _qkv(self, query_input, key_input, value_input, past_kv_cache_entry, attention_mask)
+    z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.to(q.dtype).transpose(1, 2),
+                                       attn_mask=mask, scale=1.0 / float(self.attn_scale),
+                                       enable_gqa=q.shape[2] != k.shape[2])
+    if z.device.type != "cpu":  # a row with no key at all: TransformerLens's pattern is 0 there (CPU SDPA gives 0)
+        z = torch.nan_to_num(z, nan=0.0)
+    return _output(self, z.transpose(1, 2))
+
+
+FORWARDS = {"exact": exact_forward, "sdpa": sdpa_forward}
+ATTENTION = (*FORWARDS, "transformer_lens")  # FastEngine(attention=...): the last is TransformerLens's own forward
+
+
+@contextlib.contextmanager
+def lean_attention(*models: Any, kind: str = "exact") -> Iterator[None]:
+    """Inside the ``with`` block, every supported attention module of ``models`` runs :func:`exact_forward`
+    (``kind="exact"``) or :func:`sdpa_forward` (``"sdpa"``); their own forwards are back afterwards (also on
+    an error). Re-entrant: modules already swapped by an outer block are left to it."""
+    forward = FORWARDS[kind]
+    swapped = []
+    try:
+        for model in models:
+            for block in getattr(model, "blocks", ()):
+                attn = getattr(block, "attn", None)
+                if attn is None or _MARK in attn.__dict__ or not supports_lean(attn):
+                    continue
+                attn.forward = types.MethodType(forward, attn)
+                attn.__dict__[_MARK] = True
+                swapped.append(attn)
+        yield
+    finally:
+        for attn in swapped:
+            del attn.forward
+            del attn.__dict__[_MARK]
