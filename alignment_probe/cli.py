@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pairs-per-part", type=int, default=8,
                      help="advanced: pairs per saved part; an interrupted run redoes at most one part per stage "
                           "(default: 8)")
+    run.add_argument("--procs", default="auto",
+                     help="processes on this machine, each on one CPU thread, sharing the run's parts: a number, or "
+                          "auto (default): one per CPU core for a narrow model (d_model < 512) on the CPU when each "
+                          "gets two parts of a stage, else 1. The numbers are the same whatever the count "
+                          "(torchrun does the same across machines: README, 'Many processes')")
     run.add_argument("--out", required=True, help="run directory to write")
 
     organism = sub.add_parser("organism", help="the bundled model organisms")
@@ -204,6 +209,31 @@ def precheck_inputs(args: argparse.Namespace) -> tuple[object, object] | None:
     return loaded
 
 
+def _procs(args: argparse.Namespace, loaded: tuple[object, object] | None) -> int:
+    """``--procs``: the number given, or auto's choice (run.auto_processes), said on stderr when more than one."""
+    from alignment_probe.errors import ConfigError
+    from alignment_probe.run import auto_processes
+
+    if args.procs != "auto":
+        try:
+            procs = int(args.procs)
+        except ValueError:
+            procs = 0
+        if procs < 1:
+            raise ConfigError(f"--procs {args.procs!r}: give a whole number ≥ 1, or auto.")
+        if procs > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            raise ConfigError("--procs starts processes itself; under torchrun leave it out (torchrun's "
+                              "--nproc_per_node chooses).")
+        return procs
+    available = len(loaded[0]) if loaded is not None else args.n_pairs  # type: ignore[arg-type]
+    n_pairs = min(args.n_pairs, available) if args.n_pairs else available
+    procs, why = auto_processes(device=args.device, base=args.base, n_pairs=n_pairs,
+                                pairs_per_part=max(1, args.pairs_per_part))
+    if procs > 1:
+        print(f"note: {procs} processes of 1 CPU thread each ({why}; --procs 1 for one process)", file=sys.stderr)
+    return procs
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     resolve_defaults(args)
     loaded = precheck_inputs(args)
@@ -229,10 +259,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                      n_pairs=args.n_pairs, max_length=args.max_length, data_dir=args.data_dir, split=args.split,
                      device=args.device, dtype=args.dtype, engine=args.engine, batch_size=args.batch_size,
                      force=args.force, pairs_per_part=args.pairs_per_part, pair_ids=args.pair_ids, argv=args.argv)
-    result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr), loaded=loaded, auto_threads=True)
-    if result.extra.get("rank", 0) != 0:  # one of several torchrun processes: rank 0 reports the run
-        return EXIT_OK
-    s = result.summary
+    procs = _procs(args, loaded)
+    if procs > 1:  # the ranks load and run everything; this process only waits for them
+        import json
+
+        from alignment_probe.distributed import spawn
+
+        spawn(req, procs, threads=1, log=lambda s: print(s, file=sys.stderr))
+        s = json.loads((Path(args.out) / "summary.json").read_text(encoding="utf-8"))
+    else:
+        result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr), loaded=loaded,
+                         auto_threads=True)
+        if result.extra.get("rank", 0) != 0:  # one of several torchrun processes: rank 0 reports the run
+            return EXIT_OK
+        s = result.summary
     print(f"wrote {args.out}/ ({s['n_pairs']} pairs, {s['n_layers']} layers): gain {s['gain_mean']:+.3f} "
           f"[{s['gain_ci'][0]:+.3f}, {s['gain_ci'][1]:+.3f}]")
     e1 = s["experiments"].get("patch_tuned_to_base")

@@ -397,7 +397,9 @@ def launch(req: Any, nproc: int, *, threads: int | None = None, log: Callable[[s
 
 
 def _worker(path: str) -> int:
-    """One torchrun process of :func:`launch`: the pickled request, executed in this rank's share."""
+    """One process of :func:`launch` or :func:`spawn`: the pickled request, executed in this rank's share. Under
+    :func:`spawn` an error goes to the file ``ALIGNMENT_PROBE_ERROR_FILE`` names, for the parent to report once."""
+    import json
     import pickle
     import sys
 
@@ -407,12 +409,103 @@ def _worker(path: str) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with open(path, "rb") as handle:
         req = pickle.load(handle)
+    report = os.environ.get(ERROR_FILE)
     try:
         execute(req, progress=True, log=lambda s: print(s, file=sys.stderr))
     except AlignmentProbeError as exc:
-        print(f"alignment-probe (rank {os.environ.get('RANK', 0)}): error: {exc}", file=sys.stderr)
+        if report:
+            with open(report, "w", encoding="utf-8") as handle:
+                json.dump({"code": exc.exit_code, "message": str(exc), "peer": isinstance(exc, PeerError)}, handle)
+        else:
+            print(f"alignment-probe (rank {os.environ.get('RANK', 0)}): error: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
+
+
+# --- the command line's own processes (run --procs) ---------------------------------------------------
+ERROR_FILE = "ALIGNMENT_PROBE_ERROR_FILE"
+
+
+class LaunchedError(AlignmentProbeError):
+    """A rank of :func:`spawn` refused or failed: its message and exit code, reported once by the parent."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn(req: Any, nproc: int, *, threads: int = 1, log: Callable[[str], None] = print) -> None:
+    """Run the :class:`~alignment_probe.run.RunRequest` ``req`` as ``nproc`` processes on this machine, as
+    torchrun would start them (the same environment variables, so the same :class:`World`), without torchrun's
+    agent: rank 0's progress shows, and a refusal or failure is reported once, with the failing rank's own
+    message and exit code (bad input stays exit 2). ``threads`` CPU threads each."""
+    import json
+    import pickle
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="alignment-probe-spawn-") as tmp:
+        path = os.path.join(tmp, "request.pkl")
+        with open(path, "wb") as handle:
+            pickle.dump(req, handle)
+        port = _free_port()
+        procs, logs = [], []
+        for rank in range(nproc):
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
+                       LOCAL_WORLD_SIZE=str(nproc), GROUP_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                       **{ERROR_FILE: os.path.join(tmp, f"error-{rank}.json")})
+            # The other ranks' output (their loading bars; a traceback) goes to a file, shown if they fail.
+            logs.append(None if rank == 0 else open(os.path.join(tmp, f"rank-{rank}.log"), "wb"))
+            procs.append(subprocess.Popen([sys.executable, "-m", "alignment_probe.distributed", path], env=env,
+                                          stdout=logs[-1], stderr=logs[-1]))
+        try:
+            codes = [p.wait() for p in procs]
+        except BaseException:  # Ctrl-C or SIGTERM: stop the ranks; finished parts stay on disk
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            raise
+        finally:
+            for handle in logs:
+                if handle is not None:
+                    handle.close()
+        if not any(codes):
+            return
+        errors = []
+        for rank, code in enumerate(codes):
+            text = os.path.join(tmp, f"rank-{rank}.log")
+            if code and os.path.exists(text) and not os.path.exists(os.path.join(tmp, f"error-{rank}.json")):
+                with open(text, encoding="utf-8", errors="replace") as handle:
+                    log(f"--- rank {rank} (exit code {code}), last lines of its output:\n"
+                        + "".join(handle.readlines()[-30:]))
+            file = os.path.join(tmp, f"error-{rank}.json")
+            if os.path.exists(file):
+                with open(file, encoding="utf-8") as handle:
+                    errors.append((rank, json.load(handle)))
+    own = [(r, e) for r, e in errors if not e["peer"]] or errors  # the cause, not the peers that stopped for it
+    if own:
+        rank, e = own[0]
+        raise LaunchedError(e["message"] if rank == 0 else f"(rank {rank} of {nproc}) {e['message']}", e["code"])
+    failed = [r for r, c in enumerate(codes) if c]
+    raise PeerError(f"rank {failed[0]} of the {nproc}-process run into {req.out} stopped (exit code "
+                    f"{codes[failed[0]]}; its messages are above). The finished parts are kept: run the same command "
+                    "again to resume, with --procs 1 to see one process's output.")
 
 
 if __name__ == "__main__":

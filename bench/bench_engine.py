@@ -111,7 +111,11 @@ def run_one(engine_name: str, args, queue) -> None:
     pair, tokenized = load(args)
     specs, suite_cfg = work_specs(args, pair, tokenized)
     if engine_name.startswith("fast"):
-        engine = make_engine("fast", batch_size=args.batch_size, share_prompts=engine_name != "fast-noshare")
+        # fast-tl-attention / fast-sdpa: the fast engine with TransformerLens's own attention forward, or with the
+        # scores fused into scaled_dot_product_attention (engine/attention.py); fast runs its exact in-place one.
+        attention = {"fast-tl-attention": "transformer_lens", "fast-sdpa": "sdpa"}.get(engine_name, "exact")
+        engine = make_engine("fast", batch_size=args.batch_size, share_prompts=engine_name != "fast-noshare",
+                             attention=attention)
     else:
         engine = make_engine(engine_name)
     if args.device.startswith("cuda"):
@@ -163,7 +167,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--engines", default="reference,fast",
-                        help="comma-separated: reference, fast, fast-noshare (the fast engine, full sequences)")
+                        help="comma-separated: reference, fast, fast-noshare (the fast engine, full sequences), "
+                             "fast-tl-attention (TransformerLens's own attention forward), fast-sdpa (fused attention)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -192,6 +197,12 @@ def main() -> None:
         diff = max(abs(a - b) for a, b in zip(off["effects"]["effect"], on["effects"]["effect"]))
         print(f"  shared prompts vs full sequences: {off['seconds'] / on['seconds']:.2f}x; "
               f"max |effect difference|: {diff:.2e}")
+    for variant in ("fast-tl-attention", "fast-sdpa"):
+        if variant in results and "fast" in results:
+            other, fast = results[variant], results["fast"]
+            diff = max(abs(a - b) for a, b in zip(other["effects"]["effect"], fast["effects"]["effect"]))
+            print(f"  fast (in-place attention) vs {variant}: {other['seconds'] / fast['seconds']:.2f}x; "
+                  f"max |effect difference|: {diff:.2e}")
     if args.json:
         for r in results.values():
             r.pop("effects")

@@ -19,7 +19,8 @@ Parts (``--only``; default: all but ``llama8``):
   with ``--llama1b``, on a Llama-3.2-1B-shaped pair planted in a temporary Hugging Face cache
   (bench_load_llama1b.py; 2 x 2.5 GB): refused before any weights load?
 * ``bundled``: the bundled default ``run --out DIR`` (80 pairs, the whole default suite, report) under
-  each ``--layouts`` layout (``default``: torch's own thread count; ``1``: OMP_NUM_THREADS=1; ``2p``: two
+  each ``--layouts`` layout (``default``: the command as a user types it, no thread setting: one thread and
+  ``--procs auto``'s processes; ``1``: OMP_NUM_THREADS=1, hence one process; ``2p``: two
   processes of one thread, ``torchrun --standalone --nproc_per_node 2``);
 * ``memory``: the bundled default on 16 and on 80 pairs, peak RSS (1 thread);
 * ``llama8``: the 8-layer d_model-512 random Llama pair (8 HH pairs <= 400 tokens), fast vs

@@ -137,3 +137,51 @@ def test_ownership_and_placeholders():
     for use in (len, bool, list, lambda p: p.effect, lambda p: pd.concat([p])):
         with pytest.raises(PartPending, match="computed by rank 1"):
             use(pending)
+
+
+def test_procs_two_gives_the_bytes_of_one(tiny, tmp_path, single):
+    """``run --procs 2``: the command line starts the two ranks itself (torchrun's environment, no agent); the
+    same bytes as one process, rank 0 alone reports, the other rank's output is not shown."""
+    out = tmp_path / "procs"
+    proc = subprocess.run([sys.executable, "-m", "alignment_probe", *args(tiny, out, "--procs", "2")], cwd=REPO,
+                          env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_results(single, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["distributed"]["world_size"] == 2
+    assert proc.stdout.count("wrote ") == 1 and proc.stderr.count("distributed: 2 processes") == 1
+
+
+def test_procs_bad_input_is_refused_once_with_exit_2(tiny, tmp_path):
+    """A refusal inside the ranks (here: no pair fits --max-length) is reported once, with the ranks' own message
+    and exit code 2, as a single process reports it."""
+    from alignment_probe.errors import EXIT_BAD_INPUT
+
+    def run(procs: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "alignment_probe", *args(tiny, tmp_path / procs, "--procs", procs,
+                                                             "--max-length", "6")]
+        return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+
+    two, one = run("2"), run("1")
+    assert two.returncode == one.returncode == EXIT_BAD_INPUT, two.stderr[-2000:]
+    assert two.stderr.count("error:") == 1
+    message = [line for line in one.stderr.splitlines() if "error:" in line]
+    assert message and message[0] in two.stderr
+
+
+def test_procs_auto_counts_cores_for_narrow_local_models_on_the_cpu(tmp_path):
+    from alignment_probe.run import auto_processes
+
+    narrow, wide = tmp_path / "narrow", tmp_path / "wide"
+    for folder, width in ((narrow, 128), (wide, 2048)):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"hidden_size": width}))
+    common = dict(n_pairs=80, pairs_per_part=8, cores=2, environ={})
+    assert auto_processes(device=None, base=str(narrow), **common)[0] == 2
+    assert auto_processes(device="cpu", base=str(narrow), **{**common, "cores": 16})[0] == 5  # 2 parts each
+    assert auto_processes(device="cpu", base=str(narrow), **{**common, "n_pairs": 16})[0] == 1  # 2 parts in all
+    assert auto_processes(device="cpu", base=str(wide), **common)[0] == 1
+    assert auto_processes(device="cuda", base=str(narrow), **common)[0] == 1
+    assert auto_processes(device="cpu", base="meta-llama/Llama-3.2-1B", **common)[0] == 1
+    for chosen in ({"OMP_NUM_THREADS": "4"}, {"WORLD_SIZE": "2"}):
+        assert auto_processes(device="cpu", base=str(narrow), **{**common, "environ": chosen})[0] == 1
