@@ -407,10 +407,13 @@ def test_family_lean_attention(fam, kind, build, monkeypatch):
         *a, **k)
     monkeypatch.setattr(attention, "F", counting)
     with lean_attention(model, kind=kind), torch.no_grad():
-        for x, ref in zip(ids, hf_logits):
-            assert (model(x[None]) - ref).abs().max().item() <= 1e-4
+        ours_unpadded = [model(x[None]) for x in ids]  # no padding mask: the other rotary path
+    for logits, ref in zip(ours_unpadded, hf_logits):
+        assert (logits - ref).abs().max().item() <= 1e-4
     assert len(calls) == LEAN_MODULES[fam.name] * len(ids)
     monkeypatch.undo()
+    with torch.no_grad():
+        theirs_unpadded = [model(x[None]) for x in ids]
     # A right-padded batch, every kept hook point cached.
     width = max(len(x) for x in ids)
     batch, mask = pad_stack(ids, width), length_mask([len(x) for x in ids], width, "cpu")
@@ -427,6 +430,8 @@ def test_family_lean_attention(fam, kind, build, monkeypatch):
         else:  # float rounding: the softmax is summed blockwise
             torch.testing.assert_close(a, b_, rtol=1e-5, atol=1e-5, msg=what)
 
+    for a, b_ in zip(ours_unpadded, theirs_unpadded):
+        same(a, b_)
     (ours, ours_cache), (theirs, theirs_cache) = cached(True), cached(False)
     assert ours_cache.keys() == theirs_cache.keys() and ours_cache
     real = mask.bool()
