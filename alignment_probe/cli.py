@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="processes on this machine, each on one CPU thread, sharing the run's parts: a number, or "
                           "auto (default): one per CPU core for a narrow model (d_model < 512) on the CPU when each "
                           "gets two parts of a stage, else 1. The numbers are the same whatever the count "
-                          "(torchrun does the same across machines: README, 'Many processes')")
+                          "(torchrun does the same across machines: README, 'Many GPUs and nodes')")
     run.add_argument("--out", required=True, help="run directory to write")
 
     organism = sub.add_parser("organism", help="the bundled model organisms")

@@ -15,7 +15,7 @@ unembedding with block L−1's, so a transplant of every block is the tuned mode
 Rows: hook ``blocks``, ``layer`` = the window's first block a, ``param`` = its width w, scope ``all``. The
 engines run a window as a patched run from block a with the window's modules swapped in (engine/hybrid.py),
 batched and prompt-shared like any patch. Widths: ``--window-widths`` (default 1 and 2; 1 in the default suite,
-whose time budget the second width would double); starts: the swept
+as issue 12 sets its run: width 2 would add L − 1 windows to the L of width 1); starts: the swept
 layers (``--layers``) at which a window fits. ``window_transplant`` also runs the window of every block once,
 a check that the hybrid machinery reproduces the tuned model (``every_block``: its mean effect beside the gain).
 
