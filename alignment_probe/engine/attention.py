@@ -46,7 +46,7 @@ from torch import Tensor
 # Architectures whose attention TransformerLens changes outside calculate_qkv_matrices (QK norm on the
 # flat projections).
 _OLMO_QK_NORM = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
-_MARK = "_alignment_probe_sdpa"
+_MARK = "_alignment_probe_lean"  # set on a module while lean_attention has swapped its forward
 
 
 def supports_lean(attn: Any) -> bool:
@@ -68,11 +68,6 @@ def supports_lean(attn: Any) -> bool:
 
 def _hooked(point: torch.nn.Module) -> bool:
     return bool(point._forward_hooks or point._backward_hooks or point._forward_pre_hooks)
-
-
-def sdpa_attention(*models: Any) -> contextlib.AbstractContextManager[None]:
-    """:func:`lean_attention` with ``kind="sdpa"``."""
-    return lean_attention(*models, kind="sdpa")
 
 
 def causal_mask(n_query: int, offset: int, attention_mask: Int[Tensor, "batch key_pos"] | None,
