@@ -210,10 +210,13 @@ def precheck_inputs(args: argparse.Namespace) -> tuple[object, object] | None:
 
 
 def _procs(args: argparse.Namespace, loaded: tuple[object, object] | None) -> int:
-    """``--procs``: the number given, or auto's choice (run.auto_processes), said on stderr when more than one."""
+    """``--procs``: the number given, or auto's choice (distributed.auto_processes), said on stderr when more than
+    one; 1 in a rank that ``--procs`` started."""
+    from alignment_probe.distributed import SPAWNED, auto_processes
     from alignment_probe.errors import ConfigError
-    from alignment_probe.run import auto_processes
 
+    if os.environ.get(SPAWNED):
+        return 1
     if args.procs != "auto":
         try:
             procs = int(args.procs)
@@ -237,6 +240,12 @@ def _procs(args: argparse.Namespace, loaded: tuple[object, object] | None) -> in
 def cmd_run(args: argparse.Namespace) -> int:
     resolve_defaults(args)
     loaded = precheck_inputs(args)
+    procs = _procs(args, loaded)
+    if procs > 1:  # the same command, as that many ranks; this process imports nothing heavy and waits
+        from alignment_probe.distributed import spawn_cli
+
+        spawn_cli(args.argv[1:], procs, threads=1, log=lambda s: print(s, file=sys.stderr))
+        return EXIT_OK  # rank 0 has reported the run
 
     from alignment_probe.effects import EXPERIMENT_NAMES
     from alignment_probe.experiments.suite import SuiteConfig
@@ -259,20 +268,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                      n_pairs=args.n_pairs, max_length=args.max_length, data_dir=args.data_dir, split=args.split,
                      device=args.device, dtype=args.dtype, engine=args.engine, batch_size=args.batch_size,
                      force=args.force, pairs_per_part=args.pairs_per_part, pair_ids=args.pair_ids, argv=args.argv)
-    procs = _procs(args, loaded)
-    if procs > 1:  # the ranks load and run everything; this process only waits for them
-        import json
-
-        from alignment_probe.distributed import spawn
-
-        spawn(req, procs, threads=1, log=lambda s: print(s, file=sys.stderr))
-        s = json.loads((Path(args.out) / "summary.json").read_text(encoding="utf-8"))
-    else:
-        result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr), loaded=loaded,
-                         auto_threads=True)
-        if result.extra.get("rank", 0) != 0:  # one of several torchrun processes: rank 0 reports the run
-            return EXIT_OK
-        s = result.summary
+    result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr), loaded=loaded, auto_threads=True)
+    if result.extra.get("rank", 0) != 0:  # one of several torchrun processes: rank 0 reports the run
+        return EXIT_OK
+    s = result.summary
     print(f"wrote {args.out}/ ({s['n_pairs']} pairs, {s['n_layers']} layers): gain {s['gain_mean']:+.3f} "
           f"[{s['gain_ci'][0]:+.3f}, {s['gain_ci'][1]:+.3f}]")
     e1 = s["experiments"].get("patch_tuned_to_base")
@@ -324,7 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AlignmentProbeError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"alignment-probe: error: {exc}", file=sys.stderr)
+        from alignment_probe.distributed import report_error
+
+        if not report_error(exc):  # a rank of run --procs leaves its error to the process that started it
+            print(f"alignment-probe: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except (KeyboardInterrupt, Terminated) as exc:
         code = 128 + exc.signum if isinstance(exc, Terminated) else EXIT_INTERRUPTED

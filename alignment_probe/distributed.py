@@ -397,9 +397,7 @@ def launch(req: Any, nproc: int, *, threads: int | None = None, log: Callable[[s
 
 
 def _worker(path: str) -> int:
-    """One process of :func:`launch` or :func:`spawn`: the pickled request, executed in this rank's share. Under
-    :func:`spawn` an error goes to the file ``ALIGNMENT_PROBE_ERROR_FILE`` names, for the parent to report once."""
-    import json
+    """One torchrun process of :func:`launch`: the pickled request, executed in this rank's share."""
     import pickle
     import sys
 
@@ -409,29 +407,55 @@ def _worker(path: str) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with open(path, "rb") as handle:
         req = pickle.load(handle)
-    report = os.environ.get(ERROR_FILE)
     try:
         execute(req, progress=True, log=lambda s: print(s, file=sys.stderr))
     except AlignmentProbeError as exc:
-        if report:
-            with open(report, "w", encoding="utf-8") as handle:
-                json.dump({"code": exc.exit_code, "message": str(exc), "peer": isinstance(exc, PeerError)}, handle)
-        else:
-            print(f"alignment-probe (rank {os.environ.get('RANK', 0)}): error: {exc}", file=sys.stderr)
+        print(f"alignment-probe (rank {os.environ.get('RANK', 0)}): error: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
 
 
 # --- the command line's own processes (run --procs) ---------------------------------------------------
-ERROR_FILE = "ALIGNMENT_PROBE_ERROR_FILE"
+# Models narrower than this gain nothing from a second CPU thread: their matrix products are too small to share.
+# The command line runs them on one thread per process, and one process per core. Measured side by side on the
+# bundled default (d_model 128, 2-core machine, bench/README.md): 1 thread 129 s, torch's 2 threads 293 s; one
+# process 87 s, two processes 53-61 s, byte-identical.
+ONE_THREAD_BELOW_D_MODEL = 512
+# Each process gets at least this many parts of a stage, so a small run is not split for nothing.
+MIN_PARTS_PER_PROCESS = 2
+ERROR_FILE = "ALIGNMENT_PROBE_ERROR_FILE"  # where a spawned rank's command line puts its error, for the parent
+SPAWNED = "ALIGNMENT_PROBE_SPAWNED"  # set in the ranks run --procs starts: they run, and start nothing more
 
 
-class LaunchedError(AlignmentProbeError):
-    """A rank of :func:`spawn` refused or failed: its message and exit code, reported once by the parent."""
+def auto_processes(*, device: str | None, base: str, n_pairs: int, pairs_per_part: int,
+                   cores: int | None = None, environ: Any = None) -> tuple[int, str]:
+    """How many processes ``run --procs auto`` starts, and why: one per CPU core (up to one per
+    :data:`MIN_PARTS_PER_PROCESS` parts) for a narrow model (d_model < :data:`ONE_THREAD_BELOW_D_MODEL`, read from
+    the local base checkpoint's config.json) on the CPU; 1 under torchrun (or in a rank of ``--procs``), with
+    ``OMP_NUM_THREADS`` set (the user chose threads), on a GPU, for a hub model or a wide one. Decided before
+    torch is imported."""
+    import json
+    import math
+    from pathlib import Path
 
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
+    env = os.environ if environ is None else environ
+    if int(env.get("WORLD_SIZE", "1") or 1) > 1 or "OMP_NUM_THREADS" in env:
+        return 1, "torchrun or OMP_NUM_THREADS chose"
+    if device is not None and not str(device).startswith("cpu"):
+        return 1, f"device {device}"
+    if device is None and any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl")):
+        return 1, "a GPU is present"
+    try:
+        config = json.loads((Path(base).expanduser() / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 1, "the base is not a local checkpoint"
+    d_model = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
+    if not isinstance(d_model, int) or d_model >= ONE_THREAD_BELOW_D_MODEL:
+        return 1, f"d_model {d_model}"
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    parts = math.ceil(n_pairs / pairs_per_part)
+    return max(1, min(cores, parts // MIN_PARTS_PER_PROCESS)), f"{cores} CPU cores, d_model {d_model}, {parts} parts per stage"
 
 
 def _free_port() -> int:
@@ -442,32 +466,28 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def spawn(req: Any, nproc: int, *, threads: int = 1, log: Callable[[str], None] = print) -> None:
-    """Run the :class:`~alignment_probe.run.RunRequest` ``req`` as ``nproc`` processes on this machine, as
-    torchrun would start them (the same environment variables, so the same :class:`World`), without torchrun's
-    agent: rank 0's progress shows, and a refusal or failure is reported once, with the failing rank's own
-    message and exit code (bad input stays exit 2). ``threads`` CPU threads each."""
+def spawn_cli(argv: list[str], nproc: int, *, threads: int = 1, log: Callable[[str], None] = print) -> None:
+    """``alignment-probe <argv>`` as ``nproc`` processes on this machine, as torchrun would start them (the same
+    environment variables, so the same :class:`World`) without torchrun's agent, each on ``threads`` CPU threads.
+    This process imports nothing heavy and only waits. Rank 0's output shows (its progress and its report of the
+    run); the other ranks' goes to a file, shown if they fail. A refusal or failure is raised here once, as the
+    rank that caused it said it (its message and exit code: bad input stays exit 2)."""
     import json
-    import pickle
     import signal
     import subprocess
     import sys
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="alignment-probe-spawn-") as tmp:
-        path = os.path.join(tmp, "request.pkl")
-        with open(path, "wb") as handle:
-            pickle.dump(req, handle)
+    with tempfile.TemporaryDirectory(prefix="alignment-probe-procs-") as tmp:
         port = _free_port()
         procs, logs = [], []
         for rank in range(nproc):
             env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
                        LOCAL_WORLD_SIZE=str(nproc), GROUP_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                        MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                       **{ERROR_FILE: os.path.join(tmp, f"error-{rank}.json")})
-            # The other ranks' output (their loading bars; a traceback) goes to a file, shown if they fail.
+                       **{SPAWNED: "1", ERROR_FILE: os.path.join(tmp, f"error-{rank}.json")})
             logs.append(None if rank == 0 else open(os.path.join(tmp, f"rank-{rank}.log"), "wb"))
-            procs.append(subprocess.Popen([sys.executable, "-m", "alignment_probe.distributed", path], env=env,
+            procs.append(subprocess.Popen([sys.executable, "-m", "alignment_probe", *argv], env=env,
                                           stdout=logs[-1], stderr=logs[-1]))
         try:
             codes = [p.wait() for p in procs]
@@ -489,23 +509,43 @@ def spawn(req: Any, nproc: int, *, threads: int = 1, log: Callable[[str], None] 
             return
         errors = []
         for rank, code in enumerate(codes):
-            text = os.path.join(tmp, f"rank-{rank}.log")
-            if code and os.path.exists(text) and not os.path.exists(os.path.join(tmp, f"error-{rank}.json")):
-                with open(text, encoding="utf-8", errors="replace") as handle:
-                    log(f"--- rank {rank} (exit code {code}), last lines of its output:\n"
-                        + "".join(handle.readlines()[-30:]))
-            file = os.path.join(tmp, f"error-{rank}.json")
+            file, text = os.path.join(tmp, f"error-{rank}.json"), os.path.join(tmp, f"rank-{rank}.log")
             if os.path.exists(file):
                 with open(file, encoding="utf-8") as handle:
                     errors.append((rank, json.load(handle)))
-    own = [(r, e) for r, e in errors if not e["peer"]] or errors  # the cause, not the peers that stopped for it
+            elif code and os.path.exists(text):  # not a refusal (a crash, a traceback): show what it printed
+                with open(text, encoding="utf-8", errors="replace") as handle:
+                    log(f"--- rank {rank} (exit code {code}), the last lines of its output:\n"
+                        + "".join(handle.readlines()[-30:]))
+    own = [(r, e) for r, e in errors if e["code"] != EXIT_PEER] or errors  # the cause, not the peers it stopped
     if own:
         rank, e = own[0]
         raise LaunchedError(e["message"] if rank == 0 else f"(rank {rank} of {nproc}) {e['message']}", e["code"])
-    failed = [r for r, c in enumerate(codes) if c]
-    raise PeerError(f"rank {failed[0]} of the {nproc}-process run into {req.out} stopped (exit code "
-                    f"{codes[failed[0]]}; its messages are above). The finished parts are kept: run the same command "
-                    "again to resume, with --procs 1 to see one process's output.")
+    failed = next(r for r, c in enumerate(codes) if c)
+    raise PeerError(f"rank {failed} of the {nproc} processes stopped (exit code {codes[failed]}; its output is "
+                    "above). The finished parts are kept: run the same command again to resume, with --procs 1 to "
+                    "see one process's output.")
+
+
+class LaunchedError(AlignmentProbeError):
+    """A rank of :func:`spawn_cli` refused or failed: its message and exit code, raised once by the parent."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def report_error(exc: AlignmentProbeError) -> bool:
+    """In a rank :func:`spawn_cli` started: put the error where the parent reads it (it reports it once) and
+    say so; elsewhere False (the caller prints it)."""
+    import json
+
+    path = os.environ.get(ERROR_FILE)
+    if not path:
+        return False
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"code": exc.exit_code, "message": str(exc)}, handle)
+    return True
 
 
 if __name__ == "__main__":

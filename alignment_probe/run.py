@@ -183,45 +183,9 @@ def make_deterministic(device: str | None) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-# Models narrower than this run on one CPU thread when the command line chooses (auto_threads): their matrix
-# products are too small to share between threads. Measured side by side on the bundled default (d_model 128,
-# 2-core machine, bench/README.md): 1 thread 129 s, torch's default 2 threads 293 s.
-ONE_THREAD_BELOW_D_MODEL = 512
-
-
-# ... and the command line runs them as processes, one per core, each on one thread (run --procs auto): on the
-# bundled default (2-core machine, bench/README.md) 2 processes took 55 s where one took 87 s, byte-identical.
-# Each process gets at least this many parts of a stage, so a small run is not split for nothing.
-MIN_PARTS_PER_PROCESS = 2
-
-
-def auto_processes(*, device: str | None, base: str, n_pairs: int, pairs_per_part: int,
-                   cores: int | None = None, environ: Any = None) -> tuple[int, str]:
-    """How many processes ``run --procs auto`` starts, and why: one per CPU core (up to one per
-    :data:`MIN_PARTS_PER_PROCESS` parts) for a narrow model (d_model < :data:`ONE_THREAD_BELOW_D_MODEL`, read from
-    the local base checkpoint's config.json) on the CPU; 1 under torchrun, with ``OMP_NUM_THREADS`` set (the user
-    chose threads), on a GPU, for a hub model or a wide one. Decided before torch is imported."""
-    import json
-    import math
-
-    env = os.environ if environ is None else environ
-    if int(env.get("WORLD_SIZE", "1") or 1) > 1 or "OMP_NUM_THREADS" in env:
-        return 1, "torchrun or OMP_NUM_THREADS chose"
-    if device is not None and not str(device).startswith("cpu"):
-        return 1, f"device {device}"
-    if device is None and any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl")):
-        return 1, "a GPU is present"
-    try:
-        config = json.loads((Path(base).expanduser() / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return 1, "the base is not a local checkpoint"
-    d_model = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
-    if not isinstance(d_model, int) or d_model >= ONE_THREAD_BELOW_D_MODEL:
-        return 1, f"d_model {d_model}"
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = max(1, min(cores, math.ceil(n_pairs / pairs_per_part) // MIN_PARTS_PER_PROCESS))
-    return n, f"{cores} CPU cores, d_model {d_model}, {math.ceil(n_pairs / pairs_per_part)} parts per stage"
+# Models narrower than this run on one CPU thread when the command line chooses (auto_threads), and as one process
+# per core (run --procs auto, distributed.auto_processes): measured in bench/README.md.
+from alignment_probe.distributed import ONE_THREAD_BELOW_D_MODEL  # noqa: E402
 
 
 class CpuThreads:

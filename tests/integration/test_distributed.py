@@ -170,7 +170,7 @@ def test_procs_bad_input_is_refused_once_with_exit_2(tiny, tmp_path):
 
 
 def test_procs_auto_counts_cores_for_narrow_local_models_on_the_cpu(tmp_path):
-    from alignment_probe.run import auto_processes
+    from alignment_probe.distributed import auto_processes
 
     narrow, wide = tmp_path / "narrow", tmp_path / "wide"
     for folder, width in ((narrow, 128), (wide, 2048)):
