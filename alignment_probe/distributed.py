@@ -434,9 +434,10 @@ def auto_processes(*, device: str | None, base: str, n_pairs: int, pairs_per_par
     the local base checkpoint's config.json) on the CPU; 1 under torchrun (or in a rank of ``--procs``), with
     ``OMP_NUM_THREADS`` set (the user chose threads), on a GPU, for a hub model or a wide one. Decided before
     torch is imported."""
-    import json
     import math
     from pathlib import Path
+
+    from alignment_probe.checkpoint_files import is_local_checkpoint, read_checkpoint_config
 
     env = os.environ if environ is None else environ
     if int(env.get("WORLD_SIZE", "1") or 1) > 1 or "OMP_NUM_THREADS" in env:
@@ -445,17 +446,17 @@ def auto_processes(*, device: str | None, base: str, n_pairs: int, pairs_per_par
         return 1, f"device {device}"
     if device is None and any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl")):
         return 1, "a GPU is present"
-    try:
-        config = json.loads((Path(base).expanduser() / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return 1, "the base is not a local checkpoint"
+    if not is_local_checkpoint(base):  # a hub name: a real model, not worth a process per core
+        return 1, "the base is a hub model"
+    config = read_checkpoint_config(Path(base).expanduser())  # the command line checked the folder before
     d_model = config.get("hidden_size") or config.get("n_embd") or config.get("d_model")
     if not isinstance(d_model, int) or d_model >= ONE_THREAD_BELOW_D_MODEL:
         return 1, f"d_model {d_model}"
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     parts = math.ceil(n_pairs / pairs_per_part)
-    return max(1, min(cores, parts // MIN_PARTS_PER_PROCESS)), f"{cores} CPU cores, d_model {d_model}, {parts} parts per stage"
+    why = f"{cores} CPU cores, d_model {d_model}, {parts} parts per stage"
+    return max(1, min(cores, parts // MIN_PARTS_PER_PROCESS)), why
 
 
 def _free_port() -> int:

@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from alignment_probe.data import load_pairs, read_pair_ids, restrict_pairs
+# Models narrower than this run on one CPU thread when the command line chooses (auto_threads), and as one process
+# per core (run --procs auto, distributed.auto_processes): measured in bench/README.md.
+from alignment_probe.distributed import ONE_THREAD_BELOW_D_MODEL
 from alignment_probe.engine import make_engine
 from alignment_probe.errors import ConfigError
 from alignment_probe.experiments.lasso import LASSO_CV_FOLDS
@@ -183,11 +186,6 @@ def make_deterministic(device: str | None) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-# Models narrower than this run on one CPU thread when the command line chooses (auto_threads), and as one process
-# per core (run --procs auto, distributed.auto_processes): measured in bench/README.md.
-from alignment_probe.distributed import ONE_THREAD_BELOW_D_MODEL  # noqa: E402
-
-
 class CpuThreads:
     """The command line's CPU thread count: one thread for a narrow model unless the user chose
     (``OMP_NUM_THREADS`` set, as torchrun does), otherwise torch's own; put back when the run ends, so a
@@ -206,7 +204,7 @@ class CpuThreads:
             self.before = torch.get_num_threads()
             torch.set_num_threads(1)
             log(f"note: 1 CPU thread (d_model {d_model} is too narrow to gain from {self.before}; "
-                "set OMP_NUM_THREADS to choose, or run more processes with torchrun)")
+                "set OMP_NUM_THREADS to choose, or run more processes with --procs or torchrun)")
 
     def restore(self) -> None:
         if self.before is not None:

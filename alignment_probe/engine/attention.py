@@ -112,18 +112,11 @@ def _fallback(self: Any, additive_attention_mask: Tensor | None, position_bias: 
             or _hooked(self.hook_attn_scores) or _hooked(self.hook_pattern))
 
 
-def exact_forward(self: Any, query_input: Tensor, key_input: Tensor, value_input: Tensor,
-                  past_kv_cache_entry: Any = None, additive_attention_mask: Tensor | None = None,
-                  attention_mask: Int[Tensor, "batch offset_pos"] | None = None,
-                  position_bias: Tensor | None = None) -> Float[Tensor, "batch pos d_model"]:
-    """TransformerLens's ``AbstractAttention.forward``, the same operations on the same operands (so the same
-    bits), with the ``[batch, heads, query, key]`` passes done in place: the scale divides the scores where
-    they are, the mask fills them, NaNs of fully masked rows are zeroed in the pattern itself."""
-    if _fallback(self, additive_attention_mask, position_bias):
-        return type(self).forward(self, query_input, key_input, value_input, past_kv_cache_entry=past_kv_cache_entry,
-                                  additive_attention_mask=additive_attention_mask, attention_mask=attention_mask,
-                                  position_bias=position_bias)
-    q, k, v, mask = _qkv(self, query_input, key_input, value_input, past_kv_cache_entry, attention_mask)
+def _attend_exact(self: Any, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
+                  ) -> Float[Tensor, "batch pos head_index d_head"]:
+    """TransformerLens's scores, mask, softmax and pattern × values, the same operations on the same operands (so
+    the same bits), with the ``[batch, heads, query, key]`` passes done in place: the scale divides the scores
+    where they are, the mask fills them, NaNs of fully masked rows are zeroed in the pattern itself."""
     if q.shape[2] != k.shape[2]:  # grouped heads, repeated as GroupedQueryAttention does
         repeats = q.shape[2] // k.shape[2]
         k = torch.repeat_interleave(k, dim=2, repeats=repeats)
@@ -133,28 +126,43 @@ def exact_forward(self: Any, query_input: Tensor, key_input: Tensor, value_input
     scores.masked_fill_(~mask.to(scores.device), float("-inf"))
     pattern = F.softmax(scores, dim=-1).nan_to_num_(nan=0.0)  # a row with no key: 0, as TransformerLens
     pattern = pattern.to(device=v.device, dtype=v.dtype)
-    return _output(self, (pattern @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3))
+    return (pattern @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
 
 
-def sdpa_forward(self: Any, query_input: Tensor, key_input: Tensor, value_input: Tensor,
-                 past_kv_cache_entry: Any = None, additive_attention_mask: Tensor | None = None,
-                 attention_mask: Int[Tensor, "batch offset_pos"] | None = None,
-                 position_bias: Tensor | None = None) -> Float[Tensor, "batch pos d_model"]:
-    """TransformerLens's ``AbstractAttention.forward`` with the scores, mask, softmax and pattern × values
-    fused into one ``scaled_dot_product_attention``; falls back to the original where that would differ."""
-    if _fallback(self, additive_attention_mask, position_bias):
-        return type(self).forward(self, query_input, key_input, value_input, past_kv_cache_entry=past_kv_cache_entry,
-                                  additive_attention_mask=additive_attention_mask, attention_mask=attention_mask,
-                                  position_bias=position_bias)
-    q, k, v, mask = _qkv(self, query_input, key_input, value_input, past_kv_cache_entry, attention_mask)
+def _attend_sdpa(self: Any, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
+                 ) -> Float[Tensor, "batch pos head_index d_head"]:
+    """The same attention fused into one ``scaled_dot_product_attention`` (float rounding, no pattern in memory)."""
     z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.to(q.dtype).transpose(1, 2),
                                        attn_mask=mask, scale=1.0 / float(self.attn_scale),
                                        enable_gqa=q.shape[2] != k.shape[2])
     if z.device.type != "cpu":  # a row with no key at all: TransformerLens's pattern is 0 there (CPU SDPA gives 0)
         z = torch.nan_to_num(z, nan=0.0)
-    return _output(self, z.transpose(1, 2))
+    return z.transpose(1, 2)
 
 
+def _lean_forward(attend: Any) -> Any:
+    """An ``AbstractAttention.forward`` that computes queries, keys and values, the output projection and their
+    hooks as TransformerLens does and the attention itself with ``attend``; TransformerLens's own forward where
+    that would differ (:func:`_fallback`)."""
+
+    def forward(self: Any, query_input: Tensor, key_input: Tensor, value_input: Tensor,
+                past_kv_cache_entry: Any = None, additive_attention_mask: Tensor | None = None,
+                attention_mask: Int[Tensor, "batch offset_pos"] | None = None,
+                position_bias: Tensor | None = None) -> Float[Tensor, "batch pos d_model"]:
+        if _fallback(self, additive_attention_mask, position_bias):
+            return type(self).forward(self, query_input, key_input, value_input,
+                                      past_kv_cache_entry=past_kv_cache_entry,
+                                      additive_attention_mask=additive_attention_mask,
+                                      attention_mask=attention_mask, position_bias=position_bias)
+        q, k, v, mask = _qkv(self, query_input, key_input, value_input, past_kv_cache_entry, attention_mask)
+        return _output(self, attend(self, q, k, v, mask))
+
+    forward.__doc__ = attend.__doc__
+    return forward
+
+
+exact_forward = _lean_forward(_attend_exact)
+sdpa_forward = _lean_forward(_attend_sdpa)
 FORWARDS = {"exact": exact_forward, "sdpa": sdpa_forward}
 ATTENTION = (*FORWARDS, "transformer_lens")  # FastEngine(attention=...): the last is TransformerLens's own forward
 
