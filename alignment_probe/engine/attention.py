@@ -24,6 +24,15 @@ pattern × values into ``scaled_dot_product_attention``, which never materialise
 memory-light choice for long sequences on a GPU); it equals TransformerLens to float rounding (~1e-6
 relative), and a row then depends on its batch's padded width at that level.
 
+A continuation's prompt keys and values (engine/prefix.py) come as a :class:`PromptKV`: rotated once per
+prompt, and written straight into the ``[batch, heads, d_head, key]`` / ``[batch, heads, key, d_head]``
+tensors the two products of ``exact`` read, grouped heads repeated as they are written. TransformerLens
+instead concatenates the prompt's raw keys with the new ones, rotates all of them, repeats them per head
+and copies them into that layout again, in every block of every continuation: on the bundled model over
+100 prompt keys, most of a continuation's time outside its matrix products. The values are the same
+(rotary is element-wise, the rest are copies), so the products see the same operands in the same layout:
+the same bits.
+
 ``hook_attn_scores`` and ``hook_pattern`` do not fire on either path, so a forward that has a hook on
 either (a cache that asks for the pattern, a user's hook), or that passes an additive mask or a position
 bias, runs TransformerLens's own forward; so do families whose attention is more than this (ALiBi,
@@ -46,7 +55,7 @@ from torch import Tensor
 # Architectures whose attention TransformerLens changes outside calculate_qkv_matrices (QK norm on the
 # flat projections).
 _OLMO_QK_NORM = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
-_MARK = "_alignment_probe_lean"  # set on a module while lean_attention has swapped its forward
+_MARK = "_alignment_probe_lean"  # the kind of forward lean_attention has swapped in, while it has
 
 
 def supports_lean(attn: Any) -> bool:
@@ -64,6 +73,11 @@ def supports_lean(attn: Any) -> bool:
             and not (cfg.attn_scores_soft_cap is not None and cfg.attn_scores_soft_cap > 0)
             and cfg.original_architecture not in _OLMO_QK_NORM
             and bool(torch.isneginf(attn.IGNORE)))
+
+
+def reads_prompt_kv(attn: Any) -> bool:
+    """Whether this attention module now runs the exact lean forward, which reads a :class:`PromptKV`."""
+    return attn.__dict__.get(_MARK) == "exact"
 
 
 def _hooked(point: torch.nn.Module) -> bool:
@@ -97,6 +111,85 @@ def _qkv(self: Any, query_input: Tensor, key_input: Tensor, value_input: Tensor,
     return q, k, v, causal_mask(q.shape[1], offset, attention_mask, k.shape[1], q.device)
 
 
+class PromptKV:
+    """One block's cached prompt keys and values for a batch of continuations (row ``r`` continues the prompt
+    whose keys are ``keys[r]``, ``[prompt_len, kv_heads, d_head]``, before rotary), in the layout the exact
+    attention's products read: ``keys_t`` ``[batch, heads, d_head, prompt_width + width]`` (rotated, grouped
+    heads repeated) and ``values`` ``[batch, heads, prompt_width + width, d_head]``; the continuation's own
+    keys and values are written into the last ``width`` positions during its forward. Padded positions hold
+    zeros (masked). ``past_keys``/``past_values`` and :meth:`append` are TransformerLens's cache entry (the
+    raw keys, right-padded), for a forward that runs TransformerLens's own attention.
+
+    ``rotated_t[r]``: row r's prompt keys after rotary, ``[kv_heads, d_head, prompt_len]``, made once per prompt
+    by the caller (engine/prefix.py keeps them with the prompt)."""
+
+    frozen = True
+
+    def __init__(self, attn: Any, keys: list[Tensor], values: list[Tensor], rotated_t: list[Tensor], width: int,
+                 device: Any) -> None:
+        self._keys, self._values, self._raw = keys, values, None
+        self.prompt_width = p = max(int(k.shape[0]) for k in keys)
+        n, (kv_heads, d_head) = len(keys), keys[0].shape[1:]
+        self.groups = attn.cfg.n_heads // kv_heads
+        total = p + width
+        # Not zeroed as a whole: every position is written below or by operands(), but a prompt's padding
+        self.keys_t = keys[0].new_empty((n, kv_heads, self.groups, d_head, total), device=device)
+        self.values = values[0].new_empty((n, kv_heads, self.groups, total, d_head), device=device)
+        for r, (k_t, v) in enumerate(zip(rotated_t, values)):
+            length = k_t.shape[-1]  # k_t: [kv_heads, d_head, len]; v: [len, kv_heads, d_head]
+            self.keys_t[r, :, :, :, :length] = k_t[:, None]
+            self.values[r, :, :, :length] = v.transpose(0, 1)[:, None]
+            if length < p:  # padded keys and values are zeros (masked; a pattern of 0 times a value must be 0)
+                self.keys_t[r, :, :, :, length:p] = 0
+                self.values[r, :, :, length:p] = 0
+
+    def _padded(self) -> tuple[Tensor, Tensor]:
+        if self._raw is None:
+            from alignment_probe.engine.prefix import pad_stack
+
+            device = self.keys_t.device
+            self._raw = (pad_stack(self._keys, self.prompt_width).to(device),
+                         pad_stack(self._values, self.prompt_width).to(device))
+        return self._raw
+
+    @property
+    def past_keys(self) -> Tensor:
+        return self._padded()[0]
+
+    @property
+    def past_values(self) -> Tensor:
+        return self._padded()[1]
+
+    def append(self, new_keys: Tensor, new_values: Tensor) -> tuple[Tensor, Tensor]:
+        """TransformerLens's ``append`` of a frozen entry: the raw prompt keys and values, then the new ones."""
+        keys, values = self._padded()
+        return torch.cat([keys, new_keys], dim=1), torch.cat([values, new_values], dim=1)
+
+    def operands(self, rot_keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """The continuation's rotated keys and its values ``[batch, width, kv_heads, d_head]`` written after the
+        prompt's; returns the products' operands ``[batch, heads, d_head, keys]`` and ``[batch, heads, keys, d_head]``."""
+        p = self.prompt_width
+        self.keys_t[..., p:] = rot_keys.permute(0, 2, 3, 1)[:, :, None]
+        self.values[:, :, :, p:] = values.permute(0, 2, 1, 3)[:, :, None]
+        n, kv_heads, groups, d_head, total = self.keys_t.shape
+        return (self.keys_t.view(n, kv_heads * groups, d_head, total),
+                self.values.view(n, kv_heads * groups, total, d_head))
+
+
+def _qkv_prompt_kv(self: Any, query_input: Tensor, key_input: Tensor, value_input: Tensor, entry: PromptKV,
+                   attention_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_qkv` for a continuation whose prompt keys and values are a :class:`PromptKV`: the new keys rotated
+    at their own positions (TransformerLens rotates the prompt's and the new ones together, element by element,
+    at the same positions), returned as the products' operands with the prompt's."""
+    q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)
+    offset = entry.prompt_width
+    if self.cfg.positional_embedding_type == "rotary":
+        q = self.hook_rot_q(self.apply_rotary(q, offset, attention_mask))
+        k = self.apply_rotary(k, offset, attention_mask)
+    keys_t, values = entry.operands(k, v)
+    return q, keys_t, values, causal_mask(q.shape[1], offset, attention_mask, keys_t.shape[-1], q.device)
+
+
 def _output(self: Any, z: Float[Tensor, "batch pos head_index d_head"]) -> Float[Tensor, "batch pos d_model"]:
     """``hook_z`` and TransformerLens's output projection, operation for operation."""
     z = self.hook_z(z)
@@ -105,6 +198,11 @@ def _output(self: Any, z: Float[Tensor, "batch pos head_index d_head"]) -> Float
     if w.device != z.device:
         w, b_O = w.to(z.device), b_O.to(z.device)
     return F.linear(z.reshape(z.shape[0], z.shape[1], -1).to(w.dtype), w, b_O)
+
+
+def _hooked_rot_k(self: Any) -> bool:
+    point = getattr(self, "hook_rot_k", None)  # rotary models only
+    return point is not None and _hooked(point)
 
 
 def _fallback(self: Any, additive_attention_mask: Tensor | None, position_bias: Tensor | None) -> bool:
@@ -121,12 +219,20 @@ def _attend_exact(self: Any, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
         repeats = q.shape[2] // k.shape[2]
         k = torch.repeat_interleave(k, dim=2, repeats=repeats)
         v = torch.repeat_interleave(v, dim=2, repeats=repeats)
-    scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1)  # [batch, head_index, query_pos, key_pos]
+    return _products(self, q, k.permute(0, 2, 3, 1), v.permute(0, 2, 1, 3), mask)
+
+
+def _products(self: Any, q: Tensor, keys_t: Float[Tensor, "batch head_index d_head key_pos"],
+              values: Float[Tensor, "batch head_index key_pos d_head"], mask: Tensor
+              ) -> Float[Tensor, "batch pos head_index d_head"]:
+    """The exact attention from its operands (a :class:`PromptKV` gives them already in this layout; the products
+    copy any other layout into it first)."""
+    scores = q.permute(0, 2, 1, 3) @ keys_t  # [batch, head_index, query_pos, key_pos]
     scores.div_(self.attn_scale)
     scores.masked_fill_(~mask.to(scores.device), float("-inf"))
     pattern = F.softmax(scores, dim=-1).nan_to_num_(nan=0.0)  # a row with no key: 0, as TransformerLens
-    pattern = pattern.to(device=v.device, dtype=v.dtype)
-    return (pattern @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)
+    pattern = pattern.to(device=values.device, dtype=values.dtype)
+    return (pattern @ values).permute(0, 2, 1, 3)
 
 
 def _attend_sdpa(self: Any, q: Tensor, k: Tensor, v: Tensor, mask: Tensor
@@ -154,6 +260,11 @@ def _lean_forward(attend: Any) -> Any:
                                       past_kv_cache_entry=past_kv_cache_entry,
                                       additive_attention_mask=additive_attention_mask,
                                       attention_mask=attention_mask, position_bias=position_bias)
+        if (attend is _attend_exact and isinstance(past_kv_cache_entry, PromptKV)
+                and not _hooked_rot_k(self)):  # hook_rot_k sees all keys: the general path builds them
+            q, keys_t, values, mask = _qkv_prompt_kv(self, query_input, key_input, value_input,
+                                                     past_kv_cache_entry, attention_mask)
+            return _output(self, _products(self, q, keys_t, values, mask))
         q, k, v, mask = _qkv(self, query_input, key_input, value_input, past_kv_cache_entry, attention_mask)
         return _output(self, attend(self, q, k, v, mask))
 
@@ -181,7 +292,7 @@ def lean_attention(*models: Any, kind: str = "exact") -> Iterator[None]:
                 if attn is None or _MARK in attn.__dict__ or not supports_lean(attn):
                     continue
                 attn.forward = types.MethodType(forward, attn)
-                attn.__dict__[_MARK] = True
+                attn.__dict__[_MARK] = kind
                 swapped.append(attn)
         yield
     finally:
