@@ -11,7 +11,9 @@ How a batch of continuations of prompts of different lengths stays exact:
 * prompt forwards are right-padded; each prompt's keys/values are kept unpadded, per block;
 * a continuation batch gathers its rows' prompt keys/values into a right-padded
   ``[batch, longest prompt, heads, d_head]`` cache and passes the attention mask
-  ``[prompt mask | completion mask]``, so padded prompt keys are masked out;
+  ``[prompt mask | completion mask]``, so padded prompt keys are masked out (under the exact lean
+  attention the cache is an ``attention.PromptKV``: each prompt's keys rotated once and laid out for the
+  attention's products, the same values TransformerLens would compute there);
 * TransformerLens derives rotary positions (and absolute position embeddings) from that mask
   (``cumsum − 1``), so completion token j of a row with a P-token prompt sits at position P + j,
   as in the full sequence;
