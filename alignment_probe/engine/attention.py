@@ -132,7 +132,8 @@ class PromptKV:
         n, (kv_heads, d_head) = len(keys), keys[0].shape[1:]
         self.groups = attn.cfg.n_heads // kv_heads
         total = p + width
-        # Not zeroed as a whole: every position is written below or by operands(), but a prompt's padding
+        # Not zeroed as a whole: every position is written below (a prompt's keys, zeros where it is padded) or by
+        # operands() (the continuation's own)
         self.keys_t = keys[0].new_empty((n, kv_heads, self.groups, d_head, total), device=device)
         self.values = values[0].new_empty((n, kv_heads, self.groups, total, d_head), device=device)
         for r, (k_t, v) in enumerate(zip(rotated_t, values)):
