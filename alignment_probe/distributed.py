@@ -9,7 +9,9 @@ The work is split where it is already cut into parts (:class:`~alignment_probe.t
 * a **table part** (``store.table(name, fn)``: per group of pairs) belongs to one rank: parts whose
   names differ only in their numeric tail (``stage1-000000-000007``, ``stage1-000008-000015`` …) form
   a family, and the k-th part of a family requested goes to rank ``k % world_size``. Every rank
-  requests parts in the same order (same code, same inputs), so ownership is the same everywhere.
+  requests parts in the same order (same code, same inputs), so ownership is the same everywhere;
+  the suite requests its groups of pairs in a snake over the ranks (``suite.pair_groups``), so every
+  rank gets as many short prompts as long ones.
   A rank computes its own parts and gets a :class:`PendingPart` placeholder for the others, so the
   parts of a stage run in parallel;
 * a **JSON part** (``store.json(name, fn)``: a whole-data result such as the low-rank fit or the

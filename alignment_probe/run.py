@@ -335,13 +335,30 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
     result.extra["parts_computed"] = list(store.computed)
     result.extra["parts_received"] = list(store.received)
     result.extra["rank"], result.extra["world_size"] = world.rank, world.size
+    work = engine_work(engine)
+    if work is not None and world.distributed and not world.is_main:
+        world.publish(f"engine-work/{world.rank}", json.dumps(work).encode("utf-8"))
     if world.is_main:
         write_run(req, result, manifest)
         manifest["status"] = "complete"
         manifest["finished"] = now()
-        work = getattr(engine, "work_by_stage", None)
-        if work is not None:  # how it ran: block-token work this process computed, and the floor (fast.py)
-            manifest["engine_work"] = {stage: {"computed": w.computed, "floor": w.floor, "forwards": w.forwards}
-                                       for stage, w in work.items()}
+        if work is not None:  # how it ran: the block-token work computed and its floor (fast.py), of every rank
+            by_rank = [work]
+            if world.distributed:
+                others = list(range(1, world.size))
+                got = world.receive([f"engine-work/{r}" for r in others], others)
+                by_rank += [json.loads(got[f"engine-work/{r}"].decode("utf-8")) for r in others]
+                manifest["engine_work_by_rank"] = by_rank
+            manifest["engine_work"] = {stage: {k: sum(w[stage][k] for w in by_rank) for k in work[stage]}
+                                       for stage in work}
         write_json_atomic(req.out / "manifest.json", manifest)
     return result
+
+
+def engine_work(engine: Any) -> dict[str, dict[str, int]] | None:
+    """The fast engine's block-token work in this process, per stage: computed, floor and forwards (None for an
+    engine that does not count it)."""
+    work = getattr(engine, "work_by_stage", None)
+    if work is None:
+        return None
+    return {stage: {"computed": w.computed, "floor": w.floor, "forwards": w.forwards} for stage, w in work.items()}

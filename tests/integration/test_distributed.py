@@ -71,6 +71,17 @@ def test_two_processes_give_the_bytes_of_one(tiny, tmp_path, single):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["distributed"]["world_size"] == 2
     assert "world_size" not in json.dumps(manifest["config"])  # not compared on resume
+    # The work counted is the whole run's: each rank's, summed. Every part is computed once, so the floor is at
+    # least one process's; rank 0 also replays rank 1's clean passes for the low-rank fit, so no less work either.
+    by_rank, whole = manifest["engine_work_by_rank"], manifest["engine_work"]
+    assert len(by_rank) == 2 and all(w["patched"]["computed"] > 0 for w in by_rank)
+    for stage in whole:
+        for k in whole[stage]:
+            assert whole[stage][k] == by_rank[0][stage][k] + by_rank[1][stage][k]
+    alone = json.loads((single / "manifest.json").read_text())["engine_work"]
+    assert "engine_work_by_rank" not in json.loads((single / "manifest.json").read_text())
+    assert whole["patched"] == alone["patched"]  # the patched parts are split, not repeated
+    assert whole["clean"]["floor"] >= alone["clean"]["floor"] and whole["clean"]["computed"] >= alone["clean"]["computed"]
     # Rank 0 alone reports. (Whether rank 0 had to *wait* for rank 1's parts, and so logs "waiting for …",
     # depends on timing: a fresh clone's run once had every part ready in time. Who owns which part is
     # deterministic and tested in test_ownership_and_placeholders.)
