@@ -7,14 +7,18 @@ with NaNs replaced), plus a boolean ``isnan`` of it: on a narrow model that is a
 :func:`lean_attention` swaps each supported attention module's ``forward`` for one of two others that keep
 everything else of TransformerLens's forward:
 
-* the queries, keys and values come from the module's own ``calculate_qkv_matrices`` (``hook_q``,
+* the queries, keys and values come from the module's own ``calculate_qkv_matrices`` (or its products
+  without the zero biases, below; ``hook_q``,
   ``hook_k``, ``hook_v`` fire; QK norms, split inputs and grouped keys/values as TransformerLens
   does them), rotary from its own ``apply_rotary`` (``hook_rot_q``, ``hook_rot_k``), the key/value
   cache from its own ``append``;
 * the causal mask and the padding mask are TransformerLens's (keys at positions ≤ the query's,
   ``attention_mask`` over cached and new keys), grouped heads as ``repeat_interleave`` groups them;
 * ``hook_z`` fires on the same ``[batch, pos, head_index, d_head]`` tensor, and the output
-  projection is the same ``F.linear``.
+  projection is the same ``F.linear``;
+* biases that are all zeros (most rotary families have none; TransformerLens keeps zero parameters)
+  are not added to the projections: TransformerLens copies them into each output before the product
+  accumulates onto it, and x + 0 = x, so the values are the same bits.
 
 ``"exact"`` (:func:`exact_forward`, the engines' default) runs TransformerLens's own operations on the same
 operands, the divide, mask and NaN passes in place: the **same bits** as TransformerLens (tested on every
@@ -56,6 +60,7 @@ from torch import Tensor
 # flat projections).
 _OLMO_QK_NORM = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 _MARK = "_alignment_probe_lean"  # the kind of forward lean_attention has swapped in, while it has
+_ZERO = "_alignment_probe_zero_biases"  # (query/key/value biases, output bias) all zeros, while swapped
 
 
 def supports_lean(attn: Any) -> bool:
@@ -96,11 +101,50 @@ def causal_mask(n_query: int, offset: int, attention_mask: Int[Tensor, "batch ke
     return mask
 
 
+def _zero_biases(attn: Any) -> tuple[bool, bool]:
+    """Whether the query/key/value biases, and the output bias, are all zeros (most rotary families have none;
+    TransformerLens keeps zero parameters and adds them, a copy into every projection's output)."""
+    plain = not (attn.cfg.use_split_qkv_input or attn.cfg.use_attn_in or attn.cfg.use_qk_norm)
+    qkv = plain and not any(bool(b.any()) for b in (attn.b_Q, *_kv_params(attn)[1::2]))
+    return qkv, not bool(attn.b_O.any())
+
+
+def _kv_params(attn: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``W_K, b_K, W_V, b_V`` as TransformerLens's ``calculate_qkv_matrices`` reads them (grouped-query attention:
+    the ungrouped ``_W_K``… unless the config asks to repeat them first)."""
+    from transformer_lens.components import GroupedQueryAttention
+
+    if isinstance(attn, GroupedQueryAttention) and not attn.cfg.ungroup_grouped_query_attention:
+        return attn._W_K, attn._b_K, attn._W_V, attn._b_V
+    return attn.W_K, attn.b_K, attn.W_V, attn.b_V
+
+
+def _project(x: Float[Tensor, "batch pos d_model"], w: Float[Tensor, "head_index d_model d_head"],
+             b: Float[Tensor, "head_index d_head"]) -> Float[Tensor, "batch pos head_index d_head"]:
+    """TransformerLens's ``simple_attn_linear`` for an all-zero bias, which it would copy into the output before
+    the product accumulates onto it (x + 0 = x: the same bits)."""
+    if x.device != w.device:
+        w = w.to(x.device)
+    out = F.linear(x, w.permute(0, 2, 1).reshape(-1, w.shape[1]))  # "h m d -> (h d) m", as TransformerLens
+    return out.reshape(x.shape[0], x.shape[1], b.shape[0], b.shape[1])
+
+
+def _calculate_qkv(self: Any, query_input: Tensor, key_input: Tensor, value_input: Tensor
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """``calculate_qkv_matrices``, without adding its biases when they are all zeros (marked by
+    :func:`lean_attention`); its hooks fire on the same values."""
+    if not self.__dict__[_ZERO][0]:
+        return self.calculate_qkv_matrices(query_input, key_input, value_input)
+    w_k, b_k, w_v, b_v = _kv_params(self)
+    return (self.hook_q(_project(query_input, self.W_Q, self.b_Q)), self.hook_k(_project(key_input, w_k, b_k)),
+            self.hook_v(_project(value_input, w_v, b_v)))
+
+
 def _qkv(self: Any, query_input: Tensor, key_input: Tensor, value_input: Tensor, past_kv_cache_entry: Any,
          attention_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """TransformerLens's queries, keys and values (its own hooks fire), the key/value cache appended and rotary
     applied as it does them, and its causal × padding mask as booleans."""
-    q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)
+    q, k, v = _calculate_qkv(self, query_input, key_input, value_input)
     offset = 0
     if past_kv_cache_entry is not None:  # keys are cached before rotary, as TransformerLens does
         offset = past_kv_cache_entry.past_keys.size(1)
@@ -182,7 +226,7 @@ def _qkv_prompt_kv(self: Any, query_input: Tensor, key_input: Tensor, value_inpu
     """:func:`_qkv` for a continuation whose prompt keys and values are a :class:`PromptKV`: the new keys rotated
     at their own positions (TransformerLens rotates the prompt's and the new ones together, element by element,
     at the same positions), returned as the products' operands with the prompt's."""
-    q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)
+    q, k, v = _calculate_qkv(self, query_input, key_input, value_input)
     offset = entry.prompt_width
     if self.cfg.positional_embedding_type == "rotary":
         q = self.hook_rot_q(self.apply_rotary(q, offset, attention_mask))
@@ -195,9 +239,9 @@ def _output(self: Any, z: Float[Tensor, "batch pos head_index d_head"]) -> Float
     """``hook_z`` and TransformerLens's output projection, operation for operation."""
     z = self.hook_z(z)
     w = self.W_O.permute(2, 0, 1).reshape(self.W_O.shape[-1], -1).contiguous()  # "h d m -> m (h d)"
-    b_O = self.b_O
+    b_O = None if self.__dict__[_ZERO][1] else self.b_O  # an all-zero bias is not added (the same bits)
     if w.device != z.device:
-        w, b_O = w.to(z.device), b_O.to(z.device)
+        w, b_O = w.to(z.device), b_O.to(z.device) if b_O is not None else None
     return F.linear(z.reshape(z.shape[0], z.shape[1], -1).to(w.dtype), w, b_O)
 
 
@@ -294,9 +338,12 @@ def lean_attention(*models: Any, kind: str = "exact") -> Iterator[None]:
                     continue
                 attn.forward = types.MethodType(forward, attn)
                 attn.__dict__[_MARK] = kind
+                with torch.no_grad():
+                    attn.__dict__[_ZERO] = _zero_biases(attn)
                 swapped.append(attn)
         yield
     finally:
         for attn in swapped:
             del attn.forward
             del attn.__dict__[_MARK]
+            del attn.__dict__[_ZERO]

@@ -64,6 +64,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from alignment_probe.engine.attention import ATTENTION, lean_attention
+from alignment_probe.engine.mlp import lean_mlp
 from alignment_probe.engine.batching import attention_tokens, overhead_tokens, plan_batches, plan_cost
 from alignment_probe.engine.hybrid import PartComparison, transplanted
 from alignment_probe.engine.outputs import ExactEngine, Run
@@ -255,11 +256,15 @@ class FastEngine(ExactEngine):
         self.kept: dict[str, dict[str, dict[Key, Tensor]]] = defaultdict(lambda: defaultdict(dict))
 
     # -- bookkeeping -------------------------------------------------------------------------
-    def _attention(self, *models: Any) -> contextlib.AbstractContextManager[None]:
-        """The attention these models' forwards run inside the engine (see ``attention``)."""
+    @contextlib.contextmanager
+    def _attention(self, *models: Any) -> Iterator[None]:
+        """The attention these models' forwards run inside the engine (see ``attention``), and the gated MLPs
+        without their zero biases (engine/mlp.py); ``"transformer_lens"``: TransformerLens's own forwards."""
         if self.attention_impl == "transformer_lens":
-            return contextlib.nullcontext()
-        return lean_attention(*models, kind=self.attention_impl)
+            yield
+            return
+        with lean_attention(*models, kind=self.attention_impl), lean_mlp(*models):
+            yield
 
     def _computed(self, stage: str, n_blocks: int, tokens: int) -> None:
         self.work.add_computed(n_blocks, tokens)

@@ -489,3 +489,63 @@ def test_family_lean_attention(fam, kind, build, monkeypatch):
                                                            lambda p, hook: seen.append(p.shape))])
         assert seen == [torch.Size([1, model.cfg.n_heads, len(ids[0]), len(ids[0])])]
     assert not any("forward" in blk.attn.__dict__ for blk in model.blocks)  # the modules' own forwards are back
+
+
+# Families whose MLP is TransformerLens's GatedMLP with no bias in the Hugging Face model (b_in is zeros)
+GATED_NO_BIAS = {"llama", "llama-3.2", "mistral", "qwen2", "qwen3", "phi-3", "gemma", "gemma-2", "gemma-3", "olmo-2"}
+
+
+@pytest.mark.parametrize("fam", FAMILIES, ids=lambda f: f.name)
+def test_family_zero_biases_mlp_and_unembedding(fam, build):
+    """The engines' gated MLP without its zero biases (engine/mlp.py) and the unembedding without a zero bias
+    (scoring.unembed): on every family the same bits as TransformerLens, every MLP hook point included; a
+    non-zero ``b_out`` is still added, a non-zero ``b_in`` keeps TransformerLens's forward."""
+    import alignment_probe.engine.mlp as lean
+    from alignment_probe.engine.prefix import length_mask, pad_stack
+    from alignment_probe.scoring import unembed
+
+    b = build(fam)
+    model = copy.deepcopy(b.twins.base)
+    n_lean = sum(lean.supports_lean_mlp(blk.mlp) for blk in model.blocks)
+    assert n_lean == (model.cfg.n_layers if fam.name in GATED_NO_BIAS else 0)
+    ids = [torch.tensor(list(t.prompt_ids) + list(t.completion_ids(s))) for t in b.tokenized for s in ("chosen", "rejected")]
+    width = max(len(x) for x in ids)
+    batch, mask = pad_stack(ids, width), length_mask([len(x) for x in ids], width, "cpu")
+    keep = ("hook_pre", "hook_pre_linear", "hook_post", "hook_mlp_out", "hook_resid_post", "unembed.hook_out")
+
+    def lean_ok(mlp: Any) -> bool:  # what supports_lean_mlp should say, from the module's own attributes
+        return fam.name in GATED_NO_BIAS and not bool(mlp.b_in.any())
+
+    def cached(lean_on: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with (lean.lean_mlp(model) if lean_on else contextlib.nullcontext()), torch.no_grad():
+            if lean_on:  # the swapped forward is the one that runs, on the supported modules only
+                assert [blk.mlp.__dict__.get("forward", blk.mlp.forward).__func__ is lean.gated_forward
+                        for blk in model.blocks] == [lean_ok(blk.mlp) for blk in model.blocks]
+            return model.run_with_cache(batch, attention_mask=mask, names_filter=lambda n: n.endswith(keep),
+                                        return_cache_object=False)
+
+    def same_bits() -> None:
+        (ours, ours_cache), (theirs, theirs_cache) = cached(True), cached(False)
+        assert torch.equal(ours, theirs) and ours_cache.keys() == theirs_cache.keys()
+        for name in theirs_cache:
+            assert torch.equal(ours_cache[name], theirs_cache[name]), name
+
+    same_bits()
+    assert all("forward" not in blk.mlp.__dict__ for blk in model.blocks)  # restored
+    # The attention's zero biases (engine/attention.py; its bits are test_family_lean_attention's): Llama has
+    # none, so its projections skip all of them; Qwen2 adds its query/key/value biases and skips the output's
+    import alignment_probe.engine.attention as attention
+
+    with attention.lean_attention(model):
+        zero = {blk.attn.__dict__.get(attention._ZERO) for blk in model.blocks}
+    assert zero == {"llama": {(True, True)}, "qwen2": {(False, True)}, "gpt2": {(False, False)}}.get(fam.name, zero)
+    with torch.no_grad():
+        resid = torch.randn(1, 7, model.cfg.d_model)
+        assert torch.equal(unembed(model, resid), model.unembed(resid))
+        if n_lean:
+            model.blocks[0].mlp.b_out.normal_()  # still added
+            model.blocks[1].mlp.b_in.normal_()  # TransformerLens's own forward
+            assert not lean.supports_lean_mlp(model.blocks[1].mlp) and lean.supports_lean_mlp(model.blocks[0].mlp)
+            same_bits()
+        model.unembed.b_U.normal_()
+        assert torch.equal(unembed(model, resid), model.unembed(resid))
