@@ -61,6 +61,7 @@ from torch import Tensor
 _OLMO_QK_NORM = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 _MARK = "_alignment_probe_lean"  # the kind of forward lean_attention has swapped in, while it has
 _ZERO = "_alignment_probe_zero_biases"  # (query/key/value biases, output bias) all zeros, while swapped
+_POSITIONS = "_alignment_probe_rotary_positions"  # a padding mask's rotary position ids, kept on the mask
 
 
 def supports_lean(attn: Any) -> bool:
@@ -140,6 +141,48 @@ def _calculate_qkv(self: Any, query_input: Tensor, key_input: Tensor, value_inpu
             self.hook_v(_project(value_input, w_v, b_v)))
 
 
+def _rotary_tables(self: Any, offset: int, n: int, attention_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The cos and sin rows ``apply_rotary`` multiplies by: positions ``offset ..`` of its tables, or with a padding
+    mask TransformerLens's ``get_offset_position_ids`` rows (computed once per mask and offset, kept on the mask
+    object: every block of a forward, queries and keys alike, uses the same positions; the engines build a new
+    mask for every forward and never change one in place)."""
+    if attention_mask is None:
+        return (self.rotary_cos[None, offset: offset + n, None, :], self.rotary_sin[None, offset: offset + n, None, :])
+    from transformer_lens.utilities import get_offset_position_ids
+
+    kept = attention_mask.__dict__.setdefault(_POSITIONS, {})
+    key = (offset, self.rotary_cos.device)
+    if key not in kept:
+        kept[key] = get_offset_position_ids(offset, attention_mask).to(self.rotary_cos.device)
+    ids = kept[key]
+    return self.rotary_cos[ids, None, :], self.rotary_sin[ids, None, :]
+
+
+def _rotate(self: Any, xs: tuple[Tensor, ...], offsets: tuple[int, ...], attention_mask: Tensor | None
+            ) -> list[Tensor]:
+    """``apply_rotary`` of each ``x`` at its offset, the same operations on the same values (so the same bits),
+    with fewer copies: the flipped half is built by one ``cat``, the products accumulate in place, nothing is
+    concatenated when rotary covers the whole head, and inputs at the same positions share their cos/sin rows.
+    TransformerLens's own ``apply_rotary`` where it would do more (dynamic NTK scaling, tables to extend)."""
+    cfg = self.cfg
+    if (cfg.use_dynamic_ntk_rope or cfg.rotary_adjacent_pairs
+            or max(o + x.size(1) for x, o in zip(xs, offsets)) > self.rotary_cos.shape[0]
+            or any(x.device != self.rotary_sin.device for x in xs)):
+        return [self.apply_rotary(x, o, attention_mask) for x, o in zip(xs, offsets)]
+    tables: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+    out = []
+    for x, offset in zip(xs, offsets):
+        if (offset, x.size(1)) not in tables:
+            tables[(offset, x.size(1))] = _rotary_tables(self, offset, x.size(1), attention_mask)
+        cos, sin = tables[(offset, x.size(1))]
+        x_rot, x_pass = x[..., : cfg.rotary_dim], x[..., cfg.rotary_dim:]
+        half = x_rot.size(-1) // 2
+        x_flip = torch.cat([-x_rot[..., half:], x_rot[..., :half]], dim=-1)  # rotate_every_two: [-x1, x0]
+        rotated = (x_rot * cos).add_(x_flip.mul_(sin))  # x_rot * cos + x_flip * sin
+        out.append(rotated if x_pass.size(-1) == 0 else torch.cat([rotated, x_pass], dim=-1))
+    return out
+
+
 def _qkv(self: Any, query_input: Tensor, key_input: Tensor, value_input: Tensor, past_kv_cache_entry: Any,
          attention_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """TransformerLens's queries, keys and values (its own hooks fire), the key/value cache appended and rotary
@@ -150,8 +193,8 @@ def _qkv(self: Any, query_input: Tensor, key_input: Tensor, value_input: Tensor,
         offset = past_kv_cache_entry.past_keys.size(1)
         k, v = past_kv_cache_entry.append(k, v)
     if self.cfg.positional_embedding_type == "rotary":
-        q = self.hook_rot_q(self.apply_rotary(q, offset, attention_mask))
-        k = self.hook_rot_k(self.apply_rotary(k, 0, attention_mask))
+        q, k = _rotate(self, (q, k), (offset, 0), attention_mask)
+        q, k = self.hook_rot_q(q), self.hook_rot_k(k)
     return q, k, v, causal_mask(q.shape[1], offset, attention_mask, k.shape[1], q.device)
 
 
@@ -229,8 +272,8 @@ def _qkv_prompt_kv(self: Any, query_input: Tensor, key_input: Tensor, value_inpu
     q, k, v = _calculate_qkv(self, query_input, key_input, value_input)
     offset = entry.prompt_width
     if self.cfg.positional_embedding_type == "rotary":
-        q = self.hook_rot_q(self.apply_rotary(q, offset, attention_mask))
-        k = self.apply_rotary(k, offset, attention_mask)
+        q, k = _rotate(self, (q, k), (offset, offset), attention_mask)
+        q = self.hook_rot_q(q)
     keys_t, values = entry.operands(k, v)
     return q, keys_t, values, causal_mask(q.shape[1], offset, attention_mask, keys_t.shape[-1], q.device)
 
