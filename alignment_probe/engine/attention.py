@@ -47,8 +47,6 @@ sliding windows, soft-capped scores, attention sinks, log-n scaling, OLMo's QK n
 from __future__ import annotations
 
 import contextlib
-import types
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -366,27 +364,11 @@ FORWARDS = {"exact": exact_forward, "sdpa": sdpa_forward}
 ATTENTION = (*FORWARDS, "transformer_lens")  # FastEngine(attention=...): the last is TransformerLens's own forward
 
 
-@contextlib.contextmanager
-def lean_attention(*models: Any, kind: str = "exact") -> Iterator[None]:
+def lean_attention(*models: Any, kind: str = "exact") -> contextlib.AbstractContextManager[None]:
     """Inside the ``with`` block, every supported attention module of ``models`` runs :func:`exact_forward`
     (``kind="exact"``) or :func:`sdpa_forward` (``"sdpa"``); their own forwards are back afterwards (also on
     an error). Re-entrant: modules already swapped by an outer block are left to it."""
-    forward = FORWARDS[kind]
-    swapped = []
-    try:
-        for model in models:
-            for block in getattr(model, "blocks", ()):
-                attn = getattr(block, "attn", None)
-                if attn is None or _MARK in attn.__dict__ or not supports_lean(attn):
-                    continue
-                attn.forward = types.MethodType(forward, attn)
-                attn.__dict__[_MARK] = kind
-                with torch.no_grad():
-                    attn.__dict__[_ZERO] = _zero_biases(attn)
-                swapped.append(attn)
-        yield
-    finally:
-        for attn in swapped:
-            del attn.forward
-            del attn.__dict__[_MARK]
-            del attn.__dict__[_ZERO]
+    from alignment_probe.engine.swap import swapped_forwards
+
+    return swapped_forwards(models, "attn", FORWARDS[kind], supports_lean, _MARK,
+                            lambda attn: {_MARK: kind, _ZERO: _zero_biases(attn)})

@@ -16,8 +16,6 @@ A module whose biases are not all zero when the block is entered, a layer-norm a
 from __future__ import annotations
 
 import contextlib
-import types
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -48,24 +46,12 @@ def gated_forward(self: Any, x: Float[Tensor, "batch pos d_model"]) -> Float[Ten
     return F.linear(post_act, self.W_out.T.contiguous(), None if self.__dict__[_MARK] else self.b_out)
 
 
-@contextlib.contextmanager
-def lean_mlp(*models: Any) -> Iterator[None]:
+def lean_mlp(*models: Any) -> contextlib.AbstractContextManager[None]:
     """Inside the ``with`` block, every supported MLP module of ``models`` runs :func:`gated_forward`; their own
     forwards are back afterwards (also on an error). Re-entrant: modules already swapped are left to the outer
     block."""
-    swapped = []
-    try:
-        with torch.no_grad():
-            for model in models:
-                for block in getattr(model, "blocks", ()):
-                    mlp = getattr(block, "mlp", None)
-                    if mlp is None or _MARK in mlp.__dict__ or not supports_lean_mlp(mlp):
-                        continue
-                    mlp.forward = types.MethodType(gated_forward, mlp)
-                    mlp.__dict__[_MARK] = not bool(mlp.b_out.any())  # True: b_out is all zeros too
-                    swapped.append(mlp)
-        yield
-    finally:
-        for mlp in swapped:
-            del mlp.forward
-            del mlp.__dict__[_MARK]
+    from alignment_probe.engine.swap import swapped_forwards
+
+    # the mark: True where b_out is all zeros too
+    return swapped_forwards(models, "mlp", gated_forward, supports_lean_mlp, _MARK,
+                            lambda mlp: {_MARK: not bool(mlp.b_out.any())})

@@ -549,3 +549,28 @@ def test_family_zero_biases_mlp_and_unembedding(fam, build):
             same_bits()
         model.unembed.b_U.normal_()
         assert torch.equal(unembed(model, resid), model.unembed(resid))
+
+
+def test_swapped_forwards_nest_and_are_restored_on_an_error(build):
+    """engine/swap.py: an inner ``with`` leaves the outer block's swaps in place; an error restores every module."""
+    from alignment_probe.engine.attention import exact_forward, lean_attention
+    from alignment_probe.engine.mlp import gated_forward, lean_mlp
+
+    model = build(next(f for f in FAMILIES if f.name == "llama")).twins.base
+
+    def swapped() -> tuple[list[Any], list[Any]]:
+        return ([b.attn.__dict__.get("forward", b.attn.forward).__func__ for b in model.blocks],
+                [b.mlp.__dict__.get("forward", b.mlp.forward).__func__ for b in model.blocks])
+
+    with lean_attention(model), lean_mlp(model):
+        outer = swapped()
+        assert set(outer[0]) == {exact_forward} and set(outer[1]) == {gated_forward}
+        with lean_attention(model, kind="sdpa"), lean_mlp(model):
+            assert swapped() == outer  # the outer block's forwards stay
+        assert swapped() == outer
+    assert all("forward" not in b.attn.__dict__ and "forward" not in b.mlp.__dict__ for b in model.blocks)
+    with pytest.raises(RuntimeError, match="inside"):
+        with lean_attention(model), lean_mlp(model):
+            raise RuntimeError("inside")
+    assert all("forward" not in b.attn.__dict__ and "forward" not in b.mlp.__dict__ for b in model.blocks)
+    assert not any(k.startswith("_alignment_probe") for b in model.blocks for k in (*b.attn.__dict__, *b.mlp.__dict__))
