@@ -165,7 +165,8 @@ def _rotate(self: Any, xs: tuple[Tensor, ...], offsets: tuple[int, ...], attenti
     cfg = self.cfg
     if (cfg.use_dynamic_ntk_rope or cfg.rotary_adjacent_pairs
             or max(o + x.size(1) for x, o in zip(xs, offsets)) > self.rotary_cos.shape[0]
-            or any(x.device != self.rotary_sin.device for x in xs)):
+            or any(x.device != self.rotary_sin.device or x.dtype != self.rotary_sin.dtype for x in xs)):
+        # (another dtype than the tables': TransformerLens's products promote, the in-place ones here would not)
         return [self.apply_rotary(x, o, attention_mask) for x, o in zip(xs, offsets)]
     tables: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
     out = []
