@@ -10,8 +10,8 @@ everything else of TransformerLens's forward:
 * the queries, keys and values come from the module's own ``calculate_qkv_matrices`` (or its products
   without the zero biases, below; ``hook_q``,
   ``hook_k``, ``hook_v`` fire; QK norms, split inputs and grouped keys/values as TransformerLens
-  does them), rotary from its own ``apply_rotary`` (``hook_rot_q``, ``hook_rot_k``), the key/value
-  cache from its own ``append``;
+  does them), rotary as its ``apply_rotary`` does it, operation for operation, in fewer passes
+  (:func:`_rotate`; ``hook_rot_q``, ``hook_rot_k``), the key/value cache from its own ``append``;
 * the causal mask and the padding mask are TransformerLens's (keys at positions ≤ the query's,
   ``attention_mask`` over cached and new keys), grouped heads as ``repeat_interleave`` groups them;
 * ``hook_z`` fires on the same ``[batch, pos, head_index, d_head]`` tensor, and the output
