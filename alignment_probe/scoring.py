@@ -20,7 +20,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -52,25 +51,9 @@ def token_logprobs(model: HookedTransformer, resid: Float[Tensor, "n d_model"],
     targets = targets.to(resid.device)
     for lo in range(0, resid.shape[0], UNEMBED_CHUNK):
         hi = lo + UNEMBED_CHUNK
-        logits = unembed(model, model.ln_final(resid[lo:hi].unsqueeze(0)))[0].float()  # [n, d_vocab]
+        logits = model.unembed(model.ln_final(resid[lo:hi].unsqueeze(0)))[0].float()  # [n, d_vocab]
         out[lo:hi] = logits.log_softmax(-1).gather(-1, targets[lo:hi, None])[:, 0]
     return out
-
-
-def unembed(model: HookedTransformer, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-    """``model.unembed(x)``, without adding ``b_U`` when it is all zeros (most families have no unembedding
-    bias): TransformerLens's ``Unembed`` copies the bias into the ``[positions, d_vocab]`` logits before the
-    product accumulates onto it, about a fifth of the unembedding's time at d_model 128. Adding zero changes
-    no value, so the logits are the same bits; its hook points fire as in TransformerLens. Any other unembedding
-    (a soft-capped one, a module with hooks of its own) runs as it is."""
-    from transformer_lens.components import Unembed
-
-    u = model.unembed
-    if (type(u) is not Unembed or "forward" in u.__dict__ or u._forward_hooks or u._forward_pre_hooks
-            or torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks
-            or bool(u.b_U.any())):
-        return u(x)
-    return u.hook_out(F.linear(u.hook_in(x), u.W_U.T.contiguous()))
 
 
 def sum_by_row(values: Float[Tensor, " n"], rows: Int[Tensor, " n"], n_rows: int) -> Float[Tensor, " batch"]:

@@ -137,6 +137,11 @@ class PartStore:
         self.pending = {}
         self.passes += 1
 
+    @property
+    def ranks(self) -> int:
+        """How many processes share the parts (1 without a distributed world)."""
+        return self.world.size if self.world is not None else 1
+
     def owner(self, name: str, *, shard: bool) -> int:
         """The rank that computes part ``name`` (called once per request, in request order)."""
         if self.world is None:

@@ -5,7 +5,7 @@
 1. Zero biases (engine/attention.py, engine/mlp.py): the bundled model's 8 blocks with every bias added, as
    TransformerLens does (its zero b_Q/b_K/b_V/b_O/b_in/b_out copied into each projection's output or added
    over the MLP's activations), vs the engine's forwards that skip the all-zero ones.
-2. The unembedding's zero bias (scoring.unembed): completion log-probs of 824 positions.
+2. The unembedding's zero bias (engine/unembed.py): completion log-probs of 824 positions.
 3. Rotary (engine/attention.py ``_rotate``): the bundled model's blocks with a padding mask, TransformerLens's
    ``apply_rotary`` for queries and keys (position ids and cos/sin rows gathered for each, the flipped half
    cloned and assigned, the result concatenated with an empty pass-through part) vs the engine's.
@@ -70,18 +70,13 @@ def zero_biases(repeats: int) -> None:
                   f"skipped {tb * 1e3:7.2f} ms: {ta / tb:.3f}x, same bits")
         resid = torch.randn(824, model.cfg.d_model, generator=gen)
         targets = torch.randint(0, model.cfg.d_vocab, (824,), generator=gen)
-        import alignment_probe.scoring as scoring
+        from alignment_probe.engine.unembed import lean_unembed
 
-        lean = scoring.unembed
-
-        def plain():
-            scoring.unembed = lambda m, x: m.unembed(x)
-            try:
+        def lean():
+            with lean_unembed(model):
                 return token_logprobs(model, resid, targets)
-            finally:
-                scoring.unembed = lean
 
-        ta, tb, a, b = alternate(repeats, plain, lambda: token_logprobs(model, resid, targets))
+        ta, tb, a, b = alternate(repeats, lambda: token_logprobs(model, resid, targets), lean)
         assert torch.equal(a, b)
         print(f"completion log-probs, 824 positions, vocabulary {model.cfg.d_vocab}: b_U added {ta * 1e3:6.2f} ms, "
               f"skipped {tb * 1e3:6.2f} ms: {ta / tb:.3f}x, same bits")

@@ -369,7 +369,7 @@ def lean_attention(*models: Any, kind: str = "exact") -> contextlib.AbstractCont
     """Inside the ``with`` block, every supported attention module of ``models`` runs :func:`exact_forward`
     (``kind="exact"``) or :func:`sdpa_forward` (``"sdpa"``); their own forwards are back afterwards (also on
     an error). Re-entrant: modules already swapped by an outer block are left to it."""
-    from alignment_probe.engine.swap import swapped_forwards
+    from alignment_probe.engine.swap import block_parts, swapped_forwards
 
-    return swapped_forwards(models, "attn", FORWARDS[kind], supports_lean, _MARK,
+    return swapped_forwards(models, block_parts("attn"), FORWARDS[kind], supports_lean, _MARK,
                             lambda attn: {_MARK: kind, _ZERO: _zero_biases(attn)})

@@ -65,6 +65,7 @@ from torch import Tensor
 
 from alignment_probe.engine.attention import ATTENTION, lean_attention
 from alignment_probe.engine.mlp import lean_mlp
+from alignment_probe.engine.unembed import lean_unembed
 from alignment_probe.engine.batching import attention_tokens, overhead_tokens, plan_batches, plan_cost
 from alignment_probe.engine.hybrid import PartComparison, transplanted
 from alignment_probe.engine.outputs import ExactEngine, Run
@@ -258,12 +259,13 @@ class FastEngine(ExactEngine):
     # -- bookkeeping -------------------------------------------------------------------------
     @contextlib.contextmanager
     def _attention(self, *models: Any) -> Iterator[None]:
-        """The attention these models' forwards run inside the engine (see ``attention``), and the gated MLPs
-        without their zero biases (engine/mlp.py); ``"transformer_lens"``: TransformerLens's own forwards."""
+        """The attention these models' forwards run inside the engine (see ``attention``), and the gated MLPs and
+        the unembedding without their zero biases (engine/mlp.py, engine/unembed.py); ``"transformer_lens"``:
+        TransformerLens's own forwards."""
         if self.attention_impl == "transformer_lens":
             yield
             return
-        with lean_attention(*models, kind=self.attention_impl), lean_mlp(*models):
+        with lean_attention(*models, kind=self.attention_impl), lean_mlp(*models), lean_unembed(*models):
             yield
 
     def _computed(self, stage: str, n_blocks: int, tokens: int) -> None:

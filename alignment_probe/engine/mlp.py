@@ -7,7 +7,7 @@ product accumulates onto it. Adding zero changes no value (x + 0 = x; only a −
 later operation tells apart), so inside :func:`lean_mlp` each such module runs :func:`gated_forward`: the
 same products on the same operands, every hook point (``hook_pre``, ``hook_pre_linear``, ``hook_post``)
 firing on the same values, without the zero additions. Tested bit for bit against TransformerLens on
-every family (``test_family_lean_mlp``).
+every family (``test_family_zero_biases_mlp_and_unembedding``).
 
 A module whose biases are not all zero when the block is entered, a layer-norm activation (SoLU), a
 4-bit or mixture-of-experts MLP, or one whose forward someone else has replaced keeps its own forward.
@@ -50,8 +50,8 @@ def lean_mlp(*models: Any) -> contextlib.AbstractContextManager[None]:
     """Inside the ``with`` block, every supported MLP module of ``models`` runs :func:`gated_forward`; their own
     forwards are back afterwards (also on an error). Re-entrant: modules already swapped are left to the outer
     block."""
-    from alignment_probe.engine.swap import swapped_forwards
+    from alignment_probe.engine.swap import block_parts, swapped_forwards
 
     # the mark: True where b_out is all zeros too
-    return swapped_forwards(models, "mlp", gated_forward, supports_lean_mlp, _MARK,
+    return swapped_forwards(models, block_parts("mlp"), gated_forward, supports_lean_mlp, _MARK,
                             lambda mlp: {_MARK: not bool(mlp.b_out.any())})

@@ -326,7 +326,7 @@ def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, c
     cfg.validate(pair.n_layers)
     store = store if store is not None else PartStore()
     tokenized = sorted(tokenized, key=lambda t: t.pair_id)
-    groups = pair_groups(tokenized, pairs_per_part, ranks=store.world.size if store.world is not None else 1)
+    groups = pair_groups(tokenized, pairs_per_part, ranks=store.ranks)
     n_layers, d_model = pair.n_layers, pair.d_model
     steps = plan_steps(cfg)
     ids = tuple(t.pair_id for t in tokenized)
@@ -472,8 +472,7 @@ def _later_stage(number: int, stage: list[Step], pair: Twins, groups: list[list[
                 for s in fitting}
     names = [f"stage{number}-{group_tag(g)}.parquet" for g in groups]
     # other pair sets (E11's transfer data), in groups of the run's size
-    ranks = store.world.size if store.world is not None else 1
-    other = {tag: pair_groups(p, max(map(len, groups)) if groups else None, ranks=ranks)
+    other = {tag: pair_groups(p, max(map(len, groups)) if groups else None, ranks=store.ranks)
              for tag, p in extra.get("extra_pairs", {}).items() if p}
     other_names = {tag: [f"stage{number}-{tag}-{group_tag(g)}.parquet" for g in gs] for tag, gs in other.items()}
     fitted: dict[str, Any] = {}

@@ -498,29 +498,41 @@ GATED_NO_BIAS = {"llama", "llama-3.2", "mistral", "qwen2", "qwen3", "phi-3", "ge
 @pytest.mark.parametrize("fam", FAMILIES, ids=lambda f: f.name)
 def test_family_zero_biases_mlp_and_unembedding(fam, build):
     """The engines' gated MLP without its zero biases (engine/mlp.py) and the unembedding without a zero bias
-    (scoring.unembed): on every family the same bits as TransformerLens, every MLP hook point included; a
-    non-zero ``b_out`` is still added, a non-zero ``b_in`` keeps TransformerLens's forward."""
+    (engine/unembed.py): on every family the same bits as TransformerLens, every MLP and unembedding hook point
+    included; a non-zero ``b_out`` is still added, a non-zero ``b_in`` or ``b_U`` keeps TransformerLens's forward."""
     import alignment_probe.engine.mlp as lean
     from alignment_probe.engine.prefix import length_mask, pad_stack
-    from alignment_probe.scoring import unembed
+    from alignment_probe.engine.unembed import lean_unembed, supports_lean_unembed, unembed_forward
 
     b = build(fam)
     model = copy.deepcopy(b.twins.base)
     n_lean = sum(lean.supports_lean_mlp(blk.mlp) for blk in model.blocks)
     assert n_lean == (model.cfg.n_layers if fam.name in GATED_NO_BIAS else 0)
+    if fam.name in ("llama", "gpt2"):  # no lm_head bias: the lean unembedding runs (Gemma 2's is soft-capped)
+        assert supports_lean_unembed(model.unembed)
+    if fam.name == "gemma-2":
+        assert not supports_lean_unembed(model.unembed)
     ids = [torch.tensor(list(t.prompt_ids) + list(t.completion_ids(s))) for t in b.tokenized for s in ("chosen", "rejected")]
     width = max(len(x) for x in ids)
     batch, mask = pad_stack(ids, width), length_mask([len(x) for x in ids], width, "cpu")
-    keep = ("hook_pre", "hook_pre_linear", "hook_post", "hook_mlp_out", "hook_resid_post", "unembed.hook_out")
+    keep = ("hook_pre", "hook_pre_linear", "hook_post", "hook_mlp_out", "hook_resid_post", "unembed.hook_in",
+            "unembed.hook_out")
 
     def lean_ok(mlp: Any) -> bool:  # what supports_lean_mlp should say, from the module's own attributes
         return fam.name in GATED_NO_BIAS and not bool(mlp.b_in.any())
 
     def cached(lean_on: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with (lean.lean_mlp(model) if lean_on else contextlib.nullcontext()), torch.no_grad():
+        lean_ctx = contextlib.ExitStack()
+        if lean_on:
+            lean_ctx.enter_context(lean.lean_mlp(model))
+            lean_ctx.enter_context(lean_unembed(model))
+        with lean_ctx, torch.no_grad():
             if lean_on:  # the swapped forward is the one that runs, on the supported modules only
                 assert [blk.mlp.__dict__.get("forward", blk.mlp.forward).__func__ is lean.gated_forward
                         for blk in model.blocks] == [lean_ok(blk.mlp) for blk in model.blocks]
+                swapped = model.unembed.__dict__.get("forward")
+                assert (swapped is not None and swapped.__func__ is unembed_forward) == (
+                    type(model.unembed).__name__ == "Unembed" and not bool(model.unembed.b_U.any()))
             return model.run_with_cache(batch, attention_mask=mask, names_filter=lambda n: n.endswith(keep),
                                         return_cache_object=False)
 
@@ -532,6 +544,7 @@ def test_family_zero_biases_mlp_and_unembedding(fam, build):
 
     same_bits()
     assert all("forward" not in blk.mlp.__dict__ for blk in model.blocks)  # restored
+    assert "forward" not in model.unembed.__dict__
     # The attention's zero biases (engine/attention.py; its bits are test_family_lean_attention's): Llama has
     # none, so its projections skip all of them; Qwen2 adds its query/key/value biases and skips the output's
     import alignment_probe.engine.attention as attention
@@ -540,15 +553,15 @@ def test_family_zero_biases_mlp_and_unembedding(fam, build):
         zero = {blk.attn.__dict__.get(attention._ZERO) for blk in model.blocks}
     assert zero == {"llama": {(True, True)}, "qwen2": {(False, True)}, "gpt2": {(False, False)}}.get(fam.name, zero)
     with torch.no_grad():
-        resid = torch.randn(1, 7, model.cfg.d_model)
-        assert torch.equal(unembed(model, resid), model.unembed(resid))
         if n_lean:
             model.blocks[0].mlp.b_out.normal_()  # still added
             model.blocks[1].mlp.b_in.normal_()  # TransformerLens's own forward
             assert not lean.supports_lean_mlp(model.blocks[1].mlp) and lean.supports_lean_mlp(model.blocks[0].mlp)
             same_bits()
-        model.unembed.b_U.normal_()
-        assert torch.equal(unembed(model, resid), model.unembed(resid))
+        if supports_lean_unembed(model.unembed):
+            model.unembed.b_U.normal_()  # TransformerLens's own forward
+            assert not supports_lean_unembed(model.unembed)
+            same_bits()
 
 
 def test_swapped_forwards_nest_and_are_restored_on_an_error(build):
