@@ -224,8 +224,31 @@ def _onset_index(means: np.ndarray) -> np.ndarray:
     return np.where(top >= 0, first, peak)
 
 
-def _peak_index(means: np.ndarray) -> np.ndarray:
-    return np.argmax(np.where(np.isnan(means), -np.inf, means), axis=1)
+# Effects that differ by less than this (nats, plus the same relative to the curve's scale) are ties: layers that
+# carry exactly the same effect (every resid_post layer above a planted block) differ only by float rounding.
+TIE_ATOL = 1e-6
+TIE_RTOL = 1e-6
+
+
+def _tie_tolerance(top: np.ndarray) -> np.ndarray:
+    return TIE_ATOL + TIE_RTOL * np.abs(np.where(np.isfinite(top), top, 0.0))
+
+
+def _peak_index(means: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Row-wise argmax of ``[k, n_layers]`` mean curves (NaNs ignored).
+
+    With ``rng`` ties (within :data:`TIE_ATOL`/:data:`TIE_RTOL`) are broken uniformly at random, so a bootstrap
+    argmax distribution over layers that carry the same effect spreads over all of them instead of piling onto
+    the first (statistics.md: "never towards the first layer"). Without ``rng``: the first of the tied maxima.
+    """
+    filled = np.where(np.isnan(means), -np.inf, means)
+    if rng is None:
+        return np.argmax(filled, axis=1)
+    top = filled.max(axis=1, keepdims=True)
+    tied = filled >= top - _tie_tolerance(top)
+    # a uniform random key per cell; the largest key among the tied cells wins
+    keys = np.where(tied, rng.random(tied.shape), -1.0)
+    return np.argmax(keys, axis=1)
 
 
 def _int_interval(samples: np.ndarray, level: float) -> list[int]:
@@ -261,9 +284,11 @@ def peak_onset_with_ci(matrix: np.ndarray, layers: Sequence[int], *, seed: int =
     peak = int(ids[_peak_index(means[None, :])[0]])
     onset = int(ids[_onset_index(means[None, :])[0]])
     boots = bootstrap_means(m, seed=seed, n_boot=n_boot)
+    # ties broken at random (a stream of its own, so the resamples stay those of every other function here)
+    tie_rng = np.random.default_rng([seed, 1])
     return {
         "peak_layer": peak,
-        "peak_layer_ci": _int_interval(ids[_peak_index(boots)], level),
+        "peak_layer_ci": _int_interval(ids[_peak_index(boots, tie_rng)], level),
         "onset_layer": onset,
         "onset_layer_ci": _int_interval(ids[_onset_index(boots)], level),
     }
@@ -314,7 +339,7 @@ def heldout_peak(matrix: np.ndarray, layers: Sequence[int], pair_ids: Sequence[i
     fit, held = split_halves(ids, seed=seed)
     row = {p: i for i, p in enumerate(ids)}
     fit_rows, held_rows = [row[p] for p in fit], [row[p] for p in held]
-    col = int(_peak_index(m[fit_rows].mean(axis=0)[None, :])[0])
+    col = int(_peak_index(m[fit_rows].mean(axis=0)[None, :], np.random.default_rng([seed, 2]))[0])
     mean, lo, hi = bootstrap_mean_ci(m[held_rows, col], seed=seed, n_boot=n_boot, level=level)
     return {
         "chosen_layer": int(layers[col]),
@@ -323,6 +348,8 @@ def heldout_peak(matrix: np.ndarray, layers: Sequence[int], pair_ids: Sequence[i
         "fit_mean": float(m[fit_rows, col].mean()),
         "heldout_mean": mean,
         "heldout_ci": [lo, hi],
+        "selection": selection_record(fit, held, int(layers[col]), m[held_rows, col], seed=seed, n_boot=n_boot,
+                                      level=level, in_sample=m[fit_rows, col]),
     }
 
 
@@ -364,13 +391,217 @@ def summarize_experiment(effects: pd.DataFrame, *, seed: int = 0, n_boot: int = 
     """Everything the report says about one per-layer experiment/condition.
 
     Returns ``{"per_layer": [{"layer", "mean", "ci_low", "ci_high", "n"}, ...], "peak_layer",
-    "peak_layer_ci", "onset_layer", "onset_layer_ci", "heldout"}`` where ``heldout`` is
-    :func:`heldout_peak`'s dict (``None`` with fewer than two pairs). Plain Python types only.
+    "peak_layer_ci", "onset_layer", "onset_layer_ci", "peak_set", "peak_set_rule", "layers_swept", "heldout",
+    "selection"}`` where ``heldout`` is :func:`heldout_peak`'s dict and ``selection`` its explore/confirm record
+    (both ``None`` with fewer than two pairs); ``peak_set`` is :func:`peak_set`'s. Plain Python types only.
     """
     _check_boot_args(n_boot, level)
     matrix, pair_ids, layers = effect_matrix(effects)
     out: dict[str, Any] = {"per_layer": _summary_rows(matrix, layers, seed=seed, n_boot=n_boot, level=level)}
     out.update(peak_onset_with_ci(matrix, layers, seed=seed, n_boot=n_boot, level=level))
+    out.update(peak_set(matrix, layers, seed=seed, n_boot=n_boot, level=level))
     out["heldout"] = (heldout_peak(matrix, layers, pair_ids, seed=seed, n_boot=n_boot, level=level)
                       if len(pair_ids) >= 2 else None)
+    out["selection"] = out["heldout"]["selection"] if out["heldout"] else None
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# statistics.md: peak sets, ratios, simultaneous bands, nulls as bounds, explore/confirm records
+# --------------------------------------------------------------------------------------------------
+
+
+def peak_set(matrix: np.ndarray, layers: Sequence[int], *, seed: int = 0, n_boot: int = 2000,
+             level: float = 0.95) -> dict[str, Any]:
+    """Every layer whose effect is not significantly below the maximum: the peak as a set.
+
+    Let m* be the layer with the largest mean effect. For each layer ℓ the paired difference
+    d_ℓ = effect(m*) − effect(ℓ) is bootstrapped over pairs (the same resamples for every layer); ℓ is in the
+    set unless the one-sided ``level`` lower bound of mean d_ℓ (its ``1 − level`` percentile) is above 0
+    (beyond float-rounding ties). A planted twin whose whole gain is carried by several layers therefore gets
+    all of them, not the first. Returns ``{"peak_set": [layer ids], "peak_set_rule": str, "layers_swept": n}``;
+    ``layers_swept`` says how coarse the grid was (statistics.md: say how many layers were swept).
+    """
+    _check_boot_args(n_boot, level)
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] == 0 or m.shape[1] == 0:
+        raise ValueError(f"matrix must be a non-empty pairs × layers array, got shape {m.shape}")
+    if len(layers) != m.shape[1]:
+        raise ValueError(f"{len(layers)} layer ids for a matrix with {m.shape[1]} columns")
+    means = m.mean(axis=0)
+    top = int(_peak_index(means[None, :])[0])
+    diff = m[:, [top]] - m  # pairs × layers, ≥ 0 in the mean at every layer
+    if m.shape[0] == 1:
+        lower = diff[0]
+    else:
+        lower = np.percentile(bootstrap_means(diff, seed=seed, n_boot=n_boot), 100.0 * (1.0 - level), axis=0)
+    tol = _tie_tolerance(np.array([means[top]]))[0]
+    members = [int(layer) for layer, lb in zip(layers, lower) if not lb > tol]
+    rule = (f"layers whose mean effect is not significantly below the maximum (layer {int(layers[top])}): "
+            f"one-sided paired bootstrap of max − effect at {level:.0%}, {n_boot} resamples over pairs")
+    return {"peak_set": members, "peak_set_rule": rule, "layers_swept": int(m.shape[1])}
+
+
+def ratio_ci(num: Sequence[float] | np.ndarray, den: Sequence[float] | np.ndarray, *, seed: int = 0,
+             n_boot: int = 2000, level: float = 0.95) -> dict[str, Any]:
+    """mean(num) / mean(den) under statistics.md's ratio rule.
+
+    ``num[i]`` and ``den[i]`` belong to pair i and are resampled together. The ratio is ``defined`` only when
+    the denominator's bootstrap CI excludes 0; its interval is then the percentile interval of the resampled
+    ratios, *every* resample kept (a resample whose denominator is 0 gives ±inf and sits in a tail; the
+    interval is read from order statistics so infinities never turn into NaN and are never dropped).
+    Otherwise ``ratio``, ``ci_low`` and ``ci_high`` are NaN and ``text`` says "undefined (denominator CI spans 0)".
+    Numerator and denominator are always reported with their own CIs (in nats).
+
+    Returns ``{"defined", "ratio", "ci_low", "ci_high", "numerator": {"mean", "ci_low", "ci_high"},
+    "denominator": {...}, "n", "n_infinite", "rule", "text"}``.
+    """
+    _check_boot_args(n_boot, level)
+    a = np.asarray(num, dtype=np.float64).ravel()
+    b = np.asarray(den, dtype=np.float64).ravel()
+    if a.size != b.size:
+        raise ValueError(f"{a.size} numerator values for {b.size} denominator values")
+    if a.size == 0:
+        raise ValueError("ratio_ci needs at least one pair")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("ratio_ci got non-finite per-pair values")
+    lo_q, hi_q = _tails(level)
+    boots = (np.array([[a[0], b[0]]]) if a.size == 1
+             else bootstrap_means(np.stack([a, b], axis=1), seed=seed, n_boot=n_boot))
+    num_b, den_b = boots[:, 0], boots[:, 1]
+
+    def interval(x: np.ndarray) -> tuple[float, float]:
+        return (float(np.percentile(x, lo_q, method="lower")), float(np.percentile(x, hi_q, method="higher")))
+
+    n_lo, n_hi = interval(num_b)
+    d_lo, d_hi = interval(den_b)
+    out: dict[str, Any] = {
+        "numerator": {"mean": float(a.mean()), "ci_low": n_lo, "ci_high": n_hi},
+        "denominator": {"mean": float(b.mean()), "ci_low": d_lo, "ci_high": d_hi},
+        "n": int(a.size),
+        "rule": (f"a ratio is reported only when the denominator's {level:.0%} CI excludes 0; its CI is the "
+                 "percentile bootstrap of the ratio over pairs, no resample dropped"),
+    }
+    defined = (d_lo > 0 or d_hi < 0) and b.mean() != 0
+    if not defined:
+        out.update(defined=False, ratio=math.nan, ci_low=math.nan, ci_high=math.nan, n_infinite=0,
+                   text=(f"undefined (denominator CI spans 0): numerator {a.mean():+.3g} [{n_lo:+.3g}, {n_hi:+.3g}] "
+                         f"nats, denominator {b.mean():+.3g} [{d_lo:+.3g}, {d_hi:+.3g}] nats"))
+        return out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = num_b / den_b
+    # 0/0 cannot happen with a denominator CI away from 0 unless a resample's mean is exactly 0: count it as inf
+    ratios = np.where(np.isnan(ratios), np.inf, ratios)
+    r_lo, r_hi = interval(np.sort(ratios))
+    point = float(a.mean() / b.mean())
+    out.update(defined=True, ratio=point, ci_low=r_lo, ci_high=r_hi, n_infinite=int((~np.isfinite(ratios)).sum()),
+               text=f"{point:.3g} [{r_lo:.3g}, {r_hi:.3g}]")
+    return out
+
+
+def simultaneous_band(matrix: np.ndarray, *, seed: int = 0, n_boot: int = 2000,
+                      level: float = 0.95) -> dict[str, Any]:
+    """Max-|t| bootstrap bands over the m columns (cells of a map) of a pairs × cells ``matrix``.
+
+    Each resample's column means are studentised by the columns' bootstrap standard errors; the ``level``
+    quantile ``c`` of the largest |t| over all m cells gives bands mean ± c·se that hold for every cell at once
+    (family-wise), which a claim about "the largest cell" needs (statistics.md). Cells with no spread (se 0)
+    get a band of zero width. Returns ``{"m", "critical", "mean": [...], "band_low": [...],
+    "band_high": [...], "rule"}``.
+    """
+    _check_boot_args(n_boot, level)
+    x = np.asarray(matrix, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"matrix must be a non-empty pairs × cells array, got shape {x.shape}")
+    means = x.mean(axis=0)
+    if x.shape[0] == 1:
+        crit, se = math.nan, np.zeros_like(means)
+    else:
+        boots = bootstrap_means(x, seed=seed, n_boot=n_boot)
+        se = boots.std(axis=0, ddof=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.abs(boots - means) / se
+        t = np.where(se > 0, t, 0.0)
+        crit = float(np.percentile(t.max(axis=1), 100.0 * level))
+    half = np.nan_to_num(crit) * se
+    return {"m": int(x.shape[1]), "critical": crit, "mean": means.tolist(), "band_low": (means - half).tolist(),
+            "band_high": (means + half).tolist(),
+            "rule": (f"max-|t| bootstrap band over m = {x.shape[1]} cells at {level:.0%} (family-wise), "
+                     f"{n_boot} resamples over pairs")}
+
+
+def effect_or_bound(values: Sequence[float] | np.ndarray, *, seed: int = 0, n_boot: int = 2000,
+                    level: float = 0.95, unit: str = "nats") -> dict[str, Any]:
+    """A mean with its CI, and when the CI includes 0 the bound a finite sample supports instead of "0".
+
+    statistics.md: "no effect" is never printed as 0; print ``|effect| < B at 95 %`` with B the larger
+    absolute CI end. Returns ``{"mean", "ci_low", "ci_high", "n", "excludes_zero", "bound", "text"}``
+    (``bound`` is None when the CI excludes 0).
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    mean, lo, hi = bootstrap_mean_ci(v, seed=seed, n_boot=n_boot, level=level)
+    excludes = lo > 0 or hi < 0
+    bound = None if excludes else float(max(abs(lo), abs(hi)))
+    text = (f"{mean:+.3g} {unit} [{lo:+.3g}, {hi:+.3g}]" if excludes
+            else f"|effect| < {bound:.2g} {unit} at {level:.0%} (mean {mean:+.3g}, CI [{lo:+.3g}, {hi:+.3g}])")
+    return {"mean": mean, "ci_low": lo, "ci_high": hi, "n": int(v.size), "excludes_zero": bool(excludes),
+            "bound": bound, "text": text}
+
+
+def explore_confirm(pair_ids: Sequence[int], *, seed: int = 0) -> tuple[list[int], list[int]]:
+    """The explore and confirm halves of the pairs (statistics.md, "Selection is always held out").
+
+    The same split as :func:`split_halves` (explore = its first half), so every experiment that chooses from
+    the data with one seed uses the same explore pairs.
+    """
+    return split_halves(pair_ids, seed=seed)
+
+
+def selection_record(explore_ids: Sequence[int], confirm_ids: Sequence[int], chosen: Any,
+                     confirm_values: Sequence[float] | np.ndarray, *, seed: int = 0, n_boot: int = 2000,
+                     level: float = 0.95, in_sample: Sequence[float] | np.ndarray | None = None) -> dict[str, Any]:
+    """The summary's ``selection`` entry: which pairs chose, what they chose, and the chosen value on the others.
+
+    ``confirm_values`` are the per-pair values of the chosen quantity on the confirm pairs (one per pair);
+    ``in_sample`` optionally the explore pairs' (reported beside, labelled in-sample). Returns
+    ``{"explore_pair_ids", "confirm_pair_ids", "chosen", "confirm": {"mean", "ci_low", "ci_high", "n"},
+    "in_sample": {...} | None}``.
+    """
+    explore = sorted(int(p) for p in explore_ids)
+    confirm = sorted(int(p) for p in confirm_ids)
+    if set(explore) & set(confirm):
+        raise ValueError(f"explore and confirm pairs overlap: {sorted(set(explore) & set(confirm))[:5]}")
+
+    def cell(values: Sequence[float] | np.ndarray | None) -> dict[str, Any] | None:
+        v = None if values is None else np.asarray(values, dtype=np.float64).ravel()
+        if v is None or v.size == 0:
+            return None if values is None else {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
+        mean, lo, hi = bootstrap_mean_ci(v, seed=seed, n_boot=n_boot, level=level)
+        return {"mean": mean, "ci_low": lo, "ci_high": hi, "n": int(v.size)}
+
+    return {"explore_pair_ids": explore, "confirm_pair_ids": confirm, "chosen": chosen,
+            "confirm": cell(confirm_values), "in_sample": cell(in_sample)}
+
+
+def coverage_rate(population: Sequence[float] | np.ndarray, *, sample_size: int = 40, n_draws: int = 200,
+                  seed: int = 0, n_boot: int = 1000, level: float = 0.95) -> dict[str, Any]:
+    """How often the bootstrap CI of a ``sample_size``-pair subsample covers the population mean.
+
+    statistics.md trusts a CI method only after this check: on a planted twin whose population effect is
+    known (the mean over all its pairs), draw many seeded subsamples without replacement and count how often
+    their ``level`` CI covers it. Returns ``{"rate", "n_draws", "sample_size", "population_mean", "level"}``.
+    """
+    pop = np.asarray(population, dtype=np.float64).ravel()
+    if sample_size < 2 or sample_size > pop.size:
+        raise ValueError(f"sample_size must be in [2, {pop.size}], got {sample_size}")
+    rng = np.random.default_rng(seed)
+    target = float(pop.mean())
+    hits = 0
+    for d in range(n_draws):
+        sub = pop[rng.choice(pop.size, size=sample_size, replace=False)]
+        _, lo, hi = bootstrap_mean_ci(sub, seed=seed + d, n_boot=n_boot, level=level)
+        hits += lo <= target <= hi
+    return {"rate": hits / n_draws, "n_draws": int(n_draws), "sample_size": int(sample_size),
+            "population_mean": target, "level": level}

@@ -135,16 +135,10 @@ def full_patch_specs(layers: Iterable[int], *, hook: Hook, scope: str) -> list[P
 
 
 def ratio_of_means(num: np.ndarray, den: np.ndarray, *, seed: int, n_boot: int) -> tuple[float, float, float]:
-    """mean(num) / mean(den) with a paired percentile bootstrap over pairs."""
-    point = float(num.mean() / den.mean()) if den.mean() != 0 else math.nan
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(num), size=(n_boot, len(num)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        boots = num[idx].mean(1) / den[idx].mean(1)
-    boots = boots[np.isfinite(boots)]
-    if len(boots) == 0:
-        return point, math.nan, math.nan
-    return point, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+    """mean(num) / mean(den) with its paired bootstrap CI, under statistics.md's ratio rule
+    (:func:`stats.ratio_ci`): NaNs when the denominator's CI spans 0, no resample dropped otherwise."""
+    out = stats.ratio_ci(num, den, seed=seed, n_boot=n_boot)
+    return out["ratio"], out["ci_low"], out["ci_high"]
 
 
 def lowrank_context(cfg: Any, d_model: int, pair_ids: Sequence[int]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from alignment_probe import stats
 from alignment_probe.effects import RowKey, TokenBlock, effects_from_tokens, make_row, to_frame, tokens_to_frame
 from alignment_probe.experiments import token_map, windows
 from alignment_probe.experiments.registry import Tables
@@ -93,6 +94,24 @@ def token_tables():
                             tokens=tokens)
 
 
+def test_token_share_defined_when_the_total_is_clearly_non_zero():
+    """Chosen tokens all gain, rejected ones all lose: the total's CI excludes 0, so the first-k shares are
+    ratios with finite CIs that equal the share of the means."""
+    rng = np.random.default_rng(2)
+    key = RowKey(token_map.NAME, "base", "tuned", "resid_post", "all", "both", 1)
+    per_pair = [(rng.uniform(0.5, 1.5, rng.integers(3, 12)), -rng.uniform(0.5, 1.5, rng.integers(3, 12)))
+                for _ in range(N_PAIRS)]
+    tokens = tokens_to_frame(_token_blocks(per_pair, key))
+    cfg = SuiteConfig(experiments=(token_map.NAME,), n_boot=200)
+    tables = Tables(effects_from_tokens(tokens), _scores(np.zeros(N_PAIRS)), {}, cfg, N_LAYERS, 16,
+                    selected=(token_map.NAME,), tokens=tokens)
+    first = {b["first"]: b for b in token_map.summarize_token_map(tables)[token_map.NAME]["by_bin"]}
+    total = np.mean([c.sum() - r.sum() for c, r in per_pair])
+    expect_1 = np.mean([c[0] - r[0] for c, r in per_pair])
+    assert first[1]["share"] == pytest.approx(expect_1 / total)
+    assert first[1]["share_ci"][0] < expect_1 / total < first[1]["share_ci"][1]
+
+
 def test_long_table_sums_to_the_pair_rows(token_tables):
     per_pair, tables = token_tables
     got = tables.effects.sort_values("pair_id").effect.to_numpy()
@@ -111,7 +130,13 @@ def test_token_summary_positions_add_up_and_bins_split_the_effect(token_tables):
     assert first[8]["mean"] + first["rest"]["mean"] == pytest.approx(total)
     expect_1 = np.mean([c[0] - r[0] for c, r in per_pair])
     assert first[1]["mean"] == pytest.approx(expect_1)
-    assert first[1]["share"] == pytest.approx(expect_1 / total)
+    # the share is a ratio: reported only when the total's CI excludes 0 (statistics.md), else NaN
+    rule = stats.ratio_ci([c[0] - r[0] for c, r in per_pair], [c.sum() - r.sum() for c, r in per_pair],
+                          seed=tables.cfg.seed, n_boot=tables.cfg.n_boot)
+    if rule["defined"]:
+        assert first[1]["share"] == pytest.approx(expect_1 / total)
+    else:
+        assert math.isnan(first[1]["share"])
     at_10 = next(p for p in entry["by_position"] if p["position"] == 10)
     assert at_10["n"] == N_PAIRS and at_10["n_with_position"] == sum(max(len(c), len(r)) > 10 for c, r in per_pair)
     fig = token_map.token_map_figure({"n_layers": N_LAYERS, "experiments": {token_map.NAME: entry}})
