@@ -33,7 +33,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -42,7 +42,8 @@ from alignment_probe.experiments import registry
 from alignment_probe.report import figures as F
 from alignment_probe.report.format import _num, fmt, fmt_ci
 
-AGREES, DIFFERS, NOT_RUN = "agrees", "differs", "not run"
+AGREES, DIFFERS, INCONCLUSIVE, NOT_RUN = "agrees", "differs", "inconclusive", "not run"
+VERDICTS = (AGREES, DIFFERS, INCONCLUSIVE)  # the three outcomes of a rule (statistics.md); NOT_RUN: no rule applied
 
 PAPER_N_LAYERS = 16
 PAPER_PEAK_LAYER = 8
@@ -75,8 +76,13 @@ class Finding:
     claim: str
     paper: str
     ours: str
-    verdict: str
+    verdict: str  # one of VERDICTS, or NOT_RUN
     rule: str
+    # the numbers the rule used (JSON-able: name → value), printed beside the verdict and kept in the summary
+    numbers: Mapping[str, Any] = field(default_factory=dict)
+    # True: the claim holds on any data by how the quantity is defined (e.g. a half-maximum onset is mid-depth
+    # on any ramp): not evidence, and labelled so
+    by_construction: bool = False
 
 
 def finding_peak(summary: Mapping[str, Any]) -> Finding:
