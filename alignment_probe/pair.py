@@ -77,6 +77,8 @@ class Twins:
     tuned_source: str
     base_fingerprint: str
     tuned_fingerprint: str
+    # the peft adapter folder the tuned twin was merged from, if it was one (E0 reads ΔW = scale·B·A from it)
+    tuned_adapter: str | None = None
 
     @property
     def n_layers(self) -> int:
@@ -426,14 +428,16 @@ def load_twins(base: str | os.PathLike[str], tuned: str | os.PathLike[str], *, d
     ck = checkpoints or open_checkpoints(base, tuned)
     device = resolve_device(device)
     tuned_dir, tuned_source, tuned_tokenizer = ck.tuned, ck.tuned_source, ck.tuned_tokenizer
+    adapter = None
     if tuned_dir is None:  # an adapter: merged (or found merged in the cache) before any weights load here
         merged, tuned_source = resolve_tuned(base, tuned, cache_dir=cache_dir)
-        tuned_dir = Path(merged)
+        tuned_dir, adapter = Path(merged), str(Path(tuned).expanduser().resolve())
     b = load_local_model(ck.base, device=device, dtype=dtype, source=ck.base_source, tokenizer=ck.tokenizer)
     t = load_local_model(tuned_dir, device=device, dtype=dtype, source=tuned_source, tokenizer=tuned_tokenizer)
     check_compatible(b, t)
     return Twins(base=b.model, tuned=t.model, tokenizer=b.tokenizer, base_source=b.source,
-                 tuned_source=t.source, base_fingerprint=b.fingerprint, tuned_fingerprint=t.fingerprint)
+                 tuned_source=t.source, base_fingerprint=b.fingerprint, tuned_fingerprint=t.fingerprint,
+                 tuned_adapter=adapter)
 
 
 # Old names, kept so existing scripts keep working.
