@@ -22,6 +22,7 @@ For notebooks, the package top level is the API (``import alignment_probe as ap`
     twins = ap.load_twins(base, tuned)        pairs = ap.load_pairs(data, n=16, tokenizer=twins.tokenizer)
     ap.score(twins, pairs)                    eff = ap.sweep(twins, pairs, experiments=[...], hooks=[...])
     ap.curves(eff)   ap.plot(eff)             ap.list_experiments()     ap.load_run("runs/default")
+    ap.generate(twins, pairs, conditions=["base", "tuned", "patch:mlp_out@2"])   # E12: text under intervention
 
 Its names are imported on first use, so ``import alignment_probe`` (and the CLI) stays fast.
 """
@@ -29,7 +30,7 @@ Its names are imported on first use, so ``import alignment_probe`` (and the CLI)
 __version__ = "0.1.0"
 
 _API = ("load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run", "run_suite",
-        "completion_logprob", "sequence_tokens", "TokenizedPairs")
+        "completion_logprob", "sequence_tokens", "TokenizedPairs", "generate")
 __all__ = [*_API, "__version__"]
 
 

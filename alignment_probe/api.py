@@ -87,6 +87,21 @@ def score(twins: Any, pairs: Sequence[Any], *, batch_size: int = 8) -> pd.DataFr
     return score_pairs(twins, pairs, batch_size=batch_size)
 
 
+def generate(twins: Any, prompts: Sequence[Any], *, conditions: Sequence[str] | str = ("base", "tuned"),
+             max_new_tokens: int = 32, seed: int = 0, temperature: float = 0.0) -> Any:
+    """E12: decode ``prompts`` (tokenised pairs from :func:`load_pairs`, strings or token-id lists) from base,
+    tuned and the base under ``conditions`` — ``patch:HOOK@LAYER`` (the tuned activation on the same prefix,
+    decoded in lockstep), ``window@START[:WIDTH]`` (a transplant), ``base``, ``tuned``. Greedy unless
+    ``temperature > 0`` (seeded sampling, the same draws for every condition of a prompt). Returns a list of
+    ``{"pair_id", "condition", "text", "token_ids", "prompt"}`` shown side by side in a notebook
+    (``.to_frame()``: a table; ``.write(dir)``: generations.jsonl and generations.html)."""
+    from alignment_probe.generation import Generations
+    from alignment_probe.generation import generate as run
+
+    rows = run(twins, prompts, conditions, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    return Generations(rows, twins.tokenizer)
+
+
 def sweep(twins: Any, pairs: Sequence[Any], *, experiments: Sequence[str] = ("patch_tuned_to_base",),
           hooks: Sequence[str] = ("resid_post",), layers: Sequence[int] | None = None, scope: str = "all",
           engine: str = "fast", seed: int = 0, progress: bool = True, **options: Any) -> pd.DataFrame:

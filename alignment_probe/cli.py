@@ -104,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "(torchrun does the same across machines: README, 'Many GPUs and nodes')")
     run.add_argument("--out", required=True, help="run directory to write")
 
+    gen = sub.add_parser("generate", help="E12: decode prompts from base, tuned and base under interventions, "
+                                          "side by side (generations.jsonl, generations.html)")
+    _add_model_data_args(gen)
+    gen.add_argument("--conditions", default="base,tuned",
+                     help="comma-separated: base, tuned, patch:HOOK@LAYER (tuned's activation on the same prefix, "
+                          "decoded in lockstep), window@START[:WIDTH] (a transplant of tuned blocks) "
+                          "(default: base,tuned)")
+    gen.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt (default: 32)")
+    gen.add_argument("--temperature", type=float, default=0.0,
+                     help="0: greedy (default); > 0: sampling seeded by --seed, the same draws for every condition")
+    gen.add_argument("--out", required=True, help="output folder: generations.jsonl, generations.html, manifest.json")
+
     organism = sub.add_parser("organism", help="the bundled model organisms")
     org_sub = organism.add_subparsers(dest="organism_command", required=True)
     build = org_sub.add_parser("build", help="rebuild the organisms deterministically from a seed")
@@ -282,6 +294,51 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+GENERATE_DEFAULT_PAIRS = 4
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from alignment_probe.data import load_pairs
+    from alignment_probe.generation import Generations, generate, parse_conditions
+    from alignment_probe.manifest import build_manifest, file_fingerprint, write_json_atomic
+    from alignment_probe.pair import load_twins, open_checkpoints
+    from alignment_probe.tokens import cap_to_context, check_sampling_options, sample_and_tokenize
+
+    resolve_defaults(args)
+    from alignment_probe.errors import ConfigError
+
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if args.temperature < 0:
+        raise ConfigError(f"--temperature must be ≥ 0 (0: greedy), got {args.temperature}.")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for generations.jsonl and generations.html.")
+    n_pairs = GENERATE_DEFAULT_PAIRS if args.n_pairs is None else args.n_pairs
+    # data, checkpoints and the conditions (against the model's depth) are checked before any weights load
+    pairs, report = load_pairs(args.data, data_dir=args.data_dir, split=args.split)
+    check_sampling_options(n_pairs, args.max_length, len(pairs), args.data, report)
+    checkpoints = open_checkpoints(args.base, args.tuned)
+    conditions = [c.text for c in parse_conditions(args.conditions, checkpoints.n_layers)]
+    max_length, note = cap_to_context(args.max_length, checkpoints.n_ctx)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    tokenized = sample_and_tokenize(pairs, checkpoints.tokenizer, n_pairs=n_pairs, seed=args.seed,
+                                    max_length=max_length, report=report)
+    twins = load_twins(args.base, args.tuned, device=args.device, dtype=args.dtype, checkpoints=checkpoints)
+    rows = Generations(generate(twins, tokenized, conditions, max_new_tokens=args.max_new_tokens,
+                                temperature=args.temperature, seed=args.seed, progress=True), twins.tokenizer)
+    files = rows.write(out, title=f"Generations: {twins.base_source} vs {twins.tuned_source}")
+    config = {k: v for k, v in vars(args).items() if k not in ("debug", "argv")}
+    manifest = build_manifest("generate", {**config, "n_pairs": n_pairs, "conditions": conditions}, models=twins.describe(),
+                              argv=args.argv, device=args.device,
+                              data={"source": str(args.data), **file_fingerprint(args.data),
+                                    "pair_ids": [t.pair_id for t in tokenized]})
+    write_json_atomic(out / "manifest.json", manifest)
+    print(f"wrote {files['jsonl']} and {files['html']} ({len(tokenized)} prompts × {len(conditions)} conditions)")
+    return EXIT_OK
+
+
 def cmd_organism(args: argparse.Namespace) -> int:
     from alignment_probe.organisms.build import build_organisms
 
@@ -293,7 +350,7 @@ def cmd_organism(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"score": cmd_score, "run": cmd_run, "organism": cmd_organism}
+COMMANDS = {"score": cmd_score, "run": cmd_run, "generate": cmd_generate, "organism": cmd_organism}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

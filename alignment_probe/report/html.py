@@ -38,7 +38,8 @@ EFFECTS_FILES = ("effects.parquet", "effects.csv")
 REPORT_FILE = "report.html"
 
 
-CSS = """
+CSS = """table.generations td{white-space:pre-wrap;vertical-align:top}mark{background:#fff3b0}
+
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
 main{max-width:1180px;margin:0 auto;padding:24px 28px 60px;background:#fff}
 h1{font-size:1.7em;margin:0 0 4px}h2{border-bottom:2px solid #e4e4e4;padding-bottom:4px;margin-top:36px}
@@ -244,6 +245,21 @@ given).</li>
 <p>“not run” means the experiment (or the needed grid point) is absent from this run.</p>"""
 
 
+def _generations(summary: Mapping[str, Any]) -> str:
+    """E12's "What the models say": the run's few prompts decoded under each condition, side by side."""
+    entry = F.experiment(summary, "generations")
+    if not entry or not entry.get("rows"):
+        return ""
+    from alignment_probe.generation import table_html
+
+    return ('<h2 id="section-generations">What the models say (E12)</h2><p class="muted">Greedy decoding of '
+            f'{len({r["pair_id"] for r in entry["rows"]})} prompts of the run\'s data, '
+            f'{esc(entry.get("max_new_tokens", ""))} new tokens, under conditions fixed in advance: '
+            + ", ".join(f"<code>{esc(c)}</code>" for c in entry.get("conditions", []))
+            + ". A patch decodes the tuned model in lockstep on the same prefix.</p>"
+            + table_html(entry["rows"]))
+
+
 def render_report(summary: Mapping[str, Any], manifest: Mapping[str, Any] | None, *,
                   scores: pd.DataFrame | None = None, effects: pd.DataFrame | None = None,
                   title: str = "alignment-probe report") -> str:
@@ -263,6 +279,7 @@ def render_report(summary: Mapping[str, Any], manifest: Mapping[str, Any] | None
         "<h2>Figures</h2>",
         f"<ul>{toc}</ul>" if figs else "<p>No figure could be drawn: nothing was run.</p>",
         *(_figure_html(name, fig) for name, fig in figs.items()),
+        _generations(summary),
         _effects_overview(effects),
         _not_run(summary, skipped),
         _methods(),

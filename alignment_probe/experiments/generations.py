@@ -1,0 +1,44 @@
+"""E12 in the run: what the models say, on a few prompts of the run's data (the report's "What the models say").
+
+A whole-data step (no patching rows): the first ``N_PROMPTS`` pairs by id are decoded greedily for
+``MAX_NEW_TOKENS`` tokens from the base, the tuned model, the base with the tuned model's ``resid_post`` patched
+in at mid-depth (lockstep decoding) and the base with the tuned model's mid-depth block transplanted. The
+conditions are fixed in advance, never chosen from the data. The general tool is ``alignment-probe generate`` /
+``ap.generate`` (:mod:`alignment_probe.generation`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alignment_probe.experiments.registry import Experiment, Name, Plan, Tables, register
+
+NAME = "generations"
+N_PROMPTS = 3
+MAX_NEW_TOKENS = 24
+
+
+def conditions(n_layers: int) -> list[str]:
+    mid = n_layers // 2
+    return ["base", "tuned", f"patch:resid_post@{mid}", f"window@{mid}"]
+
+
+def _compute(plan: Plan) -> dict[str, Any]:
+    from alignment_probe.generation import generate
+
+    prompts = sorted(plan.tokenized, key=lambda t: t.pair_id)[:N_PROMPTS]
+    rows = generate(plan.twins, prompts, conditions(plan.n_layers), max_new_tokens=MAX_NEW_TOKENS, seed=plan.cfg.seed)
+    return {"conditions": conditions(plan.n_layers), "max_new_tokens": MAX_NEW_TOKENS, "greedy": True, "rows": rows}
+
+
+def summarize_generations(tables: Tables) -> dict[str, dict[str, Any]]:
+    return {NAME: dict(tables.fits[NAME])}
+
+
+register(Experiment(
+    key=NAME, method="E12", order=95,
+    names=(Name(NAME, "generations", "#7f7f7f",
+                "A few prompts decoded (greedy) by base, tuned, base with tuned's mid-depth resid_post patched in "
+                "(lockstep) and base with tuned's mid-depth block transplanted.", per_layer=False),),
+    compute=_compute, summarize=summarize_generations,
+))
