@@ -9,6 +9,7 @@ findings-vs-paper verdicts and the report are pure functions of those: ``summary
     run = ap.load_run("runs/default")
     run.effects                      # the tidy effects table (see effects.py)
     run.tokens                       # per completion token (token_map; empty when no per-token experiment ran)
+    run.tokens(pair_id, "token_map", hook="resid_post", layer=3)   # one condition, coloured on its tokens
     run.summary["gain_mean"]
     run.report("runs/default/report-again.html")
 """
@@ -23,6 +24,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from alignment_probe.errors import ConfigError
+from alignment_probe.tokenview import TokenTable, token_table
 
 
 def suite_config(manifest: Mapping[str, Any]) -> Any:
@@ -64,7 +66,9 @@ class RunDir:
     scores: pd.DataFrame
     fits: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)  # summary.json as stored
-    tokens: pd.DataFrame = field(default_factory=pd.DataFrame)  # token_effects.parquet (per-token experiments)
+    # token_effects.parquet (per-token experiments); callable: ``run.tokens(pair_id, "token_map", layer=3)`` shows one
+    # condition's per-token effects on the tokens themselves (tokenview.py)
+    tokens: TokenTable = field(default_factory=lambda: token_table(None))
 
     def summarize(self) -> dict[str, Any]:
         """The summary recomputed from the tables (equals :attr:`summary` for an untouched run)."""
@@ -134,4 +138,34 @@ def load_run(path: str | Path) -> RunDir:
     tokens = pd.read_parquet(path / "token_effects.parquet") if (path / "token_effects.parquet").is_file() else None
     return RunDir(path=path, manifest=manifest, effects=pd.read_parquet(path / "effects.parquet"),
                   scores=pd.read_parquet(path / "scores.parquet"), fits=fits, summary=summary,
-                  tokens=tokens if tokens is not None else pd.DataFrame())
+                  tokens=token_table(tokens, _tokenizer_loader(manifest)))
+
+
+def _tokenizer_loader(manifest: Mapping[str, Any]) -> Any:
+    """Loads (once, on first use) the base model's tokenizer named in the manifest, to show tokens as text; None
+    when it cannot be found here (then tokens show as ids)."""
+    source = ((manifest.get("models") or {}).get("base") or {}).get("source")
+    kept: list[Any] = []
+
+    def load() -> Any:
+        if not kept:
+            kept.append(_try_tokenizer(source))
+        return kept[0]
+
+    return load
+
+
+def _try_tokenizer(source: Any) -> Any:
+    if not source:
+        return None
+    try:
+        from alignment_probe.pair import load_tokenizer
+
+        folder = Path(str(source)).expanduser()
+        if not folder.is_dir():
+            from alignment_probe.hub import resolve_snapshot
+
+            folder = Path(resolve_snapshot(str(source))[1])
+        return load_tokenizer(folder, str(source))
+    except Exception:  # noqa: BLE001 - a view falls back to token ids; nothing computed depends on it
+        return None
