@@ -58,11 +58,12 @@ class TokenizedPairs(list):
 
 def load_pairs(data: str | os.PathLike[str] | None = None, *, n: int | None = 16, seed: int = 0,
                tokenizer: Any = None, max_length: int | None = 512, data_dir: str | None = None,
-               split: str = "test") -> TokenizedPairs:
+               split: str = "test", chat_template: str | None = "none") -> TokenizedPairs:
     """Read preference pairs (HH-RLHF JSONL, prompt/chosen/rejected JSONL, or a hub dataset name), draw a
     seeded sample of ``n`` usable pairs (None: all) and tokenise them with ``tokenizer`` (BOS + prompt +
     completion; prompts longer than ``max_length`` lose tokens from the left). ``data=None``: the bundled
-    held-out pairs."""
+    held-out pairs. ``chat_template``: ``"none"`` (raw text), ``"auto"`` (the tokenizer's chat template) or a
+    template file: each dialogue rendered in it, only the assistant reply's tokens scored (chat.py)."""
     from alignment_probe.data import load_pairs as read_pairs
     from alignment_probe.tokens import check_sampling_options, sample_and_tokenize
 
@@ -74,8 +75,11 @@ def load_pairs(data: str | os.PathLike[str] | None = None, *, n: int | None = 16
         data = bundled_pairs_path()
     pairs, report = read_pairs(data, data_dir=data_dir, split=split)
     check_sampling_options(n, max_length, len(pairs), str(data), report)
+    from alignment_probe.chat import resolve_chat_template
+
+    chat = resolve_chat_template(chat_template, tokenizer)
     out = TokenizedPairs(sample_and_tokenize(pairs, tokenizer, n_pairs=n, seed=seed, max_length=max_length,
-                                             report=report))
+                                             report=report, chat=chat))
     out.report = report
     return out
 

@@ -44,6 +44,10 @@ def _add_model_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
+    p.add_argument("--chat-template", default="none", metavar="auto|none|FILE",
+                   help="render each dialogue in a chat template and score only the assistant reply's tokens: auto "
+                        "(the tokenizer's template, raw text if it has none), none (raw text, the default) or a Jinja "
+                        "template file")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
 
@@ -137,6 +141,8 @@ def resolve_defaults(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from alignment_probe.chat import describe as describe_chat
+    from alignment_probe.chat import resolve_chat_template
     from alignment_probe.data import load_pairs
     from alignment_probe.manifest import build_manifest, file_fingerprint, write_json_atomic
     from alignment_probe.numerics import check_scores
@@ -156,11 +162,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     pairs, report = load_pairs(args.data, data_dir=args.data_dir, split=args.split)
     check_sampling_options(args.n_pairs, args.max_length, len(pairs), args.data, report)
     checkpoints = open_checkpoints(args.base, args.tuned)  # tokenizers and context first: tokenise before any weights
+    chat = resolve_chat_template(args.chat_template, checkpoints.tokenizer, checkpoints.tuned_tokenizer)
     max_length, note = cap_to_context(args.max_length, checkpoints.n_ctx)
     if note:
         print(f"note: {note}", file=sys.stderr)
     tokenized = sample_and_tokenize(pairs, checkpoints.tokenizer, n_pairs=args.n_pairs, seed=args.seed,
-                                    max_length=max_length, report=report)
+                                    max_length=max_length, report=report, chat=chat)
     print(f"data: {report.summary()}; scoring {len(tokenized)} pairs", file=sys.stderr)
     truncation = describe_truncation(tokenized, max_length, report)
     if truncation:
@@ -172,7 +179,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     config = {k: v for k, v in vars(args).items() if k not in ("debug", "argv")}
     manifest = build_manifest("score", config, models=pair.describe(), argv=args.argv, device=args.device,
                               data={"source": str(args.data), **file_fingerprint(args.data), "skips": report.to_dict(),
-                                    "max_length_used": max_length, **truncation_stats(tokenized)})
+                                    "max_length_used": max_length, **truncation_stats(tokenized),
+                                    "chat_template": describe_chat(chat, args.chat_template)})
     write_json_atomic(out.with_name(out.name + ".manifest.json"), manifest)
     summary = summarize_scores(table)
     print(f"wrote {out} ({summary['n_pairs']} pairs): mean Δlogp base {summary['base_delta_logp_mean']:+.3f}, "
@@ -279,7 +287,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     req = RunRequest(base=args.base, tuned=args.tuned, data=args.data, out=Path(args.out), suite=suite,
                      n_pairs=args.n_pairs, max_length=args.max_length, data_dir=args.data_dir, split=args.split,
                      device=args.device, dtype=args.dtype, engine=args.engine, batch_size=args.batch_size,
-                     force=args.force, pairs_per_part=args.pairs_per_part, pair_ids=args.pair_ids, argv=args.argv)
+                     force=args.force, pairs_per_part=args.pairs_per_part, pair_ids=args.pair_ids, argv=args.argv,
+                     chat_template=args.chat_template)
     result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr), loaded=loaded, auto_threads=True)
     if result.extra.get("rank", 0) != 0:  # one of several torchrun processes: rank 0 reports the run
         return EXIT_OK
@@ -298,6 +307,8 @@ GENERATE_DEFAULT_PAIRS = 4
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from alignment_probe.chat import describe as describe_chat
+    from alignment_probe.chat import resolve_chat_template
     from alignment_probe.data import load_pairs
     from alignment_probe.generation import Generations, generate, parse_conditions
     from alignment_probe.manifest import build_manifest, file_fingerprint, write_json_atomic
@@ -320,11 +331,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_sampling_options(n_pairs, args.max_length, len(pairs), args.data, report)
     checkpoints = open_checkpoints(args.base, args.tuned)
     conditions = [c.text for c in parse_conditions(args.conditions, checkpoints.n_layers)]
+    chat = resolve_chat_template(args.chat_template, checkpoints.tokenizer, checkpoints.tuned_tokenizer)
     max_length, note = cap_to_context(args.max_length, checkpoints.n_ctx)
     if note:
         print(f"note: {note}", file=sys.stderr)
     tokenized = sample_and_tokenize(pairs, checkpoints.tokenizer, n_pairs=n_pairs, seed=args.seed,
-                                    max_length=max_length, report=report)
+                                    max_length=max_length, report=report, chat=chat)
     twins = load_twins(args.base, args.tuned, device=args.device, dtype=args.dtype, checkpoints=checkpoints)
     rows = Generations(generate(twins, tokenized, conditions, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, seed=args.seed, progress=True), twins.tokenizer)
@@ -333,7 +345,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     manifest = build_manifest("generate", {**config, "n_pairs": n_pairs, "conditions": conditions}, models=twins.describe(),
                               argv=args.argv, device=args.device,
                               data={"source": str(args.data), **file_fingerprint(args.data),
-                                    "pair_ids": [t.pair_id for t in tokenized]})
+                                    "pair_ids": [t.pair_id for t in tokenized],
+                                    "chat_template": describe_chat(chat, args.chat_template)})
     write_json_atomic(out / "manifest.json", manifest)
     print(f"wrote {files['jsonl']} and {files['html']} ({len(tokenized)} prompts × {len(conditions)} conditions)")
     return EXIT_OK

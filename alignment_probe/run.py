@@ -42,6 +42,8 @@ from alignment_probe.experiments.suite import DEFAULT_PAIRS_PER_PART, SuiteConfi
 from alignment_probe.manifest import build_manifest, file_fingerprint, now, write_json_atomic
 from alignment_probe.pair import load_twins, open_checkpoints
 from alignment_probe.tables import PartStore, write_table
+from alignment_probe.chat import describe as describe_chat
+from alignment_probe.chat import resolve_chat_template
 from alignment_probe.tokens import (cap_to_context, check_sampling_options, describe_truncation, sample_and_tokenize,
                                     truncation_stats)
 
@@ -70,12 +72,15 @@ class RunRequest:
     pairs_per_part: int = DEFAULT_PAIRS_PER_PART
     pair_ids: str | None = None  # a file of pair ids to draw from (e.g. a held-out half); None: every pair
     argv: Sequence[str] | None = field(default=None, repr=False)  # the command line, for the manifest
+    chat_template: str = "none"  # --chat-template: none (raw text), auto or a template file (chat.py)
 
     def config(self) -> dict[str, Any]:
         return {"seed": self.suite.seed, "base": self.base, "tuned": self.tuned, "data": self.data, "data_dir": self.data_dir,
                 "split": self.split, "n_pairs": self.n_pairs, "max_length": self.max_length, "device": self.device,
                 "dtype": self.dtype, "engine": self.engine, "batch_size": self.batch_size,
-                "pairs_per_part": self.pairs_per_part, "pair_ids": self.pair_ids, "suite": self.suite.to_dict()}
+                "pairs_per_part": self.pairs_per_part, "pair_ids": self.pair_ids, "suite": self.suite.to_dict(),
+                # recorded only when used, so run directories written before the option resume unchanged
+                **({"chat_template": self.chat_template} if self.chat_template != "none" else {})}
 
     def validate(self) -> None:
         """Option checks that need nothing loaded."""
@@ -262,16 +267,18 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
     # refuse bad input before any weights load.
     checkpoints = open_checkpoints(req.base, req.tuned)
     req.suite.validate(checkpoints.n_layers)
+    chat = resolve_chat_template(req.chat_template, checkpoints.tokenizer, checkpoints.tuned_tokenizer)
     max_length, note = cap_to_context(req.max_length, checkpoints.n_ctx)
     if note:
         log(f"note: {note}")
     tokenized = sample_and_tokenize(pairs, checkpoints.tokenizer, n_pairs=req.n_pairs, seed=req.suite.seed,
-                                    max_length=max_length, report=report)
+                                    max_length=max_length, report=report, chat=chat)
     log(f"data: {report.summary()}; using {len(tokenized)} pairs")
     extra_pairs = None
     if transfer is not None:
         transfer_tokenized = sample_and_tokenize(transfer[0], checkpoints.tokenizer, n_pairs=req.n_pairs,
-                                                 seed=req.suite.seed, max_length=max_length, report=transfer[1])
+                                                 seed=req.suite.seed, max_length=max_length, report=transfer[1],
+                                                 chat=chat)
         log(f"transfer data: {transfer[1].summary()}; using {len(transfer_tokenized)} pairs")
         extra_pairs = {"transfer": transfer_tokenized}
     if "lasso" in req.suite.experiments and len(tokenized) < LASSO_CV_FOLDS:
@@ -291,7 +298,8 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
     manifest = build_manifest("run", req.config(), models=pair.describe(), argv=req.argv, device=device,
                               data={"source": req.data, **file_fingerprint(req.data), "skips": report.to_dict(),
                                     "max_length_used": max_length, **truncation_stats(tokenized), **id_source,
-                                    "pair_ids": [t.pair_id for t in tokenized]})
+                                    "pair_ids": [t.pair_id for t in tokenized],
+                                    "chat_template": describe_chat(chat, req.chat_template)})
     if transfer is not None:
         manifest["transfer_data"] = {"source": req.suite.transfer_data, **file_fingerprint(req.suite.transfer_data),
                                      "skips": transfer[1].to_dict(),

@@ -95,15 +95,24 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def tokenize_pair(pair: PreferencePair, tokenizer: Any, max_length: int | None = None) -> TokenizedPair:
+def tokenize_pair(pair: PreferencePair, tokenizer: Any, max_length: int | None = None,
+                  chat: Any = None) -> TokenizedPair:
     """Tokenise one pair, applying the left-truncation policy. Raises ``ValueError`` if the
-    completion alone exceeds ``max_length`` (callers turn that into a reported skip)."""
+    completion alone exceeds ``max_length`` (callers turn that into a reported skip). ``chat``: a
+    :class:`alignment_probe.chat.ChatFormat` to render the dialogue in (only the assistant reply is scored)."""
     bos = bos_ids(tokenizer)
-    prompt = encode(tokenizer, pair.prompt)
+    prompt_text, chosen_text, rejected_text = pair.prompt, pair.chosen, pair.rejected
+    if chat is not None:
+        prompt_text, chosen_text = chat.render(tokenizer, pair.prompt, pair.chosen)
+        _, rejected_text = chat.render(tokenizer, pair.prompt, pair.rejected)
+        bos_text = getattr(tokenizer, "bos_token", None)
+        if bos_text and prompt_text.startswith(bos_text):  # the template writes BOS; the one BOS is prepended below
+            prompt_text = prompt_text[len(bos_text):]
+    prompt = encode(tokenizer, prompt_text)
     while prompt[:1] == bos:  # a tokenizer that adds BOS regardless, or a prompt that starts with it: one BOS only
         prompt = prompt[1:]
-    chosen = encode(tokenizer, pair.chosen)
-    rejected = encode(tokenizer, pair.rejected)
+    chosen = encode(tokenizer, chosen_text)
+    rejected = encode(tokenizer, rejected_text)
     if not chosen or not rejected:
         raise ValueError("empty completion after tokenisation")
     cut = 0
@@ -119,7 +128,7 @@ def tokenize_pair(pair: PreferencePair, tokenizer: Any, max_length: int | None =
 
 def sample_and_tokenize(pairs: Sequence[PreferencePair], tokenizer: Any, *, n_pairs: int | None = None,
                         seed: int = 0, max_length: int | None = None,
-                        report: SkipReport | None = None) -> list[TokenizedPair]:
+                        report: SkipReport | None = None, chat: Any = None) -> list[TokenizedPair]:
     """Deterministically sample ``n_pairs`` usable pairs and tokenise them.
 
     Pairs are visited in a seeded random order (``numpy.random.default_rng(seed).permutation``);
@@ -136,7 +145,7 @@ def sample_and_tokenize(pairs: Sequence[PreferencePair], tokenizer: Any, *, n_pa
             break
         pair = pairs[int(idx)]
         try:
-            out.append(tokenize_pair(pair, tokenizer, max_length))
+            out.append(tokenize_pair(pair, tokenizer, max_length, chat))
         except ValueError as exc:
             if report is not None:
                 report.add(str(exc), pair.pair_id)
