@@ -30,7 +30,8 @@ Its names are imported on first use, so ``import alignment_probe`` (and the CLI)
 __version__ = "0.1.0"
 
 _API = ("load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run", "run_suite",
-        "completion_logprob", "sequence_tokens", "TokenizedPairs", "generate")
+        "completion_logprob", "sequence_tokens", "TokenizedPairs", "generate",
+        "export_activations")
 __all__ = [*_API, "__version__"]
 
 

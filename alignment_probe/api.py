@@ -106,6 +106,16 @@ def generate(twins: Any, prompts: Sequence[Any], *, conditions: Sequence[str] | 
     return Generations(rows, twins.tokenizer)
 
 
+def export_activations(twins: Any, pairs: Sequence[Any], out: str, *, hooks: Sequence[str] = ("resid_post",),
+                       layers: Sequence[int] | None = None, positions: str = "all") -> Any:
+    """Paired clean activations of base and tuned on ``pairs`` (row-aligned, with pair/side/position/token
+    indices) as one safetensors file, for crosscoder or SAE-diff training elsewhere (exports.py shows how to
+    load it)."""
+    from alignment_probe.exports import export_activations as run
+
+    return run(twins, pairs, out, hooks=hooks, layers=layers, positions=positions)
+
+
 def sweep(twins: Any, pairs: Sequence[Any], *, experiments: Sequence[str] = ("patch_tuned_to_base",),
           hooks: Sequence[str] = ("resid_post",), layers: Sequence[int] | None = None, scope: str = "all",
           engine: str = "fast", seed: int = 0, progress: bool = True, **options: Any) -> pd.DataFrame:
