@@ -355,3 +355,63 @@ def test_write_report_from_run_dir(summary, tmp_path):
     with pytest.raises(FileNotFoundError, match="summary.json"):
         write_report(tmp_path / "empty")
 
+
+# ------------------------------------------------------------------------------------------- statistics.md in the report
+
+
+def test_layer_curve_rings_the_peak_set(summary):
+    s = without(summary)
+    s["experiments"]["patch_tuned_to_base"]["peak_set"] = [PEAK - 1, PEAK]
+    rings = trace(layer_curve(s), f"{F.LABELS['patch_tuned_to_base']} peak set")
+    assert list(rings.x) == [PEAK - 1, PEAK] and rings.marker.symbol == "circle-open"
+    del s["experiments"]["patch_tuned_to_base"]["peak_set"]
+    assert f"{F.LABELS['patch_tuned_to_base']} peak set" not in names(layer_curve(s))  # tolerated when absent
+
+
+def test_report_shows_three_way_verdicts_with_rule_and_numbers(report, summary):
+    found = {f.key: f for f in findings(summary, identity_effects(), make_scores())}
+    # the fixture's k = 4 ratio has CI [0.8, 1.2]: neither inside nor outside the band
+    assert found["lowrank:reconstruct"].verdict == "inconclusive" and found["peak"].verdict == "agrees"
+    assert '<tr data-finding="lowrank:reconstruct" data-verdict="inconclusive">' in report
+    assert '<span class="verdict inconclusive">inconclusive</span>' in report
+    assert report.count('<div class="numbers">numbers used:') == len(found)
+    assert "<code>peak_set</code> = [3]" in report and "<code>ratio_ci</code> = [0.8, 1.2]" in report
+    for f in found.values():
+        assert H.esc(f.rule) in report
+
+
+def test_report_labels_a_by_construction_verdict():
+    table = H._findings_table([H.Finding("onset", "claim", "paper", "ours", "agrees", "rule", {"onset": 8},
+                                         by_construction=True)])
+    assert "by construction (not evidence)" in table and 'class="verdict by-construction"' in table
+    assert "the rule gives “agrees”" in table
+
+
+def test_report_shows_peak_sets_selection_roles_and_bounds(summary):
+    s = without(summary)
+    s["experiments"]["alpha"] |= {"peak_set": [2, 3, 4], "layers_swept": 4, "peak_layer": 3,
+                                  "selection": selection(3, (0.02, -0.05, 0.11), (0.3, 0.1, 0.5))}
+    text = render_report(s, {})
+    section = text[text.index('id="peaks"'):text.index("<h2>Figures</h2>")]
+    assert "<code>patch_tuned_to_base</code>" in section and "<code>alpha</code>" in section
+    assert "2–4" in section and "4 of 7" in section  # alpha's set, swept on 4 of the 7 layers
+    assert section.count("<summary>20 pairs</summary>") == 4  # explore and confirm pairs, two selections
+    assert "explore pairs (choose)" in section and "confirm pairs (report)" in section and "in-sample" in section
+    # a confirm number whose CI holds 0 is a bound, not 0
+    assert "|effect| &lt; 0.11 nats at 95% (mean +0.02, CI [-0.05, +0.11]) (n = 20)" in section
+    assert "+1.9 nats [+1.6, +2.2] (n = 20)" in section
+
+
+def test_report_without_statistics_keys_still_renders(summary):
+    s = without(summary)
+    for entry in s["experiments"].values():
+        for key in ("peak_set", "layers_swept", "selection"):
+            entry.pop(key, None)
+    text = render_report(s, {})
+    assert 'id="peaks"' not in text and "Findings vs the paper" in text
+
+
+def test_report_headline_gives_the_per_token_mean_beside_the_sum(report):
+    assert "mean gain per completion token" in report and "+0.04 nats/token" in report
+    null = render_report({"n_pairs": 4, "gain_mean": 0.05, "gain_ci": [-0.2, 0.3], "experiments": {}}, None)
+    assert "|gain| &lt; 0.3 nats at 95%" in null
