@@ -297,8 +297,17 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"[{s['gain_ci'][0]:+.3f}, {s['gain_ci'][1]:+.3f}]")
     e1 = s["experiments"].get("patch_tuned_to_base")
     if e1:
-        print(f"tuned→base patching: peak layer {e1['peak_layer']} {e1['peak_layer_ci']}, "
+        from alignment_probe.report.format import fmt_layers
+
+        swept = e1.get("layers_swept")
+        peak_set = (f"peak set layers {fmt_layers(e1['peak_set'])} ({len(e1['peak_set'])} of {swept} swept), "
+                    if e1.get("peak_set") is not None else "")
+        print(f"tuned→base patching: {peak_set}argmax layer {e1['peak_layer']} {e1['peak_layer_ci']}, "
               f"onset layer {e1['onset_layer']} {e1['onset_layer_ci']}")
+    tally = [v["verdict"] for v in s.get("verdicts") or []]
+    if tally:
+        print("verdicts vs the paper: " + ", ".join(f"{tally.count(v)} {v}" for v in ("agrees", "differs", "inconclusive")
+                                                     if tally.count(v)))
     print(f"report: {Path(args.out) / 'report.html'}")
     return EXIT_OK
 

@@ -20,6 +20,7 @@ the tuned early layers wrote. On a twin tuned in one block only the interaction 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -105,23 +106,43 @@ def cross_figure(summary: Mapping[str, Any]) -> Any:
     return F._layout(fig, "2×2 cross design: late blocks on base vs tuned upstream state (E8)", x_title="split s")
 
 
+INTERACTION_MARGIN = 0.10  # "no interaction worth the name": below a tenth of the mean gain
+
+
 def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
     """"The late blocks read what the tuned early blocks wrote" (arXiv 2605.07284 found a positive interaction in all
-    five families it tested): agrees iff some split's interaction has CI low > 0."""
+    five families it tested), three ways: agrees iff some split's interaction has CI low > 0; differs iff at every
+    split the CI high is below ``INTERACTION_MARGIN`` × |mean gain| (the interaction is bounded below a tenth of the
+    gain); else inconclusive. An interaction whose CI holds 0 is printed as a bound, never as 0. Pointwise CIs over
+    the m splits (m is stated): an "agrees" at one of many splits is read with that in mind."""
     from alignment_probe.report import figures as F
-    from alignment_probe.report.format import fmt_ci
-    from alignment_probe.report.verdicts import AGREES, DIFFERS, Finding
+    from alignment_probe.report.format import fmt_effect
+    from alignment_probe.report.verdicts import AGREES, DIFFERS, INCONCLUSIVE, Finding, plain
 
     entry = F.experiment(summary, NAME)
     if not entry or not entry.get("by_split"):
         return None
-    best = max(entry["by_split"], key=lambda r: r["interaction"])
-    positive = [r["split"] for r in entry["by_split"] if F._num(r["interaction_ci"][0]) > 0]
-    ours = (f"largest interaction at split {best['split']}: {best['interaction']:+.3g} nats "
-            f"{fmt_ci(*best['interaction_ci'])}; splits with CI > 0: {', '.join(map(str, positive)) or 'none'}")
+    rows = entry["by_split"]
+    best = max(rows, key=lambda r: F._num(r["interaction"]))
+    positive = [r["split"] for r in rows if F._num(r["interaction_ci"][0]) > 0]
+    gain = abs(F._num(summary.get("gain_mean")))
+    margin = INTERACTION_MARGIN * gain if math.isfinite(gain) else math.nan
+    highs = [F._num(r["interaction_ci"][1]) for r in rows]
+    bounded = math.isfinite(margin) and all(math.isfinite(h) and h < margin for h in highs)
+    verdict = AGREES if positive else DIFFERS if bounded else INCONCLUSIVE
+    ours = (f"largest interaction at split {best['split']}: "
+            f"{fmt_effect(best['interaction'], *best['interaction_ci'], what='interaction')}; splits with CI > 0: "
+            f"{', '.join(map(str, positive)) or 'none'} (of m = {len(rows)} splits); largest CI high over splits "
+            f"{max(highs):+.3g} nats against the margin {INTERACTION_MARGIN:g} × |gain| = {margin:.3g} nats")
+    numbers = {"m_splits": len(rows), "positive_splits": positive, "best_split": best["split"],
+               "best_interaction": F._num(best["interaction"]), "best_interaction_ci": list(best["interaction_ci"]),
+               "max_ci_high": max(highs), "margin_fraction": INTERACTION_MARGIN, "margin_nats": margin,
+               "gain_mean": F._num(summary.get("gain_mean"))}
     return Finding("cross_2x2", "Late blocks read what tuned early blocks wrote: a positive interaction (E8)",
                    "not in the paper; arXiv 2605.07284: +1.68 logits, positive in 5 of 5 families (4B–32B)", ours,
-                   AGREES if positive else DIFFERS, "agrees iff the interaction has CI low > 0 at some split")
+                   verdict,
+                   f"agrees iff the interaction has CI low > 0 at some split; differs iff every split's CI high is "
+                   f"below {INTERACTION_MARGIN:g} × |mean gain|; else inconclusive", plain(numbers))
 
 
 register(Experiment(

@@ -125,8 +125,9 @@ class Experiment:
     needs: tuple[str, ...] = ()  # names whose summaries ``specs``/``fit`` read (their rows are computed first)
     emits: tuple[str, ...] = ()  # extra ``experiment`` values in its rows (e.g. ``lowrank_full``)
     figures: tuple[Figure, ...] = ()
-    # "module:function"s (summary, effects) -> report.verdicts.Finding | None: rows this experiment adds to
-    # the report's findings-vs-paper table, for the claims it answers
+    # "module:function"s (summary, effects[, scores=]) -> report.verdicts.Finding | None: rows this experiment adds
+    # to the report's findings-vs-paper table and the summary's ``verdicts``, for the claims it answers (a function
+    # with a ``scores`` parameter also gets the per-pair scores table)
     verdicts: tuple[str, ...] = ()
     order: int = 100  # its place in listings (EXPERIMENT_NAMES, the report, the summary)
     batch_order: int | None = None  # its conditions' place in a shared engine call (default: ``order``);

@@ -204,13 +204,18 @@ def per_layer_specs(cfg: SuiteConfig, n_layers: int, d_model: int = 0) -> list[P
 
 def summarize_tables(effects: pd.DataFrame, scores: pd.DataFrame, fits: Mapping[str, Any], cfg: SuiteConfig, *,
                      n_layers: int, d_model: int, tokens: pd.DataFrame | None = None) -> dict[str, Any]:
-    """The run's summary, a pure function of its tables: the gain and every reported experiment's entry
-    (in execution order). summary.json is a cache of this."""
+    """The run's summary, a pure function of its tables: the gain, every reported experiment's entry (in
+    execution order) and the verdicts on the paper's claims (``verdicts``: judged ones, ``verdicts_not_run``: the
+    claims whose experiment did not run; report/verdicts.py). summary.json is a cache of this."""
     summary: dict[str, Any] = {"n_layers": n_layers} | gain_summary(scores, cfg) | {"experiments": {}}
     for step in plan_steps(cfg):
         if step.reported and (step.experiment.compute is None or step.experiment.key in fits):
             tables = Tables(effects, scores, fits, cfg, n_layers, d_model, selected=step.reported, tokens=tokens)
             summary["experiments"].update(step.experiment.summarize(tables))
+    from alignment_probe.report.verdicts import summary_verdicts
+
+    # the findings-vs-paper verdicts are part of the summary: a function of it and of the same tables
+    summary.update(summary_verdicts(summary, effects, scores))
     return summary
 
 

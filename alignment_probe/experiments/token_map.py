@@ -139,12 +139,27 @@ def token_map_figure(summary: Mapping[str, Any]) -> Any:
 EARLY = 8  # "the first few tokens": the claim's reading
 
 
-def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
-    """"Tuning mostly changes the first few completion tokens" (URIAL; Qi et al. 2024): agrees iff the first 8 tokens
-    carry more than half of the per-token gain (the transplant of every block), the share's CI low above 0.5."""
+def token_share(scores: Any, first: int) -> float:
+    """The null of "front-loading": the share of all completion tokens (chosen and rejected, every pair) that sit in
+    the first ``first`` positions, Σ min(L, first) / Σ L. If every token carried the same change, the first tokens'
+    share of the gain would be this. NaN without the scores' token counts."""
+    cols = ("n_chosen_tokens", "n_rejected_tokens")
+    if scores is None or not len(scores) or not all(c in scores for c in cols):
+        return math.nan
+    lengths = np.concatenate([scores[c].to_numpy(dtype=float) for c in cols])
+    total = lengths.sum()
+    return float(np.minimum(lengths, first).sum() / total) if total > 0 else math.nan
+
+
+def verdict(summary: Mapping[str, Any], effects: Any = None, scores: Any = None) -> Any:
+    """"Tuning mostly changes the first few completion tokens" (URIAL; Qi et al. 2024), three ways: the share of the
+    per-token gain (the transplant of every block) in the first ``EARLY`` tokens against the null share, those
+    tokens' share of all tokens (:func:`token_share`; a ``token_share`` in the summary's cell wins). Agrees iff the
+    share's CI low is above the null; differs iff its CI high is below it; inconclusive when the CI holds the null,
+    when the share is undefined (the gain's CI spans 0, statistics.md's ratio rule) or when the null is unknown."""
     from alignment_probe.report import figures as F
-    from alignment_probe.report.format import fmt_ci
-    from alignment_probe.report.verdicts import AGREES, DIFFERS, Finding
+    from alignment_probe.report.format import fmt_effect, fmt_ratio
+    from alignment_probe.report.verdicts import (AGREES, DIFFERS, INCONCLUSIVE, Finding, interval_vs_value, plain)
 
     entry = F.experiment(summary, NAME)
     n_layers = F.n_layers(summary)
@@ -152,13 +167,29 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
                  and b["first"] == EARLY), None)
     if cell is None:
         return None
-    ok = F._num(cell["share_ci"][0]) > 0.5
-    ours = (f"the first {EARLY} completion tokens carry {cell['share']:.0%} of the gain {fmt_ci(*cell['share_ci'])} "
-            f"({cell['mean']:+.3g} nats)")
+    total = next((c for c in (entry or {}).get("conditions") or [] if c["hook"] == "blocks"
+                  and c["width"] == n_layers), {})
+    null = F._num(cell["token_share"]) if "token_share" in cell else token_share(scores, EARLY)
+    share, (lo, hi) = F._num(cell["share"]), (F._num(cell["share_ci"][0]), F._num(cell["share_ci"][1]))
+    side = interval_vs_value(lo, hi, null) if math.isfinite(share) and math.isfinite(null) else "holds"
+    verdict = AGREES if side == "above" else DIFFERS if side == "below" else INCONCLUSIVE
+    share_text = fmt_ratio(share, lo, hi, percent=True,
+                           numerator=(cell["mean"], cell.get("ci_low"), cell.get("ci_high")),
+                           denominator=(total.get("mean"), total.get("ci_low"), total.get("ci_high")) if total else None)
+    ours = (f"the first {EARLY} completion tokens carry {share_text} of the gain "
+            f"({fmt_effect(cell['mean'], cell.get('ci_low'), cell.get('ci_high'))} of "
+            f"{fmt_effect(total.get('mean'), total.get('ci_low'), total.get('ci_high')) if total else '—'}); "
+            + (f"they are {null:.0%} of all completion tokens (the null share)" if math.isfinite(null)
+               else "the null share (their share of all tokens) is unknown: no token counts"))
+    numbers = {"first_k": EARLY, "share": share, "share_ci": [lo, hi], "defined": math.isfinite(share),
+               "null_share": null, "first_k_mean_nats": F._num(cell["mean"]),
+               "gain_mean_nats": F._num(total.get("mean")) if total else math.nan}
     return Finding("token_map", "The gain sits in the first few completion tokens (E9)",
                    "not in the paper; URIAL (arXiv 2312.01552) and Qi et al. (arXiv 2406.05946): the first few tokens",
-                   ours, AGREES if ok else DIFFERS,
-                   f"agrees iff the share of the per-token gain in the first {EARLY} tokens has CI low > 0.5")
+                   ours, verdict,
+                   f"agrees iff the share of the per-token gain in the first {EARLY} tokens has CI low above those "
+                   f"tokens' share of all tokens (the null); differs iff its CI high is below it; else inconclusive "
+                   f"(also when the share is undefined)", plain(numbers))
 
 
 register(Experiment(

@@ -135,38 +135,66 @@ def windows_figure(summary: Mapping[str, Any]) -> Any:
                      x_title="first block of the window")
 
 
+WINDOW_SHARE = 0.5  # "carried by a block": at least half of the gain
+
+
 def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
-    """"The gain is carried by blocks …": the single block whose transplant carries the most gain, chosen on the
-    fit half and measured on the held-out half; agrees with the paper's mid-stack localisation iff that block's
-    held-out transplant carries at least half the gain (CI low > 0) and its relative depth is within the peak
-    rule's tolerance of 8/15."""
+    """"The gain is carried by a mid-stack block's weights", three ways (report/verdicts.py). *Where*: the peak set
+    of the width-1 transplants (blocks not significantly below the best) against the mid-depth band. *How much*: the
+    block chosen on the explore half, its transplant measured on the confirm half, against half the gain (the
+    confirm CI against ``WINDOW_SHARE`` × the gain's CI ends, so the gain's own uncertainty counts). Agrees iff the
+    peak set is mid-depth and the confirm CI low ≥ half the gain's CI high; differs iff the peak set is disjoint from
+    mid-depth or the confirm CI high < half the gain's CI low; else inconclusive."""
     from alignment_probe.report import figures as F
-    from alignment_probe.report.format import fmt_ci
-    from alignment_probe.report.verdicts import (AGREES, DEPTH_TOLERANCE, DIFFERS, PAPER_RELATIVE_DEPTH, Finding,
-                                                 relative_depth)
+    from alignment_probe.report.format import fmt_effect, fmt_layers
+    from alignment_probe.report.verdicts import (AGREES, DEPTH_TOLERANCE, DIFFERS, INCONCLUSIVE, PAPER_RELATIVE_DEPTH,
+                                                 Finding, mid_depth_layers, plain, relative_depth, set_vs_band)
 
     entry = F.experiment(summary, TRANSPLANT)
     if not entry or not entry.get("per_layer"):
         return None
     n_layers = F.n_layers(summary)
     carriers = [r["layer"] for r in entry["per_layer"] if F._num(r["ci_low"]) > 0]
+    sel = entry.get("selection") or {}
     held = entry.get("heldout") or {}
-    gain = F._num((entry.get("gain") or {}).get("mean"))
-    block = held.get("chosen_layer", entry.get("peak_layer"))
-    mean = F._num(held.get("heldout_mean"))
-    lo, hi = (held.get("heldout_ci") or [math.nan, math.nan])
-    share = mean / gain if math.isfinite(gain) and gain != 0 else math.nan
-    depth = relative_depth(block, n_layers)
-    ok = (math.isfinite(share) and share >= 0.5 and F._num(lo) > 0
-          and math.isfinite(depth) and abs(depth - PAPER_RELATIVE_DEPTH) <= DEPTH_TOLERANCE)
-    ours = (f"one block, chosen on half the pairs: block {block} (relative depth {depth:.2f}) carries "
-            f"{mean:+.3g} nats {fmt_ci(lo, hi)} of a {gain:+.3g} gain ({share:.0%}) on the other half; blocks whose "
-            f"own transplant has CI > 0: {', '.join(map(str, carriers)) or 'none'}")
+    confirm = sel.get("confirm") or {}
+    block = sel.get("chosen", held.get("chosen_layer", entry.get("peak_layer")))
+    mean = F._num(confirm.get("mean", held.get("heldout_mean")))
+    lo, hi = confirm.get("ci_low"), confirm.get("ci_high")
+    if lo is None:
+        lo, hi = (held.get("heldout_ci") or [math.nan, math.nan])
+    lo, hi = F._num(lo), F._num(hi)
+    n_explore = len(sel.get("explore_pair_ids") or held.get("fit_pairs") or [])
+    n_confirm = len(sel.get("confirm_pair_ids") or held.get("heldout_pairs") or [])
+    g = entry.get("gain") or {}
+    gain, g_lo, g_hi = F._num(g.get("mean")), F._num(g.get("ci_low")), F._num(g.get("ci_high"))
+    peak_set = entry.get("peak_set")
+    where = set_vs_band(peak_set, n_layers) if peak_set else INCONCLUSIVE
+    if math.isfinite(lo) and math.isfinite(g_hi) and lo >= WINDOW_SHARE * g_hi:
+        size = "at least half"
+    elif math.isfinite(hi) and math.isfinite(g_lo) and hi < WINDOW_SHARE * g_lo:
+        size = "less than half"
+    else:
+        size = "uncertain"
+    verdict = (AGREES if where == AGREES and size == "at least half"
+               else DIFFERS if where == DIFFERS or size == "less than half" else INCONCLUSIVE)
+    depth = relative_depth(block, n_layers) if block is not None else math.nan
+    ours = (f"peak set of the one-block transplants: blocks {fmt_layers(peak_set) if peak_set else '— (not in the summary)'}"
+            f" (mid-depth blocks {fmt_layers(mid_depth_layers(n_layers))}); block {block} chosen on {n_explore} explore "
+            f"pairs (relative depth {depth:.2f}) carries {fmt_effect(mean, lo, hi)} on {n_confirm} confirm pairs, of a "
+            f"gain of {fmt_effect(gain, g_lo, g_hi)} ({size} of it); blocks whose own transplant has CI > 0: "
+            f"{', '.join(map(str, carriers)) or 'none'}")
+    numbers = {"peak_set": peak_set, "mid_depth_layers": mid_depth_layers(n_layers), "chosen_block": block,
+               "explore_pairs": n_explore, "confirm_pairs": n_confirm, "confirm_mean": mean, "confirm_ci": [lo, hi],
+               "gain_mean": gain, "gain_ci": [g_lo, g_hi], "share_needed": WINDOW_SHARE, "location": where,
+               "size": size}
     return Finding("windows", "The gain is carried by a mid-stack block's weights (E8)",
                    "the paper localizes the gain at layer 8 of 16 by activation patching; weights not tested", ours,
-                   AGREES if ok else DIFFERS,
-                   f"agrees iff the held-out transplant of the fit-half best block carries ≥ 50% of the gain with CI "
-                   f"low > 0, and its relative depth is within {DEPTH_TOLERANCE} of {PAPER_RELATIVE_DEPTH:.3f}")
+                   verdict,
+                   f"agrees iff the one-block transplants' peak set is mid-depth (within {DEPTH_TOLERANCE} of "
+                   f"{PAPER_RELATIVE_DEPTH:.3f}) and the explore-chosen block's confirm-half CI low ≥ "
+                   f"{WINDOW_SHARE:g} × the gain's CI high; differs iff the peak set is disjoint from mid-depth or that "
+                   f"CI high < {WINDOW_SHARE:g} × the gain's CI low; else inconclusive", plain(numbers))
 
 
 register(Experiment(

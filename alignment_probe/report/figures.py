@@ -12,7 +12,8 @@ can be drawn.
 
 Trace naming, relied on by the report and the tests: the mean curve of an experiment is named by
 its label (``LABELS``); its band is ``"<label> (95% CI)"``; the peak and onset markers are
-``"<label> peak"`` and ``"<label> onset"``.
+``"<label> peak"`` and ``"<label> onset"``; the rings on the peak set's layers (when the summary has
+``peak_set``) ``"<label> peak set"``.
 
 =========================  ======================================  ==============================
 function                   paper                                   summary keys read
@@ -230,6 +231,24 @@ def _add_layer_marker(fig: go.Figure, entry: Mapping[str, Any], frame: pd.DataFr
     ), **where)
 
 
+def _add_peak_set(fig: go.Figure, entry: Mapping[str, Any], frame: pd.DataFrame, *, name: str, color: str,
+                  group: str, row: int | None = None, col: int | None = None) -> None:
+    """Open rings on the layers of the peak set (every layer not significantly below the maximum), when the
+    summary has one: the peak is a set, the argmax (★) only one of its members."""
+    members = entry.get("peak_set")
+    if not members:
+        return
+    layers = [int(v) for v in members]
+    swept = entry.get("layers_swept")
+    where = {"row": row, "col": col} if row is not None else {}
+    fig.add_trace(go.Scatter(
+        x=layers, y=[_value_at(frame, v) for v in layers], mode="markers", name=f"{name} peak set",
+        legendgroup=group, marker={"symbol": "circle-open", "size": 17, "color": color, "line": {"width": 2}},
+        hovertemplate=(f"<b>{name} peak set</b> ({len(layers)} layer{'s' if len(layers) != 1 else ''}"
+                       + (f" of {swept} swept" if swept else "") + ")<br>layer %{x}<br>effect %{y:.4g} nats"
+                       "<extra></extra>")), **where)
+
+
 def _layer_ticks(fig: go.Figure, layers: Iterable[int], **where: Any) -> None:
     layers = sorted({int(v) for v in layers})
     if not layers:
@@ -282,6 +301,7 @@ def _draw_layer_experiments(fig: go.Figure, summary: Mapping[str, Any], names: S
         label, color = (labels or {}).get(name, _label(name)), _color(name, i)
         _add_curve(fig, frame, name=label, color=color, group=name, row=row, col=col)
         if markers:
+            _add_peak_set(fig, entry, frame, name=label, color=color, group=name, row=row, col=col)
             for which in ("peak", "onset"):
                 _add_layer_marker(fig, entry, frame, which=which, name=label, color=color, group=name,
                                   row=row, col=col)
@@ -305,7 +325,7 @@ def layer_curve(summary: Mapping[str, Any], experiments: Sequence[str] = (MAIN,)
                 title: str = "Per-layer causal effect of patching (tuned → base)", *,
                 markers: bool = True, show_gain: bool = True) -> go.Figure:
     """Paper Fig. 1: mean effect per layer with 95% CI bands, a dashed zero line, peak (★) and onset (◆)
-    markers with their bootstrap CIs as horizontal bars, and the mean gain as a dotted reference (for
+    markers with their bootstrap CIs as horizontal bars, rings on the peak set's layers, and the mean gain as a dotted reference (for
     tuned → base, patching the whole model would reproduce the gain)."""
     present, missing = _require("layer_curve", summary, list(experiments))
     fig = go.Figure()

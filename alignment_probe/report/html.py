@@ -15,6 +15,7 @@ Verdict rules: see :mod:`alignment_probe.report.verdicts` (the paper's claims, c
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,11 +26,12 @@ import pandas as pd
 from alignment_probe.effects import EXPERIMENT_NAMES
 from alignment_probe.experiments import registry
 from alignment_probe.report import figures as F
-from alignment_probe.report.format import esc, fmt, fmt_ci  # noqa: F401  (fmt/fmt_ci: kept importable here)
+from alignment_probe.report.format import (  # noqa: F401  (fmt/fmt_ci: kept importable here)
+    _num, esc, fmt, fmt_ci, fmt_effect, fmt_layers, fmt_value)
 from alignment_probe.report.verdicts import (  # noqa: F401  (the rules live there; kept importable here)
-    AGREES, DEPTH_TOLERANCE, DIFFERS, IDENTITY_TOLERANCE, LOWRANK_K, NOT_RUN, PAPER_N_LAYERS, PAPER_PEAK_LAYER,
-    PAPER_RELATIVE_DEPTH, RATIO_BAND, REVERSE_MAX_RATIO, Finding, finding_identity, finding_lasso, finding_lowrank,
-    finding_peak, finding_reverse, findings, relative_depth)
+    AGREES, DEPTH_TOLERANCE, DIFFERS, IDENTITY_TOLERANCE, INCONCLUSIVE, LASSO_RARE, LASSO_STABLE, LOWRANK_K, NOT_RUN,
+    PAPER_N_LAYERS, PAPER_PEAK_LAYER, PAPER_RELATIVE_DEPTH, RATIO_BAND, REVERSE_MAX_RATIO, Finding, finding_identity,
+    finding_lasso, finding_lowrank, finding_peak, finding_reverse, findings, mid_depth_layers, relative_depth)
 
 SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "manifest.json"
@@ -52,8 +54,10 @@ th{background:#f2f4f7}
 .card .v{font-size:1.45em;font-weight:600}.card .l{color:#666;font-size:.85em}
 .verdict{font-weight:600;white-space:nowrap;padding:2px 7px;border-radius:4px}
 .agrees{background:#e3f4e1;color:#1d6b1a}.differs{background:#fde6e4;color:#a32117}
-.not-run{background:#eee;color:#666}
-.rule{color:#666;font-size:.85em}.caption{color:#555;font-size:.9em;margin:4px 0 0}
+.not-run{background:#eee;color:#666}.inconclusive{background:#fff4d6;color:#7a5800}
+.by-construction{background:#ececf6;color:#44446e}
+.rule{color:#666;font-size:.85em}.numbers{color:#555;font-size:.8em;margin-top:4px;max-width:340px}
+.numbers code{background:none;white-space:normal}.caption{color:#555;font-size:.9em;margin:4px 0 0}
 .figure{margin:18px 0 28px}code,pre{background:#f4f4f4;border-radius:3px}
 pre{padding:8px;overflow-x:auto;font-size:.85em}
 .muted{color:#777}
@@ -116,16 +120,24 @@ def _header(summary: Mapping[str, Any], manifest: Mapping[str, Any], title: str)
 
 def _headline(summary: Mapping[str, Any]) -> str:
     lo, hi = F._ci_pair(summary.get("gain_ci"))
+    gain = _num(summary.get("gain_mean"))
     cards = [
         ("mean Δlogp, base", fmt(summary.get("base_delta_logp_mean"), 4, signed=True) + " nats", ""),
         ("mean Δlogp, tuned", fmt(summary.get("tuned_delta_logp_mean"), 4, signed=True) + " nats", ""),
-        ("mean gain (tuned − base)", fmt(summary.get("gain_mean"), 4, signed=True) + " nats", fmt_ci(lo, hi)),
+        ("mean gain (tuned − base), summed over tokens", fmt(gain, 4, signed=True) + " nats",
+         fmt_ci(lo, hi) if F._num(lo) > 0 or F._num(hi) < 0 else fmt_effect(gain, lo, hi, what="gain")),
     ]
+    if "gain_per_token_mean" in summary:  # statistics.md: the per-token mean beside every sum-based headline
+        plo, phi = F._ci_pair(summary.get("gain_per_token_ci"))
+        per_token = _num(summary.get("gain_per_token_mean"))
+        cards.append(("mean gain per completion token", fmt(per_token, 3, signed=True) + " nats/token",
+                      fmt_ci(plo, phi) if _num(plo) > 0 or _num(phi) < 0
+                      else fmt_effect(per_token, plo, phi, unit="nats/token", what="gain")))
     html = '<div class="headline">' + "".join(
         f'<div class="card"><div class="l">{esc(label)}</div><div class="v">{esc(value)}</div>'
         f'<div class="l">{esc(sub)}</div></div>' for label, value, sub in cards) + "</div>"
     known = {"n_pairs", "n_layers", "base_delta_logp_mean", "tuned_delta_logp_mean", "gain_mean", "gain_ci",
-             "experiments"}
+             "gain_per_token_mean", "gain_per_token_ci", "experiments", "verdicts", "verdicts_not_run"}
     extra = []
     for k, v in summary.items():
         if k in known:
@@ -141,16 +153,147 @@ def _headline(summary: Mapping[str, Any]) -> str:
     return html
 
 
+def _numbers(numbers: Mapping[str, Any]) -> str:
+    if not numbers:
+        return ""
+    items = "; ".join(f"<code>{esc(k)}</code> = {esc(fmt_value(v))}" for k, v in numbers.items())
+    return f'<div class="numbers">numbers used: {items}</div>'
+
+
 def _findings_table(rows: Sequence[Finding]) -> str:
     head = "<tr><th>#</th><th>claim</th><th>paper</th><th>ours</th><th>verdict</th></tr>"
     body = []
     for i, f in enumerate(rows, start=1):
-        cls = f.verdict.replace(" ", "-")
+        cls = "by-construction" if f.shown != f.verdict else f.verdict.replace(" ", "-")
+        badge = f'<span class="verdict {esc(cls)}">{esc(f.shown)}</span>'
+        if f.shown != f.verdict:  # by construction: the rule's outcome, shown as not evidence
+            badge += f'<div class="rule">(the rule gives “{esc(f.verdict)}”)</div>'
         body.append(
-            f'<tr data-finding="{esc(f.key)}"><td>{i}</td><td>{esc(f.claim)}</td><td>{esc(f.paper)}</td>'
-            f'<td>{esc(f.ours)}</td><td><span class="verdict {esc(cls)}">{esc(f.verdict)}</span>'
-            f'<div class="rule">rule: {esc(f.rule)}</div></td></tr>')
-    return f'<table class="findings">{head}{"".join(body)}</table>'
+            f'<tr data-finding="{esc(f.key)}" data-verdict="{esc(f.verdict)}"><td>{i}</td><td>{esc(f.claim)}</td>'
+            f'<td>{esc(f.paper)}</td><td>{esc(f.ours)}</td><td>{badge}'
+            f'<div class="rule">rule: {esc(f.rule)}</div>{_numbers(f.numbers)}</td></tr>')
+    counts = {v: sum(f.verdict == v for f in rows) for v in (AGREES, DIFFERS, INCONCLUSIVE, NOT_RUN)}
+    tally = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    return (f'<p class="muted">{esc(tally)}.</p>' if tally else "") + f'<table class="findings">{head}{"".join(body)}</table>'
+
+
+# --------------------------------------------------------------------------------------------------
+# peaks as sets, held-out selections, maps (statistics.md, "Selection is always held out" and "Peaks, tops and maps")
+
+
+def _walk(node: Any, path: tuple[str, ...] = (), depth: int = 0) -> Any:
+    """Every (path, dict) inside a summary entry, the entry itself first (depth-limited: summaries are shallow)."""
+    if isinstance(node, Mapping):
+        yield path, node
+        if depth < 4:
+            for k, v in node.items():
+                yield from _walk(v, (*path, str(k)), depth + 1)
+    elif isinstance(node, list) and depth < 4:
+        for i, v in enumerate(node):
+            if isinstance(v, Mapping):
+                yield from _walk(v, (*path, str(i)), depth + 1)
+
+
+def _where(name: str, path: Sequence[str]) -> str:
+    parts = [p for p in path if p not in ("selection", "heldout")]
+    return name + "".join(f" › {p}" for p in parts)
+
+
+_PEAK_KEYS = ("peak_set", "layers_swept", "peak_layer", "peak_layer_ci", "per_layer")
+
+
+def _found(summary: Mapping[str, Any], test: Any, keys: Sequence[str] | None = None
+           ) -> list[tuple[str, Mapping[str, Any]]]:
+    """(where, dict) for each dict that passes ``test`` in any experiment's entry; one repeated inside an entry (a
+    width's summary merged into its parent, ``heldout["selection"]`` beside ``selection``) is listed once: the same
+    values of ``keys`` (default: every key) are the same thing."""
+    out, seen = [], set()
+    for name, entry in (summary.get("experiments") or {}).items():
+        for path, node in sorted(_walk(entry), key=lambda pn: len(pn[0])):  # the shallowest copy names a repeat
+            if test(node):
+                same = {k: node.get(k) for k in keys} if keys is not None else node
+                key = (name, json.dumps(same, sort_keys=True, default=str))
+                if key not in seen:
+                    seen.add(key)
+                    out.append((_where(name, path), node))
+    return out
+
+
+def _ids(ids: Sequence[Any]) -> str:
+    ids = list(ids or [])
+    shown = ", ".join(str(v) for v in ids)
+    return (f"{len(ids)} pairs" if not ids else
+            f"<details><summary>{len(ids)} pairs</summary><span class=\"muted\">ids {esc(shown)}</span></details>")
+
+
+def _cell(part: Any) -> str:
+    if not isinstance(part, Mapping):
+        return '<span class="muted">—</span>'
+    text = fmt_effect(part.get("mean"), part.get("ci_low"), part.get("ci_high"))
+    n = part.get("n")
+    text += f" (n = {n})" if n is not None else ""
+    per_token = part.get("per_token")  # a sum's per-token mean, where the summary gives it (statistics.md)
+    if isinstance(per_token, Mapping):
+        text += "; per token " + fmt_effect(per_token.get("mean"), per_token.get("ci_low"), per_token.get("ci_high"),
+                                            unit="nats/token")
+    return esc(text)
+
+
+def _peaks_selections_maps(summary: Mapping[str, Any]) -> str:
+    n_model = F.n_layers(summary)
+    peaks = _found(summary, lambda d: isinstance(d.get("peak_set"), list), _PEAK_KEYS)
+    selections = _found(summary, lambda d: "explore_pair_ids" in d and "confirm_pair_ids" in d)
+    maps = _found(summary, lambda d: "m" in d and ("band_low" in d or "critical" in d))
+    if not (peaks or selections or maps):
+        return ""
+    parts = ["<h2 id=\"peaks\">Peaks, held-out selections and maps</h2>"]
+    if peaks:
+        rows = []
+        for where, d in peaks:
+            members = d["peak_set"]
+            swept = d.get("layers_swept")
+            lo, hi = F._ci_pair(d.get("peak_layer_ci"))
+            argmax = d.get("peak_layer")
+            arg = (f"{argmax}" + (f" (bootstrap CI {lo:g}–{hi:g})" if math.isfinite(lo) else "")
+                   if argmax is not None else "—")
+            depth = ""
+            if members and n_model:
+                ds = [relative_depth(v, n_model) for v in members]
+                depth = f"{min(ds):.2f}" + (f"–{max(ds):.2f}" if max(ds) > min(ds) else "")
+            grid = (f"{swept} of {n_model}" if swept and n_model and swept < n_model
+                    else f"{swept}" if swept else "—")
+            rows.append(f"<tr title=\"{esc(d.get('peak_set_rule') or '')}\"><td><code>{esc(where)}</code></td>"
+                        f"<td>{esc(fmt_layers(members))} "
+                        f"<span class=\"muted\">({len(members)} layer{'s' if len(members) != 1 else ''})</span></td>"
+                        f"<td class=\"num\">{esc(grid)}</td><td>{esc(arg)}</td><td>{esc(depth)}</td></tr>")
+        parts.append("<h3>Peaks as sets</h3><p class=\"muted\">The peak set: every layer whose effect is not "
+                     "significantly below the maximum (one-sided paired bootstrap of max − effect over pairs, 95%; "
+                     "hover a row for its rule). The argmax alone is not a finding; on a coarse grid only the swept "
+                     "layers can be in the set.</p>"
+                     "<table class=\"peaks\"><tr><th>experiment</th><th>peak set (layers)</th><th>layers swept</th>"
+                     f"<th>argmax layer</th><th>relative depth</th></tr>{''.join(rows)}</table>")
+    if selections:
+        rows = []
+        for where, d in selections:
+            chosen = d.get("chosen")
+            rows.append(f"<tr><td><code>{esc(where)}</code></td><td>{esc(fmt_value(chosen))}</td>"
+                        f"<td>{_ids(d.get('explore_pair_ids'))}</td><td>{_ids(d.get('confirm_pair_ids'))}</td>"
+                        f"<td>{_cell(d.get('confirm'))}</td><td>{_cell(d.get('in_sample'))}</td></tr>")
+        parts.append("<h3>Held-out selections</h3><p class=\"muted\">Whatever is chosen by looking at the data is "
+                     "chosen on the <em>explore</em> pairs and reported on the disjoint <em>confirm</em> pairs; the "
+                     "explore pairs' own number stands beside it, labelled in-sample (optimistic by selection).</p>"
+                     "<table class=\"selections\"><tr><th>choice</th><th>chosen</th><th>explore pairs (choose)</th>"
+                     "<th>confirm pairs (report)</th><th>confirm number</th><th>in-sample (explore pairs)</th></tr>"
+                     f"{''.join(rows)}</table>")
+    if maps:
+        rows = []
+        for where, d in maps:
+            rows.append(f"<tr><td><code>{esc(where)}</code></td><td class=\"num\">{esc(d.get('m'))}</td>"
+                        f"<td>{esc(fmt(d.get('critical'), 3))}</td><td class=\"rule\">{esc(d.get('rule', ''))}</td></tr>")
+        parts.append("<h3>Maps</h3><p class=\"muted\">A claim about the largest cell of a map of m cells uses "
+                     "simultaneous (max-|t|) bands over the m cells.</p><table class=\"maps\"><tr><th>map</th>"
+                     f"<th>m cells</th><th>critical |t|</th><th>rule</th></tr>{''.join(rows)}</table>")
+    return "".join(parts)
 
 
 def _heading(name: str) -> str:
@@ -224,25 +367,34 @@ def _methods() -> str:
 <p>The definitions follow <code>docs/method.md</code> (the project's precise version of the paper's
 experiments): Δlogp = log p(y+|x) − log p(y−|x) summed over completion tokens; an <em>effect</em> is the
 patched Δlogp minus the target model's own Δlogp, in nats; gain = Δlogp<sub>tuned</sub> − Δlogp<sub>base</sub>.
-Every per-layer number is a mean over pairs with a seeded 95% bootstrap CI over pairs. The
-<em>peak layer</em> is the argmax of the mean effect, the <em>onset layer</em> the first layer whose mean
-reaches half of the maximum; both carry bootstrap CIs. Low-rank held-out ratios fit the subspace on one half
-of the pairs and evaluate on the other.</p>
+Sums are dominated by completion length on real data: the headline gives the per-token mean beside the sum; the
+verdicts use the sums. Every per-layer number is a mean over pairs with a seeded 95% bootstrap CI over pairs. A CI
+that holds 0 is printed as a bound (“|effect| &lt; B nats at 95%”), never as 0. The <em>peak set</em> holds every
+layer not significantly below the maximum (one-sided paired bootstrap); the argmax and the <em>onset layer</em>
+(the first layer reaching half of the maximum) carry bootstrap CIs. A ratio is given only when its denominator's CI
+excludes 0, else “undefined (denominator CI spans 0)” with numerator and denominator in nats. Anything chosen from
+the data is chosen on explore pairs and reported on the confirm pairs.</p>
 <p><em>Relative depth</em> = layer / (n_layers − 1): 0 is the first block, 1 the last. The paper's layer
-{PAPER_PEAK_LAYER} of {PAPER_N_LAYERS} is at {PAPER_RELATIVE_DEPTH:.3f}.</p>
-<p>Verdict rules (thresholds are constants in <code>alignment_probe/report/verdicts.py</code>):</p>
+{PAPER_PEAK_LAYER} of {PAPER_N_LAYERS} is at {PAPER_RELATIVE_DEPTH:.3f}; <em>mid-depth</em> layers are within
+{DEPTH_TOLERANCE} of it.</p>
+<p>Each verdict has three outcomes: <em>agrees</em> (the interval supports the claim), <em>differs</em> (it excludes
+it), <em>inconclusive</em> (it is compatible with both). Each row states its rule and the numbers it used;
+thresholds are constants in <code>alignment_probe/report/verdicts.py</code>:</p>
 <ol>
-<li>Peak layer: agrees iff |relative depth of our peak − {PAPER_RELATIVE_DEPTH:.3f}| ≤ {DEPTH_TOLERANCE}.</li>
-<li>LASSO: agrees iff exactly one layer has a non-zero coefficient and it lies within {DEPTH_TOLERANCE} relative
-depth of the paper's.</li>
-<li>Low rank: agrees iff the effect ratio at k = {LOWRANK_K} (and the held-out ratio, when reported) lies in
-[{RATIO_BAND[0]:.2f}, {RATIO_BAND[1]:.2f}], at the only layer run, else the layer nearest our peak.</li>
-<li>Identity: agrees iff max |effect| ≤ {IDENTITY_TOLERANCE:g} nats (per-pair rows when the effects table is
-given).</li>
-<li>Reverse: agrees (“minimal change”, appendix A1) iff max|base → tuned| / max|tuned → base| ≤
-{REVERSE_MAX_RATIO}.</li>
+<li>Peak layer: agrees iff the whole tuned → base peak set is mid-depth; differs iff it is disjoint from the mid-depth
+layers. The half-maximum onset is mid-depth on any ramp by construction and is not judged.</li>
+<li>LASSO: agrees iff exactly one layer is non-zero, mid-depth, selected in ≥ {LASSO_STABLE:.0%} of bootstraps and
+every other layer in ≤ {LASSO_RARE:.0%}; differs iff a non-mid-depth layer or two or more layers are selected in
+≥ {LASSO_STABLE:.0%}, or none is ever selected.</li>
+<li>Low rank: the held-out effect ratio at k = {LOWRANK_K} (in-sample when no held-out CI is given): agrees iff its
+CI lies in [{RATIO_BAND[0]:.2f}, {RATIO_BAND[1]:.2f}], differs iff the CI is disjoint from it; undefined ratios are
+inconclusive.</li>
+<li>Identity (exact): agrees iff max |effect| ≤ {IDENTITY_TOLERANCE:g} nats over every per-pair row.</li>
+<li>Reverse (“minimal change”, appendix A1): with M = {REVERSE_MAX_RATIO} × max|tuned → base|, agrees iff every
+layer's base → tuned CI lies in [−M, M]; differs iff some layer's CI lies wholly outside it.</li>
 </ol>
-<p>“not run” means the experiment (or the needed grid point) is absent from this run.</p>"""
+<p>“not run” means the experiment (or the needed grid point) is absent from this run. The same verdicts are stored in
+<code>summary.json</code> under <code>verdicts</code> (and <code>verdicts_not_run</code>).</p>"""
 
 
 def _generations(summary: Mapping[str, Any]) -> str:
@@ -274,8 +426,10 @@ def render_report(summary: Mapping[str, Any], manifest: Mapping[str, Any] | None
         "<h2>Headline</h2>", _headline(summary),
         "<h2>Findings vs the paper's claims</h2>",
         "<p class=\"muted\">Paper: Llama-3.2-1B base vs its preference-tuned twin, Anthropic HH pairs. "
-        "Verdicts follow the explicit rules in the methods note below.</p>",
-        _findings_table(findings(summary, effects)),
+        "Each verdict (agrees / differs / inconclusive) follows the explicit rule printed beside it, from the numbers "
+        "printed with it; effects are Δlogp summed over completion tokens.</p>",
+        _findings_table(findings(summary, effects, scores)),
+        _peaks_selections_maps(summary),
         "<h2>Figures</h2>",
         f"<ul>{toc}</ul>" if figs else "<p>No figure could be drawn: nothing was run.</p>",
         *(_figure_html(name, fig) for name, fig in figs.items()),

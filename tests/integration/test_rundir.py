@@ -45,6 +45,11 @@ def test_load_run_reads_tables_and_summary(run_dir):
     assert set(run.fits) == {"lowrank", "lasso", "shift"}
     assert len(run.scores) == 6 and run.manifest["status"] == "complete"
     assert run.report_html().encode() == (run_dir / "report.html").read_bytes()
+    # the verdicts are part of the summary: three outcomes, each with its rule and numbers
+    judged = run.summary["verdicts"]
+    assert judged and all(v["verdict"] in ("agrees", "differs", "inconclusive") and v["rule"] and v["numbers"]
+                          for v in judged)
+    assert {v["key"] for v in judged} | {v["key"] for v in run.summary["verdicts_not_run"]} >= {"peak", "identity"}
 
 
 def test_a_run_slices_several_hooks_into_one_figure(run_dir):

@@ -156,11 +156,12 @@ def test_cross_and_token_verdicts_follow_their_rules():
     split = {"split": 2, "interaction": 0.5, "interaction_ci": [0.1, 0.9]}
     summary = {"n_layers": N_LAYERS, "experiments": {"cross_2x2": {"by_split": [split]}}}
     assert cross.verdict(summary).verdict == "agrees"
-    split["interaction_ci"] = [-0.1, 0.9]
-    assert cross.verdict(summary).verdict == "differs"
+    split["interaction_ci"] = [-0.1, 0.9]  # holds 0 and, with no gain to set a margin by, bounds nothing
+    assert cross.verdict(summary).verdict == "inconclusive"
     cell = {"hook": "blocks", "layer": 0, "width": N_LAYERS, "first": 8, "mean": 1.0, "share": 0.8, "share_ci": [0.6, 0.9]}
     summary = {"n_layers": N_LAYERS, "experiments": {token_map.NAME: {"by_bin": [cell]}}}
-    assert token_map.verdict(summary).verdict == "agrees"
-    cell["share_ci"] = [0.4, 0.9]
-    assert token_map.verdict(summary).verdict == "differs"
+    lengths = pd.DataFrame({"n_chosen_tokens": [16] * N_PAIRS, "n_rejected_tokens": [16] * N_PAIRS})  # null 8/16
+    assert token_map.verdict(summary, scores=lengths).verdict == "agrees"
+    cell["share_ci"] = [0.4, 0.9]  # holds the null share 0.5 (the rules' boundaries: tests/unit/test_verdicts.py)
+    assert token_map.verdict(summary, scores=lengths).verdict == "inconclusive"
     assert token_map.verdict({"n_layers": N_LAYERS, "experiments": {}}) is None

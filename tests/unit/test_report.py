@@ -43,7 +43,17 @@ def per_layer(values, half_width=0.1):
 def layer_experiment(values, peak=None, onset=None, half_width=0.1):
     peak = int(np.argmax(values)) if peak is None else peak
     return {"per_layer": per_layer(values, half_width), "peak_layer": peak, "peak_layer_ci": [peak - 1, peak + 1],
-            "onset_layer": max(peak - 1, 0) if onset is None else onset, "onset_layer_ci": [0, peak]}
+            "onset_layer": max(peak - 1, 0) if onset is None else onset, "onset_layer_ci": [0, peak],
+            "peak_set": [peak], "layers_swept": len(values)}
+
+
+def selection(chosen, confirm, in_sample, n=40):
+    """A ``selection`` record (stats.selection_record's keys): explore = the even pair ids, confirm = the odd."""
+    def cell(m, lo, hi):
+        return {"mean": m, "ci_low": lo, "ci_high": hi, "n": n // 2}
+
+    return {"explore_pair_ids": list(range(0, n, 2)), "confirm_pair_ids": list(range(1, n, 2)), "chosen": chosen,
+            "confirm": cell(*confirm), "in_sample": cell(*in_sample)}
 
 
 def make_summary(peak: int = PEAK, n_layers: int = N_LAYERS) -> dict:
@@ -52,9 +62,10 @@ def make_summary(peak: int = PEAK, n_layers: int = N_LAYERS) -> dict:
     ks = [1, 2, 4, 8, 16]
     return {
         "n_pairs": 40, "n_layers": n_layers, "base_delta_logp_mean": -0.5, "tuned_delta_logp_mean": 1.5,
-        "gain_mean": 2.0, "gain_ci": [1.8, 2.2],
+        "gain_mean": 2.0, "gain_ci": [1.8, 2.2], "gain_per_token_mean": 0.04, "gain_per_token_ci": [0.03, 0.05],
         "experiments": {
-            "patch_tuned_to_base": layer_experiment(bump, peak=peak),
+            "patch_tuned_to_base": layer_experiment(bump, peak=peak) | {
+                "selection": selection(peak, (1.9, 1.6, 2.2), (2.1, 1.8, 2.4))},
             "patch_base_to_tuned": layer_experiment([-0.1 * b for b in bump]),
             "identity": layer_experiment([0.0] * n_layers, half_width=0.0),
             "random_noise": layer_experiment([-0.05] * n_layers),
@@ -73,7 +84,7 @@ def make_summary(peak: int = PEAK, n_layers: int = N_LAYERS) -> dict:
                 {"layer": layer, "k": k, "effect_ratio": 0.5, "effect_ratio_ci": [0.4, 0.6],
                  "variance_explained": 0.3, "heldout_effect_ratio": 0.45} for layer in (1, peak) for k in ks]},
             "lasso": {"coefficients": [0.0] * peak + [-0.18] + [0.0] * (n_layers - peak - 1), "alpha_": 0.01,
-                      "selection_frequency": [0.1] * peak + [0.95] + [0.05] * (n_layers - peak - 1),
+                      "selection_frequency": [0.01] * peak + [0.99] + [0.02] * (n_layers - peak - 1),
                       "probe_r2": [0.1] * n_layers, "nonzero_layers": [peak]},
         },
     }
@@ -275,64 +286,7 @@ def test_save_static_explains_missing_browser(summary, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- verdicts
-
-
-def verdicts(summary, effects=None) -> dict[str, str]:
-    return {f.key: f.verdict for f in findings(summary, effects)}
-
-
-def test_verdicts_agree_on_paper_like_results(summary):
-    v = verdicts(summary, identity_effects(0.0))
-    assert v == {"peak": "agrees", "lasso": "agrees", "lowrank:reconstruct": "agrees",
-                 "lowrank:difference": "differs", "identity": "agrees", "reverse": "agrees"}
-
-
-def test_verdicts_differ_on_contrary_results():
-    s = make_summary(peak=N_LAYERS - 1)  # curve rises to the last layer: relative depth 1.0
-    s["experiments"]["lasso"]["coefficients"][1] = 0.3
-    s["experiments"]["lasso"]["nonzero_layers"] = [1, PEAK]
-    for row in s["experiments"]["lowrank_reconstruct"]["by_k"]:
-        row["effect_ratio"] = 0.4
-    s["experiments"]["identity"] = layer_experiment([0.0, 0.02, 0.0, 0.0, 0.0, 0.0, 0.0], half_width=0.0)
-    s["experiments"]["patch_base_to_tuned"] = layer_experiment([-1.8] * N_LAYERS)
-    v = verdicts(s)
-    assert v["peak"] == v["lasso"] == v["lowrank:reconstruct"] == v["identity"] == v["reverse"] == "differs"
-    peak = next(f for f in findings(s) if f.key == "peak")
-    assert "relative depth 1" in peak.ours
-
-
-def test_verdict_rule_details(summary):
-    # one LASSO layer, but not mid-stack
-    s = without(summary)
-    s["experiments"]["lasso"]["nonzero_layers"] = [0]
-    assert verdicts(s)["lasso"] == "differs"
-    # nonzero layers derived from coefficients when the summary lacks the list
-    s = without(summary)
-    del s["experiments"]["lasso"]["nonzero_layers"]
-    assert verdicts(s)["lasso"] == "agrees"
-    # held-out ratio outside the band breaks agreement
-    s = without(summary)
-    for row in s["experiments"]["lowrank_reconstruct"]["by_k"]:
-        row["heldout_effect_ratio"] = 0.5
-    assert verdicts(s)["lowrank:reconstruct"] == "differs"
-    # k = 4 not evaluated → not run
-    s = without(summary)
-    s["experiments"]["lowrank_reconstruct"]["by_k"] = [r for r in s["experiments"]["lowrank_reconstruct"]["by_k"]
-                                                      if r["k"] != 4]
-    assert verdicts(s)["lowrank:reconstruct"] == "not run"
-    # identity judged on per-pair rows when the effects table is given
-    assert verdicts(summary, identity_effects(1e-3))["identity"] == "differs"
-    assert verdicts(summary, identity_effects(0.0))["identity"] == "agrees"
-    # reverse falls back to the gain when tuned → base is missing: 0.2 / 2.0 = 0.1
-    assert verdicts(without(summary, "patch_tuned_to_base"))["reverse"] == "agrees"
-    # relative depth is layer / (n_layers − 1)
-    assert H.relative_depth(8, 16) == pytest.approx(8 / 15)
-
-
-def test_verdicts_not_run_when_absent():
-    v = verdicts({"n_pairs": 1, "experiments": {}})
-    assert set(v.values()) == {"not run"}
-    assert set(v) == {"peak", "lasso", "lowrank:reconstruct", "identity", "reverse"}
+# The rules themselves (three outcomes, each side and the boundary): tests/unit/test_verdicts.py.
 
 
 # ------------------------------------------------------------------------------------------- HTML
@@ -400,3 +354,64 @@ def test_write_report_from_run_dir(summary, tmp_path):
     assert out2.exists() and not (tmp_path / "sub" / "custom.html.tmp").exists()
     with pytest.raises(FileNotFoundError, match="summary.json"):
         write_report(tmp_path / "empty")
+
+
+# ------------------------------------------------------------------------------------------- statistics.md in the report
+
+
+def test_layer_curve_rings_the_peak_set(summary):
+    s = without(summary)
+    s["experiments"]["patch_tuned_to_base"]["peak_set"] = [PEAK - 1, PEAK]
+    rings = trace(layer_curve(s), f"{F.LABELS['patch_tuned_to_base']} peak set")
+    assert list(rings.x) == [PEAK - 1, PEAK] and rings.marker.symbol == "circle-open"
+    del s["experiments"]["patch_tuned_to_base"]["peak_set"]
+    assert f"{F.LABELS['patch_tuned_to_base']} peak set" not in names(layer_curve(s))  # tolerated when absent
+
+
+def test_report_shows_three_way_verdicts_with_rule_and_numbers(report, summary):
+    found = {f.key: f for f in findings(summary, identity_effects(), make_scores())}
+    # the fixture's k = 4 ratio has CI [0.8, 1.2]: neither inside nor outside the band
+    assert found["lowrank:reconstruct"].verdict == "inconclusive" and found["peak"].verdict == "agrees"
+    assert '<tr data-finding="lowrank:reconstruct" data-verdict="inconclusive">' in report
+    assert '<span class="verdict inconclusive">inconclusive</span>' in report
+    assert report.count('<div class="numbers">numbers used:') == len(found)
+    assert "<code>peak_set</code> = [3]" in report and "<code>ratio_ci</code> = [0.8, 1.2]" in report
+    for f in found.values():
+        assert H.esc(f.rule) in report
+
+
+def test_report_labels_a_by_construction_verdict():
+    table = H._findings_table([H.Finding("onset", "claim", "paper", "ours", "agrees", "rule", {"onset": 8},
+                                         by_construction=True)])
+    assert "by construction (not evidence)" in table and 'class="verdict by-construction"' in table
+    assert "the rule gives “agrees”" in table
+
+
+def test_report_shows_peak_sets_selection_roles_and_bounds(summary):
+    s = without(summary)
+    s["experiments"]["alpha"] |= {"peak_set": [2, 3, 4], "layers_swept": 4, "peak_layer": 3,
+                                  "selection": selection(3, (0.02, -0.05, 0.11), (0.3, 0.1, 0.5))}
+    text = render_report(s, {})
+    section = text[text.index('id="peaks"'):text.index("<h2>Figures</h2>")]
+    assert "<code>patch_tuned_to_base</code>" in section and "<code>alpha</code>" in section
+    assert "2–4" in section and "4 of 7" in section  # alpha's set, swept on 4 of the 7 layers
+    assert section.count("<summary>20 pairs</summary>") == 4  # explore and confirm pairs, two selections
+    assert "explore pairs (choose)" in section and "confirm pairs (report)" in section and "in-sample" in section
+    # a confirm number whose CI holds 0 is a bound, not 0
+    assert "|effect| &lt; 0.11 nats at 95% (mean +0.02, CI [-0.05, +0.11]) (n = 20)" in section
+    assert "+1.9 nats [+1.6, +2.2] (n = 20)" in section
+
+
+def test_report_without_statistics_keys_still_renders(summary):
+    s = without(summary)
+    for entry in s["experiments"].values():
+        for key in ("peak_set", "layers_swept", "selection"):
+            entry.pop(key, None)
+    text = render_report(s, {})
+    assert 'id="peaks"' not in text and "Findings vs the paper" in text
+
+
+def test_report_headline_gives_the_per_token_mean_beside_the_sum(report):
+    assert "mean gain per completion token" in report and "+0.04 nats/token" in report
+    null = render_report({"n_pairs": 4, "gain_mean": 0.05, "gain_ci": [-0.2, 0.3], "experiments": {}}, None)
+    assert "|gain| &lt; 0.3 nats at 95%" in null
