@@ -42,7 +42,7 @@ def test_load_run_reads_tables_and_summary(run_dir):
     from alignment_probe.tables import json_bytes
 
     assert json_bytes(run.summarize()) == (run_dir / "summary.json").read_bytes()
-    assert set(run.fits) == {"lowrank", "lasso", "shift"}
+    assert set(run.fits) == {"lowrank", "lasso", "shift", "weight_diff", "generations"}
     assert len(run.scores) == 6 and run.manifest["status"] == "complete"
     assert run.report_html().encode() == (run_dir / "report.html").read_bytes()
     # the verdicts are part of the summary: three outcomes, each with its rule and numbers
