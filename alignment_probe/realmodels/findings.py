@@ -39,6 +39,7 @@ every experiment) for a GPU.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -70,7 +71,9 @@ def _layer_result(entry: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     return {"peak_layer": entry["peak_layer"], "peak_layer_ci": entry["peak_layer_ci"],
             "onset_layer": entry["onset_layer"], "onset_layer_ci": entry["onset_layer_ci"],
-            "heldout": entry.get("heldout"), "per_layer": _curve(entry)}
+            "heldout": entry.get("heldout"), "per_layer": _curve(entry),
+            # statistics.md: the peak as a set, and which pairs chose and which confirmed (absent in older runs)
+            **{k: entry[k] for k in ("peak_set", "layers_swept", "selection") if entry.get(k) is not None}}
 
 
 def extra_hook_results(run_dir: Path, hooks: Sequence[str], *, seed: int, n_boot: int) -> dict[str, Any]:
@@ -95,7 +98,9 @@ def collect(summaries: dict[str, dict[str, Any]], *, n_layers: int, planted_laye
         ex = s["experiments"]
         entry: dict[str, Any] = {"n_pairs": s["n_pairs"], "gain_mean": s["gain_mean"], "gain_ci": s["gain_ci"],
                                  "base_delta_logp_mean": s["base_delta_logp_mean"],
-                                 "tuned_delta_logp_mean": s["tuned_delta_logp_mean"]}
+                                 "tuned_delta_logp_mean": s["tuned_delta_logp_mean"],
+                                 # Δlogp is a sum over completion tokens; the per-token mean goes beside it
+                                 **{k: s[k] for k in ("gain_per_token_mean", "gain_per_token_ci") if k in s}}
         for key in ("patch_tuned_to_base", "patch_base_to_tuned", "random_noise", "random_direction",
                     "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected",
                     "vector_contrast"):
@@ -115,7 +120,8 @@ def collect(summaries: dict[str, dict[str, Any]], *, n_layers: int, planted_laye
         for mode in ("lowrank_difference", "lowrank_reconstruct"):
             if mode in ex:
                 entry[mode] = [{k: r.get(k) for k in ("layer", "k", "effect_ratio", "effect_ratio_ci",
-                                                     "variance_explained", "heldout_effect_ratio")}
+                                                     "variance_explained", "heldout_effect_ratio",
+                                                     "heldout_effect_ratio_ci", "effect_mean", "full_effect_mean")}
                                for r in ex[mode]["by_k"]]
         for key in WINDOWS:  # E8: the gain each window carries (transplant: sufficiency; revert: necessity)
             if key in ex:
@@ -124,8 +130,8 @@ def collect(summaries: dict[str, dict[str, Any]], *, n_layers: int, planted_laye
                               **(_layer_result(w) if w.get("per_layer") else {})}
         for key in HEADS:  # E7: one head at a time
             if key in ex:
-                entry[key] = {k: ex[key][k] for k in ("hook", "by_head", "by_head_k", "attn_out", "sum_of_heads")
-                              if k in ex[key]}
+                entry[key] = {k: ex[key][k] for k in ("hook", "by_head", "by_head_k", "attn_out", "sum_of_heads",
+                                                      "selection") if k in ex[key]}
         if "cross_2x2" in ex:
             entry["cross_2x2"] = ex["cross_2x2"]["by_split"]
         if "shift" in ex:
@@ -135,14 +141,16 @@ def collect(summaries: dict[str, dict[str, Any]], *, n_layers: int, planted_laye
             entry["token_map"] = {"conditions": ex["token_map"]["conditions"], "by_bin": ex["token_map"]["by_bin"]}
         if "atp" in ex:  # E10: estimates at every condition, their exact confirmation and validation
             entry["atp"] = {k: ex["atp"][k] for k in ("by_hook", "confirmed", "by_head", "head_estimator",
-                                                      "exact_by_head", "head_validation") if k in ex["atp"]}
+                                                      "exact_by_head", "head_validation", "selection") if k in ex["atp"]}
         if "atp_confirm" in ex and not (entry.get("atp") or {}).get("confirmed"):
             entry.setdefault("atp", {})["confirmed"] = ex["atp_confirm"].get("confirmed")
+        if (ex.get("atp_confirm") or {}).get("selection") and not (entry.get("atp") or {}).get("selection"):
+            entry.setdefault("atp", {})["selection"] = ex["atp_confirm"]["selection"]
         if "steer" in ex:  # E11: the dose curves stay in the run's summary; the document quotes c = 1
             st = ex["steer"]
             entry["steer"] = {k: st[k] for k in ("layer", "layer_rule", "by_c", "recovered_fraction",
                                                  "excess_over_random", "baselines", "variants", "reverse", "gain",
-                                                 "transfer") if k in st}
+                                                 "transfer", "null", "selection") if k in st}
             entry["steer"]["by_layer"] = (st.get("layer_choice") or {}).get("by_layer")
         out[name] = entry | (extra or {}).get(name, {})
     return out
@@ -152,11 +160,83 @@ def collect(summaries: dict[str, dict[str, Any]], *, n_layers: int, planted_laye
 # The numbers as Markdown tables (docs/findings-smollm2.md quotes them)
 # --------------------------------------------------------------------------------------------
 def _row(cells: Sequence[Any]) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+    # a "|" inside a cell (|effect| < B, |AtP − exact|) would split the Markdown cell: escape it
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)])
+
+
+# statistics.md's wording, kept local so the tables need nothing beyond a run's summary.json
+UNDEFINED = "undefined (denominator CI spans 0)"
+
+
+def _f(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _spans_zero(ci: Sequence[Any] | None) -> bool:
+    lo, hi = (_f(ci[0]), _f(ci[1])) if ci else (math.nan, math.nan)
+    return math.isfinite(lo) and math.isfinite(hi) and lo <= 0 <= hi
+
+
+def _bound(ci: Sequence[Any]) -> float:
+    """The larger |CI end|, rounded *up* to 0.01: a printed bound never claims less than the CI allows."""
+    return math.ceil(round(max(abs(_f(ci[0])), abs(_f(ci[1]))) * 100, 6)) / 100
+
+
+def _ci_or_bound(mean: Any, ci: Sequence[Any], what: str = "effect") -> str:
+    """``+m [lo, hi]`` when the CI excludes 0, else the bound it supports: a null is never printed as "0"."""
+    cell = _ci(mean, ci)
+    return f"|{what}| < {_bound(ci):.2f} ({cell})" if _spans_zero(ci) else cell
+
+
+def _ratio_cell(ratio: Any, ci: Sequence[Any] | None, *, denominator_ci: Sequence[Any] | None = None,
+                numerator: Any = None, denominator: Any = None) -> str:
+    """A ratio under the ratio rule: only when the denominator's CI excludes 0 (and the ratio is finite); otherwise
+    "undefined (denominator CI spans 0)" with numerator and denominator in nats where they are known (each a
+    number or a summary entry ``{"mean", "ci_low", "ci_high"}``)."""
+
+    def nats(v: Any) -> str:
+        if isinstance(v, dict):
+            return _entry_ci(v) + " nats" if math.isfinite(_f(v.get("ci_low"))) else f"{_f(v.get('mean')):+.2f} nats"
+        return f"{_f(v):+.2f} nats"
+
+    r = _f(ratio)
+    if _spans_zero(denominator_ci) or not math.isfinite(r):
+        parts = [f"{name} {nats(v)}" for name, v in (("numerator", numerator), ("denominator", denominator))
+                 if math.isfinite(_f(v.get("mean") if isinstance(v, dict) else v))]
+        return UNDEFINED + (": " + ", ".join(parts) if parts else "")
+    if ci and math.isfinite(_f(ci[0])) and math.isfinite(_f(ci[1])):
+        return _ci(r, ci)
+    return f"{r:+.2f} (point; no CI)"
+
+
+def _chosen(res: dict[str, Any], unit: str = "layer") -> str:
+    """The data-chosen layer/block and its value on pairs that did not choose it (statistics.md: selection is held
+    out): the summary's ``selection`` record when present, else the older ``heldout`` entry."""
+    sel = res.get("selection") or {}
+    conf = sel.get("confirm") or {}
+    if conf and math.isfinite(_f(conf.get("mean"))):
+        return (f"{unit} {sel['chosen']} chosen on the explore half ({len(sel.get('explore_pair_ids') or [])} pairs): "
+                f"{_ci_or_bound(conf['mean'], [conf['ci_low'], conf['ci_high']])} on the confirm half "
+                f"({conf.get('n', len(sel.get('confirm_pair_ids') or []))} pairs)")
+    held = res.get("heldout") or {}
+    if held.get("heldout_ci"):
+        return (f"{unit} {held['chosen_layer']} chosen on one half: "
+                f"{_ci_or_bound(held['heldout_mean'], held['heldout_ci'])} on the other half")
+    return ""
+
+
+def _peak_set(res: dict[str, Any]) -> str:
+    if res.get("peak_set") is None:
+        return "— (not in this summary: rerun)"
+    swept = res.get("layers_swept") or len(res.get("per_layer") or [])
+    return "{" + ", ".join(str(v) for v in res["peak_set"]) + "}" + (f" of {swept} swept" if swept else "")
 
 
 WINDOWS = ("window_transplant", "window_revert")
@@ -174,23 +254,28 @@ def render_tables(found: dict[str, Any]) -> str:
     """Every headline number of ``findings.json`` as Markdown: gains, per-layer curves, peak/onset,
     LASSO, α and low rank. Means with 95 % bootstrap CIs, in nats of Δlogp."""
     runs = [r for r in RUNS if r in found]
-    parts = ["### Gain (tuned Δlogp − base Δlogp), mean [95 % CI]",
-             _table(["run", "pairs", "base Δlogp", "tuned Δlogp", "gain"],
+    parts = ["### Gain (tuned Δlogp − base Δlogp), mean [95 % CI]; Δlogp is a sum over completion tokens, the per-token "
+             "gain the difference of each completion's mean log-prob per token",
+             _table(["run", "pairs", "base Δlogp", "tuned Δlogp", "gain (sum)", "gain per token"],
                     [[r, found[r]["n_pairs"], f"{found[r]['base_delta_logp_mean']:+.2f}",
-                      f"{found[r]['tuned_delta_logp_mean']:+.2f}", _ci(found[r]["gain_mean"], found[r]["gain_ci"])]
+                      f"{found[r]['tuned_delta_logp_mean']:+.2f}", _ci_or_bound(found[r]["gain_mean"], found[r]["gain_ci"]),
+                      _ci_or_bound(found[r]["gain_per_token_mean"], found[r]["gain_per_token_ci"], "gain")
+                      if found[r].get("gain_per_token_ci") else "— (not in this summary)"]
                      for r in runs])]
     curves = [(r, key, found[r][key]) for r in runs for key in CURVES if found[r].get(key)]
     curves += [(r, f"{_label('patch_tuned_to_base')} @ {hook}", res) for r in runs
                for hook, res in (found[r].get("by_hook") or {}).items()]
     peak_rows = []
     for run, key, res in curves:
-        held = res.get("heldout") or {}
-        held_txt = (f"layer {held['chosen_layer']}: {_ci(held['heldout_mean'], held['heldout_ci'])}"
-                    if held.get("heldout_ci") else "")
-        peak_rows.append([run, _label(key), f"{res['peak_layer']} {res['peak_layer_ci']}",
-                          f"{res['onset_layer']} {res['onset_layer_ci']}", held_txt])
-    parts += ["### Peak and onset layers [95 % CI]; held-out peak (chosen on half the pairs, measured on the other half)",
-              _table(["run", "experiment", "peak", "onset", "held-out peak"], peak_rows)]
+        peak_rows.append([run, _label(key), _peak_set(res), f"{res['peak_layer']} {res['peak_layer_ci']}",
+                          f"{res['onset_layer']} {res['onset_layer_ci']}", _chosen(res)])
+    parts += ["### Peaks as sets. Peak set: the swept layers whose effect is not significantly below the maximum "
+              "(one-sided paired bootstrap, 95 %); argmax: the bootstrap's largest layer [95 % CI]; onset: the first "
+              "layer holding half the maximum (on any steadily rising curve this is mid-depth by construction, so it "
+              "is not evidence for a mid-network peak); held-out: the peak chosen on one half of the pairs, measured "
+              "on the other",
+              _table(["run", "experiment", "peak set", "argmax [95 % CI]", "onset [95 % CI]", "held-out peak"],
+                     peak_rows)]
     for run in runs:
         present = [(_label(key), res) for r, key, res in curves if r == run]
         if not present:
@@ -200,7 +285,10 @@ def render_tables(found: dict[str, Any]) -> str:
         parts += [f"### {run}: per-layer effect, mean [95 % CI] (nats)",
                   _table(["layer", *[name for name, _ in present]], rows)]
         if "identity_max_abs_mean" in found[run]:
-            parts.append(f"Identity patch, largest |mean| over layers: {found[run]['identity_max_abs_mean']:.3g}.")
+            ident = found[run]["identity_max_abs_mean"]
+            parts.append("Identity patch (a check of the engine, not evidence about the twin): largest |mean| over "
+                         "layers " + ("exactly 0 (the engine reuses the clean run for a bit-identical activation)."
+                                      if ident == 0 else f"{ident:.3g} nats."))
     for run in runs:
         lasso = found[run].get("lasso")
         if lasso:
@@ -210,8 +298,11 @@ def render_tables(found: dict[str, Any]) -> str:
             parts += [f"### {run}: LASSO of the gain on per-layer ‖h_tuned − h_base‖ (last prompt token)",
                       f"Non-zero layers: {nz or 'none'} "
                       f"(coefficients {[round(lasso['coefficients'][i], 3) for i in nz]}); regularisation α = "
-                      f"{lasso['alpha_']:.3g}. Highest bootstrap selection frequencies: "
-                      + ", ".join(f"layer {i} {freq[i]:.2f}" for i in top) + "."]
+                      f"{lasso['alpha_']:.3g}. "
+                      + ("Highest bootstrap selection frequencies: " + ", ".join(f"layer {i} {freq[i]:.2f}" for i in top)
+                         if freq and max(freq) > 0 else "No layer was selected in any bootstrap refit")
+                      + (". Selecting no layer is not evidence that no layer matters: the LASSO's power on these "
+                         "pairs is not measured." if not nz else ".")]
     for run in runs:
         alpha = found[run].get("alpha")
         if alpha:
@@ -224,11 +315,17 @@ def render_tables(found: dict[str, Any]) -> str:
         for mode in ("lowrank_difference", "lowrank_reconstruct"):
             rows = found[run].get(mode)
             if rows:
-                parts += [f"### {run}: {mode.replace('_', ' ')} (effect ratio = low-rank effect / full-patch effect)",
-                          _table(["layer", "k", "effect ratio [95 % CI]", "variance explained", "held-out ratio"],
-                                 [[r["layer"], r["k"], _ci(r["effect_ratio"], r["effect_ratio_ci"]),
+                parts += [f"### {run}: {mode.replace('_', ' ')} (effect ratio = low-rank effect / full-patch effect; "
+                          "in-sample: the subspace is fitted on the pairs it is measured on; held-out: fitted on one "
+                          f"half, measured on the other; a ratio only where its denominator's CI excludes 0)",
+                          _table(["layer", "k", "effect ratio, in-sample [95 % CI]", "variance explained",
+                                  "held-out ratio [95 % CI]"],
+                                 [[r["layer"], r["k"],
+                                   _ratio_cell(r["effect_ratio"], r["effect_ratio_ci"], numerator=r.get("effect_mean"),
+                                               denominator=r.get("full_effect_mean")),
                                    f"{r['variance_explained']:.3f}",
-                                   "" if r["heldout_effect_ratio"] is None else f"{r['heldout_effect_ratio']:+.2f}"]
+                                   "" if r["heldout_effect_ratio"] is None else
+                                   _ratio_cell(r["heldout_effect_ratio"], r.get("heldout_effect_ratio_ci"))]
                                   for r in rows])]
     parts += render_localization(found, runs)
     parts += render_attribution(found, runs)
@@ -258,15 +355,17 @@ def render_localization(found: dict[str, Any], runs: Sequence[str]) -> list[str]
                       _table(["first block", *[f"{_label(k)}, w = {w}" for k, w in cols]],
                              [[a, *[cell.get((k, w, a), "") for k, w in cols]] for a in starts])]
             for key, w in present:
-                held = w.get("heldout") or {}
-                if held.get("heldout_ci"):
-                    parts.append(f"{_label(key)}, one block: peak {w['peak_layer']} {w['peak_layer_ci']}; chosen on "
-                                 f"half the pairs: block {held['chosen_layer']}, "
-                                 f"{_ci(held['heldout_mean'], held['heldout_ci'])} on the other half.")
+                chosen = _chosen(w, unit="block")
+                if chosen:
+                    n_cells = len(w.get("per_layer") or [])
+                    parts.append(f"{_label(key)}, one block: argmax block {w['peak_layer']} {w['peak_layer_ci']}; peak "
+                                 f"set {_peak_set(w)}; {chosen}. The per-block CIs above are one block at a time, not "
+                                 f"simultaneous over the m = {n_cells} blocks: a claim about the largest block needs "
+                                 "max-|t| bands or the held-out choice.")
                 if w.get("every_block"):
                     e = w["every_block"]
-                    parts.append(f"{_label(key)} of every block: mean {e['mean']:+.4f} vs gain {e['gain_mean']:+.4f} "
-                                 f"(largest per-pair difference {e['max_abs_error']:.2g}).")
+                    parts.append(f"Check, {_label(key)} of every block (the tuned model itself): mean {e['mean']:+.4f} "
+                                 f"vs gain {e['gain_mean']:+.4f} (largest per-pair difference {e['max_abs_error']:.2g}).")
         for key in HEADS:
             heads = found[run].get(key)
             if not heads:
@@ -279,15 +378,22 @@ def render_localization(found: dict[str, Any], runs: Sequence[str]) -> list[str]
                 a = attn.get(layer)
                 rows.append([layer, _entry_ci(a), f"{sums.get(layer, 0):+.2f}",
                              "; ".join(f"h{c['head']} {_entry_ci(c)}" for c in cells[:3])])
-            parts += [f"### {run}: {_label(key)} (tuned → base, one head at a time, hook {heads['hook']}), mean [95 % CI]",
-                      _table(["layer", "whole attn_out", "Σ heads", "largest three heads"], rows)]
+            m = len(heads["by_head"])
+            layers_txt = ", ".join(str(v) for v in sorted({c["layer"] for c in heads["by_head"]}))
+            picked = (f"; {_chosen(heads, unit='heads')}" if _chosen(heads) else
+                      "; the layers were picked by the windows run, in-sample if on the same pairs")
+            parts += [f"### {run}: {_label(key)} (tuned → base, one head at a time, hook {heads['hook']}), mean [95 % CI]; "
+                      f"exact patches of m = {m} heads at layers {layers_txt} only{picked}; per-head CIs, not "
+                      "simultaneous over the m heads",
+                      _table(["layer", "whole attn_out", "Σ heads (point)", "largest three heads"], rows)]
         split_rows = found[run].get("cross_2x2")
         if split_rows:
             parts += [f"### {run}: 2×2 cross design per split s (early blocks < s × late blocks ≥ s), mean [95 % CI]",
                       _table(["split", "Δ(B,B)", "Δ(T,T)", "late on base Δ(B,T) − Δ(B,B)",
-                              "late on tuned Δ(T,T) − Δ(T,B)", "interaction"],
+                              "late on tuned Δ(T,T) − Δ(T,B)", "interaction (bound where its CI includes 0)"],
                              [[r["split"], f"{r['bb']:+.2f}", f"{r['tt']:+.2f}", _ci(r["late_on_base"], r["late_on_base_ci"]),
-                               _ci(r["late_on_tuned"], r["late_on_tuned_ci"]), _ci(r["interaction"], r["interaction_ci"])]
+                               _ci(r["late_on_tuned"], r["late_on_tuned_ci"]),
+                               _ci_or_bound(r["interaction"], r["interaction_ci"], "I")]
                               for r in split_rows])]
         shift = found[run].get("shift")
         if shift:
@@ -305,14 +411,27 @@ def render_localization(found: dict[str, Any], runs: Sequence[str]) -> list[str]
                 mine = {b["first"]: b for b in tmap["by_bin"] if (b["hook"], b["layer"], b["width"]) ==
                         (c["hook"], c["layer"], c["width"])}
                 rows.append([c["label"], _entry_ci(c),
-                             *[_ci(mine[k]["share"], mine[k]["share_ci"]) for k in (1, 2, 4, 8, "rest")]])
-            parts += [f"### {run}: share of each effect carried by the first k completion tokens [95 % CI]",
+                             *[_ratio_cell(mine[k]["share"], mine[k]["share_ci"], denominator_ci=[c["ci_low"], c["ci_high"]],
+                                           numerator=mine[k], denominator=c)
+                               for k in (1, 2, 4, 8, "rest")]])
+            parts += [f"### {run}: share of each effect carried by the first k completion tokens [95 % CI] (a ratio: "
+                      "undefined where the effect's CI spans 0; front-loading needs a share above those positions' "
+                      "share of all completion tokens, not above 0)",
                       _table(["condition", "effect", "first 1", "first 2", "first 4", "first 8", "the rest"], rows)]
     return parts
 
 
 def _at_c(rows: Sequence[dict[str, Any]] | None, c: float = 1.0) -> str:
     return _entry_ci(next((r for r in rows or [] if abs(float(r["c"]) - c) < 1e-9), None))
+
+
+def _fraction_cell(entry: dict[str, Any] | None, by_c: Any, gain: dict[str, Any]) -> str:
+    """A recovered (or lost) fraction of ``gain`` under the ratio rule: undefined, with the steering effect at c = 1
+    and the gain in nats, when the gain's CI spans 0 (or the summary has no finite fraction)."""
+    num = next((r for r in by_c or [] if abs(float(r["c"]) - 1.0) < 1e-9), None)
+    if _spans_zero([gain.get("ci_low"), gain.get("ci_high")]) or not entry or not math.isfinite(_f(entry.get("mean"))):
+        return _ratio_cell(math.nan, None, numerator=num, denominator=gain)
+    return _entry_ci(entry)
 
 
 def _validation_cells(v: dict[str, Any] | None) -> list[str]:
@@ -334,16 +453,26 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
                 rows.append([hook, len(e["per_layer"]),
                              "; ".join(f"{r['layer']}: {_entry_ci(r)}" for r in top),
                              *_validation_cells(e.get("validation"))])
+            m = sum(len(e["per_layer"]) for e in atp["by_hook"].values())
             parts += [f"### {run}: E10 attribution patching (tuned → base, every position), the three largest "
-                      f"estimates per hook, mean [95 % CI]; validation against exact rows of the same conditions",
+                      f"estimates per hook, mean [95 % CI]; validation against exact rows of the same conditions. "
+                      f"Per-cell CIs over a map of m = {m} layer × hook cells, not simultaneous: \"the largest\" needs "
+                      "max-|t| bands or held-out confirmation",
                       _table(["hook", "layers", "largest estimates (layer: AtP)", "Spearman ρ", "top-3 recall",
                               "largest |AtP − exact|"], rows)]
         if atp and atp.get("confirmed"):
-            parts += [f"### {run}: the conditions AtP ranks highest, patched exactly (--confirm)",
-                      _table(["hook", "layer", "AtP", "exact", "AtP / exact"],
+            sel = atp.get("selection") or {}
+            how = (f"ranked on the explore half ({len(sel.get('explore_pair_ids') or [])} pairs), patched exactly on "
+                   f"the confirm half ({len(sel.get('confirm_pair_ids') or [])} pairs)" if sel.get("confirm_pair_ids")
+                   else "in-sample: ranked by AtP and patched exactly on the same pairs")
+            parts += [f"### {run}: the conditions AtP ranks highest, patched exactly (--confirm): {how}; AtP / exact is "
+                      "a point ratio, undefined where the exact CI spans 0",
+                      _table(["hook", "layer", "AtP", "exact", "AtP / exact (point)"],
                              [[c["hook"], c["layer"], _ci(c["atp"], [c["atp_ci_low"], c["atp_ci_high"]]),
                                _ci(c["exact"], [c["exact_ci_low"], c["exact_ci_high"]]),
-                               f"{c['atp'] / c['exact']:.2f}" if c["exact"] else ""] for c in atp["confirmed"]])]
+                               _ratio_cell(c["atp"] / c["exact"] if c["exact"] else math.nan, None,
+                                           denominator_ci=[c["exact_ci_low"], c["exact_ci_high"]])]
+                              for c in atp["confirmed"]])]
         if atp and atp.get("by_head"):
             est = atp.get("head_estimator") or {}
             rows = []
@@ -353,38 +482,51 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
                              "; ".join(f"L{c['layer']}h{c['head']} {_entry_ci(c)}"
                                        for c in top),
                              *_validation_cells((atp.get("head_validation") or {}).get(hook))])
+            m = sum(len(cells) for cells in atp["by_head"].values())
             parts += [f"### {run}: E10 per head, the four largest estimates per hook, mean [95 % CI]; validation "
-                      f"against one-head exact patches where the run has them",
+                      f"against one-head exact patches where the run has them. Per-cell CIs over m = {m} head cells, not "
+                      "simultaneous: \"the largest head\" needs max-|t| bands or held-out confirmation",
                       _table(["hook (estimator)", "heads", "largest estimates", "Spearman ρ", "top-3 recall",
                               "largest |AtP − exact|"], rows)]
         st = found[run].get("steer")
         if st:
-            rows = [["v_ℓ (mean tuning shift)", _at_c(st.get("by_c")), _entry_ci(st.get("recovered_fraction"))]]
+            gain = st.get("gain") or {}
+            gain_ci = [gain.get("ci_low"), gain.get("ci_high")]
+            rows = [["v_ℓ (mean tuning shift)", _at_c(st.get("by_c")),
+                     _fraction_cell(st.get("recovered_fraction"), st.get("by_c"), gain)]]
             for name, b in (st.get("baselines") or {}).items():
-                rows.append([name, _at_c(b.get("by_c")), _entry_ci(b.get("recovered_fraction"))])
+                label = f"{name} (one draw)" if name == "random" and not st.get("null") else name
+                rows.append([label, _at_c(b.get("by_c")), _fraction_cell(b.get("recovered_fraction"), b.get("by_c"), gain)])
             for name, b in (st.get("variants") or {}).items():
                 rows.append([f"v at the {name.replace('_', ' ')} position", _at_c(b.get("by_c")),
-                             _entry_ci(b.get("recovered_fraction"))])
+                             _fraction_cell(b.get("recovered_fraction"), b.get("by_c"), gain)])
             rev = st.get("reverse") or {}
             if rev:
                 rows.append(["reverse: −v_ℓ on the tuned model (fraction lost)", _at_c(rev.get("by_c")),
-                             _entry_ci(rev.get("lost_fraction"))])
-            gain = st.get("gain") or {}
+                             _fraction_cell(rev.get("lost_fraction"), rev.get("by_c"), gain)])
             parts += [f"### {run}: E11 steering at layer {st['layer']} ({st.get('layer_rule', '')}); held-out half, "
-                      f"c = 1; gain there {_entry_ci(gain)}",
+                      f"c = 1; gain there {_ci_or_bound(gain.get('mean'), gain_ci, 'gain') if gain else ''}",
                       _table(["direction", "Δ(steered) − Δ(base)", "fraction of the gain"], rows)]
+            null = st.get("null") or {}
+            if null:
+                parts.append(f"Null of {null.get('n')} random directions: v_ℓ's held-out effect sits at percentile "
+                             f"{_f(null.get('percentile')):.1f} (one-sided p = {_f(null.get('p')):.3g}).")
             if st.get("by_layer"):
                 parts += [f"### {run}: E11 steering scan on the fit half (c = 1), mean [95 % CI]",
                           _table(["layer", "v_ℓ", "random direction"],
                                  [[r["layer"], _entry_ci(r.get("v")), _entry_ci(r.get("random"))] for r in st["by_layer"]])]
             tr = st.get("transfer")
             if tr:
+                t_gain = tr.get("gain") or {}
+                t_ci = [t_gain.get("ci_low"), t_gain.get("ci_high")]
+                rnd = tr.get("random") or {}
                 parts += [f"### {run}: E11 transfer (v fitted on the run's data, evaluated on the other dataset's "
-                          f"pairs; their gain {_entry_ci(tr.get('gain'))}), c = 1",
+                          f"pairs; their gain {_ci_or_bound(t_gain.get('mean'), t_ci, 'gain') if t_gain else ''}), c = 1",
                           _table(["direction", "Δ(steered) − Δ(base)", "fraction of the gain"],
-                                 [["v_ℓ", _at_c(tr.get("by_c")), _entry_ci(tr.get("recovered_fraction"))],
-                                  ["random", _at_c((tr.get("random") or {}).get("by_c")),
-                                   _entry_ci((tr.get("random") or {}).get("recovered_fraction"))]])]
+                                 [["v_ℓ", _at_c(tr.get("by_c")),
+                                   _fraction_cell(tr.get("recovered_fraction"), tr.get("by_c"), t_gain)],
+                                  ["random" if st.get("null") else "random (one draw)", _at_c(rnd.get("by_c")),
+                                   _fraction_cell(rnd.get("recovered_fraction"), rnd.get("by_c"), t_gain)]])]
     return parts
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -290,8 +291,15 @@ def test_findings_tables_quote_the_steering_summary(run_dir):
     at1 = next(r for r in st["by_c"] if r["c"] == 1.0)
     rf = st["recovered_fraction"]
     assert f"E11 steering at layer {st['layer']}" in tables and "E11 transfer" in tables
-    assert (f"| v_ℓ (mean tuning shift) | {ci_cell(at1['mean'], [at1['ci_low'], at1['ci_high']])} | "
-            f"{ci_cell(rf['mean'], [rf['ci_low'], rf['ci_high']])} |") in tables
+    row = f"| v_ℓ (mean tuning shift) | {ci_cell(at1['mean'], [at1['ci_low'], at1['ci_high']])} | "
+    # statistics.md's ratio rule: a fraction of the gain only where the gain's CI excludes 0, else "undefined" with
+    # the steering effect and the gain in nats (never "+nan")
+    g = st["gain"]
+    if math.isfinite(rf["mean"]) and (g["ci_low"] > 0 or g["ci_high"] < 0):
+        assert row + f"{ci_cell(rf['mean'], [rf['ci_low'], rf['ci_high']])} |" in tables
+    else:
+        assert row + "undefined (denominator CI spans 0): numerator " in tables
+    assert "nan" not in tables.split("E11 steering at layer", 1)[1]
 
 
 def test_a_bias_twin_is_steered_exactly(tmp_path):
