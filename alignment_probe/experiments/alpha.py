@@ -46,7 +46,49 @@ def summarize_alpha(tables: Tables) -> dict[str, dict[str, Any]]:
     for layer in sorted(rows.layer.unique()):
         means = [float(rows[(rows.param == a) & (rows.layer == layer)].effect.mean()) for a in alphas]
         rho[int(layer)] = stats.spearman_monotonicity(alphas, means)
-    return {"alpha": out | {"alphas": alphas, "per_layer_alpha": reference, "by_alpha": by_alpha, "spearman_rho": rho}}
+    out = out | {"alphas": alphas, "per_layer_alpha": reference, "by_alpha": by_alpha, "spearman_rho": rho}
+    at = at_chosen_layer(rows, alphas, reference, tables)
+    if at is not None:
+        out["selection"] = at.pop("selection")
+        out["at_chosen_layer"] = at
+    return {"alpha": out}
+
+
+def at_chosen_layer(rows: Any, alphas: Sequence[float], reference: float, tables: Tables) -> dict[str, Any] | None:
+    """The dose-response at the layer handed to α, chosen on the explore pairs and reported on the confirm pairs
+    (statistics.md): E1's explore-half peak when E1's rows are in the table, else α's own explore-half peak at the
+    reference α. Returns ``{"layer", "chosen_by", "by_alpha": [{alpha, mean, ci_low, ci_high, n}] (confirm pairs),
+    "spearman_rho" (confirm means), "selection"}`` (``selection.confirm``: the reference α's effect at that layer
+    on the confirm pairs), or None (fewer than two pairs, or the layer was not swept by α)."""
+    from alignment_probe.experiments import heldout
+    from alignment_probe.experiments.rows import default_rows
+
+    cfg = tables.cfg
+    ids = heldout.run_pair_ids(tables, rows)
+    explore, confirm = heldout.split(cfg, ids)
+    e1 = default_rows(tables.effects, "patch_tuned_to_base", cfg)
+    source = e1 if len(e1) and e1.pair_id.nunique() >= 2 else rows[rows.param == reference]
+    chosen_by = ("patch_tuned_to_base: its peak chosen on the explore pairs" if source is e1
+                 else f"alpha: its own peak at α = {reference:g} chosen on the explore pairs")
+    matrix, pair_ids, layers = stats.effect_matrix(source)
+    pick = heldout.choose(matrix, pair_ids, layers, cfg, explore=explore, confirm=confirm, top=0, what="layer")
+    if pick is None or pick["chosen"] not in set(int(v) for v in rows.layer):
+        return None
+    layer = int(pick["chosen"])
+    at = rows[rows.layer == layer]
+    by_alpha = []
+    for a in alphas:
+        values = at[(at.param == a) & at.pair_id.isin(confirm)].sort_values("pair_id").effect.to_numpy()
+        mean, lo, hi = stats.bootstrap_mean_ci(values, seed=cfg.seed, n_boot=cfg.n_boot)
+        by_alpha.append({"alpha": a, "mean": mean, "ci_low": lo, "ci_high": hi, "n": int(len(values))})
+    ref = at[(at.param == reference)].set_index("pair_id").effect
+    selection = stats.selection_record(pick["explore_pair_ids"], pick["confirm_pair_ids"], layer,
+                                       ref.reindex(pick["confirm_pair_ids"]).to_numpy(), seed=cfg.seed,
+                                       n_boot=cfg.n_boot, in_sample=ref.reindex(pick["explore_pair_ids"]).to_numpy())
+    selection |= {"chosen_by": chosen_by, "quantity": f"effect at α = {reference:g}"}
+    return {"layer": layer, "chosen_by": chosen_by, "pairs": "confirm", "by_alpha": by_alpha,
+            "spearman_rho": stats.spearman_monotonicity(alphas, [r["mean"] for r in by_alpha]),
+            "selection": selection}
 
 
 register(Experiment(

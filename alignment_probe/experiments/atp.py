@@ -15,8 +15,10 @@ conditions, at least 1), the largest absolute error of a per-layer mean and the 
 compared; the same pooled over every hook under ``atp.validation``.
 
 ``atp_confirm`` (``--confirm K``, stage 2, needs ``atp``) runs *exact* patching for the K conditions
-(hook, layer) whose AtP means are largest in absolute value, and the summary sets both side by side
-under ``atp.confirmed``: AtP as a prefilter, exact patching as the confirmation.
+(hook, layer) whose AtP means *over the explore pairs* are largest in absolute value (``atp.selection``), on the
+confirm pairs only, and the summary sets both side by side under ``atp.confirmed``: AtP as a prefilter, exact
+patching as the confirmation, never on the pairs that ranked the conditions (../shared/docs/statistics.md). The
+map of every (hook, layer) condition carries max-|t| bands (``atp.map``; the head maps' ``atp.head_map``).
 
 ``atp_heads`` (opt-in, a second name of this experiment; rows ``experiment = "atp_heads"``) estimates E7's
 head conditions (experiments/heads.py) at every swept layer, from the same one forward and backward: one
@@ -43,6 +45,7 @@ import pandas as pd
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.experiments import heldout
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.experiments.registry import (
     Experiment,
@@ -157,23 +160,38 @@ def _means(rows: pd.DataFrame) -> pd.Series:
 
 
 def confirmed(tables: Tables) -> list[dict[str, Any]]:
-    """``atp_confirm``'s exact rows beside AtP's estimate of the same (hook, layer), ordered by |AtP mean|."""
+    """``atp_confirm``'s exact rows beside AtP's estimate of the same (hook, layer) on the same pairs, in the order
+    AtP ranked them on the explore pairs (by |AtP mean|).
+
+    statistics.md: AtP ranks the conditions on the explore pairs and exact patching confirms them on the disjoint
+    confirm pairs, so ``exact`` (and ``atp`` beside it) are means over the confirm pairs only (``pairs``:
+    "confirm"); ``atp_explore`` is the explore mean that ranked the condition. With fewer than two pairs there
+    is no split and everything is in-sample (``pairs``: "all (in-sample)")."""
     cfg = tables.cfg
     exact = _condition_rows(tables.effects, "atp_confirm", cfg.scope, "exact")
     atp = _condition_rows(tables.effects, "atp", cfg.scope, "atp")
+    explore, confirm = heldout.split(cfg, heldout.run_pair_ids(tables, atp if len(atp) else exact))
+    held_out = bool(explore) and bool(confirm)
+    if held_out:  # rows of a run made before the confirmation was held out: its explore pairs are dropped
+        exact = exact[exact.pair_id.isin(confirm)]
     out = []
     for (hook, layer), ex in exact.groupby(["hook", "layer"], sort=True):
         est = atp[(atp.hook == hook) & (atp.layer == layer)]
         e_mean, e_lo, e_hi = stats.bootstrap_mean_ci(ex.sort_values("pair_id").effect.to_numpy(), seed=cfg.seed,
                                                      n_boot=cfg.n_boot)
         row = {"hook": str(hook), "layer": int(layer), "exact": e_mean, "exact_ci_low": e_lo, "exact_ci_high": e_hi,
-               "n": len(ex)}
-        if len(est):
-            a_mean, a_lo, a_hi = stats.bootstrap_mean_ci(est.sort_values("pair_id").effect.to_numpy(), seed=cfg.seed,
+               "n": len(ex), "pairs": "confirm" if held_out else "all (in-sample)"}
+        same = est[est.pair_id.isin(set(ex.pair_id))]
+        if len(same):
+            a_mean, a_lo, a_hi = stats.bootstrap_mean_ci(same.sort_values("pair_id").effect.to_numpy(), seed=cfg.seed,
                                                          n_boot=cfg.n_boot)
             row |= {"atp": a_mean, "atp_ci_low": a_lo, "atp_ci_high": a_hi}
+        ranked_on = est[est.pair_id.isin(explore)] if held_out else est
+        if len(ranked_on):
+            row["atp_explore"] = float(ranked_on.effect.mean())
         out.append(row)
-    return sorted(out, key=lambda r: (-abs(r.get("atp", 0.0)), HOOKS.index(r["hook"]), r["layer"]))
+    return sorted(out, key=lambda r: (-abs(r.get("atp_explore", r.get("atp", 0.0))), HOOKS.index(r["hook"]),
+                                      r["layer"]))
 
 
 def summarize_atp(tables: Tables) -> dict[str, dict[str, Any]]:
@@ -196,6 +214,7 @@ def summarize_layers(tables: Tables) -> dict[str, Any]:
     for hook in [h for h in HOOKS if h in set(atp.hook)]:
         rows = atp[atp.hook == hook]
         entry: dict[str, Any] = {"per_layer": stats.per_layer_summary(rows, seed=cfg.seed, n_boot=cfg.n_boot)}
+        entry["peak_set"] = stats.peak_set(*_layer_matrix(rows), seed=cfg.seed, n_boot=cfg.n_boot)["peak_set"]
         ex = exact[(exact.hook == hook) & exact.layer.isin(set(rows.layer)) & exact.pair_id.isin(set(rows.pair_id))]
         if len(ex):
             est = rows[rows.layer.isin(set(ex.layer)) & rows.pair_id.isin(set(ex.pair_id))]
@@ -209,10 +228,42 @@ def summarize_layers(tables: Tables) -> dict[str, Any]:
     out: dict[str, Any] = {"by_hook": by_hook, "scope": cfg.scope, "estimator": "atp"}
     if pooled_exact:
         out["validation"] = validation(pooled_exact, pooled_atp)
+    if len(atp):
+        _map_and_selection(out, atp, tables)
     conf = confirmed(tables)
     if conf:
         out["confirmed"] = conf
     return out
+
+
+def _layer_matrix(rows: pd.DataFrame) -> tuple[np.ndarray, list[int]]:
+    matrix, _, layers = stats.effect_matrix(rows)
+    return matrix, layers
+
+
+def _map_and_selection(out: dict[str, Any], atp: pd.DataFrame, tables: Tables) -> None:
+    """statistics.md on AtP's map of (hook, layer) conditions: max-|t| bands over all m of them (``band_low``/
+    ``band_high`` in ``by_hook[h]["per_layer"]``, ``map``: {m, critical, rule}), the peak set at the run's hook
+    (``peak_set``), and ``selection``: the conditions ranked by |AtP mean| on the explore pairs (distinct patches
+    only), the first ``--confirm K`` of them in ``top`` with their AtP means on the confirm pairs — the set
+    ``atp_confirm`` patches exactly, on the confirm pairs only."""
+    cfg, by_hook = tables.cfg, out["by_hook"]
+    cells = [dict(r, hook=h) for h, e in by_hook.items() for r in e["per_layer"]]
+    out["map"] = heldout.banded(atp, ("hook", "layer"), cells, ("hook", "layer"), cfg)
+    for cell in cells:
+        row = next(r for r in by_hook[cell["hook"]]["per_layer"] if r["layer"] == cell["layer"])
+        row["band_low"], row["band_high"] = cell.get("band_low"), cell.get("band_high")
+    main = cfg.hook if cfg.hook in by_hook else next(iter(by_hook))
+    out["peak_set"] = by_hook[main]["peak_set"]
+    out["peak_set_hook"] = main
+    matrix, pair_ids, conditions = heldout.cell_matrix(atp, ("hook", "layer"))
+    present = set(conditions)  # the same tensor twice is one patch (see distinct_conditions)
+    keep = [j for j, c in enumerate(conditions) if not (c[0] == "resid_pre" and ("resid_post", c[1] - 1) in present)]
+    explore, confirm = heldout.split(cfg, heldout.run_pair_ids(tables, atp))
+    k = int(getattr(cfg, "atp_confirm_k", DEFAULT_CONFIRM_K))
+    out["selection"] = heldout.choose(matrix[:, keep], pair_ids, [{"hook": conditions[j][0], "layer": conditions[j][1]}
+                                                                  for j in keep], cfg, explore=explore,
+                                      confirm=confirm, rank="abs", top=k, what="condition")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,6 +315,12 @@ def summarize_heads(tables: Tables) -> dict[str, Any]:
             pooled_exact += e.tolist()
             pooled_est += a.tolist()
     out: dict[str, Any] = {"by_head": by_head, "head_estimator": {h: HEAD_ESTIMATOR[h] for h in by_head}}
+    head_map = {}
+    for hook, cells in by_head.items():  # max-|t| bands over each hook's layer × head map
+        est = (fixed if HEAD_ESTIMATOR[hook] == "atp*" else rows)
+        head_map[hook] = heldout.banded(est[est.hook == hook], ("layer", "param"), cells, ("layer", "head"), cfg)
+    if head_map:
+        out["head_map"] = head_map
     if exact_by_head:
         out["exact_by_head"] = exact_by_head
         out["head_validation"] = checks | {"pooled": validation(pooled_exact, pooled_est)}
@@ -299,10 +356,19 @@ def distinct_conditions(ranked: Sequence[tuple[str, int, float]]) -> list[tuple[
 
 
 def _confirm_specs(plan: Plan) -> list[PatchSpec]:
+    """Exact patches of the K conditions AtP ranked highest on the explore pairs, run on the confirm pairs only
+    (statistics.md: never measured on the pairs that ranked them). With fewer than two pairs (no split): the
+    all-pairs ranking, on every pair."""
     cfg = plan.cfg
     k = getattr(cfg, "atp_confirm_k", DEFAULT_CONFIRM_K)
-    top = distinct_conditions(ranked_conditions(plan.upstream.get("atp") or {}))[:k]
-    return [PatchSpec(RowKey("atp_confirm", "base", "tuned", hook, cfg.scope, "both", layer), Replace())
+    atp = plan.upstream.get("atp") or {}
+    selection = atp.get("selection")
+    if selection:
+        top = [(c["cell"]["hook"], int(c["cell"]["layer"]), c["explore_mean"]) for c in selection["top"]][:k]
+        pairs: frozenset[int] | None = frozenset(int(p) for p in selection["confirm_pair_ids"])
+    else:
+        top, pairs = distinct_conditions(ranked_conditions(atp))[:k], None
+    return [PatchSpec(RowKey("atp_confirm", "base", "tuned", hook, cfg.scope, "both", layer), Replace(), pairs)
             for hook, layer, _ in sorted(top, key=lambda x: (HOOKS.index(x[0]), x[1]))]
 
 

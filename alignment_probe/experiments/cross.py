@@ -60,14 +60,16 @@ def cells(effects: Any) -> dict[int, dict[str, np.ndarray]]:
 
 def summarize_cross(tables: Tables) -> dict[str, dict[str, Any]]:
     """``by_split``: the four cells' means, the late effects on base and on tuned upstream state and the
-    interaction, each with a bootstrap CI over pairs; ``per_layer``: the interaction by split."""
+    interaction, each with a bootstrap CI over pairs; ``per_layer``: the interaction by split; and for the
+    interaction over the splits (:func:`_splits_map`): ``peak_set``, ``map`` with ``interaction_band`` /
+    ``band_low``/``band_high``, and ``selection``."""
     cfg = tables.cfg
 
     def ci(values: np.ndarray) -> tuple[float, list[float]]:
         mean, lo, hi = stats.bootstrap_mean_ci(values, seed=cfg.seed, n_boot=cfg.n_boot)
         return mean, [lo, hi]
 
-    by_split, per_layer = [], []
+    by_split, per_layer, columns = [], [], []
     for s, c in cells(tables.effects).items():
         late_base, late_tuned = c["bt"] - c["bb"], c["tt"] - c["tb"]
         interaction = late_tuned - late_base
@@ -79,7 +81,32 @@ def summarize_cross(tables: Tables) -> dict[str, dict[str, Any]]:
         by_split.append(entry)
         per_layer.append({"layer": s, "mean": entry["interaction"], "ci_low": entry["interaction_ci"][0],
                           "ci_high": entry["interaction_ci"][1], "n": entry["n"]})
-    return {NAME: {"by_split": by_split, "per_layer": per_layer}}
+        columns.append(interaction)
+    out: dict[str, Any] = {"by_split": by_split, "per_layer": per_layer}
+    if columns and np.isfinite(np.stack(columns)).all():
+        out.update(_splits_map(np.stack(columns, axis=1), tables, by_split, per_layer))
+    return {NAME: out}
+
+
+def _splits_map(matrix: np.ndarray, tables: Tables, by_split: list[dict[str, Any]],
+                per_layer: list[dict[str, Any]]) -> dict[str, Any]:
+    """statistics.md on the interaction by split (a map of m splits): its peak set, max-|t| bands over the splits
+    (``interaction_band`` in ``by_split``, ``band_low``/``band_high`` in ``per_layer``; ``map``), and the split with
+    the largest interaction chosen on the explore pairs and reported on the confirm pairs (``selection``)."""
+    from alignment_probe.experiments import heldout
+
+    cfg = tables.cfg
+    splits = [r["split"] for r in by_split]
+    info, low, high = heldout.band(matrix, cfg)
+    for r, p, lo, hi in zip(by_split, per_layer, low, high):
+        r["interaction_band"] = [float(lo), float(hi)]
+        p["band_low"], p["band_high"] = float(lo), float(hi)
+    rows = tables.effects[(tables.effects.experiment == NAME) & (tables.effects.target == "base")]
+    pair_ids = sorted(int(p) for p in set(rows.pair_id))
+    explore, confirm = heldout.split(cfg, heldout.run_pair_ids(tables, rows))
+    return {**stats.peak_set(matrix, splits, seed=cfg.seed, n_boot=cfg.n_boot), "map": info,
+            "selection": heldout.choose(matrix, pair_ids, splits, cfg, explore=explore, confirm=confirm,
+                                        what="split (interaction)")}
 
 
 def cross_figure(summary: Mapping[str, Any]) -> Any:

@@ -25,6 +25,7 @@ import numpy as np
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.experiments import heldout
 from alignment_probe.experiments.registry import (
     Experiment,
     Figure,
@@ -69,19 +70,43 @@ def _cells(rows: Any, cfg: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _top_heads(rows: Any, hook: str, cfg: Any, explore: list[int], confirm: list[int]) -> dict[str, Any] | None:
+    """The head with the largest explore-pair mean effect and the explore ranking's top heads, each reported on the
+    confirm pairs (``heldout.choose``; ``chosen`` = {layer, head, hook})."""
+    if not len(rows):
+        return None
+    matrix, pair_ids, cells = heldout.cell_matrix(rows, ("layer", "param"))
+    return heldout.choose(matrix, pair_ids, [{"layer": la, "head": h, "hook": hook} for la, h in cells], cfg,
+                          explore=explore, confirm=confirm, what="head")
+
+
 def summarize_heads(tables: Tables) -> dict[str, dict[str, Any]]:
-    """``by_head``: one cell per (layer, head) with its CI; ``attn_out``: the whole-layer patch per layer;
-    ``sum_of_heads``: per layer, the sum of the head means (to set beside ``attn_out``)."""
+    """``by_head``: one cell per (layer, head) with its CI and its max-|t| band over the map (``band_low``,
+    ``band_high``; ``map``: {m, critical, rule}); ``selection``: the top head chosen on the explore pairs and the
+    explore ranking's top heads, reported on the confirm pairs (for kv_head_patch also ``map_k``/``selection_k``
+    for the key heads); ``attn_out``: the whole-layer patch per layer, with its ``peak_set``; ``sum_of_heads``:
+    per layer, the sum of the head means (to set beside ``attn_out``)."""
     cfg, effects, out = tables.cfg, tables.effects, {}
     for name in tables.selected:
         rows = effects[effects.experiment == name]
         main_hook = "z" if name == HEADS else "v"
         by_head = _cells(rows[rows.hook == main_hook], cfg)
         entry: dict[str, Any] = {"hook": main_hook, "by_head": by_head}
+        ids = heldout.run_pair_ids(tables, rows)
+        explore, confirm = heldout.split(cfg, ids)
+        entry["map"] = heldout.banded(rows[rows.hook == main_hook], ("layer", "param"), by_head, ("layer", "head"), cfg)
+        entry["selection"] = _top_heads(rows[rows.hook == main_hook], main_hook, cfg, explore, confirm)
         if name == KV_HEADS:
             entry["by_head_k"] = _cells(rows[rows.hook == "k"], cfg)
+            entry["map_k"] = heldout.banded(rows[rows.hook == "k"], ("layer", "param"), entry["by_head_k"],
+                                            ("layer", "head"), cfg)
+            entry["selection_k"] = _top_heads(rows[rows.hook == "k"], "k", cfg, explore, confirm)
         layer_rows = rows[rows.hook == "attn_out"]
         entry["attn_out"] = stats.per_layer_summary(layer_rows, seed=cfg.seed, n_boot=cfg.n_boot) if len(layer_rows) else []
+        if len(layer_rows):  # the whole-layer patch is a per-layer curve: its peak set
+            matrix, _, layers = stats.effect_matrix(layer_rows)
+            entry.update(stats.peak_set(matrix, layers, seed=cfg.seed, n_boot=cfg.n_boot))
+            entry["peak_set_of"] = "attn_out (the whole-layer patch)"
         entry["sum_of_heads"] = [{"layer": layer, "sum": float(np.sum([c["mean"] for c in by_head if c["layer"] == layer]))}
                                  for layer in sorted({c["layer"] for c in by_head})]
         out[name] = entry

@@ -11,9 +11,10 @@ and find its principal directions (SVD). Then patch only what lives in the top-k
 The **effect ratio** is the mean low-rank effect divided by the mean effect of the full patch at
 the same layer and scope (``lowrank_full`` rows); the **variance explained** is the share of
 squared singular values in the top k. The BOS position is left out of the fit and of the patch by
-default (its norm dominates residual streams). The subspace is fitted on all pairs, and also on one
-half with the effect measured on the other (``split = "fit"/"heldout"``), since k is chosen from
-the data.
+default (its norm dominates residual streams). The subspace is fitted on all pairs, and also on the explore
+half with the effect measured on the confirm half (``split = "heldout"`` rows): the summary's headline,
+``selection.confirm``, is that held-out ratio; the all-pairs ratio is in-sample. The layer is E1's peak chosen
+on the explore pairs (``--lowrank-layers`` overrides it).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def full_patch_specs(layers: Iterable[int], *, hook: Hook, scope: str) -> list[P
 
 
 # --------------------------------------------------------------------------------------------------
-# the registered experiment: fitted at E1's peak layer (or --lowrank-layers), then patched per pair
+# the registered experiment: fitted at E1's explore-half peak layer (or --lowrank-layers), then patched per pair
 
 
 def ratio_of_means(num: np.ndarray, den: np.ndarray, *, seed: int, n_boot: int) -> tuple[float, float, float]:
@@ -150,11 +151,19 @@ def lowrank_context(cfg: Any, d_model: int, pair_ids: Sequence[int]) -> dict[str
 
 
 def lowrank_layers(plan: Plan) -> list[int]:
-    """--lowrank-layers, else E1's peak layer (the declared upstream result)."""
+    """--lowrank-layers, else E1's peak layer chosen on the explore pairs (statistics.md: a data-chosen layer is
+    chosen on the explore half; E6's held-out ratio is then measured on the confirm half)."""
     cfg = plan.cfg
     if cfg.lowrank_layers is not None:
         return [int(x) for x in cfg.lowrank_layers]
-    return [int(plan.upstream["patch_tuned_to_base"]["peak_layer"])]
+    return [e1_chosen_layer(plan.upstream["patch_tuned_to_base"])]
+
+
+def e1_chosen_layer(e1: Mapping[str, Any]) -> int:
+    """E1's explore-half peak (its ``selection["chosen"]``); its all-pairs peak only when it could not split (fewer
+    than two pairs)."""
+    sel = e1.get("selection")
+    return int(sel["chosen"]) if sel else int(e1["peak_layer"])
 
 
 def fit_lowrank(plan: Plan) -> Fitted:
@@ -177,8 +186,11 @@ def fit_lowrank(plan: Plan) -> Fitted:
                                    pair_ids=frozenset(ctx["heldout_ids"]))
             for k in ks:
                 variance[(name, layer, k)] = sub_all.variance_explained(k)
+    chosen_by = ("--lowrank-layers" if cfg.lowrank_layers is not None
+                 else "patch_tuned_to_base: its peak chosen on the explore pairs")
     return Fitted(specs, {"layers": layers, "variance": [[name, layer, k, v]
-                                                         for (name, layer, k), v in sorted(variance.items())]})
+                                                         for (name, layer, k), v in sorted(variance.items())],
+                          "layers_chosen_by": chosen_by})
 
 
 def _clean_hooks(plan: Plan) -> dict[str, set[str]]:
@@ -218,9 +230,66 @@ def summarize_lowrank(tables: Tables) -> dict[str, dict[str, Any]]:
         k_ref = 4 if 4 in ks else ks[0]
         per_layer_rows = rows[(rows.split == "all") & (rows.param == k_ref)]
         summary = stats.summarize_experiment(per_layer_rows, seed=cfg.seed, n_boot=cfg.n_boot)
+        by_layer = {str(layer): _headline(rows, full, layer, k_ref, ctx, record, cfg) for layer in layers}
+        head = _headline_layer(layers, effects, cfg)
         out[name] = summary | {"layers": [int(x) for x in layers], "ks": ks, "per_layer_k": k_ref, "by_k": by_k,
                                "scope": ctx["scope"], "centre": cfg.lowrank_centre, "fit_pairs": len(ctx["fit_ids"]),
-                               "heldout_pairs": len(ctx["heldout_ids"])}
+                               "heldout_pairs": len(ctx["heldout_ids"]),
+                               "selection": by_layer.get(str(head)), "selection_by_layer": by_layer,
+                               "effect_ratio_labels": RATIO_LABELS}
+    return out
+
+
+RATIO_LABELS = {
+    "effect_ratio": "in-sample: the subspace is fitted on all pairs and the ratio measured on the same pairs",
+    "heldout_effect_ratio": ("held out: the subspace is fitted on the explore pairs (split 'heldout' rows) and the "
+                             "ratio measured on the disjoint confirm pairs; the headline (selection.confirm)"),
+}
+
+
+def _headline_layer(layers: Sequence[int], effects: Any, cfg: Any) -> int:
+    """The layer E6's headline reports: the only one, else E1's explore-half peak when E1's rows are in the table and
+    that layer was fitted, else the first."""
+    if len(layers) > 1:
+        from alignment_probe.experiments import heldout
+        from alignment_probe.experiments.rows import default_rows
+
+        e1 = default_rows(effects, "patch_tuned_to_base", cfg)
+        if len(e1) and e1.pair_id.nunique() >= 2:
+            matrix, ids, e1_layers = stats.effect_matrix(e1)
+            explore, confirm = heldout.split(cfg, ids)
+            pick = heldout.choose(matrix, ids, e1_layers, cfg, explore=explore, confirm=confirm, top=0)
+            if pick is not None and pick["chosen"] in layers:
+                return int(pick["chosen"])
+    return int(layers[0])
+
+
+def _headline(rows: Any, full: Any, layer: int, k: int, ctx: Mapping[str, Any], record: Mapping[str, Any],
+              cfg: Any) -> dict[str, Any] | None:
+    """E6's headline at one layer as a ``selection`` record: the subspace (and, unless --lowrank-layers, the layer)
+    chosen on the explore pairs, the ratio at ``k`` measured on the confirm pairs (``confirm``: the ratio, its
+    CI under the ratio rule, and numerator and denominator in nats); ``in_sample``: the all-pairs ratio."""
+    den = full[full.layer == layer].set_index("pair_id").effect
+    sel = rows[(rows.layer == layer) & (rows.param == k)]
+    held = sel[sel.split == "heldout"].set_index("pair_id").effect.sort_index()
+    every = sel[sel.split == "all"].set_index("pair_id").effect.reindex(den.index)
+    if not len(held) or not len(den) or not set(held.index) <= set(den.index):
+        return None
+    chosen = {"layer": int(layer), "k": int(k), "subspace": "fitted on the explore pairs",
+              "layer_chosen_by": record.get("layers_chosen_by", "unrecorded (a run made before this key)")}
+    out = stats.selection_record(ctx["fit_ids"], ctx["heldout_ids"], chosen, held.to_numpy(), seed=cfg.seed,
+                                 n_boot=cfg.n_boot)
+
+    def ratio(num: Any, d: Any, pairs: str) -> dict[str, Any]:
+        r = stats.ratio_ci(num, d, seed=cfg.seed, n_boot=cfg.n_boot)
+        return {"mean": r["ratio"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["n"],
+                "defined": r["defined"], "numerator": r["numerator"], "denominator": r["denominator"],
+                "text": r["text"], "rule": r["rule"],
+                "quantity": f"effect ratio at k = {k} (low-rank effect / full-patch effect)", "pairs": pairs}
+
+    out["confirm"] = ratio(held.to_numpy(), den.reindex(held.index).to_numpy(), "confirm")
+    if every.notna().all():
+        out["in_sample"] = ratio(every.to_numpy(), den.to_numpy(), "all (in-sample: subspace fitted on them)")
     return out
 
 

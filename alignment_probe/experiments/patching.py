@@ -60,7 +60,11 @@ def _specs(plan: Plan) -> list[PatchSpec]:
 
 def summarize_patching(tables: Tables) -> dict[str, dict[str, Any]]:
     """The per-layer summary at the default hook; with extra hooks (``--extra-hooks``), also ``by_hook``:
-    hook → the per-layer list at the default scope, so components share one figure (E7)."""
+    hook → the per-layer list at the default scope, so components share one figure (E7), each cell with its
+    max-|t| band over the layers × hooks map (``band_low``/``band_high``; ``by_hook_map``: {m, critical, rule}),
+    and ``by_hook_peak_set``: hook → its peak set."""
+    from alignment_probe.experiments import heldout
+
     out = summarize_per_layer(tables)
     cfg = tables.cfg
     for name, entry in out.items():
@@ -70,7 +74,20 @@ def summarize_patching(tables: Tables) -> dict[str, dict[str, Any]]:
         if len(hooks) > 1:
             entry["by_hook"] = {h: stats.per_layer_summary(rows[rows.hook == h], seed=cfg.seed, n_boot=cfg.n_boot)
                                 for h in hooks}
+            entry["by_hook_peak_set"] = {h: stats.peak_set(*_matrix(rows[rows.hook == h]), seed=cfg.seed,
+                                                           n_boot=cfg.n_boot)["peak_set"] for h in hooks}
+            cells = [dict(r, hook=h) for h in hooks for r in entry["by_hook"][h]]
+            entry["by_hook_map"] = heldout.banded(rows[rows.hook.isin(hooks)], ("hook", "layer"), cells,
+                                                  ("hook", "layer"), cfg)
+            for cell in cells:  # the bands back into by_hook's rows (which keep their keys)
+                row = next(r for r in entry["by_hook"][cell["hook"]] if r["layer"] == cell["layer"])
+                row["band_low"], row["band_high"] = cell["band_low"], cell["band_high"]
     return out
+
+
+def _matrix(rows: Any) -> tuple[Any, list[int]]:
+    matrix, _, layers = stats.effect_matrix(rows)
+    return matrix, layers
 
 
 def components_figure(summary: Mapping[str, Any]) -> Any:

@@ -19,10 +19,28 @@ def default_rows(effects: pd.DataFrame, experiment: str, cfg: Any) -> pd.DataFra
 
 
 def summarize_per_layer(tables: Any) -> dict[str, dict[str, Any]]:
-    """Per-layer means with CIs, peak and onset (with CIs) and the held-out peak, per selected name."""
+    """Per selected name: :func:`per_layer_entry` of its rows at the run's default hook and scope."""
     cfg = tables.cfg
-    return {name: stats.summarize_experiment(default_rows(tables.effects, name, cfg), seed=cfg.seed, n_boot=cfg.n_boot)
-            for name in tables.selected}
+    return {name: per_layer_entry(default_rows(tables.effects, name, cfg), tables) for name in tables.selected}
+
+
+def per_layer_entry(rows: pd.DataFrame, tables: Any) -> dict[str, Any]:
+    """statistics.md's per-layer summary: means with CIs, peak and onset (with CIs), the peak set, the peak chosen
+    on the explore pairs and reported on the confirm pairs (``selection``); max-|t| bands over the layers
+    (``band_low``/``band_high`` per layer, ``map``: {m, critical, rule}) for claims about the largest layer; the
+    same per completion token (``per_token``, when the scores give the completion lengths) and ``basis``: which
+    of the two the headline numbers are ("sum")."""
+    from alignment_probe.experiments import heldout
+
+    cfg = tables.cfg
+    entry = stats.summarize_experiment(rows, seed=cfg.seed, n_boot=cfg.n_boot)
+    entry["map"] = heldout.banded(rows, ("layer",), entry["per_layer"], ("layer",), cfg)
+    per_token = heldout.per_token_summary(rows, getattr(tables, "scores", None), cfg)
+    if per_token is not None:
+        entry["per_token"] = per_token
+    entry["basis"] = "sum"
+    entry["basis_note"] = heldout.BASIS_NOTE
+    return entry
 
 
 def swept_only(plan: Any, specs: list[Any]) -> list[Any]:

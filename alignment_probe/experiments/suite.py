@@ -224,7 +224,9 @@ def gain_summary(scores: pd.DataFrame, cfg: SuiteConfig) -> dict[str, Any]:
     pt_mean, pt_lo, pt_hi = stats.bootstrap_mean_ci(scores.gain_per_token.to_numpy(), seed=cfg.seed, n_boot=cfg.n_boot)
     return {"n_pairs": int(len(scores)), "base_delta_logp_mean": float(scores.base_delta_logp.mean()),
             "tuned_delta_logp_mean": float(scores.tuned_delta_logp.mean()), "gain_mean": mean, "gain_ci": [lo, hi],
-            "gain_per_token_mean": pt_mean, "gain_per_token_ci": [pt_lo, pt_hi]}
+            "gain_per_token_mean": pt_mean, "gain_per_token_ci": [pt_lo, pt_hi],
+            # statistics.md: the per-token mean beside every sum-based headline, and which one verdicts use
+            "gain_basis": "sum"}
 
 
 DEFAULT_PAIRS_PER_PART = 8

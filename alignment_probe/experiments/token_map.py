@@ -88,14 +88,23 @@ def summarize_token_map(tables: Tables) -> dict[str, dict[str, Any]]:
         by_position += [{**where, "position": p, "mean": float(shown[:, p].mean()), "ci_low": float(low[p]),
                          "ci_high": float(high[p]), "n": int(len(shown)), "n_with_position": int(present[p])}
                         for p in range(shown.shape[1])]
+        positions = group.position.to_numpy()
+        n_tokens = len(positions)
         for first in (*BINS, "rest"):
             part = d[:, BINS[-1]:].sum(1) if first == "rest" else d[:, :first].sum(1)
             m, lo_, hi_ = stats.bootstrap_mean_ci(part, seed=cfg.seed, n_boot=cfg.n_boot)
             share, s_lo, s_hi = ratio_of_means(part, total, seed=cfg.seed, n_boot=cfg.n_boot)
+            in_bin = (positions >= BINS[-1]) if first == "rest" else (positions < first)
             by_bin.append({**where, "first": first, "mean": m, "ci_low": lo_, "ci_high": hi_, "share": share,
-                           "share_ci": [s_lo, s_hi], "n": int(len(part))})
+                           "share_ci": [s_lo, s_hi], "n": int(len(part)),
+                           "token_share": float(in_bin.sum() / n_tokens) if n_tokens else math.nan})
     return {NAME: {"max_position": MAX_POSITION, "conditions": conditions, "by_position": by_position,
-                   "by_bin": by_bin}}
+                   "by_bin": by_bin, "token_share_note": TOKEN_SHARE_NOTE}}
+
+
+TOKEN_SHARE_NOTE = ("by_bin's token_share: the share of all completion tokens (chosen and rejected, every pair) at "
+                    "those positions, i.e. the share of the effect the bin would carry if every token carried the "
+                    "same; a share of the effect is front-loaded only if it exceeds this")
 
 
 def token_map_figure(summary: Mapping[str, Any]) -> Any:

@@ -35,6 +35,7 @@ import pandas as pd
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.experiments import heldout
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
 from alignment_probe.interventions import Transplant
 
@@ -73,22 +74,43 @@ def carried(rows: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def summarize_windows(tables: Tables) -> dict[str, dict[str, Any]]:
-    """Per name: ``by_window`` (every start and width: mean, CI, n), ``per_layer`` and the peak/onset/held-out
-    block of the width-1 windows (as for E1), ``by_width`` (the same per width), the mean gain of the same
-    pairs, and for the transplant ``every_block``: the transplant of all blocks beside the gain."""
+    """Per name: ``by_window`` (every start and width: mean, CI, n, and ``band_low``/``band_high``, max-|t| bands
+    over every window: ``map`` = {m, critical, rule}), ``per_layer`` and the peak/onset/held-out block and peak set
+    of the width-1 windows (as for E1), ``by_width`` (the same per width; its ``selection``: the best start chosen
+    on the explore pairs, with the explore ranking's ``top`` starts and their confirm-pair means),
+    ``selection``: the best window of any width (``chosen`` = {start, width}) chosen on the explore pairs and
+    reported on the confirm pairs, the mean gain of the same pairs, and for the transplant ``every_block``: the
+    transplant of all blocks beside the gain."""
     cfg, effects, n = tables.cfg, tables.effects, tables.n_layers
     out: dict[str, dict[str, Any]] = {}
     for name in tables.selected:
         rows = carried(effects[(effects.experiment == name) & (effects.hook == "blocks")], name)
         entry: dict[str, Any] = {"sign": "Δ(hybrid) − Δ(B)" if name == TRANSPLANT else "Δ(T) − Δ(hybrid)",
                                  "by_window": [], "by_width": {}}
+        ids = heldout.run_pair_ids(tables, rows)
+        explore, confirm = heldout.split(cfg, ids)
         for w in sorted(int(v) for v in set(rows.param) if int(v) < n):
             summary = stats.summarize_experiment(rows[rows.param == w], seed=cfg.seed, n_boot=cfg.n_boot)
+            # the best start of this width, chosen on the explore pairs (the same choice as ``heldout``), with the
+            # explore ranking's top starts and their confirm-pair means
+            matrix, pair_ids, starts = stats.effect_matrix(rows[rows.param == w])
+            pick = heldout.choose(matrix, pair_ids, starts, cfg, explore=explore, confirm=confirm, what="window start")
+            if pick is not None:
+                summary["selection"] = pick
             entry["by_width"][str(w)] = summary
             entry["by_window"] += [{"start": r["layer"], "width": w, "mean": r["mean"], "ci_low": r["ci_low"],
                                     "ci_high": r["ci_high"], "n": r["n"]} for r in summary["per_layer"]]
         if "1" in entry["by_width"]:
             entry.update({k: v for k, v in entry["by_width"]["1"].items()})
+        windows = rows[rows.param < n]
+        if len(windows):
+            # every window of every width is one cell of the map: family-wise bands, and the best window chosen on
+            # the explore pairs and reported on the confirm pairs
+            entry["map"] = heldout.banded(windows, ("layer", "param"), entry["by_window"], ("start", "width"), cfg)
+            matrix, pair_ids, cells = heldout.cell_matrix(windows, ("layer", "param"))
+            pick = heldout.choose(matrix, pair_ids, [{"start": a, "width": w} for a, w in cells], cfg,
+                                  explore=explore, confirm=confirm, what="window")
+            entry["selection"] = pick
         ids = sorted(set(rows.pair_id))
         gain = tables.scores.set_index("pair_id").loc[ids, "gain"].to_numpy() if len(ids) else np.zeros(0)
         if len(gain):

@@ -58,15 +58,25 @@ def neighbours(peak: int, swept: Sequence[int], span: int) -> tuple[int, ...]:
 
 def picked_blocks(windows: dict[str, Any], top: int = 2) -> tuple[int, ...]:
     """Where to look closer (heads, per-token maps): for the one-block transplant and the one-block revert, the
-    block chosen on the fit half and the ``top`` blocks with the largest mean gain carried."""
+    ``top`` blocks with the largest mean gain carried *on the explore pairs* (the width-1 ``selection``'s explore
+    ranking; statistics.md: the heads run then reports its head effects on the confirm pairs, which chose
+    nothing). A summary made before the explore ranking existed: its held-out chosen block only."""
     picked: set[int] = set()
     for key in ("window_transplant", "window_revert"):
         entry = windows["experiments"].get(key) or {}
-        rows = sorted(entry.get("per_layer") or [], key=lambda r: -r["mean"])
-        picked |= {int(r["layer"]) for r in rows[:top]}
-        if entry.get("heldout"):
+        selection = ((entry.get("by_width") or {}).get("1") or {}).get("selection") or {}
+        if selection.get("top"):
+            picked |= {int(c["cell"]) for c in selection["top"][:top]}
+        elif entry.get("heldout"):
             picked.add(int(entry["heldout"]["chosen_layer"]))
     return tuple(sorted(picked))
+
+
+def explore_peak(e1: dict[str, Any]) -> int:
+    """E1's peak chosen on the explore pairs (``selection.chosen``), the layer handed to low rank and α; its
+    all-pairs peak only when the run had too few pairs to split."""
+    selection = e1.get("selection")
+    return int(selection["chosen"]) if selection else int(e1["peak_layer"])
 
 
 def models(cache_dir: Path | None = None, adapters: Path = REPO_DATA,
@@ -146,10 +156,11 @@ def plan(paths: dict[str, Path], ids_file: Path, *, protocol: dict[str, Any], n_
                                                   extra_hooks=(), layers=picked_blocks(windows), seed=seed,
                                                   n_boot=n_boot)}
     if e1 is not None:
-        peak, onset = e1["peak_layer"], e1["onset_layer"]
-        # α at the peak, its swept neighbours and the onset; low rank (many patches per layer) at the peak
-        # and the onset: with a curve that rises to the last layer the peak is the unembedding's input,
-        # and the onset is where the effect first takes hold.
+        peak, onset = explore_peak(e1), e1["onset_layer"]
+        # α at the peak (chosen on the explore pairs: its held-out numbers are then the confirm pairs'), its swept
+        # neighbours and the onset; low rank (many patches per layer) at the peak and the onset: with a curve
+        # that rises to the last layer the peak is the unembedding's input, and the onset is where the effect
+        # first takes hold.
         peak_layers = tuple(sorted({*neighbours(peak, layers, peak_span), onset}))
         out_plan["harmless-peak"] = {
             **out_plan["harmless"],

@@ -196,14 +196,22 @@ def test_suite_routes_atp_and_keeps_exact_rows(tiny_pair, tokenized):
             assert "validation" not in entry
     conf = s["confirmed"]
     assert len(conf) == 2 and {"hook", "layer", "atp", "exact", "exact_ci_low", "exact_ci_high"} <= set(conf[0])
-    # the confirmed conditions are AtP's two largest |means| among distinct patches (resid_pre of block ℓ is
-    # resid_post of block ℓ − 1: confirmed once, as resid_post) and their exact values equal E1's rows
-    ranked = sorted(((h, r["layer"], abs(r["mean"])) for h, e in s["by_hook"].items() for r in e["per_layer"]
-                     if not (h == "resid_pre" and r["layer"] > 0)), key=lambda x: -x[2])[:2]
+    # statistics.md: AtP ranks on the explore pairs, exact patching confirms on the disjoint confirm pairs only.
+    # The confirmed conditions are AtP's two largest |explore means| among distinct patches (resid_pre of block ℓ
+    # is resid_post of block ℓ − 1: confirmed once, as resid_post) and their exact values equal E1's rows there.
+    explore, confirm = s["selection"]["explore_pair_ids"], s["selection"]["confirm_pair_ids"]
+    assert set(explore).isdisjoint(confirm) and sorted(explore + confirm) == sorted(t.pair_id for t in tokenized)
+    ranked_on = atp[atp.pair_id.isin(explore)].groupby(["hook", "layer"]).effect.mean()
+    ranked = sorted(((h, layer, abs(v)) for (h, layer), v in ranked_on.items()
+                     if not (h == "resid_pre" and layer > 0)), key=lambda x: -x[2])[:2]
     assert {(c["hook"], c["layer"]) for c in conf} == {(h, layer) for h, layer, _ in ranked}
+    measured = both.effects[both.effects.experiment == "atp_confirm"]
+    assert set(measured.pair_id) == set(confirm)  # never on the pairs that ranked them
     for c in conf:
+        assert c["n"] == len(confirm) and c["pairs"] == "confirm"
         if c["hook"] in ("resid_post", "mlp_out", "attn_out"):
-            e1 = exact[(exact.hook == c["hook"]) & (exact.layer == c["layer"])].effect.mean()
+            same = (exact.hook == c["hook"]) & (exact.layer == c["layer"]) & exact.pair_id.isin(confirm)
+            e1 = exact[same].effect.mean()
             assert c["exact"] == pytest.approx(e1, abs=1e-9)
     json.dumps(both.summary)  # JSON-able
     from alignment_probe.experiments.atp import atp_figure

@@ -435,7 +435,9 @@ def test_suite_atp_heads_beside_an_unchanged_atp(tiny_pair):
     assert s["head_estimator"] == {"z": "atp", "k": "atp*", "v": "atp"}
     assert {c["layer"] for c in s["by_head"]["z"]} == {1, 2, 3} and len(s["by_head"]["z"]) == 12
     assert len(s["by_head"]["k"]) == len(s["by_head"]["v"]) == 6
-    assert set(s["by_head"]["z"][0]) == {"layer", "head", "mean", "ci_low", "ci_high", "n"}
+    # each cell: its mean and CI, and its max-|t| band over the hook's layer × head map (statistics.md)
+    assert set(s["by_head"]["z"][0]) == {"layer", "head", "mean", "ci_low", "ci_high", "n", "band_low", "band_high"}
+    assert s["head_map"]["z"]["m"] == 12 and s["head_map"]["v"]["m"] == s["head_map"]["k"]["m"] == 6
     for hook, n in (("z", 12), ("v", 6), ("k", 6)):
         assert s["head_validation"][hook]["n_conditions"] == n
         assert set(s["head_validation"][hook]) >= {"spearman", "topk_recall", "max_abs_error", "n_conditions"}
