@@ -181,6 +181,8 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
     held = entry.get("heldout") or {}
     confirm = sel.get("confirm") or {}
     block = sel.get("chosen", held.get("chosen_layer", entry.get("peak_layer")))
+    if isinstance(block, Mapping):  # the selection records a window as {"start", "width"}
+        block = block.get("start", block.get("layer"))
     mean = F._num(confirm.get("mean", held.get("heldout_mean")))
     lo, hi = confirm.get("ci_low"), confirm.get("ci_high")
     if lo is None:
