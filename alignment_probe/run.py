@@ -175,9 +175,12 @@ def write_run(req: RunRequest, result: SuiteResult, manifest: dict[str, Any]) ->
 
         write_table(lasso_table(result.lasso), req.out / "lasso.parquet")
     write_json_atomic(req.out / "summary.json", result.summary)
-    from alignment_probe.report.html import write_report
+    # the report as the run directory reads back (its per-token section decodes tokens with the manifest's
+    # tokenizer), so ap.load_run(dir).regenerate() rewrites the same bytes
+    from alignment_probe.rundir import load_run
+    from alignment_probe.tables import write_bytes_atomic
 
-    write_report(req.out / "report.html", result.summary, manifest, scores=result.scores, effects=result.effects)
+    write_bytes_atomic(req.out / "report.html", load_run(req.out).report_html(result.summary).encode("utf-8"))
 
 
 def make_deterministic(device: str | None) -> None:

@@ -77,8 +77,10 @@ class RunDir:
     def report_html(self, summary: Mapping[str, Any] | None = None) -> str:
         from alignment_probe.report.html import render_report
 
+        loader = getattr(self.tokens, "_tokenizer_loader", None)
         return render_report(summary if summary is not None else self.summarize(), self.manifest, scores=self.scores,
-                             effects=self.effects)
+                             effects=self.effects, tokens=self.tokens,
+                             tokenizer=loader() if loader is not None and len(self.tokens) else None)
 
     def report(self, path: str | Path | None = None) -> Path:
         """Write the report regenerated from the tables (default: the run's own ``report.html``)."""

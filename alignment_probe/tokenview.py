@@ -113,8 +113,14 @@ class TokenTable(pd.DataFrame):
         ids = rows["token_id"].tolist()
         texts = [tokenizer.decode([i]) for i in ids] if tokenizer is not None else [f"[{i}]" for i in ids]
         c = conds.iloc[0]
-        title = (f"pair {pair_id} · {c['experiment']} · {c.get('hook', '')} layer {c.get('layer', '')}"
-                 + (f" · param {c['param']:g}" if 'param' in c and pd.notna(c['param']) else ""))
+        if c.get("hook") == "blocks" and pd.notna(c.get("param")):  # a transplant: blocks layer … layer+width−1
+            last = int(c["layer"]) + int(c["param"]) - 1
+            what = f"tuned blocks {int(c['layer'])}–{last} in the base" if last > int(c["layer"]) else \
+                f"tuned block {int(c['layer'])} in the base"
+        else:
+            what = f"{c.get('hook', '')} at layer {c.get('layer', '')}" + (
+                f" · param {c['param']:g}" if "param" in c and pd.notna(c["param"]) else "")
+        title = f"pair {pair_id} · {c['experiment']} · {what}"
         return TokenView(rows, texts, title)
 
 

@@ -412,9 +412,36 @@ def _generations(summary: Mapping[str, Any]) -> str:
             + table_html(entry["rows"]))
 
 
+def _token_examples(summary: Mapping[str, Any], tokens: pd.DataFrame | None, tokenizer: Any) -> str:
+    """The per-token gain (every block transplanted: the tuned model itself) of the run's first two pairs by id,
+    coloured on their tokens, beside the per-token heatmap (E9)."""
+    if tokens is None or len(tokens) == 0:
+        return ""
+    from alignment_probe.tokenview import TOKEN_STYLE, token_table
+
+    n = F.n_layers(summary)
+    gain_rows = tokens[(tokens["hook"] == "blocks") & (tokens["layer"] == 0) & (tokens["param"] == n)]
+    rows = gain_rows if len(gain_rows) else tokens
+    first = rows.iloc[0]
+    where = {c: first[c] for c in ("experiment", "hook", "layer", "param") if c in rows.columns}
+    table = token_table(pd.DataFrame(rows), (lambda: tokenizer) if tokenizer is not None else None)
+    views = []
+    for pid in sorted(rows["pair_id"].unique().tolist())[:2]:
+        try:
+            views.append(table(int(pid), **where)._repr_html_())
+        except ValueError:
+            continue
+    what = "the per-token gain (every block from the tuned model)" if len(gain_rows) else "one per-token condition"
+    return (f"<h2 id=\"section-tokens\">Per-token effects on the tokens (E9)</h2><p class=\"muted\">{esc(what)} "
+            "for the run's first two pairs by id (chosen above rejected; blue: more likely, red: less; hover a token "
+            "for its value). In a notebook: <code>ap.load_run(dir).tokens(pair_id, \"token_map\", hook=…, "
+            f"layer=…)</code>.</p><style>{TOKEN_STYLE}</style>" + "".join(views))
+
+
 def render_report(summary: Mapping[str, Any], manifest: Mapping[str, Any] | None, *,
                   scores: pd.DataFrame | None = None, effects: pd.DataFrame | None = None,
-                  title: str = "alignment-probe report") -> str:
+                  title: str = "alignment-probe report", tokens: pd.DataFrame | None = None,
+                  tokenizer: Any = None) -> str:
     """The report as one self-contained HTML string (plotly.js inline, once; no network needed)."""
     from plotly.offline import get_plotlyjs
 
@@ -433,6 +460,7 @@ def render_report(summary: Mapping[str, Any], manifest: Mapping[str, Any] | None
         "<h2>Figures</h2>",
         f"<ul>{toc}</ul>" if figs else "<p>No figure could be drawn: nothing was run.</p>",
         *(_figure_html(name, fig) for name, fig in figs.items()),
+        _token_examples(summary, tokens, tokenizer),
         _generations(summary),
         _effects_overview(effects),
         _not_run(summary, skipped),
