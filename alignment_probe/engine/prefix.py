@@ -86,7 +86,7 @@ def length_mask(lengths: Sequence[int], width: int, device: Any) -> Int[Tensor, 
     return (pos[None, :] < torch.tensor(list(lengths), device=device)[:, None]).to(torch.int64)
 
 
-def _cache_class():
+def _cache_class() -> tuple[type[Any], type[Any]]:
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
     from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
