@@ -67,7 +67,11 @@ def _timeout_s() -> float:
 class PeerError(AlignmentProbeError):
     """Another process of the same distributed run failed, died or cannot be reached.
 
-    The finished parts are kept: run the same command again (with any number of processes) to resume.
+    The other processes stop within ``ALIGNMENT_PROBE_DIST_TIMEOUT`` seconds (default 300) with exit code 4
+    and the failed rank's message. The finished parts are kept.
+
+    What to do: fix what the failed rank's message says, then run the same command again, with any number of
+    processes, to resume.
     """
 
     exit_code = EXIT_PEER
@@ -532,7 +536,13 @@ def spawn_cli(argv: list[str], nproc: int, *, threads: int = 1, log: Callable[[s
 
 
 class LaunchedError(AlignmentProbeError):
-    """A rank of :func:`spawn_cli` refused or failed: its message and exit code, raised once by the parent."""
+    """A rank of :func:`spawn_cli` refused or failed: its message and exit code, raised once by the parent.
+
+    ``run --procs N`` starts the processes itself; a refusal in one of them reaches the parent here and is
+    reported once, with that rank's own message and exit code.
+
+    What to do: what the repeated message says. ``--procs 1`` runs in one process and shows its output.
+    """
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)

@@ -69,7 +69,14 @@ VOCABULARIES = (Hook, HeadHook, BlockHook, Scope, ParamScope, Side, Sides, Role,
 
 
 class VocabularyError(ConfigError, ValueError):
-    """A name outside its closed vocabulary (a ConfigError for the CLI, a ValueError for callers)."""
+    """A name outside its closed vocabulary (a ConfigError for the CLI, a ValueError for callers).
+
+    Raised when a hook point, scope, side, role, low-rank mode or vector kind is not one of its allowed values,
+    at the moment a row key, spec or intervention is built; the message names the bad value and the allowed
+    ones (and a likely misspelling).
+
+    What to do: use one of the values the message lists (``alignment_probe.vocab`` defines them all).
+    """
 
 
 T = TypeVar("T")
