@@ -63,6 +63,8 @@ def _slug(text: str) -> str:
 def _module_for(path: str) -> str | None:
     """``experiments/patching.py`` or ``patching.py`` → ``alignment_probe.experiments.patching`` (unique match)."""
     path = path.strip()
+    if path.endswith("/") and (REPO / "alignment_probe" / path / "__init__.py").exists():  # a package: engine/
+        return "alignment_probe." + path.strip("/").replace("/", ".")
     if not path.endswith(".py"):
         return None
     hits = sorted(p for p in (REPO / "alignment_probe").rglob("*.py") if p.as_posix().endswith("/" + path))
@@ -96,7 +98,7 @@ def method_pages() -> list[MethodPage]:
             intro.append(_relink(line))
     pages: dict[str, MethodPage] = {}
     for heading, body in sections:
-        modules = [m for p in re.findall(r"`([^`]+\.py)`", heading) if (m := _module_for(p))]
+        modules = [m for p in re.findall(r"`([^`]+(?:\.py|/))`", heading) if (m := _module_for(p))]
         title = re.sub(r"\s*\(`.*$", "", heading).strip()
         m = re.match(r"(E\d+)\b", title)
         slug = m.group(1).lower() if m else _slug(title)
@@ -115,7 +117,7 @@ def method_pages() -> list[MethodPage]:
     for exp in registry.experiments():
         mid = exp.method
         slug = mid.lower()
-        module = exp.summarize.__module__
+        module = (exp.specs or exp.fit or exp.compute or exp.summarize).__module__  # where it registers
         if slug not in pages:
             pages[slug] = MethodPage(slug, f"{mid} — {exp.key}", method_id=mid)
             pages[slug].body.append(
@@ -145,7 +147,14 @@ def _registry_table(method_id: str) -> list[str]:
                 rows.append(f"| `{n.name}` | {n.label} | {run} | {n.description} |")
     if not rows:
         return []
-    return ["", "## Names in the run's tables", "", "| name | label | runs in | what it is |", "|---|---|---|---|", *rows]
+    return [
+        "",
+        "## Names in the run's tables",
+        "",
+        "| name | label | runs in | what it is |",
+        "|---|---|---|---|",
+        *rows,
+    ]
 
 
 def render_method_page(page: MethodPage) -> str:
@@ -436,4 +445,6 @@ _ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj):(?:`|<code>)~?([
 
 def on_page_content(html: str, page: Page, config: MkDocsConfig, files: Files) -> str:
     """Sphinx roles in docstrings (``:class:`~alignment_probe.pair.Twins```) read as code: ``Twins``."""
-    return _ROLE.sub(lambda m: f"<code>{m.group(1).rsplit('.', 1)[-1] if '~' in m.group(0) else m.group(1)}</code>", html)
+    return _ROLE.sub(
+        lambda m: f"<code>{m.group(1).rsplit('.', 1)[-1] if '~' in m.group(0) else m.group(1)}</code>", html
+    )

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import BUNDLED_PAIRS
 
 import alignment_probe as ap
-
-from conftest import BUNDLED_PAIRS
 
 pytestmark = pytest.mark.gpu
 

@@ -21,10 +21,15 @@ def _run(tool: str, module: str, *args: str, timeout: float = 600) -> subprocess
     """``python -m module args`` from the repository root; fails (with the fix) when the tool is missing."""
     if importlib.util.find_spec(module) is None:
         pytest.fail(f"{tool} is not installed: install the development tools with `pip install -e '.[dev]'`")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "NO_MKDOCS_2_WARNING": "1", "NO_COLOR": "1"}
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, text=True, capture_output=True,
-                          timeout=timeout)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "NO_MKDOCS_2_WARNING": "1",
+        "NO_COLOR": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env, text=True, capture_output=True, timeout=timeout
+    )
     return proc
 
 
@@ -45,23 +50,36 @@ def test_the_documentation_site_builds_strictly(tmp_path: Path) -> None:
 
 
 def test_ruff_lint() -> None:
-    _check(_run("ruff", "ruff", "check", "--no-cache", "--output-format", "concise", "."),
-           "ruff check (`ruff check --fix .` fixes what it can; rules in pyproject.toml [tool.ruff.lint])")
+    _check(
+        _run("ruff", "ruff", "check", "--no-cache", "--output-format", "concise", "."),
+        "ruff check (`ruff check --fix .` fixes what it can; rules in pyproject.toml [tool.ruff.lint])",
+    )
 
 
 def test_ruff_format() -> None:
-    _check(_run("ruff format", "ruff", "format", "--no-cache", "--check", "--diff", "."),
-           "ruff format --check (`ruff format .` rewrites the files it lists)")
+    _check(
+        _run("ruff format", "ruff", "format", "--no-cache", "--check", "--diff", "."),
+        "ruff format --check (`ruff format .` rewrites the files it lists)",
+    )
 
 
 def test_types() -> None:
-    _check(_run("mypy", "mypy", "--show-error-codes"),
-           "mypy (strict on alignment_probe; exceptions per module in pyproject.toml [tool.mypy])")
+    _check(
+        _run("mypy", "mypy", "--show-error-codes"),
+        "mypy (strict on alignment_probe; exceptions per module in pyproject.toml [tool.mypy])",
+    )
 
 
 def test_citation_file_is_valid_cff() -> None:
-    proc = _run("check-jsonschema", "check_jsonschema", "--builtin-schema", "vendor.citation-file-format",
-                "--force-filetype", "yaml", "CITATION.cff")
+    proc = _run(
+        "check-jsonschema",
+        "check_jsonschema",
+        "--builtin-schema",
+        "vendor.citation-file-format",
+        "--force-filetype",
+        "yaml",
+        "CITATION.cff",
+    )
     _check(proc, "CITATION.cff against the Citation File Format 1.2.0 schema")
 
 
