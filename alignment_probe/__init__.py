@@ -27,7 +27,9 @@ For notebooks, the package top level is the API (``import alignment_probe as ap`
 Its names are imported on first use, so ``import alignment_probe`` (and the CLI) stays fast.
 """
 
-__version__ = "0.1.0"
+from typing import Any
+
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it); tag releases vX.Y.Z
 
 _API = ("load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run", "run_suite",
         "completion_logprob", "sequence_tokens", "TokenizedPairs", "generate",
@@ -35,7 +37,7 @@ _API = ("load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_ex
 __all__ = [*_API, "__version__"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _API:
         from alignment_probe import api
 

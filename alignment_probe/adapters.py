@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -87,7 +88,8 @@ def check_base_name(adapter_dir: Path, adapter_cfg: dict[str, Any], base_spec: s
         f"base_model_name_or_path in {ADAPTER_CONFIG} to it.")
 
 
-def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, *, cache_dir: str | Path | None = None,
+def merge_adapter(base_dir: str | os.PathLike[str], adapter_dir: str | os.PathLike[str], *,
+                  cache_dir: str | os.PathLike[str] | None = None,
                   base_spec: str | None = None, check_name: bool = True, prefix: str = "merged-",
                   extra_files: tuple[Path, ...] = (), extra_marker: dict[str, Any] | None = None,
                   base_sha: str | None = None) -> Path:

@@ -15,7 +15,8 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Sequence
+from types import FrameType
+from typing import Any, Callable, NoReturn, Sequence
 
 from alignment_probe.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, AlignmentProbeError
 
@@ -28,7 +29,7 @@ class Terminated(BaseException):
         self.signum = signum
 
 
-def _raise_terminated(signum, frame):  # noqa: ANN001 - signal handler signature
+def _raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
     raise Terminated(signum)
 
 
@@ -188,7 +189,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _list(text: str | None, cast=str, option: str = "") -> tuple | None:
+def _list(text: str | None, cast: Callable[[str], Any] = str, option: str = "") -> tuple[Any, ...] | None:
     if text is None:
         return None
     try:
@@ -271,7 +272,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from alignment_probe.experiments.suite import SuiteConfig
     from alignment_probe.run import RunRequest, execute
 
-    experiments = EXPERIMENT_NAMES if args.experiments == "all" else _list(args.experiments)
+    experiments = EXPERIMENT_NAMES if args.experiments == "all" else _list(args.experiments) or ()
     if args.confirm is not None:  # E10: AtP's top K conditions confirmed by exact patching
         experiments = (*experiments, *(e for e in ("atp", "atp_confirm") if e not in experiments))
     suite = SuiteConfig(experiments=experiments, hook=args.hook, scope=args.scope,

@@ -162,7 +162,7 @@ def _close_key(key: str, candidates: Iterable[Any], *, loose: bool = True) -> st
     return None
 
 
-def _misspelling_hint(record: dict, expected: Sequence[str]) -> list[str]:
+def _misspelling_hint(record: dict[str, Any], expected: Sequence[str]) -> list[str]:
     """"'rejectd' looks like 'rejected'" for keys of ``record`` that nearly match a missing expected key."""
     unknown = [k for k in record if k not in (*EXPLICIT_KEYS,)]
     hints = []

@@ -40,6 +40,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from types import TracebackType
 from typing import Any, Callable
 
 from alignment_probe.errors import EXIT_PEER, AlignmentProbeError  # noqa: F401  (EXIT_PEER: kept importable here)
@@ -66,7 +67,11 @@ def _timeout_s() -> float:
 class PeerError(AlignmentProbeError):
     """Another process of the same distributed run failed, died or cannot be reached.
 
-    The finished parts are kept: run the same command again (with any number of processes) to resume.
+    The other processes stop within ``ALIGNMENT_PROBE_DIST_TIMEOUT`` seconds (default 300) with exit code 4
+    and the failed rank's message. The finished parts are kept.
+
+    What to do: fix what the failed rank's message says, then run the same command again, with any number of
+    processes, to resume.
     """
 
     exit_code = EXIT_PEER
@@ -167,7 +172,7 @@ class World:
                       f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/")
             client = dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=timeout))
             world.store = dist.PrefixStore(prefix, client)
-            world._beat_store = dist.PrefixStore(prefix, client.clone())
+            world._beat_store = dist.PrefixStore(prefix, client.clone())  # type: ignore[attr-defined]  # torch's stubs lack Store.clone
         except (RuntimeError, ValueError) as exc:
             raise PeerError(f"rank {rank} could not join the run at {os.environ['MASTER_ADDR']}:"
                             f"{os.environ['MASTER_PORT']} ({exc}). Check that every node runs the same torchrun "
@@ -223,7 +228,7 @@ class World:
     def __enter__(self) -> "World":
         return self
 
-    def __exit__(self, kind, exc, tb) -> None:  # noqa: ANN001
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc is not None and not isinstance(exc, PeerError):
             self.fail(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         self.close()
@@ -514,12 +519,12 @@ def spawn_cli(argv: list[str], nproc: int, *, threads: int = 1, log: Callable[[s
         for rank, code in enumerate(codes):
             file, text = os.path.join(tmp, f"error-{rank}.json"), os.path.join(tmp, f"rank-{rank}.log")
             if os.path.exists(file):
-                with open(file, encoding="utf-8") as handle:
-                    errors.append((rank, json.load(handle)))
+                with open(file, encoding="utf-8") as report:
+                    errors.append((rank, json.load(report)))
             elif code and os.path.exists(text):  # not a refusal (a crash, a traceback): show what it printed
-                with open(text, encoding="utf-8", errors="replace") as handle:
+                with open(text, encoding="utf-8", errors="replace") as output:
                     log(f"--- rank {rank} (exit code {code}), the last lines of its output:\n"
-                        + "".join(handle.readlines()[-30:]))
+                        + "".join(output.readlines()[-30:]))
     own = [(r, e) for r, e in errors if e["code"] != EXIT_PEER] or errors  # the cause, not the peers it stopped
     if own:
         rank, e = own[0]
@@ -531,7 +536,13 @@ def spawn_cli(argv: list[str], nproc: int, *, threads: int = 1, log: Callable[[s
 
 
 class LaunchedError(AlignmentProbeError):
-    """A rank of :func:`spawn_cli` refused or failed: its message and exit code, raised once by the parent."""
+    """A rank of :func:`spawn_cli` refused or failed: its message and exit code, raised once by the parent.
+
+    ``run --procs N`` starts the processes itself; a refusal in one of them reaches the parent here and is
+    reported once, with that rank's own message and exit code.
+
+    What to do: what the repeated message says. ``--procs 1`` runs in one process and shows its output.
+    """
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)

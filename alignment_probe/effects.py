@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pandas as pd
 
-from alignment_probe.vocab import Hook, Role, Sides, check_hook, check_role, check_scope, check_sides
+from alignment_probe.vocab import AnyHook, Role, Sides, check_hook, check_role, check_scope, check_sides
 
 # ``estimator`` last: every exact-only table keeps the row order it had before the column existed
 KEY_COLUMNS = ["experiment", "target", "source", "hook", "scope", "sides", "layer", "param", "split", "pair_id",
@@ -46,6 +46,8 @@ VALUE_COLUMNS = ["clean_logp_chosen", "clean_logp_rejected", "clean_delta_logp",
                  "patched_logp_chosen", "patched_logp_rejected", "patched_delta_logp", "effect"]
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
 
+if TYPE_CHECKING:
+    EXPERIMENT_NAMES: tuple[str, ...]  # provided by __getattr__ below
 
 
 def __getattr__(name: str) -> Any:
@@ -68,7 +70,7 @@ class RowKey:
     experiment: str
     target: Role
     source: Role
-    hook: Hook
+    hook: AnyHook
     scope: str  # a vocab.Scope, or a parametrised one such as "first_completion:4"
     sides: Sides
     layer: int
@@ -89,7 +91,8 @@ class RowKey:
         return {k: getattr(self, k) for k in KEY_COLUMNS if k != "pair_id"}
 
 
-def make_row(key: RowKey, pair_id: int, clean: tuple[float, float], patched: tuple[float, float]) -> dict[str, Any]:
+def make_row(key: RowKey, pair_id: int, clean: Sequence[float], patched: Sequence[float]) -> dict[str, Any]:
+    """One effects-table row from the (chosen, rejected) log-probs of the clean and the patched run."""
     clean_delta = clean[0] - clean[1]
     patched_delta = patched[0] - patched[1]
     return key.as_dict() | {
@@ -132,8 +135,9 @@ def tokens_to_frame(blocks: list[TokenBlock]) -> pd.DataFrame:
                               lengths)
     data["side"] = np.repeat(np.asarray([b.side for b in blocks], dtype=object), lengths)
     data["position"] = np.concatenate([np.arange(n) for n in lengths]) if blocks else np.zeros(0, int)
-    cat = (lambda f, dtype: np.concatenate([np.asarray(f(b), dtype=dtype) for b in blocks]) if blocks
-           else np.zeros(0, dtype))
+    def cat(f: Callable[[Any], Any], dtype: Any) -> Any:
+        return np.concatenate([np.asarray(f(b), dtype=dtype) for b in blocks]) if blocks else np.zeros(0, dtype)
+
     data["token_id"] = cat(lambda b: b.token_ids, np.int64)
     data["clean_logp"] = cat(lambda b: b.clean, np.float64)
     data["patched_logp"] = cat(lambda b: b.patched, np.float64)

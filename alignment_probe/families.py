@@ -133,9 +133,9 @@ def _gemma3(hf: dict[str, Any]) -> dict[str, Any]:
     params = hf.get("rope_parameters") or {}
     full = params.get("full_attention") if isinstance(params.get("full_attention"), dict) else params
     cfg["rotary_base"] = _get(full or {}, "rope_theta", default=hf.get("rope_theta", 1_000_000.0))
-    local = params.get("sliding_attention") if isinstance(params.get("sliding_attention"), dict) else {}
+    local: dict[str, Any] = params["sliding_attention"] if isinstance(params.get("sliding_attention"), dict) else {}
     cfg["rotary_base_local"] = _get(local, "rope_theta", default=hf.get("rope_local_base_freq", 10000.0))
-    scaling = full if (full or {}).get("rope_type") == "linear" else (hf.get("rope_scaling") or {})
+    scaling: dict[str, Any] = full if full and full.get("rope_type") == "linear" else (hf.get("rope_scaling") or {})
     if scaling.get("rope_type", scaling.get("type")) == "linear" and scaling.get("factor"):
         cfg["rotary_scaling_factor"] = float(scaling["factor"])
     # Gemma-3 1B: five sliding layers, then a global one.

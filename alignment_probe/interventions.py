@@ -238,7 +238,7 @@ def scope_mask(scope: str, prompt_len: int, length: int, width: int) -> Bool[Ten
     """
     name, k = parse_scope(scope)
     mask = torch.zeros(width, dtype=torch.bool)
-    if name == "first_completion":
+    if name == "first_completion" and k is not None:  # parse_scope gives first_completion its K
         mask[prompt_len: min(prompt_len + k, length)] = True
     elif scope == "all":
         mask[:length] = True

@@ -30,7 +30,7 @@ def first_nonfinite_hook(model: Any, tokens: Sequence[int]) -> str | None:
     """The first hook point (in forward order) whose activation holds a NaN or inf on ``tokens``,
     or ``"logits"``; None if the whole forward is finite."""
     names: list[str] = []
-    cache: dict[str, torch.Tensor] = {}
+    cache: dict[str, bool] = {}
 
     def keep(act: torch.Tensor, hook: Any) -> None:
         if hook.name not in cache:

@@ -164,9 +164,11 @@ class _SoftCappedUnembed(torch.nn.Module):
     the module (and switching it off in the config) gives both routes HF's logits exactly once.
     Parameters keep their names (``unembed.W_U``, ``unembed.b_U``), so fingerprints are unchanged."""
 
-    def __init__(self, unembed: torch.nn.Module, cap: float) -> None:
+    def __init__(self, unembed: Any, cap: float) -> None:  # TransformerLens's Unembed
         super().__init__()
-        self.W_U, self.b_U, self.cap = unembed.W_U, unembed.b_U, cap
+        self.W_U: torch.Tensor = unembed.W_U
+        self.b_U: torch.Tensor = unembed.b_U
+        self.cap = cap
 
     def forward(self, residual: torch.Tensor) -> torch.Tensor:
         logits = residual @ self.W_U + self.b_U
@@ -176,7 +178,7 @@ class _SoftCappedUnembed(torch.nn.Module):
 def _move_soft_cap_into_unembed(model: HookedTransformer) -> None:
     cap = getattr(model.cfg, "output_logits_soft_cap", -1.0)
     if cap is not None and cap > 0:
-        model.unembed = _SoftCappedUnembed(model.unembed, float(cap))
+        model.unembed = _SoftCappedUnembed(model.unembed, float(cap))  # type: ignore[assignment]  # its forward, W_U and b_U
         model.cfg.output_logits_soft_cap = -1.0
 
 

@@ -304,6 +304,7 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
                                     "pair_ids": [t.pair_id for t in tokenized],
                                     "chat_template": describe_chat(chat, req.chat_template)})
     if transfer is not None:
+        assert req.suite.transfer_data is not None and extra_pairs is not None  # both set where transfer is
         manifest["transfer_data"] = {"source": req.suite.transfer_data, **file_fingerprint(req.suite.transfer_data),
                                      "skips": transfer[1].to_dict(),
                                      "pair_ids": [t.pair_id for t in extra_pairs["transfer"]]}

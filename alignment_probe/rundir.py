@@ -31,9 +31,10 @@ def suite_config(manifest: Mapping[str, Any]) -> Any:
     """The run's SuiteConfig, from its manifest (JSON lists back to tuples)."""
     from alignment_probe.experiments.suite import SuiteConfig
 
-    raw = dict((manifest.get("config") or {}).get("suite") or {})
+    raw: dict[str, Any] = dict((manifest.get("config") or {}).get("suite") or {})
     known = set(SuiteConfig.__dataclass_fields__)
-    return SuiteConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known})
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known}
+    return SuiteConfig(**fields)
 
 
 def run_info(manifest: Mapping[str, Any]) -> dict[str, Any]:

@@ -87,7 +87,7 @@ class PartStore:
 
     def __init__(self, root: str | Path | None = None, *, world: Any = None):
         self.root = Path(root) if root is not None else None
-        self.world = world if world is not None and getattr(world, "distributed", False) else None
+        self.world: Any = world if world is not None and getattr(world, "distributed", False) else None  # distributed.World
         self._memory: dict[str, bytes] = {}
         self.loaded: list[str] = []  # parts found already done (for logs and tests)
         self.computed: list[str] = []

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from alignment_probe.data import PreferencePair, SkipReport
 from alignment_probe.errors import ConfigError, DataError
-from alignment_probe.vocab import SIDES  # noqa: F401  (re-exported: the two runs of a pair, defined once)
+from alignment_probe.vocab import SIDES as SIDES  # (re-exported: the two runs of a pair, defined once)
 TOO_LONG = "completion longer than max_length"  # the skip reason tokenize_pair's ValueError carries
 
 
@@ -228,7 +228,8 @@ class SequenceBatch:
         The log-probability of the token at position p comes from the logits at position p - 1,
         so the predictor positions are ``completion_start - 1 ... length - 2``.
         """
-        rows, pos = [], []
+        rows: list[int] = []
+        pos: list[int] = []
         for i, seq in enumerate(self.sequences):
             start = seq.completion_start
             rows.extend([i] * len(seq.completion_ids))

@@ -29,45 +29,54 @@ from typing import Any, Collection, Literal, TypeVar, get_args
 from alignment_probe.errors import ConfigError
 
 Hook = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
-HOOKS: tuple[str, ...] = get_args(Hook)
+HOOKS: tuple[Hook, ...] = get_args(Hook)
 # Hook points inside attention, one row per head (E7): ``z`` [pos, n_heads, d_head] per query head; ``k``, ``v``
 # [pos, n_key_value_heads, d_head] per key/value head, before TransformerLens repeats them to the query heads.
 HeadHook = Literal["z", "k", "v"]
-HEAD_HOOKS: tuple[str, ...] = get_args(HeadHook)
+HEAD_HOOKS: tuple[HeadHook, ...] = get_args(HeadHook)
 # Not an activation but the blocks' *weights* (E8 transplants): a row with hook ``blocks``, layer a and
 # ``param`` w ran blocks a … a+w−1 of the source model inside the target (engine/hybrid.py).
 BlockHook = Literal["blocks"]
-BLOCK_HOOKS: tuple[str, ...] = get_args(BlockHook)
+BLOCK_HOOKS: tuple[BlockHook, ...] = get_args(BlockHook)
+# Any value of a row's hook column: an activation, a head's, or the blocks' weights.
+AnyHook = Hook | HeadHook | BlockHook
 
 # Plain (unparametrised) position scopes. Parametrised ones are written ``name:K``.
 Scope = Literal["all", "prompt", "completion", "last_prompt", "all_but_bos"]
-SCOPES: tuple[str, ...] = get_args(Scope)
+SCOPES: tuple[Scope, ...] = get_args(Scope)
 ParamScope = Literal["first_completion"]  # ``first_completion:K``: the first K completion positions
 PARAM_SCOPES: tuple[str, ...] = get_args(ParamScope)
 
 Side = Literal["chosen", "rejected"]
-SIDES: tuple[str, ...] = get_args(Side)
+SIDES: tuple[Side, ...] = get_args(Side)
 
 Sides = Literal["both", "chosen", "rejected"]
-PATCHED_SIDES: tuple[str, ...] = get_args(Sides)
+PATCHED_SIDES: tuple[Sides, ...] = get_args(Sides)
 
 Role = Literal["base", "tuned"]
-ROLES: tuple[str, ...] = get_args(Role)
+ROLES: tuple[Role, ...] = get_args(Role)
 
 LowRankMode = Literal["reconstruct", "difference"]
-LOWRANK_MODE_NAMES: tuple[str, ...] = get_args(LowRankMode)
+LOWRANK_MODE_NAMES: tuple[LowRankMode, ...] = get_args(LowRankMode)
 # E6's experiment names → the mode each one patches with.
-LOWRANK_MODES: dict[str, str] = {f"lowrank_{m}": m for m in LOWRANK_MODE_NAMES}
+LOWRANK_MODES: dict[str, LowRankMode] = {f"lowrank_{m}": m for m in LOWRANK_MODE_NAMES}
 
 VectorKind = Literal["chosen", "rejected", "contrast"]
-VECTOR_KINDS: tuple[str, ...] = get_args(VectorKind)
+VECTOR_KINDS: tuple[VectorKind, ...] = get_args(VectorKind)
 
 # Every vocabulary type above (the test suite's runtime checker leaves their membership to check()).
 VOCABULARIES = (Hook, HeadHook, BlockHook, Scope, ParamScope, Side, Sides, Role, LowRankMode, VectorKind)
 
 
 class VocabularyError(ConfigError, ValueError):
-    """A name outside its closed vocabulary (a ConfigError for the CLI, a ValueError for callers)."""
+    """A name outside its closed vocabulary (a ConfigError for the CLI, a ValueError for callers).
+
+    Raised when a hook point, scope, side, role, low-rank mode or vector kind is not one of its allowed values,
+    at the moment a row key, spec or intervention is built; the message names the bad value and the allowed
+    ones (and a likely misspelling).
+
+    What to do: use one of the values the message lists (``alignment_probe.vocab`` defines them all).
+    """
 
 
 T = TypeVar("T")

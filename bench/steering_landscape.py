@@ -37,7 +37,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np
-import pandas as pd
 import torch
 
 import alignment_probe as ap
@@ -140,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             "steer_contrast@heldout", "steer_lowrank@heldout", "steer_last_prompt@heldout",
             "steer_last_prompt_random@heldout", "steer@per_token", "steer_random@per_token",
             "steer_reverse@heldout", "steer_reverse_random@heldout", "replace@heldout", "sequence_mean@heldout"]
-    fmt = lambda x: f"{x[0]:+.3f} [{x[1]:+.3f}, {x[2]:+.3f}]" if x else "—"
+    def fmt(x) -> str:
+        return f"{x[0]:+.3f} [{x[1]:+.3f}, {x[2]:+.3f}]" if x else "—"
+
     lines = [f"recovered fraction at c = 1 (reverse: lost fraction), bundled organisms, {len(pairs)} pairs, seed "
              f"{args.seed}; fit half {len(fit)}, held-out half {len(held)}", ""]
     for row in table:

@@ -57,15 +57,27 @@ def require_hh(path: Path = HH_HARMLESS) -> Path:
     return path
 
 
-TIERS = ("unit", "integration", "acceptance")
+TIERS = ("unit", "integration", "acceptance", "quality")
+
+
+def gpu_missing_reason() -> str | None:
+    """Why a ``gpu`` test cannot run here (None: a CUDA device is visible)."""
+    if torch.cuda.is_available():
+        return None
+    why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+    return f"needs a CUDA device ({why}; CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its tier (the folder it lives in), so ``pytest -m "not acceptance"`` is a fast loop."""
+    """Mark each test with its tier (the folder it lives in), so ``pytest -m "not acceptance"`` is a fast loop;
+    skip the tests marked ``gpu``, saying why, where no CUDA device is visible."""
+    no_gpu = gpu_missing_reason()
     for item in items:
         tier = Path(str(item.fspath)).parent.name
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+        if no_gpu is not None and item.get_closest_marker("gpu") is not None:
+            item.add_marker(pytest.mark.skip(reason=no_gpu))
 
 
 @dataclass

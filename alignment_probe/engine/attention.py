@@ -213,7 +213,8 @@ class PromptKV:
 
     def __init__(self, attn: Any, keys: list[Tensor], values: list[Tensor], rotated_t: list[Tensor], width: int,
                  device: Any) -> None:
-        self._keys, self._values, self._raw = keys, values, None
+        self._keys, self._values = keys, values
+        self._raw: tuple[Tensor, Tensor] | None = None
         self.prompt_width = p = max(int(k.shape[0]) for k in keys)
         n, (kv_heads, d_head) = len(keys), keys[0].shape[1:]
         self.groups = attn.cfg.n_heads // kv_heads

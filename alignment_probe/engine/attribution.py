@@ -1,4 +1,4 @@
-"""Attribution patching (AtP, E10): a first-order *estimate* of every activation patch at once.
+r"""Attribution patching (AtP, E10): a first-order *estimate* of every activation patch at once.
 
 For a target model M, an activation a at ``blocks.ℓ.hook_{hook}`` (one vector per position) and the
 source model's value a′ there on the same tokens, the exact patch changes log p(y|x) by
@@ -412,7 +412,7 @@ class AttributionEngine:
                     before = tuple(clean[(t.pair_id, s)] for s in SIDES)
                     after = tuple(clean[(t.pair_id, s)] + (self._estimate(terms[(t.pair_id, s)], spec, est, t, s)
                                                            if spec.patches(s) else 0.0) for s in SIDES)
-                    rows.append(make_row(key, t.pair_id, before, after))  # type: ignore[arg-type]
+                    rows.append(make_row(key, t.pair_id, before, after))
         return to_frame(rows)
 
     @staticmethod

@@ -19,7 +19,7 @@ O(n · batch_size), and it is deterministic (ties keep the stable sort order).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int, overhead_tokens: float, *,
@@ -59,7 +59,7 @@ def _plan(lengths: Sequence[int], batch_size: int, overhead_tokens: float, conte
     return batches[::-1], best[n]
 
 
-def attention_tokens(cfg) -> float:
+def attention_tokens(cfg: Any) -> float:
     """How many attended keys double a token's cost: the ``attention_tokens`` of the planner's cost.
 
     A token's cost in the blocks grows with d_model² and its attention with (keys · d_model), so this
@@ -72,7 +72,7 @@ def attention_tokens(cfg) -> float:
     return 1.8 * cfg.d_model
 
 
-def overhead_tokens(cfg) -> float:
+def overhead_tokens(cfg: Any) -> float:
     """A forward's fixed cost in token-equivalents, from the model's width and device.
 
     On a CPU a forward pays, whatever its size, ~0.5 ms of Python and kernel dispatch per block — worth

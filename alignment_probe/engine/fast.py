@@ -547,7 +547,7 @@ class FastEngine(ExactEngine):
         for rows in self._plan(model, [len(it.seq.completion_ids) for _, it in conts],
                                [it.seq.completion_start for _, it in conts]):
             group = [conts[r] for r in rows]
-            prompts = [s for s, _ in group]  # type: ignore[misc]
+            prompts = [s for s, _ in group]
             seqs = [it.seq for _, it in group]
             if hook is None:
                 res, _ = run_continuations(model, start, prompts, [it.value[it.seq.completion_start:] for _, it in group])

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
 EMBED_PARTS = ("embed", "pos_embed")  # pos_embed exists for absolute position embeddings only
 HEAD_PARTS = ("ln_final", "unembed")
@@ -44,14 +47,14 @@ def window_parts(n_layers: int, window: range) -> list[str]:
     return parts
 
 
-def _module(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
+def _module(model: HookedTransformer, name: str) -> torch.nn.Module | None:
     if name.startswith("blocks."):
         return model.blocks[int(name.split(".")[1])]
     return getattr(model, name, None)
 
 
 @contextlib.contextmanager
-def transplanted(target: torch.nn.Module, source: torch.nn.Module, window: range) -> Iterator[torch.nn.Module]:
+def transplanted(target: HookedTransformer, source: HookedTransformer, window: range) -> Iterator[HookedTransformer]:
     """``target`` with the modules of ``window`` (see :func:`window_parts`) taken from ``source`` inside the
     ``with`` block; the target's own modules are restored on exit."""
     saved: list[tuple[str, torch.nn.Module]] = []
@@ -68,9 +71,9 @@ def transplanted(target: torch.nn.Module, source: torch.nn.Module, window: range
             _set(target, name, module)
 
 
-def _set(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+def _set(model: HookedTransformer, name: str, module: torch.nn.Module) -> None:
     if name.startswith("blocks."):
-        model.blocks[int(name.split(".")[1])] = module
+        model.blocks[int(name.split(".")[1])] = module  # type: ignore[assignment]  # the other model's block
     else:
         setattr(model, name, module)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor

@@ -86,7 +86,7 @@ def length_mask(lengths: Sequence[int], width: int, device: Any) -> Int[Tensor, 
     return (pos[None, :] < torch.tensor(list(lengths), device=device)[:, None]).to(torch.int64)
 
 
-def _cache_class():
+def _cache_class() -> tuple[type[Any], type[Any]]:
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
     from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
@@ -177,13 +177,14 @@ def run_continuations(model: Any, start: int | None, prompts: Sequence[PromptSta
             entries.append(None)
             continue
         attn = model.blocks[i].attn
+        # one line each, so the ignores stay on their lines whatever the formatter does
+        prompt_keys: list[torch.Tensor] = [p.keys[i] for p in prompts]  # type: ignore[misc]
+        prompt_values: list[torch.Tensor] = [p.values[i] for p in prompts]  # type: ignore[misc]
         if reads_prompt_kv(attn):  # rotated once per prompt, in the layout its products read (attention.py)
-            entries.append(PromptKV(attn, [p.keys[i] for p in prompts], [p.values[i] for p in prompts],  # type: ignore[misc]
-                                    [p.rotated_keys(i, attn) for p in prompts], width, device))
+            entries.append(PromptKV(attn, prompt_keys, prompt_values, [p.rotated_keys(i, attn) for p in prompts],
+                                    width, device))
             continue
-        keys = pad_stack([p.keys[i] for p in prompts], p_width)  # type: ignore[misc]
-        values = pad_stack([p.values[i] for p in prompts], p_width)  # type: ignore[misc]
-        entries.append(Entry(keys, values, frozen=True))
+        entries.append(Entry(pad_stack(prompt_keys, p_width), pad_stack(prompt_values, p_width), frozen=True))
     prompt_mask = length_mask([p.length for p in prompts], p_width, device)
     mask = length_mask(lengths, width, device)
     x = pad_stack(list(inputs), width).to(device)

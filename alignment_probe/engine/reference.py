@@ -24,7 +24,6 @@ from alignment_probe.numerics import check_clean, check_patched
 from alignment_probe.tokens import SIDES, ScoredSequence, TokenizedPair
 
 if TYPE_CHECKING:
-    import pandas as pd
 
     from alignment_probe.pair import Twins
 

@@ -13,12 +13,12 @@ if TYPE_CHECKING:  # annotations only: importing the engine's contract loads no 
 
     from alignment_probe.pair import Twins
     from alignment_probe.tokens import TokenizedPair
-from alignment_probe.vocab import BLOCK_HOOKS, HEAD_HOOKS, HOOKS, Hook, Side, check_hook, check_side
+from alignment_probe.vocab import BLOCK_HOOKS, HEAD_HOOKS, HOOKS, AnyHook, Side, check_hook, check_side
 
 __all__ = ["HOOKS", "Engine", "PatchSpec", "hook_name"]
 
 
-def hook_name(layer: int, hook: Hook) -> str:
+def hook_name(layer: int, hook: AnyHook) -> str:
     """TransformerLens's uniform hook names, e.g. ``blocks.8.hook_resid_post``; the per-head hooks are inside
     the attention module (``blocks.8.attn.hook_z``)."""
     check_hook(hook)
@@ -48,7 +48,7 @@ class PatchSpec:
             raise ValueError(f"{self.key.experiment} at layer {self.key.layer}: a Transplant goes with hook 'blocks' "
                              f"and hook 'blocks' with a Transplant (got {type(self.intervention).__name__} at hook "
                              f"{self.key.hook!r})")
-        if transplant and not (self.key.param == self.intervention.width and self.key.scope == "all"
+        if isinstance(self.intervention, Transplant) and not (self.key.param == self.intervention.width and self.key.scope == "all"
                                and self.key.sides == "both"):
             raise ValueError(f"{self.key.experiment} at layer {self.key.layer}: a transplant's row has param = its "
                              f"width ({self.intervention.width}), scope 'all' and sides 'both'; got param "

@@ -451,10 +451,10 @@ def atp_map_figure(summary: Mapping[str, Any]) -> Any:
         layers = sorted({c["layer"] for c in z_cells})
         heads = sorted({c["head"] for c in z_cells})
         cell = {(c["layer"], c["head"]): c for c in z_cells}
-        grid = [[F._num(cell[(l, h)]["mean"]) if (l, h) in cell else None for h in heads] for l in layers]
-        text = [[(f"layer {l} head {h}<br>AtP {F._num(cell[(l, h)]['mean']):+.3f} "
-                  f"[{F._num(cell[(l, h)]['ci_low']):+.3f}, {F._num(cell[(l, h)]['ci_high']):+.3f}]")
-                 if (l, h) in cell else "" for h in heads] for l in layers]
+        grid = [[F._num(cell[(ly, h)]["mean"]) if (ly, h) in cell else None for h in heads] for ly in layers]
+        text = [[(f"layer {ly} head {h}<br>AtP {F._num(cell[(ly, h)]['mean']):+.3f} "
+                  f"[{F._num(cell[(ly, h)]['ci_low']):+.3f}, {F._num(cell[(ly, h)]['ci_high']):+.3f}]")
+                 if (ly, h) in cell else "" for h in heads] for ly in layers]
         top = max((abs(v) for row in grid for v in row if v is not None and math.isfinite(v)), default=1.0) or 1.0
         fig.add_trace(go.Heatmap(z=grid, x=heads, y=layers, text=text, hoverinfo="text", colorscale="RdBu",
                                  reversescale=True, zmin=-top, zmax=top, colorbar={"title": "nats", "x": 1.0}),

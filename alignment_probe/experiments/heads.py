@@ -130,7 +130,7 @@ def heads_figure(summary: Mapping[str, Any]) -> Any:
     n = len(present)
     fig = make_subplots(rows=n, cols=1, subplot_titles=titles, vertical_spacing=0.3 / n)
     n_rows = 0
-    for row, (name, entry) in enumerate(present, start=1):
+    for row, (_name, entry) in enumerate(present, start=1):
         cells = entry["by_head"]
         layers = sorted({c["layer"] for c in cells})
         heads = sorted({c["head"] for c in cells})

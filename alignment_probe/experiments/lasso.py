@@ -146,7 +146,7 @@ def standardize(features: Features) -> Features:
     return (x - mu) / sd
 
 
-def _kfold(cv: int, seed: int):
+def _kfold(cv: int, seed: int) -> Any:
     from sklearn.model_selection import KFold
 
     return KFold(n_splits=cv, shuffle=True, random_state=seed)

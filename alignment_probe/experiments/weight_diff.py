@@ -29,7 +29,6 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import numpy as np
 import torch
 
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DATA_DIR: Path = Path(__file__).resolve().parents[2] / "data"
 PLANTED_LAYERS: tuple[int, ...] = (2, 4, 6)
@@ -86,7 +87,7 @@ def twin_names(data_dir: Path | None = None) -> tuple[str, ...]:
     return tuple([f"mlp_layer{layer}" for layer in twin_layers(org)] + sorted(named_twins(org)))
 
 
-def twin_recipe(name: str, data_dir: Path | None = None) -> dict:
+def twin_recipe(name: str, data_dir: Path | None = None) -> dict[str, Any]:
     """The stored recipe of twin ``name`` (for named twins: ``kind``, ``layers``, ``head``, ``tensor``, ``rows``, ...)."""
     from alignment_probe.organisms.twins import twin_recipe as _recipe
 
@@ -151,7 +152,7 @@ def two_block_layers(data_dir: Path | None = None) -> tuple[int, ...]:
     return tuple(int(x) for x in twin_recipe(two_block_twin_name(data_dir), data_dir)["layers"])
 
 
-def bundled_metrics(data_dir: Path | None = None) -> dict:
+def bundled_metrics(data_dir: Path | None = None) -> dict[str, Any]:
     """The metrics measured when the bundled organisms were built (``organisms/metrics.json``)."""
     return json.loads(_require(organisms_dir(data_dir) / "metrics.json", "metrics").read_text())
 

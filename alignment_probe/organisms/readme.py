@@ -49,7 +49,7 @@ def _named_twins_text(metrics: dict, named: list[str], size_flag: str) -> str:
     tr = metrics["training"].get("named_twins", {})
     items = []
     for k in named:
-        name, m, pl = k.removeprefix("twin_"), metrics[k], metrics[k]["planted"]
+        name, pl = k.removeprefix("twin_"), metrics[k]["planted"]
         t = tr.get(name, {})
         if pl["kind"] == "q_head":
             how = (f"only rows {pl['rows'][0]}–{pl['rows'][1] - 1} of `{pl['tensor']}` (query head {pl['head']}'s "

@@ -41,8 +41,7 @@ from typing import Any, Sequence
 
 from alignment_probe.adapters import merge_adapter
 from alignment_probe.data import PreferencePair, load_pairs
-from alignment_probe.realmodels.smollm2 import (MARKER, WEIGHTS, _make_readable, convert_smollm2, default_cache_root,
-                                                sha256_file)
+from alignment_probe.realmodels.smollm2 import (MARKER, WEIGHTS, _make_readable, convert_smollm2, sha256_file)
 
 HH_DIR_ENV = "ALIGNMENT_PROBE_HH_DIR"
 

@@ -20,7 +20,8 @@ from alignment_probe.report.figures import (
     source_variants,
     static_export_available,
 )
-from alignment_probe.report.html import Finding, findings, load_run, render_report, write_report
+from alignment_probe.report.html import load_run, render_report, write_report
+from alignment_probe.report.verdicts import Finding, findings
 
 __all__ = [
     "Finding", "MissingExperimentError", "all_figures", "alpha_dose_response", "build_figures", "controls",

@@ -39,7 +39,7 @@ def test_cells_are_the_models_and_their_hybrids(block_twins):
     effects, scores, summary = _run(twins)
     assert [e["split"] for e in summary["by_split"]] == list(range(1, twins.n_layers))
     by_pair = scores.set_index("pair_id").sort_index()
-    for s, c in cross.cells(effects).items():
+    for _s, c in cross.cells(effects).items():
         np.testing.assert_allclose(c["bb"], by_pair.base_delta_logp, atol=1e-4)
         np.testing.assert_allclose(c["tt"], by_pair.tuned_delta_logp, atol=1e-4)
     # Split 1: the early block 0 is identical in both models, so each hybrid is its late model exactly.

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from alignment_probe.effects import EXPERIMENT_NAMES
 from alignment_probe.engine import FastEngine, ReferenceEngine
 from alignment_probe.engine.batching import plan_batches, plan_cost
 from alignment_probe.engine.fast import same_on_both_prompts

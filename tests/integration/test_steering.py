@@ -160,7 +160,7 @@ def test_summary_regenerates_from_the_tables(run, run_dir):
 
 
 def test_fractions_and_sign_conventions(run):
-    entry, eff, cfg = _entry(run), run.effects, SuiteConfig(n_boot=100)
+    entry, eff = _entry(run), run.effects
     scores = run.scores.set_index("pair_id")
     _, held = stats.split_halves(run.scores.pair_id.tolist(), seed=0)
     gain = scores.gain.reindex(held)

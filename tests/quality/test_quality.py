@@ -1,0 +1,100 @@
+"""The quality tier: the documentation site, lint, format, types and the citation file, each checked by its own
+tool in a subprocess, as CI runs them. A failure shows the tool's output (what to fix, where)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import alignment_probe
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(tool: str, module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` from the repository root; fails (with the fix) when the tool is missing."""
+    if importlib.util.find_spec(module) is None:
+        pytest.fail(f"{tool} is not installed: install the development tools with `pip install -e '.[dev]'`")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "NO_MKDOCS_2_WARNING": "1",
+        "NO_COLOR": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env, text=True, capture_output=True, timeout=timeout
+    )
+    return proc
+
+
+def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:
+    if proc.returncode != 0:
+        pytest.fail(f"{what} failed (exit code {proc.returncode}):\n{proc.stdout}\n{proc.stderr}", pytrace=False)
+
+
+def test_the_documentation_site_builds_strictly(tmp_path: Path) -> None:
+    # into a temporary folder: the build never writes into the repository
+    proc = _run("mkdocs", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site"))
+    _check(proc, "mkdocs build --strict (a broken link, a missing docstring or page; mkdocs.yml, tools/docs_hooks.py)")
+    site = tmp_path / "site"
+    # the generated pages are there: one per error class, the CLI's options, the API's names
+    assert (site / "errors" / "DataError" / "index.html").exists()
+    assert "--n-pairs" in (site / "reference" / "cli" / "index.html").read_text(encoding="utf-8")
+    assert "ap.load_twins" in (site / "reference" / "api" / "index.html").read_text(encoding="utf-8")
+
+
+def test_ruff_lint() -> None:
+    _check(
+        _run("ruff", "ruff", "check", "--no-cache", "--output-format", "concise", "."),
+        "ruff check (`ruff check --fix .` fixes what it can; rules in pyproject.toml [tool.ruff.lint])",
+    )
+
+
+def test_ruff_format() -> None:
+    _check(
+        _run("ruff format", "ruff", "format", "--no-cache", "--check", "--diff", "."),
+        "ruff format --check (`ruff format .` rewrites the files it lists)",
+    )
+
+
+def test_types() -> None:
+    _check(
+        _run("mypy", "mypy", "--show-error-codes"),
+        "mypy (strict on alignment_probe; exceptions per module in pyproject.toml [tool.mypy])",
+    )
+
+
+def test_citation_file_is_valid_cff() -> None:
+    proc = _run(
+        "check-jsonschema",
+        "check_jsonschema",
+        "--builtin-schema",
+        "vendor.citation-file-format",
+        "--force-filetype",
+        "yaml",
+        "CITATION.cff",
+    )
+    _check(proc, "CITATION.cff against the Citation File Format 1.2.0 schema")
+
+
+def test_one_version() -> None:
+    """The version is written once (alignment_probe.__version__); the build and CITATION.cff agree with it."""
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text(encoding="utf-8"))
+    assert str(cff["version"]) == alignment_probe.__version__, "CITATION.cff's version differs from __version__"
+    assert cff["cff-version"] == "1.2.0"
+    assert any("2510.16167" in str(ref) for ref in cff["references"]), "CITATION.cff must cite the paper"
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'dynamic = ["version"]' in pyproject and 'version = {attr = "alignment_probe.__version__"}' in pyproject
+    changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert "## [Unreleased]" in changelog and f"## [{alignment_probe.__version__}]" in changelog
+
+
+def test_py_typed_ships() -> None:
+    assert (REPO / "alignment_probe" / "py.typed").exists()
+    assert 'alignment_probe = ["py.typed"]' in (REPO / "pyproject.toml").read_text(encoding="utf-8")
