@@ -311,12 +311,12 @@ def page_html(rows: Sequence[Mapping[str, Any]], tokenizer: Any = None, *, title
             "departs from the base model's.</p>" + table_html(rows, tokenizer) + "</body></html>\n")
 
 
-class Generations(list):
+class Generations(list[dict[str, Any]]):
     """The records of :func:`generate` (a list of dicts), shown side by side in a notebook; ``to_frame()`` gives a
     table to slice, ``write(dir)`` the files ``alignment-probe generate`` writes."""
 
     def __init__(self, rows: Iterable[Mapping[str, Any]], tokenizer: Any = None):
-        super().__init__(rows)
+        super().__init__(dict(r) for r in rows)
         self.tokenizer = tokenizer
 
     def to_frame(self) -> Any:

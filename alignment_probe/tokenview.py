@@ -70,7 +70,7 @@ class TokenView:
         return f"TokenView({self.title}; {len(self.frame)} tokens)"
 
 
-class TokenTable(pd.DataFrame):
+class TokenTable(pd.DataFrame):  # type: ignore[misc]  # pandas ships no type information here
     """The long per-token table (one row per condition × pair × side × completion position), callable to view one
     condition of one pair on its tokens (module docstring)."""
 

@@ -176,7 +176,7 @@ def verdict(summary: Mapping[str, Any], effects: Any = None, scores: Any = None)
                  and b["first"] == EARLY), None)
     if cell is None:
         return None
-    total = next((c for c in (entry or {}).get("conditions") or [] if c["hook"] == "blocks"
+    total: Mapping[str, Any] = next((c for c in (entry or {}).get("conditions") or [] if c["hook"] == "blocks"
                   and c["width"] == n_layers), {})
     null = F._num(cell["token_share"]) if "token_share" in cell else token_share(scores, EARLY)
     share, (lo, hi) = F._num(cell["share"]), (F._num(cell["share_ci"][0]), F._num(cell["share_ci"][1]))

@@ -277,7 +277,7 @@ def _peaks_selections_maps(summary: Mapping[str, Any]) -> str:
         for where, d in selections:
             chosen = d.get("chosen")
             rows.append(f"<tr><td><code>{esc(where)}</code></td><td>{esc(fmt_value(chosen))}</td>"
-                        f"<td>{_ids(d.get('explore_pair_ids'))}</td><td>{_ids(d.get('confirm_pair_ids'))}</td>"
+                        f"<td>{_ids(d.get('explore_pair_ids') or [])}</td><td>{_ids(d.get('confirm_pair_ids') or [])}</td>"
                         f"<td>{_cell(d.get('confirm'))}</td><td>{_cell(d.get('in_sample'))}</td></tr>")
         parts.append("<h3>Held-out selections</h3><p class=\"muted\">Whatever is chosen by looking at the data is "
                      "chosen on the <em>explore</em> pairs and reported on the disjoint <em>confirm</em> pairs; the "
