@@ -149,7 +149,12 @@ def merge_adapter(base_dir: str | os.PathLike[str], adapter_dir: str | os.PathLi
 
 def _merge(base: Any, adapter_dir: Path, base_dir: Path) -> Any:
     """peft ``merge_and_unload``, with a shape mismatch or a missing target module as an AdapterError."""
-    from peft import PeftModel
+    try:
+        from peft import PeftModel
+    except ImportError:  # peft is an optional dependency (the train extra): say how to get it
+        raise AdapterError(f"--tuned {adapter_dir} is a peft adapter, and merging it onto the base needs the peft "
+                           "package, which is not installed: pip install peft (or pip install 'alignment-probe[train]'), "
+                           "or pass the merged checkpoint folder as --tuned.") from None
 
     try:
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()

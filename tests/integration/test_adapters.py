@@ -91,3 +91,25 @@ def test_score_command_takes_an_adapter_as_tuned(tiny, adapter, tmp_path, monkey
                  "--n-pairs", "2", "--max-length", "96", "--device", "cpu", "--out", str(out)]) == 0
     table = pd.read_csv(out)
     assert len(table) == 2 and (table.gain.abs() > 0).all()
+
+
+def test_adapter_without_peft_installed_is_a_clean_error(tiny, adapter, tmp_path, monkeypatch, capsys):
+    """peft is optional: a --tuned adapter without it is refused (exit 2) with how to install it."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_peft(name, *args, **kwargs):
+        if name == "peft" or name.startswith("peft."):
+            raise ImportError("No module named 'peft'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setenv("ALIGNMENT_PROBE_CACHE", str(tmp_path / "cache"))  # nothing merged yet: peft is needed
+    monkeypatch.setattr(builtins, "__import__", no_peft)
+    folder, _ = adapter
+    rc = main(["score", "--base", str(tiny.base), "--tuned", str(folder), "--data", str(BUNDLED_PAIRS),
+               "--n-pairs", "2", "--out", str(tmp_path / "s.csv")])
+    monkeypatch.undo()
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "pip install peft" in err and "internal error" not in err
