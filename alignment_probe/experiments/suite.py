@@ -27,6 +27,7 @@ draws it.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -51,6 +52,20 @@ from alignment_probe.tokens import TokenizedPair
 def _all_names() -> tuple[str, ...]:
     """The default suite: every registered name except the opt-in experiments' (``Experiment.default``)."""
     return registry.experiment_names()
+
+
+def _unique(values: Any) -> tuple:
+    """``values`` as a tuple, each value once, at its first place."""
+    return tuple(dict.fromkeys(values))
+
+
+def _canonical_scope(scope: Any) -> Any:
+    """``first_completion:04`` → ``first_completion:4``; other scopes (and unknown ones, for validate) unchanged."""
+    try:
+        name, k = vocab.parse_scope(scope)
+    except ConfigError:
+        return scope
+    return scope if k is None else f"{name}:{k}"
 
 
 @dataclass
@@ -86,24 +101,75 @@ class SuiteConfig:
     atp_confirm_k: int = 5  # E10 ``--confirm K``: exact patching of the K conditions attribution patching ranks highest
 
     def __post_init__(self) -> None:
+        self.normalise()
         if self.window_widths is None:
             self.window_widths = DEFAULT_SUITE_WIDTHS if set(self.experiments) == set(_all_names()) else DEFAULT_WIDTHS
+
+    # The list-valued options, merged by normalise(): names (a str is a comma-separated list) and numbers.
+    NAME_LISTS = ("experiments", "extra_hooks", "extra_scopes")
+    LAYER_LISTS = ("layers", "alpha_layers", "lowrank_layers")
+    NUMBER_LISTS = (*LAYER_LISTS, "alphas", "lowrank_ks", "steer_cs", "window_widths")
+
+    def normalise(self) -> None:
+        """The one place options become a configuration (the CLI, ``ap.run_suite``, ``ap.sweep`` and a run
+        directory's manifest all construct one): a repeated entry is merged, not an error — lists become
+        tuples with each value once, at its first place (``--layers 1,1,2`` is 1,2; ``--experiments
+        identity,identity`` is identity), and the extra hooks (scopes) drop the main ``hook`` (``scope``),
+        which every experiment patches anyway (``--hook mlp_out`` with the default ``--extra-hooks
+        attn_out,mlp_out`` patches mlp_out once). Conditions are keyed by hook, scope and layer, so a repeat
+        would run the same condition twice and give two rows of one key. Scopes are spelt canonically
+        (``first_completion:04`` → ``first_completion:4``). Idempotent; unknown names are left for validate()."""
+        self.scope = _canonical_scope(self.scope)
+        for name in self.NAME_LISTS:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if name == "extra_scopes":
+                value = [_canonical_scope(s) for s in value]
+            setattr(self, name, _unique(value))
+        self.extra_hooks = tuple(h for h in self.extra_hooks if h != self.hook)
+        self.extra_scopes = tuple(s for s in self.extra_scopes if s != self.scope)
+        for name in self.NUMBER_LISTS:
+            value = getattr(self, name)
+            if value is not None:
+                value = (value,) if isinstance(value, numbers.Number) else value
+                if name in self.LAYER_LISTS:  # numpy integers as ints (the manifest is JSON)
+                    value = [int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+                             for v in value]
+                setattr(self, name, _unique(value))
+        if isinstance(self.steer_layer, numbers.Integral) and not isinstance(self.steer_layer, bool):
+            self.steer_layer = int(self.steer_layer)
 
     def validate(self, n_layers: int | None = None) -> None:
         """Check names and ranges; ``n_layers=None`` checks what is known before a model loads."""
         names = registry.experiment_names(opt_in=True)
+        if not self.experiments:
+            raise ConfigError("--experiments is empty; name at least one experiment, e.g. --experiments "
+                              f"patch_tuned_to_base, or all for the default suite (names: {', '.join(names)}).")
         unknown = [e for e in self.experiments if e not in names]
         if unknown:
-            raise ConfigError(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(names)}.")
-        for h in (self.hook, *self.extra_hooks):
-            if h not in HOOKS:
-                raise ConfigError(f"unknown hook point {h!r}; choose from {', '.join(HOOKS)}.")
-        for s in (self.scope, *self.extra_scopes):
-            vocab.check_scope(s)  # the plain names, or first_completion:K
-        for layer in (*(self.layers or ()), *(self.alpha_layers or ()), *(self.lowrank_layers or ()),
-                      *(() if self.steer_layer is None else (self.steer_layer,))):
-            if layer < 0 or (n_layers is not None and layer >= n_layers):
-                raise ConfigError(f"layer {layer} is out of range: the model has layers 0..{(n_layers or 1) - 1}.")
+            raise ConfigError(f"--experiments: unknown experiment(s) {', '.join(unknown)}; choose from "
+                              f"{', '.join(names)}.")
+        for option, hooks in (("--hook", (self.hook,)), ("--extra-hooks", self.extra_hooks)):
+            for h in hooks:
+                if h not in HOOKS:
+                    raise ConfigError(f"{option}: unknown hook point {h!r}; choose from {', '.join(HOOKS)}.")
+        for option, scopes in (("--scope", (self.scope,)), ("--extra-scopes", self.extra_scopes)):
+            for s in scopes:
+                try:
+                    vocab.check_scope(s)  # the plain names, or first_completion:K
+                except ConfigError as exc:
+                    raise ConfigError(f"{option}: {exc}.") from None
+        known = f"the model has layers 0..{n_layers - 1}" if n_layers is not None else "layers are numbered from 0"
+        for option, layers in (("--layers", self.layers), ("--alpha-layers", self.alpha_layers),
+                               ("--lowrank-layers", self.lowrank_layers),
+                               ("--steer-layer", None if self.steer_layer is None else (self.steer_layer,))):
+            for layer in layers or ():
+                if not isinstance(layer, int) or isinstance(layer, bool):  # normalise() made every whole number an int
+                    raise ConfigError(f"{option}: layer {layer!r} is not a whole number; give layer numbers, "
+                                      "e.g. 0,4,8.")
+                if layer < 0 or (n_layers is not None and layer >= n_layers):
+                    raise ConfigError(f"{option}: layer {layer} is out of range: {known}.")
         if self.layers is not None and len(self.layers) == 0:
             raise ConfigError("--layers is empty; give at least one layer, e.g. --layers 0,4,8, or leave it out to "
                               "sweep every layer.")
