@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from alignment_probe import stats, vocab
-from alignment_probe.effects import KEY_COLUMNS
+from alignment_probe.effects import KEY_COLUMNS, to_frame
 from alignment_probe.engine.spec import HOOKS, Engine, PatchSpec
 from alignment_probe.errors import ConfigError
 from alignment_probe.experiments import registry
@@ -52,6 +52,9 @@ from alignment_probe.tokens import TokenizedPair
 def _all_names() -> tuple[str, ...]:
     """The default suite: every registered name except the opt-in experiments' (``Experiment.default``)."""
     return registry.experiment_names()
+
+
+ALL = "all"  # --experiments all: the default suite
 
 
 def _unique(values: Any) -> tuple:
@@ -101,9 +104,12 @@ class SuiteConfig:
     atp_confirm_k: int = 5  # E10 ``--confirm K``: exact patching of the K conditions attribution patching ranks highest
 
     def __post_init__(self) -> None:
+        given = self.experiments.split(",") if isinstance(self.experiments, str) else self.experiments
+        whole_suite = ALL in (str(e).strip() for e in given)
         self.normalise()
         if self.window_widths is None:
-            self.window_widths = DEFAULT_SUITE_WIDTHS if set(self.experiments) == set(_all_names()) else DEFAULT_WIDTHS
+            whole_suite = whole_suite or set(self.experiments) == set(_all_names())
+            self.window_widths = DEFAULT_SUITE_WIDTHS if whole_suite else DEFAULT_WIDTHS
 
     # The list-valued options, merged by normalise(): names (a str is a comma-separated list) and numbers.
     NAME_LISTS = ("experiments", "extra_hooks", "extra_scopes")
@@ -117,7 +123,8 @@ class SuiteConfig:
         identity,identity`` is identity), and the extra hooks (scopes) drop the main ``hook`` (``scope``),
         which every experiment patches anyway (``--hook mlp_out`` with the default ``--extra-hooks
         attn_out,mlp_out`` patches mlp_out once). Conditions are keyed by hook, scope and layer, so a repeat
-        would run the same condition twice and give two rows of one key. Scopes are spelt canonically
+        would run the same condition twice and give two rows of one key. ``all`` among the experiments is the
+        default suite (``all,steer``: the suite and steering). Scopes are spelt canonically
         (``first_completion:04`` → ``first_completion:4``). Idempotent; unknown names are left for validate()."""
         self.scope = _canonical_scope(self.scope)
         for name in self.NAME_LISTS:
@@ -126,6 +133,8 @@ class SuiteConfig:
                 value = [v.strip() for v in value.split(",") if v.strip()]
             if name == "extra_scopes":
                 value = [_canonical_scope(s) for s in value]
+            if name == "experiments":  # "all" is the default suite, also beside opt-in names ("all,steer")
+                value = [n for e in value for n in (_all_names() if e == ALL else (e,))]
             setattr(self, name, _unique(value))
         self.extra_hooks = tuple(h for h in self.extra_hooks if h != self.hook)
         self.extra_scopes = tuple(s for s in self.extra_scopes if s != self.scope)
@@ -170,15 +179,20 @@ class SuiteConfig:
                                       "e.g. 0,4,8.")
                 if layer < 0 or (n_layers is not None and layer >= n_layers):
                     raise ConfigError(f"{option}: layer {layer} is out of range: {known}.")
-        if self.layers is not None and len(self.layers) == 0:
-            raise ConfigError("--layers is empty; give at least one layer, e.g. --layers 0,4,8, or leave it out to "
-                              "sweep every layer.")
+        for option, layers, default in (("--layers", self.layers, "sweep every layer"),
+                                        ("--alpha-layers", self.alpha_layers, "use every swept layer"),
+                                        ("--lowrank-layers", self.lowrank_layers, "use E1's peak layer")):
+            if layers is not None and len(layers) == 0:
+                raise ConfigError(f"{option} is empty; give at least one layer, e.g. {option} 0,4,8, or leave it out "
+                                  f"to {default}.")
         if not self.window_widths or any(not isinstance(w, int) or w < 1 for w in self.window_widths):
             raise ConfigError(f"--window-widths {','.join(map(str, self.window_widths)) or '(empty)'}: give whole "
                               "numbers ≥ 1 (blocks per window), e.g. --window-widths 1,2.")
         if n_layers is not None and min(self.window_widths) >= n_layers:
             raise ConfigError(f"--window-widths: every width is ≥ the model's {n_layers} blocks; a window must leave "
                               f"some block out, e.g. --window-widths 1,2.")
+        if n_layers is not None:
+            self._check_named_experiments_have_conditions(n_layers)
         if self.atp_confirm_k < 1:
             raise ConfigError(f"--confirm must be at least 1, got {self.atp_confirm_k}.")
         if self.steer_k is not None and self.steer_k < 1:
@@ -188,6 +202,26 @@ class SuiteConfig:
         if self.transfer_data is not None and "steer" not in self.experiments:
             raise ConfigError("--transfer-data is read by the steering experiment only; add steer to --experiments "
                               "(e.g. --experiments patch_tuned_to_base,steer).")
+
+    def _check_named_experiments_have_conditions(self, n_layers: int) -> None:
+        """An experiment named in --experiments whose conditions all fall outside the swept layers is refused (in
+        the whole default suite it just reports nothing there: ``--experiments all --layers 0`` has no 2×2 split)."""
+        if set(self.experiments) >= set(_all_names()):
+            return
+        swept = self.swept_layers(n_layers)
+        shown = ",".join(map(str, swept))
+        if "cross_2x2" in self.experiments and not any(1 <= s < n_layers for s in swept):
+            raise ConfigError(f"--layers {shown}: cross_2x2 splits the model at layers 1..{n_layers - 1} (at 0 there "
+                              "are no early blocks) and --layers has none of them; add one, e.g. --layers "
+                              f"{','.join(map(str, sorted({*swept, 1})))}, or leave cross_2x2 out of --experiments.")
+        windows = [e for e in ("window_transplant", "window_revert") if e in self.experiments]
+        widths = sorted(set(self.window_widths or ()))
+        if windows and not any(a + w <= n_layers and w < n_layers for a in swept for w in widths):
+            raise ConfigError(f"--layers {shown} with --window-widths {','.join(map(str, widths))}: {windows[0]}'s "
+                              f"windows start at a swept layer and must end inside the model's {n_layers} blocks "
+                              f"(start + width ≤ {n_layers}), and none does; sweep an earlier layer (e.g. --layers "
+                              f"{min(swept) if min(swept) + min(widths) <= n_layers else 0}) or narrower windows "
+                              "(e.g. --window-widths 1).")
 
     def swept_layers(self, n_layers: int) -> list[int]:
         """The layers every per-layer experiment visits, ascending."""
@@ -491,7 +525,9 @@ def _run_stages(pair: Twins, groups: list[list[TokenizedPair]], steps: list[Step
                 return step.experiment.compute(plan)
 
             fits[step.experiment.key] = store.json(step.experiment.key, compute)
-    effects = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()  # effects.parquet, as written
+    # effects.parquet, as written; with no patched condition (e.g. shift alone) still the table's columns, which
+    # every summary reads
+    effects = pd.concat(tables, ignore_index=True) if tables else to_frame([])
     tokens = canonical_tokens(token_parts)  # token_effects.parquet
     summary = summarize_tables(effects, scores, fits, cfg, n_layers=n_layers, d_model=d_model, tokens=tokens)
     return SuiteResult(scores=scores, effects=effects, summary=summary, lasso=fits.get("lasso"), fits=fits,

@@ -149,3 +149,34 @@ def test_numpy_layer_numbers_become_ints_and_other_values_are_refused_naming_the
         SuiteConfig(experiments=()).validate()
     with pytest.raises(ConfigError, match="--scope: bad position scope 'first_completion:0'"):
         SuiteConfig(scope="first_completion:0").validate()
+
+
+def test_all_is_the_default_suite_also_beside_opt_in_names():
+    suite = SuiteConfig()
+    assert SuiteConfig(experiments=("all",)).experiments == suite.experiments
+    both = SuiteConfig(experiments="all,steer,identity")
+    assert both.experiments == (*suite.experiments, "steer")
+    assert both.window_widths == suite.window_widths == (1,)  # the default suite's widths, as with "all" alone
+    assert SuiteConfig(experiments=("window_transplant",)).window_widths == (1, 2)  # named: both widths
+
+
+@pytest.mark.parametrize("option, field", [("--alpha-layers", "alpha_layers"), ("--lowrank-layers", "lowrank_layers"),
+                                           ("--layers", "layers")])
+def test_an_empty_layer_list_is_refused_naming_the_option(option, field):
+    with pytest.raises(ConfigError, match=f"{option} is empty"):
+        SuiteConfig(**{field: ()}).validate()
+
+
+def test_a_named_experiment_without_any_condition_at_the_swept_layers_is_refused():
+    """Issue 24's matrix: cross_2x2 at --layers 0 (no split) and a window that cannot fit ended in an internal
+    error (an effects table without rows or columns)."""
+    n = 4
+    with pytest.raises(ConfigError, match=r"--layers 0: cross_2x2 splits the model at layers 1\.\.3"):
+        SuiteConfig(experiments=("cross_2x2", "identity"), layers=(0,)).validate(n)
+    SuiteConfig(experiments=("cross_2x2",), layers=(0, 3)).validate(n)  # split 3 exists
+    for name in ("window_revert", "window_transplant"):
+        with pytest.raises(ConfigError, match=rf"--layers 3 with --window-widths 2: {name}'s windows"):
+            SuiteConfig(experiments=(name,), layers=(3,), window_widths=(2,)).validate(n)
+        SuiteConfig(experiments=(name,), layers=(2, 3), window_widths=(2,)).validate(n)  # 2 + 2 ≤ 4
+    SuiteConfig(layers=(0,)).validate(n)  # the whole suite reports nothing for cross_2x2 there, no refusal
+    SuiteConfig(experiments=("all", "steer"), layers=(3,), window_widths=(2,)).validate(n)
