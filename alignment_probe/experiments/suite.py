@@ -220,7 +220,7 @@ class SuiteConfig:
             raise ConfigError(f"--layers {shown} with --window-widths {','.join(map(str, widths))}: {windows[0]}'s "
                               f"windows start at a swept layer and must end inside the model's {n_layers} blocks "
                               f"(start + width ≤ {n_layers}), and none does; sweep an earlier layer (e.g. --layers "
-                              f"{min(swept) if min(swept) + min(widths) <= n_layers else 0}) or narrower windows "
+                              f"{','.join(map(str, sorted({*swept, n_layers - min(widths)})))}) or narrower windows "
                               "(e.g. --window-widths 1).")
 
     def swept_layers(self, n_layers: int) -> list[int]:

@@ -171,12 +171,13 @@ def test_a_named_experiment_without_any_condition_at_the_swept_layers_is_refused
     """Issue 24's matrix: cross_2x2 at --layers 0 (no split) and a window that cannot fit ended in an internal
     error (an effects table without rows or columns)."""
     n = 4
-    with pytest.raises(ConfigError, match=r"--layers 0: cross_2x2 splits the model at layers 1\.\.3"):
+    with pytest.raises(ConfigError, match=r"--layers 0: cross_2x2 splits the model at layers 1\.\.3.*--layers 0,1"):
         SuiteConfig(experiments=("cross_2x2", "identity"), layers=(0,)).validate(n)
+    SuiteConfig(experiments=("cross_2x2", "identity"), layers=(0, 1)).validate(n)  # the fix it names
     SuiteConfig(experiments=("cross_2x2",), layers=(0, 3)).validate(n)  # split 3 exists
     for name in ("window_revert", "window_transplant"):
-        with pytest.raises(ConfigError, match=rf"--layers 3 with --window-widths 2: {name}'s windows"):
+        with pytest.raises(ConfigError, match=rf"--layers 3 with --window-widths 2: {name}'s windows.*--layers 2,3"):
             SuiteConfig(experiments=(name,), layers=(3,), window_widths=(2,)).validate(n)
-        SuiteConfig(experiments=(name,), layers=(2, 3), window_widths=(2,)).validate(n)  # 2 + 2 ≤ 4
+        SuiteConfig(experiments=(name,), layers=(2, 3), window_widths=(2,)).validate(n)  # the fix it names: 2 + 2 ≤ 4
     SuiteConfig(layers=(0,)).validate(n)  # the whole suite reports nothing for cross_2x2 there, no refusal
     SuiteConfig(experiments=("all", "steer"), layers=(3,), window_widths=(2,)).validate(n)
