@@ -113,6 +113,9 @@ FIXED: list[tuple[str, list[str], str | None]] = [
     ("confirm-zero", ["--experiments", "atp", "--confirm", "0"], "--confirm must be at least 1"),
     ("transfer-without-steer", ["--experiments", "identity", "--transfer-data", str(PAIRS_DATA)], "--transfer-data"),
     ("lasso-too-few-pairs", ["--experiments", "lasso", "--n-pairs", "3"], "--n-pairs 5 or more"),
+    # none fits: raising --max-length is the fix (it suggested "--n-pairs 0 or fewer", which is refused)
+    ("max-length-too-short", ["--experiments", "identity", "--max-length", "8"],
+     "Raise --max-length (if the model's context allows)."),
 ]
 
 
@@ -222,3 +225,30 @@ def test_issue_24_commands_on_the_bundled_default(tmp_path, capsys, args):
     e1 = json.loads((out / "summary.json").read_text())["experiments"]["patch_tuned_to_base"]
     assert set(e1["by_hook"]) == {"mlp_out", "attn_out"}
     assert e1["per_layer"] == e1["by_hook"]["mlp_out"]
+
+
+def test_equivalent_spellings_are_one_configuration(tiny, tmp_path, capsys):
+    """Merged options are what the manifest records: a rerun spelt differently (repeats, the main hook among the
+    extra hooks) resumes the same run instead of being refused as another configuration."""
+    out = tmp_path / "run"
+    base = ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA), *COMMON,
+            "--out", str(out)]
+    assert main([*base, "--experiments", "patch_tuned_to_base,identity", "--hook", "mlp_out",
+                 "--extra-hooks", "attn_out,mlp_out", "--layers", "1,2"]) == EXIT_OK, capsys.readouterr().err
+    capsys.readouterr()
+    assert main([*base, "--experiments", "patch_tuned_to_base,identity,identity", "--hook", "mlp_out",
+                 "--extra-hooks", "attn_out,attn_out", "--layers", "2,1,1:3"]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "already done" in err and "different configuration" not in err, err
+
+
+def test_run_suite_merges_like_the_command_line(tiny, tmp_path):
+    """``ap.run_suite`` builds the same SuiteConfig: the issue's combination, names given as one string."""
+    import alignment_probe as ap
+
+    run = ap.run_suite(tmp_path / "api", base=tiny.base, tuned=tiny.tuned, data=PAIRS_DATA,
+                       experiments="patch_tuned_to_base", hook="mlp_out", layers=[2, 0, 2], n_pairs=N_PAIRS,
+                       max_length=72, n_boot=20, progress=False)
+    e1 = run.summary["experiments"]["patch_tuned_to_base"]
+    assert set(e1["by_hook"]) == {"mlp_out", "attn_out"} and [r["layer"] for r in e1["per_layer"]] == [0, 2]
+    assert not run.effects.duplicated(KEY_COLUMNS).any()
