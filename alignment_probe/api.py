@@ -20,6 +20,7 @@ runs one sequence with any TransformerLens forward hooks and returns log p(compl
 from __future__ import annotations
 
 import os
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -130,8 +131,9 @@ def sweep(twins: Any, pairs: Sequence[Any], *, experiments: Sequence[str] = ("pa
     from alignment_probe.experiments import registry
     from alignment_probe.experiments.suite import SuiteConfig, per_layer_specs
 
-    experiments = [experiments] if isinstance(experiments, str) else list(experiments)
-    hooks = [hooks] if isinstance(hooks, str) else list(hooks)
+    # a repeated experiment or hook is merged (SuiteConfig.normalise does the same for each hook's options)
+    experiments = list(dict.fromkeys([experiments] if isinstance(experiments, str) else experiments))
+    hooks = list(dict.fromkeys([hooks] if isinstance(hooks, str) else hooks))
     allowed = registry.per_layer_names()
     bad = [e for e in experiments if e not in allowed]
     if bad:
@@ -147,7 +149,16 @@ def sweep(twins: Any, pairs: Sequence[Any], *, experiments: Sequence[str] = ("pa
                           layers=None if layers is None else tuple(int(x) for x in layers), seed=seed, **options)
         cfg.validate(twins.n_layers)
         specs += per_layer_specs(cfg, twins.n_layers, twins.d_model)
-    return make_engine(engine).run(twins, list(pairs), specs, progress=progress)
+    # one hook's extra hooks may be another of ``hooks`` (hooks=["resid_post", "mlp_out"], extra_hooks=["mlp_out"]):
+    # each condition once, so the table has one row per key and pair
+    seen: set[tuple] = set()
+    unique = []
+    for spec in specs:
+        ident = tuple("nan" if isinstance(v, float) and v != v else v for v in astuple(spec.key))
+        if ident not in seen:
+            seen.add(ident)
+            unique.append(spec)
+    return make_engine(engine).run(twins, list(pairs), unique, progress=progress)
 
 
 def curves(effects: pd.DataFrame, *, seed: int = 0, n_boot: int = 2000) -> pd.DataFrame:
@@ -202,7 +213,7 @@ def run_suite(out: str | os.PathLike[str], *, base: str | os.PathLike[str] | Non
         raise ConfigError("pass both base= and tuned= (or neither, for the bundled model organisms).")
     if base is None:
         base, tuned = bundled_pair_paths()
-    cfg = SuiteConfig(**({"experiments": tuple(experiments)} if experiments is not None else {}), **suite)
+    cfg = SuiteConfig(**({"experiments": experiments} if experiments is not None else {}), **suite)
     req = RunRequest(base=str(base), tuned=str(tuned), data=str(data if data is not None else bundled_pairs_path()),
                      out=Path(out), suite=cfg, n_pairs=n_pairs, max_length=max_length, device=device, dtype=dtype,
                      engine=engine, force=force, argv=["ap.run"])

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(n_pairs=80, batch_size=32)
     run.add_argument("--experiments", default="all",
                      help="comma-separated experiment names (default: all, the default suite; opt-in ones such as "
-                          "steer only when named); see the README for the names")
+                          "steer only when named, e.g. all,steer); see the README for the names")
     run.add_argument("--hook", default="resid_post", help="hook point the experiments patch (default: resid_post)")
     run.add_argument("--scope", default="all", help="positions patched: all, prompt, completion, last_prompt")
     run.add_argument("--extra-hooks", default="attn_out,mlp_out",
@@ -268,11 +268,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         spawn_cli(args.argv[1:], procs, threads=1, log=lambda s: print(s, file=sys.stderr))
         return EXIT_OK  # rank 0 has reported the run
 
-    from alignment_probe.effects import EXPERIMENT_NAMES
     from alignment_probe.experiments.suite import SuiteConfig
     from alignment_probe.run import RunRequest, execute
 
-    experiments = EXPERIMENT_NAMES if args.experiments == "all" else _list(args.experiments) or ()
+    experiments = _list(args.experiments) or ()  # SuiteConfig expands "all" to the default suite
     if args.confirm is not None:  # E10: AtP's top K conditions confirmed by exact patching
         experiments = (*experiments, *(e for e in ("atp", "atp_confirm") if e not in experiments))
     suite = SuiteConfig(experiments=experiments, hook=args.hook, scope=args.scope,

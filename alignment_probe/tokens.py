@@ -154,7 +154,8 @@ def sample_and_tokenize(pairs: Sequence[PreferencePair], tokenizer: Any, *, n_pa
     if len(out) < want:
         raise DataError(f"Only {len(out)} of the requested {want} pairs fit in {max_length} tokens (--max-length, "
                         "capped at the model's context); the others have a completion longer than that. Raise "
-                        f"--max-length (if the model's context allows) or pass --n-pairs {len(out)} or fewer.")
+                        "--max-length (if the model's context allows)"
+                        + (f" or pass --n-pairs {len(out)} or fewer." if out else "."))  # --n-pairs 0 is refused
     return sorted(out, key=lambda t: t.pair_id)
 
 

@@ -27,13 +27,14 @@ draws it.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
 from alignment_probe import stats, vocab
-from alignment_probe.effects import KEY_COLUMNS
+from alignment_probe.effects import KEY_COLUMNS, to_frame
 from alignment_probe.engine.spec import HOOKS, Engine, PatchSpec
 from alignment_probe.errors import ConfigError
 from alignment_probe.experiments import registry
@@ -51,6 +52,23 @@ from alignment_probe.tokens import TokenizedPair
 def _all_names() -> tuple[str, ...]:
     """The default suite: every registered name except the opt-in experiments' (``Experiment.default``)."""
     return registry.experiment_names()
+
+
+ALL = "all"  # --experiments all: the default suite
+
+
+def _unique(values: Any) -> tuple:
+    """``values`` as a tuple, each value once, at its first place."""
+    return tuple(dict.fromkeys(values))
+
+
+def _canonical_scope(scope: Any) -> Any:
+    """``first_completion:04`` → ``first_completion:4``; other scopes (and unknown ones, for validate) unchanged."""
+    try:
+        name, k = vocab.parse_scope(scope)
+    except ConfigError:
+        return scope
+    return scope if k is None else f"{name}:{k}"
 
 
 @dataclass
@@ -86,33 +104,95 @@ class SuiteConfig:
     atp_confirm_k: int = 5  # E10 ``--confirm K``: exact patching of the K conditions attribution patching ranks highest
 
     def __post_init__(self) -> None:
+        given = self.experiments.split(",") if isinstance(self.experiments, str) else self.experiments
+        whole_suite = ALL in (str(e).strip() for e in given)
+        self.normalise()
         if self.window_widths is None:
-            self.window_widths = DEFAULT_SUITE_WIDTHS if set(self.experiments) == set(_all_names()) else DEFAULT_WIDTHS
+            whole_suite = whole_suite or set(self.experiments) == set(_all_names())
+            self.window_widths = DEFAULT_SUITE_WIDTHS if whole_suite else DEFAULT_WIDTHS
+
+    # The list-valued options, merged by normalise(): names (a str is a comma-separated list) and numbers.
+    NAME_LISTS = ("experiments", "extra_hooks", "extra_scopes")
+    LAYER_LISTS = ("layers", "alpha_layers", "lowrank_layers")
+    NUMBER_LISTS = (*LAYER_LISTS, "alphas", "lowrank_ks", "steer_cs", "window_widths")
+
+    def normalise(self) -> None:
+        """The one place options become a configuration (the CLI, ``ap.run_suite``, ``ap.sweep`` and a run
+        directory's manifest all construct one): a repeated entry is merged, not an error — lists become
+        tuples with each value once, at its first place (``--layers 1,1,2`` is 1,2; ``--experiments
+        identity,identity`` is identity), and the extra hooks (scopes) drop the main ``hook`` (``scope``),
+        which every experiment patches anyway (``--hook mlp_out`` with the default ``--extra-hooks
+        attn_out,mlp_out`` patches mlp_out once). Conditions are keyed by hook, scope and layer, so a repeat
+        would run the same condition twice and give two rows of one key. ``all`` among the experiments is the
+        default suite (``all,steer``: the suite and steering). Scopes are spelt canonically
+        (``first_completion:04`` → ``first_completion:4``). Idempotent; unknown names are left for validate()."""
+        self.scope = _canonical_scope(self.scope)
+        for name in self.NAME_LISTS:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if name == "extra_scopes":
+                value = [_canonical_scope(s) for s in value]
+            if name == "experiments":  # "all" is the default suite, also beside opt-in names ("all,steer")
+                value = [n for e in value for n in (_all_names() if e == ALL else (e,))]
+            setattr(self, name, _unique(value))
+        self.extra_hooks = tuple(h for h in self.extra_hooks if h != self.hook)
+        self.extra_scopes = tuple(s for s in self.extra_scopes if s != self.scope)
+        for name in self.NUMBER_LISTS:
+            value = getattr(self, name)
+            if value is not None:
+                value = (value,) if isinstance(value, numbers.Number) else value
+                if name in self.LAYER_LISTS:  # numpy integers as ints (the manifest is JSON)
+                    value = [int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+                             for v in value]
+                setattr(self, name, _unique(value))
+        if isinstance(self.steer_layer, numbers.Integral) and not isinstance(self.steer_layer, bool):
+            self.steer_layer = int(self.steer_layer)
 
     def validate(self, n_layers: int | None = None) -> None:
         """Check names and ranges; ``n_layers=None`` checks what is known before a model loads."""
         names = registry.experiment_names(opt_in=True)
+        if not self.experiments:
+            raise ConfigError("--experiments is empty; name at least one experiment, e.g. --experiments "
+                              f"patch_tuned_to_base, or all for the default suite (names: {', '.join(names)}).")
         unknown = [e for e in self.experiments if e not in names]
         if unknown:
-            raise ConfigError(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(names)}.")
-        for h in (self.hook, *self.extra_hooks):
-            if h not in HOOKS:
-                raise ConfigError(f"unknown hook point {h!r}; choose from {', '.join(HOOKS)}.")
-        for s in (self.scope, *self.extra_scopes):
-            vocab.check_scope(s)  # the plain names, or first_completion:K
-        for layer in (*(self.layers or ()), *(self.alpha_layers or ()), *(self.lowrank_layers or ()),
-                      *(() if self.steer_layer is None else (self.steer_layer,))):
-            if layer < 0 or (n_layers is not None and layer >= n_layers):
-                raise ConfigError(f"layer {layer} is out of range: the model has layers 0..{(n_layers or 1) - 1}.")
-        if self.layers is not None and len(self.layers) == 0:
-            raise ConfigError("--layers is empty; give at least one layer, e.g. --layers 0,4,8, or leave it out to "
-                              "sweep every layer.")
+            raise ConfigError(f"--experiments: unknown experiment(s) {', '.join(unknown)}; choose from "
+                              f"{', '.join(names)}.")
+        for option, hooks in (("--hook", (self.hook,)), ("--extra-hooks", self.extra_hooks)):
+            for h in hooks:
+                if h not in HOOKS:
+                    raise ConfigError(f"{option}: unknown hook point {h!r}; choose from {', '.join(HOOKS)}.")
+        for option, scopes in (("--scope", (self.scope,)), ("--extra-scopes", self.extra_scopes)):
+            for s in scopes:
+                try:
+                    vocab.check_scope(s)  # the plain names, or first_completion:K
+                except ConfigError as exc:
+                    raise ConfigError(f"{option}: {exc}.") from None
+        known = f"the model has layers 0..{n_layers - 1}" if n_layers is not None else "layers are numbered from 0"
+        for option, layers in (("--layers", self.layers), ("--alpha-layers", self.alpha_layers),
+                               ("--lowrank-layers", self.lowrank_layers),
+                               ("--steer-layer", None if self.steer_layer is None else (self.steer_layer,))):
+            for layer in layers or ():
+                if not isinstance(layer, int) or isinstance(layer, bool):  # normalise() made every whole number an int
+                    raise ConfigError(f"{option}: layer {layer!r} is not a whole number; give layer numbers, "
+                                      "e.g. 0,4,8.")
+                if layer < 0 or (n_layers is not None and layer >= n_layers):
+                    raise ConfigError(f"{option}: layer {layer} is out of range: {known}.")
+        for option, layers, default in (("--layers", self.layers, "sweep every layer"),
+                                        ("--alpha-layers", self.alpha_layers, "use every swept layer"),
+                                        ("--lowrank-layers", self.lowrank_layers, "use E1's peak layer")):
+            if layers is not None and len(layers) == 0:
+                raise ConfigError(f"{option} is empty; give at least one layer, e.g. {option} 0,4,8, or leave it out "
+                                  f"to {default}.")
         if not self.window_widths or any(not isinstance(w, int) or w < 1 for w in self.window_widths):
             raise ConfigError(f"--window-widths {','.join(map(str, self.window_widths)) or '(empty)'}: give whole "
                               "numbers ≥ 1 (blocks per window), e.g. --window-widths 1,2.")
         if n_layers is not None and min(self.window_widths) >= n_layers:
             raise ConfigError(f"--window-widths: every width is ≥ the model's {n_layers} blocks; a window must leave "
                               f"some block out, e.g. --window-widths 1,2.")
+        if n_layers is not None:
+            self._check_named_experiments_have_conditions(n_layers)
         if self.atp_confirm_k < 1:
             raise ConfigError(f"--confirm must be at least 1, got {self.atp_confirm_k}.")
         if self.steer_k is not None and self.steer_k < 1:
@@ -122,6 +202,26 @@ class SuiteConfig:
         if self.transfer_data is not None and "steer" not in self.experiments:
             raise ConfigError("--transfer-data is read by the steering experiment only; add steer to --experiments "
                               "(e.g. --experiments patch_tuned_to_base,steer).")
+
+    def _check_named_experiments_have_conditions(self, n_layers: int) -> None:
+        """An experiment named in --experiments whose conditions all fall outside the swept layers is refused (in
+        the whole default suite it just reports nothing there: ``--experiments all --layers 0`` has no 2×2 split)."""
+        if set(self.experiments) >= set(_all_names()):
+            return
+        swept = self.swept_layers(n_layers)
+        shown = ",".join(map(str, swept))
+        if "cross_2x2" in self.experiments and not any(1 <= s < n_layers for s in swept):
+            raise ConfigError(f"--layers {shown}: cross_2x2 splits the model at layers 1..{n_layers - 1} (at 0 there "
+                              "are no early blocks) and --layers has none of them; add one, e.g. --layers "
+                              f"{','.join(map(str, sorted({*swept, 1})))}, or leave cross_2x2 out of --experiments.")
+        windows = [e for e in ("window_transplant", "window_revert") if e in self.experiments]
+        widths = sorted(set(self.window_widths or ()))
+        if windows and not any(a + w <= n_layers and w < n_layers for a in swept for w in widths):
+            raise ConfigError(f"--layers {shown} with --window-widths {','.join(map(str, widths))}: {windows[0]}'s "
+                              f"windows start at a swept layer and must end inside the model's {n_layers} blocks "
+                              f"(start + width ≤ {n_layers}), and none does; sweep an earlier layer (e.g. --layers "
+                              f"{','.join(map(str, sorted({*swept, n_layers - min(widths)})))}) or narrower windows "
+                              "(e.g. --window-widths 1).")
 
     def swept_layers(self, n_layers: int) -> list[int]:
         """The layers every per-layer experiment visits, ascending."""
@@ -432,7 +532,9 @@ def _run_stages(pair: Twins, groups: list[list[TokenizedPair]], steps: list[Step
                 return step.experiment.compute(plan)
 
             fits[step.experiment.key] = store.json(step.experiment.key, compute)
-    effects = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()  # effects.parquet, as written
+    # effects.parquet, as written; with no patched condition (e.g. shift alone) still the table's columns, which
+    # every summary reads
+    effects = pd.concat(tables, ignore_index=True) if tables else to_frame([])
     tokens = canonical_tokens(token_parts)  # token_effects.parquet
     summary = summarize_tables(effects, scores, fits, cfg, n_layers=n_layers, d_model=d_model, tokens=tokens)
     return SuiteResult(scores=scores, effects=effects, summary=summary, lasso=fits.get("lasso"), fits=fits,
