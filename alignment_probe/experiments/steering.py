@@ -52,6 +52,7 @@ Opt-in (``default=False``): name it, e.g. ``--experiments patch_tuned_to_base,st
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -165,9 +166,10 @@ class Shift:
 
 @torch.inference_mode()
 def class_shifts(twins: Any, tokenized: Sequence[TokenizedPair], *, layers: Sequence[int], hook: str = "resid_post",
-                 first_k: int = FIRST_K, keep: int | None = None, pairs_per_batch: int = 8) -> dict[int, Shift]:
+                 first_k: int = FIRST_K, keep: int | None = None, pairs_per_batch: int = 4) -> dict[int, Shift]:
     """:class:`Shift` at every layer of ``layers`` from both models' clean runs of ``tokenized`` (both runs of
-    every pair), one forward per model and batch; ``keep``: the layer whose per-position shifts and v± are kept."""
+    every pair), one forward per model and batch; ``keep``: the layer whose per-position shifts and v± are kept.
+    Sums are float64; the caches stay in the models' dtype and device, one layer is widened at a time."""
     names = {hook_name(layer, hook): layer for layer in layers}
     stop = max(layers) + 1
     d = twins.d_model
@@ -181,26 +183,26 @@ def class_shifts(twins: Any, tokenized: Sequence[TokenizedPair], *, layers: Sequ
         batch = make_batch(seqs)
         width = batch.tokens.shape[1]
         cls = torch.stack([predicting_classes(s.completion_start, s.length, first_k, width) for s in seqs])
+        at = cls >= 0
+        owner = cls[at]
         caches = {}
         for m in ("base", "tuned"):
             model = twins.models()[m]
-            _, cache = model.run_with_cache(batch.tokens.to(model.cfg.device), names_filter=list(names),
-                                            stop_at_layer=stop)
-            caches[m] = {name: cache[name].double().cpu() for name in names}
+            _, caches[m] = model.run_with_cache(batch.tokens.to(model.cfg.device), names_filter=list(names),
+                                                stop_at_layer=stop)
         for name, layer in names.items():
-            diff = caches["tuned"][name] - caches["base"][name]  # [batch, width, d]
-            at = cls >= 0
-            rows, owner = diff[at], cls[at]
+            tuned = caches["tuned"][name]
+            rows = (tuned[at.to(tuned.device)].double() - caches["base"][name][at.to(tuned.device)].double()).cpu()
             a = acc[layer]
             a["sum"].index_add_(0, owner, rows)
             a["count"] += torch.bincount(owner, minlength=3).double()
             a["norm"].index_add_(0, owner, rows.norm(dim=-1))
             if layer == keep:
                 diffs.append(rows.float())
-                tuned = caches["tuned"][name]
-                for i, s in enumerate(seqs):
-                    tuned_sum[s.side] += tuned[i, s.completion_start: s.length].sum(0)
+                for i, s in enumerate(seqs):  # E5's v±: the tuned model's completion positions, by side
+                    tuned_sum[s.side] += tuned[i, s.completion_start: s.length].double().sum(0).cpu()
                     tuned_n[s.side] += s.length - s.completion_start
+        del caches
     out = {}
     for layer, a in acc.items():
         n = a["count"].clamp_min(1.0)
@@ -221,7 +223,8 @@ def _unit(v: Tensor) -> Tensor:
 def random_units(d_model: int, *, seed: int, layer: int, draw: int) -> Tensor:
     """Draw ``draw`` of the null at one layer: a Gaussian unit direction per class, [3, d_model] float64, seeded
     by (seed, layer, draw) (the scan's a = 1 control at ℓ is draw 0, the same as ``steer_random``)."""
-    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(layer)) * 1_000_003 + int(draw))
+    digest = hashlib.sha256(f"steer|{int(seed)}|{int(layer)}|{int(draw)}".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
     return _unit(torch.randn(3, d_model, generator=gen, dtype=torch.float64))
 
 
@@ -381,7 +384,7 @@ def steer_choice(plan: Plan) -> tuple[int, float, str]:
 
 @torch.inference_mode()
 def kl_to_tuned(twins: Any, tokenized: Sequence[TokenizedPair], steered: Sequence[Tensor], *, layer: int, hook: str,
-                first_k: int = FIRST_K, pairs_per_batch: int = 4) -> dict[str, Any]:
+                first_k: int = FIRST_K, pairs_per_batch: int = 2) -> dict[str, Any]:
     """Per pair, the mean over the predicting positions of both runs of KL(T ‖ B) and, for each of ``steered``
     ([3, d] per-class vectors added at ``blocks.{layer}.hook_{hook}``), KL(T ‖ B steered), of the next-token
     distributions (nats): ``{"pair_id": [...], "base": [...], "steered": [[...] per vectors]}``."""

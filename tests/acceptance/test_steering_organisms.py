@@ -10,11 +10,11 @@ the landscape over every layer and scale: bench/steering_landscape.py).
 
 **The forward claim holds**: on the held-out half v_6,c at a = 4 recovers 0.66 [0.36, 1.10] of the gain
 (4.95 [2.86, 7.38] nats of 7.50 [5.14, 10.05]), above all 100 random directions with the same per-class norms
-(percentile 100, p = 0.0099; their 95th percentile 1.35 nats). It was an xfail under the first definition (the
+(percentile 100, p = 0.0099; their 95th percentile 1.39 nats). It was an xfail under the first definition (the
 shift of the completion tokens' own positions added at every position recovered 0.088 [−0.004, 0.216]).
 Of the classes, the last prompt token carries most (its vector alone 0.55 [0.35, 0.88]; the first 8 positions'
 0.008, the rest's 0.10); one pooled vector at the same positions recovers 0.15 [−0.10, 0.48], rank-4 0.59,
-v± 0.25. Subtracting v from the tuned model loses 0.52 [0.34, 0.75] of the gain (a random direction 0.001).
+v± 0.25. Subtracting v from the tuned model loses 0.52 [0.34, 0.75] of the gain (a random direction 0.09).
 Small doses close part of KL(T ‖ B) at the predicting positions (0.24 [0.18, 0.33] at a = 1), but at a = 4 the
 steered base is farther from the tuned model's distributions (KL 0.28 nats against 0.11, fraction closed −1.6): the
 large dose moves the preference, not the distributions. Transfer to 80 unseen pairs: 0.43 [0.31, 0.60] (transfer −

@@ -173,3 +173,13 @@ def test_the_verdict_row_reads_the_chosen_scale_and_prints_its_numbers():
     assert steering.verdict({"experiments": {"steer": below}}).verdict == DIFFERS
     assert steering.verdict({"experiments": {}}) is None
     assert steering.verdict_transfer({"experiments": {"steer": _entry()}}) is None  # no transfer data: no row
+
+
+def test_the_cell_closest_to_the_gain_and_ties_at_random():
+    assert steering._cell_index([0.1, 0.9, 3.0], 1.0, seed=0) == 1
+    assert steering._cell_index([0.1, 0.9, 1.05], 1.0, seed=0) == 2  # an overshoot closer to the gain wins
+    assert steering._cell_index([float("nan"), 0.5], 1.0, seed=0) == 1
+    # a tie (to float rounding) is broken at random, seeded: never always the first cell
+    picks = {steering._cell_index([1.0, 3.0, 3.0 + 1e-12], 2.0, seed=s) for s in range(20)}
+    assert picks == {0, 1, 2}
+    assert steering._cell_index([1.0, 3.0], 2.0, seed=4) == steering._cell_index([1.0, 3.0], 2.0, seed=4)

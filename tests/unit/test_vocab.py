@@ -74,7 +74,7 @@ def test_row_key_accepts_the_vocabularies():
     ("target", "bsae", "base, tuned"), ("source", "tunned", "base, tuned"),
     ("hook", "resid", "resid_pre, resid_mid, resid_post, attn_out, mlp_out"),
     ("hook", "hook_resid_post", "resid_post"),
-    ("scope", "completions", "all, prompt, completion, last_prompt, all_but_bos, first_completion:K"),
+    ("scope", "completions", "all, prompt, completion, last_prompt, all_but_bos, predicting, first_completion:K"),
     ("sides", "chosen_only", "both, chosen, rejected"),
 ])
 def test_row_key_typo_fails_at_construction(field, bad, allowed):
