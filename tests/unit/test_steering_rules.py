@@ -183,3 +183,13 @@ def test_the_cell_closest_to_the_gain_and_ties_at_random():
     picks = {steering._cell_index([1.0, 3.0, 3.0 + 1e-12], 2.0, seed=s) for s in range(20)}
     assert picks == {0, 1, 2}
     assert steering._cell_index([1.0, 3.0], 2.0, seed=4) == steering._cell_index([1.0, 3.0], 2.0, seed=4)
+
+
+def test_add_fixed_is_a_pure_function_of_the_context():
+    """The first definition's intervention (kept for hand-made patches): one vector at every position in scope."""
+    from alignment_probe.interventions import AddFixed
+
+    vec = torch.arange(4, dtype=torch.float32)
+    ctx = _ctx(1, 3, 3)
+    torch.testing.assert_close(AddFixed(vec)(ctx), ctx.target + vec)
+    assert torch.equal(AddFixed(torch.zeros(4))(ctx), ctx.target)
