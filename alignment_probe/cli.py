@@ -84,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "default suite, 1,2 when --experiments names them)")
     run.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for every CI")
     run.add_argument("--steer-layer", type=int, default=None,
-                     help="steer (E11, opt-in): the layer (default: E1's peak chosen on the fit half)")
-    run.add_argument("--steer-c", default=None, help="steer: the coefficients c, e.g. 0.5,1,2,4 (the default; 1 is "
-                                                     "always added)")
+                     help="steer (E11, opt-in): fix the steering layer (default: chosen with the scale on the fit "
+                          "half)")
+    run.add_argument("--steer-c", default=None, help="steer: the scale grid a (a·v_ℓ,c is added; a = 1 is the mean "
+                                                     "shift itself), e.g. 0.5,1,2,4 (the default; 1 is always added)")
     run.add_argument("--steer-k", type=int, default=None, help="steer: rank of the low-rank baseline (default: 4)")
     run.add_argument("--transfer-data", default=None,
                      help="steer: also evaluate the vectors on this data source's pairs (a file or hub name)")

@@ -14,7 +14,9 @@ GaussianNoise       noise with h_src's per-position mean and norm               
 RandomDirection     h_tgt + ‖h_src − h_tgt‖ · random unit vector                     E3 (b)
 AddVector(kind)     h_tgt + scale · v, v from the source's completion tokens          E5
 Project(V_k)        reconstruct: (h_src − μ) V_k V_kᵀ + μ; difference: h_tgt + P_k Δ  E6
-AddFixed(v)         h_tgt + v, one vector fitted elsewhere (every position alike)    E11
+AddFixed(v)         h_tgt + v, one vector fitted elsewhere (every position alike)    E11 (old)
+AddByClass(V)       h_tgt + V[class of the position] at the predicting positions     E11
+                    (classes: last prompt token, first K, rest; nothing elsewhere)
 Transplant(w)       the residual entering block a, then blocks a … a+w−1 of the      E8
                     source's *weights* (engine/hybrid.py)
 ==================  ===============================================================  =========
@@ -207,6 +209,57 @@ class AddFixed:
         return ctx.target + self.vector.to(ctx.target.device, ctx.target.dtype)
 
 
+# E11's position classes (localization.md): the predicting positions of a sequence are the last prompt token
+# through the second-to-last completion token (the positions whose next-token distributions score the completion).
+POSITION_CLASSES = ("last_prompt", "first", "rest")  # LP, F (the first K predicting completion positions), R
+
+
+def predicting_classes(prompt_len: int, length: int, first_k: int, width: int | None = None) -> Tensor:
+    """The class of each of ``width`` positions (default ``length``): 0 = LP (``prompt_len − 1``), 1 = F (the
+    first ``first_k`` predicting completion positions), 2 = R (the rest, up to ``length − 2``), −1 = not a
+    predicting position (BOS, the earlier prompt, the last completion token, padding). int64 [width]."""
+    width = length if width is None else width
+    cls = torch.full((width,), -1, dtype=torch.long)
+    end = min(length - 1, width)  # the last completion token predicts nothing that is scored
+    if prompt_len < 1 or end < prompt_len:
+        return cls
+    cls[prompt_len - 1] = 0
+    cls[prompt_len: min(prompt_len + first_k, end)] = 1
+    cls[prompt_len + first_k: end] = 2
+    return cls
+
+
+@dataclass(frozen=True, eq=False)
+class AddByClass:
+    """Steering (E11): add ``vectors[c]`` ([3, d_model], rows in :data:`POSITION_CLASSES` order) at exactly the
+    predicting positions of class c (:func:`predicting_classes` with ``first_k``); every other position (BOS,
+    the earlier prompt, the last completion token) is left bit-for-bit as it was, and so is everything when the
+    vectors are 0. Its prompt values depend on the prompt only (the LP position), so they are the same on both
+    runs of a pair."""
+
+    vectors: Float[Tensor, "classes d_model"]  # classes = 3, checked below with a clearer message
+    first_k: int = 8
+    same_on_both_prompts = True
+
+    def __post_init__(self) -> None:
+        if self.vectors.dim() != 2 or self.vectors.shape[0] != len(POSITION_CLASSES):
+            raise ValueError(f"AddByClass needs one vector per position class {POSITION_CLASSES}: shape [3, d_model], "
+                             f"got {tuple(self.vectors.shape)}")
+        if not isinstance(self.first_k, int) or self.first_k < 0:
+            raise ValueError(f"AddByClass first_k must be a whole number ≥ 0, got {self.first_k!r}")
+
+    def __call__(self, ctx: SequenceContext) -> Act:
+        if ctx.target.dim() != 2 or ctx.target.shape[-1] != self.vectors.shape[1]:
+            raise ValueError(f"AddByClass adds [d_model = {self.vectors.shape[1]}] vectors to a residual-shaped "
+                             f"activation [pos, d_model]; got shape {tuple(ctx.target.shape)} (per-head hooks "
+                             "cannot be steered)")
+        cls = predicting_classes(ctx.prompt_len, ctx.length, self.first_k, ctx.target.shape[0]).to(ctx.target.device)
+        at = cls >= 0
+        out = ctx.target.clone()
+        out[at] = ctx.target[at] + self.vectors.to(ctx.target.device, ctx.target.dtype)[cls[at]]
+        return out
+
+
 @dataclass(frozen=True)
 class Transplant:
     """Weight transplant (E8): run blocks ``a … a+width−1`` of the source model inside the target, every other
@@ -250,6 +303,8 @@ def scope_mask(scope: str, prompt_len: int, length: int, width: int) -> Bool[Ten
         mask[prompt_len:length] = True
     elif scope == "last_prompt":
         mask[prompt_len - 1] = True
+    elif scope == "predicting":  # the last prompt token through the second-to-last completion token
+        mask[max(prompt_len - 1, 0): max(length - 1, 0)] = True
     else:  # unreachable: parse_scope rejected it
         raise ValueError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
     return mask

@@ -10,7 +10,7 @@ type              values                                                      us
 ``HeadHook``      z (per query head), k, v (per key/value head)                RowKey.hook (E7, E10)
 ``BlockHook``     blocks (the weights of a window of blocks)                   RowKey.hook (E8)
 ``Scope``         all, prompt, completion, last_prompt, all_but_bos,           RowKey.scope, scope_mask
-                  and parametrised ``first_completion:K`` (K ≥ 1)
+                  predicting, and parametrised ``first_completion:K`` (K ≥ 1)
 ``Side``          chosen, rejected                                             one sequence of a pair
 ``Sides``         both, chosen, rejected                                       RowKey.sides (patched)
 ``Role``          base, tuned                                                  RowKey.target/.source
@@ -41,8 +41,10 @@ BLOCK_HOOKS: tuple[BlockHook, ...] = get_args(BlockHook)
 # Any value of a row's hook column: an activation, a head's, or the blocks' weights.
 AnyHook = Hook | HeadHook | BlockHook
 
-# Plain (unparametrised) position scopes. Parametrised ones are written ``name:K``.
-Scope = Literal["all", "prompt", "completion", "last_prompt", "all_but_bos"]
+# Plain (unparametrised) position scopes. Parametrised ones are written ``name:K``. ``predicting``: the positions
+# whose next-token distributions score the completion, the last prompt token through the second-to-last
+# completion token (E11's steering positions).
+Scope = Literal["all", "prompt", "completion", "last_prompt", "all_but_bos", "predicting"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 ParamScope = Literal["first_completion"]  # ``first_completion:K``: the first K completion positions
 PARAM_SCOPES: tuple[str, ...] = get_args(ParamScope)

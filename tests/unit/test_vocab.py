@@ -21,7 +21,8 @@ GOOD = dict(experiment="identity", target="base", source="tuned", hook="resid_po
 
 def test_tuples_are_derived_from_the_literal_types():
     assert vocab.HOOKS == get_args(vocab.Hook) == ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
-    assert vocab.SCOPES == get_args(vocab.Scope) == ("all", "prompt", "completion", "last_prompt", "all_but_bos")
+    assert vocab.SCOPES == get_args(vocab.Scope) == ("all", "prompt", "completion", "last_prompt", "all_but_bos",
+                                                                 "predicting")
     assert vocab.SIDES == ("chosen", "rejected") and vocab.PATCHED_SIDES == ("both", "chosen", "rejected")
     assert vocab.ROLES == ("base", "tuned")
     assert vocab.LOWRANK_MODES == {"lowrank_reconstruct": "reconstruct", "lowrank_difference": "difference"}
@@ -73,7 +74,7 @@ def test_row_key_accepts_the_vocabularies():
     ("target", "bsae", "base, tuned"), ("source", "tunned", "base, tuned"),
     ("hook", "resid", "resid_pre, resid_mid, resid_post, attn_out, mlp_out"),
     ("hook", "hook_resid_post", "resid_post"),
-    ("scope", "completions", "all, prompt, completion, last_prompt, all_but_bos, first_completion:K"),
+    ("scope", "completions", "all, prompt, completion, last_prompt, all_but_bos, predicting, first_completion:K"),
     ("sides", "chosen_only", "both, chosen, rejected"),
 ])
 def test_row_key_typo_fails_at_construction(field, bad, allowed):
