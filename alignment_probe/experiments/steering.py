@@ -416,7 +416,7 @@ def kl_to_tuned(twins: Any, tokenized: Sequence[TokenizedPair], steered: Sequenc
         kls += [(p_t * (lt - scored(base.run_with_hooks(tokens, fwd_hooks=[(name, adder(v))])))).sum(-1).cpu()
                 for v in steered]
         owner = torch.tensor([s.pair_id for s in seqs])[:, None].expand_as(cls)[at]
-        for pid in owner.unique().tolist():
+        for pid in torch.unique(owner).tolist():
             rows = owner == pid
             acc = sums.setdefault(int(pid), [0.0] * (len(kls) + 1))
             for i, kl in enumerate(kls):
@@ -752,7 +752,8 @@ def steer_numbers(entry: Mapping[str, Any]) -> dict[str, Any]:
     from alignment_probe.report.format import _num
 
     rec, null, gain = entry.get("recovered_fraction") or {}, entry.get("null") or {}, entry.get("gain") or {}
-    at = next((r for r in entry.get("by_c") or [] if abs(_num(r.get("c")) - _num(entry.get("scale"))) < 1e-12), {})
+    at: Mapping[str, Any] = next((r for r in entry.get("by_c") or []
+                                  if abs(_num(r.get("c")) - _num(entry.get("scale"))) < 1e-12), {})
     return {"layer": entry.get("layer"), "scale": entry.get("scale"),
             "recovered_fraction": _num(rec.get("mean")), "recovered_ci_low": _num(rec.get("ci_low")),
             "recovered_ci_high": _num(rec.get("ci_high")), "recovered_defined": bool(rec.get("defined", False)),
