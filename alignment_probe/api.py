@@ -93,17 +93,24 @@ def score(twins: Any, pairs: Sequence[Any], *, batch_size: int = 8) -> pd.DataFr
 
 
 def generate(twins: Any, prompts: Sequence[Any], *, conditions: Sequence[str] | str = ("base", "tuned"),
-             max_new_tokens: int = 32, seed: int = 0, temperature: float = 0.0) -> Any:
+             max_new_tokens: int = 32, seed: int = 0, temperature: float = 0.0,
+             steer_pairs: Sequence[Any] | None = None) -> Any:
     """E12: decode ``prompts`` (tokenised pairs from :func:`load_pairs`, strings or token-id lists) from base,
     tuned and the base under ``conditions`` — ``patch:HOOK@LAYER`` (the tuned activation on the same prefix,
     decoded in lockstep), ``window@START[:WIDTH]`` (a transplant), ``base``, ``tuned``. Greedy unless
-    ``temperature > 0`` (seeded sampling, the same draws for every condition of a prompt). Returns a list of
+    ``temperature > 0`` (seeded sampling, the same draws for every condition of a prompt). ``steer@LAYER[:SCALE]``
+    adds E11's per-class tuning shift fitted on ``steer_pairs`` (tokenised pairs; keep them apart from the
+    prompts) at the predicting positions. Returns a list of
     ``{"pair_id", "condition", "text", "token_ids", "prompt"}`` shown side by side in a notebook
     (``.to_frame()``: a table; ``.write(dir)``: generations.jsonl and generations.html)."""
     from alignment_probe.generation import Generations
     from alignment_probe.generation import generate as run
 
-    rows = run(twins, prompts, conditions, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    from alignment_probe.generation import fit_steer_shifts
+
+    shifts = fit_steer_shifts(twins, conditions, steer_pairs)
+    rows = run(twins, prompts, conditions, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+               shifts=shifts)
     return Generations(rows, twins.tokenizer)
 
 

@@ -115,8 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data_args(gen)
     gen.add_argument("--conditions", default="base,tuned",
                      help="comma-separated: base, tuned, patch:HOOK@LAYER (tuned's activation on the same prefix, "
-                          "decoded in lockstep), window@START[:WIDTH] (a transplant of tuned blocks) "
+                          "decoded in lockstep), window@START[:WIDTH] (a transplant of tuned blocks), "
+                          "steer@LAYER[:SCALE] (E11's per-class shift, fitted on --steer-pairs other pairs) "
                           "(default: base,tuned)")
+    gen.add_argument("--steer-pairs", type=int, default=32,
+                     help="steer@ conditions: pairs (other than the prompts) to fit the shift on (default: 32)")
     gen.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt (default: 32)")
     gen.add_argument("--temperature", type=float, default=0.0,
                      help="0: greedy (default); > 0: sampling seeded by --seed, the same draws for every condition")
@@ -320,7 +323,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from alignment_probe.chat import describe as describe_chat
     from alignment_probe.chat import resolve_chat_template
     from alignment_probe.data import load_pairs
-    from alignment_probe.generation import Generations, generate, parse_conditions
+    import numpy as np
+
+    from alignment_probe.generation import Generations, fit_steer_shifts, generate, parse_conditions
     from alignment_probe.manifest import build_manifest, file_fingerprint, write_json_atomic
     from alignment_probe.pair import load_twins, open_checkpoints
     from alignment_probe.tokens import cap_to_context, check_sampling_options, sample_and_tokenize
@@ -345,17 +350,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
     max_length, note = cap_to_context(args.max_length, checkpoints.n_ctx)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    tokenized = sample_and_tokenize(pairs, checkpoints.tokenizer, n_pairs=n_pairs, seed=args.seed,
-                                    max_length=max_length, report=report, chat=chat)
+    steering = any(c.startswith("steer@") for c in conditions)
+    if steering and args.steer_pairs < 2:
+        raise ConfigError(f"--steer-pairs must be at least 2 to fit a shift, got {args.steer_pairs}.")
+    want = n_pairs + (args.steer_pairs if steering else 0)  # the shift is fitted on pairs that are not prompts
+    check_sampling_options(want, args.max_length, len(pairs), args.data, report)
+    drawn = sample_and_tokenize(pairs, checkpoints.tokenizer, n_pairs=want, seed=args.seed, max_length=max_length,
+                                report=report, chat=chat)
+    order = np.random.default_rng(args.seed).permutation(len(drawn))
+    tokenized = sorted((drawn[i] for i in order[:n_pairs]), key=lambda t: t.pair_id)
+    fit_pairs = sorted((drawn[i] for i in order[n_pairs:]), key=lambda t: t.pair_id)
     twins = load_twins(args.base, args.tuned, device=args.device, dtype=args.dtype, checkpoints=checkpoints)
+    shifts = fit_steer_shifts(twins, conditions, fit_pairs) if steering else None
     rows = Generations(generate(twins, tokenized, conditions, max_new_tokens=args.max_new_tokens,
-                                temperature=args.temperature, seed=args.seed, progress=True), twins.tokenizer)
+                                temperature=args.temperature, seed=args.seed, shifts=shifts, progress=True),
+                       twins.tokenizer)
     files = rows.write(out, title=f"Generations: {twins.base_source} vs {twins.tuned_source}")
     config = {k: v for k, v in vars(args).items() if k not in ("debug", "argv")}
     manifest = build_manifest("generate", {**config, "n_pairs": n_pairs, "conditions": conditions}, models=twins.describe(),
                               argv=args.argv, device=args.device,
                               data={"source": str(args.data), **file_fingerprint(args.data),
                                     "pair_ids": [t.pair_id for t in tokenized],
+                                    "steer_fit_pair_ids": [t.pair_id for t in fit_pairs],
                                     "chat_template": describe_chat(chat, args.chat_template)})
     write_json_atomic(out / "manifest.json", manifest)
     print(f"wrote {files['jsonl']} and {files['html']} ({len(tokenized)} prompts × {len(conditions)} conditions)")

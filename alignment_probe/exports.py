@@ -84,7 +84,8 @@ def export_activations(twins: Any, pairs: Sequence[Any], out: str | Path, *, hoo
 
 
 def export_shift_vectors(vectors: dict[int, torch.Tensor], out: str | Path, *, model_hint: str = "",
-                         metadata: dict[str, str] | None = None) -> dict[str, Path]:
+                         metadata: dict[str, str] | None = None,
+                         by_class: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, Path]:
     """E11's tuning-shift vectors (layer → [d_model], e.g. a position class's v_ℓ) as safetensors keyed
     ``layer.<ℓ>``; with the ``gguf`` package installed, also a llama.cpp control vector (``.gguf``, tensors
     ``direction.<ℓ+1>``: llama.cpp numbers the layers whose output it shifts from 1)."""
@@ -95,7 +96,9 @@ def export_shift_vectors(vectors: dict[int, torch.Tensor], out: str | Path, *, m
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"layer.{int(k)}": v.detach().to("cpu", torch.float32).contiguous() for k, v in sorted(vectors.items())}
-    save_file(tensors, str(out), metadata={"format": "alignment-probe shift vectors v1", **(metadata or {})})
+    extra = {f"layer.{int(k)}.{c}": v.detach().to("cpu", torch.float32).contiguous()
+             for k, classes in sorted((by_class or {}).items()) for c, v in classes.items()}
+    save_file({**tensors, **extra}, str(out), metadata={"format": "alignment-probe shift vectors v1", **(metadata or {})})
     files = {"safetensors": out}
     try:
         import gguf  # noqa: F401
@@ -118,3 +121,22 @@ def _write_control_vector(tensors: dict[str, torch.Tensor], path: Path, model_hi
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+@torch.inference_mode()
+def export_steering_vectors(twins: Any, pairs: Sequence[Any], out: str | Path, *, layers: Sequence[int],
+                            hook: str = "resid_post") -> dict[str, Path]:
+    """E11's tuning shift fitted on ``pairs`` at ``layers`` (:func:`alignment_probe.experiments.steering.class_shifts`):
+    ``layer.<ℓ>`` the mean over every predicting position (what a control vector adds everywhere), and
+    ``layer.<ℓ>.last_prompt|first|rest`` the per-class vectors E11 steers with; a ``.gguf`` control vector beside
+    it when ``gguf`` is installed."""
+    from alignment_probe.experiments.steering import class_shifts
+    from alignment_probe.interventions import POSITION_CLASSES
+
+    fitted = class_shifts(twins, list(pairs), layers=[int(x) for x in layers], hook=hook)
+    pooled = {layer: s.pooled.float() for layer, s in fitted.items()}
+    by_class = {layer: {c: s.v[i].float() for i, c in enumerate(POSITION_CLASSES)} for layer, s in fitted.items()}
+    meta = {"hook": hook, "pairs": json.dumps(sorted(int(p.pair_id) for p in pairs)),
+            "base": str(twins.base_source), "tuned": str(twins.tuned_source)}
+    return export_shift_vectors(pooled, out, model_hint=str(twins.base.cfg.original_architecture or ""),
+                                metadata=meta, by_class=by_class)

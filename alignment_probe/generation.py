@@ -34,7 +34,7 @@ from alignment_probe.errors import ConfigError
 from alignment_probe.vocab import HOOKS
 
 CONDITION_SYNTAX = "base, tuned, patch:HOOK@LAYER, window@START[:WIDTH], steer@LAYER[:SCALE]"
-STEER_FIRST_K = 8  # E11's class F: the first K predicting positions of the completion
+STEER_FIRST_K = 8  # E11's class F: the first K predicting positions after the prompt (steering.FIRST_K)
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def _steer_hook(vectors: Mapping[str, torch.Tensor], scale: float, prompt_len: i
             pos = start + i
             if pos < prompt_len - 1:
                 continue
-            c = "LP" if pos == prompt_len - 1 else ("F" if pos - prompt_len < STEER_FIRST_K - 1 else "R")
+            c = "LP" if pos == prompt_len - 1 else ("F" if pos - prompt_len < STEER_FIRST_K else "R")
             out[0, i] += scale * vectors[c].to(act.device, act.dtype)
         return out
 
@@ -174,6 +174,23 @@ def _patch_step(source: Any, hook_name: str, layer: int) -> tuple[Callable[[torc
         return kept["act"].to(act.device, act.dtype)
 
     return step, put
+
+
+def fit_steer_shifts(twins: Any, conditions: Sequence[str] | str, pairs: Sequence[Any] | None,
+                     hook: str = "resid_post") -> dict[int, dict[str, torch.Tensor]] | None:
+    """E11's per-class shifts (LP, F, R) at every ``steer@`` condition's layer, fitted on ``pairs`` (both runs of
+    each, :func:`alignment_probe.experiments.steering.class_shifts`); None when no condition steers."""
+    layers = sorted({c.layer for c in parse_conditions(conditions, twins.n_layers) if c.kind == "steer"
+                     and c.layer is not None})
+    if not layers:
+        return None
+    if not pairs:
+        raise ConfigError("steer@LAYER conditions need pairs to fit E11's tuning shift on (steer_pairs=, or "
+                          "--steer-pairs N on the command line); keep them apart from the prompts.")
+    from alignment_probe.experiments.steering import class_shifts
+
+    fitted = class_shifts(twins, list(pairs), layers=layers, hook=hook)
+    return {layer: {"LP": s.v[0].float(), "F": s.v[1].float(), "R": s.v[2].float()} for layer, s in fitted.items()}
 
 
 def generate_one(twins: Any, prompt: Sequence[int], condition: Condition, *, pair_id: int = 0,

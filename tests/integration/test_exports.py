@@ -51,3 +51,27 @@ def test_shift_vectors_round_trip(tmp_path):
     assert names == ["direction.4", "direction.6"]
     got = {t.name: torch.tensor(t.data.copy()) for t in reader.tensors}
     torch.testing.assert_close(got["direction.4"].reshape(-1), vectors[3])
+
+
+def test_steering_vectors_export_the_fitted_shift(planted, tmp_path):
+    """On a twin that differs only in block 2's MLP, the shift at layer 1 (below it) is exactly 0 and at layer 2 it
+    is the mean of h_T − h_B over the predicting positions, computed here independently from the two caches."""
+    from alignment_probe.exports import export_steering_vectors
+    from alignment_probe.interventions import predicting_classes
+
+    pairs = api.load_pairs(BUNDLED_PAIRS, n=3, seed=0, tokenizer=planted.tokenizer, max_length=64)
+    files = export_steering_vectors(planted, pairs, tmp_path / "v.safetensors", layers=[1, 2])
+    got = load_file(str(files["safetensors"]))
+    assert {"layer.1", "layer.2", "layer.2.last_prompt", "layer.2.first", "layer.2.rest"} <= set(got)
+    assert got["layer.1"].abs().max() == 0
+    rows = []
+    for p in pairs:
+        for side in ("chosen", "rejected"):
+            seq = p.sequence(side)
+            ids = torch.tensor([list(seq.prompt_ids) + list(seq.completion_ids)])
+            at = predicting_classes(seq.completion_start, seq.length, 8) >= 0
+            _, cb = planted.base.run_with_cache(ids)
+            _, ct = planted.tuned.run_with_cache(ids)
+            name = "blocks.2.hook_resid_post"
+            rows.append((ct[name][0] - cb[name][0])[at])
+    torch.testing.assert_close(got["layer.2"], torch.cat(rows).double().mean(0).float(), atol=1e-5, rtol=1e-4)
