@@ -55,7 +55,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -164,6 +164,18 @@ class Shift:
     contrast: Tensor | None = None
 
 
+def predicting_batches(tokenized: Sequence[TokenizedPair], first_k: int,
+                       pairs_per_batch: int) -> Iterator[tuple[list[Any], Any, Tensor, Tensor]]:
+    """Batches of both runs of ``pairs_per_batch`` pairs with each position's class (:func:`predicting_classes`,
+    −1 where not a predicting position) and the mask of predicting positions: ``(seqs, batch, cls, at)``."""
+    for lo in range(0, len(tokenized), pairs_per_batch):
+        seqs = pair_sequences(tokenized[lo: lo + pairs_per_batch])
+        batch = make_batch(seqs)
+        width = batch.tokens.shape[1]
+        cls = torch.stack([predicting_classes(s.completion_start, s.length, first_k, width) for s in seqs])
+        yield seqs, batch, cls, cls >= 0
+
+
 @torch.inference_mode()
 def class_shifts(twins: Any, tokenized: Sequence[TokenizedPair], *, layers: Sequence[int], hook: str = "resid_post",
                  first_k: int = FIRST_K, keep: int | None = None, pairs_per_batch: int = 4) -> dict[int, Shift]:
@@ -178,12 +190,7 @@ def class_shifts(twins: Any, tokenized: Sequence[TokenizedPair], *, layers: Sequ
     diffs: list[Tensor] = []
     tuned_sum = {s: torch.zeros(d, dtype=torch.float64) for s in ("chosen", "rejected")}
     tuned_n = {"chosen": 0, "rejected": 0}
-    for lo in range(0, len(tokenized), pairs_per_batch):
-        seqs = pair_sequences(tokenized[lo: lo + pairs_per_batch])
-        batch = make_batch(seqs)
-        width = batch.tokens.shape[1]
-        cls = torch.stack([predicting_classes(s.completion_start, s.length, first_k, width) for s in seqs])
-        at = cls >= 0
+    for seqs, batch, cls, at in predicting_batches(tokenized, first_k, pairs_per_batch):
         owner = cls[at]
         caches = {}
         for m in ("base", "tuned"):
@@ -391,12 +398,7 @@ def kl_to_tuned(twins: Any, tokenized: Sequence[TokenizedPair], steered: Sequenc
     name = hook_name(layer, hook)
     base, tuned = twins.models()["base"], twins.models()["tuned"]
     sums: dict[int, list[float]] = {}
-    for lo in range(0, len(tokenized), pairs_per_batch):
-        seqs = pair_sequences(tokenized[lo: lo + pairs_per_batch])
-        batch = make_batch(seqs)
-        width = batch.tokens.shape[1]
-        cls = torch.stack([predicting_classes(s.completion_start, s.length, first_k, width) for s in seqs])
-        at = cls >= 0
+    for seqs, batch, cls, at in predicting_batches(tokenized, first_k, pairs_per_batch):
         tokens = batch.tokens.to(base.cfg.device)
 
         def scored(logits: Tensor) -> Tensor:  # log-probs at the predicting positions only [rows, vocab]
