@@ -164,13 +164,14 @@ COMBOS = [pytest.param(args, expected, id=name) for name, args, expected in FIXE
 def asked_experiments(args: list[str]) -> set[str]:
     """The summary's experiments for this command line, as the README documents them (independent of
     SuiteConfig): the names given, ``all`` = the default suite, ``--confirm`` adds atp and atp_confirm, steer
-    reports its scan (steer_scan) too, and atp_heads reports under the atp key."""
+    reports its scan (steer_scan) too unless ``--steer-layer`` overrides it, and atp_heads reports under the atp
+    key."""
     names = set(args[args.index("--experiments") + 1].split(",")) - {""}
     if "all" in names:
         names = (names - {"all"}) | set(registry.experiment_names())
     if "--confirm" in args:
         names |= {"atp", "atp_confirm"}
-    if "steer" in names:
+    if "steer" in names and "--steer-layer" not in args:
         names.add("steer_scan")
     if "atp_heads" in names:
         names = (names - {"atp_heads"}) | {"atp"}
