@@ -164,14 +164,17 @@ COMBOS = [pytest.param(args, expected, id=name) for name, args, expected in FIXE
 def asked_experiments(args: list[str]) -> set[str]:
     """The summary's experiments for this command line, as the README documents them (independent of
     SuiteConfig): the names given, ``all`` = the default suite, ``--confirm`` adds atp and atp_confirm, steer
-    reports its scan (steer_scan) too unless ``--steer-layer`` overrides it, and atp_heads reports under the atp
-    key."""
+    reports its scan (steer_scan) too unless ``--steer-layer`` and a single scale leave nothing to choose, and
+    atp_heads reports under the atp key."""
     names = set(args[args.index("--experiments") + 1].split(",")) - {""}
     if "all" in names:
         names = (names - {"all"}) | set(registry.experiment_names())
     if "--confirm" in args:
         names |= {"atp", "atp_confirm"}
-    if "steer" in names and "--steer-layer" not in args:
+    # E11 (revised): the scan chooses the layer and the scale on the fit half; only a fixed --steer-layer with a
+    # single scale (1 is always in the grid) leaves nothing to choose
+    scales = {float(x) for x in args[args.index("--steer-c") + 1].split(",")} | {1.0} if "--steer-c" in args else {0.5, 1.0, 2.0, 4.0}
+    if "steer" in names and not ("--steer-layer" in args and len(scales) == 1):
         names.add("steer_scan")
     if "atp_heads" in names:
         names = (names - {"atp_heads"}) | {"atp"}
