@@ -28,7 +28,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-HH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+# the real HH-RLHF data: $ALIGNMENT_PROBE_HH_DIR (as the tests read it), else ../shared beside the checkout
+HH = (Path(os.environ["ALIGNMENT_PROBE_HH_DIR"]) if os.environ.get("ALIGNMENT_PROBE_HH_DIR")
+      else ROOT.parent / "shared" / "data" / "hh-rlhf") / "harmless-base" / "test.jsonl.gz"
 
 
 def column_major(model: torch.nn.Module) -> None:
@@ -111,11 +113,7 @@ def run_one(engine_name: str, args, queue) -> None:
     pair, tokenized = load(args)
     specs, suite_cfg = work_specs(args, pair, tokenized)
     if engine_name.startswith("fast"):
-        # fast-tl-attention / fast-sdpa: the fast engine with TransformerLens's own attention forward, or with the
-        # scores fused into scaled_dot_product_attention (engine/attention.py); fast runs its exact in-place one.
-        attention = {"fast-tl-attention": "transformer_lens", "fast-sdpa": "sdpa"}.get(engine_name, "exact")
-        engine = make_engine("fast", batch_size=args.batch_size, share_prompts=engine_name != "fast-noshare",
-                             attention=attention)
+        engine = make_engine("fast", batch_size=args.batch_size, share_prompts=engine_name != "fast-noshare")
     else:
         engine = make_engine(engine_name)
     if args.device.startswith("cuda"):
@@ -167,8 +165,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--engines", default="reference,fast",
-                        help="comma-separated: reference, fast, fast-noshare (the fast engine, full sequences), "
-                             "fast-tl-attention (TransformerLens's own attention forward), fast-sdpa (fused attention)")
+                        help="comma-separated: reference, fast, fast-noshare (the fast engine, full sequences)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -197,12 +194,6 @@ def main() -> None:
         diff = max(abs(a - b) for a, b in zip(off["effects"]["effect"], on["effects"]["effect"]))
         print(f"  shared prompts vs full sequences: {off['seconds'] / on['seconds']:.2f}x; "
               f"max |effect difference|: {diff:.2e}")
-    for variant in ("fast-tl-attention", "fast-sdpa"):
-        if variant in results and "fast" in results:
-            other, fast = results[variant], results["fast"]
-            diff = max(abs(a - b) for a, b in zip(other["effects"]["effect"], fast["effects"]["effect"]))
-            print(f"  fast (in-place attention) vs {variant}: {other['seconds'] / fast['seconds']:.2f}x; "
-                  f"max |effect difference|: {diff:.2e}")
     if args.json:
         for r in results.values():
             r.pop("effects")

@@ -24,7 +24,13 @@ Parts (``--only``; default: all but ``llama8``):
   processes of one thread, ``torchrun --standalone --nproc_per_node 2``);
 * ``memory``: the bundled default on 16 and on 80 pairs, peak RSS (1 thread);
 * ``llama8``: the 8-layer d_model-512 random Llama pair (8 HH pairs <= 400 tokens), fast vs
-  ``--engine reference``, and the largest difference between their effects.
+  ``--engine reference``, and the largest difference between their effects. With ``--baseline``, the fast
+  engine of both codes, alternating, ``--repeats`` times each; the reference engine (whose code both share)
+  once, on this tree.
+
+With ``--baseline``, each bundled run's tables are compared with the baseline's of the same repeat
+(``tables_vs_baseline``: the largest difference of any numeric column of each ``*.parquet``, and whether
+``summary.json`` is the same bytes).
 """
 
 from __future__ import annotations
@@ -43,7 +49,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-HH = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+# the real HH-RLHF data: $ALIGNMENT_PROBE_HH_DIR (as the tests read it), else ../shared beside the checkout
+HH = (Path(os.environ["ALIGNMENT_PROBE_HH_DIR"]) if os.environ.get("ALIGNMENT_PROBE_HH_DIR")
+      else ROOT.parent / "shared" / "data" / "hh-rlhf") / "harmless-base" / "test.jsonl.gz"
 PARTS = ("startup", "refusal", "bundled", "memory", "llama8")
 
 
@@ -150,6 +158,35 @@ def max_effect_difference(a: Path, b: Path) -> float | None:
     return float((ea.effect - eb.effect).abs().max())
 
 
+def tables_difference(a: Path, b: Path) -> dict:
+    """Per ``*.parquet`` of run directory ``a``: the largest |difference| of any numeric column against ``b``'s
+    (None where the rows or columns differ), and whether the two ``summary.json`` are the same bytes."""
+    import numpy as np
+    import pandas as pd
+
+    out: dict = {}
+    for path in sorted(a.glob("*.parquet")):
+        other = b / path.name
+        if not other.exists():
+            out[path.name] = None
+            continue
+        ta, tb = pd.read_parquet(path), pd.read_parquet(other)
+        if list(ta.columns) != list(tb.columns) or len(ta) != len(tb):
+            out[path.name] = None
+            continue
+        numeric = [c for c in ta.columns if pd.api.types.is_numeric_dtype(ta[c])]
+        text = [c for c in ta.columns if c not in numeric]
+        if not ta[text].equals(tb[text]):
+            out[path.name] = None
+            continue
+        diffs = [float(np.nanmax(np.abs(ta[c].to_numpy(float) - tb[c].to_numpy(float)), initial=0.0))
+                 for c in numeric]
+        out[path.name] = max(diffs, default=0.0)
+    sa, sb = a / "summary.json", b / "summary.json"
+    out["summary.json identical"] = sa.exists() and sb.exists() and sa.read_bytes() == sb.read_bytes()
+    return out
+
+
 def plant_llama1b(cache: Path) -> None:
     """bench_load_llama1b.py's planted pair, made in a child process: a process's peak RSS is inherited by
     the processes it starts (Linux keeps ru_maxrss across fork and exec), so this one must stay small."""
@@ -213,8 +250,14 @@ def main() -> int:
                         row = timed(f"bundled-default-{layout}{'' if nproc > 1 else 't'}-{label}-{rep}",
                                     ["run", "--out", str(out)], code=code, env=env, out=out, nproc=nproc)
                         runs.setdefault(f"{layout} threads", {}).setdefault(label, []).append(row)
-                        if not args.keep:
-                            shutil.rmtree(out, ignore_errors=True)
+                    if "before" in codes:  # this repeat's tables, after vs before
+                        row = runs[f"{layout} threads"]["after"][-1]
+                        row["tables_vs_baseline"] = tables_difference(
+                            work / f"default-after-{layout}-{rep}", work / f"default-before-{layout}-{rep}")
+                        print(f"{'tables vs baseline':>34}: {row['tables_vs_baseline']}", flush=True)
+                    if not args.keep:
+                        for label in codes:
+                            shutil.rmtree(work / f"default-{label}-{layout}-{rep}", ignore_errors=True)
             results["bundled_default"] = runs
         if "memory" in parts:  # 1 thread: memory does not depend on it, and it is the quickest here
             one = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -229,11 +272,23 @@ def main() -> int:
                 base, tuned = args.cache / "llama8-d512-base", args.cache / "llama8-d512-tuned"
                 common = ["run", "--base", str(base), "--tuned", str(tuned), "--data", str(HH), "--n-pairs", "8",
                           "--max-length", "400", "--experiments", "patch_tuned_to_base", "--n-boot", "200"]
-                l8 = {eng: timed(f"llama8-{eng}", common + ["--engine", eng, "--out", str(work / f"llama8-{eng}")],
-                                 out=work / f"llama8-{eng}") for eng in ("reference", "fast")}
+                l8: dict = {"reference": timed("llama8-reference", common + ["--engine", "reference", "--out",
+                                                                          str(work / "llama8-reference")],
+                                               out=work / "llama8-reference")}
+                for rep in range(args.repeats if args.baseline else 1):
+                    for label, code in codes.items():  # alternating, so both see the same load
+                        out = work / f"llama8-fast-{label}-{rep}"
+                        row = timed(f"llama8-fast-{label}-{rep}", common + ["--engine", "fast", "--out", str(out)],
+                                    code=code, out=out)
+                        row["speedup_vs_reference"] = round(l8["reference"]["wall_s"] / row["wall_s"], 2)
+                        row["max_effect_difference_vs_reference"] = max_effect_difference(work / "llama8-reference",
+                                                                                          out)
+                        l8.setdefault(f"fast-{label}", []).append(row)
+                fast = l8["fast-after"]
                 results["llama8"] = l8 | {
-                    "speedup": round(l8["reference"]["wall_s"] / l8["fast"]["wall_s"], 2),
-                    "max_effect_difference": max_effect_difference(work / "llama8-reference", work / "llama8-fast")}
+                    "speedup": round(l8["reference"]["wall_s"] / min(r["wall_s"] for r in fast), 2),
+                    "max_effect_difference": (None if any(r["max_effect_difference_vs_reference"] is None for r in fast)
+                                              else max(r["max_effect_difference_vs_reference"] for r in fast))}
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -63,9 +63,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from alignment_probe.engine.attention import ATTENTION, lean_attention
-from alignment_probe.engine.mlp import lean_mlp
-from alignment_probe.engine.unembed import lean_unembed
 from alignment_probe.engine.batching import attention_tokens, overhead_tokens, plan_batches, plan_cost
 from alignment_probe.engine.hybrid import PartComparison, transplanted
 from alignment_probe.engine.outputs import ExactEngine, Run
@@ -211,7 +208,7 @@ class _Shared:
 
 class FastEngine(ExactEngine):
     """``FastEngine(batch_size, memory_budget_gb, share_prompts="auto", overhead_tokens=None,
-    keep_budget_gb=0.5, attention_tokens=None, attention="exact")``.
+    keep_budget_gb=0.5, attention_tokens=None)``.
 
     ``share_prompts``: ``"auto"`` (default) shares prompts where the batch planner's cost model
     (batching.py: padded tokens, a per-forward cost of ``overhead_tokens`` and the attention over padded
@@ -220,16 +217,14 @@ class FastEngine(ExactEngine):
     forwards can cost more than the prompt tokens they save; ``True`` always shares where the prompts
     are the same; ``False`` runs every sequence in full. All three give the same numbers to float
     precision. ``keep_budget_gb``: the most clean activations a suite run may ask it to keep for its
-    fits and whole-data computations (``keep``). ``attention`` (attention.py): ``"exact"`` (default)
-    runs TransformerLens's attention operations in place, the same bits; ``"sdpa"`` fuses them into
-    ``scaled_dot_product_attention`` (float rounding; no pattern in memory); ``"transformer_lens"`` runs
-    TransformerLens's own attention forward."""
+    fits and whole-data computations (``keep``). Every forward is TransformerLens's own (its modules,
+    its key/value cache); the engine chooses which forwards to run, not how a block computes."""
 
     name = "fast"
 
     def __init__(self, batch_size: int = 32, memory_budget_gb: float = 2.0, share_prompts: bool | str = "auto",
                  overhead_tokens: float | None = None, keep_budget_gb: float = 0.5,
-                 attention_tokens: float | None = None, attention: str = "exact"):
+                 attention_tokens: float | None = None):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
@@ -237,9 +232,6 @@ class FastEngine(ExactEngine):
         if share_prompts not in (True, False, "auto"):
             raise ValueError(f"share_prompts must be True, False or 'auto', got {share_prompts!r}")
         self.share_prompts = share_prompts
-        if attention not in ATTENTION:
-            raise ValueError(f"attention must be one of {', '.join(map(repr, ATTENTION))}, got {attention!r}")
-        self.attention_impl = attention
         self.overhead = overhead_tokens
         self.attention = attention_tokens
         self.work = WorkCounter()
@@ -257,17 +249,6 @@ class FastEngine(ExactEngine):
         self.kept: dict[str, dict[str, dict[Key, Tensor]]] = defaultdict(lambda: defaultdict(dict))
 
     # -- bookkeeping -------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _attention(self, *models: Any) -> Iterator[None]:
-        """The attention these models' forwards run inside the engine (see ``attention``), and the gated MLPs and
-        the unembedding without their zero biases (engine/mlp.py, engine/unembed.py); ``"transformer_lens"``:
-        TransformerLens's own forwards."""
-        if self.attention_impl == "transformer_lens":
-            yield
-            return
-        with lean_attention(*models, kind=self.attention_impl), lean_mlp(*models), lean_unembed(*models):
-            yield
-
     def _computed(self, stage: str, n_blocks: int, tokens: int) -> None:
         self.work.add_computed(n_blocks, tokens)
         self.work_by_stage[stage].add_computed(n_blocks, tokens)
@@ -362,14 +343,13 @@ class FastEngine(ExactEngine):
                                                    for t in chunk))
             else:
                 self._floor("clean", n_blocks, sum(s.length for s in seqs))
-            with self._attention(model):
-                if self._shares(model) and self._worth_sharing(
-                        model, [s.length for s in seqs], [len(t.prompt_ids) for t in chunk],
-                        [len(s.completion_ids) for s in seqs], [s.completion_start for s in seqs]):
-                    clean[name], tokens[name], acts[name], prompts[name] = self._clean_shared(model, chunk, names,
-                                                                                              capture)
-                else:
-                    clean[name], tokens[name], acts[name] = self._clean_full(model, seqs, names, capture)
+            if self._shares(model) and self._worth_sharing(
+                    model, [s.length for s in seqs], [len(t.prompt_ids) for t in chunk],
+                    [len(s.completion_ids) for s in seqs], [s.completion_start for s in seqs]):
+                clean[name], tokens[name], acts[name], prompts[name] = self._clean_shared(model, chunk, names,
+                                                                                          capture)
+            else:
+                clean[name], tokens[name], acts[name] = self._clean_full(model, seqs, names, capture)
             self.clean_logprobs[name].update(clean[name])
             self.clean_tokens[name].update(tokens[name])
             for n in self.keep.get(name, ()):
@@ -462,11 +442,10 @@ class FastEngine(ExactEngine):
         """The target model, with a transplant's window of source blocks swapped in (hybrid.py) if ``swap``."""
         model = pair.models()[target]
         if swap is None:
-            with self._attention(model):
-                yield model
+            yield model
             return
         source, lo, hi = swap
-        with transplanted(model, pair.models()[source], range(lo, hi)), self._attention(model):
+        with transplanted(model, pair.models()[source], range(lo, hi)):
             yield model
 
     def item(self, pair: Twins, spec_index: int, spec: PatchSpec, pair_id: int, side: str, cc: ChunkCache) -> Item:

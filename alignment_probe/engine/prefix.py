@@ -10,10 +10,9 @@ How a batch of continuations of prompts of different lengths stays exact:
 
 * prompt forwards are right-padded; each prompt's keys/values are kept unpadded, per block;
 * a continuation batch gathers its rows' prompt keys/values into a right-padded
-  ``[batch, longest prompt, heads, d_head]`` cache and passes the attention mask
-  ``[prompt mask | completion mask]``, so padded prompt keys are masked out (under the exact lean
-  attention the cache is an ``attention.PromptKV``: each prompt's keys rotated once and laid out for the
-  attention's products, the same values TransformerLens would compute there);
+  ``[batch, longest prompt, heads, d_head]`` frozen ``TransformerLensKeyValueCache`` (TransformerLens's own
+  cache and entries, public constructors) and passes the attention mask ``[prompt mask | completion mask]``,
+  so padded prompt keys are masked out;
 * TransformerLens derives rotary positions (and absolute position embeddings) from that mask
   (``cumsum − 1``), so completion token j of a row with a P-token prompt sits at position P + j,
   as in the full sequence;
@@ -27,14 +26,12 @@ shortformer models fall back to full sequences (:func:`supports_prefix`).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-
-from alignment_probe.engine.attention import PromptKV, reads_prompt_kv
 
 CaptureFn = Callable[[str], bool]
 
@@ -59,18 +56,6 @@ class PromptState:
     values: list[Tensor | None]
     last: Float[Tensor, " d_model"]
     length: int
-    rotated: dict[int, Tensor] = field(default_factory=dict)  # block → keys after rotary (rotated_keys)
-
-    def rotated_keys(self, block: int, attn: Any) -> Tensor:
-        """The prompt's keys at ``block`` after ``attn``'s rotary, at positions 0…length−1 (its own keys for a
-        model without rotary), as ``[kv_heads, d_head, prompt_len]``: the layout the attention's scores read."""
-        if block not in self.rotated:
-            keys = self.keys[block]
-            assert keys is not None, f"the prompt forward did not run block {block}"
-            if attn.cfg.positional_embedding_type == "rotary":
-                keys = attn.apply_rotary(keys[None], 0, None)[0]
-            self.rotated[block] = keys.permute(1, 2, 0).contiguous()
-        return self.rotated[block]
 
 
 def pad_stack(tensors: Sequence[Tensor], width: int) -> Tensor:
@@ -176,14 +161,9 @@ def run_continuations(model: Any, start: int | None, prompts: Sequence[PromptSta
         if i < first:
             entries.append(None)
             continue
-        attn = model.blocks[i].attn
-        # one line each, so the ignores stay on their lines whatever the formatter does
+        # one statement each, so the ignores stay on their lines whatever the formatter does
         prompt_keys: list[torch.Tensor] = [p.keys[i] for p in prompts]  # type: ignore[misc]
         prompt_values: list[torch.Tensor] = [p.values[i] for p in prompts]  # type: ignore[misc]
-        if reads_prompt_kv(attn):  # rotated once per prompt, in the layout its products read (attention.py)
-            entries.append(PromptKV(attn, prompt_keys, prompt_values, [p.rotated_keys(i, attn) for p in prompts],
-                                    width, device))
-            continue
         entries.append(Entry(pad_stack(prompt_keys, p_width), pad_stack(prompt_values, p_width), frozen=True))
     prompt_mask = length_mask([p.length for p in prompts], p_width, device)
     mask = length_mask(lengths, width, device)

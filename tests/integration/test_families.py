@@ -16,7 +16,6 @@ whose window, cap, attention scale or norm is converted wrongly fails the logit 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,216 +373,48 @@ def test_family_weight_transplants(fam, build, tmp_path):
     np.testing.assert_allclose(-revert_all.to_numpy(), gain.loc[revert_all.index].to_numpy(), atol=1e-4)
 
 
-# Attention modules engine/attention.py runs its own way, per family: the rest keep TransformerLens's own forward
-# (sliding windows, soft-capped scores, OLMo's QK norm on the flat projections).
-LEAN_MODULES = {"gpt2": 3, "gpt-neo": 2, "pythia": 3, "opt": 3, "llama": 3, "llama-3.2": 3, "mistral": 0, "qwen2": 3,
-                "qwen3": 3, "phi-3": 3, "gemma": 3, "gemma-2": 0, "gemma-3": 1, "olmo-2": 0}
+# Families with sliding windows (8 tokens, shorter than the sequences): TransformerLens masks a window only within
+# one forward, so these run full sequences (prefix.supports_prefix); every other family continues from a cache.
+SLIDING_WINDOW = {"gpt-neo", "mistral", "gemma-2", "gemma-3"}
 
 
-@pytest.mark.parametrize("kind", ["exact", "sdpa"])
 @pytest.mark.parametrize("fam", FAMILIES, ids=lambda f: f.name)
-def test_family_lean_attention(fam, kind, build, monkeypatch):
-    """The engines' attention (engine/attention.py) on every family: logits equal Hugging Face's; a right-padded
-    batch and key/value-cache continuations from a residual equal TransformerLens's own attention, every hook
-    point the path keeps included — bit for bit for ``exact``, to float rounding for ``sdpa``; a hook on the
-    pattern (which neither path computes) sends the forward back to TransformerLens's attention."""
-    from alignment_probe.engine.attention import lean_attention, supports_lean
+def test_family_continuations_equal_the_full_sequence(fam, build):
+    """Prompt sharing (engine/prefix.py, TransformerLens's own key/value cache) on every family: completions
+    continued from their prompts' keys and values — from a residual at block 1 and from tokens, rows in another
+    order than their prompts, a hook point captured — give the full right-padded sequence's final residual and
+    activations at the completion positions, and the prompt's last position gives the full sequence's there."""
     from alignment_probe.engine.prefix import length_mask, pad_stack, run_continuations, run_prompts, supports_prefix
 
     b = build(fam)
     model = b.twins.base
-    assert sum(supports_lean(blk.attn) for blk in model.blocks) == LEAN_MODULES[fam.name]
+    assert supports_prefix(model) == (fam.name not in SLIDING_WINDOW)
+    if not supports_prefix(model):
+        return
     seqs = [t.sequence(s) for t in b.tokenized for s in ("chosen", "rejected")]
     ids = [torch.tensor(list(s.prompt_ids) + list(s.completion_ids)) for s in seqs]
-    with torch.no_grad():
-        hf_logits = [b.hf["base"](x[None]).logits for x in ids]
-    calls = []  # the lean path really runs: its modules call softmax / SDPA from attention.py
-    import alignment_probe.engine.attention as attention
-
-    real_f = attention.F
-    counting = type("F", (), {n: getattr(real_f, n) for n in ("linear",)})()
-    counting.softmax = lambda *a, **k: calls.append(1) or real_f.softmax(*a, **k)
-    counting.scaled_dot_product_attention = lambda *a, **k: calls.append(1) or real_f.scaled_dot_product_attention(
-        *a, **k)
-    monkeypatch.setattr(attention, "F", counting)
-    with lean_attention(model, kind=kind), torch.no_grad():
-        ours_unpadded = [model(x[None]) for x in ids]  # no padding mask: the other rotary path
-    for logits, ref in zip(ours_unpadded, hf_logits):
-        assert (logits - ref).abs().max().item() <= 1e-4
-    assert len(calls) == LEAN_MODULES[fam.name] * len(ids)
-    monkeypatch.undo()
-    with torch.no_grad():
-        theirs_unpadded = [model(x[None]) for x in ids]
-    # A right-padded batch, every kept hook point cached.
     width = max(len(x) for x in ids)
     batch, mask = pad_stack(ids, width), length_mask([len(x) for x in ids], width, "cpu")
-    keep = ("hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_z", "hook_attn_out", "hook_resid_post")
-
-    def cached(lean: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with (lean_attention(model, kind=kind) if lean else contextlib.nullcontext()), torch.no_grad():
-            return model.run_with_cache(batch, attention_mask=mask, names_filter=lambda n: n.endswith(keep),
-                                        return_cache_object=False)
-
-    def same(a: torch.Tensor, b_: torch.Tensor, what: str = "") -> None:
-        if kind == "exact":
-            assert torch.equal(a, b_), what
-        else:  # float rounding: the softmax is summed blockwise; an element near 0 of a residual of norm ~15
-            # differs by its neighbours' rounding (seen: 1.5e-5 on a Sapphire Rapids core), so atol scales with it
-            scale = max(1.0, b_.abs().max().item())
-            torch.testing.assert_close(a, b_, rtol=1e-5, atol=1e-5 * scale, msg=what)
-
-    for a, b_ in zip(ours_unpadded, theirs_unpadded):
-        same(a, b_)
-    (ours, ours_cache), (theirs, theirs_cache) = cached(True), cached(False)
-    assert ours_cache.keys() == theirs_cache.keys() and ours_cache
-    real = mask.bool()
-    same(ours[real], theirs[real])
-    for name in theirs_cache:
-        same(ours_cache[name][real], theirs_cache[name][real], name)
-    if supports_prefix(model):  # prompts, then completions continued from block 1 with their keys and values
-        with torch.no_grad():
-            _, c = model.run_with_cache(batch, attention_mask=mask, names_filter="blocks.1.hook_resid_pre",
-                                        return_cache_object=False)
-        resid = [c["blocks.1.hook_resid_pre"][i, s.completion_start: s.length] for i, s in enumerate(seqs)]
-
-        def continued(lean: bool, start: int | None = 1, capture: Any = None) -> tuple[torch.Tensor, dict]:
-            # Rows continue shared prompts in a shuffled order, as the engine's batches do (exact: each prompt's
-            # keys are rotated once and read in the products' layout, attention.PromptKV).
-            order = [i ^ 1 for i in range(len(seqs))]
-            with lean_attention(model, kind=kind) if lean else contextlib.nullcontext():
-                states, _, _ = run_prompts(model, None, [torch.tensor(s.prompt_ids) for s in seqs])
-                inputs = ([resid[i] for i in order] if start is not None
-                          else [torch.tensor(seqs[i].completion_ids) for i in order])
-                return run_continuations(model, start, [states[i] for i in order], inputs, capture=capture)
-
-        real_c = length_mask([len(seqs[i ^ 1].completion_ids) for i in range(len(seqs))],
-                             max(len(s.completion_ids) for s in seqs), "cpu").bool()
-        read = []  # exact reads the prompts' keys and values through PromptKV in every lean block
-        operands = attention.PromptKV.operands
-        monkeypatch.setattr(attention.PromptKV, "operands", lambda self, *a: read.append(1) or operands(self, *a))
-        for start in (1, None):  # from a residual, and from tokens
-            (a, _), (b_, _) = continued(True, start), continued(False, start)
-            same(a[real_c], b_[real_c], f"continuation from {start}")
-        lean_from_1 = sum(supports_lean(blk.attn) for blk in model.blocks[1:])
-        assert len(read) == (lean_from_1 + LEAN_MODULES[fam.name] if kind == "exact" else 0)
-        monkeypatch.undo()
-        # A capture of the rotated keys (they cover the prompt's too) takes the general path, same values.
-        rot_k = lambda n: n.endswith(("hook_rot_k", "hook_resid_post"))  # noqa: E731
-        (a, ca), (b_, cb) = continued(True, capture=rot_k), continued(False, capture=rot_k)
-        assert ca.keys() == cb.keys() and ca
-        same(a[real_c], b_[real_c])
-        for name in cb:
-            same(ca[name], cb[name], name)
-        if LEAN_MODULES[fam.name]:  # a pattern hook in a continuation: TransformerLens's forward on the raw keys
-            layer = next(i for i, blk in enumerate(model.blocks) if supports_lean(blk.attn) and i >= 1)
-            pattern = lambda n: n == f"blocks.{layer}.attn.hook_pattern"  # noqa: E731
-            (a, ca), (b_, cb) = continued(True, capture=pattern), continued(False, capture=pattern)
-            same(a[real_c], b_[real_c])
-            same(ca[f"blocks.{layer}.attn.hook_pattern"], cb[f"blocks.{layer}.attn.hook_pattern"])
-    # A hook on the pattern is honoured: that forward runs TransformerLens's attention.
-    seen = []
-    if LEAN_MODULES[fam.name]:
-        layer = next(i for i, blk in enumerate(model.blocks) if supports_lean(blk.attn))
-        with lean_attention(model, kind=kind), torch.no_grad():
-            model.run_with_hooks(ids[0][None], fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern",
-                                                           lambda p, hook: seen.append(p.shape))])
-        assert seen == [torch.Size([1, model.cfg.n_heads, len(ids[0]), len(ids[0])])]
-    assert not any("forward" in blk.attn.__dict__ for blk in model.blocks)  # the modules' own forwards are back
-
-
-# Families whose MLP is TransformerLens's GatedMLP with no bias in the Hugging Face model (b_in is zeros)
-GATED_NO_BIAS = {"llama", "llama-3.2", "mistral", "qwen2", "qwen3", "phi-3", "gemma", "gemma-2", "gemma-3", "olmo-2"}
-
-
-@pytest.mark.parametrize("fam", FAMILIES, ids=lambda f: f.name)
-def test_family_zero_biases_mlp_and_unembedding(fam, build):
-    """The engines' gated MLP without its zero biases (engine/mlp.py) and the unembedding without a zero bias
-    (engine/unembed.py): on every family the same bits as TransformerLens, every MLP and unembedding hook point
-    included; a non-zero ``b_out`` is still added, a non-zero ``b_in`` or ``b_U`` keeps TransformerLens's forward."""
-    import alignment_probe.engine.mlp as lean
-    from alignment_probe.engine.prefix import length_mask, pad_stack
-    from alignment_probe.engine.unembed import lean_unembed, supports_lean_unembed, unembed_forward
-
-    b = build(fam)
-    model = copy.deepcopy(b.twins.base)
-    n_lean = sum(lean.supports_lean_mlp(blk.mlp) for blk in model.blocks)
-    assert n_lean == (model.cfg.n_layers if fam.name in GATED_NO_BIAS else 0)
-    if fam.name in ("llama", "gpt2"):  # no lm_head bias: the lean unembedding runs (Gemma 2's is soft-capped)
-        assert supports_lean_unembed(model.unembed)
-    if fam.name == "gemma-2":
-        assert not supports_lean_unembed(model.unembed)
-    ids = [torch.tensor(list(t.prompt_ids) + list(t.completion_ids(s))) for t in b.tokenized for s in ("chosen", "rejected")]
-    width = max(len(x) for x in ids)
-    batch, mask = pad_stack(ids, width), length_mask([len(x) for x in ids], width, "cpu")
-    keep = ("hook_pre", "hook_pre_linear", "hook_post", "hook_mlp_out", "hook_resid_post", "unembed.hook_in",
-            "unembed.hook_out")
-
-    def lean_ok(mlp: Any) -> bool:  # what supports_lean_mlp should say, from the module's own attributes
-        return fam.name in GATED_NO_BIAS and not bool(mlp.b_in.any())
-
-    def cached(lean_on: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        lean_ctx = contextlib.ExitStack()
-        if lean_on:
-            lean_ctx.enter_context(lean.lean_mlp(model))
-            lean_ctx.enter_context(lean_unembed(model))
-        with lean_ctx, torch.no_grad():
-            if lean_on:  # the swapped forward is the one that runs, on the supported modules only
-                assert [blk.mlp.__dict__.get("forward", blk.mlp.forward).__func__ is lean.gated_forward
-                        for blk in model.blocks] == [lean_ok(blk.mlp) for blk in model.blocks]
-                swapped = model.unembed.__dict__.get("forward")
-                assert (swapped is not None and swapped.__func__ is unembed_forward) == (
-                    type(model.unembed).__name__ == "Unembed" and not bool(model.unembed.b_U.any()))
-            return model.run_with_cache(batch, attention_mask=mask, names_filter=lambda n: n.endswith(keep),
-                                        return_cache_object=False)
-
-    def same_bits() -> None:
-        (ours, ours_cache), (theirs, theirs_cache) = cached(True), cached(False)
-        assert torch.equal(ours, theirs) and ours_cache.keys() == theirs_cache.keys()
-        for name in theirs_cache:
-            assert torch.equal(ours_cache[name], theirs_cache[name]), name
-
-    same_bits()
-    assert all("forward" not in blk.mlp.__dict__ for blk in model.blocks)  # restored
-    assert "forward" not in model.unembed.__dict__
-    # The attention's zero biases (engine/attention.py; its bits are test_family_lean_attention's): Llama has
-    # none, so its projections skip all of them; Qwen2 adds its query/key/value biases and skips the output's
-    import alignment_probe.engine.attention as attention
-
-    with attention.lean_attention(model):
-        zero = {blk.attn.__dict__.get(attention._ZERO) for blk in model.blocks}
-    assert zero == {"llama": {(True, True)}, "qwen2": {(False, True)}, "gpt2": {(False, False)}}.get(fam.name, zero)
+    keep = lambda n: n in ("blocks.1.hook_resid_pre", "blocks.2.attn.hook_z")  # noqa: E731
     with torch.no_grad():
-        if n_lean:
-            model.blocks[0].mlp.b_out.normal_()  # still added
-            model.blocks[1].mlp.b_in.normal_()  # TransformerLens's own forward
-            assert not lean.supports_lean_mlp(model.blocks[1].mlp) and lean.supports_lean_mlp(model.blocks[0].mlp)
-            same_bits()
-        if supports_lean_unembed(model.unembed):
-            model.unembed.b_U.normal_()  # TransformerLens's own forward
-            assert not supports_lean_unembed(model.unembed)
-            same_bits()
+        full, cache = model.run_with_cache(batch, attention_mask=mask, names_filter=keep,
+                                           stop_at_layer=model.cfg.n_layers, return_cache_object=False)
 
+    def close(a: torch.Tensor, b_: torch.Tensor, what: str) -> None:  # other batch shapes: float rounding only
+        torch.testing.assert_close(a, b_, rtol=1e-5, atol=1e-5 * max(1.0, b_.abs().max().item()), msg=what)
 
-def test_swapped_forwards_nest_and_are_restored_on_an_error(build):
-    """engine/swap.py: an inner ``with`` leaves the outer block's swaps in place; an error restores every module."""
-    from alignment_probe.engine.attention import exact_forward, lean_attention
-    from alignment_probe.engine.mlp import gated_forward, lean_mlp
-
-    model = build(next(f for f in FAMILIES if f.name == "llama")).twins.base
-
-    def swapped() -> tuple[list[Any], list[Any]]:
-        return ([b.attn.__dict__.get("forward", b.attn.forward).__func__ for b in model.blocks],
-                [b.mlp.__dict__.get("forward", b.mlp.forward).__func__ for b in model.blocks])
-
-    with lean_attention(model), lean_mlp(model):
-        outer = swapped()
-        assert set(outer[0]) == {exact_forward} and set(outer[1]) == {gated_forward}
-        with lean_attention(model, kind="sdpa"), lean_mlp(model):
-            assert swapped() == outer  # the outer block's forwards stay
-        assert swapped() == outer
-    assert all("forward" not in b.attn.__dict__ and "forward" not in b.mlp.__dict__ for b in model.blocks)
-    with pytest.raises(RuntimeError, match="inside"):
-        with lean_attention(model), lean_mlp(model):
-            raise RuntimeError("inside")
-    assert all("forward" not in b.attn.__dict__ and "forward" not in b.mlp.__dict__ for b in model.blocks)
-    assert not any(k.startswith("_alignment_probe") for b in model.blocks for k in (*b.attn.__dict__, *b.mlp.__dict__))
+    states, _, _ = run_prompts(model, None, [torch.tensor(s.prompt_ids) for s in seqs])
+    for i, (s, st) in enumerate(zip(seqs, states)):
+        close(st.last, full[i, s.completion_start - 1], f"prompt's last position, row {i}")
+    order = [i ^ 1 for i in range(len(seqs))]  # each row continues the other side's prompt state (the same prompt)
+    resid = [cache["blocks.1.hook_resid_pre"][i, s.completion_start: s.length] for i, s in enumerate(seqs)]
+    for start in (1, None):
+        inputs = ([resid[i] for i in order] if start is not None
+                  else [torch.tensor(seqs[i].completion_ids) for i in order])
+        out, acts = run_continuations(model, start, [states[i] for i in order], inputs, capture=keep)
+        for r, i in enumerate(order):
+            s = seqs[i]
+            n = len(s.completion_ids)
+            close(out[r, :n], full[i, s.completion_start: s.length], f"row {i} from {start}")
+            close(acts["blocks.2.attn.hook_z"][r, :n], cache["blocks.2.attn.hook_z"][i, s.completion_start: s.length],
+                  f"hook_z, row {i} from {start}")
