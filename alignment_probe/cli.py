@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any, Callable, NoReturn, Sequence
 
 from alignment_probe.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, AlignmentProbeError
+from alignment_probe.vocab import parse_layers as _layers
 
 
 class Terminated(BaseException):
@@ -199,22 +200,6 @@ def _list(text: str | None, cast: Callable[[str], Any] = str, option: str = "") 
         from alignment_probe.errors import ConfigError
 
         raise ConfigError(f"{option} {text!r}: expected a comma-separated list of {cast.__name__}s, e.g. 4,8,12.") from None
-
-
-def _layers(text: str | None, option: str) -> tuple[int, ...] | None:
-    """``4,8,12`` or ``0:30:3`` (Python's range: start, stop, step) or a mix of both."""
-    if text is None:
-        return None
-    from alignment_probe.errors import ConfigError
-
-    out: list[int] = []
-    for item in (x.strip() for x in text.split(",")):
-        try:
-            out += list(range(*(int(v) for v in item.split(":")))) if ":" in item else [int(item)] if item else []
-        except (TypeError, ValueError):
-            raise ConfigError(f"{option} {text!r}: expected a comma-separated list of ints or start:stop:step "
-                              "ranges, e.g. 4,8,12 or 0:30:3.") from None
-    return tuple(sorted(set(out)))
 
 
 def precheck_inputs(args: argparse.Namespace) -> tuple[object, object] | None:

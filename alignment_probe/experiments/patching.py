@@ -93,12 +93,12 @@ def _matrix(rows: Any) -> tuple[Any, list[int]]:
 def components_figure(summary: Mapping[str, Any]) -> Any:
     """E7 components: tuned → base patched at each hook point run (``resid_post``, ``attn_out``, ``mlp_out``
     …), one line with its CI band per hook, on one figure."""
-    from alignment_probe.report import figures as F
+    from alignment_probe import plotting as P
 
-    entry = F.experiment(summary, "patch_tuned_to_base")
+    entry = P.experiment(summary, "patch_tuned_to_base")
     by_hook = (entry or {}).get("by_hook")
     if not by_hook:
-        raise F.MissingExperimentError("components", ["patch_tuned_to_base at more than one hook (--extra-hooks)"])
+        raise P.MissingExperimentError("components", ["patch_tuned_to_base at more than one hook (--extra-hooks)"])
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -106,12 +106,12 @@ def components_figure(summary: Mapping[str, Any]) -> Any:
                "resid_pre": "#8c564b"}
     layers: list[int] = []
     for hook, rows in by_hook.items():
-        frame = F.per_layer_frame(rows)
-        F._add_curve(fig, frame, name=f"tuned → base @ {hook}", color=palette.get(hook, "#7f7f7f"), group=hook)
+        frame = P.per_layer_frame(rows)
+        P.add_curve(fig, frame, name=f"tuned → base @ {hook}", color=palette.get(hook, "#7f7f7f"), group=hook)
         layers += frame["layer"].tolist()
-    F._zero_line(fig)
-    F._layer_ticks(fig, layers)
-    return F._layout(fig, "Components: tuned → base at each hook point (E7)")
+    P.zero_line(fig)
+    P.layer_ticks(fig, layers)
+    return P.layout(fig, "Components: tuned → base at each hook point (E7)")
 
 
 register(Experiment(

@@ -125,7 +125,7 @@ class Experiment:
     needs: tuple[str, ...] = ()  # names whose summaries ``specs``/``fit`` read (their rows are computed first)
     emits: tuple[str, ...] = ()  # extra ``experiment`` values in its rows (e.g. ``lowrank_full``)
     figures: tuple[Figure, ...] = ()
-    # "module:function"s (summary, effects[, scores=]) -> report.verdicts.Finding | None: rows this experiment adds
+    # "module:function"s (summary, effects[, scores=]) -> experiments.verdicts.Finding | None: rows this experiment adds
     # to the report's findings-vs-paper table and the summary's ``verdicts``, for the claims it answers (a function
     # with a ``scores`` parameter also gets the per-pair scores table)
     verdicts: tuple[str, ...] = ()
@@ -188,7 +188,6 @@ def load_all() -> None:
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if info.name not in ("registry", "suite"):
             importlib.import_module(f"{package.__name__}.{info.name}")
-    importlib.import_module("alignment_probe.report.gain")  # the gain histogram (scores only)
     _loaded = True
 
 
@@ -253,3 +252,14 @@ def table(*, opt_in: bool = False) -> list[dict[str, str]]:
     suite's names; ``opt_in=True``: the opt-in experiments' too)."""
     return [{"name": n.name, "method": e.method_of(n.name), "experiment": e.key, "label": n.label,
              "description": n.description} for e in experiments() if e.default or opt_in for n in e.names]
+
+
+if TYPE_CHECKING:
+    EXPERIMENT_NAMES: tuple[str, ...]  # provided by __getattr__ below
+
+
+def __getattr__(name: str) -> Any:
+    # EXPERIMENT_NAMES: read when asked, so importing the registry imports no experiment
+    if name == "EXPERIMENT_NAMES":
+        return experiment_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

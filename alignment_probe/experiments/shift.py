@@ -131,19 +131,19 @@ def shift_figure(summary: Mapping[str, Any]) -> Any:
     import pandas as pd
     from plotly.subplots import make_subplots
 
-    from alignment_probe.report import figures as F
+    from alignment_probe import plotting as P
 
-    entry = F.experiment(summary, NAME)
+    entry = P.experiment(summary, NAME)
     if not entry or not entry.get("kl"):
-        raise F.MissingExperimentError("shift", [NAME])
+        raise P.MissingExperimentError("shift", [NAME])
     fig = make_subplots(rows=1, cols=2, subplot_titles=["KL(tuned ‖ base), nats",
                                                         f"share of positions: tuned's top token ranked > "
                                                         f"{entry['top_rank']} under base"])
     for col, key, color in ((1, "kl", "#1f77b4"), (2, "rank_gt3", "#d62728")):
         frame = pd.DataFrame(entry[key]).rename(columns={"position": "layer"})
-        F._add_curve(fig, frame, name=key, color=color, group=key, row=1, col=col, x="layer", x_label="position")
+        P.add_curve(fig, frame, name=key, color=color, group=key, row=1, col=col, x="layer", x_label="position")
         fig.update_xaxes(title_text="position in the completion (0 = first token)", row=1, col=col)
-    return F._layout(fig, "Where the twins differ: distribution shift by completion position (E9)", x_title=None,
+    return P.layout(fig, "Where the twins differ: distribution shift by completion position (E9)", x_title=None,
                      y_title=None)
 
 

@@ -651,11 +651,11 @@ def figure(summary: Mapping[str, Any]) -> Any:
     chosen a the null (5–95 % of its draws' mean effects) and the class parts; the held-out gain dotted."""
     import plotly.graph_objects as go
 
-    from alignment_probe.report import figures as F
+    from alignment_probe import plotting as P
 
-    entry = F.experiment(summary, MAIN)
+    entry = P.experiment(summary, MAIN)
     if not entry or not entry.get("by_c"):
-        raise F.MissingExperimentError("steer", [MAIN])
+        raise P.MissingExperimentError("steer", [MAIN])
     rev = entry.get("reverse") or {}
     curves = [(MAIN, entry)] + [(BASELINES[k], v) for k, v in (entry.get("baselines") or {}).items()]
     curves += [(REVERSE, rev), (REVERSE_RANDOM, rev.get("random") or {})]
@@ -666,19 +666,19 @@ def figure(summary: Mapping[str, Any]) -> Any:
             continue
         x = [float(r["c"]) for r in rows]
         color, label = COLORS[name], LABELS[name]
-        band = F._band(x, [F._num(r.get("ci_low")) for r in rows], [F._num(r.get("ci_high")) for r in rows],
+        band = P.band(x, [P.num(r.get("ci_low")) for r in rows], [P.num(r.get("ci_high")) for r in rows],
                        name=label, color=color, group=name)
         if band is not None:
             fig.add_trace(band)
         dash = "dash" if name in (REVERSE, REVERSE_RANDOM) else "dot" if name == POOLED else "solid"
-        fig.add_trace(go.Scatter(x=x, y=[F._num(r.get("mean")) for r in rows], mode="lines+markers", name=label,
+        fig.add_trace(go.Scatter(x=x, y=[P.num(r.get("mean")) for r in rows], mode="lines+markers", name=label,
                                  legendgroup=name, line={"color": color, "width": 2, "dash": dash},
                                  hovertemplate=f"<b>{label}</b><br>a = %{{x}}<br>effect %{{y:.3f}} nats<extra></extra>"))
-    scale = F._num(entry.get("scale"))
+    scale = P.num(entry.get("scale"))
     null = entry.get("null") or {}
     q = null.get("quantiles") or {}
     if null.get("n") and math.isfinite(scale):
-        mid, lo, hi = (F._num(q.get(k)) for k in ("0.5", "0.05", "0.95"))
+        mid, lo, hi = (P.num(q.get(k)) for k in ("0.5", "0.05", "0.95"))
         fig.add_trace(go.Scatter(x=[scale], y=[mid], mode="markers", name=f"{LABELS[NULL]} (n = {null['n']}, 5–95 %)",
                                  marker={"color": COLORS[NULL], "size": 10, "symbol": "diamond"},
                                  error_y={"type": "data", "symmetric": False, "array": [hi - mid],
@@ -686,16 +686,16 @@ def figure(summary: Mapping[str, Any]) -> Any:
     for cls, name in CLASS_ONLY.items():
         rows = ((entry.get("variants") or {}).get(cls) or {}).get("by_c") or []
         if rows:
-            fig.add_trace(go.Scatter(x=[float(rows[0]["c"])], y=[F._num(rows[0].get("mean"))], mode="markers",
+            fig.add_trace(go.Scatter(x=[float(rows[0]["c"])], y=[P.num(rows[0].get("mean"))], mode="markers",
                                      name=LABELS[name], marker={"color": COLORS[name], "size": 9, "symbol": "x"}))
-    gain = F._num((entry.get("gain") or {}).get("mean"))
+    gain = P.num((entry.get("gain") or {}).get("mean"))
     if math.isfinite(gain):
         fig.add_hline(y=gain, line={"dash": "dot", "color": "#444", "width": 1.5},
                       annotation_text=f"held-out gain {gain:+.3f}", annotation_position="top left")
         fig.add_hline(y=-gain, line={"dash": "dot", "color": "#9467bd", "width": 1})
     fig.add_hline(y=0, line={"color": "#bbb", "width": 1})
     fig.update_layout(title=f"Steering at layer {entry.get('layer')}, chosen a = {entry.get('scale')} (held-out pairs)",
-                      height=F.HEIGHT, xaxis_title="a (multiples of the per-class mean shift v_ℓ,c)",
+                      height=P.HEIGHT, xaxis_title="a (multiples of the per-class mean shift v_ℓ,c)",
                       yaxis_title="effect on Δlogp (nats)", template="plotly_white")
     return fig
 
@@ -706,13 +706,13 @@ def scan_figure(summary: Mapping[str, Any]) -> Any:
     import plotly.graph_objects as go
     from plotly.colors import sample_colorscale
 
-    from alignment_probe.report import figures as F
+    from alignment_probe import plotting as P
 
-    entry = F.experiment(summary, MAIN)
+    entry = P.experiment(summary, MAIN)
     choice = (entry or {}).get("layer_choice") or {}
     rows = choice.get("by_layer") or []
     if not rows:
-        raise F.MissingExperimentError("steer_layers", [f"{SCAN} (the layer and scale were given: --steer-layer)"])
+        raise P.MissingExperimentError("steer_layers", [f"{SCAN} (the layer and scale were given: --steer-layer)"])
     fig = go.Figure()
     scales = choice.get("scales") or []
     colors = sample_colorscale("Reds", [0.4 + 0.6 * i / max(len(scales) - 1, 1) for i in range(len(scales))])
@@ -720,10 +720,10 @@ def scan_figure(summary: Mapping[str, Any]) -> Any:
         cells = [{"layer": c["layer"], **{k: c[k] for k in ("mean", "ci_low", "ci_high", "n")}}
                  for r in rows for c in r.get("by_scale") or [] if abs(float(c["scale"]) - float(a)) < 1e-12]
         if cells:
-            F._add_curve(fig, F.per_layer_frame(cells), name=f"{LABELS[SCAN]}, a = {a:g}", color=color,
+            P.add_curve(fig, P.per_layer_frame(cells), name=f"{LABELS[SCAN]}, a = {a:g}", color=color,
                          group=f"{SCAN}-{a:g}")
-    frame = F.per_layer_frame([{"layer": r["layer"], **r["random"]} for r in rows])
-    F._add_curve(fig, frame, name=LABELS[SCAN_RANDOM], color=COLORS[SCAN_RANDOM], group=SCAN_RANDOM)
+    frame = P.per_layer_frame([{"layer": r["layer"], **r["random"]} for r in rows])
+    P.add_curve(fig, frame, name=LABELS[SCAN_RANDOM], color=COLORS[SCAN_RANDOM], group=SCAN_RANDOM)
     if choice.get("layer") is not None:
         fig.add_vline(x=int(choice["layer"]), line={"dash": "dot", "color": COLORS[MAIN]},
                       annotation_text=f"chosen: layer {choice['layer']}, a = {choice.get('scale')}",
@@ -731,17 +731,17 @@ def scan_figure(summary: Mapping[str, Any]) -> Any:
     if choice.get("e1_layer") is not None:
         fig.add_vline(x=int(choice["e1_layer"]), line={"dash": "dot", "color": "#1f77b4", "width": 1},
                       annotation_text=f"E1 fit-half peak {choice['e1_layer']}", annotation_position="bottom right")
-    gain = F._num((choice.get("fit_gain") or {}).get("mean"))
+    gain = P.num((choice.get("fit_gain") or {}).get("mean"))
     if math.isfinite(gain):
         fig.add_hline(y=gain, line={"dash": "dot", "color": "#444", "width": 1},
                       annotation_text=f"fit-half gain {gain:+.3f}", annotation_position="top right")
-    F._zero_line(fig)
-    F._layer_ticks(fig, [int(r["layer"]) for r in rows])
-    return F._layout(fig, "Steering scan: v_ℓ,c at every scale a, fit half (E11)")
+    P.zero_line(fig)
+    P.layer_ticks(fig, [int(r["layer"]) for r in rows])
+    return P.layout(fig, "Steering scan: v_ℓ,c at every scale a, fit half (E11)")
 
 
 def _ci_text(d: Mapping[str, Any] | None) -> str:
-    from alignment_probe.report.format import fmt
+    from alignment_probe.formatting import fmt
 
     d = d or {}
     return f"{fmt(d.get('mean'))} [{fmt(d.get('ci_low'))}, {fmt(d.get('ci_high'))}]"
@@ -749,7 +749,7 @@ def _ci_text(d: Mapping[str, Any] | None) -> str:
 
 def steer_numbers(entry: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers :func:`verdict` uses, by name (JSON-able)."""
-    from alignment_probe.report.format import _num
+    from alignment_probe.formatting import num as _num
 
     rec, null, gain = entry.get("recovered_fraction") or {}, entry.get("null") or {}, entry.get("gain") or {}
     at: Mapping[str, Any] = next((r for r in entry.get("by_c") or []
@@ -770,7 +770,7 @@ def steer_outcome(n: Mapping[str, Any]) -> str:
     null's 95th percentile; differs iff it is defined and its CI lies below 0, or the effect's whole CI lies at or
     below that percentile (v is no better than random directions of its per-class norms); else inconclusive
     (the gain's CI spans 0, no null, or a CI that straddles)."""
-    from alignment_probe.report.verdicts import AGREES, DIFFERS, INCONCLUSIVE
+    from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE
 
     finite = all(math.isfinite(float(n[k])) for k in ("recovered_ci_low", "recovered_ci_high", "effect",
                                                        "effect_ci_low", "effect_ci_high", "null_q95"))
@@ -788,11 +788,11 @@ def steer_outcome(n: Mapping[str, Any]) -> str:
 
 def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
     """"The localized direction steers the base" (E11, revised): three-way, :func:`steer_outcome`."""
-    from alignment_probe.report import figures as F
-    from alignment_probe.report.format import fmt
-    from alignment_probe.report.verdicts import Finding
+    from alignment_probe import plotting as P
+    from alignment_probe.experiments.verdicts import Finding
+    from alignment_probe.formatting import fmt
 
-    entry = F.experiment(summary, MAIN)
+    entry = P.experiment(summary, MAIN)
     if not entry:
         return None
     n = steer_numbers(entry)
@@ -813,7 +813,7 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
 
 
 def transfer_numbers(entry: Mapping[str, Any]) -> dict[str, Any] | None:
-    from alignment_probe.report.format import _num
+    from alignment_probe.formatting import num as _num
 
     tr = entry.get("transfer")
     if not tr:
@@ -834,7 +834,7 @@ def transfer_outcome(n: Mapping[str, Any]) -> str:
     fraction's CI lies above 0 and the CI of (transfer − held-out) reaches 0 or above; differs (does not transfer
     as well) iff that difference's CI lies below 0 (statistics.md: "does not transfer" needs a CI that excludes
     the transferred value); else inconclusive."""
-    from alignment_probe.report.verdicts import AGREES, DIFFERS, INCONCLUSIVE
+    from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE
 
     vals = [float(n[k]) for k in ("transfer_ci_low", "difference_ci_low", "difference_ci_high")]
     if not (n["transfer_defined"] and n["heldout_defined"]) or not all(map(math.isfinite, vals)):
@@ -850,11 +850,11 @@ def transfer_outcome(n: Mapping[str, Any]) -> str:
 def verdict_transfer(summary: Mapping[str, Any], effects: Any = None) -> Any:
     """"The vector fitted on one dataset steers another as well": three-way, :func:`transfer_outcome` (no row
     without ``--transfer-data``)."""
-    from alignment_probe.report import figures as F
-    from alignment_probe.report.format import fmt
-    from alignment_probe.report.verdicts import Finding
+    from alignment_probe import plotting as P
+    from alignment_probe.experiments.verdicts import Finding
+    from alignment_probe.formatting import fmt
 
-    entry = F.experiment(summary, MAIN)
+    entry = P.experiment(summary, MAIN)
     n = transfer_numbers(entry or {})
     if n is None:
         return None

