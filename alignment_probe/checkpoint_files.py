@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from alignment_probe.errors import AdapterError, CheckpointError, IncompatiblePairError
+from alignment_probe.hub import official_name
 
 # What a local checkpoint directory must hold (at least one file of each group).
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -115,8 +116,6 @@ def precheck_pair(base: str | os.PathLike[str], tuned: str | os.PathLike[str]) -
     """Before any weights load: both local checkpoint directories exist and are complete, and their
     config.json files agree on architecture and size; a hub name is one TransformerLens knows; an
     adapter folder holds its config and weights. Everything else is checked at load."""
-    from alignment_probe.hub import official_name
-
     local = {}
     for role, spec in (("base", base), ("tuned", tuned)):
         if role == "tuned" and is_adapter_dir(spec):  # merged onto base at load; its fit is checked then

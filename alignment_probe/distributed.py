@@ -42,7 +42,8 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Callable
 
-from alignment_probe.errors import EXIT_PEER, AlignmentProbeError  # noqa: F401  (EXIT_PEER: kept importable here)
+from alignment_probe.checkpoint_files import is_local_checkpoint, read_checkpoint_config
+from alignment_probe.errors import EXIT_PEER, AlignmentProbeError, ConfigError  # noqa: F401  (EXIT_PEER: kept importable here)
 
 # the part store's placeholder types live with the store (a lower layer); importable here as before
 from alignment_probe.tables import PartPending as PartPending  # kept importable here
@@ -62,8 +63,6 @@ def _timeout_s() -> float:
     except ValueError:
         value = -1.0
     if value <= 0:
-        from alignment_probe.errors import ConfigError
-
         raise ConfigError(f"ALIGNMENT_PROBE_DIST_TIMEOUT={raw!r}: expected a positive number of seconds, e.g. 300.")
     return value
 
@@ -118,8 +117,6 @@ class World:
             return cls()
         missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:
-            from alignment_probe.errors import ConfigError
-
             raise ConfigError(f"WORLD_SIZE={size} is set but {', '.join(missing)} is not: launch with torchrun "
                               "(torchrun --nproc_per_node N -m alignment_probe run ...), which sets them all.")
         import torch
@@ -363,8 +360,6 @@ def auto_processes(*, device: str | None, base: str, n_pairs: int, pairs_per_par
     torch is imported."""
     import math
     from pathlib import Path
-
-    from alignment_probe.checkpoint_files import is_local_checkpoint, read_checkpoint_config
 
     env = os.environ if environ is None else environ
     if int(env.get("WORLD_SIZE", "1") or 1) > 1 or "OMP_NUM_THREADS" in env:

@@ -30,7 +30,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from alignment_probe.engine.hybrid import transplanted
 from alignment_probe.errors import ConfigError
+from alignment_probe.tables import write_bytes_atomic
+from alignment_probe.tokens import bos_ids
 from alignment_probe.vocab import HOOKS
 
 CONDITION_SYNTAX = "base, tuned, patch:HOOK@LAYER, window@START[:WIDTH], steer@LAYER[:SCALE]"
@@ -180,8 +183,6 @@ def generate_one(twins: Any, prompt: Sequence[int], condition: Condition, *, pai
                  max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
                  shifts: Mapping[int, Mapping[str, torch.Tensor]] | None = None) -> list[int]:
     """The generated token ids (without the prompt) of one prompt under one condition."""
-    from alignment_probe.engine.hybrid import transplanted
-
     pick = _Picker(temperature, seed, pair_id)
     stop = {i for i in (getattr(twins.tokenizer, "eos_token_id", None),) if i is not None}
     if condition.kind in ("base", "tuned"):
@@ -212,8 +213,6 @@ def generate(twins: Any, prompts: Sequence[Any], conditions: Sequence[str] | str
 
     ``prompts``: tokenised pairs (their prompt, BOS included, is decoded from), token-id lists, or strings
     (tokenised with the twins' tokenizer after the one BOS every scored sequence starts with)."""
-    from alignment_probe.tokens import bos_ids
-
     conds = parse_conditions(conditions, twins.n_layers)
     items: list[tuple[int, list[int]]] = []
     for i, p in enumerate(prompts):
@@ -251,8 +250,6 @@ def _progress(total: int, show: bool) -> Any:
 
 
 def write_jsonl(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    from alignment_probe.tables import write_bytes_atomic
-
     text = "".join(json.dumps({k: r[k] for k in ("pair_id", "condition", "text", "token_ids", "prompt")},
                               ensure_ascii=False) + "\n" for r in rows)
     return write_bytes_atomic(Path(path), text.encode())
@@ -330,7 +327,5 @@ class Generations(list[dict[str, Any]]):
     def write(self, out: str | Path, *, title: str = "Generations") -> dict[str, Path]:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        from alignment_probe.tables import write_bytes_atomic
-
         return {"jsonl": write_jsonl(self, out / "generations.jsonl"),
                 "html": write_bytes_atomic(out / "generations.html", page_html(self, self.tokenizer, title=title).encode())}

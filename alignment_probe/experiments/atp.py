@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
@@ -386,8 +387,6 @@ PALETTE = {"resid_pre": "#8c564b", "resid_mid": "#9467bd", "resid_post": "#1f77b
 def atp_figure(summary: Mapping[str, Any]) -> Any:
     """AtP per-layer mean (y) against the exact per-layer mean (x), one colour per hook, with y = x;
     the ``--confirm`` conditions as open diamonds."""
-    from alignment_probe import plotting as P
-
     entry = P.experiment(summary, "atp") or {}
     by_hook = {h: e for h, e in (entry.get("by_hook") or {}).items() if e.get("exact_per_layer")}
     conf = [c for c in entry.get("confirmed") or [] if "atp" in c]
@@ -427,8 +426,6 @@ def atp_figure(summary: Mapping[str, Any]) -> Any:
 def atp_map_figure(summary: Mapping[str, Any]) -> Any:
     """The AtP map: per-layer estimates with CIs, one line per hook (left), and the query heads' estimates as a
     layer × head heatmap (right, when the run estimated heads)."""
-    from alignment_probe import plotting as P
-
     entry = P.experiment(summary, "atp") or {}
     by_hook = entry.get("by_hook") or {}
     if not by_hook:
@@ -472,8 +469,6 @@ HEAD_MARKERS = {"z": ("#9467bd", "circle"), "v": ("#8c564b", "square"), "k": ("#
 def atp_heads_figure(summary: Mapping[str, Any]) -> Any:
     """AtP per-(layer, head) mean (y) against the exact head patch's mean (x): query heads (z), value heads
     (v) and key heads (k, AtP* with the QK fix; open diamonds: plain AtP without it), with y = x."""
-    from alignment_probe import plotting as P
-
     entry = P.experiment(summary, "atp") or {}
     exact = entry.get("exact_by_head") or {}
     if not exact:

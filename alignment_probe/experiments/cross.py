@@ -25,10 +25,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.experiments import heldout
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
+from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE, Finding, plain
+from alignment_probe.formatting import fmt_effect
 
 NAME = "cross_2x2"
 CELLS = ("bb", "bt", "tb", "tt")
@@ -93,8 +97,6 @@ def _splits_map(matrix: np.ndarray, tables: Tables, by_split: list[dict[str, Any
     """statistics.md on the interaction by split (a map of m splits): its peak set, max-|t| bands over the splits
     (``interaction_band`` in ``by_split``, ``band_low``/``band_high`` in ``per_layer``; ``map``), and the split with
     the largest interaction chosen on the explore pairs and reported on the confirm pairs (``selection``)."""
-    from alignment_probe.experiments import heldout
-
     cfg = tables.cfg
     splits = [r["split"] for r in by_split]
     info, low, high = heldout.band(matrix, cfg)
@@ -114,8 +116,6 @@ def cross_figure(summary: Mapping[str, Any]) -> Any:
     interaction), each with its 95% CI band."""
     import pandas as pd
     import plotly.graph_objects as go
-
-    from alignment_probe import plotting as P
 
     entry = P.experiment(summary, NAME)
     if not entry or not entry.get("by_split"):
@@ -142,9 +142,6 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
     split the CI high is below ``INTERACTION_MARGIN`` × |mean gain| (the interaction is bounded below a tenth of the
     gain); else inconclusive. An interaction whose CI holds 0 is printed as a bound, never as 0. Pointwise CIs over
     the m splits (m is stated): an "agrees" at one of many splits is read with that in mind."""
-    from alignment_probe import plotting as P
-    from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE, Finding, plain
-    from alignment_probe.formatting import fmt_effect
 
     entry = P.experiment(summary, NAME)
     if not entry or not entry.get("by_split"):

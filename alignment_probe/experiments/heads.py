@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
@@ -118,8 +119,6 @@ def heads_figure(summary: Mapping[str, Any]) -> Any:
     with the whole-layer attn_out effect and the sum of the heads beside each layer."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
-
-    from alignment_probe import plotting as P
 
     present = [(n, P.experiment(summary, n)) for n in (HEADS, KV_HEADS)]
     present = [(n, e) for n, e in present if e and e.get("by_head")]

@@ -31,7 +31,9 @@ from torch import Tensor
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec, hook_name
+from alignment_probe.experiments import heldout
 from alignment_probe.experiments.registry import Experiment, Figure, Fitted, Name, Plan, Tables, register
+from alignment_probe.experiments.rows import default_rows
 from alignment_probe.interventions import Project, Replace
 from alignment_probe.pair import Twins
 from alignment_probe.tokens import TokenizedPair, make_batch, pair_sequences
@@ -251,8 +253,6 @@ def _headline_layer(layers: Sequence[int], effects: Any, cfg: Any) -> int:
     """The layer E6's headline reports: the only one, else E1's explore-half peak when E1's rows are in the table and
     that layer was fitted, else the first."""
     if len(layers) > 1:
-        from alignment_probe.experiments import heldout
-        from alignment_probe.experiments.rows import default_rows
 
         e1 = default_rows(effects, "patch_tuned_to_base", cfg)
         if len(e1) and e1.pair_id.nunique() >= 2:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.experiments import heldout
 from alignment_probe.experiments.registry import (
     Experiment,
     Figure,
@@ -63,8 +65,6 @@ def summarize_patching(tables: Tables) -> dict[str, dict[str, Any]]:
     hook → the per-layer list at the default scope, so components share one figure (E7), each cell with its
     max-|t| band over the layers × hooks map (``band_low``/``band_high``; ``by_hook_map``: {m, critical, rule}),
     and ``by_hook_peak_set``: hook → its peak set."""
-    from alignment_probe.experiments import heldout
-
     out = summarize_per_layer(tables)
     cfg = tables.cfg
     for name, entry in out.items():
@@ -93,8 +93,6 @@ def _matrix(rows: Any) -> tuple[Any, list[int]]:
 def components_figure(summary: Mapping[str, Any]) -> Any:
     """E7 components: tuned → base patched at each hook point run (``resid_post``, ``attn_out``, ``mlp_out``
     …), one line with its CI band per hook, on one figure."""
-    from alignment_probe import plotting as P
-
     entry = P.experiment(summary, "patch_tuned_to_base")
     by_hook = (entry or {}).get("by_hook")
     if not by_hook:

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from alignment_probe import stats
+from alignment_probe.experiments import heldout
 
 
 def default_rows(effects: pd.DataFrame, experiment: str, cfg: Any) -> pd.DataFrame:
@@ -30,8 +31,6 @@ def per_layer_entry(rows: pd.DataFrame, tables: Any) -> dict[str, Any]:
     (``band_low``/``band_high`` per layer, ``map``: {m, critical, rule}) for claims about the largest layer; the
     same per completion token (``per_token``, when the scores give the completion lengths) and ``basis``: which
     of the two the headline numbers are ("sum")."""
-    from alignment_probe.experiments import heldout
-
     cfg = tables.cfg
     entry = stats.summarize_experiment(rows, seed=cfg.seed, n_boot=cfg.n_boot)
     entry["map"] = heldout.banded(rows, ("layer",), entry["per_layer"], ("layer",), cfg)

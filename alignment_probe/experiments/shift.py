@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
 from alignment_probe.tokens import SIDES, make_batch
@@ -130,8 +131,6 @@ def shift_figure(summary: Mapping[str, Any]) -> Any:
     completion, each with its 95% CI band."""
     import pandas as pd
     from plotly.subplots import make_subplots
-
-    from alignment_probe import plotting as P
 
     entry = P.experiment(summary, NAME)
     if not entry or not entry.get("kl"):

@@ -62,12 +62,16 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.errors import ConfigError
 from alignment_probe.experiments.lowrank import fit_subspace
 from alignment_probe.experiments.registry import Experiment, Figure, Fitted, Name, Plan, Tables, register
+from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE, Finding
+from alignment_probe.formatting import fmt
+from alignment_probe.formatting import num as _num
 from alignment_probe.interventions import POSITION_CLASSES, AddByClass, predicting_classes
 from alignment_probe.tokens import TokenizedPair, make_batch, pair_sequences
 from alignment_probe.vocab import HOOKS
@@ -651,8 +655,6 @@ def figure(summary: Mapping[str, Any]) -> Any:
     chosen a the null (5–95 % of its draws' mean effects) and the class parts; the held-out gain dotted."""
     import plotly.graph_objects as go
 
-    from alignment_probe import plotting as P
-
     entry = P.experiment(summary, MAIN)
     if not entry or not entry.get("by_c"):
         raise P.MissingExperimentError("steer", [MAIN])
@@ -706,8 +708,6 @@ def scan_figure(summary: Mapping[str, Any]) -> Any:
     import plotly.graph_objects as go
     from plotly.colors import sample_colorscale
 
-    from alignment_probe import plotting as P
-
     entry = P.experiment(summary, MAIN)
     choice = (entry or {}).get("layer_choice") or {}
     rows = choice.get("by_layer") or []
@@ -741,16 +741,12 @@ def scan_figure(summary: Mapping[str, Any]) -> Any:
 
 
 def _ci_text(d: Mapping[str, Any] | None) -> str:
-    from alignment_probe.formatting import fmt
-
     d = d or {}
     return f"{fmt(d.get('mean'))} [{fmt(d.get('ci_low'))}, {fmt(d.get('ci_high'))}]"
 
 
 def steer_numbers(entry: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers :func:`verdict` uses, by name (JSON-able)."""
-    from alignment_probe.formatting import num as _num
-
     rec, null, gain = entry.get("recovered_fraction") or {}, entry.get("null") or {}, entry.get("gain") or {}
     at: Mapping[str, Any] = next((r for r in entry.get("by_c") or []
                                   if abs(_num(r.get("c")) - _num(entry.get("scale"))) < 1e-12), {})
@@ -770,8 +766,6 @@ def steer_outcome(n: Mapping[str, Any]) -> str:
     null's 95th percentile; differs iff it is defined and its CI lies below 0, or the effect's whole CI lies at or
     below that percentile (v is no better than random directions of its per-class norms); else inconclusive
     (the gain's CI spans 0, no null, or a CI that straddles)."""
-    from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE
-
     finite = all(math.isfinite(float(n[k])) for k in ("recovered_ci_low", "recovered_ci_high", "effect",
                                                        "effect_ci_low", "effect_ci_high", "null_q95"))
     if not n["recovered_defined"] or n["null_n"] < 1 or not finite:
@@ -788,9 +782,6 @@ def steer_outcome(n: Mapping[str, Any]) -> str:
 
 def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
     """"The localized direction steers the base" (E11, revised): three-way, :func:`steer_outcome`."""
-    from alignment_probe import plotting as P
-    from alignment_probe.experiments.verdicts import Finding
-    from alignment_probe.formatting import fmt
 
     entry = P.experiment(summary, MAIN)
     if not entry:
@@ -813,8 +804,6 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
 
 
 def transfer_numbers(entry: Mapping[str, Any]) -> dict[str, Any] | None:
-    from alignment_probe.formatting import num as _num
-
     tr = entry.get("transfer")
     if not tr:
         return None
@@ -834,8 +823,6 @@ def transfer_outcome(n: Mapping[str, Any]) -> str:
     fraction's CI lies above 0 and the CI of (transfer − held-out) reaches 0 or above; differs (does not transfer
     as well) iff that difference's CI lies below 0 (statistics.md: "does not transfer" needs a CI that excludes
     the transferred value); else inconclusive."""
-    from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE
-
     vals = [float(n[k]) for k in ("transfer_ci_low", "difference_ci_low", "difference_ci_high")]
     if not (n["transfer_defined"] and n["heldout_defined"]) or not all(map(math.isfinite, vals)):
         return INCONCLUSIVE
@@ -850,9 +837,6 @@ def transfer_outcome(n: Mapping[str, Any]) -> str:
 def verdict_transfer(summary: Mapping[str, Any], effects: Any = None) -> Any:
     """"The vector fitted on one dataset steers another as well": three-way, :func:`transfer_outcome` (no row
     without ``--transfer-data``)."""
-    from alignment_probe import plotting as P
-    from alignment_probe.experiments.verdicts import Finding
-    from alignment_probe.formatting import fmt
 
     entry = P.experiment(summary, MAIN)
     n = transfer_numbers(entry or {})

@@ -29,12 +29,15 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.experiments.lowrank import ratio_of_means
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
+from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE, Finding, interval_vs_value, plain
+from alignment_probe.formatting import fmt_effect, fmt_ratio
 from alignment_probe.interventions import Transplant
 
 NAME = "token_map"
@@ -113,8 +116,6 @@ def token_map_figure(summary: Mapping[str, Any]) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from alignment_probe import plotting as P
-
     entry = P.experiment(summary, NAME)
     if not entry or not entry.get("by_position"):
         raise P.MissingExperimentError("token_map", [NAME])
@@ -166,9 +167,6 @@ def verdict(summary: Mapping[str, Any], effects: Any = None, scores: Any = None)
     tokens' share of all tokens (:func:`token_share`; a ``token_share`` in the summary's cell wins). Agrees iff the
     share's CI low is above the null; differs iff its CI high is below it; inconclusive when the CI holds the null,
     when the share is undefined (the gain's CI spans 0, statistics.md's ratio rule) or when the null is unknown."""
-    from alignment_probe import plotting as P
-    from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE, Finding, interval_vs_value, plain
-    from alignment_probe.formatting import fmt_effect, fmt_ratio
 
     entry = P.experiment(summary, NAME)
     n_layers = P.n_layers(summary)

@@ -31,6 +31,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
+from alignment_probe import plotting as P
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
 
 NAME = "weight_diff"
@@ -273,8 +274,6 @@ def weight_diff_figure(summary: Mapping[str, Any]) -> Any:
     """Top: each block's share of Σ‖ΔW‖², stacked by module. Bottom, when the run has them: the one-block window
     transplants' effect per block (E8), so "changed here, acts there" reads off one column."""
     from plotly.subplots import make_subplots
-
-    from alignment_probe import plotting as P
 
     entry = P.experiment(summary, NAME)
     if not entry or not entry.get("by_module"):

@@ -32,11 +32,25 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.experiments import heldout
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
+from alignment_probe.experiments.verdicts import (
+    AGREES,
+    DEPTH_TOLERANCE,
+    DIFFERS,
+    INCONCLUSIVE,
+    PAPER_RELATIVE_DEPTH,
+    Finding,
+    mid_depth_layers,
+    plain,
+    relative_depth,
+    set_vs_band,
+)
+from alignment_probe.formatting import fmt_effect, fmt_layers
 from alignment_probe.interventions import Transplant
 
 TRANSPLANT, REVERT = "window_transplant", "window_revert"
@@ -130,8 +144,6 @@ def windows_figure(summary: Mapping[str, Any]) -> Any:
     (necessity), one line per width with its CI band; dotted: the mean gain."""
     import plotly.graph_objects as go
 
-    from alignment_probe import plotting as P
-
     present = [(n, P.experiment(summary, n)) for n in (TRANSPLANT, REVERT)]
     present = [(n, e) for n, e in present if e and e.get("by_window")]
     if not present:
@@ -167,21 +179,6 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
     confirm CI against ``WINDOW_SHARE`` × the gain's CI ends, so the gain's own uncertainty counts). Agrees iff the
     peak set is mid-depth and the confirm CI low ≥ half the gain's CI high; differs iff the peak set is disjoint from
     mid-depth or the confirm CI high < half the gain's CI low; else inconclusive."""
-    from alignment_probe import plotting as P
-    from alignment_probe.experiments.verdicts import (
-        AGREES,
-        DEPTH_TOLERANCE,
-        DIFFERS,
-        INCONCLUSIVE,
-        PAPER_RELATIVE_DEPTH,
-        Finding,
-        mid_depth_layers,
-        plain,
-        relative_depth,
-        set_vs_band,
-    )
-    from alignment_probe.formatting import fmt_effect, fmt_layers
-
     entry = P.experiment(summary, TRANSPLANT)
     if not entry or not entry.get("per_layer"):
         return None
