@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from alignment_probe.errors import ConfigError
 from alignment_probe.tokens import SIDES
 from alignment_probe.vocab import HOOKS
+
+if TYPE_CHECKING:  # the type only (follows the layers: the twins sit below)
+    from alignment_probe.pair import Twins
 
 POSITIONS = ("all", "completion", "prompt")
 
@@ -40,7 +43,7 @@ def _hook_names(hooks: Sequence[str], layers: Sequence[int], n_layers: int) -> l
 
 
 @torch.inference_mode()
-def export_activations(twins: Any, pairs: Sequence[Any], out: str | Path, *, hooks: Sequence[str] = ("resid_post",),
+def export_activations(twins: Twins, pairs: Sequence[Any], out: str | Path, *, hooks: Sequence[str] = ("resid_post",),
                        layers: Sequence[int] | None = None, positions: str = "all",
                        dtype: torch.dtype = torch.float32) -> Path:
     """Write paired clean activations of ``pairs`` (tokenised, e.g. ``ap.load_pairs``) to ``out`` (safetensors);

@@ -26,7 +26,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -35,6 +35,9 @@ from alignment_probe.errors import ConfigError
 from alignment_probe.tables import write_bytes_atomic
 from alignment_probe.tokens import bos_ids
 from alignment_probe.vocab import HOOKS
+
+if TYPE_CHECKING:  # the type only (follows the layers: the twins sit below)
+    from alignment_probe.pair import Twins
 
 CONDITION_SYNTAX = "base, tuned, patch:HOOK@LAYER, window@START[:WIDTH], steer@LAYER[:SCALE]"
 STEER_FIRST_K = 8  # E11's class F: the first K predicting positions of the completion
@@ -179,7 +182,7 @@ def _patch_step(source: Any, hook_name: str, layer: int) -> tuple[Callable[[torc
     return step, put
 
 
-def generate_one(twins: Any, prompt: Sequence[int], condition: Condition, *, pair_id: int = 0,
+def generate_one(twins: Twins, prompt: Sequence[int], condition: Condition, *, pair_id: int = 0,
                  max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
                  shifts: Mapping[int, Mapping[str, torch.Tensor]] | None = None) -> list[int]:
     """The generated token ids (without the prompt) of one prompt under one condition."""
@@ -205,7 +208,7 @@ def generate_one(twins: Any, prompt: Sequence[int], condition: Condition, *, pai
     raise ConfigError(f"unknown condition kind {condition.kind!r}")
 
 
-def generate(twins: Any, prompts: Sequence[Any], conditions: Sequence[str] | str = ("base", "tuned"), *,
+def generate(twins: Twins, prompts: Sequence[Any], conditions: Sequence[str] | str = ("base", "tuned"), *,
              max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
              shifts: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
              progress: bool = False) -> list[dict[str, Any]]:

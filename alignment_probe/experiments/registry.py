@@ -25,6 +25,8 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+import alignment_probe.experiments as package  # the package itself (empty): where load_all finds the modules
+
 if TYPE_CHECKING:  # the registry itself stays import-light: the CLI reads it before any model loads
     import pandas as pd
 
@@ -183,8 +185,6 @@ def load_all() -> None:
     global _loaded
     if _loaded:
         return
-    import alignment_probe.experiments as package
-
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if info.name not in ("registry", "suite"):
             importlib.import_module(f"{package.__name__}.{info.name}")

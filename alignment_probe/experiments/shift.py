@@ -16,7 +16,7 @@ values are the experiment's record in ``fits.json``, and the summary is computed
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,13 +26,16 @@ from alignment_probe import stats
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
 from alignment_probe.tokens import SIDES, make_batch
 
+if TYPE_CHECKING:  # the type only (follows the layers: the twins sit below)
+    from alignment_probe.pair import Twins
+
 NAME = "shift"
 MAX_POSITION = 64  # per-position curves stop here; "rest" pools every later position
 BINS = (1, 2, 4, 8)
 TOP_RANK = 3
 
 
-def final_hook(twins: Any) -> str:
+def final_hook(twins: Twins) -> str:
     """The hook whose clean activations E9 reads: the final residual, before ``ln_final``."""
     return f"blocks.{twins.n_layers - 1}.hook_resid_post"
 
@@ -47,7 +50,7 @@ def _log_probs(model: Any, resid: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def sequence_shift(twins: Any, tokenized: Sequence[Any], *, batch_size: int = 4,
+def sequence_shift(twins: Twins, tokenized: Sequence[Any], *, batch_size: int = 4,
                    clean: Mapping[str, Mapping[str, Mapping[Any, torch.Tensor]]] | None = None) -> list[dict[str, Any]]:
     """Per pair: for each side, KL(T‖B) and the rank of T's top token under B at every completion position.
 

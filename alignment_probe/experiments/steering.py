@@ -55,7 +55,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -75,6 +75,9 @@ from alignment_probe.formatting import num as _num
 from alignment_probe.interventions import POSITION_CLASSES, AddByClass, predicting_classes
 from alignment_probe.tokens import TokenizedPair, make_batch, pair_sequences
 from alignment_probe.vocab import HOOKS
+
+if TYPE_CHECKING:  # the type only (follows the layers: the twins sit below)
+    from alignment_probe.pair import Twins
 
 DEFAULT_SCALES = (0.5, 1.0, 2.0, 4.0)
 DEFAULT_CS = DEFAULT_SCALES  # the old name of the grid (--steer-c)
@@ -169,7 +172,7 @@ class Shift:
 
 
 @torch.inference_mode()
-def class_shifts(twins: Any, tokenized: Sequence[TokenizedPair], *, layers: Sequence[int], hook: str = "resid_post",
+def class_shifts(twins: Twins, tokenized: Sequence[TokenizedPair], *, layers: Sequence[int], hook: str = "resid_post",
                  first_k: int = FIRST_K, keep: int | None = None, pairs_per_batch: int = 4) -> dict[int, Shift]:
     """:class:`Shift` at every layer of ``layers`` from both models' clean runs of ``tokenized`` (both runs of
     every pair), one forward per model and batch; ``keep``: the layer whose per-position shifts and v± are kept.
@@ -387,7 +390,7 @@ def steer_choice(plan: Plan) -> tuple[int, float, str]:
 
 
 @torch.inference_mode()
-def kl_to_tuned(twins: Any, tokenized: Sequence[TokenizedPair], steered: Sequence[Tensor], *, layer: int, hook: str,
+def kl_to_tuned(twins: Twins, tokenized: Sequence[TokenizedPair], steered: Sequence[Tensor], *, layer: int, hook: str,
                 first_k: int = FIRST_K, pairs_per_batch: int = 2) -> dict[str, Any]:
     """Per pair, the mean over the predicting positions of both runs of KL(T ‖ B) and, for each of ``steered``
     ([3, d] per-class vectors added at ``blocks.{layer}.hook_{hook}``), KL(T ‖ B steered), of the next-token

@@ -27,12 +27,15 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import torch
 
 from alignment_probe import plotting as P
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
+
+if TYPE_CHECKING:  # the type only (follows the layers: the twins sit below)
+    from alignment_probe.pair import Twins
 
 NAME = "weight_diff"
 TOP_K = 4  # singular values kept per module
@@ -220,7 +223,7 @@ def weight_diff_from_adapter(base: torch.nn.Module, adapter: str | Path) -> list
     return _finish(rows)
 
 
-def weight_diff(twins: Any, *, use_adapter: bool = True) -> dict[str, Any]:
+def weight_diff(twins: Twins, *, use_adapter: bool = True) -> dict[str, Any]:
     """E0's record for loaded twins: ``{"source": "adapter" | "weights", "adapter", "by_module": [...]}``."""
     adapter = getattr(twins, "tuned_adapter", None)
     rows = weight_diff_from_adapter(twins.base, adapter) if (adapter and use_adapter) else None
