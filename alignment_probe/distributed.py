@@ -47,6 +47,7 @@ from alignment_probe.errors import EXIT_PEER, AlignmentProbeError, ConfigError  
 
 # the part store's placeholder types live with the store (a lower layer); importable here as before
 from alignment_probe.tables import PartPending as PartPending  # kept importable here
+from alignment_probe.tables import PartStore
 from alignment_probe.tables import PendingPart as PendingPart
 from alignment_probe.tables import part_family as part_family
 
@@ -308,7 +309,7 @@ class PassLog:
             self.log(message)
 
 
-def run_passes(run: Callable[[], Any], store: Any, world: World, *, log: Callable[[str], None] = lambda s: None) -> Any:
+def run_passes(run: Callable[[], Any], store: PartStore, world: World, *, log: Callable[[str], None] = lambda s: None) -> Any:
     """Run ``run()`` (the suite) until a pass completes with every part real.
 
     A pass that got placeholders for other ranks' parts (or stopped where it used one) waits for
