@@ -95,7 +95,7 @@ register(Experiment(
     names=(Name("alpha", "α-interpolation", "#8c564b",
                 "h_base + α (h_tuned − h_base) at each layer: the dose-response of a patch (A3)."),),
     specs=_specs, summarize=summarize_alpha,
-    figures=(Figure("alpha_dose_response", "alignment_probe.report.figures:alpha_dose_response",
+    figures=(Figure("alpha_dose_response", "alignment_probe.experiments.figures:alpha_dose_response",
                     "α dose-response (paper A3, Fig. 7)",
                     "Paper Fig. 7 (A3). h = h_base + α (h_tuned − h_base); Spearman ρ in the legend.",
                     needs=("alpha",), order=40),),

@@ -300,7 +300,7 @@ register(Experiment(
            Name("lowrank_difference", "low-rank: difference", "#ff7f0e",
                 "The base moves by the part of the tuning shift inside its top-k directions.")),
     fit=fit_lowrank, clean_hooks=_clean_hooks, specs=lambda plan: plan.fitted.specs, summarize=summarize_lowrank,
-    figures=(Figure("lowrank", "alignment_probe.report.figures:lowrank", "Low-rank patching (paper Fig. 4, Table 2)",
+    figures=(Figure("lowrank", "alignment_probe.experiments.figures:lowrank", "Low-rank patching (paper Fig. 4, Table 2)",
                     "Paper Fig. 4 / Table 2. Effect of patching a rank-k version of the activations, as a fraction "
                     "of the full effect, and the variance the k directions explain; dotted: subspace fitted on one "
                     "half of the pairs, evaluated on the other.",

@@ -120,13 +120,13 @@ register(Experiment(
                 "The reverse direction: base activations into the tuned model (control A1).", method="E3")),
     specs=_specs, summarize=summarize_patching,
     figures=(
-        Figure("layer_curve", "alignment_probe.report.figures:layer_curve",
+        Figure("layer_curve", "alignment_probe.experiments.figures:layer_curve",
                "Per-layer effect, tuned → base (paper Fig. 1)",
                "Paper Fig. 1. Mean effect of patching the tuned model's activations into the base at each "
                "layer, with 95% bootstrap CI. ★ peak layer (argmax of the mean), ◆ onset layer (first layer "
                "reaching half the maximum); horizontal bars are their bootstrap CIs.",
                needs=("patch_tuned_to_base",), order=10),
-        Figure("directionality", "alignment_probe.report.figures:directionality",
+        Figure("directionality", "alignment_probe.experiments.figures:directionality",
                "Directionality (paper A1, Fig. 5)",
                "Paper Fig. 5 (A1). Both directions; base → tuned is measured against the tuned model's own "
                "Δlogp, so removing the tuning shows as a negative effect.",
