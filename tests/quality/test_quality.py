@@ -135,3 +135,18 @@ def test_import_layers_catch_a_deferred_back_edge(tmp_path: Path) -> None:
     assert "alignment_probe.files -> alignment_probe.cli" in out, out
     assert "alignment_probe.run -> alignment_probe.organisms.train" in out, out
     assert "BROKEN" in out and " 0 broken" not in out, out
+
+
+def test_registry_strings_point_down() -> None:
+    """The registry's "module:function" strings (figures, verdict rows) are imports the contracts cannot see: each
+    names a module at or below the experiments (never the report, the runtime or the edges), and resolves."""
+    from alignment_probe.experiments import registry
+
+    allowed = ("alignment_probe.experiments.", "alignment_probe.plotting")
+    strings = [f.draw for f in registry.figures()] + [v for e in registry.experiments() for v in e.verdicts]
+    assert strings
+    for text in strings:
+        module = text.partition(":")[0]
+        assert module.startswith(allowed), f"{text}: a registry string names a module above the experiments"
+    for figure in registry.figures():
+        assert callable(figure.function()), figure.draw
