@@ -283,7 +283,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"[{s['gain_ci'][0]:+.3f}, {s['gain_ci'][1]:+.3f}]")
     e1 = s["experiments"].get("patch_tuned_to_base")
     if e1:
-        from alignment_probe.report.format import fmt_layers
+        from alignment_probe.formatting import fmt_layers
 
         swept = e1.get("layers_swept")
         peak_set = (f"peak set layers {fmt_layers(e1['peak_set'])} ({len(e1['peak_set'])} of {swept} swept), "
