@@ -22,33 +22,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+# the cheap folder checks live with the checkpoint checks (a lower layer, no torch); importable here as before
+from alignment_probe.checkpoint_files import ADAPTER_CONFIG as ADAPTER_CONFIG  # kept importable here
+from alignment_probe.checkpoint_files import ADAPTER_WEIGHTS as ADAPTER_WEIGHTS
+from alignment_probe.checkpoint_files import is_adapter_dir as is_adapter_dir
+from alignment_probe.checkpoint_files import read_adapter_config as read_adapter_config
 from alignment_probe.checkpoints import publish_directory
 from alignment_probe.errors import AdapterError
+from alignment_probe.files import default_cache_root, make_readable
 from alignment_probe.manifest import sha256_file
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 MERGE_MARKER = "alignment-probe-merge.json"
 WEIGHTS = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
-
-
-def is_adapter_dir(spec: Any) -> bool:
-    path = Path(str(spec)).expanduser()
-    return (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file()
-
-
-def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
-    try:
-        cfg = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
-    except (OSError, ValueError) as exc:
-        raise AdapterError(f"{adapter_dir / ADAPTER_CONFIG} cannot be read ({exc}); save the adapter again with "
-                           "peft's model.save_pretrained(dir).") from None
-    if not any((adapter_dir / w).is_file() for w in ADAPTER_WEIGHTS):
-        raise AdapterError(f"The adapter folder {adapter_dir} has {ADAPTER_CONFIG} but no adapter weights "
-                           f"({' or '.join(ADAPTER_WEIGHTS)}); copy them too.")
-    return cfg
 
 
 def _weights_sha(folder: Path) -> str:
@@ -104,8 +91,6 @@ def merge_adapter(base_dir: str | os.PathLike[str], adapter_dir: str | os.PathLi
     import torch
     from transformers import AutoModelForCausalLM
 
-    from alignment_probe.realmodels.smollm2 import _make_readable, default_cache_root
-
     base_dir, adapter_dir = Path(base_dir).expanduser().resolve(), Path(adapter_dir).expanduser().resolve()
     adapter_cfg = read_adapter_config(adapter_dir)
     if check_name:
@@ -123,7 +108,7 @@ def merge_adapter(base_dir: str | os.PathLike[str], adapter_dir: str | os.PathLi
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
-    _make_readable(tmp)
+    make_readable(tmp)
     try:
         base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         merged = _merge(base, adapter_dir, base_dir)

@@ -22,18 +22,21 @@ from __future__ import annotations
 import os
 from dataclasses import astuple
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pandas as pd
 
 from alignment_probe.errors import ConfigError
+
+if TYPE_CHECKING:  # the type only: the ap. names import torch when first called, not at `import alignment_probe`
+    from alignment_probe.pair import Twins
 
 __all__ = ["load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run", "run_suite",
            "completion_logprob", "sequence_tokens", "TokenizedPairs"]
 
 
 def load_twins(base: str | os.PathLike[str] | None = None, tuned: str | os.PathLike[str] | None = None, *,
-               device: str | None = "cpu", dtype: str = "float32") -> Any:
+               device: str | None = "cpu", dtype: str = "float32") -> Twins:
     """Load a base model and its tuned twin as unprocessed HookedTransformers, checked compatible.
 
     ``base``/``tuned``: hub names TransformerLens knows or local Hugging Face checkpoint folders;
@@ -85,14 +88,14 @@ def load_pairs(data: str | os.PathLike[str] | None = None, *, n: int | None = 16
     return out
 
 
-def score(twins: Any, pairs: Sequence[Any], *, batch_size: int = 8) -> pd.DataFrame:
+def score(twins: Twins, pairs: Sequence[Any], *, batch_size: int = 8) -> pd.DataFrame:
     """One row per pair: both models' log-probs of both completions, their Δlogp and the gain."""
     from alignment_probe.scoring import score_pairs
 
     return score_pairs(twins, pairs, batch_size=batch_size)
 
 
-def generate(twins: Any, prompts: Sequence[Any], *, conditions: Sequence[str] | str = ("base", "tuned"),
+def generate(twins: Twins, prompts: Sequence[Any], *, conditions: Sequence[str] | str = ("base", "tuned"),
              max_new_tokens: int = 32, seed: int = 0, temperature: float = 0.0,
              steer_pairs: Sequence[Any] | None = None) -> Any:
     """E12: decode ``prompts`` (tokenised pairs from :func:`load_pairs`, strings or token-id lists) from base,
@@ -106,7 +109,7 @@ def generate(twins: Any, prompts: Sequence[Any], *, conditions: Sequence[str] | 
     from alignment_probe.generation import Generations
     from alignment_probe.generation import generate as run
 
-    from alignment_probe.generation import fit_steer_shifts
+    from alignment_probe.experiments.steering import fit_steer_shifts
 
     shifts = fit_steer_shifts(twins, conditions, steer_pairs)
     rows = run(twins, prompts, conditions, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
@@ -114,7 +117,7 @@ def generate(twins: Any, prompts: Sequence[Any], *, conditions: Sequence[str] | 
     return Generations(rows, twins.tokenizer)
 
 
-def export_activations(twins: Any, pairs: Sequence[Any], out: str, *, hooks: Sequence[str] = ("resid_post",),
+def export_activations(twins: Twins, pairs: Sequence[Any], out: str, *, hooks: Sequence[str] = ("resid_post",),
                        layers: Sequence[int] | None = None, positions: str = "all") -> Any:
     """Paired clean activations of base and tuned on ``pairs`` (row-aligned, with pair/side/position/token
     indices) as one safetensors file, for crosscoder or SAE-diff training elsewhere (exports.py shows how to
@@ -124,7 +127,7 @@ def export_activations(twins: Any, pairs: Sequence[Any], out: str, *, hooks: Seq
     return run(twins, pairs, out, hooks=hooks, layers=layers, positions=positions)
 
 
-def sweep(twins: Any, pairs: Sequence[Any], *, experiments: Sequence[str] = ("patch_tuned_to_base",),
+def sweep(twins: Twins, pairs: Sequence[Any], *, experiments: Sequence[str] = ("patch_tuned_to_base",),
           hooks: Sequence[str] = ("resid_post",), layers: Sequence[int] | None = None, scope: str = "all",
           engine: str = "fast", seed: int = 0, progress: bool = True, **options: Any) -> pd.DataFrame:
     """Patch every layer (or ``layers``) at each hook point for each per-layer experiment; returns the

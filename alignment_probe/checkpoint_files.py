@@ -12,11 +12,33 @@ import os
 from pathlib import Path
 from typing import Any
 
-from alignment_probe.errors import CheckpointError, IncompatiblePairError
+from alignment_probe.errors import AdapterError, CheckpointError, IncompatiblePairError
+from alignment_probe.hub import official_name
 
 # What a local checkpoint directory must hold (at least one file of each group).
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def is_adapter_dir(spec: Any) -> bool:
+    path = Path(str(spec)).expanduser()
+    return (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file()
+
+
+def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"{adapter_dir / ADAPTER_CONFIG} cannot be read ({exc}); save the adapter again with "
+                           "peft's model.save_pretrained(dir).") from None
+    if not any((adapter_dir / w).is_file() for w in ADAPTER_WEIGHTS):
+        raise AdapterError(f"The adapter folder {adapter_dir} has {ADAPTER_CONFIG} but no adapter weights "
+                           f"({' or '.join(ADAPTER_WEIGHTS)}); copy them too.")
+    return cfg
 
 
 def is_local_checkpoint(spec: str | os.PathLike[str]) -> bool:
@@ -94,9 +116,6 @@ def precheck_pair(base: str | os.PathLike[str], tuned: str | os.PathLike[str]) -
     """Before any weights load: both local checkpoint directories exist and are complete, and their
     config.json files agree on architecture and size; a hub name is one TransformerLens knows; an
     adapter folder holds its config and weights. Everything else is checked at load."""
-    from alignment_probe.adapters import is_adapter_dir, read_adapter_config
-    from alignment_probe.hub import official_name
-
     local = {}
     for role, spec in (("base", base), ("tuned", tuned)):
         if role == "tuned" and is_adapter_dir(spec):  # merged onto base at load; its fit is checked then

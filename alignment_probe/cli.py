@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any, Callable, NoReturn, Sequence
 
 from alignment_probe.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, AlignmentProbeError
+from alignment_probe.vocab import parse_layers as _layers
 
 
 class Terminated(BaseException):
@@ -204,22 +205,6 @@ def _list(text: str | None, cast: Callable[[str], Any] = str, option: str = "") 
         raise ConfigError(f"{option} {text!r}: expected a comma-separated list of {cast.__name__}s, e.g. 4,8,12.") from None
 
 
-def _layers(text: str | None, option: str) -> tuple[int, ...] | None:
-    """``4,8,12`` or ``0:30:3`` (Python's range: start, stop, step) or a mix of both."""
-    if text is None:
-        return None
-    from alignment_probe.errors import ConfigError
-
-    out: list[int] = []
-    for item in (x.strip() for x in text.split(",")):
-        try:
-            out += list(range(*(int(v) for v in item.split(":")))) if ":" in item else [int(item)] if item else []
-        except (TypeError, ValueError):
-            raise ConfigError(f"{option} {text!r}: expected a comma-separated list of ints or start:stop:step "
-                              "ranges, e.g. 4,8,12 or 0:30:3.") from None
-    return tuple(sorted(set(out)))
-
-
 def precheck_inputs(args: argparse.Namespace) -> tuple[object, object] | None:
     """The cheap checks, before torch or TransformerLens is imported, so bad input is refused in under a
     second: the data file read and validated (returned, so it is read once), the pair-id file, and the
@@ -301,7 +286,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"[{s['gain_ci'][0]:+.3f}, {s['gain_ci'][1]:+.3f}]")
     e1 = s["experiments"].get("patch_tuned_to_base")
     if e1:
-        from alignment_probe.report.format import fmt_layers
+        from alignment_probe.formatting import fmt_layers
 
         swept = e1.get("layers_swept")
         peak_set = (f"peak set layers {fmt_layers(e1['peak_set'])} ({len(e1['peak_set'])} of {swept} swept), "
@@ -325,7 +310,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from alignment_probe.data import load_pairs
     import numpy as np
 
-    from alignment_probe.generation import Generations, fit_steer_shifts, generate, parse_conditions
+    from alignment_probe.experiments.steering import fit_steer_shifts
+    from alignment_probe.generation import Generations, generate, parse_conditions
     from alignment_probe.manifest import build_manifest, file_fingerprint, write_json_atomic
     from alignment_probe.pair import load_twins, open_checkpoints
     from alignment_probe.tokens import cap_to_context, check_sampling_options, sample_and_tokenize

@@ -35,7 +35,6 @@ with any number of processes, resumes.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,7 +42,14 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Callable
 
-from alignment_probe.errors import EXIT_PEER, AlignmentProbeError  # noqa: F401  (EXIT_PEER: kept importable here)
+from alignment_probe.checkpoint_files import is_local_checkpoint, read_checkpoint_config
+from alignment_probe.errors import EXIT_PEER, AlignmentProbeError, ConfigError  # noqa: F401  (EXIT_PEER: kept importable here)
+
+# the part store's placeholder types live with the store (a lower layer); importable here as before
+from alignment_probe.tables import PartPending as PartPending  # kept importable here
+from alignment_probe.tables import PartStore
+from alignment_probe.tables import PendingPart as PendingPart
+from alignment_probe.tables import part_family as part_family
 
 DEFAULT_TIMEOUT_S = 300.0
 HEARTBEAT_S = 1.0
@@ -58,8 +64,6 @@ def _timeout_s() -> float:
     except ValueError:
         value = -1.0
     if value <= 0:
-        from alignment_probe.errors import ConfigError
-
         raise ConfigError(f"ALIGNMENT_PROBE_DIST_TIMEOUT={raw!r}: expected a positive number of seconds, e.g. 300.")
     return value
 
@@ -75,41 +79,6 @@ class PeerError(AlignmentProbeError):
     """
 
     exit_code = EXIT_PEER
-
-
-class PartPending(Exception):
-    """A part computed by another rank was used before it was ready (caught by :func:`run_passes`)."""
-
-
-class PendingPart:
-    """Stands in for a table part another rank is computing; any use raises :class:`PartPending`."""
-
-    __slots__ = ("name", "owner")
-
-    def __init__(self, name: str, owner: int):
-        object.__setattr__(self, "name", name)
-        object.__setattr__(self, "owner", owner)
-
-    def _pending(self, *args: Any, **kwargs: Any) -> Any:
-        raise PartPending(f"part {object.__getattribute__(self, 'name')} is being computed by rank "
-                          f"{object.__getattribute__(self, 'owner')}")
-
-    def __getattr__(self, attr: str) -> Any:
-        self._pending()
-
-    __len__ = __iter__ = __getitem__ = __setitem__ = __bool__ = __array__ = __eq__ = __ne__ = __lt__ = __gt__ = \
-        __add__ = __radd__ = __mul__ = __contains__ = __hash__ = __setattr__ = __float__ = __int__ = _pending
-
-    def __repr__(self) -> str:
-        return f"<part {object.__getattribute__(self, 'name')} pending on rank {object.__getattribute__(self, 'owner')}>"
-
-
-_FAMILY_TAIL = re.compile(r"(-\d+)+$")
-
-
-def part_family(name: str) -> str:
-    """``stage1-000000-000007`` → ``stage1``: parts that differ only in their numeric tail."""
-    return _FAMILY_TAIL.sub("", name)
 
 
 @dataclass
@@ -149,8 +118,6 @@ class World:
             return cls()
         missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:
-            from alignment_probe.errors import ConfigError
-
             raise ConfigError(f"WORLD_SIZE={size} is set but {', '.join(missing)} is not: launch with torchrun "
                               "(torchrun --nproc_per_node N -m alignment_probe run ...), which sets them all.")
         import torch
@@ -342,7 +309,7 @@ class PassLog:
             self.log(message)
 
 
-def run_passes(run: Callable[[], Any], store: Any, world: World, *, log: Callable[[str], None] = lambda s: None) -> Any:
+def run_passes(run: Callable[[], Any], store: PartStore, world: World, *, log: Callable[[str], None] = lambda s: None) -> Any:
     """Run ``run()`` (the suite) until a pass completes with every part real.
 
     A pass that got placeholders for other ranks' parts (or stopped where it used one) waits for
@@ -373,55 +340,6 @@ def run_passes(run: Callable[[], Any], store: Any, world: World, *, log: Callabl
         store.receive_pending()
 
 
-# --- launching a run from Python (the findings driver, the bench) -------------------------------------
-def launch(req: Any, nproc: int, *, threads: int | None = None, log: Callable[[str], None] = print) -> None:
-    """Run the :class:`~alignment_probe.run.RunRequest` ``req`` as ``nproc`` processes on this machine with
-    ``torchrun --standalone`` (``threads`` torch threads each; torchrun's default is 1). The run
-    directory is the same as a single-process run's, and so are the numbers; rank 0's output shows."""
-    import pickle
-    import subprocess
-    import sys
-    import tempfile
-
-    from alignment_probe.errors import ConfigError
-
-    if nproc < 1:
-        raise ConfigError(f"--nproc must be at least 1, got {nproc}.")
-    with tempfile.TemporaryDirectory(prefix="alignment-probe-launch-") as tmp:
-        path = os.path.join(tmp, "request.pkl")
-        with open(path, "wb") as handle:
-            pickle.dump(req, handle)
-        env = dict(os.environ)
-        if threads:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "alignment_probe.distributed", path]
-        log(f"launching {nproc} processes: {' '.join(cmd[1:])}")
-        code = subprocess.call(cmd, env=env)
-    if code != 0:
-        raise PeerError(f"the {nproc}-process run into {req.out} failed (torchrun exit code {code}; the ranks' "
-                        "messages are above). The finished parts are kept: run the same command again to resume.")
-
-
-def _worker(path: str) -> int:
-    """One torchrun process of :func:`launch`: the pickled request, executed in this rank's share."""
-    import pickle
-    import sys
-
-    from alignment_probe.errors import AlignmentProbeError
-    from alignment_probe.run import execute
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with open(path, "rb") as handle:
-        req = pickle.load(handle)
-    try:
-        execute(req, progress=True, log=lambda s: print(s, file=sys.stderr))
-    except AlignmentProbeError as exc:
-        print(f"alignment-probe (rank {os.environ.get('RANK', 0)}): error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
 # --- the command line's own processes (run --procs) ---------------------------------------------------
 # Models narrower than this gain nothing from a second CPU thread: their matrix products are too small to share.
 # The command line runs them on one thread per process, and one process per core. Measured side by side on the
@@ -443,8 +361,6 @@ def auto_processes(*, device: str | None, base: str, n_pairs: int, pairs_per_par
     torch is imported."""
     import math
     from pathlib import Path
-
-    from alignment_probe.checkpoint_files import is_local_checkpoint, read_checkpoint_config
 
     env = os.environ if environ is None else environ
     if int(env.get("WORLD_SIZE", "1") or 1) > 1 or "OMP_NUM_THREADS" in env:
@@ -561,8 +477,3 @@ def report_error(exc: AlignmentProbeError) -> bool:
         json.dump({"code": exc.exit_code, "message": str(exc)}, handle)
     return True
 
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(_worker(sys.argv[1]))

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
@@ -45,19 +45,6 @@ ESTIMATORS: tuple[str, ...] = ("exact", "atp", "atp*")
 VALUE_COLUMNS = ["clean_logp_chosen", "clean_logp_rejected", "clean_delta_logp",
                  "patched_logp_chosen", "patched_logp_rejected", "patched_delta_logp", "effect"]
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
-
-if TYPE_CHECKING:
-    EXPERIMENT_NAMES: tuple[str, ...]  # provided by __getattr__ below
-
-
-def __getattr__(name: str) -> Any:
-    # EXPERIMENT_NAMES derives from the experiment registry (which imports this module, hence lazily).
-    if name == "EXPERIMENT_NAMES":
-        from alignment_probe.experiments.registry import experiment_names
-
-        return experiment_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 @dataclass(frozen=True)
 class RowKey:

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from alignment_probe.errors import ConfigError
 from alignment_probe.tokens import SIDES
 from alignment_probe.vocab import HOOKS
+
+if TYPE_CHECKING:  # the type only (follows the layers: the twins sit below)
+    from alignment_probe.pair import Twins
 
 POSITIONS = ("all", "completion", "prompt")
 
@@ -40,7 +43,7 @@ def _hook_names(hooks: Sequence[str], layers: Sequence[int], n_layers: int) -> l
 
 
 @torch.inference_mode()
-def export_activations(twins: Any, pairs: Sequence[Any], out: str | Path, *, hooks: Sequence[str] = ("resid_post",),
+def export_activations(twins: Twins, pairs: Sequence[Any], out: str | Path, *, hooks: Sequence[str] = ("resid_post",),
                        layers: Sequence[int] | None = None, positions: str = "all",
                        dtype: torch.dtype = torch.float32) -> Path:
     """Write paired clean activations of ``pairs`` (tokenised, e.g. ``ap.load_pairs``) to ``out`` (safetensors);
@@ -122,21 +125,3 @@ def _write_control_vector(tensors: dict[str, torch.Tensor], path: Path, model_hi
     writer.close()
     return path
 
-
-@torch.inference_mode()
-def export_steering_vectors(twins: Any, pairs: Sequence[Any], out: str | Path, *, layers: Sequence[int],
-                            hook: str = "resid_post") -> dict[str, Path]:
-    """E11's tuning shift fitted on ``pairs`` at ``layers`` (:func:`alignment_probe.experiments.steering.class_shifts`):
-    ``layer.<ℓ>`` the mean over every predicting position (what a control vector adds everywhere), and
-    ``layer.<ℓ>.last_prompt|first|rest`` the per-class vectors E11 steers with; a ``.gguf`` control vector beside
-    it when ``gguf`` is installed."""
-    from alignment_probe.experiments.steering import class_shifts
-    from alignment_probe.interventions import POSITION_CLASSES
-
-    fitted = class_shifts(twins, list(pairs), layers=[int(x) for x in layers], hook=hook)
-    pooled = {layer: s.pooled.float() for layer, s in fitted.items()}
-    by_class = {layer: {c: s.v[i].float() for i, c in enumerate(POSITION_CLASSES)} for layer, s in fitted.items()}
-    meta = {"hook": hook, "pairs": json.dumps(sorted(int(p.pair_id) for p in pairs)),
-            "base": str(twins.base_source), "tuned": str(twins.tuned_source)}
-    return export_shift_vectors(pooled, out, model_hint=str(twins.base.cfg.original_architecture or ""),
-                                metadata=meta, by_class=by_class)

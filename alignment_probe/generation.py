@@ -26,12 +26,18 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from alignment_probe.engine.hybrid import transplanted
 from alignment_probe.errors import ConfigError
+from alignment_probe.tables import write_bytes_atomic
+from alignment_probe.tokens import bos_ids
 from alignment_probe.vocab import HOOKS
+
+if TYPE_CHECKING:  # the type only (follows the layers: the twins sit below)
+    from alignment_probe.pair import Twins
 
 CONDITION_SYNTAX = "base, tuned, patch:HOOK@LAYER, window@START[:WIDTH], steer@LAYER[:SCALE]"
 STEER_FIRST_K = 8  # E11's class F: the first K predicting positions after the prompt (steering.FIRST_K)
@@ -176,29 +182,10 @@ def _patch_step(source: Any, hook_name: str, layer: int) -> tuple[Callable[[torc
     return step, put
 
 
-def fit_steer_shifts(twins: Any, conditions: Sequence[str] | str, pairs: Sequence[Any] | None,
-                     hook: str = "resid_post") -> dict[int, dict[str, torch.Tensor]] | None:
-    """E11's per-class shifts (LP, F, R) at every ``steer@`` condition's layer, fitted on ``pairs`` (both runs of
-    each, :func:`alignment_probe.experiments.steering.class_shifts`); None when no condition steers."""
-    layers = sorted({c.layer for c in parse_conditions(conditions, twins.n_layers) if c.kind == "steer"
-                     and c.layer is not None})
-    if not layers:
-        return None
-    if not pairs:
-        raise ConfigError("steer@LAYER conditions need pairs to fit E11's tuning shift on (steer_pairs=, or "
-                          "--steer-pairs N on the command line); keep them apart from the prompts.")
-    from alignment_probe.experiments.steering import class_shifts
-
-    fitted = class_shifts(twins, list(pairs), layers=layers, hook=hook)
-    return {layer: {"LP": s.v[0].float(), "F": s.v[1].float(), "R": s.v[2].float()} for layer, s in fitted.items()}
-
-
-def generate_one(twins: Any, prompt: Sequence[int], condition: Condition, *, pair_id: int = 0,
+def generate_one(twins: Twins, prompt: Sequence[int], condition: Condition, *, pair_id: int = 0,
                  max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
                  shifts: Mapping[int, Mapping[str, torch.Tensor]] | None = None) -> list[int]:
     """The generated token ids (without the prompt) of one prompt under one condition."""
-    from alignment_probe.engine.hybrid import transplanted
-
     pick = _Picker(temperature, seed, pair_id)
     stop = {i for i in (getattr(twins.tokenizer, "eos_token_id", None),) if i is not None}
     if condition.kind in ("base", "tuned"):
@@ -221,7 +208,7 @@ def generate_one(twins: Any, prompt: Sequence[int], condition: Condition, *, pai
     raise ConfigError(f"unknown condition kind {condition.kind!r}")
 
 
-def generate(twins: Any, prompts: Sequence[Any], conditions: Sequence[str] | str = ("base", "tuned"), *,
+def generate(twins: Twins, prompts: Sequence[Any], conditions: Sequence[str] | str = ("base", "tuned"), *,
              max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
              shifts: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
              progress: bool = False) -> list[dict[str, Any]]:
@@ -229,8 +216,6 @@ def generate(twins: Any, prompts: Sequence[Any], conditions: Sequence[str] | str
 
     ``prompts``: tokenised pairs (their prompt, BOS included, is decoded from), token-id lists, or strings
     (tokenised with the twins' tokenizer after the one BOS every scored sequence starts with)."""
-    from alignment_probe.tokens import bos_ids
-
     conds = parse_conditions(conditions, twins.n_layers)
     items: list[tuple[int, list[int]]] = []
     for i, p in enumerate(prompts):
@@ -268,8 +253,6 @@ def _progress(total: int, show: bool) -> Any:
 
 
 def write_jsonl(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    from alignment_probe.tables import write_bytes_atomic
-
     text = "".join(json.dumps({k: r[k] for k in ("pair_id", "condition", "text", "token_ids", "prompt")},
                               ensure_ascii=False) + "\n" for r in rows)
     return write_bytes_atomic(Path(path), text.encode())
@@ -347,7 +330,5 @@ class Generations(list[dict[str, Any]]):
     def write(self, out: str | Path, *, title: str = "Generations") -> dict[str, Path]:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        from alignment_probe.tables import write_bytes_atomic
-
         return {"jsonl": write_jsonl(self, out / "generations.jsonl"),
                 "html": write_bytes_atomic(out / "generations.html", page_html(self, self.tokenizer, title=title).encode())}

@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
+from alignment_probe.files import json_bytes, write_bytes_atomic
+
 PACKAGES = ("alignment-probe", "torch", "transformer-lens", "transformers", "tokenizers", "numpy", "pandas",
             "pyarrow", "scikit-learn", "datasets")
 
@@ -86,6 +88,4 @@ def build_manifest(command: str, config: dict[str, Any], models: dict[str, Any] 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
     """Write JSON via a flushed temporary file and a rename, so readers never see half a file."""
-    from alignment_probe.tables import json_bytes, write_bytes_atomic
-
     return write_bytes_atomic(path, json_bytes(obj))

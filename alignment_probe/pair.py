@@ -38,12 +38,21 @@ from typing import Any, Iterator
 import torch
 from transformer_lens import HookedTransformer
 
-from alignment_probe.errors import ArchitectureNotSupportedError, CheckpointError, ConfigError, IncompatiblePairError
-from alignment_probe.families import build_config, check_architecture
+from alignment_probe.adapters import is_adapter_dir, merge_adapter
+
 # The cheap checks of checkpoint folders and hub names (no torch, no TransformerLens), kept importable here.
 from alignment_probe.checkpoint_files import (  # noqa: F401
-    _HF_CONFIG_FIELDS, _TOKENIZER_FILES, _WEIGHT_FILES, check_checkpoint_dir, is_local_checkpoint, precheck_pair,
-    read_checkpoint_config)
+    _HF_CONFIG_FIELDS,
+    _TOKENIZER_FILES,
+    _WEIGHT_FILES,
+    check_checkpoint_dir,
+    is_local_checkpoint,
+    precheck_pair,
+    read_checkpoint_config,
+)
+from alignment_probe.errors import ArchitectureNotSupportedError, CheckpointError, ConfigError, IncompatiblePairError
+from alignment_probe.families import build_config, check_architecture
+from alignment_probe.hub import resolve_snapshot
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                                  "float64": torch.float64}
@@ -288,8 +297,6 @@ def load_hub_model(name: str, *, device: str = "cpu", dtype: str | torch.dtype =
 
     Errors say which case it is (:mod:`alignment_probe.hub`): unknown to TransformerLens, not cached
     and no network, gated or private, an architecture TransformerLens cannot convert."""
-    from alignment_probe.hub import resolve_snapshot
-
     official, path = resolve_snapshot(name)
     return load_local_model(path, device=device, dtype=dtype, source=official)
 
@@ -298,8 +305,6 @@ def resolve_tuned(base: str | os.PathLike[str], tuned: str | os.PathLike[str], *
                   cache_dir: str | os.PathLike[str] | None = None) -> tuple[str | os.PathLike[str], str | None]:
     """``tuned``, or, when it is a peft adapter folder, the cached folder of it merged onto ``base``,
     with a description of what was merged (for messages and manifests)."""
-    from alignment_probe.adapters import is_adapter_dir, merge_adapter
-    from alignment_probe.hub import resolve_snapshot
 
     if not is_adapter_dir(tuned):
         return tuned, None
@@ -388,8 +393,6 @@ def _checkpoint_dir(spec: str | os.PathLike[str]) -> tuple[Path, str]:
         real = Path(spec).expanduser().resolve()
         check_checkpoint_dir(real)
         return real, str(real)
-    from alignment_probe.hub import resolve_snapshot
-
     official, path = resolve_snapshot(str(spec))
     return Path(path), official
 
@@ -399,8 +402,6 @@ def open_checkpoints(base: str | os.PathLike[str], tuned: str | os.PathLike[str]
     model's context from its config: no weights are read (a hub model is fetched into the cache if absent).
     A ``tuned`` adapter folder is merged onto the base later, by :func:`load_twins`."""
     from transformers import AutoConfig
-
-    from alignment_probe.adapters import is_adapter_dir
 
     precheck_pair(base, tuned)  # cheap: missing files and mismatched configs
     base_dir, base_source = _checkpoint_dir(base)

@@ -19,15 +19,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import pandas as pd
 
 from alignment_probe.errors import ConfigError
+from alignment_probe.files import write_bytes_atomic
+from alignment_probe.hub import resolve_snapshot
+from alignment_probe.manifest import write_json_atomic
 from alignment_probe.tokenview import TokenTable, token_table
 
+if TYPE_CHECKING:  # the suite loads torch: imported when a summary is recomputed, not to read a run
+    from alignment_probe.experiments.suite import SuiteConfig
 
-def suite_config(manifest: Mapping[str, Any]) -> Any:
+
+def suite_config(manifest: Mapping[str, Any]) -> SuiteConfig:
     """The run's SuiteConfig, from its manifest (JSON lists back to tuples)."""
     from alignment_probe.experiments.suite import SuiteConfig
 
@@ -85,15 +91,11 @@ class RunDir:
 
     def report(self, path: str | Path | None = None) -> Path:
         """Write the report regenerated from the tables (default: the run's own ``report.html``)."""
-        from alignment_probe.tables import write_bytes_atomic
-
         target = Path(path) if path is not None else self.path / "report.html"
         return write_bytes_atomic(target, self.report_html().encode("utf-8"))
 
     def regenerate(self) -> dict[str, Any]:
         """Rewrite summary.json and report.html from the tables; returns the summary."""
-        from alignment_probe.manifest import write_json_atomic
-
         summary = self.summarize()
         write_json_atomic(self.path / "summary.json", summary)
         self.summary = summary
@@ -166,8 +168,6 @@ def _try_tokenizer(source: Any) -> Any:
 
         folder = Path(str(source)).expanduser()
         if not folder.is_dir():
-            from alignment_probe.hub import resolve_snapshot
-
             folder = Path(resolve_snapshot(str(source))[1])
         return load_tokenizer(folder, str(source))
     except Exception:  # noqa: BLE001 - a view falls back to token ids; nothing computed depends on it

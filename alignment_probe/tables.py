@@ -1,24 +1,23 @@
-"""Write tidy tables to .csv or .parquet atomically, and keep a run's partial results as parts.
-
-Atomic means: the data goes to a temporary file next to the target, is flushed to disk, and is
-renamed over the target (``os.replace``). A reader — or a run restarted after a kill — sees the
-old file or the new one, never half of one.
+"""Write tidy tables to .csv or .parquet atomically (:mod:`alignment_probe.files`), and keep a run's partial
+results as parts.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import pandas as pd
 
 from alignment_probe.errors import ConfigError
+from alignment_probe.files import TMP_SUFFIX as TMP_SUFFIX  # kept importable here
+from alignment_probe.files import json_bytes as json_bytes
+from alignment_probe.files import write_bytes_atomic as write_bytes_atomic
 
 TABLE_SUFFIXES = (".csv", ".parquet")
-TMP_SUFFIX = ".tmp"
 
 
 def check_table_path(path: str | Path) -> Path:
@@ -42,18 +41,6 @@ def table_bytes(table: pd.DataFrame, suffix: str = ".parquet") -> bytes:
     return buf.getvalue()
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a flushed temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
-
-
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     path = check_table_path(path)
     return write_bytes_atomic(path, table_bytes(table, path.suffix))
@@ -64,8 +51,58 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
 
 
-def json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, default=str) + "\n").encode("utf-8")
+class PartPending(Exception):
+    """A part computed by another rank was used before it was ready (caught by :func:`run_passes`)."""
+
+
+class PendingPart:
+    """Stands in for a table part another rank is computing; any use raises :class:`PartPending`."""
+
+    __slots__ = ("name", "owner")
+
+    def __init__(self, name: str, owner: int):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "owner", owner)
+
+    def _pending(self, *args: Any, **kwargs: Any) -> Any:
+        raise PartPending(f"part {object.__getattribute__(self, 'name')} is being computed by rank "
+                          f"{object.__getattribute__(self, 'owner')}")
+
+    def __getattr__(self, attr: str) -> Any:
+        self._pending()
+
+    __len__ = __iter__ = __getitem__ = __setitem__ = __bool__ = __array__ = __eq__ = __ne__ = __lt__ = __gt__ = \
+        __add__ = __radd__ = __mul__ = __contains__ = __hash__ = __setattr__ = __float__ = __int__ = _pending
+
+    def __repr__(self) -> str:
+        return f"<part {object.__getattribute__(self, 'name')} pending on rank {object.__getattribute__(self, 'owner')}>"
+
+
+_FAMILY_TAIL = re.compile(r"(-\d+)+$")
+
+
+def part_family(name: str) -> str:
+    """``stage1-000000-000007`` → ``stage1``: parts that differ only in their numeric tail."""
+    return _FAMILY_TAIL.sub("", name)
+
+
+class PartWorld(Protocol):
+    """What the part store needs of a world of processes (:class:`alignment_probe.distributed.World` is one)."""
+
+    rank: int
+    size: int
+
+    @property
+    def is_main(self) -> bool: ...
+
+    @property
+    def distributed(self) -> bool: ...
+
+    def publish(self, name: str, data: bytes) -> None: ...
+
+    def published(self, name: str) -> bytes | None: ...
+
+    def receive(self, names: list[str], owners: list[int]) -> dict[str, bytes]: ...
 
 
 class PartStore:
@@ -79,15 +116,15 @@ class PartStore:
     With a ``world`` of several processes (torchrun; see :mod:`alignment_probe.distributed`) the
     store is *sharded*: each table part is computed by one rank (the k-th part of a family, i.e. of
     names that differ only in their numeric tail, by rank ``k % world_size``) and the others get a
-    :class:`~alignment_probe.distributed.PendingPart` placeholder until it is published; each JSON
+    :class:`PendingPart` placeholder until it is published; each JSON
     part (a whole-data result) is computed by rank 0 while the others wait for it. Code that gets
     its work through :meth:`table` and :meth:`json` is thereby sharded without knowing it;
     :func:`~alignment_probe.distributed.run_passes` reruns it until no placeholder is left.
     """
 
-    def __init__(self, root: str | Path | None = None, *, world: Any = None):
+    def __init__(self, root: str | Path | None = None, *, world: PartWorld | None = None):
         self.root = Path(root) if root is not None else None
-        self.world: Any = world if world is not None and getattr(world, "distributed", False) else None  # distributed.World
+        self.world: PartWorld | None = world if world is not None and getattr(world, "distributed", False) else None
         self._memory: dict[str, bytes] = {}
         self.loaded: list[str] = []  # parts found already done (for logs and tests)
         self.computed: list[str] = []
@@ -148,8 +185,6 @@ class PartStore:
             return 0
         if not shard:
             return 0
-        from alignment_probe.distributed import part_family
-
         family = part_family(name.rsplit(".", 1)[0])
         k = self._families.get(family, 0)
         self._families[family] = k + 1
@@ -165,7 +200,7 @@ class PartStore:
         so the directory it writes the outputs to holds every part even without a shared file system."""
         if name not in self.received:
             self.received.append(name)
-        if self.world.is_main and not self.has(name):
+        if self.world is not None and self.world.is_main and not self.has(name):
             self._write(name, data)
 
     def receive_pending(self) -> None:
@@ -173,6 +208,7 @@ class PartStore:
         if not self.pending:
             return
         names = list(self.pending)
+        assert self.world is not None  # placeholders exist only in a distributed world
         for name, data in self.world.receive(names, [self.pending[n] for n in names]).items():
             self._accept(name, data)
         self.pending = {}
@@ -194,13 +230,12 @@ class PartStore:
                     self._publish(name, data)  # a rank without this file (another node) may need it
                 return value
         if not mine:
+            assert self.world is not None  # another rank's part: a distributed world
             data = self.world.published(name)
             if data is None and not shard:  # a whole-data result: needed at once, so wait for it here
                 data = self.world.receive([name], [owner])[name]
             if data is None:
                 self.pending[name] = owner
-                from alignment_probe.distributed import PendingPart
-
                 return PendingPart(name, owner)
             self._accept(name, data)
             return load(data)

@@ -25,8 +25,9 @@ from jaxtyping import Int
 from torch import Tensor
 
 from alignment_probe.data import PreferencePair, SkipReport
-from alignment_probe.errors import ConfigError, DataError
+from alignment_probe.errors import CheckpointError, ConfigError, DataError
 from alignment_probe.vocab import SIDES as SIDES  # (re-exported: the two runs of a pair, defined once)
+
 TOO_LONG = "completion longer than max_length"  # the skip reason tokenize_pair's ValueError carries
 
 
@@ -82,8 +83,6 @@ def bos_ids(tokenizer: Any) -> list[int]:
     if bos is None:
         bos = tokenizer.eos_token_id
     if bos is None:
-        from alignment_probe.errors import CheckpointError
-
         raise CheckpointError(
             f"The tokenizer ({getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}) defines neither a BOS "
             "nor an EOS token, so scored sequences have no start token. Set one and save it with the checkpoint: "

@@ -130,3 +130,18 @@ def check_sides(sides: str) -> str:
 
 def check_role(role: str, what: str = "model role") -> str:
     return check(role, ROLES, what)
+
+
+def parse_layers(text: str | None, option: str) -> tuple[int, ...] | None:
+    """``4,8,12`` or ``0:30:3`` (Python's range: start, stop, step) or a mix of both; ``option`` names the flag
+    in the error (the CLI's ``--layers`` and the findings driver's)."""
+    if text is None:
+        return None
+    out: list[int] = []
+    for item in (x.strip() for x in text.split(",")):
+        try:
+            out += list(range(*(int(v) for v in item.split(":")))) if ":" in item else [int(item)] if item else []
+        except (TypeError, ValueError):
+            raise ConfigError(f"{option} {text!r}: expected a comma-separated list of ints or start:stop:step "
+                              "ranges, e.g. 4,8,12 or 0:30:3.") from None
+    return tuple(sorted(set(out)))

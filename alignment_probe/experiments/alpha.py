@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 
 from alignment_probe import stats
 from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.experiments import heldout
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
 from alignment_probe.experiments.rows import default_rows
@@ -60,8 +61,6 @@ def at_chosen_layer(rows: Any, alphas: Sequence[float], reference: float, tables
     reference α. Returns ``{"layer", "chosen_by", "by_alpha": [{alpha, mean, ci_low, ci_high, n}] (confirm pairs),
     "spearman_rho" (confirm means), "selection"}`` (``selection.confirm``: the reference α's effect at that layer
     on the confirm pairs), or None (fewer than two pairs, or the layer was not swept by α)."""
-    from alignment_probe.experiments import heldout
-    from alignment_probe.experiments.rows import default_rows
 
     cfg = tables.cfg
     ids = heldout.run_pair_ids(tables, rows)
@@ -96,7 +95,7 @@ register(Experiment(
     names=(Name("alpha", "α-interpolation", "#8c564b",
                 "h_base + α (h_tuned − h_base) at each layer: the dose-response of a patch (A3)."),),
     specs=_specs, summarize=summarize_alpha,
-    figures=(Figure("alpha_dose_response", "alignment_probe.report.figures:alpha_dose_response",
+    figures=(Figure("alpha_dose_response", "alignment_probe.experiments.figures:alpha_dose_response",
                     "α dose-response (paper A3, Fig. 7)",
                     "Paper Fig. 7 (A3). h = h_base + α (h_tuned − h_base); Spearman ρ in the legend.",
                     needs=("alpha",), order=40),),

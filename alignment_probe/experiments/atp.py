@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
@@ -386,13 +387,11 @@ PALETTE = {"resid_pre": "#8c564b", "resid_mid": "#9467bd", "resid_post": "#1f77b
 def atp_figure(summary: Mapping[str, Any]) -> Any:
     """AtP per-layer mean (y) against the exact per-layer mean (x), one colour per hook, with y = x;
     the ``--confirm`` conditions as open diamonds."""
-    from alignment_probe.report import figures as F
-
-    entry = F.experiment(summary, "atp") or {}
+    entry = P.experiment(summary, "atp") or {}
     by_hook = {h: e for h, e in (entry.get("by_hook") or {}).items() if e.get("exact_per_layer")}
     conf = [c for c in entry.get("confirmed") or [] if "atp" in c]
     if not by_hook and not conf:
-        raise F.MissingExperimentError("atp_vs_exact", [("patch_tuned_to_base at AtP's hooks (--experiments "
+        raise P.MissingExperimentError("atp_vs_exact", [("patch_tuned_to_base at AtP's hooks (--experiments "
                                                          "atp,patch_tuned_to_base --extra-hooks …) or --confirm K")])
     import plotly.graph_objects as go
 
@@ -401,7 +400,7 @@ def atp_figure(summary: Mapping[str, Any]) -> Any:
     for hook, e in by_hook.items():
         est = {int(r["layer"]): r for r in e["per_layer"]}
         ex = [r for r in e["exact_per_layer"] if int(r["layer"]) in est]
-        xs, ys = [F._num(r["mean"]) for r in ex], [F._num(est[int(r["layer"])]["mean"]) for r in ex]
+        xs, ys = [P.num(r["mean"]) for r in ex], [P.num(est[int(r["layer"])]["mean"]) for r in ex]
         rho = (e.get("validation") or {}).get("spearman")
         name = f"{hook} (ρ = {rho:.2f})" if isinstance(rho, float) and math.isfinite(rho) else hook
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", name=name, text=[str(r["layer"]) for r in ex],
@@ -410,7 +409,7 @@ def atp_figure(summary: Mapping[str, Any]) -> Any:
                                  + "</extra>"))
         values += xs + ys
     if conf:
-        xs, ys = [F._num(c["exact"]) for c in conf], [F._num(c["atp"]) for c in conf]
+        xs, ys = [P.num(c["exact"]) for c in conf], [P.num(c["atp"]) for c in conf]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="confirmed (--confirm)",
                                  text=[f"{c['hook']} {c['layer']}" for c in conf],
                                  marker={"symbol": "diamond-open", "size": 14, "color": "#222"},
@@ -420,40 +419,38 @@ def atp_figure(summary: Mapping[str, Any]) -> Any:
     lo, hi = min(finite + [0.0]), max(finite + [0.0])
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x",
                              line={"color": "#999", "dash": "dash"}, hoverinfo="skip"))
-    return F._layout(fig, "Attribution patching vs exact (E10)", x_title="exact effect (nats, mean over pairs)",
+    return P.layout(fig, "Attribution patching vs exact (E10)", x_title="exact effect (nats, mean over pairs)",
                      y_title="AtP estimate (nats, mean over pairs)")
 
 
 def atp_map_figure(summary: Mapping[str, Any]) -> Any:
     """The AtP map: per-layer estimates with CIs, one line per hook (left), and the query heads' estimates as a
     layer × head heatmap (right, when the run estimated heads)."""
-    from alignment_probe.report import figures as F
-
-    entry = F.experiment(summary, "atp") or {}
+    entry = P.experiment(summary, "atp") or {}
     by_hook = entry.get("by_hook") or {}
     if not by_hook:
-        raise F.MissingExperimentError("atp_map", ["atp"])
-    from plotly.subplots import make_subplots
+        raise P.MissingExperimentError("atp_map", ["atp"])
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
     z_cells = (entry.get("by_head") or {}).get("z") or []
     fig = make_subplots(rows=1, cols=2 if z_cells else 1, column_widths=[0.6, 0.4] if z_cells else None,
                         horizontal_spacing=0.12,
                         subplot_titles=("per layer, every hook", "per query head (z)") if z_cells else None)
     for hook, e in by_hook.items():
-        F._add_curve(fig, F.per_layer_frame(e["per_layer"]), name=f"AtP {hook}", color=PALETTE.get(hook, "#7f7f7f"),
+        P.add_curve(fig, P.per_layer_frame(e["per_layer"]), name=f"AtP {hook}", color=PALETTE.get(hook, "#7f7f7f"),
                      row=1, col=1)
-    F._zero_line(fig, row=1, col=1)
-    F._layer_ticks(fig, [r["layer"] for e in by_hook.values() for r in e["per_layer"]], row=1, col=1)
-    fig.update_xaxes(title_text=F.LAYER_AXIS, row=1, col=1)
+    P.zero_line(fig, row=1, col=1)
+    P.layer_ticks(fig, [r["layer"] for e in by_hook.values() for r in e["per_layer"]], row=1, col=1)
+    fig.update_xaxes(title_text=P.LAYER_AXIS, row=1, col=1)
     fig.update_yaxes(title_text="AtP estimate (nats, mean over pairs)", row=1, col=1)
     if z_cells:
         layers = sorted({c["layer"] for c in z_cells})
         heads = sorted({c["head"] for c in z_cells})
         cell = {(c["layer"], c["head"]): c for c in z_cells}
-        grid = [[F._num(cell[(ly, h)]["mean"]) if (ly, h) in cell else None for h in heads] for ly in layers]
-        text = [[(f"layer {ly} head {h}<br>AtP {F._num(cell[(ly, h)]['mean']):+.3f} "
-                  f"[{F._num(cell[(ly, h)]['ci_low']):+.3f}, {F._num(cell[(ly, h)]['ci_high']):+.3f}]")
+        grid = [[P.num(cell[(ly, h)]["mean"]) if (ly, h) in cell else None for h in heads] for ly in layers]
+        text = [[(f"layer {ly} head {h}<br>AtP {P.num(cell[(ly, h)]['mean']):+.3f} "
+                  f"[{P.num(cell[(ly, h)]['ci_low']):+.3f}, {P.num(cell[(ly, h)]['ci_high']):+.3f}]")
                  if (ly, h) in cell else "" for h in heads] for ly in layers]
         top = max((abs(v) for row in grid for v in row if v is not None and math.isfinite(v)), default=1.0) or 1.0
         fig.add_trace(go.Heatmap(z=grid, x=heads, y=layers, text=text, hoverinfo="text", colorscale="RdBu",
@@ -461,7 +458,7 @@ def atp_map_figure(summary: Mapping[str, Any]) -> Any:
                       row=1, col=2)
         fig.update_xaxes(title_text="head", dtick=1, row=1, col=2)
         fig.update_yaxes(title_text="layer", row=1, col=2)
-    F._layout(fig, "Attribution patching map, tuned → base (E10)", x_title=None, y_title=None)
+    P.layout(fig, "Attribution patching map, tuned → base (E10)", x_title=None, y_title=None)
     fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.18, "xanchor": "left"})
     return fig
 
@@ -472,12 +469,10 @@ HEAD_MARKERS = {"z": ("#9467bd", "circle"), "v": ("#8c564b", "square"), "k": ("#
 def atp_heads_figure(summary: Mapping[str, Any]) -> Any:
     """AtP per-(layer, head) mean (y) against the exact head patch's mean (x): query heads (z), value heads
     (v) and key heads (k, AtP* with the QK fix; open diamonds: plain AtP without it), with y = x."""
-    from alignment_probe.report import figures as F
-
-    entry = F.experiment(summary, "atp") or {}
+    entry = P.experiment(summary, "atp") or {}
     exact = entry.get("exact_by_head") or {}
     if not exact:
-        raise F.MissingExperimentError("atp_heads_vs_exact", [f"{ATP_HEADS} with head_patch or kv_head_patch "
+        raise P.MissingExperimentError("atp_heads_vs_exact", [f"{ATP_HEADS} with head_patch or kv_head_patch "
                                                               f"(--experiments {ATP_HEADS},head_patch,kv_head_patch)"])
     import plotly.graph_objects as go
 
@@ -492,7 +487,7 @@ def atp_heads_figure(summary: Mapping[str, Any]) -> Any:
     for hook, est_cells, ex_cells, estimator, check, hollow in series:
         est = {(c["layer"], c["head"]): c for c in est_cells}
         ex = [c for c in ex_cells if (c["layer"], c["head"]) in est]
-        xs, ys = [F._num(c["mean"]) for c in ex], [F._num(est[(c["layer"], c["head"])]["mean"]) for c in ex]
+        xs, ys = [P.num(c["mean"]) for c in ex], [P.num(est[(c["layer"], c["head"])]["mean"]) for c in ex]
         rho = check.get("spearman")
         name = f"{hook} ({estimator}" + (f", ρ = {rho:.2f})" if isinstance(rho, float) and math.isfinite(rho) else ")")
         color, symbol = HEAD_MARKERS[hook]
@@ -506,7 +501,7 @@ def atp_heads_figure(summary: Mapping[str, Any]) -> Any:
     lo, hi = min(finite + [0.0]), max(finite + [0.0])
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x",
                              line={"color": "#999", "dash": "dash"}, hoverinfo="skip"))
-    return F._layout(fig, "Attribution patching vs exact, per head (E10)", x_title="exact effect of one head's patch "
+    return P.layout(fig, "Attribution patching vs exact, per head (E10)", x_title="exact effect of one head's patch "
                      "(nats, mean over pairs)", y_title="AtP estimate (nats, mean over pairs)")
 
 

@@ -49,7 +49,7 @@ register(Experiment(
            Name("random_direction", "random: direction", "#9467bd",
                 "Add a random direction as long as the tuned shift: does the direction matter, or its size?")),
     specs=_specs, summarize=summarize_per_layer,
-    figures=(Figure("controls", "alignment_probe.report.figures:controls",
+    figures=(Figure("controls", "alignment_probe.experiments.figures:controls",
                     "Identity and random controls (paper A2, Fig. 6)",
                     "Paper Fig. 6 (A2). Identity (base → base) must be exactly 0; the random controls replace the "
                     "activation by norm-matched Gaussian noise, or add a random direction of the tuned shift's norm.",

@@ -25,10 +25,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.experiments import heldout
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
+from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE, Finding, plain
+from alignment_probe.formatting import fmt_effect
 
 NAME = "cross_2x2"
 CELLS = ("bb", "bt", "tb", "tt")
@@ -93,8 +97,6 @@ def _splits_map(matrix: np.ndarray, tables: Tables, by_split: list[dict[str, Any
     """statistics.md on the interaction by split (a map of m splits): its peak set, max-|t| bands over the splits
     (``interaction_band`` in ``by_split``, ``band_low``/``band_high`` in ``per_layer``; ``map``), and the split with
     the largest interaction chosen on the explore pairs and reported on the confirm pairs (``selection``)."""
-    from alignment_probe.experiments import heldout
-
     cfg = tables.cfg
     splits = [r["split"] for r in by_split]
     info, low, high = heldout.band(matrix, cfg)
@@ -115,11 +117,9 @@ def cross_figure(summary: Mapping[str, Any]) -> Any:
     import pandas as pd
     import plotly.graph_objects as go
 
-    from alignment_probe.report import figures as F
-
-    entry = F.experiment(summary, NAME)
+    entry = P.experiment(summary, NAME)
     if not entry or not entry.get("by_split"):
-        raise F.MissingExperimentError("cross_2x2", [NAME])
+        raise P.MissingExperimentError("cross_2x2", [NAME])
     fig = go.Figure()
     rows = entry["by_split"]
     for key, label, color in (("late_on_base", "late blocks tuned, on base upstream: Δ(B,T) − Δ(B,B)", "#1f77b4"),
@@ -127,10 +127,10 @@ def cross_figure(summary: Mapping[str, Any]) -> Any:
                               ("interaction", "interaction I(s)", "#d62728")):
         frame = pd.DataFrame({"layer": [r["split"] for r in rows], "mean": [r[key] for r in rows],
                               "ci_low": [r[f"{key}_ci"][0] for r in rows], "ci_high": [r[f"{key}_ci"][1] for r in rows]})
-        F._add_curve(fig, frame, name=label, color=color, group=key)
-    F._zero_line(fig)
-    F._layer_ticks(fig, [r["split"] for r in rows])
-    return F._layout(fig, "2×2 cross design: late blocks on base vs tuned upstream state (E8)", x_title="split s")
+        P.add_curve(fig, frame, name=label, color=color, group=key)
+    P.zero_line(fig)
+    P.layer_ticks(fig, [r["split"] for r in rows])
+    return P.layout(fig, "2×2 cross design: late blocks on base vs tuned upstream state (E8)", x_title="split s")
 
 
 INTERACTION_MARGIN = 0.10  # "no interaction worth the name": below a tenth of the mean gain
@@ -142,19 +142,16 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
     split the CI high is below ``INTERACTION_MARGIN`` × |mean gain| (the interaction is bounded below a tenth of the
     gain); else inconclusive. An interaction whose CI holds 0 is printed as a bound, never as 0. Pointwise CIs over
     the m splits (m is stated): an "agrees" at one of many splits is read with that in mind."""
-    from alignment_probe.report import figures as F
-    from alignment_probe.report.format import fmt_effect
-    from alignment_probe.report.verdicts import AGREES, DIFFERS, INCONCLUSIVE, Finding, plain
 
-    entry = F.experiment(summary, NAME)
+    entry = P.experiment(summary, NAME)
     if not entry or not entry.get("by_split"):
         return None
     rows = entry["by_split"]
-    best = max(rows, key=lambda r: F._num(r["interaction"]))
-    positive = [r["split"] for r in rows if F._num(r["interaction_ci"][0]) > 0]
-    gain = abs(F._num(summary.get("gain_mean")))
+    best = max(rows, key=lambda r: P.num(r["interaction"]))
+    positive = [r["split"] for r in rows if P.num(r["interaction_ci"][0]) > 0]
+    gain = abs(P.num(summary.get("gain_mean")))
     margin = INTERACTION_MARGIN * gain if math.isfinite(gain) else math.nan
-    highs = [F._num(r["interaction_ci"][1]) for r in rows]
+    highs = [P.num(r["interaction_ci"][1]) for r in rows]
     bounded = math.isfinite(margin) and all(math.isfinite(h) and h < margin for h in highs)
     verdict = AGREES if positive else DIFFERS if bounded else INCONCLUSIVE
     ours = (f"largest interaction at split {best['split']}: "
@@ -162,9 +159,9 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
             f"{', '.join(map(str, positive)) or 'none'} (of m = {len(rows)} splits); largest CI high over splits "
             f"{max(highs):+.3g} nats against the margin {INTERACTION_MARGIN:g} × |gain| = {margin:.3g} nats")
     numbers = {"m_splits": len(rows), "positive_splits": positive, "best_split": best["split"],
-               "best_interaction": F._num(best["interaction"]), "best_interaction_ci": list(best["interaction_ci"]),
+               "best_interaction": P.num(best["interaction"]), "best_interaction_ci": list(best["interaction_ci"]),
                "max_ci_high": max(highs), "margin_fraction": INTERACTION_MARGIN, "margin_nats": margin,
-               "gain_mean": F._num(summary.get("gain_mean"))}
+               "gain_mean": P.num(summary.get("gain_mean"))}
     return Finding("cross_2x2", "Late blocks read what tuned early blocks wrote: a positive interaction (E8)",
                    "not in the paper; arXiv 2605.07284: +1.68 logits, positive in 5 of 5 families (4B–32B)", ours,
                    verdict,

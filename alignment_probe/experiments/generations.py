@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from alignment_probe.experiments.registry import Experiment, Name, Plan, Tables, register
+from alignment_probe.generation import generate
 
 NAME = "generations"
 N_PROMPTS = 3
@@ -24,8 +25,6 @@ def conditions(n_layers: int) -> list[str]:
 
 
 def _compute(plan: Plan) -> dict[str, Any]:
-    from alignment_probe.generation import generate
-
     prompts = sorted(plan.tokenized, key=lambda t: t.pair_id)[:N_PROMPTS]
     rows = generate(plan.twins, prompts, conditions(plan.n_layers), max_new_tokens=MAX_NEW_TOKENS, seed=plan.cfg.seed)
     return {"conditions": conditions(plan.n_layers), "max_new_tokens": MAX_NEW_TOKENS, "greedy": True, "rows": rows}

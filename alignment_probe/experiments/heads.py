@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
@@ -119,12 +120,10 @@ def heads_figure(summary: Mapping[str, Any]) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from alignment_probe.report import figures as F
-
-    present = [(n, F.experiment(summary, n)) for n in (HEADS, KV_HEADS)]
+    present = [(n, P.experiment(summary, n)) for n in (HEADS, KV_HEADS)]
     present = [(n, e) for n, e in present if e and e.get("by_head")]
     if not present:
-        raise F.MissingExperimentError("heads", [HEADS, KV_HEADS])
+        raise P.MissingExperimentError("heads", [HEADS, KV_HEADS])
     titles = [f"{'query heads (z)' if n == HEADS else 'key/value heads (v)'}: tuned → base" for n, _ in present]
     # One panel under the other: the row labels are long, and side by side they ran into the other panel.
     n = len(present)
@@ -147,8 +146,8 @@ def heads_figure(summary: Mapping[str, Any]) -> Any:
                                  zmax=span, colorscale="RdBu_r",
                                  colorbar={"title": "nats", "y": 1 - (row - 0.5) / n, "len": 0.8 / n},
                                  hovertemplate="%{y}<br>%{x}: %{text}<extra></extra>"), row=row, col=1)
-    return F._layout(fig, "Attention heads: mean effect of patching one head, tuned → base (E7)",
-                     height=max(F.HEIGHT, 120 * n + 28 * n_rows), x_title=None, y_title=None)
+    return P.layout(fig, "Attention heads: mean effect of patching one head, tuned → base (E7)",
+                     height=max(P.HEIGHT, 120 * n + 28 * n_rows), x_title=None, y_title=None)
 
 
 register(Experiment(

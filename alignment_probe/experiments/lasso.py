@@ -310,7 +310,7 @@ register(Experiment(
                 "A LASSO over per-layer activation distances ‖h_tuned − h_base‖ predicting the gain (Fig. 2).",
                 per_layer=False),),
     compute=_compute, clean_hooks=_clean_hooks, summarize=lambda tables: {"lasso": dict(tables.fits["lasso"])},
-    figures=(Figure("lasso_coefficients", "alignment_probe.report.figures:lasso_coefficients",
+    figures=(Figure("lasso_coefficients", "alignment_probe.experiments.figures:lasso_coefficients",
                     "LASSO attribution and probes (paper Fig. 2, Table 1)",
                     "Paper Fig. 2 / Table 1. LASSO (5-fold CV) coefficients of the z-scored per-layer "
                     "activation distances predicting the gain; grey bars are zero.", needs=("lasso",), order=70),),

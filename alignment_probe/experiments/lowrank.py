@@ -31,7 +31,9 @@ from torch import Tensor
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec, hook_name
+from alignment_probe.experiments import heldout
 from alignment_probe.experiments.registry import Experiment, Figure, Fitted, Name, Plan, Tables, register
+from alignment_probe.experiments.rows import default_rows
 from alignment_probe.interventions import Project, Replace
 from alignment_probe.pair import Twins
 from alignment_probe.tokens import TokenizedPair, make_batch, pair_sequences
@@ -251,8 +253,6 @@ def _headline_layer(layers: Sequence[int], effects: Any, cfg: Any) -> int:
     """The layer E6's headline reports: the only one, else E1's explore-half peak when E1's rows are in the table and
     that layer was fitted, else the first."""
     if len(layers) > 1:
-        from alignment_probe.experiments import heldout
-        from alignment_probe.experiments.rows import default_rows
 
         e1 = default_rows(effects, "patch_tuned_to_base", cfg)
         if len(e1) and e1.pair_id.nunique() >= 2:
@@ -300,7 +300,7 @@ register(Experiment(
            Name("lowrank_difference", "low-rank: difference", "#ff7f0e",
                 "The base moves by the part of the tuning shift inside its top-k directions.")),
     fit=fit_lowrank, clean_hooks=_clean_hooks, specs=lambda plan: plan.fitted.specs, summarize=summarize_lowrank,
-    figures=(Figure("lowrank", "alignment_probe.report.figures:lowrank", "Low-rank patching (paper Fig. 4, Table 2)",
+    figures=(Figure("lowrank", "alignment_probe.experiments.figures:lowrank", "Low-rank patching (paper Fig. 4, Table 2)",
                     "Paper Fig. 4 / Table 2. Effect of patching a rank-k version of the activations, as a fraction "
                     "of the full effect, and the variance the k directions explain; dotted: subspace fitted on one "
                     "half of the pairs, evaluated on the other.",

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.experiments import heldout
 from alignment_probe.experiments.registry import (
     Experiment,
     Figure,
@@ -63,8 +65,6 @@ def summarize_patching(tables: Tables) -> dict[str, dict[str, Any]]:
     hook → the per-layer list at the default scope, so components share one figure (E7), each cell with its
     max-|t| band over the layers × hooks map (``band_low``/``band_high``; ``by_hook_map``: {m, critical, rule}),
     and ``by_hook_peak_set``: hook → its peak set."""
-    from alignment_probe.experiments import heldout
-
     out = summarize_per_layer(tables)
     cfg = tables.cfg
     for name, entry in out.items():
@@ -93,12 +93,10 @@ def _matrix(rows: Any) -> tuple[Any, list[int]]:
 def components_figure(summary: Mapping[str, Any]) -> Any:
     """E7 components: tuned → base patched at each hook point run (``resid_post``, ``attn_out``, ``mlp_out``
     …), one line with its CI band per hook, on one figure."""
-    from alignment_probe.report import figures as F
-
-    entry = F.experiment(summary, "patch_tuned_to_base")
+    entry = P.experiment(summary, "patch_tuned_to_base")
     by_hook = (entry or {}).get("by_hook")
     if not by_hook:
-        raise F.MissingExperimentError("components", ["patch_tuned_to_base at more than one hook (--extra-hooks)"])
+        raise P.MissingExperimentError("components", ["patch_tuned_to_base at more than one hook (--extra-hooks)"])
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -106,12 +104,12 @@ def components_figure(summary: Mapping[str, Any]) -> Any:
                "resid_pre": "#8c564b"}
     layers: list[int] = []
     for hook, rows in by_hook.items():
-        frame = F.per_layer_frame(rows)
-        F._add_curve(fig, frame, name=f"tuned → base @ {hook}", color=palette.get(hook, "#7f7f7f"), group=hook)
+        frame = P.per_layer_frame(rows)
+        P.add_curve(fig, frame, name=f"tuned → base @ {hook}", color=palette.get(hook, "#7f7f7f"), group=hook)
         layers += frame["layer"].tolist()
-    F._zero_line(fig)
-    F._layer_ticks(fig, layers)
-    return F._layout(fig, "Components: tuned → base at each hook point (E7)")
+    P.zero_line(fig)
+    P.layer_ticks(fig, layers)
+    return P.layout(fig, "Components: tuned → base at each hook point (E7)")
 
 
 register(Experiment(
@@ -122,13 +120,13 @@ register(Experiment(
                 "The reverse direction: base activations into the tuned model (control A1).", method="E3")),
     specs=_specs, summarize=summarize_patching,
     figures=(
-        Figure("layer_curve", "alignment_probe.report.figures:layer_curve",
+        Figure("layer_curve", "alignment_probe.experiments.figures:layer_curve",
                "Per-layer effect, tuned → base (paper Fig. 1)",
                "Paper Fig. 1. Mean effect of patching the tuned model's activations into the base at each "
                "layer, with 95% bootstrap CI. ★ peak layer (argmax of the mean), ◆ onset layer (first layer "
                "reaching half the maximum); horizontal bars are their bootstrap CIs.",
                needs=("patch_tuned_to_base",), order=10),
-        Figure("directionality", "alignment_probe.report.figures:directionality",
+        Figure("directionality", "alignment_probe.experiments.figures:directionality",
                "Directionality (paper A1, Fig. 5)",
                "Paper Fig. 5 (A1). Both directions; base → tuned is measured against the tuned model's own "
                "Δlogp, so removing the tuning shows as a negative effect.",

@@ -25,6 +25,8 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+import alignment_probe.experiments as package  # the package itself (empty): where load_all finds the modules
+
 if TYPE_CHECKING:  # the registry itself stays import-light: the CLI reads it before any model loads
     import pandas as pd
 
@@ -125,7 +127,7 @@ class Experiment:
     needs: tuple[str, ...] = ()  # names whose summaries ``specs``/``fit`` read (their rows are computed first)
     emits: tuple[str, ...] = ()  # extra ``experiment`` values in its rows (e.g. ``lowrank_full``)
     figures: tuple[Figure, ...] = ()
-    # "module:function"s (summary, effects[, scores=]) -> report.verdicts.Finding | None: rows this experiment adds
+    # "module:function"s (summary, effects[, scores=]) -> experiments.verdicts.Finding | None: rows this experiment adds
     # to the report's findings-vs-paper table and the summary's ``verdicts``, for the claims it answers (a function
     # with a ``scores`` parameter also gets the per-pair scores table)
     verdicts: tuple[str, ...] = ()
@@ -183,12 +185,9 @@ def load_all() -> None:
     global _loaded
     if _loaded:
         return
-    import alignment_probe.experiments as package
-
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if info.name not in ("registry", "suite"):
             importlib.import_module(f"{package.__name__}.{info.name}")
-    importlib.import_module("alignment_probe.report.gain")  # the gain histogram (scores only)
     _loaded = True
 
 
@@ -253,3 +252,14 @@ def table(*, opt_in: bool = False) -> list[dict[str, str]]:
     suite's names; ``opt_in=True``: the opt-in experiments' too)."""
     return [{"name": n.name, "method": e.method_of(n.name), "experiment": e.key, "label": n.label,
              "description": n.description} for e in experiments() if e.default or opt_in for n in e.names]
+
+
+if TYPE_CHECKING:
+    EXPERIMENT_NAMES: tuple[str, ...]  # provided by __getattr__ below
+
+
+def __getattr__(name: str) -> Any:
+    # EXPERIMENT_NAMES: read when asked, so importing the registry imports no experiment
+    if name == "EXPERIMENT_NAMES":
+        return experiment_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

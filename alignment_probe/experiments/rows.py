@@ -3,11 +3,16 @@ and the standard per-layer summary of them (a pure function of the table)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from alignment_probe import stats
+from alignment_probe.experiments import heldout
+
+if TYPE_CHECKING:  # types only (below the experiments)
+    from alignment_probe.engine.spec import PatchSpec
+    from alignment_probe.experiments.registry import Plan
 
 
 def default_rows(effects: pd.DataFrame, experiment: str, cfg: Any) -> pd.DataFrame:
@@ -30,8 +35,6 @@ def per_layer_entry(rows: pd.DataFrame, tables: Any) -> dict[str, Any]:
     (``band_low``/``band_high`` per layer, ``map``: {m, critical, rule}) for claims about the largest layer; the
     same per completion token (``per_token``, when the scores give the completion lengths) and ``basis``: which
     of the two the headline numbers are ("sum")."""
-    from alignment_probe.experiments import heldout
-
     cfg = tables.cfg
     entry = stats.summarize_experiment(rows, seed=cfg.seed, n_boot=cfg.n_boot)
     entry["map"] = heldout.banded(rows, ("layer",), entry["per_layer"], ("layer",), cfg)
@@ -43,7 +46,7 @@ def per_layer_entry(rows: pd.DataFrame, tables: Any) -> dict[str, Any]:
     return entry
 
 
-def swept_only(plan: Any, specs: list[Any]) -> list[Any]:
+def swept_only(plan: Plan, specs: list[PatchSpec]) -> list[PatchSpec]:
     """Keep the conditions at the swept layers (``--layers``). Conditions are built for every layer and
     then filtered (random controls are seeded per layer), so a row of a subset run equals the same row
     of a full sweep."""

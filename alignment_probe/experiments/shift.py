@@ -16,14 +16,18 @@ values are the experiment's record in ``fits.json``, and the summary is computed
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
 from alignment_probe.tokens import SIDES, make_batch
+
+if TYPE_CHECKING:  # the type only (follows the layers: the twins sit below)
+    from alignment_probe.pair import Twins
 
 NAME = "shift"
 MAX_POSITION = 64  # per-position curves stop here; "rest" pools every later position
@@ -31,7 +35,7 @@ BINS = (1, 2, 4, 8)
 TOP_RANK = 3
 
 
-def final_hook(twins: Any) -> str:
+def final_hook(twins: Twins) -> str:
     """The hook whose clean activations E9 reads: the final residual, before ``ln_final``."""
     return f"blocks.{twins.n_layers - 1}.hook_resid_post"
 
@@ -46,7 +50,7 @@ def _log_probs(model: Any, resid: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def sequence_shift(twins: Any, tokenized: Sequence[Any], *, batch_size: int = 4,
+def sequence_shift(twins: Twins, tokenized: Sequence[Any], *, batch_size: int = 4,
                    clean: Mapping[str, Mapping[str, Mapping[Any, torch.Tensor]]] | None = None) -> list[dict[str, Any]]:
     """Per pair: for each side, KL(T‖B) and the rank of T's top token under B at every completion position.
 
@@ -131,19 +135,17 @@ def shift_figure(summary: Mapping[str, Any]) -> Any:
     import pandas as pd
     from plotly.subplots import make_subplots
 
-    from alignment_probe.report import figures as F
-
-    entry = F.experiment(summary, NAME)
+    entry = P.experiment(summary, NAME)
     if not entry or not entry.get("kl"):
-        raise F.MissingExperimentError("shift", [NAME])
+        raise P.MissingExperimentError("shift", [NAME])
     fig = make_subplots(rows=1, cols=2, subplot_titles=["KL(tuned ‖ base), nats",
                                                         f"share of positions: tuned's top token ranked > "
                                                         f"{entry['top_rank']} under base"])
     for col, key, color in ((1, "kl", "#1f77b4"), (2, "rank_gt3", "#d62728")):
         frame = pd.DataFrame(entry[key]).rename(columns={"position": "layer"})
-        F._add_curve(fig, frame, name=key, color=color, group=key, row=1, col=col, x="layer", x_label="position")
+        P.add_curve(fig, frame, name=key, color=color, group=key, row=1, col=col, x="layer", x_label="position")
         fig.update_xaxes(title_text="position in the completion (0 = first token)", row=1, col=col)
-    return F._layout(fig, "Where the twins differ: distribution shift by completion position (E9)", x_title=None,
+    return P.layout(fig, "Where the twins differ: distribution shift by completion position (E9)", x_title=None,
                      y_title=None)
 
 

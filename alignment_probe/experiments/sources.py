@@ -56,7 +56,7 @@ register(Experiment(
            Name("vector_contrast", "v± (contrast)", "#17becf",
                 "Add v+ − v− to the base's completions.")),
     specs=_specs, summarize=summarize_per_layer,
-    figures=(Figure("source_variants", "alignment_probe.report.figures:source_variants",
+    figures=(Figure("source_variants", "alignment_probe.experiments.figures:source_variants",
                     "Source variants (paper Fig. 3)",
                     "Paper Fig. 3. Left: the per-sequence decomposition (both = chosen-only + rejected-only "
                     "exactly). Right: mean tuned completion vectors v+, v−, v± added to the base residual.",

@@ -55,22 +55,30 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.errors import ConfigError
 from alignment_probe.experiments.lowrank import fit_subspace
 from alignment_probe.experiments.registry import Experiment, Figure, Fitted, Name, Plan, Tables, register
+from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE, Finding
+from alignment_probe.formatting import fmt
+from alignment_probe.formatting import num as _num
 from alignment_probe.interventions import POSITION_CLASSES, AddByClass, predicting_classes
 from alignment_probe.tokens import TokenizedPair, make_batch, pair_sequences
 from alignment_probe.vocab import HOOKS
+
+if TYPE_CHECKING:  # the type only (follows the layers: the twins sit below)
+    from alignment_probe.pair import Twins
 
 DEFAULT_SCALES = (0.5, 1.0, 2.0, 4.0)
 DEFAULT_CS = DEFAULT_SCALES  # the old name of the grid (--steer-c)
@@ -177,7 +185,7 @@ def predicting_batches(tokenized: Sequence[TokenizedPair], first_k: int,
 
 
 @torch.inference_mode()
-def class_shifts(twins: Any, tokenized: Sequence[TokenizedPair], *, layers: Sequence[int], hook: str = "resid_post",
+def class_shifts(twins: Twins, tokenized: Sequence[TokenizedPair], *, layers: Sequence[int], hook: str = "resid_post",
                  first_k: int = FIRST_K, keep: int | None = None, pairs_per_batch: int = 4) -> dict[int, Shift]:
     """:class:`Shift` at every layer of ``layers`` from both models' clean runs of ``tokenized`` (both runs of
     every pair), one forward per model and batch; ``keep``: the layer whose per-position shifts and v± are kept.
@@ -390,7 +398,7 @@ def steer_choice(plan: Plan) -> tuple[int, float, str]:
 
 
 @torch.inference_mode()
-def kl_to_tuned(twins: Any, tokenized: Sequence[TokenizedPair], steered: Sequence[Tensor], *, layer: int, hook: str,
+def kl_to_tuned(twins: Twins, tokenized: Sequence[TokenizedPair], steered: Sequence[Tensor], *, layer: int, hook: str,
                 first_k: int = FIRST_K, pairs_per_batch: int = 2) -> dict[str, Any]:
     """Per pair, the mean over the predicting positions of both runs of KL(T ‖ B) and, for each of ``steered``
     ([3, d] per-class vectors added at ``blocks.{layer}.hook_{hook}``), KL(T ‖ B steered), of the next-token
@@ -653,11 +661,9 @@ def figure(summary: Mapping[str, Any]) -> Any:
     chosen a the null (5–95 % of its draws' mean effects) and the class parts; the held-out gain dotted."""
     import plotly.graph_objects as go
 
-    from alignment_probe.report import figures as F
-
-    entry = F.experiment(summary, MAIN)
+    entry = P.experiment(summary, MAIN)
     if not entry or not entry.get("by_c"):
-        raise F.MissingExperimentError("steer", [MAIN])
+        raise P.MissingExperimentError("steer", [MAIN])
     rev = entry.get("reverse") or {}
     curves = [(MAIN, entry)] + [(BASELINES[k], v) for k, v in (entry.get("baselines") or {}).items()]
     curves += [(REVERSE, rev), (REVERSE_RANDOM, rev.get("random") or {})]
@@ -668,19 +674,19 @@ def figure(summary: Mapping[str, Any]) -> Any:
             continue
         x = [float(r["c"]) for r in rows]
         color, label = COLORS[name], LABELS[name]
-        band = F._band(x, [F._num(r.get("ci_low")) for r in rows], [F._num(r.get("ci_high")) for r in rows],
+        band = P.band(x, [P.num(r.get("ci_low")) for r in rows], [P.num(r.get("ci_high")) for r in rows],
                        name=label, color=color, group=name)
         if band is not None:
             fig.add_trace(band)
         dash = "dash" if name in (REVERSE, REVERSE_RANDOM) else "dot" if name == POOLED else "solid"
-        fig.add_trace(go.Scatter(x=x, y=[F._num(r.get("mean")) for r in rows], mode="lines+markers", name=label,
+        fig.add_trace(go.Scatter(x=x, y=[P.num(r.get("mean")) for r in rows], mode="lines+markers", name=label,
                                  legendgroup=name, line={"color": color, "width": 2, "dash": dash},
                                  hovertemplate=f"<b>{label}</b><br>a = %{{x}}<br>effect %{{y:.3f}} nats<extra></extra>"))
-    scale = F._num(entry.get("scale"))
+    scale = P.num(entry.get("scale"))
     null = entry.get("null") or {}
     q = null.get("quantiles") or {}
     if null.get("n") and math.isfinite(scale):
-        mid, lo, hi = (F._num(q.get(k)) for k in ("0.5", "0.05", "0.95"))
+        mid, lo, hi = (P.num(q.get(k)) for k in ("0.5", "0.05", "0.95"))
         fig.add_trace(go.Scatter(x=[scale], y=[mid], mode="markers", name=f"{LABELS[NULL]} (n = {null['n']}, 5–95 %)",
                                  marker={"color": COLORS[NULL], "size": 10, "symbol": "diamond"},
                                  error_y={"type": "data", "symmetric": False, "array": [hi - mid],
@@ -688,16 +694,16 @@ def figure(summary: Mapping[str, Any]) -> Any:
     for cls, name in CLASS_ONLY.items():
         rows = ((entry.get("variants") or {}).get(cls) or {}).get("by_c") or []
         if rows:
-            fig.add_trace(go.Scatter(x=[float(rows[0]["c"])], y=[F._num(rows[0].get("mean"))], mode="markers",
+            fig.add_trace(go.Scatter(x=[float(rows[0]["c"])], y=[P.num(rows[0].get("mean"))], mode="markers",
                                      name=LABELS[name], marker={"color": COLORS[name], "size": 9, "symbol": "x"}))
-    gain = F._num((entry.get("gain") or {}).get("mean"))
+    gain = P.num((entry.get("gain") or {}).get("mean"))
     if math.isfinite(gain):
         fig.add_hline(y=gain, line={"dash": "dot", "color": "#444", "width": 1.5},
                       annotation_text=f"held-out gain {gain:+.3f}", annotation_position="top left")
         fig.add_hline(y=-gain, line={"dash": "dot", "color": "#9467bd", "width": 1})
     fig.add_hline(y=0, line={"color": "#bbb", "width": 1})
     fig.update_layout(title=f"Steering at layer {entry.get('layer')}, chosen a = {entry.get('scale')} (held-out pairs)",
-                      height=F.HEIGHT, xaxis_title="a (multiples of the per-class mean shift v_ℓ,c)",
+                      height=P.HEIGHT, xaxis_title="a (multiples of the per-class mean shift v_ℓ,c)",
                       yaxis_title="effect on Δlogp (nats)", template="plotly_white")
     return fig
 
@@ -708,13 +714,11 @@ def scan_figure(summary: Mapping[str, Any]) -> Any:
     import plotly.graph_objects as go
     from plotly.colors import sample_colorscale
 
-    from alignment_probe.report import figures as F
-
-    entry = F.experiment(summary, MAIN)
+    entry = P.experiment(summary, MAIN)
     choice = (entry or {}).get("layer_choice") or {}
     rows = choice.get("by_layer") or []
     if not rows:
-        raise F.MissingExperimentError("steer_layers", [f"{SCAN} (the layer and scale were given: --steer-layer)"])
+        raise P.MissingExperimentError("steer_layers", [f"{SCAN} (the layer and scale were given: --steer-layer)"])
     fig = go.Figure()
     scales = choice.get("scales") or []
     colors = sample_colorscale("Reds", [0.4 + 0.6 * i / max(len(scales) - 1, 1) for i in range(len(scales))])
@@ -722,10 +726,10 @@ def scan_figure(summary: Mapping[str, Any]) -> Any:
         cells = [{"layer": c["layer"], **{k: c[k] for k in ("mean", "ci_low", "ci_high", "n")}}
                  for r in rows for c in r.get("by_scale") or [] if abs(float(c["scale"]) - float(a)) < 1e-12]
         if cells:
-            F._add_curve(fig, F.per_layer_frame(cells), name=f"{LABELS[SCAN]}, a = {a:g}", color=color,
+            P.add_curve(fig, P.per_layer_frame(cells), name=f"{LABELS[SCAN]}, a = {a:g}", color=color,
                          group=f"{SCAN}-{a:g}")
-    frame = F.per_layer_frame([{"layer": r["layer"], **r["random"]} for r in rows])
-    F._add_curve(fig, frame, name=LABELS[SCAN_RANDOM], color=COLORS[SCAN_RANDOM], group=SCAN_RANDOM)
+    frame = P.per_layer_frame([{"layer": r["layer"], **r["random"]} for r in rows])
+    P.add_curve(fig, frame, name=LABELS[SCAN_RANDOM], color=COLORS[SCAN_RANDOM], group=SCAN_RANDOM)
     if choice.get("layer") is not None:
         fig.add_vline(x=int(choice["layer"]), line={"dash": "dot", "color": COLORS[MAIN]},
                       annotation_text=f"chosen: layer {choice['layer']}, a = {choice.get('scale')}",
@@ -733,26 +737,22 @@ def scan_figure(summary: Mapping[str, Any]) -> Any:
     if choice.get("e1_layer") is not None:
         fig.add_vline(x=int(choice["e1_layer"]), line={"dash": "dot", "color": "#1f77b4", "width": 1},
                       annotation_text=f"E1 fit-half peak {choice['e1_layer']}", annotation_position="bottom right")
-    gain = F._num((choice.get("fit_gain") or {}).get("mean"))
+    gain = P.num((choice.get("fit_gain") or {}).get("mean"))
     if math.isfinite(gain):
         fig.add_hline(y=gain, line={"dash": "dot", "color": "#444", "width": 1},
                       annotation_text=f"fit-half gain {gain:+.3f}", annotation_position="top right")
-    F._zero_line(fig)
-    F._layer_ticks(fig, [int(r["layer"]) for r in rows])
-    return F._layout(fig, "Steering scan: v_ℓ,c at every scale a, fit half (E11)")
+    P.zero_line(fig)
+    P.layer_ticks(fig, [int(r["layer"]) for r in rows])
+    return P.layout(fig, "Steering scan: v_ℓ,c at every scale a, fit half (E11)")
 
 
 def _ci_text(d: Mapping[str, Any] | None) -> str:
-    from alignment_probe.report.format import fmt
-
     d = d or {}
     return f"{fmt(d.get('mean'))} [{fmt(d.get('ci_low'))}, {fmt(d.get('ci_high'))}]"
 
 
 def steer_numbers(entry: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers :func:`verdict` uses, by name (JSON-able)."""
-    from alignment_probe.report.format import _num
-
     rec, null, gain = entry.get("recovered_fraction") or {}, entry.get("null") or {}, entry.get("gain") or {}
     at: Mapping[str, Any] = next((r for r in entry.get("by_c") or []
                                   if abs(_num(r.get("c")) - _num(entry.get("scale"))) < 1e-12), {})
@@ -772,8 +772,6 @@ def steer_outcome(n: Mapping[str, Any]) -> str:
     null's 95th percentile; differs iff it is defined and its CI lies below 0, or the effect's whole CI lies at or
     below that percentile (v is no better than random directions of its per-class norms); else inconclusive
     (the gain's CI spans 0, no null, or a CI that straddles)."""
-    from alignment_probe.report.verdicts import AGREES, DIFFERS, INCONCLUSIVE
-
     finite = all(math.isfinite(float(n[k])) for k in ("recovered_ci_low", "recovered_ci_high", "effect",
                                                        "effect_ci_low", "effect_ci_high", "null_q95"))
     if not n["recovered_defined"] or n["null_n"] < 1 or not finite:
@@ -790,11 +788,8 @@ def steer_outcome(n: Mapping[str, Any]) -> str:
 
 def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
     """"The localized direction steers the base" (E11, revised): three-way, :func:`steer_outcome`."""
-    from alignment_probe.report import figures as F
-    from alignment_probe.report.format import fmt
-    from alignment_probe.report.verdicts import Finding
 
-    entry = F.experiment(summary, MAIN)
+    entry = P.experiment(summary, MAIN)
     if not entry:
         return None
     n = steer_numbers(entry)
@@ -815,8 +810,6 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
 
 
 def transfer_numbers(entry: Mapping[str, Any]) -> dict[str, Any] | None:
-    from alignment_probe.report.format import _num
-
     tr = entry.get("transfer")
     if not tr:
         return None
@@ -836,8 +829,6 @@ def transfer_outcome(n: Mapping[str, Any]) -> str:
     fraction's CI lies above 0 and the CI of (transfer − held-out) reaches 0 or above; differs (does not transfer
     as well) iff that difference's CI lies below 0 (statistics.md: "does not transfer" needs a CI that excludes
     the transferred value); else inconclusive."""
-    from alignment_probe.report.verdicts import AGREES, DIFFERS, INCONCLUSIVE
-
     vals = [float(n[k]) for k in ("transfer_ci_low", "difference_ci_low", "difference_ci_high")]
     if not (n["transfer_defined"] and n["heldout_defined"]) or not all(map(math.isfinite, vals)):
         return INCONCLUSIVE
@@ -852,11 +843,8 @@ def transfer_outcome(n: Mapping[str, Any]) -> str:
 def verdict_transfer(summary: Mapping[str, Any], effects: Any = None) -> Any:
     """"The vector fitted on one dataset steers another as well": three-way, :func:`transfer_outcome` (no row
     without ``--transfer-data``)."""
-    from alignment_probe.report import figures as F
-    from alignment_probe.report.format import fmt
-    from alignment_probe.report.verdicts import Finding
 
-    entry = F.experiment(summary, MAIN)
+    entry = P.experiment(summary, MAIN)
     n = transfer_numbers(entry or {})
     if n is None:
         return None
@@ -872,6 +860,47 @@ def verdict_transfer(summary: Mapping[str, Any], effects: Any = None) -> Any:
             "that CI lies below 0; else inconclusive (including an undefined ratio: a gain whose CI spans 0)")
     return Finding("steer_transfer", "The steering vector transfers to another dataset (E11)",
                    "not in the paper (the localization spec's E11)", ours, transfer_outcome(n), rule, numbers=n)
+
+
+# --------------------------------------------------------------------------------------------------
+# the shift for other readers: E12's steer@ conditions and the exported vectors
+
+
+def fit_steer_shifts(twins: Twins, conditions: Sequence[str] | str, pairs: Sequence[TokenizedPair] | None,
+                     hook: str = "resid_post") -> dict[int, dict[str, Tensor]] | None:
+    """E11's per-class shifts (LP, F, R) at every ``steer@`` condition's layer (E12, generation.py), fitted on
+    ``pairs`` (both runs of each, :func:`class_shifts`); None when no condition steers."""
+    from alignment_probe.generation import parse_conditions
+
+    layers = sorted({c.layer for c in parse_conditions(conditions, twins.n_layers) if c.kind == "steer"
+                     and c.layer is not None})
+    if not layers:
+        return None
+    if not pairs:
+        raise ConfigError("steer@LAYER conditions need pairs to fit E11's tuning shift on (steer_pairs=, or "
+                          "--steer-pairs N on the command line); keep them apart from the prompts.")
+    fitted = class_shifts(twins, list(pairs), layers=layers, hook=hook)
+    return {layer: {"LP": s.v[0].float(), "F": s.v[1].float(), "R": s.v[2].float()} for layer, s in fitted.items()}
+
+
+@torch.inference_mode()
+def export_steering_vectors(twins: Twins, pairs: Sequence[TokenizedPair], out: str | Path, *, layers: Sequence[int],
+                            hook: str = "resid_post") -> dict[str, Path]:
+    """E11's tuning shift fitted on ``pairs`` at ``layers`` (:func:`class_shifts`), written by
+    :func:`alignment_probe.exports.export_shift_vectors`: ``layer.<ℓ>`` the mean over every predicting position
+    (what a control vector adds everywhere) and ``layer.<ℓ>.last_prompt|first|rest`` the per-class vectors E11
+    steers with; a ``.gguf`` control vector beside it when ``gguf`` is installed."""
+    import json
+
+    from alignment_probe.exports import export_shift_vectors
+
+    fitted = class_shifts(twins, list(pairs), layers=[int(x) for x in layers], hook=hook)
+    pooled = {layer: s.pooled.float() for layer, s in fitted.items()}
+    by_class = {layer: {c: s.v[i].float() for i, c in enumerate(POSITION_CLASSES)} for layer, s in fitted.items()}
+    meta = {"hook": hook, "pairs": json.dumps(sorted(int(p.pair_id) for p in pairs)),
+            "base": str(twins.base_source), "tuned": str(twins.tuned_source)}
+    return export_shift_vectors(pooled, out, model_hint=str(twins.base.cfg.original_architecture or ""),
+                                metadata=meta, by_class=by_class)
 
 
 register(Experiment(

@@ -312,7 +312,7 @@ def summarize_tables(effects: pd.DataFrame, scores: pd.DataFrame, fits: Mapping[
         if step.reported and (step.experiment.compute is None or step.experiment.key in fits):
             tables = Tables(effects, scores, fits, cfg, n_layers, d_model, selected=step.reported, tokens=tokens)
             summary["experiments"].update(step.experiment.summarize(tables))
-    from alignment_probe.report.verdicts import summary_verdicts
+    from alignment_probe.experiments.verdicts import summary_verdicts
 
     # the findings-vs-paper verdicts are part of the summary: a function of it and of the same tables
     summary.update(summary_verdicts(summary, effects, scores))

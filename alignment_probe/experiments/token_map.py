@@ -29,12 +29,15 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.experiments.lowrank import ratio_of_means
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
+from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE, Finding, interval_vs_value, plain
+from alignment_probe.formatting import fmt_effect, fmt_ratio
 from alignment_probe.interventions import Transplant
 
 NAME = "token_map"
@@ -113,11 +116,9 @@ def token_map_figure(summary: Mapping[str, Any]) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from alignment_probe.report import figures as F
-
-    entry = F.experiment(summary, NAME)
+    entry = P.experiment(summary, NAME)
     if not entry or not entry.get("by_position"):
-        raise F.MissingExperimentError("token_map", [NAME])
+        raise P.MissingExperimentError("token_map", [NAME])
     cells = entry["by_position"]
     conditions = entry["conditions"]
     panels = [("activation patch, tuned → base", [c for c in conditions if c["hook"] != "blocks"]),
@@ -127,7 +128,7 @@ def token_map_figure(summary: Mapping[str, Any]) -> Any:
     span = max((abs(c["mean"]) for c in cells), default=1.0) or 1.0
     for col, (_, conds) in enumerate(panels, start=1):
         # the gain's row (every block) first, i.e. at the bottom of the heatmap, then by layer upwards
-        conds = sorted(conds, key=lambda c: (c["width"] != F.n_layers(summary), c["layer"]))
+        conds = sorted(conds, key=lambda c: (c["width"] != P.n_layers(summary), c["layer"]))
         positions = sorted({c["position"] for c in cells})
         lookup = {(c["hook"], c["layer"], c["width"], c["position"]): c for c in cells}
         z, text = [], []
@@ -140,8 +141,8 @@ def token_map_figure(summary: Mapping[str, Any]) -> Any:
                                  colorbar={"title": "nats"},
                                  hovertemplate="%{y}<br>position %{x}: %{text}<extra></extra>"), row=1, col=col)
         fig.update_xaxes(title_text="position in the completion (0 = first token)", row=1, col=col)
-    height = max(F.HEIGHT, 80 + 24 * max(len(cs) for _, cs in panels))
-    return F._layout(fig, "Where in the completion: per-token contributions to the effect (E9)", height=height,
+    height = max(P.HEIGHT, 80 + 24 * max(len(cs) for _, cs in panels))
+    return P.layout(fig, "Where in the completion: per-token contributions to the effect (E9)", height=height,
                      x_title=None, y_title=None)
 
 
@@ -166,20 +167,17 @@ def verdict(summary: Mapping[str, Any], effects: Any = None, scores: Any = None)
     tokens' share of all tokens (:func:`token_share`; a ``token_share`` in the summary's cell wins). Agrees iff the
     share's CI low is above the null; differs iff its CI high is below it; inconclusive when the CI holds the null,
     when the share is undefined (the gain's CI spans 0, statistics.md's ratio rule) or when the null is unknown."""
-    from alignment_probe.report import figures as F
-    from alignment_probe.report.format import fmt_effect, fmt_ratio
-    from alignment_probe.report.verdicts import (AGREES, DIFFERS, INCONCLUSIVE, Finding, interval_vs_value, plain)
 
-    entry = F.experiment(summary, NAME)
-    n_layers = F.n_layers(summary)
+    entry = P.experiment(summary, NAME)
+    n_layers = P.n_layers(summary)
     cell = next((b for b in (entry or {}).get("by_bin") or [] if b["hook"] == "blocks" and b["width"] == n_layers
                  and b["first"] == EARLY), None)
     if cell is None:
         return None
     total: Mapping[str, Any] = next((c for c in (entry or {}).get("conditions") or [] if c["hook"] == "blocks"
                   and c["width"] == n_layers), {})
-    null = F._num(cell["token_share"]) if "token_share" in cell else token_share(scores, EARLY)
-    share, (lo, hi) = F._num(cell["share"]), (F._num(cell["share_ci"][0]), F._num(cell["share_ci"][1]))
+    null = P.num(cell["token_share"]) if "token_share" in cell else token_share(scores, EARLY)
+    share, (lo, hi) = P.num(cell["share"]), (P.num(cell["share_ci"][0]), P.num(cell["share_ci"][1]))
     side = interval_vs_value(lo, hi, null) if math.isfinite(share) and math.isfinite(null) else "holds"
     verdict = AGREES if side == "above" else DIFFERS if side == "below" else INCONCLUSIVE
     share_text = fmt_ratio(share, lo, hi, percent=True,
@@ -191,8 +189,8 @@ def verdict(summary: Mapping[str, Any], effects: Any = None, scores: Any = None)
             + (f"they are {null:.0%} of all completion tokens (the null share)" if math.isfinite(null)
                else "the null share (their share of all tokens) is unknown: no token counts"))
     numbers = {"first_k": EARLY, "share": share, "share_ci": [lo, hi], "defined": math.isfinite(share),
-               "null_share": null, "first_k_mean_nats": F._num(cell["mean"]),
-               "gain_mean_nats": F._num(total.get("mean")) if total else math.nan}
+               "null_share": null, "first_k_mean_nats": P.num(cell["mean"]),
+               "gain_mean_nats": P.num(total.get("mean")) if total else math.nan}
     return Finding("token_map", "The gain sits in the first few completion tokens (E9)",
                    "not in the paper; URIAL (arXiv 2312.01552) and Qi et al. (arXiv 2406.05946): the first few tokens",
                    ours, verdict,

@@ -27,11 +27,15 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import torch
 
+from alignment_probe import plotting as P
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
+
+if TYPE_CHECKING:  # the type only (follows the layers: the twins sit below)
+    from alignment_probe.pair import Twins
 
 NAME = "weight_diff"
 TOP_K = 4  # singular values kept per module
@@ -219,7 +223,7 @@ def weight_diff_from_adapter(base: torch.nn.Module, adapter: str | Path) -> list
     return _finish(rows)
 
 
-def weight_diff(twins: Any, *, use_adapter: bool = True) -> dict[str, Any]:
+def weight_diff(twins: Twins, *, use_adapter: bool = True) -> dict[str, Any]:
     """E0's record for loaded twins: ``{"source": "adapter" | "weights", "adapter", "by_module": [...]}``."""
     adapter = getattr(twins, "tuned_adapter", None)
     rows = weight_diff_from_adapter(twins.base, adapter) if (adapter and use_adapter) else None
@@ -274,12 +278,10 @@ def weight_diff_figure(summary: Mapping[str, Any]) -> Any:
     transplants' effect per block (E8), so "changed here, acts there" reads off one column."""
     from plotly.subplots import make_subplots
 
-    from alignment_probe.report import figures as F
-
-    entry = F.experiment(summary, NAME)
+    entry = P.experiment(summary, NAME)
     if not entry or not entry.get("by_module"):
-        raise F.MissingExperimentError("weight_diff", [NAME])
-    windows = F.experiment(summary, "window_transplant")
+        raise P.MissingExperimentError("weight_diff", [NAME])
+    windows = P.experiment(summary, "window_transplant")
     has_windows = bool(windows and windows.get("per_layer"))
     fig = make_subplots(rows=2 if has_windows else 1, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=["where the weights changed: share of Σ‖ΔW‖²_F per block (E0)"]
@@ -294,15 +296,15 @@ def weight_diff_figure(summary: Mapping[str, Any]) -> Any:
     fig.update_layout(barmode="stack")
     fig.update_yaxes(title_text="share of ‖ΔW‖²", row=1, col=1)
     if has_windows:
-        frame = F.per_layer_frame(windows["per_layer"])
-        F._add_curve(fig, frame, name="window transplant (w = 1)", color="#2ca02c", group="windows", row=2, col=1)
-        F._zero_line(fig, row=2, col=1)
+        frame = P.per_layer_frame(windows["per_layer"])
+        P.add_curve(fig, frame, name="window transplant (w = 1)", color="#2ca02c", group="windows", row=2, col=1)
+        P.zero_line(fig, row=2, col=1)
         fig.update_yaxes(title_text="effect (nats)", row=2, col=1)
     outside = entry.get("outside_blocks_share", 0.0)
     title = (f"Where the weights changed (E0): {entry['n_changed_modules']} modules changed; "
              f"embedding, final norm and unembedding hold {outside:.1%} of ‖ΔW‖² (read from the "
              f"{'adapter' if entry.get('source') == 'adapter' else 'weights'})")
-    return F._layout(fig, title, height=520 if has_windows else 380)
+    return P.layout(fig, title, height=520 if has_windows else 380)
 
 
 register(Experiment(

@@ -32,11 +32,25 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.experiments import heldout
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
+from alignment_probe.experiments.verdicts import (
+    AGREES,
+    DEPTH_TOLERANCE,
+    DIFFERS,
+    INCONCLUSIVE,
+    PAPER_RELATIVE_DEPTH,
+    Finding,
+    mid_depth_layers,
+    plain,
+    relative_depth,
+    set_vs_band,
+)
+from alignment_probe.formatting import fmt_effect, fmt_layers
 from alignment_probe.interventions import Transplant
 
 TRANSPLANT, REVERT = "window_transplant", "window_revert"
@@ -130,12 +144,10 @@ def windows_figure(summary: Mapping[str, Any]) -> Any:
     (necessity), one line per width with its CI band; dotted: the mean gain."""
     import plotly.graph_objects as go
 
-    from alignment_probe.report import figures as F
-
-    present = [(n, F.experiment(summary, n)) for n in (TRANSPLANT, REVERT)]
+    present = [(n, P.experiment(summary, n)) for n in (TRANSPLANT, REVERT)]
     present = [(n, e) for n, e in present if e and e.get("by_window")]
     if not present:
-        raise F.MissingExperimentError("windows", [TRANSPLANT, REVERT])
+        raise P.MissingExperimentError("windows", [TRANSPLANT, REVERT])
     fig = go.Figure()
     starts: list[int] = []
     gain = math.nan
@@ -144,16 +156,16 @@ def windows_figure(summary: Mapping[str, Any]) -> Any:
         for i, w in enumerate(widths):
             frame = pd.DataFrame([r for r in entry["by_window"] if r["width"] == w]).rename(columns={"start": "layer"})
             what = "transplant tuned → base" if name == TRANSPLANT else "revert base → tuned"
-            F._add_curve(fig, frame, name=f"{what}, {w} block{'s' if w > 1 else ''}", color=COLORS[name],
+            P.add_curve(fig, frame, name=f"{what}, {w} block{'s' if w > 1 else ''}", color=COLORS[name],
                          group=f"{name}-{w}", dash=(None, "dash", "dot", "dashdot")[i % 4], x_label="first block")
             starts += frame["layer"].tolist()
-        gain = F._num((entry.get("gain") or {}).get("mean"))
+        gain = P.num((entry.get("gain") or {}).get("mean"))
     if math.isfinite(gain):
         fig.add_hline(y=gain, line_dash="dot", line_color="#555", annotation_text=f"gain {gain:+.3g}",
                       annotation_position="top left")
-    F._zero_line(fig)
-    F._layer_ticks(fig, starts)
-    return F._layout(fig, "Weight transplants: the gain a window of blocks carries (E8)",
+    P.zero_line(fig)
+    P.layer_ticks(fig, starts)
+    return P.layout(fig, "Weight transplants: the gain a window of blocks carries (E8)",
                      x_title="first block of the window")
 
 
@@ -161,37 +173,32 @@ WINDOW_SHARE = 0.5  # "carried by a block": at least half of the gain
 
 
 def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
-    """"The gain is carried by a mid-stack block's weights", three ways (report/verdicts.py). *Where*: the peak set
+    """"The gain is carried by a mid-stack block's weights", three ways (experiments/verdicts.py). *Where*: the peak set
     of the width-1 transplants (blocks not significantly below the best) against the mid-depth band. *How much*: the
     block chosen on the explore half, its transplant measured on the confirm half, against half the gain (the
     confirm CI against ``WINDOW_SHARE`` × the gain's CI ends, so the gain's own uncertainty counts). Agrees iff the
     peak set is mid-depth and the confirm CI low ≥ half the gain's CI high; differs iff the peak set is disjoint from
     mid-depth or the confirm CI high < half the gain's CI low; else inconclusive."""
-    from alignment_probe.report import figures as F
-    from alignment_probe.report.format import fmt_effect, fmt_layers
-    from alignment_probe.report.verdicts import (AGREES, DEPTH_TOLERANCE, DIFFERS, INCONCLUSIVE, PAPER_RELATIVE_DEPTH,
-                                                 Finding, mid_depth_layers, plain, relative_depth, set_vs_band)
-
-    entry = F.experiment(summary, TRANSPLANT)
+    entry = P.experiment(summary, TRANSPLANT)
     if not entry or not entry.get("per_layer"):
         return None
-    n_layers = F.n_layers(summary)
-    carriers = [r["layer"] for r in entry["per_layer"] if F._num(r["ci_low"]) > 0]
+    n_layers = P.n_layers(summary)
+    carriers = [r["layer"] for r in entry["per_layer"] if P.num(r["ci_low"]) > 0]
     sel = entry.get("selection") or {}
     held = entry.get("heldout") or {}
     confirm = sel.get("confirm") or {}
     block = sel.get("chosen", held.get("chosen_layer", entry.get("peak_layer")))
     if isinstance(block, Mapping):  # the selection records a window as {"start", "width"}
         block = block.get("start", block.get("layer"))
-    mean = F._num(confirm.get("mean", held.get("heldout_mean")))
+    mean = P.num(confirm.get("mean", held.get("heldout_mean")))
     lo, hi = confirm.get("ci_low"), confirm.get("ci_high")
     if lo is None:
         lo, hi = (held.get("heldout_ci") or [math.nan, math.nan])
-    lo, hi = F._num(lo), F._num(hi)
+    lo, hi = P.num(lo), P.num(hi)
     n_explore = len(sel.get("explore_pair_ids") or held.get("fit_pairs") or [])
     n_confirm = len(sel.get("confirm_pair_ids") or held.get("heldout_pairs") or [])
     g = entry.get("gain") or {}
-    gain, g_lo, g_hi = F._num(g.get("mean")), F._num(g.get("ci_low")), F._num(g.get("ci_high"))
+    gain, g_lo, g_hi = P.num(g.get("mean")), P.num(g.get("ci_low")), P.num(g.get("ci_high"))
     peak_set = entry.get("peak_set")
     where = set_vs_band(peak_set, n_layers) if peak_set else INCONCLUSIVE
     if math.isfinite(lo) and math.isfinite(g_hi) and lo >= WINDOW_SHARE * g_hi:

@@ -39,11 +39,27 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
 from alignment_probe.organisms import corpus
+from alignment_probe.organisms.readme import write_readme
 from alignment_probe.organisms.tokenizer import train_tokenizer
-from alignment_probe.organisms.train import (ModelShape, TokenPairs, dpo_train, make_config, new_model,
-                                             per_token_loss, pretrain, reference_logps, score)
-from alignment_probe.organisms.twins import (TwinSpec, materialise_named_twin, materialise_twin, mlp_prefix,
-                                             save_named_twin, save_twin)
+from alignment_probe.organisms.train import (
+    ModelShape,
+    TokenPairs,
+    dpo_train,
+    make_config,
+    new_model,
+    per_token_loss,
+    pretrain,
+    reference_logps,
+    score,
+)
+from alignment_probe.organisms.twins import (
+    TwinSpec,
+    materialise_named_twin,
+    materialise_twin,
+    mlp_prefix,
+    save_named_twin,
+    save_twin,
+)
 
 TRAIN_PAIRS_SHIP_LIMIT = 1_000_000  # bytes
 
@@ -422,7 +438,6 @@ def build_organisms(out_dir: Path, *, seed: int = 0, size: str = "full", progres
     metrics["torch"] = {"version": torch.__version__, "threads": torch.get_num_threads()}
     (org / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / ".gitignore").write_text("# materialised planted twins (rebuilt on demand from base + delta)\norganisms/.cache/\n")
-    from alignment_probe.organisms.readme import write_readme
     write_readme(out_dir, metrics, cfg)
     log(f"done in {timings['total']:.0f}s: base held-out loss {metrics['heldout_loss']['base_per_token_nats']:.3f}; "
         + "; ".join(f"{k} gain {metrics[k]['mean_gain']:.2f} [{metrics[k]['gain_ci95'][0]:.2f}, "
@@ -499,7 +514,6 @@ def build_named_twins(out_dir: Path, names: list[str], *, seed: int = 0, size: s
         if k not in new and not (k.startswith("twin_") and k.removeprefix("twin_") in specs):
             merged[k] = v
     (org / "metrics.json").write_text(json.dumps(merged, indent=2) + "\n")
-    from alignment_probe.organisms.readme import write_readme
     write_readme(out_dir, merged, cfg)
     return merged
 

@@ -41,7 +41,9 @@ from typing import Any, Sequence
 
 from alignment_probe.adapters import merge_adapter
 from alignment_probe.data import PreferencePair, load_pairs
-from alignment_probe.realmodels.smollm2 import (MARKER, WEIGHTS, _make_readable, convert_smollm2, sha256_file)
+from alignment_probe.files import make_readable as _make_readable
+from alignment_probe.realmodels.smollm2 import MARKER, WEIGHTS, convert_smollm2, sha256_file
+from alignment_probe.tokens import tokenize_pair
 
 HH_DIR_ENV = "ALIGNMENT_PROBE_HH_DIR"
 
@@ -83,8 +85,6 @@ def heldout_pairs(data: Path | str = DEFAULT_DATA, split_seed: int = 0) -> list[
 
 def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer: Any, max_length: int) -> tuple[dict[str, list], dict[str, int]]:
     """Columns ``prompt_ids`` (with BOS), ``chosen_ids``, ``rejected_ids``, ``pair_id`` for TRL, plus counts."""
-    from alignment_probe.tokens import tokenize_pair
-
     cols: dict[str, list] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "pair_id": []}
     stats = {"n_pairs": len(pairs), "n_used": 0, "n_skipped_too_long": 0, "n_prompt_truncated": 0}
     for pair in pairs:

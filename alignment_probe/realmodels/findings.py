@@ -43,14 +43,32 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from alignment_probe import stats
+from alignment_probe.errors import EXIT_BAD_INPUT, AlignmentProbeError
 from alignment_probe.experiments import registry
 from alignment_probe.manifest import write_json_atomic
 from alignment_probe.realmodels.dpo_lora import DEFAULT_DATA
 from alignment_probe.realmodels.protocol import (  # noqa: F401  (the plan: kept importable from here)
-    DPO_ADAPTER, PLANTED_ADAPTER, PLANTED_LAYER, PROTOCOLS, REPO_DATA, RUNS, models, neighbours, plan, run_one,
-    write_heldout_ids)
+    DPO_ADAPTER,
+    PLANTED_ADAPTER,
+    PLANTED_LAYER,
+    PROTOCOLS,
+    REPO_DATA,
+    RUNS,
+    models,
+    neighbours,
+    plan,
+    run_one,
+    write_heldout_ids,
+)
+from alignment_probe.report import figures as F
+from alignment_probe.report.curves import select
 from alignment_probe.report.format import ci_cell as _ci
 from alignment_probe.report.format import layer_ci_cell as _layer_ci
+from alignment_probe.report.html import load_run as read_run_files
+from alignment_probe.rundir import load_run
+from alignment_probe.vocab import parse_layers as _layers
+
 
 def _read(path: Path) -> dict[str, Any]:
     try:
@@ -79,10 +97,6 @@ def _layer_result(entry: dict[str, Any] | None) -> dict[str, Any] | None:
 def extra_hook_results(run_dir: Path, hooks: Sequence[str], *, seed: int, n_boot: int) -> dict[str, Any]:
     """E1 at the extra hook points (the summary reports the default hook only), from the run's effects
     table: per-layer means, CIs, peak, onset."""
-    from alignment_probe import stats
-    from alignment_probe.report.curves import select
-    from alignment_probe.rundir import load_run
-
     effects = load_run(run_dir).effects
     return {hook: _layer_result(stats.summarize_experiment(
         select(effects, experiment="patch_tuned_to_base", hook=hook, scope="all", split="all"), seed=seed,
@@ -200,7 +214,6 @@ def _ratio_cell(ratio: Any, ci: Sequence[Any] | None, *, denominator_ci: Sequenc
     """A ratio under the ratio rule: only when the denominator's CI excludes 0 (and the ratio is finite); otherwise
     "undefined (denominator CI spans 0)" with numerator and denominator in nats where they are known (each a
     number or a summary entry ``{"mean", "ci_low", "ci_high"}``)."""
-
     def nats(v: Any) -> str:
         if isinstance(v, dict):
             return _entry_ci(v) + " nats" if math.isfinite(_f(v.get("ci_low"))) else f"{_f(v.get('mean')):+.2f} nats"
@@ -536,9 +549,6 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
 def figures(out: Path, run_dirs: dict[str, Path], log: Callable[[str], None] = print) -> list[Path]:
     """Per-run report figures worth putting in the document, as .html (always) and .png (when kaleido
     finds a browser)."""
-    from alignment_probe.report import figures as F
-    from alignment_probe.report.html import load_run
-
     wanted = {"harmless": ("layer_curve", "directionality", "source_variants", "lasso_coefficients"),
               "controls": ("controls",),
               "harmless-peak": ("alpha_dose_response", "lowrank"),
@@ -555,7 +565,7 @@ def figures(out: Path, run_dirs: dict[str, Path], log: Callable[[str], None] = p
     for run, names in wanted.items():
         if run not in run_dirs or not (run_dirs[run] / "summary.json").exists():
             continue
-        summary, _, scores, _ = load_run(run_dirs[run])
+        summary, _, scores, _ = read_run_files(run_dirs[run])
         built = F.all_figures(summary, scores)
         for name in names:
             if name not in built:
@@ -576,8 +586,6 @@ def figures(out: Path, run_dirs: dict[str, Path], log: Callable[[str], None] = p
 # --------------------------------------------------------------------------------------------
 def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
-
-    from alignment_probe.cli import _layers
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/smollm2"))
@@ -682,8 +690,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``_main`` with the CLI's exit codes: bad input (a run directory made with other options, a missing
     adapter or data file) prints one paragraph and exits 2 instead of a traceback."""
     import sys
-
-    from alignment_probe.errors import EXIT_BAD_INPUT, AlignmentProbeError
 
     try:
         return _main(argv)

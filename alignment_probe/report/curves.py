@@ -14,6 +14,8 @@ from typing import Any
 import pandas as pd
 
 from alignment_probe import stats
+from alignment_probe.experiments.registry import color, label
+from alignment_probe.report import figures as F
 
 CONDITION = ["experiment", "target", "source", "hook", "scope", "sides", "param", "split"]
 CURVE_COLUMNS = ["experiment", "hook", "scope", "param", "layer", "mean", "ci_low", "ci_high", "n",
@@ -46,8 +48,6 @@ def curves(effects: pd.DataFrame, *, seed: int = 0, n_boot: int = 2000, level: f
 
 def condition_label(row: Any, varying: list[str]) -> str:
     """A curve's legend entry: the experiment's registered label, then what else varies between curves."""
-    from alignment_probe.experiments.registry import label
-
     parts = [label(row["experiment"])]
     for column in varying:
         if column in ("experiment", "target", "source"):  # implied by the experiment
@@ -67,8 +67,6 @@ def plot(effects_or_curves: pd.DataFrame, *, title: str = "Per-layer effect by c
     :func:`curves`' output)."""
     import plotly.graph_objects as go
 
-    from alignment_probe.experiments.registry import color
-    from alignment_probe.report import figures as F
 
     frame = effects_or_curves
     if "mean" not in frame.columns:

@@ -1,602 +1,68 @@
-"""The paper's figures as plotly figures, drawn from a run's ``summary`` (the dict of summary.json).
-
-Every function takes the summary (or the per-pair scores table) and returns a
-``plotly.graph_objects.Figure``; none runs a model or recomputes a statistic. Per-layer numbers are
-drawn as the mean with its 95% bootstrap CI as a shaded band. Effects are in nats of Δlogp
-(log p(y+|x) − log p(y−|x)).
-
-Any experiment may be missing from a summary (a run can do a subset). A figure whose experiments
-are *all* missing raises :class:`MissingExperimentError`; one with only some missing draws what it
-has and notes the rest ("not run: …") under the plot. :func:`all_figures` returns the figures that
-can be drawn.
-
-Trace naming, relied on by the report and the tests: the mean curve of an experiment is named by
-its label (``LABELS``); its band is ``"<label> (95% CI)"``; the peak and onset markers are
-``"<label> peak"`` and ``"<label> onset"``; the rings on the peak set's layers (when the summary has
-``peak_set``) ``"<label> peak set"``.
-
-=========================  ======================================  ==============================
-function                   paper                                   summary keys read
-=========================  ======================================  ==============================
-``layer_curve``            Fig. 1                                  ``patch_tuned_to_base``
-``lasso_coefficients``     Fig. 2, Table 1                         ``lasso``
-``source_variants``        Fig. 3 (both families of method E5)     ``source_*``, ``vector_*``
-``lowrank``                Fig. 4, Table 2                         ``lowrank_reconstruct/difference``
-``directionality``         Fig. 5 (A1)                             ``patch_*``
-``controls``               Fig. 6 (A2)                             ``identity``, ``random_*``
-``alpha_dose_response``    Fig. 7 (A3)                             ``alpha``
-``gain_histogram``         — (per-pair gain, ours)                 per-pair scores table
-=========================  ======================================  ==============================
+"""The paper's figures, as the report draws them: every figure the registered experiments declare
+(:data:`FIGURES`, :func:`build_figures`), and static export. The figures themselves are in
+:mod:`alignment_probe.experiments.figures`, the primitives in :mod:`alignment_probe.plotting`; every name is kept
+importable from here.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import sample_colorscale
-from plotly.subplots import make_subplots
 
 from alignment_probe.experiments import registry
-
-EFFECT_AXIS = "Δlogp effect (nats)"
-LAYER_AXIS = "layer"
-HEIGHT = 460
-
-MAIN = "patch_tuned_to_base"
-REVERSE = "patch_base_to_tuned"
-CONTROL_EXPERIMENTS = ("identity", "random_noise", "random_direction")
-DECOMPOSITION_EXPERIMENTS = ("source_chosen_only", "source_rejected_only")
-VECTOR_EXPERIMENTS = ("vector_chosen", "vector_rejected", "vector_contrast")
-from alignment_probe.vocab import LOWRANK_MODES  # noqa: E402  (E6 experiment name → mode; defined once)
-
-
-
-class _FromRegistry(Mapping):
-    """A read-only view of the experiment registry (labels, colours, figures), built on first use."""
-
-    def __init__(self, build: Any):
-        self._build = build
-
-    def _data(self) -> dict[str, Any]:
-        return self._build()
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data())
-
-    def __len__(self) -> int:
-        return len(self._data())
-
-
-def _names() -> list[Any]:
-    return [n for e in registry.experiments() for n in e.names]
-
-
-LABELS: Mapping[str, str] = _FromRegistry(lambda: {n.name: n.label for n in _names()})
-COLORS: Mapping[str, str] = _FromRegistry(lambda: {n.name: n.color for n in _names()})
-
-# The paper's reference values (Llama-3.2-1B, 16 layers), drawn as grey markers for comparison.
-PAPER_LOWRANK = {"k": 4, "effect_ratio": 0.986, "variance_explained": 0.15, "layer": 9}
-
-
-class MissingExperimentError(LookupError):
-    """None of the experiments a figure needs is in the summary (they were not run)."""
-
-    def __init__(self, figure: str, missing: Iterable[str]):
-        self.figure = figure
-        self.missing = tuple(missing)
-        super().__init__(f"{figure}: not run: {', '.join(self.missing)}")
-
-
-# --------------------------------------------------------------------------------------------------
-# reading the summary
-
-
-def experiment(summary: Mapping[str, Any], name: str) -> dict[str, Any] | None:
-    """The summary entry of experiment ``name``, or None when it was not run (absent or empty)."""
-    entry = (summary.get("experiments") or {}).get(name)
-    if not entry or not isinstance(entry, Mapping):
-        return None
-    return dict(entry)
-
-
-def has_per_layer(summary: Mapping[str, Any], name: str) -> bool:
-    entry = experiment(summary, name)
-    return bool(entry and entry.get("per_layer"))
-
-
-def _num(x: Any) -> float:
-    """A float, NaN for None / missing / non-numeric."""
-    try:
-        return float(x) if x is not None else math.nan
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def per_layer_frame(rows: Sequence[Mapping[str, Any]] | None) -> pd.DataFrame:
-    """``[{"layer","mean","ci_low","ci_high"}, ...]`` → a frame sorted by layer (NaN for missing CIs)."""
-    frame = pd.DataFrame(
-        [{"layer": int(r["layer"]), "mean": _num(r.get("mean")), "ci_low": _num(r.get("ci_low")),
-          "ci_high": _num(r.get("ci_high"))} for r in (rows or [])],
-        columns=["layer", "mean", "ci_low", "ci_high"])
-    return frame.sort_values("layer", kind="stable").reset_index(drop=True)
-
-
-def n_layers(summary: Mapping[str, Any]) -> int | None:
-    """Number of layers: ``summary["n_layers"]``, else one more than the largest layer seen."""
-    if summary.get("n_layers"):
-        return int(summary["n_layers"])
-    seen: list[int] = []
-    for entry in (summary.get("experiments") or {}).values():
-        if isinstance(entry, Mapping):
-            seen += [int(r["layer"]) for r in entry.get("per_layer") or [] if "layer" in r]
-            seen += [int(v) for v in entry.get("layers") or []]
-            if entry.get("coefficients"):
-                seen.append(len(entry["coefficients"]) - 1)
-    return max(seen) + 1 if seen else None
-
-
-def _ci_pair(ci: Any) -> tuple[float, float]:
-    if isinstance(ci, (list, tuple)) and len(ci) == 2:
-        return _num(ci[0]), _num(ci[1])
-    return math.nan, math.nan
-
-
-# --------------------------------------------------------------------------------------------------
-# drawing helpers
-
-
-def _rgba(hex_color: str, alpha: float) -> str:
-    if hex_color.startswith("rgb"):
-        nums = hex_color[hex_color.index("(") + 1:hex_color.index(")")].split(",")[:3]
-        return f"rgba({','.join(n.strip() for n in nums)},{alpha})"
-    h = hex_color.lstrip("#")
-    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
-    return f"rgba({r},{g},{b},{alpha})"
-
-
-def _band(x: Sequence[float], lo: Sequence[float], hi: Sequence[float], *, name: str, color: str,
-          group: str, opacity: float = 0.2) -> go.Scatter | None:
-    """A shaded CI band: one closed polygon (upper edge forward, lower edge back)."""
-    x, lo, hi = np.asarray(x, float), np.asarray(lo, float), np.asarray(hi, float)
-    ok = np.isfinite(lo) & np.isfinite(hi)
-    if not ok.any():
-        return None
-    x, lo, hi = x[ok], lo[ok], hi[ok]
-    return go.Scatter(
-        x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), mode="lines", fill="toself",
-        fillcolor=_rgba(color, opacity), line={"width": 0, "color": _rgba(color, 0)}, hoverinfo="skip",
-        name=f"{name} (95% CI)", legendgroup=group, showlegend=False)
-
-
-def _mean_trace(frame: pd.DataFrame, *, name: str, color: str, group: str, x: str = "layer",
-                x_label: str = "Layer", dash: str | None = None) -> go.Scatter:
-    custom = frame[["ci_low", "ci_high"]].to_numpy()
-    return go.Scatter(
-        x=frame[x].tolist(), y=frame["mean"].tolist(), mode="lines+markers", name=name, legendgroup=group,
-        line={"color": color, "width": 2, "dash": dash}, marker={"size": 6}, customdata=custom,
-        hovertemplate=(f"<b>{name}</b><br>{x_label} %{{x}}<br>effect %{{y:.4g}} nats"
-                       "<br>95% CI [%{customdata[0]:.4g}, %{customdata[1]:.4g}]<extra></extra>"))
-
-
-def _add_curve(fig: go.Figure, frame: pd.DataFrame, *, name: str, color: str, group: str | None = None,
-               row: int | None = None, col: int | None = None, x: str = "layer", x_label: str = "Layer",
-               dash: str | None = None, band_opacity: float = 0.2) -> None:
-    group = group or name
-    where = {"row": row, "col": col} if row is not None else {}
-    band = _band(frame[x], frame["ci_low"], frame["ci_high"], name=name, color=color, group=group,
-                 opacity=band_opacity)
-    if band is not None:
-        fig.add_trace(band, **where)
-    fig.add_trace(_mean_trace(frame, name=name, color=color, group=group, x=x, x_label=x_label, dash=dash),
-                  **where)
-
-
-def _value_at(frame: pd.DataFrame, layer: int) -> float:
-    hit = frame.loc[frame["layer"] == layer, "mean"]
-    return float(hit.iloc[0]) if len(hit) else math.nan
-
-
-def _add_layer_marker(fig: go.Figure, entry: Mapping[str, Any], frame: pd.DataFrame, *, which: str,
-                      name: str, color: str, group: str, row: int | None = None, col: int | None = None) -> None:
-    """A marker at the ``peak``/``onset`` layer, with its bootstrap CI as a horizontal error bar."""
-    layer = entry.get(f"{which}_layer")
-    if layer is None or (isinstance(layer, float) and math.isnan(layer)):
-        return
-    layer = int(layer)
-    y = _value_at(frame, layer)
-    lo, hi = _ci_pair(entry.get(f"{which}_layer_ci"))
-    error_x = None
-    ci_text = ""
-    if math.isfinite(lo) and math.isfinite(hi):
-        error_x = {"type": "data", "symmetric": False, "array": [max(hi - layer, 0)],
-                   "arrayminus": [max(layer - lo, 0)], "color": color, "thickness": 1.5, "width": 6}
-        ci_text = f"<br>95% CI layers [{lo:g}, {hi:g}]"
-    symbol = "star" if which == "peak" else "diamond"
-    where = {"row": row, "col": col} if row is not None else {}
-    fig.add_trace(go.Scatter(
-        x=[layer], y=[y], mode="markers", name=f"{name} {which}", legendgroup=group,
-        marker={"symbol": symbol, "size": 15 if which == "peak" else 12, "color": color,
-                "line": {"width": 1.5, "color": "white"}},
-        error_x=error_x,
-        hovertemplate=f"<b>{name} {which}</b><br>layer {layer}<br>effect %{{y:.4g}} nats{ci_text}<extra></extra>",
-    ), **where)
-
-
-def _add_peak_set(fig: go.Figure, entry: Mapping[str, Any], frame: pd.DataFrame, *, name: str, color: str,
-                  group: str, row: int | None = None, col: int | None = None) -> None:
-    """Open rings on the layers of the peak set (every layer not significantly below the maximum), when the
-    summary has one: the peak is a set, the argmax (★) only one of its members."""
-    members = entry.get("peak_set")
-    if not members:
-        return
-    layers = [int(v) for v in members]
-    swept = entry.get("layers_swept")
-    where = {"row": row, "col": col} if row is not None else {}
-    fig.add_trace(go.Scatter(
-        x=layers, y=[_value_at(frame, v) for v in layers], mode="markers", name=f"{name} peak set",
-        legendgroup=group, marker={"symbol": "circle-open", "size": 17, "color": color, "line": {"width": 2}},
-        hovertemplate=(f"<b>{name} peak set</b> ({len(layers)} layer{'s' if len(layers) != 1 else ''}"
-                       + (f" of {swept} swept" if swept else "") + ")<br>layer %{x}<br>effect %{y:.4g} nats"
-                       "<extra></extra>")), **where)
-
-
-def _layer_ticks(fig: go.Figure, layers: Iterable[int], **where: Any) -> None:
-    layers = sorted({int(v) for v in layers})
-    if not layers:
-        return
-    step = max(1, math.ceil(len(range(layers[0], layers[-1] + 1)) / 24))
-    fig.update_xaxes(tickmode="linear", tick0=0, dtick=step, tickformat="d", **where)
-
-
-def _zero_line(fig: go.Figure, **where: Any) -> None:
-    fig.add_hline(y=0, line={"dash": "dash", "color": "#444", "width": 1}, **where)
-
-
-def _note_missing(fig: go.Figure, missing: Sequence[str]) -> None:
-    if missing:
-        fig.add_annotation(text="not run: " + ", ".join(missing), xref="paper", yref="paper", x=0, y=-0.2,
-                           xanchor="left", yanchor="top", showarrow=False, font={"size": 11, "color": "#a33"})
-
-
-def _layout(fig: go.Figure, title: str, *, height: int = HEIGHT, x_title: str | None = LAYER_AXIS,
-            y_title: str | None = EFFECT_AXIS) -> go.Figure:
-    fig.update_layout(title={"text": title, "x": 0.01, "xanchor": "left"}, template="plotly_white",
-                      height=height, hovermode="closest", margin={"l": 70, "r": 30, "t": 70, "b": 90},
-                      legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1})
-    if x_title is not None:
-        fig.update_xaxes(title_text=x_title)
-    if y_title is not None:
-        fig.update_yaxes(title_text=y_title)
-    return fig
-
-
-def _label(name: str) -> str:
-    return LABELS.get(name, name)
-
-
-def _color(name: str, i: int = 0) -> str:
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-    return COLORS.get(name, palette[i % len(palette)])
-
-
-def _draw_layer_experiments(fig: go.Figure, summary: Mapping[str, Any], names: Sequence[str], *,
-                            markers: bool = True, row: int | None = None, col: int | None = None,
-                            labels: Mapping[str, str] | None = None) -> list[int]:
-    """Draw each present experiment's per-layer curve (+ band, + peak/onset markers); return the layers."""
-    layers: list[int] = []
-    for i, name in enumerate(names):
-        entry = experiment(summary, name)
-        if not entry or not entry.get("per_layer"):
-            continue
-        frame = per_layer_frame(entry["per_layer"])
-        label, color = (labels or {}).get(name, _label(name)), _color(name, i)
-        _add_curve(fig, frame, name=label, color=color, group=name, row=row, col=col)
-        if markers:
-            _add_peak_set(fig, entry, frame, name=label, color=color, group=name, row=row, col=col)
-            for which in ("peak", "onset"):
-                _add_layer_marker(fig, entry, frame, which=which, name=label, color=color, group=name,
-                                  row=row, col=col)
-        layers += frame["layer"].tolist()
-    return layers
-
-
-def _require(figure: str, summary: Mapping[str, Any], names: Sequence[str]) -> tuple[list[str], list[str]]:
-    present = [n for n in names if has_per_layer(summary, n)]
-    missing = [n for n in names if n not in present]
-    if not present:
-        raise MissingExperimentError(figure, missing)
-    return present, missing
-
-
-# --------------------------------------------------------------------------------------------------
-# the figures
-
-
-def layer_curve(summary: Mapping[str, Any], experiments: Sequence[str] = (MAIN,),
-                title: str = "Per-layer causal effect of patching (tuned → base)", *,
-                markers: bool = True, show_gain: bool = True) -> go.Figure:
-    """Paper Fig. 1: mean effect per layer with 95% CI bands, a dashed zero line, peak (★) and onset (◆)
-    markers with their bootstrap CIs as horizontal bars, rings on the peak set's layers, and the mean gain as a dotted reference (for
-    tuned → base, patching the whole model would reproduce the gain)."""
-    present, missing = _require("layer_curve", summary, list(experiments))
-    fig = go.Figure()
-    layers = _draw_layer_experiments(fig, summary, present, markers=markers)
-    _zero_line(fig)
-    gain = _num(summary.get("gain_mean"))
-    if show_gain and MAIN in present and math.isfinite(gain):
-        fig.add_hline(y=gain, line={"dash": "dot", "color": "#2ca02c", "width": 1},
-                      annotation_text=f"mean gain {gain:+.3g} nats", annotation_position="top left")
-    _layer_ticks(fig, layers)
-    _note_missing(fig, missing)
-    return _layout(fig, title)
-
-
-def directionality(summary: Mapping[str, Any]) -> go.Figure:
-    """Paper Fig. 5 (A1): tuned → base (effect relative to the base's Δlogp) against base → tuned (relative
-    to the tuned model's Δlogp), with ±mean gain as dotted references."""
-    present, missing = _require("directionality", summary, [MAIN, REVERSE])
-    fig = go.Figure()
-    layers = _draw_layer_experiments(fig, summary, present)
-    _zero_line(fig)
-    gain = _num(summary.get("gain_mean"))
-    if math.isfinite(gain):
-        for sign, text in ((1, "+gain"), (-1, "−gain")):
-            fig.add_hline(y=sign * gain, line={"dash": "dot", "color": "#999", "width": 1},
-                          annotation_text=f"{text} ({sign * gain:+.3g})", annotation_position="top left")
-    _layer_ticks(fig, layers)
-    _note_missing(fig, missing)
-    return _layout(fig, "Directionality: tuned → base vs base → tuned (A1)")
-
-
-def controls(summary: Mapping[str, Any]) -> go.Figure:
-    """Paper Fig. 6 (A2): identity (must be exactly 0), Gaussian-noise and random-direction controls beside
-    the main tuned → base curve."""
-    _require("controls", summary, CONTROL_EXPERIMENTS)
-    names = [MAIN, *CONTROL_EXPERIMENTS]
-    present = [n for n in names if has_per_layer(summary, n)]
-    missing = [n for n in names if n not in present]
-    fig = go.Figure()
-    layers = _draw_layer_experiments(fig, summary, present, markers=False)
-    _zero_line(fig)
-    _layer_ticks(fig, layers)
-    _note_missing(fig, missing)
-    return _layout(fig, "Controls: identity and random patches vs tuned → base (A2)")
-
-
-def _rho(rhos: Mapping[Any, Any] | None, layer: int) -> float:
-    if not rhos:
-        return math.nan
-    for key in (layer, str(layer), float(layer)):
-        if key in rhos:
-            return _num(rhos[key])
-    return math.nan
-
-
-def alpha_frame(entry: Mapping[str, Any]) -> pd.DataFrame:
-    """``alpha`` summary → long frame (alpha, layer, mean, ci_low, ci_high), sorted by layer then α."""
-    rows = []
-    for key, per_layer in (entry.get("by_alpha") or {}).items():
-        for r in per_layer or []:
-            rows.append({"alpha": float(key), "layer": int(r["layer"]), "mean": _num(r.get("mean")),
-                         "ci_low": _num(r.get("ci_low")), "ci_high": _num(r.get("ci_high"))})
-    frame = pd.DataFrame(rows, columns=["alpha", "layer", "mean", "ci_low", "ci_high"])
-    return frame.sort_values(["layer", "alpha"], kind="stable").reset_index(drop=True)
-
-
-def alpha_dose_response(summary: Mapping[str, Any]) -> go.Figure:
-    """Paper Fig. 7 (A3): effect vs α (h = h_base + α(h_tuned − h_base)), one line per layer with its CI
-    band; the legend gives each layer's Spearman ρ (monotonicity). α > 1 is extrapolation (shaded)."""
-    entry = experiment(summary, "alpha")
-    frame = alpha_frame(entry) if entry else pd.DataFrame()
-    if frame.empty:
-        raise MissingExperimentError("alpha_dose_response", ["alpha"])
-    layers = sorted(frame["layer"].unique().tolist())
-    colors = sample_colorscale("Viridis", [i / max(len(layers) - 1, 1) * 0.9 for i in range(len(layers))])
-    fig = go.Figure()
-    for layer, color in zip(layers, colors):
-        rho = _rho(entry.get("spearman_rho"), layer)
-        name = f"layer {layer} (ρ = {rho:+.2f})" if math.isfinite(rho) else f"layer {layer}"
-        _add_curve(fig, frame[frame["layer"] == layer], name=name, color=color, group=f"layer{layer}",
-                   x="alpha", x_label="α", band_opacity=0.12)
-    _zero_line(fig)
-    if frame["alpha"].max() > 1:
-        fig.add_vrect(x0=1, x1=float(frame["alpha"].max()), fillcolor="#eee", opacity=0.5, line_width=0,
-                      annotation_text="extrapolation", annotation_position="top left")
-    alphas = sorted(frame["alpha"].unique().tolist())
-    fig.update_xaxes(tickmode="array", tickvals=alphas, ticktext=[f"{a:g}" for a in alphas])
-    return _layout(fig, "Dose-response: effect vs patch strength α (A3)", x_title="α (patch strength)")
-
-
-def source_variants(summary: Mapping[str, Any]) -> go.Figure:
-    """Paper Fig. 3 (method E5): left, the per-sequence decomposition (tuned activations patched into the
-    base's chosen run only, rejected run only, or both = tuned → base; the dotted sum chosen + rejected should
-    lie on "both"); right, the vector variants v+, v−, v± added to the base residual. A family with nothing
-    run is left out."""
-    decomposition = [n for n in DECOMPOSITION_EXPERIMENTS if has_per_layer(summary, n)]
-    vectors = [n for n in VECTOR_EXPERIMENTS if has_per_layer(summary, n)]
-    if not decomposition and not vectors:
-        raise MissingExperimentError("source_variants", [*DECOMPOSITION_EXPERIMENTS, *VECTOR_EXPERIMENTS])
-    panels = []
-    if decomposition:
-        panels.append(("Per-sequence decomposition", [*DECOMPOSITION_EXPERIMENTS, MAIN]))
-    if vectors:
-        panels.append(("Vector variants (added to base)", list(VECTOR_EXPERIMENTS)))
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=0.1)
-    missing: list[str] = []
-    for col, (_, names) in enumerate(panels, start=1):
-        present = [n for n in names if has_per_layer(summary, n)]
-        missing += [n for n in names if n not in present]
-        labels = {MAIN: "both (= tuned → base)"}
-        layers = _draw_layer_experiments(fig, summary, present, markers=False, row=1, col=col, labels=labels)
-        if names[0] == DECOMPOSITION_EXPERIMENTS[0] and all(n in present for n in DECOMPOSITION_EXPERIMENTS):
-            a = per_layer_frame(experiment(summary, "source_chosen_only")["per_layer"]).set_index("layer")["mean"]
-            b = per_layer_frame(experiment(summary, "source_rejected_only")["per_layer"]).set_index("layer")["mean"]
-            total = (a + b).dropna()
-            fig.add_trace(go.Scatter(
-                x=total.index.tolist(), y=total.tolist(), mode="lines", name="chosen-only + rejected-only",
-                line={"dash": "dot", "color": "#333", "width": 1.5},
-                hovertemplate="<b>chosen + rejected</b><br>Layer %{x}<br>sum %{y:.4g} nats<extra></extra>"),
-                row=1, col=col)
-        _zero_line(fig, row=1, col=col)
-        _layer_ticks(fig, layers, row=1, col=col)
-        fig.update_xaxes(title_text=LAYER_AXIS, row=1, col=col)
-        fig.update_yaxes(title_text=EFFECT_AXIS, row=1, col=col)
-    if not decomposition:
-        missing = [*DECOMPOSITION_EXPERIMENTS, *missing]
-    if not vectors:
-        missing += list(VECTOR_EXPERIMENTS)
-    _note_missing(fig, missing)
-    return _layout(fig, "Source variants (Fig. 3)", x_title=None, y_title=None)
-
-
-def lowrank_frame(entry: Mapping[str, Any]) -> pd.DataFrame:
-    """``lowrank_*`` summary → frame (layer, k, effect_ratio, ci_low, ci_high, variance_explained, heldout)."""
-    rows = []
-    for r in entry.get("by_k") or []:
-        lo, hi = _ci_pair(r.get("effect_ratio_ci"))
-        rows.append({"layer": int(r["layer"]), "k": int(r["k"]), "effect_ratio": _num(r.get("effect_ratio")),
-                     "ci_low": lo, "ci_high": hi, "variance_explained": _num(r.get("variance_explained")),
-                     "heldout_effect_ratio": _num(r.get("heldout_effect_ratio"))})
-    cols = ["layer", "k", "effect_ratio", "ci_low", "ci_high", "variance_explained", "heldout_effect_ratio"]
-    return pd.DataFrame(rows, columns=cols).sort_values(["layer", "k"], kind="stable").reset_index(drop=True)
-
-
-def lowrank(summary: Mapping[str, Any], *, show_paper: bool = True) -> go.Figure:
-    """Paper Fig. 4 / Table 2 (method E6): per mode present (``reconstruct`` = the paper's literal reading,
-    ``difference`` = patch h_base + P_k(h_tuned − h_base)), the effect ratio (low-rank / full effect) vs k on a
-    log2 axis with CI band and the held-out ratio (dotted), and the variance explained vs k. Grey ✕: the
-    paper's value (k = 4: ratio 0.986, ≈15% variance, layer 9 of Llama-3.2-1B)."""
-    modes = [(name, lowrank_frame(experiment(summary, name) or {})) for name in LOWRANK_MODES]
-    modes = [(name, frame) for name, frame in modes if not frame.empty]
-    if not modes:
-        raise MissingExperimentError("lowrank", list(LOWRANK_MODES))
-    titles = []
-    for name, _ in modes:
-        titles += [f"{LOWRANK_MODES[name]}: effect ratio", f"{LOWRANK_MODES[name]}: variance explained"]
-    fig = make_subplots(rows=len(modes), cols=2, subplot_titles=titles, horizontal_spacing=0.12,
-                        vertical_spacing=0.18 if len(modes) > 1 else 0.1)
-    all_k: set[int] = set()
-    for row, (name, frame) in enumerate(modes, start=1):
-        layers = sorted(frame["layer"].unique().tolist())
-        base_color = _color(name)
-        colors = [base_color] if len(layers) == 1 else sample_colorscale(
-            "Viridis", [i / (len(layers) - 1) * 0.9 for i in range(len(layers))])
-        for layer, color in zip(layers, colors):
-            sub = frame[frame["layer"] == layer]
-            all_k |= set(sub["k"].tolist())
-            label = f"{LOWRANK_MODES[name]}, layer {layer}"
-            group = f"{name}-{layer}"
-            curve = sub.rename(columns={"effect_ratio": "mean"})
-            band = _band(curve["k"], curve["ci_low"], curve["ci_high"], name=label, color=color, group=group)
-            if band is not None:
-                fig.add_trace(band, row=row, col=1)
-            fig.add_trace(go.Scatter(
-                x=curve["k"].tolist(), y=curve["mean"].tolist(), mode="lines+markers", name=label,
-                legendgroup=group, line={"color": color, "width": 2},
-                customdata=curve[["ci_low", "ci_high", "variance_explained"]].to_numpy(),
-                hovertemplate=(f"<b>{label}</b><br>k = %{{x}}<br>effect ratio %{{y:.3f}}"
-                               "<br>95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
-                               "<br>variance explained %{customdata[2]:.1%}<extra></extra>")), row=row, col=1)
-            if sub["heldout_effect_ratio"].notna().any():
-                fig.add_trace(go.Scatter(
-                    x=sub["k"].tolist(), y=sub["heldout_effect_ratio"].tolist(), mode="lines+markers",
-                    name=f"{label} (held-out)", legendgroup=group,
-                    line={"color": color, "width": 1.5, "dash": "dot"}, marker={"symbol": "circle-open", "size": 7},
-                    hovertemplate=(f"<b>{label}, held-out</b><br>k = %{{x}}<br>effect ratio %{{y:.3f}}"
-                                   "<extra></extra>")), row=row, col=1)
-            fig.add_trace(go.Scatter(
-                x=sub["k"].tolist(), y=sub["variance_explained"].tolist(), mode="lines+markers",
-                name=f"{label}: variance explained", legendgroup=group, showlegend=False,
-                line={"color": color, "width": 2},
-                hovertemplate=(f"<b>{label}</b><br>k = %{{x}}<br>variance explained %{{y:.1%}}"
-                               "<extra></extra>")), row=row, col=2)
-        fig.add_hline(y=1, line={"dash": "dash", "color": "#444", "width": 1}, row=row, col=1)
-        if show_paper:
-            p = PAPER_LOWRANK
-            for col, key in ((1, "effect_ratio"), (2, "variance_explained")):
-                fig.add_trace(go.Scatter(
-                    x=[p["k"]], y=[p[key]], mode="markers", name="paper (k = 4, layer 9)",
-                    legendgroup="paper", showlegend=(row == 1 and col == 1),
-                    marker={"symbol": "x", "size": 11, "color": "#777"},
-                    hovertemplate=f"<b>paper</b><br>k = 4<br>{key.replace('_', ' ')} {p[key]:g}<extra></extra>"),
-                    row=row, col=col)
-        fig.update_yaxes(title_text="effect ratio (low-rank / full)", row=row, col=1)
-        fig.update_yaxes(title_text="variance explained", tickformat=".0%", rangemode="tozero", row=row, col=2)
-    ks = sorted(all_k | ({PAPER_LOWRANK["k"]} if show_paper else set()))
-    fig.update_xaxes(type="log", tickmode="array", tickvals=ks, ticktext=[str(k) for k in ks],
-                     title_text="k (rank, log₂ scale)")
-    return _layout(fig, "Low-rank patching: effect ratio and variance explained vs k (Fig. 4)",
-                   height=HEIGHT if len(modes) == 1 else 2 * HEIGHT - 60, x_title=None, y_title=None)
-
-
-def lasso_coefficients(summary: Mapping[str, Any]) -> go.Figure:
-    """Paper Fig. 2 / Table 1 (method E2): LASSO coefficient per layer (bars; features are z-scored
-    ‖h_tuned − h_base‖₂ per layer, target the centred gain in nats), with the bootstrap selection frequency
-    and the per-layer probe R² on a second axis."""
-    entry = experiment(summary, "lasso")
-    coefs = [_num(c) for c in (entry or {}).get("coefficients") or []]
-    if not coefs:
-        raise MissingExperimentError("lasso_coefficients", ["lasso"])
-    layers = list(range(len(coefs)))
-    nonzero = {int(v) for v in entry.get("nonzero_layers") or [i for i, c in enumerate(coefs) if c != 0]}
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Bar(
-        x=layers, y=coefs, name="LASSO coefficient",
-        marker={"color": ["#1f77b4" if i in nonzero else "#c7c7c7" for i in layers]},
-        hovertemplate="<b>LASSO</b><br>layer %{x}<br>coefficient %{y:.4g}<extra></extra>"), secondary_y=False)
-    for key, name, color, symbol in (("selection_frequency", "selection frequency", "#ff7f0e", "circle"),
-                                     ("probe_r2", "probe R² (CV)", "#2ca02c", "square")):
-        values = [_num(v) for v in entry.get(key) or []]
-        if values:
-            fig.add_trace(go.Scatter(
-                x=list(range(len(values))), y=values, mode="lines+markers", name=name,
-                line={"color": color, "width": 1.5}, marker={"symbol": symbol, "size": 7},
-                hovertemplate=f"<b>{name}</b><br>layer %{{x}}<br>%{{y:.3f}}<extra></extra>"), secondary_y=True)
-    alpha = _num(entry.get("alpha_"))
-    title = "LASSO: activation distance → gain, coefficient per layer (Fig. 2)"
-    if math.isfinite(alpha):
-        title += f"  ·  α* = {alpha:.3g}"
-    _zero_line(fig)
-    _layer_ticks(fig, layers)
-    fig.update_yaxes(title_text="coefficient (nats of gain per SD of ‖Δh‖)", secondary_y=False)
-    fig.update_yaxes(title_text="selection frequency / probe R²", secondary_y=True, showgrid=False)
-    return _layout(fig, title, y_title=None)
-
-
-def gain_histogram(scores: pd.DataFrame | None, *, nbins: int | None = None) -> go.Figure:
-    """Distribution of the per-pair gain Δlogp_tuned − Δlogp_base, with its mean and 0 marked."""
-    if scores is None or len(scores) == 0:
-        raise MissingExperimentError("gain_histogram", ["per-pair scores"])
-    if "gain" in scores:
-        gain = pd.to_numeric(scores["gain"], errors="coerce")
-    elif {"base_delta_logp", "tuned_delta_logp"} <= set(scores.columns):
-        gain = scores["tuned_delta_logp"] - scores["base_delta_logp"]
-    else:
-        raise MissingExperimentError("gain_histogram", ["gain column"])
-    gain = gain.dropna()
-    if gain.empty:
-        raise MissingExperimentError("gain_histogram", ["finite gains"])
-    fig = go.Figure(go.Histogram(
-        x=gain.tolist(), nbinsx=nbins or min(60, max(10, int(math.sqrt(len(gain))) * 2)), name="pairs",
-        marker={"color": "#1f77b4", "line": {"color": "white", "width": 0.5}},
-        hovertemplate="gain %{x}<br>%{y} pairs<extra></extra>"))
-    fig.add_vline(x=0, line={"dash": "dash", "color": "#444", "width": 1})
-    mean = float(gain.mean())
-    fig.add_vline(x=mean, line={"color": "#d62728", "width": 2},
-                  annotation_text=f"mean {mean:+.3g} nats", annotation_position="top right")
-    frac = float((gain > 0).mean())
-    return _layout(fig, f"Per-pair gain (n = {len(gain)}; {frac:.0%} of pairs > 0)",
-                   x_title="gain = Δlogp_tuned − Δlogp_base (nats)", y_title="pairs")
-
+from alignment_probe.experiments.figures import (  # the figures themselves; every name kept importable here
+    COLORS as COLORS,
+)
+from alignment_probe.experiments.figures import CONTROL_EXPERIMENTS as CONTROL_EXPERIMENTS
+from alignment_probe.experiments.figures import DECOMPOSITION_EXPERIMENTS as DECOMPOSITION_EXPERIMENTS
+from alignment_probe.experiments.figures import EFFECT_AXIS as EFFECT_AXIS
+from alignment_probe.experiments.figures import HEIGHT as HEIGHT
+from alignment_probe.experiments.figures import LABELS as LABELS
+from alignment_probe.experiments.figures import LAYER_AXIS as LAYER_AXIS
+from alignment_probe.experiments.figures import LOWRANK_MODES as LOWRANK_MODES
+from alignment_probe.experiments.figures import MAIN as MAIN
+from alignment_probe.experiments.figures import PAPER_LOWRANK as PAPER_LOWRANK
+from alignment_probe.experiments.figures import REVERSE as REVERSE
+from alignment_probe.experiments.figures import VECTOR_EXPERIMENTS as VECTOR_EXPERIMENTS
+from alignment_probe.experiments.figures import MissingExperimentError as MissingExperimentError
+from alignment_probe.experiments.figures import _add_curve as _add_curve
+from alignment_probe.experiments.figures import _add_layer_marker as _add_layer_marker
+from alignment_probe.experiments.figures import _add_peak_set as _add_peak_set
+from alignment_probe.experiments.figures import _band as _band
+from alignment_probe.experiments.figures import _ci_pair as _ci_pair
+from alignment_probe.experiments.figures import _color as _color
+from alignment_probe.experiments.figures import _draw_layer_experiments as _draw_layer_experiments
+from alignment_probe.experiments.figures import _FromRegistry as _FromRegistry
+from alignment_probe.experiments.figures import _label as _label
+from alignment_probe.experiments.figures import _layer_ticks as _layer_ticks
+from alignment_probe.experiments.figures import _layout as _layout
+from alignment_probe.experiments.figures import _mean_trace as _mean_trace
+from alignment_probe.experiments.figures import _names as _names
+from alignment_probe.experiments.figures import _note_missing as _note_missing
+from alignment_probe.experiments.figures import _num as _num
+from alignment_probe.experiments.figures import _require as _require
+from alignment_probe.experiments.figures import _rgba as _rgba
+from alignment_probe.experiments.figures import _rho as _rho
+from alignment_probe.experiments.figures import _value_at as _value_at
+from alignment_probe.experiments.figures import _zero_line as _zero_line
+from alignment_probe.experiments.figures import alpha_dose_response as alpha_dose_response
+from alignment_probe.experiments.figures import alpha_frame as alpha_frame
+from alignment_probe.experiments.figures import controls as controls
+from alignment_probe.experiments.figures import directionality as directionality
+from alignment_probe.experiments.figures import experiment as experiment
+from alignment_probe.experiments.figures import gain_histogram as gain_histogram
+from alignment_probe.experiments.figures import has_per_layer as has_per_layer
+from alignment_probe.experiments.figures import lasso_coefficients as lasso_coefficients
+from alignment_probe.experiments.figures import layer_curve as layer_curve
+from alignment_probe.experiments.figures import lowrank as lowrank
+from alignment_probe.experiments.figures import lowrank_frame as lowrank_frame
+from alignment_probe.experiments.figures import n_layers as n_layers
+from alignment_probe.experiments.figures import per_layer_frame as per_layer_frame
+from alignment_probe.experiments.figures import source_variants as source_variants
 
 # --------------------------------------------------------------------------------------------------
 # all of them, and static export

@@ -9,7 +9,7 @@ Every string that comes from the user (model names, paths, config values, experi
 passed through :func:`html.escape`; figures carry no user strings (plotly also escapes ``<`` in its
 JSON).
 
-Verdict rules: see :mod:`alignment_probe.report.verdicts` (the paper's claims, constants and rules).
+Verdict rules: see :mod:`alignment_probe.experiments.verdicts` (the paper's claims, constants and rules).
 """
 
 from __future__ import annotations
@@ -23,15 +23,37 @@ from typing import Any
 
 import pandas as pd
 
-from alignment_probe.effects import EXPERIMENT_NAMES
 from alignment_probe.experiments import registry
+from alignment_probe.experiments.registry import EXPERIMENT_NAMES
+from alignment_probe.experiments.verdicts import (  # noqa: F401  (the rules live there; kept importable here)
+    AGREES,
+    DEPTH_TOLERANCE,
+    DIFFERS,
+    IDENTITY_TOLERANCE,
+    INCONCLUSIVE,
+    LASSO_RARE,
+    LASSO_STABLE,
+    LOWRANK_K,
+    NOT_RUN,
+    PAPER_N_LAYERS,
+    PAPER_PEAK_LAYER,
+    PAPER_RELATIVE_DEPTH,
+    RATIO_BAND,
+    REVERSE_MAX_RATIO,
+    Finding,
+    finding_identity,
+    finding_lasso,
+    finding_lowrank,
+    finding_peak,
+    finding_reverse,
+    findings,
+    mid_depth_layers,
+    relative_depth,
+)
+from alignment_probe.formatting import _num, esc, fmt, fmt_ci, fmt_effect, fmt_layers, fmt_value  # noqa: F401  (fmt/fmt_ci: kept importable here)
+from alignment_probe.generation import table_html
 from alignment_probe.report import figures as F
-from alignment_probe.report.format import (  # noqa: F401  (fmt/fmt_ci: kept importable here)
-    _num, esc, fmt, fmt_ci, fmt_effect, fmt_layers, fmt_value)
-from alignment_probe.report.verdicts import (  # noqa: F401  (the rules live there; kept importable here)
-    AGREES, DEPTH_TOLERANCE, DIFFERS, IDENTITY_TOLERANCE, INCONCLUSIVE, LASSO_RARE, LASSO_STABLE, LOWRANK_K, NOT_RUN,
-    PAPER_N_LAYERS, PAPER_PEAK_LAYER, PAPER_RELATIVE_DEPTH, RATIO_BAND, REVERSE_MAX_RATIO, Finding, finding_identity,
-    finding_lasso, finding_lowrank, finding_peak, finding_reverse, findings, mid_depth_layers, relative_depth)
+from alignment_probe.tokenview import TOKEN_STYLE, token_table
 
 SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "manifest.json"
@@ -379,7 +401,7 @@ the data is chosen on explore pairs and reported on the confirm pairs.</p>
 {DEPTH_TOLERANCE} of it.</p>
 <p>Each verdict has three outcomes: <em>agrees</em> (the interval supports the claim), <em>differs</em> (it excludes
 it), <em>inconclusive</em> (it is compatible with both). Each row states its rule and the numbers it used;
-thresholds are constants in <code>alignment_probe/report/verdicts.py</code>:</p>
+thresholds are constants in <code>alignment_probe/experiments/verdicts.py</code>:</p>
 <ol>
 <li>Peak layer: agrees iff the whole tuned → base peak set is mid-depth; differs iff it is disjoint from the mid-depth
 layers. The half-maximum onset is mid-depth on any ramp by construction and is not judged.</li>
@@ -402,8 +424,6 @@ def _generations(summary: Mapping[str, Any]) -> str:
     entry = F.experiment(summary, "generations")
     if not entry or not entry.get("rows"):
         return ""
-    from alignment_probe.generation import table_html
-
     return ('<h2 id="section-generations">What the models say (E12)</h2><p class="muted">Greedy decoding of '
             f'{len({r["pair_id"] for r in entry["rows"]})} prompts of the run\'s data, '
             f'{esc(entry.get("max_new_tokens", ""))} new tokens, under conditions fixed in advance: '
@@ -417,8 +437,6 @@ def _token_examples(summary: Mapping[str, Any], tokens: pd.DataFrame | None, tok
     coloured on their tokens, beside the per-token heatmap (E9)."""
     if tokens is None or len(tokens) == 0:
         return ""
-    from alignment_probe.tokenview import TOKEN_STYLE, token_table
-
     n = F.n_layers(summary)
     gain_rows = tokens[(tokens["hook"] == "blocks") & (tokens["layer"] == 0) & (tokens["param"] == n)]
     rows = gain_rows if len(gain_rows) else tokens

@@ -93,7 +93,7 @@ def test_completion_logprob_and_a_hand_patch(tiny_pair, pairs):
 
 def test_list_experiments_is_the_registry():
     table = ap.list_experiments()
-    from alignment_probe.effects import EXPERIMENT_NAMES
+    from alignment_probe.experiments.registry import EXPERIMENT_NAMES
 
     assert tuple(table[table.default].name) == EXPERIMENT_NAMES and table.name.is_unique
     assert "steer" in set(table[~table.default].name)  # opt-in experiments are listed too

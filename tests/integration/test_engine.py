@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformer_lens import patching as tl_patching
 
-from alignment_probe.effects import EXPERIMENT_NAMES
+from alignment_probe.experiments.registry import EXPERIMENT_NAMES
 from alignment_probe.engine import FastEngine, ReferenceEngine
 from alignment_probe.experiments.lowrank import fit_for_mode, lowrank_specs, stacked_activations
 from alignment_probe.experiments.patching import layer_sweep

@@ -56,7 +56,7 @@ def test_shift_vectors_round_trip(tmp_path):
 def test_steering_vectors_export_the_fitted_shift(planted, tmp_path):
     """On a twin that differs only in block 2's MLP, the shift at layer 1 (below it) is exactly 0 and at layer 2 it
     is the mean of h_T − h_B over the predicting positions, computed here independently from the two caches."""
-    from alignment_probe.exports import export_steering_vectors
+    from alignment_probe.experiments.steering import export_steering_vectors
     from alignment_probe.interventions import predicting_classes
 
     pairs = api.load_pairs(BUNDLED_PAIRS, n=3, seed=0, tokenizer=planted.tokenizer, max_length=64)

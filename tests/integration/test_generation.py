@@ -130,7 +130,7 @@ def test_steer_on_a_bias_twin_decodes_the_twin(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from alignment_probe.data import load_pairs
-    from alignment_probe.generation import fit_steer_shifts
+    from alignment_probe.experiments.steering import fit_steer_shifts
     from alignment_probe.pair import load_twins
     from tests.helpers.checkpoints import save_checkpoint, train_tokenizer
 

@@ -9,7 +9,7 @@ import pytest
 
 import alignment_probe as ap
 from alignment_probe.cli import main
-from alignment_probe.effects import EXPERIMENT_NAMES
+from alignment_probe.experiments.registry import EXPERIMENT_NAMES
 
 from conftest import PAIRS_DATA
 

@@ -98,3 +98,55 @@ def test_one_version() -> None:
 def test_py_typed_ships() -> None:
     assert (REPO / "alignment_probe" / "py.typed").exists()
     assert 'alignment_probe = ["py.typed"]' in (REPO / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    """``lint-imports`` (import-linter: the contracts in pyproject.toml [tool.importlinter]) run in ``root``."""
+    if importlib.util.find_spec("importlinter") is None:
+        pytest.fail("import-linter is not installed: install the development tools with `pip install -e '.[dev]'`")
+    env = {**os.environ, "PYTHONPATH": str(root), "NO_COLOR": "1"}
+    code = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    return subprocess.run([sys.executable, "-c", code, "--no-cache"], cwd=root, env=env, text=True,
+                          capture_output=True, timeout=300)
+
+
+def test_import_layers() -> None:
+    """The layers import one way and the build tools are leaves, deferred imports included (README, "Layout")."""
+    _check(_lint_imports(REPO), "lint-imports (the contracts in pyproject.toml [tool.importlinter]; README, 'Layout')")
+
+
+def test_import_layers_catch_a_deferred_back_edge(tmp_path: Path) -> None:
+    # The contract is not vacuous: a copy of the package whose core imports the CLI inside a function (the kind of
+    # back-edge the layers replaced) breaks it, and so does a runtime module importing an organism build module.
+    import shutil
+
+    shutil.copytree(REPO / "alignment_probe", tmp_path / "alignment_probe",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    files = tmp_path / "alignment_probe" / "files.py"
+    files.write_text(files.read_text(encoding="utf-8") + "\n\ndef _up() -> None:\n    from alignment_probe import cli  # noqa\n",
+                     encoding="utf-8")
+    run = tmp_path / "alignment_probe" / "run.py"
+    run.write_text(run.read_text(encoding="utf-8") + "\n\ndef _build() -> None:\n"
+                   "    from alignment_probe.organisms import train  # noqa\n", encoding="utf-8")
+    proc = _lint_imports(tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "alignment_probe.files -> alignment_probe.cli" in out, out
+    assert "alignment_probe.run -> alignment_probe.organisms.train" in out, out
+    assert "BROKEN" in out and " 0 broken" not in out, out
+
+
+def test_registry_strings_point_down() -> None:
+    """The registry's "module:function" strings (figures, verdict rows) are imports the contracts cannot see: each
+    names a module at or below the experiments (never the report, the runtime or the edges), and resolves."""
+    from alignment_probe.experiments import registry
+
+    allowed = ("alignment_probe.experiments.", "alignment_probe.plotting")
+    strings = [f.draw for f in registry.figures()] + [v for e in registry.experiments() for v in e.verdicts]
+    assert strings
+    for text in strings:
+        module = text.partition(":")[0]
+        assert module.startswith(allowed), f"{text}: a registry string names a module above the experiments"
+    for figure in registry.figures():
+        assert callable(figure.function()), figure.draw

@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 import pytest
 from plotly.offline import get_plotlyjs
 
-from alignment_probe.effects import EXPERIMENT_NAMES, RowKey, make_row, to_frame
+from alignment_probe.effects import RowKey, make_row, to_frame
+from alignment_probe.experiments.registry import EXPERIMENT_NAMES
 from alignment_probe.report import figures as F
 from alignment_probe.report import html as H
 from alignment_probe.report import (
