@@ -132,9 +132,11 @@ def check_run_dir(req: RunRequest) -> dict[str, Any] | None:
     if changed:
         if req.force:
             return None
+        # a run of the other preset (or made before presets, as full) resumes with its --suite
+        hint = f" (it is a --suite {old['preset']} run)" if "preset" in changed else ""
         raise ConfigError(f"{req.out} already holds a run with a different configuration ({', '.join(changed)} "
-                          "changed). Use a new --out directory, rerun with the original options to resume it, or "
-                          "pass --force to discard its results and start over.")
+                          f"changed){hint}. Use a new --out directory, rerun with the original options to resume it, "
+                          "or pass --force to discard its results and start over.")
     return old_manifest
 
 
