@@ -39,7 +39,8 @@ def _add_model_data_args(p: argparse.ArgumentParser, n_pairs_default: str = "all
     p.add_argument("--data", help="preference pairs: JSONL(.gz) file or dataset-hub name (default: bundled pairs)")
     p.add_argument("--data-dir", default=None, help="data_dir for a hub dataset, e.g. harmless-base")
     p.add_argument("--split", default="test", help="split of a hub dataset (default: test)")
-    p.add_argument("--n-pairs", type=int, default=None, help=f"number of pairs, sampled with --seed (default: {n_pairs_default})")
+    p.add_argument("--n-pairs", type=int, default=None,
+                   help=f"number of pairs, sampled with --seed (default: {n_pairs_default})")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and statistics (default: 0)")
     p.add_argument("--max-length", type=int, default=512, help="max tokens per sequence; prompts are cut from the left")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"{p.n_pairs} for {p.name}" for p in PRESETS.values()))
     run.set_defaults(n_pairs=None, batch_size=32)
     run.add_argument("--suite", choices=list(PRESETS), default=DEFAULT_PRESET,
-                     help="the default suite as a preset: " + "; ".join(f"{p.name}: {p.about}" for p in PRESETS.values())
+                     help="the default suite as a preset: "
+                          + "; ".join(f"{p.name}: {p.about}" for p in PRESETS.values())
                           + f" (default: {DEFAULT_PRESET}). The options you give win; named --experiments run whole")
     run.add_argument("--experiments", default="all",
                      help="comma-separated experiment names (default: all, the default suite; opt-in ones such as "

@@ -32,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-ARMS = {"tour": [], "full": ["--suite", "full"], "tour-1p": ["--procs", "1"], "full-1p": ["--suite", "full", "--procs", "1"]}
+ARMS = {"tour": [], "full": ["--suite", "full"], "tour-1p": ["--procs", "1"],
+        "full-1p": ["--suite", "full", "--procs", "1"]}
 STAGE = re.compile(r"^stage (\d+) done in ([\d.]+) s")
 
 
@@ -89,7 +90,8 @@ def timed(name: str, argv: list[str]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2, help="runs of each arm, alternated (default 2)")
-    parser.add_argument("--arms", default="tour,full", help=f"comma-separated, of {', '.join(ARMS)} (default tour,full)")
+    parser.add_argument("--arms", default="tour,full",
+                        help=f"comma-separated, of {', '.join(ARMS)} (default tour,full)")
     parser.add_argument("--quiet-below", type=float, default=None,
                         help="before each run, wait until the 1-minute load average is below this")
     parser.add_argument("--quiet-wait", type=float, default=300.0, help="... for at most this many seconds")
@@ -114,7 +116,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\n| arm | runs: wall s (CPU s) [load before] |\n|---|---|")
+    print("\n| arm | runs: wall s (CPU s) [load before] |\n|---|---|")
     for arm in arms:
         rows = [r for r in results["runs"] if r["arm"] == arm]
         print(f"| {arm} | " + "; ".join(f"{r['wall_s']:.1f} ({r['cpu_s']:.1f}) [{r['load_before']:.2f}]" for r in rows)

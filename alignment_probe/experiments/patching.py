@@ -58,7 +58,8 @@ def _specs(plan: Plan) -> list[PatchSpec]:
     specs = patching_specs(plan.n_layers, hooks=(cfg.hook, *cfg.extra_hooks), scopes=(cfg.scope, *cfg.extra_scopes),
                            experiments=extras)
     if len(extras) < len(names):  # the reverse direction at the main hook and scope only (SuiteConfig.reverse_extras)
-        specs += patching_specs(plan.n_layers, hooks=(cfg.hook,), scopes=(cfg.scope,), experiments=["patch_base_to_tuned"])
+        specs += patching_specs(plan.n_layers, hooks=(cfg.hook,), scopes=(cfg.scope,),
+                                experiments=["patch_base_to_tuned"])
     return swept_only(plan, specs)
 
 

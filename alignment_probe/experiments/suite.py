@@ -113,7 +113,7 @@ class SuiteConfig:
     coarse: tuple[str, ...] = ()
     coarse_step: int = 2
     reverse_extras: bool = True  # E3's reverse direction also at the extra hooks and scopes (False: the main ones)
-    generation_tokens: int = MAX_NEW_TOKENS  # E12 in the run: tokens decoded per prompt and condition (experiments/generations.py)
+    generation_tokens: int = MAX_NEW_TOKENS  # E12 in the run: tokens decoded per prompt and condition
 
     def __post_init__(self) -> None:
         given = self.experiments.split(",") if isinstance(self.experiments, str) else self.experiments

@@ -11,8 +11,8 @@ import dataclasses
 
 import pytest
 
-from alignment_probe.errors import ConfigError
 from alignment_probe.effects import RowKey
+from alignment_probe.errors import ConfigError
 from alignment_probe.experiments.presets import DEFAULT_PRESET, PRESETS, TOUR_COARSE
 from alignment_probe.experiments.suite import SuiteConfig, per_layer_specs, preset_config
 from alignment_probe.progress import Stages
