@@ -207,15 +207,18 @@ def load_run(path: str | os.PathLike[str]) -> Any:
 
 def run_suite(out: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None,
         tuned: str | os.PathLike[str] | None = None, data: str | os.PathLike[str] | None = None,
-        experiments: Sequence[str] | None = None, n_pairs: int | None = 80, max_length: int = 512, device: str = "cpu",
-        dtype: str = "float32", engine: str = "fast", progress: bool = True, force: bool = False,
-        **suite: Any) -> Any:
+        experiments: Sequence[str] | None = None, suite: str = "tour", n_pairs: int | None | str = "preset",
+        max_length: int = 512, device: str = "cpu", dtype: str = "float32", engine: str = "fast",
+        progress: bool = True, force: bool = False, **options: Any) -> Any:
     """``alignment-probe run`` from Python: the whole suite into the run directory ``out`` (resumable),
     returned as :func:`load_run` reads it (not ``ap.run``: that name is the module ``alignment_probe.run``).
-    Models and data default to the bundled organisms;
-    ``suite``: :class:`~alignment_probe.experiments.suite.SuiteConfig` fields (``hook``, ``layers``,
-    ``alphas``, ``n_boot``…)."""
-    from alignment_probe.experiments.suite import SuiteConfig
+    Models and data default to the bundled organisms. ``suite``: the preset, ``"tour"`` (the default) or
+    ``"full"`` (``--suite``; experiments/presets.py says what each runs); ``n_pairs``: ``"preset"`` (its number:
+    32 for the tour, 80 for full), a number, or None for every pair; ``options``:
+    :class:`~alignment_probe.experiments.suite.SuiteConfig` fields (``hook``, ``layers``, ``alphas``,
+    ``n_boot``…), which win over the preset's."""
+    from alignment_probe.experiments.presets import PRESETS
+    from alignment_probe.experiments.suite import preset_config
     from alignment_probe.organisms import bundled_pair_paths, bundled_pairs_path
     from alignment_probe.run import RunRequest, execute
 
@@ -223,7 +226,12 @@ def run_suite(out: str | os.PathLike[str], *, base: str | os.PathLike[str] | Non
         raise ConfigError("pass both base= and tuned= (or neither, for the bundled model organisms).")
     if base is None:
         base, tuned = bundled_pair_paths()
-    cfg = SuiteConfig(**({"experiments": experiments} if experiments is not None else {}), **suite)
+    cfg = preset_config(suite, experiments=experiments, **options)
+    if n_pairs == "preset":
+        n_pairs = PRESETS[suite].n_pairs
+    elif isinstance(n_pairs, str):
+        raise ConfigError(f"n_pairs={n_pairs!r}: give a number of pairs, None for every pair, or \"preset\" for the "
+                          "preset's number.")
     req = RunRequest(base=str(base), tuned=str(tuned), data=str(data if data is not None else bundled_pairs_path()),
                      out=Path(out), suite=cfg, n_pairs=n_pairs, max_length=max_length, device=device, dtype=dtype,
                      engine=engine, force=force, argv=["ap.run"])

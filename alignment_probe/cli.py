@@ -34,13 +34,14 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> NoReturn:
     raise Terminated(signum)
 
 
-def _add_model_data_args(p: argparse.ArgumentParser) -> None:
+def _add_model_data_args(p: argparse.ArgumentParser, n_pairs_default: str = "all") -> None:
     p.add_argument("--base", help="base model: hub name or local HF checkpoint directory (default: bundled organism)")
     p.add_argument("--tuned", help="tuned model: hub name or local HF checkpoint directory (default: bundled organism)")
     p.add_argument("--data", help="preference pairs: JSONL(.gz) file or dataset-hub name (default: bundled pairs)")
     p.add_argument("--data-dir", default=None, help="data_dir for a hub dataset, e.g. harmless-base")
     p.add_argument("--split", default="test", help="split of a hub dataset (default: test)")
-    p.add_argument("--n-pairs", type=int, default=None, help="number of pairs, sampled with --seed (default: all)")
+    p.add_argument("--n-pairs", type=int, default=None,
+                   help=f"number of pairs, sampled with --seed (default: {n_pairs_default})")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and statistics (default: 0)")
     p.add_argument("--max-length", type=int, default=512, help="max tokens per sequence; prompts are cut from the left")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
@@ -62,9 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data_args(score)
     score.add_argument("--out", required=True, help="output table, .csv or .parquet")
 
+    from alignment_probe.experiments.presets import DEFAULT_PRESET, PRESETS  # plain data: nothing heavy
+
     run = sub.add_parser("run", help="run the paper's experiment suite and write a run directory with a report")
-    _add_model_data_args(run)
-    run.set_defaults(n_pairs=80, batch_size=32)
+    _add_model_data_args(run, n_pairs_default="the --suite preset's: " + ", ".join(
+        f"{p.n_pairs} for {p.name}" for p in PRESETS.values()))
+    run.set_defaults(n_pairs=None, batch_size=32)
+    run.add_argument("--suite", choices=list(PRESETS), default=DEFAULT_PRESET,
+                     help="the default suite as a preset: "
+                          + "; ".join(f"{p.name}: {p.about}" for p in PRESETS.values())
+                          + f" (default: {DEFAULT_PRESET}). The options you give win; named --experiments run whole")
     run.add_argument("--experiments", default="all",
                      help="comma-separated experiment names (default: all, the default suite; opt-in ones such as "
                           "steer only when named, e.g. all,steer); see the README for the names")
@@ -248,7 +256,11 @@ def _procs(args: argparse.Namespace, loaded: tuple[object, object] | None) -> in
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from alignment_probe.experiments.presets import PRESETS
+
     resolve_defaults(args)
+    if args.n_pairs is None:  # the preset's (the process count below depends on it)
+        args.n_pairs = PRESETS[args.suite].n_pairs
     loaded = precheck_inputs(args)
     procs = _procs(args, loaded)
     if procs > 1:  # the same command, as that many ranks; this process imports nothing heavy and waits
@@ -257,22 +269,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         spawn_cli(args.argv[1:], procs, threads=1, log=lambda s: print(s, file=sys.stderr))
         return EXIT_OK  # rank 0 has reported the run
 
-    from alignment_probe.experiments.suite import SuiteConfig
+    from alignment_probe.experiments.suite import preset_config
     from alignment_probe.run import RunRequest, execute
 
     experiments = _list(args.experiments) or ()  # SuiteConfig expands "all" to the default suite
     if args.confirm is not None:  # E10: AtP's top K conditions confirmed by exact patching
         experiments = (*experiments, *(e for e in ("atp", "atp_confirm") if e not in experiments))
-    suite = SuiteConfig(experiments=experiments, hook=args.hook, scope=args.scope,
-                        extra_hooks=_list(args.extra_hooks) or (), extra_scopes=_list(args.extra_scopes) or (),
-                        layers=_layers(args.layers, "--layers"),
-                        window_widths=_list(args.window_widths, int, "--window-widths"),
-                        alpha_layers=_layers(args.alpha_layers, "--alpha-layers"),
-                        lowrank_layers=_layers(args.lowrank_layers, "--lowrank-layers"),
-                        steer_layer=args.steer_layer, steer_cs=_list(args.steer_c, float, "--steer-c"),
-                        steer_k=args.steer_k, transfer_data=args.transfer_data,
-                        **({} if args.confirm is None else {"atp_confirm_k": args.confirm}),
-                        seed=args.seed, n_boot=args.n_boot)
+    suite = preset_config(args.suite, experiments=experiments, hook=args.hook, scope=args.scope,
+                           extra_hooks=_list(args.extra_hooks) or (), extra_scopes=_list(args.extra_scopes) or (),
+                           layers=_layers(args.layers, "--layers"),
+                           window_widths=_list(args.window_widths, int, "--window-widths"),
+                           alpha_layers=_layers(args.alpha_layers, "--alpha-layers"),
+                           lowrank_layers=_layers(args.lowrank_layers, "--lowrank-layers"),
+                           steer_layer=args.steer_layer, steer_cs=_list(args.steer_c, float, "--steer-c"),
+                           steer_k=args.steer_k, transfer_data=args.transfer_data,
+                           **({} if args.confirm is None else {"atp_confirm_k": args.confirm}),
+                           seed=args.seed, n_boot=args.n_boot)
     req = RunRequest(base=args.base, tuned=args.tuned, data=args.data, out=Path(args.out), suite=suite,
                      n_pairs=args.n_pairs, max_length=args.max_length, data_dir=args.data_dir, split=args.split,
                      device=args.device, dtype=args.dtype, engine=args.engine, batch_size=args.batch_size,
@@ -379,6 +391,7 @@ COMMANDS = {"score": cmd_score, "run": cmd_run, "generate": cmd_generate, "organ
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    as_program = argv is None  # the command line itself (not a caller in Python): the process ends after this
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = ["alignment-probe", *argv]
@@ -425,6 +438,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+        if as_program:
+            # Python's shutdown would sweep every object of torch, TransformerLens and transformers once more (1-2.5 s
+            # measured, for each process of a run); frozen objects are left to the exit
+            import gc
+
+            gc.freeze()
 
 
 if __name__ == "__main__":

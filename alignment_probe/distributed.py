@@ -287,28 +287,6 @@ def device_for(device: str | None, local_rank: int, n_devices: int = 1) -> str:
     return device
 
 
-class PassLog:
-    """The suite's log across passes: a message is shown once, at the pass that gets furthest (the passes
-    run the same code, so the n-th message of every pass is about the same thing), and a part that
-    another rank computes is marked as that rank's share."""
-
-    def __init__(self, log: Callable[[str], None], store: Any):
-        self.log, self.store = log, store
-        self.shown, self.count, self.pass_no, self.pending_seen = 0, 0, -1, 0
-
-    def __call__(self, message: str) -> None:
-        if getattr(self.store, "passes", 0) != self.pass_no:
-            self.pass_no, self.count, self.pending_seen = getattr(self.store, "passes", 0), 0, 0
-        self.count += 1
-        pending = getattr(self.store, "pending", {})
-        if len(pending) > self.pending_seen:
-            message += f" (rank {list(pending.values())[-1]}'s share)"
-        self.pending_seen = len(pending)
-        if self.count > self.shown:
-            self.shown = self.count
-            self.log(message)
-
-
 def run_passes(run: Callable[[], Any], store: PartStore, world: World, *, log: Callable[[str], None] = lambda s: None) -> Any:
     """Run ``run()`` (the suite) until a pass completes with every part real.
 
@@ -334,9 +312,9 @@ def run_passes(run: Callable[[], Any], store: PartStore, world: World, *, log: C
                 return result
         pending = dict(store.pending)
         if world.is_main:
-            log(f"waiting for {len(pending)} part(s) from other ranks: "
-                + ", ".join(f"{name} (rank {owner})" for name, owner in list(pending.items())[:6])
-                + (" …" if len(pending) > 6 else ""))
+            owners = sorted(set(pending.values()))
+            log(f"waiting for {len(pending)} part(s) from rank{'s' if len(owners) > 1 else ''} "
+                f"{', '.join(map(str, owners))}")
         store.receive_pending()
 
 

@@ -204,6 +204,21 @@ def load_tokenizer(path: str | os.PathLike[str], source: str | None = None) -> A
 
 
 @contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hugging Face's "Loading weights" progress bar off while a checkpoint loads (a run shows one progress display
+    per stage), then put back as it was; its warnings and errors still show."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+@contextmanager
 def _conversion_errors(source: str, arch: str) -> Iterator[None]:
     """TransformerLens's failures to build a config or convert weights, as one error that names the checkpoint."""
     try:
@@ -240,7 +255,8 @@ def load_local_model(path: str | os.PathLike[str], *, device: str = "cpu", dtype
     if tokenizer is None:
         tokenizer = load_tokenizer(real, source)
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(safe, dtype=torch_dtype)
+        with _quiet_loading():
+            hf_model = AutoModelForCausalLM.from_pretrained(safe, dtype=torch_dtype)
     except Exception as exc:  # truncated weights, shapes that disagree with config.json, unknown model_type
         raise CheckpointError(f"The model in {source} cannot be loaded ({type(exc).__name__}: {exc}). The weight files "
                               "may be truncated (an interrupted copy or download) or disagree with config.json; save "
@@ -257,7 +273,7 @@ def load_local_model(path: str | os.PathLike[str], *, device: str = "cpu", dtype
     del state_dict
     gc.collect()
     _move_soft_cap_into_unembed(model)
-    model.to(device)
+    model.to(device, print_details=False)  # TransformerLens would print "Moving model to device" for each model
     model.eval()
     check_finite_weights(model, source)
     store_weights_column_major(model)

@@ -123,15 +123,20 @@ def check_run_dir(req: RunRequest) -> dict[str, Any] | None:
     old_manifest = _old_manifest(req.out)
     if old_manifest is None:
         return None
+    # a suite option the old manifest lacks is newer than its run, which ran as the option's default does
+    defaults = json.loads(json.dumps(SuiteConfig(experiments=req.suite.experiments).to_dict()))
     old = _flat(old_manifest.get("config", {}))
+    old.update({k: v for k, v in defaults.items() if k not in old})
     new = _flat(json.loads(json.dumps(req.config())))
     changed = sorted(k for k in set(old) | set(new) if k not in _NEUTRAL and old.get(k) != new.get(k))
     if changed:
         if req.force:
             return None
+        # a run of the other preset (or made before presets, as full) resumes with its --suite
+        hint = f" (it is a --suite {old['preset']} run)" if "preset" in changed else ""
         raise ConfigError(f"{req.out} already holds a run with a different configuration ({', '.join(changed)} "
-                          "changed). Use a new --out directory, rerun with the original options to resume it, or "
-                          "pass --force to discard its results and start over.")
+                          f"changed){hint}. Use a new --out directory, rerun with the original options to resume it, "
+                          "or pass --force to discard its results and start over.")
     return old_manifest
 
 
@@ -250,7 +255,8 @@ def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None
 def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[str], None],
                  loaded: tuple[Any, Any] | None = None, threads: CpuThreads | None = None) -> SuiteResult:
     """:func:`execute` in a given world (of one process, or this rank's share of a torchrun run)."""
-    from alignment_probe.distributed import PassLog, device_for, run_passes
+    from alignment_probe.distributed import device_for, run_passes
+    from alignment_probe.progress import Stages
 
     req.validate()
     old_manifest = check_run_dir(req)
@@ -337,10 +343,15 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
     engine = make_engine(req.engine, batch_size=req.batch_size) if req.engine == "fast" else make_engine(req.engine)
     if world.distributed:
         log(f"distributed: {world.size} processes ({world.backend}); each computes its share of every stage's parts")
-    pass_log = PassLog(log, store)  # a part's message once, however many passes the ranks need
-    result = run_passes(lambda: run_suite(pair, tokenized, engine, req.suite, progress=progress, log=pass_log,
-                                          store=store, pairs_per_part=req.pairs_per_part, extra_pairs=extra_pairs),
-                         store, world, log=log)
+    # one progress display per stage and a line when it is done, however many passes the ranks need
+    stages = Stages(progress, log, existing=store.names())
+    try:
+        result = run_passes(lambda: run_suite(pair, tokenized, engine, req.suite, progress=stages, log=log,
+                                              store=store, pairs_per_part=req.pairs_per_part,
+                                              extra_pairs=extra_pairs),
+                            store, world, log=stages.write)
+    finally:
+        stages.close()
     result.summary["run"] = {"seed": req.suite.seed, "engine": req.engine,
                              "base_fingerprint": pair.base_fingerprint, "tuned_fingerprint": pair.tuned_fingerprint}
     result.extra["parts_loaded"] = list(store.loaded)

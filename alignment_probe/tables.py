@@ -158,6 +158,12 @@ class PartStore:
     def has(self, name: str) -> bool:
         return self._read(name) is not None
 
+    def names(self) -> frozenset[str]:
+        """The parts stored now (file names, e.g. ``stage1-000000-000007.parquet``)."""
+        if self.root is None:
+            return frozenset(self._memory)
+        return frozenset(p.name for p in self.root.iterdir() if not p.name.endswith(TMP_SUFFIX))
+
     def table(self, name: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
         """The table stored as ``name`` (``.parquet`` is appended), computing and storing it if absent."""
         return self._get(f"{name}.parquet", compute, table_bytes, lambda b: pd.read_parquet(io.BytesIO(b)),

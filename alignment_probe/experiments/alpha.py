@@ -30,7 +30,7 @@ def alpha_specs(layers: Iterable[int], *, alphas: Sequence[float] = DEFAULT_ALPH
 
 def _specs(plan: Plan) -> list[PatchSpec]:
     cfg = plan.cfg
-    layers = cfg.alpha_layers if cfg.alpha_layers is not None else cfg.swept_layers(plan.n_layers)
+    layers = cfg.alpha_layers if cfg.alpha_layers is not None else cfg.layers_for("alpha", plan.n_layers)
     return alpha_specs(layers, alphas=cfg.alphas, hook=cfg.hook, scope=cfg.scope)
 
 

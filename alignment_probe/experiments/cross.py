@@ -39,8 +39,8 @@ CELLS = ("bb", "bt", "tb", "tt")
 
 
 def splits(plan: Plan) -> list[int]:
-    """The split layers: the swept layers from 1 to L − 1."""
-    return [s for s in plan.cfg.swept_layers(plan.n_layers) if 1 <= s < plan.n_layers]
+    """The split layers: the swept layers (on a coarse grid, its layers) from 1 to L − 1."""
+    return [s for s in plan.cfg.layers_for(NAME, plan.n_layers) if 1 <= s < plan.n_layers]
 
 
 def cross_specs(plan: Plan) -> list[PatchSpec]:

@@ -1,10 +1,10 @@
 """E12 in the run: what the models say, on a few prompts of the run's data (the report's "What the models say").
 
 A whole-data step (no patching rows): the first ``N_PROMPTS`` pairs by id are decoded greedily for
-``MAX_NEW_TOKENS`` tokens from the base, the tuned model, the base with the tuned model's ``resid_post`` patched
-in at mid-depth (lockstep decoding) and the base with the tuned model's mid-depth block transplanted. The
-conditions are fixed in advance, never chosen from the data. The general tool is ``alignment-probe generate`` /
-``ap.generate`` (:mod:`alignment_probe.generation`).
+``SuiteConfig.generation_tokens`` tokens (``MAX_NEW_TOKENS``; 16 in the tour) from the base, the tuned model, the
+base with the tuned model's ``resid_post`` patched in at mid-depth (lockstep decoding) and the base with the tuned
+model's mid-depth block transplanted. The conditions are fixed in advance, never chosen from the data. The general
+tool is ``alignment-probe generate`` / ``ap.generate`` (:mod:`alignment_probe.generation`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ def conditions(n_layers: int) -> list[str]:
 
 def _compute(plan: Plan) -> dict[str, Any]:
     prompts = sorted(plan.tokenized, key=lambda t: t.pair_id)[:N_PROMPTS]
-    rows = generate(plan.twins, prompts, conditions(plan.n_layers), max_new_tokens=MAX_NEW_TOKENS, seed=plan.cfg.seed)
-    return {"conditions": conditions(plan.n_layers), "max_new_tokens": MAX_NEW_TOKENS, "greedy": True, "rows": rows}
+    tokens = plan.cfg.generation_tokens
+    rows = generate(plan.twins, prompts, conditions(plan.n_layers), max_new_tokens=tokens, seed=plan.cfg.seed)
+    return {"conditions": conditions(plan.n_layers), "max_new_tokens": tokens, "greedy": True, "rows": rows}
 
 
 def summarize_generations(tables: Tables) -> dict[str, dict[str, Any]]:

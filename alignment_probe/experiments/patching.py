@@ -55,9 +55,14 @@ def patching_specs(n_layers: int, *, hooks: Sequence[str] = ("resid_post",), sco
 
 def _specs(plan: Plan) -> list[PatchSpec]:
     cfg = plan.cfg
-    return swept_only(plan, patching_specs(plan.n_layers, hooks=(cfg.hook, *cfg.extra_hooks),
-                                           scopes=(cfg.scope, *cfg.extra_scopes),
-                                           experiments=[e for e in DIRECTIONS if e in plan.selected]))
+    names = [e for e in DIRECTIONS if e in plan.selected]
+    extras = [e for e in names if cfg.reverse_extras or e == "patch_tuned_to_base"]
+    specs = patching_specs(plan.n_layers, hooks=(cfg.hook, *cfg.extra_hooks), scopes=(cfg.scope, *cfg.extra_scopes),
+                           experiments=extras)
+    if len(extras) < len(names):  # the reverse direction at the main hook and scope only (SuiteConfig.reverse_extras)
+        specs += patching_specs(plan.n_layers, hooks=(cfg.hook,), scopes=(cfg.scope,),
+                                experiments=["patch_base_to_tuned"])
+    return swept_only(plan, specs)
 
 
 def summarize_patching(tables: Tables) -> dict[str, dict[str, Any]]:

@@ -47,8 +47,11 @@ def per_layer_entry(rows: pd.DataFrame, tables: Any) -> dict[str, Any]:
 
 
 def swept_only(plan: Plan, specs: list[PatchSpec]) -> list[PatchSpec]:
-    """Keep the conditions at the swept layers (``--layers``). Conditions are built for every layer and
-    then filtered (random controls are seeded per layer), so a row of a subset run equals the same row
-    of a full sweep."""
-    keep = set(plan.cfg.swept_layers(plan.n_layers))
-    return [s for s in specs if s.key.layer in keep]
+    """Keep each experiment's conditions at the layers it sweeps (``--layers``, and a preset's coarse grid:
+    ``SuiteConfig.layers_for``). Conditions are built for every layer and then filtered (random controls are
+    seeded per layer), so a row of a subset run equals the same row of a full sweep."""
+    keep: dict[str, set[int]] = {}
+    for s in specs:
+        if s.key.experiment not in keep:
+            keep[s.key.experiment] = set(plan.cfg.layers_for(s.key.experiment, plan.n_layers))
+    return [s for s in specs if s.key.layer in keep[s.key.experiment]]

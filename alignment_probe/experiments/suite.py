@@ -39,11 +39,14 @@ from alignment_probe.engine.spec import HOOKS, Engine, PatchSpec
 from alignment_probe.errors import ConfigError
 from alignment_probe.experiments import registry
 from alignment_probe.experiments.alpha import DEFAULT_ALPHAS
+from alignment_probe.experiments.generations import MAX_NEW_TOKENS
 from alignment_probe.experiments.lowrank import DEFAULT_KS
+from alignment_probe.experiments.presets import DEFAULT_PRESET, PRESETS
 from alignment_probe.experiments.windows import DEFAULT_SUITE_WIDTHS, DEFAULT_WIDTHS
 from alignment_probe.experiments.registry import Experiment, Plan, Tables
 from alignment_probe.numerics import check_scores
 from alignment_probe.pair import Twins
+from alignment_probe.progress import Stages
 from alignment_probe.scoring import score_pairs
 from alignment_probe.tables import PartStore
 from alignment_probe.tokens import TokenizedPair
@@ -102,6 +105,15 @@ class SuiteConfig:
     # issue 12), 1 and 2 when the experiments are chosen (the manifest records the widths used)
     window_widths: tuple[int, ...] | None = None
     atp_confirm_k: int = 5  # E10 ``--confirm K``: exact patching of the K conditions attribution patching ranks highest
+    # The preset that filled in the options not given (``--suite``, :data:`PRESETS`); "full" for a configuration built
+    # field by field, as for every run directory made before presets existed (the manifest records it)
+    preset: str = "full"
+    # A coarse grid: these experiments sweep every ``coarse_step``-th swept layer, counted back from the last one
+    # (8 layers, step 2: 1, 3, 5, 7; :meth:`layers_for`); () : every experiment at every swept layer
+    coarse: tuple[str, ...] = ()
+    coarse_step: int = 2
+    reverse_extras: bool = True  # E3's reverse direction also at the extra hooks and scopes (False: the main ones)
+    generation_tokens: int = MAX_NEW_TOKENS  # E12 in the run: tokens decoded per prompt and condition
 
     def __post_init__(self) -> None:
         given = self.experiments.split(",") if isinstance(self.experiments, str) else self.experiments
@@ -112,7 +124,7 @@ class SuiteConfig:
             self.window_widths = DEFAULT_SUITE_WIDTHS if whole_suite else DEFAULT_WIDTHS
 
     # The list-valued options, merged by normalise(): names (a str is a comma-separated list) and numbers.
-    NAME_LISTS = ("experiments", "extra_hooks", "extra_scopes")
+    NAME_LISTS = ("experiments", "extra_hooks", "extra_scopes", "coarse")
     LAYER_LISTS = ("layers", "alpha_layers", "lowrank_layers")
     NUMBER_LISTS = (*LAYER_LISTS, "alphas", "lowrank_ks", "steer_cs", "window_widths")
 
@@ -193,6 +205,17 @@ class SuiteConfig:
                               f"some block out, e.g. --window-widths 1,2.")
         if n_layers is not None:
             self._check_named_experiments_have_conditions(n_layers)
+        if self.preset not in PRESETS:
+            raise ConfigError(f"--suite {self.preset!r}: unknown preset; choose from {', '.join(PRESETS)}.")
+        unknown = [e for e in self.coarse if e not in names]
+        if unknown:
+            raise ConfigError(f"coarse: unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(names)}.")
+        if not isinstance(self.coarse_step, int) or isinstance(self.coarse_step, bool) or self.coarse_step < 1:
+            raise ConfigError(f"coarse_step must be a whole number ≥ 1 (every k-th swept layer), got "
+                              f"{self.coarse_step!r}.")
+        if not isinstance(self.generation_tokens, int) or self.generation_tokens < 1:
+            raise ConfigError(f"generation_tokens must be a whole number ≥ 1 (tokens decoded per prompt), got "
+                              f"{self.generation_tokens!r}.")
         if self.atp_confirm_k < 1:
             raise ConfigError(f"--confirm must be at least 1, got {self.atp_confirm_k}.")
         if self.steer_k is not None and self.steer_k < 1:
@@ -227,8 +250,33 @@ class SuiteConfig:
         """The layers every per-layer experiment visits, ascending."""
         return sorted(set(self.layers)) if self.layers is not None else list(range(n_layers))
 
+    def layers_for(self, name: str, n_layers: int) -> list[int]:
+        """The layers experiment ``name`` sweeps, ascending: the swept layers, or on the coarse grid (``coarse``)
+        every ``coarse_step``-th of them counted back from the last, so the deepest swept layer is always in."""
+        swept = self.swept_layers(n_layers)
+        return sorted(swept[::-1][::self.coarse_step]) if name in self.coarse else swept
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def preset_config(preset: str = DEFAULT_PRESET, **given: Any) -> SuiteConfig:
+    """A :class:`SuiteConfig` from a named preset (presets.py): every option ``given`` (None counts as not given),
+    and where the run is the whole default suite (``experiments`` not given, or ``all`` among them) the preset's
+    options for the rest. Named experiments run whole, as when the window widths are chosen: naming an experiment
+    asks for all of it. ``layers`` given choose every experiment's grid, so the preset's coarse grid is then left
+    out (unless ``coarse`` is given too)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"--suite {preset!r}: unknown preset; choose from {', '.join(PRESETS)} "
+                          f"(default {DEFAULT_PRESET}).")
+    given = {k: v for k, v in given.items() if v is not None}
+    named = given.get("experiments", (ALL,))
+    named = named.split(",") if isinstance(named, str) else named
+    whole = ALL in (str(e).strip() for e in named) or set(_all_names()) <= set(named)
+    options = dict(PRESETS[preset].options) if whole else {}
+    if "layers" in given:
+        options.pop("coarse", None)
+    return SuiteConfig(**{**options, **given, "preset": preset})
 
 
 @dataclass
@@ -355,12 +403,6 @@ def group_tag(group: Sequence[TokenizedPair]) -> str:
     return f"{group[0].pair_id:06d}-{group[-1].pair_id:06d}"
 
 
-def describe_group(group: Sequence[TokenizedPair]) -> str:
-    """For the log: the group's size and prompt lengths (its pair ids are not a range, see :func:`pair_groups`)."""
-    lengths = [len(t.prompt_ids) for t in group]
-    return f"{len(group)} pair(s), prompts of {min(lengths)}–{max(lengths)} tokens"
-
-
 def canonical_tokens(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Parts of the long per-token table → one table in the canonical row order (that of ``tokens_to_frame``)."""
     from alignment_probe.effects import TOKEN_KEY_COLUMNS
@@ -378,14 +420,14 @@ def per_token_names() -> set[str]:
 
 
 def engine_part(store: PartStore, name: str, engine: Engine, pair: Twins, group: Sequence[TokenizedPair],
-                specs: Callable[[], Sequence[PatchSpec]], *, per_token: bool, progress: bool,
+                specs: Callable[[], Sequence[PatchSpec]], *, per_token: bool,
                 token_parts: list[pd.DataFrame]) -> pd.DataFrame:
     """One engine call on one group of pairs (``specs()``: its conditions, built only if a part is computed),
     stored as the effects part ``name``. With ``per_token`` (the stage has an ``Experiment.per_token``
     experiment) the same call also gives the long per-token table of those experiments' conditions, stored first
     as ``<stage>-tokens-<group>`` (appended to ``token_parts``)."""
     if not per_token:
-        return store.table(name, lambda: engine.run(pair, group, specs(), progress=progress))
+        return store.table(name, lambda: engine.run(pair, group, specs(), progress=False))
     if not hasattr(engine, "runs"):
         raise ConfigError(f"per-token maps need an exact engine (--engine fast or reference); {engine.name} has none.")
     from alignment_probe.engine.outputs import effects_table, token_table
@@ -395,7 +437,7 @@ def engine_part(store: PartStore, name: str, engine: Engine, pair: Twins, group:
 
     def both() -> dict[str, pd.DataFrame]:
         if not done:  # one engine call for both parts (a resumed run may need only one of them)
-            runs = list(engine.runs(pair, group, specs(), progress=progress))
+            runs = list(engine.runs(pair, group, specs(), progress=False))
             done["effects"] = effects_table(runs)
             done["tokens"] = token_table([r for r in runs if r[0].key.experiment in wanted], group)
         return done
@@ -403,6 +445,11 @@ def engine_part(store: PartStore, name: str, engine: Engine, pair: Twins, group:
     stage, _, tag = name.partition("-")
     token_parts.append(store.table(f"{stage}-tokens-{tag}", lambda: both()["tokens"]))
     return store.table(name, lambda: both()["effects"])
+
+
+def _real(*parts: Any) -> bool:
+    """Every one a table, none a placeholder for a part another process is computing."""
+    return all(isinstance(p, pd.DataFrame) for p in parts)
 
 
 def canonical_effects(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -419,7 +466,8 @@ def canonical_effects(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
 
 def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, cfg: SuiteConfig | None = None, *,
-              progress: bool = False, log: Callable[[str], None] = lambda s: None, store: PartStore | None = None,
+              progress: bool | Stages = False, log: Callable[[str], None] = lambda s: None,
+              store: PartStore | None = None,
               pairs_per_part: int | None = DEFAULT_PAIRS_PER_PART,
               extra_pairs: Mapping[str, Sequence[TokenizedPair]] | None = None) -> SuiteResult:
     """Run the chosen experiments on loaded twins and tokenised pairs.
@@ -428,10 +476,13 @@ def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, c
     parts it already holds are loaded, not recomputed. ``extra_pairs`` (tag → tokenised pairs, e.g. the
     transfer data of E11) are other pair sets a later stage's conditions may target: a condition whose
     ``key.split`` is a tag runs on that set (parts ``stage<n>-<tag>-<first>-<last>``), the others on the run's.
+    ``progress``: one progress display per stage (True, or the :class:`~alignment_probe.progress.Stages` of a
+    run that spans several passes); ``log`` gets a line per finished stage.
     """
     cfg = cfg or SuiteConfig()
     cfg.validate(pair.n_layers)
     store = store if store is not None else PartStore()
+    stages = progress if isinstance(progress, Stages) else Stages(progress, log, existing=store.names())
     tokenized = sorted(tokenized, key=lambda t: t.pair_id)
     groups = pair_groups(tokenized, pairs_per_part, ranks=store.ranks)
     n_layers, d_model = pair.n_layers, pair.d_model
@@ -444,8 +495,8 @@ def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, c
     stage_one_specs = stage_specs(stage_one, cfg, n_layers, d_model, upstream={}, **base_extra)
     clean = _shared_clean_pass(steps, cfg, pair, groups, engine, stage_one_specs)
     try:
-        return _run_stages(pair, groups, steps, engine, cfg, store, clean, base_extra, stage_one_specs, log=log,
-                           progress=progress)
+        return _run_stages(pair, groups, steps, engine, cfg, store, clean, base_extra, stage_one_specs,
+                           stages=stages)
     finally:
         if clean is not None:  # the kept activations are this run's: release them
             engine.keep = {}
@@ -479,10 +530,18 @@ def _shared_clean_pass(steps: Sequence[Step], cfg: SuiteConfig, pair: Twins, gro
     engine.keep = keep
     done: list[bool] = []
 
+    def held(group: list[TokenizedPair]) -> bool:
+        """Stage 1 ran this group here, so the engine kept its activations (the clean pass would run the models
+        again: it asks for stage 1's own hook points too, which are not kept)."""
+        kept = engine.kept
+        return all((t.pair_id, side) in kept.get(model, {}).get(name, {})
+                   for t in group for side in vocab.SIDES for model, names in keep.items() for name in names)
+
     def clean() -> Any:
         if not done:
             for group in groups:
-                engine.clean_pass(pair, group, stage_one_specs)  # nothing to run where stage 1 ran here
+                if not held(group):
+                    engine.clean_pass(pair, group, stage_one_specs)
             done.append(True)
         return engine.kept
 
@@ -491,7 +550,7 @@ def _shared_clean_pass(steps: Sequence[Step], cfg: SuiteConfig, pair: Twins, gro
 
 def _run_stages(pair: Twins, groups: list[list[TokenizedPair]], steps: list[Step], engine: Engine, cfg: SuiteConfig,
                 store: PartStore, clean: Callable[[], Any] | None, base_extra: dict[str, Any],
-                stage_one_specs: list[PatchSpec], *, log: Callable[[str], None], progress: bool) -> SuiteResult:
+                stage_one_specs: list[PatchSpec], *, stages: Stages) -> SuiteResult:
     """:func:`run_suite`'s stages, in order (see the module docstring)."""
     n_layers, d_model = pair.n_layers, pair.d_model
     fits: dict[str, Any] = {}
@@ -513,25 +572,38 @@ def _run_stages(pair: Twins, groups: list[list[TokenizedPair]], steps: list[Step
         stage = [s for s in steps if s.stage == number and s.experiment.compute is None]
         extra = {**base_extra, "upstream": upstream, "clean": clean}
         exact = [s for s in stage if s.experiment.estimator == "exact"]  # the others: _estimated
+        estimated = [s for s in stage if s not in exact]
+        # the stage's work in pairs: the run's pairs for its exact conditions (and the scores), once more per
+        # estimator, and the other pair sets' (E11's transfer pairs) in a later stage
+        n_pairs = sum(map(len, groups))
+        units = (n_pairs if exact or number == 1 else 0) + n_pairs * len({s.experiment.estimator for s in estimated})
+        if exact and number > 1:
+            units += sum(map(len, base_extra.get("extra_pairs", {}).values()))
         if number == 1:
-            scores, rows = _stage_one(pair, groups, engine, stage_one_specs, store, log=log, progress=progress,
+            what = f"scores and {len(stage_one_specs)} conditions"
+            stages.start(1, what, units)
+            scores, rows = _stage_one(pair, groups, engine, stage_one_specs, store, stages=stages,
                                       token_parts=token_parts, per_token=any(s.experiment.per_token for s in exact))
         else:
-            rows = _later_stage(number, exact, pair, groups, engine, cfg, store, fits, extra, log=log,
-                                progress=progress, token_parts=token_parts) if exact else pd.DataFrame()
-        rows = _estimated(number, [s for s in stage if s not in exact], rows, pair, groups, cfg, store, extra, log=log,
-                          progress=progress)
+            stages.start(number, ", ".join(s.experiment.key for s in stage), units)
+            rows = _later_stage(number, exact, pair, groups, engine, cfg, store, fits, extra, stages=stages,
+                                token_parts=token_parts) if exact else pd.DataFrame()
+            what = ", ".join(f"{s.experiment.key}" + (" (fit on all pairs)" if s.experiment.fit else "") for s in stage)
+        rows = _estimated(number, estimated, rows, pair, groups, cfg, store, extra, stages=stages)
+        stages.finish(number, f"{what}: {len(rows)} rows, {n_pairs} pairs in {len(groups)} part(s)"
+                      + (f" ({engine.name} engine)" if number == 1 else ""))
         if len(rows):
             ran(rows, stage)
-    for step in steps:
-        if step.experiment.compute is not None:
-            plan = _plan(step, cfg, n_layers, d_model, upstream=upstream, scores=scores, clean=clean, **base_extra)
-
-            def compute(step: Step = step, plan: Plan = plan) -> dict[str, Any]:
-                log(f"stage {step.stage}: {step.experiment.key} ({', '.join(step.computed)}) on all pairs")
-                return step.experiment.compute(plan)
-
-            fits[step.experiment.key] = store.json(step.experiment.key, compute)
+    computes = [s for s in steps if s.experiment.compute is not None]
+    if computes:
+        number = computes[0].stage
+        stages.start(number, ", ".join(s.experiment.key for s in computes), len(computes), unit="step")
+    for step in computes:
+        plan = _plan(step, cfg, n_layers, d_model, upstream=upstream, scores=scores, clean=clean, **base_extra)
+        fits[step.experiment.key] = store.json(step.experiment.key, lambda s=step, p=plan: s.experiment.compute(p))
+        stages.done(step.stage, f"{step.experiment.key}.json", 1)
+    if computes:
+        stages.finish(computes[0].stage, ", ".join(s.experiment.key for s in computes) + " on all pairs")
     # effects.parquet, as written; with no patched condition (e.g. shift alone) still the table's columns, which
     # every summary reads
     effects = pd.concat(tables, ignore_index=True) if tables else to_frame([])
@@ -542,16 +614,12 @@ def _run_stages(pair: Twins, groups: list[list[TokenizedPair]], steps: list[Step
 
 
 def _stage_one(pair: Twins, groups: list[list[TokenizedPair]], engine: Engine, specs: list[PatchSpec],
-               store: PartStore, *, log: Callable[[str], None], progress: bool, per_token: bool,
+               store: PartStore, *, stages: Stages, per_token: bool,
                token_parts: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scores and every stage-1 condition, one group of pairs at a time."""
-    n_pairs = sum(len(g) for g in groups)
-    log(f"stage 1: scoring and {len(specs)} per-layer conditions × {n_pairs} pairs in {len(groups)} "
-        f"part(s) ({engine.name} engine)")
     score_parts, effect_parts = [], []
-    for n, group in enumerate(groups, 1):
+    for group in groups:
         tag = group_tag(group)
-        done = store.has(f"scores-{tag}.parquet") and (not specs or store.has(f"stage1-{tag}.parquet"))
 
         def score(group: list[TokenizedPair] = group) -> pd.DataFrame:
             # One clean pass per model for the run: the fast engine scored these sequences in its clean runs
@@ -563,16 +631,16 @@ def _stage_one(pair: Twins, groups: list[list[TokenizedPair]], engine: Engine, s
 
         if specs:
             effect_parts.append(engine_part(store, f"stage1-{tag}", engine, pair, group, lambda: specs,
-                                            per_token=per_token, progress=progress, token_parts=token_parts))
+                                            per_token=per_token, token_parts=token_parts))
         score_parts.append(store.table(f"scores-{tag}", score))
-        log(f"stage 1: part {n}/{len(groups)} ({describe_group(group)}) {'already done' if done else 'done'}")
+        stages.done(1, f"stage1-{tag}.parquet", len(group), real=_real(score_parts[-1], *effect_parts[-1:]))
     scores = pd.concat(score_parts, ignore_index=True).sort_values("pair_id", kind="stable").reset_index(drop=True)
     return scores, canonical_effects(effect_parts)
 
 
 def _later_stage(number: int, stage: list[Step], pair: Twins, groups: list[list[TokenizedPair]], engine: Engine,
                  cfg: SuiteConfig, store: PartStore, fits: dict[str, Any], extra: dict[str, Any], *,
-                 log: Callable[[str], None], progress: bool, token_parts: list[pd.DataFrame]) -> pd.DataFrame:
+                 stages: Stages, token_parts: list[pd.DataFrame]) -> pd.DataFrame:
     """A stage after the first: its fits on all pairs (computed only when some part still needs them),
     then its conditions per group of pairs."""
     n_layers, d_model = pair.n_layers, pair.d_model
@@ -588,7 +656,6 @@ def _later_stage(number: int, stage: list[Step], pair: Twins, groups: list[list[
 
     def fitted_of(step: Step) -> Any:
         if step.experiment.key not in fitted:
-            log(f"stage {number}: fitting {step.experiment.key} ({', '.join(step.computed)}) on all pairs")
             fitted[step.experiment.key] = step.experiment.fit(_plan(step, cfg, n_layers, d_model, **extra))
         return fitted[step.experiment.key]
 
@@ -613,22 +680,18 @@ def _later_stage(number: int, stage: list[Step], pair: Twins, groups: list[list[
         return [s for s in specs() if (s.key.split == tag if tag is not None else s.key.split not in other)]
 
     parts = []
-    for n, (group, name) in enumerate(zip(groups, names), 1):
-        done = store.has(name)
+    for group, name in zip(groups, names):
         parts.append(engine_part(store, name.removesuffix(".parquet"), engine, pair, group, lambda: specs_for(None),
-                                 per_token=any(s.experiment.per_token for s in stage), progress=progress,
-                                 token_parts=token_parts))
-        log(f"stage {number}: part {n}/{len(groups)} ({describe_group(group)}) {'already done' if done else 'done'}")
+                                 per_token=any(s.experiment.per_token for s in stage), token_parts=token_parts))
+        stages.done(number, name, len(group), real=_real(parts[-1]))
     for tag, tag_groups in other.items():
-        for n, (group, name) in enumerate(zip(tag_groups, other_names[tag]), 1):
+        for group, name in zip(tag_groups, other_names[tag]):
             def run_other(g: list[TokenizedPair] = group, t: str = tag) -> pd.DataFrame:
                 chosen = specs_for(t)
-                return engine.run(pair, g, chosen, progress=progress) if chosen else pd.DataFrame()
+                return engine.run(pair, g, chosen, progress=False) if chosen else pd.DataFrame()
 
-            done = store.has(name)
             parts.append(store.table(name.removesuffix(".parquet"), run_other))
-            log(f"stage {number}: {tag} part {n}/{len(tag_groups)} ({describe_group(group)}) "
-                f"{'already done' if done else 'done'}")
+            stages.done(number, name, len(group), real=_real(parts[-1]))
     return canonical_effects(parts)
 
 
@@ -647,8 +710,7 @@ def estimator_engine(name: str) -> Engine:
 
 
 def _estimated(number: int, stage: list[Step], rows: pd.DataFrame, pair: Twins, groups: list[list[TokenizedPair]],
-               cfg: SuiteConfig, store: PartStore, extra: dict[str, Any], *, log: Callable[[str], None],
-               progress: bool) -> pd.DataFrame:
+               cfg: SuiteConfig, store: PartStore, extra: dict[str, Any], *, stages: Stages) -> pd.DataFrame:
     """A stage's conditions that an estimator computes instead of the run's engine (``Experiment.estimator``,
     e.g. attribution patching), per group of pairs in parts ``stage<n>-<estimator>-<first>-<last>``, added to
     the stage's exact ``rows`` in the canonical order (the exact rows keep theirs)."""
@@ -661,8 +723,8 @@ def _estimated(number: int, stage: list[Step], rows: pd.DataFrame, pair: Twins, 
         if not specs:
             continue
         engine = estimator_engine(name)
-        log(f"stage {number}: {len(specs)} conditions estimated by {name} ({engine.name} engine)")
         for group in groups:
-            parts.append(store.table(f"stage{number}-{name}-{group_tag(group)}",
-                                     lambda g=group, e=engine, c=specs: e.run(pair, g, c, progress=progress)))
+            part = f"stage{number}-{name}-{group_tag(group)}"
+            parts.append(store.table(part, lambda g=group, e=engine, c=specs: e.run(pair, g, c, progress=False)))
+            stages.done(number, f"{part}.parquet", len(group), real=_real(parts[-1]))
     return canonical_effects(parts) if len(parts) > 1 else rows

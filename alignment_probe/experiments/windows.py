@@ -74,7 +74,7 @@ def window_specs(plan: Plan) -> list[PatchSpec]:
         target, source = DIRECTIONS[name]
         for w in window_widths(plan.cfg):
             specs += [PatchSpec(RowKey(name, target, source, "blocks", "all", "both", a, float(w)), Transplant(w))
-                      for a in plan.cfg.swept_layers(n) if a + w <= n and w < n]
+                      for a in plan.cfg.layers_for(name, n) if a + w <= n and w < n]
         if name == TRANSPLANT:
             specs.append(PatchSpec(RowKey(name, target, source, "blocks", "all", "both", 0, float(n)), Transplant(n)))
     return specs

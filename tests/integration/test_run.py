@@ -177,3 +177,82 @@ def test_the_command_line_runs_a_narrow_model_on_one_thread_and_puts_the_count_b
         assert json.loads((tmp_path / "chosen" / "manifest.json").read_text())["environment"]["torch_num_threads"] == 2
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------ presets (issue 25)
+@pytest.fixture(scope="module")
+def full_suite_run(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "suite-full"
+    assert main(_args(tiny, out, "--suite", "full")) == 0
+    return out
+
+
+def test_the_default_run_is_the_tour_and_its_rows_are_the_full_suites(full_run, full_suite_run):
+    """The tour drops conditions and changes none: every row of the default run equals the --suite full run's row
+    of the same key, bit for bit; the full run has the rest (the reverse's extra hooks, the coarse experiments off
+    the tour's grid: layers 1 and 3 of 4)."""
+    tour_manifest = json.loads((full_run / "manifest.json").read_text())["config"]
+    full_manifest = json.loads((full_suite_run / "manifest.json").read_text())["config"]
+    assert tour_manifest["suite"]["preset"] == "tour" and full_manifest["suite"]["preset"] == "full"
+    tour = pd.read_parquet(full_run / "effects.parquet")
+    full = pd.read_parquet(full_suite_run / "effects.parquet")
+    key = ["experiment", "target", "source", "hook", "scope", "sides", "layer", "param", "split", "pair_id"]
+    joined = tour.merge(full, on=key, how="left", suffixes=("", "_full"), indicator=True)
+    assert (joined["_merge"] == "both").all()
+    for column in ("effect", "patched_delta_logp", "clean_delta_logp"):
+        assert (joined[column] == joined[f"{column}_full"]).all(), column
+    assert sorted(tour.query("experiment == 'alpha'").layer.unique()) == [1, 3]
+    assert sorted(full.query("experiment == 'alpha'").layer.unique()) == [0, 1, 2, 3]
+    assert set(tour.query("experiment == 'patch_base_to_tuned'").hook) == {"resid_post"}
+    assert set(full.query("experiment == 'patch_base_to_tuned'").hook) == {"resid_post", "attn_out", "mlp_out"}
+    assert len(full) > len(tour)
+    # every report section is in both
+    for out in (full_run, full_suite_run):
+        s = json.loads((out / "summary.json").read_text())
+        assert set(s["experiments"]) == set(EXPERIMENT_NAMES)
+    tour_gen = json.loads((full_run / "summary.json").read_text())["experiments"]["generations"]
+    assert tour_gen["max_new_tokens"] == 16 and all(len(r["token_ids"]) <= 16 for r in tour_gen["rows"])
+
+
+def test_the_log_is_one_line_per_stage_with_no_file_names_or_library_chatter(tiny, tmp_path, capfd):
+    assert main(_args(tiny, tmp_path / "log", "--procs", "1")) == 0
+    out, err = capfd.readouterr()
+    text = out + err.replace("\r", "\n")
+    assert "Moving model to device" not in text and "Loading weights" not in text
+    assert ".parquet" not in text and ".json" not in text  # no part file lists
+    done = [line for line in text.splitlines() if " done in " in line]
+    assert [line.split(" done in ")[0] for line in done] == ["stage 1", "stage 2", "stage 3"], done
+
+
+def test_a_run_directory_made_before_presets_resumes_as_the_full_suite(tiny, tmp_path, full_suite_run, capsys):
+    """Its manifest lacks the preset and the options that came with it; they ran as their defaults, i.e. full."""
+    import shutil
+
+    out = tmp_path / "old"
+    shutil.copytree(full_suite_run, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for k in ("preset", "coarse", "coarse_step", "reverse_extras", "generation_tokens"):
+        del manifest["config"]["suite"][k]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert ap.load_run(out).summary == json.loads((full_suite_run / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(_args(tiny, out)) == 2  # the tour is another configuration: refused, naming the way to resume
+    assert "--suite full" in capsys.readouterr().err
+    assert main(_args(tiny, out, "--suite", "full")) == 0
+    err = capsys.readouterr().err
+    assert "resuming the run" in err and "different configuration" not in err
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "effects.parquet"),
+                                  pd.read_parquet(full_suite_run / "effects.parquet"))
+
+
+def test_run_suite_takes_the_preset_by_name(tiny, tmp_path):
+    from alignment_probe.errors import ConfigError
+
+    common = dict(base=tiny.base, tuned=tiny.tuned, data=PAIRS_DATA, max_length=72, n_boot=50, progress=False)
+    run = ap.run_suite(tmp_path / "full", suite="full", experiments=("identity",), n_pairs=4, **common)
+    assert run.manifest["config"]["suite"]["preset"] == "full" and run.manifest["config"]["n_pairs"] == 4
+    with pytest.raises(ConfigError, match="--suite 'quick'"):
+        ap.run_suite(tmp_path / "bad", suite="quick", **common)
+    with pytest.raises(ConfigError, match="n_pairs='some'"):
+        ap.run_suite(tmp_path / "bad", n_pairs="some", **common)
+    assert not (tmp_path / "bad").exists()
