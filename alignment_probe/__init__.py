@@ -31,9 +31,22 @@ from typing import Any
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it); tag releases vX.Y.Z
 
-_API = ("load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run", "run_suite",
-        "completion_logprob", "sequence_tokens", "TokenizedPairs", "generate",
-        "export_activations")
+_API = (
+    "load_twins",
+    "load_pairs",
+    "score",
+    "sweep",
+    "curves",
+    "plot",
+    "list_experiments",
+    "load_run",
+    "run_suite",
+    "completion_logprob",
+    "sequence_tokens",
+    "TokenizedPairs",
+    "generate",
+    "export_activations",
+)
 __all__ = [*_API, "__version__"]
 
 

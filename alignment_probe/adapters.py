@@ -34,8 +34,16 @@ from alignment_probe.manifest import sha256_file
 
 MERGE_MARKER = "alignment-probe-merge.json"
 WEIGHTS = "model.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
 
 
 def _weights_sha(folder: Path) -> str:
@@ -72,14 +80,22 @@ def check_base_name(adapter_dir: Path, adapter_cfg: dict[str, Any], base_spec: s
     raise AdapterError(
         f"The adapter {adapter_dir} was trained on {named!r} (base_model_name_or_path in {ADAPTER_CONFIG}), but --base is "
         f"{base_spec}. Pass --base {named}, or, if {base_spec} really is that model under another name, set "
-        f"base_model_name_or_path in {ADAPTER_CONFIG} to it.")
+        f"base_model_name_or_path in {ADAPTER_CONFIG} to it."
+    )
 
 
-def merge_adapter(base_dir: str | os.PathLike[str], adapter_dir: str | os.PathLike[str], *,
-                  cache_dir: str | os.PathLike[str] | None = None,
-                  base_spec: str | None = None, check_name: bool = True, prefix: str = "merged-",
-                  extra_files: tuple[Path, ...] = (), extra_marker: dict[str, Any] | None = None,
-                  base_sha: str | None = None) -> Path:
+def merge_adapter(
+    base_dir: str | os.PathLike[str],
+    adapter_dir: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    base_spec: str | None = None,
+    check_name: bool = True,
+    prefix: str = "merged-",
+    extra_files: tuple[Path, ...] = (),
+    extra_marker: dict[str, Any] | None = None,
+    base_sha: str | None = None,
+) -> Path:
     """The folder of ``base_dir`` + ``adapter_dir`` merged (float32), made once and cached.
 
     ``check_name`` refuses an adapter that names another base (:func:`check_base_name`); callers that
@@ -96,14 +112,20 @@ def merge_adapter(base_dir: str | os.PathLike[str], adapter_dir: str | os.PathLi
     if check_name:
         check_base_name(adapter_dir, adapter_cfg, base_spec or str(base_dir), base_dir)
     base_sha = base_sha or _weights_sha(base_dir)
-    adapter_sha = {p.name: sha256_file(p) for p in sorted(adapter_dir.iterdir())
-                   if p.is_file() and (p.name == ADAPTER_CONFIG or p.name in ADAPTER_WEIGHTS)}
+    adapter_sha = {
+        p.name: sha256_file(p)
+        for p in sorted(adapter_dir.iterdir())
+        if p.is_file() and (p.name == ADAPTER_CONFIG or p.name in ADAPTER_WEIGHTS)
+    }
     key = hashlib.sha256(json.dumps([base_sha, adapter_sha], sort_keys=True).encode()).hexdigest()[:16]
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
     target = root / f"{prefix.replace('llama', 'lm')}{key}"
     marker = _read_json(target / MERGE_MARKER)
-    if marker and marker.get("key") == key and all(
-            (target / n).is_file() and (target / n).stat().st_size == i["size"] for n, i in marker["files"].items()):
+    if (
+        marker
+        and marker.get("key") == key
+        and all((target / n).is_file() and (target / n).stat().st_size == i["size"] for n, i in marker["files"].items())
+    ):
         return target
 
     root.mkdir(parents=True, exist_ok=True)
@@ -120,10 +142,19 @@ def merge_adapter(base_dir: str | os.PathLike[str], adapter_dir: str | os.PathLi
                 shutil.copyfile(base_dir / name, tmp / name)
         for f in extra_files:
             shutil.copyfile(f, tmp / f.name)
-        info = {"key": key, "base": str(base_dir), "base_weights_sha256": base_sha, "adapter": str(adapter_dir),
-                "adapter_sha256": adapter_sha, **(extra_marker or {}),
-                "files": {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
-                          for f in sorted(tmp.iterdir()) if f.is_file()}}
+        info = {
+            "key": key,
+            "base": str(base_dir),
+            "base_weights_sha256": base_sha,
+            "adapter": str(adapter_dir),
+            "adapter_sha256": adapter_sha,
+            **(extra_marker or {}),
+            "files": {
+                f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
+                for f in sorted(tmp.iterdir())
+                if f.is_file()
+            },
+        }
         (tmp / MERGE_MARKER).write_text(json.dumps(info, indent=2) + "\n")
         publish_directory(tmp, target, is_complete=lambda d: (d / MERGE_MARKER).is_file())
     finally:
@@ -137,16 +168,20 @@ def _merge(base: Any, adapter_dir: Path, base_dir: Path) -> Any:
     try:
         from peft import PeftModel
     except ImportError:  # peft is an optional dependency (the train extra): say how to get it
-        raise AdapterError(f"--tuned {adapter_dir} is a peft adapter, and merging it onto the base needs the peft "
-                           "package, which is not installed: pip install peft (or pip install 'alignment-probe[train]'), "
-                           "or pass the merged checkpoint folder as --tuned.") from None
+        raise AdapterError(
+            f"--tuned {adapter_dir} is a peft adapter, and merging it onto the base needs the peft "
+            "package, which is not installed: pip install peft (or pip install 'alignment-probe[train]'), "
+            "or pass the merged checkpoint folder as --tuned."
+        ) from None
 
     try:
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as exc:  # size mismatch; target modules not found
         reason = str(exc) if len(str(exc)) <= 400 else str(exc)[:400] + " ..."
-        raise AdapterError(f"The adapter {adapter_dir} does not fit the base {base_dir} ({type(exc).__name__}: {reason}). "
-                           "It was trained on a model of another size or family; pass the base it was trained on.") from exc
+        raise AdapterError(
+            f"The adapter {adapter_dir} does not fit the base {base_dir} ({type(exc).__name__}: {reason}). "
+            "It was trained on a model of another size or family; pass the base it was trained on."
+        ) from exc
     leftovers = [n for n in merged.state_dict() if "lora_" in n or "base_layer" in n]
     if leftovers:
         raise RuntimeError(f"merge_and_unload left adapter tensors behind: {leftovers[:3]}")

@@ -31,12 +31,29 @@ from alignment_probe.errors import ConfigError
 if TYPE_CHECKING:  # the type only: the ap. names import torch when first called, not at `import alignment_probe`
     from alignment_probe.pair import Twins
 
-__all__ = ["load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run", "run_suite",
-           "completion_logprob", "sequence_tokens", "TokenizedPairs"]
+__all__ = [
+    "load_twins",
+    "load_pairs",
+    "score",
+    "sweep",
+    "curves",
+    "plot",
+    "list_experiments",
+    "load_run",
+    "run_suite",
+    "completion_logprob",
+    "sequence_tokens",
+    "TokenizedPairs",
+]
 
 
-def load_twins(base: str | os.PathLike[str] | None = None, tuned: str | os.PathLike[str] | None = None, *,
-               device: str | None = "cpu", dtype: str = "float32") -> Twins:
+def load_twins(
+    base: str | os.PathLike[str] | None = None,
+    tuned: str | os.PathLike[str] | None = None,
+    *,
+    device: str | None = "cpu",
+    dtype: str = "float32",
+) -> Twins:
     """Load a base model and its tuned twin as unprocessed HookedTransformers, checked compatible.
 
     ``base``/``tuned``: hub names TransformerLens knows or local Hugging Face checkpoint folders;
@@ -60,9 +77,17 @@ class TokenizedPairs(list):
     report: Any = None
 
 
-def load_pairs(data: str | os.PathLike[str] | None = None, *, n: int | None = 16, seed: int = 0,
-               tokenizer: Any = None, max_length: int | None = 512, data_dir: str | None = None,
-               split: str = "test", chat_template: str | None = "none") -> TokenizedPairs:
+def load_pairs(
+    data: str | os.PathLike[str] | None = None,
+    *,
+    n: int | None = 16,
+    seed: int = 0,
+    tokenizer: Any = None,
+    max_length: int | None = 512,
+    data_dir: str | None = None,
+    split: str = "test",
+    chat_template: str | None = "none",
+) -> TokenizedPairs:
     """Read preference pairs (HH-RLHF JSONL, prompt/chosen/rejected JSONL, or a hub dataset name), draw a
     seeded sample of ``n`` usable pairs (None: all) and tokenise them with ``tokenizer`` (BOS + prompt +
     completion; prompts longer than ``max_length`` lose tokens from the left). ``data=None``: the bundled
@@ -82,8 +107,9 @@ def load_pairs(data: str | os.PathLike[str] | None = None, *, n: int | None = 16
     from alignment_probe.chat import resolve_chat_template
 
     chat = resolve_chat_template(chat_template, tokenizer)
-    out = TokenizedPairs(sample_and_tokenize(pairs, tokenizer, n_pairs=n, seed=seed, max_length=max_length,
-                                             report=report, chat=chat))
+    out = TokenizedPairs(
+        sample_and_tokenize(pairs, tokenizer, n_pairs=n, seed=seed, max_length=max_length, report=report, chat=chat)
+    )
     out.report = report
     return out
 
@@ -95,9 +121,16 @@ def score(twins: Twins, pairs: Sequence[Any], *, batch_size: int = 8) -> pd.Data
     return score_pairs(twins, pairs, batch_size=batch_size)
 
 
-def generate(twins: Twins, prompts: Sequence[Any], *, conditions: Sequence[str] | str = ("base", "tuned"),
-             max_new_tokens: int = 32, seed: int = 0, temperature: float = 0.0,
-             steer_pairs: Sequence[Any] | None = None) -> Any:
+def generate(
+    twins: Twins,
+    prompts: Sequence[Any],
+    *,
+    conditions: Sequence[str] | str = ("base", "tuned"),
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    temperature: float = 0.0,
+    steer_pairs: Sequence[Any] | None = None,
+) -> Any:
     """E12: decode ``prompts`` (tokenised pairs from :func:`load_pairs`, strings or token-id lists) from base,
     tuned and the base under ``conditions`` — ``patch:HOOK@LAYER`` (the tuned activation on the same prefix,
     decoded in lockstep), ``window@START[:WIDTH]`` (a transplant), ``base``, ``tuned``. Greedy unless
@@ -106,19 +139,26 @@ def generate(twins: Twins, prompts: Sequence[Any], *, conditions: Sequence[str] 
     prompts) at the predicting positions. Returns a list of
     ``{"pair_id", "condition", "text", "token_ids", "prompt"}`` shown side by side in a notebook
     (``.to_frame()``: a table; ``.write(dir)``: generations.jsonl and generations.html)."""
+    from alignment_probe.experiments.steering import fit_steer_shifts
     from alignment_probe.generation import Generations
     from alignment_probe.generation import generate as run
 
-    from alignment_probe.experiments.steering import fit_steer_shifts
-
     shifts = fit_steer_shifts(twins, conditions, steer_pairs)
-    rows = run(twins, prompts, conditions, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-               shifts=shifts)
+    rows = run(
+        twins, prompts, conditions, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, shifts=shifts
+    )
     return Generations(rows, twins.tokenizer)
 
 
-def export_activations(twins: Twins, pairs: Sequence[Any], out: str, *, hooks: Sequence[str] = ("resid_post",),
-                       layers: Sequence[int] | None = None, positions: str = "all") -> Any:
+def export_activations(
+    twins: Twins,
+    pairs: Sequence[Any],
+    out: str,
+    *,
+    hooks: Sequence[str] = ("resid_post",),
+    layers: Sequence[int] | None = None,
+    positions: str = "all",
+) -> Any:
     """Paired clean activations of base and tuned on ``pairs`` (row-aligned, with pair/side/position/token
     indices) as one safetensors file, for crosscoder or SAE-diff training elsewhere (exports.py shows how to
     load it)."""
@@ -127,9 +167,19 @@ def export_activations(twins: Twins, pairs: Sequence[Any], out: str, *, hooks: S
     return run(twins, pairs, out, hooks=hooks, layers=layers, positions=positions)
 
 
-def sweep(twins: Twins, pairs: Sequence[Any], *, experiments: Sequence[str] = ("patch_tuned_to_base",),
-          hooks: Sequence[str] = ("resid_post",), layers: Sequence[int] | None = None, scope: str = "all",
-          engine: str = "fast", seed: int = 0, progress: bool = True, **options: Any) -> pd.DataFrame:
+def sweep(
+    twins: Twins,
+    pairs: Sequence[Any],
+    *,
+    experiments: Sequence[str] = ("patch_tuned_to_base",),
+    hooks: Sequence[str] = ("resid_post",),
+    layers: Sequence[int] | None = None,
+    scope: str = "all",
+    engine: str = "fast",
+    seed: int = 0,
+    progress: bool = True,
+    **options: Any,
+) -> pd.DataFrame:
     """Patch every layer (or ``layers``) at each hook point for each per-layer experiment; returns the
     tidy effects table (one row per pair × condition, see effects.py).
 
@@ -147,16 +197,24 @@ def sweep(twins: Twins, pairs: Sequence[Any], *, experiments: Sequence[str] = ("
     allowed = registry.per_layer_names()
     bad = [e for e in experiments if e not in allowed]
     if bad:
-        raise ConfigError(f"ap.sweep runs experiments that emit per-layer rows; {', '.join(map(repr, bad))} "
-                          f"{'is' if len(bad) == 1 else 'are'} not one. Choose from {', '.join(allowed)} (the "
-                          "others need the whole suite: use `alignment-probe run --experiments ...`).")
+        raise ConfigError(
+            f"ap.sweep runs experiments that emit per-layer rows; {', '.join(map(repr, bad))} "
+            f"{'is' if len(bad) == 1 else 'are'} not one. Choose from {', '.join(allowed)} (the "
+            "others need the whole suite: use `alignment-probe run --experiments ...`)."
+        )
     if not hooks:
         raise ConfigError("hooks is empty; pass at least one hook point, e.g. hooks=['resid_post'].")
     specs = []
     options.setdefault("extra_hooks", ())  # ``hooks`` are the hook points: none besides them
     for hook in hooks:
-        cfg = SuiteConfig(experiments=tuple(experiments), hook=hook, scope=scope,
-                          layers=None if layers is None else tuple(int(x) for x in layers), seed=seed, **options)
+        cfg = SuiteConfig(
+            experiments=tuple(experiments),
+            hook=hook,
+            scope=scope,
+            layers=None if layers is None else tuple(int(x) for x in layers),
+            seed=seed,
+            **options,
+        )
         cfg.validate(twins.n_layers)
         specs += per_layer_specs(cfg, twins.n_layers, twins.d_model)
     # one hook's extra hooks may be another of ``hooks`` (hooks=["resid_post", "mlp_out"], extra_hooks=["mlp_out"]):
@@ -179,8 +237,9 @@ def curves(effects: pd.DataFrame, *, seed: int = 0, n_boot: int = 2000) -> pd.Da
     return _curves(effects, seed=seed, n_boot=n_boot)
 
 
-def plot(effects: pd.DataFrame, *, title: str = "Per-layer effect by condition", seed: int = 0,
-         n_boot: int = 2000) -> Any:
+def plot(
+    effects: pd.DataFrame, *, title: str = "Per-layer effect by condition", seed: int = 0, n_boot: int = 2000
+) -> Any:
     """A plotly Figure: one line with its 95% CI band per condition of an effects table (or of ``curves``)."""
     from alignment_probe.report.curves import plot as _plot
 
@@ -205,11 +264,23 @@ def load_run(path: str | os.PathLike[str]) -> Any:
     return _load(Path(path))
 
 
-def run_suite(out: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None,
-        tuned: str | os.PathLike[str] | None = None, data: str | os.PathLike[str] | None = None,
-        experiments: Sequence[str] | None = None, suite: str = "tour", n_pairs: int | None | str = "preset",
-        max_length: int = 512, device: str = "cpu", dtype: str = "float32", engine: str = "fast",
-        progress: bool = True, force: bool = False, **options: Any) -> Any:
+def run_suite(
+    out: str | os.PathLike[str],
+    *,
+    base: str | os.PathLike[str] | None = None,
+    tuned: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    experiments: Sequence[str] | None = None,
+    suite: str = "tour",
+    n_pairs: int | None | str = "preset",
+    max_length: int = 512,
+    device: str = "cpu",
+    dtype: str = "float32",
+    engine: str = "fast",
+    progress: bool = True,
+    force: bool = False,
+    **options: Any,
+) -> Any:
     """``alignment-probe run`` from Python: the whole suite into the run directory ``out`` (resumable),
     returned as :func:`load_run` reads it (not ``ap.run``: that name is the module ``alignment_probe.run``).
     Models and data default to the bundled organisms. ``suite``: the preset, ``"tour"`` (the default) or
@@ -230,11 +301,23 @@ def run_suite(out: str | os.PathLike[str], *, base: str | os.PathLike[str] | Non
     if n_pairs == "preset":
         n_pairs = PRESETS[suite].n_pairs
     elif isinstance(n_pairs, str):
-        raise ConfigError(f"n_pairs={n_pairs!r}: give a number of pairs, None for every pair, or \"preset\" for the "
-                          "preset's number.")
-    req = RunRequest(base=str(base), tuned=str(tuned), data=str(data if data is not None else bundled_pairs_path()),
-                     out=Path(out), suite=cfg, n_pairs=n_pairs, max_length=max_length, device=device, dtype=dtype,
-                     engine=engine, force=force, argv=["ap.run"])
+        raise ConfigError(
+            f'n_pairs={n_pairs!r}: give a number of pairs, None for every pair, or "preset" for the preset\'s number.'
+        )
+    req = RunRequest(
+        base=str(base),
+        tuned=str(tuned),
+        data=str(data if data is not None else bundled_pairs_path()),
+        out=Path(out),
+        suite=cfg,
+        n_pairs=n_pairs,
+        max_length=max_length,
+        device=device,
+        dtype=dtype,
+        engine=engine,
+        force=force,
+        argv=["ap.run"],
+    )
     execute(req, progress=progress, log=print if progress else (lambda s: None))
     return load_run(out)
 
@@ -251,8 +334,9 @@ def sequence_tokens(pair: Any, side: str = "chosen") -> Any:
     return torch.tensor([list(seq.prompt_ids) + list(seq.completion_ids)], dtype=torch.long)
 
 
-def completion_logprob(model: Any, pair: Any, side: str = "chosen",
-                       fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = ()) -> float:
+def completion_logprob(
+    model: Any, pair: Any, side: str = "chosen", fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = ()
+) -> float:
     """log p(completion | prompt) of one side of a tokenised pair under ``model`` (a HookedTransformer),
     with any TransformerLens forward hooks applied: the building block of a hand-made patch."""
     import torch
@@ -261,6 +345,6 @@ def completion_logprob(model: Any, pair: Any, side: str = "chosen",
     tokens = sequence_tokens(pair, side).to(model.cfg.device)
     with torch.inference_mode():
         logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
-    logp = logits[0, seq.completion_start - 1: seq.length - 1].float().log_softmax(-1)
-    target = tokens[0, seq.completion_start: seq.length]
+    logp = logits[0, seq.completion_start - 1 : seq.length - 1].float().log_softmax(-1)
+    target = tokens[0, seq.completion_start : seq.length]
     return float(logp.gather(-1, target[:, None]).sum())

@@ -45,18 +45,26 @@ class ChatFormat:
         for the assistant's reply ``completion``."""
         messages = dialogue_messages(prompt)
         try:
-            head = tokenizer.apply_chat_template(messages, chat_template=self.template, tokenize=False,
-                                                 add_generation_prompt=True)
-            full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion.strip()}],
-                                                 chat_template=self.template, tokenize=False)
+            head = tokenizer.apply_chat_template(
+                messages, chat_template=self.template, tokenize=False, add_generation_prompt=True
+            )
+            full = tokenizer.apply_chat_template(
+                messages + [{"role": "assistant", "content": completion.strip()}],
+                chat_template=self.template,
+                tokenize=False,
+            )
         except Exception as exc:  # jinja errors, templates that refuse a role order
-            raise ConfigError(f"--chat-template ({self.source}) cannot render a dialogue ({type(exc).__name__}: "
-                              f"{exc}); pass another template file or --chat-template none.") from exc
+            raise ConfigError(
+                f"--chat-template ({self.source}) cannot render a dialogue ({type(exc).__name__}: "
+                f"{exc}); pass another template file or --chat-template none."
+            ) from exc
         if not full.startswith(head):
-            raise ConfigError(f"--chat-template ({self.source}) renders the prompt differently with and without the "
-                              "assistant's reply, so the reply's tokens are not defined; pass a template file whose "
-                              "generation prompt is a prefix of the rendered reply, or --chat-template none.")
-        return head, full[len(head):]
+            raise ConfigError(
+                f"--chat-template ({self.source}) renders the prompt differently with and without the "
+                "assistant's reply, so the reply's tokens are not defined; pass a template file whose "
+                "generation prompt is a prefix of the rendered reply, or --chat-template none."
+            )
+        return head, full[len(head) :]
 
 
 def dialogue_messages(prompt: str) -> list[dict[str, str]]:
@@ -92,8 +100,10 @@ def resolve_chat_template(mode: str | None, tokenizer: Any, tuned_tokenizer: Any
         return None
     path = Path(mode).expanduser()
     if not path.is_file():
-        raise ConfigError(f"--chat-template {mode!r} is not a file; use auto (the tokenizer's template), none (raw "
-                          "text) or the path of a Jinja chat-template file.")
+        raise ConfigError(
+            f"--chat-template {mode!r} is not a file; use auto (the tokenizer's template), none (raw "
+            "text) or the path of a Jinja chat-template file."
+        )
     text = path.read_text()
     if not text.strip():
         raise ConfigError(f"--chat-template {path} is empty; give a Jinja chat template.")

@@ -16,7 +16,12 @@ from alignment_probe.errors import AdapterError, CheckpointError, IncompatiblePa
 from alignment_probe.hub import official_name
 
 # What a local checkpoint directory must hold (at least one file of each group).
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
@@ -33,11 +38,15 @@ def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
     try:
         cfg = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
     except (OSError, ValueError) as exc:
-        raise AdapterError(f"{adapter_dir / ADAPTER_CONFIG} cannot be read ({exc}); save the adapter again with "
-                           "peft's model.save_pretrained(dir).") from None
+        raise AdapterError(
+            f"{adapter_dir / ADAPTER_CONFIG} cannot be read ({exc}); save the adapter again with "
+            "peft's model.save_pretrained(dir)."
+        ) from None
     if not any((adapter_dir / w).is_file() for w in ADAPTER_WEIGHTS):
-        raise AdapterError(f"The adapter folder {adapter_dir} has {ADAPTER_CONFIG} but no adapter weights "
-                           f"({' or '.join(ADAPTER_WEIGHTS)}); copy them too.")
+        raise AdapterError(
+            f"The adapter folder {adapter_dir} has {ADAPTER_CONFIG} but no adapter weights "
+            f"({' or '.join(ADAPTER_WEIGHTS)}); copy them too."
+        )
     return cfg
 
 
@@ -58,8 +67,10 @@ def check_checkpoint_dir(path: Path) -> None:
     """Refuse, with the fix, a local checkpoint directory that cannot be loaded (cheap: reads only
     config.json and the shard index, never the weights)."""
     if not path.exists():
-        raise CheckpointError(f"Checkpoint directory {path} does not exist. Pass a Hugging Face checkpoint "
-                              "directory (config.json + weights + tokenizer files) or a hub model name.")
+        raise CheckpointError(
+            f"Checkpoint directory {path} does not exist. Pass a Hugging Face checkpoint "
+            "directory (config.json + weights + tokenizer files) or a hub model name."
+        )
     if not path.is_dir():
         raise CheckpointError(f"{path} is a file, not a checkpoint directory: pass the folder that holds config.json.")
     missing = []
@@ -70,12 +81,16 @@ def check_checkpoint_dir(path: Path) -> None:
     if not any((path / f).exists() for f in _TOKENIZER_FILES):
         missing.append("tokenizer files (tokenizer.json)")
     if missing:
-        raise CheckpointError(f"Checkpoint directory {path} is missing {', '.join(missing)}. Save the model with "
-                              "model.save_pretrained(dir) and tokenizer.save_pretrained(dir) into the same folder.")
+        raise CheckpointError(
+            f"Checkpoint directory {path} is missing {', '.join(missing)}. Save the model with "
+            "model.save_pretrained(dir) and tokenizer.save_pretrained(dir) into the same folder."
+        )
     config = read_checkpoint_config(path)
     if "model_type" not in config:
-        raise CheckpointError(f"{path / 'config.json'} has no 'model_type', so the architecture is unknown: it is "
-                              "not a transformers model config. Save the model with model.save_pretrained(dir).")
+        raise CheckpointError(
+            f"{path / 'config.json'} has no 'model_type', so the architecture is unknown: it is "
+            "not a transformers model config. Save the model with model.save_pretrained(dir)."
+        )
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = path / index_name
         if not index.exists():
@@ -83,13 +98,16 @@ def check_checkpoint_dir(path: Path) -> None:
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{index} is not a valid shard index ({type(exc).__name__}: {exc}); save the "
-                                  "checkpoint again.") from None
+            raise CheckpointError(
+                f"{index} is not a valid shard index ({type(exc).__name__}: {exc}); save the checkpoint again."
+            ) from None
         absent = [s for s in shards if not (path / s).exists()]
         if absent:
-            raise CheckpointError(f"Checkpoint directory {path} is missing {len(absent)} of its {len(shards)} weight "
-                                  f"shards listed in {index_name}: {', '.join(absent[:5])}"
-                                  f"{' ...' if len(absent) > 5 else ''}. Copy or download the missing files.")
+            raise CheckpointError(
+                f"Checkpoint directory {path} is missing {len(absent)} of its {len(shards)} weight "
+                f"shards listed in {index_name}: {', '.join(absent[:5])}"
+                f"{' ...' if len(absent) > 5 else ''}. Copy or download the missing files."
+            )
 
 
 def read_checkpoint_config(path: Path) -> dict[str, Any]:
@@ -97,8 +115,10 @@ def read_checkpoint_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({exc}); the file may be truncated. "
-                              "Save the model again with model.save_pretrained(dir).") from None
+        raise CheckpointError(
+            f"{path / 'config.json'} is not valid JSON ({exc}); the file may be truncated. "
+            "Save the model again with model.save_pretrained(dir)."
+        ) from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path / 'config.json'} must hold a JSON object, not {type(config).__name__}.")
     return config
@@ -106,10 +126,19 @@ def read_checkpoint_config(path: Path) -> dict[str, Any]:
 
 # config.json fields that must agree for two checkpoints' activations to be interchangeable.
 # (name in config.json, the TransformerLens name used in messages)
-_HF_CONFIG_FIELDS = (("model_type", "architecture"), ("architectures", "architectures"), ("hidden_size", "d_model"),
-                     ("num_hidden_layers", "n_layers"), ("num_attention_heads", "n_heads"),
-                     ("num_key_value_heads", "n_key_value_heads"), ("intermediate_size", "d_mlp"),
-                     ("vocab_size", "d_vocab"), ("n_embd", "d_model"), ("n_layer", "n_layers"), ("n_head", "n_heads"))
+_HF_CONFIG_FIELDS = (
+    ("model_type", "architecture"),
+    ("architectures", "architectures"),
+    ("hidden_size", "d_model"),
+    ("num_hidden_layers", "n_layers"),
+    ("num_attention_heads", "n_heads"),
+    ("num_key_value_heads", "n_key_value_heads"),
+    ("intermediate_size", "d_mlp"),
+    ("vocab_size", "d_vocab"),
+    ("n_embd", "d_model"),
+    ("n_layer", "n_layers"),
+    ("n_head", "n_heads"),
+)
 
 
 def precheck_pair(base: str | os.PathLike[str], tuned: str | os.PathLike[str]) -> None:
@@ -136,10 +165,15 @@ def precheck_pair(base: str | os.PathLike[str], tuned: str | os.PathLike[str]) -
             local[role] = read_checkpoint_config(path)
     if len(local) < 2:
         return
-    problems = [f"{name}: base={local['base'].get(k)!r} tuned={local['tuned'].get(k)!r} (config.json {k})"
-                for k, name in _HF_CONFIG_FIELDS if local["base"].get(k) != local["tuned"].get(k)]
+    problems = [
+        f"{name}: base={local['base'].get(k)!r} tuned={local['tuned'].get(k)!r} (config.json {k})"
+        for k, name in _HF_CONFIG_FIELDS
+        if local["base"].get(k) != local["tuned"].get(k)
+    ]
     if problems:
         raise IncompatiblePairError(
             f"Base {base} and tuned {tuned} are not a compatible pair, so their activations cannot be patched "
-            "into each other (from their config.json files):\n  - " + "\n  - ".join(problems)
-            + "\nPass a base model and a checkpoint fine-tuned from it (same architecture, size and tokenizer).")
+            "into each other (from their config.json files):\n  - "
+            + "\n  - ".join(problems)
+            + "\nPass a base model and a checkpoint fine-tuned from it (same architecture, size and tokenizer)."
+        )

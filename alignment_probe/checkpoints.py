@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Callable
 
 
-def publish_directory(tmp: Path, target: Path, *, is_complete: Callable[[Path], bool], replace_stale: bool = True) -> Path:
+def publish_directory(
+    tmp: Path, target: Path, *, is_complete: Callable[[Path], bool], replace_stale: bool = True
+) -> Path:
     """Move a fully written temporary directory ``tmp`` into place as ``target`` with one atomic rename.
 
     A reader therefore sees either no ``target`` or a complete one. An existing ``target`` (stale or

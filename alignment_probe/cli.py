@@ -40,17 +40,22 @@ def _add_model_data_args(p: argparse.ArgumentParser, n_pairs_default: str = "all
     p.add_argument("--data", help="preference pairs: JSONL(.gz) file or dataset-hub name (default: bundled pairs)")
     p.add_argument("--data-dir", default=None, help="data_dir for a hub dataset, e.g. harmless-base")
     p.add_argument("--split", default="test", help="split of a hub dataset (default: test)")
-    p.add_argument("--n-pairs", type=int, default=None,
-                   help=f"number of pairs, sampled with --seed (default: {n_pairs_default})")
+    p.add_argument(
+        "--n-pairs", type=int, default=None, help=f"number of pairs, sampled with --seed (default: {n_pairs_default})"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and statistics (default: 0)")
     p.add_argument("--max-length", type=int, default=512, help="max tokens per sequence; prompts are cut from the left")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
-    p.add_argument("--chat-template", default="none", metavar="auto|none|FILE",
-                   help="render each dialogue in a chat template and score only the assistant reply's tokens: auto "
-                        "(the tokenizer's template, raw text if it has none), none (raw text, the default) or a Jinja "
-                        "template file")
+    p.add_argument(
+        "--chat-template",
+        default="none",
+        metavar="auto|none|FILE",
+        help="render each dialogue in a chat template and score only the assistant reply's tokens: auto "
+        "(the tokenizer's template, raw text if it has none), none (raw text, the default) or a Jinja "
+        "template file",
+    )
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
 
@@ -66,72 +71,134 @@ def build_parser() -> argparse.ArgumentParser:
     from alignment_probe.experiments.presets import DEFAULT_PRESET, PRESETS  # plain data: nothing heavy
 
     run = sub.add_parser("run", help="run the paper's experiment suite and write a run directory with a report")
-    _add_model_data_args(run, n_pairs_default="the --suite preset's: " + ", ".join(
-        f"{p.n_pairs} for {p.name}" for p in PRESETS.values()))
+    _add_model_data_args(
+        run, n_pairs_default="the --suite preset's: " + ", ".join(f"{p.n_pairs} for {p.name}" for p in PRESETS.values())
+    )
     run.set_defaults(n_pairs=None, batch_size=32)
-    run.add_argument("--suite", choices=list(PRESETS), default=DEFAULT_PRESET,
-                     help="the default suite as a preset: "
-                          + "; ".join(f"{p.name}: {p.about}" for p in PRESETS.values())
-                          + f" (default: {DEFAULT_PRESET}). The options you give win; named --experiments run whole")
-    run.add_argument("--experiments", default="all",
-                     help="comma-separated experiment names (default: all, the default suite; opt-in ones such as "
-                          "steer only when named, e.g. all,steer); see the README for the names")
+    run.add_argument(
+        "--suite",
+        choices=list(PRESETS),
+        default=DEFAULT_PRESET,
+        help="the default suite as a preset: "
+        + "; ".join(f"{p.name}: {p.about}" for p in PRESETS.values())
+        + f" (default: {DEFAULT_PRESET}). The options you give win; named --experiments run whole",
+    )
+    run.add_argument(
+        "--experiments",
+        default="all",
+        help="comma-separated experiment names (default: all, the default suite; opt-in ones such as "
+        "steer only when named, e.g. all,steer); see the README for the names",
+    )
     run.add_argument("--hook", default="resid_post", help="hook point the experiments patch (default: resid_post)")
     run.add_argument("--scope", default="all", help="positions patched: all, prompt, completion, last_prompt")
-    run.add_argument("--extra-hooks", default="attn_out,mlp_out",
-                     help="E1 also at these hook points (default: attn_out,mlp_out, the components of E7; '' for none)")
+    run.add_argument(
+        "--extra-hooks",
+        default="attn_out,mlp_out",
+        help="E1 also at these hook points (default: attn_out,mlp_out, the components of E7; '' for none)",
+    )
     run.add_argument("--extra-scopes", default="", help="E1 also with these scopes, e.g. last_prompt,completion")
-    run.add_argument("--layers", default=None,
-                     help="layers the per-layer experiments sweep, e.g. 0,4,8 or 0:30:3 (start:stop:step); default: all")
-    run.add_argument("--pair-ids", default=None,
-                     help="file of pair ids to draw from (a JSON list, or ids separated by spaces/newlines), e.g. the "
-                          "held-out half a tuned model was not trained on")
+    run.add_argument(
+        "--layers",
+        default=None,
+        help="layers the per-layer experiments sweep, e.g. 0,4,8 or 0:30:3 (start:stop:step); default: all",
+    )
+    run.add_argument(
+        "--pair-ids",
+        default=None,
+        help="file of pair ids to draw from (a JSON list, or ids separated by spaces/newlines), e.g. the "
+        "held-out half a tuned model was not trained on",
+    )
     run.add_argument("--alpha-layers", default=None, help="layers for the α sweep (default: every swept layer)")
     run.add_argument("--lowrank-layers", default=None, help="layers for low rank (default: E1's peak layer)")
-    run.add_argument("--window-widths", default=None,
-                     help="window_transplant/window_revert (E8): blocks per window, e.g. 1,2 (default: 1 in the "
-                          "default suite, 1,2 when --experiments names them)")
+    run.add_argument(
+        "--window-widths",
+        default=None,
+        help="window_transplant/window_revert (E8): blocks per window, e.g. 1,2 (default: 1 in the "
+        "default suite, 1,2 when --experiments names them)",
+    )
     run.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for every CI")
-    run.add_argument("--steer-layer", type=int, default=None,
-                     help="steer (E11, opt-in): fix the steering layer (default: chosen with the scale on the fit "
-                          "half)")
-    run.add_argument("--steer-c", default=None, help="steer: the scale grid a (a·v_ℓ,c is added; a = 1 is the mean "
-                                                     "shift itself), e.g. 0.5,1,2,4 (the default; 1 is always added)")
+    run.add_argument(
+        "--steer-layer",
+        type=int,
+        default=None,
+        help="steer (E11, opt-in): fix the steering layer (default: chosen with the scale on the fit half)",
+    )
+    run.add_argument(
+        "--steer-c",
+        default=None,
+        help="steer: the scale grid a (a·v_ℓ,c is added; a = 1 is the mean "
+        "shift itself), e.g. 0.5,1,2,4 (the default; 1 is always added)",
+    )
     run.add_argument("--steer-k", type=int, default=None, help="steer: rank of the low-rank baseline (default: 4)")
-    run.add_argument("--transfer-data", default=None,
-                     help="steer: also evaluate the vectors on this data source's pairs (a file or hub name)")
-    run.add_argument("--confirm", type=int, default=None, metavar="K",
-                     help="atp (E10, opt-in): also patch exactly the K conditions attribution patching ranks highest "
-                          "(adds atp and atp_confirm to --experiments)")
-    run.add_argument("--engine", choices=["fast", "reference"], default="fast",
-                     help="fast (default) or reference (one run_with_hooks per pair, layer and sequence)")
-    run.add_argument("--force", action="store_true",
-                     help="discard the results in --out of a different configuration (or changed data or checkpoints) "
-                          "and start over; without it such a directory is refused. A run of the same configuration "
-                          "is always resumed")
-    run.add_argument("--pairs-per-part", type=int, default=8,
-                     help="advanced: pairs per saved part; an interrupted run redoes at most one part per stage "
-                          "(default: 8)")
-    run.add_argument("--procs", default="auto",
-                     help="processes on this machine, each on one CPU thread, sharing the run's parts: a number, or "
-                          "auto (default): one per CPU core for a narrow model (d_model < 512) on the CPU when each "
-                          "gets two parts of a stage, else 1. The numbers are the same whatever the count "
-                          "(torchrun does the same across machines: README, 'Many GPUs and nodes')")
+    run.add_argument(
+        "--transfer-data",
+        default=None,
+        help="steer: also evaluate the vectors on this data source's pairs (a file or hub name)",
+    )
+    run.add_argument(
+        "--confirm",
+        type=int,
+        default=None,
+        metavar="K",
+        help="atp (E10, opt-in): also patch exactly the K conditions attribution patching ranks highest "
+        "(adds atp and atp_confirm to --experiments)",
+    )
+    run.add_argument(
+        "--engine",
+        choices=["fast", "reference"],
+        default="fast",
+        help="fast (default) or reference (one run_with_hooks per pair, layer and sequence)",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="discard the results in --out of a different configuration (or changed data or checkpoints) "
+        "and start over; without it such a directory is refused. A run of the same configuration "
+        "is always resumed",
+    )
+    run.add_argument(
+        "--pairs-per-part",
+        type=int,
+        default=8,
+        help="advanced: pairs per saved part; an interrupted run redoes at most one part per stage (default: 8)",
+    )
+    run.add_argument(
+        "--procs",
+        default="auto",
+        help="processes on this machine, each on one CPU thread, sharing the run's parts: a number, or "
+        "auto (default): one per CPU core for a narrow model (d_model < 512) on the CPU when each "
+        "gets two parts of a stage, else 1. The numbers are the same whatever the count "
+        "(torchrun does the same across machines: README, 'Many GPUs and nodes')",
+    )
     run.add_argument("--out", required=True, help="run directory to write")
 
-    gen = sub.add_parser("generate", help="E12: decode prompts from base, tuned and base under interventions, "
-                                          "side by side (generations.jsonl, generations.html)")
+    gen = sub.add_parser(
+        "generate",
+        help="E12: decode prompts from base, tuned and base under interventions, "
+        "side by side (generations.jsonl, generations.html)",
+    )
     _add_model_data_args(gen)
-    gen.add_argument("--conditions", default="base,tuned",
-                     help="comma-separated: base, tuned, patch:HOOK@LAYER (tuned's activation on the same prefix, "
-                          "decoded in lockstep), window@START[:WIDTH] (a transplant of tuned blocks), "
-                          "steer@LAYER[:SCALE] (E11's per-class shift, fitted on --steer-pairs other pairs) "
-                          "(default: base,tuned)")
-    gen.add_argument("--steer-pairs", type=int, default=32,
-                     help="steer@ conditions: pairs (other than the prompts) to fit the shift on (default: 32)")
+    gen.add_argument(
+        "--conditions",
+        default="base,tuned",
+        help="comma-separated: base, tuned, patch:HOOK@LAYER (tuned's activation on the same prefix, "
+        "decoded in lockstep), window@START[:WIDTH] (a transplant of tuned blocks), "
+        "steer@LAYER[:SCALE] (E11's per-class shift, fitted on --steer-pairs other pairs) "
+        "(default: base,tuned)",
+    )
+    gen.add_argument(
+        "--steer-pairs",
+        type=int,
+        default=32,
+        help="steer@ conditions: pairs (other than the prompts) to fit the shift on (default: 32)",
+    )
     gen.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt (default: 32)")
-    gen.add_argument("--temperature", type=float, default=0.0,
-                     help="0: greedy (default); > 0: sampling seeded by --seed, the same draws for every condition")
+    gen.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0: greedy (default); > 0: sampling seeded by --seed, the same draws for every condition",
+    )
     gen.add_argument("--out", required=True, help="output folder: generations.jsonl, generations.html, manifest.json")
 
     organism = sub.add_parser("organism", help="the bundled model organisms")
@@ -163,8 +230,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     from alignment_probe.pair import load_twins, open_checkpoints
     from alignment_probe.scoring import score_pairs, summarize_scores
     from alignment_probe.tables import check_table_path, write_table
-    from alignment_probe.tokens import (cap_to_context, check_sampling_options, describe_truncation,
-                                        sample_and_tokenize, truncation_stats)
+    from alignment_probe.tokens import (
+        cap_to_context,
+        check_sampling_options,
+        describe_truncation,
+        sample_and_tokenize,
+        truncation_stats,
+    )
 
     resolve_defaults(args)
     out = check_table_path(args.out)
@@ -180,8 +252,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     max_length, note = cap_to_context(args.max_length, checkpoints.n_ctx)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    tokenized = sample_and_tokenize(pairs, checkpoints.tokenizer, n_pairs=args.n_pairs, seed=args.seed,
-                                    max_length=max_length, report=report, chat=chat)
+    tokenized = sample_and_tokenize(
+        pairs,
+        checkpoints.tokenizer,
+        n_pairs=args.n_pairs,
+        seed=args.seed,
+        max_length=max_length,
+        report=report,
+        chat=chat,
+    )
     print(f"data: {report.summary()}; scoring {len(tokenized)} pairs", file=sys.stderr)
     truncation = describe_truncation(tokenized, max_length, report)
     if truncation:
@@ -191,14 +270,27 @@ def cmd_score(args: argparse.Namespace) -> int:
     check_scores(pair, table, tokenized)
     write_table(table, out)
     config = {k: v for k, v in vars(args).items() if k not in ("debug", "argv")}
-    manifest = build_manifest("score", config, models=pair.describe(), argv=args.argv, device=args.device,
-                              data={"source": str(args.data), **file_fingerprint(args.data), "skips": report.to_dict(),
-                                    "max_length_used": max_length, **truncation_stats(tokenized),
-                                    "chat_template": describe_chat(chat, args.chat_template)})
+    manifest = build_manifest(
+        "score",
+        config,
+        models=pair.describe(),
+        argv=args.argv,
+        device=args.device,
+        data={
+            "source": str(args.data),
+            **file_fingerprint(args.data),
+            "skips": report.to_dict(),
+            "max_length_used": max_length,
+            **truncation_stats(tokenized),
+            "chat_template": describe_chat(chat, args.chat_template),
+        },
+    )
     write_json_atomic(out.with_name(out.name + ".manifest.json"), manifest)
     summary = summarize_scores(table)
-    print(f"wrote {out} ({summary['n_pairs']} pairs): mean Δlogp base {summary['base_delta_logp_mean']:+.3f}, "
-          f"tuned {summary['tuned_delta_logp_mean']:+.3f}, gain {summary['gain_mean']:+.3f}")
+    print(
+        f"wrote {out} ({summary['n_pairs']} pairs): mean Δlogp base {summary['base_delta_logp_mean']:+.3f}, "
+        f"tuned {summary['tuned_delta_logp_mean']:+.3f}, gain {summary['gain_mean']:+.3f}"
+    )
     return EXIT_OK
 
 
@@ -210,7 +302,9 @@ def _list(text: str | None, cast: Callable[[str], Any] = str, option: str = "") 
     except ValueError:
         from alignment_probe.errors import ConfigError
 
-        raise ConfigError(f"{option} {text!r}: expected a comma-separated list of {cast.__name__}s, e.g. 4,8,12.") from None
+        raise ConfigError(
+            f"{option} {text!r}: expected a comma-separated list of {cast.__name__}s, e.g. 4,8,12."
+        ) from None
 
 
 def precheck_inputs(args: argparse.Namespace) -> tuple[object, object] | None:
@@ -243,13 +337,15 @@ def _procs(args: argparse.Namespace, loaded: tuple[object, object] | None) -> in
         if procs < 1:
             raise ConfigError(f"--procs {args.procs!r}: give a whole number ≥ 1, or auto.")
         if procs > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-            raise ConfigError("--procs starts processes itself; under torchrun leave it out (torchrun's "
-                              "--nproc_per_node chooses).")
+            raise ConfigError(
+                "--procs starts processes itself; under torchrun leave it out (torchrun's --nproc_per_node chooses)."
+            )
         return procs
     available = len(loaded[0]) if loaded is not None else args.n_pairs  # type: ignore[arg-type]
     n_pairs = min(args.n_pairs, available) if args.n_pairs else available
-    procs, why = auto_processes(device=args.device, base=args.base, n_pairs=n_pairs,
-                                pairs_per_part=max(1, args.pairs_per_part))
+    procs, why = auto_processes(
+        device=args.device, base=args.base, n_pairs=n_pairs, pairs_per_part=max(1, args.pairs_per_part)
+    )
     if procs > 1:
         print(f"note: {procs} processes of 1 CPU thread each ({why}; --procs 1 for one process)", file=sys.stderr)
     return procs
@@ -275,40 +371,73 @@ def cmd_run(args: argparse.Namespace) -> int:
     experiments = _list(args.experiments) or ()  # SuiteConfig expands "all" to the default suite
     if args.confirm is not None:  # E10: AtP's top K conditions confirmed by exact patching
         experiments = (*experiments, *(e for e in ("atp", "atp_confirm") if e not in experiments))
-    suite = preset_config(args.suite, experiments=experiments, hook=args.hook, scope=args.scope,
-                           extra_hooks=_list(args.extra_hooks) or (), extra_scopes=_list(args.extra_scopes) or (),
-                           layers=_layers(args.layers, "--layers"),
-                           window_widths=_list(args.window_widths, int, "--window-widths"),
-                           alpha_layers=_layers(args.alpha_layers, "--alpha-layers"),
-                           lowrank_layers=_layers(args.lowrank_layers, "--lowrank-layers"),
-                           steer_layer=args.steer_layer, steer_cs=_list(args.steer_c, float, "--steer-c"),
-                           steer_k=args.steer_k, transfer_data=args.transfer_data,
-                           **({} if args.confirm is None else {"atp_confirm_k": args.confirm}),
-                           seed=args.seed, n_boot=args.n_boot)
-    req = RunRequest(base=args.base, tuned=args.tuned, data=args.data, out=Path(args.out), suite=suite,
-                     n_pairs=args.n_pairs, max_length=args.max_length, data_dir=args.data_dir, split=args.split,
-                     device=args.device, dtype=args.dtype, engine=args.engine, batch_size=args.batch_size,
-                     force=args.force, pairs_per_part=args.pairs_per_part, pair_ids=args.pair_ids, argv=args.argv,
-                     chat_template=args.chat_template)
+    suite = preset_config(
+        args.suite,
+        experiments=experiments,
+        hook=args.hook,
+        scope=args.scope,
+        extra_hooks=_list(args.extra_hooks) or (),
+        extra_scopes=_list(args.extra_scopes) or (),
+        layers=_layers(args.layers, "--layers"),
+        window_widths=_list(args.window_widths, int, "--window-widths"),
+        alpha_layers=_layers(args.alpha_layers, "--alpha-layers"),
+        lowrank_layers=_layers(args.lowrank_layers, "--lowrank-layers"),
+        steer_layer=args.steer_layer,
+        steer_cs=_list(args.steer_c, float, "--steer-c"),
+        steer_k=args.steer_k,
+        transfer_data=args.transfer_data,
+        **({} if args.confirm is None else {"atp_confirm_k": args.confirm}),
+        seed=args.seed,
+        n_boot=args.n_boot,
+    )
+    req = RunRequest(
+        base=args.base,
+        tuned=args.tuned,
+        data=args.data,
+        out=Path(args.out),
+        suite=suite,
+        n_pairs=args.n_pairs,
+        max_length=args.max_length,
+        data_dir=args.data_dir,
+        split=args.split,
+        device=args.device,
+        dtype=args.dtype,
+        engine=args.engine,
+        batch_size=args.batch_size,
+        force=args.force,
+        pairs_per_part=args.pairs_per_part,
+        pair_ids=args.pair_ids,
+        argv=args.argv,
+        chat_template=args.chat_template,
+    )
     result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr), loaded=loaded, auto_threads=True)
     if result.extra.get("rank", 0) != 0:  # one of several torchrun processes: rank 0 reports the run
         return EXIT_OK
     s = result.summary
-    print(f"wrote {args.out}/ ({s['n_pairs']} pairs, {s['n_layers']} layers): gain {s['gain_mean']:+.3f} "
-          f"[{s['gain_ci'][0]:+.3f}, {s['gain_ci'][1]:+.3f}]")
+    print(
+        f"wrote {args.out}/ ({s['n_pairs']} pairs, {s['n_layers']} layers): gain {s['gain_mean']:+.3f} "
+        f"[{s['gain_ci'][0]:+.3f}, {s['gain_ci'][1]:+.3f}]"
+    )
     e1 = s["experiments"].get("patch_tuned_to_base")
     if e1:
         from alignment_probe.formatting import fmt_layers
 
         swept = e1.get("layers_swept")
-        peak_set = (f"peak set layers {fmt_layers(e1['peak_set'])} ({len(e1['peak_set'])} of {swept} swept), "
-                    if e1.get("peak_set") is not None else "")
-        print(f"tuned→base patching: {peak_set}argmax layer {e1['peak_layer']} {e1['peak_layer_ci']}, "
-              f"onset layer {e1['onset_layer']} {e1['onset_layer_ci']}")
+        peak_set = (
+            f"peak set layers {fmt_layers(e1['peak_set'])} ({len(e1['peak_set'])} of {swept} swept), "
+            if e1.get("peak_set") is not None
+            else ""
+        )
+        print(
+            f"tuned→base patching: {peak_set}argmax layer {e1['peak_layer']} {e1['peak_layer_ci']}, "
+            f"onset layer {e1['onset_layer']} {e1['onset_layer_ci']}"
+        )
     tally = [v["verdict"] for v in s.get("verdicts") or []]
     if tally:
-        print("verdicts vs the paper: " + ", ".join(f"{tally.count(v)} {v}" for v in ("agrees", "differs", "inconclusive")
-                                                     if tally.count(v)))
+        print(
+            "verdicts vs the paper: "
+            + ", ".join(f"{tally.count(v)} {v}" for v in ("agrees", "differs", "inconclusive") if tally.count(v))
+        )
     print(f"report: {Path(args.out) / 'report.html'}")
     return EXIT_OK
 
@@ -317,11 +446,11 @@ GENERATE_DEFAULT_PAIRS = 4
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from alignment_probe.chat import describe as describe_chat
     from alignment_probe.chat import resolve_chat_template
     from alignment_probe.data import load_pairs
-    import numpy as np
-
     from alignment_probe.experiments.steering import fit_steer_shifts
     from alignment_probe.generation import Generations, generate, parse_conditions
     from alignment_probe.manifest import build_manifest, file_fingerprint, write_json_atomic
@@ -353,24 +482,43 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--steer-pairs must be at least 2 to fit a shift, got {args.steer_pairs}.")
     want = n_pairs + (args.steer_pairs if steering else 0)  # the shift is fitted on pairs that are not prompts
     check_sampling_options(want, args.max_length, len(pairs), args.data, report)
-    drawn = sample_and_tokenize(pairs, checkpoints.tokenizer, n_pairs=want, seed=args.seed, max_length=max_length,
-                                report=report, chat=chat)
+    drawn = sample_and_tokenize(
+        pairs, checkpoints.tokenizer, n_pairs=want, seed=args.seed, max_length=max_length, report=report, chat=chat
+    )
     order = np.random.default_rng(args.seed).permutation(len(drawn))
     tokenized = sorted((drawn[i] for i in order[:n_pairs]), key=lambda t: t.pair_id)
     fit_pairs = sorted((drawn[i] for i in order[n_pairs:]), key=lambda t: t.pair_id)
     twins = load_twins(args.base, args.tuned, device=args.device, dtype=args.dtype, checkpoints=checkpoints)
     shifts = fit_steer_shifts(twins, conditions, fit_pairs) if steering else None
-    rows = Generations(generate(twins, tokenized, conditions, max_new_tokens=args.max_new_tokens,
-                                temperature=args.temperature, seed=args.seed, shifts=shifts, progress=True),
-                       twins.tokenizer)
+    rows = Generations(
+        generate(
+            twins,
+            tokenized,
+            conditions,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            shifts=shifts,
+            progress=True,
+        ),
+        twins.tokenizer,
+    )
     files = rows.write(out, title=f"Generations: {twins.base_source} vs {twins.tuned_source}")
     config = {k: v for k, v in vars(args).items() if k not in ("debug", "argv")}
-    manifest = build_manifest("generate", {**config, "n_pairs": n_pairs, "conditions": conditions}, models=twins.describe(),
-                              argv=args.argv, device=args.device,
-                              data={"source": str(args.data), **file_fingerprint(args.data),
-                                    "pair_ids": [t.pair_id for t in tokenized],
-                                    "steer_fit_pair_ids": [t.pair_id for t in fit_pairs],
-                                    "chat_template": describe_chat(chat, args.chat_template)})
+    manifest = build_manifest(
+        "generate",
+        {**config, "n_pairs": n_pairs, "conditions": conditions},
+        models=twins.describe(),
+        argv=args.argv,
+        device=args.device,
+        data={
+            "source": str(args.data),
+            **file_fingerprint(args.data),
+            "pair_ids": [t.pair_id for t in tokenized],
+            "steer_fit_pair_ids": [t.pair_id for t in fit_pairs],
+            "chat_template": describe_chat(chat, args.chat_template),
+        },
+    )
     write_json_atomic(out / "manifest.json", manifest)
     print(f"wrote {files['jsonl']} and {files['html']} ({len(tokenized)} prompts × {len(conditions)} conditions)")
     return EXIT_OK
@@ -381,9 +529,11 @@ def cmd_organism(args: argparse.Namespace) -> int:
 
     result = build_organisms(Path(args.out), seed=args.seed, size=args.size, progress=True)
     t = result["tuned"]
-    print(f"built organisms in {args.out} (seed {args.seed}, {args.size}): held-out loss of base "
-          f"{result['heldout_loss']['base_per_token_nats']:.3f} nats/token; tuned gain {t['mean_gain']:+.2f} "
-          f"[{t['gain_ci95'][0]:+.2f}, {t['gain_ci95'][1]:+.2f}]; metrics in {Path(args.out) / 'organisms' / 'metrics.json'}")
+    print(
+        f"built organisms in {args.out} (seed {args.seed}, {args.size}): held-out loss of base "
+        f"{result['heldout_loss']['base_per_token_nats']:.3f} nats/token; tuned gain {t['mean_gain']:+.2f} "
+        f"[{t['gain_ci95'][0]:+.2f}, {t['gain_ci95'][1]:+.2f}]; metrics in {Path(args.out) / 'organisms' / 'metrics.json'}"
+    )
     return EXIT_OK
 
 
@@ -412,8 +562,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command != "run" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             from alignment_probe.errors import ConfigError
 
-            raise ConfigError(f"only `run` is shared between processes; launch `{args.command}` without torchrun "
-                              "(alignment-probe " + args.command + " ...).")
+            raise ConfigError(
+                f"only `run` is shared between processes; launch `{args.command}` without torchrun "
+                "(alignment-probe " + args.command + " ...)."
+            )
         return COMMANDS[args.command](args)
     except AlignmentProbeError as exc:
         if args.debug:
@@ -427,8 +579,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 128 + exc.signum if isinstance(exc, Terminated) else EXIT_INTERRUPTED
         if args.debug:
             traceback.print_exc()
-        hint = (f" Results finished so far are kept in {args.out}; run the same command again to resume."
-                if args.command == "run" else "")
+        hint = (
+            f" Results finished so far are kept in {args.out}; run the same command again to resume."
+            if args.command == "run"
+            else ""
+        )
         print(f"alignment-probe: interrupted.{hint}", file=sys.stderr)
         return code
     except Exception:  # an internal error: a bug, not bad input

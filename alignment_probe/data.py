@@ -76,8 +76,11 @@ class SkipReport:
         return f"read {self.n_read} pairs, skipped {self.n_skipped} ({parts})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_read": self.n_read, "n_skipped": self.n_skipped,
-                "skipped": {k: sorted(v) for k, v in sorted(self.skipped.items())}}
+        return {
+            "n_read": self.n_read,
+            "n_skipped": self.n_skipped,
+            "skipped": {k: sorted(v) for k, v in sorted(self.skipped.items())},
+        }
 
 
 class SkipPair(Exception):
@@ -120,11 +123,20 @@ def make_pair(pair_id: int, prompt: str, chosen: str, rejected: str) -> Preferen
 
 
 # The JSON type names users see in their files (not Python's).
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "true/false", int: "a number",
-               float: "a number", type(None): "null"}
+_JSON_TYPES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "true/false",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
 
-FORMAT_HELP = ("Each line must be one JSON object with 'chosen' and 'rejected' (whole HH dialogues), or with "
-               "'prompt', 'chosen' and 'rejected' (a prompt and two completions), all strings.")
+FORMAT_HELP = (
+    "Each line must be one JSON object with 'chosen' and 'rejected' (whole HH dialogues), or with "
+    "'prompt', 'chosen' and 'rejected' (a prompt and two completions), all strings."
+)
 
 # How many bad lines one error lists (the total is always given).
 MAX_REPORTED_LINES = 10
@@ -163,7 +175,7 @@ def _close_key(key: str, candidates: Iterable[Any], *, loose: bool = True) -> st
 
 
 def _misspelling_hint(record: dict[str, Any], expected: Sequence[str]) -> list[str]:
-    """"'rejectd' looks like 'rejected'" for keys of ``record`` that nearly match a missing expected key."""
+    """ "'rejectd' looks like 'rejected'" for keys of ``record`` that nearly match a missing expected key."""
     unknown = [k for k in record if k not in (*EXPLICIT_KEYS,)]
     hints = []
     for key in expected:
@@ -183,11 +195,12 @@ def record_to_pair(record: Any, pair_id: int, where: str) -> PreferencePair:
     keys, non-string values) and :class:`SkipPair` for one that is well-formed but unusable.
     """
     if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object with keys 'chosen' and 'rejected' "
-                        f"(and optionally 'prompt'), got {_json_type(record)}.")
+        raise DataError(
+            f"{where}: expected a JSON object with keys 'chosen' and 'rejected' "
+            f"(and optionally 'prompt'), got {_json_type(record)}."
+        )
     # A misspelled 'prompt' would silently turn an explicit-format line into an HH one.
-    typo_prompt = "prompt" not in record and _close_key("prompt", [k for k in record if k not in HH_KEYS],
-                                                         loose=False)
+    typo_prompt = "prompt" not in record and _close_key("prompt", [k for k in record if k not in HH_KEYS], loose=False)
     keys = EXPLICIT_KEYS if "prompt" in record or typo_prompt else HH_KEYS
     missing = [k for k in keys if k not in record]
     if missing:
@@ -202,8 +215,10 @@ def record_to_pair(record: Any, pair_id: int, where: str) -> PreferencePair:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise DataError(f"{where}: field {k!r} holds an invalid \\u escape (a lone UTF-16 surrogate such as "
-                            "\\ud800) that no tokenizer can read; re-export the text as valid UTF-8.") from None
+            raise DataError(
+                f"{where}: field {k!r} holds an invalid \\u escape (a lone UTF-16 surrogate such as "
+                "\\ud800) that no tokenizer can read; re-export the text as valid UTF-8."
+            ) from None
     if "prompt" in record:
         return make_pair(pair_id, record["prompt"], record["chosen"], record["rejected"])
     return split_hh_pair(record["chosen"], record["rejected"], pair_id)
@@ -211,8 +226,9 @@ def record_to_pair(record: Any, pair_id: int, where: str) -> PreferencePair:
 
 def _open_text(path: Path) -> io.TextIOBase:
     if path.is_dir():
-        raise DataError(f"Data path {path} is a folder, not a file: pass the JSONL(.gz) file of preference pairs "
-                        "inside it.")
+        raise DataError(
+            f"Data path {path} is a folder, not a file: pass the JSONL(.gz) file of preference pairs inside it."
+        )
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -221,20 +237,28 @@ def _open_text(path: Path) -> io.TextIOBase:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path}: not a valid gzip file ({exc}); it may be truncated (an interrupted "
-                            "download?). Download it again, or pass the uncompressed JSONL file.") from None
+            raise DataError(
+                f"{path}: not a valid gzip file ({exc}); it may be truncated (an interrupted "
+                "download?). Download it again, or pass the uncompressed JSONL file."
+            ) from None
     if raw[:4] == b"PAR1":
-        raise DataError(f"{path} is a Parquet file; alignment-probe reads JSON lines. Convert it, e.g. "
-                        "pandas.read_parquet(path).to_json(out, orient='records', lines=True).")
+        raise DataError(
+            f"{path} is a Parquet file; alignment-probe reads JSON lines. Convert it, e.g. "
+            "pandas.read_parquet(path).to_json(out, orient='records', lines=True)."
+        )
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise DataError(f"{path} is encoded as UTF-16; re-save it as UTF-8, e.g. iconv -f utf-16 -t utf-8 "
-                        f"{path.name} > fixed.jsonl.")
+        raise DataError(
+            f"{path} is encoded as UTF-16; re-save it as UTF-8, e.g. iconv -f utf-16 -t utf-8 "
+            f"{path.name} > fixed.jsonl."
+        )
     try:
         return io.StringIO(raw.decode("utf-8-sig"))  # a leading UTF-8 byte-order mark is harmless
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {exc.start}). Re-save the file as UTF-8, "
-                        f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.jsonl.") from None
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 (byte {exc.start}). Re-save the file as UTF-8, "
+            f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.jsonl."
+        ) from None
 
 
 class _LineError(Exception):
@@ -253,8 +277,10 @@ def iter_jsonl_records(path: Path) -> Iterator[tuple[int, Any, str]]:
             except json.JSONDecodeError as exc:
                 hint = ""
                 if lineno == 0 and line.lstrip().startswith("["):
-                    hint = (" The file looks like one JSON array rather than JSON lines: write one object per "
-                            "line, e.g. jq -c '.[]' in.json > out.jsonl.")
+                    hint = (
+                        " The file looks like one JSON array rather than JSON lines: write one object per "
+                        "line, e.g. jq -c '.[]' in.json > out.jsonl."
+                    )
                 yield lineno, _LineError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno}).{hint}"), where
             except RecursionError:
                 yield lineno, _LineError(f"{where}: malformed JSON (nested too deeply)."), where
@@ -267,24 +293,35 @@ def iter_hub_records(name: str, data_dir: str | None, split: str) -> Iterator[tu
 
         ds = datasets.load_dataset(name, data_dir=data_dir, split=split)
     except ImportError:
-        raise DataError(f"--data {name} names a dataset-hub dataset, which needs the 'datasets' package "
-                        "(pip install datasets); or pass a local JSONL file.") from None
+        raise DataError(
+            f"--data {name} names a dataset-hub dataset, which needs the 'datasets' package "
+            "(pip install datasets); or pass a local JSONL file."
+        ) from None
     except Exception as exc:  # network, unknown name, unknown split: all are about the input
         reason = str(exc) if len(str(exc)) <= 300 else str(exc)[:300] + " ..."
-        raise DataError(f"--data {name} (data_dir={data_dir!r}, split={split!r}) could not be loaded from the "
-                        f"dataset hub: {type(exc).__name__}: {reason}. Check the name, --data-dir and --split, the "
-                        "network, or pass a local JSONL(.gz) file; a local file that does not exist is read as a "
-                        "hub name.") from None
+        raise DataError(
+            f"--data {name} (data_dir={data_dir!r}, split={split!r}) could not be loaded from the "
+            f"dataset hub: {type(exc).__name__}: {reason}. Check the name, --data-dir and --split, the "
+            "network, or pass a local JSONL(.gz) file; a local file that does not exist is read as a "
+            "hub name."
+        ) from None
     for i, row in enumerate(ds):
         yield i, dict(row), f"{name}[{data_dir or ''}:{split}] row {i}"
 
 
 def is_hub_dataset(source: str | Path) -> bool:
     s = str(source)
-    return not Path(s).exists() and s.count("/") == 1 and not s.startswith((".", "/", "~")) and not s.endswith((".jsonl", ".gz", ".json"))
+    return (
+        not Path(s).exists()
+        and s.count("/") == 1
+        and not s.startswith((".", "/", "~"))
+        and not s.endswith((".jsonl", ".gz", ".json"))
+    )
 
 
-def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = "test") -> tuple[list[PreferencePair], SkipReport]:
+def load_pairs(
+    source: str | Path, *, data_dir: str | None = None, split: str = "test"
+) -> tuple[list[PreferencePair], SkipReport]:
     """Read every pair of ``source`` (a JSONL(.gz) path or a hub dataset name).
 
     Returns the usable pairs in file order and a report of the skipped ones. Raises
@@ -296,8 +333,10 @@ def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = 
     else:
         path = Path(source).expanduser()
         if not path.exists():
-            raise DataError(f"Data file {path} does not exist. Pass a JSONL(.gz) file of preference pairs "
-                            "or a dataset-hub name such as Anthropic/hh-rlhf.")
+            raise DataError(
+                f"Data file {path} does not exist. Pass a JSONL(.gz) file of preference pairs "
+                "or a dataset-hub name such as Anthropic/hh-rlhf."
+            )
         records = iter_jsonl_records(path)
     pairs: list[PreferencePair] = []
     report = SkipReport()
@@ -319,13 +358,17 @@ def load_pairs(source: str | Path, *, data_dir: str | None = None, split: str = 
         raise DataError(f"{bad[0]} {FORMAT_HELP} Fix or remove that line.")
     if n_bad:
         shown = f"the first {len(bad)}" if n_bad > len(bad) else "all of them"
-        raise DataError(f"{source}: {n_bad} of {report.n_read} lines are not valid preference pairs ({shown} "
-                        "below). " + FORMAT_HELP + " Fix or remove these lines.\n  " + "\n  ".join(bad))
+        raise DataError(
+            f"{source}: {n_bad} of {report.n_read} lines are not valid preference pairs ({shown} "
+            "below). " + FORMAT_HELP + " Fix or remove these lines.\n  " + "\n  ".join(bad)
+        )
     if not pairs:
         if report.n_read == 0:
             raise DataError(f"{source} holds no preference pairs (the file is empty). " + FORMAT_HELP)
-        raise DataError(f"{source}: no usable preference pairs ({report.summary()}). Every pair was skipped; "
-                        "see the README's 'When something goes wrong' for what each reason means.")
+        raise DataError(
+            f"{source}: no usable preference pairs ({report.summary()}). Every pair was skipped; "
+            "see the README's 'When something goes wrong' for what each reason means."
+        )
     return pairs, report
 
 
@@ -338,8 +381,10 @@ def read_pair_ids(path: str | Path) -> list[int]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"Pair-id file {path} does not exist (--pair-ids). Pass a file with a JSON list of pair ids "
-                        "or one id per line.")
+        raise DataError(
+            f"Pair-id file {path} does not exist (--pair-ids). Pass a file with a JSON list of pair ids "
+            "or one id per line."
+        )
     text = path.read_text()
     try:
         values = json.loads(text) if text.lstrip().startswith("[") else text.split()
@@ -347,21 +392,27 @@ def read_pair_ids(path: str | Path) -> list[int]:
         if any(isinstance(v, float) and not float(v).is_integer() for v in values):
             raise ValueError
     except (ValueError, TypeError):
-        raise DataError(f"{path} (--pair-ids) must hold a JSON list of integer pair ids or integers separated by "
-                        "spaces or newlines; it could not be read as either.") from None
+        raise DataError(
+            f"{path} (--pair-ids) must hold a JSON list of integer pair ids or integers separated by "
+            "spaces or newlines; it could not be read as either."
+        ) from None
     if not ids:
         raise DataError(f"{path} (--pair-ids) holds no pair ids.")
     return sorted(set(ids))
 
 
-def restrict_pairs(pairs: Sequence[PreferencePair], ids: Sequence[int], *, source: str, ids_source: str) -> list[PreferencePair]:
+def restrict_pairs(
+    pairs: Sequence[PreferencePair], ids: Sequence[int], *, source: str, ids_source: str
+) -> list[PreferencePair]:
     """The usable pairs whose ``pair_id`` is in ``ids``; an id that names no usable pair is an error."""
     wanted = set(ids)
     kept = [p for p in pairs if p.pair_id in wanted]
     missing = sorted(wanted - {p.pair_id for p in kept})
     if missing:
         shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
-        raise DataError(f"{len(missing)} of the {len(wanted)} pair ids in {ids_source} name no usable pair of {source} "
-                        f"(ids {shown}). Ids are 0-based record numbers of the data file; check that the id file was "
-                        "made for this file, or drop those ids.")
+        raise DataError(
+            f"{len(missing)} of the {len(wanted)} pair ids in {ids_source} name no usable pair of {source} "
+            f"(ids {shown}). Ids are 0-based record numbers of the data file; check that the id file was "
+            "made for this file, or drop those ids."
+        )
     return kept

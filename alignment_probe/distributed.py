@@ -105,9 +105,12 @@ class World:
         return self.size > 1
 
     def describe(self) -> dict[str, Any]:
-        return {"world_size": self.size, "backend": self.backend if self.distributed else None,
-                "nodes": int(os.environ.get("GROUP_WORLD_SIZE", "1") or 1) if self.distributed else 1,
-                "processes_per_node": int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if self.distributed else 1}
+        return {
+            "world_size": self.size,
+            "backend": self.backend if self.distributed else None,
+            "nodes": int(os.environ.get("GROUP_WORLD_SIZE", "1") or 1) if self.distributed else 1,
+            "processes_per_node": int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if self.distributed else 1,
+        }
 
     # --- set-up and tear-down ---------------------------------------------------------------
     @classmethod
@@ -118,8 +121,10 @@ class World:
             return cls()
         missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
         if missing:
-            raise ConfigError(f"WORLD_SIZE={size} is set but {', '.join(missing)} is not: launch with torchrun "
-                              "(torchrun --nproc_per_node N -m alignment_probe run ...), which sets them all.")
+            raise ConfigError(
+                f"WORLD_SIZE={size} is set but {', '.join(missing)} is not: launch with torchrun "
+                "(torchrun --nproc_per_node N -m alignment_probe run ...), which sets them all."
+            )
         import torch
         import torch.distributed as dist
 
@@ -135,15 +140,19 @@ class World:
                 dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
                 world._initialised_pg = True
             host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-            prefix = (f"alignment_probe/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
-                      f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/")
+            prefix = (
+                f"alignment_probe/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
+                f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+            )
             client = dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=timeout))
             world.store = dist.PrefixStore(prefix, client)
             world._beat_store = dist.PrefixStore(prefix, client.clone())  # type: ignore[attr-defined]  # torch's stubs lack Store.clone
         except (RuntimeError, ValueError) as exc:
-            raise PeerError(f"rank {rank} could not join the run at {os.environ['MASTER_ADDR']}:"
-                            f"{os.environ['MASTER_PORT']} ({exc}). Check that every node runs the same torchrun "
-                            "command with the same --rdzv-endpoint/--master-addr, and that the port is reachable.") from exc
+            raise PeerError(
+                f"rank {rank} could not join the run at {os.environ['MASTER_ADDR']}:"
+                f"{os.environ['MASTER_PORT']} ({exc}). Check that every node runs the same torchrun "
+                "command with the same --rdzv-endpoint/--master-addr, and that the port is reachable."
+            ) from exc
         threading.Thread(target=world._heartbeat, name="alignment-probe-heartbeat", daemon=True).start()
         return world
 
@@ -209,8 +218,10 @@ class World:
                 for r in range(self.size):
                     if r != self.rank and store.check([f"failed/{r}"]):
                         message = store.get(f"failed/{r}").decode("utf-8", "replace")
-                        raise PeerError(f"rank {r} of this run stopped ({message}), so rank {self.rank} stops too. "
-                                        "The finished parts are kept: run the same command again to resume.")
+                        raise PeerError(
+                            f"rank {r} of this run stopped ({message}), so rank {self.rank} stops too. "
+                            "The finished parts are kept: run the same command again to resume."
+                        )
             now = time.monotonic()
             for r in range(self.size):
                 if r == self.rank:
@@ -220,17 +231,21 @@ class World:
                 if last is None or last[0] != beats:
                     self._seen[r] = (beats, now)
                 elif now - last[1] > self.timeout_s:
-                    raise PeerError(f"rank {r} of this run has shown no sign of life for {self.timeout_s:.0f} s "
-                                    f"while rank {self.rank} waited for {waiting_for}: it was killed or its machine "
-                                    "is gone. The finished parts are kept: run the same command again to resume (set "
-                                    "ALIGNMENT_PROBE_DIST_TIMEOUT to wait longer).")
+                    raise PeerError(
+                        f"rank {r} of this run has shown no sign of life for {self.timeout_s:.0f} s "
+                        f"while rank {self.rank} waited for {waiting_for}: it was killed or its machine "
+                        "is gone. The finished parts are kept: run the same command again to resume (set "
+                        "ALIGNMENT_PROBE_DIST_TIMEOUT to wait longer)."
+                    )
         except PeerError:
             raise
         except Exception as exc:  # the store (rank 0 or the torchrun agent) is unreachable
-            raise PeerError(f"rank {self.rank} lost contact with the run's coordinator at "
-                            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} while waiting for "
-                            f"{waiting_for} ({type(exc).__name__}: {exc}): rank 0 or the torchrun agent stopped. The "
-                            "finished parts are kept: run the same command again to resume.") from exc
+            raise PeerError(
+                f"rank {self.rank} lost contact with the run's coordinator at "
+                f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} while waiting for "
+                f"{waiting_for} ({type(exc).__name__}: {exc}): rank 0 or the torchrun agent stopped. The "
+                "finished parts are kept: run the same command again to resume."
+            ) from exc
 
     def wait_for(self, keys: list[str], what: str) -> None:
         """Block until every key is in the store, checking that the other ranks are alive."""
@@ -287,7 +302,9 @@ def device_for(device: str | None, local_rank: int, n_devices: int = 1) -> str:
     return device
 
 
-def run_passes(run: Callable[[], Any], store: PartStore, world: World, *, log: Callable[[str], None] = lambda s: None) -> Any:
+def run_passes(
+    run: Callable[[], Any], store: PartStore, world: World, *, log: Callable[[str], None] = lambda s: None
+) -> Any:
     """Run ``run()`` (the suite) until a pass completes with every part real.
 
     A pass that got placeholders for other ranks' parts (or stopped where it used one) waits for
@@ -313,8 +330,10 @@ def run_passes(run: Callable[[], Any], store: PartStore, world: World, *, log: C
         pending = dict(store.pending)
         if world.is_main:
             owners = sorted(set(pending.values()))
-            log(f"waiting for {len(pending)} part(s) from rank{'s' if len(owners) > 1 else ''} "
-                f"{', '.join(map(str, owners))}")
+            log(
+                f"waiting for {len(pending)} part(s) from rank{'s' if len(owners) > 1 else ''} "
+                f"{', '.join(map(str, owners))}"
+            )
         store.receive_pending()
 
 
@@ -330,8 +349,9 @@ ERROR_FILE = "ALIGNMENT_PROBE_ERROR_FILE"  # where a spawned rank's command line
 SPAWNED = "ALIGNMENT_PROBE_SPAWNED"  # set in the ranks run --procs starts: they run, and start nothing more
 
 
-def auto_processes(*, device: str | None, base: str, n_pairs: int, pairs_per_part: int,
-                   cores: int | None = None, environ: Any = None) -> tuple[int, str]:
+def auto_processes(
+    *, device: str | None, base: str, n_pairs: int, pairs_per_part: int, cores: int | None = None, environ: Any = None
+) -> tuple[int, str]:
     """How many processes ``run --procs auto`` starts, and why: one per CPU core (up to one per
     :data:`MIN_PARTS_PER_PROCESS` parts) for a narrow model (d_model < :data:`ONE_THREAD_BELOW_D_MODEL`, read from
     the local base checkpoint's config.json) on the CPU; 1 under torchrun (or in a rank of ``--procs``), with
@@ -384,13 +404,25 @@ def spawn_cli(argv: list[str], nproc: int, *, threads: int = 1, log: Callable[[s
         port = _free_port()
         procs, logs = [], []
         for rank in range(nproc):
-            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
-                       LOCAL_WORLD_SIZE=str(nproc), GROUP_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                       MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                       **{SPAWNED: "1", ERROR_FILE: os.path.join(tmp, f"error-{rank}.json")})
+            env = dict(
+                os.environ,
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE=str(nproc),
+                LOCAL_WORLD_SIZE=str(nproc),
+                GROUP_WORLD_SIZE="1",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                OMP_NUM_THREADS=str(threads),
+                MKL_NUM_THREADS=str(threads),
+                **{SPAWNED: "1", ERROR_FILE: os.path.join(tmp, f"error-{rank}.json")},
+            )
             logs.append(None if rank == 0 else open(os.path.join(tmp, f"rank-{rank}.log"), "wb"))
-            procs.append(subprocess.Popen([sys.executable, "-m", "alignment_probe", *argv], env=env,
-                                          stdout=logs[-1], stderr=logs[-1]))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "alignment_probe", *argv], env=env, stdout=logs[-1], stderr=logs[-1]
+                )
+            )
         try:
             codes = [p.wait() for p in procs]
         except BaseException:  # Ctrl-C or SIGTERM: stop the ranks; finished parts stay on disk
@@ -417,16 +449,20 @@ def spawn_cli(argv: list[str], nproc: int, *, threads: int = 1, log: Callable[[s
                     errors.append((rank, json.load(report)))
             elif code and os.path.exists(text):  # not a refusal (a crash, a traceback): show what it printed
                 with open(text, encoding="utf-8", errors="replace") as output:
-                    log(f"--- rank {rank} (exit code {code}), the last lines of its output:\n"
-                        + "".join(output.readlines()[-30:]))
+                    log(
+                        f"--- rank {rank} (exit code {code}), the last lines of its output:\n"
+                        + "".join(output.readlines()[-30:])
+                    )
     own = [(r, e) for r, e in errors if e["code"] != EXIT_PEER] or errors  # the cause, not the peers it stopped
     if own:
         rank, e = own[0]
         raise LaunchedError(e["message"] if rank == 0 else f"(rank {rank} of {nproc}) {e['message']}", e["code"])
     failed = next(r for r, c in enumerate(codes) if c)
-    raise PeerError(f"rank {failed} of the {nproc} processes stopped (exit code {codes[failed]}; its output is "
-                    "above). The finished parts are kept: run the same command again to resume, with --procs 1 to "
-                    "see one process's output.")
+    raise PeerError(
+        f"rank {failed} of the {nproc} processes stopped (exit code {codes[failed]}; its output is "
+        "above). The finished parts are kept: run the same command again to resume, with --procs 1 to "
+        "see one process's output."
+    )
 
 
 class LaunchedError(AlignmentProbeError):
@@ -454,4 +490,3 @@ def report_error(exc: AlignmentProbeError) -> bool:
     with open(path, "w", encoding="utf-8") as handle:
         json.dump({"code": exc.exit_code, "message": str(exc)}, handle)
     return True
-

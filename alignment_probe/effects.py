@@ -39,12 +39,31 @@ import pandas as pd
 from alignment_probe.vocab import AnyHook, Role, Sides, check_hook, check_role, check_scope, check_sides
 
 # ``estimator`` last: every exact-only table keeps the row order it had before the column existed
-KEY_COLUMNS = ["experiment", "target", "source", "hook", "scope", "sides", "layer", "param", "split", "pair_id",
-               "estimator"]
+KEY_COLUMNS = [
+    "experiment",
+    "target",
+    "source",
+    "hook",
+    "scope",
+    "sides",
+    "layer",
+    "param",
+    "split",
+    "pair_id",
+    "estimator",
+]
 ESTIMATORS: tuple[str, ...] = ("exact", "atp", "atp*")
-VALUE_COLUMNS = ["clean_logp_chosen", "clean_logp_rejected", "clean_delta_logp",
-                 "patched_logp_chosen", "patched_logp_rejected", "patched_delta_logp", "effect"]
+VALUE_COLUMNS = [
+    "clean_logp_chosen",
+    "clean_logp_rejected",
+    "clean_delta_logp",
+    "patched_logp_chosen",
+    "patched_logp_rejected",
+    "patched_delta_logp",
+    "effect",
+]
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS
+
 
 @dataclass(frozen=True)
 class RowKey:
@@ -84,9 +103,13 @@ def make_row(key: RowKey, pair_id: int, clean: Sequence[float], patched: Sequenc
     patched_delta = patched[0] - patched[1]
     return key.as_dict() | {
         "pair_id": pair_id,
-        "clean_logp_chosen": clean[0], "clean_logp_rejected": clean[1], "clean_delta_logp": clean_delta,
-        "patched_logp_chosen": patched[0], "patched_logp_rejected": patched[1],
-        "patched_delta_logp": patched_delta, "effect": patched_delta - clean_delta,
+        "clean_logp_chosen": clean[0],
+        "clean_logp_rejected": clean[1],
+        "clean_delta_logp": clean_delta,
+        "patched_logp_chosen": patched[0],
+        "patched_logp_rejected": patched[1],
+        "patched_delta_logp": patched_delta,
+        "effect": patched_delta - clean_delta,
     }
 
 
@@ -118,10 +141,12 @@ def tokens_to_frame(blocks: list[TokenBlock]) -> pd.DataFrame:
     data: dict[str, Any] = {}
     for col in KEY_COLUMNS:
         values = [b.pair_id if col == "pair_id" else getattr(b.key, col) for b in blocks]
-        data[col] = np.repeat(np.asarray(values, dtype=object if col not in ("layer", "param", "pair_id") else None),
-                              lengths)
+        data[col] = np.repeat(
+            np.asarray(values, dtype=object if col not in ("layer", "param", "pair_id") else None), lengths
+        )
     data["side"] = np.repeat(np.asarray([b.side for b in blocks], dtype=object), lengths)
     data["position"] = np.concatenate([np.arange(n) for n in lengths]) if blocks else np.zeros(0, int)
+
     def cat(f: Callable[[Any], Any], dtype: Any) -> Any:
         return np.concatenate([np.asarray(f(b), dtype=dtype) for b in blocks]) if blocks else np.zeros(0, dtype)
 
@@ -141,15 +166,23 @@ def effects_from_tokens(tokens: pd.DataFrame) -> pd.DataFrame:
     its tokens' sums (accumulated in float64), Δlogp is chosen minus rejected."""
     if not len(tokens):
         return to_frame([])
-    sums = (tokens.groupby(KEY_COLUMNS + ["side"], sort=False, dropna=False)[["clean_logp", "patched_logp"]]
-            .sum().unstack("side"))
+    sums = (
+        tokens.groupby(KEY_COLUMNS + ["side"], sort=False, dropna=False)[["clean_logp", "patched_logp"]]
+        .sum()
+        .unstack("side")
+    )
     rows = []
     for index, r in sums.iterrows():
         key = dict(zip(KEY_COLUMNS, index))
         pair_id = key.pop("pair_id")
-        rows.append(make_row(RowKey(**key), int(pair_id),
-                             (float(r[("clean_logp", "chosen")]), float(r[("clean_logp", "rejected")])),
-                             (float(r[("patched_logp", "chosen")]), float(r[("patched_logp", "rejected")]))))
+        rows.append(
+            make_row(
+                RowKey(**key),
+                int(pair_id),
+                (float(r[("clean_logp", "chosen")]), float(r[("clean_logp", "rejected")])),
+                (float(r[("patched_logp", "chosen")]), float(r[("patched_logp", "rejected")])),
+            )
+        )
     return to_frame(rows)
 
 

@@ -43,9 +43,16 @@ def _hook_names(hooks: Sequence[str], layers: Sequence[int], n_layers: int) -> l
 
 
 @torch.inference_mode()
-def export_activations(twins: Twins, pairs: Sequence[Any], out: str | Path, *, hooks: Sequence[str] = ("resid_post",),
-                       layers: Sequence[int] | None = None, positions: str = "all",
-                       dtype: torch.dtype = torch.float32) -> Path:
+def export_activations(
+    twins: Twins,
+    pairs: Sequence[Any],
+    out: str | Path,
+    *,
+    hooks: Sequence[str] = ("resid_post",),
+    layers: Sequence[int] | None = None,
+    positions: str = "all",
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Write paired clean activations of ``pairs`` (tokenised, e.g. ``ap.load_pairs``) to ``out`` (safetensors);
     returns its path. ``positions``: ``all``, ``completion`` (the completion tokens only) or ``prompt``."""
     from safetensors.torch import save_file
@@ -55,18 +62,21 @@ def export_activations(twins: Twins, pairs: Sequence[Any], out: str | Path, *, h
     layers = list(range(twins.n_layers)) if layers is None else [int(x) for x in layers]
     names = _hook_names(hooks, layers, twins.n_layers)
     cols: dict[str, list[torch.Tensor]] = {f"{role}.{n}": [] for role in ("base", "tuned") for n in names}
-    index: dict[str, list[torch.Tensor]] = {k: [] for k in ("pair_id", "side", "position", "token_id",
-                                                            "completion_start")}
+    index: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("pair_id", "side", "position", "token_id", "completion_start")
+    }
     for pair in sorted(pairs, key=lambda p: p.pair_id):
         for s, side in enumerate(SIDES):
             seq = pair.sequence(side)
             ids = torch.tensor([list(seq.prompt_ids) + list(seq.completion_ids)])
             start = seq.completion_start
-            keep = {"all": slice(0, seq.length), "completion": slice(start, seq.length),
-                    "prompt": slice(0, start)}[positions]
+            keep = {"all": slice(0, seq.length), "completion": slice(start, seq.length), "prompt": slice(0, start)}[
+                positions
+            ]
             for role, model in twins.models().items():
-                _, cache = model.run_with_cache(ids.to(model.cfg.device), names_filter=lambda n: n in names,
-                                                stop_at_layer=max(layers) + 1)
+                _, cache = model.run_with_cache(
+                    ids.to(model.cfg.device), names_filter=lambda n: n in names, stop_at_layer=max(layers) + 1
+                )
                 for n in names:
                     cols[f"{role}.{n}"].append(cache[n][0, keep].to("cpu", dtype))
             n_rows = keep.stop - keep.start
@@ -76,19 +86,30 @@ def export_activations(twins: Twins, pairs: Sequence[Any], out: str | Path, *, h
             index["token_id"].append(ids[0, keep].to(torch.int64))
             index["completion_start"].append(torch.full((n_rows,), start, dtype=torch.int64))
     tensors = {k: torch.cat(v).contiguous() for k, v in {**cols, **index}.items()}
-    meta = {"format": "alignment-probe paired activations v1", "hooks": json.dumps(names), "positions": positions,
-            "base": str(twins.base_source), "tuned": str(twins.tuned_source),
-            "base_fingerprint": str(twins.base_fingerprint), "tuned_fingerprint": str(twins.tuned_fingerprint),
-            "sides": json.dumps(list(SIDES))}
+    meta = {
+        "format": "alignment-probe paired activations v1",
+        "hooks": json.dumps(names),
+        "positions": positions,
+        "base": str(twins.base_source),
+        "tuned": str(twins.tuned_source),
+        "base_fingerprint": str(twins.base_fingerprint),
+        "tuned_fingerprint": str(twins.tuned_fingerprint),
+        "sides": json.dumps(list(SIDES)),
+    }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata=meta)
     return out
 
 
-def export_shift_vectors(vectors: dict[int, torch.Tensor], out: str | Path, *, model_hint: str = "",
-                         metadata: dict[str, str] | None = None,
-                         by_class: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[str, Path]:
+def export_shift_vectors(
+    vectors: dict[int, torch.Tensor],
+    out: str | Path,
+    *,
+    model_hint: str = "",
+    metadata: dict[str, str] | None = None,
+    by_class: dict[int, dict[str, torch.Tensor]] | None = None,
+) -> dict[str, Path]:
     """E11's tuning-shift vectors (layer → [d_model], e.g. a position class's v_ℓ) as safetensors keyed
     ``layer.<ℓ>``; with the ``gguf`` package installed, also a llama.cpp control vector (``.gguf``, tensors
     ``direction.<ℓ+1>``: llama.cpp numbers the layers whose output it shifts from 1)."""
@@ -99,9 +120,14 @@ def export_shift_vectors(vectors: dict[int, torch.Tensor], out: str | Path, *, m
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"layer.{int(k)}": v.detach().to("cpu", torch.float32).contiguous() for k, v in sorted(vectors.items())}
-    extra = {f"layer.{int(k)}.{c}": v.detach().to("cpu", torch.float32).contiguous()
-             for k, classes in sorted((by_class or {}).items()) for c, v in classes.items()}
-    save_file({**tensors, **extra}, str(out), metadata={"format": "alignment-probe shift vectors v1", **(metadata or {})})
+    extra = {
+        f"layer.{int(k)}.{c}": v.detach().to("cpu", torch.float32).contiguous()
+        for k, classes in sorted((by_class or {}).items())
+        for c, v in classes.items()
+    }
+    save_file(
+        {**tensors, **extra}, str(out), metadata={"format": "alignment-probe shift vectors v1", **(metadata or {})}
+    )
     files = {"safetensors": out}
     try:
         import gguf  # noqa: F401
@@ -124,4 +150,3 @@ def _write_control_vector(tensors: dict[str, torch.Tensor], path: Path, model_hi
     writer.write_tensors_to_file()
     writer.close()
     return path
-

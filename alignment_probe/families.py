@@ -30,10 +30,25 @@ from alignment_probe.errors import ArchitectureNotSupportedError
 
 # Families TransformerLens converts (weights), as the architectures[0] name in config.json.
 SUPPORTED_ARCHITECTURES = (
-    "GPT2LMHeadModel", "GPTNeoForCausalLM", "GPTNeoXForCausalLM", "GPTJForCausalLM", "OPTForCausalLM",
-    "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-    "PhiForCausalLM", "Phi3ForCausalLM", "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM",
-    "Olmo2ForCausalLM", "Olmo3ForCausalLM", "BloomForCausalLM", "ApertusForCausalLM",
+    "GPT2LMHeadModel",
+    "GPTNeoForCausalLM",
+    "GPTNeoXForCausalLM",
+    "GPTJForCausalLM",
+    "OPTForCausalLM",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "MixtralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "PhiForCausalLM",
+    "Phi3ForCausalLM",
+    "GemmaForCausalLM",
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
+    "Olmo2ForCausalLM",
+    "Olmo3ForCausalLM",
+    "BloomForCausalLM",
+    "ApertusForCausalLM",
 )
 
 
@@ -67,11 +82,17 @@ def _gpt2(hf: dict[str, Any]) -> dict[str, Any]:
     # TransformerLens ignores, sets the MLP width when present.
     d = hf["n_embd"]
     return {
-        "d_model": d, "d_head": d // hf["n_head"], "n_heads": hf["n_head"],
-        "d_mlp": hf.get("n_inner") or 4 * d, "n_layers": hf["n_layer"],
-        "n_ctx": _get(hf, "n_positions", "n_ctx", default=1024), "eps": hf.get("layer_norm_epsilon", 1e-5),
-        "d_vocab": hf["vocab_size"], "act_fn": hf.get("activation_function", "gelu_new"),
-        "use_attn_scale": hf.get("scale_attn_weights", True), "use_local_attn": False,
+        "d_model": d,
+        "d_head": d // hf["n_head"],
+        "n_heads": hf["n_head"],
+        "d_mlp": hf.get("n_inner") or 4 * d,
+        "n_layers": hf["n_layer"],
+        "n_ctx": _get(hf, "n_positions", "n_ctx", default=1024),
+        "eps": hf.get("layer_norm_epsilon", 1e-5),
+        "d_vocab": hf["vocab_size"],
+        "act_fn": hf.get("activation_function", "gelu_new"),
+        "use_attn_scale": hf.get("scale_attn_weights", True),
+        "use_local_attn": False,
         "scale_attn_by_inverse_layer_idx": hf.get("scale_attn_by_inverse_layer_idx", False),
         "normalization_type": "LN",
     }
@@ -81,17 +102,26 @@ def _gemma_common(hf: dict[str, Any]) -> dict[str, Any]:
     n_heads = hf["num_attention_heads"]
     d_head = hf.get("head_dim") or hf["hidden_size"] // n_heads
     return {
-        "d_model": hf["hidden_size"], "d_head": d_head, "n_heads": n_heads, "d_mlp": hf["intermediate_size"],
-        "n_layers": hf["num_hidden_layers"], "n_ctx": hf.get("max_position_embeddings", 8192),
-        "eps": hf.get("rms_norm_eps", 1e-6), "d_vocab": hf["vocab_size"],
+        "d_model": hf["hidden_size"],
+        "d_head": d_head,
+        "n_heads": n_heads,
+        "d_mlp": hf["intermediate_size"],
+        "n_layers": hf["num_hidden_layers"],
+        "n_ctx": hf.get("max_position_embeddings", 8192),
+        "eps": hf.get("rms_norm_eps", 1e-6),
+        "d_vocab": hf["vocab_size"],
         # transformers' Gemma MLPs use hidden_activation (gelu_pytorch_tanh); hidden_act is legacy.
         "act_fn": _get(hf, "hidden_activation", "hidden_act", default="gelu_pytorch_tanh"),
-        "initializer_range": hf.get("initializer_range", 0.02), "normalization_type": "RMS",
-        "rotary_base": _rope_theta(hf), "rotary_dim": d_head, "positional_embedding_type": "rotary",
+        "initializer_range": hf.get("initializer_range", 0.02),
+        "normalization_type": "RMS",
+        "rotary_base": _rope_theta(hf),
+        "rotary_dim": d_head,
+        "positional_embedding_type": "rotary",
         "use_attn_scale": True,
         # Always set, even without grouping: TransformerLens's Gemma conversion writes _W_K/_W_V.
         "n_key_value_heads": hf.get("num_key_value_heads") or n_heads,
-        "gated_mlp": True, "final_rms": True,
+        "gated_mlp": True,
+        "final_rms": True,
     }
 
 
@@ -149,15 +179,24 @@ def _olmo2(hf: dict[str, Any]) -> dict[str, Any]:
         raise ArchitectureNotSupportedError(
             f"This OLMo-2 checkpoint uses grouped-query attention ({hf['num_key_value_heads']} key/value heads for "
             f"{n_heads} query heads); TransformerLens 3.9 converts OLMo-2 only with one key/value head per query "
-            "head, as the released OLMo-2 models have. Use such a checkpoint, or a family that supports grouping.")
+            "head, as the released OLMo-2 models have. Use such a checkpoint, or a family that supports grouping."
+        )
     return {
-        "d_model": hf["hidden_size"], "d_head": hf["hidden_size"] // n_heads, "n_heads": n_heads,
-        "d_mlp": hf["intermediate_size"], "n_layers": hf["num_hidden_layers"],
-        "n_ctx": hf.get("max_position_embeddings", 4096), "eps": hf.get("rms_norm_eps", 1e-6),
-        "d_vocab": hf["vocab_size"], "act_fn": hf.get("hidden_act", "silu"),
-        "initializer_range": hf.get("initializer_range", 0.02), "normalization_type": "RMS",
-        "rotary_base": _rope_theta(hf, default=500000.0), "attn_types": ["global"] * hf["num_hidden_layers"],
-        "positional_embedding_type": "rotary", "gated_mlp": True,
+        "d_model": hf["hidden_size"],
+        "d_head": hf["hidden_size"] // n_heads,
+        "n_heads": n_heads,
+        "d_mlp": hf["intermediate_size"],
+        "n_layers": hf["num_hidden_layers"],
+        "n_ctx": hf.get("max_position_embeddings", 4096),
+        "eps": hf.get("rms_norm_eps", 1e-6),
+        "d_vocab": hf["vocab_size"],
+        "act_fn": hf.get("hidden_act", "silu"),
+        "initializer_range": hf.get("initializer_range", 0.02),
+        "normalization_type": "RMS",
+        "rotary_base": _rope_theta(hf, default=500000.0),
+        "attn_types": ["global"] * hf["num_hidden_layers"],
+        "positional_embedding_type": "rotary",
+        "gated_mlp": True,
     }
 
 
@@ -194,7 +233,8 @@ def config_dict(path: str | Path, hf: dict[str, Any]) -> dict[str, Any]:
     except (NotImplementedError, AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ArchitectureNotSupportedError(
             f"TransformerLens cannot build a config for this {arch} checkpoint ({type(exc).__name__}: {exc}). Its "
-            "config.json may hold a variant TransformerLens does not convert; --debug shows the traceback.") from exc
+            "config.json may hold a variant TransformerLens does not convert; --debug shows the traceback."
+        ) from exc
 
 
 def build_config(path: str | Path, hf: dict[str, Any], *, device: str, dtype: torch.dtype) -> Any:
@@ -207,8 +247,15 @@ def build_config(path: str | Path, hf: dict[str, Any], *, device: str, dtype: to
     from transformer_lens import HookedTransformerConfig
 
     cfg = config_dict(path, hf)
-    cfg.update(model_name=Path(str(path)).name, init_weights=False, device=device, dtype=dtype, n_devices=1,
-               from_checkpoint=False, d_vocab=hf.get("vocab_size", cfg["d_vocab"]))
+    cfg.update(
+        model_name=Path(str(path)).name,
+        init_weights=False,
+        device=device,
+        dtype=dtype,
+        n_devices=1,
+        from_checkpoint=False,
+        d_vocab=hf.get("vocab_size", cfg["d_vocab"]),
+    )
     cfg.setdefault("default_prepend_bos", True)
     cfg["load_in_4bit"] = (hf.get("quantization_config") or {}).get("load_in_4bit", False)
     if cfg.get("original_architecture") == "Qwen2ForCausalLM":  # as get_pretrained_model_config does
@@ -223,5 +270,6 @@ def check_architecture(hf: dict[str, Any], source: str) -> str:
         raise ArchitectureNotSupportedError(
             f"TransformerLens cannot convert the architecture {arch or hf.get('model_type')!r} of {source} (config.json "
             f"'architectures'). Families it converts: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}. Pass a checkpoint "
-            "of one of those (a fine-tune keeps its base model's architecture).")
+            "of one of those (a fine-tune keeps its base model's architecture)."
+        )
     return arch

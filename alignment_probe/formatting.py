@@ -66,8 +66,9 @@ def excludes_zero(lo: Any, hi: Any) -> bool:
     return math.isfinite(a) and math.isfinite(b) and (a > 0 or b < 0)
 
 
-def fmt_effect(mean: Any, lo: Any, hi: Any, *, unit: str = "nats", digits: int = 3, level: float = 0.95,
-               what: str = "effect") -> str:
+def fmt_effect(
+    mean: Any, lo: Any, hi: Any, *, unit: str = "nats", digits: int = 3, level: float = 0.95, what: str = "effect"
+) -> str:
     """A mean with its CI, or, when the CI includes 0, the bound a finite sample supports (statistics.md: "no
     effect" is never printed as 0): ``+0.52 nats [+0.31, +0.74]`` or ``|effect| < 0.11 nats at 95% (mean +0.02,
     CI [−0.05, +0.11])``. The bound is the larger absolute CI end, rounded up."""
@@ -81,8 +82,7 @@ def fmt_effect(mean: Any, lo: Any, hi: Any, *, unit: str = "nats", digits: int =
     bound = _bound_up(max(abs(a), abs(b)))
     if bound == 0:  # every resample's mean is 0 (an exact identity, not a finite sample's null)
         return f"0 {unit} in every resample (mean {m:+.{digits}g}, CI [{a:.{digits}g}, {b:.{digits}g}])"
-    return (f"|{what}| < {bound:.2g} {unit} at {level:.0%} (mean {m:+.{digits}g}, "
-            f"CI [{a:+.{digits}g}, {b:+.{digits}g}])")
+    return f"|{what}| < {bound:.2g} {unit} at {level:.0%} (mean {m:+.{digits}g}, CI [{a:+.{digits}g}, {b:+.{digits}g}])"
 
 
 def _triple(part: Any) -> tuple[float, float, float]:
@@ -103,8 +103,16 @@ def _nats(part: Any, digits: int = 3) -> str:
     return f"{m:+.{digits}g}{ci} nats"
 
 
-def fmt_ratio(ratio: Any, lo: Any, hi: Any, *, numerator: Any = None, denominator: Any = None,
-              digits: int = 3, percent: bool = False) -> str:
+def fmt_ratio(
+    ratio: Any,
+    lo: Any,
+    hi: Any,
+    *,
+    numerator: Any = None,
+    denominator: Any = None,
+    digits: int = 3,
+    percent: bool = False,
+) -> str:
     """A ratio under statistics.md's ratio rule: ``0.986 [0.95, 1.02]`` when defined (finite), else
     ``undefined (denominator CI spans 0): numerator +0.12 [..] nats, denominator +0.01 [..] nats``. Numerator and
     denominator: dicts ``{"mean","ci_low","ci_high"}``, (mean, lo, hi) or bare means."""

@@ -60,8 +60,10 @@ def parse_condition(text: str, n_layers: int | None = None) -> Condition:
     t = text.strip()
 
     def bad(why: str) -> ConfigError:
-        return ConfigError(f"--conditions: {t!r} {why}; write one of {CONDITION_SYNTAX} "
-                           f"(HOOK one of {', '.join(HOOKS)}), comma-separated.")
+        return ConfigError(
+            f"--conditions: {t!r} {why}; write one of {CONDITION_SYNTAX} "
+            f"(HOOK one of {', '.join(HOOKS)}), comma-separated."
+        )
 
     def layer_ok(layer: int) -> int:
         if n_layers is not None and not 0 <= layer < n_layers:
@@ -142,9 +144,15 @@ def _steer_hook(vectors: Mapping[str, torch.Tensor], scale: float, prompt_len: i
 
 
 @torch.inference_mode()
-def _decode(model: Any, prompt: Sequence[int], pick: _Picker, max_new_tokens: int, stop: set[int],
-            fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
-            before_step: Callable[[torch.Tensor], None] | None = None) -> list[int]:
+def _decode(
+    model: Any,
+    prompt: Sequence[int],
+    pick: _Picker,
+    max_new_tokens: int,
+    stop: set[int],
+    fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
+    before_step: Callable[[torch.Tensor], None] | None = None,
+) -> list[int]:
     """Decode with ``model`` and its key/value cache; ``before_step(new_tokens)`` runs first at every step (the
     lockstep source of a patch)."""
     device = model.cfg.device
@@ -182,9 +190,17 @@ def _patch_step(source: Any, hook_name: str, layer: int) -> tuple[Callable[[torc
     return step, put
 
 
-def generate_one(twins: Twins, prompt: Sequence[int], condition: Condition, *, pair_id: int = 0,
-                 max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
-                 shifts: Mapping[int, Mapping[str, torch.Tensor]] | None = None) -> list[int]:
+def generate_one(
+    twins: Twins,
+    prompt: Sequence[int],
+    condition: Condition,
+    *,
+    pair_id: int = 0,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    seed: int = 0,
+    shifts: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
+) -> list[int]:
     """The generated token ids (without the prompt) of one prompt under one condition."""
     pick = _Picker(temperature, seed, pair_id)
     stop = {i for i in (getattr(twins.tokenizer, "eos_token_id", None),) if i is not None}
@@ -201,17 +217,26 @@ def generate_one(twins: Twins, prompt: Sequence[int], condition: Condition, *, p
     if condition.kind == "steer":
         vectors = (shifts or {}).get(condition.layer)
         if vectors is None:
-            raise ConfigError(f"{condition.text!r} needs E11's tuning shift at layer {condition.layer}: pass "
-                              "shifts={layer: {'LP', 'F', 'R' vectors}} (ap.generate fits them on the pairs given).")
+            raise ConfigError(
+                f"{condition.text!r} needs E11's tuning shift at layer {condition.layer}: pass "
+                "shifts={layer: {'LP', 'F', 'R' vectors}} (ap.generate fits them on the pairs given)."
+            )
         hook = _steer_hook(vectors, condition.scale, len(prompt))
         return _decode(twins.base, prompt, pick, max_new_tokens, stop, fwd_hooks=[(hook_name, hook)])
     raise ConfigError(f"unknown condition kind {condition.kind!r}")
 
 
-def generate(twins: Twins, prompts: Sequence[Any], conditions: Sequence[str] | str = ("base", "tuned"), *,
-             max_new_tokens: int = 32, temperature: float = 0.0, seed: int = 0,
-             shifts: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
-             progress: bool = False) -> list[dict[str, Any]]:
+def generate(
+    twins: Twins,
+    prompts: Sequence[Any],
+    conditions: Sequence[str] | str = ("base", "tuned"),
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    seed: int = 0,
+    shifts: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
     """One record per prompt × condition: ``{"pair_id", "condition", "text", "token_ids", "prompt"}``.
 
     ``prompts``: tokenised pairs (their prompt, BOS included, is decoded from), token-id lists, or strings
@@ -233,10 +258,25 @@ def generate(twins: Twins, prompts: Sequence[Any], conditions: Sequence[str] | s
     jobs = [(pid, ids, c) for pid, ids in items for c in conds]
     bar = _progress(len(jobs), progress)
     for pid, ids, cond in jobs:
-        out = generate_one(twins, ids, cond, pair_id=pid, max_new_tokens=max_new_tokens, temperature=temperature,
-                           seed=seed, shifts=shifts)
-        rows.append({"pair_id": pid, "condition": cond.text, "text": twins.tokenizer.decode(out),
-                     "token_ids": out, "prompt": twins.tokenizer.decode(ids[1:] if len(ids) > 1 else ids)})
+        out = generate_one(
+            twins,
+            ids,
+            cond,
+            pair_id=pid,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            shifts=shifts,
+        )
+        rows.append(
+            {
+                "pair_id": pid,
+                "condition": cond.text,
+                "text": twins.tokenizer.decode(out),
+                "token_ids": out,
+                "prompt": twins.tokenizer.decode(ids[1:] if len(ids) > 1 else ids),
+            }
+        )
         bar.update(1)
     bar.close()
     return rows
@@ -253,8 +293,11 @@ def _progress(total: int, show: bool) -> Any:
 
 
 def write_jsonl(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    text = "".join(json.dumps({k: r[k] for k in ("pair_id", "condition", "text", "token_ids", "prompt")},
-                              ensure_ascii=False) + "\n" for r in rows)
+    text = "".join(
+        json.dumps({k: r[k] for k in ("pair_id", "condition", "text", "token_ids", "prompt")}, ensure_ascii=False)
+        + "\n"
+        for r in rows
+    )
     return write_bytes_atomic(Path(path), text.encode())
 
 
@@ -294,7 +337,7 @@ def table_html(rows: Sequence[Mapping[str, Any]], tokenizer: Any = None, *, titl
         prompt_cell = html.escape(prompt[-400:])
         body.append(f'<tr><td class="prompt">pair {pid}<br><small>…{prompt_cell}</small></td>{"".join(tds)}</tr>')
     caption = f"<caption>{html.escape(title)}</caption>" if title else ""
-    return (f'<table class="generations">{caption}<tr><th>prompt</th>{head}</tr>{"".join(body)}</table>')
+    return f'<table class="generations">{caption}<tr><th>prompt</th>{head}</tr>{"".join(body)}</table>'
 
 
 PAGE_STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}
@@ -305,10 +348,12 @@ mark{background:#fff3b0}caption{text-align:left;font-weight:600;padding:6px 0}""
 
 
 def page_html(rows: Sequence[Mapping[str, Any]], tokenizer: Any = None, *, title: str = "Generations") -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{PAGE_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            "<p>Each column decodes the same prompt under one condition; highlighted text is where a condition "
-            "departs from the base model's.</p>" + table_html(rows, tokenizer) + "</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{PAGE_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        "<p>Each column decodes the same prompt under one condition; highlighted text is where a condition "
+        "departs from the base model's.</p>" + table_html(rows, tokenizer) + "</body></html>\n"
+    )
 
 
 class Generations(list[dict[str, Any]]):
@@ -330,5 +375,7 @@ class Generations(list[dict[str, Any]]):
     def write(self, out: str | Path, *, title: str = "Generations") -> dict[str, Path]:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        return {"jsonl": write_jsonl(self, out / "generations.jsonl"),
-                "html": write_bytes_atomic(out / "generations.html", page_html(self, self.tokenizer, title=title).encode())}
+        return {
+            "jsonl": write_jsonl(self, out / "generations.jsonl"),
+            "html": write_bytes_atomic(out / "generations.html", page_html(self, self.tokenizer, title=title).encode()),
+        }

@@ -39,7 +39,8 @@ def official_name(name: str) -> str:
             f"{name!r} is neither a local folder nor a model TransformerLens knows by name. If it is a local "
             "checkpoint, check the path (it does not exist). If it is a hub model of a family TransformerLens "
             f"converts (a fine-tune, say), download it to a folder - `hf download {name} --local-dir DIR` - and pass "
-            "DIR; folders load for every supported family, named or not.") from None
+            "DIR; folders load for every supported family, named or not."
+        ) from None
 
 
 def cache_dir() -> str:
@@ -51,8 +52,12 @@ def cache_dir() -> str:
 def resolve_snapshot(name: str) -> tuple[str, Path]:
     """(official name, the folder holding its files): from the cache offline, downloaded otherwise."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-                                        RepositoryNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
 
     official = official_name(name)
     token = os.environ.get("HF_TOKEN") or None
@@ -65,16 +70,19 @@ def resolve_snapshot(name: str) -> tuple[str, Path]:
         raise HubAccessError(
             f"{official} is a gated model and this account has no access to it. Accept its licence on "
             f"https://huggingface.co/{official} while logged in, then log in here (`hf auth login`, or set HF_TOKEN); "
-            "or pass a local folder that holds the checkpoint.") from None
+            "or pass a local folder that holds the checkpoint."
+        ) from None
     except RepositoryNotFoundError:
         raise HubAccessError(
             f"The hub says {official} does not exist or is private to an account you are not logged in as. Log in "
-            "with an account that can read it (`hf auth login`, or set HF_TOKEN), or pass a local checkpoint folder.") from None
+            "with an account that can read it (`hf auth login`, or set HF_TOKEN), or pass a local checkpoint folder."
+        ) from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError) as exc:
         offline = constants.HF_HUB_OFFLINE
         raise HubModelNotCachedError(
             f"{official} is not in {where} and the hub cannot be reached "
             f"({'HF_HUB_OFFLINE=1' if offline else f'{type(exc).__name__}: {exc}'}). Download it once where there is "
             f"network (`hf download {official}`, into this cache or one HF_HUB_CACHE points to), "
-            f"{'unset HF_HUB_OFFLINE, ' if offline else ''}or pass a local checkpoint folder.") from None
+            f"{'unset HF_HUB_OFFLINE, ' if offline else ''}or pass a local checkpoint folder."
+        ) from None
     return official, path

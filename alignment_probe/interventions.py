@@ -35,8 +35,18 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from alignment_probe.vocab import (LOWRANK_MODE_NAMES, SCOPES, VECTOR_KINDS, LowRankMode, Side, VectorKind, check,
-                                   check_scope, check_side, parse_scope)
+from alignment_probe.vocab import (
+    LOWRANK_MODE_NAMES,
+    SCOPES,
+    VECTOR_KINDS,
+    LowRankMode,
+    Side,
+    VectorKind,
+    check,
+    check_scope,
+    check_side,
+    parse_scope,
+)
 
 Act = Float[Tensor, "pos d *rest"]  # [pos, d_model]; per-head hooks: [pos, heads, d_head]
 # Both runs of a pair: their lengths differ, so ``pos`` is not tied to the sequence in context.
@@ -94,8 +104,10 @@ class ReplaceHead:
 
     def __call__(self, ctx: SequenceContext) -> Act:
         if ctx.target.dim() != 3 or not 0 <= self.head < ctx.target.shape[1]:
-            raise ValueError(f"ReplaceHead({self.head}) needs a per-head activation [pos, heads, d_head] with more "
-                             f"than {self.head} heads; got shape {tuple(ctx.target.shape)}")
+            raise ValueError(
+                f"ReplaceHead({self.head}) needs a per-head activation [pos, heads, d_head] with more "
+                f"than {self.head} heads; got shape {tuple(ctx.target.shape)}"
+            )
         out = ctx.target.clone()
         out[:, self.head] = ctx.source[:, self.head]
         return out
@@ -145,7 +157,7 @@ class RandomDirection:
 def completion_mean(ctx: SequenceContext, side: Side) -> Float[Tensor, " d_model"]:
     """Mean source activation over the completion tokens of one run of the pair."""
     act = ctx.source_by_side[side]
-    return act[ctx.prompt_len_by_side[side]: ctx.length_by_side[side]].mean(0)
+    return act[ctx.prompt_len_by_side[side] : ctx.length_by_side[side]].mean(0)
 
 
 @dataclass(frozen=True)
@@ -224,8 +236,8 @@ def predicting_classes(prompt_len: int, length: int, first_k: int, width: int | 
     if prompt_len < 1 or end < prompt_len:
         return cls
     cls[prompt_len - 1] = 0
-    cls[prompt_len: min(prompt_len + first_k, end)] = 1
-    cls[prompt_len + first_k: end] = 2
+    cls[prompt_len : min(prompt_len + first_k, end)] = 1
+    cls[prompt_len + first_k : end] = 2
     return cls
 
 
@@ -243,16 +255,20 @@ class AddByClass:
 
     def __post_init__(self) -> None:
         if self.vectors.dim() != 2 or self.vectors.shape[0] != len(POSITION_CLASSES):
-            raise ValueError(f"AddByClass needs one vector per position class {POSITION_CLASSES}: shape [3, d_model], "
-                             f"got {tuple(self.vectors.shape)}")
+            raise ValueError(
+                f"AddByClass needs one vector per position class {POSITION_CLASSES}: shape [3, d_model], "
+                f"got {tuple(self.vectors.shape)}"
+            )
         if not isinstance(self.first_k, int) or self.first_k < 0:
             raise ValueError(f"AddByClass first_k must be a whole number ≥ 0, got {self.first_k!r}")
 
     def __call__(self, ctx: SequenceContext) -> Act:
         if ctx.target.dim() != 2 or ctx.target.shape[-1] != self.vectors.shape[1]:
-            raise ValueError(f"AddByClass adds [d_model = {self.vectors.shape[1]}] vectors to a residual-shaped "
-                             f"activation [pos, d_model]; got shape {tuple(ctx.target.shape)} (per-head hooks "
-                             "cannot be steered)")
+            raise ValueError(
+                f"AddByClass adds [d_model = {self.vectors.shape[1]}] vectors to a residual-shaped "
+                f"activation [pos, d_model]; got shape {tuple(ctx.target.shape)} (per-head hooks "
+                "cannot be steered)"
+            )
         cls = predicting_classes(ctx.prompt_len, ctx.length, self.first_k, ctx.target.shape[0]).to(ctx.target.device)
         at = cls >= 0
         out = ctx.target.clone()
@@ -292,7 +308,7 @@ def scope_mask(scope: str, prompt_len: int, length: int, width: int) -> Bool[Ten
     name, k = parse_scope(scope)
     mask = torch.zeros(width, dtype=torch.bool)
     if name == "first_completion" and k is not None:  # parse_scope gives first_completion its K
-        mask[prompt_len: min(prompt_len + k, length)] = True
+        mask[prompt_len : min(prompt_len + k, length)] = True
     elif scope == "all":
         mask[:length] = True
     elif scope == "all_but_bos":
@@ -304,7 +320,7 @@ def scope_mask(scope: str, prompt_len: int, length: int, width: int) -> Bool[Ten
     elif scope == "last_prompt":
         mask[prompt_len - 1] = True
     elif scope == "predicting":  # the last prompt token through the second-to-last completion token
-        mask[max(prompt_len - 1, 0): max(length - 1, 0)] = True
+        mask[max(prompt_len - 1, 0) : max(length - 1, 0)] = True
     else:  # unreachable: parse_scope rejected it
         raise ValueError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
     return mask

@@ -18,8 +18,18 @@ from typing import Any, Sequence
 
 from alignment_probe.files import json_bytes, write_bytes_atomic
 
-PACKAGES = ("alignment-probe", "torch", "transformer-lens", "transformers", "tokenizers", "numpy", "pandas",
-            "pyarrow", "scikit-learn", "datasets")
+PACKAGES = (
+    "alignment-probe",
+    "torch",
+    "transformer-lens",
+    "transformers",
+    "tokenizers",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scikit-learn",
+    "datasets",
+)
 
 
 def versions() -> dict[str, str]:
@@ -44,8 +54,11 @@ def environment(device: str | None = None) -> dict[str, Any]:
         "torch_num_threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "cuda_available": torch.cuda.is_available(),
-        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG",
-                                           "CUDA_VISIBLE_DEVICES") if k in os.environ},
+        "env": {
+            k: os.environ[k]
+            for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG", "CUDA_VISIBLE_DEVICES")
+            if k in os.environ
+        },
     }
     if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
         env["cuda_device"] = torch.cuda.get_device_name(torch.device(device))
@@ -71,9 +84,15 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def build_manifest(command: str, config: dict[str, Any], models: dict[str, Any] | None = None,
-                   data: dict[str, Any] | None = None, *, argv: Sequence[str] | None = None,
-                   device: str | None = None) -> dict[str, Any]:
+def build_manifest(
+    command: str,
+    config: dict[str, Any],
+    models: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    *,
+    argv: Sequence[str] | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
     return {
         "command": command,
         "argv": list(argv) if argv is not None else ["alignment-probe", *sys.argv[1:]],

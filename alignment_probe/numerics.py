@@ -20,9 +20,11 @@ import torch
 
 from alignment_probe.errors import NumericalError
 
-FIX = ("Check that the checkpoint produces sensible text in transformers, use --dtype float32 if you used "
-       "bfloat16 (a value over ~3e38 overflows either way, but bfloat16 loses precision first), or remove that "
-       "line from the data to continue without it.")
+FIX = (
+    "Check that the checkpoint produces sensible text in transformers, use --dtype float32 if you used "
+    "bfloat16 (a value over ~3e38 overflows either way, but bfloat16 loses precision first), or remove that "
+    "line from the data to continue without it."
+)
 
 
 @torch.inference_mode()
@@ -37,8 +39,15 @@ def first_nonfinite_hook(model: Any, tokens: Sequence[int]) -> str | None:
             names.append(hook.name)
             cache[hook.name] = bool(torch.isfinite(act).all())
 
-    wanted = ("hook_embed", "hook_pos_embed", "hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out",
-              "hook_resid_post")
+    wanted = (
+        "hook_embed",
+        "hook_pos_embed",
+        "hook_resid_pre",
+        "hook_attn_out",
+        "hook_resid_mid",
+        "hook_mlp_out",
+        "hook_resid_post",
+    )
     ids = torch.tensor([list(tokens)], device=model.cfg.device)
     logits = model.run_with_hooks(ids, fwd_hooks=[(lambda n: n.endswith(wanted), keep)])
     for name in names:
@@ -67,7 +76,8 @@ def check_clean(pair: Any, clean: Mapping[str, Mapping[tuple[int, str], float]],
             hook = first_nonfinite_hook(pair.models()[model_name], seq.prompt_ids + seq.completion_ids)
             raise NumericalError(
                 f"The {model_name} model produced NaN/inf on pair_id {pair_id} (line {pair_id + 1} of the data), "
-                f"{side} sequence, without any patch: {_where(hook)}; log p({side}) = {value}. {FIX}")
+                f"{side} sequence, without any patch: {_where(hook)}; log p({side}) = {value}. {FIX}"
+            )
 
 
 def check_scores(pair: Any, scores: Any, tokenized: Sequence[Any]) -> None:
@@ -85,8 +95,10 @@ def check_scores(pair: Any, scores: Any, tokenized: Sequence[Any]) -> None:
 def describe_spec(spec: Any) -> str:
     k = spec.key
     param = "" if isinstance(k.param, float) and math.isnan(k.param) else f", param {k.param:g}"
-    return (f"{k.experiment} ({k.source} → {k.target}, hook {k.hook} of layer {k.layer}, scope {k.scope}, "
-            f"sides {k.sides}{param}, split {k.split})")
+    return (
+        f"{k.experiment} ({k.source} → {k.target}, hook {k.hook} of layer {k.layer}, scope {k.scope}, "
+        f"sides {k.sides}{param}, split {k.split})"
+    )
 
 
 def check_patched(patched: Mapping[tuple[int, int, str], float], specs: Sequence[Any]) -> None:
@@ -101,4 +113,5 @@ def check_patched(patched: Mapping[tuple[int, int, str], float], specs: Sequence
             f"data), {side} sequence, in layer {spec.key.layer} or after it; the unpatched runs of this pair are "
             f"finite, so the patched activation is at fault (the source model's activation at blocks."
             f"{spec.key.layer}.hook_{spec.key.hook}, or an extreme α/scale). Check that activation, or leave this "
-            "experiment out with --experiments.")
+            "experiment out with --experiments."
+        )

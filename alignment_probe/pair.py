@@ -54,12 +54,15 @@ from alignment_probe.errors import ArchitectureNotSupportedError, CheckpointErro
 from alignment_probe.families import build_config, check_architecture
 from alignment_probe.hub import resolve_snapshot
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-                                 "float64": torch.float64}
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
 
 # A probe string that exercises spaces, punctuation, digits, newlines and the HH turn markers.
 TOKENIZER_PROBE = "\n\nHuman: Can you help me, please? It's 3:45pm.\n\nAssistant: Sure — here's how."
-
 
 
 @dataclass
@@ -142,9 +145,11 @@ def check_finite_weights(model: torch.nn.Module, source: str) -> None:
     # Parameters only: buffers such as the attention mask's IGNORE value are -inf by design.
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
-        raise CheckpointError(f"The checkpoint {source} has NaN or inf in {len(bad)} weight tensor(s): "
-                              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. The file is broken (or was "
-                              "converted to a dtype too narrow for its values); re-save or re-download it.")
+        raise CheckpointError(
+            f"The checkpoint {source} has NaN or inf in {len(bad)} weight tensor(s): "
+            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. The file is broken (or was "
+            "converted to a dtype too narrow for its values); re-save or re-download it."
+        )
 
 
 # Substrings that make TransformerLens read a family from a *path* instead of its config.json.
@@ -199,8 +204,10 @@ def load_tokenizer(path: str | os.PathLike[str], source: str | None = None) -> A
     try:
         return AutoTokenizer.from_pretrained(str(_name_safe_path(real)))
     except Exception as exc:  # corrupt or incompatible tokenizer files: a problem with the checkpoint
-        raise CheckpointError(f"The tokenizer files in {source or real} cannot be loaded ({type(exc).__name__}: {exc}). "
-                              "Save them again with tokenizer.save_pretrained(dir) (--debug shows the traceback).") from exc
+        raise CheckpointError(
+            f"The tokenizer files in {source or real} cannot be loaded ({type(exc).__name__}: {exc}). "
+            "Save them again with tokenizer.save_pretrained(dir) (--debug shows the traceback)."
+        ) from exc
 
 
 @contextmanager
@@ -228,11 +235,18 @@ def _conversion_errors(source: str, arch: str) -> Iterator[None]:
     except (NotImplementedError, ValueError, KeyError, AttributeError, AssertionError) as exc:
         raise ArchitectureNotSupportedError(
             f"TransformerLens cannot convert the {arch} checkpoint {source} ({type(exc).__name__}: {exc}). It supports "
-            "the released variants of each family; use one (--debug shows the traceback).") from exc
+            "the released variants of each family; use one (--debug shows the traceback)."
+        ) from exc
 
 
-def load_local_model(path: str | os.PathLike[str], *, device: str = "cpu", dtype: str | torch.dtype = "float32",
-                     source: str | None = None, tokenizer: Any = None) -> LoadedModel:
+def load_local_model(
+    path: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    dtype: str | torch.dtype = "float32",
+    source: str | None = None,
+    tokenizer: Any = None,
+) -> LoadedModel:
     """Load a local Hugging Face checkpoint directory as an unprocessed ``HookedTransformer``.
 
     Builds the TransformerLens config from the checkpoint's own config.json (never from a
@@ -258,17 +272,23 @@ def load_local_model(path: str | os.PathLike[str], *, device: str = "cpu", dtype
         with _quiet_loading():
             hf_model = AutoModelForCausalLM.from_pretrained(safe, dtype=torch_dtype)
     except Exception as exc:  # truncated weights, shapes that disagree with config.json, unknown model_type
-        raise CheckpointError(f"The model in {source} cannot be loaded ({type(exc).__name__}: {exc}). The weight files "
-                              "may be truncated (an interrupted copy or download) or disagree with config.json; save "
-                              "or download the checkpoint again (--debug shows the traceback).") from exc
+        raise CheckpointError(
+            f"The model in {source} cannot be loaded ({type(exc).__name__}: {exc}). The weight files "
+            "may be truncated (an interrupted copy or download) or disagree with config.json; save "
+            "or download the checkpoint again (--debug shows the traceback)."
+        ) from exc
     with _conversion_errors(source, arch):
         cfg = build_config(safe, hf_model.config.to_dict(), device=device, dtype=torch_dtype)
         state_dict = loading.get_pretrained_state_dict(safe, cfg, hf_model, dtype=torch_dtype)
     del hf_model  # the state dict still views its tensors; they go when it is emptied below
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(  # empties state_dict key by key, releasing the Hugging Face tensors
-        state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
-        fold_value_biases=False, refactor_factored_attn_matrices=False,
+        state_dict,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
     )
     del state_dict
     gc.collect()
@@ -282,8 +302,14 @@ def load_local_model(path: str | os.PathLike[str], *, device: str = "cpu", dtype
 
 # The attention's 3-D weights, stored so that TransformerLens's rearrangement into a ``[out, in]`` matrix
 # is a view: the axes permutation that takes the stored (contiguous) tensor to the parameter's shape.
-_ATTENTION_LAYOUT = {"W_Q": (0, 2, 1), "W_K": (0, 2, 1), "W_V": (0, 2, 1), "_W_K": (0, 2, 1), "_W_V": (0, 2, 1),
-                     "W_O": (1, 2, 0)}
+_ATTENTION_LAYOUT = {
+    "W_Q": (0, 2, 1),
+    "W_K": (0, 2, 1),
+    "W_V": (0, 2, 1),
+    "_W_K": (0, 2, 1),
+    "_W_V": (0, 2, 1),
+    "W_O": (1, 2, 0),
+}
 
 
 def store_weights_column_major(model: torch.nn.Module) -> None:
@@ -317,8 +343,9 @@ def load_hub_model(name: str, *, device: str = "cpu", dtype: str | torch.dtype =
     return load_local_model(path, device=device, dtype=dtype, source=official)
 
 
-def resolve_tuned(base: str | os.PathLike[str], tuned: str | os.PathLike[str], *,
-                  cache_dir: str | os.PathLike[str] | None = None) -> tuple[str | os.PathLike[str], str | None]:
+def resolve_tuned(
+    base: str | os.PathLike[str], tuned: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None
+) -> tuple[str | os.PathLike[str], str | None]:
     """``tuned``, or, when it is a peft adapter folder, the cached folder of it merged onto ``base``,
     with a description of what was merged (for messages and manifests)."""
 
@@ -329,8 +356,13 @@ def resolve_tuned(base: str | os.PathLike[str], tuned: str | os.PathLike[str], *
     return merged, f"{base} + adapter {Path(tuned).expanduser().resolve()}"
 
 
-def load_model(spec: str | os.PathLike[str], *, device: str | None = "cpu", dtype: str | torch.dtype = "float32",
-               source: str | None = None) -> LoadedModel:
+def load_model(
+    spec: str | os.PathLike[str],
+    *,
+    device: str | None = "cpu",
+    dtype: str | torch.dtype = "float32",
+    source: str | None = None,
+) -> LoadedModel:
     """Load one model from a local checkpoint directory or a hub name."""
     device = resolve_device(device)
     if is_local_checkpoint(spec):
@@ -348,8 +380,19 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:32]
 
 
-_CFG_FIELDS = ("original_architecture", "n_layers", "d_model", "n_heads", "n_key_value_heads", "d_head",
-               "d_mlp", "d_vocab", "normalization_type", "positional_embedding_type", "act_fn")
+_CFG_FIELDS = (
+    "original_architecture",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "n_key_value_heads",
+    "d_head",
+    "d_mlp",
+    "d_vocab",
+    "normalization_type",
+    "positional_embedding_type",
+    "act_fn",
+)
 
 
 def tokenizer_problems(tb: Any, tt: Any) -> list[str]:
@@ -362,8 +405,9 @@ def tokenizer_problems(tb: Any, tt: Any) -> list[str]:
     eb = tb.encode(TOKENIZER_PROBE, add_special_tokens=False)
     et = tt.encode(TOKENIZER_PROBE, add_special_tokens=False)
     if eb != et:
-        problems.append(f"tokenizers split the probe string {TOKENIZER_PROBE!r} differently "
-                        f"({len(eb)} vs {len(et)} tokens)")
+        problems.append(
+            f"tokenizers split the probe string {TOKENIZER_PROBE!r} differently ({len(eb)} vs {len(et)} tokens)"
+        )
     return problems
 
 
@@ -371,7 +415,8 @@ def _refuse_incompatible(base_source: str, tuned_source: str, problems: list[str
     if problems:
         raise IncompatiblePairError(
             f"Base {base_source} and tuned {tuned_source} are not a compatible pair, so their activations "
-            "cannot be patched into each other:\n  - " + "\n  - ".join(problems)
+            "cannot be patched into each other:\n  - "
+            + "\n  - ".join(problems)
             + "\nPass a base model and a checkpoint fine-tuned from it (same architecture, size and tokenizer)."
         )
 
@@ -431,13 +476,27 @@ def open_checkpoints(base: str | os.PathLike[str], tuned: str | os.PathLike[str]
     safe = str(_name_safe_path(base_dir))
     with _conversion_errors(base_source, arch):
         cfg = build_config(safe, AutoConfig.from_pretrained(safe).to_dict(), device="cpu", dtype=torch.float32)
-    return Checkpoints(base_dir, base_source, tuned_dir, tuned_source, tokenizer, tuned_tokenizer,
-                       getattr(cfg, "n_ctx", None), cfg.n_layers)
+    return Checkpoints(
+        base_dir,
+        base_source,
+        tuned_dir,
+        tuned_source,
+        tokenizer,
+        tuned_tokenizer,
+        getattr(cfg, "n_ctx", None),
+        cfg.n_layers,
+    )
 
 
-def load_twins(base: str | os.PathLike[str], tuned: str | os.PathLike[str], *, device: str | None = "cpu",
-              dtype: str | torch.dtype = "float32", cache_dir: str | os.PathLike[str] | None = None,
-              checkpoints: Checkpoints | None = None) -> Twins:
+def load_twins(
+    base: str | os.PathLike[str],
+    tuned: str | os.PathLike[str],
+    *,
+    device: str | None = "cpu",
+    dtype: str | torch.dtype = "float32",
+    cache_dir: str | os.PathLike[str] | None = None,
+    checkpoints: Checkpoints | None = None,
+) -> Twins:
     """Load ``base`` and ``tuned`` with identical (no) weight processing and check they are compatible.
 
     ``tuned`` may be a peft adapter folder: it is merged onto ``base`` first (cached in ``cache_dir``,
@@ -454,9 +513,16 @@ def load_twins(base: str | os.PathLike[str], tuned: str | os.PathLike[str], *, d
     b = load_local_model(ck.base, device=device, dtype=dtype, source=ck.base_source, tokenizer=ck.tokenizer)
     t = load_local_model(tuned_dir, device=device, dtype=dtype, source=tuned_source, tokenizer=tuned_tokenizer)
     check_compatible(b, t)
-    return Twins(base=b.model, tuned=t.model, tokenizer=b.tokenizer, base_source=b.source,
-                 tuned_source=t.source, base_fingerprint=b.fingerprint, tuned_fingerprint=t.fingerprint,
-                 tuned_adapter=adapter)
+    return Twins(
+        base=b.model,
+        tuned=t.model,
+        tokenizer=b.tokenizer,
+        base_source=b.source,
+        tuned_source=t.source,
+        base_fingerprint=b.fingerprint,
+        tuned_fingerprint=t.fingerprint,
+        tuned_adapter=adapter,
+    )
 
 
 # Old names, kept so existing scripts keep working.

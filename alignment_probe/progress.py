@@ -18,8 +18,13 @@ class Stages:
     finished-stage lines go (always written); ``existing``: the parts an earlier run left (a resumed run says how
     many of a stage's parts it found done)."""
 
-    def __init__(self, enabled: bool = True, log: Callable[[str], None] = lambda s: None, *,
-                 existing: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        enabled: bool = True,
+        log: Callable[[str], None] = lambda s: None,
+        *,
+        existing: frozenset[str] = frozenset(),
+    ):
         self.enabled, self.log, self.existing = enabled, log, existing
         self._bars: dict[int, Any] = {}
         self._started: dict[int, float] = {}
@@ -37,8 +42,9 @@ class Stages:
         if self.enabled:
             from tqdm.auto import tqdm
 
-            self._bars[stage] = tqdm(total=total, desc=f"stage {stage}: {what}", unit=unit,
-                                     file=sys.stderr, leave=False, dynamic_ncols=True)
+            self._bars[stage] = tqdm(
+                total=total, desc=f"stage {stage}: {what}", unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True
+            )
 
     def done(self, stage: int, name: str, units: int, real: bool = True) -> None:
         """The part ``name`` (a file name in the run's parts) of ``units`` units is there (``real``: not a

@@ -31,7 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from alignment_probe.chat import describe as describe_chat
+from alignment_probe.chat import resolve_chat_template
 from alignment_probe.data import load_pairs, read_pair_ids, restrict_pairs
+
 # Models narrower than this run on one CPU thread when the command line chooses (auto_threads), and as one process
 # per core (run --procs auto, distributed.auto_processes): measured in bench/README.md.
 from alignment_probe.distributed import ONE_THREAD_BELOW_D_MODEL
@@ -42,13 +45,23 @@ from alignment_probe.experiments.suite import DEFAULT_PAIRS_PER_PART, SuiteConfi
 from alignment_probe.manifest import build_manifest, file_fingerprint, now, write_json_atomic
 from alignment_probe.pair import load_twins, open_checkpoints
 from alignment_probe.tables import PartStore, write_table
-from alignment_probe.chat import describe as describe_chat
-from alignment_probe.chat import resolve_chat_template
-from alignment_probe.tokens import (cap_to_context, check_sampling_options, describe_truncation, sample_and_tokenize,
-                                    truncation_stats)
+from alignment_probe.tokens import (
+    cap_to_context,
+    check_sampling_options,
+    describe_truncation,
+    sample_and_tokenize,
+    truncation_stats,
+)
 
-OUTPUTS = ("scores.parquet", "effects.parquet", "token_effects.parquet", "lasso.parquet", "fits.json", "summary.json",
-           "report.html")
+OUTPUTS = (
+    "scores.parquet",
+    "effects.parquet",
+    "token_effects.parquet",
+    "lasso.parquet",
+    "fits.json",
+    "summary.json",
+    "report.html",
+)
 
 
 @dataclass
@@ -75,18 +88,34 @@ class RunRequest:
     chat_template: str = "none"  # --chat-template: none (raw text), auto or a template file (chat.py)
 
     def config(self) -> dict[str, Any]:
-        return {"seed": self.suite.seed, "base": self.base, "tuned": self.tuned, "data": self.data, "data_dir": self.data_dir,
-                "split": self.split, "n_pairs": self.n_pairs, "max_length": self.max_length, "device": self.device,
-                "dtype": self.dtype, "engine": self.engine, "batch_size": self.batch_size,
-                "pairs_per_part": self.pairs_per_part, "pair_ids": self.pair_ids, "suite": self.suite.to_dict(),
-                # recorded only when used, so run directories written before the option resume unchanged
-                **({"chat_template": self.chat_template} if self.chat_template != "none" else {})}
+        return {
+            "seed": self.suite.seed,
+            "base": self.base,
+            "tuned": self.tuned,
+            "data": self.data,
+            "data_dir": self.data_dir,
+            "split": self.split,
+            "n_pairs": self.n_pairs,
+            "max_length": self.max_length,
+            "device": self.device,
+            "dtype": self.dtype,
+            "engine": self.engine,
+            "batch_size": self.batch_size,
+            "pairs_per_part": self.pairs_per_part,
+            "pair_ids": self.pair_ids,
+            "suite": self.suite.to_dict(),
+            # recorded only when used, so run directories written before the option resume unchanged
+            **({"chat_template": self.chat_template} if self.chat_template != "none" else {}),
+        }
 
     def validate(self) -> None:
         """Option checks that need nothing loaded."""
         self.suite.validate()
-        for name, value in (("--batch-size", self.batch_size), ("--pairs-per-part", self.pairs_per_part),
-                            ("--n-boot", self.suite.n_boot)):
+        for name, value in (
+            ("--batch-size", self.batch_size),
+            ("--pairs-per-part", self.pairs_per_part),
+            ("--n-boot", self.suite.n_boot),
+        ):
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}.")
         if self.out.exists() and not self.out.is_dir():
@@ -104,8 +133,10 @@ def _old_manifest(out: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except ValueError:
-        raise ConfigError(f"{path} is not valid JSON, so the run in {out} cannot be resumed; pass --force to start "
-                          "over there, or use a new --out directory.") from None
+        raise ConfigError(
+            f"{path} is not valid JSON, so the run in {out} cannot be resumed; pass --force to start "
+            "over there, or use a new --out directory."
+        ) from None
 
 
 def _flat(config: dict[str, Any]) -> dict[str, Any]:
@@ -134,9 +165,11 @@ def check_run_dir(req: RunRequest) -> dict[str, Any] | None:
             return None
         # a run of the other preset (or made before presets, as full) resumes with its --suite
         hint = f" (it is a --suite {old['preset']} run)" if "preset" in changed else ""
-        raise ConfigError(f"{req.out} already holds a run with a different configuration ({', '.join(changed)} "
-                          f"changed){hint}. Use a new --out directory, rerun with the original options to resume it, "
-                          "or pass --force to discard its results and start over.")
+        raise ConfigError(
+            f"{req.out} already holds a run with a different configuration ({', '.join(changed)} "
+            f"changed){hint}. Use a new --out directory, rerun with the original options to resume it, "
+            "or pass --force to discard its results and start over."
+        )
     return old_manifest
 
 
@@ -157,9 +190,11 @@ def check_same_inputs(req: RunRequest, old: dict[str, Any], new: dict[str, Any])
         return True
     if req.force:
         return False
-    raise ConfigError(f"{req.out} holds a run of the same configuration, but {' and '.join(changed)} changed since it "
-                      "started, so its results cannot be continued. Use a new --out directory, or pass --force to "
-                      "discard them and start over.")
+    raise ConfigError(
+        f"{req.out} holds a run of the same configuration, but {' and '.join(changed)} changed since it "
+        "started, so its results cannot be continued. Use a new --out directory, or pass --force to "
+        "discard them and start over."
+    )
 
 
 def discard_results(out: Path) -> None:
@@ -216,8 +251,10 @@ class CpuThreads:
         if torch.get_num_threads() > 1:
             self.before = torch.get_num_threads()
             torch.set_num_threads(1)
-            log(f"note: 1 CPU thread (d_model {d_model} is too narrow to gain from {self.before}; "
-                "set OMP_NUM_THREADS to choose, or run more processes with --procs or torchrun)")
+            log(
+                f"note: 1 CPU thread (d_model {d_model} is too narrow to gain from {self.before}; "
+                "set OMP_NUM_THREADS to choose, or run more processes with --procs or torchrun)"
+            )
 
     def restore(self) -> None:
         if self.before is not None:
@@ -227,8 +264,14 @@ class CpuThreads:
             self.before = None
 
 
-def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None] = print,
-            loaded: tuple[Any, Any] | None = None, auto_threads: bool = False) -> SuiteResult:
+def execute(
+    req: RunRequest,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    loaded: tuple[Any, Any] | None = None,
+    auto_threads: bool = False,
+) -> SuiteResult:
     """Validate everything cheap first, then load, run (resuming from parts) and write the run directory.
     ``loaded``: the ``(pairs, report)`` of ``load_pairs(req.data, …)`` when the caller already read them
     (the CLI does, before importing anything heavy).
@@ -244,16 +287,29 @@ def execute(req: RunRequest, *, progress: bool = True, log: Callable[[str], None
     threads = CpuThreads(auto_threads)
     try:
         with world:
-            result = run_in_world(req, world, progress=progress and world.is_main,
-                                  log=log if world.is_main else (lambda s: None), loaded=loaded, threads=threads)
+            result = run_in_world(
+                req,
+                world,
+                progress=progress and world.is_main,
+                log=log if world.is_main else (lambda s: None),
+                loaded=loaded,
+                threads=threads,
+            )
             world.finish()
     finally:
         threads.restore()
     return result
 
 
-def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[str], None],
-                 loaded: tuple[Any, Any] | None = None, threads: CpuThreads | None = None) -> SuiteResult:
+def run_in_world(
+    req: RunRequest,
+    world: Any,
+    *,
+    progress: bool,
+    log: Callable[[str], None],
+    loaded: tuple[Any, Any] | None = None,
+    threads: CpuThreads | None = None,
+) -> SuiteResult:
     """:func:`execute` in a given world (of one process, or this rank's share of a torchrun run)."""
     from alignment_probe.distributed import device_for, run_passes
     from alignment_probe.progress import Stages
@@ -265,8 +321,11 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
     id_source: dict[str, Any] = {}
     if req.pair_ids is not None:
         pairs = restrict_pairs(pairs, read_pair_ids(req.pair_ids), source=req.data, ids_source=req.pair_ids)
-        id_source = {"pair_ids_file": req.pair_ids, "pair_ids_file_sha256": file_fingerprint(req.pair_ids)["sha256"],
-                     "n_pairs_in_id_file": len(pairs)}
+        id_source = {
+            "pair_ids_file": req.pair_ids,
+            "pair_ids_file_sha256": file_fingerprint(req.pair_ids)["sha256"],
+            "n_pairs_in_id_file": len(pairs),
+        }
     check_sampling_options(req.n_pairs, req.max_length, len(pairs), req.data, report)
     transfer = None
     if req.suite.transfer_data is not None:  # E11's transfer pairs: another data source, checked before any model loads
@@ -280,20 +339,35 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
     max_length, note = cap_to_context(req.max_length, checkpoints.n_ctx)
     if note:
         log(f"note: {note}")
-    tokenized = sample_and_tokenize(pairs, checkpoints.tokenizer, n_pairs=req.n_pairs, seed=req.suite.seed,
-                                    max_length=max_length, report=report, chat=chat)
+    tokenized = sample_and_tokenize(
+        pairs,
+        checkpoints.tokenizer,
+        n_pairs=req.n_pairs,
+        seed=req.suite.seed,
+        max_length=max_length,
+        report=report,
+        chat=chat,
+    )
     log(f"data: {report.summary()}; using {len(tokenized)} pairs")
     extra_pairs = None
     if transfer is not None:
-        transfer_tokenized = sample_and_tokenize(transfer[0], checkpoints.tokenizer, n_pairs=req.n_pairs,
-                                                 seed=req.suite.seed, max_length=max_length, report=transfer[1],
-                                                 chat=chat)
+        transfer_tokenized = sample_and_tokenize(
+            transfer[0],
+            checkpoints.tokenizer,
+            n_pairs=req.n_pairs,
+            seed=req.suite.seed,
+            max_length=max_length,
+            report=transfer[1],
+            chat=chat,
+        )
         log(f"transfer data: {transfer[1].summary()}; using {len(transfer_tokenized)} pairs")
         extra_pairs = {"transfer": transfer_tokenized}
     if "lasso" in req.suite.experiments and len(tokenized) < LASSO_CV_FOLDS:
-        raise ConfigError(f"The LASSO experiment cross-validates over {LASSO_CV_FOLDS} folds, so it needs at least "
-                          f"{LASSO_CV_FOLDS} pairs; this run has {len(tokenized)}. Pass --n-pairs {LASSO_CV_FOLDS} or "
-                          "more, or leave lasso out of --experiments.")
+        raise ConfigError(
+            f"The LASSO experiment cross-validates over {LASSO_CV_FOLDS} folds, so it needs at least "
+            f"{LASSO_CV_FOLDS} pairs; this run has {len(tokenized)}. Pass --n-pairs {LASSO_CV_FOLDS} or "
+            "more, or leave lasso out of --experiments."
+        )
     if report.n_skipped > report.n_read / 2:
         log("warning: more than half the pairs were skipped; check that the data has the format you expect.")
     truncation = describe_truncation(tokenized, max_length, report)
@@ -304,16 +378,31 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
     pair = load_twins(req.base, req.tuned, device=device, dtype=req.dtype, checkpoints=checkpoints)
     if threads is not None:
         threads.choose(pair.base.cfg.device, pair.d_model, log)
-    manifest = build_manifest("run", req.config(), models=pair.describe(), argv=req.argv, device=device,
-                              data={"source": req.data, **file_fingerprint(req.data), "skips": report.to_dict(),
-                                    "max_length_used": max_length, **truncation_stats(tokenized), **id_source,
-                                    "pair_ids": [t.pair_id for t in tokenized],
-                                    "chat_template": describe_chat(chat, req.chat_template)})
+    manifest = build_manifest(
+        "run",
+        req.config(),
+        models=pair.describe(),
+        argv=req.argv,
+        device=device,
+        data={
+            "source": req.data,
+            **file_fingerprint(req.data),
+            "skips": report.to_dict(),
+            "max_length_used": max_length,
+            **truncation_stats(tokenized),
+            **id_source,
+            "pair_ids": [t.pair_id for t in tokenized],
+            "chat_template": describe_chat(chat, req.chat_template),
+        },
+    )
     if transfer is not None:
         assert req.suite.transfer_data is not None and extra_pairs is not None  # both set where transfer is
-        manifest["transfer_data"] = {"source": req.suite.transfer_data, **file_fingerprint(req.suite.transfer_data),
-                                     "skips": transfer[1].to_dict(),
-                                     "pair_ids": [t.pair_id for t in extra_pairs["transfer"]]}
+        manifest["transfer_data"] = {
+            "source": req.suite.transfer_data,
+            **file_fingerprint(req.suite.transfer_data),
+            "skips": transfer[1].to_dict(),
+            "pair_ids": [t.pair_id for t in extra_pairs["transfer"]],
+        }
     # Not part of the config (a run directory resumes with any number of processes): how it ran.
     manifest["distributed"] = world.describe()
     resume = old_manifest is not None and check_same_inputs(req, old_manifest, manifest)
@@ -338,22 +427,41 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
         store = PartStore(req.out / "parts", world=world)
     if resume:
         done = sorted(p.name for p in store.root.iterdir()) if store.root else []
-        log(f"resuming the run in {req.out}: {len(done)} part(s) already done" if done else
-            f"restarting the run in {req.out}: no part was finished")
+        log(
+            f"resuming the run in {req.out}: {len(done)} part(s) already done"
+            if done
+            else f"restarting the run in {req.out}: no part was finished"
+        )
     engine = make_engine(req.engine, batch_size=req.batch_size) if req.engine == "fast" else make_engine(req.engine)
     if world.distributed:
         log(f"distributed: {world.size} processes ({world.backend}); each computes its share of every stage's parts")
     # one progress display per stage and a line when it is done, however many passes the ranks need
     stages = Stages(progress, log, existing=store.names())
     try:
-        result = run_passes(lambda: run_suite(pair, tokenized, engine, req.suite, progress=stages, log=log,
-                                              store=store, pairs_per_part=req.pairs_per_part,
-                                              extra_pairs=extra_pairs),
-                            store, world, log=stages.write)
+        result = run_passes(
+            lambda: run_suite(
+                pair,
+                tokenized,
+                engine,
+                req.suite,
+                progress=stages,
+                log=log,
+                store=store,
+                pairs_per_part=req.pairs_per_part,
+                extra_pairs=extra_pairs,
+            ),
+            store,
+            world,
+            log=stages.write,
+        )
     finally:
         stages.close()
-    result.summary["run"] = {"seed": req.suite.seed, "engine": req.engine,
-                             "base_fingerprint": pair.base_fingerprint, "tuned_fingerprint": pair.tuned_fingerprint}
+    result.summary["run"] = {
+        "seed": req.suite.seed,
+        "engine": req.engine,
+        "base_fingerprint": pair.base_fingerprint,
+        "tuned_fingerprint": pair.tuned_fingerprint,
+    }
     result.extra["parts_loaded"] = list(store.loaded)
     result.extra["parts_computed"] = list(store.computed)
     result.extra["parts_received"] = list(store.received)
@@ -372,8 +480,9 @@ def run_in_world(req: RunRequest, world: Any, *, progress: bool, log: Callable[[
                 got = world.receive([f"engine-work/{r}" for r in others], others)
                 by_rank += [json.loads(got[f"engine-work/{r}"].decode("utf-8")) for r in others]
                 manifest["engine_work_by_rank"] = by_rank
-            manifest["engine_work"] = {stage: {k: sum(w[stage][k] for w in by_rank) for k in work[stage]}
-                                       for stage in work}
+            manifest["engine_work"] = {
+                stage: {k: sum(w[stage][k] for w in by_rank) for k in work[stage]} for stage in work
+            }
         write_json_atomic(req.out / "manifest.json", manifest)
     return result
 

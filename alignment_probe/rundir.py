@@ -46,19 +46,34 @@ def suite_config(manifest: Mapping[str, Any]) -> SuiteConfig:
 def run_info(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """The summary's ``run`` entry: seed, engine and the two checkpoints' fingerprints."""
     config, models = manifest.get("config") or {}, manifest.get("models") or {}
-    return {"seed": config.get("seed"), "engine": config.get("engine"),
-            "base_fingerprint": (models.get("base") or {}).get("fingerprint"),
-            "tuned_fingerprint": (models.get("tuned") or {}).get("fingerprint")}
+    return {
+        "seed": config.get("seed"),
+        "engine": config.get("engine"),
+        "base_fingerprint": (models.get("base") or {}).get("fingerprint"),
+        "tuned_fingerprint": (models.get("tuned") or {}).get("fingerprint"),
+    }
 
 
-def summarize_run(effects: pd.DataFrame, scores: pd.DataFrame, fits: Mapping[str, Any],
-                  manifest: Mapping[str, Any], tokens: pd.DataFrame | None = None) -> dict[str, Any]:
+def summarize_run(
+    effects: pd.DataFrame,
+    scores: pd.DataFrame,
+    fits: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    tokens: pd.DataFrame | None = None,
+) -> dict[str, Any]:
     """summary.json of a run, from its tables and manifest alone."""
     from alignment_probe.experiments.suite import summarize_tables
 
     models = manifest.get("models") or {}
-    summary = summarize_tables(effects, scores, fits, suite_config(manifest), n_layers=int(models["n_layers"]),
-                               d_model=int(models["d_model"]), tokens=tokens)
+    summary = summarize_tables(
+        effects,
+        scores,
+        fits,
+        suite_config(manifest),
+        n_layers=int(models["n_layers"]),
+        d_model=int(models["d_model"]),
+        tokens=tokens,
+    )
     summary["run"] = run_info(manifest)
     return summary
 
@@ -85,9 +100,14 @@ class RunDir:
         from alignment_probe.report.html import render_report
 
         loader = getattr(self.tokens, "_tokenizer_loader", None)
-        return render_report(summary if summary is not None else self.summarize(), self.manifest, scores=self.scores,
-                             effects=self.effects, tokens=self.tokens,
-                             tokenizer=loader() if loader is not None and len(self.tokens) else None)
+        return render_report(
+            summary if summary is not None else self.summarize(),
+            self.manifest,
+            scores=self.scores,
+            effects=self.effects,
+            tokens=self.tokens,
+            tokenizer=loader() if loader is not None and len(self.tokens) else None,
+        )
 
     def report(self, path: str | Path | None = None) -> Path:
         """Write the report regenerated from the tables (default: the run's own ``report.html``)."""
@@ -120,8 +140,13 @@ def _fits_from_parts(path: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
     for step in steps:
         exp = step.experiment
         same_stage = [s for s in steps if s.stage == step.stage and s.experiment.fit is not None]
-        name = (exp.key if exp.compute is not None else
-                f"stage{step.stage}-fit" + ("" if len(same_stage) == 1 else f"-{exp.key}") if exp.fit else None)
+        name = (
+            exp.key
+            if exp.compute is not None
+            else f"stage{step.stage}-fit" + ("" if len(same_stage) == 1 else f"-{exp.key}")
+            if exp.fit
+            else None
+        )
         part = path / "parts" / f"{name}.json"
         if name and part.is_file():
             fits[exp.key] = json.loads(part.read_text())
@@ -133,17 +158,29 @@ def load_run(path: str | Path) -> RunDir:
     path = Path(path)
     missing = [name for name in ("manifest.json", "effects.parquet", "scores.parquet") if not (path / name).is_file()]
     if missing:
-        hint = (" The run has not finished: rerun the same command to resume it."
-                if (path / "manifest.json").is_file() else " Is this the --out folder of `alignment-probe run`?")
+        hint = (
+            " The run has not finished: rerun the same command to resume it."
+            if (path / "manifest.json").is_file()
+            else " Is this the --out folder of `alignment-probe run`?"
+        )
         raise ConfigError(f"{path} is not a finished run directory: {', '.join(missing)} missing.{hint}")
     manifest = json.loads((path / "manifest.json").read_text())
-    fits = json.loads((path / "fits.json").read_text()) if (path / "fits.json").is_file() else _fits_from_parts(
-        path, manifest)
+    fits = (
+        json.loads((path / "fits.json").read_text())
+        if (path / "fits.json").is_file()
+        else _fits_from_parts(path, manifest)
+    )
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
     tokens = pd.read_parquet(path / "token_effects.parquet") if (path / "token_effects.parquet").is_file() else None
-    return RunDir(path=path, manifest=manifest, effects=pd.read_parquet(path / "effects.parquet"),
-                  scores=pd.read_parquet(path / "scores.parquet"), fits=fits, summary=summary,
-                  tokens=token_table(tokens, _tokenizer_loader(manifest)))
+    return RunDir(
+        path=path,
+        manifest=manifest,
+        effects=pd.read_parquet(path / "effects.parquet"),
+        scores=pd.read_parquet(path / "scores.parquet"),
+        fits=fits,
+        summary=summary,
+        tokens=token_table(tokens, _tokenizer_loader(manifest)),
+    )
 
 
 def _tokenizer_loader(manifest: Mapping[str, Any]) -> Any:

@@ -26,15 +26,22 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from alignment_probe.pair import Twins
-from alignment_probe.tokens import (ScoredSequence, SequenceBatch, TokenizedPair, batches_by_length, make_batch,
-                                    pair_sequences)
+from alignment_probe.tokens import (
+    ScoredSequence,
+    SequenceBatch,
+    TokenizedPair,
+    batches_by_length,
+    make_batch,
+    pair_sequences,
+)
 
 # Completion tokens unembedded at once: bounds the [tokens, vocab] logits buffer (~0.5 GB at 128k vocab).
 UNEMBED_CHUNK = 1024
 
 
-def completion_token_logprobs(model: HookedTransformer, resid_final: Float[Tensor, "batch pos d_model"],
-                              batch: SequenceBatch) -> tuple[Float[Tensor, " n"], Int[Tensor, " n"]]:
+def completion_token_logprobs(
+    model: HookedTransformer, resid_final: Float[Tensor, "batch pos d_model"], batch: SequenceBatch
+) -> tuple[Float[Tensor, " n"], Int[Tensor, " n"]]:
     """Log-prob of every completion token given the final residual stream (before ``ln_final``).
 
     Returns the flat per-token log-probs and, for each, the batch row it belongs to.
@@ -43,8 +50,9 @@ def completion_token_logprobs(model: HookedTransformer, resid_final: Float[Tenso
     return token_logprobs(model, resid_final[rows, pos], targets), rows
 
 
-def token_logprobs(model: HookedTransformer, resid: Float[Tensor, "n d_model"],
-                   targets: Int[Tensor, " n"]) -> Float[Tensor, " n"]:
+def token_logprobs(
+    model: HookedTransformer, resid: Float[Tensor, "n d_model"], targets: Int[Tensor, " n"]
+) -> Float[Tensor, " n"]:
     """log p(target | predictor) for each predictor position's final residual (before ``ln_final``),
     unembedded :data:`UNEMBED_CHUNK` positions at a time."""
     out = torch.empty(resid.shape[0], dtype=torch.float32, device=resid.device)
@@ -77,8 +85,14 @@ def batch_logprobs(model: HookedTransformer, batch: SequenceBatch) -> Float[Tens
     return sum_by_row(lp, rows, batch.size).cpu()
 
 
-def sequence_logprobs(model: HookedTransformer, sequences: Sequence[ScoredSequence], *, batch_size: int = 8,
-                      progress: bool = False, desc: str = "scoring") -> dict[tuple[int, str], float]:
+def sequence_logprobs(
+    model: HookedTransformer,
+    sequences: Sequence[ScoredSequence],
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> dict[tuple[int, str], float]:
     """``logp(completion | prompt)`` for each sequence, keyed by ``(pair_id, side)``."""
     out: dict[tuple[int, str], float] = {}
     groups = batches_by_length(sequences, batch_size)
@@ -89,8 +103,9 @@ def sequence_logprobs(model: HookedTransformer, sequences: Sequence[ScoredSequen
     return out
 
 
-def score_pairs(pair: Twins, tokenized: Sequence[TokenizedPair], *, batch_size: int = 8,
-                progress: bool = False) -> pd.DataFrame:
+def score_pairs(
+    pair: Twins, tokenized: Sequence[TokenizedPair], *, batch_size: int = 8, progress: bool = False
+) -> pd.DataFrame:
     """One row per pair: both models' log-probs of both completions, Δlogp, gain, token counts.
 
     Columns: ``pair_id``, ``n_prompt_tokens`` (with BOS), ``n_prompt_tokens_cut``,
@@ -99,8 +114,10 @@ def score_pairs(pair: Twins, tokenized: Sequence[TokenizedPair], *, batch_size: 
     ``gain_per_token`` (each completion's mean log-prob per token).
     """
     seqs = pair_sequences(tokenized)
-    scores = {name: sequence_logprobs(model, seqs, batch_size=batch_size, progress=progress, desc=f"scoring {name}")
-              for name, model in pair.models().items()}
+    scores = {
+        name: sequence_logprobs(model, seqs, batch_size=batch_size, progress=progress, desc=f"scoring {name}")
+        for name, model in pair.models().items()
+    }
     return score_table(tokenized, scores)
 
 

@@ -78,8 +78,9 @@ def bootstrap_means(matrix: np.ndarray, *, seed: int = 0, n_boot: int = 2000) ->
     return counts @ m / n
 
 
-def bootstrap_mean_ci(values: Sequence[float] | np.ndarray, *, seed: int = 0, n_boot: int = 2000,
-                      level: float = 0.95) -> tuple[float, float, float]:
+def bootstrap_mean_ci(
+    values: Sequence[float] | np.ndarray, *, seed: int = 0, n_boot: int = 2000, level: float = 0.95
+) -> tuple[float, float, float]:
     """``(mean, low, high)``: the sample mean and its percentile-bootstrap confidence interval.
 
     Resample the values with replacement ``n_boot`` times, take each resample's mean, and report
@@ -123,8 +124,10 @@ def effect_matrix(effects: pd.DataFrame) -> tuple[np.ndarray, list[int], list[in
         varying = [c for c in _CONDITION_COLUMNS if c in effects.columns and effects[c].nunique(dropna=False) > 1]
         hint = f"; these columns vary, so select one value of each: {varying}" if varying else ""
         first = effects.loc[dup, ["pair_id", "layer"]].iloc[0]
-        raise ValueError(f"effects slice has several rows for (pair_id={int(first['pair_id'])}, "
-                         f"layer={int(first['layer'])}): pass one experiment/condition at a time{hint}")
+        raise ValueError(
+            f"effects slice has several rows for (pair_id={int(first['pair_id'])}, "
+            f"layer={int(first['layer'])}): pass one experiment/condition at a time{hint}"
+        )
     eff = effects["effect"].to_numpy(dtype=np.float64)
     if not np.isfinite(eff).all():
         raise ValueError(f"effects slice holds {int((~np.isfinite(eff)).sum())} non-finite effect value(s)")
@@ -134,13 +137,16 @@ def effect_matrix(effects: pd.DataFrame) -> tuple[np.ndarray, list[int], list[in
         where = holes.stack()
         where = where[where]
         examples = ", ".join(f"(pair {int(p)}, layer {int(layer)})" for p, layer in list(where.index)[:5])
-        raise ValueError(f"effects slice is missing {int(holes.to_numpy().sum())} (pair, layer) combination(s), "
-                         f"e.g. {examples}: every pair must be measured at every layer")
+        raise ValueError(
+            f"effects slice is missing {int(holes.to_numpy().sum())} (pair, layer) combination(s), "
+            f"e.g. {examples}: every pair must be measured at every layer"
+        )
     return (wide.to_numpy(dtype=np.float64), [int(p) for p in wide.index], [int(layer) for layer in wide.columns])
 
 
-def per_layer_summary(effects: pd.DataFrame, *, seed: int = 0, n_boot: int = 2000,
-                      level: float = 0.95) -> list[dict[str, Any]]:
+def per_layer_summary(
+    effects: pd.DataFrame, *, seed: int = 0, n_boot: int = 2000, level: float = 0.95
+) -> list[dict[str, Any]]:
     """Mean effect per layer with its bootstrap CI over pairs, ordered by layer.
 
     ``effects`` is one experiment/condition's slice of the effects table. Returns
@@ -152,16 +158,19 @@ def per_layer_summary(effects: pd.DataFrame, *, seed: int = 0, n_boot: int = 200
     return _summary_rows(matrix, layers, seed=seed, n_boot=n_boot, level=level)
 
 
-def _summary_rows(matrix: np.ndarray, layers: Sequence[int], *, seed: int, n_boot: int,
-                  level: float) -> list[dict[str, Any]]:
+def _summary_rows(
+    matrix: np.ndarray, layers: Sequence[int], *, seed: int, n_boot: int, level: float
+) -> list[dict[str, Any]]:
     n = matrix.shape[0]
     means = matrix.mean(axis=0)
     if n == 1:
         lo = hi = means
     else:
         lo, hi = np.percentile(bootstrap_means(matrix, seed=seed, n_boot=n_boot), _tails(level), axis=0)
-    return [{"layer": int(layer), "mean": float(m), "ci_low": float(a), "ci_high": float(b), "n": int(n)}
-            for layer, m, a, b in zip(layers, means, lo, hi)]
+    return [
+        {"layer": int(layer), "mean": float(m), "ci_low": float(a), "ci_high": float(b), "n": int(n)}
+        for layer, m, a, b in zip(layers, means, lo, hi)
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,8 +268,9 @@ def _int_interval(samples: np.ndarray, level: float) -> list[int]:
     return [int(lo), int(hi)]
 
 
-def peak_onset_with_ci(matrix: np.ndarray, layers: Sequence[int], *, seed: int = 0, n_boot: int = 2000,
-                       level: float = 0.95) -> dict[str, Any]:
+def peak_onset_with_ci(
+    matrix: np.ndarray, layers: Sequence[int], *, seed: int = 0, n_boot: int = 2000, level: float = 0.95
+) -> dict[str, Any]:
     """Peak and onset layers of the mean curve, each with a bootstrap CI over pairs.
 
     The point estimates come from the mean over all pairs. For the intervals, every bootstrap
@@ -315,8 +325,15 @@ def split_halves(pair_ids: Sequence[int], *, seed: int = 0) -> tuple[list[int], 
     return fit, held
 
 
-def heldout_peak(matrix: np.ndarray, layers: Sequence[int], pair_ids: Sequence[int], *, seed: int = 0,
-                 n_boot: int = 2000, level: float = 0.95) -> dict[str, Any]:
+def heldout_peak(
+    matrix: np.ndarray,
+    layers: Sequence[int],
+    pair_ids: Sequence[int],
+    *,
+    seed: int = 0,
+    n_boot: int = 2000,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """Choose the peak layer on half of the pairs, measure it on the other half.
 
     The peak of a noisy curve is partly where the noise happened to be high ("winner's curse"):
@@ -348,8 +365,16 @@ def heldout_peak(matrix: np.ndarray, layers: Sequence[int], pair_ids: Sequence[i
         "fit_mean": float(m[fit_rows, col].mean()),
         "heldout_mean": mean,
         "heldout_ci": [lo, hi],
-        "selection": selection_record(fit, held, int(layers[col]), m[held_rows, col], seed=seed, n_boot=n_boot,
-                                      level=level, in_sample=m[fit_rows, col]),
+        "selection": selection_record(
+            fit,
+            held,
+            int(layers[col]),
+            m[held_rows, col],
+            seed=seed,
+            n_boot=n_boot,
+            level=level,
+            in_sample=m[fit_rows, col],
+        ),
     }
 
 
@@ -386,8 +411,9 @@ def spearman_monotonicity(params: Sequence[float], means: Sequence[float]) -> fl
 # --------------------------------------------------------------------------------------------------
 
 
-def summarize_experiment(effects: pd.DataFrame, *, seed: int = 0, n_boot: int = 2000,
-                         level: float = 0.95) -> dict[str, Any]:
+def summarize_experiment(
+    effects: pd.DataFrame, *, seed: int = 0, n_boot: int = 2000, level: float = 0.95
+) -> dict[str, Any]:
     """Everything the report says about one per-layer experiment/condition.
 
     Returns ``{"per_layer": [{"layer", "mean", "ci_low", "ci_high", "n"}, ...], "peak_layer",
@@ -400,8 +426,9 @@ def summarize_experiment(effects: pd.DataFrame, *, seed: int = 0, n_boot: int = 
     out: dict[str, Any] = {"per_layer": _summary_rows(matrix, layers, seed=seed, n_boot=n_boot, level=level)}
     out.update(peak_onset_with_ci(matrix, layers, seed=seed, n_boot=n_boot, level=level))
     out.update(peak_set(matrix, layers, seed=seed, n_boot=n_boot, level=level))
-    out["heldout"] = (heldout_peak(matrix, layers, pair_ids, seed=seed, n_boot=n_boot, level=level)
-                      if len(pair_ids) >= 2 else None)
+    out["heldout"] = (
+        heldout_peak(matrix, layers, pair_ids, seed=seed, n_boot=n_boot, level=level) if len(pair_ids) >= 2 else None
+    )
     out["selection"] = out["heldout"]["selection"] if out["heldout"] else None
     return out
 
@@ -411,8 +438,9 @@ def summarize_experiment(effects: pd.DataFrame, *, seed: int = 0, n_boot: int = 
 # --------------------------------------------------------------------------------------------------
 
 
-def peak_set(matrix: np.ndarray, layers: Sequence[int], *, seed: int = 0, n_boot: int = 2000,
-             level: float = 0.95) -> dict[str, Any]:
+def peak_set(
+    matrix: np.ndarray, layers: Sequence[int], *, seed: int = 0, n_boot: int = 2000, level: float = 0.95
+) -> dict[str, Any]:
     """Every layer whose effect is not significantly below the maximum: the peak as a set.
 
     Let m* be the layer with the largest mean effect. For each layer ℓ the paired difference
@@ -437,13 +465,21 @@ def peak_set(matrix: np.ndarray, layers: Sequence[int], *, seed: int = 0, n_boot
         lower = np.percentile(bootstrap_means(diff, seed=seed, n_boot=n_boot), 100.0 * (1.0 - level), axis=0)
     tol = _tie_tolerance(np.array([means[top]]))[0]
     members = [int(layer) for layer, lb in zip(layers, lower) if not lb > tol]
-    rule = (f"layers whose mean effect is not significantly below the maximum (layer {int(layers[top])}): "
-            f"one-sided paired bootstrap of max − effect at {level:.0%}, {n_boot} resamples over pairs")
+    rule = (
+        f"layers whose mean effect is not significantly below the maximum (layer {int(layers[top])}): "
+        f"one-sided paired bootstrap of max − effect at {level:.0%}, {n_boot} resamples over pairs"
+    )
     return {"peak_set": members, "peak_set_rule": rule, "layers_swept": int(m.shape[1])}
 
 
-def ratio_ci(num: Sequence[float] | np.ndarray, den: Sequence[float] | np.ndarray, *, seed: int = 0,
-             n_boot: int = 2000, level: float = 0.95) -> dict[str, Any]:
+def ratio_ci(
+    num: Sequence[float] | np.ndarray,
+    den: Sequence[float] | np.ndarray,
+    *,
+    seed: int = 0,
+    n_boot: int = 2000,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """mean(num) / mean(den) under statistics.md's ratio rule.
 
     ``num[i]`` and ``den[i]`` belong to pair i and are resampled together. The ratio is ``defined`` only when
@@ -466,8 +502,9 @@ def ratio_ci(num: Sequence[float] | np.ndarray, den: Sequence[float] | np.ndarra
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("ratio_ci got non-finite per-pair values")
     lo_q, hi_q = _tails(level)
-    boots = (np.array([[a[0], b[0]]]) if a.size == 1
-             else bootstrap_means(np.stack([a, b], axis=1), seed=seed, n_boot=n_boot))
+    boots = (
+        np.array([[a[0], b[0]]]) if a.size == 1 else bootstrap_means(np.stack([a, b], axis=1), seed=seed, n_boot=n_boot)
+    )
     num_b, den_b = boots[:, 0], boots[:, 1]
 
     def interval(x: np.ndarray) -> tuple[float, float]:
@@ -479,14 +516,24 @@ def ratio_ci(num: Sequence[float] | np.ndarray, den: Sequence[float] | np.ndarra
         "numerator": {"mean": float(a.mean()), "ci_low": n_lo, "ci_high": n_hi},
         "denominator": {"mean": float(b.mean()), "ci_low": d_lo, "ci_high": d_hi},
         "n": int(a.size),
-        "rule": (f"a ratio is reported only when the denominator's {level:.0%} CI excludes 0; its CI is the "
-                 "percentile bootstrap of the ratio over pairs, no resample dropped"),
+        "rule": (
+            f"a ratio is reported only when the denominator's {level:.0%} CI excludes 0; its CI is the "
+            "percentile bootstrap of the ratio over pairs, no resample dropped"
+        ),
     }
     defined = (d_lo > 0 or d_hi < 0) and b.mean() != 0
     if not defined:
-        out.update(defined=False, ratio=math.nan, ci_low=math.nan, ci_high=math.nan, n_infinite=0,
-                   text=(f"undefined (denominator CI spans 0): numerator {a.mean():+.3g} [{n_lo:+.3g}, {n_hi:+.3g}] "
-                         f"nats, denominator {b.mean():+.3g} [{d_lo:+.3g}, {d_hi:+.3g}] nats"))
+        out.update(
+            defined=False,
+            ratio=math.nan,
+            ci_low=math.nan,
+            ci_high=math.nan,
+            n_infinite=0,
+            text=(
+                f"undefined (denominator CI spans 0): numerator {a.mean():+.3g} [{n_lo:+.3g}, {n_hi:+.3g}] "
+                f"nats, denominator {b.mean():+.3g} [{d_lo:+.3g}, {d_hi:+.3g}] nats"
+            ),
+        )
         return out
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = num_b / den_b
@@ -494,13 +541,18 @@ def ratio_ci(num: Sequence[float] | np.ndarray, den: Sequence[float] | np.ndarra
     ratios = np.where(np.isnan(ratios), np.inf, ratios)
     r_lo, r_hi = interval(np.sort(ratios))
     point = float(a.mean() / b.mean())
-    out.update(defined=True, ratio=point, ci_low=r_lo, ci_high=r_hi, n_infinite=int((~np.isfinite(ratios)).sum()),
-               text=f"{point:.3g} [{r_lo:.3g}, {r_hi:.3g}]")
+    out.update(
+        defined=True,
+        ratio=point,
+        ci_low=r_lo,
+        ci_high=r_hi,
+        n_infinite=int((~np.isfinite(ratios)).sum()),
+        text=f"{point:.3g} [{r_lo:.3g}, {r_hi:.3g}]",
+    )
     return out
 
 
-def simultaneous_band(matrix: np.ndarray, *, seed: int = 0, n_boot: int = 2000,
-                      level: float = 0.95) -> dict[str, Any]:
+def simultaneous_band(matrix: np.ndarray, *, seed: int = 0, n_boot: int = 2000, level: float = 0.95) -> dict[str, Any]:
     """Max-|t| bootstrap bands over the m columns (cells of a map) of a pairs × cells ``matrix``.
 
     Each resample's column means are studentised by the columns' bootstrap standard errors; the ``level``
@@ -526,14 +578,22 @@ def simultaneous_band(matrix: np.ndarray, *, seed: int = 0, n_boot: int = 2000,
         t = np.where(se > 0, t, 0.0)
         crit = float(np.percentile(t.max(axis=1), 100.0 * level))
     half = np.nan_to_num(crit) * se
-    return {"m": int(x.shape[1]), "critical": crit, "mean": means.tolist(), "band_low": (means - half).tolist(),
-            "band_high": (means + half).tolist(),
-            "rule": (f"max-|t| bootstrap band over m = {x.shape[1]} cells at {level:.0%} (family-wise), "
-                     f"{n_boot} resamples over pairs")}
+    return {
+        "m": int(x.shape[1]),
+        "critical": crit,
+        "mean": means.tolist(),
+        "band_low": (means - half).tolist(),
+        "band_high": (means + half).tolist(),
+        "rule": (
+            f"max-|t| bootstrap band over m = {x.shape[1]} cells at {level:.0%} (family-wise), "
+            f"{n_boot} resamples over pairs"
+        ),
+    }
 
 
-def effect_or_bound(values: Sequence[float] | np.ndarray, *, seed: int = 0, n_boot: int = 2000,
-                    level: float = 0.95, unit: str = "nats") -> dict[str, Any]:
+def effect_or_bound(
+    values: Sequence[float] | np.ndarray, *, seed: int = 0, n_boot: int = 2000, level: float = 0.95, unit: str = "nats"
+) -> dict[str, Any]:
     """A mean with its CI, and when the CI includes 0 the bound a finite sample supports instead of "0".
 
     statistics.md: "no effect" is never printed as 0; print ``|effect| < B at 95 %`` with B the larger
@@ -544,10 +604,20 @@ def effect_or_bound(values: Sequence[float] | np.ndarray, *, seed: int = 0, n_bo
     mean, lo, hi = bootstrap_mean_ci(v, seed=seed, n_boot=n_boot, level=level)
     excludes = lo > 0 or hi < 0
     bound = None if excludes else float(max(abs(lo), abs(hi)))
-    text = (f"{mean:+.3g} {unit} [{lo:+.3g}, {hi:+.3g}]" if excludes
-            else f"|effect| < {bound:.2g} {unit} at {level:.0%} (mean {mean:+.3g}, CI [{lo:+.3g}, {hi:+.3g}])")
-    return {"mean": mean, "ci_low": lo, "ci_high": hi, "n": int(v.size), "excludes_zero": bool(excludes),
-            "bound": bound, "text": text}
+    text = (
+        f"{mean:+.3g} {unit} [{lo:+.3g}, {hi:+.3g}]"
+        if excludes
+        else f"|effect| < {bound:.2g} {unit} at {level:.0%} (mean {mean:+.3g}, CI [{lo:+.3g}, {hi:+.3g}])"
+    )
+    return {
+        "mean": mean,
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": int(v.size),
+        "excludes_zero": bool(excludes),
+        "bound": bound,
+        "text": text,
+    }
 
 
 def explore_confirm(pair_ids: Sequence[int], *, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -559,9 +629,17 @@ def explore_confirm(pair_ids: Sequence[int], *, seed: int = 0) -> tuple[list[int
     return split_halves(pair_ids, seed=seed)
 
 
-def selection_record(explore_ids: Sequence[int], confirm_ids: Sequence[int], chosen: Any,
-                     confirm_values: Sequence[float] | np.ndarray, *, seed: int = 0, n_boot: int = 2000,
-                     level: float = 0.95, in_sample: Sequence[float] | np.ndarray | None = None) -> dict[str, Any]:
+def selection_record(
+    explore_ids: Sequence[int],
+    confirm_ids: Sequence[int],
+    chosen: Any,
+    confirm_values: Sequence[float] | np.ndarray,
+    *,
+    seed: int = 0,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    in_sample: Sequence[float] | np.ndarray | None = None,
+) -> dict[str, Any]:
     """The summary's ``selection`` entry: which pairs chose, what they chose, and the chosen value on the others.
 
     ``confirm_values`` are the per-pair values of the chosen quantity on the confirm pairs (one per pair);
@@ -581,12 +659,24 @@ def selection_record(explore_ids: Sequence[int], confirm_ids: Sequence[int], cho
         mean, lo, hi = bootstrap_mean_ci(v, seed=seed, n_boot=n_boot, level=level)
         return {"mean": mean, "ci_low": lo, "ci_high": hi, "n": int(v.size)}
 
-    return {"explore_pair_ids": explore, "confirm_pair_ids": confirm, "chosen": chosen,
-            "confirm": cell(confirm_values), "in_sample": cell(in_sample)}
+    return {
+        "explore_pair_ids": explore,
+        "confirm_pair_ids": confirm,
+        "chosen": chosen,
+        "confirm": cell(confirm_values),
+        "in_sample": cell(in_sample),
+    }
 
 
-def coverage_rate(population: Sequence[float] | np.ndarray, *, sample_size: int = 40, n_draws: int = 200,
-                  seed: int = 0, n_boot: int = 1000, level: float = 0.95) -> dict[str, Any]:
+def coverage_rate(
+    population: Sequence[float] | np.ndarray,
+    *,
+    sample_size: int = 40,
+    n_draws: int = 200,
+    seed: int = 0,
+    n_boot: int = 1000,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """How often the bootstrap CI of a ``sample_size``-pair subsample covers the population mean.
 
     statistics.md trusts a CI method only after this check: on a planted twin whose population effect is
@@ -603,5 +693,10 @@ def coverage_rate(population: Sequence[float] | np.ndarray, *, sample_size: int 
         sub = pop[rng.choice(pop.size, size=sample_size, replace=False)]
         _, lo, hi = bootstrap_mean_ci(sub, seed=seed + d, n_boot=n_boot, level=level)
         hits += lo <= target <= hi
-    return {"rate": hits / n_draws, "n_draws": int(n_draws), "sample_size": int(sample_size),
-            "population_mean": target, "level": level}
+    return {
+        "rate": hits / n_draws,
+        "n_draws": int(n_draws),
+        "sample_size": int(sample_size),
+        "population_mean": target,
+        "level": level,
+    }

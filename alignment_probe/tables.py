@@ -65,17 +65,22 @@ class PendingPart:
         object.__setattr__(self, "owner", owner)
 
     def _pending(self, *args: Any, **kwargs: Any) -> Any:
-        raise PartPending(f"part {object.__getattribute__(self, 'name')} is being computed by rank "
-                          f"{object.__getattribute__(self, 'owner')}")
+        raise PartPending(
+            f"part {object.__getattribute__(self, 'name')} is being computed by rank "
+            f"{object.__getattribute__(self, 'owner')}"
+        )
 
     def __getattr__(self, attr: str) -> Any:
         self._pending()
 
-    __len__ = __iter__ = __getitem__ = __setitem__ = __bool__ = __array__ = __eq__ = __ne__ = __lt__ = __gt__ = \
-        __add__ = __radd__ = __mul__ = __contains__ = __hash__ = __setattr__ = __float__ = __int__ = _pending
+    __len__ = __iter__ = __getitem__ = __setitem__ = __bool__ = __array__ = __eq__ = __ne__ = __lt__ = __gt__ = (
+        __add__
+    ) = __radd__ = __mul__ = __contains__ = __hash__ = __setattr__ = __float__ = __int__ = _pending
 
     def __repr__(self) -> str:
-        return f"<part {object.__getattribute__(self, 'name')} pending on rank {object.__getattribute__(self, 'owner')}>"
+        return (
+            f"<part {object.__getattribute__(self, 'name')} pending on rank {object.__getattribute__(self, 'owner')}>"
+        )
 
 
 _FAMILY_TAIL = re.compile(r"(-\d+)+$")
@@ -166,8 +171,7 @@ class PartStore:
 
     def table(self, name: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
         """The table stored as ``name`` (``.parquet`` is appended), computing and storing it if absent."""
-        return self._get(f"{name}.parquet", compute, table_bytes, lambda b: pd.read_parquet(io.BytesIO(b)),
-                         shard=True)
+        return self._get(f"{name}.parquet", compute, table_bytes, lambda b: pd.read_parquet(io.BytesIO(b)), shard=True)
 
     def json(self, name: str, compute: Callable[[], Any]) -> Any:
         """The JSON object stored as ``name`` (``.json`` is appended), computing and storing it if absent."""
@@ -219,8 +223,15 @@ class PartStore:
             self._accept(name, data)
         self.pending = {}
 
-    def _get(self, name: str, compute: Callable[[], Any], dump: Callable[[Any], bytes],
-             load: Callable[[bytes], Any], *, shard: bool = True) -> Any:
+    def _get(
+        self,
+        name: str,
+        compute: Callable[[], Any],
+        dump: Callable[[Any], bytes],
+        load: Callable[[bytes], Any],
+        *,
+        shard: bool = True,
+    ) -> Any:
         owner = self.owner(name, shard=shard)
         mine = self.world is None or owner == self.world.rank
         data = self._read(name)

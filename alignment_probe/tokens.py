@@ -86,7 +86,8 @@ def bos_ids(tokenizer: Any) -> list[int]:
         raise CheckpointError(
             f"The tokenizer ({getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__}) defines neither a BOS "
             "nor an EOS token, so scored sequences have no start token. Set one and save it with the checkpoint: "
-            "tokenizer.bos_token = '<the model's start token>'; tokenizer.save_pretrained(dir).")
+            "tokenizer.bos_token = '<the model's start token>'; tokenizer.save_pretrained(dir)."
+        )
     return [bos]
 
 
@@ -94,8 +95,9 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def tokenize_pair(pair: PreferencePair, tokenizer: Any, max_length: int | None = None,
-                  chat: Any = None) -> TokenizedPair:
+def tokenize_pair(
+    pair: PreferencePair, tokenizer: Any, max_length: int | None = None, chat: Any = None
+) -> TokenizedPair:
     """Tokenise one pair, applying the left-truncation policy. Raises ``ValueError`` if the
     completion alone exceeds ``max_length`` (callers turn that into a reported skip). ``chat``: a
     :class:`alignment_probe.chat.ChatFormat` to render the dialogue in (only the assistant reply is scored)."""
@@ -106,7 +108,7 @@ def tokenize_pair(pair: PreferencePair, tokenizer: Any, max_length: int | None =
         _, rejected_text = chat.render(tokenizer, pair.prompt, pair.rejected)
         bos_text = getattr(tokenizer, "bos_token", None)
         if bos_text and prompt_text.startswith(bos_text):  # the template writes BOS; the one BOS is prepended below
-            prompt_text = prompt_text[len(bos_text):]
+            prompt_text = prompt_text[len(bos_text) :]
     prompt = encode(tokenizer, prompt_text)
     while prompt[:1] == bos:  # a tokenizer that adds BOS regardless, or a prompt that starts with it: one BOS only
         prompt = prompt[1:]
@@ -125,9 +127,16 @@ def tokenize_pair(pair: PreferencePair, tokenizer: Any, max_length: int | None =
     return TokenizedPair(pair.pair_id, tuple(bos + prompt), tuple(chosen), tuple(rejected), cut)
 
 
-def sample_and_tokenize(pairs: Sequence[PreferencePair], tokenizer: Any, *, n_pairs: int | None = None,
-                        seed: int = 0, max_length: int | None = None,
-                        report: SkipReport | None = None, chat: Any = None) -> list[TokenizedPair]:
+def sample_and_tokenize(
+    pairs: Sequence[PreferencePair],
+    tokenizer: Any,
+    *,
+    n_pairs: int | None = None,
+    seed: int = 0,
+    max_length: int | None = None,
+    report: SkipReport | None = None,
+    chat: Any = None,
+) -> list[TokenizedPair]:
     """Deterministically sample ``n_pairs`` usable pairs and tokenise them.
 
     Pairs are visited in a seeded random order (``numpy.random.default_rng(seed).permutation``);
@@ -151,15 +160,18 @@ def sample_and_tokenize(pairs: Sequence[PreferencePair], tokenizer: Any, *, n_pa
     if n_pairs is None and out:  # all pairs asked for: the ones that do not fit are skipped and reported
         return sorted(out, key=lambda t: t.pair_id)
     if len(out) < want:
-        raise DataError(f"Only {len(out)} of the requested {want} pairs fit in {max_length} tokens (--max-length, "
-                        "capped at the model's context); the others have a completion longer than that. Raise "
-                        "--max-length (if the model's context allows)"
-                        + (f" or pass --n-pairs {len(out)} or fewer." if out else "."))  # --n-pairs 0 is refused
+        raise DataError(
+            f"Only {len(out)} of the requested {want} pairs fit in {max_length} tokens (--max-length, "
+            "capped at the model's context); the others have a completion longer than that. Raise "
+            "--max-length (if the model's context allows)"
+            + (f" or pass --n-pairs {len(out)} or fewer." if out else ".")
+        )  # --n-pairs 0 is refused
     return sorted(out, key=lambda t: t.pair_id)
 
 
-def check_sampling_options(n_pairs: int | None, max_length: int | None, n_usable: int, source: str,
-                           report: SkipReport | None = None) -> None:
+def check_sampling_options(
+    n_pairs: int | None, max_length: int | None, n_usable: int, source: str, report: SkipReport | None = None
+) -> None:
     """Option checks that need only the data, run before any model loads."""
     if n_pairs is not None and n_pairs < 1:
         raise ConfigError(f"--n-pairs must be at least 1, got {n_pairs}.")
@@ -167,8 +179,10 @@ def check_sampling_options(n_pairs: int | None, max_length: int | None, n_usable
         raise ConfigError(f"--max-length must be at least 4 tokens, got {max_length}.")
     if n_pairs is not None and n_pairs > n_usable:
         skipped = f" ({report.summary()})" if report is not None else ""
-        raise DataError(f"--n-pairs {n_pairs} is larger than the {n_usable} usable pairs in {source}{skipped}; "
-                        f"pass --n-pairs {n_usable} or fewer, or more data.")
+        raise DataError(
+            f"--n-pairs {n_pairs} is larger than the {n_usable} usable pairs in {source}{skipped}; "
+            f"pass --n-pairs {n_usable} or fewer, or more data."
+        )
 
 
 def cap_to_context(max_length: int | None, n_ctx: int | None) -> tuple[int | None, str | None]:
@@ -178,8 +192,10 @@ def cap_to_context(max_length: int | None, n_ctx: int | None) -> tuple[int | Non
         return max_length, None
     if max_length is None or max_length > n_ctx:
         asked = "no --max-length" if max_length is None else f"--max-length {max_length}"
-        return n_ctx, (f"{asked} exceeds the model's context of {n_ctx} tokens; using {n_ctx} (longer prompts are "
-                       "cut from the left, pairs whose completion alone is longer are skipped)")
+        return n_ctx, (
+            f"{asked} exceeds the model's context of {n_ctx} tokens; using {n_ctx} (longer prompts are "
+            "cut from the left, pairs whose completion alone is longer are skipped)"
+        )
     return max_length, None
 
 
@@ -188,15 +204,18 @@ def truncation_stats(tokenized: Sequence[TokenizedPair]) -> dict[str, int]:
     return {"pairs_truncated": sum(c > 0 for c in cut), "prompt_tokens_cut": int(sum(cut))}
 
 
-def describe_truncation(tokenized: Sequence[TokenizedPair], max_length: int | None,
-                        report: SkipReport | None = None) -> str | None:
+def describe_truncation(
+    tokenized: Sequence[TokenizedPair], max_length: int | None, report: SkipReport | None = None
+) -> str | None:
     """One line on what the truncation policy did, or None when it did nothing."""
     st = truncation_stats(tokenized)
     n_long = len(report.skipped.get(TOO_LONG, [])) if report is not None else 0
     parts = []
     if st["pairs_truncated"]:
-        parts.append(f"{st['pairs_truncated']} of {len(tokenized)} pairs had their prompt cut from the left "
-                     f"({st['prompt_tokens_cut']} tokens in all)")
+        parts.append(
+            f"{st['pairs_truncated']} of {len(tokenized)} pairs had their prompt cut from the left "
+            f"({st['prompt_tokens_cut']} tokens in all)"
+        )
     if n_long:
         parts.append(f"{n_long} pairs were skipped because a completion alone does not fit")
     if not parts:

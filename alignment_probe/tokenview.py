@@ -42,9 +42,11 @@ def token_spans_html(texts: list[str], values: list[float], scale: float, *, uni
     return "".join(spans)
 
 
-TOKEN_STYLE = (".tokview .tok{padding:1px 0;border-radius:2px;white-space:pre-wrap}"
-               ".tokview .side{font-weight:600;margin:6px 0 2px}.tokview{font-family:ui-monospace,monospace;"
-               "font-size:13px;line-height:1.7}")
+TOKEN_STYLE = (
+    ".tokview .tok{padding:1px 0;border-radius:2px;white-space:pre-wrap}"
+    ".tokview .side{font-weight:600;margin:6px 0 2px}.tokview{font-family:ui-monospace,monospace;"
+    "font-size:13px;line-height:1.7}"
+)
 
 
 class TokenView:
@@ -56,13 +58,17 @@ class TokenView:
 
     def _repr_html_(self) -> str:
         scale = float(np.nanmax(np.abs(self.frame["effect"]))) if len(self.frame) else 0.0
-        parts = [f"<style>{TOKEN_STYLE}</style><div class='tokview'><div><b>{html.escape(self.title)}</b> "
-                 f"<small>(blue: more likely under the condition, red: less; full colour = ±{scale:.3g} nats)</small>"
-                 "</div>"]
+        parts = [
+            f"<style>{TOKEN_STYLE}</style><div class='tokview'><div><b>{html.escape(self.title)}</b> "
+            f"<small>(blue: more likely under the condition, red: less; full colour = ±{scale:.3g} nats)</small>"
+            "</div>"
+        ]
         for side, rows in self.frame.groupby("side", sort=False):
             total = float(rows["effect"].sum())
-            parts.append(f"<div class='side'>{html.escape(str(side))} · Σ {total:+.4f} nats over {len(rows)} tokens"
-                         f" (mean {total / max(len(rows), 1):+.4f})</div>")
+            parts.append(
+                f"<div class='side'>{html.escape(str(side))} · Σ {total:+.4f} nats over {len(rows)} tokens"
+                f" (mean {total / max(len(rows), 1):+.4f})</div>"
+            )
             parts.append(token_spans_html(rows["token"].tolist(), rows["effect"].tolist(), scale))
         return "".join(parts) + "</div>"
 
@@ -87,13 +93,17 @@ class TokenTable(pd.DataFrame):  # type: ignore[misc]  # pandas ships no type in
 
     def __call__(self, pair_id: int, experiment: str | None = None, **where: Any) -> TokenView:
         if len(self) == 0:
-            raise ValueError("this run has no per-token table: run a per-token experiment (e.g. --experiments "
-                             "token_map,...) to get token_effects.parquet")
+            raise ValueError(
+                "this run has no per-token table: run a per-token experiment (e.g. --experiments "
+                "token_map,...) to get token_effects.parquet"
+            )
         frame = pd.DataFrame(self)
         rows = frame[frame["pair_id"] == int(pair_id)]
         if rows.empty:
-            raise ValueError(f"pair {pair_id} is not in the per-token table; its pairs are "
-                             f"{sorted(frame['pair_id'].unique().tolist())[:20]}")
+            raise ValueError(
+                f"pair {pair_id} is not in the per-token table; its pairs are "
+                f"{sorted(frame['pair_id'].unique().tolist())[:20]}"
+            )
         if experiment is not None:
             where = {"experiment": experiment, **where}
         for col, value in where.items():
@@ -103,11 +113,16 @@ class TokenTable(pd.DataFrame):  # type: ignore[misc]  # pandas ships no type in
         cols = [c for c in CONDITION_COLUMNS if c in rows.columns]
         conds = rows[cols].drop_duplicates()
         if len(conds) != 1:
-            listing = pd.DataFrame(frame[frame["pair_id"] == int(pair_id)][cols]).drop_duplicates().to_string(index=False)
-            raise ValueError(f"{len(conds)} conditions match {where or 'no filter'} for pair {pair_id}; narrow it down "
-                             f"with column filters (e.g. hook=..., layer=...). The conditions:\n{listing}")
-        rows = rows.sort_values(["side", "position"], key=lambda s: s.map({"chosen": 0, "rejected": 1})
-                                if s.name == "side" else s)
+            listing = (
+                pd.DataFrame(frame[frame["pair_id"] == int(pair_id)][cols]).drop_duplicates().to_string(index=False)
+            )
+            raise ValueError(
+                f"{len(conds)} conditions match {where or 'no filter'} for pair {pair_id}; narrow it down "
+                f"with column filters (e.g. hook=..., layer=...). The conditions:\n{listing}"
+            )
+        rows = rows.sort_values(
+            ["side", "position"], key=lambda s: s.map({"chosen": 0, "rejected": 1}) if s.name == "side" else s
+        )
         loader = getattr(self, "_tokenizer_loader", None)
         tokenizer = loader() if loader is not None else None
         ids = rows["token_id"].tolist()
@@ -115,11 +130,15 @@ class TokenTable(pd.DataFrame):  # type: ignore[misc]  # pandas ships no type in
         c = conds.iloc[0]
         if c.get("hook") == "blocks" and pd.notna(c.get("param")):  # a transplant: blocks layer … layer+width−1
             last = int(c["layer"]) + int(c["param"]) - 1
-            what = f"tuned blocks {int(c['layer'])}–{last} in the base" if last > int(c["layer"]) else \
-                f"tuned block {int(c['layer'])} in the base"
+            what = (
+                f"tuned blocks {int(c['layer'])}–{last} in the base"
+                if last > int(c["layer"])
+                else f"tuned block {int(c['layer'])} in the base"
+            )
         else:
             what = f"{c.get('hook', '')} at layer {c.get('layer', '')}" + (
-                f" · param {c['param']:g}" if "param" in c and pd.notna(c["param"]) else "")
+                f" · param {c['param']:g}" if "param" in c and pd.notna(c["param"]) else ""
+            )
         title = f"pair {pair_id} · {c['experiment']} · {what}"
         return TokenView(rows, texts, title)
 

@@ -105,8 +105,7 @@ def parse_scope(scope: str) -> tuple[str, int | None]:
     if sep and name in PARAM_SCOPES:
         if arg.isdigit() and int(arg) >= 1:
             return name, int(arg)
-        raise VocabularyError(f"bad position scope {scope!r}: {name}:K needs a whole number K ≥ 1, "
-                              f"e.g. {name}:4")
+        raise VocabularyError(f"bad position scope {scope!r}: {name}:K needs a whole number K ≥ 1, e.g. {name}:4")
     raise VocabularyError(f"unknown position scope {scope!r}; use one of {allowed}")
 
 
@@ -142,6 +141,8 @@ def parse_layers(text: str | None, option: str) -> tuple[int, ...] | None:
         try:
             out += list(range(*(int(v) for v in item.split(":")))) if ":" in item else [int(item)] if item else []
         except (TypeError, ValueError):
-            raise ConfigError(f"{option} {text!r}: expected a comma-separated list of ints or start:stop:step "
-                              "ranges, e.g. 4,8,12 or 0:30:3.") from None
+            raise ConfigError(
+                f"{option} {text!r}: expected a comma-separated list of ints or start:stop:step "
+                "ranges, e.g. 4,8,12 or 0:30:3."
+            ) from None
     return tuple(sorted(set(out)))

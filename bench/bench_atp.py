@@ -47,8 +47,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=1, help="run each side this many times, keep the least wall time")
-    p.add_argument("--heads", action=argparse.BooleanOptionalAction, default=True,
-                   help="also the per-head map: AtP (atp_heads) vs exact head patching of the same conditions")
+    p.add_argument(
+        "--heads",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the per-head map: AtP (atp_heads) vs exact head patching of the same conditions",
+    )
     p.add_argument("--head-layers", default=None, help="layers of the head map, e.g. 6,7 (default: every layer)")
     p.add_argument("--out", default=None, help="write the JSON record here (default: bench/results/<auto>.json)")
     args = p.parse_args()
@@ -61,8 +65,7 @@ def main() -> None:
     from alignment_probe.experiments.patching import layer_sweep
 
     pair, tokenized = load(args)
-    specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=range(pair.n_layers),
-                        hooks=HOOKS4)
+    specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=range(pair.n_layers), hooks=HOOKS4)
 
     def timed(engine_factory, specs=specs):
         """(rows, the least wall time of --repeats runs): the least is the one the machine's other load
@@ -92,42 +95,69 @@ def main() -> None:
         e = exact[exact.hook == hook].groupby("layer").effect.mean()
         a = atp[atp.hook == hook].groupby("layer").effect.mean()
         per_hook[hook] = validation(e.to_numpy(), a.to_numpy()) | {
-            "exact_mean": [round(float(x), 6) for x in e], "atp_mean": [round(float(x), 6) for x in a]}
+            "exact_mean": [round(float(x), 6) for x in e],
+            "atp_mean": [round(float(x), 6) for x in a],
+        }
         pooled_e += e.tolist()
         pooled_a += a.tolist()
     heads = bench_heads(args, pair, timed) if args.heads else None
     tokens = sum(len(t.prompt_ids) * 2 + len(t.chosen_ids) + len(t.rejected_ids) for t in tokenized)
     record = {
-        "model": args.model, "n_pairs": len(tokenized), "tokens_per_pair": tokens / len(tokenized),
-        "conditions": len(specs), "n_layers": pair.n_layers, "device": args.device, "dtype": args.dtype,
-        "threads": args.threads, "wall_s_atp": t_atp, "wall_s_exact": t_exact, "cost_ratio_exact_over_atp":
-        t_exact / t_atp, "pooled": validation(pooled_e, pooled_a), "by_hook": per_hook,
+        "model": args.model,
+        "n_pairs": len(tokenized),
+        "tokens_per_pair": tokens / len(tokenized),
+        "conditions": len(specs),
+        "n_layers": pair.n_layers,
+        "device": args.device,
+        "dtype": args.dtype,
+        "threads": args.threads,
+        "wall_s_atp": t_atp,
+        "wall_s_exact": t_exact,
+        "cost_ratio_exact_over_atp": t_exact / t_atp,
+        "pooled": validation(pooled_e, pooled_a),
+        "by_hook": per_hook,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "torch": torch.__version__, "platform": platform.platform(), "date": date.today().isoformat(),
-        "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "repeats": args.repeats,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "date": date.today().isoformat(),
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
+        "repeats": args.repeats,
         "wall_s_all_runs": all_times,  # per timed step (AtP layers, exact layers[, AtP heads, exact heads, AtP both])
         "cpu_s_all_runs": all_cpu,  # the same steps' process CPU seconds
         "cpu_s_min": [min(c) for c in all_cpu],
     }
     if heads is not None:
         record["heads"] = heads
-    print(f"{args.model}: {len(specs)} conditions × {len(tokenized)} pairs ({record['tokens_per_pair']:.0f} tokens/pair)")
+    print(
+        f"{args.model}: {len(specs)} conditions × {len(tokenized)} pairs ({record['tokens_per_pair']:.0f} tokens/pair)"
+    )
     print(f"  exact (fast engine) {t_exact:.1f} s   AtP {t_atp:.1f} s   cost ratio exact/AtP {t_exact / t_atp:.1f}×")
     for hook, v in [*per_hook.items(), ("pooled", record["pooled"])]:
-        print(f"  {hook:>10}: ρ {v['spearman']:+.3f}  top-3 recall {v['topk_recall']['3']:.2f}  "
-              f"top-10% (k={v['topk_k']['10%']}) recall {v['topk_recall']['10%']:.2f}  max|err| {v['max_abs_error']:.3f}"
-              f"  n {v['n_conditions']}")
+        print(
+            f"  {hook:>10}: ρ {v['spearman']:+.3f}  top-3 recall {v['topk_recall']['3']:.2f}  "
+            f"top-10% (k={v['topk_k']['10%']}) recall {v['topk_recall']['10%']:.2f}  max|err| {v['max_abs_error']:.3f}"
+            f"  n {v['n_conditions']}"
+        )
     if heads is not None:
         print_heads(heads, t_atp)
     names = ["AtP layers", "exact layers", "AtP heads", "exact heads", "AtP layers + heads"]
     cpu = record["cpu_s_min"]
     print("  CPU seconds (least of the repeats): " + ", ".join(f"{n} {c:.1f}" for n, c in zip(names, cpu)))
-    print(f"  CPU cost ratio exact/AtP: layers {cpu[1] / cpu[0]:.1f}×" + (
-        f", heads {cpu[3] / cpu[2]:.1f}×, heads' marginal AtP cost in one pass {cpu[4] - cpu[0]:.1f} s"
-        if len(cpu) == 5 else ""))
+    print(
+        f"  CPU cost ratio exact/AtP: layers {cpu[1] / cpu[0]:.1f}×"
+        + (
+            f", heads {cpu[3] / cpu[2]:.1f}×, heads' marginal AtP cost in one pass {cpu[4] - cpu[0]:.1f} s"
+            if len(cpu) == 5
+            else ""
+        )
+    )
     print(f"  load average (1, 5, 15 min) at start {load_start}, at end {record['loadavg_end']}")
-    out = Path(args.out) if args.out else (Path(__file__).resolve().parent / "results"
-                                           / f"atp-{args.device}-{args.model}.json")
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(__file__).resolve().parent / "results" / f"atp-{args.device}-{args.model}.json")
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
     print(f"  wrote {out}")
@@ -144,8 +174,9 @@ def bench_heads(args, pair, timed) -> dict:
     cfg = pair.base.cfg
     specs = atp_head_specs(layers, n_heads_of(cfg, "z"), n_heads_of(cfg, "k"))
     exact_specs = [s for s in specs if s.key.estimator == "exact"]
-    layer_specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=range(pair.n_layers),
-                              hooks=HOOKS4)
+    layer_specs = layer_sweep(
+        "patch_tuned_to_base", target="base", source="tuned", layers=range(pair.n_layers), hooks=HOOKS4
+    )
     atp, t_atp = timed(lambda: AttributionEngine(batch_size=args.batch_size), specs)
     exact, t_exact = timed(lambda: make_engine("fast", batch_size=args.batch_size), exact_specs)
     _, t_both = timed(lambda: AttributionEngine(batch_size=args.batch_size), layer_specs + specs)
@@ -157,24 +188,38 @@ def bench_heads(args, pair, timed) -> dict:
         a = at_means.loc[(hook, estimator)].reindex(e.index)
         per_hook[f"{hook} ({estimator})"] = validation(e.to_numpy(), a.to_numpy()) | {
             "cells": [[int(la), int(h)] for la, h in e.index],
-            "exact_mean": [round(float(x), 6) for x in e], "atp_mean": [round(float(x), 6) for x in a]}
+            "exact_mean": [round(float(x), 6) for x in e],
+            "atp_mean": [round(float(x), 6) for x in a],
+        }
         if estimator != "atp" or hook != "k":  # pooled: each condition once, k by AtP*
             pooled_e += e.tolist()
             pooled_a += a.tolist()
-    return {"layers": layers, "conditions_exact": len(exact_specs), "rows_atp": len(specs),
-            "wall_s_atp": t_atp, "wall_s_exact": t_exact, "cost_ratio_exact_over_atp": t_exact / t_atp,
-            "wall_s_atp_layers_and_heads": t_both, "by_hook": per_hook, "pooled": validation(pooled_e, pooled_a)}
+    return {
+        "layers": layers,
+        "conditions_exact": len(exact_specs),
+        "rows_atp": len(specs),
+        "wall_s_atp": t_atp,
+        "wall_s_exact": t_exact,
+        "cost_ratio_exact_over_atp": t_exact / t_atp,
+        "wall_s_atp_layers_and_heads": t_both,
+        "by_hook": per_hook,
+        "pooled": validation(pooled_e, pooled_a),
+    }
 
 
 def print_heads(heads: dict, t_atp_layers: float) -> None:
     print(f"  heads: {heads['conditions_exact']} conditions (layers {heads['layers']})")
-    print(f"  exact (fast engine) {heads['wall_s_exact']:.1f} s   AtP {heads['wall_s_atp']:.1f} s   cost ratio "
-          f"exact/AtP {heads['cost_ratio_exact_over_atp']:.1f}×   AtP layers + heads in one pass "
-          f"{heads['wall_s_atp_layers_and_heads']:.1f} s (layers alone {t_atp_layers:.1f} s)")
+    print(
+        f"  exact (fast engine) {heads['wall_s_exact']:.1f} s   AtP {heads['wall_s_atp']:.1f} s   cost ratio "
+        f"exact/AtP {heads['cost_ratio_exact_over_atp']:.1f}×   AtP layers + heads in one pass "
+        f"{heads['wall_s_atp_layers_and_heads']:.1f} s (layers alone {t_atp_layers:.1f} s)"
+    )
     for hook, v in [*heads["by_hook"].items(), ("pooled", heads["pooled"])]:
-        print(f"  {hook:>10}: ρ {v['spearman']:+.3f}  top-3 recall {v['topk_recall']['3']:.2f}  "
-              f"top-10% (k={v['topk_k']['10%']}) recall {v['topk_recall']['10%']:.2f}  max|err| {v['max_abs_error']:.3f}"
-              f"  n {v['n_conditions']}")
+        print(
+            f"  {hook:>10}: ρ {v['spearman']:+.3f}  top-3 recall {v['topk_recall']['3']:.2f}  "
+            f"top-10% (k={v['topk_k']['10%']}) recall {v['topk_recall']['10%']:.2f}  max|err| {v['max_abs_error']:.3f}"
+            f"  n {v['n_conditions']}"
+        )
 
 
 if __name__ == "__main__":

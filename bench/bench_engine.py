@@ -29,8 +29,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # the real HH-RLHF data: $ALIGNMENT_PROBE_HH_DIR (as the tests read it), else ../shared beside the checkout
-HH = (Path(os.environ["ALIGNMENT_PROBE_HH_DIR"]) if os.environ.get("ALIGNMENT_PROBE_HH_DIR")
-      else ROOT.parent / "shared" / "data" / "hh-rlhf") / "harmless-base" / "test.jsonl.gz"
+HH = (
+    (
+        Path(os.environ["ALIGNMENT_PROBE_HH_DIR"])
+        if os.environ.get("ALIGNMENT_PROBE_HH_DIR")
+        else ROOT.parent / "shared" / "data" / "hh-rlhf"
+    )
+    / "harmless-base"
+    / "test.jsonl.gz"
+)
 
 
 def column_major(model: torch.nn.Module) -> None:
@@ -46,10 +53,27 @@ def llama_1b_shape_pair(device: str, dtype: torch.dtype, tokenizer):
     from alignment_probe.pair import Twins, model_fingerprint
 
     cfg = HookedTransformerConfig(
-        n_layers=16, d_model=2048, n_heads=32, n_key_value_heads=8, d_head=64, d_mlp=8192, d_vocab=128256,
-        n_ctx=2048, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=64,
-        rotary_base=500000, gated_mlp=True, final_rms=True, original_architecture="LlamaForCausalLM",
-        eps=1e-5, device=device, dtype=dtype, init_weights=True, seed=0,
+        n_layers=16,
+        d_model=2048,
+        n_heads=32,
+        n_key_value_heads=8,
+        d_head=64,
+        d_mlp=8192,
+        d_vocab=128256,
+        n_ctx=2048,
+        act_fn="silu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_dim=64,
+        rotary_base=500000,
+        gated_mlp=True,
+        final_rms=True,
+        original_architecture="LlamaForCausalLM",
+        eps=1e-5,
+        device=device,
+        dtype=dtype,
+        init_weights=True,
+        seed=0,
     )
     base = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=True).eval()
     tuned = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=True).eval()
@@ -61,9 +85,15 @@ def llama_1b_shape_pair(device: str, dtype: torch.dtype, tokenizer):
                 p.add_(0.05 * p.float().std().item() * torch.randn(p.shape, generator=gen).to(p))
     for m in (base, tuned):
         column_major(m)
-    return Twins(base=base, tuned=tuned, tokenizer=tokenizer, base_source="random llama-1b shape",
-                     tuned_source="random llama-1b shape + noise in blocks 6-7",
-                     base_fingerprint=model_fingerprint(base)[:8], tuned_fingerprint=model_fingerprint(tuned)[:8])
+    return Twins(
+        base=base,
+        tuned=tuned,
+        tokenizer=tokenizer,
+        base_source="random llama-1b shape",
+        tuned_source="random llama-1b shape + noise in blocks 6-7",
+        base_fingerprint=model_fingerprint(base)[:8],
+        tuned_fingerprint=model_fingerprint(tuned)[:8],
+    )
 
 
 def load(args):
@@ -79,11 +109,11 @@ def load(args):
             column_major(m)
         data = bundled_pairs_path()
     else:
-        from alignment_probe.organisms.tokenizer import train_tokenizer
-
         import tempfile
 
         from transformers import AutoTokenizer
+
+        from alignment_probe.organisms.tokenizer import train_tokenizer
 
         hh, _ = load_pairs(HH)
         tok_dir = Path(tempfile.mkdtemp(prefix="bench-tok-"))
@@ -129,17 +159,25 @@ def run_one(engine_name: str, args, queue) -> None:
     seconds = time.perf_counter() - t0
     work = getattr(engine, "work", None)
     out = {
-        "engine": engine_name, "seconds": seconds,
+        "engine": engine_name,
+        "seconds": seconds,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
         "effects": effects[["experiment", "layer", "param", "split", "pair_id", "effect"]].to_dict("list"),
-        "n_pairs": len(tokenized), "tokens_per_pair": sum(len(t.prompt_ids) * 2 + len(t.chosen_ids) + len(t.rejected_ids)
-                                                         for t in tokenized) / len(tokenized),
+        "n_pairs": len(tokenized),
+        "tokens_per_pair": sum(len(t.prompt_ids) * 2 + len(t.chosen_ids) + len(t.rejected_ids) for t in tokenized)
+        / len(tokenized),
         "work_ratio": (work.computed / work.floor) if work and work.floor else None,
         "forwards": work.forwards if work else None,
-        "work_by_stage": {k: {"computed": w.computed, "floor": w.floor, "forwards": w.forwards,
-                              "ratio": w.computed / w.floor if w.floor else None}
-                          for k, w in getattr(engine, "work_by_stage", {}).items()},
+        "work_by_stage": {
+            k: {
+                "computed": w.computed,
+                "floor": w.floor,
+                "forwards": w.forwards,
+                "ratio": w.computed / w.floor if w.floor else None,
+            }
+            for k, w in getattr(engine, "work_by_stage", {}).items()
+        },
     }
     queue.put(out)
 
@@ -164,18 +202,25 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--engines", default="reference,fast",
-                        help="comma-separated: reference, fast, fast-noshare (the fast engine, full sequences)")
+    parser.add_argument(
+        "--engines",
+        default="reference,fast",
+        help="comma-separated: reference, fast, fast-noshare (the fast engine, full sequences)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
     results = {name: measure(name, args) for name in args.engines.split(",")}
-    print(f"# {date.today()} · {platform.processor() or platform.machine()} · {args.threads} threads · torch "
-          f"{torch.__version__} · device {args.device} · {args.dtype}")
+    print(
+        f"# {date.today()} · {platform.processor() or platform.machine()} · {args.threads} threads · torch "
+        f"{torch.__version__} · device {args.device} · {args.dtype}"
+    )
     any_r = next(iter(results.values()))
-    print(f"model {args.model}, work {args.work}, {any_r['n_pairs']} pairs, "
-          f"{any_r['tokens_per_pair']:.0f} tokens per pair (both sequences), max length {args.max_length}")
+    print(
+        f"model {args.model}, work {args.work}, {any_r['n_pairs']} pairs, "
+        f"{any_r['tokens_per_pair']:.0f} tokens per pair (both sequences), max length {args.max_length}"
+    )
     for name, r in results.items():
         extra = f", work/floor {r['work_ratio']:.3f}, {r['forwards']} forwards" if r["work_ratio"] else ""
         for stage, w in r.get("work_by_stage", {}).items():
@@ -187,13 +232,17 @@ def main() -> None:
         ref, fast = results["reference"], results["fast"]
         diff = max(abs(a - b) for a, b in zip(ref["effects"]["effect"], fast["effects"]["effect"]))
         same_keys = all(ref["effects"][k] == fast["effects"][k] for k in ("experiment", "layer", "pair_id"))
-        print(f"  speed-up fast vs reference: {ref['seconds'] / fast['seconds']:.2f}x; "
-              f"identical rows: {same_keys}; max |effect difference|: {diff:.2e}")
+        print(
+            f"  speed-up fast vs reference: {ref['seconds'] / fast['seconds']:.2f}x; "
+            f"identical rows: {same_keys}; max |effect difference|: {diff:.2e}"
+        )
     if "fast-noshare" in results and "fast" in results:
         off, on = results["fast-noshare"], results["fast"]
         diff = max(abs(a - b) for a, b in zip(off["effects"]["effect"], on["effects"]["effect"]))
-        print(f"  shared prompts vs full sequences: {off['seconds'] / on['seconds']:.2f}x; "
-              f"max |effect difference|: {diff:.2e}")
+        print(
+            f"  shared prompts vs full sequences: {off['seconds'] / on['seconds']:.2f}x; "
+            f"max |effect difference|: {diff:.2e}"
+        )
     if args.json:
         for r in results.values():
             r.pop("effects")

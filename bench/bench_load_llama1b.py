@@ -26,11 +26,29 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ("meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.2-1B-Instruct")
 # Llama-3.2-1B's config.json (transformers 5 spelling).
-CONFIG = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-              num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rms_norm_eps=1e-5,
-              hidden_act="silu", tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
-              rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-                               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+CONFIG = dict(
+    vocab_size=128256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=64,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    hidden_act="silu",
+    tie_word_embeddings=True,
+    bos_token_id=128000,
+    eos_token_id=128001,
+    rope_parameters={
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+)
 
 
 def plant(cache: Path) -> None:
@@ -46,14 +64,19 @@ def plant(cache: Path) -> None:
     with torch.device("meta"):
         shapes = {n: p.shape for n, p in LlamaForCausalLM(cfg).named_parameters()}
     gen = torch.Generator().manual_seed(0)
-    weights = {n: (torch.ones(s) if "norm" in n else 0.02 * torch.randn(s, generator=gen)).to(torch.bfloat16)
-               for n, s in shapes.items() if n != "lm_head.weight"}  # tied to the embedding
+    weights = {
+        n: (torch.ones(s) if "norm" in n else 0.02 * torch.randn(s, generator=gen)).to(torch.bfloat16)
+        for n, s in shapes.items()
+        if n != "lm_head.weight"
+    }  # tied to the embedding
     tok = train_tokenizer([f"\n\nHuman: question {i}?\n\nAssistant: answer {i}." for i in range(300)], 400)
     for i, name in enumerate(NAMES):
         if i:  # the tuned twin: the middle block's MLP moves
             for n in list(weights):
                 if n.startswith("model.layers.8.mlp."):
-                    weights[n] = (weights[n].float() + 0.01 * torch.randn(weights[n].shape, generator=gen)).to(torch.bfloat16)
+                    weights[n] = (weights[n].float() + 0.01 * torch.randn(weights[n].shape, generator=gen)).to(
+                        torch.bfloat16
+                    )
         repo = cache / f"models--{name.replace('/', '--')}"
         commit = hashlib.sha1(name.encode()).hexdigest()
         snap = repo / "snapshots" / commit
@@ -84,8 +107,14 @@ def measure(kind: str, dtype: str) -> dict:
         assert twins.base_fingerprint != twins.tuned_fingerprint
     seconds = time.perf_counter() - t0
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    return {"kind": kind, "dtype": dtype, "seconds": round(seconds, 1), "peak_rss_gib": round(peak_gib, 2),
-            "params_per_converted_model": n_params, "threads": torch.get_num_threads()}
+    return {
+        "kind": kind,
+        "dtype": dtype,
+        "seconds": round(seconds, 1),
+        "peak_rss_gib": round(peak_gib, 2),
+        "params_per_converted_model": n_params,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> int:
@@ -106,8 +135,13 @@ def main() -> int:
         env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=cache, TQDM_DISABLE="1", PYTHONPATH=str(REPO))
         for dtype in a.dtype or ["float32"]:
             for kind in a.kinds.split(","):
-                out = subprocess.run([sys.executable, __file__, "--_measure", kind, dtype], env=env, cwd=REPO,
-                                     capture_output=True, text=True)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--_measure", kind, dtype],
+                    env=env,
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                )
                 if out.returncode:
                     print(out.stderr[-3000:], file=sys.stderr)
                     return out.returncode
@@ -116,15 +150,26 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
     if a.out:
         import platform
+        from importlib.metadata import version
 
         import torch
         import transformer_lens  # noqa: F401
-        from importlib.metadata import version
 
-        a.out.write_text(json.dumps({"what": "bench/bench_load_llama1b.py", "machine": platform.processor() or platform.machine(),
-                                     "cpus": os.cpu_count(), "torch": torch.__version__,
-                                     "transformer_lens": version("transformer-lens"),
-                                     "transformers": version("transformers"), "results": results}, indent=2) + "\n")
+        a.out.write_text(
+            json.dumps(
+                {
+                    "what": "bench/bench_load_llama1b.py",
+                    "machine": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(),
+                    "torch": torch.__version__,
+                    "transformer_lens": version("transformer-lens"),
+                    "transformers": version("transformers"),
+                    "results": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

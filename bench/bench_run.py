@@ -50,8 +50,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 # the real HH-RLHF data: $ALIGNMENT_PROBE_HH_DIR (as the tests read it), else ../shared beside the checkout
-HH = (Path(os.environ["ALIGNMENT_PROBE_HH_DIR"]) if os.environ.get("ALIGNMENT_PROBE_HH_DIR")
-      else ROOT.parent / "shared" / "data" / "hh-rlhf") / "harmless-base" / "test.jsonl.gz"
+HH = (
+    (
+        Path(os.environ["ALIGNMENT_PROBE_HH_DIR"])
+        if os.environ.get("ALIGNMENT_PROBE_HH_DIR")
+        else ROOT.parent / "shared" / "data" / "hh-rlhf"
+    )
+    / "harmless-base"
+    / "test.jsonl.gz"
+)
 PARTS = ("startup", "refusal", "bundled", "memory", "llama8")
 
 
@@ -70,10 +77,21 @@ def build_llama8(cache: Path) -> tuple[Path, Path]:
 
     pairs, _ = load_pairs(HH)
     tok = train_tokenizer([p.prompt + p.chosen for p in pairs[:2000]], vocab_size=4096)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
-                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,
-                      rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
     gen = torch.Generator().manual_seed(1)
@@ -98,18 +116,31 @@ def engine_work(out: Path) -> dict | None:
     if not work:
         return None
     total = {k: sum(w[k] for w in work.values()) for k in ("computed", "floor", "forwards")}
-    return {**work, "all": total} | {"ratio": {s: round(w["computed"] / w["floor"], 4) if w["floor"] else None
-                                             for s, w in {**work, "all": total}.items()}}
+    return {**work, "all": total} | {
+        "ratio": {
+            s: round(w["computed"] / w["floor"], 4) if w["floor"] else None for s, w in {**work, "all": total}.items()
+        }
+    }
 
 
-def timed(name: str, argv: list[str], *, code: Path | None = None, env: dict | None = None,
-          out: Path | None = None, nproc: int = 1) -> dict:
+def timed(
+    name: str,
+    argv: list[str],
+    *,
+    code: Path | None = None,
+    env: dict | None = None,
+    out: Path | None = None,
+    nproc: int = 1,
+) -> dict:
     """Run one CLI command in a fresh process: wall and CPU seconds, peak RSS (GiB), exit code; log kept.
     ``code``: a folder holding another version of the package (first on PYTHONPATH); ``env``: extra variables;
     ``nproc`` > 1: launched as ``torchrun --standalone --nproc_per_node nproc`` (one logical run; CPU time and
     peak RSS then cover the launcher and its workers as ``wait4`` reports them)."""
-    full_env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                             "TQDM_DISABLE": "1"} | (env or {})
+    full_env = (
+        os.environ
+        | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"}
+        | (env or {})
+    )
     if code is not None:
         full_env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -117,20 +148,42 @@ def timed(name: str, argv: list[str], *, code: Path | None = None, env: dict | N
     load = os.getloadavg()[0]
     with open(log, "w") as fh:
         t0 = time.perf_counter()
-        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-                     "-m", "alignment_probe"] if nproc > 1 else [sys.executable, "-m", "alignment_probe.cli"])
-        proc = subprocess.Popen([*launcher, *argv], cwd=code or ROOT, env=full_env,
-                                stdout=fh, stderr=subprocess.STDOUT)
+        launcher = (
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                str(nproc),
+                "-m",
+                "alignment_probe",
+            ]
+            if nproc > 1
+            else [sys.executable, "-m", "alignment_probe.cli"]
+        )
+        proc = subprocess.Popen([*launcher, *argv], cwd=code or ROOT, env=full_env, stdout=fh, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
-    row = {"name": name, "argv": argv, "env": env or {}, "code": "baseline" if code else "this tree",
-           "wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-           "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3), "rc": os.waitstatus_to_exitcode(status),
-           "log": str(log.relative_to(ROOT)), "load_before": round(load, 2)}
+    row = {
+        "name": name,
+        "argv": argv,
+        "env": env or {},
+        "code": "baseline" if code else "this tree",
+        "wall_s": round(wall, 2),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3),
+        "rc": os.waitstatus_to_exitcode(status),
+        "log": str(log.relative_to(ROOT)),
+        "load_before": round(load, 2),
+    }
     if out is not None:
         row["engine_work"] = engine_work(out)
-    print(f"{name:>34}: {row['wall_s']:7.2f} s wall {row['cpu_s']:7.2f} s CPU {row['peak_rss_gib']:.2f} GiB "
-          f"rc {row['rc']} [load {load:.1f}]", flush=True)
+    print(
+        f"{name:>34}: {row['wall_s']:7.2f} s wall {row['cpu_s']:7.2f} s CPU {row['peak_rss_gib']:.2f} GiB "
+        f"rc {row['rc']} [load {load:.1f}]",
+        flush=True,
+    )
     return row
 
 
@@ -179,8 +232,7 @@ def tables_difference(a: Path, b: Path) -> dict:
         if not ta[text].equals(tb[text]):
             out[path.name] = None
             continue
-        diffs = [float(np.nanmax(np.abs(ta[c].to_numpy(float) - tb[c].to_numpy(float)), initial=0.0))
-                 for c in numeric]
+        diffs = [float(np.nanmax(np.abs(ta[c].to_numpy(float) - tb[c].to_numpy(float)), initial=0.0)) for c in numeric]
         out[path.name] = max(diffs, default=0.0)
     sa, sb = a / "summary.json", b / "summary.json"
     out["summary.json identical"] = sa.exists() and sb.exists() and sa.read_bytes() == sb.read_bytes()
@@ -190,8 +242,10 @@ def tables_difference(a: Path, b: Path) -> dict:
 def plant_llama1b(cache: Path) -> None:
     """bench_load_llama1b.py's planted pair, made in a child process: a process's peak RSS is inherited by
     the processes it starts (Linux keeps ru_maxrss across fork and exec), so this one must stay small."""
-    code = f"import sys; sys.path[:0] = [{str(ROOT / 'bench')!r}, {str(ROOT)!r}]; from bench_load_llama1b import plant; " \
-           f"from pathlib import Path; plant(Path({str(cache)!r}))"
+    code = (
+        f"import sys; sys.path[:0] = [{str(ROOT / 'bench')!r}, {str(ROOT)!r}]; from bench_load_llama1b import plant; "
+        f"from pathlib import Path; plant(Path({str(cache)!r}))"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -202,9 +256,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=PARTS, action="append", help="parts to run (repeatable)")
     parser.add_argument("--baseline", default=None, help="also run the older commit REV, side by side")
-    parser.add_argument("--layouts", default="default,1,2p",
-                        help="layouts of the bundled default run: default (torch's threads), N (threads), "
-                             "Np (N processes of 1 thread, torchrun)")
+    parser.add_argument(
+        "--layouts",
+        default="default,1,2p",
+        help="layouts of the bundled default run: default (torch's threads), N (threads), "
+        "Np (N processes of 1 thread, torchrun)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="runs of the bundled default per layout and code")
     parser.add_argument("--llama1b", action="store_true", help="also time the refusal on a planted 1B-shaped pair")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "alignment-probe-bench")
@@ -214,16 +271,25 @@ def main() -> int:
     parts = args.only or [p for p in PARTS if p != "llama8"]
     work = Path(tempfile.mkdtemp(prefix="bench-run-"))
     codes = {"after": None} | ({"before": checkout(args.baseline)} if args.baseline else {})
-    results: dict = {"date": str(date.today()), "machine": platform.processor() or platform.machine(),
-                     "cpu_count": os.cpu_count(), "baseline": args.baseline,
-                     "head": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                            capture_output=True, text=True).stdout.strip()}
+    results: dict = {
+        "date": str(date.today()),
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "baseline": args.baseline,
+        "head": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+    }
     try:
         if "startup" in parts:
             results["startup"] = {
-                label: timed(f"bad-data-{label}", ["run", "--data", str(work / "missing.jsonl"), "--out",
-                                                   str(work / "refused")], code=code)
-                for label, code in codes.items()} | {"help": timed("help", ["run", "--help"])}
+                label: timed(
+                    f"bad-data-{label}",
+                    ["run", "--data", str(work / "missing.jsonl"), "--out", str(work / "refused")],
+                    code=code,
+                )
+                for label, code in codes.items()
+            } | {"help": timed("help", ["run", "--help"])}
         if "refusal" in parts:
             # More pairs asked for than fit --max-length (78 of the bundled 256 fit 40 tokens; ~1500 of HH
             # harmless-base's 2312 fit 64 tokens of the planted tokenizer): refused after tokenising.
@@ -233,8 +299,21 @@ def main() -> int:
             if args.llama1b:
                 with tempfile.TemporaryDirectory(prefix="bench-llama1b-") as cache:
                     plant_llama1b(Path(cache))
-                    argv = ["run", "--base", "meta-llama/Llama-3.2-1B", "--tuned", "meta-llama/Llama-3.2-1B-Instruct",
-                            "--data", str(HH), "--n-pairs", "2000", "--max-length", "64", "--out", str(work / "r1b")]
+                    argv = [
+                        "run",
+                        "--base",
+                        "meta-llama/Llama-3.2-1B",
+                        "--tuned",
+                        "meta-llama/Llama-3.2-1B-Instruct",
+                        "--data",
+                        str(HH),
+                        "--n-pairs",
+                        "2000",
+                        "--max-length",
+                        "64",
+                        "--out",
+                        str(work / "r1b"),
+                    ]
                     r = timed("bad-n-pairs-llama1b-after", argv, env={"HF_HUB_CACHE": cache})
                     results["refusal"]["llama1b"] = {"after": r | {"weights_loaded": weights_loaded(r)}}
         if "bundled" in parts:
@@ -247,13 +326,20 @@ def main() -> int:
                     env = {} if layout == "default" else {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
                     for label, code in codes.items():  # alternating, so both see the same load
                         out = work / f"default-{label}-{layout}-{rep}"
-                        row = timed(f"bundled-default-{layout}{'' if nproc > 1 else 't'}-{label}-{rep}",
-                                    ["run", "--out", str(out)], code=code, env=env, out=out, nproc=nproc)
+                        row = timed(
+                            f"bundled-default-{layout}{'' if nproc > 1 else 't'}-{label}-{rep}",
+                            ["run", "--out", str(out)],
+                            code=code,
+                            env=env,
+                            out=out,
+                            nproc=nproc,
+                        )
                         runs.setdefault(f"{layout} threads", {}).setdefault(label, []).append(row)
                     if "before" in codes:  # this repeat's tables, after vs before
                         row = runs[f"{layout} threads"]["after"][-1]
                         row["tables_vs_baseline"] = tables_difference(
-                            work / f"default-after-{layout}-{rep}", work / f"default-before-{layout}-{rep}")
+                            work / f"default-after-{layout}-{rep}", work / f"default-before-{layout}-{rep}"
+                        )
                         print(f"{'tables vs baseline':>34}: {row['tables_vs_baseline']}", flush=True)
                     if not args.keep:
                         for label in codes:
@@ -261,34 +347,72 @@ def main() -> int:
             results["bundled_default"] = runs
         if "memory" in parts:  # 1 thread: memory does not depend on it, and it is the quickest here
             one = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-            results["memory"] = {label: {f"{n} pairs": timed(f"bundled-{n}-pairs-{label}", [
-                "run", "--n-pairs", str(n), "--out", str(work / f"m{n}-{label}")], code=code, env=one,
-                out=work / f"m{n}-{label}") for n in (16, 80)} for label, code in codes.items()}
+            results["memory"] = {
+                label: {
+                    f"{n} pairs": timed(
+                        f"bundled-{n}-pairs-{label}",
+                        ["run", "--n-pairs", str(n), "--out", str(work / f"m{n}-{label}")],
+                        code=code,
+                        env=one,
+                        out=work / f"m{n}-{label}",
+                    )
+                    for n in (16, 80)
+                }
+                for label, code in codes.items()
+            }
         if "llama8" in parts:
             if not HH.exists():
                 print(f"skip llama8: {HH} not found")
             else:
                 subprocess.run([sys.executable, __file__, "--_build-llama8", str(args.cache)], check=True)
                 base, tuned = args.cache / "llama8-d512-base", args.cache / "llama8-d512-tuned"
-                common = ["run", "--base", str(base), "--tuned", str(tuned), "--data", str(HH), "--n-pairs", "8",
-                          "--max-length", "400", "--experiments", "patch_tuned_to_base", "--n-boot", "200"]
-                l8: dict = {"reference": timed("llama8-reference", common + ["--engine", "reference", "--out",
-                                                                          str(work / "llama8-reference")],
-                                               out=work / "llama8-reference")}
+                common = [
+                    "run",
+                    "--base",
+                    str(base),
+                    "--tuned",
+                    str(tuned),
+                    "--data",
+                    str(HH),
+                    "--n-pairs",
+                    "8",
+                    "--max-length",
+                    "400",
+                    "--experiments",
+                    "patch_tuned_to_base",
+                    "--n-boot",
+                    "200",
+                ]
+                l8: dict = {
+                    "reference": timed(
+                        "llama8-reference",
+                        common + ["--engine", "reference", "--out", str(work / "llama8-reference")],
+                        out=work / "llama8-reference",
+                    )
+                }
                 for rep in range(args.repeats if args.baseline else 1):
                     for label, code in codes.items():  # alternating, so both see the same load
                         out = work / f"llama8-fast-{label}-{rep}"
-                        row = timed(f"llama8-fast-{label}-{rep}", common + ["--engine", "fast", "--out", str(out)],
-                                    code=code, out=out)
+                        row = timed(
+                            f"llama8-fast-{label}-{rep}",
+                            common + ["--engine", "fast", "--out", str(out)],
+                            code=code,
+                            out=out,
+                        )
                         row["speedup_vs_reference"] = round(l8["reference"]["wall_s"] / row["wall_s"], 2)
-                        row["max_effect_difference_vs_reference"] = max_effect_difference(work / "llama8-reference",
-                                                                                          out)
+                        row["max_effect_difference_vs_reference"] = max_effect_difference(
+                            work / "llama8-reference", out
+                        )
                         l8.setdefault(f"fast-{label}", []).append(row)
                 fast = l8["fast-after"]
                 results["llama8"] = l8 | {
                     "speedup": round(l8["reference"]["wall_s"] / min(r["wall_s"] for r in fast), 2),
-                    "max_effect_difference": (None if any(r["max_effect_difference_vs_reference"] is None for r in fast)
-                                              else max(r["max_effect_difference_vs_reference"] for r in fast))}
+                    "max_effect_difference": (
+                        None
+                        if any(r["max_effect_difference_vs_reference"] is None for r in fast)
+                        else max(r["max_effect_difference_vs_reference"] for r in fast)
+                    ),
+                }
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

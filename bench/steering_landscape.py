@@ -86,8 +86,8 @@ def temperature_fraction(twins, pairs, held, gain, temperatures, seed, n_boot) -
             for side, sign in (("chosen", 1.0), ("rejected", -1.0)):
                 seq, toks = p.sequence(side), ap.sequence_tokens(p, side)
                 logp = (twins.base(toks)[0] / t).log_softmax(-1)
-                target = toks[0, seq.completion_start: seq.length]
-                delta += sign * float(logp[seq.completion_start - 1: seq.length - 1].gather(-1, target[:, None]).sum())
+                target = toks[0, seq.completion_start : seq.length]
+                delta += sign * float(logp[seq.completion_start - 1 : seq.length - 1].gather(-1, target[:, None]).sum())
             by_t[t].append(delta)
     clean = np.array(by_t[1.0])
     for t in temperatures:
@@ -116,20 +116,55 @@ def main(argv: list[str] | None = None) -> int:
     for layer in range(twins.n_layers):
         shift = steering.class_shifts(twins, fit_pairs, layers=[layer], keep=layer)[layer]
         vectors, _ = steering.directions(shift, k=steering.DEFAULT_K, centre=True, seed=args.seed, layer=layer)
-        specs += steering.curve_specs(vectors, steering.CURVES, layer=layer, hook="resid_post", scales=cs,
-                                      pair_ids=held, split="heldout")
+        specs += steering.curve_specs(
+            vectors, steering.CURVES, layer=layer, hook="resid_post", scales=cs, pair_ids=held, split="heldout"
+        )
         for i, cls in enumerate(steering.CLASS_ONLY):
             only = torch.zeros_like(vectors[steering.MAIN])
             only[i] = vectors[steering.MAIN][i]
-            specs += [steering.class_spec(steering.CLASS_ONLY[cls], a * only, layer=layer, hook="resid_post", param=a,
-                                          split="heldout", pair_ids=held) for a in cs]
-        specs += [steering.class_spec(steering.SCAN, a * vectors[steering.MAIN], layer=layer, hook="resid_post",
-                                      param=a, split="fit", pair_ids=fit) for a in cs]
-        specs.append(steering.class_spec(steering.SCAN_RANDOM, 1.0 * vectors[steering.RANDOM], layer=layer,
-                                         hook="resid_post", param=1.0, split="fit", pair_ids=fit))
+            specs += [
+                steering.class_spec(
+                    steering.CLASS_ONLY[cls],
+                    a * only,
+                    layer=layer,
+                    hook="resid_post",
+                    param=a,
+                    split="heldout",
+                    pair_ids=held,
+                )
+                for a in cs
+            ]
+        specs += [
+            steering.class_spec(
+                steering.SCAN,
+                a * vectors[steering.MAIN],
+                layer=layer,
+                hook="resid_post",
+                param=a,
+                split="fit",
+                pair_ids=fit,
+            )
+            for a in cs
+        ]
+        specs.append(
+            steering.class_spec(
+                steering.SCAN_RANDOM,
+                1.0 * vectors[steering.RANDOM],
+                layer=layer,
+                hook="resid_post",
+                param=1.0,
+                split="fit",
+                pair_ids=fit,
+            )
+        )
         for name, iv, scope in (("replace", Replace(), "all"), ("class_mean", ClassMeanShift(), "predicting")):
-            specs.append(PatchSpec(RowKey(name, "base", "tuned", "resid_post", scope, "both", layer, math.nan, "heldout"),
-                                   iv, frozenset(held)))
+            specs.append(
+                PatchSpec(
+                    RowKey(name, "base", "tuned", "resid_post", scope, "both", layer, math.nan, "heldout"),
+                    iv,
+                    frozenset(held),
+                )
+            )
     effects = make_engine("fast").run(twins, pairs, specs)
     gain = {"fit": scores.gain.reindex(fit).to_numpy(), "heldout": scores.gain.reindex(held).to_numpy()}
     gain_pt = scores.gain_per_token.reindex(held).to_numpy()
@@ -145,24 +180,58 @@ def main(argv: list[str] | None = None) -> int:
                 row[key] = fraction(sign * r.effect.to_numpy(), gain[split], args.seed, args.n_boot)
                 if split == "heldout" and c == 1.0 and sign > 0:
                     n = scores.reindex(r.index)
-                    per_token = ((r.patched_logp_chosen - r.clean_logp_chosen) / n.n_chosen_tokens
-                                 - (r.patched_logp_rejected - r.clean_logp_rejected) / n.n_rejected_tokens)
+                    per_token = (r.patched_logp_chosen - r.clean_logp_chosen) / n.n_chosen_tokens - (
+                        r.patched_logp_rejected - r.clean_logp_rejected
+                    ) / n.n_rejected_tokens
                     row[f"{name}@per_token"] = fraction(per_token.to_numpy(), gain_pt, args.seed, args.n_boot)
         table.append(row)
-    result = {"model": "bundled organisms", "n_pairs": len(pairs), "seed": args.seed, "cs": cs, "n_boot": args.n_boot,
-              "fit_pairs": len(fit), "heldout_pairs": len(held),
-              "heldout_gain": float(gain["heldout"].mean()), "fit_gain": float(gain["fit"].mean()),
-              "temperature": temperature_fraction(twins, pairs, set(held), gain["heldout"], (1.05, 1.1), args.seed,
-                                                  args.n_boot),
-              "layers": table, "seconds": round(time.time() - start, 1), "torch": torch.__version__}
-    names = ["steer_scan@fit", "steer_scan_random@fit", "steer@heldout", "steer_random@heldout",
-             "steer_pooled@heldout", "steer_contrast@heldout", "steer_lowrank@heldout", "steer_last_prompt@heldout",
-             "steer_first@heldout", "steer_rest@heldout", "steer_reverse@heldout", "steer_reverse_random@heldout"]
-    cols = [f"{n}{'' if a == 1.0 else f'@a={a:g}'}" for n in names for a in cs if not (n.startswith("steer_scan_random") and a != 1.0)]
+    result = {
+        "model": "bundled organisms",
+        "n_pairs": len(pairs),
+        "seed": args.seed,
+        "cs": cs,
+        "n_boot": args.n_boot,
+        "fit_pairs": len(fit),
+        "heldout_pairs": len(held),
+        "heldout_gain": float(gain["heldout"].mean()),
+        "fit_gain": float(gain["fit"].mean()),
+        "temperature": temperature_fraction(
+            twins, pairs, set(held), gain["heldout"], (1.05, 1.1), args.seed, args.n_boot
+        ),
+        "layers": table,
+        "seconds": round(time.time() - start, 1),
+        "torch": torch.__version__,
+    }
+    names = [
+        "steer_scan@fit",
+        "steer_scan_random@fit",
+        "steer@heldout",
+        "steer_random@heldout",
+        "steer_pooled@heldout",
+        "steer_contrast@heldout",
+        "steer_lowrank@heldout",
+        "steer_last_prompt@heldout",
+        "steer_first@heldout",
+        "steer_rest@heldout",
+        "steer_reverse@heldout",
+        "steer_reverse_random@heldout",
+    ]
+    cols = [
+        f"{n}{'' if a == 1.0 else f'@a={a:g}'}"
+        for n in names
+        for a in cs
+        if not (n.startswith("steer_scan_random") and a != 1.0)
+    ]
     cols += ["steer@per_token", "steer_random@per_token", "replace@heldout", "class_mean@heldout"]
-    fmt = lambda x: f"{x[0]:+.3f} [{x[1]:+.3f}, {x[2]:+.3f}]" if x else "—"
-    lines = [f"recovered fraction (reverse: lost fraction) at a = 1 unless marked, bundled organisms, {len(pairs)} "
-             f"pairs, seed {args.seed}; fit half {len(fit)}, held-out half {len(held)}; {result['seconds']} s", ""]
+
+    def fmt(x: tuple[float, float, float] | None) -> str:
+        return f"{x[0]:+.3f} [{x[1]:+.3f}, {x[2]:+.3f}]" if x else "—"
+
+    lines = [
+        f"recovered fraction (reverse: lost fraction) at a = 1 unless marked, bundled organisms, {len(pairs)} "
+        f"pairs, seed {args.seed}; fit half {len(fit)}, held-out half {len(held)}; {result['seconds']} s",
+        "",
+    ]
     for row in table:
         lines.append(f"layer {row['layer']}")
         lines += [f"  {c:40s} {fmt(row.get(c))}" for c in cols]

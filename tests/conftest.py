@@ -19,8 +19,8 @@ from tests.helpers import typecheck  # noqa: E402
 
 typecheck.install()
 
-from tests.helpers.checkpoints import llama_config, perturbed_copy, random_llama, save_checkpoint, train_tokenizer  # noqa: E402
 from alignment_probe.data import load_pairs  # noqa: E402
+from tests.helpers.checkpoints import llama_config, perturbed_copy, random_llama, save_checkpoint, train_tokenizer  # noqa: E402
 
 # The test models are tiny: one thread is faster than two, and far faster on a loaded machine.
 torch.set_num_threads(1)
@@ -45,9 +45,11 @@ PAIRS_DATA = HH_HARMLESS if HH_HARMLESS.exists() else BUNDLED_PAIRS
 
 
 def hh_missing_reason(path: Path = HH_HARMLESS) -> str:
-    return (f"real HH-RLHF data not found ({path}): set ALIGNMENT_PROBE_HH_DIR to a folder holding "
-            "harmless-base/test.jsonl.gz and helpful-base/test.jsonl.gz (the test splits of the `datasets` dataset "
-            "Anthropic/hh-rlhf, JSON lines), or put them in ../shared/data/hh-rlhf beside the repository")
+    return (
+        f"real HH-RLHF data not found ({path}): set ALIGNMENT_PROBE_HH_DIR to a folder holding "
+        "harmless-base/test.jsonl.gz and helpful-base/test.jsonl.gz (the test splits of the `datasets` dataset "
+        "Anthropic/hh-rlhf, JSON lines), or put them in ../shared/data/hh-rlhf beside the repository"
+    )
 
 
 def require_hh(path: Path = HH_HARMLESS) -> Path:

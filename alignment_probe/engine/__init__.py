@@ -19,8 +19,14 @@ if TYPE_CHECKING:
     from alignment_probe.engine.reference import ReferenceEngine
     from alignment_probe.engine.spec import HOOKS, Engine, PatchSpec, hook_name
 
-_LAZY = {"FastEngine": "fast", "ReferenceEngine": "reference", "HOOKS": "spec", "Engine": "spec",
-         "PatchSpec": "spec", "hook_name": "spec"}
+_LAZY = {
+    "FastEngine": "fast",
+    "ReferenceEngine": "reference",
+    "HOOKS": "spec",
+    "Engine": "spec",
+    "PatchSpec": "spec",
+    "hook_name": "spec",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -125,9 +125,11 @@ def linear_factor(spec: PatchSpec) -> float:
         return 1.0
     if isinstance(iv, Interpolate):
         return float(iv.alpha)
-    raise ConfigError(f"attribution patching estimates Replace and Interpolate patches (and ReplaceHead at the "
-                      f"per-head hooks {', '.join(HEAD_HOOKS)}) only; {spec.key.experiment} at layer {spec.key.layer} "
-                      f"uses {type(iv).__name__}. Run it with an exact engine (--engine fast or reference).")
+    raise ConfigError(
+        f"attribution patching estimates Replace and Interpolate patches (and ReplaceHead at the "
+        f"per-head hooks {', '.join(HEAD_HOOKS)}) only; {spec.key.experiment} at layer {spec.key.layer} "
+        f"uses {type(iv).__name__}. Run it with an exact engine (--engine fast or reference)."
+    )
 
 
 def estimate_of(spec: PatchSpec) -> Estimate:
@@ -137,13 +139,17 @@ def estimate_of(spec: PatchSpec) -> Estimate:
     hook, iv = spec.key.hook, spec.intervention
     head = iv.head if isinstance(iv, ReplaceHead) else None
     if head is not None and hook not in HEAD_HOOKS:
-        raise ConfigError(f"{spec.key.experiment}: ReplaceHead({head}) at {hook} — a head patch needs a per-head "
-                          f"hook ({', '.join(HEAD_HOOKS)}); use Replace at {hook}.")
+        raise ConfigError(
+            f"{spec.key.experiment}: ReplaceHead({head}) at {hook} — a head patch needs a per-head "
+            f"hook ({', '.join(HEAD_HOOKS)}); use Replace at {hook}."
+        )
     asked = spec.key.estimator
     estimator = asked if asked != "exact" else (QK_ESTIMATOR if hook in QK_HOOKS else ESTIMATOR)
     if estimator == QK_ESTIMATOR and hook not in QK_HOOKS:
-        raise ConfigError(f"{spec.key.experiment}: estimator 'atp*' (the QK fix) applies to the keys "
-                          f"({', '.join(QK_HOOKS)}) only; at {hook} there is no softmax to recompute: use 'atp'.")
+        raise ConfigError(
+            f"{spec.key.experiment}: estimator 'atp*' (the QK fix) applies to the keys "
+            f"({', '.join(QK_HOOKS)}) only; at {hook} there is no softmax to recompute: use 'atp'."
+        )
     qk = QKFix(spec.key.layer, spec.key.scope, factor, head) if estimator == QK_ESTIMATOR else None
     return Estimate(estimator, factor, head, qk)
 
@@ -159,9 +165,11 @@ def n_heads_at(model: HookedTransformer, hook: str) -> int:
 
 def _check_head(spec: PatchSpec, est: Estimate, model: HookedTransformer) -> None:
     if est.head is not None and not 0 <= est.head < n_heads_at(model, spec.key.hook):
-        raise ConfigError(f"{spec.key.experiment}: ReplaceHead({est.head}) at {spec.key.hook} of layer "
-                          f"{spec.key.layer}, but the model has {n_heads_at(model, spec.key.hook)} heads there "
-                          f"({'query' if spec.key.hook == 'z' else 'key/value'} heads); use a head below that.")
+        raise ConfigError(
+            f"{spec.key.experiment}: ReplaceHead({est.head}) at {spec.key.hook} of layer "
+            f"{spec.key.layer}, but the model has {n_heads_at(model, spec.key.hook)} heads there "
+            f"({'query' if spec.key.hook == 'z' else 'key/value'} heads); use a head below that."
+        )
 
 
 def _logits_dtype(model: HookedTransformer) -> torch.dtype:
@@ -197,9 +205,11 @@ def check_qk_fix_supported(attn: AbstractAttention) -> None:
     """Refuse, naming the fix, an attention whose scores :func:`attention_z` does not reproduce."""
     cfg = attn.cfg
     if cfg.positional_embedding_type == "relative_positional_bias":
-        raise ConfigError("AtP*'s QK fix recomputes attention from hook_q/hook_k/hook_v and does not model T5's "
-                          "relative position bias; estimate the k rows with plain AtP (estimator 'atp') or patch "
-                          "them exactly (kv_head_patch).")
+        raise ConfigError(
+            "AtP*'s QK fix recomputes attention from hook_q/hook_k/hook_v and does not model T5's "
+            "relative position bias; estimate the k rows with plain AtP (estimator 'atp') or patch "
+            "them exactly (kv_head_patch)."
+        )
 
 
 def _qk_normed(attn: AbstractAttention, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
@@ -214,9 +224,13 @@ def _qk_normed(attn: AbstractAttention, q: Tensor, k: Tensor) -> tuple[Tensor, T
     return q, k
 
 
-def attention_z(attn: AbstractAttention, q: Float[Tensor, "batch pos n_heads d_head"],
-                k: Float[Tensor, "batch pos n_kv_heads d_head"], v: Float[Tensor, "batch pos n_kv_heads d_head"],
-                heads: Sequence[int] | None = None) -> Float[Tensor, "batch pos heads d_head"]:
+def attention_z(
+    attn: AbstractAttention,
+    q: Float[Tensor, "batch pos n_heads d_head"],
+    k: Float[Tensor, "batch pos n_kv_heads d_head"],
+    v: Float[Tensor, "batch pos n_kv_heads d_head"],
+    heads: Sequence[int] | None = None,
+) -> Float[Tensor, "batch pos heads d_head"]:
     """z of the query heads ``heads`` (None: all) from the values at ``hook_q``, ``hook_k`` and ``hook_v``,
     computed the way TransformerLens's attention does after those hooks (abstract_attention.py, 3.9):
     QK norm, clipping, rotary (applied *after* ``hook_k``, at positions 0 … pos − 1: right-padded batches
@@ -256,9 +270,13 @@ def attention_z(attn: AbstractAttention, q: Float[Tensor, "batch pos n_heads d_h
     return torch.einsum("bhqk,bkhd->bqhd", pattern, v)
 
 
-def patched_keys(k: Float[Tensor, "batch pos n_kv_heads d_head"], k_src: Float[Tensor, "batch pos n_kv_heads d_head"],
-                 mask: Bool[Tensor, "batch pos"], factor: float, group: int | None
-                 ) -> Float[Tensor, "batch pos n_kv_heads d_head"]:
+def patched_keys(
+    k: Float[Tensor, "batch pos n_kv_heads d_head"],
+    k_src: Float[Tensor, "batch pos n_kv_heads d_head"],
+    mask: Bool[Tensor, "batch pos"],
+    factor: float,
+    group: int | None,
+) -> Float[Tensor, "batch pos n_kv_heads d_head"]:
     """The target's keys with KV head ``group`` (None: all) moved ``factor`` of the way to the source's at
     the masked positions — what the exact engines write (Replace: the source's keys themselves)."""
     new = k_src if factor == 1.0 else k + factor * (k_src - k)
@@ -268,9 +286,17 @@ def patched_keys(k: Float[Tensor, "batch pos n_kv_heads d_head"], k_src: Float[T
     return torch.where(where, new.to(k.dtype), k)
 
 
-def qk_fix_terms(attn: AbstractAttention, q: Tensor, k: Tensor, v: Tensor, k_src: Tensor,
-                 grad_z: Float[Tensor, "batch pos n_heads d_head"], mask: Bool[Tensor, "batch pos"], factor: float,
-                 group: int | None) -> Float[Tensor, "batch pos"]:
+def qk_fix_terms(
+    attn: AbstractAttention,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    k_src: Tensor,
+    grad_z: Float[Tensor, "batch pos n_heads d_head"],
+    mask: Bool[Tensor, "batch pos"],
+    factor: float,
+    group: int | None,
+) -> Float[Tensor, "batch pos"]:
     """AtP* terms per query position: Σ_h (z′ − z)·∂logp/∂z over the query heads whose z the patched keys
     move, z′ from :func:`attention_z` with :func:`patched_keys`, z from the same function with the clean
     keys (so the difference holds no recomputation rounding: unchanged keys give exactly 0)."""
@@ -303,9 +329,14 @@ class AttributionEngine:
     # ----------------------------------------------------------------------------------------------
     # the one forward + backward
 
-    def contributions(self, target: HookedTransformer, source: HookedTransformer, sequences: Sequence[ScoredSequence],
-                      names: Sequence[str], qk_fixes: Sequence[QKFix] = ()
-                      ) -> tuple[Contributions, dict[tuple[int, str], float]]:
+    def contributions(
+        self,
+        target: HookedTransformer,
+        source: HookedTransformer,
+        sequences: Sequence[ScoredSequence],
+        names: Sequence[str],
+        qk_fixes: Sequence[QKFix] = (),
+    ) -> tuple[Contributions, dict[tuple[int, str], float]]:
         """Per-position AtP terms ``(a′_p − a_p) · ∂logp(y|x)/∂a_p`` for every hook name in ``names``
         (``blocks.ℓ.hook_…``, ``blocks.ℓ.attn.hook_{z,k,v}``: summed over d_model, or per head over d_head)
         and the AtP* terms of every ``qk_fixes`` entry (per query position) on every sequence, and the
@@ -340,8 +371,7 @@ class AttributionEngine:
                 return act
 
             with torch.enable_grad(), _frozen(target):  # gradients for activations only, none for weights
-                resid = target.run_with_hooks(tokens, stop_at_layer=n_layers,
-                                              fwd_hooks=[(lambda n: n in hooked, keep)])
+                resid = target.run_with_hooks(tokens, stop_at_layer=n_layers, fwd_hooks=[(lambda n: n in hooked, keep)])
                 rows, pos, targets = (t.to(resid.device) for t in batch.completion_index())
                 lp = torch.empty(rows.shape[0], dtype=_logits_dtype(target), device=resid.device)
                 picked = resid[rows, pos]
@@ -351,8 +381,11 @@ class AttributionEngine:
                     lp[lo:hi] = logits.log_softmax(-1).gather(-1, targets[lo:hi, None])[:, 0]
                 unique = list({id(a): a for a in acts.values()}.values())  # resid_pre ℓ+1 is resid_post ℓ
                 grads = dict(zip(map(id, unique), torch.autograd.grad(lp.sum(), unique, allow_unused=True)))
-            per_seq = torch.zeros(batch.size, dtype=torch.float64, device=lp.device).index_add_(
-                0, rows, lp.detach().double()).cpu()
+            per_seq = (
+                torch.zeros(batch.size, dtype=torch.float64, device=lp.device)
+                .index_add_(0, rows, lp.detach().double())
+                .cpu()
+            )
 
             def grad_of(name: str) -> Tensor:
                 grad = grads[id(acts[name])]
@@ -360,15 +393,25 @@ class AttributionEngine:
 
             terms: dict[Any, Tensor] = {}
             for name in names:  # [batch, pos] (residual hooks) or [batch, pos, heads] (per-head hooks)
-                terms[name] = ((cache[name].double() - acts[name].detach().double())
-                               * grad_of(name).double()).sum(-1).cpu()
+                terms[name] = (
+                    ((cache[name].double() - acts[name].detach().double()) * grad_of(name).double()).sum(-1).cpu()
+                )
             width = tokens.shape[1]
             for fix in fixes:
                 mask = torch.stack([scope_mask(fix.scope, s.completion_start, s.length, width) for s in group])
                 attn = target.blocks[fix.layer].attn
                 q, k, v = (seen[attn_hook(fix.layer, h)] for h in ("q", "k", "v"))
-                terms[fix] = qk_fix_terms(attn, q, k, v, cache[hook_name(fix.layer, "k")],
-                                          grad_of(hook_name(fix.layer, "z")), mask, fix.factor, fix.group).cpu()
+                terms[fix] = qk_fix_terms(
+                    attn,
+                    q,
+                    k,
+                    v,
+                    cache[hook_name(fix.layer, "k")],
+                    grad_of(hook_name(fix.layer, "z")),
+                    mask,
+                    fix.factor,
+                    fix.group,
+                ).cpu()
             for i, seq in enumerate(group):
                 mine = out.setdefault((seq.pair_id, seq.side), {})
                 for key, value in terms.items():
@@ -379,8 +422,9 @@ class AttributionEngine:
     # ----------------------------------------------------------------------------------------------
     # the Engine interface
 
-    def run(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
-            progress: bool = False) -> pd.DataFrame:
+    def run(
+        self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *, progress: bool = False
+    ) -> pd.DataFrame:
         from tqdm.auto import tqdm
 
         estimates = [estimate_of(s) for s in specs]  # refuses what cannot be estimated, before any compute
@@ -391,18 +435,25 @@ class AttributionEngine:
         for i, s in enumerate(specs):
             by_models[(s.key.target, s.key.source)].append(i)
         rows = []
-        for (target, source), idx in tqdm(sorted(by_models.items()), desc="attribution patching",
-                                          disable=not progress, unit="direction"):
+        for (target, source), idx in tqdm(
+            sorted(by_models.items()), desc="attribution patching", disable=not progress, unit="direction"
+        ):
             wanted = [t for t in tokenized if any(specs[i].applies_to(t.pair_id) for i in idx)]
             if not wanted:
                 continue
-            terms, clean = self.contributions(models[target], models[source], pair_sequences(wanted),
-                                              [specs[i].name for i in idx if estimates[i].qk is None],
-                                              [estimates[i].qk for i in idx if estimates[i].qk is not None])
+            terms, clean = self.contributions(
+                models[target],
+                models[source],
+                pair_sequences(wanted),
+                [specs[i].name for i in idx if estimates[i].qk is None],
+                [estimates[i].qk for i in idx if estimates[i].qk is not None],
+            )
             for (pid, side), value in clean.items():
                 if not math.isfinite(value):
-                    raise NumericalError(f"The {target} model produced NaN/inf on pair_id {pid}, {side} sequence, "
-                                         "without any patch; attribution patching needs a finite clean run.")
+                    raise NumericalError(
+                        f"The {target} model produced NaN/inf on pair_id {pid}, {side} sequence, "
+                        "without any patch; attribution patching needs a finite clean run."
+                    )
             for i in idx:
                 spec, est = specs[i], estimates[i]
                 key = dataclasses.replace(spec.key, estimator=est.estimator)
@@ -410,8 +461,11 @@ class AttributionEngine:
                     if not spec.applies_to(t.pair_id):
                         continue
                     before = tuple(clean[(t.pair_id, s)] for s in SIDES)
-                    after = tuple(clean[(t.pair_id, s)] + (self._estimate(terms[(t.pair_id, s)], spec, est, t, s)
-                                                           if spec.patches(s) else 0.0) for s in SIDES)
+                    after = tuple(
+                        clean[(t.pair_id, s)]
+                        + (self._estimate(terms[(t.pair_id, s)], spec, est, t, s) if spec.patches(s) else 0.0)
+                        for s in SIDES
+                    )
                     rows.append(make_row(key, t.pair_id, before, after))
         return to_frame(rows)
 
@@ -433,9 +487,16 @@ class AttributionEngine:
         return float(picked.sum())
 
 
-def position_terms(engine: AttributionEngine, pair: Twins, tokenized: Sequence[TokenizedPair], *, target: str = "base",
-                   source: str = "tuned", hooks: Sequence[str] = ("resid_post",),
-                   layers: Sequence[int] | None = None) -> Mapping[tuple[int, str], dict[str, Tensor]]:
+def position_terms(
+    engine: AttributionEngine,
+    pair: Twins,
+    tokenized: Sequence[TokenizedPair],
+    *,
+    target: str = "base",
+    source: str = "tuned",
+    hooks: Sequence[str] = ("resid_post",),
+    layers: Sequence[int] | None = None,
+) -> Mapping[tuple[int, str], dict[str, Tensor]]:
     """The full-resolution AtP map: per (pair_id, side), per hook name, the estimate at each position
     ([length]; per-head hooks ``z``, ``k``, ``v``: [length, heads], plain AtP) — ``Σ`` over a scope's
     positions of these is that scope's estimate for one sequence."""

@@ -22,20 +22,37 @@ import math
 from typing import Any, Sequence
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, overhead_tokens: float, *,
-                 context: Sequence[int] | None = None, attention_tokens: float = math.inf) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    overhead_tokens: float,
+    *,
+    context: Sequence[int] | None = None,
+    attention_tokens: float = math.inf,
+) -> list[list[int]]:
     """Indices into ``lengths`` grouped into batches (each in the planner's order, shortest first)."""
     return _plan(lengths, batch_size, overhead_tokens, context, attention_tokens)[0]
 
 
-def plan_cost(lengths: Sequence[int], batch_size: int, overhead_tokens: float, *,
-              context: Sequence[int] | None = None, attention_tokens: float = math.inf) -> float:
+def plan_cost(
+    lengths: Sequence[int],
+    batch_size: int,
+    overhead_tokens: float,
+    *,
+    context: Sequence[int] | None = None,
+    attention_tokens: float = math.inf,
+) -> float:
     """The planner's cost of its best plan, in token-equivalents (see the module docstring)."""
     return _plan(lengths, batch_size, overhead_tokens, context, attention_tokens)[1]
 
 
-def _plan(lengths: Sequence[int], batch_size: int, overhead_tokens: float, context: Sequence[int] | None,
-          attention_tokens: float) -> tuple[list[list[int]], float]:
+def _plan(
+    lengths: Sequence[int],
+    batch_size: int,
+    overhead_tokens: float,
+    context: Sequence[int] | None,
+    attention_tokens: float,
+) -> tuple[list[list[int]], float]:
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     ctx = list(context) if context is not None else [0] * len(lengths)
@@ -54,7 +71,7 @@ def _plan(lengths: Sequence[int], batch_size: int, overhead_tokens: float, conte
                 best[j], cut[j] = cost, i
     batches, j = [], n
     while j > 0:
-        batches.append(order[cut[j]:j])
+        batches.append(order[cut[j] : j])
         j = cut[j]
     return batches[::-1], best[n]
 
@@ -86,4 +103,4 @@ def overhead_tokens(cfg: Any) -> float:
     """
     if str(cfg.device).startswith("cuda"):
         return 4096.0
-    return 12.0 + 1e6 / cfg.d_model ** 2
+    return 12.0 + 1e6 / cfg.d_model**2

@@ -66,12 +66,27 @@ from torch import Tensor
 from alignment_probe.engine.batching import attention_tokens, overhead_tokens, plan_batches, plan_cost
 from alignment_probe.engine.hybrid import PartComparison, transplanted
 from alignment_probe.engine.outputs import ExactEngine, Run
-from alignment_probe.engine.prefix import (PromptState, pad_stack, run_continuations, run_prompts, supports_prefix,
-                                          writing)
+from alignment_probe.engine.prefix import (
+    PromptState,
+    pad_stack,
+    run_continuations,
+    run_prompts,
+    supports_prefix,
+    writing,
+)
 from alignment_probe.engine.spec import PatchSpec, hook_name
-from alignment_probe.interventions import (AddVector, GaussianNoise, Interpolate, Intervention, Project,
-                                           RandomDirection, Replace, SequenceContext, apply_in_scope,
-                                           scope_mask)
+from alignment_probe.interventions import (
+    AddVector,
+    GaussianNoise,
+    Interpolate,
+    Intervention,
+    Project,
+    RandomDirection,
+    Replace,
+    SequenceContext,
+    apply_in_scope,
+    scope_mask,
+)
 from alignment_probe.tokens import SIDES, ScoredSequence, TokenizedPair, make_batch, pair_sequences
 from alignment_probe.vocab import HEAD_HOOKS
 
@@ -91,8 +106,14 @@ Swap = tuple[str, int, int] | None  # a transplant's (source model, first block,
 # The random controls draw from a generator seeded per side, so their prompt values differ.
 # An intervention class can declare this itself with a ``same_on_both_prompts`` attribute; an
 # undeclared one is shared only when its two prompt values are found equal.
-SAME_ON_BOTH_PROMPTS: dict[type, bool] = {Replace: True, Interpolate: True, AddVector: True, Project: True,
-                                          GaussianNoise: False, RandomDirection: False}
+SAME_ON_BOTH_PROMPTS: dict[type, bool] = {
+    Replace: True,
+    Interpolate: True,
+    AddVector: True,
+    Project: True,
+    GaussianNoise: False,
+    RandomDirection: False,
+}
 
 
 def same_on_both_prompts(intervention: Intervention) -> bool | None:
@@ -191,7 +212,11 @@ class _Repeats:
         for other in self.first[key]:
             others = other.value if isinstance(other.value, tuple) else (other.value,)
             if all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(parts, others)):
-                self.alias[(it.spec_index, it.seq.pair_id, it.seq.side)] = (other.spec_index, it.seq.pair_id, it.seq.side)
+                self.alias[(it.spec_index, it.seq.pair_id, it.seq.side)] = (
+                    other.spec_index,
+                    it.seq.pair_id,
+                    it.seq.side,
+                )
                 return True
         self.first[key].append(it)
         return False
@@ -222,9 +247,15 @@ class FastEngine(ExactEngine):
 
     name = "fast"
 
-    def __init__(self, batch_size: int = 32, memory_budget_gb: float = 2.0, share_prompts: bool | str = "auto",
-                 overhead_tokens: float | None = None, keep_budget_gb: float = 0.5,
-                 attention_tokens: float | None = None):
+    def __init__(
+        self,
+        batch_size: int = 32,
+        memory_budget_gb: float = 2.0,
+        share_prompts: bool | str = "auto",
+        overhead_tokens: float | None = None,
+        keep_budget_gb: float = 0.5,
+        attention_tokens: float | None = None,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
@@ -262,8 +293,10 @@ class FastEngine(ExactEngine):
 
     def _costs(self, model: Any) -> dict[str, float]:
         """The planner's cost model for this model: its per-forward and attention terms (batching.py)."""
-        return {"overhead_tokens": self._overhead(model),
-                "attention_tokens": self.attention if self.attention is not None else attention_tokens(model.cfg)}
+        return {
+            "overhead_tokens": self._overhead(model),
+            "attention_tokens": self.attention if self.attention is not None else attention_tokens(model.cfg),
+        }
 
     def _plan(self, model: Any, lengths: Sequence[int], context: Sequence[int] | None = None) -> list[list[int]]:
         return plan_batches(lengths, self.batch_size, context=context, **self._costs(model))
@@ -271,14 +304,22 @@ class FastEngine(ExactEngine):
     def _shares(self, model: Any) -> bool:
         return bool(self.share_prompts) and supports_prefix(model)
 
-    def _worth_sharing(self, model: Any, full: Sequence[int], prompts: Sequence[int], completions: Sequence[int],
-                       context: Sequence[int]) -> bool:
+    def _worth_sharing(
+        self,
+        model: Any,
+        full: Sequence[int],
+        prompts: Sequence[int],
+        completions: Sequence[int],
+        context: Sequence[int],
+    ) -> bool:
         """Whether prompt + continuation forwards (``context``: each continuation's prompt length) beat full
         sequences (always, unless "auto")."""
         if self.share_prompts != "auto":
             return True
         c = self._costs(model)
-        shared = plan_cost(prompts, self.batch_size, **c) + plan_cost(completions, self.batch_size, context=context, **c)
+        shared = plan_cost(prompts, self.batch_size, **c) + plan_cost(
+            completions, self.batch_size, context=context, **c
+        )
         return shared < plan_cost(full, self.batch_size, **c)
 
     def pairs_per_chunk(self, pair: Twins, tokenized: Sequence[TokenizedPair], n_cached: int) -> int:
@@ -295,10 +336,11 @@ class FastEngine(ExactEngine):
             need[model] |= names
         return need
 
-    def _chunks(self, pair: Twins, tokenized: Sequence[TokenizedPair], need: dict[str, set[str]]
-                ) -> list[Sequence[TokenizedPair]]:
+    def _chunks(
+        self, pair: Twins, tokenized: Sequence[TokenizedPair], need: dict[str, set[str]]
+    ) -> list[Sequence[TokenizedPair]]:
         per_chunk = self.pairs_per_chunk(pair, tokenized, sum(len(v) for v in need.values()))
-        return [tokenized[lo: lo + per_chunk] for lo in range(0, len(tokenized), per_chunk)]
+        return [tokenized[lo : lo + per_chunk] for lo in range(0, len(tokenized), per_chunk)]
 
     def clean_pass(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec] = ()) -> None:
         """The clean runs :meth:`run` makes of these pairs for ``specs``, without the patched runs: the same
@@ -316,12 +358,18 @@ class FastEngine(ExactEngine):
         keys = [(s.pair_id, s.side) for s in seqs]
         models = [m for m in pair.models() if m in need]
         held = self.kept
-        if not models or not all(k in self.clean_logprobs[m] and all(n in held[m] and k in held[m][n] for n in need[m])
-                                 for m in models for k in keys):
+        if not models or not all(
+            k in self.clean_logprobs[m] and all(n in held[m] and k in held[m][n] for n in need[m])
+            for m in models
+            for k in keys
+        ):
             return None
-        return ChunkCache({m: {n: {k: held[m][n][k] for k in keys} for n in need[m]} for m in models},
-                          {m: {k: self.clean_logprobs[m][k] for k in keys} for m in models}, dict(zip(keys, seqs)),
-                          {m: {k: self.clean_tokens[m][k] for k in keys} for m in models})
+        return ChunkCache(
+            {m: {n: {k: held[m][n][k] for k in keys} for n in need[m]} for m in models},
+            {m: {k: self.clean_logprobs[m][k] for k in keys} for m in models},
+            dict(zip(keys, seqs)),
+            {m: {k: self.clean_tokens[m][k] for k in keys} for m in models},
+        )
 
     @torch.inference_mode()
     def clean_chunk(self, pair: Twins, chunk: Sequence[TokenizedPair], need: dict[str, set[str]]) -> ChunkCache:
@@ -339,15 +387,19 @@ class FastEngine(ExactEngine):
             capture = (lambda n, names=names: n in names) if names else None
             n_blocks = model.cfg.n_layers
             if supports_prefix(model):
-                self._floor("clean", n_blocks, sum(len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids)
-                                                   for t in chunk))
+                self._floor(
+                    "clean", n_blocks, sum(len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids) for t in chunk)
+                )
             else:
                 self._floor("clean", n_blocks, sum(s.length for s in seqs))
             if self._shares(model) and self._worth_sharing(
-                    model, [s.length for s in seqs], [len(t.prompt_ids) for t in chunk],
-                    [len(s.completion_ids) for s in seqs], [s.completion_start for s in seqs]):
-                clean[name], tokens[name], acts[name], prompts[name] = self._clean_shared(model, chunk, names,
-                                                                                          capture)
+                model,
+                [s.length for s in seqs],
+                [len(t.prompt_ids) for t in chunk],
+                [len(s.completion_ids) for s in seqs],
+                [s.completion_start for s in seqs],
+            ):
+                clean[name], tokens[name], acts[name], prompts[name] = self._clean_shared(model, chunk, names, capture)
             else:
                 clean[name], tokens[name], acts[name] = self._clean_full(model, seqs, names, capture)
             self.clean_logprobs[name].update(clean[name])
@@ -357,8 +409,9 @@ class FastEngine(ExactEngine):
                     self.kept[name][n][key] = t.clone()  # not a view that would hold its padded batch
         return ChunkCache(acts, clean, {(s.pair_id, s.side): s for s in seqs}, tokens, prompts)
 
-    def _clean_full(self, model: Any, seqs: list[ScoredSequence], names: set[str], capture: Any
-                    ) -> tuple[dict[Key, float], dict[Key, Tensor], dict[str, dict[Key, Tensor]]]:
+    def _clean_full(
+        self, model: Any, seqs: list[ScoredSequence], names: set[str], capture: Any
+    ) -> tuple[dict[Key, float], dict[Key, Tensor], dict[str, dict[Key, Tensor]]]:
         clean: dict[Key, float] = {}
         tokens: dict[Key, Tensor] = {}
         acts: dict[str, dict[Key, Tensor]] = {n: {} for n in names}
@@ -369,8 +422,9 @@ class FastEngine(ExactEngine):
             if capture is None:
                 resid, cache = model(ids, stop_at_layer=model.cfg.n_layers), {}
             else:
-                resid, cache = model.run_with_cache(ids, names_filter=capture, stop_at_layer=model.cfg.n_layers,
-                                                    return_cache_object=False)
+                resid, cache = model.run_with_cache(
+                    ids, names_filter=capture, stop_at_layer=model.cfg.n_layers, return_cache_object=False
+                )
             self._computed("clean", model.cfg.n_layers, batch.tokens.numel())
             for s, v, per_token in zip(group, *batch_logprobs(model, resid, batch)):
                 clean[(s.pair_id, s.side)], tokens[(s.pair_id, s.side)] = v, per_token
@@ -379,9 +433,9 @@ class FastEngine(ExactEngine):
                     acts[n][(s.pair_id, s.side)] = cache[n][b, : s.length]
         return clean, tokens, acts
 
-    def _clean_shared(self, model: Any, chunk: Sequence[TokenizedPair], names: set[str], capture: Any
-                      ) -> tuple[dict[Key, float], dict[Key, Tensor], dict[str, dict[Key, Tensor]],
-                                 dict[int, PromptState]]:
+    def _clean_shared(
+        self, model: Any, chunk: Sequence[TokenizedPair], names: set[str], capture: Any
+    ) -> tuple[dict[Key, float], dict[Key, Tensor], dict[str, dict[Key, Tensor]], dict[int, PromptState]]:
         n_blocks = model.cfg.n_layers
         states: dict[int, PromptState] = {}
         prompt_acts: dict[str, dict[int, Tensor]] = {n: {} for n in names}
@@ -408,8 +462,9 @@ class FastEngine(ExactEngine):
                 clean[(s.pair_id, s.side)], tokens[(s.pair_id, s.side)] = v, per_token
             for n in names:
                 for b, s in enumerate(group):
-                    acts[n][(s.pair_id, s.side)] = torch.cat([prompt_acts[n][s.pair_id],
-                                                              a[n][b, : len(s.completion_ids)]])
+                    acts[n][(s.pair_id, s.side)] = torch.cat(
+                        [prompt_acts[n][s.pair_id], a[n][b, : len(s.completion_ids)]]
+                    )
         return clean, tokens, acts, states
 
     def clean_scores(self, pair: Twins, tokenized: Sequence[TokenizedPair]) -> pd.DataFrame:
@@ -420,8 +475,9 @@ class FastEngine(ExactEngine):
 
         models = pair.models()
         keys = [(t.pair_id, s) for t in tokenized for s in SIDES]
-        missing = [t for t in tokenized if any((t.pair_id, s) not in self.clean_logprobs[m] for m in models
-                                               for s in SIDES)]
+        missing = [
+            t for t in tokenized if any((t.pair_id, s) not in self.clean_logprobs[m] for m in models for s in SIDES)
+        ]
         if missing:
             need = {m: set(self.keep.get(m, ())) for m in models}  # capture what is kept: one clean pass
             for chunk in self._chunks(pair, missing, need):
@@ -454,8 +510,14 @@ class FastEngine(ExactEngine):
         src = {s: cc.acts[k.source][spec.name][(pair_id, s)] for s in SIDES}
         seq = cc.seqs[(pair_id, side)]
         ctx = SequenceContext(
-            pair_id=pair_id, side=side, layer=k.layer, target=cc.acts[k.target][spec.name][(pair_id, side)],
-            source=src[side], prompt_len=seq.completion_start, length=seq.length, source_by_side=src,
+            pair_id=pair_id,
+            side=side,
+            layer=k.layer,
+            target=cc.acts[k.target][spec.name][(pair_id, side)],
+            source=src[side],
+            prompt_len=seq.completion_start,
+            length=seq.length,
+            source_by_side=src,
             prompt_len_by_side={s: cc.seqs[(pair_id, s)].completion_start for s in SIDES},
             length_by_side={s: cc.seqs[(pair_id, s)].length for s in SIDES},
         )
@@ -464,8 +526,9 @@ class FastEngine(ExactEngine):
         if spec.window is not None:  # a transplant: which model, if any, the hybrid's weights are
             same = self._parts(pair, k.target, k.source).hybrid_equals(spec.window)
             # Its prompt is never the clean one unless the hybrid is the target: the window's blocks differ.
-            return Item(spec_index, seq, patched, unchanged and same == "target",
-                        same_as=k.source if same == "source" else None)
+            return Item(
+                spec_index, seq, patched, unchanged and same == "target", same_as=k.source if same == "source" else None
+            )
         p = seq.completion_start
         clean_prompt = unchanged or torch.equal(patched[:p], ctx.target[:p])
         if k.hook in ("resid_pre", "resid_post"):
@@ -477,8 +540,9 @@ class FastEngine(ExactEngine):
         return Item(spec_index, seq, torch.stack([start, patched]), unchanged, clean_prompt)
 
     @torch.inference_mode()
-    def run_batch(self, pair: Twins, target: str, start: int, hook: str | None, items: list[Item], swap: Swap = None
-                  ) -> list[Scored]:
+    def run_batch(
+        self, pair: Twins, target: str, start: int, hook: str | None, items: list[Item], swap: Swap = None
+    ) -> list[Scored]:
         """Full-sequence patched runs of ``items`` in one right-padded forward from block ``start``: each
         one's log p(completion | prompt) and its per-token log-probs."""
         with self._hybrid(pair, target, swap) as model:
@@ -499,8 +563,9 @@ class FastEngine(ExactEngine):
         return list(zip(*batch_logprobs(model, final, batch)))
 
     @torch.inference_mode()
-    def run_shared(self, pair: Twins, target: str, start: int, hook: str | None, units: list[_Shared],
-                   swap: Swap = None) -> dict[RunKey, Scored]:
+    def run_shared(
+        self, pair: Twins, target: str, start: int, hook: str | None, units: list[_Shared], swap: Swap = None
+    ) -> dict[RunKey, Scored]:
         """Each unit's prompt once (none for a clean prompt: its state is the clean run's), then both
         completions continued from it."""
         with self._hybrid(pair, target, swap) as model:
@@ -516,24 +581,33 @@ class FastEngine(ExactEngine):
             if hook is None:
                 st, _, _ = run_prompts(model, start, [u.prompt for u in group])
             else:
-                st, _, _ = run_prompts(model, start, [u.prompt[0] for u in group], hook=hook,
-                                       written=[u.prompt[1] for u in group])
+                st, _, _ = run_prompts(
+                    model, start, [u.prompt[0] for u in group], hook=hook, written=[u.prompt[1] for u in group]
+                )
             self._computed("patched", n_blocks, len(group) * max(u.items[0].seq.completion_start for u in group))
             for r, s in zip(rows, st):
                 states[r] = s
         conts = [(states[u_i], it) for u_i, u in enumerate(units) for it in u.items]
         out: dict[RunKey, Scored] = {}
-        for rows in self._plan(model, [len(it.seq.completion_ids) for _, it in conts],
-                               [it.seq.completion_start for _, it in conts]):
+        for rows in self._plan(
+            model, [len(it.seq.completion_ids) for _, it in conts], [it.seq.completion_start for _, it in conts]
+        ):
             group = [conts[r] for r in rows]
             prompts = [s for s, _ in group]
             seqs = [it.seq for _, it in group]
             if hook is None:
-                res, _ = run_continuations(model, start, prompts, [it.value[it.seq.completion_start:] for _, it in group])
+                res, _ = run_continuations(
+                    model, start, prompts, [it.value[it.seq.completion_start :] for _, it in group]
+                )
             else:
-                res, _ = run_continuations(model, start, prompts,
-                                           [it.value[0, it.seq.completion_start:] for _, it in group], hook=hook,
-                                           written=[it.value[1, it.seq.completion_start:] for _, it in group])
+                res, _ = run_continuations(
+                    model,
+                    start,
+                    prompts,
+                    [it.value[0, it.seq.completion_start :] for _, it in group],
+                    hook=hook,
+                    written=[it.value[1, it.seq.completion_start :] for _, it in group],
+                )
             self._computed("patched", n_blocks, len(group) * max(len(s.completion_ids) for s in seqs))
             for (_, it), v, per_token in zip(group, *continuation_logprobs(model, prompts, res, seqs)):
                 out[(it.spec_index, it.seq.pair_id, it.seq.side)] = (v, per_token)
@@ -550,9 +624,18 @@ class FastEngine(ExactEngine):
         equal = torch.equal(a.value[..., :p, :], b.value[..., :p, :])
         return principle or equal, equal
 
-    def run_group(self, pair: Twins, target: str, start: int, hook: str | None, specs: Sequence[PatchSpec],
-                  spec_ids: Sequence[int], chunk: Sequence[TokenizedPair], cc: ChunkCache, swap: Swap = None
-                  ) -> dict[RunKey, Scored]:
+    def run_group(
+        self,
+        pair: Twins,
+        target: str,
+        start: int,
+        hook: str | None,
+        specs: Sequence[PatchSpec],
+        spec_ids: Sequence[int],
+        chunk: Sequence[TokenizedPair],
+        cc: ChunkCache,
+        swap: Swap = None,
+    ) -> dict[RunKey, Scored]:
         """Every patched run of the conditions ``spec_ids`` (same target, start block, hook and transplanted
         window) on a chunk: log p(completion | prompt) and its per-token log-probs."""
         model = pair.models()[target]
@@ -571,7 +654,7 @@ class FastEngine(ExactEngine):
         for lo in range(0, len(units), wave):
             full: list[Item] = []
             shared: list[_Shared] = []
-            for i, t in units[lo: lo + wave]:
+            for i, t in units[lo : lo + wave]:
                 sides = [s for s in SIDES if specs[i].patches(s)]
                 changed = []
                 for side in sides:
@@ -582,12 +665,15 @@ class FastEngine(ExactEngine):
                         # model's weights), so the patched run *is* that model's clean run: reuse its log-probs
                         # (this makes the identity control, α = 0 and a transplant of base into base exactly
                         # zero, independent of how a batched forward rounds).
-                        patched[(i, t.pair_id, side)] = (cc.clean[same][(t.pair_id, side)],
-                                                         cc.tokens[same][(t.pair_id, side)])
+                        patched[(i, t.pair_id, side)] = (
+                            cc.clean[same][(t.pair_id, side)],
+                            cc.tokens[same][(t.pair_id, side)],
+                        )
                     elif not repeats.seen(it):  # a repeat takes its first run's log-prob below
                         changed.append(it)
-                principle, here = (self._shareable(specs[i], *changed) if len(changed) == 2 and not per_head
-                                   else (False, False))
+                principle, here = (
+                    self._shareable(specs[i], *changed) if len(changed) == 2 and not per_head else (False, False)
+                )
                 clean_prompt = bool(changed) and not per_head and all(it.clean_prompt for it in changed)
                 if clean_prompt and supports_prefix(model):  # the clean runs computed this prompt already
                     self._floor("patched", n_blocks, sum(len(it.seq.completion_ids) for it in changed))
@@ -603,12 +689,15 @@ class FastEngine(ExactEngine):
                     # Every run continues from a prompt run: its pair's other side's too when both prompts
                     # are the same, else its own (one code path, so one-sided runs add up exactly).
                     p = len(t.prompt_ids)
-                    for group in ([changed] if here else [[it] for it in changed]):
+                    for group in [changed] if here else [[it] for it in changed]:
                         shared.append(_Shared(group[0].value[..., :p, :], group))
-            if shared and self._worth_sharing(model, [it.seq.length for it in full],
-                                              [u.items[0].seq.completion_start for u in shared if u.state is None],
-                                              [len(it.seq.completion_ids) for u in shared for it in u.items],
-                                              [it.seq.completion_start for u in shared for it in u.items]):
+            if shared and self._worth_sharing(
+                model,
+                [it.seq.length for it in full],
+                [u.items[0].seq.completion_start for u in shared if u.state is None],
+                [len(it.seq.completion_ids) for u in shared for it in u.items],
+                [it.seq.completion_start for u in shared for it in u.items],
+            ):
                 full = []
             else:
                 shared = []
@@ -623,8 +712,9 @@ class FastEngine(ExactEngine):
             patched[key] = patched[first]
         return patched
 
-    def runs(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
-             progress: bool = False) -> Iterator[Run]:
+    def runs(
+        self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *, progress: bool = False
+    ) -> Iterator[Run]:
         """Per (condition, pair): each side's clean and patched (log-prob, per-token log-probs); ``run`` and
         ``run_tokens`` (outputs.py) turn them into the effects table and the long per-token table."""
         from tqdm.auto import tqdm
@@ -650,16 +740,18 @@ class FastEngine(ExactEngine):
                 for t in chunk:
                     if not spec.applies_to(t.pair_id):
                         continue
-                    clean = tuple((cc.clean[k.target][(t.pair_id, s)], cc.tokens[k.target][(t.pair_id, s)])
-                                  for s in SIDES)
+                    clean = tuple(
+                        (cc.clean[k.target][(t.pair_id, s)], cc.tokens[k.target][(t.pair_id, s)]) for s in SIDES
+                    )
                     after = tuple(patched.get((i, t.pair_id, s), c) for s, c in zip(SIDES, clean))
                     yield spec, t.pair_id, clean, after
             bar.update(len(chunk))
         bar.close()
 
 
-def batch_logprobs(model: Any, final: Float[Tensor, "batch pos d_model"], batch: Any
-                   ) -> tuple[list[float], list[Tensor]]:
+def batch_logprobs(
+    model: Any, final: Float[Tensor, "batch pos d_model"], batch: Any
+) -> tuple[list[float], list[Tensor]]:
     """Per row of a right-padded full-sequence batch: log p(completion | prompt) (summed in float64) and the
     per-token log-probs (CPU, float32)."""
     from alignment_probe.scoring import completion_token_logprobs, split_by_row, sum_by_row
@@ -668,8 +760,12 @@ def batch_logprobs(model: Any, final: Float[Tensor, "batch pos d_model"], batch:
     return sum_by_row(lp, rows, batch.size).tolist(), split_by_row(lp, rows, batch.size)
 
 
-def continuation_logprobs(model: Any, prompts: Sequence[PromptState], final: Float[Tensor, "batch pos d_model"],
-                          seqs: Sequence[ScoredSequence]) -> tuple[list[float], list[Tensor]]:
+def continuation_logprobs(
+    model: Any,
+    prompts: Sequence[PromptState],
+    final: Float[Tensor, "batch pos d_model"],
+    seqs: Sequence[ScoredSequence],
+) -> tuple[list[float], list[Tensor]]:
     """``logp(completion | prompt)`` per row of a continuation batch, and its per-token log-probs: the first
     completion token is predicted by the prompt's last position, the others by the continuation's own positions."""
     from alignment_probe.scoring import split_by_row, sum_by_row, token_logprobs

@@ -37,8 +37,9 @@ def window_parts(n_layers: int, window: range) -> list[str]:
     """The module names a transplant of ``window`` takes from the source: ``blocks.i`` for each block, the
     embedding with block 0 and the final norm and unembedding with block L−1."""
     if not window or window.start < 0 or window.stop > n_layers:
-        raise ValueError(f"window of blocks {window.start}…{window.stop - 1} is outside the model's blocks "
-                         f"0…{n_layers - 1}")
+        raise ValueError(
+            f"window of blocks {window.start}…{window.stop - 1} is outside the model's blocks 0…{n_layers - 1}"
+        )
     parts = [f"blocks.{i}" for i in window]
     if window.start == 0:
         parts = [*EMBED_PARTS, *parts]

@@ -25,8 +25,12 @@ Run = tuple["PatchSpec", int, tuple[tuple[float, Any], ...], tuple[tuple[float, 
 def effects_table(runs: Iterable[Run]) -> pd.DataFrame:
     from alignment_probe.effects import make_row, to_frame
 
-    return to_frame([make_row(spec.key, pair_id, tuple(c[0] for c in clean), tuple(a[0] for a in after))
-                     for spec, pair_id, clean, after in runs])
+    return to_frame(
+        [
+            make_row(spec.key, pair_id, tuple(c[0] for c in clean), tuple(a[0] for a in after))
+            for spec, pair_id, clean, after in runs
+        ]
+    )
 
 
 def token_table(runs: Iterable[Run], tokenized: Sequence[TokenizedPair]) -> pd.DataFrame:
@@ -35,25 +39,39 @@ def token_table(runs: Iterable[Run], tokenized: Sequence[TokenizedPair]) -> pd.D
     from alignment_probe.effects import TokenBlock, tokens_to_frame
 
     by_id = {t.pair_id: t for t in tokenized}
-    return tokens_to_frame([TokenBlock(spec.key, pair_id, side, by_id[pair_id].completion_ids(side),
-                                       np.asarray(c[1], dtype=np.float64), np.asarray(a[1], dtype=np.float64))
-                            for spec, pair_id, clean, after in runs for side, c, a in zip(SIDES, clean, after)])
+    return tokens_to_frame(
+        [
+            TokenBlock(
+                spec.key,
+                pair_id,
+                side,
+                by_id[pair_id].completion_ids(side),
+                np.asarray(c[1], dtype=np.float64),
+                np.asarray(a[1], dtype=np.float64),
+            )
+            for spec, pair_id, clean, after in runs
+            for side, c, a in zip(SIDES, clean, after)
+        ]
+    )
 
 
 class ExactEngine:
     """``run`` (the effects table) and ``run_tokens`` (the long per-token table) from a subclass's ``runs``."""
 
-    def runs(self, pair: Any, tokenized: Sequence[TokenizedPair], specs: Sequence["PatchSpec"], *,
-             progress: bool = False) -> Iterable[Run]:
+    def runs(
+        self, pair: Any, tokenized: Sequence[TokenizedPair], specs: Sequence["PatchSpec"], *, progress: bool = False
+    ) -> Iterable[Run]:
         raise NotImplementedError
 
-    def run(self, pair: Any, tokenized: Sequence[TokenizedPair], specs: Sequence["PatchSpec"], *,
-            progress: bool = False) -> pd.DataFrame:
+    def run(
+        self, pair: Any, tokenized: Sequence[TokenizedPair], specs: Sequence["PatchSpec"], *, progress: bool = False
+    ) -> pd.DataFrame:
         """The effects table (effects.py) of ``specs`` on ``tokenized``."""
         return effects_table(self.runs(pair, tokenized, specs, progress=progress))
 
-    def run_tokens(self, pair: Any, tokenized: Sequence[TokenizedPair], specs: Sequence["PatchSpec"], *,
-                   progress: bool = False) -> pd.DataFrame:
+    def run_tokens(
+        self, pair: Any, tokenized: Sequence[TokenizedPair], specs: Sequence["PatchSpec"], *, progress: bool = False
+    ) -> pd.DataFrame:
         """The long per-token table (effects.py, E9) of ``specs``: every completion token's clean and patched
         log-prob, both sides of every pair (the unpatched side of a one-sided condition has effect 0), from the
         same forwards as :meth:`run`; each sequence's tokens sum to its log-prob in :meth:`run`'s table."""

@@ -39,12 +39,16 @@ CaptureFn = Callable[[str], bool]
 def supports_prefix(model: Any) -> bool:
     """Whether continuing from a key/value cache reproduces the full sequence for this model."""
     cfg = model.cfg
-    return (cfg.positional_embedding_type in ("rotary", "standard") and not getattr(cfg, "use_attention_sinks", False)
-            and not getattr(cfg, "use_logn_attn", False) and not getattr(cfg, "use_dynamic_ntk_rope", False)
-            and getattr(cfg, "attention_dir", "causal") == "causal"
-            # Sliding-window attention (Mistral, Gemma-2/3, GPT-Neo's local layers): TransformerLens masks the
-            # window only within one forward, so a continuation from a cache would see keys past the window.
-            and not getattr(cfg, "use_local_attn", False))
+    return (
+        cfg.positional_embedding_type in ("rotary", "standard")
+        and not getattr(cfg, "use_attention_sinks", False)
+        and not getattr(cfg, "use_logn_attn", False)
+        and not getattr(cfg, "use_dynamic_ntk_rope", False)
+        and getattr(cfg, "attention_dir", "causal") == "causal"
+        # Sliding-window attention (Mistral, Gemma-2/3, GPT-Neo's local layers): TransformerLens masks the
+        # window only within one forward, so a continuation from a cache would see keys past the window.
+        and not getattr(cfg, "use_local_attn", False)
+    )
 
 
 @dataclass
@@ -99,23 +103,38 @@ def writing(model: Any, hook: str | None, written: Tensor | None) -> Iterator[No
         model.context_level -= 1
 
 
-def _run(model: Any, x: Tensor, *, start: int | None, hook: str | None, written: Tensor | None,
-         capture: CaptureFn | None, **kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
+def _run(
+    model: Any,
+    x: Tensor,
+    *,
+    start: int | None,
+    hook: str | None,
+    written: Tensor | None,
+    capture: CaptureFn | None,
+    **kwargs: Any,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """One forward to the final residual (before ``ln_final``), a hook writing ``written`` if any."""
     if start is not None:
         kwargs["start_at_layer"] = start
     with writing(model, hook, written):
         if capture is None:
             return model(x, stop_at_layer=model.cfg.n_layers, **kwargs), {}
-        out, cache = model.run_with_cache(x, names_filter=capture, stop_at_layer=model.cfg.n_layers,
-                                          return_cache_object=False, **kwargs)
+        out, cache = model.run_with_cache(
+            x, names_filter=capture, stop_at_layer=model.cfg.n_layers, return_cache_object=False, **kwargs
+        )
     return out, dict(cache)
 
 
 @torch.inference_mode()
-def run_prompts(model: Any, start: int | None, inputs: Sequence[Tensor], *, hook: str | None = None,
-                written: Sequence[Tensor] | None = None, capture: CaptureFn | None = None
-                ) -> tuple[list[PromptState], dict[str, Tensor], Float[Tensor, "batch pos d_model"]]:
+def run_prompts(
+    model: Any,
+    start: int | None,
+    inputs: Sequence[Tensor],
+    *,
+    hook: str | None = None,
+    written: Sequence[Tensor] | None = None,
+    capture: CaptureFn | None = None,
+) -> tuple[list[PromptState], dict[str, Tensor], Float[Tensor, "batch pos d_model"]]:
     """Forward right-padded prompts and keep what their continuations need.
 
     ``inputs``: token ids ``[len]`` (``start`` None: from the embedding) or residuals ``[len, d_model]``
@@ -130,8 +149,9 @@ def run_prompts(model: Any, start: int | None, inputs: Sequence[Tensor], *, hook
     mask = length_mask(lengths, width, device)
     cache = KVCache.init_cache(model.cfg, device, len(inputs))
     w = None if written is None else pad_stack(list(written), width).to(device)
-    out, acts = _run(model, x, start=start, hook=hook, written=w, capture=capture, attention_mask=mask,
-                     past_kv_cache=cache)
+    out, acts = _run(
+        model, x, start=start, hook=hook, written=w, capture=capture, attention_mask=mask, past_kv_cache=cache
+    )
     first = 0 if start is None else start
     states = []
     for b, n in enumerate(lengths):
@@ -142,9 +162,16 @@ def run_prompts(model: Any, start: int | None, inputs: Sequence[Tensor], *, hook
 
 
 @torch.inference_mode()
-def run_continuations(model: Any, start: int | None, prompts: Sequence[PromptState], inputs: Sequence[Tensor], *,
-                      hook: str | None = None, written: Sequence[Tensor] | None = None,
-                      capture: CaptureFn | None = None) -> tuple[Float[Tensor, "batch pos d_model"], dict[str, Tensor]]:
+def run_continuations(
+    model: Any,
+    start: int | None,
+    prompts: Sequence[PromptState],
+    inputs: Sequence[Tensor],
+    *,
+    hook: str | None = None,
+    written: Sequence[Tensor] | None = None,
+    capture: CaptureFn | None = None,
+) -> tuple[Float[Tensor, "batch pos d_model"], dict[str, Tensor]]:
     """Forward completions, row r continuing prompt ``prompts[r]`` (rows may share a prompt).
 
     ``inputs`` as in :func:`run_prompts`, for the completion positions only. Returns the final
@@ -171,9 +198,18 @@ def run_continuations(model: Any, start: int | None, prompts: Sequence[PromptSta
     w = None if written is None else pad_stack(list(written), width).to(device)
     cache = KVCache(entries=entries, previous_attention_mask=prompt_mask, frozen=True)
     if start is None:  # from tokens: TransformerLens appends the prompt mask and offsets positions itself
-        out, acts = _run(model, x, start=None, hook=hook, written=w, capture=capture, attention_mask=mask,
-                         past_kv_cache=cache)
+        out, acts = _run(
+            model, x, start=None, hook=hook, written=w, capture=capture, attention_mask=mask, past_kv_cache=cache
+        )
     else:  # from a residual: the blocks need the whole mask, prompt and completion
-        out, acts = _run(model, x, start=start, hook=hook, written=w, capture=capture,
-                         attention_mask=torch.cat([prompt_mask, mask], dim=1), past_kv_cache=cache)
+        out, acts = _run(
+            model,
+            x,
+            start=start,
+            hook=hook,
+            written=w,
+            capture=capture,
+            attention_mask=torch.cat([prompt_mask, mask], dim=1),
+            past_kv_cache=cache,
+        )
     return out, acts

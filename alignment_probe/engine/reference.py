@@ -24,15 +24,16 @@ from alignment_probe.numerics import check_clean, check_patched
 from alignment_probe.tokens import SIDES, ScoredSequence, TokenizedPair
 
 if TYPE_CHECKING:
-
     from alignment_probe.pair import Twins
 
 
 def full_token_logprobs(logits: Float[Tensor, "1 pos d_vocab"], seq: ScoredSequence) -> list[float]:
     """log p(completion token | prefix) of every completion token, from full logits [1, pos, vocab]."""
     logp = logits[0].float().log_softmax(-1)
-    return [logp[p - 1, seq.completion_ids[p - seq.completion_start]].item()
-            for p in range(seq.completion_start, seq.length)]
+    return [
+        logp[p - 1, seq.completion_ids[p - seq.completion_start]].item()
+        for p in range(seq.completion_start, seq.length)
+    ]
 
 
 def _scored(logits: Float[Tensor, "1 pos d_vocab"], seq: ScoredSequence) -> tuple[float, list[float]]:
@@ -53,24 +54,35 @@ class ReferenceEngine(ExactEngine):
     name = "reference"
 
     @torch.inference_mode()
-    def runs(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
-              progress: bool = False) -> Iterator[Run]:
+    def runs(
+        self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *, progress: bool = False
+    ) -> Iterator[Run]:
         from tqdm.auto import tqdm
 
         models = pair.models()
         for t in tqdm(tokenized, desc="patching (reference)", disable=not progress, unit="pair"):
             seqs = {side: t.sequence(side) for side in SIDES}
-            clean = {name: {side: _scored(m(_tokens(seqs[side], m.cfg.device)), seqs[side]) for side in SIDES}
-                     for name, m in models.items()}
-            check_clean(pair, {name: {(t.pair_id, side): v[0] for side, v in c.items()} for name, c in clean.items()},
-                        [t])  # NaN/inf check (numerics.py)
+            clean = {
+                name: {side: _scored(m(_tokens(seqs[side], m.cfg.device)), seqs[side]) for side in SIDES}
+                for name, m in models.items()
+            }
+            check_clean(
+                pair, {name: {(t.pair_id, side): v[0] for side, v in c.items()} for name, c in clean.items()}, [t]
+            )  # NaN/inf check (numerics.py)
             for spec in specs:
                 if not spec.applies_to(t.pair_id):
                     continue
                 target, source = models[spec.key.target], models[spec.key.source]
-                src = None if spec.window is not None else {  # the source's activation at the hook, each side
-                    s: source.run_with_cache(_tokens(seqs[s], source.cfg.device), names_filter=spec.name)[1][spec.name][0]
-                    for s in SIDES}
+                src = (
+                    None
+                    if spec.window is not None
+                    else {  # the source's activation at the hook, each side
+                        s: source.run_with_cache(_tokens(seqs[s], source.cfg.device), names_filter=spec.name)[1][
+                            spec.name
+                        ][0]
+                        for s in SIDES
+                    }
+                )
                 patched = {}
                 for side in SIDES:
                     if not spec.patches(side):
@@ -83,20 +95,36 @@ class ReferenceEngine(ExactEngine):
                     else:
                         patched[side] = self._patched(t, spec, target, src, seqs, side)
                 check_patched({(0, t.pair_id, side): v[0] for side, v in patched.items()}, [spec])
-                yield (spec, t.pair_id, tuple(clean[spec.key.target][s] for s in SIDES),
-                       tuple(patched[s] for s in SIDES))
+                yield (
+                    spec,
+                    t.pair_id,
+                    tuple(clean[spec.key.target][s] for s in SIDES),
+                    tuple(patched[s] for s in SIDES),
+                )
 
     @staticmethod
-    def _patched(t: TokenizedPair, spec: PatchSpec, target: Any, src: dict[str, Tensor],
-                 seqs: dict[str, ScoredSequence], side: str) -> tuple[float, list[float]]:
+    def _patched(
+        t: TokenizedPair,
+        spec: PatchSpec,
+        target: Any,
+        src: dict[str, Tensor],
+        seqs: dict[str, ScoredSequence],
+        side: str,
+    ) -> tuple[float, list[float]]:
         """The target run on one sequence with a hook that overwrites the activation at ``spec.name`` (``src``:
         the source's activation there on each side of the pair)."""
         seq = seqs[side]
 
         def overwrite(act: torch.Tensor, hook: Any) -> torch.Tensor:
             ctx = SequenceContext(
-                pair_id=t.pair_id, side=side, layer=spec.key.layer, target=act[0], source=src[side],
-                prompt_len=seq.completion_start, length=seq.length, source_by_side=src,
+                pair_id=t.pair_id,
+                side=side,
+                layer=spec.key.layer,
+                target=act[0],
+                source=src[side],
+                prompt_len=seq.completion_start,
+                length=seq.length,
+                source_by_side=src,
                 prompt_len_by_side={s: seqs[s].completion_start for s in SIDES},
                 length_by_side={s: seqs[s].length for s in SIDES},
             )

@@ -45,14 +45,19 @@ class PatchSpec:
             raise TypeError(f"PatchSpec.intervention must be callable, got {self.intervention!r}")
         transplant = isinstance(self.intervention, Transplant)
         if transplant != (self.key.hook in BLOCK_HOOKS):
-            raise ValueError(f"{self.key.experiment} at layer {self.key.layer}: a Transplant goes with hook 'blocks' "
-                             f"and hook 'blocks' with a Transplant (got {type(self.intervention).__name__} at hook "
-                             f"{self.key.hook!r})")
-        if isinstance(self.intervention, Transplant) and not (self.key.param == self.intervention.width and self.key.scope == "all"
-                               and self.key.sides == "both"):
-            raise ValueError(f"{self.key.experiment} at layer {self.key.layer}: a transplant's row has param = its "
-                             f"width ({self.intervention.width}), scope 'all' and sides 'both'; got param "
-                             f"{self.key.param}, scope {self.key.scope!r}, sides {self.key.sides!r}")
+            raise ValueError(
+                f"{self.key.experiment} at layer {self.key.layer}: a Transplant goes with hook 'blocks' "
+                f"and hook 'blocks' with a Transplant (got {type(self.intervention).__name__} at hook "
+                f"{self.key.hook!r})"
+            )
+        if isinstance(self.intervention, Transplant) and not (
+            self.key.param == self.intervention.width and self.key.scope == "all" and self.key.sides == "both"
+        ):
+            raise ValueError(
+                f"{self.key.experiment} at layer {self.key.layer}: a transplant's row has param = its "
+                f"width ({self.intervention.width}), scope 'all' and sides 'both'; got param "
+                f"{self.key.param}, scope {self.key.scope!r}, sides {self.key.sides!r}"
+            )
 
     @property
     def name(self) -> str:
@@ -78,5 +83,6 @@ class Engine(Protocol):
 
     name: str
 
-    def run(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *,
-            progress: bool = False) -> pd.DataFrame: ...
+    def run(
+        self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec], *, progress: bool = False
+    ) -> pd.DataFrame: ...

@@ -20,12 +20,24 @@ from alignment_probe.interventions import Interpolate
 DEFAULT_ALPHAS = (0.0, 0.5, 1.0, 1.5)
 
 
-def alpha_specs(layers: Iterable[int], *, alphas: Sequence[float] = DEFAULT_ALPHAS, hook: str = "resid_post",
-                scope: str = "all") -> list[PatchSpec]:
+def alpha_specs(
+    layers: Iterable[int], *, alphas: Sequence[float] = DEFAULT_ALPHAS, hook: str = "resid_post", scope: str = "all"
+) -> list[PatchSpec]:
     layers = list(layers)
-    return [spec for a in alphas for spec in layer_sweep("alpha", target="base", source="tuned", layers=layers,
-                                                         hooks=(hook,), scopes=(scope,), intervention=Interpolate(a),
-                                                         param=float(a))]
+    return [
+        spec
+        for a in alphas
+        for spec in layer_sweep(
+            "alpha",
+            target="base",
+            source="tuned",
+            layers=layers,
+            hooks=(hook,),
+            scopes=(scope,),
+            intervention=Interpolate(a),
+            param=float(a),
+        )
+    ]
 
 
 def _specs(plan: Plan) -> list[PatchSpec]:
@@ -40,7 +52,9 @@ def summarize_alpha(tables: Tables) -> dict[str, dict[str, Any]]:
     cfg = tables.cfg
     rows = default_rows(tables.effects, "alpha", cfg)
     alphas = sorted(rows.param.unique().tolist())
-    by_alpha = {repr(a): stats.per_layer_summary(rows[rows.param == a], seed=cfg.seed, n_boot=cfg.n_boot) for a in alphas}
+    by_alpha = {
+        repr(a): stats.per_layer_summary(rows[rows.param == a], seed=cfg.seed, n_boot=cfg.n_boot) for a in alphas
+    }
     reference = 1.0 if 1.0 in alphas else max(alphas)
     out = stats.summarize_experiment(rows[rows.param == reference], seed=cfg.seed, n_boot=cfg.n_boot)
     rho = {}
@@ -67,8 +81,11 @@ def at_chosen_layer(rows: Any, alphas: Sequence[float], reference: float, tables
     explore, confirm = heldout.split(cfg, ids)
     e1 = default_rows(tables.effects, "patch_tuned_to_base", cfg)
     source = e1 if len(e1) and e1.pair_id.nunique() >= 2 else rows[rows.param == reference]
-    chosen_by = ("patch_tuned_to_base: its peak chosen on the explore pairs" if source is e1
-                 else f"alpha: its own peak at α = {reference:g} chosen on the explore pairs")
+    chosen_by = (
+        "patch_tuned_to_base: its peak chosen on the explore pairs"
+        if source is e1
+        else f"alpha: its own peak at α = {reference:g} chosen on the explore pairs"
+    )
     matrix, pair_ids, layers = stats.effect_matrix(source)
     pick = heldout.choose(matrix, pair_ids, layers, cfg, explore=explore, confirm=confirm, top=0, what="layer")
     if pick is None or pick["chosen"] not in set(int(v) for v in rows.layer):
@@ -81,22 +98,51 @@ def at_chosen_layer(rows: Any, alphas: Sequence[float], reference: float, tables
         mean, lo, hi = stats.bootstrap_mean_ci(values, seed=cfg.seed, n_boot=cfg.n_boot)
         by_alpha.append({"alpha": a, "mean": mean, "ci_low": lo, "ci_high": hi, "n": int(len(values))})
     ref = at[(at.param == reference)].set_index("pair_id").effect
-    selection = stats.selection_record(pick["explore_pair_ids"], pick["confirm_pair_ids"], layer,
-                                       ref.reindex(pick["confirm_pair_ids"]).to_numpy(), seed=cfg.seed,
-                                       n_boot=cfg.n_boot, in_sample=ref.reindex(pick["explore_pair_ids"]).to_numpy())
+    selection = stats.selection_record(
+        pick["explore_pair_ids"],
+        pick["confirm_pair_ids"],
+        layer,
+        ref.reindex(pick["confirm_pair_ids"]).to_numpy(),
+        seed=cfg.seed,
+        n_boot=cfg.n_boot,
+        in_sample=ref.reindex(pick["explore_pair_ids"]).to_numpy(),
+    )
     selection |= {"chosen_by": chosen_by, "quantity": f"effect at α = {reference:g}"}
-    return {"layer": layer, "chosen_by": chosen_by, "pairs": "confirm", "by_alpha": by_alpha,
-            "spearman_rho": stats.spearman_monotonicity(alphas, [r["mean"] for r in by_alpha]),
-            "selection": selection}
+    return {
+        "layer": layer,
+        "chosen_by": chosen_by,
+        "pairs": "confirm",
+        "by_alpha": by_alpha,
+        "spearman_rho": stats.spearman_monotonicity(alphas, [r["mean"] for r in by_alpha]),
+        "selection": selection,
+    }
 
 
-register(Experiment(
-    key="alpha", method="E4", order=30, batch_order=45,
-    names=(Name("alpha", "α-interpolation", "#8c564b",
-                "h_base + α (h_tuned − h_base) at each layer: the dose-response of a patch (A3)."),),
-    specs=_specs, summarize=summarize_alpha,
-    figures=(Figure("alpha_dose_response", "alignment_probe.experiments.figures:alpha_dose_response",
-                    "α dose-response (paper A3, Fig. 7)",
-                    "Paper Fig. 7 (A3). h = h_base + α (h_tuned − h_base); Spearman ρ in the legend.",
-                    needs=("alpha",), order=40),),
-))
+register(
+    Experiment(
+        key="alpha",
+        method="E4",
+        order=30,
+        batch_order=45,
+        names=(
+            Name(
+                "alpha",
+                "α-interpolation",
+                "#8c564b",
+                "h_base + α (h_tuned − h_base) at each layer: the dose-response of a patch (A3).",
+            ),
+        ),
+        specs=_specs,
+        summarize=summarize_alpha,
+        figures=(
+            Figure(
+                "alpha_dose_response",
+                "alignment_probe.experiments.figures:alpha_dose_response",
+                "α dose-response (paper A3, Fig. 7)",
+                "Paper Fig. 7 (A3). h = h_base + α (h_tuned − h_base); Spearman ρ in the legend.",
+                needs=("alpha",),
+                order=40,
+            ),
+        ),
+    )
+)

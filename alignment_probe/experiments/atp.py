@@ -89,10 +89,13 @@ def n_heads_of(cfg: Any, hook: str) -> int:
 def atp_head_specs(layers: Sequence[int], n_heads: int, n_kv_heads: int) -> list[PatchSpec]:
     """E7's head conditions under the name ``atp_heads``, per layer: ``z`` per query head, ``v`` and ``k`` per
     key/value head (tuned → base, ``ReplaceHead`` at all positions), and the ``k`` ones again as plain AtP."""
+
     def spec(hook: str, layer: int, head: int, estimator: str = "exact") -> PatchSpec:
         # "exact": the engine's choice for the hook (AtP* at k); "atp": plain AtP asked for explicitly
-        return PatchSpec(RowKey(ATP_HEADS, "base", "tuned", hook, "all", "both", layer, float(head), "all",
-                                estimator), ReplaceHead(head))
+        return PatchSpec(
+            RowKey(ATP_HEADS, "base", "tuned", hook, "all", "both", layer, float(head), "all", estimator),
+            ReplaceHead(head),
+        )
 
     specs: list[PatchSpec] = []
     for layer in layers:
@@ -136,11 +139,13 @@ def validation(exact: Sequence[float], estimate: Sequence[float]) -> dict[str, A
     exact, estimate = np.asarray(exact, float), np.asarray(estimate, float)
     n = int(exact.size)
     k10 = max(1, math.ceil(0.1 * n))
-    return {"spearman": stats.spearman_monotonicity(exact, estimate),
-            "topk_recall": {"3": topk_recall(exact, estimate, 3), "10%": topk_recall(exact, estimate, k10)},
-            "topk_k": {"3": min(3, n), "10%": min(k10, n)},
-            "max_abs_error": float(np.max(np.abs(exact - estimate))) if n else math.nan,
-            "n_conditions": n}
+    return {
+        "spearman": stats.spearman_monotonicity(exact, estimate),
+        "topk_recall": {"3": topk_recall(exact, estimate, 3), "10%": topk_recall(exact, estimate, k10)},
+        "topk_k": {"3": min(3, n), "10%": min(k10, n)},
+        "max_abs_error": float(np.max(np.abs(exact - estimate))) if n else math.nan,
+        "n_conditions": n,
+    }
 
 
 def _estimator(rows: pd.DataFrame, value: str) -> pd.DataFrame:
@@ -151,8 +156,12 @@ def _estimator(rows: pd.DataFrame, value: str) -> pd.DataFrame:
 
 
 def _condition_rows(effects: pd.DataFrame, experiment: str, scope: str, estimator: str) -> pd.DataFrame:
-    rows = effects[(effects.experiment == experiment) & (effects.scope == scope) & (effects.split == "all")
-                   & (effects.sides == "both")]
+    rows = effects[
+        (effects.experiment == experiment)
+        & (effects.scope == scope)
+        & (effects.split == "all")
+        & (effects.sides == "both")
+    ]
     return _estimator(rows, estimator)
 
 
@@ -178,21 +187,31 @@ def confirmed(tables: Tables) -> list[dict[str, Any]]:
     out = []
     for (hook, layer), ex in exact.groupby(["hook", "layer"], sort=True):
         est = atp[(atp.hook == hook) & (atp.layer == layer)]
-        e_mean, e_lo, e_hi = stats.bootstrap_mean_ci(ex.sort_values("pair_id").effect.to_numpy(), seed=cfg.seed,
-                                                     n_boot=cfg.n_boot)
-        row = {"hook": str(hook), "layer": int(layer), "exact": e_mean, "exact_ci_low": e_lo, "exact_ci_high": e_hi,
-               "n": len(ex), "pairs": "confirm" if held_out else "all (in-sample)"}
+        e_mean, e_lo, e_hi = stats.bootstrap_mean_ci(
+            ex.sort_values("pair_id").effect.to_numpy(), seed=cfg.seed, n_boot=cfg.n_boot
+        )
+        row = {
+            "hook": str(hook),
+            "layer": int(layer),
+            "exact": e_mean,
+            "exact_ci_low": e_lo,
+            "exact_ci_high": e_hi,
+            "n": len(ex),
+            "pairs": "confirm" if held_out else "all (in-sample)",
+        }
         same = est[est.pair_id.isin(set(ex.pair_id))]
         if len(same):
-            a_mean, a_lo, a_hi = stats.bootstrap_mean_ci(same.sort_values("pair_id").effect.to_numpy(), seed=cfg.seed,
-                                                         n_boot=cfg.n_boot)
+            a_mean, a_lo, a_hi = stats.bootstrap_mean_ci(
+                same.sort_values("pair_id").effect.to_numpy(), seed=cfg.seed, n_boot=cfg.n_boot
+            )
             row |= {"atp": a_mean, "atp_ci_low": a_lo, "atp_ci_high": a_hi}
         ranked_on = est[est.pair_id.isin(explore)] if held_out else est
         if len(ranked_on):
             row["atp_explore"] = float(ranked_on.effect.mean())
         out.append(row)
-    return sorted(out, key=lambda r: (-abs(r.get("atp_explore", r.get("atp", 0.0))), HOOKS.index(r["hook"]),
-                                      r["layer"]))
+    return sorted(
+        out, key=lambda r: (-abs(r.get("atp_explore", r.get("atp", 0.0))), HOOKS.index(r["hook"]), r["layer"])
+    )
 
 
 def summarize_atp(tables: Tables) -> dict[str, dict[str, Any]]:
@@ -262,9 +281,17 @@ def _map_and_selection(out: dict[str, Any], atp: pd.DataFrame, tables: Tables) -
     keep = [j for j, c in enumerate(conditions) if not (c[0] == "resid_pre" and ("resid_post", c[1] - 1) in present)]
     explore, confirm = heldout.split(cfg, heldout.run_pair_ids(tables, atp))
     k = int(getattr(cfg, "atp_confirm_k", DEFAULT_CONFIRM_K))
-    out["selection"] = heldout.choose(matrix[:, keep], pair_ids, [{"hook": conditions[j][0], "layer": conditions[j][1]}
-                                                                  for j in keep], cfg, explore=explore,
-                                      confirm=confirm, rank="abs", top=k, what="condition")
+    out["selection"] = heldout.choose(
+        matrix[:, keep],
+        pair_ids,
+        [{"hook": conditions[j][0], "layer": conditions[j][1]} for j in keep],
+        cfg,
+        explore=explore,
+        confirm=confirm,
+        rank="abs",
+        top=k,
+        what="condition",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,10 +302,12 @@ def head_cells(rows: pd.DataFrame, cfg: Any) -> list[dict[str, Any]]:
     """One cell per (layer, head) (``param`` is the head): the mean over pairs with its bootstrap CI."""
     out = []
     for (layer, head), group in rows.groupby(["layer", "param"], sort=True):
-        mean, lo, hi = stats.bootstrap_mean_ci(group.sort_values("pair_id").effect.to_numpy(), seed=cfg.seed,
-                                               n_boot=cfg.n_boot)
-        out.append({"layer": int(layer), "head": int(head), "mean": mean, "ci_low": lo, "ci_high": hi,
-                    "n": int(len(group))})
+        mean, lo, hi = stats.bootstrap_mean_ci(
+            group.sort_values("pair_id").effect.to_numpy(), seed=cfg.seed, n_boot=cfg.n_boot
+        )
+        out.append(
+            {"layer": int(layer), "head": int(head), "mean": mean, "ci_low": lo, "ci_high": hi, "n": int(len(group))}
+        )
     return out
 
 
@@ -302,7 +331,7 @@ def summarize_heads(tables: Tables) -> dict[str, Any]:
     pooled_exact: list[float] = []
     pooled_est: list[float] = []
     for hook in HEAD_HOOKS:
-        est = (fixed if HEAD_ESTIMATOR[hook] == "atp*" else rows)
+        est = fixed if HEAD_ESTIMATOR[hook] == "atp*" else rows
         est = est[est.hook == hook]
         if not len(est):
             continue
@@ -318,7 +347,7 @@ def summarize_heads(tables: Tables) -> dict[str, Any]:
     out: dict[str, Any] = {"by_head": by_head, "head_estimator": {h: HEAD_ESTIMATOR[h] for h in by_head}}
     head_map = {}
     for hook, cells in by_head.items():  # max-|t| bands over each hook's layer × head map
-        est = (fixed if HEAD_ESTIMATOR[hook] == "atp*" else rows)
+        est = fixed if HEAD_ESTIMATOR[hook] == "atp*" else rows
         head_map[hook] = heldout.banded(est[est.hook == hook], ("layer", "param"), cells, ("layer", "head"), cfg)
     if head_map:
         out["head_map"] = head_map
@@ -344,8 +373,11 @@ def summarize_heads(tables: Tables) -> dict[str, Any]:
 
 def ranked_conditions(atp_summary: Mapping[str, Any]) -> list[tuple[str, int, float]]:
     """(hook, layer, AtP mean) of every estimated condition, largest |mean| first (ties: HOOKS order, layer)."""
-    items = [(hook, int(r["layer"]), float(r["mean"])) for hook, entry in (atp_summary.get("by_hook") or {}).items()
-             for r in entry.get("per_layer", [])]
+    items = [
+        (hook, int(r["layer"]), float(r["mean"]))
+        for hook, entry in (atp_summary.get("by_hook") or {}).items()
+        for r in entry.get("per_layer", [])
+    ]
     return sorted(items, key=lambda x: (-abs(x[2]), HOOKS.index(x[0]), x[1]))
 
 
@@ -369,8 +401,10 @@ def _confirm_specs(plan: Plan) -> list[PatchSpec]:
         pairs: frozenset[int] | None = frozenset(int(p) for p in selection["confirm_pair_ids"])
     else:
         top, pairs = distinct_conditions(ranked_conditions(atp))[:k], None
-    return [PatchSpec(RowKey("atp_confirm", "base", "tuned", hook, cfg.scope, "both", layer), Replace(), pairs)
-            for hook, layer, _ in sorted(top, key=lambda x: (HOOKS.index(x[0]), x[1]))]
+    return [
+        PatchSpec(RowKey("atp_confirm", "base", "tuned", hook, cfg.scope, "both", layer), Replace(), pairs)
+        for hook, layer, _ in sorted(top, key=lambda x: (HOOKS.index(x[0]), x[1]))
+    ]
 
 
 def summarize_confirm(tables: Tables) -> dict[str, dict[str, Any]]:
@@ -380,8 +414,13 @@ def summarize_confirm(tables: Tables) -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------
 # the figure
 
-PALETTE = {"resid_pre": "#8c564b", "resid_mid": "#9467bd", "resid_post": "#1f77b4", "attn_out": "#ff7f0e",
-           "mlp_out": "#2ca02c"}
+PALETTE = {
+    "resid_pre": "#8c564b",
+    "resid_mid": "#9467bd",
+    "resid_post": "#1f77b4",
+    "attn_out": "#ff7f0e",
+    "mlp_out": "#2ca02c",
+}
 
 
 def atp_figure(summary: Mapping[str, Any]) -> Any:
@@ -391,8 +430,15 @@ def atp_figure(summary: Mapping[str, Any]) -> Any:
     by_hook = {h: e for h, e in (entry.get("by_hook") or {}).items() if e.get("exact_per_layer")}
     conf = [c for c in entry.get("confirmed") or [] if "atp" in c]
     if not by_hook and not conf:
-        raise P.MissingExperimentError("atp_vs_exact", [("patch_tuned_to_base at AtP's hooks (--experiments "
-                                                         "atp,patch_tuned_to_base --extra-hooks …) or --confirm K")])
+        raise P.MissingExperimentError(
+            "atp_vs_exact",
+            [
+                (
+                    "patch_tuned_to_base at AtP's hooks (--experiments "
+                    "atp,patch_tuned_to_base --extra-hooks …) or --confirm K"
+                )
+            ],
+        )
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -403,24 +449,46 @@ def atp_figure(summary: Mapping[str, Any]) -> Any:
         xs, ys = [P.num(r["mean"]) for r in ex], [P.num(est[int(r["layer"])]["mean"]) for r in ex]
         rho = (e.get("validation") or {}).get("spearman")
         name = f"{hook} (ρ = {rho:.2f})" if isinstance(rho, float) and math.isfinite(rho) else hook
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", name=name, text=[str(r["layer"]) for r in ex],
-                                 textposition="top center", marker={"color": PALETTE.get(hook, "#7f7f7f"), "size": 9},
-                                 hovertemplate="layer %{text}<br>exact %{x:.3f}<br>AtP %{y:.3f}<extra>" + hook
-                                 + "</extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers+text",
+                name=name,
+                text=[str(r["layer"]) for r in ex],
+                textposition="top center",
+                marker={"color": PALETTE.get(hook, "#7f7f7f"), "size": 9},
+                hovertemplate="layer %{text}<br>exact %{x:.3f}<br>AtP %{y:.3f}<extra>" + hook + "</extra>",
+            )
+        )
         values += xs + ys
     if conf:
         xs, ys = [P.num(c["exact"]) for c in conf], [P.num(c["atp"]) for c in conf]
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="confirmed (--confirm)",
-                                 text=[f"{c['hook']} {c['layer']}" for c in conf],
-                                 marker={"symbol": "diamond-open", "size": 14, "color": "#222"},
-                                 hovertemplate="%{text}<br>exact %{x:.3f}<br>AtP %{y:.3f}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers",
+                name="confirmed (--confirm)",
+                text=[f"{c['hook']} {c['layer']}" for c in conf],
+                marker={"symbol": "diamond-open", "size": 14, "color": "#222"},
+                hovertemplate="%{text}<br>exact %{x:.3f}<br>AtP %{y:.3f}<extra></extra>",
+            )
+        )
         values += xs + ys
     finite = [v for v in values if math.isfinite(v)] or [0.0, 1.0]
     lo, hi = min(finite + [0.0]), max(finite + [0.0])
-    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x",
-                             line={"color": "#999", "dash": "dash"}, hoverinfo="skip"))
-    return P.layout(fig, "Attribution patching vs exact (E10)", x_title="exact effect (nats, mean over pairs)",
-                     y_title="AtP estimate (nats, mean over pairs)")
+    fig.add_trace(
+        go.Scatter(
+            x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line={"color": "#999", "dash": "dash"}, hoverinfo="skip"
+        )
+    )
+    return P.layout(
+        fig,
+        "Attribution patching vs exact (E10)",
+        x_title="exact effect (nats, mean over pairs)",
+        y_title="AtP estimate (nats, mean over pairs)",
+    )
 
 
 def atp_map_figure(summary: Mapping[str, Any]) -> Any:
@@ -434,12 +502,17 @@ def atp_map_figure(summary: Mapping[str, Any]) -> Any:
     from plotly.subplots import make_subplots
 
     z_cells = (entry.get("by_head") or {}).get("z") or []
-    fig = make_subplots(rows=1, cols=2 if z_cells else 1, column_widths=[0.6, 0.4] if z_cells else None,
-                        horizontal_spacing=0.12,
-                        subplot_titles=("per layer, every hook", "per query head (z)") if z_cells else None)
+    fig = make_subplots(
+        rows=1,
+        cols=2 if z_cells else 1,
+        column_widths=[0.6, 0.4] if z_cells else None,
+        horizontal_spacing=0.12,
+        subplot_titles=("per layer, every hook", "per query head (z)") if z_cells else None,
+    )
     for hook, e in by_hook.items():
-        P.add_curve(fig, P.per_layer_frame(e["per_layer"]), name=f"AtP {hook}", color=PALETTE.get(hook, "#7f7f7f"),
-                     row=1, col=1)
+        P.add_curve(
+            fig, P.per_layer_frame(e["per_layer"]), name=f"AtP {hook}", color=PALETTE.get(hook, "#7f7f7f"), row=1, col=1
+        )
     P.zero_line(fig, row=1, col=1)
     P.layer_ticks(fig, [r["layer"] for e in by_hook.values() for r in e["per_layer"]], row=1, col=1)
     fig.update_xaxes(title_text=P.LAYER_AXIS, row=1, col=1)
@@ -449,13 +522,35 @@ def atp_map_figure(summary: Mapping[str, Any]) -> Any:
         heads = sorted({c["head"] for c in z_cells})
         cell = {(c["layer"], c["head"]): c for c in z_cells}
         grid = [[P.num(cell[(ly, h)]["mean"]) if (ly, h) in cell else None for h in heads] for ly in layers]
-        text = [[(f"layer {ly} head {h}<br>AtP {P.num(cell[(ly, h)]['mean']):+.3f} "
-                  f"[{P.num(cell[(ly, h)]['ci_low']):+.3f}, {P.num(cell[(ly, h)]['ci_high']):+.3f}]")
-                 if (ly, h) in cell else "" for h in heads] for ly in layers]
+        text = [
+            [
+                (
+                    f"layer {ly} head {h}<br>AtP {P.num(cell[(ly, h)]['mean']):+.3f} "
+                    f"[{P.num(cell[(ly, h)]['ci_low']):+.3f}, {P.num(cell[(ly, h)]['ci_high']):+.3f}]"
+                )
+                if (ly, h) in cell
+                else ""
+                for h in heads
+            ]
+            for ly in layers
+        ]
         top = max((abs(v) for row in grid for v in row if v is not None and math.isfinite(v)), default=1.0) or 1.0
-        fig.add_trace(go.Heatmap(z=grid, x=heads, y=layers, text=text, hoverinfo="text", colorscale="RdBu",
-                                 reversescale=True, zmin=-top, zmax=top, colorbar={"title": "nats", "x": 1.0}),
-                      row=1, col=2)
+        fig.add_trace(
+            go.Heatmap(
+                z=grid,
+                x=heads,
+                y=layers,
+                text=text,
+                hoverinfo="text",
+                colorscale="RdBu",
+                reversescale=True,
+                zmin=-top,
+                zmax=top,
+                colorbar={"title": "nats", "x": 1.0},
+            ),
+            row=1,
+            col=2,
+        )
         fig.update_xaxes(title_text="head", dtick=1, row=1, col=2)
         fig.update_yaxes(title_text="layer", row=1, col=2)
     P.layout(fig, "Attribution patching map, tuned → base (E10)", x_title=None, y_title=None)
@@ -472,15 +567,20 @@ def atp_heads_figure(summary: Mapping[str, Any]) -> Any:
     entry = P.experiment(summary, "atp") or {}
     exact = entry.get("exact_by_head") or {}
     if not exact:
-        raise P.MissingExperimentError("atp_heads_vs_exact", [f"{ATP_HEADS} with head_patch or kv_head_patch "
-                                                              f"(--experiments {ATP_HEADS},head_patch,kv_head_patch)"])
+        raise P.MissingExperimentError(
+            "atp_heads_vs_exact",
+            [f"{ATP_HEADS} with head_patch or kv_head_patch (--experiments {ATP_HEADS},head_patch,kv_head_patch)"],
+        )
     import plotly.graph_objects as go
 
     fig = go.Figure()
     values: list[float] = []
     checks = entry.get("head_validation") or {}
-    series = [(hook, entry["by_head"][hook], exact[hook], HEAD_ESTIMATOR[hook], checks.get(hook) or {}, False)
-              for hook in HEAD_HOOKS if hook in exact and hook in (entry.get("by_head") or {})]
+    series = [
+        (hook, entry["by_head"][hook], exact[hook], HEAD_ESTIMATOR[hook], checks.get(hook) or {}, False)
+        for hook in HEAD_HOOKS
+        if hook in exact and hook in (entry.get("by_head") or {})
+    ]
     plain = entry.get("k_without_qk_fix") or {}
     if "k" in exact and plain.get("by_head"):
         series.append(("k", plain["by_head"], exact["k"], "atp", plain.get("validation") or {}, True))
@@ -491,59 +591,116 @@ def atp_heads_figure(summary: Mapping[str, Any]) -> Any:
         rho = check.get("spearman")
         name = f"{hook} ({estimator}" + (f", ρ = {rho:.2f})" if isinstance(rho, float) and math.isfinite(rho) else ")")
         color, symbol = HEAD_MARKERS[hook]
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=name,
-                                 text=[f"layer {c['layer']} head {c['head']}" for c in ex],
-                                 marker={"color": color, "size": 9, "symbol": symbol + ("-open" if hollow else "")},
-                                 hovertemplate="%{text}<br>exact %{x:.3f}<br>" + estimator + " %{y:.3f}<extra>" + hook
-                                 + "</extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers",
+                name=name,
+                text=[f"layer {c['layer']} head {c['head']}" for c in ex],
+                marker={"color": color, "size": 9, "symbol": symbol + ("-open" if hollow else "")},
+                hovertemplate="%{text}<br>exact %{x:.3f}<br>" + estimator + " %{y:.3f}<extra>" + hook + "</extra>",
+            )
+        )
         values += xs + ys
     finite = [v for v in values if math.isfinite(v)] or [0.0, 1.0]
     lo, hi = min(finite + [0.0]), max(finite + [0.0])
-    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x",
-                             line={"color": "#999", "dash": "dash"}, hoverinfo="skip"))
-    return P.layout(fig, "Attribution patching vs exact, per head (E10)", x_title="exact effect of one head's patch "
-                     "(nats, mean over pairs)", y_title="AtP estimate (nats, mean over pairs)")
+    fig.add_trace(
+        go.Scatter(
+            x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line={"color": "#999", "dash": "dash"}, hoverinfo="skip"
+        )
+    )
+    return P.layout(
+        fig,
+        "Attribution patching vs exact, per head (E10)",
+        x_title="exact effect of one head's patch (nats, mean over pairs)",
+        y_title="AtP estimate (nats, mean over pairs)",
+    )
 
 
-register(Experiment(
-    key="atp", method="E10", order=90, estimator="atp", default=False,
-    names=(Name("atp", "AtP (estimate)", "#e377c2",
+register(
+    Experiment(
+        key="atp",
+        method="E10",
+        order=90,
+        estimator="atp",
+        default=False,
+        names=(
+            Name(
+                "atp",
+                "AtP (estimate)",
+                "#e377c2",
                 "Attribution patching: first-order estimate of tuned → base patching at every layer and hook "
-                "from one forward and one backward per sequence (E10)."),
-           Name(ATP_HEADS, "AtP per head (estimate)", "#bcbd22",
+                "from one forward and one backward per sequence (E10).",
+            ),
+            Name(
+                ATP_HEADS,
+                "AtP per head (estimate)",
+                "#bcbd22",
                 "Attribution patching of E7's head conditions: one query head's z, one key/value head's v and k "
                 "(AtP* with the QK fix) at every layer, from the same forward and backward (E10).",
-                per_layer=False)),
-    specs=_specs, summarize=summarize_atp,
-    figures=(Figure("atp_map", "alignment_probe.experiments.atp:atp_map_figure",
-                    "Attribution patching map (E10)",
-                    "E10. Left: attribution patching's first-order estimate of tuned → base patching at every layer, "
-                    "one line per hook, mean over pairs with 95 % bootstrap CIs (one forward and one backward per "
-                    "sequence gives every point). Right, when heads were estimated: the same for one query head's z "
-                    "at a time, as a layer × head heatmap (red: raises Δlogp). Estimates, not measurements: the "
-                    "next figure and the summary's validation say how well they track exact patching.",
-                    needs=("atp",), order=94),
-             Figure("atp_vs_exact", "alignment_probe.experiments.atp:atp_figure",
-                    "Attribution patching vs exact (E10)",
-                    "E10. Each point is one condition (hook, layer): the mean over pairs of attribution patching's "
-                    "first-order estimate (y) against the exact tuned → base patch (x), one colour per hook; the "
-                    "dashed line is y = x, the legend gives each hook's Spearman ρ across layers. Open diamonds: "
-                    "the conditions AtP ranked highest, confirmed by exact patching (--confirm K).",
-                    needs=("atp",), order=95),
-             Figure("atp_heads_vs_exact", "alignment_probe.experiments.atp:atp_heads_figure",
-                    "Attribution patching vs exact, per head (E10)",
-                    "E10. Each point is one head condition (layer, head): the mean over pairs of attribution "
-                    "patching's estimate (y) against the exact patch of that head, tuned → base (x; head_patch and "
-                    "kv_head_patch). Query heads (z) and value heads (v): plain AtP; key heads (k): AtP* with the "
-                    "QK fix (the attention pattern recomputed with the patched keys), and as open diamonds the same "
-                    "conditions by plain AtP. The dashed line is y = x; the legend gives each series' Spearman ρ.",
-                    needs=(ATP_HEADS,), order=96)),
-))
+                per_layer=False,
+            ),
+        ),
+        specs=_specs,
+        summarize=summarize_atp,
+        figures=(
+            Figure(
+                "atp_map",
+                "alignment_probe.experiments.atp:atp_map_figure",
+                "Attribution patching map (E10)",
+                "E10. Left: attribution patching's first-order estimate of tuned → base patching at every layer, "
+                "one line per hook, mean over pairs with 95 % bootstrap CIs (one forward and one backward per "
+                "sequence gives every point). Right, when heads were estimated: the same for one query head's z "
+                "at a time, as a layer × head heatmap (red: raises Δlogp). Estimates, not measurements: the "
+                "next figure and the summary's validation say how well they track exact patching.",
+                needs=("atp",),
+                order=94,
+            ),
+            Figure(
+                "atp_vs_exact",
+                "alignment_probe.experiments.atp:atp_figure",
+                "Attribution patching vs exact (E10)",
+                "E10. Each point is one condition (hook, layer): the mean over pairs of attribution patching's "
+                "first-order estimate (y) against the exact tuned → base patch (x), one colour per hook; the "
+                "dashed line is y = x, the legend gives each hook's Spearman ρ across layers. Open diamonds: "
+                "the conditions AtP ranked highest, confirmed by exact patching (--confirm K).",
+                needs=("atp",),
+                order=95,
+            ),
+            Figure(
+                "atp_heads_vs_exact",
+                "alignment_probe.experiments.atp:atp_heads_figure",
+                "Attribution patching vs exact, per head (E10)",
+                "E10. Each point is one head condition (layer, head): the mean over pairs of attribution "
+                "patching's estimate (y) against the exact patch of that head, tuned → base (x; head_patch and "
+                "kv_head_patch). Query heads (z) and value heads (v): plain AtP; key heads (k): AtP* with the "
+                "QK fix (the attention pattern recomputed with the patched keys), and as open diamonds the same "
+                "conditions by plain AtP. The dashed line is y = x; the legend gives each series' Spearman ρ.",
+                needs=(ATP_HEADS,),
+                order=96,
+            ),
+        ),
+    )
+)
 
-register(Experiment(
-    key="atp_confirm", method="E10", order=91, needs=("atp",), default=False,
-    names=(Name("atp_confirm", "AtP top-K, exact", "#7f7f7f",
+register(
+    Experiment(
+        key="atp_confirm",
+        method="E10",
+        order=91,
+        needs=("atp",),
+        default=False,
+        names=(
+            Name(
+                "atp_confirm",
+                "AtP top-K, exact",
+                "#7f7f7f",
                 "Exact tuned → base patching of the K conditions attribution patching ranks highest (--confirm K).",
-                per_layer=False),),
-    specs=_confirm_specs, summarize=summarize_confirm,
-))
+                per_layer=False,
+            ),
+        ),
+        specs=_confirm_specs,
+        summarize=summarize_confirm,
+    )
+)

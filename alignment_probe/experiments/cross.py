@@ -46,8 +46,9 @@ def splits(plan: Plan) -> list[int]:
 def cross_specs(plan: Plan) -> list[PatchSpec]:
     """Δ(T, B) and Δ(B, T) at every split: resid_pre patched across, at every position."""
     layers = splits(plan)
-    return (layer_sweep(NAME, target="base", source="tuned", layers=layers, hooks=("resid_pre",), scopes=("all",))
-            + layer_sweep(NAME, target="tuned", source="base", layers=layers, hooks=("resid_pre",), scopes=("all",)))
+    return layer_sweep(
+        NAME, target="base", source="tuned", layers=layers, hooks=("resid_pre",), scopes=("all",)
+    ) + layer_sweep(NAME, target="tuned", source="base", layers=layers, hooks=("resid_pre",), scopes=("all",))
 
 
 def cells(effects: Any) -> dict[int, dict[str, np.ndarray]]:
@@ -57,8 +58,12 @@ def cells(effects: Any) -> dict[int, dict[str, np.ndarray]]:
     for s, group in rows.groupby("layer", sort=True):
         on_base = group[group.target == "base"].set_index("pair_id").sort_index()
         on_tuned = group[group.target == "tuned"].set_index("pair_id").reindex(on_base.index)
-        out[int(s)] = {"bb": on_base.clean_delta_logp.to_numpy(), "tb": on_base.patched_delta_logp.to_numpy(),
-                       "tt": on_tuned.clean_delta_logp.to_numpy(), "bt": on_tuned.patched_delta_logp.to_numpy()}
+        out[int(s)] = {
+            "bb": on_base.clean_delta_logp.to_numpy(),
+            "tb": on_base.patched_delta_logp.to_numpy(),
+            "tt": on_tuned.clean_delta_logp.to_numpy(),
+            "bt": on_tuned.patched_delta_logp.to_numpy(),
+        }
     return out
 
 
@@ -78,13 +83,19 @@ def summarize_cross(tables: Tables) -> dict[str, dict[str, Any]]:
         late_base, late_tuned = c["bt"] - c["bb"], c["tt"] - c["tb"]
         interaction = late_tuned - late_base
         entry: dict[str, Any] = {"split": s, **{k: float(c[k].mean()) for k in CELLS}}
-        for key, values in (("late_on_base", late_base), ("late_on_tuned", late_tuned),
-                            ("interaction", interaction)):
+        for key, values in (("late_on_base", late_base), ("late_on_tuned", late_tuned), ("interaction", interaction)):
             entry[key], entry[f"{key}_ci"] = ci(values)
         entry["n"] = int(len(interaction))
         by_split.append(entry)
-        per_layer.append({"layer": s, "mean": entry["interaction"], "ci_low": entry["interaction_ci"][0],
-                          "ci_high": entry["interaction_ci"][1], "n": entry["n"]})
+        per_layer.append(
+            {
+                "layer": s,
+                "mean": entry["interaction"],
+                "ci_low": entry["interaction_ci"][0],
+                "ci_high": entry["interaction_ci"][1],
+                "n": entry["n"],
+            }
+        )
         columns.append(interaction)
     out: dict[str, Any] = {"by_split": by_split, "per_layer": per_layer}
     if columns and np.isfinite(np.stack(columns)).all():
@@ -92,8 +103,9 @@ def summarize_cross(tables: Tables) -> dict[str, dict[str, Any]]:
     return {NAME: out}
 
 
-def _splits_map(matrix: np.ndarray, tables: Tables, by_split: list[dict[str, Any]],
-                per_layer: list[dict[str, Any]]) -> dict[str, Any]:
+def _splits_map(
+    matrix: np.ndarray, tables: Tables, by_split: list[dict[str, Any]], per_layer: list[dict[str, Any]]
+) -> dict[str, Any]:
     """statistics.md on the interaction by split (a map of m splits): its peak set, max-|t| bands over the splits
     (``interaction_band`` in ``by_split``, ``band_low``/``band_high`` in ``per_layer``; ``map``), and the split with
     the largest interaction chosen on the explore pairs and reported on the confirm pairs (``selection``)."""
@@ -106,9 +118,13 @@ def _splits_map(matrix: np.ndarray, tables: Tables, by_split: list[dict[str, Any
     rows = tables.effects[(tables.effects.experiment == NAME) & (tables.effects.target == "base")]
     pair_ids = sorted(int(p) for p in set(rows.pair_id))
     explore, confirm = heldout.split(cfg, heldout.run_pair_ids(tables, rows))
-    return {**stats.peak_set(matrix, splits, seed=cfg.seed, n_boot=cfg.n_boot), "map": info,
-            "selection": heldout.choose(matrix, pair_ids, splits, cfg, explore=explore, confirm=confirm,
-                                        what="split (interaction)")}
+    return {
+        **stats.peak_set(matrix, splits, seed=cfg.seed, n_boot=cfg.n_boot),
+        "map": info,
+        "selection": heldout.choose(
+            matrix, pair_ids, splits, cfg, explore=explore, confirm=confirm, what="split (interaction)"
+        ),
+    }
 
 
 def cross_figure(summary: Mapping[str, Any]) -> Any:
@@ -122,11 +138,19 @@ def cross_figure(summary: Mapping[str, Any]) -> Any:
         raise P.MissingExperimentError("cross_2x2", [NAME])
     fig = go.Figure()
     rows = entry["by_split"]
-    for key, label, color in (("late_on_base", "late blocks tuned, on base upstream: Δ(B,T) − Δ(B,B)", "#1f77b4"),
-                              ("late_on_tuned", "late blocks tuned, on tuned upstream: Δ(T,T) − Δ(T,B)", "#ff7f0e"),
-                              ("interaction", "interaction I(s)", "#d62728")):
-        frame = pd.DataFrame({"layer": [r["split"] for r in rows], "mean": [r[key] for r in rows],
-                              "ci_low": [r[f"{key}_ci"][0] for r in rows], "ci_high": [r[f"{key}_ci"][1] for r in rows]})
+    for key, label, color in (
+        ("late_on_base", "late blocks tuned, on base upstream: Δ(B,T) − Δ(B,B)", "#1f77b4"),
+        ("late_on_tuned", "late blocks tuned, on tuned upstream: Δ(T,T) − Δ(T,B)", "#ff7f0e"),
+        ("interaction", "interaction I(s)", "#d62728"),
+    ):
+        frame = pd.DataFrame(
+            {
+                "layer": [r["split"] for r in rows],
+                "mean": [r[key] for r in rows],
+                "ci_low": [r[f"{key}_ci"][0] for r in rows],
+                "ci_high": [r[f"{key}_ci"][1] for r in rows],
+            }
+        )
         P.add_curve(fig, frame, name=label, color=color, group=key)
     P.zero_line(fig)
     P.layer_ticks(fig, [r["split"] for r in rows])
@@ -137,7 +161,7 @@ INTERACTION_MARGIN = 0.10  # "no interaction worth the name": below a tenth of t
 
 
 def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
-    """"The late blocks read what the tuned early blocks wrote" (arXiv 2605.07284 found a positive interaction in all
+    """ "The late blocks read what the tuned early blocks wrote" (arXiv 2605.07284 found a positive interaction in all
     five families it tested), three ways: agrees iff some split's interaction has CI low > 0; differs iff at every
     split the CI high is below ``INTERACTION_MARGIN`` × |mean gain| (the interaction is bounded below a tenth of the
     gain); else inconclusive. An interaction whose CI holds 0 is printed as a bound, never as 0. Pointwise CIs over
@@ -154,33 +178,65 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
     highs = [P.num(r["interaction_ci"][1]) for r in rows]
     bounded = math.isfinite(margin) and all(math.isfinite(h) and h < margin for h in highs)
     verdict = AGREES if positive else DIFFERS if bounded else INCONCLUSIVE
-    ours = (f"largest interaction at split {best['split']}: "
-            f"{fmt_effect(best['interaction'], *best['interaction_ci'], what='interaction')}; splits with CI > 0: "
-            f"{', '.join(map(str, positive)) or 'none'} (of m = {len(rows)} splits); largest CI high over splits "
-            f"{max(highs):+.3g} nats against the margin {INTERACTION_MARGIN:g} × |gain| = {margin:.3g} nats")
-    numbers = {"m_splits": len(rows), "positive_splits": positive, "best_split": best["split"],
-               "best_interaction": P.num(best["interaction"]), "best_interaction_ci": list(best["interaction_ci"]),
-               "max_ci_high": max(highs), "margin_fraction": INTERACTION_MARGIN, "margin_nats": margin,
-               "gain_mean": P.num(summary.get("gain_mean"))}
-    return Finding("cross_2x2", "Late blocks read what tuned early blocks wrote: a positive interaction (E8)",
-                   "not in the paper; arXiv 2605.07284: +1.68 logits, positive in 5 of 5 families (4B–32B)", ours,
-                   verdict,
-                   f"agrees iff the interaction has CI low > 0 at some split; differs iff every split's CI high is "
-                   f"below {INTERACTION_MARGIN:g} × |mean gain|; else inconclusive", plain(numbers))
+    ours = (
+        f"largest interaction at split {best['split']}: "
+        f"{fmt_effect(best['interaction'], *best['interaction_ci'], what='interaction')}; splits with CI > 0: "
+        f"{', '.join(map(str, positive)) or 'none'} (of m = {len(rows)} splits); largest CI high over splits "
+        f"{max(highs):+.3g} nats against the margin {INTERACTION_MARGIN:g} × |gain| = {margin:.3g} nats"
+    )
+    numbers = {
+        "m_splits": len(rows),
+        "positive_splits": positive,
+        "best_split": best["split"],
+        "best_interaction": P.num(best["interaction"]),
+        "best_interaction_ci": list(best["interaction_ci"]),
+        "max_ci_high": max(highs),
+        "margin_fraction": INTERACTION_MARGIN,
+        "margin_nats": margin,
+        "gain_mean": P.num(summary.get("gain_mean")),
+    }
+    return Finding(
+        "cross_2x2",
+        "Late blocks read what tuned early blocks wrote: a positive interaction (E8)",
+        "not in the paper; arXiv 2605.07284: +1.68 logits, positive in 5 of 5 families (4B–32B)",
+        ours,
+        verdict,
+        f"agrees iff the interaction has CI low > 0 at some split; differs iff every split's CI high is "
+        f"below {INTERACTION_MARGIN:g} × |mean gain|; else inconclusive",
+        plain(numbers),
+    )
 
 
-register(Experiment(
-    key="cross", method="E8", order=35, batch_order=47,
-    names=(Name(NAME, "2×2 cross design", "#d62728",
+register(
+    Experiment(
+        key="cross",
+        method="E8",
+        order=35,
+        batch_order=47,
+        names=(
+            Name(
+                NAME,
+                "2×2 cross design",
+                "#d62728",
                 "Early blocks from base or tuned × late blocks from base or tuned, per split: the interaction says "
-                "whether late layers read what tuned early layers wrote."),),
-    specs=cross_specs, summarize=summarize_cross,
-    figures=(Figure("cross_2x2", "alignment_probe.experiments.cross:cross_figure",
-                    "2×2 cross design: early × late blocks (E8)",
-                    "E8. At each split s the early blocks (< s) come from base or tuned and the late blocks (≥ s) "
-                    "from base or tuned. Blue: what tuned late blocks add on base upstream state; orange: on tuned "
-                    "upstream state; red: their difference, the interaction (0 when the late blocks do not depend "
-                    "on what the tuned early blocks wrote). 95% bootstrap CIs over pairs.",
-                    needs=(NAME,), order=45),),
-    verdicts=("alignment_probe.experiments.cross:verdict",),
-))
+                "whether late layers read what tuned early layers wrote.",
+            ),
+        ),
+        specs=cross_specs,
+        summarize=summarize_cross,
+        figures=(
+            Figure(
+                "cross_2x2",
+                "alignment_probe.experiments.cross:cross_figure",
+                "2×2 cross design: early × late blocks (E8)",
+                "E8. At each split s the early blocks (< s) come from base or tuned and the late blocks (≥ s) "
+                "from base or tuned. Blue: what tuned late blocks add on base upstream state; orange: on tuned "
+                "upstream state; red: their difference, the interaction (0 when the late blocks do not depend "
+                "on what the tuned early blocks wrote). 95% bootstrap CIs over pairs.",
+                needs=(NAME,),
+                order=45,
+            ),
+        ),
+        verdicts=("alignment_probe.experiments.cross:verdict",),
+    )
+)

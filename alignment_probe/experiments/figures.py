@@ -125,9 +125,16 @@ def _color(name: str, i: int = 0) -> str:
     return COLORS.get(name, palette[i % len(palette)])
 
 
-def _draw_layer_experiments(fig: go.Figure, summary: Mapping[str, Any], names: Sequence[str], *,
-                            markers: bool = True, row: int | None = None, col: int | None = None,
-                            labels: Mapping[str, str] | None = None) -> list[int]:
+def _draw_layer_experiments(
+    fig: go.Figure,
+    summary: Mapping[str, Any],
+    names: Sequence[str],
+    *,
+    markers: bool = True,
+    row: int | None = None,
+    col: int | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> list[int]:
     """Draw each present experiment's per-layer curve (+ band, + peak/onset markers); return the layers."""
     layers: list[int] = []
     for i, name in enumerate(names):
@@ -140,8 +147,7 @@ def _draw_layer_experiments(fig: go.Figure, summary: Mapping[str, Any], names: S
         if markers:
             _add_peak_set(fig, entry, frame, name=label, color=color, group=name, row=row, col=col)
             for which in ("peak", "onset"):
-                _add_layer_marker(fig, entry, frame, which=which, name=label, color=color, group=name,
-                                  row=row, col=col)
+                _add_layer_marker(fig, entry, frame, which=which, name=label, color=color, group=name, row=row, col=col)
         layers += frame["layer"].tolist()
     return layers
 
@@ -158,9 +164,14 @@ def _require(figure: str, summary: Mapping[str, Any], names: Sequence[str]) -> t
 # the figures
 
 
-def layer_curve(summary: Mapping[str, Any], experiments: Sequence[str] = (MAIN,),
-                title: str = "Per-layer causal effect of patching (tuned → base)", *,
-                markers: bool = True, show_gain: bool = True) -> go.Figure:
+def layer_curve(
+    summary: Mapping[str, Any],
+    experiments: Sequence[str] = (MAIN,),
+    title: str = "Per-layer causal effect of patching (tuned → base)",
+    *,
+    markers: bool = True,
+    show_gain: bool = True,
+) -> go.Figure:
     """Paper Fig. 1: mean effect per layer with 95% CI bands, a dashed zero line, peak (★) and onset (◆)
     markers with their bootstrap CIs as horizontal bars, rings on the peak set's layers, and the mean gain as a dotted reference (for
     tuned → base, patching the whole model would reproduce the gain)."""
@@ -170,8 +181,12 @@ def layer_curve(summary: Mapping[str, Any], experiments: Sequence[str] = (MAIN,)
     _zero_line(fig)
     gain = _num(summary.get("gain_mean"))
     if show_gain and MAIN in present and math.isfinite(gain):
-        fig.add_hline(y=gain, line={"dash": "dot", "color": "#2ca02c", "width": 1},
-                      annotation_text=f"mean gain {gain:+.3g} nats", annotation_position="top left")
+        fig.add_hline(
+            y=gain,
+            line={"dash": "dot", "color": "#2ca02c", "width": 1},
+            annotation_text=f"mean gain {gain:+.3g} nats",
+            annotation_position="top left",
+        )
     _layer_ticks(fig, layers)
     _note_missing(fig, missing)
     return _layout(fig, title)
@@ -187,8 +202,12 @@ def directionality(summary: Mapping[str, Any]) -> go.Figure:
     gain = _num(summary.get("gain_mean"))
     if math.isfinite(gain):
         for sign, text in ((1, "+gain"), (-1, "−gain")):
-            fig.add_hline(y=sign * gain, line={"dash": "dot", "color": "#999", "width": 1},
-                          annotation_text=f"{text} ({sign * gain:+.3g})", annotation_position="top left")
+            fig.add_hline(
+                y=sign * gain,
+                line={"dash": "dot", "color": "#999", "width": 1},
+                annotation_text=f"{text} ({sign * gain:+.3g})",
+                annotation_position="top left",
+            )
     _layer_ticks(fig, layers)
     _note_missing(fig, missing)
     return _layout(fig, "Directionality: tuned → base vs base → tuned (A1)")
@@ -223,8 +242,15 @@ def alpha_frame(entry: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for key, per_layer in (entry.get("by_alpha") or {}).items():
         for r in per_layer or []:
-            rows.append({"alpha": float(key), "layer": int(r["layer"]), "mean": _num(r.get("mean")),
-                         "ci_low": _num(r.get("ci_low")), "ci_high": _num(r.get("ci_high"))})
+            rows.append(
+                {
+                    "alpha": float(key),
+                    "layer": int(r["layer"]),
+                    "mean": _num(r.get("mean")),
+                    "ci_low": _num(r.get("ci_low")),
+                    "ci_high": _num(r.get("ci_high")),
+                }
+            )
     frame = pd.DataFrame(rows, columns=["alpha", "layer", "mean", "ci_low", "ci_high"])
     return frame.sort_values(["layer", "alpha"], kind="stable").reset_index(drop=True)
 
@@ -242,12 +268,27 @@ def alpha_dose_response(summary: Mapping[str, Any]) -> go.Figure:
     for layer, color in zip(layers, colors):
         rho = _rho(entry.get("spearman_rho"), layer)
         name = f"layer {layer} (ρ = {rho:+.2f})" if math.isfinite(rho) else f"layer {layer}"
-        _add_curve(fig, frame[frame["layer"] == layer], name=name, color=color, group=f"layer{layer}",
-                   x="alpha", x_label="α", band_opacity=0.12)
+        _add_curve(
+            fig,
+            frame[frame["layer"] == layer],
+            name=name,
+            color=color,
+            group=f"layer{layer}",
+            x="alpha",
+            x_label="α",
+            band_opacity=0.12,
+        )
     _zero_line(fig)
     if frame["alpha"].max() > 1:
-        fig.add_vrect(x0=1, x1=float(frame["alpha"].max()), fillcolor="#eee", opacity=0.5, line_width=0,
-                      annotation_text="extrapolation", annotation_position="top left")
+        fig.add_vrect(
+            x0=1,
+            x1=float(frame["alpha"].max()),
+            fillcolor="#eee",
+            opacity=0.5,
+            line_width=0,
+            annotation_text="extrapolation",
+            annotation_position="top left",
+        )
     alphas = sorted(frame["alpha"].unique().tolist())
     fig.update_xaxes(tickmode="array", tickvals=alphas, ticktext=[f"{a:g}" for a in alphas])
     return _layout(fig, "Dose-response: effect vs patch strength α (A3)", x_title="α (patch strength)")
@@ -278,11 +319,18 @@ def source_variants(summary: Mapping[str, Any]) -> go.Figure:
             a = per_layer_frame(experiment(summary, "source_chosen_only")["per_layer"]).set_index("layer")["mean"]
             b = per_layer_frame(experiment(summary, "source_rejected_only")["per_layer"]).set_index("layer")["mean"]
             total = (a + b).dropna()
-            fig.add_trace(go.Scatter(
-                x=total.index.tolist(), y=total.tolist(), mode="lines", name="chosen-only + rejected-only",
-                line={"dash": "dot", "color": "#333", "width": 1.5},
-                hovertemplate="<b>chosen + rejected</b><br>Layer %{x}<br>sum %{y:.4g} nats<extra></extra>"),
-                row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=total.index.tolist(),
+                    y=total.tolist(),
+                    mode="lines",
+                    name="chosen-only + rejected-only",
+                    line={"dash": "dot", "color": "#333", "width": 1.5},
+                    hovertemplate="<b>chosen + rejected</b><br>Layer %{x}<br>sum %{y:.4g} nats<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
         _zero_line(fig, row=1, col=col)
         _layer_ticks(fig, layers, row=1, col=col)
         fig.update_xaxes(title_text=LAYER_AXIS, row=1, col=col)
@@ -307,14 +355,22 @@ def lowrank(summary: Mapping[str, Any], *, show_paper: bool = True) -> go.Figure
     titles = []
     for name, _ in modes:
         titles += [f"{LOWRANK_MODES[name]}: effect ratio", f"{LOWRANK_MODES[name]}: variance explained"]
-    fig = make_subplots(rows=len(modes), cols=2, subplot_titles=titles, horizontal_spacing=0.12,
-                        vertical_spacing=0.18 if len(modes) > 1 else 0.1)
+    fig = make_subplots(
+        rows=len(modes),
+        cols=2,
+        subplot_titles=titles,
+        horizontal_spacing=0.12,
+        vertical_spacing=0.18 if len(modes) > 1 else 0.1,
+    )
     all_k: set[int] = set()
     for row, (name, frame) in enumerate(modes, start=1):
         layers = sorted(frame["layer"].unique().tolist())
         base_color = _color(name)
-        colors = [base_color] if len(layers) == 1 else sample_colorscale(
-            "Viridis", [i / (len(layers) - 1) * 0.9 for i in range(len(layers))])
+        colors = (
+            [base_color]
+            if len(layers) == 1
+            else sample_colorscale("Viridis", [i / (len(layers) - 1) * 0.9 for i in range(len(layers))])
+        )
         for layer, color in zip(layers, colors):
             sub = frame[frame["layer"] == layer]
             all_k |= set(sub["k"].tolist())
@@ -324,43 +380,86 @@ def lowrank(summary: Mapping[str, Any], *, show_paper: bool = True) -> go.Figure
             band = _band(curve["k"], curve["ci_low"], curve["ci_high"], name=label, color=color, group=group)
             if band is not None:
                 fig.add_trace(band, row=row, col=1)
-            fig.add_trace(go.Scatter(
-                x=curve["k"].tolist(), y=curve["mean"].tolist(), mode="lines+markers", name=label,
-                legendgroup=group, line={"color": color, "width": 2},
-                customdata=curve[["ci_low", "ci_high", "variance_explained"]].to_numpy(),
-                hovertemplate=(f"<b>{label}</b><br>k = %{{x}}<br>effect ratio %{{y:.3f}}"
-                               "<br>95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
-                               "<br>variance explained %{customdata[2]:.1%}<extra></extra>")), row=row, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=curve["k"].tolist(),
+                    y=curve["mean"].tolist(),
+                    mode="lines+markers",
+                    name=label,
+                    legendgroup=group,
+                    line={"color": color, "width": 2},
+                    customdata=curve[["ci_low", "ci_high", "variance_explained"]].to_numpy(),
+                    hovertemplate=(
+                        f"<b>{label}</b><br>k = %{{x}}<br>effect ratio %{{y:.3f}}"
+                        "<br>95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
+                        "<br>variance explained %{customdata[2]:.1%}<extra></extra>"
+                    ),
+                ),
+                row=row,
+                col=1,
+            )
             if sub["heldout_effect_ratio"].notna().any():
-                fig.add_trace(go.Scatter(
-                    x=sub["k"].tolist(), y=sub["heldout_effect_ratio"].tolist(), mode="lines+markers",
-                    name=f"{label} (held-out)", legendgroup=group,
-                    line={"color": color, "width": 1.5, "dash": "dot"}, marker={"symbol": "circle-open", "size": 7},
-                    hovertemplate=(f"<b>{label}, held-out</b><br>k = %{{x}}<br>effect ratio %{{y:.3f}}"
-                                   "<extra></extra>")), row=row, col=1)
-            fig.add_trace(go.Scatter(
-                x=sub["k"].tolist(), y=sub["variance_explained"].tolist(), mode="lines+markers",
-                name=f"{label}: variance explained", legendgroup=group, showlegend=False,
-                line={"color": color, "width": 2},
-                hovertemplate=(f"<b>{label}</b><br>k = %{{x}}<br>variance explained %{{y:.1%}}"
-                               "<extra></extra>")), row=row, col=2)
+                fig.add_trace(
+                    go.Scatter(
+                        x=sub["k"].tolist(),
+                        y=sub["heldout_effect_ratio"].tolist(),
+                        mode="lines+markers",
+                        name=f"{label} (held-out)",
+                        legendgroup=group,
+                        line={"color": color, "width": 1.5, "dash": "dot"},
+                        marker={"symbol": "circle-open", "size": 7},
+                        hovertemplate=(
+                            f"<b>{label}, held-out</b><br>k = %{{x}}<br>effect ratio %{{y:.3f}}<extra></extra>"
+                        ),
+                    ),
+                    row=row,
+                    col=1,
+                )
+            fig.add_trace(
+                go.Scatter(
+                    x=sub["k"].tolist(),
+                    y=sub["variance_explained"].tolist(),
+                    mode="lines+markers",
+                    name=f"{label}: variance explained",
+                    legendgroup=group,
+                    showlegend=False,
+                    line={"color": color, "width": 2},
+                    hovertemplate=(f"<b>{label}</b><br>k = %{{x}}<br>variance explained %{{y:.1%}}<extra></extra>"),
+                ),
+                row=row,
+                col=2,
+            )
         fig.add_hline(y=1, line={"dash": "dash", "color": "#444", "width": 1}, row=row, col=1)
         if show_paper:
             p = PAPER_LOWRANK
             for col, key in ((1, "effect_ratio"), (2, "variance_explained")):
-                fig.add_trace(go.Scatter(
-                    x=[p["k"]], y=[p[key]], mode="markers", name="paper (k = 4, layer 9)",
-                    legendgroup="paper", showlegend=(row == 1 and col == 1),
-                    marker={"symbol": "x", "size": 11, "color": "#777"},
-                    hovertemplate=f"<b>paper</b><br>k = 4<br>{key.replace('_', ' ')} {p[key]:g}<extra></extra>"),
-                    row=row, col=col)
+                fig.add_trace(
+                    go.Scatter(
+                        x=[p["k"]],
+                        y=[p[key]],
+                        mode="markers",
+                        name="paper (k = 4, layer 9)",
+                        legendgroup="paper",
+                        showlegend=(row == 1 and col == 1),
+                        marker={"symbol": "x", "size": 11, "color": "#777"},
+                        hovertemplate=f"<b>paper</b><br>k = 4<br>{key.replace('_', ' ')} {p[key]:g}<extra></extra>",
+                    ),
+                    row=row,
+                    col=col,
+                )
         fig.update_yaxes(title_text="effect ratio (low-rank / full)", row=row, col=1)
         fig.update_yaxes(title_text="variance explained", tickformat=".0%", rangemode="tozero", row=row, col=2)
     ks = sorted(all_k | ({PAPER_LOWRANK["k"]} if show_paper else set()))
-    fig.update_xaxes(type="log", tickmode="array", tickvals=ks, ticktext=[str(k) for k in ks],
-                     title_text="k (rank, log₂ scale)")
-    return _layout(fig, "Low-rank patching: effect ratio and variance explained vs k (Fig. 4)",
-                   height=HEIGHT if len(modes) == 1 else 2 * HEIGHT - 60, x_title=None, y_title=None)
+    fig.update_xaxes(
+        type="log", tickmode="array", tickvals=ks, ticktext=[str(k) for k in ks], title_text="k (rank, log₂ scale)"
+    )
+    return _layout(
+        fig,
+        "Low-rank patching: effect ratio and variance explained vs k (Fig. 4)",
+        height=HEIGHT if len(modes) == 1 else 2 * HEIGHT - 60,
+        x_title=None,
+        y_title=None,
+    )
 
 
 def lasso_coefficients(summary: Mapping[str, Any]) -> go.Figure:
@@ -374,18 +473,34 @@ def lasso_coefficients(summary: Mapping[str, Any]) -> go.Figure:
     layers = list(range(len(coefs)))
     nonzero = {int(v) for v in entry.get("nonzero_layers") or [i for i, c in enumerate(coefs) if c != 0]}
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Bar(
-        x=layers, y=coefs, name="LASSO coefficient",
-        marker={"color": ["#1f77b4" if i in nonzero else "#c7c7c7" for i in layers]},
-        hovertemplate="<b>LASSO</b><br>layer %{x}<br>coefficient %{y:.4g}<extra></extra>"), secondary_y=False)
-    for key, name, color, symbol in (("selection_frequency", "selection frequency", "#ff7f0e", "circle"),
-                                     ("probe_r2", "probe R² (CV)", "#2ca02c", "square")):
+    fig.add_trace(
+        go.Bar(
+            x=layers,
+            y=coefs,
+            name="LASSO coefficient",
+            marker={"color": ["#1f77b4" if i in nonzero else "#c7c7c7" for i in layers]},
+            hovertemplate="<b>LASSO</b><br>layer %{x}<br>coefficient %{y:.4g}<extra></extra>",
+        ),
+        secondary_y=False,
+    )
+    for key, name, color, symbol in (
+        ("selection_frequency", "selection frequency", "#ff7f0e", "circle"),
+        ("probe_r2", "probe R² (CV)", "#2ca02c", "square"),
+    ):
         values = [_num(v) for v in entry.get(key) or []]
         if values:
-            fig.add_trace(go.Scatter(
-                x=list(range(len(values))), y=values, mode="lines+markers", name=name,
-                line={"color": color, "width": 1.5}, marker={"symbol": symbol, "size": 7},
-                hovertemplate=f"<b>{name}</b><br>layer %{{x}}<br>%{{y:.3f}}<extra></extra>"), secondary_y=True)
+            fig.add_trace(
+                go.Scatter(
+                    x=list(range(len(values))),
+                    y=values,
+                    mode="lines+markers",
+                    name=name,
+                    line={"color": color, "width": 1.5},
+                    marker={"symbol": symbol, "size": 7},
+                    hovertemplate=f"<b>{name}</b><br>layer %{{x}}<br>%{{y:.3f}}<extra></extra>",
+                ),
+                secondary_y=True,
+            )
     alpha = _num(entry.get("alpha_"))
     title = "LASSO: activation distance → gain, coefficient per layer (Fig. 2)"
     if math.isfinite(alpha):

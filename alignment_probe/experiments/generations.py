@@ -35,10 +35,22 @@ def summarize_generations(tables: Tables) -> dict[str, dict[str, Any]]:
     return {NAME: dict(tables.fits[NAME])}
 
 
-register(Experiment(
-    key=NAME, method="E12", order=95,
-    names=(Name(NAME, "generations", "#7f7f7f",
+register(
+    Experiment(
+        key=NAME,
+        method="E12",
+        order=95,
+        names=(
+            Name(
+                NAME,
+                "generations",
+                "#7f7f7f",
                 "A few prompts decoded (greedy) by base, tuned, base with tuned's mid-depth resid_post patched in "
-                "(lockstep) and base with tuned's mid-depth block transplanted.", per_layer=False),),
-    compute=_compute, summarize=summarize_generations,
-))
+                "(lockstep) and base with tuned's mid-depth block transplanted.",
+                per_layer=False,
+            ),
+        ),
+        compute=_compute,
+        summarize=summarize_generations,
+    )
+)

@@ -55,10 +55,15 @@ def head_specs(plan: Plan) -> list[PatchSpec]:
             continue
         for layer in layers:
             for hook in hooks:
-                specs += [PatchSpec(RowKey(name, "base", "tuned", hook, "all", "both", layer, float(h), "all"),
-                                    ReplaceHead(h)) for h in range(_n_heads(plan, hook))]
-            specs.append(PatchSpec(RowKey(name, "base", "tuned", "attn_out", "all", "both", layer, math.nan, "all"),
-                                   Replace()))
+                specs += [
+                    PatchSpec(
+                        RowKey(name, "base", "tuned", hook, "all", "both", layer, float(h), "all"), ReplaceHead(h)
+                    )
+                    for h in range(_n_heads(plan, hook))
+                ]
+            specs.append(
+                PatchSpec(RowKey(name, "base", "tuned", "attn_out", "all", "both", layer, math.nan, "all"), Replace())
+            )
     return specs
 
 
@@ -66,8 +71,9 @@ def _cells(rows: Any, cfg: Any) -> list[dict[str, Any]]:
     out = []
     for (layer, head), group in rows.groupby(["layer", "param"], sort=True):
         mean, lo, hi = stats.bootstrap_mean_ci(group.effect.to_numpy(), seed=cfg.seed, n_boot=cfg.n_boot)
-        out.append({"layer": int(layer), "head": int(head), "mean": mean, "ci_low": lo, "ci_high": hi,
-                    "n": int(len(group))})
+        out.append(
+            {"layer": int(layer), "head": int(head), "mean": mean, "ci_low": lo, "ci_high": hi, "n": int(len(group))}
+        )
     return out
 
 
@@ -77,8 +83,15 @@ def _top_heads(rows: Any, hook: str, cfg: Any, explore: list[int], confirm: list
     if not len(rows):
         return None
     matrix, pair_ids, cells = heldout.cell_matrix(rows, ("layer", "param"))
-    return heldout.choose(matrix, pair_ids, [{"layer": la, "head": h, "hook": hook} for la, h in cells], cfg,
-                          explore=explore, confirm=confirm, what="head")
+    return heldout.choose(
+        matrix,
+        pair_ids,
+        [{"layer": la, "head": h, "hook": hook} for la, h in cells],
+        cfg,
+        explore=explore,
+        confirm=confirm,
+        what="head",
+    )
 
 
 def summarize_heads(tables: Tables) -> dict[str, dict[str, Any]]:
@@ -99,17 +112,22 @@ def summarize_heads(tables: Tables) -> dict[str, dict[str, Any]]:
         entry["selection"] = _top_heads(rows[rows.hook == main_hook], main_hook, cfg, explore, confirm)
         if name == KV_HEADS:
             entry["by_head_k"] = _cells(rows[rows.hook == "k"], cfg)
-            entry["map_k"] = heldout.banded(rows[rows.hook == "k"], ("layer", "param"), entry["by_head_k"],
-                                            ("layer", "head"), cfg)
+            entry["map_k"] = heldout.banded(
+                rows[rows.hook == "k"], ("layer", "param"), entry["by_head_k"], ("layer", "head"), cfg
+            )
             entry["selection_k"] = _top_heads(rows[rows.hook == "k"], "k", cfg, explore, confirm)
         layer_rows = rows[rows.hook == "attn_out"]
-        entry["attn_out"] = stats.per_layer_summary(layer_rows, seed=cfg.seed, n_boot=cfg.n_boot) if len(layer_rows) else []
+        entry["attn_out"] = (
+            stats.per_layer_summary(layer_rows, seed=cfg.seed, n_boot=cfg.n_boot) if len(layer_rows) else []
+        )
         if len(layer_rows):  # the whole-layer patch is a per-layer curve: its peak set
             matrix, _, layers = stats.effect_matrix(layer_rows)
             entry.update(stats.peak_set(matrix, layers, seed=cfg.seed, n_boot=cfg.n_boot))
             entry["peak_set_of"] = "attn_out (the whole-layer patch)"
-        entry["sum_of_heads"] = [{"layer": layer, "sum": float(np.sum([c["mean"] for c in by_head if c["layer"] == layer]))}
-                                 for layer in sorted({c["layer"] for c in by_head})]
+        entry["sum_of_heads"] = [
+            {"layer": layer, "sum": float(np.sum([c["mean"] for c in by_head if c["layer"] == layer]))}
+            for layer in sorted({c["layer"] for c in by_head})
+        ]
         out[name] = entry
     return out
 
@@ -133,35 +151,95 @@ def heads_figure(summary: Mapping[str, Any]) -> Any:
         cells = entry["by_head"]
         layers = sorted({c["layer"] for c in cells})
         heads = sorted({c["head"] for c in cells})
-        z = [[next((c["mean"] for c in cells if c["layer"] == la and c["head"] == h), None) for h in heads] for la in layers]
-        text = [[next((f"{c['mean']:+.3g} [{c['ci_low']:+.3g}, {c['ci_high']:+.3g}]" for c in cells
-                       if c["layer"] == la and c["head"] == h), "") for h in heads] for la in layers]
+        z = [
+            [next((c["mean"] for c in cells if c["layer"] == la and c["head"] == h), None) for h in heads]
+            for la in layers
+        ]
+        text = [
+            [
+                next(
+                    (
+                        f"{c['mean']:+.3g} [{c['ci_low']:+.3g}, {c['ci_high']:+.3g}]"
+                        for c in cells
+                        if c["layer"] == la and c["head"] == h
+                    ),
+                    "",
+                )
+                for h in heads
+            ]
+            for la in layers
+        ]
         attn = {r["layer"]: r["mean"] for r in entry.get("attn_out") or []}
         sums = {r["layer"]: r["sum"] for r in entry.get("sum_of_heads") or []}
-        ylabels = [f"layer {la} · attn_out {attn.get(la, math.nan):+.3g} · Σ heads {sums.get(la, math.nan):+.3g}"
-                   for la in layers]
+        ylabels = [
+            f"layer {la} · attn_out {attn.get(la, math.nan):+.3g} · Σ heads {sums.get(la, math.nan):+.3g}"
+            for la in layers
+        ]
         span = max((abs(v) for line in z for v in line if v is not None), default=1.0) or 1.0
         n_rows += len(layers)
-        fig.add_trace(go.Heatmap(z=z, x=[f"head {h}" for h in heads], y=ylabels, text=text, zmid=0, zmin=-span,
-                                 zmax=span, colorscale="RdBu_r",
-                                 colorbar={"title": "nats", "y": 1 - (row - 0.5) / n, "len": 0.8 / n},
-                                 hovertemplate="%{y}<br>%{x}: %{text}<extra></extra>"), row=row, col=1)
-    return P.layout(fig, "Attention heads: mean effect of patching one head, tuned → base (E7)",
-                     height=max(P.HEIGHT, 120 * n + 28 * n_rows), x_title=None, y_title=None)
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=[f"head {h}" for h in heads],
+                y=ylabels,
+                text=text,
+                zmid=0,
+                zmin=-span,
+                zmax=span,
+                colorscale="RdBu_r",
+                colorbar={"title": "nats", "y": 1 - (row - 0.5) / n, "len": 0.8 / n},
+                hovertemplate="%{y}<br>%{x}: %{text}<extra></extra>",
+            ),
+            row=row,
+            col=1,
+        )
+    return P.layout(
+        fig,
+        "Attention heads: mean effect of patching one head, tuned → base (E7)",
+        height=max(P.HEIGHT, 120 * n + 28 * n_rows),
+        x_title=None,
+        y_title=None,
+    )
 
 
-register(Experiment(
-    key="heads", method="E7", order=15, batch_order=48, default=False,
-    names=(Name(HEADS, "query heads (z)", "#9467bd",
-                "Patch one query head's z (attn.hook_z) at a time, tuned → base: a layer × head map.", per_layer=False),
-           Name(KV_HEADS, "key/value heads (v, k)", "#8c564b",
+register(
+    Experiment(
+        key="heads",
+        method="E7",
+        order=15,
+        batch_order=48,
+        default=False,
+        names=(
+            Name(
+                HEADS,
+                "query heads (z)",
+                "#9467bd",
+                "Patch one query head's z (attn.hook_z) at a time, tuned → base: a layer × head map.",
+                per_layer=False,
+            ),
+            Name(
+                KV_HEADS,
+                "key/value heads (v, k)",
+                "#8c564b",
                 "Patch one key/value head (hook_v, hook_k, before they are repeated to the query heads) at a time.",
-                per_layer=False)),
-    specs=head_specs, summarize=summarize_heads,
-    figures=(Figure("heads", "alignment_probe.experiments.heads:heads_figure", "Attention heads (E7)",
-                    "E7. Each cell: the mean effect of patching one head's activation from the tuned model into the "
-                    "base (query heads: attn.hook_z; key/value heads: hook_v before it is shared by its query "
-                    "heads); hover for the 95% bootstrap CI. Row labels give the whole-layer attn_out patch and the "
-                    "sum of that layer's head effects: they need not agree (the network after the heads is not "
-                    "linear).", needs=(HEADS, KV_HEADS), order=17),),
-))
+                per_layer=False,
+            ),
+        ),
+        specs=head_specs,
+        summarize=summarize_heads,
+        figures=(
+            Figure(
+                "heads",
+                "alignment_probe.experiments.heads:heads_figure",
+                "Attention heads (E7)",
+                "E7. Each cell: the mean effect of patching one head's activation from the tuned model into the "
+                "base (query heads: attn.hook_z; key/value heads: hook_v before it is shared by its query "
+                "heads); hover for the 95% bootstrap CI. Row labels give the whole-layer attn_out patch and the "
+                "sum of that layer's head effects: they need not agree (the network after the heads is not "
+                "linear).",
+                needs=(HEADS, KV_HEADS),
+                order=17,
+            ),
+        ),
+    )
+)

@@ -51,8 +51,9 @@ def cell_matrix(rows: pd.DataFrame, by: Sequence[str]) -> tuple[np.ndarray, list
     keys = [tuple(_plain(v) for v in t) for t in rows[list(by)].itertuples(index=False, name=None)]
     cells = sorted(set(keys), key=lambda c: tuple((isinstance(v, str), v) for v in c))
     code = {c: i for i, c in enumerate(cells)}
-    frame = pd.DataFrame({"pair_id": rows.pair_id.to_numpy(), "layer": [code[k] for k in keys],
-                          "effect": rows.effect.to_numpy()})
+    frame = pd.DataFrame(
+        {"pair_id": rows.pair_id.to_numpy(), "layer": [code[k] for k in keys], "effect": rows.effect.to_numpy()}
+    )
     matrix, pair_ids, idx = stats.effect_matrix(frame)
     return matrix, pair_ids, [cells[i] for i in idx]
 
@@ -73,9 +74,18 @@ def _cell_stats(values: np.ndarray, cfg: Any) -> dict[str, Any]:
     return {"mean": mean, "ci_low": lo, "ci_high": hi, "n": int(values.size)}
 
 
-def choose(matrix: np.ndarray, pair_ids: Sequence[int], cells: Sequence[Hashable], cfg: Any, *,
-           explore: Sequence[int], confirm: Sequence[int], rank: str = "max", top: int = TOP,
-           what: str = "cell") -> dict[str, Any] | None:
+def choose(
+    matrix: np.ndarray,
+    pair_ids: Sequence[int],
+    cells: Sequence[Hashable],
+    cfg: Any,
+    *,
+    explore: Sequence[int],
+    confirm: Sequence[int],
+    rank: str = "max",
+    top: int = TOP,
+    what: str = "cell",
+) -> dict[str, Any] | None:
     """The cell with the largest explore-half mean (``rank="max"``) or largest |mean| (``"abs"``), measured on
     the confirm half: :func:`stats.selection_record` plus ``m`` (cells ranked), ``rank_by``, ``rule`` and ``top``
     (the explore ranking's first ``top`` cells, chosen first: ``{"cell", "explore_mean", "confirm": {mean,
@@ -96,15 +106,20 @@ def choose(matrix: np.ndarray, pair_ids: Sequence[int], cells: Sequence[Hashable
     order = [best] + [int(j) for j in np.argsort(-score, kind="stable") if j != best]
     ex_ids = [int(pair_ids[i]) for i in ex_rows]
     co_ids = [int(pair_ids[i]) for i in co_rows]
-    record = stats.selection_record(ex_ids, co_ids, cells[best], m[co_rows, best], seed=cfg.seed, n_boot=cfg.n_boot,
-                                    in_sample=m[ex_rows, best])
+    record = stats.selection_record(
+        ex_ids, co_ids, cells[best], m[co_rows, best], seed=cfg.seed, n_boot=cfg.n_boot, in_sample=m[ex_rows, best]
+    )
     record["m"] = int(m.shape[1])
     record["rank_by"] = "mean" if rank == "max" else "|mean|"
-    record["rule"] = (f"the {what} with the largest {record['rank_by']} over the {len(ex_ids)} explore pairs "
-                      f"(of m = {m.shape[1]}), reported on the {len(co_ids)} disjoint confirm pairs; "
-                      "'in_sample' is the explore pairs' own mean (optimistic: it chose the cell)")
-    record["top"] = [{"cell": cells[j], "explore_mean": float(ex_mean[j]), "confirm": _cell_stats(m[co_rows, j], cfg)}
-                     for j in order[:max(0, top)]]
+    record["rule"] = (
+        f"the {what} with the largest {record['rank_by']} over the {len(ex_ids)} explore pairs "
+        f"(of m = {m.shape[1]}), reported on the {len(co_ids)} disjoint confirm pairs; "
+        "'in_sample' is the explore pairs' own mean (optimistic: it chose the cell)"
+    )
+    record["top"] = [
+        {"cell": cells[j], "explore_mean": float(ex_mean[j]), "confirm": _cell_stats(m[co_rows, j], cfg)}
+        for j in order[: max(0, top)]
+    ]
     return record
 
 
@@ -115,8 +130,9 @@ def band(matrix: np.ndarray, cfg: Any) -> tuple[dict[str, Any], list[float], lis
     return ({"m": out["m"], "critical": out["critical"], "rule": out["rule"]}, out["band_low"], out["band_high"])
 
 
-def banded(rows: pd.DataFrame, by: Sequence[str], cells: list[dict[str, Any]], keys: Sequence[str], cfg: Any
-           ) -> dict[str, Any] | None:
+def banded(
+    rows: pd.DataFrame, by: Sequence[str], cells: list[dict[str, Any]], keys: Sequence[str], cfg: Any
+) -> dict[str, Any] | None:
     """Add ``band_low``/``band_high`` to summary ``cells`` (dicts whose ``keys`` values name the effects-table cell
     given by the ``by`` columns) and return the ``map`` entry; None when there is nothing to band."""
     if not len(rows) or not cells:
@@ -143,15 +159,20 @@ def per_token_rows(rows: pd.DataFrame, scores: pd.DataFrame | None) -> pd.DataFr
         return None
     n = lengths.reindex(rows.pair_id.to_numpy())
     chosen = (rows.patched_logp_chosen.to_numpy() - rows.clean_logp_chosen.to_numpy()) / n.n_chosen_tokens.to_numpy()
-    rejected = ((rows.patched_logp_rejected.to_numpy() - rows.clean_logp_rejected.to_numpy())
-                / n.n_rejected_tokens.to_numpy())
+    rejected = (
+        rows.patched_logp_rejected.to_numpy() - rows.clean_logp_rejected.to_numpy()
+    ) / n.n_rejected_tokens.to_numpy()
     return rows.assign(effect=chosen - rejected)
 
 
-PER_TOKEN_UNIT = ("nats per completion token: each side's change of log-prob divided by its completion length, "
-                  "chosen minus rejected (the per-token twin of the summed Δlogp effect)")
-BASIS_NOTE = ("'sum': the headline numbers (per_layer, peak, selection) are changes of the summed Δlogp over "
-              "completion tokens, as in the paper; 'per_token' holds the same per completion token")
+PER_TOKEN_UNIT = (
+    "nats per completion token: each side's change of log-prob divided by its completion length, "
+    "chosen minus rejected (the per-token twin of the summed Δlogp effect)"
+)
+BASIS_NOTE = (
+    "'sum': the headline numbers (per_layer, peak, selection) are changes of the summed Δlogp over "
+    "completion tokens, as in the paper; 'per_token' holds the same per completion token"
+)
 
 
 def per_token_summary(rows: pd.DataFrame, scores: pd.DataFrame | None, cfg: Any) -> dict[str, Any] | None:

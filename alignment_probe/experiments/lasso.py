@@ -64,8 +64,9 @@ def _positions(seq: ScoredSequence, position: str) -> int:
 
 
 @torch.inference_mode()
-def _batch_norms(pair: Twins, group: Sequence[ScoredSequence], names: list[str],
-                 position: str) -> Float[np.ndarray, "group layers"]:
+def _batch_norms(
+    pair: Twins, group: Sequence[ScoredSequence], names: list[str], position: str
+) -> Float[np.ndarray, "group layers"]:
     """``[len(group), n_layers]``: ||h_tuned − h_base|| at each sequence's chosen position."""
     batch = make_batch(group)
     rows = torch.arange(len(group))
@@ -73,17 +74,24 @@ def _batch_norms(pair: Twins, group: Sequence[ScoredSequence], names: list[str],
     acts: dict[str, list[Float[torch.Tensor, "group d_model"]]] = {}
     for label, model in (("base", pair.base), ("tuned", pair.tuned)):
         device = model.cfg.device
-        _, cache = model.run_with_cache(batch.tokens.to(device), names_filter=lambda n: n in names,
-                                        stop_at_layer=model.cfg.n_layers)
+        _, cache = model.run_with_cache(
+            batch.tokens.to(device), names_filter=lambda n: n in names, stop_at_layer=model.cfg.n_layers
+        )
         acts[label] = [cache[name][rows.to(device), pos.to(device)].float().cpu() for name in names]
         del cache
     out = [(t - b).double().norm(dim=-1) for b, t in zip(acts["base"], acts["tuned"])]
     return torch.stack(out, dim=1).numpy()
 
 
-def activation_distance_features(pair: Twins, tokenized: Sequence[TokenizedPair], *, hook: Hook = "resid_post",
-                                 position: str = "last_prompt", batch_size: int = 8,
-                                 clean: Mapping[str, Mapping[str, Mapping[Any, Any]]] | None = None) -> Features:
+def activation_distance_features(
+    pair: Twins,
+    tokenized: Sequence[TokenizedPair],
+    *,
+    hook: Hook = "resid_post",
+    position: str = "last_prompt",
+    batch_size: int = 8,
+    clean: Mapping[str, Mapping[str, Mapping[Any, Any]]] | None = None,
+) -> Features:
     """``[n_pairs, n_layers]`` array of ``||h_ℓ^tuned − h_ℓ^base||₂`` (rows in ``tokenized`` order).
 
     ``h_ℓ`` is the activation at ``blocks.{ℓ}.hook_{hook}``. ``position="last_prompt"`` reads the
@@ -106,8 +114,10 @@ def activation_distance_features(pair: Twins, tokenized: Sequence[TokenizedPair]
     norms: dict[tuple[int, str], np.ndarray] = {}
     if clean is not None:
         for seq in seqs:
-            at = [[clean[m][n][(seq.pair_id, seq.side)][_positions(seq, position)].float().cpu() for n in names]
-                  for m in ("base", "tuned")]
+            at = [
+                [clean[m][n][(seq.pair_id, seq.side)][_positions(seq, position)].float().cpu() for n in names]
+                for m in ("base", "tuned")
+            ]
             norms[(seq.pair_id, seq.side)] = np.array([(t - b).double().norm().item() for b, t in zip(*at)])
     else:
         for group in batches_by_length(seqs, batch_size):
@@ -152,9 +162,16 @@ def _kfold(cv: int, seed: int) -> Any:
     return KFold(n_splits=cv, shuffle=True, random_state=seed)
 
 
-def fit_lasso(features: Features, target: Target, *, seed: int = 0, n_boot: int = 200,
-              alphas: np.ndarray | Sequence[float] = DEFAULT_ALPHAS, cv: int = LASSO_CV_FOLDS,
-              alpha_rule: str = "min") -> dict[str, Any]:
+def fit_lasso(
+    features: Features,
+    target: Target,
+    *,
+    seed: int = 0,
+    n_boot: int = 200,
+    alphas: np.ndarray | Sequence[float] = DEFAULT_ALPHAS,
+    cv: int = LASSO_CV_FOLDS,
+    alpha_rule: str = "min",
+) -> dict[str, Any]:
     """LASSO of the target on z-scored per-layer features, α chosen by cross-validation.
 
     Returns ``{"coefficients": [per layer], "alpha_": float, "alpha_rule": str,
@@ -178,8 +195,7 @@ def fit_lasso(features: Features, target: Target, *, seed: int = 0, n_boot: int 
     x, y = _check_xy(features, target, cv)
     xz = standardize(x)
     yc = y - y.mean()
-    model = LassoCV(alphas=np.asarray(alphas, dtype=np.float64), cv=_kfold(cv, seed), random_state=seed,
-                    max_iter=50000)
+    model = LassoCV(alphas=np.asarray(alphas, dtype=np.float64), cv=_kfold(cv, seed), random_state=seed, max_iter=50000)
     model.fit(xz, yc)
     coef = np.asarray(model.coef_, dtype=np.float64)
     alpha = float(model.alpha_)
@@ -227,8 +243,10 @@ def univariate_probes(features: Features, target: Target, *, cv: int = LASSO_CV_
 
     x, y = _check_xy(features, target, cv)
     folds = _kfold(cv, seed)
-    return [float(np.mean(cross_val_score(LinearRegression(), x[:, [j]], y, cv=folds, scoring="r2")))
-            for j in range(x.shape[1])]
+    return [
+        float(np.mean(cross_val_score(LinearRegression(), x[:, [j]], y, cv=folds, scoring="r2")))
+        for j in range(x.shape[1])
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,11 +267,22 @@ def _align_target(target: Any, tokenized: Sequence[TokenizedPair]) -> Float[np.n
     return y
 
 
-def run_lasso(pair: Twins, tokenized: Sequence[TokenizedPair], *, target: Target | pd.Series, seed: int = 0,
-              hook: Hook = "resid_post", position: str = "last_prompt", batch_size: int = 8, n_boot: int = 200,
-              cv: int = LASSO_CV_FOLDS, alphas: np.ndarray | Sequence[float] = DEFAULT_ALPHAS, alpha_rule: str = "min",
-              target_name: str = "gain", clean: Mapping[str, Mapping[str, Mapping[Any, Any]]] | None = None
-              ) -> dict[str, Any]:
+def run_lasso(
+    pair: Twins,
+    tokenized: Sequence[TokenizedPair],
+    *,
+    target: Target | pd.Series,
+    seed: int = 0,
+    hook: Hook = "resid_post",
+    position: str = "last_prompt",
+    batch_size: int = 8,
+    n_boot: int = 200,
+    cv: int = LASSO_CV_FOLDS,
+    alphas: np.ndarray | Sequence[float] = DEFAULT_ALPHAS,
+    alpha_rule: str = "min",
+    target_name: str = "gain",
+    clean: Mapping[str, Mapping[str, Mapping[Any, Any]]] | None = None,
+) -> dict[str, Any]:
     """E2 end to end: activation-distance features → LASSO + selection frequency + probes.
 
     ``target`` holds one value per pair in ``tokenized`` order (an array), or a Series indexed by
@@ -287,8 +316,14 @@ def lasso_table(result: dict[str, Any]) -> pd.DataFrame:
     r2 = result.get("probe_r2", [np.nan] * len(coef))
     if not len(coef) == len(freq) == len(r2):
         raise ValueError("result's per-layer lists differ in length")
-    return pd.DataFrame({"layer": np.arange(len(coef), dtype=np.int64), "coefficient": coef,
-                         "selection_frequency": freq, "probe_r2": r2})
+    return pd.DataFrame(
+        {
+            "layer": np.arange(len(coef), dtype=np.int64),
+            "coefficient": coef,
+            "selection_frequency": freq,
+            "probe_r2": r2,
+        }
+    )
 
 
 FEATURE_HOOK: Hook = "resid_post"  # the suite's E2 features: resid_post at every layer, at the last prompt token
@@ -300,18 +335,43 @@ def _clean_hooks(plan: Plan) -> dict[str, set[str]]:
 
 
 def _compute(plan: Plan) -> dict[str, Any]:
-    return run_lasso(plan.twins, plan.tokenized, target=plan.scores.gain.to_numpy(), seed=plan.cfg.seed,
-                     hook=FEATURE_HOOK, clean=plan.clean() if plan.clean is not None else None)
+    return run_lasso(
+        plan.twins,
+        plan.tokenized,
+        target=plan.scores.gain.to_numpy(),
+        seed=plan.cfg.seed,
+        hook=FEATURE_HOOK,
+        clean=plan.clean() if plan.clean is not None else None,
+    )
 
 
-register(Experiment(
-    key="lasso", method="E2", order=60,
-    names=(Name("lasso", "LASSO", "#1f77b4",
+register(
+    Experiment(
+        key="lasso",
+        method="E2",
+        order=60,
+        names=(
+            Name(
+                "lasso",
+                "LASSO",
+                "#1f77b4",
                 "A LASSO over per-layer activation distances ‖h_tuned − h_base‖ predicting the gain (Fig. 2).",
-                per_layer=False),),
-    compute=_compute, clean_hooks=_clean_hooks, summarize=lambda tables: {"lasso": dict(tables.fits["lasso"])},
-    figures=(Figure("lasso_coefficients", "alignment_probe.experiments.figures:lasso_coefficients",
-                    "LASSO attribution and probes (paper Fig. 2, Table 1)",
-                    "Paper Fig. 2 / Table 1. LASSO (5-fold CV) coefficients of the z-scored per-layer "
-                    "activation distances predicting the gain; grey bars are zero.", needs=("lasso",), order=70),),
-))
+                per_layer=False,
+            ),
+        ),
+        compute=_compute,
+        clean_hooks=_clean_hooks,
+        summarize=lambda tables: {"lasso": dict(tables.fits["lasso"])},
+        figures=(
+            Figure(
+                "lasso_coefficients",
+                "alignment_probe.experiments.figures:lasso_coefficients",
+                "LASSO attribution and probes (paper Fig. 2, Table 1)",
+                "Paper Fig. 2 / Table 1. LASSO (5-fold CV) coefficients of the z-scored per-layer "
+                "activation distances predicting the gain; grey bars are zero.",
+                needs=("lasso",),
+                order=70,
+            ),
+        ),
+    )
+)

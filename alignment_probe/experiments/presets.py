@@ -39,13 +39,26 @@ class Preset:
 # The tour's coarse grid: the instruments read against E1 (the random controls, α, the sources, the 2×2); the
 # localisers (E1 and its components, the windows) and identity (free: the engine knows its effect is 0) keep every
 # layer.
-TOUR_COARSE = ("random_noise", "random_direction", "alpha", "source_chosen_only", "source_rejected_only",
-               "vector_chosen", "vector_rejected", "vector_contrast", "cross_2x2")
+TOUR_COARSE = (
+    "random_noise",
+    "random_direction",
+    "alpha",
+    "source_chosen_only",
+    "source_rejected_only",
+    "vector_chosen",
+    "vector_rejected",
+    "vector_contrast",
+    "cross_2x2",
+)
 
 PRESETS: dict[str, Preset] = {
-    "tour": Preset("tour", 32, "every experiment and report section on 32 pairs, E1 and the windows at every layer, "
-                               "the instruments read against E1 at every other layer, the reverse at resid_post",
-                   {"coarse": TOUR_COARSE, "reverse_extras": False, "generation_tokens": 16}),
+    "tour": Preset(
+        "tour",
+        32,
+        "every experiment and report section on 32 pairs, E1 and the windows at every layer, "
+        "the instruments read against E1 at every other layer, the reverse at resid_post",
+        {"coarse": TOUR_COARSE, "reverse_extras": False, "generation_tokens": 16},
+    ),
     "full": Preset("full", 80, "80 pairs, every experiment at every swept layer, the reverse at every extra hook"),
 }
 DEFAULT_PRESET = "tour"

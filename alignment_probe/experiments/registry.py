@@ -237,8 +237,13 @@ def method_id(name: str) -> str | None:
 
 def per_layer_names() -> tuple[str, ...]:
     """Names that emit per-layer rows with the exact engines (what ``ap.sweep`` accepts)."""
-    return tuple(n.name for e in experiments() if e.specs is not None and e.fit is None and not e.needs
-                 and e.estimator == "exact" for n in e.names if n.per_layer)
+    return tuple(
+        n.name
+        for e in experiments()
+        if e.specs is not None and e.fit is None and not e.needs and e.estimator == "exact"
+        for n in e.names
+        if n.per_layer
+    )
 
 
 def figures() -> list[Figure]:
@@ -250,8 +255,18 @@ def figures() -> list[Figure]:
 def table(*, opt_in: bool = False) -> list[dict[str, str]]:
     """The registry as rows: name, method id, experiment key, label and one-line description (the default
     suite's names; ``opt_in=True``: the opt-in experiments' too)."""
-    return [{"name": n.name, "method": e.method_of(n.name), "experiment": e.key, "label": n.label,
-             "description": n.description} for e in experiments() if e.default or opt_in for n in e.names]
+    return [
+        {
+            "name": n.name,
+            "method": e.method_of(n.name),
+            "experiment": e.key,
+            "label": n.label,
+            "description": n.description,
+        }
+        for e in experiments()
+        if e.default or opt_in
+        for n in e.names
+    ]
 
 
 if TYPE_CHECKING:

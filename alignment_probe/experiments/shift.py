@@ -50,28 +50,35 @@ def _log_probs(model: Any, resid: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def sequence_shift(twins: Twins, tokenized: Sequence[Any], *, batch_size: int = 4,
-                   clean: Mapping[str, Mapping[str, Mapping[Any, torch.Tensor]]] | None = None) -> list[dict[str, Any]]:
+def sequence_shift(
+    twins: Twins,
+    tokenized: Sequence[Any],
+    *,
+    batch_size: int = 4,
+    clean: Mapping[str, Mapping[str, Mapping[Any, torch.Tensor]]] | None = None,
+) -> list[dict[str, Any]]:
     """Per pair: for each side, KL(T‖B) and the rank of T's top token under B at every completion position.
 
     ``clean``: the clean activations of a clean pass already made (the suite's, ``Plan.clean``; model → hook name
     → (pair_id, side) → [length, d_model]), holding :func:`final_hook`; then only the unembedding runs here."""
     out = []
     for start in range(0, len(tokenized), batch_size):
-        group = tokenized[start: start + batch_size]
+        group = tokenized[start : start + batch_size]
         seqs = [t.sequence(side) for t in group for side in SIDES]
         logp: dict[str, Any] = {}
         if clean is not None:  # the completion predictors' final residuals, unembedded
             name = final_hook(twins)
             for role, model in twins.models().items():
-                logp[role] = [_log_probs(model, clean[role][name][(s.pair_id, s.side)][s.completion_start - 1:
-                                                                                      s.length - 1]) for s in seqs]
+                logp[role] = [
+                    _log_probs(model, clean[role][name][(s.pair_id, s.side)][s.completion_start - 1 : s.length - 1])
+                    for s in seqs
+                ]
         else:
             batch = make_batch(seqs)
             for role, model in twins.models().items():
                 logits = model(batch.tokens.to(model.cfg.device), stop_at_layer=None)
                 full = logits.float().log_softmax(-1).cpu()
-                logp[role] = [full[i, s.completion_start - 1: s.length - 1] for i, s in enumerate(seqs)]
+                logp[role] = [full[i, s.completion_start - 1 : s.length - 1] for i, s in enumerate(seqs)]
         values: dict[tuple[int, str], tuple[list[float], list[int]]] = {}
         for i, seq in enumerate(seqs):
             lt, lb = logp["tuned"][i], logp["base"][i]  # at the predictors of the completion tokens
@@ -80,15 +87,28 @@ def sequence_shift(twins: Twins, tokenized: Sequence[Any], *, batch_size: int = 
             rank = (lb > lb.gather(-1, top[:, None])).sum(-1) + 1
             values[(seq.pair_id, seq.side)] = ([float(x) for x in kl], [int(x) for x in rank])
         for t in group:
-            out.append({"pair_id": int(t.pair_id), **{side: {"kl": values[(t.pair_id, side)][0],
-                                                             "rank": values[(t.pair_id, side)][1]} for side in SIDES}})
+            out.append(
+                {
+                    "pair_id": int(t.pair_id),
+                    **{
+                        side: {"kl": values[(t.pair_id, side)][0], "rank": values[(t.pair_id, side)][1]}
+                        for side in SIDES
+                    },
+                }
+            )
     return out
 
 
 def _compute(plan: Plan) -> dict[str, Any]:
-    return {"max_position": MAX_POSITION, "top_rank": TOP_RANK,
-            "pairs": sequence_shift(plan.twins, sorted(plan.tokenized, key=lambda t: t.pair_id),
-                                    clean=plan.clean() if plan.clean is not None else None)}
+    return {
+        "max_position": MAX_POSITION,
+        "top_rank": TOP_RANK,
+        "pairs": sequence_shift(
+            plan.twins,
+            sorted(plan.tokenized, key=lambda t: t.pair_id),
+            clean=plan.clean() if plan.clean is not None else None,
+        ),
+    }
 
 
 def _per_pair(record: Mapping[str, Any], key: str, select: Any) -> np.ndarray:
@@ -119,8 +139,10 @@ def summarize_shift(tables: Tables) -> dict[str, dict[str, Any]]:
 
     out: dict[str, Any] = {"max_position": record["max_position"], "top_rank": record["top_rank"]}
     for key, name in (("kl", "kl"), ("rank", "rank_gt3")):
-        positions = [row(_per_pair(record, key, lambda n, p=p: slice(p, p + 1) if p < n else slice(0, 0)),
-                         position=p) for p in range(min(longest, record["max_position"]))]
+        positions = [
+            row(_per_pair(record, key, lambda n, p=p: slice(p, p + 1) if p < n else slice(0, 0)), position=p)
+            for p in range(min(longest, record["max_position"]))
+        ]
         bins = [row(_per_pair(record, key, lambda n, k=k: slice(0, min(k, n))), first=k) for k in BINS]
         rest = _per_pair(record, key, lambda n: slice(BINS[-1], n))
         out[name] = positions
@@ -138,27 +160,52 @@ def shift_figure(summary: Mapping[str, Any]) -> Any:
     entry = P.experiment(summary, NAME)
     if not entry or not entry.get("kl"):
         raise P.MissingExperimentError("shift", [NAME])
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["KL(tuned ‖ base), nats",
-                                                        f"share of positions: tuned's top token ranked > "
-                                                        f"{entry['top_rank']} under base"])
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=[
+            "KL(tuned ‖ base), nats",
+            f"share of positions: tuned's top token ranked > {entry['top_rank']} under base",
+        ],
+    )
     for col, key, color in ((1, "kl", "#1f77b4"), (2, "rank_gt3", "#d62728")):
         frame = pd.DataFrame(entry[key]).rename(columns={"position": "layer"})
         P.add_curve(fig, frame, name=key, color=color, group=key, row=1, col=col, x="layer", x_label="position")
         fig.update_xaxes(title_text="position in the completion (0 = first token)", row=1, col=col)
-    return P.layout(fig, "Where the twins differ: distribution shift by completion position (E9)", x_title=None,
-                     y_title=None)
+    return P.layout(
+        fig, "Where the twins differ: distribution shift by completion position (E9)", x_title=None, y_title=None
+    )
 
 
-register(Experiment(
-    key="shift", method="E9", order=55,
-    names=(Name(NAME, "distribution shift", "#17becf",
+register(
+    Experiment(
+        key="shift",
+        method="E9",
+        order=55,
+        names=(
+            Name(
+                NAME,
+                "distribution shift",
+                "#17becf",
                 "Per completion position, KL(tuned ‖ base) and the share where tuned's top token ranks > 3 under "
-                "base (no patching).", per_layer=False),),
-    compute=_compute, clean_hooks=_clean_hooks, summarize=summarize_shift,
-    figures=(Figure("shift", "alignment_probe.experiments.shift:shift_figure",
-                    "Distribution shift by completion position (E9)",
-                    "E9. For each position of the completions (chosen and rejected), KL(tuned ‖ base) of the two "
-                    "models' next-token distributions, and the share of positions where the tuned model's top "
-                    "token is not in the base's top 3 (URIAL's measure); means over pairs with 95% bootstrap CIs.",
-                    needs=(NAME,), order=75),),
-))
+                "base (no patching).",
+                per_layer=False,
+            ),
+        ),
+        compute=_compute,
+        clean_hooks=_clean_hooks,
+        summarize=summarize_shift,
+        figures=(
+            Figure(
+                "shift",
+                "alignment_probe.experiments.shift:shift_figure",
+                "Distribution shift by completion position (E9)",
+                "E9. For each position of the completions (chosen and rejected), KL(tuned ‖ base) of the two "
+                "models' next-token distributions, and the share of positions where the tuned model's top "
+                "token is not in the base's top 3 (URIAL's measure); means over pairs with 95% bootstrap CIs.",
+                needs=(NAME,),
+                order=75,
+            ),
+        ),
+    )
+)

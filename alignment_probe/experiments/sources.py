@@ -23,43 +23,100 @@ PER_SEQUENCE = {"source_chosen_only": "chosen", "source_rejected_only": "rejecte
 VECTORS = {"vector_chosen": "chosen", "vector_rejected": "rejected", "vector_contrast": "contrast"}
 
 
-def source_specs(n_layers: int, *, experiments: Sequence[str], hook: str = "resid_post", scope: str = "all",
-                 vector_scale: float = 1.0) -> list[PatchSpec]:
+def source_specs(
+    n_layers: int,
+    *,
+    experiments: Sequence[str],
+    hook: str = "resid_post",
+    scope: str = "all",
+    vector_scale: float = 1.0,
+) -> list[PatchSpec]:
     specs: list[PatchSpec] = []
     for name in experiments:
         if name in PER_SEQUENCE:
-            specs += layer_sweep(name, target="base", source="tuned", layers=range(n_layers), hooks=(hook,),
-                                 scopes=(scope,), sides=PER_SEQUENCE[name], intervention=Replace())
+            specs += layer_sweep(
+                name,
+                target="base",
+                source="tuned",
+                layers=range(n_layers),
+                hooks=(hook,),
+                scopes=(scope,),
+                sides=PER_SEQUENCE[name],
+                intervention=Replace(),
+            )
         elif name in VECTORS:
-            specs += layer_sweep(name, target="base", source="tuned", layers=range(n_layers), hooks=(hook,),
-                                 scopes=("completion",), intervention=AddVector(VECTORS[name], vector_scale),
-                                 param=vector_scale)
+            specs += layer_sweep(
+                name,
+                target="base",
+                source="tuned",
+                layers=range(n_layers),
+                hooks=(hook,),
+                scopes=("completion",),
+                intervention=AddVector(VECTORS[name], vector_scale),
+                param=vector_scale,
+            )
     return specs
 
 
 def _specs(plan: Plan) -> list[PatchSpec]:
     cfg, names = plan.cfg, [e for e in (*PER_SEQUENCE, *VECTORS) if e in plan.selected]
-    return swept_only(plan, source_specs(plan.n_layers, experiments=names, hook=cfg.hook, scope=cfg.scope,
-                                         vector_scale=cfg.vector_scale))
+    return swept_only(
+        plan,
+        source_specs(plan.n_layers, experiments=names, hook=cfg.hook, scope=cfg.scope, vector_scale=cfg.vector_scale),
+    )
 
 
-register(Experiment(
-    key="sources", method="E5", order=40, batch_order=30,
-    names=(Name("source_chosen_only", "chosen-only", "#2ca02c",
-                "Tuned activations into the base's chosen run only (does tuning raise y+?)."),
-           Name("source_rejected_only", "rejected-only", "#d62728",
-                "Tuned activations into the base's rejected run only (does tuning lower y−?)."),
-           Name("vector_chosen", "v+ (chosen)", "#2ca02c",
-                "Add the tuned model's mean chosen-completion activation to the base's completions."),
-           Name("vector_rejected", "v− (rejected)", "#d62728",
-                "Add the tuned model's mean rejected-completion activation to the base's completions."),
-           Name("vector_contrast", "v± (contrast)", "#17becf",
-                "Add v+ − v− to the base's completions.")),
-    specs=_specs, summarize=summarize_per_layer,
-    figures=(Figure("source_variants", "alignment_probe.experiments.figures:source_variants",
-                    "Source variants (paper Fig. 3)",
-                    "Paper Fig. 3. Left: the per-sequence decomposition (both = chosen-only + rejected-only "
-                    "exactly). Right: mean tuned completion vectors v+, v−, v± added to the base residual.",
-                    needs=("source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected",
-                           "vector_contrast"), order=50),),
-))
+register(
+    Experiment(
+        key="sources",
+        method="E5",
+        order=40,
+        batch_order=30,
+        names=(
+            Name(
+                "source_chosen_only",
+                "chosen-only",
+                "#2ca02c",
+                "Tuned activations into the base's chosen run only (does tuning raise y+?).",
+            ),
+            Name(
+                "source_rejected_only",
+                "rejected-only",
+                "#d62728",
+                "Tuned activations into the base's rejected run only (does tuning lower y−?).",
+            ),
+            Name(
+                "vector_chosen",
+                "v+ (chosen)",
+                "#2ca02c",
+                "Add the tuned model's mean chosen-completion activation to the base's completions.",
+            ),
+            Name(
+                "vector_rejected",
+                "v− (rejected)",
+                "#d62728",
+                "Add the tuned model's mean rejected-completion activation to the base's completions.",
+            ),
+            Name("vector_contrast", "v± (contrast)", "#17becf", "Add v+ − v− to the base's completions."),
+        ),
+        specs=_specs,
+        summarize=summarize_per_layer,
+        figures=(
+            Figure(
+                "source_variants",
+                "alignment_probe.experiments.figures:source_variants",
+                "Source variants (paper Fig. 3)",
+                "Paper Fig. 3. Left: the per-sequence decomposition (both = chosen-only + rejected-only "
+                "exactly). Right: mean tuned completion vectors v+, v−, v± added to the base residual.",
+                needs=(
+                    "source_chosen_only",
+                    "source_rejected_only",
+                    "vector_chosen",
+                    "vector_rejected",
+                    "vector_contrast",
+                ),
+                order=50,
+            ),
+        ),
+    )
+)

@@ -42,8 +42,8 @@ from alignment_probe.experiments.alpha import DEFAULT_ALPHAS
 from alignment_probe.experiments.generations import MAX_NEW_TOKENS
 from alignment_probe.experiments.lowrank import DEFAULT_KS
 from alignment_probe.experiments.presets import DEFAULT_PRESET, PRESETS
-from alignment_probe.experiments.windows import DEFAULT_SUITE_WIDTHS, DEFAULT_WIDTHS
 from alignment_probe.experiments.registry import Experiment, Plan, Tables
+from alignment_probe.experiments.windows import DEFAULT_SUITE_WIDTHS, DEFAULT_WIDTHS
 from alignment_probe.numerics import check_scores
 from alignment_probe.pair import Twins
 from alignment_probe.progress import Stages
@@ -155,8 +155,9 @@ class SuiteConfig:
             if value is not None:
                 value = (value,) if isinstance(value, numbers.Number) else value
                 if name in self.LAYER_LISTS:  # numpy integers as ints (the manifest is JSON)
-                    value = [int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
-                             for v in value]
+                    value = [
+                        int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v for v in value
+                    ]
                 setattr(self, name, _unique(value))
         if isinstance(self.steer_layer, numbers.Integral) and not isinstance(self.steer_layer, bool):
             self.steer_layer = int(self.steer_layer)
@@ -165,12 +166,15 @@ class SuiteConfig:
         """Check names and ranges; ``n_layers=None`` checks what is known before a model loads."""
         names = registry.experiment_names(opt_in=True)
         if not self.experiments:
-            raise ConfigError("--experiments is empty; name at least one experiment, e.g. --experiments "
-                              f"patch_tuned_to_base, or all for the default suite (names: {', '.join(names)}).")
+            raise ConfigError(
+                "--experiments is empty; name at least one experiment, e.g. --experiments "
+                f"patch_tuned_to_base, or all for the default suite (names: {', '.join(names)})."
+            )
         unknown = [e for e in self.experiments if e not in names]
         if unknown:
-            raise ConfigError(f"--experiments: unknown experiment(s) {', '.join(unknown)}; choose from "
-                              f"{', '.join(names)}.")
+            raise ConfigError(
+                f"--experiments: unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(names)}."
+            )
         for option, hooks in (("--hook", (self.hook,)), ("--extra-hooks", self.extra_hooks)):
             for h in hooks:
                 if h not in HOOKS:
@@ -182,27 +186,38 @@ class SuiteConfig:
                 except ConfigError as exc:
                     raise ConfigError(f"{option}: {exc}.") from None
         known = f"the model has layers 0..{n_layers - 1}" if n_layers is not None else "layers are numbered from 0"
-        for option, layers in (("--layers", self.layers), ("--alpha-layers", self.alpha_layers),
-                               ("--lowrank-layers", self.lowrank_layers),
-                               ("--steer-layer", None if self.steer_layer is None else (self.steer_layer,))):
+        for option, layers in (
+            ("--layers", self.layers),
+            ("--alpha-layers", self.alpha_layers),
+            ("--lowrank-layers", self.lowrank_layers),
+            ("--steer-layer", None if self.steer_layer is None else (self.steer_layer,)),
+        ):
             for layer in layers or ():
                 if not isinstance(layer, int) or isinstance(layer, bool):  # normalise() made every whole number an int
-                    raise ConfigError(f"{option}: layer {layer!r} is not a whole number; give layer numbers, "
-                                      "e.g. 0,4,8.")
+                    raise ConfigError(
+                        f"{option}: layer {layer!r} is not a whole number; give layer numbers, e.g. 0,4,8."
+                    )
                 if layer < 0 or (n_layers is not None and layer >= n_layers):
                     raise ConfigError(f"{option}: layer {layer} is out of range: {known}.")
-        for option, layers, default in (("--layers", self.layers, "sweep every layer"),
-                                        ("--alpha-layers", self.alpha_layers, "use every swept layer"),
-                                        ("--lowrank-layers", self.lowrank_layers, "use E1's peak layer")):
+        for option, layers, default in (
+            ("--layers", self.layers, "sweep every layer"),
+            ("--alpha-layers", self.alpha_layers, "use every swept layer"),
+            ("--lowrank-layers", self.lowrank_layers, "use E1's peak layer"),
+        ):
             if layers is not None and len(layers) == 0:
-                raise ConfigError(f"{option} is empty; give at least one layer, e.g. {option} 0,4,8, or leave it out "
-                                  f"to {default}.")
+                raise ConfigError(
+                    f"{option} is empty; give at least one layer, e.g. {option} 0,4,8, or leave it out to {default}."
+                )
         if not self.window_widths or any(not isinstance(w, int) or w < 1 for w in self.window_widths):
-            raise ConfigError(f"--window-widths {','.join(map(str, self.window_widths)) or '(empty)'}: give whole "
-                              "numbers ≥ 1 (blocks per window), e.g. --window-widths 1,2.")
+            raise ConfigError(
+                f"--window-widths {','.join(map(str, self.window_widths)) or '(empty)'}: give whole "
+                "numbers ≥ 1 (blocks per window), e.g. --window-widths 1,2."
+            )
         if n_layers is not None and min(self.window_widths) >= n_layers:
-            raise ConfigError(f"--window-widths: every width is ≥ the model's {n_layers} blocks; a window must leave "
-                              f"some block out, e.g. --window-widths 1,2.")
+            raise ConfigError(
+                f"--window-widths: every width is ≥ the model's {n_layers} blocks; a window must leave "
+                f"some block out, e.g. --window-widths 1,2."
+            )
         if n_layers is not None:
             self._check_named_experiments_have_conditions(n_layers)
         if self.preset not in PRESETS:
@@ -211,11 +226,14 @@ class SuiteConfig:
         if unknown:
             raise ConfigError(f"coarse: unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(names)}.")
         if not isinstance(self.coarse_step, int) or isinstance(self.coarse_step, bool) or self.coarse_step < 1:
-            raise ConfigError(f"coarse_step must be a whole number ≥ 1 (every k-th swept layer), got "
-                              f"{self.coarse_step!r}.")
+            raise ConfigError(
+                f"coarse_step must be a whole number ≥ 1 (every k-th swept layer), got {self.coarse_step!r}."
+            )
         if not isinstance(self.generation_tokens, int) or self.generation_tokens < 1:
-            raise ConfigError(f"generation_tokens must be a whole number ≥ 1 (tokens decoded per prompt), got "
-                              f"{self.generation_tokens!r}.")
+            raise ConfigError(
+                f"generation_tokens must be a whole number ≥ 1 (tokens decoded per prompt), got "
+                f"{self.generation_tokens!r}."
+            )
         if self.atp_confirm_k < 1:
             raise ConfigError(f"--confirm must be at least 1, got {self.atp_confirm_k}.")
         if self.steer_k is not None and self.steer_k < 1:
@@ -223,8 +241,10 @@ class SuiteConfig:
         if self.steer_cs is not None and len(self.steer_cs) == 0:
             raise ConfigError("--steer-c is empty; give at least one coefficient, e.g. --steer-c 0.5,1,2,4.")
         if self.transfer_data is not None and "steer" not in self.experiments:
-            raise ConfigError("--transfer-data is read by the steering experiment only; add steer to --experiments "
-                              "(e.g. --experiments patch_tuned_to_base,steer).")
+            raise ConfigError(
+                "--transfer-data is read by the steering experiment only; add steer to --experiments "
+                "(e.g. --experiments patch_tuned_to_base,steer)."
+            )
 
     def _check_named_experiments_have_conditions(self, n_layers: int) -> None:
         """An experiment named in --experiments whose conditions all fall outside the swept layers is refused (in
@@ -234,17 +254,21 @@ class SuiteConfig:
         swept = self.swept_layers(n_layers)
         shown = ",".join(map(str, swept))
         if "cross_2x2" in self.experiments and not any(1 <= s < n_layers for s in swept):
-            raise ConfigError(f"--layers {shown}: cross_2x2 splits the model at layers 1..{n_layers - 1} (at 0 there "
-                              "are no early blocks) and --layers has none of them; add one, e.g. --layers "
-                              f"{','.join(map(str, sorted({*swept, 1})))}, or leave cross_2x2 out of --experiments.")
+            raise ConfigError(
+                f"--layers {shown}: cross_2x2 splits the model at layers 1..{n_layers - 1} (at 0 there "
+                "are no early blocks) and --layers has none of them; add one, e.g. --layers "
+                f"{','.join(map(str, sorted({*swept, 1})))}, or leave cross_2x2 out of --experiments."
+            )
         windows = [e for e in ("window_transplant", "window_revert") if e in self.experiments]
         widths = sorted(set(self.window_widths or ()))
         if windows and not any(a + w <= n_layers and w < n_layers for a in swept for w in widths):
-            raise ConfigError(f"--layers {shown} with --window-widths {','.join(map(str, widths))}: {windows[0]}'s "
-                              f"windows start at a swept layer and must end inside the model's {n_layers} blocks "
-                              f"(start + width ≤ {n_layers}), and none does; sweep an earlier layer (e.g. --layers "
-                              f"{','.join(map(str, sorted({*swept, n_layers - min(widths)})))}) or narrower windows "
-                              "(e.g. --window-widths 1).")
+            raise ConfigError(
+                f"--layers {shown} with --window-widths {','.join(map(str, widths))}: {windows[0]}'s "
+                f"windows start at a swept layer and must end inside the model's {n_layers} blocks "
+                f"(start + width ≤ {n_layers}), and none does; sweep an earlier layer (e.g. --layers "
+                f"{','.join(map(str, sorted({*swept, n_layers - min(widths)})))}) or narrower windows "
+                "(e.g. --window-widths 1)."
+            )
 
     def swept_layers(self, n_layers: int) -> list[int]:
         """The layers every per-layer experiment visits, ascending."""
@@ -254,7 +278,7 @@ class SuiteConfig:
         """The layers experiment ``name`` sweeps, ascending: the swept layers, or on the coarse grid (``coarse``)
         every ``coarse_step``-th of them counted back from the last, so the deepest swept layer is always in."""
         swept = self.swept_layers(n_layers)
-        return sorted(swept[::-1][::self.coarse_step]) if name in self.coarse else swept
+        return sorted(swept[::-1][:: self.coarse_step]) if name in self.coarse else swept
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -267,8 +291,9 @@ def preset_config(preset: str = DEFAULT_PRESET, **given: Any) -> SuiteConfig:
     asks for all of it. ``layers`` given choose every experiment's grid, so the preset's coarse grid is then left
     out (unless ``coarse`` is given too)."""
     if preset not in PRESETS:
-        raise ConfigError(f"--suite {preset!r}: unknown preset; choose from {', '.join(PRESETS)} "
-                          f"(default {DEFAULT_PRESET}).")
+        raise ConfigError(
+            f"--suite {preset!r}: unknown preset; choose from {', '.join(PRESETS)} (default {DEFAULT_PRESET})."
+        )
     given = {k: v for k, v in given.items() if v is not None}
     named = given.get("experiments", (ALL,))
     named = named.split(",") if isinstance(named, str) else named
@@ -329,8 +354,7 @@ def plan_steps(cfg: SuiteConfig) -> list[Step]:
         if names:
             steps.append(Step(exp, names, tuple(n for n in names if n in asked), stage_of(exp)))
     last = max((s.stage for s in steps if s.experiment.compute is None), default=0)
-    steps = [s if s.experiment.compute is None else Step(s.experiment, s.computed, s.reported, last + 1)
-             for s in steps]
+    steps = [s if s.experiment.compute is None else Step(s.experiment, s.computed, s.reported, last + 1) for s in steps]
     return sorted(steps, key=lambda s: (s.stage, s.experiment.spec_order, s.experiment.key))
 
 
@@ -340,18 +364,31 @@ def _plan(step: Step, cfg: SuiteConfig, n_layers: int, d_model: int, **extra: An
 
 def stage_specs(steps: Sequence[Step], cfg: SuiteConfig, n_layers: int, d_model: int, **extra: Any) -> list[PatchSpec]:
     """Every condition of these steps (one stage), in their shared engine call's order."""
-    return [spec for step in steps if step.experiment.specs is not None
-            for spec in step.experiment.specs(_plan(step, cfg, n_layers, d_model, **extra))]
+    return [
+        spec
+        for step in steps
+        if step.experiment.specs is not None
+        for spec in step.experiment.specs(_plan(step, cfg, n_layers, d_model, **extra))
+    ]
 
 
 def per_layer_specs(cfg: SuiteConfig, n_layers: int, d_model: int = 0) -> list[PatchSpec]:
     """Every stage-1 condition (the ones that need nothing upstream), for one shared engine call."""
-    return stage_specs([s for s in plan_steps(cfg) if s.stage == 1 and s.experiment.compute is None], cfg,
-                       n_layers, d_model)
+    return stage_specs(
+        [s for s in plan_steps(cfg) if s.stage == 1 and s.experiment.compute is None], cfg, n_layers, d_model
+    )
 
 
-def summarize_tables(effects: pd.DataFrame, scores: pd.DataFrame, fits: Mapping[str, Any], cfg: SuiteConfig, *,
-                     n_layers: int, d_model: int, tokens: pd.DataFrame | None = None) -> dict[str, Any]:
+def summarize_tables(
+    effects: pd.DataFrame,
+    scores: pd.DataFrame,
+    fits: Mapping[str, Any],
+    cfg: SuiteConfig,
+    *,
+    n_layers: int,
+    d_model: int,
+    tokens: pd.DataFrame | None = None,
+) -> dict[str, Any]:
     """The run's summary, a pure function of its tables: the gain, every reported experiment's entry (in
     execution order) and the verdicts on the paper's claims (``verdicts``: judged ones, ``verdicts_not_run``: the
     claims whose experiment did not run; report/verdicts.py). summary.json is a cache of this."""
@@ -370,18 +407,25 @@ def summarize_tables(effects: pd.DataFrame, scores: pd.DataFrame, fits: Mapping[
 def gain_summary(scores: pd.DataFrame, cfg: SuiteConfig) -> dict[str, Any]:
     mean, lo, hi = stats.bootstrap_mean_ci(scores.gain.to_numpy(), seed=cfg.seed, n_boot=cfg.n_boot)
     pt_mean, pt_lo, pt_hi = stats.bootstrap_mean_ci(scores.gain_per_token.to_numpy(), seed=cfg.seed, n_boot=cfg.n_boot)
-    return {"n_pairs": int(len(scores)), "base_delta_logp_mean": float(scores.base_delta_logp.mean()),
-            "tuned_delta_logp_mean": float(scores.tuned_delta_logp.mean()), "gain_mean": mean, "gain_ci": [lo, hi],
-            "gain_per_token_mean": pt_mean, "gain_per_token_ci": [pt_lo, pt_hi],
-            # statistics.md: the per-token mean beside every sum-based headline, and which one verdicts use
-            "gain_basis": "sum"}
+    return {
+        "n_pairs": int(len(scores)),
+        "base_delta_logp_mean": float(scores.base_delta_logp.mean()),
+        "tuned_delta_logp_mean": float(scores.tuned_delta_logp.mean()),
+        "gain_mean": mean,
+        "gain_ci": [lo, hi],
+        "gain_per_token_mean": pt_mean,
+        "gain_per_token_ci": [pt_lo, pt_hi],
+        # statistics.md: the per-token mean beside every sum-based headline, and which one verdicts use
+        "gain_basis": "sum",
+    }
 
 
 DEFAULT_PAIRS_PER_PART = 8
 
 
-def pair_groups(tokenized: Sequence[TokenizedPair], pairs_per_part: int | None, *,
-                ranks: int = 1) -> list[list[TokenizedPair]]:
+def pair_groups(
+    tokenized: Sequence[TokenizedPair], pairs_per_part: int | None, *, ranks: int = 1
+) -> list[list[TokenizedPair]]:
     """Groups of ``pairs_per_part`` pairs of similar prompt length (one group if None), each in pair-id order.
 
     The pairs are sorted by prompt length (ties by pair id) and cut every ``pairs_per_part``: a group's prompts,
@@ -394,8 +438,8 @@ def pair_groups(tokenized: Sequence[TokenizedPair], pairs_per_part: int | None, 
         raise ConfigError(f"--pairs-per-part must be at least 1, got {pairs_per_part}.")
     ordered = sorted(tokenized, key=lambda t: (len(t.prompt_ids), t.pair_id))
     size = pairs_per_part or max(len(ordered), 1)
-    groups = [sorted(ordered[i: i + size], key=lambda t: t.pair_id) for i in range(0, len(ordered), size)]
-    rounds = [groups[i: i + ranks] for i in range(0, len(groups), max(ranks, 1))]
+    groups = [sorted(ordered[i : i + size], key=lambda t: t.pair_id) for i in range(0, len(ordered), size)]
+    rounds = [groups[i : i + ranks] for i in range(0, len(groups), max(ranks, 1))]
     return [g for n, r in enumerate(rounds) for g in (r[::-1] if n % 2 else r)]
 
 
@@ -419,9 +463,17 @@ def per_token_names() -> set[str]:
     return {n.name for e in registry.experiments() if e.per_token for n in e.names}
 
 
-def engine_part(store: PartStore, name: str, engine: Engine, pair: Twins, group: Sequence[TokenizedPair],
-                specs: Callable[[], Sequence[PatchSpec]], *, per_token: bool,
-                token_parts: list[pd.DataFrame]) -> pd.DataFrame:
+def engine_part(
+    store: PartStore,
+    name: str,
+    engine: Engine,
+    pair: Twins,
+    group: Sequence[TokenizedPair],
+    specs: Callable[[], Sequence[PatchSpec]],
+    *,
+    per_token: bool,
+    token_parts: list[pd.DataFrame],
+) -> pd.DataFrame:
     """One engine call on one group of pairs (``specs()``: its conditions, built only if a part is computed),
     stored as the effects part ``name``. With ``per_token`` (the stage has an ``Experiment.per_token``
     experiment) the same call also gives the long per-token table of those experiments' conditions, stored first
@@ -465,11 +517,18 @@ def canonical_effects(parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return frame.sort_values(KEY_COLUMNS, kind="stable", na_position="first").reset_index(drop=True)
 
 
-def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, cfg: SuiteConfig | None = None, *,
-              progress: bool | Stages = False, log: Callable[[str], None] = lambda s: None,
-              store: PartStore | None = None,
-              pairs_per_part: int | None = DEFAULT_PAIRS_PER_PART,
-              extra_pairs: Mapping[str, Sequence[TokenizedPair]] | None = None) -> SuiteResult:
+def run_suite(
+    pair: Twins,
+    tokenized: Sequence[TokenizedPair],
+    engine: Engine,
+    cfg: SuiteConfig | None = None,
+    *,
+    progress: bool | Stages = False,
+    log: Callable[[str], None] = lambda s: None,
+    store: PartStore | None = None,
+    pairs_per_part: int | None = DEFAULT_PAIRS_PER_PART,
+    extra_pairs: Mapping[str, Sequence[TokenizedPair]] | None = None,
+) -> SuiteResult:
     """Run the chosen experiments on loaded twins and tokenised pairs.
 
     ``store`` keeps each stage's parts (a folder for a resumable run; in memory by default):
@@ -491,20 +550,27 @@ def run_suite(pair: Twins, tokenized: Sequence[TokenizedPair], engine: Engine, c
     base_extra: dict[str, Any] = {"pair_ids": ids, "twins": pair, "tokenized": tokenized}
     if extra_pairs:
         base_extra["extra_pairs"] = {tag: sorted(p, key=lambda t: t.pair_id) for tag, p in extra_pairs.items()}
-    stage_one = [s for s in steps if s.stage == 1 and s.experiment.compute is None and s.experiment.estimator == "exact"]
+    stage_one = [
+        s for s in steps if s.stage == 1 and s.experiment.compute is None and s.experiment.estimator == "exact"
+    ]
     stage_one_specs = stage_specs(stage_one, cfg, n_layers, d_model, upstream={}, **base_extra)
     clean = _shared_clean_pass(steps, cfg, pair, groups, engine, stage_one_specs)
     try:
-        return _run_stages(pair, groups, steps, engine, cfg, store, clean, base_extra, stage_one_specs,
-                           stages=stages)
+        return _run_stages(pair, groups, steps, engine, cfg, store, clean, base_extra, stage_one_specs, stages=stages)
     finally:
         if clean is not None:  # the kept activations are this run's: release them
             engine.keep = {}
             engine.kept.clear()
 
 
-def _shared_clean_pass(steps: Sequence[Step], cfg: SuiteConfig, pair: Twins, groups: list[list[TokenizedPair]],
-                       engine: Engine, stage_one_specs: list[PatchSpec]) -> Callable[[], Any] | None:
+def _shared_clean_pass(
+    steps: Sequence[Step],
+    cfg: SuiteConfig,
+    pair: Twins,
+    groups: list[list[TokenizedPair]],
+    engine: Engine,
+    stage_one_specs: list[PatchSpec],
+) -> Callable[[], Any] | None:
     """Issue 15's one clean pass per model and sequence: the clean activations the run's fits and whole-data
     computations declare (``Experiment.clean_hooks``), kept by the engine from the clean runs it makes anyway.
 
@@ -534,8 +600,13 @@ def _shared_clean_pass(steps: Sequence[Step], cfg: SuiteConfig, pair: Twins, gro
         """Stage 1 ran this group here, so the engine kept its activations (the clean pass would run the models
         again: it asks for stage 1's own hook points too, which are not kept)."""
         kept = engine.kept
-        return all((t.pair_id, side) in kept.get(model, {}).get(name, {})
-                   for t in group for side in vocab.SIDES for model, names in keep.items() for name in names)
+        return all(
+            (t.pair_id, side) in kept.get(model, {}).get(name, {})
+            for t in group
+            for side in vocab.SIDES
+            for model, names in keep.items()
+            for name in names
+        )
 
     def clean() -> Any:
         if not done:
@@ -548,9 +619,19 @@ def _shared_clean_pass(steps: Sequence[Step], cfg: SuiteConfig, pair: Twins, gro
     return clean
 
 
-def _run_stages(pair: Twins, groups: list[list[TokenizedPair]], steps: list[Step], engine: Engine, cfg: SuiteConfig,
-                store: PartStore, clean: Callable[[], Any] | None, base_extra: dict[str, Any],
-                stage_one_specs: list[PatchSpec], *, stages: Stages) -> SuiteResult:
+def _run_stages(
+    pair: Twins,
+    groups: list[list[TokenizedPair]],
+    steps: list[Step],
+    engine: Engine,
+    cfg: SuiteConfig,
+    store: PartStore,
+    clean: Callable[[], Any] | None,
+    base_extra: dict[str, Any],
+    stage_one_specs: list[PatchSpec],
+    *,
+    stages: Stages,
+) -> SuiteResult:
     """:func:`run_suite`'s stages, in order (see the module docstring)."""
     n_layers, d_model = pair.n_layers, pair.d_model
     fits: dict[str, Any] = {}
@@ -565,8 +646,11 @@ def _run_stages(pair: Twins, groups: list[list[TokenizedPair]], steps: list[Step
         for step in stage:
             wanted = [n for n in step.computed if any(n in s.experiment.needs for s in steps)]
             if wanted:
-                upstream.update(step.experiment.summarize(Tables(rows, scores, fits, cfg, n_layers, d_model,
-                                                                 selected=tuple(wanted))))
+                upstream.update(
+                    step.experiment.summarize(
+                        Tables(rows, scores, fits, cfg, n_layers, d_model, selected=tuple(wanted))
+                    )
+                )
 
     for number in sorted({s.stage for s in steps if s.experiment.compute is None} | {1}):
         stage = [s for s in steps if s.stage == number and s.experiment.compute is None]
@@ -582,16 +666,32 @@ def _run_stages(pair: Twins, groups: list[list[TokenizedPair]], steps: list[Step
         if number == 1:
             what = f"scores and {len(stage_one_specs)} conditions"
             stages.start(1, what, units)
-            scores, rows = _stage_one(pair, groups, engine, stage_one_specs, store, stages=stages,
-                                      token_parts=token_parts, per_token=any(s.experiment.per_token for s in exact))
+            scores, rows = _stage_one(
+                pair,
+                groups,
+                engine,
+                stage_one_specs,
+                store,
+                stages=stages,
+                token_parts=token_parts,
+                per_token=any(s.experiment.per_token for s in exact),
+            )
         else:
             stages.start(number, ", ".join(s.experiment.key for s in stage), units)
-            rows = _later_stage(number, exact, pair, groups, engine, cfg, store, fits, extra, stages=stages,
-                                token_parts=token_parts) if exact else pd.DataFrame()
+            rows = (
+                _later_stage(
+                    number, exact, pair, groups, engine, cfg, store, fits, extra, stages=stages, token_parts=token_parts
+                )
+                if exact
+                else pd.DataFrame()
+            )
             what = ", ".join(f"{s.experiment.key}" + (" (fit on all pairs)" if s.experiment.fit else "") for s in stage)
         rows = _estimated(number, estimated, rows, pair, groups, cfg, store, extra, stages=stages)
-        stages.finish(number, f"{what}: {len(rows)} rows, {n_pairs} pairs in {len(groups)} part(s)"
-                      + (f" ({engine.name} engine)" if number == 1 else ""))
+        stages.finish(
+            number,
+            f"{what}: {len(rows)} rows, {n_pairs} pairs in {len(groups)} part(s)"
+            + (f" ({engine.name} engine)" if number == 1 else ""),
+        )
         if len(rows):
             ran(rows, stage)
     computes = [s for s in steps if s.experiment.compute is not None]
@@ -609,13 +709,22 @@ def _run_stages(pair: Twins, groups: list[list[TokenizedPair]], steps: list[Step
     effects = pd.concat(tables, ignore_index=True) if tables else to_frame([])
     tokens = canonical_tokens(token_parts)  # token_effects.parquet
     summary = summarize_tables(effects, scores, fits, cfg, n_layers=n_layers, d_model=d_model, tokens=tokens)
-    return SuiteResult(scores=scores, effects=effects, summary=summary, lasso=fits.get("lasso"), fits=fits,
-                       tokens=tokens)
+    return SuiteResult(
+        scores=scores, effects=effects, summary=summary, lasso=fits.get("lasso"), fits=fits, tokens=tokens
+    )
 
 
-def _stage_one(pair: Twins, groups: list[list[TokenizedPair]], engine: Engine, specs: list[PatchSpec],
-               store: PartStore, *, stages: Stages, per_token: bool,
-               token_parts: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _stage_one(
+    pair: Twins,
+    groups: list[list[TokenizedPair]],
+    engine: Engine,
+    specs: list[PatchSpec],
+    store: PartStore,
+    *,
+    stages: Stages,
+    per_token: bool,
+    token_parts: list[pd.DataFrame],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scores and every stage-1 condition, one group of pairs at a time."""
     score_parts, effect_parts = [], []
     for group in groups:
@@ -630,27 +739,53 @@ def _stage_one(pair: Twins, groups: list[list[TokenizedPair]], engine: Engine, s
             return table
 
         if specs:
-            effect_parts.append(engine_part(store, f"stage1-{tag}", engine, pair, group, lambda: specs,
-                                            per_token=per_token, token_parts=token_parts))
+            effect_parts.append(
+                engine_part(
+                    store,
+                    f"stage1-{tag}",
+                    engine,
+                    pair,
+                    group,
+                    lambda: specs,
+                    per_token=per_token,
+                    token_parts=token_parts,
+                )
+            )
         score_parts.append(store.table(f"scores-{tag}", score))
         stages.done(1, f"stage1-{tag}.parquet", len(group), real=_real(score_parts[-1], *effect_parts[-1:]))
     scores = pd.concat(score_parts, ignore_index=True).sort_values("pair_id", kind="stable").reset_index(drop=True)
     return scores, canonical_effects(effect_parts)
 
 
-def _later_stage(number: int, stage: list[Step], pair: Twins, groups: list[list[TokenizedPair]], engine: Engine,
-                 cfg: SuiteConfig, store: PartStore, fits: dict[str, Any], extra: dict[str, Any], *,
-                 stages: Stages, token_parts: list[pd.DataFrame]) -> pd.DataFrame:
+def _later_stage(
+    number: int,
+    stage: list[Step],
+    pair: Twins,
+    groups: list[list[TokenizedPair]],
+    engine: Engine,
+    cfg: SuiteConfig,
+    store: PartStore,
+    fits: dict[str, Any],
+    extra: dict[str, Any],
+    *,
+    stages: Stages,
+    token_parts: list[pd.DataFrame],
+) -> pd.DataFrame:
     """A stage after the first: its fits on all pairs (computed only when some part still needs them),
     then its conditions per group of pairs."""
     n_layers, d_model = pair.n_layers, pair.d_model
     fitting = [s for s in stage if s.experiment.fit is not None]
-    fit_part = {s.experiment.key: f"stage{number}-fit" if len(fitting) == 1 else f"stage{number}-fit-{s.experiment.key}"
-                for s in fitting}
+    fit_part = {
+        s.experiment.key: f"stage{number}-fit" if len(fitting) == 1 else f"stage{number}-fit-{s.experiment.key}"
+        for s in fitting
+    }
     names = [f"stage{number}-{group_tag(g)}.parquet" for g in groups]
     # other pair sets (E11's transfer data), in groups of the run's size
-    other = {tag: pair_groups(p, max(map(len, groups)) if groups else None, ranks=store.ranks)
-             for tag, p in extra.get("extra_pairs", {}).items() if p}
+    other = {
+        tag: pair_groups(p, max(map(len, groups)) if groups else None, ranks=store.ranks)
+        for tag, p in extra.get("extra_pairs", {}).items()
+        if p
+    }
     other_names = {tag: [f"stage{number}-{tag}-{group_tag(g)}.parquet" for g in gs] for tag, gs in other.items()}
     fitted: dict[str, Any] = {}
 
@@ -659,8 +794,11 @@ def _later_stage(number: int, stage: list[Step], pair: Twins, groups: list[list[
             fitted[step.experiment.key] = step.experiment.fit(_plan(step, cfg, n_layers, d_model, **extra))
         return fitted[step.experiment.key]
 
-    complete = (all(store.has(f"{p}.json") for p in fit_part.values()) and all(store.has(n) for n in names)
-                and all(store.has(n) for ns in other_names.values() for n in ns))
+    complete = (
+        all(store.has(f"{p}.json") for p in fit_part.values())
+        and all(store.has(n) for n in names)
+        and all(store.has(n) for ns in other_names.values() for n in ns)
+    )
     for step in fitting:
         if not complete:
             fitted_of(step)  # some part is missing: its conditions need the fit
@@ -669,8 +807,15 @@ def _later_stage(number: int, stage: list[Step], pair: Twins, groups: list[list[
 
     def specs() -> list[PatchSpec]:
         if not specs_cache:
-            specs_cache.append([spec for s in stage for spec in s.experiment.specs(
-                _plan(s, cfg, n_layers, d_model, fitted=fitted_of(s) if s.experiment.fit else None, **extra))])
+            specs_cache.append(
+                [
+                    spec
+                    for s in stage
+                    for spec in s.experiment.specs(
+                        _plan(s, cfg, n_layers, d_model, fitted=fitted_of(s) if s.experiment.fit else None, **extra)
+                    )
+                ]
+            )
         return specs_cache[0]
 
     def specs_for(tag: str | None) -> list[PatchSpec]:
@@ -681,11 +826,22 @@ def _later_stage(number: int, stage: list[Step], pair: Twins, groups: list[list[
 
     parts = []
     for group, name in zip(groups, names):
-        parts.append(engine_part(store, name.removesuffix(".parquet"), engine, pair, group, lambda: specs_for(None),
-                                 per_token=any(s.experiment.per_token for s in stage), token_parts=token_parts))
+        parts.append(
+            engine_part(
+                store,
+                name.removesuffix(".parquet"),
+                engine,
+                pair,
+                group,
+                lambda: specs_for(None),
+                per_token=any(s.experiment.per_token for s in stage),
+                token_parts=token_parts,
+            )
+        )
         stages.done(number, name, len(group), real=_real(parts[-1]))
     for tag, tag_groups in other.items():
         for group, name in zip(tag_groups, other_names[tag]):
+
             def run_other(g: list[TokenizedPair] = group, t: str = tag) -> pd.DataFrame:
                 chosen = specs_for(t)
                 return engine.run(pair, g, chosen, progress=False) if chosen else pd.DataFrame()
@@ -709,8 +865,18 @@ def estimator_engine(name: str) -> Engine:
     return getattr(importlib.import_module(module), attr)()
 
 
-def _estimated(number: int, stage: list[Step], rows: pd.DataFrame, pair: Twins, groups: list[list[TokenizedPair]],
-               cfg: SuiteConfig, store: PartStore, extra: dict[str, Any], *, stages: Stages) -> pd.DataFrame:
+def _estimated(
+    number: int,
+    stage: list[Step],
+    rows: pd.DataFrame,
+    pair: Twins,
+    groups: list[list[TokenizedPair]],
+    cfg: SuiteConfig,
+    store: PartStore,
+    extra: dict[str, Any],
+    *,
+    stages: Stages,
+) -> pd.DataFrame:
     """A stage's conditions that an estimator computes instead of the run's engine (``Experiment.estimator``,
     e.g. attribution patching), per group of pairs in parts ``stage<n>-<estimator>-<first>-<last>``, added to
     the stage's exact ``rows`` in the canonical order (the exact rows keep theirs)."""

@@ -49,9 +49,11 @@ def token_map_specs(plan: Plan) -> list[PatchSpec]:
     """E1's patch and the width-1 transplant at every swept layer, and the transplant of every block."""
     cfg, n = plan.cfg, plan.n_layers
     layers = cfg.swept_layers(n)
-    return (layer_sweep(NAME, target="base", source="tuned", layers=layers, hooks=(cfg.hook,), scopes=(cfg.scope,))
-            + [PatchSpec(RowKey(NAME, "base", "tuned", "blocks", "all", "both", a, 1.0), Transplant(1)) for a in layers]
-            + [PatchSpec(RowKey(NAME, "base", "tuned", "blocks", "all", "both", 0, float(n)), Transplant(n))])
+    return (
+        layer_sweep(NAME, target="base", source="tuned", layers=layers, hooks=(cfg.hook,), scopes=(cfg.scope,))
+        + [PatchSpec(RowKey(NAME, "base", "tuned", "blocks", "all", "both", a, 1.0), Transplant(1)) for a in layers]
+        + [PatchSpec(RowKey(NAME, "base", "tuned", "blocks", "all", "both", 0, float(n)), Transplant(n))]
+    )
 
 
 def contributions(tokens: pd.DataFrame) -> tuple[np.ndarray, list[int]]:
@@ -76,38 +78,75 @@ def summarize_token_map(tables: Tables) -> dict[str, dict[str, Any]]:
     cfg, tokens, n_layers = tables.cfg, tables.tokens, tables.n_layers
     rows = tokens[tokens.experiment == NAME] if tokens is not None and len(tokens) else pd.DataFrame()
     conditions, by_position, by_bin = [], [], []
-    for (hook, layer, width), group in (rows.groupby(["hook", "layer", "param"], sort=True, dropna=False)
-                                        if len(rows) else []):
+    for (hook, layer, width), group in (
+        rows.groupby(["hook", "layer", "param"], sort=True, dropna=False) if len(rows) else []
+    ):
         d, _ = contributions(group)
         where = {"hook": hook, "layer": int(layer), "width": None if math.isnan(width) else int(width)}
         total = d.sum(1)
         mean, lo, hi = stats.bootstrap_mean_ci(total, seed=cfg.seed, n_boot=cfg.n_boot)
-        conditions.append({**where, "label": _label(hook, int(layer), width, n_layers), "mean": mean, "ci_low": lo,
-                           "ci_high": hi, "n": int(len(total))})
+        conditions.append(
+            {
+                **where,
+                "label": _label(hook, int(layer), width, n_layers),
+                "mean": mean,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": int(len(total)),
+            }
+        )
         shown = d[:, :MAX_POSITION]
         boots = stats.bootstrap_means(shown, seed=cfg.seed, n_boot=cfg.n_boot)
         low, high = np.percentile(boots, (2.5, 97.5), axis=0)
-        present = (group.groupby("position").pair_id.nunique().reindex(range(shown.shape[1]), fill_value=0))
-        by_position += [{**where, "position": p, "mean": float(shown[:, p].mean()), "ci_low": float(low[p]),
-                         "ci_high": float(high[p]), "n": int(len(shown)), "n_with_position": int(present[p])}
-                        for p in range(shown.shape[1])]
+        present = group.groupby("position").pair_id.nunique().reindex(range(shown.shape[1]), fill_value=0)
+        by_position += [
+            {
+                **where,
+                "position": p,
+                "mean": float(shown[:, p].mean()),
+                "ci_low": float(low[p]),
+                "ci_high": float(high[p]),
+                "n": int(len(shown)),
+                "n_with_position": int(present[p]),
+            }
+            for p in range(shown.shape[1])
+        ]
         positions = group.position.to_numpy()
         n_tokens = len(positions)
         for first in (*BINS, "rest"):
-            part = d[:, BINS[-1]:].sum(1) if first == "rest" else d[:, :first].sum(1)
+            part = d[:, BINS[-1] :].sum(1) if first == "rest" else d[:, :first].sum(1)
             m, lo_, hi_ = stats.bootstrap_mean_ci(part, seed=cfg.seed, n_boot=cfg.n_boot)
             share, s_lo, s_hi = ratio_of_means(part, total, seed=cfg.seed, n_boot=cfg.n_boot)
             in_bin = (positions >= BINS[-1]) if first == "rest" else (positions < first)
-            by_bin.append({**where, "first": first, "mean": m, "ci_low": lo_, "ci_high": hi_, "share": share,
-                           "share_ci": [s_lo, s_hi], "n": int(len(part)),
-                           "token_share": float(in_bin.sum() / n_tokens) if n_tokens else math.nan})
-    return {NAME: {"max_position": MAX_POSITION, "conditions": conditions, "by_position": by_position,
-                   "by_bin": by_bin, "token_share_note": TOKEN_SHARE_NOTE}}
+            by_bin.append(
+                {
+                    **where,
+                    "first": first,
+                    "mean": m,
+                    "ci_low": lo_,
+                    "ci_high": hi_,
+                    "share": share,
+                    "share_ci": [s_lo, s_hi],
+                    "n": int(len(part)),
+                    "token_share": float(in_bin.sum() / n_tokens) if n_tokens else math.nan,
+                }
+            )
+    return {
+        NAME: {
+            "max_position": MAX_POSITION,
+            "conditions": conditions,
+            "by_position": by_position,
+            "by_bin": by_bin,
+            "token_share_note": TOKEN_SHARE_NOTE,
+        }
+    }
 
 
-TOKEN_SHARE_NOTE = ("by_bin's token_share: the share of all completion tokens (chosen and rejected, every pair) at "
-                    "those positions, i.e. the share of the effect the bin would carry if every token carried the "
-                    "same; a share of the effect is front-loaded only if it exceeds this")
+TOKEN_SHARE_NOTE = (
+    "by_bin's token_share: the share of all completion tokens (chosen and rejected, every pair) at "
+    "those positions, i.e. the share of the effect the bin would carry if every token carried the "
+    "same; a share of the effect is front-loaded only if it exceeds this"
+)
 
 
 def token_map_figure(summary: Mapping[str, Any]) -> Any:
@@ -121,8 +160,10 @@ def token_map_figure(summary: Mapping[str, Any]) -> Any:
         raise P.MissingExperimentError("token_map", [NAME])
     cells = entry["by_position"]
     conditions = entry["conditions"]
-    panels = [("activation patch, tuned → base", [c for c in conditions if c["hook"] != "blocks"]),
-              ("weight transplant, tuned block in base", [c for c in conditions if c["hook"] == "blocks"])]
+    panels = [
+        ("activation patch, tuned → base", [c for c in conditions if c["hook"] != "blocks"]),
+        ("weight transplant, tuned block in base", [c for c in conditions if c["hook"] == "blocks"]),
+    ]
     panels = [(t, cs) for t, cs in panels if cs]
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for t, _ in panels], horizontal_spacing=0.18)
     span = max((abs(c["mean"]) for c in cells), default=1.0) or 1.0
@@ -136,14 +177,32 @@ def token_map_figure(summary: Mapping[str, Any]) -> Any:
             row = [lookup.get((c["hook"], c["layer"], c["width"], p)) for p in positions]
             z.append([r["mean"] if r else None for r in row])
             text.append([f"{r['mean']:+.3g} [{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]" if r else "" for r in row])
-        fig.add_trace(go.Heatmap(z=z, x=positions, y=[f"{c['label']} · Σ {c['mean']:+.3g}" for c in conds], text=text,
-                                 zmid=0, zmin=-span, zmax=span, colorscale="RdBu_r", showscale=col == len(panels),
-                                 colorbar={"title": "nats"},
-                                 hovertemplate="%{y}<br>position %{x}: %{text}<extra></extra>"), row=1, col=col)
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=positions,
+                y=[f"{c['label']} · Σ {c['mean']:+.3g}" for c in conds],
+                text=text,
+                zmid=0,
+                zmin=-span,
+                zmax=span,
+                colorscale="RdBu_r",
+                showscale=col == len(panels),
+                colorbar={"title": "nats"},
+                hovertemplate="%{y}<br>position %{x}: %{text}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
         fig.update_xaxes(title_text="position in the completion (0 = first token)", row=1, col=col)
     height = max(P.HEIGHT, 80 + 24 * max(len(cs) for _, cs in panels))
-    return P.layout(fig, "Where in the completion: per-token contributions to the effect (E9)", height=height,
-                     x_title=None, y_title=None)
+    return P.layout(
+        fig,
+        "Where in the completion: per-token contributions to the effect (E9)",
+        height=height,
+        x_title=None,
+        y_title=None,
+    )
 
 
 EARLY = 8  # "the first few tokens": the claim's reading
@@ -162,7 +221,7 @@ def token_share(scores: Any, first: int) -> float:
 
 
 def verdict(summary: Mapping[str, Any], effects: Any = None, scores: Any = None) -> Any:
-    """"Tuning mostly changes the first few completion tokens" (URIAL; Qi et al. 2024), three ways: the share of the
+    """ "Tuning mostly changes the first few completion tokens" (URIAL; Qi et al. 2024), three ways: the share of the
     per-token gain (the transplant of every block) in the first ``EARLY`` tokens against the null share, those
     tokens' share of all tokens (:func:`token_share`; a ``token_share`` in the summary's cell wins). Agrees iff the
     share's CI low is above the null; differs iff its CI high is below it; inconclusive when the CI holds the null,
@@ -170,47 +229,97 @@ def verdict(summary: Mapping[str, Any], effects: Any = None, scores: Any = None)
 
     entry = P.experiment(summary, NAME)
     n_layers = P.n_layers(summary)
-    cell = next((b for b in (entry or {}).get("by_bin") or [] if b["hook"] == "blocks" and b["width"] == n_layers
-                 and b["first"] == EARLY), None)
+    cell = next(
+        (
+            b
+            for b in (entry or {}).get("by_bin") or []
+            if b["hook"] == "blocks" and b["width"] == n_layers and b["first"] == EARLY
+        ),
+        None,
+    )
     if cell is None:
         return None
-    total: Mapping[str, Any] = next((c for c in (entry or {}).get("conditions") or [] if c["hook"] == "blocks"
-                  and c["width"] == n_layers), {})
+    total: Mapping[str, Any] = next(
+        (c for c in (entry or {}).get("conditions") or [] if c["hook"] == "blocks" and c["width"] == n_layers), {}
+    )
     null = P.num(cell["token_share"]) if "token_share" in cell else token_share(scores, EARLY)
     share, (lo, hi) = P.num(cell["share"]), (P.num(cell["share_ci"][0]), P.num(cell["share_ci"][1]))
     side = interval_vs_value(lo, hi, null) if math.isfinite(share) and math.isfinite(null) else "holds"
     verdict = AGREES if side == "above" else DIFFERS if side == "below" else INCONCLUSIVE
-    share_text = fmt_ratio(share, lo, hi, percent=True,
-                           numerator=(cell["mean"], cell.get("ci_low"), cell.get("ci_high")),
-                           denominator=(total.get("mean"), total.get("ci_low"), total.get("ci_high")) if total else None)
-    ours = (f"the first {EARLY} completion tokens carry {share_text} of the gain "
-            f"({fmt_effect(cell['mean'], cell.get('ci_low'), cell.get('ci_high'))} of "
-            f"{fmt_effect(total.get('mean'), total.get('ci_low'), total.get('ci_high')) if total else '—'}); "
-            + (f"they are {null:.0%} of all completion tokens (the null share)" if math.isfinite(null)
-               else "the null share (their share of all tokens) is unknown: no token counts"))
-    numbers = {"first_k": EARLY, "share": share, "share_ci": [lo, hi], "defined": math.isfinite(share),
-               "null_share": null, "first_k_mean_nats": P.num(cell["mean"]),
-               "gain_mean_nats": P.num(total.get("mean")) if total else math.nan}
-    return Finding("token_map", "The gain sits in the first few completion tokens (E9)",
-                   "not in the paper; URIAL (arXiv 2312.01552) and Qi et al. (arXiv 2406.05946): the first few tokens",
-                   ours, verdict,
-                   f"agrees iff the share of the per-token gain in the first {EARLY} tokens has CI low above those "
-                   f"tokens' share of all tokens (the null); differs iff its CI high is below it; else inconclusive "
-                   f"(also when the share is undefined)", plain(numbers))
+    share_text = fmt_ratio(
+        share,
+        lo,
+        hi,
+        percent=True,
+        numerator=(cell["mean"], cell.get("ci_low"), cell.get("ci_high")),
+        denominator=(total.get("mean"), total.get("ci_low"), total.get("ci_high")) if total else None,
+    )
+    ours = (
+        f"the first {EARLY} completion tokens carry {share_text} of the gain "
+        f"({fmt_effect(cell['mean'], cell.get('ci_low'), cell.get('ci_high'))} of "
+        f"{fmt_effect(total.get('mean'), total.get('ci_low'), total.get('ci_high')) if total else '—'}); "
+        + (
+            f"they are {null:.0%} of all completion tokens (the null share)"
+            if math.isfinite(null)
+            else "the null share (their share of all tokens) is unknown: no token counts"
+        )
+    )
+    numbers = {
+        "first_k": EARLY,
+        "share": share,
+        "share_ci": [lo, hi],
+        "defined": math.isfinite(share),
+        "null_share": null,
+        "first_k_mean_nats": P.num(cell["mean"]),
+        "gain_mean_nats": P.num(total.get("mean")) if total else math.nan,
+    }
+    return Finding(
+        "token_map",
+        "The gain sits in the first few completion tokens (E9)",
+        "not in the paper; URIAL (arXiv 2312.01552) and Qi et al. (arXiv 2406.05946): the first few tokens",
+        ours,
+        verdict,
+        f"agrees iff the share of the per-token gain in the first {EARLY} tokens has CI low above those "
+        f"tokens' share of all tokens (the null); differs iff its CI high is below it; else inconclusive "
+        f"(also when the share is undefined)",
+        plain(numbers),
+    )
 
 
-register(Experiment(
-    key="token_map", method="E9", order=57, batch_order=50, default=False, per_token=True,
-    names=(Name(NAME, "per-token map", "#bcbd22",
+register(
+    Experiment(
+        key="token_map",
+        method="E9",
+        order=57,
+        batch_order=50,
+        default=False,
+        per_token=True,
+        names=(
+            Name(
+                NAME,
+                "per-token map",
+                "#bcbd22",
                 "Per completion token: the change of its log-prob under E1's patch and E8's one-block transplant at "
-                "every layer, and under the tuned model itself (the per-token gain).", per_layer=False),),
-    specs=token_map_specs, summarize=summarize_token_map,
-    figures=(Figure("token_map", "alignment_probe.experiments.token_map:token_map_figure",
-                    "Where in the completion: per-token maps (E9)",
-                    "E9. Each cell: the mean over pairs of a completion position's contribution to the effect on Δlogp "
-                    "(the chosen token's change of log-prob minus the rejected token's at the same position; 0 past a "
-                    "completion's end), so a row sums to the condition's mean effect (Σ). Left: E1's tuned → base patch "
-                    "at each layer; right: one tuned block transplanted into the base, and every block (the tuned model: "
-                    "the per-token gain). Hover for 95% bootstrap CIs.", needs=(NAME,), order=77),),
-    verdicts=("alignment_probe.experiments.token_map:verdict",),
-))
+                "every layer, and under the tuned model itself (the per-token gain).",
+                per_layer=False,
+            ),
+        ),
+        specs=token_map_specs,
+        summarize=summarize_token_map,
+        figures=(
+            Figure(
+                "token_map",
+                "alignment_probe.experiments.token_map:token_map_figure",
+                "Where in the completion: per-token maps (E9)",
+                "E9. Each cell: the mean over pairs of a completion position's contribution to the effect on Δlogp "
+                "(the chosen token's change of log-prob minus the rejected token's at the same position; 0 past a "
+                "completion's end), so a row sums to the condition's mean effect (Σ). Left: E1's tuned → base patch "
+                "at each layer; right: one tuned block transplanted into the base, and every block (the tuned model: "
+                "the per-token gain). Hover for 95% bootstrap CIs.",
+                needs=(NAME,),
+                order=77,
+            ),
+        ),
+        verdicts=("alignment_probe.experiments.token_map:verdict",),
+    )
+)

@@ -167,11 +167,15 @@ def _peak_set(entry: Mapping[str, Any], frame: pd.DataFrame) -> tuple[list[int],
 
 def finding_peak(summary: Mapping[str, Any]) -> Finding:
     claim = "Alignment is concentrated at a mid-stack peak layer"
-    paper = (f"Layer {PAPER_PEAK_LAYER} of {PAPER_N_LAYERS} (relative depth {PAPER_RELATIVE_DEPTH:.2f} "
-             f"= {PAPER_PEAK_LAYER}/{PAPER_N_LAYERS - 1}; 0.50 as {PAPER_PEAK_LAYER}/{PAPER_N_LAYERS})")
-    rule = (f"agrees iff the whole tuned → base peak set (layers not significantly below the maximum) is mid-depth "
-            f"(|layer / (n_layers − 1) − {PAPER_RELATIVE_DEPTH:.3f}| ≤ {DEPTH_TOLERANCE}); differs iff it is "
-            "disjoint from the mid-depth layers; else inconclusive")
+    paper = (
+        f"Layer {PAPER_PEAK_LAYER} of {PAPER_N_LAYERS} (relative depth {PAPER_RELATIVE_DEPTH:.2f} "
+        f"= {PAPER_PEAK_LAYER}/{PAPER_N_LAYERS - 1}; 0.50 as {PAPER_PEAK_LAYER}/{PAPER_N_LAYERS})"
+    )
+    rule = (
+        f"agrees iff the whole tuned → base peak set (layers not significantly below the maximum) is mid-depth "
+        f"(|layer / (n_layers − 1) − {PAPER_RELATIVE_DEPTH:.3f}| ≤ {DEPTH_TOLERANCE}); differs iff it is "
+        "disjoint from the mid-depth layers; else inconclusive"
+    )
     entry = F.experiment(summary, F.MAIN)
     if not entry or not entry.get("per_layer"):
         return Finding("peak", claim, paper, "patch_tuned_to_base not run", NOT_RUN, rule)
@@ -184,15 +188,25 @@ def finding_peak(summary: Mapping[str, Any]) -> Finding:
     if argmax is None and len(frame):
         argmax = int(frame.loc[frame["mean"].idxmax(), "layer"])
     verdict = set_vs_band(members, n)
-    parts = [f"peak set layers {fmt_layers(members)} ({len(members)} of {swept} layers swept"
-             + (f", of {n} in the model" if n and swept < n else "") + ")"
-             + ("" if source == "peak set" else f" [{source}: the summary has no peak set]")]
+    parts = [
+        f"peak set layers {fmt_layers(members)} ({len(members)} of {swept} layers swept"
+        + (f", of {n} in the model" if n and swept < n else "")
+        + ")"
+        + ("" if source == "peak set" else f" [{source}: the summary has no peak set]")
+    ]
     if members and n:
         depths = [relative_depth(v, n) for v in members]
-        parts.append(f"relative depth {fmt(min(depths), 2)}" + (f"–{fmt(max(depths), 2)}" if max(depths) > min(depths) else ""))
+        parts.append(
+            f"relative depth {fmt(min(depths), 2)}" + (f"–{fmt(max(depths), 2)}" if max(depths) > min(depths) else "")
+        )
     parts.append(f"mid-depth layers {fmt_layers(band)}")
-    numbers: dict[str, Any] = {"peak_set": members, "peak_set_source": source, "layers_swept": swept, "n_layers": n,
-                               "mid_depth_layers": band}
+    numbers: dict[str, Any] = {
+        "peak_set": members,
+        "peak_set_source": source,
+        "layers_swept": swept,
+        "n_layers": n,
+        "mid_depth_layers": band,
+    }
     if argmax is not None:
         row = frame[frame["layer"] == int(argmax)]
         text = f"argmax layer {int(argmax)}"
@@ -216,10 +230,12 @@ def finding_peak(summary: Mapping[str, Any]) -> Finding:
 def finding_lasso(summary: Mapping[str, Any]) -> Finding:
     claim = "Only one layer has a non-zero LASSO coefficient"
     paper = f"Only layer {PAPER_PEAK_LAYER} (coefficient −0.18; Table 1)"
-    rule = (f"agrees iff exactly one layer is non-zero, it is mid-depth, it is selected in ≥ {LASSO_STABLE:.0%} of "
-            f"bootstraps and every other layer in ≤ {LASSO_RARE:.0%}; differs iff a layer outside mid-depth is "
-            f"selected in ≥ {LASSO_STABLE:.0%}, or two or more layers are, or every layer is selected in "
-            f"≤ {LASSO_RARE:.0%} and none is non-zero; else inconclusive")
+    rule = (
+        f"agrees iff exactly one layer is non-zero, it is mid-depth, it is selected in ≥ {LASSO_STABLE:.0%} of "
+        f"bootstraps and every other layer in ≤ {LASSO_RARE:.0%}; differs iff a layer outside mid-depth is "
+        f"selected in ≥ {LASSO_STABLE:.0%}, or two or more layers are, or every layer is selected in "
+        f"≤ {LASSO_RARE:.0%} and none is non-zero; else inconclusive"
+    )
     entry = F.experiment(summary, "lasso")
     coefs = [_num(c) for c in (entry or {}).get("coefficients") or []]
     if not coefs:
@@ -247,16 +263,18 @@ def finding_lasso(summary: Mapping[str, Any]) -> Finding:
     stable = [i for i, f in enumerate(freq) if math.isfinite(f) and f >= LASSO_STABLE - _EPS]
     plausible = [i for i, f in enumerate(freq) if not (math.isfinite(f) and f <= LASSO_RARE + _EPS)]
     top = sorted(range(len(freq)), key=lambda i: -freq[i] if math.isfinite(freq[i]) else 0)[:3]
-    ours += ("; highest selection frequency: " + ", ".join(f"layer {i}: {fmt(freq[i], 2)}" for i in top)
-             + f"; selected in ≥ {LASSO_STABLE:.0%}: {fmt_layers(stable)}; in > {LASSO_RARE:.0%}: "
-             f"{fmt_layers(plausible)}")
+    ours += (
+        "; highest selection frequency: "
+        + ", ".join(f"layer {i}: {fmt(freq[i], 2)}" for i in top)
+        + f"; selected in ≥ {LASSO_STABLE:.0%}: {fmt_layers(stable)}; in > {LASSO_RARE:.0%}: "
+        f"{fmt_layers(plausible)}"
+    )
     alpha = _num(entry.get("alpha_"))
     if math.isfinite(alpha):
         ours += f"; α* = {fmt(alpha)}"
     numbers.update(selection_frequency=freq, stable_layers=stable, plausible_layers=plausible)
     outside = [i for i in stable if not _mid_depth(relative_depth(i, n))]
-    if (len(nonzero) == 1 and stable == nonzero and plausible == nonzero
-            and _mid_depth(relative_depth(nonzero[0], n))):
+    if len(nonzero) == 1 and stable == nonzero and plausible == nonzero and _mid_depth(relative_depth(nonzero[0], n)):
         verdict = AGREES
     elif outside or len(stable) >= 2 or (not plausible and not nonzero):
         verdict = DIFFERS
@@ -289,11 +307,15 @@ def _part(row: Mapping[str, Any], key: str, mean_key: str) -> Any:
 def finding_lowrank(summary: Mapping[str, Any], mode: str = "lowrank_reconstruct") -> Finding:
     label = LOWRANK_MODES.get(mode, mode)
     claim = f"k = {LOWRANK_K} directions give ≈ 99% of the effect ({label})"
-    paper = (f"k = {LOWRANK_K} (≈ 15% of variance) gives ratio 0.986 at layer 9 (Table 2; reading: "
-             f"{'literal, reconstruct the tuned activations' if label == 'reconstruct' else 'the paper uses reconstruct; this is the difference-subspace reading'})")
-    rule = (f"the held-out effect ratio at k = {LOWRANK_K} (subspace fitted on the other half) when its CI is "
-            f"reported, else the in-sample one: undefined (denominator CI spans 0) → inconclusive; CI inside "
-            f"[{RATIO_BAND[0]:.2f}, {RATIO_BAND[1]:.2f}] → agrees; CI disjoint from it → differs; else inconclusive")
+    paper = (
+        f"k = {LOWRANK_K} (≈ 15% of variance) gives ratio 0.986 at layer 9 (Table 2; reading: "
+        f"{'literal, reconstruct the tuned activations' if label == 'reconstruct' else 'the paper uses reconstruct; this is the difference-subspace reading'})"
+    )
+    rule = (
+        f"the held-out effect ratio at k = {LOWRANK_K} (subspace fitted on the other half) when its CI is "
+        f"reported, else the in-sample one: undefined (denominator CI spans 0) → inconclusive; CI inside "
+        f"[{RATIO_BAND[0]:.2f}, {RATIO_BAND[1]:.2f}] → agrees; CI disjoint from it → differs; else inconclusive"
+    )
     entry = F.experiment(summary, mode)
     frame = F.lowrank_frame(entry) if entry else pd.DataFrame()
     if frame.empty:
@@ -302,9 +324,14 @@ def finding_lowrank(summary: Mapping[str, Any], mode: str = "lowrank_reconstruct
     rows = [r for r in entry.get("by_k") or [] if int(r["layer"]) == layer and int(r["k"]) == LOWRANK_K]
     if not rows:
         ks = sorted(frame["k"].unique().tolist())
-        return Finding(f"lowrank:{label}", claim, paper,
-                       f"k = {LOWRANK_K} not in the evaluated grid (k = {', '.join(map(str, ks))}) at layer {layer}",
-                       NOT_RUN, rule)
+        return Finding(
+            f"lowrank:{label}",
+            claim,
+            paper,
+            f"k = {LOWRANK_K} not in the evaluated grid (k = {', '.join(map(str, ks))}) at layer {layer}",
+            NOT_RUN,
+            rule,
+        )
     r = rows[0]
     lo, hi = F.ci_pair(r.get("effect_ratio_ci"))
     ratio = _num(r.get("effect_ratio"))
@@ -314,31 +341,54 @@ def finding_lowrank(summary: Mapping[str, Any], mode: str = "lowrank_reconstruct
     num, den = _part(r, "numerator", "effect_mean"), _part(r, "denominator", "full_effect_mean")
     n = F.n_layers(summary)
     in_sample = fmt_ratio(ratio, lo, hi, numerator=num, denominator=den)
-    held_text = (fmt_ratio(held, hlo, hhi, numerator=_part(r, "heldout_numerator", "heldout_effect_mean"),
-                           denominator=_part(r, "heldout_denominator", "heldout_full_effect_mean"))
-                 if use_held else fmt(held))
+    held_text = (
+        fmt_ratio(
+            held,
+            hlo,
+            hhi,
+            numerator=_part(r, "heldout_numerator", "heldout_effect_mean"),
+            denominator=_part(r, "heldout_denominator", "heldout_full_effect_mean"),
+        )
+        if use_held
+        else fmt(held)
+    )
     used = "held-out" if use_held else "in-sample"
-    ours = (f"layer {layer} (relative depth {fmt(relative_depth(layer, n), 2)}), k = {LOWRANK_K}: "
-            f"held-out ratio {held_text}; in-sample ratio {in_sample}; "
-            f"variance explained {fmt(_num(r.get('variance_explained')) * 100, 3)}%; the verdict uses the {used} one")
+    ours = (
+        f"layer {layer} (relative depth {fmt(relative_depth(layer, n), 2)}), k = {LOWRANK_K}: "
+        f"held-out ratio {held_text}; in-sample ratio {in_sample}; "
+        f"variance explained {fmt(_num(r.get('variance_explained')) * 100, 3)}%; the verdict uses the {used} one"
+    )
     others = sorted(set(frame["layer"].tolist()) - {layer})
     if others:
         ours += f"; other layers run: {', '.join(map(str, others))} (see figure)"
     v, vlo, vhi = (held, hlo, hhi) if use_held else (ratio, lo, hi)
     verdict = interval_vs_band(vlo, vhi, RATIO_BAND) if math.isfinite(v) else INCONCLUSIVE
-    numbers = {"layer": layer, "k": LOWRANK_K, "ratio_used": used, "ratio": v, "ratio_ci": [vlo, vhi],
-               "defined": math.isfinite(v), "band": list(RATIO_BAND), "in_sample_ratio": ratio,
-               "in_sample_ratio_ci": [lo, hi], "heldout_ratio": held, "heldout_ratio_ci": [hlo, hhi],
-               "numerator_mean_nats": _num(r.get("effect_mean")), "denominator_mean_nats": _num(r.get("full_effect_mean")),
-               "variance_explained": _num(r.get("variance_explained"))}
+    numbers = {
+        "layer": layer,
+        "k": LOWRANK_K,
+        "ratio_used": used,
+        "ratio": v,
+        "ratio_ci": [vlo, vhi],
+        "defined": math.isfinite(v),
+        "band": list(RATIO_BAND),
+        "in_sample_ratio": ratio,
+        "in_sample_ratio_ci": [lo, hi],
+        "heldout_ratio": held,
+        "heldout_ratio_ci": [hlo, hhi],
+        "numerator_mean_nats": _num(r.get("effect_mean")),
+        "denominator_mean_nats": _num(r.get("full_effect_mean")),
+        "variance_explained": _num(r.get("variance_explained")),
+    }
     return Finding(f"lowrank:{label}", claim, paper, ours, verdict, rule, plain(numbers))
 
 
 def finding_identity(summary: Mapping[str, Any], effects: pd.DataFrame | None = None) -> Finding:
     claim = "Identity (base → base) patching has exactly zero effect"
     paper = "Self-patching produces near-zero Δlogp (A2); by construction it must be exactly 0"
-    rule = (f"exact: agrees iff max |effect| ≤ {IDENTITY_TOLERANCE:g} nats over every per-pair row (else over the "
-            "per-layer means and CI ends); else differs")
+    rule = (
+        f"exact: agrees iff max |effect| ≤ {IDENTITY_TOLERANCE:g} nats over every per-pair row (else over the "
+        "per-layer means and CI ends); else differs"
+    )
     values: list[float] = []
     source = ""
     if effects is not None and len(effects) and "experiment" in effects:
@@ -354,31 +404,52 @@ def finding_identity(summary: Mapping[str, Any], effects: pd.DataFrame | None = 
         values = frame[["mean", "ci_low", "ci_high"]].abs().to_numpy().ravel().tolist()
         source = f"over the per-layer means and CI ends of {len(frame)} layers"
     finite = [v for v in values if math.isfinite(v)]
-    numbers = {"tolerance_nats": IDENTITY_TOLERANCE, "source": source, "n_values": len(values),
-               "n_non_finite": len(values) - len(finite)}
+    numbers = {
+        "tolerance_nats": IDENTITY_TOLERANCE,
+        "source": source,
+        "n_values": len(values),
+        "n_non_finite": len(values) - len(finite),
+    }
     if len(finite) < len(values):
-        return Finding("identity", claim, paper, f"non-finite identity effects ({source})", DIFFERS, rule,
-                       plain(numbers | {"max_abs_effect_nats": math.nan}))
+        return Finding(
+            "identity",
+            claim,
+            paper,
+            f"non-finite identity effects ({source})",
+            DIFFERS,
+            rule,
+            plain(numbers | {"max_abs_effect_nats": math.nan}),
+        )
     biggest = max(finite) if finite else math.nan
     ours = f"max |effect| = {biggest:.3g} nats ({source})"
-    return Finding("identity", claim, paper, ours, AGREES if biggest <= IDENTITY_TOLERANCE else DIFFERS, rule,
-                   plain(numbers | {"max_abs_effect_nats": biggest}))
+    return Finding(
+        "identity",
+        claim,
+        paper,
+        ours,
+        AGREES if biggest <= IDENTITY_TOLERANCE else DIFFERS,
+        rule,
+        plain(numbers | {"max_abs_effect_nats": biggest}),
+    )
 
 
 def finding_reverse(summary: Mapping[str, Any]) -> Finding:
     claim = "Reverse direction (base → tuned) yields minimal change"
-    paper = ("§3 (A1) reverses the patch “to see if it has any effect”; appendix A1: the reverse "
-             "direction “yields minimal change” (one-way flow)")
-    rule = (f"margin M = {REVERSE_MAX_RATIO} × max|tuned → base mean| (× |mean gain| if tuned → base not run): "
-            "agrees iff every layer's base → tuned CI lies inside [−M, M]; differs iff some layer's CI lies wholly "
-            "outside it; else inconclusive")
+    paper = (
+        "§3 (A1) reverses the patch “to see if it has any effect”; appendix A1: the reverse "
+        "direction “yields minimal change” (one-way flow)"
+    )
+    rule = (
+        f"margin M = {REVERSE_MAX_RATIO} × max|tuned → base mean| (× |mean gain| if tuned → base not run): "
+        "agrees iff every layer's base → tuned CI lies inside [−M, M]; differs iff some layer's CI lies wholly "
+        "outside it; else inconclusive"
+    )
     rev = F.experiment(summary, F.REVERSE)
     if not rev or not rev.get("per_layer"):
         return Finding("reverse", claim, paper, "patch_base_to_tuned not run", NOT_RUN, rule)
     frame = F.per_layer_frame(rev["per_layer"])
     big = frame.loc[frame["mean"].abs().idxmax()]
-    ours = (f"largest |effect| at layer {int(big['layer'])}: "
-            f"{fmt_effect(big['mean'], big['ci_low'], big['ci_high'])}")
+    ours = f"largest |effect| at layer {int(big['layer'])}: {fmt_effect(big['mean'], big['ci_low'], big['ci_high'])}"
     main = F.experiment(summary, F.MAIN)
     if main and main.get("per_layer"):
         scale = float(F.per_layer_frame(main["per_layer"])["mean"].abs().max())
@@ -387,8 +458,9 @@ def finding_reverse(summary: Mapping[str, Any]) -> Finding:
         scale = abs(_num(summary.get("gain_mean")))
         against = "|mean gain|"
     if not (math.isfinite(scale) and scale > 0):
-        return Finding("reverse", claim, paper, ours + "; nothing to compare it with (no tuned → base, no gain)",
-                       NOT_RUN, rule)
+        return Finding(
+            "reverse", claim, paper, ours + "; nothing to compare it with (no tuned → base, no gain)", NOT_RUN, rule
+        )
     margin = REVERSE_MAX_RATIO * scale
     lows, highs = frame["ci_low"].to_numpy(), frame["ci_high"].to_numpy()
     ok = np.isfinite(lows) & np.isfinite(highs)
@@ -396,14 +468,24 @@ def finding_reverse(summary: Mapping[str, Any]) -> Finding:
     outside = ok & ((lows > margin + _EPS) | (highs < -margin - _EPS))
     out_layers = [int(v) for v in frame["layer"][outside]]
     verdict = AGREES if inside.all() else DIFFERS if outside.any() else INCONCLUSIVE
-    ours += (f"; {against} = {scale:.3g} nats, margin M = {margin:.3g} nats; largest |reverse| / {against} = "
-             f"{abs(float(big['mean'])) / scale:.2f}; layers whose CI lies inside ±M: {int(inside.sum())} of "
-             f"{len(frame)}; wholly outside: {fmt_layers(out_layers)}")
-    numbers = {"scale_nats": scale, "scale_source": against, "margin_fraction": REVERSE_MAX_RATIO,
-               "margin_nats": margin, "largest_layer": int(big["layer"]), "largest_mean": float(big["mean"]),
-               "largest_ci": [float(big["ci_low"]), float(big["ci_high"])],
-               "ratio_to_scale": abs(float(big["mean"])) / scale, "layers": len(frame),
-               "layers_inside": int(inside.sum()), "layers_outside": out_layers}
+    ours += (
+        f"; {against} = {scale:.3g} nats, margin M = {margin:.3g} nats; largest |reverse| / {against} = "
+        f"{abs(float(big['mean'])) / scale:.2f}; layers whose CI lies inside ±M: {int(inside.sum())} of "
+        f"{len(frame)}; wholly outside: {fmt_layers(out_layers)}"
+    )
+    numbers = {
+        "scale_nats": scale,
+        "scale_source": against,
+        "margin_fraction": REVERSE_MAX_RATIO,
+        "margin_nats": margin,
+        "largest_layer": int(big["layer"]),
+        "largest_mean": float(big["mean"]),
+        "largest_ci": [float(big["ci_low"]), float(big["ci_high"])],
+        "ratio_to_scale": abs(float(big["mean"])) / scale,
+        "layers": len(frame),
+        "layers_inside": int(inside.sum()),
+        "layers_outside": out_layers,
+    }
     return Finding("reverse", claim, paper, ours, verdict, rule, plain(numbers))
 
 
@@ -416,8 +498,9 @@ def _call(function: Any, summary: Mapping[str, Any], effects: Any, scores: Any) 
     return function(summary, effects, scores=scores) if takes_scores else function(summary, effects)
 
 
-def findings(summary: Mapping[str, Any], effects: pd.DataFrame | None = None,
-             scores: pd.DataFrame | None = None) -> list[Finding]:
+def findings(
+    summary: Mapping[str, Any], effects: pd.DataFrame | None = None, scores: pd.DataFrame | None = None
+) -> list[Finding]:
     """The rows of "Findings vs the paper's claims", in order (see the module docstring for the rules). ``scores``
     (the per-pair scores table) goes to the experiments' verdict functions that take it."""
     out = [finding_peak(summary), finding_lasso(summary)]
@@ -440,16 +523,28 @@ def verdict_records(found: Sequence[Finding]) -> tuple[list[dict[str, Any]], lis
     judged, not_run = [], []
     for f in found:
         if f.verdict in VERDICTS:
-            judged.append(plain({"claim": f.claim, "verdict": f.verdict, "rule": f.rule, "numbers": dict(f.numbers),
-                                 "key": f.key, "by_construction": bool(f.by_construction), "paper": f.paper,
-                                 "ours": f.ours}))
+            judged.append(
+                plain(
+                    {
+                        "claim": f.claim,
+                        "verdict": f.verdict,
+                        "rule": f.rule,
+                        "numbers": dict(f.numbers),
+                        "key": f.key,
+                        "by_construction": bool(f.by_construction),
+                        "paper": f.paper,
+                        "ours": f.ours,
+                    }
+                )
+            )
         else:
             not_run.append({"key": f.key, "claim": f.claim, "why": f.ours})
     return judged, not_run
 
 
-def summary_verdicts(summary: Mapping[str, Any], effects: pd.DataFrame | None = None,
-                     scores: pd.DataFrame | None = None) -> dict[str, list[dict[str, Any]]]:
+def summary_verdicts(
+    summary: Mapping[str, Any], effects: pd.DataFrame | None = None, scores: pd.DataFrame | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """The summary's ``verdicts`` and ``verdicts_not_run`` entries, from the rest of the summary and the tables."""
     judged, not_run = verdict_records(findings(summary, effects, scores))
     return {"verdicts": judged, "verdicts_not_run": not_run}

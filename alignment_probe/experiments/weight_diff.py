@@ -43,23 +43,62 @@ EXACT_SVD_MAX = 2**22  # elements; larger matrices (a 1B model's MLP, any embedd
 
 # TransformerLens parameter name (after "blocks.{l}.") → (module, is the module's main weight matrix)
 _BLOCK_PARAMS = {
-    "attn.W_Q": ("q", True), "attn.b_Q": ("q", False),
-    "attn.W_K": ("k", True), "attn._W_K": ("k", True), "attn.b_K": ("k", False), "attn._b_K": ("k", False),
-    "attn.W_V": ("v", True), "attn._W_V": ("v", True), "attn.b_V": ("v", False), "attn._b_V": ("v", False),
-    "attn.W_O": ("o", True), "attn.b_O": ("o", False),
-    "mlp.W_in": ("mlp_in", True), "mlp.b_in": ("mlp_in", False),
+    "attn.W_Q": ("q", True),
+    "attn.b_Q": ("q", False),
+    "attn.W_K": ("k", True),
+    "attn._W_K": ("k", True),
+    "attn.b_K": ("k", False),
+    "attn._b_K": ("k", False),
+    "attn.W_V": ("v", True),
+    "attn._W_V": ("v", True),
+    "attn.b_V": ("v", False),
+    "attn._b_V": ("v", False),
+    "attn.W_O": ("o", True),
+    "attn.b_O": ("o", False),
+    "mlp.W_in": ("mlp_in", True),
+    "mlp.b_in": ("mlp_in", False),
     "mlp.W_gate": ("mlp_gate", True),
-    "mlp.W_out": ("mlp_out", True), "mlp.b_out": ("mlp_out", False),
+    "mlp.W_out": ("mlp_out", True),
+    "mlp.b_out": ("mlp_out", False),
 }
-_TOP_PARAMS = {"embed.W_E": ("embed", True), "pos_embed.W_pos": ("pos_embed", True),
-               "unembed.W_U": ("unembed", True), "unembed.b_U": ("unembed", False)}
-MODULE_ORDER = ("embed", "pos_embed", "ln1", "q", "k", "v", "o", "ln2", "mlp_in", "mlp_gate", "mlp_out",
-                "ln_final", "unembed")
+_TOP_PARAMS = {
+    "embed.W_E": ("embed", True),
+    "pos_embed.W_pos": ("pos_embed", True),
+    "unembed.W_U": ("unembed", True),
+    "unembed.b_U": ("unembed", False),
+}
+MODULE_ORDER = (
+    "embed",
+    "pos_embed",
+    "ln1",
+    "q",
+    "k",
+    "v",
+    "o",
+    "ln2",
+    "mlp_in",
+    "mlp_gate",
+    "mlp_out",
+    "ln_final",
+    "unembed",
+)
 
 # peft target module (last name component) → our module; fused ones split their output rows
-_LORA_MODULES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "mlp_gate",
-                 "up_proj": "mlp_in", "down_proj": "mlp_out", "fc1": "mlp_in", "fc2": "mlp_out",
-                 "dense_h_to_4h": "mlp_in", "dense_4h_to_h": "mlp_out", "c_fc": "mlp_in", "out_proj": "o"}
+_LORA_MODULES = {
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "o",
+    "gate_proj": "mlp_gate",
+    "up_proj": "mlp_in",
+    "down_proj": "mlp_out",
+    "fc1": "mlp_in",
+    "fc2": "mlp_out",
+    "dense_h_to_4h": "mlp_in",
+    "dense_4h_to_h": "mlp_out",
+    "c_fc": "mlp_in",
+    "out_proj": "o",
+}
 _LORA_KEY = re.compile(r"layers?\.(\d+)\..*?([A-Za-z0-9_]+)\.lora_([AB])(?:\.default)?\.weight$")
 
 
@@ -103,14 +142,20 @@ def _top_singular_values(matrix: torch.Tensor, k: int = TOP_K) -> list[float]:
     return s[:k].tolist()
 
 
-def _row(layer: int | None, module: str, sq_diff: float, sq_base: float, singular: list[float],
-         n_params: int) -> dict[str, Any]:
+def _row(
+    layer: int | None, module: str, sq_diff: float, sq_base: float, singular: list[float], n_params: int
+) -> dict[str, Any]:
     frob = math.sqrt(sq_diff)
-    return {"layer": layer, "module": module, "frob": frob,
-            "rel": frob / math.sqrt(sq_base) if sq_base > 0 else (0.0 if frob == 0 else math.inf),
-            "share": 0.0, "top_singular_values": [float(s) for s in singular if s > 0],
-            "stable_rank": (sq_diff / singular[0] ** 2) if singular and singular[0] > 0 else None,
-            "n_params": int(n_params)}
+    return {
+        "layer": layer,
+        "module": module,
+        "frob": frob,
+        "rel": frob / math.sqrt(sq_base) if sq_base > 0 else (0.0 if frob == 0 else math.inf),
+        "share": 0.0,
+        "top_singular_values": [float(s) for s in singular if s > 0],
+        "stable_rank": (sq_diff / singular[0] ** 2) if singular and singular[0] > 0 else None,
+        "n_params": int(n_params),
+    }
 
 
 def _order(row: Mapping[str, Any]) -> tuple[int, int, str]:
@@ -229,8 +274,11 @@ def weight_diff(twins: Twins, *, use_adapter: bool = True) -> dict[str, Any]:
     rows = weight_diff_from_adapter(twins.base, adapter) if (adapter and use_adapter) else None
     if rows is not None:
         return {"source": "adapter", "adapter": str(adapter), "by_module": rows}
-    return {"source": "weights", "adapter": str(adapter) if adapter else None,
-            "by_module": weight_diff_from_models(twins.base, twins.tuned)}
+    return {
+        "source": "weights",
+        "adapter": str(adapter) if adapter else None,
+        "by_module": weight_diff_from_models(twins.base, twins.tuned),
+    }
 
 
 def _compute(plan: Plan) -> dict[str, Any]:
@@ -241,8 +289,13 @@ def _blocks(rows: list[Mapping[str, Any]], n_layers: int) -> list[dict[str, Any]
     out = []
     for layer in range(n_layers):
         mine = [r for r in rows if r["layer"] == layer]
-        out.append({"layer": layer, "frob": math.sqrt(sum(r["frob"] ** 2 for r in mine)),
-                    "share": float(sum(r["share"] for r in mine))})
+        out.append(
+            {
+                "layer": layer,
+                "frob": math.sqrt(sum(r["frob"] ** 2 for r in mine)),
+                "share": float(sum(r["share"] for r in mine)),
+            }
+        )
     return out
 
 
@@ -253,11 +306,18 @@ def summarize_weight_diff(tables: Tables) -> dict[str, dict[str, Any]]:
     total = math.sqrt(sum(r["frob"] ** 2 for r in rows))
     top = sorted((r for r in rows if r["share"] > 0), key=lambda r: -r["share"])[:5]
     outside = [r for r in rows if r["layer"] is None]
-    return {NAME: {"source": record["source"], "adapter": record.get("adapter"), "by_module": rows,
-                   "by_block": _blocks(rows, tables.n_layers), "total_frob": total,
-                   "outside_blocks_share": float(sum(r["share"] for r in outside)),
-                   "n_changed_modules": sum(1 for r in rows if r["frob"] > 0),
-                   "top_modules": [{k: r[k] for k in ("layer", "module", "share", "stable_rank")} for r in top]}}
+    return {
+        NAME: {
+            "source": record["source"],
+            "adapter": record.get("adapter"),
+            "by_module": rows,
+            "by_block": _blocks(rows, tables.n_layers),
+            "total_frob": total,
+            "outside_blocks_share": float(sum(r["share"] for r in outside)),
+            "n_changed_modules": sum(1 for r in rows if r["frob"] > 0),
+            "top_modules": [{k: r[k] for k in ("layer", "module", "share", "stable_rank")} for r in top],
+        }
+    }
 
 
 def _stacked_modules(entry: Mapping[str, Any]) -> Iterator[tuple[str, list[int], list[float]]]:
@@ -269,8 +329,17 @@ def _stacked_modules(entry: Mapping[str, Any]) -> Iterator[tuple[str, list[int],
         yield module, layers, [mine[layer] for layer in layers]
 
 
-_MODULE_COLORS = {"q": "#1f77b4", "k": "#aec7e8", "v": "#17becf", "o": "#9edae5", "mlp_in": "#d62728",
-                  "mlp_gate": "#ff9896", "mlp_out": "#e377c2", "ln1": "#7f7f7f", "ln2": "#c7c7c7"}
+_MODULE_COLORS = {
+    "q": "#1f77b4",
+    "k": "#aec7e8",
+    "v": "#17becf",
+    "o": "#9edae5",
+    "mlp_in": "#d62728",
+    "mlp_gate": "#ff9896",
+    "mlp_out": "#e377c2",
+    "ln1": "#7f7f7f",
+    "ln2": "#c7c7c7",
+}
 
 
 def weight_diff_figure(summary: Mapping[str, Any]) -> Any:
@@ -283,16 +352,31 @@ def weight_diff_figure(summary: Mapping[str, Any]) -> Any:
         raise P.MissingExperimentError("weight_diff", [NAME])
     windows = P.experiment(summary, "window_transplant")
     has_windows = bool(windows and windows.get("per_layer"))
-    fig = make_subplots(rows=2 if has_windows else 1, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=["where the weights changed: share of Σ‖ΔW‖²_F per block (E0)"]
-                        + (["where the changed weights act: one-block transplant of the tuned block (E8), nats"]
-                           if has_windows else []))
+    fig = make_subplots(
+        rows=2 if has_windows else 1,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=["where the weights changed: share of Σ‖ΔW‖²_F per block (E0)"]
+        + (
+            ["where the changed weights act: one-block transplant of the tuned block (E8), nats"] if has_windows else []
+        ),
+    )
     import plotly.graph_objects as go
 
     for module, layers, shares in _stacked_modules(entry):
-        fig.add_trace(go.Bar(x=layers, y=shares, name=module, marker_color=_MODULE_COLORS.get(module, "#bcbd22"),
-                             legendgroup="modules", hovertemplate=f"block %{{x}} {module}: %{{y:.3f}}<extra></extra>"),
-                      row=1, col=1)
+        fig.add_trace(
+            go.Bar(
+                x=layers,
+                y=shares,
+                name=module,
+                marker_color=_MODULE_COLORS.get(module, "#bcbd22"),
+                legendgroup="modules",
+                hovertemplate=f"block %{{x}} {module}: %{{y:.3f}}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
     fig.update_layout(barmode="stack")
     fig.update_yaxes(title_text="share of ‖ΔW‖²", row=1, col=1)
     if has_windows:
@@ -301,22 +385,43 @@ def weight_diff_figure(summary: Mapping[str, Any]) -> Any:
         P.zero_line(fig, row=2, col=1)
         fig.update_yaxes(title_text="effect (nats)", row=2, col=1)
     outside = entry.get("outside_blocks_share", 0.0)
-    title = (f"Where the weights changed (E0): {entry['n_changed_modules']} modules changed; "
-             f"embedding, final norm and unembedding hold {outside:.1%} of ‖ΔW‖² (read from the "
-             f"{'adapter' if entry.get('source') == 'adapter' else 'weights'})")
+    title = (
+        f"Where the weights changed (E0): {entry['n_changed_modules']} modules changed; "
+        f"embedding, final norm and unembedding hold {outside:.1%} of ‖ΔW‖² (read from the "
+        f"{'adapter' if entry.get('source') == 'adapter' else 'weights'})"
+    )
     return P.layout(fig, title, height=520 if has_windows else 380)
 
 
-register(Experiment(
-    key=NAME, method="E0", order=5,
-    names=(Name(NAME, "weight diff", "#8c564b",
+register(
+    Experiment(
+        key=NAME,
+        method="E0",
+        order=5,
+        names=(
+            Name(
+                NAME,
+                "weight diff",
+                "#8c564b",
                 "Per block and module, ‖ΔW‖_F, ‖ΔW‖/‖W‖, its share of Σ‖ΔW‖² and ΔW's top singular values and "
-                "stable rank (no pairs, no forwards; a LoRA twin is read from its adapter).", per_layer=False),),
-    compute=_compute, summarize=summarize_weight_diff,
-    figures=(Figure("weight_diff", "alignment_probe.experiments.weight_diff:weight_diff_figure",
-                    "Where the weights changed (E0), beside where they act (E8)",
-                    "E0. Each block's share of the total squared change of the weights, ‖ΔW‖²_F, stacked by "
-                    "module (the embedding and unembedding are counted apart, in the title). Below, when the run "
-                    "has them, the one-block window transplants (E8): a block can change without acting, and act "
-                    "through what it reads.", needs=(NAME,), order=8),),
-))
+                "stable rank (no pairs, no forwards; a LoRA twin is read from its adapter).",
+                per_layer=False,
+            ),
+        ),
+        compute=_compute,
+        summarize=summarize_weight_diff,
+        figures=(
+            Figure(
+                "weight_diff",
+                "alignment_probe.experiments.weight_diff:weight_diff_figure",
+                "Where the weights changed (E0), beside where they act (E8)",
+                "E0. Each block's share of the total squared change of the weights, ‖ΔW‖²_F, stacked by "
+                "module (the embedding and unembedding are counted apart, in the title). Below, when the run "
+                "has them, the one-block window transplants (E8): a block can change without acting, and act "
+                "through what it reads.",
+                needs=(NAME,),
+                order=8,
+            ),
+        ),
+    )
+)

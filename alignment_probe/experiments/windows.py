@@ -73,8 +73,11 @@ def window_specs(plan: Plan) -> list[PatchSpec]:
             continue
         target, source = DIRECTIONS[name]
         for w in window_widths(plan.cfg):
-            specs += [PatchSpec(RowKey(name, target, source, "blocks", "all", "both", a, float(w)), Transplant(w))
-                      for a in plan.cfg.layers_for(name, n) if a + w <= n and w < n]
+            specs += [
+                PatchSpec(RowKey(name, target, source, "blocks", "all", "both", a, float(w)), Transplant(w))
+                for a in plan.cfg.layers_for(name, n)
+                if a + w <= n and w < n
+            ]
         if name == TRANSPLANT:
             specs.append(PatchSpec(RowKey(name, target, source, "blocks", "all", "both", 0, float(n)), Transplant(n)))
     return specs
@@ -99,8 +102,11 @@ def summarize_windows(tables: Tables) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name in tables.selected:
         rows = carried(effects[(effects.experiment == name) & (effects.hook == "blocks")], name)
-        entry: dict[str, Any] = {"sign": "Δ(hybrid) − Δ(B)" if name == TRANSPLANT else "Δ(T) − Δ(hybrid)",
-                                 "by_window": [], "by_width": {}}
+        entry: dict[str, Any] = {
+            "sign": "Δ(hybrid) − Δ(B)" if name == TRANSPLANT else "Δ(T) − Δ(hybrid)",
+            "by_window": [],
+            "by_width": {},
+        }
         ids = heldout.run_pair_ids(tables, rows)
         explore, confirm = heldout.split(cfg, ids)
         for w in sorted(int(v) for v in set(rows.param) if int(v) < n):
@@ -112,8 +118,17 @@ def summarize_windows(tables: Tables) -> dict[str, dict[str, Any]]:
             if pick is not None:
                 summary["selection"] = pick
             entry["by_width"][str(w)] = summary
-            entry["by_window"] += [{"start": r["layer"], "width": w, "mean": r["mean"], "ci_low": r["ci_low"],
-                                    "ci_high": r["ci_high"], "n": r["n"]} for r in summary["per_layer"]]
+            entry["by_window"] += [
+                {
+                    "start": r["layer"],
+                    "width": w,
+                    "mean": r["mean"],
+                    "ci_low": r["ci_low"],
+                    "ci_high": r["ci_high"],
+                    "n": r["n"],
+                }
+                for r in summary["per_layer"]
+            ]
         if "1" in entry["by_width"]:
             entry.update({k: v for k, v in entry["by_width"]["1"].items()})
         windows = rows[rows.param < n]
@@ -122,8 +137,15 @@ def summarize_windows(tables: Tables) -> dict[str, dict[str, Any]]:
             # the explore pairs and reported on the confirm pairs
             entry["map"] = heldout.banded(windows, ("layer", "param"), entry["by_window"], ("start", "width"), cfg)
             matrix, pair_ids, cells = heldout.cell_matrix(windows, ("layer", "param"))
-            pick = heldout.choose(matrix, pair_ids, [{"start": a, "width": w} for a, w in cells], cfg,
-                                  explore=explore, confirm=confirm, what="window")
+            pick = heldout.choose(
+                matrix,
+                pair_ids,
+                [{"start": a, "width": w} for a, w in cells],
+                cfg,
+                explore=explore,
+                confirm=confirm,
+                what="window",
+            )
             entry["selection"] = pick
         ids = sorted(set(rows.pair_id))
         gain = tables.scores.set_index("pair_id").loc[ids, "gain"].to_numpy() if len(ids) else np.zeros(0)
@@ -133,8 +155,11 @@ def summarize_windows(tables: Tables) -> dict[str, dict[str, Any]]:
         every = rows[rows.param == n]
         if len(every):
             g = tables.scores.set_index("pair_id").loc[every.pair_id, "gain"].to_numpy()
-            entry["every_block"] = {"mean": float(every.effect.mean()), "gain_mean": float(g.mean()),
-                                    "max_abs_error": float(np.max(np.abs(every.effect.to_numpy() - g)))}
+            entry["every_block"] = {
+                "mean": float(every.effect.mean()),
+                "gain_mean": float(g.mean()),
+                "max_abs_error": float(np.max(np.abs(every.effect.to_numpy() - g))),
+            }
         out[name] = entry
     return out
 
@@ -156,24 +181,37 @@ def windows_figure(summary: Mapping[str, Any]) -> Any:
         for i, w in enumerate(widths):
             frame = pd.DataFrame([r for r in entry["by_window"] if r["width"] == w]).rename(columns={"start": "layer"})
             what = "transplant tuned → base" if name == TRANSPLANT else "revert base → tuned"
-            P.add_curve(fig, frame, name=f"{what}, {w} block{'s' if w > 1 else ''}", color=COLORS[name],
-                         group=f"{name}-{w}", dash=(None, "dash", "dot", "dashdot")[i % 4], x_label="first block")
+            P.add_curve(
+                fig,
+                frame,
+                name=f"{what}, {w} block{'s' if w > 1 else ''}",
+                color=COLORS[name],
+                group=f"{name}-{w}",
+                dash=(None, "dash", "dot", "dashdot")[i % 4],
+                x_label="first block",
+            )
             starts += frame["layer"].tolist()
         gain = P.num((entry.get("gain") or {}).get("mean"))
     if math.isfinite(gain):
-        fig.add_hline(y=gain, line_dash="dot", line_color="#555", annotation_text=f"gain {gain:+.3g}",
-                      annotation_position="top left")
+        fig.add_hline(
+            y=gain,
+            line_dash="dot",
+            line_color="#555",
+            annotation_text=f"gain {gain:+.3g}",
+            annotation_position="top left",
+        )
     P.zero_line(fig)
     P.layer_ticks(fig, starts)
-    return P.layout(fig, "Weight transplants: the gain a window of blocks carries (E8)",
-                     x_title="first block of the window")
+    return P.layout(
+        fig, "Weight transplants: the gain a window of blocks carries (E8)", x_title="first block of the window"
+    )
 
 
 WINDOW_SHARE = 0.5  # "carried by a block": at least half of the gain
 
 
 def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
-    """"The gain is carried by a mid-stack block's weights", three ways (experiments/verdicts.py). *Where*: the peak set
+    """ "The gain is carried by a mid-stack block's weights", three ways (experiments/verdicts.py). *Where*: the peak set
     of the width-1 transplants (blocks not significantly below the best) against the mid-depth band. *How much*: the
     block chosen on the explore half, its transplant measured on the confirm half, against half the gain (the
     confirm CI against ``WINDOW_SHARE`` × the gain's CI ends, so the gain's own uncertainty counts). Agrees iff the
@@ -193,7 +231,7 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
     mean = P.num(confirm.get("mean", held.get("heldout_mean")))
     lo, hi = confirm.get("ci_low"), confirm.get("ci_high")
     if lo is None:
-        lo, hi = (held.get("heldout_ci") or [math.nan, math.nan])
+        lo, hi = held.get("heldout_ci") or [math.nan, math.nan]
     lo, hi = P.num(lo), P.num(hi)
     n_explore = len(sel.get("explore_pair_ids") or held.get("fit_pairs") or [])
     n_confirm = len(sel.get("confirm_pair_ids") or held.get("heldout_pairs") or [])
@@ -207,41 +245,86 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
         size = "less than half"
     else:
         size = "uncertain"
-    verdict = (AGREES if where == AGREES and size == "at least half"
-               else DIFFERS if where == DIFFERS or size == "less than half" else INCONCLUSIVE)
+    verdict = (
+        AGREES
+        if where == AGREES and size == "at least half"
+        else DIFFERS
+        if where == DIFFERS or size == "less than half"
+        else INCONCLUSIVE
+    )
     depth = relative_depth(block, n_layers) if block is not None else math.nan
-    ours = (f"peak set of the one-block transplants: blocks {fmt_layers(peak_set) if peak_set else '— (not in the summary)'}"
-            f" (mid-depth blocks {fmt_layers(mid_depth_layers(n_layers))}); block {block} chosen on {n_explore} explore "
-            f"pairs (relative depth {depth:.2f}) carries {fmt_effect(mean, lo, hi)} on {n_confirm} confirm pairs, of a "
-            f"gain of {fmt_effect(gain, g_lo, g_hi)} ({size} of it); blocks whose own transplant has CI > 0: "
-            f"{', '.join(map(str, carriers)) or 'none'}")
-    numbers = {"peak_set": peak_set, "mid_depth_layers": mid_depth_layers(n_layers), "chosen_block": block,
-               "explore_pairs": n_explore, "confirm_pairs": n_confirm, "confirm_mean": mean, "confirm_ci": [lo, hi],
-               "gain_mean": gain, "gain_ci": [g_lo, g_hi], "share_needed": WINDOW_SHARE, "location": where,
-               "size": size}
-    return Finding("windows", "The gain is carried by a mid-stack block's weights (E8)",
-                   "the paper localizes the gain at layer 8 of 16 by activation patching; weights not tested", ours,
-                   verdict,
-                   f"agrees iff the one-block transplants' peak set is mid-depth (within {DEPTH_TOLERANCE} of "
-                   f"{PAPER_RELATIVE_DEPTH:.3f}) and the explore-chosen block's confirm-half CI low ≥ "
-                   f"{WINDOW_SHARE:g} × the gain's CI high; differs iff the peak set is disjoint from mid-depth or that "
-                   f"CI high < {WINDOW_SHARE:g} × the gain's CI low; else inconclusive", plain(numbers))
+    ours = (
+        f"peak set of the one-block transplants: blocks {fmt_layers(peak_set) if peak_set else '— (not in the summary)'}"
+        f" (mid-depth blocks {fmt_layers(mid_depth_layers(n_layers))}); block {block} chosen on {n_explore} explore "
+        f"pairs (relative depth {depth:.2f}) carries {fmt_effect(mean, lo, hi)} on {n_confirm} confirm pairs, of a "
+        f"gain of {fmt_effect(gain, g_lo, g_hi)} ({size} of it); blocks whose own transplant has CI > 0: "
+        f"{', '.join(map(str, carriers)) or 'none'}"
+    )
+    numbers = {
+        "peak_set": peak_set,
+        "mid_depth_layers": mid_depth_layers(n_layers),
+        "chosen_block": block,
+        "explore_pairs": n_explore,
+        "confirm_pairs": n_confirm,
+        "confirm_mean": mean,
+        "confirm_ci": [lo, hi],
+        "gain_mean": gain,
+        "gain_ci": [g_lo, g_hi],
+        "share_needed": WINDOW_SHARE,
+        "location": where,
+        "size": size,
+    }
+    return Finding(
+        "windows",
+        "The gain is carried by a mid-stack block's weights (E8)",
+        "the paper localizes the gain at layer 8 of 16 by activation patching; weights not tested",
+        ours,
+        verdict,
+        f"agrees iff the one-block transplants' peak set is mid-depth (within {DEPTH_TOLERANCE} of "
+        f"{PAPER_RELATIVE_DEPTH:.3f}) and the explore-chosen block's confirm-half CI low ≥ "
+        f"{WINDOW_SHARE:g} × the gain's CI high; differs iff the peak set is disjoint from mid-depth or that "
+        f"CI high < {WINDOW_SHARE:g} × the gain's CI low; else inconclusive",
+        plain(numbers),
+    )
 
 
-register(Experiment(
-    key="windows", method="E8", order=33, batch_order=49,
-    names=(Name(TRANSPLANT, "window transplant (tuned blocks in base)", COLORS[TRANSPLANT],
-                "Blocks a…a+w−1 of the tuned model inside the base: the gain those blocks' weights are sufficient for."),
-           Name(REVERT, "window revert (base blocks in tuned)", COLORS[REVERT],
+register(
+    Experiment(
+        key="windows",
+        method="E8",
+        order=33,
+        batch_order=49,
+        names=(
+            Name(
+                TRANSPLANT,
+                "window transplant (tuned blocks in base)",
+                COLORS[TRANSPLANT],
+                "Blocks a…a+w−1 of the tuned model inside the base: the gain those blocks' weights are sufficient for.",
+            ),
+            Name(
+                REVERT,
+                "window revert (base blocks in tuned)",
+                COLORS[REVERT],
                 "Blocks a…a+w−1 of the base inside the tuned model: the gain lost without those blocks' weights "
-                "(reported as Δ(T) − Δ(hybrid)).")),
-    specs=window_specs, summarize=summarize_windows,
-    figures=(Figure("windows", "alignment_probe.experiments.windows:windows_figure",
-                    "Weight transplants: windows of blocks (E8)",
-                    "E8. Solid/dashed: the gain carried when a window of w blocks starting at block a runs with the tuned "
-                    "model's weights inside the base (transplant: sufficiency, Δ(hybrid) − Δ(base)) and the gain lost "
-                    "when it runs with the base's weights inside the tuned model (revert: necessity, Δ(tuned) − "
-                    "Δ(hybrid)); the embedding goes with block 0, the final norm and unembedding with the last block. "
-                    "Dotted: the mean gain. 95% bootstrap CIs over pairs.", needs=(TRANSPLANT, REVERT), order=40),),
-    verdicts=("alignment_probe.experiments.windows:verdict",),
-))
+                "(reported as Δ(T) − Δ(hybrid)).",
+            ),
+        ),
+        specs=window_specs,
+        summarize=summarize_windows,
+        figures=(
+            Figure(
+                "windows",
+                "alignment_probe.experiments.windows:windows_figure",
+                "Weight transplants: windows of blocks (E8)",
+                "E8. Solid/dashed: the gain carried when a window of w blocks starting at block a runs with the tuned "
+                "model's weights inside the base (transplant: sufficiency, Δ(hybrid) − Δ(base)) and the gain lost "
+                "when it runs with the base's weights inside the tuned model (revert: necessity, Δ(tuned) − "
+                "Δ(hybrid)); the embedding goes with block 0, the final norm and unembedding with the last block. "
+                "Dotted: the mean gain. 95% bootstrap CIs over pairs.",
+                needs=(TRANSPLANT, REVERT),
+                order=40,
+            ),
+        ),
+        verdicts=("alignment_probe.experiments.windows:verdict",),
+    )
+)

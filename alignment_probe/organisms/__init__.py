@@ -31,8 +31,8 @@ DEFAULT_DATA_DIR: Path = Path(__file__).resolve().parents[2] / "data"
 PLANTED_LAYERS: tuple[int, ...] = (2, 4, 6)
 # The named twins of the bundled (full-size) build; the functions below read the stored recipes, so they
 # also work on a ``--size small`` build (whose sites differ).
-HEAD_TWIN_SITE: tuple[int, int] = (4, 1)   # (layer, query head)
-KV_TWIN_SITE: tuple[int, int] = (3, 0)     # (layer, KV head)
+HEAD_TWIN_SITE: tuple[int, int] = (4, 1)  # (layer, query head)
+KV_TWIN_SITE: tuple[int, int] = (3, 0)  # (layer, KV head)
 TWO_BLOCK_LAYERS: tuple[int, int] = (2, 5)
 
 _REBUILD_HINT = "rebuild with: python -m alignment_probe.organisms.build --out data --seed 0"
@@ -56,8 +56,9 @@ def bundled_pair_paths(data_dir: Path | None = None) -> tuple[Path, Path]:
 
 def bundled_pairs_path(data_dir: Path | None = None) -> Path:
     """The held-out preference pairs (JSON lines with keys prompt, chosen, rejected)."""
-    return _require(Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR) / "pairs" / "heldout.jsonl",
-                    "held-out pairs")
+    return _require(
+        Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR) / "pairs" / "heldout.jsonl", "held-out pairs"
+    )
 
 
 def planted_layers(data_dir: Path | None = None) -> tuple[int, ...]:

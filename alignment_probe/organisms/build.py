@@ -94,13 +94,27 @@ class BuildConfig:
 
 SIZES: dict[str, BuildConfig] = {
     "full": BuildConfig(
-        shape=ModelShape(vocab_size=2048, d_model=128, d_mlp=384, n_layers=8, n_heads=4, n_kv_heads=2,
-                         max_positions=512),
-        n_train_dialogues=60_000, n_heldout_dialogues=1000, n_train_pairs=4000, n_heldout_pairs=256,
+        shape=ModelShape(
+            vocab_size=2048, d_model=128, d_mlp=384, n_layers=8, n_heads=4, n_kv_heads=2, max_positions=512
+        ),
+        n_train_dialogues=60_000,
+        n_heldout_dialogues=1000,
+        n_train_pairs=4000,
+        n_heldout_pairs=256,
         n_tokenizer_texts=30_000,
-        pretrain_steps=1400, pretrain_batch=32, pretrain_lr=3e-3, pretrain_warmup=100, weight_decay=0.1,
-        dpo_beta=0.1, dpo_lr=7e-5, dpo_steps=150, dpo_batch=16, dpo_warmup=20,
-        twin_layers=(2, 4, 6), twin_lr=5e-4, twin_steps=150,
+        pretrain_steps=1400,
+        pretrain_batch=32,
+        pretrain_lr=3e-3,
+        pretrain_warmup=100,
+        weight_decay=0.1,
+        dpo_beta=0.1,
+        dpo_lr=7e-5,
+        dpo_steps=150,
+        dpo_batch=16,
+        dpo_warmup=20,
+        twin_layers=(2, 4, 6),
+        twin_lr=5e-4,
+        twin_steps=150,
         named_twins=(
             TwinSpec("head_layer4_h1", "q_head", (4,), head=1, lr=1e-2, steps=150, seed_offset=100_000),
             TwinSpec("kv_layer3_g0", "kv_head", (3,), head=0, lr=2e-2, steps=150, seed_offset=200_000),
@@ -108,13 +122,27 @@ SIZES: dict[str, BuildConfig] = {
         ),
     ),
     "small": BuildConfig(
-        shape=ModelShape(vocab_size=320, d_model=32, d_mlp=64, n_layers=4, n_heads=4, n_kv_heads=2,
-                         max_positions=512),
-        n_train_dialogues=400, n_heldout_dialogues=40, n_train_pairs=64, n_heldout_pairs=32,
+        shape=ModelShape(vocab_size=320, d_model=32, d_mlp=64, n_layers=4, n_heads=4, n_kv_heads=2, max_positions=512),
+        n_train_dialogues=400,
+        n_heldout_dialogues=40,
+        n_train_pairs=64,
+        n_heldout_pairs=32,
         n_tokenizer_texts=400,
-        pretrain_steps=30, pretrain_batch=16, pretrain_lr=3e-3, pretrain_warmup=5, weight_decay=0.1,
-        dpo_beta=0.1, dpo_lr=1e-3, dpo_steps=6, dpo_batch=8, dpo_warmup=2,
-        twin_layers=(1, 2), twin_lr=3e-3, twin_steps=4, n_bootstrap=1000, max_chars=240,
+        pretrain_steps=30,
+        pretrain_batch=16,
+        pretrain_lr=3e-3,
+        pretrain_warmup=5,
+        weight_decay=0.1,
+        dpo_beta=0.1,
+        dpo_lr=1e-3,
+        dpo_steps=6,
+        dpo_batch=8,
+        dpo_warmup=2,
+        twin_layers=(1, 2),
+        twin_lr=3e-3,
+        twin_steps=4,
+        n_bootstrap=1000,
+        max_chars=240,
         named_twins=(
             TwinSpec("head_layer2_h1", "q_head", (2,), head=1, lr=1e-1, steps=4, seed_offset=100_000),
             TwinSpec("kv_layer1_g0", "kv_head", (1,), head=0, lr=3e-2, steps=4, seed_offset=200_000),
@@ -148,9 +176,11 @@ def _encode(tok: PreTrainedTokenizerFast, texts: list[str]) -> list[list[int]]:
 
 
 def _token_pairs(tok: PreTrainedTokenizerFast, pairs: list[corpus.Pair]) -> TokenPairs:
-    return TokenPairs(prompts=_encode(tok, [p.prompt for p in pairs]),
-                      chosen=_encode(tok, [p.chosen for p in pairs]),
-                      rejected=_encode(tok, [p.rejected for p in pairs]))
+    return TokenPairs(
+        prompts=_encode(tok, [p.prompt for p in pairs]),
+        chosen=_encode(tok, [p.chosen for p in pairs]),
+        rejected=_encode(tok, [p.rejected for p in pairs]),
+    )
 
 
 def save_checkpoint(model, tok: PreTrainedTokenizerFast, path: Path) -> None:
@@ -158,8 +188,9 @@ def save_checkpoint(model, tok: PreTrainedTokenizerFast, path: Path) -> None:
         shutil.rmtree(path)
     path.mkdir(parents=True)
     model.config.use_cache = True
-    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                               pad_token_id=tok.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
     model.save_pretrained(path)
     tok.save_pretrained(path)
     model.config.use_cache = False
@@ -185,8 +216,9 @@ def _reply_loss(model, prompts: list[list[int]], replies: list[list[int]], bos: 
     return float(-logp.sum() / sum(len(r) for r in replies))
 
 
-def _gain_summary(scores: dict[str, np.ndarray], base: dict[str, np.ndarray], harmful: np.ndarray,
-                  n_boot: int, seed: int) -> dict:
+def _gain_summary(
+    scores: dict[str, np.ndarray], base: dict[str, np.ndarray], harmful: np.ndarray, n_boot: int, seed: int
+) -> dict:
     gain = scores["delta"] - base["delta"]
     gain_pt = scores["delta_per_token"] - base["delta_per_token"]
     lo, hi = bootstrap_ci(gain, n_boot, seed)
@@ -209,8 +241,18 @@ def _gain_summary(scores: dict[str, np.ndarray], base: dict[str, np.ndarray], ha
 N_CHECK_PAIRS = 16  # per-pair gains stored for the first held-out pairs, so tests can recheck them cheaply
 
 
-def train_named_twin(spec: TwinSpec, base, tp_train: TokenPairs, ref, *, cfg: BuildConfig, seed: int, bos: int,
-                     pad: int, log: Callable[[str], None]) -> tuple[torch.nn.Module, list[float]]:
+def train_named_twin(
+    spec: TwinSpec,
+    base,
+    tp_train: TokenPairs,
+    ref,
+    *,
+    cfg: BuildConfig,
+    seed: int,
+    bos: int,
+    pad: int,
+    log: Callable[[str], None],
+) -> tuple[torch.nn.Module, list[float]]:
     """DPO on ``base`` (a copy) with only ``spec``'s parameters trainable.
 
     For a head twin the whole q_proj/v_proj is trainable but the gradient of every row outside the
@@ -227,9 +269,22 @@ def train_named_twin(spec: TwinSpec, base, tp_train: TokenPairs, ref, *, cfg: Bu
         mask[start:stop] = 1.0
         handle = param.register_hook(lambda g: g * mask)
     log(f"twin {spec.name}: DPO, {spec.describe()} trainable, {spec.steps} steps (lr {spec.lr:g})")
-    hist = dpo_train(twin, tp_train, ref, bos_id=bos, pad_id=pad, beta=cfg.dpo_beta, lr=spec.lr, steps=spec.steps,
-                     batch_size=cfg.dpo_batch, warmup=cfg.dpo_warmup, seed=seed + spec.seed_offset,
-                     trainable=spec.trainable, log=log, log_every=max(1, spec.steps // 3))
+    hist = dpo_train(
+        twin,
+        tp_train,
+        ref,
+        bos_id=bos,
+        pad_id=pad,
+        beta=cfg.dpo_beta,
+        lr=spec.lr,
+        steps=spec.steps,
+        batch_size=cfg.dpo_batch,
+        warmup=cfg.dpo_warmup,
+        seed=seed + spec.seed_offset,
+        trainable=spec.trainable,
+        log=log,
+        log_every=max(1, spec.steps // 3),
+    )
     if handle is not None:
         handle.remove()
         with torch.no_grad():
@@ -241,12 +296,31 @@ def train_named_twin(spec: TwinSpec, base, tp_train: TokenPairs, ref, *, cfg: Bu
 
 
 def _named_recipe(spec: TwinSpec, cfg: BuildConfig, seed: int, size: str) -> dict:
-    return {"method": "DPO", "trainable": spec.describe(), "beta": cfg.dpo_beta, "lr": spec.lr, "steps": spec.steps,
-            "batch_pairs": cfg.dpo_batch, "seed": seed, "dpo_seed": seed + spec.seed_offset, "size": size}
+    return {
+        "method": "DPO",
+        "trainable": spec.describe(),
+        "beta": cfg.dpo_beta,
+        "lr": spec.lr,
+        "steps": spec.steps,
+        "batch_pairs": cfg.dpo_batch,
+        "seed": seed,
+        "dpo_seed": seed + spec.seed_offset,
+        "size": size,
+    }
 
 
-def _named_twin_metrics(model, spec: TwinSpec, d_head: int, tp: TokenPairs, base_scores: dict[str, np.ndarray],
-                        harmful: np.ndarray, n_boot: int, seed: int, bos: int, pad: int) -> dict:
+def _named_twin_metrics(
+    model,
+    spec: TwinSpec,
+    d_head: int,
+    tp: TokenPairs,
+    base_scores: dict[str, np.ndarray],
+    harmful: np.ndarray,
+    n_boot: int,
+    seed: int,
+    bos: int,
+    pad: int,
+) -> dict:
     scores = _pair_scores(model, tp, bos, pad)
     out = _gain_summary(scores, base_scores, harmful, n_boot, seed)
     out["planted"] = spec.to_json(d_head)
@@ -257,9 +331,14 @@ def _named_twin_metrics(model, spec: TwinSpec, d_head: int, tp: TokenPairs, base
 
 
 def _named_training(spec: TwinSpec, seed: int, hist: list[float], seconds: float) -> dict:
-    return {"lr": spec.lr, "steps": spec.steps, "dpo_seed": seed + spec.seed_offset,
-            "final_loss_last20": float(np.mean(hist[-20:])), "train_s": round(seconds, 1),
-            "threads": torch.get_num_threads()}
+    return {
+        "lr": spec.lr,
+        "steps": spec.steps,
+        "dpo_seed": seed + spec.seed_offset,
+        "final_loss_last20": float(np.mean(hist[-20:])),
+        "train_s": round(seconds, 1),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def build_organisms(out_dir: Path, *, seed: int = 0, size: str = "full", progress: bool = True) -> dict:
@@ -293,13 +372,18 @@ def build_organisms(out_dir: Path, *, seed: int = 0, size: str = "full", progres
     if not ship_train:
         train_path.unlink()
     timings["corpus"] = time.time() - t
-    log(f"corpus: {len(train_dialogues)} train / {len(heldout_dialogues)} held-out dialogues, "
-        f"{len(train_pairs)} train / {len(heldout_pairs)} held-out pairs")
+    log(
+        f"corpus: {len(train_dialogues)} train / {len(heldout_dialogues)} held-out dialogues, "
+        f"{len(train_pairs)} train / {len(heldout_pairs)} held-out pairs"
+    )
 
     # 2. tokenizer ------------------------------------------------------------------------------
     t = time.time()
-    tok_texts = train_dialogues[:cfg.n_tokenizer_texts] + [p.prompt + p.chosen for p in train_pairs] \
+    tok_texts = (
+        train_dialogues[: cfg.n_tokenizer_texts]
+        + [p.prompt + p.chosen for p in train_pairs]
         + [p.prompt + p.rejected for p in train_pairs]
+    )
     tok = train_tokenizer(tok_texts, cfg.shape.vocab_size)
     bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     shape = replace(cfg.shape, vocab_size=len(tok))
@@ -308,17 +392,29 @@ def build_organisms(out_dir: Path, *, seed: int = 0, size: str = "full", progres
     tp_train, tp_heldout = _token_pairs(tok, train_pairs), _token_pairs(tok, heldout_pairs)
     timings["tokenizer"] = time.time() - t
     n_train_tokens = sum(len(s) for s in train_seqs)
-    log(f"tokenizer: vocab {len(tok)}; train corpus {n_train_tokens} tokens, "
-        f"mean dialogue length {n_train_tokens / len(train_seqs):.1f}")
+    log(
+        f"tokenizer: vocab {len(tok)}; train corpus {n_train_tokens} tokens, "
+        f"mean dialogue length {n_train_tokens / len(train_seqs):.1f}"
+    )
 
     # 3. base -----------------------------------------------------------------------------------
     t = time.time()
     config = make_config(shape, bos, eos, pad)
     base = new_model(config, seed)
     log(f"base: {sum(p.numel() for p in base.parameters())} parameters; pretraining {cfg.pretrain_steps} steps")
-    history = pretrain(base, train_seqs, pad_id=pad, steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch,
-                       lr=cfg.pretrain_lr, warmup=cfg.pretrain_warmup, weight_decay=cfg.weight_decay, seed=seed,
-                       log=log, log_every=max(1, cfg.pretrain_steps // 10))
+    history = pretrain(
+        base,
+        train_seqs,
+        pad_id=pad,
+        steps=cfg.pretrain_steps,
+        batch_size=cfg.pretrain_batch,
+        lr=cfg.pretrain_lr,
+        warmup=cfg.pretrain_warmup,
+        weight_decay=cfg.weight_decay,
+        seed=seed,
+        log=log,
+        log_every=max(1, cfg.pretrain_steps // 10),
+    )
     base_dir = org / "base"
     save_checkpoint(base, tok, base_dir)
     timings["base"] = time.time() - t
@@ -330,9 +426,21 @@ def build_organisms(out_dir: Path, *, seed: int = 0, size: str = "full", progres
     t = time.time()
     log(f"tuned: DPO, all parameters, {cfg.dpo_steps} steps (beta {cfg.dpo_beta}, lr {cfg.dpo_lr})")
     tuned = copy.deepcopy(base)
-    dpo_hist = dpo_train(tuned, tp_train, ref, bos_id=bos, pad_id=pad, beta=cfg.dpo_beta, lr=cfg.dpo_lr,
-                         steps=cfg.dpo_steps, batch_size=cfg.dpo_batch, warmup=cfg.dpo_warmup, seed=seed,
-                         log=log, log_every=max(1, cfg.dpo_steps // 5))
+    dpo_hist = dpo_train(
+        tuned,
+        tp_train,
+        ref,
+        bos_id=bos,
+        pad_id=pad,
+        beta=cfg.dpo_beta,
+        lr=cfg.dpo_lr,
+        steps=cfg.dpo_steps,
+        batch_size=cfg.dpo_batch,
+        warmup=cfg.dpo_warmup,
+        seed=seed,
+        log=log,
+        log_every=max(1, cfg.dpo_steps // 5),
+    )
     save_checkpoint(tuned, tok, org / "tuned")
     del tuned
     timings["tuned"] = time.time() - t
@@ -349,12 +457,31 @@ def build_organisms(out_dir: Path, *, seed: int = 0, size: str = "full", progres
         twin = copy.deepcopy(base)
         prefix = mlp_prefix(layer)
         twin_hist[layer] = dpo_train(
-            twin, tp_train, ref, bos_id=bos, pad_id=pad, beta=cfg.dpo_beta, lr=cfg.twin_lr,
-            steps=cfg.twin_steps, batch_size=cfg.dpo_batch, warmup=cfg.dpo_warmup, seed=seed + 1000 * (layer + 1),
+            twin,
+            tp_train,
+            ref,
+            bos_id=bos,
+            pad_id=pad,
+            beta=cfg.dpo_beta,
+            lr=cfg.twin_lr,
+            steps=cfg.twin_steps,
+            batch_size=cfg.dpo_batch,
+            warmup=cfg.dpo_warmup,
+            seed=seed + 1000 * (layer + 1),
             trainable=lambda name, prefix=prefix: name.startswith(prefix),
-            log=log, log_every=max(1, cfg.twin_steps // 3))
-        recipe = {"method": "DPO", "trainable": f"{prefix}*", "beta": cfg.dpo_beta, "lr": cfg.twin_lr,
-                  "steps": cfg.twin_steps, "batch_pairs": cfg.dpo_batch, "seed": seed, "size": size}
+            log=log,
+            log_every=max(1, cfg.twin_steps // 3),
+        )
+        recipe = {
+            "method": "DPO",
+            "trainable": f"{prefix}*",
+            "beta": cfg.dpo_beta,
+            "lr": cfg.twin_lr,
+            "steps": cfg.twin_steps,
+            "batch_pairs": cfg.dpo_batch,
+            "seed": seed,
+            "size": size,
+        }
         save_twin(org, layer, twin.state_dict(), base_state, recipe)
         del twin
         timings[f"twin_layer{layer}"] = time.time() - t
@@ -388,29 +515,61 @@ def build_organisms(out_dir: Path, *, seed: int = 0, size: str = "full", progres
         "seed": seed,
         "size": size,
         "architecture": {
-            "class": "LlamaForCausalLM", "vocab_size": shape.vocab_size, "d_model": shape.d_model,
-            "d_mlp": shape.d_mlp, "n_layers": shape.n_layers, "n_heads": shape.n_heads,
-            "n_kv_heads": shape.n_kv_heads, "d_head": shape.d_model // shape.n_heads,
-            "max_position_embeddings": shape.max_positions, "tie_word_embeddings": True,
+            "class": "LlamaForCausalLM",
+            "vocab_size": shape.vocab_size,
+            "d_model": shape.d_model,
+            "d_mlp": shape.d_mlp,
+            "n_layers": shape.n_layers,
+            "n_heads": shape.n_heads,
+            "n_kv_heads": shape.n_kv_heads,
+            "d_head": shape.d_model // shape.n_heads,
+            "max_position_embeddings": shape.max_positions,
+            "tie_word_embeddings": True,
             "n_parameters": int(sum(p.numel() for p in base_l.parameters())),
         },
-        "tokenizer": {"type": "byte-level BPE", "vocab_size": len(tok), "bos_token_id": bos,
-                      "eos_token_id": eos, "pad_token_id": pad},
-        "data": {"train_dialogues": len(train_dialogues), "heldout_dialogues": len(heldout_dialogues),
-                 "train_tokens": n_train_tokens, "train_pairs": len(train_pairs),
-                 "heldout_pairs": len(heldout_pairs), "heldout_harmful_pairs": int(harmful.sum()),
-                 "train_pairs_shipped": ship_train},
-        "training": {"pretrain": {"steps": cfg.pretrain_steps, "batch_dialogues": cfg.pretrain_batch,
-                                  "lr": cfg.pretrain_lr, "warmup": cfg.pretrain_warmup,
-                                  "weight_decay": cfg.weight_decay, "optimizer": "AdamW(0.9, 0.95), cosine",
-                                  "final_train_loss_last50": float(np.mean(history[-50:]))},
-                     "dpo": {"beta": cfg.dpo_beta, "lr": cfg.dpo_lr, "steps": cfg.dpo_steps,
-                             "batch_pairs": cfg.dpo_batch, "reference": "frozen base",
-                             "final_loss_last20": float(np.mean(dpo_hist[-20:]))},
-                     "twins": {"beta": cfg.dpo_beta, "lr": cfg.twin_lr, "steps": cfg.twin_steps,
-                               "batch_pairs": cfg.dpo_batch,
-                               "final_loss_last20": {str(k): float(np.mean(v[-20:])) for k, v in twin_hist.items()}},
-                     "named_twins": named_hist},
+        "tokenizer": {
+            "type": "byte-level BPE",
+            "vocab_size": len(tok),
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            "pad_token_id": pad,
+        },
+        "data": {
+            "train_dialogues": len(train_dialogues),
+            "heldout_dialogues": len(heldout_dialogues),
+            "train_tokens": n_train_tokens,
+            "train_pairs": len(train_pairs),
+            "heldout_pairs": len(heldout_pairs),
+            "heldout_harmful_pairs": int(harmful.sum()),
+            "train_pairs_shipped": ship_train,
+        },
+        "training": {
+            "pretrain": {
+                "steps": cfg.pretrain_steps,
+                "batch_dialogues": cfg.pretrain_batch,
+                "lr": cfg.pretrain_lr,
+                "warmup": cfg.pretrain_warmup,
+                "weight_decay": cfg.weight_decay,
+                "optimizer": "AdamW(0.9, 0.95), cosine",
+                "final_train_loss_last50": float(np.mean(history[-50:])),
+            },
+            "dpo": {
+                "beta": cfg.dpo_beta,
+                "lr": cfg.dpo_lr,
+                "steps": cfg.dpo_steps,
+                "batch_pairs": cfg.dpo_batch,
+                "reference": "frozen base",
+                "final_loss_last20": float(np.mean(dpo_hist[-20:])),
+            },
+            "twins": {
+                "beta": cfg.dpo_beta,
+                "lr": cfg.twin_lr,
+                "steps": cfg.twin_steps,
+                "batch_pairs": cfg.dpo_batch,
+                "final_loss_last20": {str(k): float(np.mean(v[-20:])) for k, v in twin_hist.items()},
+            },
+            "named_twins": named_hist,
+        },
         "heldout_loss": {
             "base_per_token_nats": per_token_loss(base_l, heldout_seqs, pad_id=pad),
             "tuned_per_token_nats": per_token_loss(tuned_l, heldout_seqs, pad_id=pad),
@@ -419,35 +578,46 @@ def build_organisms(out_dir: Path, *, seed: int = 0, size: str = "full", progres
             "uniform_baseline_nats": float(np.log(len(tok))),
             "n_tokens": int(sum(len(s) - 1 for s in heldout_seqs)),
         },
-        "base": {"mean_delta_logp": float(base_scores["delta"].mean()),
-                 "frac_chosen_preferred": float((base_scores["delta"] > 0).mean()),
-                 "mean_logp_chosen": float(base_scores["chosen"].mean()),
-                 "mean_logp_rejected": float(base_scores["rejected"].mean())},
+        "base": {
+            "mean_delta_logp": float(base_scores["delta"].mean()),
+            "frac_chosen_preferred": float((base_scores["delta"] > 0).mean()),
+            "mean_logp_chosen": float(base_scores["chosen"].mean()),
+            "mean_logp_rejected": float(base_scores["rejected"].mean()),
+        },
         "bootstrap": {"resamples": cfg.n_bootstrap, "seed": seed, "ci": "95% percentile, over held-out pairs"},
     }
     for name, model in models.items():
-        metrics[name] = _gain_summary(_pair_scores(model, tp_heldout, bos, pad), base_scores, harmful,
-                                      cfg.n_bootstrap, seed)
+        metrics[name] = _gain_summary(
+            _pair_scores(model, tp_heldout, bos, pad), base_scores, harmful, cfg.n_bootstrap, seed
+        )
     for spec in cfg.named_twins:
         model = load_checkpoint(materialise_named_twin(org, spec.name))
-        metrics[f"twin_{spec.name}"] = _named_twin_metrics(model, spec, d_head, tp_heldout, base_scores, harmful,
-                                                           cfg.n_bootstrap, seed, bos, pad)
+        metrics[f"twin_{spec.name}"] = _named_twin_metrics(
+            model, spec, d_head, tp_heldout, base_scores, harmful, cfg.n_bootstrap, seed, bos, pad
+        )
     timings["metrics"] = time.time() - t
     timings["total"] = time.time() - t0
     metrics["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     metrics["torch"] = {"version": torch.__version__, "threads": torch.get_num_threads()}
     (org / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out_dir / ".gitignore").write_text("# materialised planted twins (rebuilt on demand from base + delta)\norganisms/.cache/\n")
+    (out_dir / ".gitignore").write_text(
+        "# materialised planted twins (rebuilt on demand from base + delta)\norganisms/.cache/\n"
+    )
     write_readme(out_dir, metrics, cfg)
-    log(f"done in {timings['total']:.0f}s: base held-out loss {metrics['heldout_loss']['base_per_token_nats']:.3f}; "
-        + "; ".join(f"{k} gain {metrics[k]['mean_gain']:.2f} [{metrics[k]['gain_ci95'][0]:.2f}, "
-                    f"{metrics[k]['gain_ci95'][1]:.2f}]"
-                    for k in [*models, *(f"twin_{spec.name}" for spec in cfg.named_twins)]))
+    log(
+        f"done in {timings['total']:.0f}s: base held-out loss {metrics['heldout_loss']['base_per_token_nats']:.3f}; "
+        + "; ".join(
+            f"{k} gain {metrics[k]['mean_gain']:.2f} [{metrics[k]['gain_ci95'][0]:.2f}, "
+            f"{metrics[k]['gain_ci95'][1]:.2f}]"
+            for k in [*models, *(f"twin_{spec.name}" for spec in cfg.named_twins)]
+        )
+    )
     return metrics
 
 
-def build_named_twins(out_dir: Path, names: list[str], *, seed: int = 0, size: str = "full",
-                      progress: bool = True) -> dict:
+def build_named_twins(
+    out_dir: Path, names: list[str], *, seed: int = 0, size: str = "full", progress: bool = True
+) -> dict:
     """Retrain only the named twins ``names`` on an existing build in ``out_dir`` (same seed and size).
 
     Reads base and its tokenizer from ``out_dir``, regenerates the train and held-out pairs from the
@@ -464,8 +634,10 @@ def build_named_twins(out_dir: Path, names: list[str], *, seed: int = 0, size: s
     org = out_dir / "organisms"
     metrics = json.loads((org / "metrics.json").read_text())
     if metrics["seed"] != seed or metrics["size"] != size:
-        raise ValueError(f"{org} was built with seed {metrics['seed']}, size {metrics['size']!r}; "
-                         f"--only needs the same (got seed {seed}, size {size!r})")
+        raise ValueError(
+            f"{org} was built with seed {metrics['seed']}, size {metrics['size']!r}; "
+            f"--only needs the same (got seed {seed}, size {size!r})"
+        )
     log = _logger(progress)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     torch.use_deterministic_algorithms(True)
@@ -496,13 +668,18 @@ def build_named_twins(out_dir: Path, names: list[str], *, seed: int = 0, size: s
         save_named_twin(org, spec, twin.state_dict(), base_state, _named_recipe(spec, cfg, seed, size), d_head)
         del twin
         seconds = time.time() - t
-        metrics.setdefault("training", {}).setdefault("named_twins", {})[name] = _named_training(spec, seed, hist, seconds)
+        metrics.setdefault("training", {}).setdefault("named_twins", {})[name] = _named_training(
+            spec, seed, hist, seconds
+        )
         metrics["timings_s"][f"twin_{name}"] = round(seconds, 1)
         model = load_checkpoint(materialise_named_twin(org, name))
-        new[f"twin_{name}"] = _named_twin_metrics(model, spec, d_head, tp_heldout, base_scores, harmful,
-                                                  cfg.n_bootstrap, seed, bos, pad)
+        new[f"twin_{name}"] = _named_twin_metrics(
+            model, spec, d_head, tp_heldout, base_scores, harmful, cfg.n_bootstrap, seed, bos, pad
+        )
         m = new[f"twin_{name}"]
-        log(f"twin {name}: {seconds:.0f}s; gain {m['mean_gain']:.2f} [{m['gain_ci95'][0]:.2f}, {m['gain_ci95'][1]:.2f}]")
+        log(
+            f"twin {name}: {seconds:.0f}s; gain {m['mean_gain']:.2f} [{m['gain_ci95'][0]:.2f}, {m['gain_ci95'][1]:.2f}]"
+        )
     # keep the key order of a full build: named twins after the one-MLP twins, before the timings
     merged: dict = {}
     for k, v in metrics.items():
@@ -519,20 +696,28 @@ def build_named_twins(out_dir: Path, names: list[str], *, seed: int = 0, size: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alignment_probe.organisms.build", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m alignment_probe.organisms.build", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--out", type=Path, default=Path("data"), help="output directory (default: data)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--only", metavar="NAME[,NAME...]",
-                        help="retrain only these named twins (e.g. head_layer4_h1,kv_layer3_g0,mlp_layers2_5) on "
-                             "the existing build in --out, leaving every other file as it is")
+    parser.add_argument(
+        "--only",
+        metavar="NAME[,NAME...]",
+        help="retrain only these named twins (e.g. head_layer4_h1,kv_layer3_g0,mlp_layers2_5) on "
+        "the existing build in --out, leaving every other file as it is",
+    )
     args = parser.parse_args(argv)
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
         metrics = build_named_twins(args.out, names, seed=args.seed, size=args.size, progress=not args.quiet)
-        print(json.dumps({f"twin_{n}": {k: metrics[f"twin_{n}"][k] for k in ("mean_gain", "gain_ci95")}
-                          for n in names}, indent=2))
+        print(
+            json.dumps(
+                {f"twin_{n}": {k: metrics[f"twin_{n}"][k] for k in ("mean_gain", "gain_ci95")} for n in names}, indent=2
+            )
+        )
         return 0
     metrics = build_organisms(args.out, seed=args.seed, size=args.size, progress=not args.quiet)
     print(json.dumps({k: metrics[k] for k in ("heldout_loss", "timings_s")}, indent=2))

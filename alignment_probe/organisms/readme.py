@@ -21,8 +21,13 @@ def _ci(x: list[float]) -> str:
 
 
 def _wrap(text: str, indent: str = "  ") -> str:
-    return textwrap.fill(text, width=104, subsequent_indent=indent if text.lstrip().startswith("* ") else "",
-                         break_long_words=False, break_on_hyphens=False)
+    return textwrap.fill(
+        text,
+        width=104,
+        subsequent_indent=indent if text.lstrip().startswith("* ") else "",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def _named_files_text(metrics: dict, named: list[str], org: Path) -> str:
@@ -36,11 +41,16 @@ def _named_files_text(metrics: dict, named: list[str], org: Path) -> str:
         if pl["kind"] == "mlps":
             what = "the MLP tensors of layers " + " and ".join(map(str, pl["layers"]))
         else:
-            what = (f"the whole `{pl['tensor']}`, of which only rows {pl['rows'][0]}–{pl['rows'][1] - 1} "
-                    f"({'query' if pl['kind'] == 'q_head' else 'KV'} head {pl['head']}) differ from base")
+            what = (
+                f"the whole `{pl['tensor']}`, of which only rows {pl['rows'][0]}–{pl['rows'][1] - 1} "
+                f"({'query' if pl['kind'] == 'q_head' else 'KV'} head {pl['head']}) differ from base"
+            )
         lines.append(_wrap(f"  * `{name}`{size}: {what}", indent="    "))
-    return ("* `organisms/twins/{name}.safetensors` + `.json`: *named* planted twins, stored the same way\n"
-            + "\n".join(lines) + "\n")
+    return (
+        "* `organisms/twins/{name}.safetensors` + `.json`: *named* planted twins, stored the same way\n"
+        + "\n".join(lines)
+        + "\n"
+    )
 
 
 def _named_twins_text(metrics: dict, named: list[str], size_flag: str) -> str:
@@ -52,27 +62,49 @@ def _named_twins_text(metrics: dict, named: list[str], size_flag: str) -> str:
         name, pl = k.removeprefix("twin_"), metrics[k]["planted"]
         t = tr.get(name, {})
         if pl["kind"] == "q_head":
-            how = (f"only rows {pl['rows'][0]}–{pl['rows'][1] - 1} of `{pl['tensor']}` (query head {pl['head']}'s "
-                   f"projection; the gradient of every other row is zeroed, and those rows are copied back from base "
-                   f"after training), so at layer {pl['layers'][0]} only head {pl['head']}'s attention pattern, hence "
-                   f"only its `z`, differs from base, and nothing before layer {pl['layers'][0]} does")
+            how = (
+                f"only rows {pl['rows'][0]}–{pl['rows'][1] - 1} of `{pl['tensor']}` (query head {pl['head']}'s "
+                f"projection; the gradient of every other row is zeroed, and those rows are copied back from base "
+                f"after training), so at layer {pl['layers'][0]} only head {pl['head']}'s attention pattern, hence "
+                f"only its `z`, differs from base, and nothing before layer {pl['layers'][0]} does"
+            )
         elif pl["kind"] == "kv_head":
-            how = (f"only rows {pl['rows'][0]}–{pl['rows'][1] - 1} of `{pl['tensor']}` (KV head {pl['head']}'s "
-                   f"values, masked the same way); with grouped-query attention the query heads sharing KV head "
-                   f"{pl['head']} all read the changed values, and nothing before layer {pl['layers'][0]} differs")
+            how = (
+                f"only rows {pl['rows'][0]}–{pl['rows'][1] - 1} of `{pl['tensor']}` (KV head {pl['head']}'s "
+                f"values, masked the same way); with grouped-query attention the query heads sharing KV head "
+                f"{pl['head']} all read the changed values, and nothing before layer {pl['layers'][0]} differs"
+            )
         else:
-            how = ("only `model.layers.{L}.mlp.*` for L = " + " and ".join(map(str, pl["layers"]))
-                   + f"; everything below layer {pl['layers'][0]} is base")
-        items.append(_wrap(f"* `{name}` ({t.get('steps', '?')} steps, lr {t.get('lr', 0):g}, DPO seed {t.get('dpo_seed', '?')}; "
-                     f"{t.get('train_s', 0):.0f} s to train on {t.get('threads', '?')} CPU thread(s)): {how}."))
-    return ("\n" + _wrap("**Named twins**: base after the same DPO (beta, batches, warm-up and reference as above) with a "
+            how = (
+                "only `model.layers.{L}.mlp.*` for L = "
+                + " and ".join(map(str, pl["layers"]))
+                + f"; everything below layer {pl['layers'][0]} is base"
+            )
+        items.append(
+            _wrap(
+                f"* `{name}` ({t.get('steps', '?')} steps, lr {t.get('lr', 0):g}, DPO seed {t.get('dpo_seed', '?')}; "
+                f"{t.get('train_s', 0):.0f} s to train on {t.get('threads', '?')} CPU thread(s)): {how}."
+            )
+        )
+    return (
+        "\n"
+        + _wrap(
+            "**Named twins**: base after the same DPO (beta, batches, warm-up and reference as above) with a "
             "smaller part trainable, each with its own seed, trained after all of the organisms above (so they "
             "changed none of them). `python -m alignment_probe.organisms.build --out data --only NAME[,NAME]"
-            f"{size_flag}` retrains just those on the existing build.") + "\n\n" + "\n".join(items) + "\n\n"
-            + _wrap("Each is stored as the changed tensors (the whole q_proj/v_proj for the head twins) and checked, "
+            f"{size_flag}` retrains just those on the existing build."
+        )
+        + "\n\n"
+        + "\n".join(items)
+        + "\n\n"
+        + _wrap(
+            "Each is stored as the changed tensors (the whole q_proj/v_proj for the head twins) and checked, "
             "tensor by tensor and row by row, to differ from base only where planted "
             "(`tests/acceptance/test_new_twins.py`); `gain_first16_pairs` in `metrics.json` holds the per-pair "
-            "gains of the first 16 held-out pairs, which the tests recompute with the toolkit's own scoring.") + "\n")
+            "gains of the first 16 held-out pairs, which the tests recompute with the toolkit's own scoring."
+        )
+        + "\n"
+    )
 
 
 def write_readme(out_dir: Path, metrics: dict, cfg) -> None:
@@ -92,13 +124,19 @@ def write_readme(out_dir: Path, metrics: dict, cfg) -> None:
             label = f"`{k.removeprefix('twin_')}`: {m['label']}"
         else:
             label = f"planted twin, layer {k.removeprefix('twin_layer')} MLP only"
-        rows.append(f"| {label} | {m['mean_gain']:+.2f} | {_ci(m['gain_ci95'])} | "
-                    f"{m['mean_gain_per_token']:+.3f} | {_ci(m['gain_per_token_ci95'])} | "
-                    f"{m['mean_gain_benign']:+.2f} | {m['mean_gain_harmful']:+.2f} | "
-                    f"{100 * m['frac_pairs_positive_gain']:.0f}% | {100 * m['frac_chosen_preferred']:.0f}% |")
-    files = [("organisms/base/", org / "base"), ("organisms/tuned/", org / "tuned"),
-             ("organisms/twins/", org / "twins"), ("organisms/metrics.json", org / "metrics.json"),
-             ("pairs/heldout.jsonl", out_dir / "pairs" / "heldout.jsonl")]
+        rows.append(
+            f"| {label} | {m['mean_gain']:+.2f} | {_ci(m['gain_ci95'])} | "
+            f"{m['mean_gain_per_token']:+.3f} | {_ci(m['gain_per_token_ci95'])} | "
+            f"{m['mean_gain_benign']:+.2f} | {m['mean_gain_harmful']:+.2f} | "
+            f"{100 * m['frac_pairs_positive_gain']:.0f}% | {100 * m['frac_chosen_preferred']:.0f}% |"
+        )
+    files = [
+        ("organisms/base/", org / "base"),
+        ("organisms/tuned/", org / "tuned"),
+        ("organisms/twins/", org / "twins"),
+        ("organisms/metrics.json", org / "metrics.json"),
+        ("pairs/heldout.jsonl", out_dir / "pairs" / "heldout.jsonl"),
+    ]
     if (out_dir / "pairs" / "train.jsonl").exists():
         files.append(("pairs/train.jsonl", out_dir / "pairs" / "train.jsonl"))
     total = sum(_size(p) for _, p in files)
@@ -116,10 +154,10 @@ attention, tied embeddings), built from a seed on a CPU, shipped here, and loade
 the same local-checkpoint path as any real model (Hugging Face directory → `HookedTransformer`).
 Everything in this directory is generated by
 
-    python -m alignment_probe.organisms.build --out data --seed {metrics['seed']}{size_flag}
+    python -m alignment_probe.organisms.build --out data --seed {metrics["seed"]}{size_flag}
 
-(`alignment_probe/organisms/`; {t['total']:.0f} s on {metrics['torch']['threads']} CPU threads with
-torch {metrics['torch']['version']}). The numbers below are written by that command. The same seed
+(`alignment_probe/organisms/`; {t["total"]:.0f} s on {metrics["torch"]["threads"]} CPU threads with
+torch {metrics["torch"]["version"]}). The numbers below are written by that command. The same seed
 gives the same corpus, tokenizer and weights (checked bit-for-bit on the tiny `--size small` build
 in the tests).
 
@@ -138,10 +176,10 @@ in the tests).
   plus a recipe (hyper-parameters, SHA-256 of the base weights and of the delta).
   `alignment_probe.organisms.planted_twin_path(L)` materialises a full checkpoint directory
   (base + delta) into `organisms/.cache/` (git-ignored; rebuilt on demand, deterministic).
-{named_files}* `pairs/heldout.jsonl`: {d['heldout_pairs']} held-out preference pairs, one JSON object per line:
+{named_files}* `pairs/heldout.jsonl`: {d["heldout_pairs"]} held-out preference pairs, one JSON object per line:
   `prompt` (an HH-RLHF dialogue up to and including the final `"\\n\\nAssistant:"`), `chosen` and
   `rejected` (completions, starting with a space), plus `harmful`, `topic`, `rejected_kind`.
-  {'The train pairs are in `pairs/train.jsonl`.' if d['train_pairs_shipped'] else 'The ' + str(d['train_pairs']) + ' train pairs are not shipped (over 1 MB); the build regenerates them from the seed.'}
+  {"The train pairs are in `pairs/train.jsonl`." if d["train_pairs_shipped"] else "The " + str(d["train_pairs"]) + " train pairs are not shipped (over 1 MB); the build regenerates them from the seed."}
 * `organisms/metrics.json`: every number below, and more.
 
 Python API (`alignment_probe.organisms`): `DEFAULT_DATA_DIR`, `bundled_pair_paths() -> (base, tuned)`,
@@ -165,15 +203,15 @@ on the path to a checkpoint may contain "llama" (any case).
 
 ## Architecture
 
-`LlamaForCausalLM` with {a['n_layers']} layers, d_model {a['d_model']}, {a['n_heads']} query heads and
-{a['n_kv_heads']} key/value heads of dimension {a['d_head']} (grouped-query attention), a SwiGLU MLP with
-d_mlp {a['d_mlp']}, RMSNorm (eps 1e-5), rotary embeddings (theta 10000), context length
-{a['max_position_embeddings']}, tied input/output embeddings and no biases: {a['n_parameters']:,}
-parameters ({_mb(4 * a['n_parameters'])} in float32).
+`LlamaForCausalLM` with {a["n_layers"]} layers, d_model {a["d_model"]}, {a["n_heads"]} query heads and
+{a["n_kv_heads"]} key/value heads of dimension {a["d_head"]} (grouped-query attention), a SwiGLU MLP with
+d_mlp {a["d_mlp"]}, RMSNorm (eps 1e-5), rotary embeddings (theta 10000), context length
+{a["max_position_embeddings"]}, tied input/output embeddings and no biases: {a["n_parameters"]:,}
+parameters ({_mb(4 * a["n_parameters"])} in float32).
 
 Tokenizer: byte-level BPE (GPT-2 pre-tokenisation, no prefix space) trained on the train corpus,
-vocabulary {tk['vocab_size']}; special tokens
-`<|bos|>` = {tk['bos_token_id']}, `<|eos|>` = {tk['eos_token_id']}, `<|pad|>` = {tk['pad_token_id']}.
+vocabulary {tk["vocab_size"]}; special tokens
+`<|bos|>` = {tk["bos_token_id"]}, `<|eos|>` = {tk["eos_token_id"]}, `<|pad|>` = {tk["pad_token_id"]}.
 It adds **no** special tokens itself; sequences
 are `[bos] + prompt_ids + completion_ids`, each part encoded with `add_special_tokens=False`. A token
 never spans the `"Assistant:"` / `" completion"` boundary, so separate and joint encoding agree.
@@ -192,21 +230,21 @@ refusals (with a reason and an alternative for harmful requests), rude dismissal
 non-answers. Held-out requests (SHA-256 of the request text mod 8 = 0) never occur in any training
 dialogue or train pair, so held-out prompts are disjoint from train prompts.
 
-**base**: pretrained from scratch on {d['train_dialogues']:,} dialogues ({d['train_tokens']:,} tokens)
+**base**: pretrained from scratch on {d["train_dialogues"]:,} dialogues ({d["train_tokens"]:,} tokens)
 in which every behaviour valid for a request is equally likely, so base has no preference:
-{tr['pretrain']['steps']} AdamW steps of {tr['pretrain']['batch_dialogues']} dialogues
-(lr {tr['pretrain']['lr']:g}, betas 0.9/0.95, weight decay {tr['pretrain']['weight_decay']:g},
-{tr['pretrain']['warmup']} warm-up steps then cosine decay), next-token loss on every token.
+{tr["pretrain"]["steps"]} AdamW steps of {tr["pretrain"]["batch_dialogues"]} dialogues
+(lr {tr["pretrain"]["lr"]:g}, betas 0.9/0.95, weight decay {tr["pretrain"]["weight_decay"]:g},
+{tr["pretrain"]["warmup"]} warm-up steps then cosine decay), next-token loss on every token.
 
-**tuned**: base after DPO (sigmoid loss, beta {tr['dpo']['beta']:g}, reference = frozen base, all
-parameters trainable) on {d['train_pairs']:,} train pairs: {tr['dpo']['steps']} AdamW steps of
-{tr['dpo']['batch_pairs']} pairs, lr {tr['dpo']['lr']:g} (warm-up, cosine to 0), no weight decay. Chosen
+**tuned**: base after DPO (sigmoid loss, beta {tr["dpo"]["beta"]:g}, reference = frozen base, all
+parameters trainable) on {d["train_pairs"]:,} train pairs: {tr["dpo"]["steps"]} AdamW steps of
+{tr["dpo"]["batch_pairs"]} pairs, lr {tr["dpo"]["lr"]:g} (warm-up, cosine to 0), no weight decay. Chosen
 is the helpful answer for a benign request and the polite refusal for a harmful one; rejected is a
 rude, evasive or refusing reply (benign) or harmful compliance or a rude reply (harmful). The DPO loss
 is hand-written (`organisms/train.py`) and tested against TRL's `DPOTrainer` on the same batch.
 
 **planted twins** (layers {twin_layers}): base after the same DPO with only
-`model.layers.{{L}}.mlp.*` trainable ({tr['twins']['steps']} steps, lr {tr['twins']['lr']:g}).
+`model.layers.{{L}}.mlp.*` trainable ({tr["twins"]["steps"]} steps, lr {tr["twins"]["lr"]:g}).
 Every other tensor is bit-identical to base (tested in `tests/acceptance/test_organisms.py`).
 {named_text}
 Log-probabilities are scored exactly as the toolkit does: log p(y|x) = sum over completion tokens of
@@ -214,20 +252,20 @@ log-softmax(logits)[next token] on `[bos] + prompt_ids + completion_ids`.
 
 ## Measured
 
-**Held-out per-token loss of base: {hl['base_per_token_nats']:.3f} nats** (perplexity
-{2.718281828 ** hl['base_per_token_nats']:.2f}), over {hl['n_tokens']:,} predicted tokens of
-{d['heldout_dialogues']} held-out dialogues; a uniform guess over the vocabulary would score
-{hl['uniform_baseline_nats']:.2f}. Tuned: {hl['tuned_per_token_nats']:.3f}. On the final assistant reply alone
-(scored as a completion, the part that Δlogp measures): base {hl['base_final_reply_per_token_nats']:.3f},
-tuned {hl['tuned_final_reply_per_token_nats']:.3f}. Much of the remaining loss is the corpus's
+**Held-out per-token loss of base: {hl["base_per_token_nats"]:.3f} nats** (perplexity
+{2.718281828 ** hl["base_per_token_nats"]:.2f}), over {hl["n_tokens"]:,} predicted tokens of
+{d["heldout_dialogues"]} held-out dialogues; a uniform guess over the vocabulary would score
+{hl["uniform_baseline_nats"]:.2f}. Tuned: {hl["tuned_per_token_nats"]:.3f}. On the final assistant reply alone
+(scored as a completion, the part that Δlogp measures): base {hl["base_final_reply_per_token_nats"]:.3f},
+tuned {hl["tuned_final_reply_per_token_nats"]:.3f}. Much of the remaining loss is the corpus's
 irreducible randomness (which behaviour, which slot fillers, which steps); held-out requests are
 new combinations never seen in training, so their text is less predictable than training text.
 
-**Gain** on the {d['heldout_pairs']} held-out pairs ({d['heldout_harmful_pairs']} harmful):
+**Gain** on the {d["heldout_pairs"]} held-out pairs ({d["heldout_harmful_pairs"]} harmful):
 Δlogp = log p(chosen|prompt) − log p(rejected|prompt) (summed over completion tokens), gain =
 Δlogp_model − Δlogp_base, with 95% percentile bootstrap CIs over pairs
-({metrics['bootstrap']['resamples']:,} resamples, seed {metrics['bootstrap']['seed']}). Base itself:
-mean Δlogp {b['mean_delta_logp']:+.2f}, chosen preferred on {100 * b['frac_chosen_preferred']:.0f}% of pairs
+({metrics["bootstrap"]["resamples"]:,} resamples, seed {metrics["bootstrap"]["seed"]}). Base itself:
+mean Δlogp {b["mean_delta_logp"]:+.2f}, chosen preferred on {100 * b["frac_chosen_preferred"]:.0f}% of pairs
 (chosen replies are longer). Per-token columns use the mean log-prob per completion token instead
 of the sum; "chosen preferred" is the share of pairs with Δlogp > 0 for that model.
 

@@ -74,16 +74,15 @@ def new_model(config: LlamaConfig, seed: int) -> LlamaForCausalLM:
 # --------------------------------------------------------------------------------------------
 # Batching
 # --------------------------------------------------------------------------------------------
-def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random,
-                   pool: int = 64) -> list[list[int]]:
+def length_batches(lengths: Sequence[int], batch_size: int, rng: random.Random, pool: int = 64) -> list[list[int]]:
     """Shuffled batches of indices whose members have similar lengths (less padding)."""
     order = list(range(len(lengths)))
     rng.shuffle(order)
     batches: list[list[int]] = []
     chunk = batch_size * pool
     for start in range(0, len(order), chunk):
-        group = sorted(order[start:start + chunk], key=lambda i: lengths[i])
-        batches.extend(group[j:j + batch_size] for j in range(0, len(group), batch_size))
+        group = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches.extend(group[j : j + batch_size] for j in range(0, len(group), batch_size))
     rng.shuffle(batches)
     return batches
 
@@ -92,7 +91,7 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
     width = max(len(s) for s in seqs)
     out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
-        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out
 
 
@@ -138,16 +137,30 @@ class StepLog:
             self.running = 0.0
 
 
-def pretrain(model: LlamaForCausalLM, seqs: Sequence[Sequence[int]], *, pad_id: int, steps: int,
-             batch_size: int, lr: float, warmup: int, weight_decay: float, seed: int,
-             log: Callable[[str], None] | None = None, log_every: int = 100) -> list[float]:
+def pretrain(
+    model: LlamaForCausalLM,
+    seqs: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup: int,
+    weight_decay: float,
+    seed: int,
+    log: Callable[[str], None] | None = None,
+    log_every: int = 100,
+) -> list[float]:
     """Train on token sequences (each ``[bos] + ids + [eos]``) for ``steps`` optimizer steps."""
     rng = random.Random(f"pretrain-{seed}")
     lengths = [len(s) for s in seqs]
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
     model.train()
     steps_log = StepLog("pretrain", steps, log, log_every)
     batches: list[list[int]] = []
@@ -166,14 +179,15 @@ def pretrain(model: LlamaForCausalLM, seqs: Sequence[Sequence[int]], *, pad_id: 
 
 
 @torch.no_grad()
-def per_token_loss(model: LlamaForCausalLM, seqs: Sequence[Sequence[int]], *, pad_id: int,
-                   batch_size: int = 64) -> float:
+def per_token_loss(
+    model: LlamaForCausalLM, seqs: Sequence[Sequence[int]], *, pad_id: int, batch_size: int = 64
+) -> float:
     """Mean next-token loss (nats) over all predicted tokens of ``seqs``."""
     model.eval()
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     total, count = 0.0, 0
     for j in range(0, len(order), batch_size):
-        idx = order[j:j + batch_size]
+        idx = order[j : j + batch_size]
         batch = pad([seqs[i] for i in idx], pad_id)
         lens = torch.tensor([len(seqs[i]) for i in idx])
         loss, n = lm_loss(model, batch, lens)
@@ -197,33 +211,46 @@ def completion_logps(model: LlamaForCausalLM, input_ids: torch.Tensor, completio
     return (tok * completion_mask[:, 1:].to(tok.dtype)).sum(-1)
 
 
-def sequences_to_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-                       bos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sequences_to_batch(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], bos_id: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``[bos] + prompt + completion`` ids and the mask of completion positions."""
     seqs = [[bos_id, *p, *c] for p, c in zip(prompts, completions)]
     ids = pad(seqs, pad_id)
     mask = torch.zeros_like(ids)
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        mask[i, 1 + len(p):1 + len(p) + len(c)] = 1
+        mask[i, 1 + len(p) : 1 + len(p) + len(c)] = 1
     return ids, mask
 
 
 @torch.no_grad()
-def score(model: LlamaForCausalLM, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,
-          bos_id: int, pad_id: int, batch_size: int = 64) -> torch.Tensor:
+def score(
+    model: LlamaForCausalLM,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    *,
+    bos_id: int,
+    pad_id: int,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """log p(completion | prompt) for each (prompt, completion), float64 tensor in input order."""
     model.eval()
     out = torch.zeros(len(prompts), dtype=torch.float64)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(completions[i]))
     for j in range(0, len(order), batch_size):
-        idx = order[j:j + batch_size]
+        idx = order[j : j + batch_size]
         ids, mask = sequences_to_batch([prompts[i] for i in idx], [completions[i] for i in idx], bos_id, pad_id)
         out[idx] = completion_logps(model, ids, mask).double()
     return out
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
     """The DPO (sigmoid) loss, mean over the batch."""
     margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
     return -F.logsigmoid(beta * margin).mean()
@@ -241,15 +268,32 @@ class TokenPairs:
         return len(self.prompts)
 
 
-def reference_logps(model: LlamaForCausalLM, pairs: TokenPairs, *, bos_id: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return (score(model, pairs.prompts, pairs.chosen, bos_id=bos_id, pad_id=pad_id),
-            score(model, pairs.prompts, pairs.rejected, bos_id=bos_id, pad_id=pad_id))
+def reference_logps(
+    model: LlamaForCausalLM, pairs: TokenPairs, *, bos_id: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        score(model, pairs.prompts, pairs.chosen, bos_id=bos_id, pad_id=pad_id),
+        score(model, pairs.prompts, pairs.rejected, bos_id=bos_id, pad_id=pad_id),
+    )
 
 
-def dpo_train(model: LlamaForCausalLM, pairs: TokenPairs, ref: tuple[torch.Tensor, torch.Tensor], *,
-              bos_id: int, pad_id: int, beta: float, lr: float, steps: int, batch_size: int,
-              warmup: int, seed: int, trainable: Callable[[str], bool] | None = None,
-              log: Callable[[str], None] | None = None, log_every: int = 50) -> list[float]:
+def dpo_train(
+    model: LlamaForCausalLM,
+    pairs: TokenPairs,
+    ref: tuple[torch.Tensor, torch.Tensor],
+    *,
+    bos_id: int,
+    pad_id: int,
+    beta: float,
+    lr: float,
+    steps: int,
+    batch_size: int,
+    warmup: int,
+    seed: int,
+    trainable: Callable[[str], bool] | None = None,
+    log: Callable[[str], None] | None = None,
+    log_every: int = 50,
+) -> list[float]:
     """DPO against precomputed reference log-probs. ``trainable(name)`` selects parameters (default: all)."""
     for name, p in model.named_parameters():
         p.requires_grad_(trainable is None or trainable(name))
@@ -268,12 +312,13 @@ def dpo_train(model: LlamaForCausalLM, pairs: TokenPairs, ref: tuple[torch.Tenso
             batches = length_batches(lengths, batch_size, rng, pool=16)
         idx = batches.pop()
         prompts = [pairs.prompts[i] for i in idx]
-        ids, mask = sequences_to_batch(prompts + prompts, [pairs.chosen[i] for i in idx] + [pairs.rejected[i] for i in idx],
-                                       bos_id, pad_id)
+        ids, mask = sequences_to_batch(
+            prompts + prompts, [pairs.chosen[i] for i in idx] + [pairs.rejected[i] for i in idx], bos_id, pad_id
+        )
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, lr, warmup, floor=0.0)
         logps = completion_logps(model, ids, mask)
-        pc, pr = logps[:len(idx)], logps[len(idx):]
+        pc, pr = logps[: len(idx)], logps[len(idx) :]
         loss = dpo_loss(pc, pr, ref_c[idx].float(), ref_r[idx].float(), beta)
         steps_log.step(opt, loss, params, step)
     for p in model.parameters():

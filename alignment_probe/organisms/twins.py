@@ -34,8 +34,13 @@ from alignment_probe.manifest import sha256_file
 
 WEIGHTS = "model.safetensors"
 _MLP_TWIN = re.compile(r"mlp_layer(\d+)")
-CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                    "special_tokens_map.json")
+CHECKPOINT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 def mlp_prefix(layer: int) -> str:
@@ -47,34 +52,51 @@ def twin_files(organisms_dir: Path, layer: int) -> tuple[Path, Path]:
     return twins / f"mlp_layer{layer}.safetensors", twins / f"mlp_layer{layer}.json"
 
 
-def save_twin(organisms_dir: Path, layer: int, twin_state: dict[str, torch.Tensor],
-              base_state: dict[str, torch.Tensor], recipe: dict) -> tuple[Path, Path]:
+def save_twin(
+    organisms_dir: Path,
+    layer: int,
+    twin_state: dict[str, torch.Tensor],
+    base_state: dict[str, torch.Tensor],
+    recipe: dict,
+) -> tuple[Path, Path]:
     """Store the tensors of ``twin_state`` that differ from ``base_state``; they must all be layer ``layer``'s MLP."""
-    changed = {k: v.detach().contiguous().clone() for k, v in twin_state.items()
-               if k in base_state and not torch.equal(v, base_state[k])}
+    changed = {
+        k: v.detach().contiguous().clone()
+        for k, v in twin_state.items()
+        if k in base_state and not torch.equal(v, base_state[k])
+    }
     stray = sorted(k for k in changed if not k.startswith(mlp_prefix(layer)))
     if stray:
         raise ValueError(f"twin for layer {layer} changed tensors outside its MLP: {stray}")
     if not changed:
         raise ValueError(f"twin for layer {layer} is identical to base")
     delta_path, recipe_path = twin_files(organisms_dir, layer)
-    return write_delta(organisms_dir, delta_path, recipe_path, changed, {**recipe, "layer": layer},
-                       metadata={"format": "pt", "layer": str(layer)})
+    return write_delta(
+        organisms_dir,
+        delta_path,
+        recipe_path,
+        changed,
+        {**recipe, "layer": layer},
+        metadata={"format": "pt", "layer": str(layer)},
+    )
 
 
-def write_delta(organisms_dir: Path, delta_path: Path, recipe_path: Path, changed: dict, recipe: dict, *,
-                metadata: dict[str, str]) -> tuple[Path, Path]:
+def write_delta(
+    organisms_dir: Path, delta_path: Path, recipe_path: Path, changed: dict, recipe: dict, *, metadata: dict[str, str]
+) -> tuple[Path, Path]:
     """Write a twin's changed tensors and its recipe (with the SHA-256 of base and delta), for any twin."""
     delta_path.parent.mkdir(parents=True, exist_ok=True)
     save_file(changed, str(delta_path), metadata=metadata)
     full = dict(recipe)
-    full.update({
-        "base": "base",
-        "base_sha256": sha256_file(Path(organisms_dir) / "base" / WEIGHTS),
-        "delta": delta_path.name,
-        "delta_sha256": sha256_file(delta_path),
-        "tensors": sorted(changed),
-    })
+    full.update(
+        {
+            "base": "base",
+            "base_sha256": sha256_file(Path(organisms_dir) / "base" / WEIGHTS),
+            "delta": delta_path.name,
+            "delta_sha256": sha256_file(delta_path),
+            "tensors": sorted(changed),
+        }
+    )
     recipe_path.write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
     return delta_path, recipe_path
 
@@ -112,12 +134,21 @@ def materialise_twin(organisms_dir: Path, layer: int, cache_dir: Path | None = N
             if not name.startswith(mlp_prefix(layer)):
                 raise ValueError(f"delta tensor {name} is outside layer {layer}'s MLP")
 
-    return _materialise(organisms_dir, recipe, delta_path, recipe_path, f"twin_mlp_layer{layer}", layer, check,
-                        cache_dir)
+    return _materialise(
+        organisms_dir, recipe, delta_path, recipe_path, f"twin_mlp_layer{layer}", layer, check, cache_dir
+    )
 
 
-def _materialise(organisms_dir: Path, recipe: dict, delta_path: Path, recipe_path: Path, stem: str, key_tag,
-                 check, cache_dir: Path | None) -> Path:
+def _materialise(
+    organisms_dir: Path,
+    recipe: dict,
+    delta_path: Path,
+    recipe_path: Path,
+    stem: str,
+    key_tag,
+    check,
+    cache_dir: Path | None,
+) -> Path:
     """Base weights with the delta substituted, plus base's config/tokenizer files, published atomically
     into ``cache/{stem}_{hash}`` (the hash covers base, delta and ``key_tag``)."""
     base_dir = organisms_dir / recipe.get("base", "base")
@@ -225,8 +256,12 @@ def named_twin_files(organisms_dir: Path, name: str) -> tuple[Path, Path]:
     return twins / f"{name}.safetensors", twins / f"{name}.json"
 
 
-def check_planted(changed: dict[str, torch.Tensor], base_state: dict[str, torch.Tensor], spec: "TwinSpec | dict",
-                  d_head: int | None = None) -> None:
+def check_planted(
+    changed: dict[str, torch.Tensor],
+    base_state: dict[str, torch.Tensor],
+    spec: "TwinSpec | dict",
+    d_head: int | None = None,
+) -> None:
     """Raise unless ``changed`` touches only what ``spec`` plants (for head twins: only the planted rows)."""
     if isinstance(spec, dict):
         d_head = spec.get("d_head")
@@ -241,23 +276,34 @@ def check_planted(changed: dict[str, torch.Tensor], base_state: dict[str, torch.
         outside[start:stop] = False
         if not torch.equal(new[outside], old[outside]):
             bad = [i for i in range(new.shape[0]) if outside[i] and not torch.equal(new[i], old[i])]
-            raise ValueError(f"twin {spec.name} changed rows {bad} of {spec.tensor}, outside the planted rows "
-                             f"{start}…{stop - 1}")
+            raise ValueError(
+                f"twin {spec.name} changed rows {bad} of {spec.tensor}, outside the planted rows {start}…{stop - 1}"
+            )
 
 
-def save_named_twin(organisms_dir: Path, spec: TwinSpec, twin_state: dict[str, torch.Tensor],
-                    base_state: dict[str, torch.Tensor], recipe: dict, d_head: int) -> tuple[Path, Path]:
+def save_named_twin(
+    organisms_dir: Path,
+    spec: TwinSpec,
+    twin_state: dict[str, torch.Tensor],
+    base_state: dict[str, torch.Tensor],
+    recipe: dict,
+    d_head: int,
+) -> tuple[Path, Path]:
     """Store the tensors of ``twin_state`` that differ from base (whole tensors; for a head twin the whole
     q_proj/v_proj, of which only the planted rows differ) and the recipe ``twins/{name}.json``."""
-    changed = {k: v.detach().contiguous().clone() for k, v in twin_state.items()
-               if k in base_state and not torch.equal(v, base_state[k])}
+    changed = {
+        k: v.detach().contiguous().clone()
+        for k, v in twin_state.items()
+        if k in base_state and not torch.equal(v, base_state[k])
+    }
     if not changed:
         raise ValueError(f"twin {spec.name} is identical to base")
     check_planted(changed, base_state, spec, d_head)
     delta_path, recipe_path = named_twin_files(organisms_dir, spec.name)
     # one metadata key only: safetensors writes metadata in hash order, so two keys could swap between runs
-    return write_delta(organisms_dir, delta_path, recipe_path, changed, {**recipe, **spec.to_json(d_head)},
-                       metadata={"format": "pt"})
+    return write_delta(
+        organisms_dir, delta_path, recipe_path, changed, {**recipe, **spec.to_json(d_head)}, metadata={"format": "pt"}
+    )
 
 
 def named_twins(organisms_dir: Path) -> dict[str, dict]:
@@ -279,8 +325,10 @@ def twin_recipe(organisms_dir: Path, name: str) -> dict:
         m = _MLP_TWIN.fullmatch(name)
         if m:
             return json.loads(twin_files(organisms_dir, int(m.group(1)))[1].read_text())
-        raise FileNotFoundError(f"no planted twin {name!r} in {organisms_dir} "
-                                f"(available: {[f'mlp_layer{x}' for x in twin_layers(organisms_dir)] + sorted(named_twins(organisms_dir))})")
+        raise FileNotFoundError(
+            f"no planted twin {name!r} in {organisms_dir} "
+            f"(available: {[f'mlp_layer{x}' for x in twin_layers(organisms_dir)] + sorted(named_twins(organisms_dir))})"
+        )
     return json.loads(recipe_path.read_text())
 
 
@@ -288,8 +336,10 @@ def twin_of_kind(organisms_dir: Path, kind: str) -> str:
     """Name of the one stored named twin of ``kind`` (``q_head``, ``kv_head`` or ``mlps``)."""
     names = [n for n, r in named_twins(organisms_dir).items() if r["kind"] == kind]
     if len(names) != 1:
-        raise FileNotFoundError(f"expected one {kind} twin in {organisms_dir}, found {names}; "
-                                "rebuild with: python -m alignment_probe.organisms.build --out data --seed 0")
+        raise FileNotFoundError(
+            f"expected one {kind} twin in {organisms_dir}, found {names}; "
+            "rebuild with: python -m alignment_probe.organisms.build --out data --seed 0"
+        )
     return names[0]
 
 

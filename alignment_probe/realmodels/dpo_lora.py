@@ -67,7 +67,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
-def split_pairs(pairs: Sequence[PreferencePair], split_seed: int = 0) -> tuple[list[PreferencePair], list[PreferencePair]]:
+def split_pairs(
+    pairs: Sequence[PreferencePair], split_seed: int = 0
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """(train half, held-out half): a seeded permutation cut in the middle, each half sorted by pair_id."""
     import numpy as np
 
@@ -83,7 +85,9 @@ def heldout_pairs(data: Path | str = DEFAULT_DATA, split_seed: int = 0) -> list[
     return split_pairs(load_pairs(data)[0], split_seed)[1]
 
 
-def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer: Any, max_length: int) -> tuple[dict[str, list], dict[str, int]]:
+def tokenize_pairs(
+    pairs: Sequence[PreferencePair], tokenizer: Any, max_length: int
+) -> tuple[dict[str, list], dict[str, int]]:
     """Columns ``prompt_ids`` (with BOS), ``chosen_ids``, ``rejected_ids``, ``pair_id`` for TRL, plus counts."""
     cols: dict[str, list] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "pair_id": []}
     stats = {"n_pairs": len(pairs), "n_used": 0, "n_skipped_too_long": 0, "n_prompt_truncated": 0}
@@ -128,18 +132,40 @@ def _versions() -> dict[str, str]:
     import transformers
     import trl
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-            "peft": peft.__version__}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "peft": peft.__version__,
+    }
 
 
-def train_adapter(out_dir: Path | str, *, seed: int = 0, steps: int = 100, lora_rank: int = 8,
-                  lora_alpha: float | None = None, lr: float = 1e-4, beta: float = 0.1,
-                  target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
-                  layers_to_transform: Sequence[int] | None = None, max_length: int = 192, batch_size: int = 4,
-                  grad_accum: int = 2, n_eval: int | None = 128, data: Path | str = DEFAULT_DATA, split_seed: int = 0,
-                  base_dir: Path | str | None = None, cache_dir: Path | str | None = None, device: str | None = None,
-                  threads: int | None = None, n_train: int | None = None, gradient_checkpointing: bool = False,
-                  overwrite: bool = False, log: Any = print) -> Path:
+def train_adapter(
+    out_dir: Path | str,
+    *,
+    seed: int = 0,
+    steps: int = 100,
+    lora_rank: int = 8,
+    lora_alpha: float | None = None,
+    lr: float = 1e-4,
+    beta: float = 0.1,
+    target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+    layers_to_transform: Sequence[int] | None = None,
+    max_length: int = 192,
+    batch_size: int = 4,
+    grad_accum: int = 2,
+    n_eval: int | None = 128,
+    data: Path | str = DEFAULT_DATA,
+    split_seed: int = 0,
+    base_dir: Path | str | None = None,
+    cache_dir: Path | str | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    n_train: int | None = None,
+    gradient_checkpointing: bool = False,
+    overwrite: bool = False,
+    log: Any = print,
+) -> Path:
     """Train a DPO LoRA adapter on the train half; save adapter + recipe (with eval metrics) to ``out_dir``.
 
     ``batch_size`` pairs per forward (each pair is a chosen and a rejected sequence), ``grad_accum``
@@ -175,25 +201,54 @@ def train_adapter(out_dir: Path | str, *, seed: int = 0, steps: int = 100, lora_
     train_cols, train_stats = tokenize_pairs(train_pairs, tokenizer, max_length)
     eval_cols, eval_stats = tokenize_pairs(held_pairs, tokenizer, max_length)
     if n_eval is not None and n_eval < len(eval_cols["pair_id"]):
-        keep = sorted(np.random.default_rng(10_000 + split_seed).permutation(len(eval_cols["pair_id"]))[:n_eval].tolist())
+        keep = sorted(
+            np.random.default_rng(10_000 + split_seed).permutation(len(eval_cols["pair_id"]))[:n_eval].tolist()
+        )
         eval_cols = {k: [v[i] for i in keep] for k, v in eval_cols.items()}
     log(f"train pairs: {train_stats}; held-out pairs: {eval_stats}; evaluating on {len(eval_cols['pair_id'])}")
 
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    lora = LoraConfig(r=lora_rank, lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_rank, lora_dropout=0.0,
-                      target_modules=list(target_modules), bias="none", task_type="CAUSAL_LM",
-                      layers_to_transform=list(layers_to_transform) if layers_to_transform is not None else None,
-                      layers_pattern="layers" if layers_to_transform is not None else None)
+    lora = LoraConfig(
+        r=lora_rank,
+        lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_rank,
+        lora_dropout=0.0,
+        target_modules=list(target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+        layers_to_transform=list(layers_to_transform) if layers_to_transform is not None else None,
+        layers_pattern="layers" if layers_to_transform is not None else None,
+    )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))  # same filesystem: atomic rename
     try:
         args = DPOConfig(
-            output_dir=str(work / "trainer"), max_steps=steps, per_device_train_batch_size=batch_size,
-            per_device_eval_batch_size=batch_size, gradient_accumulation_steps=grad_accum, learning_rate=lr,
-            lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
-            beta=beta, loss_type=["sigmoid"], max_length=None, precompute_ref_log_probs=False, disable_dropout=True,
-            logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[], seed=seed, data_seed=seed,
-            use_cpu=(device == "cpu"), bf16=False, fp16=False, dataloader_num_workers=0, disable_tqdm=True,
+            output_dir=str(work / "trainer"),
+            max_steps=steps,
+            per_device_train_batch_size=batch_size,
+            per_device_eval_batch_size=batch_size,
+            gradient_accumulation_steps=grad_accum,
+            learning_rate=lr,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.1,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            optim="adamw_torch",
+            beta=beta,
+            loss_type=["sigmoid"],
+            max_length=None,
+            precompute_ref_log_probs=False,
+            disable_dropout=True,
+            logging_steps=1,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            seed=seed,
+            data_seed=seed,
+            use_cpu=(device == "cpu"),
+            bf16=False,
+            fp16=False,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
             gradient_checkpointing=gradient_checkpointing,  # TRL defaults to True; a 135M model needs no recompute
         )
 
@@ -210,50 +265,95 @@ def train_adapter(out_dir: Path | str, *, seed: int = 0, steps: int = 100, lora_
 
         timer = StepTimer()
         trainer = _trainer_class()(
-            model=model, args=args, processing_class=tokenizer, peft_config=lora, callbacks=[timer],
+            model=model,
+            args=args,
+            processing_class=tokenizer,
+            peft_config=lora,
+            callbacks=[timer],
             train_dataset=Dataset.from_dict(train_cols),
             eval_dataset=Dataset.from_dict(eval_cols) if eval_cols["pair_id"] else None,
         )
         n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        log(f"LoRA rank {lora_rank} on {list(target_modules)} (layers: {layers_to_transform or 'all'}): "
-            f"{n_trainable:,} trainable parameters; device {device}, {torch.get_num_threads()} threads")
+        log(
+            f"LoRA rank {lora_rank} on {list(target_modules)} (layers: {layers_to_transform or 'all'}): "
+            f"{n_trainable:,} trainable parameters; device {device}, {torch.get_num_threads()} threads"
+        )
         t0 = time.perf_counter()
         trainer.train()
         t_train = time.perf_counter() - t0
         t1 = time.perf_counter()
         metrics = trainer.evaluate() if eval_cols["pair_id"] else {}
         t_eval = time.perf_counter() - t1
-        log(f"trained {steps} steps in {t_train:.1f} s ({t_train / max(steps, 1):.2f} s/step); eval {t_eval:.1f} s: "
-            + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and "rewards" in k))
+        log(
+            f"trained {steps} steps in {t_train:.1f} s ({t_train / max(steps, 1):.2f} s/step); eval {t_eval:.1f} s: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float) and "rewards" in k)
+        )
 
         stage = work / "adapter"
         trainer.model.save_pretrained(stage)
         (stage / "README.md").unlink(missing_ok=True)  # peft's empty model card
-        history = [{k: v for k, v in e.items() if k in ("step", "loss", "rewards/accuracies", "rewards/margins",
-                                                          "learning_rate", "grad_norm")}
-                   for e in trainer.state.log_history if "loss" in e]
+        history = [
+            {
+                k: v
+                for k, v in e.items()
+                if k in ("step", "loss", "rewards/accuracies", "rewards/margins", "learning_rate", "grad_norm")
+            }
+            for e in trainer.state.log_history
+            if "loss" in e
+        ]
         recipe = {
             "what": "DPO LoRA adapter for SmolLM2-135M-Instruct (alignment_probe.realmodels.dpo_lora)",
             "base": {"path": str(base_dir), "model_safetensors_sha256": base_sha},
-            "data": {"path": str(data), "sha256": sha256_file(Path(data)) if Path(data).is_file() else None,
-                     "load_pairs": skip_report.to_dict(), "split_seed": split_seed,
-                     "train_pair_ids": train_cols["pair_id"], "eval_pair_ids": eval_cols["pair_id"],
-                     "heldout_pair_ids": [p.pair_id for p in held_pairs],
-                     "train": train_stats, "heldout": eval_stats, "n_train_cap": n_train},
-            "tokens": {"max_length": max_length, "bos_token": tokenizer.bos_token, "bos_token_id": tokenizer.bos_token_id,
-                       "truncation": "drop prompt tokens from the left; skip pairs whose completion does not fit",
-                       "eos_appended": False},
-            "lora": {"r": lora_rank, "lora_alpha": lora.lora_alpha, "lora_dropout": 0.0, "target_modules": list(target_modules),
-                     "layers_to_transform": list(layers_to_transform) if layers_to_transform is not None else None,
-                     "n_trainable_parameters": n_trainable},
-            "dpo": {"trainer": "trl.DPOTrainer (pre-tokenised)", "loss_type": "sigmoid", "beta": beta,
-                    "reference": "base model (adapter disabled)", "steps": steps, "batch_size": batch_size,
-                    "grad_accum": grad_accum, "pairs_per_step": batch_size * grad_accum, "lr": lr,
-                    "schedule": "cosine, 10% warm-up", "optimizer": "adamw_torch, wd 0, clip 1.0", "seed": seed,
-                    "gradient_checkpointing": gradient_checkpointing},
-            "device": device, "threads": torch.get_num_threads(), "versions": _versions(),
-            "timing": {"train_seconds": round(t_train, 2), "eval_seconds": round(t_eval, 2),
-                       "seconds_per_step": [round(s, 3) for s in timer.seconds]},
+            "data": {
+                "path": str(data),
+                "sha256": sha256_file(Path(data)) if Path(data).is_file() else None,
+                "load_pairs": skip_report.to_dict(),
+                "split_seed": split_seed,
+                "train_pair_ids": train_cols["pair_id"],
+                "eval_pair_ids": eval_cols["pair_id"],
+                "heldout_pair_ids": [p.pair_id for p in held_pairs],
+                "train": train_stats,
+                "heldout": eval_stats,
+                "n_train_cap": n_train,
+            },
+            "tokens": {
+                "max_length": max_length,
+                "bos_token": tokenizer.bos_token,
+                "bos_token_id": tokenizer.bos_token_id,
+                "truncation": "drop prompt tokens from the left; skip pairs whose completion does not fit",
+                "eos_appended": False,
+            },
+            "lora": {
+                "r": lora_rank,
+                "lora_alpha": lora.lora_alpha,
+                "lora_dropout": 0.0,
+                "target_modules": list(target_modules),
+                "layers_to_transform": list(layers_to_transform) if layers_to_transform is not None else None,
+                "n_trainable_parameters": n_trainable,
+            },
+            "dpo": {
+                "trainer": "trl.DPOTrainer (pre-tokenised)",
+                "loss_type": "sigmoid",
+                "beta": beta,
+                "reference": "base model (adapter disabled)",
+                "steps": steps,
+                "batch_size": batch_size,
+                "grad_accum": grad_accum,
+                "pairs_per_step": batch_size * grad_accum,
+                "lr": lr,
+                "schedule": "cosine, 10% warm-up",
+                "optimizer": "adamw_torch, wd 0, clip 1.0",
+                "seed": seed,
+                "gradient_checkpointing": gradient_checkpointing,
+            },
+            "device": device,
+            "threads": torch.get_num_threads(),
+            "versions": _versions(),
+            "timing": {
+                "train_seconds": round(t_train, 2),
+                "eval_seconds": round(t_eval, 2),
+                "seconds_per_step": [round(s, 3) for s in timer.seconds],
+            },
             "train_log": history,
             "eval_metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             "adapter_sha256": {f: sha256_file(stage / f) for f in ADAPTER_FILES},
@@ -284,7 +384,9 @@ def _checkpoint_sha(path: Path) -> str:
     return sha256_file(path / WEIGHTS)
 
 
-def materialise_tuned(adapter_dir: Path | str, cache_dir: Path | str | None = None, *, base_dir: Path | str | None = None) -> Path:
+def materialise_tuned(
+    adapter_dir: Path | str, cache_dir: Path | str | None = None, *, base_dir: Path | str | None = None
+) -> Path:
     """Base + adapter merged (peft ``merge_and_unload``) into a full float32 checkpoint directory, cached.
 
     The directory is ``<cache root>/smollm2-135m-instruct-dpo-lora-<hash of base + adapter files>``
@@ -301,19 +403,31 @@ def materialise_tuned(adapter_dir: Path | str, cache_dir: Path | str | None = No
     want = recipe.get("base", {}).get("model_safetensors_sha256")
     if base_dir is None:  # the base it was trained on, if still there; else (re)convert into this cache
         trained_on = Path(recipe.get("base", {}).get("path", "/nonexistent"))
-        base_dir = (trained_on if (trained_on / WEIGHTS).is_file() and _checkpoint_sha(trained_on) == want
-                    else convert_smollm2(cache_dir))
+        base_dir = (
+            trained_on
+            if (trained_on / WEIGHTS).is_file() and _checkpoint_sha(trained_on) == want
+            else convert_smollm2(cache_dir)
+        )
     base_dir = Path(base_dir).expanduser()
     base_sha = _checkpoint_sha(base_dir)
     if want not in (None, base_sha):
-        raise ValueError(f"The adapter in {adapter_dir} was trained on a base with model.safetensors sha256 {want[:12]}…, "
-                         f"but {base_dir} has {base_sha[:12]}…: not its base model.")
+        raise ValueError(
+            f"The adapter in {adapter_dir} was trained on a base with model.safetensors sha256 {want[:12]}…, "
+            f"but {base_dir} has {base_sha[:12]}…: not its base model."
+        )
     recipe_file = adapter_dir / RECIPE
     # One merge implementation (alignment_probe.adapters); the base is identified by its weights' sha256
     # above, so the adapter's recorded base name (a cache path on the training machine) is not checked.
-    return merge_adapter(base_dir, adapter_dir, cache_dir=cache_dir, check_name=False, prefix=TUNED_PREFIX,
-                         base_sha=base_sha, extra_files=(recipe_file,) if recipe_file.is_file() else (),
-                         extra_marker={"base_model_safetensors_sha256": base_sha, "versions": _versions()})
+    return merge_adapter(
+        base_dir,
+        adapter_dir,
+        cache_dir=cache_dir,
+        check_name=False,
+        prefix=TUNED_PREFIX,
+        base_sha=base_sha,
+        extra_files=(recipe_file,) if recipe_file.is_file() else (),
+        extra_marker={"base_model_safetensors_sha256": base_sha, "versions": _versions()},
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -356,12 +470,25 @@ def _main(argv: Sequence[str] | None = None) -> int:
     a = parser.parse_args(argv)
     if a.cmd == "train":
         out = train_adapter(
-            a.out, seed=a.seed, steps=a.steps, lora_rank=a.lora_rank, lr=a.lr, beta=a.beta,
+            a.out,
+            seed=a.seed,
+            steps=a.steps,
+            lora_rank=a.lora_rank,
+            lr=a.lr,
+            beta=a.beta,
             target_modules=[s for s in a.target_modules.split(",") if s],
             layers_to_transform=[int(x) for x in a.layers.split(",")] if a.layers else None,
-            max_length=a.max_length, batch_size=a.batch_size, grad_accum=a.grad_accum,
-            n_eval=None if a.n_eval < 0 else a.n_eval, n_train=a.n_train, data=a.data, cache_dir=a.cache_dir,
-            device=a.device, threads=a.threads, overwrite=a.overwrite)
+            max_length=a.max_length,
+            batch_size=a.batch_size,
+            grad_accum=a.grad_accum,
+            n_eval=None if a.n_eval < 0 else a.n_eval,
+            n_train=a.n_train,
+            data=a.data,
+            cache_dir=a.cache_dir,
+            device=a.device,
+            threads=a.threads,
+            overwrite=a.overwrite,
+        )
         print(out)
     else:
         print(materialise_tuned(a.adapter_dir, a.cache_dir))

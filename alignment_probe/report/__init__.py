@@ -24,7 +24,22 @@ from alignment_probe.report.html import load_run, render_report, write_report
 from alignment_probe.report.verdicts import Finding, findings
 
 __all__ = [
-    "Finding", "MissingExperimentError", "all_figures", "alpha_dose_response", "build_figures", "controls",
-    "directionality", "findings", "gain_histogram", "lasso_coefficients", "layer_curve", "load_run", "lowrank",
-    "render_report", "save_static", "source_variants", "static_export_available", "write_report",
+    "Finding",
+    "MissingExperimentError",
+    "all_figures",
+    "alpha_dose_response",
+    "build_figures",
+    "controls",
+    "directionality",
+    "findings",
+    "gain_histogram",
+    "lasso_coefficients",
+    "layer_curve",
+    "load_run",
+    "lowrank",
+    "render_report",
+    "save_static",
+    "source_variants",
+    "static_export_available",
+    "write_report",
 ]

@@ -18,8 +18,21 @@ from alignment_probe.experiments.registry import color, label
 from alignment_probe.report import figures as F
 
 CONDITION = ["experiment", "target", "source", "hook", "scope", "sides", "param", "split"]
-CURVE_COLUMNS = ["experiment", "hook", "scope", "param", "layer", "mean", "ci_low", "ci_high", "n",
-                 "target", "source", "sides", "split"]
+CURVE_COLUMNS = [
+    "experiment",
+    "hook",
+    "scope",
+    "param",
+    "layer",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "n",
+    "target",
+    "source",
+    "sides",
+    "split",
+]
 
 
 def select(effects: pd.DataFrame, **where: Any) -> pd.DataFrame:
@@ -61,12 +74,12 @@ def condition_label(row: Any, varying: list[str]) -> str:
     return " · ".join(parts)
 
 
-def plot(effects_or_curves: pd.DataFrame, *, title: str = "Per-layer effect by condition", seed: int = 0,
-         n_boot: int = 2000) -> Any:
+def plot(
+    effects_or_curves: pd.DataFrame, *, title: str = "Per-layer effect by condition", seed: int = 0, n_boot: int = 2000
+) -> Any:
     """A plotly Figure with one line (and its 95% CI band) per condition of an effects table (or of
     :func:`curves`' output)."""
     import plotly.graph_objects as go
-
 
     frame = effects_or_curves
     if "mean" not in frame.columns:

@@ -70,11 +70,13 @@ from alignment_probe.experiments.figures import source_variants as source_varian
 # name → (function, what it needs, caption), in the report's order: every figure the registered
 # experiments declare (each experiment module names its own figures).
 FIGURES: Mapping[str, tuple[Any, tuple[str, ...], str]] = _FromRegistry(
-    lambda: {f.name: (f.function(), f.needs, f.caption) for f in registry.figures()})
+    lambda: {f.name: (f.function(), f.needs, f.caption) for f in registry.figures()}
+)
 
 
-def build_figures(summary: Mapping[str, Any], scores: pd.DataFrame | None = None
-                  ) -> tuple[dict[str, go.Figure], dict[str, str]]:
+def build_figures(
+    summary: Mapping[str, Any], scores: pd.DataFrame | None = None
+) -> tuple[dict[str, go.Figure], dict[str, str]]:
     """(figures that can be drawn, name → reason for those that cannot), both in report order.
     A figure that needs no experiment is drawn from the per-pair scores."""
     drawn: dict[str, go.Figure] = {}
@@ -104,8 +106,9 @@ def static_export_available() -> bool:
         return False
 
 
-def save_static(fig: go.Figure, path: str | Path, *, scale: float = 2.0, width: int | None = None,
-                height: int | None = None) -> Path:
+def save_static(
+    fig: go.Figure, path: str | Path, *, scale: float = 2.0, width: int | None = None, height: int | None = None
+) -> Path:
     """Write ``fig`` as a static image (format from the suffix: .png, .svg, .pdf, .jpg, .webp) via kaleido.
 
     Optional: kaleido 1.x drives a headless Chrome/Chromium. When kaleido or the browser is missing this
@@ -115,9 +118,11 @@ def save_static(fig: go.Figure, path: str | Path, *, scale: float = 2.0, width: 
     fmt = path.suffix.lstrip(".").lower()
     if fmt not in {"png", "svg", "pdf", "jpg", "jpeg", "webp"}:
         raise ValueError(f"{path}: unsupported image format {fmt!r}; use .png, .svg, .pdf, .jpg or .webp")
-    hint = ("Static image export needs kaleido>=1 and a Chrome/Chromium browser: install chromium "
-            "(e.g. `apt-get install chromium`, or run `plotly_get_chrome`), or use the HTML report / "
-            "fig.write_html instead.")
+    hint = (
+        "Static image export needs kaleido>=1 and a Chrome/Chromium browser: install chromium "
+        "(e.g. `apt-get install chromium`, or run `plotly_get_chrome`), or use the HTML report / "
+        "fig.write_html instead."
+    )
     try:
         import kaleido  # noqa: F401
     except ImportError as err:

@@ -101,8 +101,10 @@ def _model_row(models: Mapping[str, Any], which: str) -> str:
     if isinstance(m, Mapping):
         source = m.get("source") or m.get("name") or m.get("path") or "—"
         fp = m.get("fingerprint")
-        return (f"<code>{esc(source)}</code> · fingerprint <code title=\"{esc(fp if fp is not None else '')}\">"
-                f"{esc(_short(fp))}</code>")
+        return (
+            f'<code>{esc(source)}</code> · fingerprint <code title="{esc(fp if fp is not None else "")}">'
+            f"{esc(_short(fp))}</code>"
+        )
     return f"<code>{esc(m)}</code>" if m is not None else '<span class="muted">not recorded</span>'
 
 
@@ -111,8 +113,11 @@ def _header(summary: Mapping[str, Any], manifest: Mapping[str, Any], title: str)
     config = manifest.get("config") or {}
     data = manifest.get("data") or {}
     seed = config.get("seed", manifest.get("seed", summary.get("seed")))
-    arch = [f"{k} {esc(models[k])}" for k in ("architecture", "n_layers", "d_model", "dtype", "device")
-            if k in models and not isinstance(models[k], Mapping)]
+    arch = [
+        f"{k} {esc(models[k])}"
+        for k in ("architecture", "n_layers", "d_model", "dtype", "device")
+        if k in models and not isinstance(models[k], Mapping)
+    ]
     rows = [
         ("base model", _model_row(models, "base")),
         ("tuned model", _model_row(models, "tuned")),
@@ -135,8 +140,10 @@ def _header(summary: Mapping[str, Any], manifest: Mapping[str, Any], title: str)
         rows.append(("versions", ", ".join(f"{esc(k)} {esc(v)}" for k, v in versions.items())))
     cfg = ""
     if config:
-        cfg = ("<details><summary>full configuration</summary><pre>"
-               f"{esc(json.dumps(config, indent=2, sort_keys=True, default=str))}</pre></details>")
+        cfg = (
+            "<details><summary>full configuration</summary><pre>"
+            f"{esc(json.dumps(config, indent=2, sort_keys=True, default=str))}</pre></details>"
+        )
     return f"<header><h1>{esc(title)}</h1>{_kv_table(rows)}{cfg}</header>"
 
 
@@ -146,20 +153,46 @@ def _headline(summary: Mapping[str, Any]) -> str:
     cards = [
         ("mean Δlogp, base", fmt(summary.get("base_delta_logp_mean"), 4, signed=True) + " nats", ""),
         ("mean Δlogp, tuned", fmt(summary.get("tuned_delta_logp_mean"), 4, signed=True) + " nats", ""),
-        ("mean gain (tuned − base), summed over tokens", fmt(gain, 4, signed=True) + " nats",
-         fmt_ci(lo, hi) if F._num(lo) > 0 or F._num(hi) < 0 else fmt_effect(gain, lo, hi, what="gain")),
+        (
+            "mean gain (tuned − base), summed over tokens",
+            fmt(gain, 4, signed=True) + " nats",
+            fmt_ci(lo, hi) if F._num(lo) > 0 or F._num(hi) < 0 else fmt_effect(gain, lo, hi, what="gain"),
+        ),
     ]
     if "gain_per_token_mean" in summary:  # statistics.md: the per-token mean beside every sum-based headline
         plo, phi = F._ci_pair(summary.get("gain_per_token_ci"))
         per_token = _num(summary.get("gain_per_token_mean"))
-        cards.append(("mean gain per completion token", fmt(per_token, 3, signed=True) + " nats/token",
-                      fmt_ci(plo, phi) if _num(plo) > 0 or _num(phi) < 0
-                      else fmt_effect(per_token, plo, phi, unit="nats/token", what="gain")))
-    html = '<div class="headline">' + "".join(
-        f'<div class="card"><div class="l">{esc(label)}</div><div class="v">{esc(value)}</div>'
-        f'<div class="l">{esc(sub)}</div></div>' for label, value, sub in cards) + "</div>"
-    known = {"n_pairs", "n_layers", "base_delta_logp_mean", "tuned_delta_logp_mean", "gain_mean", "gain_ci",
-             "gain_per_token_mean", "gain_per_token_ci", "experiments", "verdicts", "verdicts_not_run"}
+        cards.append(
+            (
+                "mean gain per completion token",
+                fmt(per_token, 3, signed=True) + " nats/token",
+                fmt_ci(plo, phi)
+                if _num(plo) > 0 or _num(phi) < 0
+                else fmt_effect(per_token, plo, phi, unit="nats/token", what="gain"),
+            )
+        )
+    html = (
+        '<div class="headline">'
+        + "".join(
+            f'<div class="card"><div class="l">{esc(label)}</div><div class="v">{esc(value)}</div>'
+            f'<div class="l">{esc(sub)}</div></div>'
+            for label, value, sub in cards
+        )
+        + "</div>"
+    )
+    known = {
+        "n_pairs",
+        "n_layers",
+        "base_delta_logp_mean",
+        "tuned_delta_logp_mean",
+        "gain_mean",
+        "gain_ci",
+        "gain_per_token_mean",
+        "gain_per_token_ci",
+        "experiments",
+        "verdicts",
+        "verdicts_not_run",
+    }
     extra = []
     for k, v in summary.items():
         if k in known:
@@ -171,7 +204,7 @@ def _headline(summary: Mapping[str, Any]) -> str:
         elif isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
             extra.append((k, esc(f"[{fmt(v[0], 4)}, {fmt(v[1], 4)}]")))
     if extra:
-        html += "<p class=\"muted\">Other summary numbers:</p>" + _kv_table(extra)
+        html += '<p class="muted">Other summary numbers:</p>' + _kv_table(extra)
     return html
 
 
@@ -192,11 +225,14 @@ def _findings_table(rows: Sequence[Finding]) -> str:
             badge += f'<div class="rule">(the rule gives “{esc(f.verdict)}”)</div>'
         body.append(
             f'<tr data-finding="{esc(f.key)}" data-verdict="{esc(f.verdict)}"><td>{i}</td><td>{esc(f.claim)}</td>'
-            f'<td>{esc(f.paper)}</td><td>{esc(f.ours)}</td><td>{badge}'
-            f'<div class="rule">rule: {esc(f.rule)}</div>{_numbers(f.numbers)}</td></tr>')
+            f"<td>{esc(f.paper)}</td><td>{esc(f.ours)}</td><td>{badge}"
+            f'<div class="rule">rule: {esc(f.rule)}</div>{_numbers(f.numbers)}</td></tr>'
+        )
     counts = {v: sum(f.verdict == v for f in rows) for v in (AGREES, DIFFERS, INCONCLUSIVE, NOT_RUN)}
     tally = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
-    return (f'<p class="muted">{esc(tally)}.</p>' if tally else "") + f'<table class="findings">{head}{"".join(body)}</table>'
+    return (
+        f'<p class="muted">{esc(tally)}.</p>' if tally else ""
+    ) + f'<table class="findings">{head}{"".join(body)}</table>'
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,8 +260,9 @@ def _where(name: str, path: Sequence[str]) -> str:
 _PEAK_KEYS = ("peak_set", "layers_swept", "peak_layer", "peak_layer_ci", "per_layer")
 
 
-def _found(summary: Mapping[str, Any], test: Any, keys: Sequence[str] | None = None
-           ) -> list[tuple[str, Mapping[str, Any]]]:
+def _found(
+    summary: Mapping[str, Any], test: Any, keys: Sequence[str] | None = None
+) -> list[tuple[str, Mapping[str, Any]]]:
     """(where, dict) for each dict that passes ``test`` in any experiment's entry; one repeated inside an entry (a
     width's summary merged into its parent, ``heldout["selection"]`` beside ``selection``) is listed once: the same
     values of ``keys`` (default: every key) are the same thing."""
@@ -244,8 +281,11 @@ def _found(summary: Mapping[str, Any], test: Any, keys: Sequence[str] | None = N
 def _ids(ids: Sequence[Any]) -> str:
     ids = list(ids or [])
     shown = ", ".join(str(v) for v in ids)
-    return (f"{len(ids)} pairs" if not ids else
-            f"<details><summary>{len(ids)} pairs</summary><span class=\"muted\">ids {esc(shown)}</span></details>")
+    return (
+        f"{len(ids)} pairs"
+        if not ids
+        else f'<details><summary>{len(ids)} pairs</summary><span class="muted">ids {esc(shown)}</span></details>'
+    )
 
 
 def _cell(part: Any) -> str:
@@ -256,8 +296,9 @@ def _cell(part: Any) -> str:
     text += f" (n = {n})" if n is not None else ""
     per_token = part.get("per_token")  # a sum's per-token mean, where the summary gives it (statistics.md)
     if isinstance(per_token, Mapping):
-        text += "; per token " + fmt_effect(per_token.get("mean"), per_token.get("ci_low"), per_token.get("ci_high"),
-                                            unit="nats/token")
+        text += "; per token " + fmt_effect(
+            per_token.get("mean"), per_token.get("ci_low"), per_token.get("ci_high"), unit="nats/token"
+        )
     return esc(text)
 
 
@@ -268,7 +309,7 @@ def _peaks_selections_maps(summary: Mapping[str, Any]) -> str:
     maps = _found(summary, lambda d: "m" in d and ("band_low" in d or "critical" in d))
     if not (peaks or selections or maps):
         return ""
-    parts = ["<h2 id=\"peaks\">Peaks, held-out selections and maps</h2>"]
+    parts = ['<h2 id="peaks">Peaks, held-out selections and maps</h2>']
     if peaks:
         rows = []
         for where, d in peaks:
@@ -276,45 +317,59 @@ def _peaks_selections_maps(summary: Mapping[str, Any]) -> str:
             swept = d.get("layers_swept")
             lo, hi = F._ci_pair(d.get("peak_layer_ci"))
             argmax = d.get("peak_layer")
-            arg = (f"{argmax}" + (f" (bootstrap CI {lo:g}–{hi:g})" if math.isfinite(lo) else "")
-                   if argmax is not None else "—")
+            arg = (
+                f"{argmax}" + (f" (bootstrap CI {lo:g}–{hi:g})" if math.isfinite(lo) else "")
+                if argmax is not None
+                else "—"
+            )
             depth = ""
             if members and n_model:
                 ds = [relative_depth(v, n_model) for v in members]
                 depth = f"{min(ds):.2f}" + (f"–{max(ds):.2f}" if max(ds) > min(ds) else "")
-            grid = (f"{swept} of {n_model}" if swept and n_model and swept < n_model
-                    else f"{swept}" if swept else "—")
-            rows.append(f"<tr title=\"{esc(d.get('peak_set_rule') or '')}\"><td><code>{esc(where)}</code></td>"
-                        f"<td>{esc(fmt_layers(members))} "
-                        f"<span class=\"muted\">({len(members)} layer{'s' if len(members) != 1 else ''})</span></td>"
-                        f"<td class=\"num\">{esc(grid)}</td><td>{esc(arg)}</td><td>{esc(depth)}</td></tr>")
-        parts.append("<h3>Peaks as sets</h3><p class=\"muted\">The peak set: every layer whose effect is not "
-                     "significantly below the maximum (one-sided paired bootstrap of max − effect over pairs, 95%; "
-                     "hover a row for its rule). The argmax alone is not a finding; on a coarse grid only the swept "
-                     "layers can be in the set.</p>"
-                     "<table class=\"peaks\"><tr><th>experiment</th><th>peak set (layers)</th><th>layers swept</th>"
-                     f"<th>argmax layer</th><th>relative depth</th></tr>{''.join(rows)}</table>")
+            grid = f"{swept} of {n_model}" if swept and n_model and swept < n_model else f"{swept}" if swept else "—"
+            rows.append(
+                f'<tr title="{esc(d.get("peak_set_rule") or "")}"><td><code>{esc(where)}</code></td>'
+                f"<td>{esc(fmt_layers(members))} "
+                f'<span class="muted">({len(members)} layer{"s" if len(members) != 1 else ""})</span></td>'
+                f'<td class="num">{esc(grid)}</td><td>{esc(arg)}</td><td>{esc(depth)}</td></tr>'
+            )
+        parts.append(
+            '<h3>Peaks as sets</h3><p class="muted">The peak set: every layer whose effect is not '
+            "significantly below the maximum (one-sided paired bootstrap of max − effect over pairs, 95%; "
+            "hover a row for its rule). The argmax alone is not a finding; on a coarse grid only the swept "
+            "layers can be in the set.</p>"
+            '<table class="peaks"><tr><th>experiment</th><th>peak set (layers)</th><th>layers swept</th>'
+            f"<th>argmax layer</th><th>relative depth</th></tr>{''.join(rows)}</table>"
+        )
     if selections:
         rows = []
         for where, d in selections:
             chosen = d.get("chosen")
-            rows.append(f"<tr><td><code>{esc(where)}</code></td><td>{esc(fmt_value(chosen))}</td>"
-                        f"<td>{_ids(d.get('explore_pair_ids') or [])}</td><td>{_ids(d.get('confirm_pair_ids') or [])}</td>"
-                        f"<td>{_cell(d.get('confirm'))}</td><td>{_cell(d.get('in_sample'))}</td></tr>")
-        parts.append("<h3>Held-out selections</h3><p class=\"muted\">Whatever is chosen by looking at the data is "
-                     "chosen on the <em>explore</em> pairs and reported on the disjoint <em>confirm</em> pairs; the "
-                     "explore pairs' own number stands beside it, labelled in-sample (optimistic by selection).</p>"
-                     "<table class=\"selections\"><tr><th>choice</th><th>chosen</th><th>explore pairs (choose)</th>"
-                     "<th>confirm pairs (report)</th><th>confirm number</th><th>in-sample (explore pairs)</th></tr>"
-                     f"{''.join(rows)}</table>")
+            rows.append(
+                f"<tr><td><code>{esc(where)}</code></td><td>{esc(fmt_value(chosen))}</td>"
+                f"<td>{_ids(d.get('explore_pair_ids') or [])}</td><td>{_ids(d.get('confirm_pair_ids') or [])}</td>"
+                f"<td>{_cell(d.get('confirm'))}</td><td>{_cell(d.get('in_sample'))}</td></tr>"
+            )
+        parts.append(
+            '<h3>Held-out selections</h3><p class="muted">Whatever is chosen by looking at the data is '
+            "chosen on the <em>explore</em> pairs and reported on the disjoint <em>confirm</em> pairs; the "
+            "explore pairs' own number stands beside it, labelled in-sample (optimistic by selection).</p>"
+            '<table class="selections"><tr><th>choice</th><th>chosen</th><th>explore pairs (choose)</th>'
+            "<th>confirm pairs (report)</th><th>confirm number</th><th>in-sample (explore pairs)</th></tr>"
+            f"{''.join(rows)}</table>"
+        )
     if maps:
         rows = []
         for where, d in maps:
-            rows.append(f"<tr><td><code>{esc(where)}</code></td><td class=\"num\">{esc(d.get('m'))}</td>"
-                        f"<td>{esc(fmt(d.get('critical'), 3))}</td><td class=\"rule\">{esc(d.get('rule', ''))}</td></tr>")
-        parts.append("<h3>Maps</h3><p class=\"muted\">A claim about the largest cell of a map of m cells uses "
-                     "simultaneous (max-|t|) bands over the m cells.</p><table class=\"maps\"><tr><th>map</th>"
-                     f"<th>m cells</th><th>critical |t|</th><th>rule</th></tr>{''.join(rows)}</table>")
+            rows.append(
+                f'<tr><td><code>{esc(where)}</code></td><td class="num">{esc(d.get("m"))}</td>'
+                f'<td>{esc(fmt(d.get("critical"), 3))}</td><td class="rule">{esc(d.get("rule", ""))}</td></tr>'
+            )
+        parts.append(
+            '<h3>Maps</h3><p class="muted">A claim about the largest cell of a map of m cells uses '
+            'simultaneous (max-|t|) bands over the m cells.</p><table class="maps"><tr><th>map</th>'
+            f"<th>m cells</th><th>critical |t|</th><th>rule</th></tr>{''.join(rows)}</table>"
+        )
     return "".join(parts)
 
 
@@ -328,11 +383,19 @@ def _heading(name: str) -> str:
 
 def _figure_html(name: str, fig: Any) -> str:
     height = fig.layout.height or F.HEIGHT
-    div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{name}", default_height=f"{height}px",
-                      default_width="100%", config={"displaylogo": False, "responsive": True})
+    div = fig.to_html(
+        full_html=False,
+        include_plotlyjs=False,
+        div_id=f"fig-{name}",
+        default_height=f"{height}px",
+        default_width="100%",
+        config={"displaylogo": False, "responsive": True},
+    )
     caption = F.FIGURES[name][2] if name in F.FIGURES else ""
-    return (f'<section class="figure" id="section-{esc(name)}"><h3>{esc(_heading(name))}</h3>'
-            f'{div}<p class="caption">{esc(caption)}</p></section>')
+    return (
+        f'<section class="figure" id="section-{esc(name)}"><h3>{esc(_heading(name))}</h3>'
+        f'{div}<p class="caption">{esc(caption)}</p></section>'
+    )
 
 
 def _effects_overview(effects: pd.DataFrame | None) -> str:
@@ -340,6 +403,7 @@ def _effects_overview(effects: pd.DataFrame | None) -> str:
         return ""
     rows = []
     for name, g in effects.groupby("experiment", sort=True):
+
         def uniq(col: str) -> str:
             if col not in g:
                 return "—"
@@ -347,16 +411,20 @@ def _effects_overview(effects: pd.DataFrame | None) -> str:
             if not vals:
                 return "—"
             return ", ".join(vals) if len(vals) <= 6 else f"{len(vals)} values"
+
         pairs = g["pair_id"].nunique() if "pair_id" in g else "—"
         layers = g["layer"].nunique() if "layer" in g else "—"
-        rows.append(f"<tr><td><code>{esc(name)}</code></td><td class=\"num\">{len(g)}</td>"
-                    f"<td class=\"num\">{esc(pairs)}</td><td class=\"num\">{esc(layers)}</td>"
-                    f"<td>{esc(uniq('hook'))}</td><td>{esc(uniq('scope'))}</td><td>{esc(uniq('sides'))}</td>"
-                    f"<td>{esc(uniq('param'))}</td></tr>")
-    head = ("<tr><th>experiment</th><th>rows</th><th>pairs</th><th>layers</th><th>hooks</th><th>scopes</th>"
-            "<th>sides</th><th>param</th></tr>")
-    return ("<h2>What was run (effects table)</h2>"
-            f"<table>{head}{''.join(rows)}</table>")
+        rows.append(
+            f'<tr><td><code>{esc(name)}</code></td><td class="num">{len(g)}</td>'
+            f'<td class="num">{esc(pairs)}</td><td class="num">{esc(layers)}</td>'
+            f"<td>{esc(uniq('hook'))}</td><td>{esc(uniq('scope'))}</td><td>{esc(uniq('sides'))}</td>"
+            f"<td>{esc(uniq('param'))}</td></tr>"
+        )
+    head = (
+        "<tr><th>experiment</th><th>rows</th><th>pairs</th><th>layers</th><th>hooks</th><th>scopes</th>"
+        "<th>sides</th><th>param</th></tr>"
+    )
+    return f"<h2>What was run (effects table)</h2><table>{head}{''.join(rows)}</table>"
 
 
 def _not_run(summary: Mapping[str, Any], skipped: Mapping[str, str]) -> str:
@@ -367,20 +435,29 @@ def _not_run(summary: Mapping[str, Any], skipped: Mapping[str, str]) -> str:
     opt_in = [n for n in registry.experiment_names(opt_in=True) if n not in EXPERIMENT_NAMES and n not in present]
     known = set(registry.experiment_names(opt_in=True))
     unknown = sorted(present - known)
-    parts = ["<h2 id=\"not-run\">Experiments not run</h2>"]
+    parts = ['<h2 id="not-run">Experiments not run</h2>']
     if missing:
         parts.append("<ul>" + "".join(f"<li><code>{esc(n)}</code> — not run</li>" for n in missing) + "</ul>")
     else:
         parts.append("<p>Every experiment was run.</p>")
     if opt_in:
-        parts.append("<p>Opt-in experiments (run only when named in <code>--experiments</code>): "
-                     + ", ".join(f"<code>{esc(n)}</code>" for n in opt_in) + ".</p>")
+        parts.append(
+            "<p>Opt-in experiments (run only when named in <code>--experiments</code>): "
+            + ", ".join(f"<code>{esc(n)}</code>" for n in opt_in)
+            + ".</p>"
+        )
     if skipped:
-        parts.append("<p>Figures left out:</p><ul>" + "".join(
-            f"<li><code>{esc(n)}</code> — {esc(why)}</li>" for n, why in skipped.items()) + "</ul>")
+        parts.append(
+            "<p>Figures left out:</p><ul>"
+            + "".join(f"<li><code>{esc(n)}</code> — {esc(why)}</li>" for n, why in skipped.items())
+            + "</ul>"
+        )
     if unknown:
-        parts.append("<p>Also in the summary (no figure for them): "
-                     + ", ".join(f"<code>{esc(n)}</code>" for n in unknown) + "</p>")
+        parts.append(
+            "<p>Also in the summary (no figure for them): "
+            + ", ".join(f"<code>{esc(n)}</code>" for n in unknown)
+            + "</p>"
+        )
     return "".join(parts)
 
 
@@ -424,12 +501,14 @@ def _generations(summary: Mapping[str, Any]) -> str:
     entry = F.experiment(summary, "generations")
     if not entry or not entry.get("rows"):
         return ""
-    return ('<h2 id="section-generations">What the models say (E12)</h2><p class="muted">Greedy decoding of '
-            f'{len({r["pair_id"] for r in entry["rows"]})} prompts of the run\'s data, '
-            f'{esc(entry.get("max_new_tokens", ""))} new tokens, under conditions fixed in advance: '
-            + ", ".join(f"<code>{esc(c)}</code>" for c in entry.get("conditions", []))
-            + ". A patch decodes the tuned model in lockstep on the same prefix.</p>"
-            + table_html(entry["rows"]))
+    return (
+        '<h2 id="section-generations">What the models say (E12)</h2><p class="muted">Greedy decoding of '
+        f"{len({r['pair_id'] for r in entry['rows']})} prompts of the run's data, "
+        f"{esc(entry.get('max_new_tokens', ''))} new tokens, under conditions fixed in advance: "
+        + ", ".join(f"<code>{esc(c)}</code>" for c in entry.get("conditions", []))
+        + ". A patch decodes the tuned model in lockstep on the same prefix.</p>"
+        + table_html(entry["rows"])
+    )
 
 
 def _token_examples(summary: Mapping[str, Any], tokens: pd.DataFrame | None, tokenizer: Any) -> str:
@@ -450,16 +529,24 @@ def _token_examples(summary: Mapping[str, Any], tokens: pd.DataFrame | None, tok
         except ValueError:
             continue
     what = "the per-token gain (every block from the tuned model)" if len(gain_rows) else "one per-token condition"
-    return (f"<h2 id=\"section-tokens\">Per-token effects on the tokens (E9)</h2><p class=\"muted\">{esc(what)} "
-            "for the run's first two pairs by id (chosen above rejected; blue: more likely, red: less; hover a token "
-            "for its value). In a notebook: <code>ap.load_run(dir).tokens(pair_id, \"token_map\", hook=…, "
-            f"layer=…)</code>.</p><style>{TOKEN_STYLE}</style>" + "".join(views))
+    return (
+        f'<h2 id="section-tokens">Per-token effects on the tokens (E9)</h2><p class="muted">{esc(what)} '
+        "for the run's first two pairs by id (chosen above rejected; blue: more likely, red: less; hover a token "
+        'for its value). In a notebook: <code>ap.load_run(dir).tokens(pair_id, "token_map", hook=…, '
+        f"layer=…)</code>.</p><style>{TOKEN_STYLE}</style>" + "".join(views)
+    )
 
 
-def render_report(summary: Mapping[str, Any], manifest: Mapping[str, Any] | None, *,
-                  scores: pd.DataFrame | None = None, effects: pd.DataFrame | None = None,
-                  title: str = "alignment-probe report", tokens: pd.DataFrame | None = None,
-                  tokenizer: Any = None) -> str:
+def render_report(
+    summary: Mapping[str, Any],
+    manifest: Mapping[str, Any] | None,
+    *,
+    scores: pd.DataFrame | None = None,
+    effects: pd.DataFrame | None = None,
+    title: str = "alignment-probe report",
+    tokens: pd.DataFrame | None = None,
+    tokenizer: Any = None,
+) -> str:
     """The report as one self-contained HTML string (plotly.js inline, once; no network needed)."""
     from plotly.offline import get_plotlyjs
 
@@ -468,9 +555,10 @@ def render_report(summary: Mapping[str, Any], manifest: Mapping[str, Any] | None
     toc = "".join(f'<li><a href="#section-{esc(n)}">{esc(_heading(n))}</a></li>' for n in figs)
     body = [
         _header(summary, manifest, title),
-        "<h2>Headline</h2>", _headline(summary),
+        "<h2>Headline</h2>",
+        _headline(summary),
         "<h2>Findings vs the paper's claims</h2>",
-        "<p class=\"muted\">Paper: Llama-3.2-1B base vs its preference-tuned twin, Anthropic HH pairs. "
+        '<p class="muted">Paper: Llama-3.2-1B base vs its preference-tuned twin, Anthropic HH pairs. '
         "Each verdict (agrees / differs / inconclusive) follows the explicit rule printed beside it, from the numbers "
         "printed with it; effects are Δlogp summed over completion tokens.</p>",
         _findings_table(findings(summary, effects, scores)),
@@ -484,12 +572,14 @@ def render_report(summary: Mapping[str, Any], manifest: Mapping[str, Any] | None
         _not_run(summary, skipped),
         _methods(),
     ]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
-            f"<style>{CSS}</style>"
-            "<script type=\"text/javascript\">window.PlotlyConfig = {MathJaxConfig: 'local'};</script>"
-            f"<script type=\"text/javascript\">{get_plotlyjs()}</script>"
-            f"</head><body><main>{''.join(body)}</main></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
+        f"<style>{CSS}</style>"
+        "<script type=\"text/javascript\">window.PlotlyConfig = {MathJaxConfig: 'local'};</script>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script>'
+        f"</head><body><main>{''.join(body)}</main></body></html>\n"
+    )
 
 
 def _first_existing(run_dir: Path, names: Sequence[str]) -> Path | None:
@@ -515,13 +605,23 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], pd.Da
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     scores_path = _first_existing(run_dir, SCORES_FILES)
     effects_path = _first_existing(run_dir, EFFECTS_FILES)
-    return (summary, manifest, _read_table(scores_path) if scores_path else None,
-            _read_table(effects_path) if effects_path else None)
+    return (
+        summary,
+        manifest,
+        _read_table(scores_path) if scores_path else None,
+        _read_table(effects_path) if effects_path else None,
+    )
 
 
-def write_report(run_dir_or_path: str | Path, summary: Mapping[str, Any] | None = None,
-                 manifest: Mapping[str, Any] | None = None, *, scores: pd.DataFrame | None = None,
-                 effects: pd.DataFrame | None = None, title: str = "alignment-probe report") -> Path:
+def write_report(
+    run_dir_or_path: str | Path,
+    summary: Mapping[str, Any] | None = None,
+    manifest: Mapping[str, Any] | None = None,
+    *,
+    scores: pd.DataFrame | None = None,
+    effects: pd.DataFrame | None = None,
+    title: str = "alignment-probe report",
+) -> Path:
     """Write the report and return its path.
 
     ``run_dir_or_path`` is either a run directory (the report goes to ``<dir>/report.html``) or a target

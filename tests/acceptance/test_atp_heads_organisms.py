@@ -35,8 +35,10 @@ def _maps(twin_path) -> tuple[pd.Series, pd.Series]:
     specs = atp_head_specs(range(pair.n_layers), cfg.n_heads, cfg.n_key_value_heads)
     est = AttributionEngine().run(pair, tok, specs)
     exact = FastEngine().run(pair, tok, [s for s in specs if s.key.estimator == "exact"])
-    return (est.groupby(["hook", "estimator", "layer", "param"]).effect.mean(),
-            exact.groupby(["hook", "layer", "param"]).effect.mean())
+    return (
+        est.groupby(["hook", "estimator", "layer", "param"]).effect.mean(),
+        exact.groupby(["hook", "layer", "param"]).effect.mean(),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,9 @@ def test_atp_finds_the_planted_mlp(planted, heldout):
     base, _ = bundled_pair_paths()
     pair = load_twins(base, planted_twin_path(planted))
     tokenized = sample_and_tokenize(heldout, pair.tokenizer, n_pairs=N_PAIRS, seed=0, max_length=256)
-    est = AttributionEngine().run(pair, tokenized, layer_sweep("atp", target="base", source="tuned",
-                                                               layers=range(pair.n_layers), hooks=HOOKS4))
+    est = AttributionEngine().run(
+        pair, tokenized, layer_sweep("atp", target="base", source="tuned", layers=range(pair.n_layers), hooks=HOOKS4)
+    )
     # Below the planted MLP the twins' activations are identical, so a′ − a = 0 and the estimate is exactly 0.
     below = est[(est.layer < planted) | ((est.layer == planted) & est.hook.isin(["resid_pre", "attn_out"]))]
     assert len(below) and (below.effect == 0.0).all()
@@ -46,8 +47,9 @@ def test_atp_finds_the_planted_mlp(planted, heldout):
 def test_atp_agrees_with_exact_on_the_tuned_twin(heldout):
     pair = load_twins(*bundled_pair_paths())
     tokenized = sample_and_tokenize(heldout, pair.tokenizer, n_pairs=N_PAIRS, seed=0, max_length=256)
-    specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=range(pair.n_layers),
-                        hooks=("mlp_out",))
+    specs = layer_sweep(
+        "patch_tuned_to_base", target="base", source="tuned", layers=range(pair.n_layers), hooks=("mlp_out",)
+    )
     est = AttributionEngine().run(pair, tokenized, specs).groupby("layer").effect.mean()
     exact = FastEngine().run(pair, tokenized, specs).groupby("layer").effect.mean()
     v = validation(exact.to_numpy(), est.to_numpy())

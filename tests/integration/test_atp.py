@@ -64,8 +64,15 @@ def _exact64(pair, tok, specs):
                 _, cache = source.run_with_cache(tokens, names_filter=spec.name)
 
                 def hook(act, hook, seq=seq, side=side, src=cache[spec.name][0], spec=spec, t=t):
-                    ctx = SequenceContext(pair_id=t.pair_id, side=side, layer=spec.key.layer, target=act[0], source=src,
-                                          prompt_len=seq.completion_start, length=seq.length)
+                    ctx = SequenceContext(
+                        pair_id=t.pair_id,
+                        side=side,
+                        layer=spec.key.layer,
+                        target=act[0],
+                        source=src,
+                        prompt_len=seq.completion_start,
+                        length=seq.length,
+                    )
                     return apply_in_scope(spec.intervention, ctx, spec.key.scope)[None]
 
                 with torch.inference_mode():
@@ -84,13 +91,19 @@ def test_atp_is_the_derivative_of_the_exact_effect(pair64):
     that the O(α²) term does not blur the halving."""
     pairs, _ = load_pairs(BUNDLED_PAIRS)
     tok = sample_and_tokenize(pairs, pair64.tokenizer, n_pairs=2, seed=3, max_length=96)
-    conditions = [("mlp_out", 1, "all"), ("resid_post", 2, "all"), ("attn_out", 0, "completion"),
-                  ("resid_pre", 3, "last_prompt")]
+    conditions = [
+        ("mlp_out", 1, "all"),
+        ("resid_post", 2, "all"),
+        ("attn_out", 0, "completion"),
+        ("resid_pre", 3, "last_prompt"),
+    ]
     alphas = (0.02, 0.01, 0.005, 0.0025)
 
     def specs(alpha):
-        return [PatchSpec(RowKey("atp_check", "base", "tuned", h, scope, "both", layer, alpha),
-                          Interpolate(alpha)) for h, layer, scope in conditions]
+        return [
+            PatchSpec(RowKey("atp_check", "base", "tuned", h, scope, "both", layer, alpha), Interpolate(alpha))
+            for h, layer, scope in conditions
+        ]
 
     atp = AttributionEngine().run(pair64, tok, specs(1.0)).set_index(["hook", "layer", "pair_id"]).effect
     assert atp.abs().min() > 1e-4  # the conditions do something
@@ -106,8 +119,9 @@ def test_atp_is_the_derivative_of_the_exact_effect(pair64):
     assert np.all(np.abs(ratios[:, -1] - 2) < 0.2), ratios.tolist()  # at rate → 2 (an O(α²) term fades)
     # The reference engine agrees with the float64 exact path (to its float32 scoring) at α = 0.1.
     ref = ReferenceEngine().run(pair64, tok, specs(0.1)).set_index(["hook", "layer", "pair_id"]).effect
-    np.testing.assert_allclose(ref.to_numpy(), _exact64(pair64, tok, specs(0.1)).reindex(ref.index).to_numpy(),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        ref.to_numpy(), _exact64(pair64, tok, specs(0.1)).reindex(ref.index).to_numpy(), atol=1e-4
+    )
     # Interpolate(α) is estimated as α times the Replace estimate.
     half = AttributionEngine().run(pair64, tok, specs(0.5)).set_index(["hook", "layer", "pair_id"]).effect
     # (to float64 rounding of the stored log-probs: effect = patched − clean with |log p| ~ 1e2, so ~1e-13 absolute)
@@ -115,12 +129,19 @@ def test_atp_is_the_derivative_of_the_exact_effect(pair64):
 
 
 def test_rows_fit_the_effects_table(tiny_pair, tokenized):
-    specs = layer_sweep("atp", target="base", source="tuned", layers=range(tiny_pair.n_layers), hooks=HOOKS4,
-                        scopes=("all", "completion"), sides="both")
+    specs = layer_sweep(
+        "atp",
+        target="base",
+        source="tuned",
+        layers=range(tiny_pair.n_layers),
+        hooks=HOOKS4,
+        scopes=("all", "completion"),
+        sides="both",
+    )
     specs += layer_sweep("atp", target="base", source="tuned", layers=(1,), hooks=("mlp_out",), sides="chosen")
     est = AttributionEngine(batch_size=3).run(tiny_pair, tokenized, specs)
     exact = FastEngine().run(tiny_pair, tokenized, specs)
-    assert list(est.columns) == list(exact.columns) and list(est.columns)[:len(KEY_COLUMNS)] == KEY_COLUMNS
+    assert list(est.columns) == list(exact.columns) and list(est.columns)[: len(KEY_COLUMNS)] == KEY_COLUMNS
     assert (est.estimator == "atp").all() and (exact.estimator == "exact").all()
     keys = [c for c in KEY_COLUMNS if c != "estimator"]
     pd.testing.assert_frame_equal(est[keys], exact[keys])
@@ -133,15 +154,20 @@ def test_rows_fit_the_effects_table(tiny_pair, tokenized):
     terms = position_terms(AttributionEngine(), tiny_pair, tokenized, hooks=("mlp_out",), layers=(2,))
     t = tokenized[0]
     by = est.set_index(["hook", "scope", "sides", "layer", "pair_id"]).effect
-    total = float(terms[(t.pair_id, "chosen")]["blocks.2.hook_mlp_out"].sum()
-                  - terms[(t.pair_id, "rejected")]["blocks.2.hook_mlp_out"].sum())
+    total = float(
+        terms[(t.pair_id, "chosen")]["blocks.2.hook_mlp_out"].sum()
+        - terms[(t.pair_id, "rejected")]["blocks.2.hook_mlp_out"].sum()
+    )
     assert total == pytest.approx(by[("mlp_out", "all", "both", 2, t.pair_id)], abs=1e-9)
     # identity (source = target) is estimated as exactly 0; non-linear interventions are refused
     ident = layer_sweep("identity", target="base", source="base", layers=range(tiny_pair.n_layers), hooks=HOOKS4)
     assert (AttributionEngine().run(tiny_pair, tokenized, ident).effect == 0.0).all()
     with pytest.raises(ConfigError, match="Replace and Interpolate"):
-        AttributionEngine().run(tiny_pair, tokenized, layer_sweep("v", target="base", source="tuned", layers=(0,),
-                                                                  intervention=AddVector("chosen")))
+        AttributionEngine().run(
+            tiny_pair,
+            tokenized,
+            layer_sweep("v", target="base", source="tuned", layers=(0,), intervention=AddVector("chosen")),
+        )
 
 
 def test_planted_twin_known_answer(planted):
@@ -170,12 +196,23 @@ def test_validation_statistics():
 def test_suite_routes_atp_and_keeps_exact_rows(tiny_pair, tokenized):
     base_cfg = {"extra_hooks": ("mlp_out", "attn_out"), "n_boot": 100}
     plain_store = PartStore()
-    plain = run_suite(tiny_pair, tokenized, FastEngine(), SuiteConfig(experiments=("patch_tuned_to_base",),
-                                                                      **base_cfg), store=plain_store, pairs_per_part=2)
+    plain = run_suite(
+        tiny_pair,
+        tokenized,
+        FastEngine(),
+        SuiteConfig(experiments=("patch_tuned_to_base",), **base_cfg),
+        store=plain_store,
+        pairs_per_part=2,
+    )
     store = PartStore()
-    both = run_suite(tiny_pair, tokenized, FastEngine(),
-                     SuiteConfig(experiments=("patch_tuned_to_base", "atp", "atp_confirm"), atp_confirm_k=2,
-                                 **base_cfg), store=store, pairs_per_part=2)
+    both = run_suite(
+        tiny_pair,
+        tokenized,
+        FastEngine(),
+        SuiteConfig(experiments=("patch_tuned_to_base", "atp", "atp_confirm"), atp_confirm_k=2, **base_cfg),
+        store=store,
+        pairs_per_part=2,
+    )
     exact = both.effects[both.effects.experiment == "patch_tuned_to_base"].reset_index(drop=True)
     pd.testing.assert_frame_equal(exact, plain.effects.reset_index(drop=True))
     assert plain.summary["experiments"]["patch_tuned_to_base"] == both.summary["experiments"]["patch_tuned_to_base"]
@@ -184,7 +221,8 @@ def test_suite_routes_atp_and_keeps_exact_rows(tiny_pair, tokenized):
     assert atp.layer.nunique() == tiny_pair.n_layers
     assert sum(n.startswith("stage1-atp-") for n in store.computed) == 2, store.computed  # 3 pairs, 2 per part
     assert not any(n.startswith("stage1-atp") for n in [*plain_store.computed]) and set(plain_store.computed) <= set(
-        store.computed)  # the exact parts keep their names
+        store.computed
+    )  # the exact parts keep their names
     s = both.summary["experiments"]["atp"]
     for hook in HOOKS4:
         entry = s["by_hook"][hook]
@@ -202,8 +240,10 @@ def test_suite_routes_atp_and_keeps_exact_rows(tiny_pair, tokenized):
     explore, confirm = s["selection"]["explore_pair_ids"], s["selection"]["confirm_pair_ids"]
     assert set(explore).isdisjoint(confirm) and sorted(explore + confirm) == sorted(t.pair_id for t in tokenized)
     ranked_on = atp[atp.pair_id.isin(explore)].groupby(["hook", "layer"]).effect.mean()
-    ranked = sorted(((h, layer, abs(v)) for (h, layer), v in ranked_on.items()
-                     if not (h == "resid_pre" and layer > 0)), key=lambda x: -x[2])[:2]
+    ranked = sorted(
+        ((h, layer, abs(v)) for (h, layer), v in ranked_on.items() if not (h == "resid_pre" and layer > 0)),
+        key=lambda x: -x[2],
+    )[:2]
     assert {(c["hook"], c["layer"]) for c in conf} == {(h, layer) for h, layer, _ in ranked}
     measured = both.effects[both.effects.experiment == "atp_confirm"]
     assert set(measured.pair_id) == set(confirm)  # never on the pairs that ranked them
@@ -224,9 +264,31 @@ def test_cli_atp_with_confirm(tiny, tmp_path):
     from alignment_probe.cli import main
 
     out = tmp_path / "atp"
-    args = ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA), "--n-pairs", "3",
-            "--max-length", "64", "--device", "cpu", "--n-boot", "100", "--out", str(out),
-            "--experiments", "atp,patch_tuned_to_base", "--extra-hooks", "mlp_out", "--confirm", "2"]
+    args = [
+        "run",
+        "--base",
+        str(tiny.base),
+        "--tuned",
+        str(tiny.tuned),
+        "--data",
+        str(PAIRS_DATA),
+        "--n-pairs",
+        "3",
+        "--max-length",
+        "64",
+        "--device",
+        "cpu",
+        "--n-boot",
+        "100",
+        "--out",
+        str(out),
+        "--experiments",
+        "atp,patch_tuned_to_base",
+        "--extra-hooks",
+        "mlp_out",
+        "--confirm",
+        "2",
+    ]
     assert main(args) == 0
     s = json.loads((out / "summary.json").read_text())["experiments"]
     assert set(s) >= {"atp", "patch_tuned_to_base", "atp_confirm"}

@@ -46,17 +46,23 @@ ALPHAS = (0.02, 0.01, 0.005, 0.0025)
 # --------------------------------------------------------------------------------------------------
 # (a) the recomputation against TransformerLens itself
 
-TL_BASE = dict(n_layers=2, d_model=32, n_ctx=64, d_head=8, n_heads=4, d_vocab=40, act_fn="gelu", dtype=torch.float64,
-               seed=0)
+TL_BASE = dict(
+    n_layers=2, d_model=32, n_ctx=64, d_head=8, n_heads=4, d_vocab=40, act_fn="gelu", dtype=torch.float64, seed=0
+)
 ROPE = dict(positional_embedding_type="rotary", rotary_dim=8)
 ATTENTIONS = {
     "standard (GPT-2)": dict(normalization_type="LN"),
     "rotary, grouped-query (Llama)": dict(ROPE, normalization_type="RMS", n_key_value_heads=2),
     "partial rotary, halves (NeoX)": dict(ROPE, rotary_dim=4, rotary_adjacent_pairs=False),
     "partial rotary, adjacent pairs (GPT-J)": dict(ROPE, rotary_dim=4, rotary_adjacent_pairs=True),
-    "soft-cap, sliding window, attn scale (Gemma-2)": dict(ROPE, n_key_value_heads=2, attn_scores_soft_cap=2.0,
-                                                           attn_types=["local", "global"], window_size=5,
-                                                           attn_scale=3.0),
+    "soft-cap, sliding window, attn scale (Gemma-2)": dict(
+        ROPE,
+        n_key_value_heads=2,
+        attn_scores_soft_cap=2.0,
+        attn_types=["local", "global"],
+        window_size=5,
+        attn_scale=3.0,
+    ),
     "QK norm per head (Gemma-3, Qwen3)": dict(ROPE, normalization_type="RMS", n_key_value_heads=2, use_qk_norm=True),
     "QK norm over all heads (OLMo-2)": dict(ROPE, normalization_type="RMS", original_architecture="Olmo2ForCausalLM"),
     "ALiBi": dict(positional_embedding_type="alibi"),
@@ -98,8 +104,9 @@ def test_attention_z_reproduces_transformer_lens(overrides):
     mask = torch.zeros(tokens.shape, dtype=torch.bool)
     mask[0, 3:9], mask[1, 5:] = True, True
     group = k.shape[2] - 1
-    new_k = patched_keys(k, k + torch.randn(k.shape, generator=torch.Generator().manual_seed(3), dtype=k.dtype), mask,
-                         1.0, group)
+    new_k = patched_keys(
+        k, k + torch.randn(k.shape, generator=torch.Generator().manual_seed(3), dtype=k.dtype), mask, 1.0, group
+    )
     with torch.no_grad():
         model.run_with_hooks(tokens, fwd_hooks=[(names[1], lambda act, hook: new_k), (names[3], grab)])
     assert (seen[names[3]] - z).abs().max() > 1e-3  # the patch moves z
@@ -186,15 +193,21 @@ def _exact64(pair: Twins, tok, conditions, write) -> pd.Series:
                 def hook_fn(act, hook, c=(hook, layer, head, scope), seq=seq, mask=mask, src=cache[name]):
                     return write(c, seq, mask, act, src)
 
-                delta[side] = (_completion_logprob64(pair.base, tokens, seq, [(name, hook_fn)])
-                               - _completion_logprob64(pair.base, tokens, seq))
+                delta[side] = _completion_logprob64(pair.base, tokens, seq, [(name, hook_fn)]) - _completion_logprob64(
+                    pair.base, tokens, seq
+                )
             out[(ci, t.pair_id)] = delta["chosen"] - delta["rejected"]
     return pd.Series(out)
 
 
 def _atp(pair, tok, conditions, estimator) -> pd.Series:
-    specs = [PatchSpec(RowKey("atp_check", "base", "tuned", hook, scope, "both", layer, float(head),
-                              estimator=estimator), ReplaceHead(head)) for hook, layer, head, scope in conditions]
+    specs = [
+        PatchSpec(
+            RowKey("atp_check", "base", "tuned", hook, scope, "both", layer, float(head), estimator=estimator),
+            ReplaceHead(head),
+        )
+        for hook, layer, head, scope in conditions
+    ]
     rows = AttributionEngine().run(pair, tok, specs)
     assert set(rows.estimator) == {estimator}
     index = {(hook, layer, float(head), scope): ci for ci, (hook, layer, head, scope) in enumerate(conditions)}
@@ -216,14 +229,21 @@ def _assert_derivative(atp: pd.Series, exact_of_alpha, alphas=ALPHAS) -> None:
 def test_head_atp_is_the_derivative_of_the_exact_head_patch(pair64, tok64):
     """Per head: z of one query head, v and k of one key/value head (k by plain AtP, the linearisation
     through the softmax, which is what the derivative is); scopes all, completion and the last prompt token."""
-    conditions = [("z", 1, 2, "all"), ("z", 3, 0, "completion"), ("v", 2, 1, "all"), ("v", 0, 0, "last_prompt"),
-                  ("k", 0, 0, "all"), ("k", 2, 1, "completion")]
+    conditions = [
+        ("z", 1, 2, "all"),
+        ("z", 3, 0, "completion"),
+        ("v", 2, 1, "all"),
+        ("v", 0, 0, "last_prompt"),
+        ("k", 0, 0, "all"),
+        ("k", 2, 1, "completion"),
+    ]
 
     def interpolate_head(alpha):
         def write(c, seq, mask, act, src):
             new = act.clone()
             new[0, mask, c[2]] = act[0, mask, c[2]] + alpha * (src[0, mask, c[2]] - act[0, mask, c[2]])
             return new
+
         return _exact64(pair64, tok64, conditions, write)
 
     _assert_derivative(_atp(pair64, tok64, conditions, "atp"), interpolate_head)
@@ -267,6 +287,7 @@ def test_qk_fix_is_the_derivative_along_the_exact_z_shift(pair64, tok64):
     def move_z(alpha):
         def write(c, seq, mask, act, src):
             return act + alpha * (targets[(conditions.index(c), seq.pair_id, seq.side)] - act)
+
         zc = [("z", layer, group, scope) for _, layer, group, scope in conditions]
         out = _exact64(pair64, tok64, zc, lambda c, *a: write(conditions[zc.index(c)], *a))
         return out
@@ -321,8 +342,10 @@ def test_qk_fix_is_exact_when_the_rest_of_the_network_is_linear(tmp_path):
                 model.blocks[layer].attn.W_Q.mul_(30.0)
                 model.blocks[layer].attn._W_V.mul_(eps)
             w_k = tuned.blocks[layer].attn._W_K
-            w_k[group] = torch.randn(w_k[group].shape, generator=torch.Generator().manual_seed(7),
-                                     dtype=w_k.dtype) * w_k[group].std()
+            w_k[group] = (
+                torch.randn(w_k[group].shape, generator=torch.Generator().manual_seed(7), dtype=w_k.dtype)
+                * w_k[group].std()
+            )
         return Twins(base, tuned, loaded.tokenizer, "base", "tuned", "", "")
 
     star_err, plain_err = [], []
@@ -330,8 +353,12 @@ def test_qk_fix_is_exact_when_the_rest_of_the_network_is_linear(tmp_path):
         pair = twins(eps)
         exact = _exact_key_patch64(pair, tok, layer, group)
         assert np.abs(exact).min() > 1e-6 * eps  # the keys do move Δlogp
-        specs = [PatchSpec(RowKey("q", "base", "tuned", "k", "all", "both", layer, float(group), estimator=e),
-                           ReplaceHead(group)) for e in ("atp*", "atp")]
+        specs = [
+            PatchSpec(
+                RowKey("q", "base", "tuned", "k", "all", "both", layer, float(group), estimator=e), ReplaceHead(group)
+            )
+            for e in ("atp*", "atp")
+        ]
         rows = AttributionEngine().run(pair, tok, specs).sort_values("pair_id")
         star_err.append(np.abs(rows[rows.estimator == "atp*"].effect.to_numpy() / exact - 1))
         plain_err.append(np.abs(rows[rows.estimator == "atp"].effect.to_numpy() / exact - 1))
@@ -358,8 +385,11 @@ def test_head_rows_fit_the_effects_table_and_obey_identities(tiny_pair, tiny):
     pd.testing.assert_frame_equal(fixed[keys].reset_index(drop=True), exact[keys].reset_index(drop=True))
     assert dict(fixed.groupby("hook").estimator.unique().map(tuple)) == {"z": ("atp",), "v": ("atp",), "k": ("atp*",)}
     # a whole per-head hook (every head at once): plain AtP adds up over heads, and Interpolate(α) is α times it
-    whole = [PatchSpec(RowKey("w", "base", "tuned", h, "all", "both", 1, a), Interpolate(a)) for h in ("z", "v")
-             for a in (1.0, 0.5)]
+    whole = [
+        PatchSpec(RowKey("w", "base", "tuned", h, "all", "both", 1, a), Interpolate(a))
+        for h in ("z", "v")
+        for a in (1.0, 0.5)
+    ]
     w = AttributionEngine().run(tiny_pair, tok, whole).set_index(["hook", "param", "pair_id"]).effect
     per_head = est[(est.layer == 1) & (est.estimator == "atp")].groupby(["hook", "pair_id"]).effect.sum()
     for (hook, pid), total in per_head.items():
@@ -403,11 +433,14 @@ def test_value_twin_known_answers(value_twin):
 def test_refusals_name_the_problem(tiny_pair):
     pairs, _ = load_pairs(BUNDLED_PAIRS)
     tok = sample_and_tokenize(pairs, tiny_pair.tokenizer, n_pairs=1, seed=5, max_length=64)
-    bad = {"a per-head hook": PatchSpec(RowKey("b", "base", "tuned", "resid_post", "all", "both", 0), ReplaceHead(0)),
-           "keys .* only": PatchSpec(RowKey("b", "base", "tuned", "v", "all", "both", 0, estimator="atp*"),
-                                     ReplaceHead(0)),
-           "has 2 heads there": PatchSpec(RowKey("b", "base", "tuned", "k", "all", "both", 0), ReplaceHead(2)),
-           "has 4 heads there": PatchSpec(RowKey("b", "base", "tuned", "z", "all", "both", 0), ReplaceHead(4))}
+    bad = {
+        "a per-head hook": PatchSpec(RowKey("b", "base", "tuned", "resid_post", "all", "both", 0), ReplaceHead(0)),
+        "keys .* only": PatchSpec(
+            RowKey("b", "base", "tuned", "v", "all", "both", 0, estimator="atp*"), ReplaceHead(0)
+        ),
+        "has 2 heads there": PatchSpec(RowKey("b", "base", "tuned", "k", "all", "both", 0), ReplaceHead(2)),
+        "has 4 heads there": PatchSpec(RowKey("b", "base", "tuned", "z", "all", "both", 0), ReplaceHead(4)),
+    }
     for message, spec in bad.items():
         with pytest.raises(ConfigError, match=message):
             AttributionEngine().run(tiny_pair, tok, [spec])
@@ -419,18 +452,29 @@ def test_suite_atp_heads_beside_an_unchanged_atp(tiny_pair):
     common = {"extra_hooks": ("mlp_out",), "n_boot": 100, "layers": (1, 2, 3)}
     alone = run_suite(tiny_pair, tok, FastEngine(), SuiteConfig(experiments=("atp", "patch_tuned_to_base"), **common))
     store = PartStore()
-    both = run_suite(tiny_pair, tok, FastEngine(),
-                     SuiteConfig(experiments=("atp", ATP_HEADS, "patch_tuned_to_base", "head_patch", "kv_head_patch"),
-                                 **common), store=store, pairs_per_part=2)
+    both = run_suite(
+        tiny_pair,
+        tok,
+        FastEngine(),
+        SuiteConfig(experiments=("atp", ATP_HEADS, "patch_tuned_to_base", "head_patch", "kv_head_patch"), **common),
+        store=store,
+        pairs_per_part=2,
+    )
     s, s0 = both.summary["experiments"]["atp"], alone.summary["experiments"]["atp"]
     for key, value in s0.items():  # every existing entry exactly as without the heads
         assert s[key] == value, key
     eff = both.effects
-    pd.testing.assert_frame_equal(eff[eff.experiment == "atp"].reset_index(drop=True),
-                                  alone.effects[alone.effects.experiment == "atp"].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        eff[eff.experiment == "atp"].reset_index(drop=True),
+        alone.effects[alone.effects.experiment == "atp"].reset_index(drop=True),
+    )
     heads = eff[eff.experiment == ATP_HEADS]
     assert set(heads.layer) == {1, 2, 3} and set(zip(heads.hook, heads.estimator)) == {
-        ("z", "atp"), ("v", "atp"), ("k", "atp*"), ("k", "atp")}
+        ("z", "atp"),
+        ("v", "atp"),
+        ("k", "atp*"),
+        ("k", "atp"),
+    }
     assert sum(n.startswith("stage1-atp-") for n in store.computed) == 2, store.computed  # routed to AtP, in parts
     assert s["head_estimator"] == {"z": "atp", "k": "atp*", "v": "atp"}
     assert {c["layer"] for c in s["by_head"]["z"]} == {1, 2, 3} and len(s["by_head"]["z"]) == 12
@@ -447,8 +491,10 @@ def test_suite_atp_heads_beside_an_unchanged_atp(tiny_pair):
             mean = ex[(ex.layer == c["layer"]) & (ex.param == c["head"])].effect.mean()
             assert c["mean"] == pytest.approx(mean, abs=1e-12)
         est = heads[(heads.hook == hook) & (heads.estimator == s["head_estimator"][hook])]
-        errors = [abs(c["mean"] - est[(est.layer == c["layer"]) & (est.param == c["head"])].effect.mean())
-                  for c in s["exact_by_head"][hook]]
+        errors = [
+            abs(c["mean"] - est[(est.layer == c["layer"]) & (est.param == c["head"])].effect.mean())
+            for c in s["exact_by_head"][hook]
+        ]
         assert s["head_validation"][hook]["max_abs_error"] == pytest.approx(max(errors), abs=1e-12)
     assert s["head_validation"]["pooled"]["n_conditions"] == 24
     assert s["k_without_qk_fix"]["estimator"] == "atp" and s["k_without_qk_fix"]["validation"]["n_conditions"] == 6
@@ -474,9 +520,29 @@ def test_cli_atp_heads_report(tiny, tmp_path):
     from alignment_probe.cli import main
 
     out = tmp_path / "heads"
-    args = ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA), "--n-pairs", "2",
-            "--max-length", "64", "--device", "cpu", "--n-boot", "50", "--out", str(out), "--layers", "2,3",
-            "--experiments", f"{ATP_HEADS},head_patch,kv_head_patch"]
+    args = [
+        "run",
+        "--base",
+        str(tiny.base),
+        "--tuned",
+        str(tiny.tuned),
+        "--data",
+        str(PAIRS_DATA),
+        "--n-pairs",
+        "2",
+        "--max-length",
+        "64",
+        "--device",
+        "cpu",
+        "--n-boot",
+        "50",
+        "--out",
+        str(out),
+        "--layers",
+        "2,3",
+        "--experiments",
+        f"{ATP_HEADS},head_patch,kv_head_patch",
+    ]
     assert main(args) == 0
     s = json.loads((out / "summary.json").read_text())["experiments"]
     assert set(s["atp"]["head_validation"]) == {"z", "v", "k", "pooled"}

@@ -7,19 +7,30 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-
-from alignment_probe.cli import main
 from conftest import BUNDLED_PAIRS
 
-TEMPLATE = ("{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}### assistant:\n{% endif %}")
+from alignment_probe.cli import main
+
+TEMPLATE = (
+    "{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}### assistant:\n{% endif %}"
+)
 
 
 def test_score_with_a_template_file(tiny, tmp_path, capsys):
     f = tmp_path / "chat.jinja"
     f.write_text(TEMPLATE)
-    common = ["score", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(BUNDLED_PAIRS),
-              "--n-pairs", "3"]
+    common = [
+        "score",
+        "--base",
+        str(tiny.base),
+        "--tuned",
+        str(tiny.tuned),
+        "--data",
+        str(BUNDLED_PAIRS),
+        "--n-pairs",
+        "3",
+    ]
     assert main([*common, "--out", str(tmp_path / "raw.csv")]) == 0
     assert main([*common, "--chat-template", str(f), "--out", str(tmp_path / "chat.csv")]) == 0
     raw, chat = pd.read_csv(tmp_path / "raw.csv"), pd.read_csv(tmp_path / "chat.csv")

@@ -7,15 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import BUNDLED_PAIRS
 
 import alignment_probe as ap
 from alignment_probe.engine import FastEngine
 from alignment_probe.experiments.suite import SuiteConfig, run_suite
 
-from conftest import BUNDLED_PAIRS
-
-CFG = SuiteConfig(experiments=("patch_tuned_to_base", "lowrank_difference", "lasso", "shift"), n_boot=20,
-                  lowrank_ks=(1, 4))
+CFG = SuiteConfig(
+    experiments=("patch_tuned_to_base", "lowrank_difference", "lasso", "shift"), n_boot=20, lowrank_ks=(1, 4)
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,7 @@ def count_forwards_from_tokens(twins, monkeypatch) -> list[str]:
     """Record every forward of either model that starts from token ids (a clean run or a copy of one)."""
     seen: list[str] = []
     for role, model in twins.models().items():
+
         def forward(inputs, *args, _forward=model.forward, _role=role, **kwargs):
             if kwargs.get("start_at_layer") is None and inputs.dtype == torch.long:
                 seen.append(_role)
@@ -46,13 +47,16 @@ def test_no_model_runs_from_tokens_but_the_engines_clean_pass(tiny_pair, pairs, 
 
 def test_kept_activations_give_what_own_forwards_give(tiny_pair, pairs):
     kept = run_suite(tiny_pair, pairs, FastEngine(), CFG, pairs_per_part=3)
-    own = run_suite(tiny_pair, pairs, FastEngine(keep_budget_gb=0.0), CFG, pairs_per_part=3)  # nothing fits: own forwards
+    own = run_suite(
+        tiny_pair, pairs, FastEngine(keep_budget_gb=0.0), CFG, pairs_per_part=3
+    )  # nothing fits: own forwards
     np.testing.assert_allclose(kept.effects.effect, own.effects.effect, atol=1e-5, rtol=0)
     assert kept.effects.effect.abs().max() > 1e-3  # not a vacuous comparison
     for key in ("coefficients", "probe_r2"):
         np.testing.assert_allclose(kept.fits["lasso"][key], own.fits["lasso"][key], atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose([v[-1] for v in kept.fits["lowrank"]["variance"]],
-                               [v[-1] for v in own.fits["lowrank"]["variance"]], atol=1e-6)
+    np.testing.assert_allclose(
+        [v[-1] for v in kept.fits["lowrank"]["variance"]], [v[-1] for v in own.fits["lowrank"]["variance"]], atol=1e-6
+    )
     for a, b in zip(kept.fits["shift"]["pairs"], own.fits["shift"]["pairs"]):
         for side in ("chosen", "rejected"):
             np.testing.assert_allclose(a[side]["kl"], b[side]["kl"], atol=1e-5)
@@ -67,5 +71,6 @@ def test_a_kept_chunk_is_not_run_again(tiny_pair, pairs):
     ran = engine.work_by_stage["clean"].forwards
     engine.clean_pass(tiny_pair, pairs)  # held: nothing runs
     assert ran > 0 and engine.work_by_stage["clean"].forwards == ran
-    assert set(engine.kept["tuned"]["blocks.1.hook_resid_post"]) == {(t.pair_id, s) for t in pairs
-                                                                     for s in ("chosen", "rejected")}
+    assert set(engine.kept["tuned"]["blocks.1.hook_resid_post"]) == {
+        (t.pair_id, s) for t in pairs for s in ("chosen", "rejected")
+    }

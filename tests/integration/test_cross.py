@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import BUNDLED_PAIRS
 
 import alignment_probe as ap
 from alignment_probe.engine import make_engine
 from alignment_probe.experiments import cross
 from alignment_probe.experiments.registry import Plan, Tables
 from alignment_probe.experiments.suite import SuiteConfig
-
-from conftest import BUNDLED_PAIRS
 from tests.helpers.checkpoints import planted_mlp_checkpoints
 
 
@@ -29,8 +28,9 @@ def _run(twins, engine="fast"):
     plan = Plan(cfg=cfg, n_layers=twins.n_layers, d_model=twins.d_model, selected=("cross_2x2",))
     effects = make_engine(engine).run(twins, list(pairs), cross.cross_specs(plan))
     scores = ap.score(twins, pairs)
-    summary = cross.summarize_cross(Tables(effects, scores, {}, cfg, twins.n_layers, twins.d_model,
-                                           selected=("cross_2x2",)))["cross_2x2"]
+    summary = cross.summarize_cross(
+        Tables(effects, scores, {}, cfg, twins.n_layers, twins.d_model, selected=("cross_2x2",))
+    )["cross_2x2"]
     return effects, scores, summary
 
 

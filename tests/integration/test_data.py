@@ -6,12 +6,11 @@ import gzip
 import json
 
 import pytest
+from conftest import HH_HARMLESS, HH_HELPFUL, require_hh
 
 from alignment_probe.data import ASSISTANT_TURN, load_pairs, split_hh_dialogue
 from alignment_probe.errors import DataError
 from alignment_probe.tokens import sample_and_tokenize, tokenize_pair
-
-from conftest import HH_HARMLESS, HH_HELPFUL, require_hh
 
 
 def test_hh_split_on_real_harmless_data(hh_pairs):
@@ -58,12 +57,15 @@ def test_explicit_format_and_skips(tmp_path):
     assert report.skipped == {"chosen == rejected": [1], "empty completion": [2], "no Assistant turn": [4]}
 
 
-@pytest.mark.parametrize("line, needle", [
-    ('{"chosen": "x"', "malformed JSON"),
-    ('{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejectd": "y"}', "missing key(s) 'rejected'"),
-    ('{"prompt": "p", "chosen": 3, "rejected": "y"}', "field 'chosen' must be a string"),
-    ('[1, 2]', "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line, needle",
+    [
+        ('{"chosen": "x"', "malformed JSON"),
+        ('{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejectd": "y"}', "missing key(s) 'rejected'"),
+        ('{"prompt": "p", "chosen": 3, "rejected": "y"}', "field 'chosen' must be a string"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
 def test_malformed_input_names_file_and_line(tmp_path, line, needle):
     path = tmp_path / "bad.jsonl"
     good = json.dumps({"prompt": "\n\nHuman: q\n\nAssistant:", "chosen": " a", "rejected": " b"})

@@ -8,21 +8,44 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import PAIRS_DATA
 
 from alignment_probe.cli import main
 from alignment_probe.engine import FastEngine
 from alignment_probe.experiments.suite import SuiteConfig, run_suite
 from alignment_probe.tokens import sample_and_tokenize
 
-from conftest import PAIRS_DATA
-
 EXPERIMENTS = "patch_tuned_to_base,random_noise,random_direction,alpha,lowrank_difference,lasso"
 
 
 def args(tiny, out):
-    return ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA), "--n-pairs", "5",
-            "--seed", "4", "--max-length", "64", "--device", "cpu", "--n-boot", "50", "--pairs-per-part", "2",
-            "--alpha-layers", "1,2", "--experiments", EXPERIMENTS, "--out", str(out)]
+    return [
+        "run",
+        "--base",
+        str(tiny.base),
+        "--tuned",
+        str(tiny.tuned),
+        "--data",
+        str(PAIRS_DATA),
+        "--n-pairs",
+        "5",
+        "--seed",
+        "4",
+        "--max-length",
+        "64",
+        "--device",
+        "cpu",
+        "--n-boot",
+        "50",
+        "--pairs-per-part",
+        "2",
+        "--alpha-layers",
+        "1,2",
+        "--experiments",
+        EXPERIMENTS,
+        "--out",
+        str(out),
+    ]
 
 
 @pytest.fixture(scope="module")

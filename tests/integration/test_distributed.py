@@ -30,15 +30,44 @@ EXPERIMENTS = "patch_tuned_to_base,random_noise,lowrank_difference,lasso"
 
 
 def args(tiny, out, *extra):
-    return ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(DATA), "--n-pairs", "6",
-            "--max-length", "64", "--device", "cpu", "--n-boot", "50", "--pairs-per-part", "1",
-            "--experiments", EXPERIMENTS, "--out", str(out), *extra]
+    return [
+        "run",
+        "--base",
+        str(tiny.base),
+        "--tuned",
+        str(tiny.tuned),
+        "--data",
+        str(DATA),
+        "--n-pairs",
+        "6",
+        "--max-length",
+        "64",
+        "--device",
+        "cpu",
+        "--n-boot",
+        "50",
+        "--pairs-per-part",
+        "1",
+        "--experiments",
+        EXPERIMENTS,
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def env(**extra):
     # One thread per process, as in the single-process reference (conftest sets torch threads to 1).
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
-                TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore", **extra)
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        TQDM_DISABLE="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONWARNINGS="ignore",
+        **extra,
+    )
 
 
 def assert_same_results(a: Path, b: Path) -> None:
@@ -48,8 +77,14 @@ def assert_same_results(a: Path, b: Path) -> None:
 
 def one_process(tiny, out):
     """``python -m alignment_probe run ...``: a plain single-process run, launched like the others."""
-    proc = subprocess.run([sys.executable, "-m", "alignment_probe", *args(tiny, out)], cwd=REPO, env=env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "alignment_probe", *args(tiny, out)],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -63,9 +98,24 @@ def single(tiny, tmp_path_factory):
 
 def test_two_processes_give_the_bytes_of_one(tiny, tmp_path, single):
     out = tmp_path / "two"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "alignment_probe", *args(tiny, out)], cwd=REPO, env=env(), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "alignment_probe",
+            *args(tiny, out),
+        ],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_results(single, out)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -81,7 +131,9 @@ def test_two_processes_give_the_bytes_of_one(tiny, tmp_path, single):
     alone = json.loads((single / "manifest.json").read_text())["engine_work"]
     assert "engine_work_by_rank" not in json.loads((single / "manifest.json").read_text())
     assert whole["patched"] == alone["patched"]  # the patched parts are split, not repeated
-    assert whole["clean"]["floor"] >= alone["clean"]["floor"] and whole["clean"]["computed"] >= alone["clean"]["computed"]
+    assert (
+        whole["clean"]["floor"] >= alone["clean"]["floor"] and whole["clean"]["computed"] >= alone["clean"]["computed"]
+    )
     # Rank 0 alone reports. (Whether rank 0 had to *wait* for rank 1's parts, and so logs "waiting for …",
     # depends on timing: a fresh clone's run once had every part ready in time. Who owns which part is
     # deterministic and tested in test_ownership_and_placeholders.)
@@ -102,10 +154,23 @@ def test_a_killed_rank_stops_the_run_and_one_process_resumes_it(tiny, tmp_path, 
     procs, logs = [], []
     for rank in range(2):
         logs.append(open(tmp_path / f"rank{rank}.txt", "wb"))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "alignment_probe", *args(tiny, out)], cwd=REPO, stdout=logs[-1], stderr=logs[-1],
-            env=env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), ALIGNMENT_PROBE_DIST_TIMEOUT="5")))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "alignment_probe", *args(tiny, out)],
+                cwd=REPO,
+                stdout=logs[-1],
+                stderr=logs[-1],
+                env=env(
+                    RANK=str(rank),
+                    LOCAL_RANK=str(rank),
+                    WORLD_SIZE="2",
+                    LOCAL_WORLD_SIZE="2",
+                    MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=str(port),
+                    ALIGNMENT_PROBE_DIST_TIMEOUT="5",
+                ),
+            )
+        )
     try:
         deadline = time.monotonic() + 180
         while not list((out / "parts").glob("stage1-*.parquet")):
@@ -154,8 +219,14 @@ def test_procs_two_gives_the_bytes_of_one(tiny, tmp_path, single):
     """``run --procs 2``: the command line starts the two ranks itself (torchrun's environment, no agent); the
     same bytes as one process, rank 0 alone reports, the other rank's output is not shown."""
     out = tmp_path / "procs"
-    proc = subprocess.run([sys.executable, "-m", "alignment_probe", *args(tiny, out, "--procs", "2")], cwd=REPO,
-                          env=env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "alignment_probe", *args(tiny, out, "--procs", "2")],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_results(single, out)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -169,8 +240,12 @@ def test_procs_bad_input_is_refused_once_with_exit_2(tiny, tmp_path):
     from alignment_probe.errors import EXIT_BAD_INPUT
 
     def run(procs: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "alignment_probe", *args(tiny, tmp_path / procs, "--procs", procs,
-                                                             "--max-length", "6")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "alignment_probe",
+            *args(tiny, tmp_path / procs, "--procs", procs, "--max-length", "6"),
+        ]
         return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
 
     two, one = run("2"), run("1")

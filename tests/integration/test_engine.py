@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformer_lens import patching as tl_patching
 
-from alignment_probe.experiments.registry import EXPERIMENT_NAMES
 from alignment_probe.engine import FastEngine, ReferenceEngine
 from alignment_probe.experiments.lowrank import fit_for_mode, lowrank_specs, stacked_activations
 from alignment_probe.experiments.patching import layer_sweep
+from alignment_probe.experiments.registry import EXPERIMENT_NAMES
 from alignment_probe.experiments.suite import SuiteConfig, per_layer_specs
 from alignment_probe.tokens import sample_and_tokenize
 
@@ -24,13 +24,18 @@ def tokenized(hh_pairs, tiny_pair):
 
 
 def _suite_specs(pair, tokenized):
-    cfg = SuiteConfig(experiments=EXPERIMENT_NAMES, alphas=(0.5, 1.5), extra_hooks=("resid_pre", "resid_mid",
-                      "attn_out", "mlp_out"), extra_scopes=("last_prompt",))
+    cfg = SuiteConfig(
+        experiments=EXPERIMENT_NAMES,
+        alphas=(0.5, 1.5),
+        extra_hooks=("resid_pre", "resid_mid", "attn_out", "mlp_out"),
+        extra_scopes=("last_prompt",),
+    )
     specs = per_layer_specs(cfg, pair.n_layers)
     acts = stacked_activations(pair, tokenized, layer=2)
     for name, mode in (("lowrank_reconstruct", "reconstruct"), ("lowrank_difference", "difference")):
-        specs += lowrank_specs(name, fit_for_mode(mode, acts, centre=True), layer=2, ks=(1, 4, 64), hook="resid_post",
-                               scope="all_but_bos")
+        specs += lowrank_specs(
+            name, fit_for_mode(mode, acts, centre=True), layer=2, ks=(1, 4, 64), hook="resid_post", scope="all_but_bos"
+        )
     return specs
 
 
@@ -38,13 +43,29 @@ def test_fast_engine_equals_reference_on_every_experiment(tiny_pair, tokenized):
     tokenized = tokenized[:2]
     specs = _suite_specs(tiny_pair, tokenized)
     experiments = {s.key.experiment for s in specs}
-    patching = {"patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction", "alpha",
-                "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected", "vector_contrast",
-                "lowrank_reconstruct", "lowrank_difference", "window_transplant", "window_revert",
-                "cross_2x2"}  # the experiments that patch (lasso, shift measure)
+    patching = {
+        "patch_tuned_to_base",
+        "patch_base_to_tuned",
+        "identity",
+        "random_noise",
+        "random_direction",
+        "alpha",
+        "source_chosen_only",
+        "source_rejected_only",
+        "vector_chosen",
+        "vector_rejected",
+        "vector_contrast",
+        "lowrank_reconstruct",
+        "lowrank_difference",
+        "window_transplant",
+        "window_revert",
+        "cross_2x2",
+    }  # the experiments that patch (lasso, shift measure)
     assert experiments >= patching
     ref = ReferenceEngine().run(tiny_pair, tokenized, specs)
-    fast = FastEngine(batch_size=7, memory_budget_gb=0.0001).run(tiny_pair, tokenized, specs)  # tiny budget: 1 pair/chunk
+    fast = FastEngine(batch_size=7, memory_budget_gb=0.0001).run(
+        tiny_pair, tokenized, specs
+    )  # tiny budget: 1 pair/chunk
     assert len(ref) == len(fast) == len(specs) * len(tokenized)
     keys = ["experiment", "hook", "scope", "sides", "layer", "param", "split", "pair_id"]
     pd.testing.assert_frame_equal(ref[keys], fast[keys])
@@ -55,17 +76,28 @@ def test_fast_engine_equals_reference_on_every_experiment(tiny_pair, tokenized):
 
 
 def test_identity_patch_is_exactly_zero(tiny_pair, tokenized):
-    specs = layer_sweep("identity", target="base", source="base", layers=range(tiny_pair.n_layers),
-                        hooks=("resid_pre", "resid_post", "mlp_out", "attn_out", "resid_mid"))
+    specs = layer_sweep(
+        "identity",
+        target="base",
+        source="base",
+        layers=range(tiny_pair.n_layers),
+        hooks=("resid_pre", "resid_post", "mlp_out", "attn_out", "resid_mid"),
+    )
     for engine in (FastEngine(batch_size=5), ReferenceEngine()):
         effects = engine.run(tiny_pair, tokenized, specs)
         assert (effects.effect == 0.0).all(), engine.name
 
 
 def test_per_sequence_effects_add_up(tiny_pair, tokenized):
-    specs = [s for s in per_layer_specs(SuiteConfig(experiments=("patch_tuned_to_base", "source_chosen_only",
-                                                                  "source_rejected_only"), extra_hooks=()),
-                                        tiny_pair.n_layers)]
+    specs = [
+        s
+        for s in per_layer_specs(
+            SuiteConfig(
+                experiments=("patch_tuned_to_base", "source_chosen_only", "source_rejected_only"), extra_hooks=()
+            ),
+            tiny_pair.n_layers,
+        )
+    ]
     e = FastEngine().run(tiny_pair, tokenized, specs).set_index(["experiment", "layer", "pair_id"]).effect
     both, chosen, rejected = e["patch_tuned_to_base"], e["source_chosen_only"], e["source_rejected_only"]
     np.testing.assert_allclose((chosen + rejected).to_numpy(), both.to_numpy(), atol=1e-9, rtol=0)
@@ -77,8 +109,14 @@ def test_runs_with_the_same_inputs_run_once(tiny_pair, tokenized):
     # work and their rows agree exactly.
     n = tiny_pair.n_layers
     e1 = per_layer_specs(SuiteConfig(experiments=("patch_tuned_to_base", "patch_base_to_tuned"), extra_hooks=()), n)
-    repeats = per_layer_specs(SuiteConfig(experiments=("cross_2x2", "source_chosen_only", "source_rejected_only",
-                                                       "alpha"), alphas=(1.0,), extra_hooks=()), n)
+    repeats = per_layer_specs(
+        SuiteConfig(
+            experiments=("cross_2x2", "source_chosen_only", "source_rejected_only", "alpha"),
+            alphas=(1.0,),
+            extra_hooks=(),
+        ),
+        n,
+    )
     alone, both = FastEngine(), FastEngine()
     alone.run(tiny_pair, tokenized, e1)
     e = both.run(tiny_pair, tokenized, e1 + repeats)
@@ -97,8 +135,14 @@ def test_runs_with_the_same_inputs_run_once(tiny_pair, tokenized):
 def test_matches_transformer_lens_patching_utilities(tiny_pair, tokenized):
     """E1 tuned→base equals TransformerLens's own `patching` functions applied across models."""
     base, tuned = tiny_pair.base, tiny_pair.tuned
-    specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=range(base.cfg.n_layers),
-                        hooks=("resid_pre",), scopes=("all", "last_prompt"))
+    specs = layer_sweep(
+        "patch_tuned_to_base",
+        target="base",
+        source="tuned",
+        layers=range(base.cfg.n_layers),
+        hooks=("resid_pre",),
+        scopes=("all", "last_prompt"),
+    )
     ours = FastEngine().run(tiny_pair, tokenized, specs).set_index(["scope", "layer", "pair_id"])
     for t in tokenized:
         deltas_all, deltas_last, clean = {}, {}, {}
@@ -115,12 +159,19 @@ def test_matches_transformer_lens_patching_utilities(tiny_pair, tokenized):
             clean[side] = metric(base(tokens)).item()
             # All positions at once, per layer: the generic patcher with a whole-activation setter.
             deltas_all[side] = tl_patching.generic_activation_patch(
-                base, tokens, src_cache, metric, lambda corrupted, index, clean_act: clean_act, "resid_pre",
-                index_axis_names=("layer",))
+                base,
+                tokens,
+                src_cache,
+                metric,
+                lambda corrupted, index, clean_act: clean_act,
+                "resid_pre",
+                index_axis_names=("layer",),
+            )
             # One position, every layer: TransformerLens's own (layer, pos) patch setter at the last prompt token.
             index_df = pd.DataFrame({"layer": range(base.cfg.n_layers), "pos": start - 1})
             deltas_last[side] = tl_patching.generic_activation_patch(
-                base, tokens, src_cache, metric, tl_patching.layer_pos_patch_setter, "resid_pre", index_df=index_df)
+                base, tokens, src_cache, metric, tl_patching.layer_pos_patch_setter, "resid_pre", index_df=index_df
+            )
         clean_delta = clean["chosen"] - clean["rejected"]
         for layer in range(base.cfg.n_layers):
             tl_all = (deltas_all["chosen"][layer] - deltas_all["rejected"][layer]).item() - clean_delta
@@ -132,8 +183,9 @@ def test_matches_transformer_lens_patching_utilities(tiny_pair, tokenized):
 def test_known_answer_on_a_planted_twin(planted, hh_pairs):
     pairs, _ = hh_pairs
     tokenized = sample_and_tokenize(pairs, planted.tokenizer, n_pairs=4, seed=2, max_length=64)
-    specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=range(5),
-                        hooks=("resid_post", "mlp_out"))
+    specs = layer_sweep(
+        "patch_tuned_to_base", target="base", source="tuned", layers=range(5), hooks=("resid_post", "mlp_out")
+    )
     e = FastEngine().run(planted, tokenized, specs).set_index(["hook", "layer", "pair_id"]).effect
     from alignment_probe.scoring import score_pairs
 

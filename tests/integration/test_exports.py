@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import BUNDLED_PAIRS
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from alignment_probe import api
 from alignment_probe.errors import ConfigError
 from alignment_probe.exports import export_activations, export_shift_vectors
-from conftest import BUNDLED_PAIRS
 
 
 def test_paired_activations_are_row_aligned(tiny_pair, tmp_path):
     pairs = api.load_pairs(BUNDLED_PAIRS, n=2, seed=0, tokenizer=tiny_pair.tokenizer, max_length=64)
-    path = export_activations(tiny_pair, pairs, tmp_path / "acts.safetensors", hooks=["resid_post", "mlp_out"],
-                              layers=[1, 2], positions="completion")
+    path = export_activations(
+        tiny_pair,
+        pairs,
+        tmp_path / "acts.safetensors",
+        hooks=["resid_post", "mlp_out"],
+        layers=[1, 2],
+        positions="completion",
+    )
     acts = load_file(str(path))
     n = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
     for role in ("base", "tuned"):
@@ -32,7 +38,7 @@ def test_paired_activations_are_row_aligned(tiny_pair, tmp_path):
     assert acts["token_id"][rows].tolist() == list(seq.completion_ids)
     for role, model in tiny_pair.models().items():
         _, cache = model.run_with_cache(ids)
-        expect = cache["blocks.2.hook_mlp_out"][0, seq.completion_start:]
+        expect = cache["blocks.2.hook_mlp_out"][0, seq.completion_start :]
         torch.testing.assert_close(acts[f"{role}.blocks.2.hook_mlp_out"][rows], expect)
     with safe_open(str(path), "pt") as f:
         assert f.metadata()["positions"] == "completion"

@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers.checkpoints import perturbed_copy, save_checkpoint, train_tokenizer
 from alignment_probe.data import load_pairs
 from alignment_probe.engine import make_engine
 from alignment_probe.experiments.controls import control_specs
@@ -34,6 +33,7 @@ from alignment_probe.experiments.sources import source_specs
 from alignment_probe.pair import load_twins
 from alignment_probe.scoring import score_pairs
 from alignment_probe.tokens import sample_and_tokenize
+from tests.helpers.checkpoints import perturbed_copy, save_checkpoint, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_PAIRS = REPO / "data" / "pairs" / "heldout.jsonl"
@@ -55,109 +55,262 @@ def _ids(t: dict[str, int], **extra: Any) -> dict[str, Any]:
 
 def _gpt2(t):
     from transformers import GPT2Config, GPT2LMHeadModel
-    return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=N_LAYERS, n_head=4, n_positions=128, initializer_range=0.2,
-                                      **_ids(t)))
+
+    return GPT2LMHeadModel(
+        GPT2Config(n_embd=32, n_layer=N_LAYERS, n_head=4, n_positions=128, initializer_range=0.2, **_ids(t))
+    )
 
 
 def _gpt_neo(t):
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
-    return GPTNeoForCausalLM(GPTNeoConfig(hidden_size=32, num_layers=N_LAYERS, num_heads=4, window_size=WINDOW,
-                                          attention_types=[[["global", "local"], 1], [["global"], 1]],
-                                          max_position_embeddings=128, initializer_range=0.2, **_ids(t)))
+
+    return GPTNeoForCausalLM(
+        GPTNeoConfig(
+            hidden_size=32,
+            num_layers=N_LAYERS,
+            num_heads=4,
+            window_size=WINDOW,
+            attention_types=[[["global", "local"], 1], [["global"], 1]],
+            max_position_embeddings=128,
+            initializer_range=0.2,
+            **_ids(t),
+        )
+    )
 
 
 def _pythia(t):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-    return GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, num_hidden_layers=N_LAYERS, num_attention_heads=4,
-                                            intermediate_size=64, rotary_pct=0.25, max_position_embeddings=128,
-                                            use_parallel_residual=True, initializer_range=0.2, **_ids(t)))
+
+    return GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            hidden_size=32,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            intermediate_size=64,
+            rotary_pct=0.25,
+            max_position_embeddings=128,
+            use_parallel_residual=True,
+            initializer_range=0.2,
+            **_ids(t),
+        )
+    )
 
 
 def _opt(t):
     from transformers import OPTConfig, OPTForCausalLM
-    return OPTForCausalLM(OPTConfig(hidden_size=32, num_hidden_layers=N_LAYERS, ffn_dim=64, num_attention_heads=4,
-                                    word_embed_proj_dim=32, max_position_embeddings=128, init_std=0.2, **_ids(t)))
+
+    return OPTForCausalLM(
+        OPTConfig(
+            hidden_size=32,
+            num_hidden_layers=N_LAYERS,
+            ffn_dim=64,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+            max_position_embeddings=128,
+            init_std=0.2,
+            **_ids(t),
+        )
+    )
 
 
 def _llama(t):
     from transformers import LlamaConfig, LlamaForCausalLM
-    return LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                        initializer_range=0.2, **_ids(t)))
+
+    return LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            initializer_range=0.2,
+            **_ids(t),
+        )
+    )
 
 
 def _llama3(t):  # Llama-3.x: llama3 rope scaling, tied embeddings (3.2 1B/3B)
     from transformers import LlamaConfig, LlamaForCausalLM
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
-    return LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                        rope_parameters=rope, tie_word_embeddings=True, initializer_range=0.2,
-                                        **_ids(t)))
+
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    }
+    return LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            rope_parameters=rope,
+            tie_word_embeddings=True,
+            initializer_range=0.2,
+            **_ids(t),
+        )
+    )
 
 
 def _mistral(t):
     from transformers import MistralConfig, MistralForCausalLM
-    return MistralForCausalLM(MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-                                            num_attention_heads=4, num_key_value_heads=2, sliding_window=WINDOW,
-                                            max_position_embeddings=128, initializer_range=0.2, **_ids(t)))
+
+    return MistralForCausalLM(
+        MistralConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=WINDOW,
+            max_position_embeddings=128,
+            initializer_range=0.2,
+            **_ids(t),
+        )
+    )
 
 
 def _qwen2(t):
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    return Qwen2ForCausalLM(Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                        initializer_range=0.2, **_ids(t)))
+
+    return Qwen2ForCausalLM(
+        Qwen2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            initializer_range=0.2,
+            **_ids(t),
+        )
+    )
 
 
 def _qwen3(t):
     from transformers import Qwen3Config, Qwen3ForCausalLM
-    return Qwen3ForCausalLM(Qwen3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-                                        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                        max_position_embeddings=128, initializer_range=0.2, **_ids(t)))
+
+    return Qwen3ForCausalLM(
+        Qwen3Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=128,
+            initializer_range=0.2,
+            **_ids(t),
+        )
+    )
 
 
 def _phi3(t):
     from transformers import Phi3Config, Phi3ForCausalLM
-    return Phi3ForCausalLM(Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                      original_max_position_embeddings=128, sliding_window=None,
-                                      initializer_range=0.2, **_ids(t)))
+
+    return Phi3ForCausalLM(
+        Phi3Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            original_max_position_embeddings=128,
+            sliding_window=None,
+            initializer_range=0.2,
+            **_ids(t),
+        )
+    )
 
 
 def _gemma(t):
     from transformers import GemmaConfig, GemmaForCausalLM
-    return GemmaForCausalLM(GemmaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-                                        num_attention_heads=4, num_key_value_heads=1, head_dim=16,
-                                        max_position_embeddings=128, initializer_range=0.2, **_ids(t)))
+
+    return GemmaForCausalLM(
+        GemmaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=128,
+            initializer_range=0.2,
+            **_ids(t),
+        )
+    )
 
 
 def _gemma2(t):
     from transformers import Gemma2Config, Gemma2ForCausalLM
+
     # Small caps and a query scalar unlike d_head, so a missing cap or a wrong scale shows in the logits.
-    return Gemma2ForCausalLM(Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-                                          num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                          sliding_window=WINDOW, query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
-                                          final_logit_softcapping=3.0, max_position_embeddings=128,
-                                          initializer_range=0.2, **_ids(t)))
+    return Gemma2ForCausalLM(
+        Gemma2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            sliding_window=WINDOW,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=3.0,
+            max_position_embeddings=128,
+            initializer_range=0.2,
+            **_ids(t),
+        )
+    )
 
 
 def _gemma3(t):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-    rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
-            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}}
-    return Gemma3ForCausalLM(Gemma3TextConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, sliding_window=WINDOW, query_pre_attn_scalar=24,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"], rope_parameters=rope,
-        max_position_embeddings=128, initializer_range=0.2, **_ids(t)))
+
+    rope = {
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+    }
+    return Gemma3ForCausalLM(
+        Gemma3TextConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            sliding_window=WINDOW,
+            query_pre_attn_scalar=24,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters=rope,
+            max_position_embeddings=128,
+            initializer_range=0.2,
+            **_ids(t),
+        )
+    )
 
 
 def _olmo2(t):
     from transformers import Olmo2Config, Olmo2ForCausalLM
-    return Olmo2ForCausalLM(Olmo2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS,
-                                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                                        initializer_range=0.2, **_ids(t)))
+
+    return Olmo2ForCausalLM(
+        Olmo2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=128,
+            initializer_range=0.2,
+            **_ids(t),
+        )
+    )
 
 
 FAMILIES = [
@@ -191,8 +344,9 @@ def family_tokenizer(kind: str, base: Any) -> Any:
         kw["bos_token"] = None
     elif kind == "adds_bos":  # Gemma: encode() puts BOS in front by itself
         backend.post_processor = processors.TemplateProcessing(single="<|bos|> $A", special_tokens=[("<|bos|>", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=512, clean_up_tokenization_spaces=False,
-                                   **kw)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, model_max_length=512, clean_up_tokenization_spaces=False, **kw
+    )
 
 
 def randomise_vectors(model: Any, seed: int) -> Any:
@@ -223,8 +377,9 @@ def bundled_pairs():
 
 @pytest.fixture(scope="module")
 def base_tokenizer(bundled_pairs):
-    return train_tokenizer([p.prompt + p.chosen for p in bundled_pairs] + [p.rejected for p in bundled_pairs],
-                           vocab_size=320)
+    return train_tokenizer(
+        [p.prompt + p.chosen for p in bundled_pairs] + [p.rejected for p in bundled_pairs], vocab_size=320
+    )
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +392,12 @@ def build(tmp_path_factory, base_tokenizer, bundled_pairs):
         from transformers import AutoModelForCausalLM
 
         tok = family_tokenizer(fam.tokenizer, base_tokenizer)
-        ids = {"vocab": len(tok), "bos": tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
-               "eos": tok.eos_token_id, "pad": tok.pad_token_id}
+        ids = {
+            "vocab": len(tok),
+            "bos": tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
+            "eos": tok.eos_token_id,
+            "pad": tok.pad_token_id,
+        }
         torch.manual_seed(0)
         base = randomise_vectors(fam.make(ids), seed=1)
         tuned = perturbed_copy(base, seed=2, scale=0.5, only=fam.tuned)
@@ -294,10 +453,13 @@ def test_family_patching_invariants(fam, build):
     b = build(fam)
     twins, tokenized = b.twins, b.tokenized
     n = twins.n_layers
-    specs = (layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=range(n),
-                         hooks=("resid_pre", "resid_post"))
-             + control_specs(n, experiments=("identity",), hook="resid_post")
-             + source_specs(n, experiments=("source_chosen_only", "source_rejected_only"), hook="resid_post"))
+    specs = (
+        layer_sweep(
+            "patch_tuned_to_base", target="base", source="tuned", layers=range(n), hooks=("resid_pre", "resid_post")
+        )
+        + control_specs(n, experiments=("identity",), hook="resid_post")
+        + source_specs(n, experiments=("source_chosen_only", "source_rejected_only"), hook="resid_post")
+    )
     e = make_engine("fast").run(twins, tokenized, specs).set_index(["experiment", "hook", "layer", "pair_id"]).effect
     gain = score_pairs(twins, tokenized).set_index("pair_id").gain
     assert gain.abs().min() > 1e-3  # tuning moved every pair: the checks below are not about zeros
@@ -310,8 +472,10 @@ def test_family_patching_invariants(fam, build):
     last = e1["resid_post", n - 1]
     np.testing.assert_allclose(last.to_numpy(), gain.loc[last.index].to_numpy(), atol=1e-4)
     both = e1.xs("resid_post", level="hook")
-    chosen, rejected = e["source_chosen_only"].xs("resid_post", level="hook"), e["source_rejected_only"].xs(
-        "resid_post", level="hook")
+    chosen, rejected = (
+        e["source_chosen_only"].xs("resid_post", level="hook"),
+        e["source_rejected_only"].xs("resid_post", level="hook"),
+    )
     np.testing.assert_allclose((chosen + rejected).to_numpy(), both.loc[chosen.index].to_numpy(), atol=1e-9, rtol=0)
 
 
@@ -355,13 +519,16 @@ def test_family_weight_transplants(fam, build, tmp_path):
     hf_base = AutoModelForCausalLM.from_pretrained(b.dirs["base"], dtype=torch.float32)
     everywhere = perturbed_copy(hf_base, seed=7, scale=0.2)
     tokenizer = AutoTokenizer.from_pretrained(b.dirs["base"])  # the family's own, as saved (not the loaded twins')
-    twins = load_twins(b.dirs["base"], save_checkpoint(everywhere, tokenizer, tmp_path / "everywhere"),
-                       device="cpu", dtype="float32")
+    twins = load_twins(
+        b.dirs["base"], save_checkpoint(everywhere, tokenizer, tmp_path / "everywhere"), device="cpu", dtype="float32"
+    )
     n = twins.n_layers
     windows = [(0, 1), (1, 1), (n - 1, 1), (0, 2), (0, n)]
-    specs = [PatchSpec(RowKey(name, target, source, "blocks", "all", "both", a, float(w)), Transplant(w))
-             for name, target, source in (("window_transplant", "base", "tuned"), ("window_revert", "tuned", "base"))
-             for a, w in windows]
+    specs = [
+        PatchSpec(RowKey(name, target, source, "blocks", "all", "both", a, float(w)), Transplant(w))
+        for name, target, source in (("window_transplant", "base", "tuned"), ("window_revert", "tuned", "base"))
+        for a, w in windows
+    ]
     ref = make_engine("reference").run(twins, b.tokenized, specs)
     fast = make_engine("fast").run(twins, b.tokenized, specs)
     np.testing.assert_allclose(fast.effect.to_numpy(), ref.effect.to_numpy(), atol=1e-4)
@@ -397,8 +564,9 @@ def test_family_continuations_equal_the_full_sequence(fam, build):
     batch, mask = pad_stack(ids, width), length_mask([len(x) for x in ids], width, "cpu")
     keep = lambda n: n in ("blocks.1.hook_resid_pre", "blocks.2.attn.hook_z")  # noqa: E731
     with torch.no_grad():
-        full, cache = model.run_with_cache(batch, attention_mask=mask, names_filter=keep,
-                                           stop_at_layer=model.cfg.n_layers, return_cache_object=False)
+        full, cache = model.run_with_cache(
+            batch, attention_mask=mask, names_filter=keep, stop_at_layer=model.cfg.n_layers, return_cache_object=False
+        )
 
     def close(a: torch.Tensor, b_: torch.Tensor, what: str) -> None:  # other batch shapes: float rounding only
         torch.testing.assert_close(a, b_, rtol=1e-5, atol=1e-5 * max(1.0, b_.abs().max().item()), msg=what)
@@ -407,14 +575,18 @@ def test_family_continuations_equal_the_full_sequence(fam, build):
     for i, (s, st) in enumerate(zip(seqs, states)):
         close(st.last, full[i, s.completion_start - 1], f"prompt's last position, row {i}")
     order = [i ^ 1 for i in range(len(seqs))]  # each row continues the other side's prompt state (the same prompt)
-    resid = [cache["blocks.1.hook_resid_pre"][i, s.completion_start: s.length] for i, s in enumerate(seqs)]
+    resid = [cache["blocks.1.hook_resid_pre"][i, s.completion_start : s.length] for i, s in enumerate(seqs)]
     for start in (1, None):
-        inputs = ([resid[i] for i in order] if start is not None
-                  else [torch.tensor(seqs[i].completion_ids) for i in order])
+        inputs = (
+            [resid[i] for i in order] if start is not None else [torch.tensor(seqs[i].completion_ids) for i in order]
+        )
         out, acts = run_continuations(model, start, [states[i] for i in order], inputs, capture=keep)
         for r, i in enumerate(order):
             s = seqs[i]
             n = len(s.completion_ids)
-            close(out[r, :n], full[i, s.completion_start: s.length], f"row {i} from {start}")
-            close(acts["blocks.2.attn.hook_z"][r, :n], cache["blocks.2.attn.hook_z"][i, s.completion_start: s.length],
-                  f"hook_z, row {i} from {start}")
+            close(out[r, :n], full[i, s.completion_start : s.length], f"row {i} from {start}")
+            close(
+                acts["blocks.2.attn.hook_z"][r, :n],
+                cache["blocks.2.attn.hook_z"][i, s.completion_start : s.length],
+                f"hook_z, row {i} from {start}",
+            )

@@ -10,11 +10,11 @@ import json
 
 import pytest
 import torch
+from conftest import BUNDLED_PAIRS
 
 from alignment_probe import api
 from alignment_probe.errors import ConfigError
 from alignment_probe.generation import generate, parse_condition, parse_conditions
-from conftest import BUNDLED_PAIRS
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,10 @@ def test_lockstep_patch_with_caches_equals_recomputing_every_prefix(tiny_pair, p
     rows = generate(tiny_pair, pairs, ["patch:resid_post@1", "patch:attn_out@2"], max_new_tokens=10)
     got = _by(rows)
     for p in pairs:
-        for cond, hook in (("patch:resid_post@1", "blocks.1.hook_resid_post"), ("patch:attn_out@2", "blocks.2.hook_attn_out")):
+        for cond, hook in (
+            ("patch:resid_post@1", "blocks.1.hook_resid_post"),
+            ("patch:attn_out@2", "blocks.2.hook_attn_out"),
+        ):
             assert got[(p.pair_id, cond)] == _patched_greedy_without_cache(tiny_pair, p.prompt_ids, hook, 10)
 
 
@@ -94,9 +97,27 @@ def test_generate_cli_writes_jsonl_and_html(tiny, tmp_path, capsys):
     from alignment_probe.cli import main
 
     out = tmp_path / "gen"
-    rc = main(["generate", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(BUNDLED_PAIRS),
-               "--n-pairs", "2", "--conditions", "base,tuned,patch:mlp_out@2", "--max-new-tokens", "6",
-               "--seed", "0", "--out", str(out)])
+    rc = main(
+        [
+            "generate",
+            "--base",
+            str(tiny.base),
+            "--tuned",
+            str(tiny.tuned),
+            "--data",
+            str(BUNDLED_PAIRS),
+            "--n-pairs",
+            "2",
+            "--conditions",
+            "base,tuned,patch:mlp_out@2",
+            "--max-new-tokens",
+            "6",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     lines = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
     assert len(lines) == 2 * 3
@@ -106,8 +127,21 @@ def test_generate_cli_writes_jsonl_and_html(tiny, tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["conditions"] == ["base", "tuned", "patch:mlp_out@2"]
     # a condition outside the model is refused (exit 2) naming the option, before any weights load
-    rc = main(["generate", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(BUNDLED_PAIRS),
-               "--conditions", "patch:mlp_out@99", "--out", str(tmp_path / "bad")])
+    rc = main(
+        [
+            "generate",
+            "--base",
+            str(tiny.base),
+            "--tuned",
+            str(tiny.tuned),
+            "--data",
+            str(BUNDLED_PAIRS),
+            "--conditions",
+            "patch:mlp_out@99",
+            "--out",
+            str(tmp_path / "bad"),
+        ]
+    )
     assert rc == 2 and "--conditions" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
@@ -137,9 +171,19 @@ def test_steer_on_a_bias_twin_decodes_the_twin(tmp_path):
     pairs, _ = load_pairs(BUNDLED_PAIRS)
     tok = train_tokenizer([p.prompt + p.chosen for p in pairs] + [p.rejected for p in pairs], vocab_size=320)
     torch.manual_seed(0)
-    base = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=160, initializer_range=0.2,
-                                      vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).eval()
+    base = GPT2LMHeadModel(
+        GPT2Config(
+            n_embd=32,
+            n_layer=3,
+            n_head=4,
+            n_positions=160,
+            initializer_range=0.2,
+            vocab_size=len(tok),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    ).eval()
     twin = copy.deepcopy(base)
     with torch.no_grad():
         twin.transformer.h[2].mlp.c_proj.bias.add_(2.0 * torch.randn(32, generator=torch.Generator().manual_seed(6)))

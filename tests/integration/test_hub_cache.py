@@ -15,13 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tests.helpers.checkpoints import perturbed_copy, save_checkpoint
-from alignment_probe.cli import main
-from alignment_probe.errors import (ArchitectureNotSupportedError, HubAccessError, HubModelNotCachedError,
-                                    HubModelUnknownError)
-from alignment_probe.pair import load_hub_model, load_local_model, load_twins
 from test_families import FAMILIES, family_tokenizer, randomise_vectors
+
+from alignment_probe.cli import main
+from alignment_probe.errors import (
+    ArchitectureNotSupportedError,
+    HubAccessError,
+    HubModelNotCachedError,
+    HubModelUnknownError,
+)
+from alignment_probe.pair import load_hub_model, load_local_model, load_twins
+from tests.helpers.checkpoints import perturbed_copy, save_checkpoint
 
 BY_NAME = {f.name: f for f in FAMILIES}
 
@@ -43,13 +47,20 @@ def hub_cache(tmp_path_factory, base_tokenizer):
     cache = tmp_path_factory.mktemp("hf-cache")
     work = tmp_path_factory.mktemp("hub-src")
     planted = {}
-    for fam, names in (("qwen2", ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B-Instruct")),
-                       ("gemma-2", ("google/gemma-2-2b", "google/gemma-2-2b-it")),
-                       ("pythia", ("EleutherAI/pythia-14m",)), ("gpt2", ("gpt2",))):
+    for fam, names in (
+        ("qwen2", ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B-Instruct")),
+        ("gemma-2", ("google/gemma-2-2b", "google/gemma-2-2b-it")),
+        ("pythia", ("EleutherAI/pythia-14m",)),
+        ("gpt2", ("gpt2",)),
+    ):
         f = BY_NAME[fam]
         tok = family_tokenizer(f.tokenizer, base_tokenizer)
-        ids = {"vocab": len(tok), "bos": tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
-               "eos": tok.eos_token_id, "pad": tok.pad_token_id}
+        ids = {
+            "vocab": len(tok),
+            "bos": tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
+            "eos": tok.eos_token_id,
+            "pad": tok.pad_token_id,
+        }
         torch.manual_seed(0)
         base = randomise_vectors(f.make(ids), seed=3)
         models = [base, perturbed_copy(base, seed=4, scale=0.5, only=f.tuned)]
@@ -60,9 +71,10 @@ def hub_cache(tmp_path_factory, base_tokenizer):
 
 @pytest.fixture(scope="module")
 def base_tokenizer():
-    from tests.helpers.checkpoints import train_tokenizer
     from conftest import BUNDLED_PAIRS
+
     from alignment_probe.data import load_pairs
+    from tests.helpers.checkpoints import train_tokenizer
 
     pairs, _ = load_pairs(BUNDLED_PAIRS)
     return train_tokenizer([p.prompt + p.chosen for p in pairs] + [p.rejected for p in pairs], vocab_size=320)
@@ -79,8 +91,10 @@ def use_cache(hub_cache, monkeypatch):
 
 
 def _tokens(tok, n=40):
-    ids = tok.encode("\n\nHuman: How do I bake bread at home?\n\nAssistant: Mix flour, water and salt, then wait.",
-                     add_special_tokens=False)
+    ids = tok.encode(
+        "\n\nHuman: How do I bake bread at home?\n\nAssistant: Mix flour, water and salt, then wait.",
+        add_special_tokens=False,
+    )
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     return torch.tensor([[bos] + ids[:n]])
 
@@ -92,8 +106,9 @@ def _hf_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()(ids).logits
 
 
-@pytest.mark.parametrize("base,tuned", [("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B-Instruct"),
-                                        ("google/gemma-2-2b", "google/gemma-2-2b-it")])
+@pytest.mark.parametrize(
+    "base,tuned", [("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B-Instruct"), ("google/gemma-2-2b", "google/gemma-2-2b-it")]
+)
 def test_pair_by_hub_name_matches_hugging_face(use_cache, base, tuned):
     twins = load_twins(base, tuned)
     assert (twins.base_source, twins.tuned_source) == (base, tuned)
@@ -131,29 +146,45 @@ def test_gpt2_by_hub_name(use_cache):
 
 
 def test_unknown_to_transformer_lens(use_cache, tiny):
-    with pytest.raises(HubModelUnknownError, match=r"--tuned: 'someone/my-finetune' is neither a local folder .*hf download"):
+    with pytest.raises(
+        HubModelUnknownError, match=r"--tuned: 'someone/my-finetune' is neither a local folder .*hf download"
+    ):
         load_twins(tiny.base, "someone/my-finetune")
 
 
 def test_not_in_the_cache_and_offline(use_cache):
-    with pytest.raises(HubModelNotCachedError, match=r"Qwen/Qwen2.5-1.5B is not in the Hugging Face cache .*HF_HUB_OFFLINE=1"):
+    with pytest.raises(
+        HubModelNotCachedError, match=r"Qwen/Qwen2.5-1.5B is not in the Hugging Face cache .*HF_HUB_OFFLINE=1"
+    ):
         load_hub_model("Qwen/Qwen2.5-1.5B")
 
 
 def test_cli_names_the_missing_hub_model_with_exit_2(use_cache, tmp_path, capsys):
     data = Path(__file__).resolve().parents[2] / "data" / "pairs" / "heldout.jsonl"
-    code = main(["score", "--base", "Qwen/Qwen2.5-0.5B", "--tuned", "Qwen/Qwen2.5-1.5B-Instruct", "--data", str(data),
-                 "--n-pairs", "2", "--out", str(tmp_path / "s.csv")])
+    code = main(
+        [
+            "score",
+            "--base",
+            "Qwen/Qwen2.5-0.5B",
+            "--tuned",
+            "Qwen/Qwen2.5-1.5B-Instruct",
+            "--data",
+            str(data),
+            "--n-pairs",
+            "2",
+            "--out",
+            str(tmp_path / "s.csv"),
+        ]
+    )
     assert code == 2
     assert "Qwen/Qwen2.5-1.5B-Instruct is not in the Hugging Face cache" in capsys.readouterr().err
 
 
 def test_gated_model_without_access(use_cache, monkeypatch):
     # Gating cannot happen offline; the hub client's own GatedRepoError stands in for the server's answer.
+    import httpx
     import huggingface_hub
     from huggingface_hub.errors import GatedRepoError
-
-    import httpx
 
     def refuse(repo_id, **kwargs):
         url = f"https://huggingface.co/{repo_id}/resolve/main/config.json"

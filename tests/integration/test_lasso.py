@@ -11,8 +11,13 @@ import pytest
 import torch
 
 from alignment_probe.errors import ConfigError
-from alignment_probe.experiments.lasso import (activation_distance_features, fit_lasso, lasso_table, run_lasso,
-                                               univariate_probes)
+from alignment_probe.experiments.lasso import (
+    activation_distance_features,
+    fit_lasso,
+    lasso_table,
+    run_lasso,
+    univariate_probes,
+)
 from alignment_probe.tokens import sample_and_tokenize
 
 
@@ -141,10 +146,13 @@ def test_features_equal_direct_computation(tiny_pair, tokenized, hook):
         ref = direct_norms(tiny_pair, t, "chosen", len(t.prompt_ids) - 1, hook)
         np.testing.assert_allclose(x[i], ref, rtol=1e-4, atol=1e-5)
         # the last prompt token is shared by both runs: the rejected sequence gives the same value
-        np.testing.assert_allclose(ref, direct_norms(tiny_pair, t, "rejected", len(t.prompt_ids) - 1, hook),
-                                   rtol=1e-4, atol=1e-5)
-        ref_final = 0.5 * (direct_norms(tiny_pair, t, "chosen", len(t.prompt_ids) + len(t.chosen_ids) - 1, hook)
-                           + direct_norms(tiny_pair, t, "rejected", len(t.prompt_ids) + len(t.rejected_ids) - 1, hook))
+        np.testing.assert_allclose(
+            ref, direct_norms(tiny_pair, t, "rejected", len(t.prompt_ids) - 1, hook), rtol=1e-4, atol=1e-5
+        )
+        ref_final = 0.5 * (
+            direct_norms(tiny_pair, t, "chosen", len(t.prompt_ids) + len(t.chosen_ids) - 1, hook)
+            + direct_norms(tiny_pair, t, "rejected", len(t.prompt_ids) + len(t.rejected_ids) - 1, hook)
+        )
         np.testing.assert_allclose(xf[i], ref_final, rtol=1e-4, atol=1e-5)
 
 

@@ -22,13 +22,12 @@ import re
 
 import pandas as pd
 import pytest
+from conftest import PAIRS_DATA
 
 from alignment_probe.cli import main
 from alignment_probe.effects import COLUMNS, KEY_COLUMNS
 from alignment_probe.errors import EXIT_BAD_INPUT, EXIT_OK
 from alignment_probe.experiments import registry
-
-from conftest import PAIRS_DATA
 
 # 5 pairs leave the LASSO's per-layer probes one held-out pair per fold: sklearn warns that R² is undefined
 pytestmark = pytest.mark.filterwarnings("ignore:R\\^2 score is not well-defined")
@@ -61,10 +60,30 @@ RECIPES = [
     ["--experiments", "patch_tuned_to_base,patch_base_to_tuned"],
 ]
 # Names drawn 1–3 at a time: every one but steer (the slowest, by its scan: through its recipes) and all (fixed cases).
-NAMES = ["patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction", "alpha",
-               "window_transplant", "window_revert", "cross_2x2", "source_chosen_only", "vector_chosen",
-               "lowrank_reconstruct", "lowrank_difference", "shift", "lasso", "head_patch", "kv_head_patch",
-               "token_map", "atp", "atp_heads", "atp_confirm", "steer_scan"]
+NAMES = [
+    "patch_tuned_to_base",
+    "patch_base_to_tuned",
+    "identity",
+    "random_noise",
+    "random_direction",
+    "alpha",
+    "window_transplant",
+    "window_revert",
+    "cross_2x2",
+    "source_chosen_only",
+    "vector_chosen",
+    "lowrank_reconstruct",
+    "lowrank_difference",
+    "shift",
+    "lasso",
+    "head_patch",
+    "kv_head_patch",
+    "token_map",
+    "atp",
+    "atp_heads",
+    "atp_confirm",
+    "steer_scan",
+]
 
 FIXED: list[tuple[str, list[str], str | None]] = [
     # issue 24: the main hook repeated by the default --extra-hooks attn_out,mlp_out
@@ -72,24 +91,84 @@ FIXED: list[tuple[str, list[str], str | None]] = [
     ("bug-atp-hook-mlp_out", ["--experiments", "atp,patch_tuned_to_base", "--hook", "mlp_out"], OK),
     ("bug-hook-attn_out-all", ["--experiments", "all", "--hook", "attn_out", "--layers", "1,3"], OK),
     ("repeat-extra-hooks", ["--experiments", "patch_tuned_to_base", "--extra-hooks", "mlp_out,mlp_out,resid_post"], OK),
-    ("repeat-extra-scopes", ["--experiments", "patch_tuned_to_base,atp", "--scope", "completion", "--extra-scopes",
-                             "completion,last_prompt,last_prompt"], OK),
-    ("repeat-layers", ["--experiments", "patch_tuned_to_base,alpha", "--layers", "1,1,0:2", "--alpha-layers", "2,2"], OK),
+    (
+        "repeat-extra-scopes",
+        [
+            "--experiments",
+            "patch_tuned_to_base,atp",
+            "--scope",
+            "completion",
+            "--extra-scopes",
+            "completion,last_prompt,last_prompt",
+        ],
+        OK,
+    ),
+    (
+        "repeat-layers",
+        ["--experiments", "patch_tuned_to_base,alpha", "--layers", "1,1,0:2", "--alpha-layers", "2,2"],
+        OK,
+    ),
     ("repeat-experiments", ["--experiments", "identity,identity,head_patch,head_patch"], OK),
     ("repeat-window-widths", ["--experiments", "window_revert", "--window-widths", "1,1"], OK),
-    ("atp-confirm-hooks", ["--experiments", "atp,patch_tuned_to_base", "--extra-hooks", "mlp_out,attn_out,resid_pre",
-                           "--confirm", "2", "--layers", "0:4:2"], OK),
+    (
+        "atp-confirm-hooks",
+        [
+            "--experiments",
+            "atp,patch_tuned_to_base",
+            "--extra-hooks",
+            "mlp_out,attn_out,resid_pre",
+            "--confirm",
+            "2",
+            "--layers",
+            "0:4:2",
+        ],
+        OK,
+    ),
     ("confirm-alone", ["--experiments", "patch_tuned_to_base", "--confirm", "1", "--hook", "mlp_out"], OK),
     ("confirm-more-than-conditions", ["--experiments", "atp", "--confirm", "1000", "--layers", "2"], OK),
     ("all-with-opt-in", ["--experiments", "all,steer", "--layers", "2,3"], OK),
-    ("atp-heads-reference", ["--experiments", "atp_heads,head_patch,kv_head_patch", "--engine", "reference",
-                             "--layers", "1"], OK),
-    ("token-map-scopes", ["--experiments", "token_map", "--scope", "first_completion:2", "--extra-scopes",
-                          "completion,first_completion:02", "--layers", "3:0:-1"], OK),
-    ("window-widths-at-layers", ["--experiments", "window_transplant,window_revert", "--window-widths", "2,3",
-                                 "--layers", "0,1"], OK),
-    ("steer-options", ["--experiments", "patch_tuned_to_base,steer", "--steer-layer", "2", "--steer-c", "1,3",
-                       "--steer-k", "1", "--transfer-data", str(PAIRS_DATA), "--layers", "1:4"], OK),
+    (
+        "atp-heads-reference",
+        ["--experiments", "atp_heads,head_patch,kv_head_patch", "--engine", "reference", "--layers", "1"],
+        OK,
+    ),
+    (
+        "token-map-scopes",
+        [
+            "--experiments",
+            "token_map",
+            "--scope",
+            "first_completion:2",
+            "--extra-scopes",
+            "completion,first_completion:02",
+            "--layers",
+            "3:0:-1",
+        ],
+        OK,
+    ),
+    (
+        "window-widths-at-layers",
+        ["--experiments", "window_transplant,window_revert", "--window-widths", "2,3", "--layers", "0,1"],
+        OK,
+    ),
+    (
+        "steer-options",
+        [
+            "--experiments",
+            "patch_tuned_to_base,steer",
+            "--steer-layer",
+            "2",
+            "--steer-c",
+            "1,3",
+            "--steer-k",
+            "1",
+            "--transfer-data",
+            str(PAIRS_DATA),
+            "--layers",
+            "1:4",
+        ],
+        OK,
+    ),
     ("steer-hook-scope", ["--experiments", "steer", "--hook", "mlp_out", "--scope", "completion"], OK),
     ("lowrank-outside-layers", ["--experiments", "lowrank_difference", "--layers", "1", "--lowrank-layers", "3"], OK),
     ("shift-alone", ["--experiments", "shift"], OK),
@@ -99,24 +178,38 @@ FIXED: list[tuple[str, list[str], str | None]] = [
     ("unknown-experiment", ["--experiments", "patch_tuned_to_bse"], "--experiments: unknown experiment"),
     ("head-hook", ["--experiments", "patch_tuned_to_base", "--hook", "z"], "--hook: unknown hook point 'z'"),
     ("bad-extra-hook", ["--experiments", "identity", "--extra-hooks", "mlp"], "--extra-hooks: unknown hook point"),
-    ("bad-scope", ["--experiments", "identity", "--extra-scopes", "first_completion:0"], "--extra-scopes: bad position"),
+    (
+        "bad-scope",
+        ["--experiments", "identity", "--extra-scopes", "first_completion:0"],
+        "--extra-scopes: bad position",
+    ),
     ("layers-out-of-range", ["--experiments", "identity", "--layers", "0:9"], "--layers: layer 4 is out of range"),
     ("layers-negative", ["--experiments", "identity", "--layers", "-1"], "--layers: layer -1 is out of range"),
     ("layers-empty-range", ["--experiments", "identity", "--layers", "2:2"], "--layers is empty"),
     ("layers-open-range", ["--experiments", "identity", "--layers", "1:"], "--layers '1:'"),
     ("alpha-layers-empty", ["--experiments", "alpha", "--alpha-layers="], "--alpha-layers is empty"),
-    ("lowrank-layers-empty", ["--experiments", "lowrank_reconstruct", "--lowrank-layers="], "--lowrank-layers is empty"),
+    (
+        "lowrank-layers-empty",
+        ["--experiments", "lowrank_reconstruct", "--lowrank-layers="],
+        "--lowrank-layers is empty",
+    ),
     ("steer-layer-range", ["--experiments", "steer", "--steer-layer", "7"], "--steer-layer: layer 7 is out of range"),
     ("cross-no-split", ["--experiments", "cross_2x2,identity", "--layers", "0"], "--layers 0: cross_2x2 splits"),
-    ("window-does-not-fit", ["--experiments", "window_revert", "--window-widths", "2", "--layers", "3"],
-     "--layers 3 with --window-widths 2"),
+    (
+        "window-does-not-fit",
+        ["--experiments", "window_revert", "--window-widths", "2", "--layers", "3"],
+        "--layers 3 with --window-widths 2",
+    ),
     ("window-width-all-blocks", ["--experiments", "window_transplant", "--window-widths", "4"], "--window-widths"),
     ("confirm-zero", ["--experiments", "atp", "--confirm", "0"], "--confirm must be at least 1"),
     ("transfer-without-steer", ["--experiments", "identity", "--transfer-data", str(PAIRS_DATA)], "--transfer-data"),
     ("lasso-too-few-pairs", ["--experiments", "lasso", "--n-pairs", "3"], "--n-pairs 5 or more"),
     # none fits: raising --max-length is the fix (it suggested "--n-pairs 0 or fewer", which is refused)
-    ("max-length-too-short", ["--experiments", "identity", "--max-length", "8"],
-     "Raise --max-length (if the model's context allows)"),
+    (
+        "max-length-too-short",
+        ["--experiments", "identity", "--max-length", "8"],
+        "Raise --max-length (if the model's context allows)",
+    ),
 ]
 
 
@@ -158,7 +251,8 @@ def sampled(n: int, seed: int) -> list[list[str]]:
 
 N_SAMPLED, SEED = 60, 24
 COMBOS = [pytest.param(args, expected, id=name) for name, args, expected in FIXED] + [
-    pytest.param(args, "either", id=f"sampled-{i:02d}") for i, args in enumerate(sampled(N_SAMPLED, SEED))]
+    pytest.param(args, "either", id=f"sampled-{i:02d}") for i, args in enumerate(sampled(N_SAMPLED, SEED))
+]
 
 
 def asked_experiments(args: list[str]) -> set[str]:
@@ -173,7 +267,11 @@ def asked_experiments(args: list[str]) -> set[str]:
         names |= {"atp", "atp_confirm"}
     # E11 (revised): the scan chooses the layer and the scale on the fit half; only a fixed --steer-layer with a
     # single scale (1 is always in the grid) leaves nothing to choose
-    scales = {float(x) for x in args[args.index("--steer-c") + 1].split(",")} | {1.0} if "--steer-c" in args else {0.5, 1.0, 2.0, 4.0}
+    scales = (
+        {float(x) for x in args[args.index("--steer-c") + 1].split(",")} | {1.0}
+        if "--steer-c" in args
+        else {0.5, 1.0, 2.0, 4.0}
+    )
     if "steer" in names and not ("--steer-layer" in args and len(scales) == 1):
         names.add("steer_scan")
     if "atp_heads" in names:
@@ -202,8 +300,19 @@ def check_refusal(err: str, args: list[str], expected: str) -> None:
 
 @pytest.mark.parametrize("args, expected", COMBOS)
 def test_option_combination_succeeds_or_is_refused_cleanly(tiny, tmp_path, capsys, args, expected):
-    argv = ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA), *COMMON, *args,
-            "--out", str(tmp_path / "run")]
+    argv = [
+        "run",
+        "--base",
+        str(tiny.base),
+        "--tuned",
+        str(tiny.tuned),
+        "--data",
+        str(PAIRS_DATA),
+        *COMMON,
+        *args,
+        "--out",
+        str(tmp_path / "run"),
+    ]
     code = main(argv)
     err = capsys.readouterr().err
     assert "internal error" not in err and "Traceback" not in err, err
@@ -218,17 +327,24 @@ def test_option_combination_succeeds_or_is_refused_cleanly(tiny, tmp_path, capsy
         check_refusal(err, argv, expected)
 
 
-@pytest.mark.parametrize("args", [["--experiments", "patch_tuned_to_base", "--hook", "mlp_out"],
-                                  ["--experiments", "atp,patch_tuned_to_base", "--hook", "mlp_out"]],
-                         ids=["hook-mlp_out", "atp-hook-mlp_out"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--experiments", "patch_tuned_to_base", "--hook", "mlp_out"],
+        ["--experiments", "atp,patch_tuned_to_base", "--hook", "mlp_out"],
+    ],
+    ids=["hook-mlp_out", "atp-hook-mlp_out"],
+)
 def test_issue_24_commands_on_the_bundled_default(tmp_path, capsys, args):
     """The bug's commands as reported: the bundled organisms (no --base/--tuned/--data), offline; E1's summary
     reports the main hook and the remaining extra hook once each."""
     out = tmp_path / "run"
-    assert main(["run", *args, "--n-pairs", "4", "--n-boot", "20", "--procs", "1", "--out", str(out)]) == EXIT_OK, \
+    assert main(["run", *args, "--n-pairs", "4", "--n-boot", "20", "--procs", "1", "--out", str(out)]) == EXIT_OK, (
         capsys.readouterr().err
+    )
     e1 = json.loads((out / "summary.json").read_text())["experiments"]["patch_tuned_to_base"]
     assert set(e1["by_hook"]) == {"mlp_out", "attn_out"}
+
     # the same cells; only the family-wise bands differ (over m = layers for the curve, layers × hooks for by_hook)
     def cells(rows):
         return [{k: v for k, v in r.items() if k not in ("band_low", "band_high")} for r in rows]
@@ -240,13 +356,51 @@ def test_equivalent_spellings_are_one_configuration(tiny, tmp_path, capsys):
     """Merged options are what the manifest records: a rerun spelt differently (repeats, the main hook among the
     extra hooks) resumes the same run instead of being refused as another configuration."""
     out = tmp_path / "run"
-    base = ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA), *COMMON,
-            "--out", str(out)]
-    assert main([*base, "--experiments", "patch_tuned_to_base,identity", "--hook", "mlp_out",
-                 "--extra-hooks", "attn_out,mlp_out", "--layers", "1,2"]) == EXIT_OK, capsys.readouterr().err
+    base = [
+        "run",
+        "--base",
+        str(tiny.base),
+        "--tuned",
+        str(tiny.tuned),
+        "--data",
+        str(PAIRS_DATA),
+        *COMMON,
+        "--out",
+        str(out),
+    ]
+    assert (
+        main(
+            [
+                *base,
+                "--experiments",
+                "patch_tuned_to_base,identity",
+                "--hook",
+                "mlp_out",
+                "--extra-hooks",
+                "attn_out,mlp_out",
+                "--layers",
+                "1,2",
+            ]
+        )
+        == EXIT_OK
+    ), capsys.readouterr().err
     capsys.readouterr()
-    assert main([*base, "--experiments", "patch_tuned_to_base,identity,identity", "--hook", "mlp_out",
-                 "--extra-hooks", "attn_out,attn_out", "--layers", "2,1,1:3"]) == EXIT_OK
+    assert (
+        main(
+            [
+                *base,
+                "--experiments",
+                "patch_tuned_to_base,identity,identity",
+                "--hook",
+                "mlp_out",
+                "--extra-hooks",
+                "attn_out,attn_out",
+                "--layers",
+                "2,1,1:3",
+            ]
+        )
+        == EXIT_OK
+    )
     err = capsys.readouterr().err
     assert "already done" in err and "different configuration" not in err, err
 
@@ -255,9 +409,19 @@ def test_run_suite_merges_like_the_command_line(tiny, tmp_path):
     """``ap.run_suite`` builds the same SuiteConfig: the issue's combination, names given as one string."""
     import alignment_probe as ap
 
-    run = ap.run_suite(tmp_path / "api", base=tiny.base, tuned=tiny.tuned, data=PAIRS_DATA,
-                       experiments="patch_tuned_to_base", hook="mlp_out", layers=[2, 0, 2], n_pairs=N_PAIRS,
-                       max_length=72, n_boot=20, progress=False)
+    run = ap.run_suite(
+        tmp_path / "api",
+        base=tiny.base,
+        tuned=tiny.tuned,
+        data=PAIRS_DATA,
+        experiments="patch_tuned_to_base",
+        hook="mlp_out",
+        layers=[2, 0, 2],
+        n_pairs=N_PAIRS,
+        max_length=72,
+        n_boot=20,
+        progress=False,
+    )
     e1 = run.summary["experiments"]["patch_tuned_to_base"]
     assert set(e1["by_hook"]) == {"mlp_out", "attn_out"} and [r["layer"] for r in e1["per_layer"]] == [0, 2]
     assert not run.effects.duplicated(KEY_COLUMNS).any()

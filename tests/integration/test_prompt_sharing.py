@@ -13,7 +13,6 @@ from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.interventions import AddVector, GaussianNoise, Replace
 from alignment_probe.scoring import score_pairs
 from alignment_probe.tokens import sample_and_tokenize
-
 from tests.integration.test_engine import _suite_specs
 
 KEYS = ["experiment", "hook", "scope", "sides", "layer", "param", "split", "pair_id"]
@@ -57,8 +56,15 @@ def test_sharing_on_equals_off_and_reference_on_every_experiment(tiny_pair, toke
 def test_a_patch_that_leaves_the_prompt_continues_the_clean_prompt(tiny_pair, tokenized):
     # The v+ vector is added on the completions only: the patched runs' prompts are the clean runs' prompts, so
     # both completions continue the clean prompt's keys and values and only completion tokens are computed.
-    specs = layer_sweep("vector_chosen", target="base", source="tuned", layers=(0, 2), hooks=("resid_post",),
-                        scopes=("completion",), intervention=AddVector("chosen", 1.0))
+    specs = layer_sweep(
+        "vector_chosen",
+        target="base",
+        source="tuned",
+        layers=(0, 2),
+        hooks=("resid_post",),
+        scopes=("completion",),
+        intervention=AddVector("chosen", 1.0),
+    )
     on = FastEngine(batch_size=5, share_prompts=True, overhead_tokens=0)  # no padding is worth a forward
     a = on.run(tiny_pair, tokenized, specs)
     blocks = sum(tiny_pair.n_layers - (s.key.layer + 1) for s in specs)  # resid_post at l: from block l + 1
@@ -70,10 +76,23 @@ def test_a_patch_that_leaves_the_prompt_continues_the_clean_prompt(tiny_pair, to
 
 @pytest.mark.parametrize("scope", ["all", "prompt", "completion", "last_prompt", "all_but_bos"])
 def test_every_scope_and_hook(tiny_pair, tokenized, scope):
-    specs = layer_sweep("patch_tuned_to_base", target="base", source="tuned", layers=(0, 2, 3),
-                        hooks=("resid_pre", "resid_post", "attn_out", "mlp_out", "resid_mid"), scopes=(scope,))
-    specs += layer_sweep("random_noise", target="base", source="tuned", layers=(1,), hooks=("resid_post",),
-                         scopes=(scope,), intervention=GaussianNoise(seed=3))
+    specs = layer_sweep(
+        "patch_tuned_to_base",
+        target="base",
+        source="tuned",
+        layers=(0, 2, 3),
+        hooks=("resid_pre", "resid_post", "attn_out", "mlp_out", "resid_mid"),
+        scopes=(scope,),
+    )
+    specs += layer_sweep(
+        "random_noise",
+        target="base",
+        source="tuned",
+        layers=(1,),
+        hooks=("resid_post",),
+        scopes=(scope,),
+        intervention=GaussianNoise(seed=3),
+    )
     a = FastEngine(batch_size=4, share_prompts=True, overhead_tokens=20).run(tiny_pair, tokenized, specs)
     b = FastEngine(batch_size=4, share_prompts=False).run(tiny_pair, tokenized, specs)
     _close(a, b, 1e-5)
@@ -113,5 +132,6 @@ def test_batch_planner_prices_attention_over_padded_prompt_keys():
     completions, prompts = [20, 20, 20, 20], [10, 300, 12, 310]
     assert plan_batches(completions, 32, 20, context=prompts) == [[0, 2, 1, 3]]
     assert plan_batches(completions, 32, 20, context=prompts, attention_tokens=230) == [[0, 2], [1, 3]]
-    assert plan_cost(completions, 32, 20, context=prompts, attention_tokens=230) > plan_cost(completions, 32, 20,
-                                                                                             context=prompts)
+    assert plan_cost(completions, 32, 20, context=prompts, attention_tokens=230) > plan_cost(
+        completions, 32, 20, context=prompts
+    )

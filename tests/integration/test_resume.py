@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import PAIRS_DATA
 
 import alignment_probe.tables
 from alignment_probe.cli import main
 from alignment_probe.errors import EXIT_BAD_INPUT
-
-from conftest import PAIRS_DATA
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = ("scores.parquet", "effects.parquet", "lasso.parquet", "summary.json")
@@ -31,9 +30,30 @@ EXPERIMENTS = "patch_tuned_to_base,random_noise,lowrank_difference,lasso"
 
 
 def args(tiny, out, *extra):
-    return ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA), "--n-pairs", "6",
-            "--max-length", "64", "--device", "cpu", "--n-boot", "50", "--pairs-per-part", "2",
-            "--experiments", EXPERIMENTS, "--out", str(out), *extra]
+    return [
+        "run",
+        "--base",
+        str(tiny.base),
+        "--tuned",
+        str(tiny.tuned),
+        "--data",
+        str(PAIRS_DATA),
+        "--n-pairs",
+        "6",
+        "--max-length",
+        "64",
+        "--device",
+        "cpu",
+        "--n-boot",
+        "50",
+        "--pairs-per-part",
+        "2",
+        "--experiments",
+        EXPERIMENTS,
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def assert_same_results(a: Path, b: Path) -> None:
@@ -57,8 +77,13 @@ def test_sigkill_midway_then_the_same_command_resumes(tiny, tmp_path, uninterrup
     out = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1")  # as conftest: 1 thread
     log = open(tmp_path / "stderr.txt", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "alignment_probe.cli", *args(tiny, out)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alignment_probe.cli", *args(tiny, out)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     try:
         deadline = time.monotonic() + 300
         while not list((out / "parts").glob("stage1-*.parquet")):
@@ -85,10 +110,14 @@ def test_sigkill_midway_then_the_same_command_resumes(tiny, tmp_path, uninterrup
     assert manifest["status"] == "complete" and len(manifest["resumed"]) == 1
 
 
-@pytest.mark.parametrize("signum, after, code", [(signal.SIGTERM, "stage2-", 143), (signal.SIGINT, "lasso", 130)],
-                         ids=["sigterm-in-low-rank", "ctrl-c-before-report"])
-def test_signal_stops_between_writes_and_resume_matches(tiny, tmp_path, uninterrupted, monkeypatch, capsys, signum,
-                                                        after, code):
+@pytest.mark.parametrize(
+    "signum, after, code",
+    [(signal.SIGTERM, "stage2-", 143), (signal.SIGINT, "lasso", 130)],
+    ids=["sigterm-in-low-rank", "ctrl-c-before-report"],
+)
+def test_signal_stops_between_writes_and_resume_matches(
+    tiny, tmp_path, uninterrupted, monkeypatch, capsys, signum, after, code
+):
     out = tmp_path / "interrupted"
     write = alignment_probe.tables.write_bytes_atomic
 
@@ -113,17 +142,40 @@ def test_signal_stops_between_writes_and_resume_matches(tiny, tmp_path, uninterr
 
 
 def small(tiny, data, out, *extra):
-    return ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(data), "--n-pairs", "3",
-            "--max-length", "64", "--device", "cpu", "--n-boot", "20", "--experiments", "patch_tuned_to_base",
-            "--out", str(out), *extra]
+    return [
+        "run",
+        "--base",
+        str(tiny.base),
+        "--tuned",
+        str(tiny.tuned),
+        "--data",
+        str(data),
+        "--n-pairs",
+        "3",
+        "--max-length",
+        "64",
+        "--device",
+        "cpu",
+        "--n-boot",
+        "20",
+        "--experiments",
+        "patch_tuned_to_base",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.fixture
 def data_file(tmp_path):
     prompt = "\n\nHuman: What should I cook tonight?\n\nAssistant:"
     path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"prompt": prompt, "chosen": f" Soup number {i}.", "rejected": f" No {i}."}) + "\n"
-                            for i in range(4)))
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": prompt, "chosen": f" Soup number {i}.", "rejected": f" No {i}."}) + "\n"
+            for i in range(4)
+        )
+    )
     return path
 
 
@@ -152,7 +204,9 @@ def test_changed_data_file_is_refused_unless_forced(tiny, tmp_path, data_file, c
     out = tmp_path / "run"
     assert main(small(tiny, data_file, out)) == 0
     with open(data_file, "a") as handle:
-        handle.write(json.dumps({"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " Hello.", "rejected": " Bye."}) + "\n")
+        handle.write(
+            json.dumps({"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " Hello.", "rejected": " Bye."}) + "\n"
+        )
     assert main(small(tiny, data_file, out)) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert f"the data file {data_file} (sha256) changed since it started" in err

@@ -6,21 +6,50 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import PAIRS_DATA
 
 import alignment_probe as ap
 from alignment_probe.cli import main
 from alignment_probe.experiments.registry import EXPERIMENT_NAMES
 
-from conftest import PAIRS_DATA
-
-PER_LAYER = ["patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction",
-             "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected", "vector_contrast",
-             "alpha", "lowrank_reconstruct", "lowrank_difference"]
+PER_LAYER = [
+    "patch_tuned_to_base",
+    "patch_base_to_tuned",
+    "identity",
+    "random_noise",
+    "random_direction",
+    "source_chosen_only",
+    "source_rejected_only",
+    "vector_chosen",
+    "vector_rejected",
+    "vector_contrast",
+    "alpha",
+    "lowrank_reconstruct",
+    "lowrank_difference",
+]
 
 
 def _args(tiny, out, *extra):
-    return ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA),
-            "--n-pairs", "6", "--max-length", "72", "--device", "cpu", "--n-boot", "200", "--out", str(out), *extra]
+    return [
+        "run",
+        "--base",
+        str(tiny.base),
+        "--tuned",
+        str(tiny.tuned),
+        "--data",
+        str(PAIRS_DATA),
+        "--n-pairs",
+        "6",
+        "--max-length",
+        "72",
+        "--device",
+        "cpu",
+        "--n-boot",
+        "200",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +89,7 @@ def test_run_directory_and_summary_format(full_run):
     manifest = json.loads((full_run / "manifest.json").read_text())
     assert manifest["config"]["seed"] == 0 and len(manifest["data"]["pair_ids"]) == 6
     html = (full_run / "report.html").read_text()
-    assert "Findings vs the paper" in html and "<script src=\"http" not in html
+    assert "Findings vs the paper" in html and '<script src="http' not in html
 
 
 def test_same_seed_same_numbers_and_subset(tiny, tmp_path, full_run):
@@ -136,8 +165,12 @@ def test_smollm2_findings_collect_reads_runs(tiny, tmp_path, full_run):
     out = tmp_path / "hooks"
     assert main(_args(tiny, out, "--experiments", "patch_tuned_to_base", "--extra-hooks", "mlp_out")) == 0
     s = json.loads((full_run / "summary.json").read_text())
-    found = collect({"harmless": s}, n_layers=4, planted_layer=2,
-                    extra={"harmless": {"by_hook": extra_hook_results(out, ("mlp_out",), seed=0, n_boot=200)}})
+    found = collect(
+        {"harmless": s},
+        n_layers=4,
+        planted_layer=2,
+        extra={"harmless": {"by_hook": extra_hook_results(out, ("mlp_out",), seed=0, n_boot=200)}},
+    )
     h = found["harmless"]
     assert h["gain_ci"] == s["gain_ci"] and h["n_pairs"] == 6
     assert h["patch_tuned_to_base"]["peak_layer"] == s["experiments"]["patch_tuned_to_base"]["peak_layer"]
@@ -169,8 +202,17 @@ def test_the_command_line_runs_a_narrow_model_on_one_thread_and_puts_the_count_b
         assert json.loads((tmp_path / "auto" / "manifest.json").read_text())["environment"]["torch_num_threads"] == 1
         assert torch.get_num_threads() == 2
         # the library call leaves threads alone
-        api = ap.run_suite(tmp_path / "api", base=tiny.base, tuned=tiny.tuned, data=PAIRS_DATA,
-                           experiments=("identity",), n_pairs=6, max_length=72, n_boot=200, progress=False)
+        api = ap.run_suite(
+            tmp_path / "api",
+            base=tiny.base,
+            tuned=tiny.tuned,
+            data=PAIRS_DATA,
+            experiments=("identity",),
+            n_pairs=6,
+            max_length=72,
+            n_boot=200,
+            progress=False,
+        )
         assert api.manifest["environment"]["torch_num_threads"] == 2
         monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice stands
         assert main(_args(tiny, tmp_path / "chosen", "--experiments", "identity")) == 0
@@ -241,8 +283,9 @@ def test_a_run_directory_made_before_presets_resumes_as_the_full_suite(tiny, tmp
     assert main(_args(tiny, out, "--suite", "full")) == 0
     err = capsys.readouterr().err
     assert "resuming the run" in err and "different configuration" not in err
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "effects.parquet"),
-                                  pd.read_parquet(full_suite_run / "effects.parquet"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "effects.parquet"), pd.read_parquet(full_suite_run / "effects.parquet")
+    )
 
 
 def test_run_suite_takes_the_preset_by_name(tiny, tmp_path):

@@ -6,18 +6,34 @@ import json
 import shutil
 
 import pytest
+from conftest import BUNDLED_PAIRS
 
 import alignment_probe as ap
 from alignment_probe.cli import main
-
-from conftest import BUNDLED_PAIRS
 
 
 @pytest.fixture(scope="module")
 def run_dir(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("rundir") / "full"
-    args = ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(BUNDLED_PAIRS),
-            "--n-pairs", "6", "--max-length", "72", "--n-boot", "100", "--extra-hooks", "mlp_out", "--out", str(out)]
+    args = [
+        "run",
+        "--base",
+        str(tiny.base),
+        "--tuned",
+        str(tiny.tuned),
+        "--data",
+        str(BUNDLED_PAIRS),
+        "--n-pairs",
+        "6",
+        "--max-length",
+        "72",
+        "--n-boot",
+        "100",
+        "--extra-hooks",
+        "mlp_out",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     return out
 
@@ -47,8 +63,9 @@ def test_load_run_reads_tables_and_summary(run_dir):
     assert run.report_html().encode() == (run_dir / "report.html").read_bytes()
     # the verdicts are part of the summary: three outcomes, each with its rule and numbers
     judged = run.summary["verdicts"]
-    assert judged and all(v["verdict"] in ("agrees", "differs", "inconclusive") and v["rule"] and v["numbers"]
-                          for v in judged)
+    assert judged and all(
+        v["verdict"] in ("agrees", "differs", "inconclusive") and v["rule"] and v["numbers"] for v in judged
+    )
     assert {v["key"] for v in judged} | {v["key"] for v in run.summary["verdicts_not_run"]} >= {"peak", "identity"}
 
 

@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import json
 
+from conftest import BUNDLED_PAIRS
+
 import alignment_probe as ap
 from alignment_probe import stats
 from alignment_probe.engine import FastEngine
 from alignment_probe.experiments.suite import SuiteConfig, run_suite
 
-from conftest import BUNDLED_PAIRS
-
 
 def test_suite_hands_the_explore_peak_downstream_and_records_the_roles(tiny_pair):
     pairs = ap.load_pairs(BUNDLED_PAIRS, n=6, seed=3, tokenizer=tiny_pair.tokenizer, max_length=64)
-    cfg = SuiteConfig(experiments=("patch_tuned_to_base", "lowrank_difference", "window_transplant"), n_boot=50,
-                      lowrank_ks=(1, 4), extra_hooks=("mlp_out",))
+    cfg = SuiteConfig(
+        experiments=("patch_tuned_to_base", "lowrank_difference", "window_transplant"),
+        n_boot=50,
+        lowrank_ks=(1, 4),
+        extra_hooks=("mlp_out",),
+    )
     result = run_suite(tiny_pair, pairs, FastEngine(), cfg, pairs_per_part=3)
     s = result.summary["experiments"]
     ids = sorted(t.pair_id for t in pairs)
@@ -27,8 +31,9 @@ def test_suite_hands_the_explore_peak_downstream_and_records_the_roles(tiny_pair
     assert result.fits["lowrank"]["layers"] == [e1["selection"]["chosen"]]
     lr = s["lowrank_difference"]
     assert lr["selection"]["chosen"]["layer"] == e1["selection"]["chosen"]
-    heldout_rows = result.effects[(result.effects.experiment == "lowrank_difference")
-                                  & (result.effects.split == "heldout")]
+    heldout_rows = result.effects[
+        (result.effects.experiment == "lowrank_difference") & (result.effects.split == "heldout")
+    ]
     assert set(heldout_rows.pair_id) == set(confirm) and lr["selection"]["confirm"]["n"] == len(confirm)
     for entry in (e1, lr, s["window_transplant"]):
         sel = entry["selection"]

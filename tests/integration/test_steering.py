@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import BUNDLED_PAIRS
 
 import alignment_probe as ap
 from alignment_probe import stats
@@ -24,13 +24,18 @@ from alignment_probe.interventions import AddByClass, predicting_classes
 from alignment_probe.tables import json_bytes
 from alignment_probe.tokens import sample_and_tokenize
 
-from conftest import BUNDLED_PAIRS
-
 SCALES = (0.0, 1.0, 2.0)
 CURVE = {"c", "mean", "ci_low", "ci_high", "n"}
 FRACTION = {"mean", "ci_low", "ci_high", "defined", "text"}
-CURVE_NAMES = {"steer", "steer_random", "steer_contrast", "steer_lowrank", "steer_pooled", "steer_reverse",
-               "steer_reverse_random"}
+CURVE_NAMES = {
+    "steer",
+    "steer_random",
+    "steer_contrast",
+    "steer_lowrank",
+    "steer_pooled",
+    "steer_reverse",
+    "steer_reverse_random",
+}
 CLASS_NAMES = {"steer_last_prompt", "steer_first", "steer_rest"}
 
 
@@ -44,10 +49,31 @@ def transfer_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_dir(tiny, transfer_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("steer") / "run"
-    args = ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(BUNDLED_PAIRS),
-            "--n-pairs", "8", "--max-length", "72", "--n-boot", "100", "--pairs-per-part", "4",
-            "--experiments", "patch_tuned_to_base,steer", "--steer-c", ",".join(map(str, SCALES)),
-            "--transfer-data", str(transfer_file), "--out", str(out)]
+    args = [
+        "run",
+        "--base",
+        str(tiny.base),
+        "--tuned",
+        str(tiny.tuned),
+        "--data",
+        str(BUNDLED_PAIRS),
+        "--n-pairs",
+        "8",
+        "--max-length",
+        "72",
+        "--n-boot",
+        "100",
+        "--pairs-per-part",
+        "4",
+        "--experiments",
+        "patch_tuned_to_base,steer",
+        "--steer-c",
+        ",".join(map(str, SCALES)),
+        "--transfer-data",
+        str(transfer_file),
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     return out
 
@@ -128,21 +154,41 @@ def test_layer_and_scale_are_the_fit_half_cell_closest_to_the_gain(run):
     sel = entry["selection"]
     assert sel["chosen"] == {"layer": entry["layer"], "scale": entry["scale"]}
     assert sel["explore_pair_ids"] == fit and sel["confirm_pair_ids"] == held
-    held_rows = run.effects[(run.effects.experiment == "steer") & (run.effects.split == "heldout")
-                            & (run.effects.param == scale)]
+    held_rows = run.effects[
+        (run.effects.experiment == "steer") & (run.effects.split == "heldout") & (run.effects.param == scale)
+    ]
     assert sel["confirm"]["mean"] == pytest.approx(held_rows.effect.mean()) and sel["confirm"]["n"] == len(held)
     assert sel["in_sample"]["mean"] == pytest.approx(means[(layer, scale)])
     scan_entry = run.summary["experiments"]["steer_scan"]  # it ran for steer, so the summary says so
     assert scan_entry["chosen"] == sel["chosen"] and scan_entry["by_layer"] == entry["layer_choice"]["by_layer"]
     assert len(scan_entry["grid"]) == run.summary["n_layers"] * len(SCALES)
-    assert entry["layer_choice"]["e1_layer"] == run.summary["experiments"]["patch_tuned_to_base"]["heldout"]["chosen_layer"]
+    assert (
+        entry["layer_choice"]["e1_layer"]
+        == run.summary["experiments"]["patch_tuned_to_base"]["heldout"]["chosen_layer"]
+    )
 
 
 def test_summary_keys(run):
     entry = _entry(run)
-    assert set(entry) == {"layer", "scale", "layer_rule", "by_c", "recovered_fraction", "excess_over_random", "null",
-                          "selection", "baselines", "variants", "per_token", "reverse", "kl", "transfer", "gain",
-                          "layer_choice", "fit"}
+    assert set(entry) == {
+        "layer",
+        "scale",
+        "layer_rule",
+        "by_c",
+        "recovered_fraction",
+        "excess_over_random",
+        "null",
+        "selection",
+        "baselines",
+        "variants",
+        "per_token",
+        "reverse",
+        "kl",
+        "transfer",
+        "gain",
+        "layer_choice",
+        "fit",
+    }
     assert [r["c"] for r in entry["by_c"]] == list(SCALES) and all(set(r) == CURVE for r in entry["by_c"])
     assert set(entry["recovered_fraction"]) == FRACTION
     assert set(entry["baselines"]) == {"random", "contrast", "lowrank", "pooled"}
@@ -157,8 +203,16 @@ def test_summary_keys(run):
     assert [r["c"] for r in entry["kl"]["by_c"]] == list(SCALES)
     at = next(r for r in entry["kl"]["by_c"] if r["c"] == entry["scale"])
     assert at["steered"] == entry["kl"]["steered"] and at["fraction_closed"] == entry["kl"]["fraction_closed"]
-    assert {"by_c", "recovered_fraction", "random", "excess_over_random", "reverse", "gain", "n_pairs",
-            "vs_heldout"} == set(entry["transfer"])
+    assert {
+        "by_c",
+        "recovered_fraction",
+        "random",
+        "excess_over_random",
+        "reverse",
+        "gain",
+        "n_pairs",
+        "vs_heldout",
+    } == set(entry["transfer"])
     _, held = _halves(run)
     assert all(r["n"] == len(held) for r in entry["by_c"])
     assert all(r["n"] == len(run.manifest["transfer_data"]["pair_ids"]) for r in entry["transfer"]["by_c"])
@@ -180,7 +234,9 @@ def test_the_null_is_located_from_its_rows(run):
     # draw 0 of the null is the random baseline at the chosen scale (one run, the same numbers)
     rnd = eff[(eff.experiment == "steer_random") & (eff.split == "heldout") & (eff.param == entry["scale"])]
     first = null[null.param == 0.0]
-    np.testing.assert_array_equal(rnd.set_index("pair_id").effect.sort_index(), first.set_index("pair_id").effect.sort_index())
+    np.testing.assert_array_equal(
+        rnd.set_index("pair_id").effect.sort_index(), first.set_index("pair_id").effect.sort_index()
+    )
 
 
 def test_fractions_and_sign_conventions(run):
@@ -208,13 +264,16 @@ def test_fractions_and_sign_conventions(run):
     assert entry["excess_over_random"]["text"] == excess["text"]
     # transfer gain: tuned − base clean Δ on the transfer pairs
     t = eff[(eff.param == scale) & (eff.split == "transfer")]
-    t_gain = (t[t.experiment == "steer_reverse"].set_index("pair_id").clean_delta_logp
-              - t[t.experiment == "steer"].set_index("pair_id").clean_delta_logp)
+    t_gain = (
+        t[t.experiment == "steer_reverse"].set_index("pair_id").clean_delta_logp
+        - t[t.experiment == "steer"].set_index("pair_id").clean_delta_logp
+    )
     assert entry["transfer"]["gain"]["mean"] == pytest.approx(t_gain.mean())
     # per-token: each side's log-prob change over its completion length, against the per-token gain
     n = scores.reindex(held)
-    per_token = ((fwd.patched_logp_chosen - fwd.clean_logp_chosen) / n.n_chosen_tokens
-                 - (fwd.patched_logp_rejected - fwd.clean_logp_rejected) / n.n_rejected_tokens)
+    per_token = (fwd.patched_logp_chosen - fwd.clean_logp_chosen) / n.n_chosen_tokens - (
+        fwd.patched_logp_rejected - fwd.clean_logp_rejected
+    ) / n.n_rejected_tokens
     pt = stats.ratio_ci(per_token.to_numpy(), n.gain_per_token.to_numpy(), seed=0, n_boot=100)
     assert entry["per_token"]["v"]["text"] == pt["text"]
 
@@ -241,18 +300,33 @@ def test_vectors_and_kl_recomputed_by_hand(tiny_pair):
     KL(T ‖ steered B) at the predicting positions from full forwards."""
     pairs, _ = load_pairs(BUNDLED_PAIRS)
     tokenized = sample_and_tokenize(pairs, tiny_pair.tokenizer, n_pairs=6, seed=0, max_length=72)
+
     def plan(scales):
-        return Plan(cfg=SuiteConfig(experiments=("steer",), steer_layer=2, steer_cs=scales, n_boot=50),
-                    n_layers=tiny_pair.n_layers, d_model=tiny_pair.d_model, selected=("steer",),
-                    pair_ids=tuple(t.pair_id for t in tokenized), twins=tiny_pair, tokenized=tokenized)
+        return Plan(
+            cfg=SuiteConfig(experiments=("steer",), steer_layer=2, steer_cs=scales, n_boot=50),
+            n_layers=tiny_pair.n_layers,
+            d_model=tiny_pair.d_model,
+            selected=("steer",),
+            pair_ids=tuple(t.pair_id for t in tokenized),
+            twins=tiny_pair,
+            tokenized=tokenized,
+        )
 
     assert steering.fit_scan(plan((1.0,))).specs == []  # --steer-layer and one scale: nothing to choose
     scan = steering.fit_scan(plan((2.0,)))  # the grid is 1, 2: the scan chooses a at layer 2
     assert {(s.key.experiment, s.key.layer, s.key.param) for s in scan.specs} == {
-        ("steer_scan", 2, 1.0), ("steer_scan", 2, 2.0), ("steer_scan_random", 2, 1.0)}
+        ("steer_scan", 2, 1.0),
+        ("steer_scan", 2, 2.0),
+        ("steer_scan_random", 2, 1.0),
+    }
     fitted = steering.fit_steering(plan((1.0,)))
     rec = fitted.record
-    assert rec["layer"] == 2 and rec["scale"] == 1.0 and rec["scales"] == [1.0] and rec["layer_rule"] == steering.RULE_OVERRIDE
+    assert (
+        rec["layer"] == 2
+        and rec["scale"] == 1.0
+        and rec["scales"] == [1.0]
+        and rec["layer_rule"] == steering.RULE_OVERRIDE
+    )
     fit_ids, held = stats.explore_confirm([t.pair_id for t in tokenized], seed=0)
     name = "blocks.2.hook_resid_post"
     sums, counts = torch.zeros(3, tiny_pair.d_model, dtype=torch.float64), torch.zeros(3)
@@ -262,8 +336,10 @@ def test_vectors_and_kl_recomputed_by_hand(tiny_pair):
         for side in ("chosen", "rejected"):
             seq = t.sequence(side)
             toks = ap.sequence_tokens(t, side)
-            acts = {m: model.run_with_cache(toks, names_filter=name)[1][name][0].double()
-                    for m, model in (("base", tiny_pair.base), ("tuned", tiny_pair.tuned))}
+            acts = {
+                m: model.run_with_cache(toks, names_filter=name)[1][name][0].double()
+                for m, model in (("base", tiny_pair.base), ("tuned", tiny_pair.tuned))
+            }
             p, n = seq.completion_start, seq.length
             for c, span in enumerate((range(p - 1, p), range(p, min(p + 8, n - 1)), range(p + 8, n - 1))):
                 for i in span:
@@ -279,8 +355,9 @@ def test_vectors_and_kl_recomputed_by_hand(tiny_pair):
     norms = v.norm(dim=-1)
     for name_ in ("steer_random", "steer_contrast", "steer_lowrank"):
         torch.testing.assert_close(vec[(name_, 1.0)].norm(dim=-1), norms, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(vec[("steer_pooled", 1.0)], (sums.sum(0) / counts.sum()).expand(3, -1), rtol=1e-5,
-                               atol=1e-6)
+    torch.testing.assert_close(
+        vec[("steer_pooled", 1.0)], (sums.sum(0) / counts.sum()).expand(3, -1), rtol=1e-5, atol=1e-6
+    )
     torch.testing.assert_close(vec[("steer_reverse", 1.0)], -vec[("steer", 1.0)])
     torch.testing.assert_close(vec[("steer_reverse_random", 1.0)], -vec[("steer_random", 1.0)])
     draws = [vec[("steer_null", float(j))] for j in range(steering.N_NULL)]
@@ -306,8 +383,9 @@ def test_vectors_and_kl_recomputed_by_hand(tiny_pair):
         with torch.no_grad():
             lt = torch.log_softmax(tiny_pair.tuned(toks)[0].double(), -1)
             lb = torch.log_softmax(tiny_pair.base(toks)[0].double(), -1)
-            ls = torch.log_softmax(tiny_pair.base.run_with_hooks(
-                toks, fwd_hooks=[(name, lambda a, hook: a + add)])[0].double(), -1)
+            ls = torch.log_softmax(
+                tiny_pair.base.run_with_hooks(toks, fwd_hooks=[(name, lambda a, hook: a + add)])[0].double(), -1
+            )
         at = cls >= 0
         for key, other in (("base", lb), ("steered", ls)):
             total[key] += float((lt.exp() * (lt - other))[at].sum())
@@ -325,10 +403,19 @@ def test_fast_engine_equals_reference_on_steering_conditions(tiny_pair):
     tokenized = sample_and_tokenize(pairs, tiny_pair.tokenizer, n_pairs=3, seed=5, max_length=72)
     gen = torch.Generator().manual_seed(0)
     vectors = torch.randn(3, tiny_pair.d_model, generator=gen, dtype=torch.float64)
-    specs = [steering.class_spec(name, sign * vectors, layer=layer, hook=hook, param=1.0, split="heldout",
-                                 pair_ids=[t.pair_id for t in tokenized])
-             for name, sign in (("steer", 1.0), ("steer_reverse", -1.0))
-             for layer, hook in ((0, "resid_pre"), (1, "resid_post"), (2, "mlp_out"), (3, "resid_post"))]
+    specs = [
+        steering.class_spec(
+            name,
+            sign * vectors,
+            layer=layer,
+            hook=hook,
+            param=1.0,
+            split="heldout",
+            pair_ids=[t.pair_id for t in tokenized],
+        )
+        for name, sign in (("steer", 1.0), ("steer_reverse", -1.0))
+        for layer, hook in ((0, "resid_pre"), (1, "resid_post"), (2, "mlp_out"), (3, "resid_post"))
+    ]
     ref = ReferenceEngine().run(tiny_pair, tokenized, specs)
     fast = FastEngine(batch_size=3).run(tiny_pair, tokenized, specs)
     keys = ["experiment", "target", "hook", "scope", "layer", "pair_id"]
@@ -342,21 +429,45 @@ def test_fast_engine_equals_reference_on_steering_conditions(tiny_pair):
 def test_steer_layer_with_one_scale_has_nothing_to_choose(tiny, tmp_path):
     """--steer-layer and a single scale: no scan rows, the rule says so; with several scales the scan runs at that
     layer only and chooses a."""
-    run = ap.run_suite(tmp_path / "run", base=tiny.base, tuned=tiny.tuned, data=BUNDLED_PAIRS, n_pairs=4, max_length=72,
-                       experiments=("patch_tuned_to_base", "steer"), steer_layer=1, steer_cs=(1.0,), n_boot=50,
-                       progress=False)
+    run = ap.run_suite(
+        tmp_path / "run",
+        base=tiny.base,
+        tuned=tiny.tuned,
+        data=BUNDLED_PAIRS,
+        n_pairs=4,
+        max_length=72,
+        experiments=("patch_tuned_to_base", "steer"),
+        steer_layer=1,
+        steer_cs=(1.0,),
+        n_boot=50,
+        progress=False,
+    )
     entry = run.summary["experiments"]["steer"]
     assert (entry["layer"], entry["scale"], entry["layer_rule"]) == (1, 1.0, steering.RULE_OVERRIDE)
     assert entry["layer_choice"]["by_layer"] == [] and entry["layer_choice"]["chosen"] is None
     assert entry["selection"]["in_sample"] is None
-    assert not run.effects.experiment.str.startswith("steer_scan").any() and "steer_scan" not in run.summary["experiments"]
+    assert (
+        not run.effects.experiment.str.startswith("steer_scan").any() and "steer_scan" not in run.summary["experiments"]
+    )
     assert set(run.effects[run.effects.experiment.str.startswith("steer")].layer) == {1}
 
 
 def test_bad_transfer_data_fails_before_any_model_loads(tiny, tmp_path):
-    args = ["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(BUNDLED_PAIRS),
-            "--experiments", "patch_tuned_to_base,steer", "--transfer-data", str(tmp_path / "missing.jsonl"),
-            "--out", str(tmp_path / "out")]
+    args = [
+        "run",
+        "--base",
+        str(tiny.base),
+        "--tuned",
+        str(tiny.tuned),
+        "--data",
+        str(BUNDLED_PAIRS),
+        "--experiments",
+        "patch_tuned_to_base,steer",
+        "--transfer-data",
+        str(tmp_path / "missing.jsonl"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     assert main(args) != 0
     assert not (tmp_path / "out" / "manifest.json").exists()
 
@@ -397,17 +508,36 @@ def test_a_bias_twin_is_steered_exactly(tmp_path):
     pairs, _ = load_pairs(BUNDLED_PAIRS)
     tok = train_tokenizer([p.prompt + p.chosen for p in pairs] + [p.rejected for p in pairs], vocab_size=320)
     torch.manual_seed(0)
-    base = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=3, n_head=4, n_positions=128, initializer_range=0.2,
-                                      vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).eval()
+    base = GPT2LMHeadModel(
+        GPT2Config(
+            n_embd=32,
+            n_layer=3,
+            n_head=4,
+            n_positions=128,
+            initializer_range=0.2,
+            vocab_size=len(tok),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    ).eval()
     twin, layer = copy.deepcopy(base), 2
     with torch.no_grad():
         # (a u whose gain has the same sign on every held-out pair, so the ratio is defined: statistics.md)
         twin.transformer.h[layer].mlp.c_proj.bias.add_(torch.randn(32, generator=torch.Generator().manual_seed(6)))
     dirs = {k: save_checkpoint(m, tok, tmp_path / k) for k, m in (("base", base), ("tuned", twin))}
-    run = ap.run_suite(tmp_path / "run", base=dirs["base"], tuned=dirs["tuned"], data=BUNDLED_PAIRS,
-                       experiments=("steer",), n_pairs=12, max_length=128, steer_cs=(1.0, 2.0), n_boot=100,
-                       progress=False)
+    run = ap.run_suite(
+        tmp_path / "run",
+        base=dirs["base"],
+        tuned=dirs["tuned"],
+        data=BUNDLED_PAIRS,
+        experiments=("steer",),
+        n_pairs=12,
+        max_length=128,
+        steer_cs=(1.0, 2.0),
+        n_boot=100,
+        progress=False,
+    )
     entry, eff = _entry(run), run.effects
     scores = run.scores.set_index("pair_id")
     _, held = stats.explore_confirm(run.scores.pair_id.tolist(), seed=0)
@@ -446,8 +576,17 @@ def _class_data(n_pairs: int, seed: int) -> list[dict[str, str]]:
         words += [REST_WORDS[int(i)] for i in rng.integers(0, len(REST_WORDS), max(n - 8, 0))]
         return "".join(" " + w for w in words)
 
-    return [{"prompt": " ".join(PROMPT_WORDS[int(i)] for i in rng.integers(0, len(PROMPT_WORDS), int(rng.integers(2, 9))))
-             + MARKER, "chosen": completion(), "rejected": completion()} for _ in range(n_pairs)]
+    return [
+        {
+            "prompt": " ".join(
+                PROMPT_WORDS[int(i)] for i in rng.integers(0, len(PROMPT_WORDS), int(rng.integers(2, 9)))
+            )
+            + MARKER,
+            "chosen": completion(),
+            "rejected": completion(),
+        }
+        for _ in range(n_pairs)
+    ]
 
 
 def test_a_twin_tuned_by_position_class_is_recovered_only_with_per_class_vectors(tmp_path):
@@ -484,9 +623,20 @@ def test_a_twin_tuned_by_position_class_is_recovered_only_with_per_class_vectors
             for token in sets[c]:
                 twin.model.embed_tokens.weight[token] += u[c]
     dirs = {k: save_checkpoint(m, tok, tmp_path / k) for k, m in (("base", base), ("tuned", twin))}
-    run = ap.run_suite(tmp_path / "run", base=dirs["base"], tuned=dirs["tuned"], data=data, experiments=("steer",),
-                       n_pairs=None, max_length=64, hook="resid_pre", extra_hooks=(), steer_cs=(1.0, 2.0), n_boot=100,
-                       progress=False)
+    run = ap.run_suite(
+        tmp_path / "run",
+        base=dirs["base"],
+        tuned=dirs["tuned"],
+        data=data,
+        experiments=("steer",),
+        n_pairs=None,
+        max_length=64,
+        hook="resid_pre",
+        extra_hooks=(),
+        steer_cs=(1.0, 2.0),
+        n_boot=100,
+        progress=False,
+    )
     entry, eff = _entry(run), run.effects
     _, held = stats.explore_confirm(run.scores.pair_id.tolist(), seed=0)
     gain = run.scores.set_index("pair_id").gain.reindex(held)

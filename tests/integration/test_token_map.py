@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import BUNDLED_PAIRS
 from transformers import AutoModelForCausalLM
 
 import alignment_probe as ap
@@ -14,8 +15,6 @@ from alignment_probe.engine.fast import FastEngine
 from alignment_probe.experiments import token_map
 from alignment_probe.experiments.registry import Plan, Tables
 from alignment_probe.experiments.suite import SuiteConfig
-
-from conftest import BUNDLED_PAIRS
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +25,9 @@ def pairs(tiny_pair):
 @pytest.fixture(scope="module")
 def conditions(tiny_pair):
     cfg = SuiteConfig(experiments=("token_map",), n_boot=200)
-    return cfg, token_map.token_map_specs(Plan(cfg=cfg, n_layers=tiny_pair.n_layers, d_model=tiny_pair.d_model,
-                                                selected=("token_map",)))
+    return cfg, token_map.token_map_specs(
+        Plan(cfg=cfg, n_layers=tiny_pair.n_layers, d_model=tiny_pair.d_model, selected=("token_map",))
+    )
 
 
 @torch.no_grad()
@@ -39,8 +39,12 @@ def hf_token_logprobs(path, tokenized) -> dict[tuple[int, str], np.ndarray]:
             seq = t.sequence(side)
             ids = torch.tensor([list(seq.prompt_ids) + list(seq.completion_ids)])
             logp = model(ids).logits[0].double().log_softmax(-1)
-            out[(t.pair_id, side)] = np.asarray([float(logp[p - 1, seq.completion_ids[p - seq.completion_start]])
-                                                 for p in range(seq.completion_start, seq.length)])
+            out[(t.pair_id, side)] = np.asarray(
+                [
+                    float(logp[p - 1, seq.completion_ids[p - seq.completion_start]])
+                    for p in range(seq.completion_start, seq.length)
+                ]
+            )
     return out
 
 
@@ -91,21 +95,45 @@ def test_the_summary_splits_each_effect_by_position(tiny_pair, pairs, conditions
     engine = FastEngine()
     tokens = engine.run_tokens(tiny_pair, pairs, chosen)
     effects = engine.run(tiny_pair, pairs, chosen)
-    entry = token_map.summarize_token_map(Tables(effects, ap.score(tiny_pair, pairs), {}, cfg, tiny_pair.n_layers,
-                                                 tiny_pair.d_model, selected=("token_map",), tokens=tokens))["token_map"]
+    entry = token_map.summarize_token_map(
+        Tables(
+            effects,
+            ap.score(tiny_pair, pairs),
+            {},
+            cfg,
+            tiny_pair.n_layers,
+            tiny_pair.d_model,
+            selected=("token_map",),
+            tokens=tokens,
+        )
+    )["token_map"]
     assert len(entry["conditions"]) == len(chosen)
     for c in entry["conditions"]:
-        rows = effects[(effects.hook == c["hook"]) & (effects.layer == c["layer"])
-                       & ((effects.param == c["width"]) if c["width"] is not None else effects.param.isna())]
+        rows = effects[
+            (effects.hook == c["hook"])
+            & (effects.layer == c["layer"])
+            & ((effects.param == c["width"]) if c["width"] is not None else effects.param.isna())
+        ]
         assert c["mean"] == pytest.approx(rows.effect.mean(), abs=1e-9)
-        bins = {b["first"]: b for b in entry["by_bin"] if (b["hook"], b["layer"], b["width"]) ==
-                (c["hook"], c["layer"], c["width"])}
+        bins = {
+            b["first"]: b
+            for b in entry["by_bin"]
+            if (b["hook"], b["layer"], b["width"]) == (c["hook"], c["layer"], c["width"])
+        }
         assert bins[8]["mean"] + bins["rest"]["mean"] == pytest.approx(c["mean"], abs=1e-9)
-        assert bins[1]["mean"] == pytest.approx(next(p["mean"] for p in entry["by_position"] if p["position"] == 0
-                                                     and (p["hook"], p["layer"], p["width"]) ==
-                                                     (c["hook"], c["layer"], c["width"])), abs=1e-12)
-        positions = [p for p in entry["by_position"] if (p["hook"], p["layer"], p["width"]) ==
-                     (c["hook"], c["layer"], c["width"])]
+        assert bins[1]["mean"] == pytest.approx(
+            next(
+                p["mean"]
+                for p in entry["by_position"]
+                if p["position"] == 0 and (p["hook"], p["layer"], p["width"]) == (c["hook"], c["layer"], c["width"])
+            ),
+            abs=1e-12,
+        )
+        positions = [
+            p
+            for p in entry["by_position"]
+            if (p["hook"], p["layer"], p["width"]) == (c["hook"], c["layer"], c["width"])
+        ]
         longest = int(tokens.position.max()) + 1
         if longest <= token_map.MAX_POSITION:  # every position shown: their contributions add up to the effect
             assert sum(p["mean"] for p in positions) == pytest.approx(c["mean"], abs=1e-9)
@@ -114,8 +142,18 @@ def test_the_summary_splits_each_effect_by_position(tiny_pair, pairs, conditions
 
 def test_a_run_keeps_the_long_table_and_regenerates_its_summary(tiny, tmp_path):
     out = tmp_path / "run"
-    run = ap.run_suite(out, base=tiny.base, tuned=tiny.tuned, data=BUNDLED_PAIRS, n_pairs=4, max_length=64,
-                       experiments=("patch_tuned_to_base", "token_map"), extra_hooks=(), n_boot=100, progress=False)
+    run = ap.run_suite(
+        out,
+        base=tiny.base,
+        tuned=tiny.tuned,
+        data=BUNDLED_PAIRS,
+        n_pairs=4,
+        max_length=64,
+        experiments=("patch_tuned_to_base", "token_map"),
+        extra_hooks=(),
+        n_boot=100,
+        progress=False,
+    )
     assert (out / "token_effects.parquet").is_file() and len(run.tokens)
     assert sorted(p.name for p in (out / "parts").glob("stage1-tokens-*.parquet"))
     e1 = run.effects[(run.effects.experiment == "patch_tuned_to_base")].set_index(["layer", "pair_id"]).effect

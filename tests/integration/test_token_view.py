@@ -6,18 +6,39 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest import BUNDLED_PAIRS
 
 from alignment_probe import api
 from alignment_probe.cli import main
-from conftest import BUNDLED_PAIRS
 
 
 @pytest.fixture(scope="module")
 def token_run(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("tokview") / "run"
-    assert main(["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(BUNDLED_PAIRS),
-                 "--n-pairs", "2", "--n-boot", "50", "--experiments", "token_map", "--layers", "1",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--base",
+                str(tiny.base),
+                "--tuned",
+                str(tiny.tuned),
+                "--data",
+                str(BUNDLED_PAIRS),
+                "--n-pairs",
+                "2",
+                "--n-boot",
+                "50",
+                "--experiments",
+                "token_map",
+                "--layers",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return api.load_run(out)
 
 
@@ -34,11 +55,15 @@ def test_tokens_table_and_view(token_run, tiny):
     from alignment_probe.pair import load_tokenizer
 
     tok = load_tokenizer(tiny.base)
-    for side, rows in frame.groupby("side"):
+    for _, rows in frame.groupby("side"):
         assert "".join(rows.token) == tok.decode(rows.token_id.tolist())
     # each side's per-token values sum to the pair's effect in the per-pair table
-    row = token_run.effects[(token_run.effects.experiment == "token_map") & (token_run.effects.hook == "resid_post")
-                            & (token_run.effects.layer == 1) & (token_run.effects.pair_id == pid)]
+    row = token_run.effects[
+        (token_run.effects.experiment == "token_map")
+        & (token_run.effects.hook == "resid_post")
+        & (token_run.effects.layer == 1)
+        & (token_run.effects.pair_id == pid)
+    ]
     chosen = frame[frame.side == "chosen"].effect.sum()
     rejected = frame[frame.side == "rejected"].effect.sum()
     assert chosen - rejected == pytest.approx(float(row.effect.iloc[0]), abs=1e-5)

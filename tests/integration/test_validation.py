@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PAIRS_DATA
 
 import alignment_probe.pair
 import alignment_probe.run
 from alignment_probe.cli import main
-from conftest import PAIRS_DATA
 from alignment_probe.data import load_pairs
 from alignment_probe.effects import RowKey
 from alignment_probe.engine import FastEngine, PatchSpec, ReferenceEngine
@@ -36,6 +36,7 @@ def write_lines(path: Path, lines: list) -> Path:
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fail the test if a model is loaded: input errors must come before any compute."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the input was validated")
 
@@ -55,14 +56,51 @@ def no_weights_load(monkeypatch):
 
 
 def score(tiny, data, tmp_path, *extra, base=None, tuned=None):
-    return main(["score", "--base", str(base or tiny.base), "--tuned", str(tuned or tiny.tuned), "--data", str(data),
-                 "--device", "cpu", "--max-length", "64", "--out", str(tmp_path / "scores.csv"), *extra])
+    return main(
+        [
+            "score",
+            "--base",
+            str(base or tiny.base),
+            "--tuned",
+            str(tuned or tiny.tuned),
+            "--data",
+            str(data),
+            "--device",
+            "cpu",
+            "--max-length",
+            "64",
+            "--out",
+            str(tmp_path / "scores.csv"),
+            *extra,
+        ]
+    )
 
 
 def run(tiny, data, out, *extra, base=None, tuned=None):
-    return main(["run", "--base", str(base or tiny.base), "--tuned", str(tuned or tiny.tuned), "--data", str(data),
-                 "--device", "cpu", "--max-length", "64", "--n-pairs", "2", "--n-boot", "20",
-                 "--experiments", "patch_tuned_to_base", "--out", str(out), *extra])
+    return main(
+        [
+            "run",
+            "--base",
+            str(base or tiny.base),
+            "--tuned",
+            str(tuned or tiny.tuned),
+            "--data",
+            str(data),
+            "--device",
+            "cpu",
+            "--max-length",
+            "64",
+            "--n-pairs",
+            "2",
+            "--n-boot",
+            "20",
+            "--experiments",
+            "patch_tuned_to_base",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def error_of(capsys) -> str:
@@ -75,18 +113,28 @@ def error_of(capsys) -> str:
 # --- the data file -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("line, needles", [
-    ('{"prompt": "p", "chosen": "x"', ["malformed JSON"]),
-    ('{"prompt": "p", "chosen": " a", "rejectd": " b"}', ["missing key(s) 'rejected'",
-                                                          "'rejectd' looks like a misspelling of 'rejected'"]),
-    ('{"promt": "p", "chosen": " a", "rejected": " b"}', ["missing key(s) 'prompt'",
-                                                         "'promt' looks like a misspelling of 'prompt'"]),
-    ('{"Chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "x"}', ["'Chosen' looks like a misspelling of 'chosen'"]),
-    ('{"prompt": "p", "chosen": 3, "rejected": " b"}', ["field 'chosen' must be a string, got a number"]),
-    ('{"prompt": "p", "chosen": " a", "rejected": null}', ["field 'rejected' must be a string, got null"]),
-    ('{"prompt": "p", "chosen": " \\ud800", "rejected": " b"}', ["lone UTF-16 surrogate"]),
-    ('["a", "b"]', ["expected a JSON object", "got an array"]),
-])
+@pytest.mark.parametrize(
+    "line, needles",
+    [
+        ('{"prompt": "p", "chosen": "x"', ["malformed JSON"]),
+        (
+            '{"prompt": "p", "chosen": " a", "rejectd": " b"}',
+            ["missing key(s) 'rejected'", "'rejectd' looks like a misspelling of 'rejected'"],
+        ),
+        (
+            '{"promt": "p", "chosen": " a", "rejected": " b"}',
+            ["missing key(s) 'prompt'", "'promt' looks like a misspelling of 'prompt'"],
+        ),
+        (
+            '{"Chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "x"}',
+            ["'Chosen' looks like a misspelling of 'chosen'"],
+        ),
+        ('{"prompt": "p", "chosen": 3, "rejected": " b"}', ["field 'chosen' must be a string, got a number"]),
+        ('{"prompt": "p", "chosen": " a", "rejected": null}', ["field 'rejected' must be a string, got null"]),
+        ('{"prompt": "p", "chosen": " \\ud800", "rejected": " b"}', ["lone UTF-16 surrogate"]),
+        ('["a", "b"]', ["expected a JSON object", "got an array"]),
+    ],
+)
 def test_malformed_line_is_refused_with_file_line_and_fix(tiny, tmp_path, capsys, no_model_load, line, needles):
     data = write_lines(tmp_path / "pairs.jsonl", [good(0), line, good(2)])
     assert score(tiny, data, tmp_path) == EXIT_BAD_INPUT
@@ -114,13 +162,23 @@ def test_a_json_array_file_gets_a_conversion_hint(tiny, tmp_path, capsys, no_mod
     assert "looks like one JSON array rather than JSON lines" in error_of(capsys)
 
 
-@pytest.mark.parametrize("name, content, needles", [
-    ("latin1.jsonl", json.dumps(good(0)).encode() + b"\n" + '{"prompt": "caf\u00e9"}'.encode("latin-1"),
-     ["latin1.jsonl:2: not valid UTF-8", "iconv"]),
-    ("utf16.jsonl", json.dumps(good(0)).encode("utf-16"), ["encoded as UTF-16", "iconv -f utf-16"]),
-    ("broken.jsonl.gz", gzip.compress(json.dumps(good(0)).encode() * 50)[:40], ["not a valid gzip file", "truncated"]),
-    ("empty.jsonl", b"\n\n", ["holds no preference pairs (the file is empty)"]),
-])
+@pytest.mark.parametrize(
+    "name, content, needles",
+    [
+        (
+            "latin1.jsonl",
+            json.dumps(good(0)).encode() + b"\n" + '{"prompt": "caf\u00e9"}'.encode("latin-1"),
+            ["latin1.jsonl:2: not valid UTF-8", "iconv"],
+        ),
+        ("utf16.jsonl", json.dumps(good(0)).encode("utf-16"), ["encoded as UTF-16", "iconv -f utf-16"]),
+        (
+            "broken.jsonl.gz",
+            gzip.compress(json.dumps(good(0)).encode() * 50)[:40],
+            ["not a valid gzip file", "truncated"],
+        ),
+        ("empty.jsonl", b"\n\n", ["holds no preference pairs (the file is empty)"]),
+    ],
+)
 def test_unreadable_files_are_refused(tiny, tmp_path, capsys, no_model_load, name, content, needles):
     data = tmp_path / name
     data.write_bytes(content)
@@ -157,12 +215,18 @@ def test_unusable_pairs_are_skipped_and_reported(tiny, tmp_path, capsys):
     data = write_lines(tmp_path / "pairs.jsonl", lines)
     assert score(tiny, data, tmp_path) == 0
     err = capsys.readouterr().err
-    assert ("read 7 pairs, skipped 5 (1 chosen == rejected, 1 chosen and rejected do not share a prompt, "
-            "1 empty completion, 1 empty prompt, 1 no Assistant turn)") in err
+    assert (
+        "read 7 pairs, skipped 5 (1 chosen == rejected, 1 chosen and rejected do not share a prompt, "
+        "1 empty completion, 1 empty prompt, 1 no Assistant turn)"
+    ) in err
     manifest = json.loads((tmp_path / "scores.csv.manifest.json").read_text())
     assert manifest["data"]["skips"]["skipped"] == {
-        "chosen == rejected": [1], "empty prompt": [2], "empty completion": [3], "no Assistant turn": [4],
-        "chosen and rejected do not share a prompt": [5]}
+        "chosen == rejected": [1],
+        "empty prompt": [2],
+        "empty completion": [3],
+        "no Assistant turn": [4],
+        "chosen and rejected do not share a prompt": [5],
+    }
     assert manifest["data"]["sha256"] and manifest["data"]["bytes"] == data.stat().st_size
 
 
@@ -181,8 +245,9 @@ def test_n_pairs_larger_than_the_data_is_refused_before_loading(tiny, tmp_path, 
     assert not (tmp_path / "run").exists()  # nothing is written for a refused run
 
 
-def test_pairs_that_do_not_fit_max_length_are_refused_before_any_weights_load(tiny, tmp_path, capsys, no_model_load,
-                                                                                no_weights_load):
+def test_pairs_that_do_not_fit_max_length_are_refused_before_any_weights_load(
+    tiny, tmp_path, capsys, no_model_load, no_weights_load
+):
     # Tokenisation needs only the tokenizer: --n-pairs more than the pairs that fit is refused before the weights.
     long_completion = {"prompt": PROMPT, "chosen": " bread" * 80, "rejected": " no" * 80}
     data = write_lines(tmp_path / "pairs.jsonl", [good(0), long_completion, long_completion])
@@ -204,11 +269,14 @@ def test_incompatible_tokenizers_are_refused_before_any_weights_load(tiny, no_we
         alignment_probe.pair.load_twins(tiny.base, tiny.other_tokenizer)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--n-pairs", "0"], "--n-pairs must be at least 1"),
-    (["--max-length", "2"], "--max-length must be at least 4"),
-    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--n-pairs", "0"], "--n-pairs must be at least 1"),
+        (["--max-length", "2"], "--max-length must be at least 4"),
+        (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+    ],
+)
 def test_bad_options_are_refused(tiny, tmp_path, capsys, args, needle):
     data = write_lines(tmp_path / "pairs.jsonl", [good(i) for i in range(3)])
     assert score(tiny, data, tmp_path, *args) == EXIT_BAD_INPUT
@@ -231,8 +299,11 @@ def test_bad_run_options_are_refused(tiny, tmp_path, capsys, no_model_load):
 
 def test_long_sequences_follow_the_truncation_policy_and_are_counted(tiny, tmp_path, capsys):
     long_prompt = "\n\nHuman: " + "tell me more about bread " * 40 + "\n\nAssistant:"
-    lines = [good(0), {"prompt": long_prompt, "chosen": " Sure.", "rejected": " No."},
-             {"prompt": PROMPT, "chosen": " flour" * 200, "rejected": " No."}]
+    lines = [
+        good(0),
+        {"prompt": long_prompt, "chosen": " Sure.", "rejected": " No."},
+        {"prompt": PROMPT, "chosen": " flour" * 200, "rejected": " No."},
+    ]
     data = write_lines(tmp_path / "pairs.jsonl", lines)
     assert score(tiny, data, tmp_path, "--max-length", "100000") == 0
     err = capsys.readouterr().err
@@ -259,8 +330,12 @@ def test_missing_checkpoint_directory(tiny, tmp_path, capsys):
 @pytest.fixture
 def broken_checkpoints(tiny, tmp_path):
     made = {}
-    for name, breaks in [("no-weights", "weights"), ("bad-config", "config"), ("missing-shard", "shard"),
-                         ("truncated", "truncated")]:
+    for name, breaks in [
+        ("no-weights", "weights"),
+        ("bad-config", "config"),
+        ("missing-shard", "shard"),
+        ("truncated", "truncated"),
+    ]:
         d = tmp_path / name
         shutil.copytree(tiny.tuned, d)
         if breaks == "weights":
@@ -268,8 +343,11 @@ def broken_checkpoints(tiny, tmp_path):
         elif breaks == "config":
             (d / "config.json").write_text('{"model_type": "llama", ')
         elif breaks == "shard":
-            (d / "model.safetensors.index.json").write_text(json.dumps(
-                {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+            (d / "model.safetensors.index.json").write_text(
+                json.dumps(
+                    {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+                )
+            )
         else:
             raw = (d / "model.safetensors").read_bytes()
             (d / "model.safetensors").write_bytes(raw[: len(raw) // 2])
@@ -277,12 +355,15 @@ def broken_checkpoints(tiny, tmp_path):
     return made
 
 
-@pytest.mark.parametrize("breaks, needle", [
-    ("weights", "is missing weights (model.safetensors or pytorch_model.bin)"),
-    ("config", "config.json is not valid JSON"),
-    ("shard", "is missing 2 of its 2 weight shards listed in model.safetensors.index.json"),
-    ("truncated", "cannot be loaded"),
-])
+@pytest.mark.parametrize(
+    "breaks, needle",
+    [
+        ("weights", "is missing weights (model.safetensors or pytorch_model.bin)"),
+        ("config", "config.json is not valid JSON"),
+        ("shard", "is missing 2 of its 2 weight shards listed in model.safetensors.index.json"),
+        ("truncated", "cannot be loaded"),
+    ],
+)
 def test_incomplete_checkpoint_directory(tiny, tmp_path, capsys, broken_checkpoints, breaks, needle):
     data = write_lines(tmp_path / "pairs.jsonl", [good(i) for i in range(3)])
     assert score(tiny, data, tmp_path, tuned=broken_checkpoints[breaks]) == EXIT_BAD_INPUT
@@ -319,7 +400,9 @@ def _edited_twin(tiny, path: Path, edit) -> Path:
 
 
 def test_nan_weights_are_refused_at_load(tiny, tmp_path, capsys):
-    ckpt = _edited_twin(tiny, tmp_path / "nan", lambda m: m.model.layers[1].mlp.up_proj.weight[0, 0].fill_(float("nan")))
+    ckpt = _edited_twin(
+        tiny, tmp_path / "nan", lambda m: m.model.layers[1].mlp.up_proj.weight[0, 0].fill_(float("nan"))
+    )
     data = write_lines(tmp_path / "pairs.jsonl", [good(i) for i in range(3)])
     assert score(tiny, data, tmp_path, tuned=ckpt) == EXIT_BAD_INPUT
     assert "has NaN or inf in 1 weight tensor(s): blocks.1.mlp.W_in" in error_of(capsys)
@@ -366,8 +449,23 @@ def test_nan_from_a_patch_names_the_condition_pair_and_layer(tiny_pair, tmp_path
 
 def test_debug_shows_the_traceback_of_an_input_error(tiny, tmp_path, capsys):
     data = write_lines(tmp_path / "pairs.jsonl", [good(0), "{oops"])
-    assert main(["--debug", "score", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(data),
-                 "--out", str(tmp_path / "s.csv")]) == EXIT_BAD_INPUT
+    assert (
+        main(
+            [
+                "--debug",
+                "score",
+                "--base",
+                str(tiny.base),
+                "--tuned",
+                str(tiny.tuned),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "s.csv"),
+            ]
+        )
+        == EXIT_BAD_INPUT
+    )
     err = capsys.readouterr().err
     assert "Traceback" in err and "malformed JSON" in err
     # --debug is also accepted after the command
@@ -389,7 +487,27 @@ def test_internal_errors_exit_1_with_a_traceback(tiny, tmp_path, capsys, monkeyp
 def test_lasso_with_too_few_pairs_is_refused_before_compute(tiny, tmp_path, capsys):
 
     out = tmp_path / "few"
-    assert main(["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(PAIRS_DATA),
-                 "--n-pairs", "3", "--max-length", "72", "--experiments", "identity,lasso", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--base",
+                str(tiny.base),
+                "--tuned",
+                str(tiny.tuned),
+                "--data",
+                str(PAIRS_DATA),
+                "--n-pairs",
+                "3",
+                "--max-length",
+                "72",
+                "--experiments",
+                "identity,lasso",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "--n-pairs 5" in capsys.readouterr().err
     assert not (out / "parts").exists()

@@ -10,11 +10,11 @@ import math
 
 import pytest
 import torch
+from conftest import _corpus
 
 from alignment_probe.experiments import weight_diff as E0
 from alignment_probe.pair import load_twins
 from tests.helpers.checkpoints import llama_config, random_llama, save_checkpoint, train_tokenizer
-from conftest import _corpus
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,14 @@ def test_lora_adapter_read_without_merging_equals_the_merged_difference(tiny, tm
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny.base, dtype=torch.float32)
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"],
-                     layers_to_transform=[1, 3], layers_pattern="layers", init_lora_weights=False)
+    cfg = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"],
+        layers_to_transform=[1, 3],
+        layers_pattern="layers",
+        init_lora_weights=False,
+    )
     get_peft_model(model, cfg).save_pretrained(tmp_path / "lora")
     twins = load_twins(tiny.base, tmp_path / "lora", cache_dir=tmp_path / "cache")
     assert twins.tuned_adapter == str((tmp_path / "lora").resolve())
@@ -81,14 +87,31 @@ def test_lora_adapter_read_without_merging_equals_the_merged_difference(tiny, tm
 
 
 def test_weight_diff_runs_in_the_suite_and_draws(tiny, tmp_path, capsys):
-    from alignment_probe.cli import main
-    from alignment_probe.rundir import load_run
     from conftest import BUNDLED_PAIRS
 
+    from alignment_probe.cli import main
+    from alignment_probe.rundir import load_run
+
     out = tmp_path / "run"
-    rc = main(["run", "--base", str(tiny.base), "--tuned", str(tiny.tuned), "--data", str(BUNDLED_PAIRS),
-               "--n-pairs", "4", "--n-boot", "50", "--experiments", "weight_diff,window_transplant",
-               "--out", str(out)])
+    rc = main(
+        [
+            "run",
+            "--base",
+            str(tiny.base),
+            "--tuned",
+            str(tiny.tuned),
+            "--data",
+            str(BUNDLED_PAIRS),
+            "--n-pairs",
+            "4",
+            "--n-boot",
+            "50",
+            "--experiments",
+            "weight_diff,window_transplant",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc in (0, None)
     run = load_run(out)
     entry = run.summary["experiments"]["weight_diff"]

@@ -8,6 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import BUNDLED_PAIRS
 from transformers import AutoModelForCausalLM
 
 import alignment_probe as ap
@@ -20,8 +21,6 @@ from alignment_probe.experiments import windows
 from alignment_probe.experiments.registry import Plan, Tables
 from alignment_probe.experiments.suite import SuiteConfig
 from alignment_probe.interventions import Transplant
-
-from conftest import BUNDLED_PAIRS
 from tests.helpers.checkpoints import planted_mlp_checkpoints
 
 N_LAYERS = 4
@@ -40,8 +39,10 @@ def planted(tiny, tmp_path_factory):
 
 
 def specs(name: str, starts_widths, *, target="base", source="tuned") -> list[PatchSpec]:
-    return [PatchSpec(RowKey(name, target, source, "blocks", "all", "both", a, float(w)), Transplant(w))
-            for a, w in starts_widths]
+    return [
+        PatchSpec(RowKey(name, target, source, "blocks", "all", "both", a, float(w)), Transplant(w))
+        for a, w in starts_widths
+    ]
 
 
 ALL_WINDOWS = [(a, w) for w in (1, 2, 3, 4) for a in range(N_LAYERS - w + 1)]
@@ -73,8 +74,10 @@ def hf_delta(model, tokenized) -> np.ndarray:
             seq = t.sequence(side)
             ids = torch.tensor([list(seq.prompt_ids) + list(seq.completion_ids)])
             logp = model(ids).logits[0].double().log_softmax(-1)
-            lp[side] = sum(float(logp[p - 1, seq.completion_ids[p - seq.completion_start]])
-                           for p in range(seq.completion_start, seq.length))
+            lp[side] = sum(
+                float(logp[p - 1, seq.completion_ids[p - seq.completion_start]])
+                for p in range(seq.completion_start, seq.length)
+            )
         out.append(lp["chosen"] - lp["rejected"])
     return np.asarray(out)
 
@@ -92,22 +95,30 @@ def test_transplants_and_reverts_equal_hybrid_checkpoints_built_in_hugging_face(
     base = AutoModelForCausalLM.from_pretrained(tiny.base).eval()
     tuned = AutoModelForCausalLM.from_pretrained(tiny.tuned).eval()
     chosen = [(0, 1), (1, 2), (3, 1), (0, 4)]
-    rows = make_engine(engine).run(tiny_pair, pairs, specs("window_transplant", chosen)
-                                   + specs("window_revert", chosen, target="tuned", source="base"))
+    rows = make_engine(engine).run(
+        tiny_pair,
+        pairs,
+        specs("window_transplant", chosen) + specs("window_revert", chosen, target="tuned", source="base"),
+    )
     for a, w in chosen:
         window = range(a, a + w)
         for name, inside, outside in (("window_transplant", tuned, base), ("window_revert", base, tuned)):
             got = rows[(rows.experiment == name) & (rows.layer == a) & (rows.param == w)].sort_values("pair_id")
             expected = hf_delta(hf_hybrid(inside, outside, window), pairs)
-            np.testing.assert_allclose(got.patched_delta_logp.to_numpy(), expected, atol=2e-4, err_msg=f"{name} {a},{w}")
+            np.testing.assert_allclose(
+                got.patched_delta_logp.to_numpy(), expected, atol=2e-4, err_msg=f"{name} {a},{w}"
+            )
 
 
 @pytest.mark.parametrize("engine", ["fast", "reference"])
 def test_a_transplant_of_every_block_is_the_tuned_model_and_base_into_base_is_nothing(tiny, tiny_pair, pairs, engine):
     scores = ap.score(tiny_pair, pairs).set_index("pair_id").sort_index()
-    every = make_engine(engine).run(tiny_pair, pairs, specs("window_transplant", [(0, N_LAYERS)])).sort_values("pair_id")
-    np.testing.assert_allclose(every.effect.to_numpy(), scores.gain.to_numpy(), rtol=0, atol=1e-9 if engine == "fast"
-                               else 2e-4)
+    every = (
+        make_engine(engine).run(tiny_pair, pairs, specs("window_transplant", [(0, N_LAYERS)])).sort_values("pair_id")
+    )
+    np.testing.assert_allclose(
+        every.effect.to_numpy(), scores.gain.to_numpy(), rtol=0, atol=1e-9 if engine == "fast" else 2e-4
+    )
     same = ap.load_twins(tiny.base, tiny.base)
     rows = make_engine(engine).run(same, pairs, specs("window_transplant", ALL_WINDOWS))
     assert (rows.effect == 0).all()
@@ -117,23 +128,29 @@ def test_a_transplant_of_every_block_is_the_tuned_model_and_base_into_base_is_no
 def test_a_planted_block_carries_the_whole_gain_and_windows_without_it_carry_none(planted, pairs, engine):
     twins = planted["one"]
     gain = ap.score(twins, pairs).set_index("pair_id").sort_index().gain.to_numpy()
-    rows = make_engine(engine).run(twins, pairs, specs("window_transplant", ALL_WINDOWS)
-                                   + specs("window_revert", ALL_WINDOWS, target="tuned", source="base"))
+    rows = make_engine(engine).run(
+        twins,
+        pairs,
+        specs("window_transplant", ALL_WINDOWS) + specs("window_revert", ALL_WINDOWS, target="tuned", source="base"),
+    )
     for (name, a, w), group in rows.groupby(["experiment", "layer", "param"]):
         effect = group.sort_values("pair_id").effect.to_numpy()
         carried = effect if name == "window_transplant" else -effect
         expected = gain if a <= 1 < a + w else np.zeros_like(gain)
         # Exact for the fast engine (a hybrid with one model's weights is that model's clean run); the reference
         # engine runs every hybrid, and a hybrid with the same modules computes the same numbers.
-        np.testing.assert_allclose(carried, expected, rtol=0, atol=1e-9 if engine == "fast" else 1e-5,
-                                   err_msg=f"{name} start {a} width {w}")
+        np.testing.assert_allclose(
+            carried, expected, rtol=0, atol=1e-9 if engine == "fast" else 1e-5, err_msg=f"{name} start {a} width {w}"
+        )
 
 
 def test_two_planted_blocks_need_a_window_over_both(planted, pairs):
     twins = planted["two"]
     gain = ap.score(twins, pairs).set_index("pair_id").sort_index().gain.to_numpy()
     rows = make_engine("fast").run(twins, pairs, specs("window_transplant", ALL_WINDOWS))
-    effect = {(int(a), int(w)): g.sort_values("pair_id").effect.to_numpy() for (a, w), g in rows.groupby(["layer", "param"])}
+    effect = {
+        (int(a), int(w)): g.sort_values("pair_id").effect.to_numpy() for (a, w), g in rows.groupby(["layer", "param"])
+    }
     np.testing.assert_array_equal(effect[(0, 1)], 0)  # neither planted block
     np.testing.assert_array_equal(effect[(2, 1)], 0)
     np.testing.assert_array_equal(effect[(1, 3)], gain)  # blocks 1–3: both
@@ -142,7 +159,9 @@ def test_two_planted_blocks_need_a_window_over_both(planted, pairs):
 
 
 def test_prompt_sharing_changes_no_number(tiny_pair, pairs):
-    chosen = specs("window_transplant", ALL_WINDOWS) + specs("window_revert", ALL_WINDOWS, target="tuned", source="base")
+    chosen = specs("window_transplant", ALL_WINDOWS) + specs(
+        "window_revert", ALL_WINDOWS, target="tuned", source="base"
+    )
     shared = FastEngine(share_prompts=True).run(tiny_pair, pairs, chosen)
     full = FastEngine(share_prompts=False).run(tiny_pair, pairs, chosen)
     np.testing.assert_allclose(shared.effect, full.effect, atol=1e-5)
@@ -150,15 +169,18 @@ def test_prompt_sharing_changes_no_number(tiny_pair, pairs):
 
 def test_the_summary_reads_necessity_as_positive_and_checks_every_block(tiny_pair, pairs):
     cfg = SuiteConfig(experiments=("window_transplant", "window_revert"), n_boot=100)
-    plan = Plan(cfg=cfg, n_layers=tiny_pair.n_layers, d_model=tiny_pair.d_model,
-                selected=("window_transplant", "window_revert"))
+    plan = Plan(
+        cfg=cfg, n_layers=tiny_pair.n_layers, d_model=tiny_pair.d_model, selected=("window_transplant", "window_revert")
+    )
     chosen = windows.window_specs(plan)
-    assert {(s.key.layer, int(s.key.param)) for s in chosen if s.key.experiment == "window_revert"} == \
-        {(a, w) for w in (1, 2) for a in range(N_LAYERS - w + 1)}
+    assert {(s.key.layer, int(s.key.param)) for s in chosen if s.key.experiment == "window_revert"} == {
+        (a, w) for w in (1, 2) for a in range(N_LAYERS - w + 1)
+    }
     rows = make_engine("fast").run(tiny_pair, pairs, chosen)
     scores = ap.score(tiny_pair, pairs)
-    summary = windows.summarize_windows(Tables(rows, scores, {}, cfg, tiny_pair.n_layers, tiny_pair.d_model,
-                                               selected=plan.selected))
+    summary = windows.summarize_windows(
+        Tables(rows, scores, {}, cfg, tiny_pair.n_layers, tiny_pair.d_model, selected=plan.selected)
+    )
     revert = summary["window_revert"]
     for r in revert["by_window"]:
         own = rows[(rows.experiment == "window_revert") & (rows.layer == r["start"]) & (rows.param == r["width"])]

@@ -106,8 +106,9 @@ def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
         pytest.fail("import-linter is not installed: install the development tools with `pip install -e '.[dev]'`")
     env = {**os.environ, "PYTHONPATH": str(root), "NO_COLOR": "1"}
     code = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
-    return subprocess.run([sys.executable, "-c", code, "--no-cache"], cwd=root, env=env, text=True,
-                          capture_output=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, "--no-cache"], cwd=root, env=env, text=True, capture_output=True, timeout=300
+    )
 
 
 def test_import_layers() -> None:
@@ -120,15 +121,21 @@ def test_import_layers_catch_a_deferred_back_edge(tmp_path: Path) -> None:
     # back-edge the layers replaced) breaks it, and so does a runtime module importing an organism build module.
     import shutil
 
-    shutil.copytree(REPO / "alignment_probe", tmp_path / "alignment_probe",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "alignment_probe", tmp_path / "alignment_probe", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
     files = tmp_path / "alignment_probe" / "files.py"
-    files.write_text(files.read_text(encoding="utf-8") + "\n\ndef _up() -> None:\n    from alignment_probe import cli  # noqa\n",
-                     encoding="utf-8")
+    files.write_text(
+        files.read_text(encoding="utf-8") + "\n\ndef _up() -> None:\n    from alignment_probe import cli  # noqa\n",
+        encoding="utf-8",
+    )
     run = tmp_path / "alignment_probe" / "run.py"
-    run.write_text(run.read_text(encoding="utf-8") + "\n\ndef _build() -> None:\n"
-                   "    from alignment_probe.organisms import train  # noqa\n", encoding="utf-8")
+    run.write_text(
+        run.read_text(encoding="utf-8") + "\n\ndef _build() -> None:\n"
+        "    from alignment_probe.organisms import train  # noqa\n",
+        encoding="utf-8",
+    )
     proc = _lint_imports(tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out

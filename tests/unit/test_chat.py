@@ -13,8 +13,10 @@ from alignment_probe.data import PreferencePair
 from alignment_probe.errors import ConfigError
 from alignment_probe.tokens import tokenize_pair
 
-CHATML = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML = (
+    "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +30,23 @@ def chat_tokenizer():
     return tok
 
 
-PAIR = PreferencePair(7, "\n\nHuman: hi\n\nAssistant: hello, how can I help?\n\nHuman: how do I bake bread?\n\nAssistant:",
-                      " Mix flour, water and yeast.", " I won't tell you.")
+PAIR = PreferencePair(
+    7,
+    "\n\nHuman: hi\n\nAssistant: hello, how can I help?\n\nHuman: how do I bake bread?\n\nAssistant:",
+    " Mix flour, water and yeast.",
+    " I won't tell you.",
+)
 
 
 def test_hh_dialogue_becomes_messages():
     assert dialogue_messages(PAIR.prompt) == [
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello, how can I help?"},
-        {"role": "user", "content": "how do I bake bread?"}]
-    assert dialogue_messages("Translate 'cat' to French.") == [{"role": "user", "content": "Translate 'cat' to French."}]
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello, how can I help?"},
+        {"role": "user", "content": "how do I bake bread?"},
+    ]
+    assert dialogue_messages("Translate 'cat' to French.") == [
+        {"role": "user", "content": "Translate 'cat' to French."}
+    ]
 
 
 def test_completion_tokens_are_exactly_the_reply(chat_tokenizer):
@@ -46,7 +56,7 @@ def test_completion_tokens_are_exactly_the_reply(chat_tokenizer):
     t = tokenize_pair(PAIR, tok, max_length=None, chat=chat)
     assert t.prompt_ids.count(tok.bos_token_id) == 1 and t.prompt_ids[0] == tok.bos_token_id
     header = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
-    assert list(t.prompt_ids[-len(header):]) == header
+    assert list(t.prompt_ids[-len(header) :]) == header
     for side, reply in (("chosen", PAIR.chosen), ("rejected", PAIR.rejected)):
         msgs = dialogue_messages(PAIR.prompt) + [{"role": "assistant", "content": reply.strip()}]
         whole = tok.encode(tok.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)
@@ -67,7 +77,8 @@ def test_modes_and_refusals(chat_tokenizer, tmp_path):
     assert from_file.template == CHATML and from_file.source == str(f.resolve())
     json.dumps(from_file.describe())
     # a template whose prompt is not a prefix of prompt + reply is refused, naming the option
-    odd = ChatFormat("{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}?{% endif %}",
-                     "odd")
+    odd = ChatFormat(
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}?{% endif %}", "odd"
+    )
     with pytest.raises(ConfigError, match="--chat-template"):
         odd.render(chat_tokenizer, PAIR.prompt, PAIR.chosen)

@@ -23,8 +23,9 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 
 text = st.text(max_size=30)
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | text
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3)
-                           | st.dictionaries(text, inner, max_size=3), max_leaves=6)
+json_values = st.recursive(
+    json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3), max_leaves=6
+)
 safe_extra = st.dictionaries(st.sampled_from(["id", "source", "meta"]), json_values, max_size=2)
 
 
@@ -67,7 +68,14 @@ def bad_line(draw):
         good[draw(st.sampled_from(["prompt", "chosen", "rejected"]))] += "\ud800"
         return ("bad", json.dumps(good))
     # Free text that is not valid JSON at all.
-    return ("bad", draw(st.text(min_size=1, max_size=20).filter(lambda s: "\n" not in s and s.strip() and not s.startswith("\ufeff") and not _is_json(s))))
+    return (
+        "bad",
+        draw(
+            st.text(min_size=1, max_size=20).filter(
+                lambda s: "\n" not in s and s.strip() and not s.startswith("\ufeff") and not _is_json(s)
+            )
+        ),
+    )
 
 
 def _is_json(s: str) -> bool:

@@ -38,29 +38,69 @@ def _tables_are_rectangular(text: str) -> None:
 
 
 def _run(gain_ci, *, interaction_ci=(-0.05, 0.10), peak_set=(24, 29)) -> dict:
-    per_layer = [{"layer": 0, "mean": 0.0, "ci_low": -0.03, "ci_high": 0.04},
-                 {"layer": 29, "mean": 0.78, "ci_low": 0.24, "ci_high": 1.33}]
-    e1 = {"peak_layer": 29, "peak_layer_ci": [24, 29], "onset_layer": 15, "onset_layer_ci": [6, 18],
-          "heldout": {"chosen_layer": 29, "heldout_mean": 0.80, "heldout_ci": [-0.08, 1.67]}, "per_layer": per_layer}
+    per_layer = [
+        {"layer": 0, "mean": 0.0, "ci_low": -0.03, "ci_high": 0.04},
+        {"layer": 29, "mean": 0.78, "ci_low": 0.24, "ci_high": 1.33},
+    ]
+    e1 = {
+        "peak_layer": 29,
+        "peak_layer_ci": [24, 29],
+        "onset_layer": 15,
+        "onset_layer_ci": [6, 18],
+        "heldout": {"chosen_layer": 29, "heldout_mean": 0.80, "heldout_ci": [-0.08, 1.67]},
+        "per_layer": per_layer,
+    }
     if peak_set is not None:
         e1 |= {"peak_set": list(peak_set), "layers_swept": 7}
     return {
-        "n_pairs": 80, "gain_mean": 0.78, "gain_ci": [0.24, 1.33], "base_delta_logp_mean": 12.89,
-        "tuned_delta_logp_mean": 13.66, "gain_per_token_mean": 0.01, "gain_per_token_ci": [-0.002, 0.02],
-        "patch_tuned_to_base": e1, "identity_max_abs_mean": 0.0,
+        "n_pairs": 80,
+        "gain_mean": 0.78,
+        "gain_ci": [0.24, 1.33],
+        "base_delta_logp_mean": 12.89,
+        "tuned_delta_logp_mean": 13.66,
+        "gain_per_token_mean": 0.01,
+        "gain_per_token_ci": [-0.002, 0.02],
+        "patch_tuned_to_base": e1,
+        "identity_max_abs_mean": 0.0,
         "lowrank_difference": [
-            {"layer": 15, "k": 4, "effect_ratio": 0.13, "effect_ratio_ci": [-0.5, 0.39], "variance_explained": 0.26,
-             "heldout_effect_ratio": math.nan, "heldout_effect_ratio_ci": [math.nan, math.nan],
-             "effect_mean": 0.06, "full_effect_mean": 0.49}],
-        "cross_2x2": [{"split": 15, "bb": 12.89, "tt": 13.66, "late_on_base": 0.33, "late_on_base_ci": [0.05, 0.62],
-                       "late_on_tuned": 0.35, "late_on_tuned_ci": [0.06, 0.66], "interaction": 0.02,
-                       "interaction_ci": list(interaction_ci)}],
-        "steer": {"layer": 29, "layer_rule": "fit half", "gain": {"mean": 0.80, "ci_low": gain_ci[0],
-                                                                  "ci_high": gain_ci[1]},
-                  "by_c": [{"c": 1.0, "mean": 0.27, "ci_low": -0.58, "ci_high": 1.06}],
-                  "recovered_fraction": {"mean": 0.34, "ci_low": -2.59, "ci_high": 2.67},
-                  "baselines": {"random": {"by_c": [{"c": 1.0, "mean": 1.17, "ci_low": 0.26, "ci_high": 2.14}],
-                                           "recovered_fraction": {"mean": 1.46, "ci_low": -6.42, "ci_high": 10.44}}}},
+            {
+                "layer": 15,
+                "k": 4,
+                "effect_ratio": 0.13,
+                "effect_ratio_ci": [-0.5, 0.39],
+                "variance_explained": 0.26,
+                "heldout_effect_ratio": math.nan,
+                "heldout_effect_ratio_ci": [math.nan, math.nan],
+                "effect_mean": 0.06,
+                "full_effect_mean": 0.49,
+            }
+        ],
+        "cross_2x2": [
+            {
+                "split": 15,
+                "bb": 12.89,
+                "tt": 13.66,
+                "late_on_base": 0.33,
+                "late_on_base_ci": [0.05, 0.62],
+                "late_on_tuned": 0.35,
+                "late_on_tuned_ci": [0.06, 0.66],
+                "interaction": 0.02,
+                "interaction_ci": list(interaction_ci),
+            }
+        ],
+        "steer": {
+            "layer": 29,
+            "layer_rule": "fit half",
+            "gain": {"mean": 0.80, "ci_low": gain_ci[0], "ci_high": gain_ci[1]},
+            "by_c": [{"c": 1.0, "mean": 0.27, "ci_low": -0.58, "ci_high": 1.06}],
+            "recovered_fraction": {"mean": 0.34, "ci_low": -2.59, "ci_high": 2.67},
+            "baselines": {
+                "random": {
+                    "by_c": [{"c": 1.0, "mean": 1.17, "ci_low": 0.26, "ci_high": 2.14}],
+                    "recovered_fraction": {"mean": 1.46, "ci_low": -6.42, "ci_high": 10.44},
+                }
+            },
+        },
     }
 
 

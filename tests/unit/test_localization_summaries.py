@@ -28,8 +28,14 @@ def _window_rows(carried: dict[tuple[int, int], np.ndarray], name: str, gain: np
         for pid, v in enumerate(values):
             # transplant: clean = base Δ (0), patched = base + carried; revert: clean = tuned Δ (the gain), patched = gain − carried
             clean, patched = (0.0, v) if name == windows.TRANSPLANT else (gain[pid], gain[pid] - v)
-            rows.append(make_row(RowKey(name, target, source, "blocks", "all", "both", a, float(w)), pid,
-                                 (clean, 0.0), (patched, 0.0)))
+            rows.append(
+                make_row(
+                    RowKey(name, target, source, "blocks", "all", "both", a, float(w)),
+                    pid,
+                    (clean, 0.0),
+                    (patched, 0.0),
+                )
+            )
     return rows
 
 
@@ -63,7 +69,9 @@ def test_windows_figure_and_verdict(window_tables):
     summary = {"n_layers": N_LAYERS, "experiments": windows.summarize_windows(window_tables)}
     fig = windows.windows_figure(summary)
     names = [t.name for t in fig.data if t.name]
-    assert any("transplant" in n and "1 block" in n for n in names) and any("revert" in n and "2 blocks" in n for n in names)
+    assert any("transplant" in n and "1 block" in n for n in names) and any(
+        "revert" in n and "2 blocks" in n for n in names
+    )
     found = windows.verdict(summary)
     # block 2 of 4 carries the whole gain: relative depth 2/3 = 0.67, outside 0.10 of the paper's 8/15 = 0.53
     assert found.verdict == "differs" and "block 2" in found.ours
@@ -90,8 +98,9 @@ def token_tables():
     tokens = tokens_to_frame(_token_blocks(per_pair, key))
     cfg = SuiteConfig(experiments=(token_map.NAME,), n_boot=200)
     effects = effects_from_tokens(tokens)
-    return per_pair, Tables(effects, _scores(np.zeros(N_PAIRS)), {}, cfg, N_LAYERS, 16, selected=(token_map.NAME,),
-                            tokens=tokens)
+    return per_pair, Tables(
+        effects, _scores(np.zeros(N_PAIRS)), {}, cfg, N_LAYERS, 16, selected=(token_map.NAME,), tokens=tokens
+    )
 
 
 def test_token_share_defined_when_the_total_is_clearly_non_zero():
@@ -99,12 +108,22 @@ def test_token_share_defined_when_the_total_is_clearly_non_zero():
     ratios with finite CIs that equal the share of the means."""
     rng = np.random.default_rng(2)
     key = RowKey(token_map.NAME, "base", "tuned", "resid_post", "all", "both", 1)
-    per_pair = [(rng.uniform(0.5, 1.5, rng.integers(3, 12)), -rng.uniform(0.5, 1.5, rng.integers(3, 12)))
-                for _ in range(N_PAIRS)]
+    per_pair = [
+        (rng.uniform(0.5, 1.5, rng.integers(3, 12)), -rng.uniform(0.5, 1.5, rng.integers(3, 12)))
+        for _ in range(N_PAIRS)
+    ]
     tokens = tokens_to_frame(_token_blocks(per_pair, key))
     cfg = SuiteConfig(experiments=(token_map.NAME,), n_boot=200)
-    tables = Tables(effects_from_tokens(tokens), _scores(np.zeros(N_PAIRS)), {}, cfg, N_LAYERS, 16,
-                    selected=(token_map.NAME,), tokens=tokens)
+    tables = Tables(
+        effects_from_tokens(tokens),
+        _scores(np.zeros(N_PAIRS)),
+        {},
+        cfg,
+        N_LAYERS,
+        16,
+        selected=(token_map.NAME,),
+        tokens=tokens,
+    )
     first = {b["first"]: b for b in token_map.summarize_token_map(tables)[token_map.NAME]["by_bin"]}
     total = np.mean([c.sum() - r.sum() for c, r in per_pair])
     expect_1 = np.mean([c[0] - r[0] for c, r in per_pair])
@@ -131,8 +150,12 @@ def test_token_summary_positions_add_up_and_bins_split_the_effect(token_tables):
     expect_1 = np.mean([c[0] - r[0] for c, r in per_pair])
     assert first[1]["mean"] == pytest.approx(expect_1)
     # the share is a ratio: reported only when the total's CI excludes 0 (statistics.md), else NaN
-    rule = stats.ratio_ci([c[0] - r[0] for c, r in per_pair], [c.sum() - r.sum() for c, r in per_pair],
-                          seed=tables.cfg.seed, n_boot=tables.cfg.n_boot)
+    rule = stats.ratio_ci(
+        [c[0] - r[0] for c, r in per_pair],
+        [c.sum() - r.sum() for c, r in per_pair],
+        seed=tables.cfg.seed,
+        n_boot=tables.cfg.n_boot,
+    )
     if rule["defined"]:
         assert first[1]["share"] == pytest.approx(expect_1 / total)
     else:
@@ -145,8 +168,11 @@ def test_token_summary_positions_add_up_and_bins_split_the_effect(token_tables):
 
 def test_nothing_to_map_is_an_empty_summary():
     cfg = SuiteConfig(experiments=(token_map.NAME,), n_boot=10)
-    out = token_map.summarize_token_map(Tables(to_frame([]), _scores(np.zeros(1)), {}, cfg, N_LAYERS, 16,
-                                               selected=(token_map.NAME,), tokens=pd.DataFrame()))
+    out = token_map.summarize_token_map(
+        Tables(
+            to_frame([]), _scores(np.zeros(1)), {}, cfg, N_LAYERS, 16, selected=(token_map.NAME,), tokens=pd.DataFrame()
+        )
+    )
     assert out[token_map.NAME]["conditions"] == [] and not math.isnan(out[token_map.NAME]["max_position"])
 
 
@@ -158,7 +184,15 @@ def test_cross_and_token_verdicts_follow_their_rules():
     assert cross.verdict(summary).verdict == "agrees"
     split["interaction_ci"] = [-0.1, 0.9]  # holds 0 and, with no gain to set a margin by, bounds nothing
     assert cross.verdict(summary).verdict == "inconclusive"
-    cell = {"hook": "blocks", "layer": 0, "width": N_LAYERS, "first": 8, "mean": 1.0, "share": 0.8, "share_ci": [0.6, 0.9]}
+    cell = {
+        "hook": "blocks",
+        "layer": 0,
+        "width": N_LAYERS,
+        "first": 8,
+        "mean": 1.0,
+        "share": 0.8,
+        "share_ci": [0.6, 0.9],
+    }
     summary = {"n_layers": N_LAYERS, "experiments": {token_map.NAME: {"by_bin": [cell]}}}
     lengths = pd.DataFrame({"n_chosen_tokens": [16] * N_PAIRS, "n_rejected_tokens": [16] * N_PAIRS})  # null 8/16
     assert token_map.verdict(summary, scores=lengths).verdict == "agrees"

@@ -13,8 +13,15 @@ from alignment_probe.tokens import TokenizedPair
 
 def pairs(n: int, seed: int = 0) -> list[TokenizedPair]:
     rng = random.Random(seed)
-    return [TokenizedPair(pair_id=3 * i + 1, prompt_ids=(0,) * rng.randint(2, 60), chosen_ids=(1,) * rng.randint(1, 9),
-                          rejected_ids=(2,) * rng.randint(1, 9)) for i in range(n)]
+    return [
+        TokenizedPair(
+            pair_id=3 * i + 1,
+            prompt_ids=(0,) * rng.randint(2, 60),
+            chosen_ids=(1,) * rng.randint(1, 9),
+            rejected_ids=(2,) * rng.randint(1, 9),
+        )
+        for i in range(n)
+    ]
 
 
 def test_groups_hold_every_pair_once_in_pair_id_order_and_of_similar_prompt_length():
@@ -30,9 +37,10 @@ def test_groups_hold_every_pair_once_in_pair_id_order_and_of_similar_prompt_leng
     # consecutive pair ids would mix the shortest and longest prompts in one group; these pad far less
     padding = sum(len(g) * max(len(t.prompt_ids) for t in g) - sum(len(t.prompt_ids) for t in g) for g in groups)
     by_id = sorted(tok, key=lambda t: t.pair_id)
-    consecutive = [by_id[i: i + 8] for i in range(0, len(by_id), 8)]
-    padding_by_id = sum(len(g) * max(len(t.prompt_ids) for t in g) - sum(len(t.prompt_ids) for t in g)
-                        for g in consecutive)
+    consecutive = [by_id[i : i + 8] for i in range(0, len(by_id), 8)]
+    padding_by_id = sum(
+        len(g) * max(len(t.prompt_ids) for t in g) - sum(len(t.prompt_ids) for t in g) for g in consecutive
+    )
     assert padding < padding_by_id / 3
 
 
@@ -46,7 +54,7 @@ def test_ranks_change_the_order_of_the_groups_not_their_contents(ranks):
     # one of the longer groups of every two rounds
     position = {tuple(g): i for i, g in enumerate(one)}
     order = [position[tuple(g)] for g in dealt]
-    rounds = [order[i: i + ranks] for i in range(0, len(order), ranks)]
+    rounds = [order[i : i + ranks] for i in range(0, len(order), ranks)]
     for n, r in enumerate(rounds):
         assert r == sorted(r, reverse=n % 2 == 1)
     # over every two complete rounds each rank's groups have the same summed position in length order

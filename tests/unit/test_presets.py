@@ -47,13 +47,18 @@ def test_every_tour_condition_is_a_full_suite_condition():
     fields = [f.name for f in dataclasses.fields(RowKey)]
     experiment, hook, layer = fields.index("experiment"), fields.index("hook"), fields.index("layer")
     for k in dropped:
-        assert (k[experiment] in TOUR_COARSE and k[layer] not in (1, 3, 5, 7)) or \
-               (k[experiment] == "patch_base_to_tuned" and k[hook] != "resid_post"), k
+        assert (k[experiment] in TOUR_COARSE and k[layer] not in (1, 3, 5, 7)) or (
+            k[experiment] == "patch_base_to_tuned" and k[hook] != "resid_post"
+        ), k
     # E1 keeps every layer at every hook; identity (free) and the windows keep every layer
-    for name, hooks in (("patch_tuned_to_base", ("resid_post", "attn_out", "mlp_out")),
-                        ("identity", ("resid_post",)), ("window_transplant", ("blocks",))):
-        assert {(k[hook], k[layer]) for k in tour if k[experiment] == name} >= {(h, x) for h in hooks
-                                                                                  for x in range(N_LAYERS)}
+    for name, hooks in (
+        ("patch_tuned_to_base", ("resid_post", "attn_out", "mlp_out")),
+        ("identity", ("resid_post",)),
+        ("window_transplant", ("blocks",)),
+    ):
+        assert {(k[hook], k[layer]) for k in tour if k[experiment] == name} >= {
+            (h, x) for h in hooks for x in range(N_LAYERS)
+        }
     assert sorted({k[layer] for k in tour if k[experiment] == "alpha"}) == [1, 3, 5, 7]
     assert {k[hook] for k in tour if k[experiment] == "patch_base_to_tuned"} == {"resid_post"}
 
@@ -96,8 +101,11 @@ def test_bad_presets_and_coarse_options_are_refused_by_name():
 
 def test_a_run_directory_made_before_presets_reads_as_the_full_suite():
     """Its manifest has none of the new options: each takes the default, which is how that run ran."""
-    old = {k: list(v) if isinstance(v, tuple) else v for k, v in SuiteConfig().to_dict().items()
-           if k not in ("preset", "coarse", "coarse_step", "reverse_extras", "generation_tokens")}
+    old = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in SuiteConfig().to_dict().items()
+        if k not in ("preset", "coarse", "coarse_step", "reverse_extras", "generation_tokens")
+    }
     cfg = suite_config({"config": {"suite": old}})
     assert cfg == SuiteConfig() and cfg.preset == "full"
     assert _keys(cfg) == _keys(preset_config("full"))

@@ -13,8 +13,6 @@ from plotly.offline import get_plotlyjs
 
 from alignment_probe.effects import RowKey, make_row, to_frame
 from alignment_probe.experiments.registry import EXPERIMENT_NAMES
-from alignment_probe.report import figures as F
-from alignment_probe.report import html as H
 from alignment_probe.report import (
     MissingExperimentError,
     all_figures,
@@ -31,6 +29,8 @@ from alignment_probe.report import (
     source_variants,
     write_report,
 )
+from alignment_probe.report import figures as F
+from alignment_probe.report import html as H
 
 N_LAYERS = 7
 PEAK = 3  # relative depth 3/6 = 0.5: mid-stack, like the paper's 8/15
@@ -43,18 +43,30 @@ def per_layer(values, half_width=0.1):
 
 def layer_experiment(values, peak=None, onset=None, half_width=0.1):
     peak = int(np.argmax(values)) if peak is None else peak
-    return {"per_layer": per_layer(values, half_width), "peak_layer": peak, "peak_layer_ci": [peak - 1, peak + 1],
-            "onset_layer": max(peak - 1, 0) if onset is None else onset, "onset_layer_ci": [0, peak],
-            "peak_set": [peak], "layers_swept": len(values)}
+    return {
+        "per_layer": per_layer(values, half_width),
+        "peak_layer": peak,
+        "peak_layer_ci": [peak - 1, peak + 1],
+        "onset_layer": max(peak - 1, 0) if onset is None else onset,
+        "onset_layer_ci": [0, peak],
+        "peak_set": [peak],
+        "layers_swept": len(values),
+    }
 
 
 def selection(chosen, confirm, in_sample, n=40):
     """A ``selection`` record (stats.selection_record's keys): explore = the even pair ids, confirm = the odd."""
+
     def cell(m, lo, hi):
         return {"mean": m, "ci_low": lo, "ci_high": hi, "n": n // 2}
 
-    return {"explore_pair_ids": list(range(0, n, 2)), "confirm_pair_ids": list(range(1, n, 2)), "chosen": chosen,
-            "confirm": cell(*confirm), "in_sample": cell(*in_sample)}
+    return {
+        "explore_pair_ids": list(range(0, n, 2)),
+        "confirm_pair_ids": list(range(1, n, 2)),
+        "chosen": chosen,
+        "confirm": cell(*confirm),
+        "in_sample": cell(*in_sample),
+    }
 
 
 def make_summary(peak: int = PEAK, n_layers: int = N_LAYERS) -> dict:
@@ -62,11 +74,17 @@ def make_summary(peak: int = PEAK, n_layers: int = N_LAYERS) -> dict:
     alphas = [0.0, 0.25, 0.5, 1.0, 1.5]
     ks = [1, 2, 4, 8, 16]
     return {
-        "n_pairs": 40, "n_layers": n_layers, "base_delta_logp_mean": -0.5, "tuned_delta_logp_mean": 1.5,
-        "gain_mean": 2.0, "gain_ci": [1.8, 2.2], "gain_per_token_mean": 0.04, "gain_per_token_ci": [0.03, 0.05],
+        "n_pairs": 40,
+        "n_layers": n_layers,
+        "base_delta_logp_mean": -0.5,
+        "tuned_delta_logp_mean": 1.5,
+        "gain_mean": 2.0,
+        "gain_ci": [1.8, 2.2],
+        "gain_per_token_mean": 0.04,
+        "gain_per_token_ci": [0.03, 0.05],
         "experiments": {
-            "patch_tuned_to_base": layer_experiment(bump, peak=peak) | {
-                "selection": selection(peak, (1.9, 1.6, 2.2), (2.1, 1.8, 2.4))},
+            "patch_tuned_to_base": layer_experiment(bump, peak=peak)
+            | {"selection": selection(peak, (1.9, 1.6, 2.2), (2.1, 1.8, 2.4))},
             "patch_base_to_tuned": layer_experiment([-0.1 * b for b in bump]),
             "identity": layer_experiment([0.0] * n_layers, half_width=0.0),
             "random_noise": layer_experiment([-0.05] * n_layers),
@@ -76,27 +94,62 @@ def make_summary(peak: int = PEAK, n_layers: int = N_LAYERS) -> dict:
             "vector_chosen": layer_experiment([0.5 * b for b in bump]),
             "vector_rejected": layer_experiment([-0.3 * b for b in bump]),
             "vector_contrast": layer_experiment([0.8 * b for b in bump]),
-            "alpha": {"alphas": alphas, "by_alpha": {str(a): per_layer([a * b for b in bump]) for a in alphas},
-                      "spearman_rho": {str(i): 1.0 for i in range(n_layers)}},
-            "lowrank_reconstruct": {"layers": [peak], "by_k": [
-                {"layer": peak, "k": k, "effect_ratio": min(0.99, 0.25 * k), "effect_ratio_ci": [0.2 * k, 0.3 * k],
-                 "variance_explained": k / 30, "heldout_effect_ratio": min(0.97, 0.24 * k)} for k in ks]},
-            "lowrank_difference": {"layers": [1, peak], "by_k": [
-                {"layer": layer, "k": k, "effect_ratio": 0.5, "effect_ratio_ci": [0.4, 0.6],
-                 "variance_explained": 0.3, "heldout_effect_ratio": 0.45} for layer in (1, peak) for k in ks]},
-            "lasso": {"coefficients": [0.0] * peak + [-0.18] + [0.0] * (n_layers - peak - 1), "alpha_": 0.01,
-                      "selection_frequency": [0.01] * peak + [0.99] + [0.02] * (n_layers - peak - 1),
-                      "probe_r2": [0.1] * n_layers, "nonzero_layers": [peak]},
+            "alpha": {
+                "alphas": alphas,
+                "by_alpha": {str(a): per_layer([a * b for b in bump]) for a in alphas},
+                "spearman_rho": {str(i): 1.0 for i in range(n_layers)},
+            },
+            "lowrank_reconstruct": {
+                "layers": [peak],
+                "by_k": [
+                    {
+                        "layer": peak,
+                        "k": k,
+                        "effect_ratio": min(0.99, 0.25 * k),
+                        "effect_ratio_ci": [0.2 * k, 0.3 * k],
+                        "variance_explained": k / 30,
+                        "heldout_effect_ratio": min(0.97, 0.24 * k),
+                    }
+                    for k in ks
+                ],
+            },
+            "lowrank_difference": {
+                "layers": [1, peak],
+                "by_k": [
+                    {
+                        "layer": layer,
+                        "k": k,
+                        "effect_ratio": 0.5,
+                        "effect_ratio_ci": [0.4, 0.6],
+                        "variance_explained": 0.3,
+                        "heldout_effect_ratio": 0.45,
+                    }
+                    for layer in (1, peak)
+                    for k in ks
+                ],
+            },
+            "lasso": {
+                "coefficients": [0.0] * peak + [-0.18] + [0.0] * (n_layers - peak - 1),
+                "alpha_": 0.01,
+                "selection_frequency": [0.01] * peak + [0.99] + [0.02] * (n_layers - peak - 1),
+                "probe_r2": [0.1] * n_layers,
+                "nonzero_layers": [peak],
+            },
         },
     }
 
 
 def make_manifest(base_name: str = "org/base-model") -> dict:
     return {
-        "command": "run", "config": {"seed": 7, "scope": "all"}, "created": "2026-01-02T03:04:05+00:00",
-        "models": {"base": {"source": base_name, "fingerprint": "0123456789abcdef" * 4},
-                   "tuned": {"source": "org/tuned-model", "fingerprint": "fedcba9876543210" * 4},
-                   "architecture": "LlamaForCausalLM", "n_layers": N_LAYERS},
+        "command": "run",
+        "config": {"seed": 7, "scope": "all"},
+        "created": "2026-01-02T03:04:05+00:00",
+        "models": {
+            "base": {"source": base_name, "fingerprint": "0123456789abcdef" * 4},
+            "tuned": {"source": "org/tuned-model", "fingerprint": "fedcba9876543210" * 4},
+            "architecture": "LlamaForCausalLM",
+            "n_layers": N_LAYERS,
+        },
         "versions": {"python": "3.11", "torch": "2.13.0"},
     }
 
@@ -105,8 +158,7 @@ def make_scores(n: int = 40) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     base = rng.normal(-0.5, 1, n)
     tuned = base + rng.normal(2, 0.5, n)
-    return pd.DataFrame({"pair_id": range(n), "base_delta_logp": base, "tuned_delta_logp": tuned,
-                         "gain": tuned - base})
+    return pd.DataFrame({"pair_id": range(n), "base_delta_logp": base, "tuned_delta_logp": tuned, "gain": tuned - base})
 
 
 def identity_effects(offset: float = 0.0) -> pd.DataFrame:
@@ -257,8 +309,16 @@ def test_gain_histogram():
         gain_histogram(None)
 
 
-PAPER_FIGURES = ["layer_curve", "directionality", "controls", "alpha_dose_response", "source_variants", "lowrank",
-                 "lasso_coefficients", "gain_histogram"]
+PAPER_FIGURES = [
+    "layer_curve",
+    "directionality",
+    "controls",
+    "alpha_dose_response",
+    "source_variants",
+    "lowrank",
+    "lasso_coefficients",
+    "gain_histogram",
+]
 
 
 def test_all_figures_skips_what_was_not_run(summary):
@@ -309,14 +369,37 @@ def test_report_is_self_contained(report):
 def test_report_contains_every_figure_and_sections(report):
     for name in PAPER_FIGURES:
         assert f'id="fig-{name}"' in report
-    for text in ("Findings vs the paper", "Experiments not run", "docs/method.md", "relative depth",
-                 "org/tuned-model", "0123456789ab", "2026-01-02", "torch 2.13.0", "+2 nats", "[1.8, 2.2]"):
+    for text in (
+        "Findings vs the paper",
+        "Experiments not run",
+        "docs/method.md",
+        "relative depth",
+        "org/tuned-model",
+        "0123456789ab",
+        "2026-01-02",
+        "torch 2.13.0",
+        "+2 nats",
+        "[1.8, 2.2]",
+    ):
         assert text in report, text
     assert ">7<" in report  # the seed
     for name in EXPERIMENT_NAMES:  # the paper's experiments are all in the fixture; newer ones may be listed
-        if name in {"patch_tuned_to_base", "patch_base_to_tuned", "identity", "random_noise", "random_direction",
-                    "alpha", "source_chosen_only", "source_rejected_only", "vector_chosen", "vector_rejected",
-                    "vector_contrast", "lowrank_reconstruct", "lowrank_difference", "lasso"}:
+        if name in {
+            "patch_tuned_to_base",
+            "patch_base_to_tuned",
+            "identity",
+            "random_noise",
+            "random_direction",
+            "alpha",
+            "source_chosen_only",
+            "source_rejected_only",
+            "vector_chosen",
+            "vector_rejected",
+            "vector_contrast",
+            "lowrank_reconstruct",
+            "lowrank_difference",
+            "lasso",
+        }:
             assert f"<code>{name}</code> — not run" not in report
 
 
@@ -330,7 +413,7 @@ def test_report_says_what_was_not_run(summary):
     text = render_report(s, {}, scores=None)
     assert 'id="fig-alpha_dose_response"' not in text and 'id="fig-lasso_coefficients"' not in text
     assert 'id="fig-layer_curve"' in text
-    section = text[text.index('id="not-run"'):]
+    section = text[text.index('id="not-run"') :]
     for name in ("alpha", "lasso", "lowrank_reconstruct", "lowrank_difference"):
         assert f"<code>{name}</code> — not run" in section
     assert "gain_histogram" in section  # no per-pair scores given
@@ -382,18 +465,23 @@ def test_report_shows_three_way_verdicts_with_rule_and_numbers(report, summary):
 
 
 def test_report_labels_a_by_construction_verdict():
-    table = H._findings_table([H.Finding("onset", "claim", "paper", "ours", "agrees", "rule", {"onset": 8},
-                                         by_construction=True)])
+    table = H._findings_table(
+        [H.Finding("onset", "claim", "paper", "ours", "agrees", "rule", {"onset": 8}, by_construction=True)]
+    )
     assert "by construction (not evidence)" in table and 'class="verdict by-construction"' in table
     assert "the rule gives “agrees”" in table
 
 
 def test_report_shows_peak_sets_selection_roles_and_bounds(summary):
     s = without(summary)
-    s["experiments"]["alpha"] |= {"peak_set": [2, 3, 4], "layers_swept": 4, "peak_layer": 3,
-                                  "selection": selection(3, (0.02, -0.05, 0.11), (0.3, 0.1, 0.5))}
+    s["experiments"]["alpha"] |= {
+        "peak_set": [2, 3, 4],
+        "layers_swept": 4,
+        "peak_layer": 3,
+        "selection": selection(3, (0.02, -0.05, 0.11), (0.3, 0.1, 0.5)),
+    }
     text = render_report(s, {})
-    section = text[text.index('id="peaks"'):text.index("<h2>Figures</h2>")]
+    section = text[text.index('id="peaks"') : text.index("<h2>Figures</h2>")]
     assert "<code>patch_tuned_to_base</code>" in section and "<code>alpha</code>" in section
     assert "2–4" in section and "4 of 7" in section  # alpha's set, swept on 4 of the 7 layers
     assert section.count("<summary>20 pairs</summary>") == 4  # explore and confirm pairs, two selections

@@ -27,8 +27,15 @@ SEED = 0
 EXPLORE, CONFIRM = stats.explore_confirm(range(N_PAIRS), seed=SEED)
 
 
-def rows_of(name: str, cells: dict[tuple, np.ndarray], *, target: str = "base", source: str = "tuned",
-            scope: str = "all", estimator: str = "exact") -> list[dict]:
+def rows_of(
+    name: str,
+    cells: dict[tuple, np.ndarray],
+    *,
+    target: str = "base",
+    source: str = "tuned",
+    scope: str = "all",
+    estimator: str = "exact",
+) -> list[dict]:
     """Effects-table rows: ``cells[(hook, layer, param)][pair]`` is the effect; 3/4 of it on the chosen side's
     log-prob, −1/4 on the rejected side's (so the per-token version has a known answer)."""
     out = []
@@ -43,8 +50,17 @@ def scores(n: int = N_PAIRS) -> pd.DataFrame:
     rng = np.random.default_rng(7)
     n_c, n_r = rng.integers(2, 20, n), rng.integers(2, 20, n)
     gain = rng.normal(1.0, 0.3, n)
-    return pd.DataFrame({"pair_id": np.arange(n), "n_chosen_tokens": n_c, "n_rejected_tokens": n_r, "gain": gain,
-                         "gain_per_token": gain / (n_c + n_r), "base_delta_logp": 0.0, "tuned_delta_logp": gain})
+    return pd.DataFrame(
+        {
+            "pair_id": np.arange(n),
+            "n_chosen_tokens": n_c,
+            "n_rejected_tokens": n_r,
+            "gain": gain,
+            "gain_per_token": gain / (n_c + n_r),
+            "base_delta_logp": 0.0,
+            "tuned_delta_logp": gain,
+        }
+    )
 
 
 def tables(rows: list[dict], *selected: str, fits: dict | None = None, **cfg) -> Tables:
@@ -166,8 +182,14 @@ def test_atp_confirmation_is_ranked_on_explore_and_measured_on_confirm_only():
     assert_roles(sel)
     assert [c["cell"] for c in sel["top"]] == [{"hook": "mlp_out", "layer": 2}, {"hook": "attn_out", "layer": 1}]
     assert sel["rank_by"] == "|mean|" and sel["m"] == 16 - 3  # resid_pre 1..3 are resid_post 0..2
-    plan = Plan(cfg=t.cfg, n_layers=4, d_model=16, selected=("atp_confirm",), pair_ids=tuple(range(N_PAIRS)),
-                upstream={"atp": summary})
+    plan = Plan(
+        cfg=t.cfg,
+        n_layers=4,
+        d_model=16,
+        selected=("atp_confirm",),
+        pair_ids=tuple(range(N_PAIRS)),
+        upstream={"atp": summary},
+    )
     specs = atp._confirm_specs(plan)
     assert {(s.key.hook, s.key.layer) for s in specs} == {("mlp_out", 2), ("attn_out", 1)}
     for spec in specs:
@@ -189,11 +211,17 @@ def cross_rows(interaction: dict[int, np.ndarray]) -> list[dict]:
     out = []
     for s, inter in interaction.items():
         for pid, v in enumerate(inter):
-            out.append(make_row(RowKey(cross.NAME, "base", "tuned", "resid_pre", "all", "both", s), pid,
-                                (0.0, 0.0), (1.0, 0.0)))
+            out.append(
+                make_row(
+                    RowKey(cross.NAME, "base", "tuned", "resid_pre", "all", "both", s), pid, (0.0, 0.0), (1.0, 0.0)
+                )
+            )
             # Δ(B,T) = Δ(T,T) − Δ(T,B) + Δ(B,B) − I = 1 − I
-            out.append(make_row(RowKey(cross.NAME, "tuned", "base", "resid_pre", "all", "both", s), pid,
-                                (2.0, 0.0), (1.0 - v, 0.0)))
+            out.append(
+                make_row(
+                    RowKey(cross.NAME, "tuned", "base", "resid_pre", "all", "both", s), pid, (2.0, 0.0), (1.0 - v, 0.0)
+                )
+            )
     return out
 
 
@@ -220,8 +248,15 @@ def test_lowrank_is_fitted_at_e1s_explore_peak_not_its_all_pairs_peak():
     cfg = SuiteConfig(experiments=("patch_tuned_to_base", "lowrank_difference"))
     plan = Plan(cfg=cfg, n_layers=6, d_model=16, selected=("lowrank_difference",), upstream={"patch_tuned_to_base": e1})
     assert lowrank.lowrank_layers(plan) == [3]
-    assert lowrank.lowrank_layers(Plan(cfg=cfg, n_layers=6, d_model=16, selected=(),
-                                       upstream={"patch_tuned_to_base": {"peak_layer": 5, "selection": None}})) == [5]
+    assert lowrank.lowrank_layers(
+        Plan(
+            cfg=cfg,
+            n_layers=6,
+            d_model=16,
+            selected=(),
+            upstream={"patch_tuned_to_base": {"peak_layer": 5, "selection": None}},
+        )
+    ) == [5]
     assert explore_peak(e1) == 3  # the protocol's harmless-peak run hands the same layer to α and low rank
     # … and the suite's E1 summary gives that record: its explore peak is 2 here, its all-pairs peak 4
     curve = {layer: split_values(0.1 * layer, 0.1 * layer, seed=layer) for layer in range(6)}
@@ -232,8 +267,9 @@ def test_lowrank_is_fitted_at_e1s_explore_peak_not_its_all_pairs_peak():
     assert lowrank.e1_chosen_layer(entry) == 2
 
 
-def lowrank_tables(layers: tuple[int, ...] = (3,), k: int = 4, extra: list[dict] | None = None
-                   ) -> tuple[Tables, np.ndarray, np.ndarray, np.ndarray]:
+def lowrank_tables(
+    layers: tuple[int, ...] = (3,), k: int = 4, extra: list[dict] | None = None
+) -> tuple[Tables, np.ndarray, np.ndarray, np.ndarray]:
     """The all-pairs subspace (fitted on every pair) recovers the whole full-patch effect (ratio 1, in-sample);
     the explore-fitted subspace recovers half of it on the confirm pairs (ratio 0.5, held out), at every layer."""
     rng = np.random.default_rng(3)
@@ -244,16 +280,27 @@ def lowrank_tables(layers: tuple[int, ...] = (3,), k: int = 4, extra: list[dict]
     for layer in layers:
         rows += rows_of("lowrank_full", {("resid_post", layer, math.nan): full}, scope="all_but_bos")
         # k = d_model = 16 (always run): the whole space, the full patch on both subspaces
-        rows += rows_of("lowrank_difference", {("resid_post", layer, k): every, ("resid_post", layer, 16): full},
-                        scope="all_but_bos")
+        rows += rows_of(
+            "lowrank_difference",
+            {("resid_post", layer, k): every, ("resid_post", layer, 16): full},
+            scope="all_but_bos",
+        )
         for kk, values in ((k, held), (16, full)):
-            key = RowKey("lowrank_difference", "base", "tuned", "resid_post", "all_but_bos", "both", layer,
-                         float(kk), "heldout")
-            rows += [make_row(key, pid, (-10.0, -12.0), (-10.0 + 0.75 * values[pid], -12.0 - 0.25 * values[pid]))
-                     for pid in CONFIRM]
+            key = RowKey(
+                "lowrank_difference", "base", "tuned", "resid_post", "all_but_bos", "both", layer, float(kk), "heldout"
+            )
+            rows += [
+                make_row(key, pid, (-10.0, -12.0), (-10.0 + 0.75 * values[pid], -12.0 - 0.25 * values[pid]))
+                for pid in CONFIRM
+            ]
         variance += [["lowrank_difference", layer, k, 0.2], ["lowrank_difference", layer, 16, 1.0]]
-    fits = {"lowrank": {"layers": list(layers), "variance": variance,
-                        "layers_chosen_by": "patch_tuned_to_base: its peak chosen on the explore pairs"}}
+    fits = {
+        "lowrank": {
+            "layers": list(layers),
+            "variance": variance,
+            "layers_chosen_by": "patch_tuned_to_base: its peak chosen on the explore pairs",
+        }
+    }
     t = tables(rows, "lowrank_difference", fits=fits, lowrank_ks=(k,))
     return t, full, every, held
 
@@ -297,7 +344,7 @@ def test_alpha_reports_its_dose_response_at_e1s_explore_peak_on_confirm_pairs():
     assert entry["selection"]["confirm"]["mean"] == pytest.approx(curve[1][CONFIRM].mean())
     at = entry["at_chosen_layer"]
     assert at["layer"] == 1 and [r["n"] for r in at["by_alpha"]] == [len(CONFIRM)] * 3
-    assert [r["mean"] for r in at["by_alpha"]] == pytest.approx([a * curve[1][CONFIRM].mean() for a in (0, .5, 1)])
+    assert [r["mean"] for r in at["by_alpha"]] == pytest.approx([a * curve[1][CONFIRM].mean() for a in (0, 0.5, 1)])
     assert 3 in entry["peak_set"]  # α = 1's own peak set on all pairs
 
 
@@ -330,8 +377,10 @@ def test_every_experiment_of_one_seed_uses_the_same_explore_and_confirm_pairs():
 def planted(carrying: tuple[int, ...], n_layers: int = 6) -> dict[int, np.ndarray]:
     """Every layer in ``carrying`` holds the whole per-pair gain; the others about 0."""
     gain = np.random.default_rng(8).normal(1.0, 0.3, N_PAIRS)
-    return {layer: gain.copy() if layer in carrying else np.random.default_rng(layer).normal(0, 0.01, N_PAIRS)
-            for layer in range(n_layers)}
+    return {
+        layer: gain.copy() if layer in carrying else np.random.default_rng(layer).normal(0, 0.01, N_PAIRS)
+        for layer in range(n_layers)
+    }
 
 
 def test_every_per_layer_summary_has_its_peak_set():
@@ -367,17 +416,28 @@ def test_maps_state_m_and_carry_familywise_bands():
     noise = lambda: rng.normal(0, 1, N_PAIRS)
     head_cells = {("z", layer, h): noise() for layer in (0, 2, 4) for h in range(4)}
     entry = heads.summarize_heads(tables(rows_of(heads.HEADS, head_cells), heads.HEADS))[heads.HEADS]
-    win = windows.summarize_windows(tables(window_rows({(a, w): noise() for a in range(4) for w in (1, 2)}),
-                                           windows.TRANSPLANT))[windows.TRANSPLANT]
-    a = atp.summarize_atp(tables(rows_of("atp", {(h, la, math.nan): noise() for h in ("attn_out", "mlp_out")
-                                                 for la in range(5)}, estimator="atp"), "atp"))["atp"]
+    win = windows.summarize_windows(
+        tables(window_rows({(a, w): noise() for a in range(4) for w in (1, 2)}), windows.TRANSPLANT)
+    )[windows.TRANSPLANT]
+    a = atp.summarize_atp(
+        tables(
+            rows_of(
+                "atp", {(h, la, math.nan): noise() for h in ("attn_out", "mlp_out") for la in range(5)}, estimator="atp"
+            ),
+            "atp",
+        )
+    )["atp"]
     e1_cells = {(h, la, math.nan): noise() for h in ("resid_post", "attn_out", "mlp_out") for la in range(5)}
-    e1 = summarize_patching(tables(rows_of("patch_tuned_to_base", e1_cells), "patch_tuned_to_base",
-                                   extra_hooks=("attn_out", "mlp_out")))["patch_tuned_to_base"]
-    maps = [(entry["map"], entry["by_head"], 12), (win["map"], win["by_window"], 8),
-            (a["map"], [r for e in a["by_hook"].values() for r in e["per_layer"]], 10),
-            (e1["map"], e1["per_layer"], 5),
-            (e1["by_hook_map"], [r for rows in e1["by_hook"].values() for r in rows], 15)]
+    e1 = summarize_patching(
+        tables(rows_of("patch_tuned_to_base", e1_cells), "patch_tuned_to_base", extra_hooks=("attn_out", "mlp_out"))
+    )["patch_tuned_to_base"]
+    maps = [
+        (entry["map"], entry["by_head"], 12),
+        (win["map"], win["by_window"], 8),
+        (a["map"], [r for e in a["by_hook"].values() for r in e["per_layer"]], 10),
+        (e1["map"], e1["per_layer"], 5),
+        (e1["by_hook_map"], [r for rows in e1["by_hook"].values() for r in rows], 15),
+    ]
     for info, cells, m in maps:
         assert info["m"] == m == len(cells) and info["critical"] > 1.96 and f"m = {m}" in info["rule"]
         for c in cells:

@@ -9,20 +9,41 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alignment_probe.stats import (bootstrap_mean_ci, effect_matrix, heldout_peak, onset_layer, peak_layer,
-                                   peak_onset_with_ci, per_layer_summary, spearman_monotonicity, split_halves,
-                                   summarize_experiment)
+from alignment_probe.stats import (
+    bootstrap_mean_ci,
+    effect_matrix,
+    heldout_peak,
+    onset_layer,
+    peak_layer,
+    peak_onset_with_ci,
+    per_layer_summary,
+    spearman_monotonicity,
+    split_halves,
+    summarize_experiment,
+)
 
 
-def effects_frame(matrix: np.ndarray, layers=None, pair_ids=None, shuffle_seed: int | None = 0,
-                  **extra) -> pd.DataFrame:
+def effects_frame(
+    matrix: np.ndarray, layers=None, pair_ids=None, shuffle_seed: int | None = 0, **extra
+) -> pd.DataFrame:
     """A long effects-table slice (layer, pair_id, effect, + constant condition columns)."""
     n, L = matrix.shape
     layers = list(range(L)) if layers is None else list(layers)
     pair_ids = list(range(n)) if pair_ids is None else list(pair_ids)
-    rows = [{"experiment": "patch_tuned_to_base", "hook": "resid_post", "scope": "all", "param": math.nan,
-             "layer": layers[j], "pair_id": pair_ids[i], "effect": float(matrix[i, j])} | extra
-            for i in range(n) for j in range(L)]
+    rows = [
+        {
+            "experiment": "patch_tuned_to_base",
+            "hook": "resid_post",
+            "scope": "all",
+            "param": math.nan,
+            "layer": layers[j],
+            "pair_id": pair_ids[i],
+            "effect": float(matrix[i, j]),
+        }
+        | extra
+        for i in range(n)
+        for j in range(L)
+    ]
     frame = pd.DataFrame(rows)
     if shuffle_seed is not None:
         frame = frame.sample(frac=1.0, random_state=shuffle_seed).reset_index(drop=True)

@@ -18,8 +18,15 @@ from alignment_probe.report.verdicts import AGREES, DIFFERS, INCONCLUSIVE
 
 def _ctx(prompt_len: int, length: int, width: int, d: int = 4) -> SequenceContext:
     target = torch.arange(width * d, dtype=torch.float32).reshape(width, d)
-    return SequenceContext(pair_id=0, side="chosen", layer=0, target=target, source=torch.zeros(width, d),
-                           prompt_len=prompt_len, length=length)
+    return SequenceContext(
+        pair_id=0,
+        side="chosen",
+        layer=0,
+        target=target,
+        source=torch.zeros(width, d),
+        prompt_len=prompt_len,
+        length=length,
+    )
 
 
 def test_position_classes_by_hand():
@@ -55,8 +62,15 @@ def test_add_by_class_adds_each_class_vector_at_exactly_its_positions():
 def test_add_by_class_refuses_bad_shapes():
     with pytest.raises(ValueError, match="one vector per position class"):
         AddByClass(torch.zeros(2, 4))
-    per_head = SequenceContext(pair_id=0, side="chosen", layer=0, target=torch.zeros(5, 2, 4),
-                               source=torch.zeros(5, 2, 4), prompt_len=2, length=5)
+    per_head = SequenceContext(
+        pair_id=0,
+        side="chosen",
+        layer=0,
+        target=torch.zeros(5, 2, 4),
+        source=torch.zeros(5, 2, 4),
+        prompt_len=2,
+        length=5,
+    )
     with pytest.raises(ValueError, match="per-head hooks cannot be steered"):
         AddByClass(torch.zeros(3, 4))(per_head)
 
@@ -72,7 +86,11 @@ def test_random_draws_are_seeded_unit_directions_per_class():
     a = steering.random_units(16, seed=0, layer=3, draw=5)
     assert a.shape == (3, 16) and torch.allclose(a.norm(dim=-1), torch.ones(3, dtype=torch.float64))
     assert torch.equal(a, steering.random_units(16, seed=0, layer=3, draw=5))
-    for other in ({"seed": 1, "layer": 3, "draw": 5}, {"seed": 0, "layer": 4, "draw": 5}, {"seed": 0, "layer": 3, "draw": 6}):
+    for other in (
+        {"seed": 1, "layer": 3, "draw": 5},
+        {"seed": 0, "layer": 4, "draw": 5},
+        {"seed": 0, "layer": 3, "draw": 6},
+    ):
         assert not torch.equal(a, steering.random_units(16, **other))
 
 
@@ -93,52 +111,101 @@ def test_null_location():
 
 
 def _numbers(**over):
-    n = {"layer": 3, "scale": 1.0, "recovered_fraction": 0.4, "recovered_ci_low": 0.2, "recovered_ci_high": 0.6,
-         "recovered_defined": True, "effect": 2.0, "effect_ci_low": 1.0, "effect_ci_high": 3.0, "gain": 5.0,
-         "gain_ci_low": 3.0, "gain_ci_high": 7.0, "null_n": 100, "null_q95": 0.5, "null_percentile": 100.0,
-         "null_p": 1 / 101}
+    n = {
+        "layer": 3,
+        "scale": 1.0,
+        "recovered_fraction": 0.4,
+        "recovered_ci_low": 0.2,
+        "recovered_ci_high": 0.6,
+        "recovered_defined": True,
+        "effect": 2.0,
+        "effect_ci_low": 1.0,
+        "effect_ci_high": 3.0,
+        "gain": 5.0,
+        "gain_ci_low": 3.0,
+        "gain_ci_high": 7.0,
+        "null_n": 100,
+        "null_q95": 0.5,
+        "null_percentile": 100.0,
+        "null_p": 1 / 101,
+    }
     return n | over
 
 
-@pytest.mark.parametrize("over, outcome", [
-    ({}, AGREES),
-    # the fraction's CI touches 0: not "excludes 0"; the effect's CI reaches above the null: inconclusive
-    ({"recovered_ci_low": 0.0}, INCONCLUSIVE),
-    ({"recovered_ci_low": -0.1}, INCONCLUSIVE),
-    # the effect exactly at the null's 95th percentile does not exceed it; its CI reaches above: inconclusive
-    ({"effect": 0.5}, INCONCLUSIVE),
-    # the effect's whole CI at or below the null's 95th percentile: v is no better than random directions
-    ({"effect": 0.4, "effect_ci_low": 0.1, "effect_ci_high": 0.5}, DIFFERS),
-    ({"effect": 0.4, "effect_ci_low": 0.1, "effect_ci_high": 0.5000001}, INCONCLUSIVE),
-    # steering the wrong way
-    ({"recovered_fraction": -0.4, "recovered_ci_low": -0.6, "recovered_ci_high": -0.2, "effect": -2.0,
-      "effect_ci_low": -3.0, "effect_ci_high": -1.0}, DIFFERS),
-    # the gain's CI spans 0: the ratio is undefined
-    ({"recovered_defined": False, "recovered_fraction": math.nan, "recovered_ci_low": math.nan,
-      "recovered_ci_high": math.nan}, INCONCLUSIVE),
-    ({"null_n": 0, "null_q95": math.nan}, INCONCLUSIVE),
-    # a negative gain: the same rule in the gain's direction
-    ({"gain": -5.0, "effect": -2.0, "effect_ci_low": -3.0, "effect_ci_high": -1.0, "null_q95": -0.5}, AGREES),
-    ({"gain": -5.0, "effect": -0.4, "effect_ci_low": -0.5, "effect_ci_high": -0.1, "null_q95": -0.5}, DIFFERS),
-])
+@pytest.mark.parametrize(
+    "over, outcome",
+    [
+        ({}, AGREES),
+        # the fraction's CI touches 0: not "excludes 0"; the effect's CI reaches above the null: inconclusive
+        ({"recovered_ci_low": 0.0}, INCONCLUSIVE),
+        ({"recovered_ci_low": -0.1}, INCONCLUSIVE),
+        # the effect exactly at the null's 95th percentile does not exceed it; its CI reaches above: inconclusive
+        ({"effect": 0.5}, INCONCLUSIVE),
+        # the effect's whole CI at or below the null's 95th percentile: v is no better than random directions
+        ({"effect": 0.4, "effect_ci_low": 0.1, "effect_ci_high": 0.5}, DIFFERS),
+        ({"effect": 0.4, "effect_ci_low": 0.1, "effect_ci_high": 0.5000001}, INCONCLUSIVE),
+        # steering the wrong way
+        (
+            {
+                "recovered_fraction": -0.4,
+                "recovered_ci_low": -0.6,
+                "recovered_ci_high": -0.2,
+                "effect": -2.0,
+                "effect_ci_low": -3.0,
+                "effect_ci_high": -1.0,
+            },
+            DIFFERS,
+        ),
+        # the gain's CI spans 0: the ratio is undefined
+        (
+            {
+                "recovered_defined": False,
+                "recovered_fraction": math.nan,
+                "recovered_ci_low": math.nan,
+                "recovered_ci_high": math.nan,
+            },
+            INCONCLUSIVE,
+        ),
+        ({"null_n": 0, "null_q95": math.nan}, INCONCLUSIVE),
+        # a negative gain: the same rule in the gain's direction
+        ({"gain": -5.0, "effect": -2.0, "effect_ci_low": -3.0, "effect_ci_high": -1.0, "null_q95": -0.5}, AGREES),
+        ({"gain": -5.0, "effect": -0.4, "effect_ci_low": -0.5, "effect_ci_high": -0.1, "null_q95": -0.5}, DIFFERS),
+    ],
+)
 def test_steer_rule(over, outcome):
     assert steering.steer_outcome(_numbers(**over)) == outcome
 
 
-@pytest.mark.parametrize("over, outcome", [
-    ({}, AGREES),
-    ({"transfer_ci_low": -0.05}, INCONCLUSIVE),  # not significantly lower than held-out, but not clearly above 0
-    ({"difference_ci_high": -0.01}, DIFFERS),  # significantly below the held-out fraction
-    ({"difference_ci_high": 0.0}, AGREES),  # the boundary: reaching 0 is enough
-    ({"transfer_ci_low": -0.05, "difference_ci_high": -0.01}, DIFFERS),
-    ({"transfer_defined": False}, INCONCLUSIVE),
-    ({"heldout_defined": False, "difference_ci_low": math.nan, "difference_ci_high": math.nan}, INCONCLUSIVE),
-])
+@pytest.mark.parametrize(
+    "over, outcome",
+    [
+        ({}, AGREES),
+        ({"transfer_ci_low": -0.05}, INCONCLUSIVE),  # not significantly lower than held-out, but not clearly above 0
+        ({"difference_ci_high": -0.01}, DIFFERS),  # significantly below the held-out fraction
+        ({"difference_ci_high": 0.0}, AGREES),  # the boundary: reaching 0 is enough
+        ({"transfer_ci_low": -0.05, "difference_ci_high": -0.01}, DIFFERS),
+        ({"transfer_defined": False}, INCONCLUSIVE),
+        ({"heldout_defined": False, "difference_ci_low": math.nan, "difference_ci_high": math.nan}, INCONCLUSIVE),
+    ],
+)
 def test_transfer_rule(over, outcome):
-    n = {"layer": 1, "scale": 1.0, "n_pairs": 10, "transfer_fraction": 0.2, "transfer_ci_low": 0.1,
-         "transfer_ci_high": 0.4, "transfer_defined": True, "heldout_fraction": 0.3, "heldout_defined": True,
-         "difference": -0.1, "difference_ci_low": -0.4, "difference_ci_high": 0.2, "transfer_gain": 2.0,
-         "transfer_gain_ci_low": 1.0, "transfer_gain_ci_high": 3.0} | over
+    n = {
+        "layer": 1,
+        "scale": 1.0,
+        "n_pairs": 10,
+        "transfer_fraction": 0.2,
+        "transfer_ci_low": 0.1,
+        "transfer_ci_high": 0.4,
+        "transfer_defined": True,
+        "heldout_fraction": 0.3,
+        "heldout_defined": True,
+        "difference": -0.1,
+        "difference_ci_low": -0.4,
+        "difference_ci_high": 0.2,
+        "transfer_gain": 2.0,
+        "transfer_gain_ci_low": 1.0,
+        "transfer_gain_ci_high": 3.0,
+    } | over
     assert steering.transfer_outcome(n) == outcome
 
 
@@ -155,12 +222,18 @@ def test_ratio_difference_of_two_independent_pair_sets():
 
 
 def _entry(**over):
-    entry = {"layer": 3, "scale": 2.0, "layer_rule": "rule", "by_c": [
-        {"c": 1.0, "mean": 0.1, "ci_low": 0.0, "ci_high": 0.2, "n": 10},
-        {"c": 2.0, "mean": 2.0, "ci_low": 1.0, "ci_high": 3.0, "n": 10}],
+    entry = {
+        "layer": 3,
+        "scale": 2.0,
+        "layer_rule": "rule",
+        "by_c": [
+            {"c": 1.0, "mean": 0.1, "ci_low": 0.0, "ci_high": 0.2, "n": 10},
+            {"c": 2.0, "mean": 2.0, "ci_low": 1.0, "ci_high": 3.0, "n": 10},
+        ],
         "recovered_fraction": {"mean": 0.4, "ci_low": 0.2, "ci_high": 0.6, "defined": True, "text": "0.4 [0.2, 0.6]"},
         "gain": {"mean": 5.0, "ci_low": 3.0, "ci_high": 7.0, "n": 10},
-        "null": {"n": 100, "percentile": 100.0, "p": 1 / 101, "q95": 0.5}}
+        "null": {"n": 100, "percentile": 100.0, "p": 1 / 101, "q95": 0.5},
+    }
     return entry | over
 
 

@@ -22,9 +22,13 @@ N_LAYERS = 3
 
 
 def test_the_main_hook_and_scope_leave_the_extra_ones_and_repeats_merge_in_order():
-    cfg = SuiteConfig(experiments=("patch_tuned_to_base",), hook="mlp_out", scope="completion",
-                      extra_hooks=("resid_pre", "mlp_out", "attn_out", "resid_pre"),
-                      extra_scopes=("completion", "last_prompt", "prompt", "last_prompt"))
+    cfg = SuiteConfig(
+        experiments=("patch_tuned_to_base",),
+        hook="mlp_out",
+        scope="completion",
+        extra_hooks=("resid_pre", "mlp_out", "attn_out", "resid_pre"),
+        extra_scopes=("completion", "last_prompt", "prompt", "last_prompt"),
+    )
     assert cfg.extra_hooks == ("resid_pre", "attn_out")
     assert cfg.extra_scopes == ("last_prompt", "prompt")
     # the bug's own combination: the default extra hooks hold the main hook
@@ -34,9 +38,16 @@ def test_the_main_hook_and_scope_leave_the_extra_ones_and_repeats_merge_in_order
 
 
 def test_repeated_experiments_layers_and_numbers_are_merged_first_place_kept():
-    cfg = SuiteConfig(experiments=("identity", "alpha", "identity"), layers=(3, 1, 3, 1), alpha_layers=[2, 2, 0],
-                      lowrank_layers=(1, 1), alphas=(1.0, 0.5, 1.0), lowrank_ks=(4, 4, 1), steer_cs=(2.0, 2.0),
-                      window_widths=(2, 1, 2))
+    cfg = SuiteConfig(
+        experiments=("identity", "alpha", "identity"),
+        layers=(3, 1, 3, 1),
+        alpha_layers=[2, 2, 0],
+        lowrank_layers=(1, 1),
+        alphas=(1.0, 0.5, 1.0),
+        lowrank_ks=(4, 4, 1),
+        steer_cs=(2.0, 2.0),
+        window_widths=(2, 1, 2),
+    )
     assert cfg.experiments == ("identity", "alpha")
     assert cfg.layers == (3, 1) and cfg.alpha_layers == (2, 0) and cfg.lowrank_layers == (1,)
     assert cfg.alphas == (1.0, 0.5) and cfg.lowrank_ks == (4, 1) and cfg.steer_cs == (2.0,)
@@ -45,8 +56,12 @@ def test_repeated_experiments_layers_and_numbers_are_merged_first_place_kept():
 
 
 def test_name_lists_given_as_one_string_and_scopes_are_spelt_canonically():
-    cfg = SuiteConfig(experiments="identity, alpha,identity", extra_hooks="mlp_out", scope="first_completion:04",
-                      extra_scopes=("first_completion:4", "first_completion:2", "first_completion:002"))
+    cfg = SuiteConfig(
+        experiments="identity, alpha,identity",
+        extra_hooks="mlp_out",
+        scope="first_completion:04",
+        extra_scopes=("first_completion:4", "first_completion:2", "first_completion:002"),
+    )
     assert cfg.experiments == ("identity", "alpha") and cfg.extra_hooks == ("mlp_out",)
     assert cfg.scope == "first_completion:4" and cfg.extra_scopes == ("first_completion:2",)
 
@@ -70,14 +85,23 @@ def _keys(specs):
     return [(s.key.experiment, s.key.hook, s.key.scope, s.key.layer) for s in specs]
 
 
-@pytest.mark.parametrize("hook, extra_hooks, scope, extra_scopes", [
-    ("mlp_out", ("attn_out", "mlp_out"), "all", ()),  # issue 24's combination
-    ("resid_post", ("mlp_out", "mlp_out"), "all", ()),
-    ("resid_post", (), "completion", ("completion", "prompt", "prompt")),
-])
+@pytest.mark.parametrize(
+    "hook, extra_hooks, scope, extra_scopes",
+    [
+        ("mlp_out", ("attn_out", "mlp_out"), "all", ()),  # issue 24's combination
+        ("resid_post", ("mlp_out", "mlp_out"), "all", ()),
+        ("resid_post", (), "completion", ("completion", "prompt", "prompt")),
+    ],
+)
 def test_each_condition_is_planned_once(hook, extra_hooks, scope, extra_scopes):
-    cfg = SuiteConfig(experiments=("patch_tuned_to_base", "identity", "identity"), hook=hook, extra_hooks=extra_hooks,
-                      scope=scope, extra_scopes=extra_scopes, layers=(2, 0, 2))
+    cfg = SuiteConfig(
+        experiments=("patch_tuned_to_base", "identity", "identity"),
+        hook=hook,
+        extra_hooks=extra_hooks,
+        scope=scope,
+        extra_scopes=extra_scopes,
+        layers=(2, 0, 2),
+    )
     keys = _keys(per_layer_specs(cfg, N_LAYERS))
     hooks = list(dict.fromkeys((hook, *extra_hooks)))
     scopes = list(dict.fromkeys((scope, *extra_scopes)))
@@ -94,16 +118,21 @@ def test_the_summary_of_the_issue_24_run_reports_the_planted_means():
     rng = np.random.default_rng(0)
     noise = rng.normal(0, 0.1, (4,))
     planted = {"mlp_out": 10.0, "attn_out": 20.0}
-    rows = [make_row(s.key, pid, (0.0, 0.0), (planted[s.key.hook] + s.key.layer + noise[pid], 0.0))
-            for s in specs for pid in range(4)]
-    scores = pd.DataFrame({"pair_id": range(4), "gain": 1.0, "gain_per_token": 0.1, "base_delta_logp": 0.0,
-                           "tuned_delta_logp": 1.0})
+    rows = [
+        make_row(s.key, pid, (0.0, 0.0), (planted[s.key.hook] + s.key.layer + noise[pid], 0.0))
+        for s in specs
+        for pid in range(4)
+    ]
+    scores = pd.DataFrame(
+        {"pair_id": range(4), "gain": 1.0, "gain_per_token": 0.1, "base_delta_logp": 0.0, "tuned_delta_logp": 1.0}
+    )
     summary = summarize_tables(to_frame(rows), scores, {}, cfg, n_layers=N_LAYERS, d_model=8)
     e1 = summary["experiments"]["patch_tuned_to_base"]
     assert [r["mean"] for r in e1["per_layer"]] == pytest.approx([10.0 + layer + noise.mean() for layer in range(3)])
     assert set(e1["by_hook"]) == {"mlp_out", "attn_out"}
-    assert [r["mean"] for r in e1["by_hook"]["attn_out"]] == pytest.approx([20.0 + layer + noise.mean()
-                                                                            for layer in range(3)])
+    assert [r["mean"] for r in e1["by_hook"]["attn_out"]] == pytest.approx(
+        [20.0 + layer + noise.mean() for layer in range(3)]
+    )
 
 
 class _Recorder:
@@ -124,13 +153,21 @@ def test_sweep_runs_each_condition_once(monkeypatch):
     engine = _Recorder()
     monkeypatch.setattr(alignment_probe.engine, "make_engine", lambda name="fast", **kw: engine)
     twins = SimpleNamespace(n_layers=N_LAYERS, d_model=8)
-    ap.sweep(twins, [], experiments=["patch_tuned_to_base", "patch_tuned_to_base", "random_noise"],
-             hooks=["resid_post", "mlp_out", "resid_post"], extra_hooks=("mlp_out", "attn_out"), layers=[1, 1],
-             progress=False)
+    ap.sweep(
+        twins,
+        [],
+        experiments=["patch_tuned_to_base", "patch_tuned_to_base", "random_noise"],
+        hooks=["resid_post", "mlp_out", "resid_post"],
+        extra_hooks=("mlp_out", "attn_out"),
+        layers=[1, 1],
+        progress=False,
+    )
     keys = _keys(engine.specs)
     assert len(keys) == len(set(keys))
-    assert set(keys) == ({("patch_tuned_to_base", h, "all", 1) for h in ("resid_post", "mlp_out", "attn_out")}
-                         | {("random_noise", h, "all", 1) for h in ("resid_post", "mlp_out")})
+    assert set(keys) == (
+        {("patch_tuned_to_base", h, "all", 1) for h in ("resid_post", "mlp_out", "attn_out")}
+        | {("random_noise", h, "all", 1) for h in ("resid_post", "mlp_out")}
+    )
 
 
 def test_numpy_layer_numbers_become_ints_and_other_values_are_refused_naming_the_option():
@@ -160,8 +197,10 @@ def test_all_is_the_default_suite_also_beside_opt_in_names():
     assert SuiteConfig(experiments=("window_transplant",)).window_widths == (1, 2)  # named: both widths
 
 
-@pytest.mark.parametrize("option, field", [("--alpha-layers", "alpha_layers"), ("--lowrank-layers", "lowrank_layers"),
-                                           ("--layers", "layers")])
+@pytest.mark.parametrize(
+    "option, field",
+    [("--alpha-layers", "alpha_layers"), ("--lowrank-layers", "lowrank_layers"), ("--layers", "layers")],
+)
 def test_an_empty_layer_list_is_refused_naming_the_option(option, field):
     with pytest.raises(ConfigError, match=f"{option} is empty"):
         SuiteConfig(**{field: ()}).validate()

@@ -21,8 +21,9 @@ L = 16  # the paper's depth: mid-depth layers are 7, 8, 9 (|ℓ/15 − 8/15| ≤
 
 def rows(means, half=0.1, layers=None):
     layers = range(len(means)) if layers is None else layers
-    return [{"layer": int(la), "mean": m, "ci_low": m - half, "ci_high": m + half, "n": 40}
-            for la, m in zip(layers, means)]
+    return [
+        {"layer": int(la), "mean": m, "ci_low": m - half, "ci_high": m + half, "n": 40} for la, m in zip(layers, means)
+    ]
 
 
 def ramp(n=L):
@@ -44,19 +45,33 @@ def test_mid_depth_layers_follow_the_relative_depth_rule():
 
 
 def peak_summary(peak_set=None, n=L, **extra):
-    entry = {"per_layer": rows(ramp(n)), "peak_layer": n - 1, "peak_layer_ci": [n - 2, n - 1], "onset_layer": n // 2,
-             "onset_layer_ci": [n // 2 - 1, n // 2 + 1]} | extra
+    entry = {
+        "per_layer": rows(ramp(n)),
+        "peak_layer": n - 1,
+        "peak_layer_ci": [n - 2, n - 1],
+        "onset_layer": n // 2,
+        "onset_layer_ci": [n // 2 - 1, n // 2 + 1],
+    } | extra
     if peak_set is not None:
         entry |= {"peak_set": peak_set, "layers_swept": n}
     return {"n_layers": n, "experiments": {"patch_tuned_to_base": entry}}
 
 
-@pytest.mark.parametrize(("peak_set", "n", "verdict"), [
-    ([8], L, A), ([7, 8, 9], L, A),  # inside
-    ([0, 1], L, D), ([15], L, D),  # outside
-    ([8, 12], L, I), ([9, 10], L, I),  # straddles the band's edge
-    ([13], 31, A), ([12], 31, D), ([19], 31, A), ([20], 31, D),  # the band's exact ends
-])
+@pytest.mark.parametrize(
+    ("peak_set", "n", "verdict"),
+    [
+        ([8], L, A),
+        ([7, 8, 9], L, A),  # inside
+        ([0, 1], L, D),
+        ([15], L, D),  # outside
+        ([8, 12], L, I),
+        ([9, 10], L, I),  # straddles the band's edge
+        ([13], 31, A),
+        ([12], 31, D),
+        ([19], 31, A),
+        ([20], 31, D),  # the band's exact ends
+    ],
+)
 def test_peak_rule_reads_the_whole_peak_set(peak_set, n, verdict):
     f = V.finding_peak(peak_summary(peak_set, n))
     assert f.verdict == verdict
@@ -84,9 +99,18 @@ def test_peak_without_a_set_uses_the_argmax_ci_else_is_inconclusive():
 
 
 def test_peak_on_a_coarse_grid_says_how_many_layers_were_swept():
-    s = {"n_layers": L, "experiments": {"patch_tuned_to_base": {
-        "per_layer": rows([0.1, 0.5, 0.2], layers=[0, 8, 15]), "peak_layer": 8, "peak_layer_ci": [8, 8],
-        "peak_set": [8], "layers_swept": 3}}}
+    s = {
+        "n_layers": L,
+        "experiments": {
+            "patch_tuned_to_base": {
+                "per_layer": rows([0.1, 0.5, 0.2], layers=[0, 8, 15]),
+                "peak_layer": 8,
+                "peak_layer_ci": [8, 8],
+                "peak_set": [8],
+                "layers_swept": 3,
+            }
+        },
+    }
     f = V.finding_peak(s)
     assert f.verdict == A and "3 layers swept, of 16 in the model" in f.ours
 
@@ -106,18 +130,21 @@ def freqs(**at):
     return [at.get(f"l{i}", 0.0) for i in range(L)]
 
 
-@pytest.mark.parametrize(("nonzero", "freq", "verdict"), [
-    ([8], freqs(l8=0.99), A),
-    ([8], freqs(l8=0.95, l3=0.05, l12=0.05), A),  # the boundary: 95% and 5% belong to the inclusive side
-    ([8], freqs(l8=0.9499), I),  # just unstable
-    ([8], freqs(l8=0.99, l3=0.0501), I),  # another layer plausibly non-zero
-    ([8], freqs(l8=0.6, l9=0.4), I),  # the bootstrap cannot tell 8 from 9
-    ([2], freqs(l2=0.99), D),  # stably non-zero outside mid-depth
-    ([7, 8], freqs(l7=0.96, l8=0.97), D),  # stably two
-    ([], freqs(l4=0.05, l8=0.02), D),  # stably none
-    ([], freqs(l8=0.3), I),
-    ([8], None, I),  # no bootstrap: stability unknown
-])
+@pytest.mark.parametrize(
+    ("nonzero", "freq", "verdict"),
+    [
+        ([8], freqs(l8=0.99), A),
+        ([8], freqs(l8=0.95, l3=0.05, l12=0.05), A),  # the boundary: 95% and 5% belong to the inclusive side
+        ([8], freqs(l8=0.9499), I),  # just unstable
+        ([8], freqs(l8=0.99, l3=0.0501), I),  # another layer plausibly non-zero
+        ([8], freqs(l8=0.6, l9=0.4), I),  # the bootstrap cannot tell 8 from 9
+        ([2], freqs(l2=0.99), D),  # stably non-zero outside mid-depth
+        ([7, 8], freqs(l7=0.96, l8=0.97), D),  # stably two
+        ([], freqs(l4=0.05, l8=0.02), D),  # stably none
+        ([], freqs(l8=0.3), I),
+        ([8], None, I),  # no bootstrap: stability unknown
+    ],
+)
 def test_lasso_rule(nonzero, freq, verdict):
     f = V.finding_lasso(lasso_summary(nonzero, freq))
     assert f.verdict == verdict
@@ -138,18 +165,35 @@ def test_lasso_nonzero_layers_derived_from_coefficients():
 
 
 def lowrank_summary(held_ci=(0.92, 1.05), held=0.98, ratio=0.99, ci=(0.95, 1.03), *, with_held_ci=True, k=4):
-    row = {"layer": 8, "k": k, "effect_ratio": ratio, "effect_ratio_ci": list(ci), "variance_explained": 0.15,
-           "heldout_effect_ratio": held, "effect_mean": 0.5, "full_effect_mean": 0.51}
+    row = {
+        "layer": 8,
+        "k": k,
+        "effect_ratio": ratio,
+        "effect_ratio_ci": list(ci),
+        "variance_explained": 0.15,
+        "heldout_effect_ratio": held,
+        "effect_mean": 0.5,
+        "full_effect_mean": 0.51,
+    }
     if with_held_ci:
         row["heldout_effect_ratio_ci"] = list(held_ci)
     return {"n_layers": L, "experiments": {"lowrank_reconstruct": {"layers": [8], "by_k": [row]}}}
 
 
-@pytest.mark.parametrize(("held_ci", "verdict"), [
-    ((0.92, 1.05), A), ((0.90, 1.10), A),  # inside; exactly the band
-    ((0.2, 0.5), D), ((1.2, 1.4), D), ((0.5, 0.8999), D),  # disjoint
-    ((0.89, 1.0), I), ((1.05, 1.3), I), ((0.5, 0.90), I), ((1.10, 1.3), I),  # overlapping; touching an end
-])
+@pytest.mark.parametrize(
+    ("held_ci", "verdict"),
+    [
+        ((0.92, 1.05), A),
+        ((0.90, 1.10), A),  # inside; exactly the band
+        ((0.2, 0.5), D),
+        ((1.2, 1.4), D),
+        ((0.5, 0.8999), D),  # disjoint
+        ((0.89, 1.0), I),
+        ((1.05, 1.3), I),
+        ((0.5, 0.90), I),
+        ((1.10, 1.3), I),  # overlapping; touching an end
+    ],
+)
 def test_lowrank_rule_reads_the_heldout_ci_against_the_band(held_ci, verdict):
     f = V.finding_lowrank(lowrank_summary(held_ci))
     assert f.verdict == verdict
@@ -217,14 +261,18 @@ def ci_rows(*cis):
 M = 0.25 * 0.78  # the margin: 0.195 nats
 
 
-@pytest.mark.parametrize(("cis", "verdict"), [
-    ([(-0.1, 0.1), (-0.05, 0.12)], A),
-    ([(-M, M), (0.0, M)], A),  # exactly the margin
-    ([(-0.1, 0.1), (-1.33, -0.24)], D),  # the findings page's mirror image: −0.78 [−1.33, −0.24] against +0.78
-    ([(0.2, 0.5)], D),
-    ([(-0.3, 0.1)], I),  # crosses −M
-    ([(M, 0.5)], I), ([(-0.5, -M)], I),  # touches the margin from outside: not wholly outside
-])
+@pytest.mark.parametrize(
+    ("cis", "verdict"),
+    [
+        ([(-0.1, 0.1), (-0.05, 0.12)], A),
+        ([(-M, M), (0.0, M)], A),  # exactly the margin
+        ([(-0.1, 0.1), (-1.33, -0.24)], D),  # the findings page's mirror image: −0.78 [−1.33, −0.24] against +0.78
+        ([(0.2, 0.5)], D),
+        ([(-0.3, 0.1)], I),  # crosses −M
+        ([(M, 0.5)], I),
+        ([(-0.5, -M)], I),  # touches the margin from outside: not wholly outside
+    ],
+)
 def test_reverse_rule_compares_every_layer_ci_with_the_margin(cis, verdict):
     f = V.finding_reverse(reverse_summary(ci_rows(*cis)))
     assert f.verdict == verdict
@@ -232,8 +280,10 @@ def test_reverse_rule_compares_every_layer_ci_with_the_margin(cis, verdict):
 
 
 def test_reverse_symmetric_to_the_forward_effect_differs():
-    mirror = [{"layer": i, "mean": -r["mean"], "ci_low": -r["ci_high"], "ci_high": -r["ci_low"]}
-              for i, r in enumerate(rows([0.78 * i / (L - 1) for i in range(L)], half=0.3))]
+    mirror = [
+        {"layer": i, "mean": -r["mean"], "ci_low": -r["ci_high"], "ci_high": -r["ci_low"]}
+        for i, r in enumerate(rows([0.78 * i / (L - 1) for i in range(L)], half=0.3))
+    ]
     f = V.finding_reverse(reverse_summary(mirror))
     assert f.verdict == D and f.numbers["ratio_to_scale"] == pytest.approx(1.0)
     assert f.numbers["layers_outside"] == [i for i, r in enumerate(mirror) if r["ci_high"] < -M]
@@ -252,22 +302,35 @@ def test_reverse_falls_back_to_the_gain_and_prints_bounds():
 
 
 def windows_summary(peak_set=(8,), confirm=(1.6, 1.2, 2.0), gain=(2.0, 1.8, 2.2)):
-    entry = {"per_layer": rows([0.1] * L), "peak_layer": 8, "peak_set": list(peak_set), "layers_swept": L,
-             "selection": {"explore_pair_ids": list(range(20)), "confirm_pair_ids": list(range(20, 40)), "chosen": 8,
-                           "confirm": dict(zip(("mean", "ci_low", "ci_high"), confirm), n=20), "in_sample": None},
-             "gain": dict(zip(("mean", "ci_low", "ci_high"), gain), n=40)}
+    entry = {
+        "per_layer": rows([0.1] * L),
+        "peak_layer": 8,
+        "peak_set": list(peak_set),
+        "layers_swept": L,
+        "selection": {
+            "explore_pair_ids": list(range(20)),
+            "confirm_pair_ids": list(range(20, 40)),
+            "chosen": 8,
+            "confirm": dict(zip(("mean", "ci_low", "ci_high"), confirm), n=20),
+            "in_sample": None,
+        },
+        "gain": dict(zip(("mean", "ci_low", "ci_high"), gain), n=40),
+    }
     return {"n_layers": L, "experiments": {windows.TRANSPLANT: entry}}
 
 
-@pytest.mark.parametrize(("peak_set", "confirm", "verdict"), [
-    ((8,), (1.6, 1.2, 2.0), A),
-    ((8,), (1.5, 1.1, 2.0), A),  # CI low exactly half the gain's CI high (0.5 × 2.2)
-    ((8,), (1.5, 1.0999, 2.0), I),
-    ((8, 12), (1.6, 1.2, 2.0), I),  # the peak set straddles mid-depth
-    ((2,), (1.6, 1.2, 2.0), D),  # carried, but not mid-depth
-    ((8,), (0.5, 0.2, 0.8), D),  # mid-depth, but less than half the gain (0.8 < 0.5 × 1.8)
-    ((8,), (0.6, 0.2, 0.9), I),  # CI high exactly half the gain's CI low: not below it
-])
+@pytest.mark.parametrize(
+    ("peak_set", "confirm", "verdict"),
+    [
+        ((8,), (1.6, 1.2, 2.0), A),
+        ((8,), (1.5, 1.1, 2.0), A),  # CI low exactly half the gain's CI high (0.5 × 2.2)
+        ((8,), (1.5, 1.0999, 2.0), I),
+        ((8, 12), (1.6, 1.2, 2.0), I),  # the peak set straddles mid-depth
+        ((2,), (1.6, 1.2, 2.0), D),  # carried, but not mid-depth
+        ((8,), (0.5, 0.2, 0.8), D),  # mid-depth, but less than half the gain (0.8 < 0.5 × 1.8)
+        ((8,), (0.6, 0.2, 0.9), I),  # CI high exactly half the gain's CI low: not below it
+    ],
+)
 def test_windows_rule(peak_set, confirm, verdict):
     f = windows.verdict(windows_summary(peak_set, confirm))
     assert f.verdict == verdict
@@ -279,8 +342,13 @@ def test_windows_reads_the_older_heldout_record():
     s = windows_summary()
     entry = s["experiments"][windows.TRANSPLANT]
     del entry["selection"]
-    entry["heldout"] = {"chosen_layer": 8, "fit_pairs": [0, 1], "heldout_pairs": [2, 3], "heldout_mean": 1.6,
-                        "heldout_ci": [1.2, 2.0]}
+    entry["heldout"] = {
+        "chosen_layer": 8,
+        "fit_pairs": [0, 1],
+        "heldout_pairs": [2, 3],
+        "heldout_mean": 1.6,
+        "heldout_ci": [1.2, 2.0],
+    }
     f = windows.verdict(s)
     assert f.verdict == A and f.numbers["confirm_pairs"] == 2
     assert windows.verdict({"experiments": {}}) is None
@@ -290,17 +358,22 @@ def test_windows_reads_the_older_heldout_record():
 
 
 def cross_summary(*cis, gain=2.0):
-    splits = [{"split": i + 1, "interaction": (lo + hi) / 2, "interaction_ci": [lo, hi]} for i, (lo, hi) in enumerate(cis)]
+    splits = [
+        {"split": i + 1, "interaction": (lo + hi) / 2, "interaction_ci": [lo, hi]} for i, (lo, hi) in enumerate(cis)
+    ]
     return {"n_layers": L, "gain_mean": gain, "experiments": {cross.NAME: {"by_split": splits}}}
 
 
-@pytest.mark.parametrize(("cis", "verdict"), [
-    ([(0.1, 0.9), (-0.1, 0.1)], A),  # some split's interaction is positive
-    ([(0.0, 0.15), (-0.1, 0.1)], D),  # CI low exactly 0 is not positive; every CI high below 0.1 × 2.0
-    ([(-0.1, 0.1999)], D),
-    ([(-0.1, 0.2)], I),  # CI high exactly the margin: not bounded below it
-    ([(-0.1, 0.9)], I),
-])
+@pytest.mark.parametrize(
+    ("cis", "verdict"),
+    [
+        ([(0.1, 0.9), (-0.1, 0.1)], A),  # some split's interaction is positive
+        ([(0.0, 0.15), (-0.1, 0.1)], D),  # CI low exactly 0 is not positive; every CI high below 0.1 × 2.0
+        ([(-0.1, 0.1999)], D),
+        ([(-0.1, 0.2)], I),  # CI high exactly the margin: not bounded below it
+        ([(-0.1, 0.9)], I),
+    ],
+)
 def test_cross_rule_never_reads_a_ci_holding_zero_as_zero(cis, verdict):
     f = cross.verdict(cross_summary(*cis))
     assert f.verdict == verdict and f.numbers["margin_nats"] == pytest.approx(0.2)
@@ -319,8 +392,17 @@ def test_cross_without_a_gain_cannot_bound():
 
 
 def token_summary(share, ci, **cell_extra):
-    cell = {"hook": "blocks", "layer": 0, "width": L, "first": token_map.EARLY, "mean": 0.45, "ci_low": 0.1,
-            "ci_high": 0.8, "share": share, "share_ci": list(ci)} | cell_extra
+    cell = {
+        "hook": "blocks",
+        "layer": 0,
+        "width": L,
+        "first": token_map.EARLY,
+        "mean": 0.45,
+        "ci_low": 0.1,
+        "ci_high": 0.8,
+        "share": share,
+        "share_ci": list(ci),
+    } | cell_extra
     total = {"hook": "blocks", "layer": 0, "width": L, "mean": 0.78, "ci_low": 0.24, "ci_high": 1.33}
     return {"n_layers": L, "experiments": {token_map.NAME: {"by_bin": [cell], "conditions": [total]}}}
 
@@ -335,12 +417,16 @@ def test_token_share_is_the_first_tokens_share_of_all_tokens():
     assert math.isnan(token_map.token_share(None, 8))
 
 
-@pytest.mark.parametrize(("share", "ci", "verdict"), [
-    (0.6, (0.3, 0.9), A),  # above the null 0.25
-    (0.15, (0.1, 0.2), D),  # below it
-    (0.59, (0.19, 1.62), I),  # the findings page's case: the CI holds the null
-    (0.5, (0.25, 0.9), I), (0.2, (0.1, 0.25), I),  # CI ends exactly at the null
-])
+@pytest.mark.parametrize(
+    ("share", "ci", "verdict"),
+    [
+        (0.6, (0.3, 0.9), A),  # above the null 0.25
+        (0.15, (0.1, 0.2), D),  # below it
+        (0.59, (0.19, 1.62), I),  # the findings page's case: the CI holds the null
+        (0.5, (0.25, 0.9), I),
+        (0.2, (0.1, 0.25), I),  # CI ends exactly at the null
+    ],
+)
 def test_token_rule_compares_the_share_with_the_null_share(share, ci, verdict):
     f = token_map.verdict(token_summary(share, ci), scores=lengths([32] * 4, [32] * 4))
     assert f.verdict == verdict and f.numbers["null_share"] == pytest.approx(0.25)
@@ -359,8 +445,13 @@ def test_token_rule_undefined_share_or_unknown_null_is_inconclusive():
 
 def paper_like_summary():
     s = summary_with(
-        patch_tuned_to_base={"per_layer": rows([2.0 * math.exp(-((i - 8) ** 2)) for i in range(L)]), "peak_layer": 8,
-                             "peak_layer_ci": [8, 8], "peak_set": [8], "layers_swept": L},
+        patch_tuned_to_base={
+            "per_layer": rows([2.0 * math.exp(-((i - 8) ** 2)) for i in range(L)]),
+            "peak_layer": 8,
+            "peak_layer_ci": [8, 8],
+            "peak_set": [8],
+            "layers_swept": L,
+        },
         patch_base_to_tuned={"per_layer": rows([0.0] * L, half=0.05)},
     )
     s["experiments"] |= lasso_summary([8], freqs(l8=1.0))["experiments"]
@@ -381,7 +472,12 @@ def test_summary_verdicts_hold_the_judged_claims_and_list_the_rest():
     assert json.loads(json.dumps(out)) == out  # JSON as it stands (no NaN here)
     bare = V.summary_verdicts({"experiments": {}})
     assert bare["verdicts"] == [] and {r["key"] for r in bare["verdicts_not_run"]} == {
-        "peak", "lasso", "lowrank:reconstruct", "identity", "reverse"}
+        "peak",
+        "lasso",
+        "lowrank:reconstruct",
+        "identity",
+        "reverse",
+    }
 
 
 def test_by_construction_is_shown_as_not_evidence():
@@ -408,5 +504,6 @@ def test_formatting_prints_bounds_and_undefined_ratios():
     assert fmt_effect(0.0, 0.0, 0.0).startswith("0 nats in every resample")  # exact, not "|effect| < 0"
     assert fmt_ratio(0.986, 0.95, 1.02) == "0.986 [0.95, 1.02]"
     assert fmt_ratio(math.nan, math.nan, math.nan, numerator=(0.12, 0.01, 0.2), denominator=(0.01, -0.1, 0.2)) == (
-        "undefined (denominator CI spans 0): numerator +0.12 [+0.01, +0.2] nats, denominator +0.01 [-0.1, +0.2] nats")
+        "undefined (denominator CI spans 0): numerator +0.12 [+0.01, +0.2] nats, denominator +0.01 [-0.1, +0.2] nats"
+    )
     assert fmt_layers([3, 4, 5, 9, 11, 12]) == "3–5, 9, 11–12" and fmt_layers([]) == "none"

@@ -11,18 +11,27 @@ import torch
 from alignment_probe import vocab
 from alignment_probe.effects import RowKey
 from alignment_probe.errors import ConfigError
-from alignment_probe.interventions import (AddVector, Interpolate, Project, Replace, SequenceContext, apply_in_scope,
-                                           scope_mask)
+from alignment_probe.interventions import (
+    AddVector,
+    Interpolate,
+    Project,
+    Replace,
+    SequenceContext,
+    apply_in_scope,
+    scope_mask,
+)
 from alignment_probe.vocab import VocabularyError
 
-GOOD = dict(experiment="identity", target="base", source="tuned", hook="resid_post", scope="all", sides="both",
-            layer=0)
+GOOD = dict(experiment="identity", target="base", source="tuned", hook="resid_post", scope="all", sides="both", layer=0)
 
 
 def test_tuples_are_derived_from_the_literal_types():
     assert vocab.HOOKS == get_args(vocab.Hook) == ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
-    assert vocab.SCOPES == get_args(vocab.Scope) == ("all", "prompt", "completion", "last_prompt", "all_but_bos",
-                                                                 "predicting")
+    assert (
+        vocab.SCOPES
+        == get_args(vocab.Scope)
+        == ("all", "prompt", "completion", "last_prompt", "all_but_bos", "predicting")
+    )
     assert vocab.SIDES == ("chosen", "rejected") and vocab.PATCHED_SIDES == ("both", "chosen", "rejected")
     assert vocab.ROLES == ("base", "tuned")
     assert vocab.LOWRANK_MODES == {"lowrank_reconstruct": "reconstruct", "lowrank_difference": "difference"}
@@ -48,16 +57,35 @@ def test_check_names_the_bad_value_and_the_allowed_ones():
     assert vocab.check("tuned", vocab.ROLES, "role") == "tuned"
 
 
-@pytest.mark.parametrize("scope, parsed", [("all", ("all", None)), ("last_prompt", ("last_prompt", None)),
-                                           ("first_completion:1", ("first_completion", 1)),
-                                           ("first_completion:16", ("first_completion", 16))])
+@pytest.mark.parametrize(
+    "scope, parsed",
+    [
+        ("all", ("all", None)),
+        ("last_prompt", ("last_prompt", None)),
+        ("first_completion:1", ("first_completion", 1)),
+        ("first_completion:16", ("first_completion", 16)),
+    ],
+)
 def test_parse_scope(scope, parsed):
     assert vocab.parse_scope(scope) == parsed and vocab.check_scope(scope) == scope
 
 
-@pytest.mark.parametrize("scope", ["compleiton", "first_completion", "first_completion:", "first_completion:0",
-                                   "first_completion:-2", "first_completion:x", "first_completion:2.5",
-                                   "completion:3", "", None, 3])
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "compleiton",
+        "first_completion",
+        "first_completion:",
+        "first_completion:0",
+        "first_completion:-2",
+        "first_completion:x",
+        "first_completion:2.5",
+        "completion:3",
+        "",
+        None,
+        3,
+    ],
+)
 def test_bad_scopes_are_rejected_with_the_allowed_list(scope):
     with pytest.raises(VocabularyError, match="scope") as err:
         vocab.check_scope(scope)
@@ -70,13 +98,17 @@ def test_row_key_accepts_the_vocabularies():
     RowKey(**GOOD | {"scope": "first_completion:4", "sides": "rejected", "hook": "mlp_out"})
 
 
-@pytest.mark.parametrize("field, bad, allowed", [
-    ("target", "bsae", "base, tuned"), ("source", "tunned", "base, tuned"),
-    ("hook", "resid", "resid_pre, resid_mid, resid_post, attn_out, mlp_out"),
-    ("hook", "hook_resid_post", "resid_post"),
-    ("scope", "completions", "all, prompt, completion, last_prompt, all_but_bos, predicting, first_completion:K"),
-    ("sides", "chosen_only", "both, chosen, rejected"),
-])
+@pytest.mark.parametrize(
+    "field, bad, allowed",
+    [
+        ("target", "bsae", "base, tuned"),
+        ("source", "tunned", "base, tuned"),
+        ("hook", "resid", "resid_pre, resid_mid, resid_post, attn_out, mlp_out"),
+        ("hook", "hook_resid_post", "resid_post"),
+        ("scope", "completions", "all, prompt, completion, last_prompt, all_but_bos, predicting, first_completion:K"),
+        ("sides", "chosen_only", "both, chosen, rejected"),
+    ],
+)
 def test_row_key_typo_fails_at_construction(field, bad, allowed):
     with pytest.raises(VocabularyError) as err:
         RowKey(**GOOD | {field: bad})
