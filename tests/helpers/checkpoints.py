@@ -99,3 +99,33 @@ def planted_mlp_checkpoints(
         model = perturbed_copy(model, seed=seed, scale=scale, only=f"layers.{block}.mlp")
         out.append(save_checkpoint(model, tok, Path(root) / name))
     return out
+
+
+def gpt2_bias_twin(
+    tokenizer: Any, *, block: int = 2, scale: float = 1.0, n_positions: int = 128, seed: int = 6
+) -> tuple[Any, Any]:
+    """A 3-block GPT-2 base and a twin that differs only by a vector u (seeded; times ``scale``) added to block
+    ``block``'s MLP output bias: h_T − h_B = u at every position of that block's ``resid_post`` (E11's and E12's
+    steering known answer when ``block`` is the last)."""
+    import copy
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_embd=32,
+        n_layer=3,
+        n_head=4,
+        n_positions=n_positions,
+        initializer_range=0.2,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    base = GPT2LMHeadModel(config).eval()
+    twin = copy.deepcopy(base)
+    with torch.no_grad():
+        u = torch.randn(config.n_embd, generator=torch.Generator().manual_seed(seed))
+        twin.transformer.h[block].mlp.c_proj.bias.add_(scale * u)
+    return base, twin

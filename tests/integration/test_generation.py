@@ -159,34 +159,14 @@ def test_steer_on_a_bias_twin_decodes_the_twin(tmp_path):
     position of that block's resid_post, so E11's per-class shift there is u in every class, and the base steered
     with a = 1 at the predicting positions (the last prompt token and every generated one) has the twin's
     next-token distributions: it decodes exactly the twin's tokens (nothing after the last block mixes positions)."""
-    import copy
-
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from alignment_probe.data import load_pairs
     from alignment_probe.experiments.steering import fit_steer_shifts
     from alignment_probe.pair import load_twins
-    from tests.helpers.checkpoints import save_checkpoint, train_tokenizer
+    from tests.helpers.checkpoints import gpt2_bias_twin, save_checkpoint, train_tokenizer
 
     pairs, _ = load_pairs(BUNDLED_PAIRS)
     tok = train_tokenizer([p.prompt + p.chosen for p in pairs] + [p.rejected for p in pairs], vocab_size=320)
-    torch.manual_seed(0)
-    base = GPT2LMHeadModel(
-        GPT2Config(
-            n_embd=32,
-            n_layer=3,
-            n_head=4,
-            n_positions=160,
-            initializer_range=0.2,
-            vocab_size=len(tok),
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-    ).eval()
-    twin = copy.deepcopy(base)
-    with torch.no_grad():
-        twin.transformer.h[2].mlp.c_proj.bias.add_(2.0 * torch.randn(32, generator=torch.Generator().manual_seed(6)))
+    base, twin = gpt2_bias_twin(tok, block=2, scale=2.0, n_positions=160)
     twins = load_twins(save_checkpoint(base, tok, tmp_path / "base"), save_checkpoint(twin, tok, tmp_path / "twin"))
     drawn = api.load_pairs(BUNDLED_PAIRS, n=6, seed=0, tokenizer=twins.tokenizer, max_length=96)
     prompts, fit = list(drawn[:2]), list(drawn[2:])

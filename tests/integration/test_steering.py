@@ -501,30 +501,13 @@ def test_a_bias_twin_is_steered_exactly(tmp_path):
     the gain on every held-out pair (recovered fraction 1), −v_ℓ on the twin loses all of it, the KL to the twin is
     closed, and a = 2 is not the twin. (Where v falls in the null is not part of the known answer: in 32
     dimensions right before the unembedding, random directions of ‖u‖ move Δ a lot, either way.) (GPT-2: its MLPs have an output bias.)"""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from tests.helpers.checkpoints import save_checkpoint, train_tokenizer
+    from tests.helpers.checkpoints import gpt2_bias_twin, save_checkpoint, train_tokenizer
 
     pairs, _ = load_pairs(BUNDLED_PAIRS)
     tok = train_tokenizer([p.prompt + p.chosen for p in pairs] + [p.rejected for p in pairs], vocab_size=320)
-    torch.manual_seed(0)
-    base = GPT2LMHeadModel(
-        GPT2Config(
-            n_embd=32,
-            n_layer=3,
-            n_head=4,
-            n_positions=128,
-            initializer_range=0.2,
-            vocab_size=len(tok),
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-    ).eval()
-    twin, layer = copy.deepcopy(base), 2
-    with torch.no_grad():
-        # (a u whose gain has the same sign on every held-out pair, so the ratio is defined: statistics.md)
-        twin.transformer.h[layer].mlp.c_proj.bias.add_(torch.randn(32, generator=torch.Generator().manual_seed(6)))
+    # (a u whose gain has the same sign on every held-out pair, so the ratio is defined: statistics.md)
+    layer = 2
+    base, twin = gpt2_bias_twin(tok, block=layer)
     dirs = {k: save_checkpoint(m, tok, tmp_path / k) for k, m in (("base", base), ("tuned", twin))}
     run = ap.run_suite(
         tmp_path / "run",
