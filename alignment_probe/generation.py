@@ -125,19 +125,21 @@ class _Picker:
 
 def _steer_hook(vectors: Mapping[str, torch.Tensor], scale: float, prompt_len: int) -> Callable[..., torch.Tensor]:
     """Adds scale·v_c at the class-c predicting positions of the sequence seen so far (LP: the last prompt token,
-    F: the first K generated predictors after it, R: the rest); BOS and earlier prompt positions get nothing."""
+    F: the first K generated predictors after it, R: the rest); BOS and earlier prompt positions get nothing. The
+    classes are E11's own (:func:`alignment_probe.interventions.predicting_classes`): while decoding, every position
+    seen so far predicts a token, so the sequence is taken one longer than what has been seen."""
+    from alignment_probe.interventions import predicting_classes
+
+    rows = torch.stack([vectors[c] for c in ("LP", "F", "R")])  # class ids 0, 1, 2 (interventions.POSITION_CLASSES)
     seen = [0]
 
     def hook(act: torch.Tensor, hook: Any) -> torch.Tensor:
         start, n = seen[0], act.shape[1]
         seen[0] += n
+        cls = predicting_classes(prompt_len, start + n + 1, STEER_FIRST_K, start + n)[start:].to(act.device)
+        at = cls >= 0
         out = act.clone()
-        for i in range(n):
-            pos = start + i
-            if pos < prompt_len - 1:
-                continue
-            c = "LP" if pos == prompt_len - 1 else ("F" if pos - prompt_len < STEER_FIRST_K else "R")
-            out[0, i] += scale * vectors[c].to(act.device, act.dtype)
+        out[0, at] += scale * rows.to(act.device, act.dtype)[cls[at]]
         return out
 
     return hook
