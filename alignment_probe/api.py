@@ -93,8 +93,7 @@ def load_pairs(
     completion; prompts longer than ``max_length`` lose tokens from the left). ``data=None``: the bundled
     held-out pairs. ``chat_template``: ``"none"`` (raw text), ``"auto"`` (the tokenizer's chat template) or a
     template file: each dialogue rendered in it, only the assistant reply's tokens scored (chat.py)."""
-    from alignment_probe.data import load_pairs as read_pairs
-    from alignment_probe.tokens import check_sampling_options, sample_and_tokenize
+    from alignment_probe.prepare import InputSpec, prepare_pairs, read_inputs
 
     if tokenizer is None:
         raise ConfigError("load_pairs needs the twins' tokenizer: pass tokenizer=twins.tokenizer.")
@@ -102,15 +101,18 @@ def load_pairs(
         from alignment_probe.organisms import bundled_pairs_path
 
         data = bundled_pairs_path()
-    pairs, report = read_pairs(data, data_dir=data_dir, split=split)
-    check_sampling_options(n, max_length, len(pairs), str(data), report)
-    from alignment_probe.chat import resolve_chat_template
-
-    chat = resolve_chat_template(chat_template, tokenizer)
-    out = TokenizedPairs(
-        sample_and_tokenize(pairs, tokenizer, n_pairs=n, seed=seed, max_length=max_length, report=report, chat=chat)
+    spec = InputSpec(
+        data=str(data),
+        data_dir=data_dir,
+        split=split,
+        n_pairs=n,
+        max_length=max_length,
+        seed=seed,
+        chat_template=chat_template,
     )
-    out.report = report
+    read = read_inputs(spec)
+    out = TokenizedPairs(prepare_pairs(read, tokenizer).pairs)
+    out.report = read.report
     return out
 
 

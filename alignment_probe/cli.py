@@ -221,22 +221,25 @@ def resolve_defaults(args: argparse.Namespace) -> None:
         args.data = args.data or str(bundled_pairs_path())
 
 
-def cmd_score(args: argparse.Namespace) -> int:
-    from alignment_probe.chat import describe as describe_chat
-    from alignment_probe.chat import resolve_chat_template
-    from alignment_probe.data import load_pairs
-    from alignment_probe.manifest import build_manifest, file_fingerprint, write_json_atomic
-    from alignment_probe.numerics import check_scores
-    from alignment_probe.pair import load_twins, open_checkpoints
-    from alignment_probe.scoring import score_pairs, summarize_scores
-    from alignment_probe.tables import check_table_path, write_table
-    from alignment_probe.tokens import (
-        cap_to_context,
-        check_sampling_options,
-        describe_truncation,
-        sample_and_tokenize,
-        truncation_stats,
+def _input_spec(args: argparse.Namespace, n_pairs: int | None = None) -> Any:
+    """The options that choose the command's pairs, for the input pipeline (prepare.py)."""
+    from alignment_probe.prepare import InputSpec
+
+    return InputSpec(
+        data=args.data,
+        data_dir=args.data_dir,
+        split=args.split,
+        pair_ids=getattr(args, "pair_ids", None),
+        n_pairs=args.n_pairs if n_pairs is None else n_pairs,
+        max_length=args.max_length,
+        seed=args.seed,
+        chat_template=args.chat_template,
     )
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from alignment_probe.prepare import read_inputs
+    from alignment_probe.tables import check_table_path
 
     resolve_defaults(args)
     out = check_table_path(args.out)
@@ -244,46 +247,33 @@ def cmd_score(args: argparse.Namespace) -> int:
         from alignment_probe.errors import ConfigError
 
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    # Read and validate the data and the checkpoints' files before loading any model: bad input fails in a second.
-    pairs, report = load_pairs(args.data, data_dir=args.data_dir, split=args.split)
-    check_sampling_options(args.n_pairs, args.max_length, len(pairs), args.data, report)
+    # Read and validate the data before importing torch or loading any model: bad input fails in a second.
+    read = read_inputs(_input_spec(args))
+
+    from alignment_probe.manifest import build_manifest, write_json_atomic
+    from alignment_probe.numerics import check_scores
+    from alignment_probe.pair import load_twins, open_checkpoints
+    from alignment_probe.prepare import prepare_pairs
+    from alignment_probe.scoring import score_pairs, summarize_scores
+    from alignment_probe.tables import write_table
+
     checkpoints = open_checkpoints(args.base, args.tuned)  # tokenizers and context first: tokenise before any weights
-    chat = resolve_chat_template(args.chat_template, checkpoints.tokenizer, checkpoints.tuned_tokenizer)
-    max_length, note = cap_to_context(args.max_length, checkpoints.n_ctx)
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    tokenized = sample_and_tokenize(
-        pairs,
+    prepared = prepare_pairs(
+        read,
         checkpoints.tokenizer,
-        n_pairs=args.n_pairs,
-        seed=args.seed,
-        max_length=max_length,
-        report=report,
-        chat=chat,
+        tuned_tokenizer=checkpoints.tuned_tokenizer,
+        n_ctx=checkpoints.n_ctx,
+        log=lambda s: print(s, file=sys.stderr),
+        verb="scoring",
     )
-    print(f"data: {report.summary()}; scoring {len(tokenized)} pairs", file=sys.stderr)
-    truncation = describe_truncation(tokenized, max_length, report)
-    if truncation:
-        print(truncation, file=sys.stderr)
+    tokenized = prepared.pairs
     pair = load_twins(args.base, args.tuned, device=args.device, dtype=args.dtype, checkpoints=checkpoints)
     table = score_pairs(pair, tokenized, batch_size=args.batch_size, progress=True)
     check_scores(pair, table, tokenized)
     write_table(table, out)
     config = {k: v for k, v in vars(args).items() if k not in ("debug", "argv")}
     manifest = build_manifest(
-        "score",
-        config,
-        models=pair.describe(),
-        argv=args.argv,
-        device=args.device,
-        data={
-            "source": str(args.data),
-            **file_fingerprint(args.data),
-            "skips": report.to_dict(),
-            "max_length_used": max_length,
-            **truncation_stats(tokenized),
-            "chat_template": describe_chat(chat, args.chat_template),
-        },
+        "score", config, models=pair.describe(), argv=args.argv, device=args.device, data=prepared.data_record()
     )
     write_json_atomic(out.with_name(out.name + ".manifest.json"), manifest)
     summary = summarize_scores(table)
@@ -307,25 +297,12 @@ def _list(text: str | None, cast: Callable[[str], Any] = str, option: str = "") 
         ) from None
 
 
-def precheck_inputs(args: argparse.Namespace) -> tuple[object, object] | None:
-    """The cheap checks, before torch or TransformerLens is imported, so bad input is refused in under a
-    second: the data file read and validated (returned, so it is read once), the pair-id file, and the
-    checkpoint folders, adapter folder or hub names. A hub dataset is checked when it loads."""
-    from alignment_probe.checkpoint_files import precheck_pair
-    from alignment_probe.data import is_hub_dataset, load_pairs, read_pair_ids
-
-    loaded = None if is_hub_dataset(args.data) else load_pairs(args.data, data_dir=args.data_dir, split=args.split)
-    if args.pair_ids is not None:
-        read_pair_ids(args.pair_ids)
-    precheck_pair(args.base, args.tuned)
-    return loaded
-
-
-def _procs(args: argparse.Namespace, loaded: tuple[object, object] | None) -> int:
-    """``--procs``: the number given, or auto's choice (distributed.auto_processes), said on stderr when more than
+def _procs(args: argparse.Namespace, loaded: Any) -> int:
+    """``--procs``: the number given, or auto's choice (processes.auto_processes), said on stderr when more than
     one; 1 in a rank that ``--procs`` started."""
-    from alignment_probe.distributed import SPAWNED, auto_processes
     from alignment_probe.errors import ConfigError
+    from alignment_probe.launch import SPAWNED
+    from alignment_probe.processes import auto_processes
 
     if os.environ.get(SPAWNED):
         return 1
@@ -341,7 +318,7 @@ def _procs(args: argparse.Namespace, loaded: tuple[object, object] | None) -> in
                 "--procs starts processes itself; under torchrun leave it out (torchrun's --nproc_per_node chooses)."
             )
         return procs
-    available = len(loaded[0]) if loaded is not None else args.n_pairs  # type: ignore[arg-type]
+    available = len(loaded.pairs) if loaded is not None else args.n_pairs
     n_pairs = min(args.n_pairs, available) if args.n_pairs else available
     procs, why = auto_processes(
         device=args.device, base=args.base, n_pairs=n_pairs, pairs_per_part=max(1, args.pairs_per_part)
@@ -357,10 +334,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     resolve_defaults(args)
     if args.n_pairs is None:  # the preset's (the process count below depends on it)
         args.n_pairs = PRESETS[args.suite].n_pairs
-    loaded = precheck_inputs(args)
+    from alignment_probe.prepare import precheck_inputs
+
+    # the cheap checks, before torch or TransformerLens is imported, so bad input is refused in under a second
+    loaded = precheck_inputs(_input_spec(args), args.base, args.tuned)
     procs = _procs(args, loaded)
     if procs > 1:  # the same command, as that many ranks; this process imports nothing heavy and waits
-        from alignment_probe.distributed import spawn_cli
+        from alignment_probe.launch import spawn_cli
 
         spawn_cli(args.argv[1:], procs, threads=1, log=lambda s: print(s, file=sys.stderr))
         return EXIT_OK  # rank 0 has reported the run
@@ -448,14 +428,11 @@ GENERATE_DEFAULT_PAIRS = 4
 def cmd_generate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from alignment_probe.chat import describe as describe_chat
-    from alignment_probe.chat import resolve_chat_template
-    from alignment_probe.data import load_pairs
     from alignment_probe.experiments.steering import fit_steer_shifts
     from alignment_probe.generation import Generations, generate, parse_conditions
-    from alignment_probe.manifest import build_manifest, file_fingerprint, write_json_atomic
+    from alignment_probe.manifest import build_manifest, write_json_atomic
     from alignment_probe.pair import load_twins, open_checkpoints
-    from alignment_probe.tokens import cap_to_context, check_sampling_options, sample_and_tokenize
+    from alignment_probe.prepare import prepare_pairs, read_inputs
 
     resolve_defaults(args)
     from alignment_probe.errors import ConfigError
@@ -469,22 +446,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} is a file; give a folder for generations.jsonl and generations.html.")
     n_pairs = GENERATE_DEFAULT_PAIRS if args.n_pairs is None else args.n_pairs
     # data, checkpoints and the conditions (against the model's depth) are checked before any weights load
-    pairs, report = load_pairs(args.data, data_dir=args.data_dir, split=args.split)
-    check_sampling_options(n_pairs, args.max_length, len(pairs), args.data, report)
+    read = read_inputs(_input_spec(args, n_pairs))
     checkpoints = open_checkpoints(args.base, args.tuned)
     conditions = [c.text for c in parse_conditions(args.conditions, checkpoints.n_layers)]
-    chat = resolve_chat_template(args.chat_template, checkpoints.tokenizer, checkpoints.tuned_tokenizer)
-    max_length, note = cap_to_context(args.max_length, checkpoints.n_ctx)
-    if note:
-        print(f"note: {note}", file=sys.stderr)
     steering = any(c.startswith("steer@") for c in conditions)
     if steering and args.steer_pairs < 2:
         raise ConfigError(f"--steer-pairs must be at least 2 to fit a shift, got {args.steer_pairs}.")
     want = n_pairs + (args.steer_pairs if steering else 0)  # the shift is fitted on pairs that are not prompts
-    check_sampling_options(want, args.max_length, len(pairs), args.data, report)
-    drawn = sample_and_tokenize(
-        pairs, checkpoints.tokenizer, n_pairs=want, seed=args.seed, max_length=max_length, report=report, chat=chat
+    prepared = prepare_pairs(
+        read,
+        checkpoints.tokenizer,
+        tuned_tokenizer=checkpoints.tuned_tokenizer,
+        n_ctx=checkpoints.n_ctx,
+        n_pairs=want,
+        log=lambda s: print(s, file=sys.stderr),
+        verb="drawing",
     )
+    drawn = prepared.pairs
     order = np.random.default_rng(args.seed).permutation(len(drawn))
     tokenized = sorted((drawn[i] for i in order[:n_pairs]), key=lambda t: t.pair_id)
     fit_pairs = sorted((drawn[i] for i in order[n_pairs:]), key=lambda t: t.pair_id)
@@ -512,11 +490,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         argv=args.argv,
         device=args.device,
         data={
-            "source": str(args.data),
-            **file_fingerprint(args.data),
+            **prepared.data_record(),
             "pair_ids": [t.pair_id for t in tokenized],
             "steer_fit_pair_ids": [t.pair_id for t in fit_pairs],
-            "chat_template": describe_chat(chat, args.chat_template),
         },
     )
     write_json_atomic(out / "manifest.json", manifest)
@@ -570,7 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AlignmentProbeError as exc:
         if args.debug:
             traceback.print_exc()
-        from alignment_probe.distributed import report_error
+        from alignment_probe.launch import report_error
 
         if not report_error(exc):  # a rank of run --procs leaves its error to the process that started it
             print(f"alignment-probe: error: {exc}", file=sys.stderr)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from alignment_probe.errors import DataError
+from alignment_probe.errors import ConfigError, DataError
 
 ASSISTANT_TURN = "\n\nAssistant:"
 HH_KEYS = ("chosen", "rejected")
@@ -370,6 +370,22 @@ def load_pairs(
             "see the README's 'When something goes wrong' for what each reason means."
         )
     return pairs, report
+
+
+def check_sampling_options(
+    n_pairs: int | None, max_length: int | None, n_usable: int, source: str, report: SkipReport | None = None
+) -> None:
+    """Option checks that need only the data (no tokenizer, no torch), run before any model loads."""
+    if n_pairs is not None and n_pairs < 1:
+        raise ConfigError(f"--n-pairs must be at least 1, got {n_pairs}.")
+    if max_length is not None and max_length < 4:
+        raise ConfigError(f"--max-length must be at least 4 tokens, got {max_length}.")
+    if n_pairs is not None and n_pairs > n_usable:
+        skipped = f" ({report.summary()})" if report is not None else ""
+        raise DataError(
+            f"--n-pairs {n_pairs} is larger than the {n_usable} usable pairs in {source}{skipped}; "
+            f"pass --n-pairs {n_usable} or fewer, or more data."
+        )
 
 
 def read_pair_ids(path: str | Path) -> list[int]:

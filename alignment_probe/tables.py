@@ -92,7 +92,7 @@ def part_family(name: str) -> str:
 
 
 class PartWorld(Protocol):
-    """What the part store needs of a world of processes (:class:`alignment_probe.distributed.World` is one)."""
+    """What the part store needs of a world of processes (:class:`alignment_probe.world.World` is one)."""
 
     rank: int
     size: int

@@ -25,6 +25,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from alignment_probe.data import PreferencePair, SkipReport
+from alignment_probe.data import check_sampling_options as check_sampling_options  # (re-exported: it needs no torch)
 from alignment_probe.errors import CheckpointError, ConfigError, DataError
 from alignment_probe.vocab import SIDES as SIDES  # (re-exported: the two runs of a pair, defined once)
 
@@ -167,22 +168,6 @@ def sample_and_tokenize(
             + (f" or pass --n-pairs {len(out)} or fewer." if out else ".")
         )  # --n-pairs 0 is refused
     return sorted(out, key=lambda t: t.pair_id)
-
-
-def check_sampling_options(
-    n_pairs: int | None, max_length: int | None, n_usable: int, source: str, report: SkipReport | None = None
-) -> None:
-    """Option checks that need only the data, run before any model loads."""
-    if n_pairs is not None and n_pairs < 1:
-        raise ConfigError(f"--n-pairs must be at least 1, got {n_pairs}.")
-    if max_length is not None and max_length < 4:
-        raise ConfigError(f"--max-length must be at least 4 tokens, got {max_length}.")
-    if n_pairs is not None and n_pairs > n_usable:
-        skipped = f" ({report.summary()})" if report is not None else ""
-        raise DataError(
-            f"--n-pairs {n_pairs} is larger than the {n_usable} usable pairs in {source}{skipped}; "
-            f"pass --n-pairs {n_usable} or fewer, or more data."
-        )
 
 
 def cap_to_context(max_length: int | None, n_ctx: int | None) -> tuple[int | None, str | None]:

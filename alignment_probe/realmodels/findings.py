@@ -65,8 +65,8 @@ from alignment_probe.report import figures as F
 from alignment_probe.report.curves import select
 from alignment_probe.report.format import ci_cell as _ci
 from alignment_probe.report.format import layer_ci_cell as _layer_ci
-from alignment_probe.report.html import load_run as read_run_files
 from alignment_probe.rundir import load_run
+from alignment_probe.runfiles import RunFiles
 from alignment_probe.vocab import parse_layers as _layers
 
 
@@ -889,8 +889,8 @@ def figures(out: Path, run_dirs: dict[str, Path], log: Callable[[str], None] = p
     for run, names in wanted.items():
         if run not in run_dirs or not (run_dirs[run] / "summary.json").exists():
             continue
-        summary, _, scores, _ = read_run_files(run_dirs[run])
-        built = F.all_figures(summary, scores)
+        files = RunFiles(run_dirs[run])
+        built = F.all_figures(files.summary, files.scores)
         for name in names:
             if name not in built:
                 continue
@@ -947,7 +947,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         "--nproc",
         type=int,
         default=1,
-        help="processes per run, launched with torchrun (--threads each, default 1; one GPU each with "
+        help="processes per run, launched as `alignment-probe run --procs N` launches them (--threads each, default 1; one GPU each with "
         "--device cuda); same numbers as one process",
     )
     p.add_argument("--cache-dir", type=Path, default=None)

@@ -7,18 +7,12 @@
 from __future__ import annotations
 
 import json
-import os
-import pickle
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from alignment_probe.distributed import PeerError
-from alignment_probe.errors import AlignmentProbeError, ConfigError
 from alignment_probe.experiments.suite import SuiteConfig
+from alignment_probe.launch import spawn_request
 from alignment_probe.manifest import write_json_atomic
 from alignment_probe.realmodels.dpo_lora import DEFAULT_DATA, heldout_pairs, materialise_tuned
 from alignment_probe.realmodels.smollm2 import convert_smollm2
@@ -362,7 +356,7 @@ def run_one(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """One resumable ``alignment-probe run`` into ``out/name``; returns its summary. ``nproc`` > 1: the
-    same run as that many torchrun processes (``threads`` each), with the same numbers."""
+    same run as that many processes (``threads`` each, default 1), with the same numbers."""
     kw = dict(kwargs)
     req = RunRequest(
         base=str(kw.pop("base")),
@@ -375,8 +369,8 @@ def run_one(
     )
     t0 = time.perf_counter()
     log(f"[{name}] running into {req.out}")
-    if nproc > 1:
-        launch(req, nproc, threads=threads, log=lambda s: log(f"[{name}] {s}"))
+    if nproc > 1:  # the launcher of `run --procs N`: a rank's error is raised here, with its message
+        spawn_request(req, nproc, threads=threads or 1, log=lambda s: log(f"[{name}] {s}"))
     else:
         execute(req, progress=True, log=lambda s: log(f"[{name}] {s}"))
     summary = json.loads((req.out / "summary.json").read_text())
@@ -398,54 +392,3 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
-
-
-# --- launching a run as torchrun processes (only the findings driver does: a tool, so it may import run) ----
-def launch(req: RunRequest, nproc: int, *, threads: int | None = None, log: Callable[[str], None] = print) -> None:
-    """Run the :class:`~alignment_probe.run.RunRequest` ``req`` as ``nproc`` processes on this machine with
-    ``torchrun --standalone`` (``threads`` torch threads each; torchrun's default is 1). The run
-    directory is the same as a single-process run's, and so are the numbers; rank 0's output shows."""
-    if nproc < 1:
-        raise ConfigError(f"--nproc must be at least 1, got {nproc}.")
-    with tempfile.TemporaryDirectory(prefix="alignment-probe-launch-") as tmp:
-        path = os.path.join(tmp, "request.pkl")
-        with open(path, "wb") as handle:
-            pickle.dump(req, handle)
-        env = dict(os.environ)
-        if threads:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            str(nproc),
-            "-m",
-            "alignment_probe.realmodels.protocol",
-            path,
-        ]
-        log(f"launching {nproc} processes: {' '.join(cmd[1:])}")
-        code = subprocess.call(cmd, env=env)
-    if code != 0:
-        raise PeerError(
-            f"the {nproc}-process run into {req.out} failed (torchrun exit code {code}; the ranks' "
-            "messages are above). The finished parts are kept: run the same command again to resume."
-        )
-
-
-def _worker(path: str) -> int:
-    """One torchrun process of :func:`launch`: the pickled request, executed in this rank's share."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with open(path, "rb") as handle:
-        req = pickle.load(handle)
-    try:
-        execute(req, progress=True, log=lambda s: print(s, file=sys.stderr))
-    except AlignmentProbeError as exc:
-        print(f"alignment-probe (rank {os.environ.get('RANK', 0)}): error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1]))

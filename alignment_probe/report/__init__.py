@@ -20,7 +20,7 @@ from alignment_probe.report.figures import (
     source_variants,
     static_export_available,
 )
-from alignment_probe.report.html import load_run, render_report, write_report
+from alignment_probe.report.html import render_report, write_report
 from alignment_probe.report.verdicts import Finding, findings
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "gain_histogram",
     "lasso_coefficients",
     "layer_curve",
-    "load_run",
     "lowrank",
     "render_report",
     "save_static",

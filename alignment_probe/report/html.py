@@ -53,12 +53,9 @@ from alignment_probe.experiments.verdicts import (  # noqa: F401  (the rules liv
 from alignment_probe.formatting import _num, esc, fmt, fmt_ci, fmt_effect, fmt_layers, fmt_value  # noqa: F401  (fmt/fmt_ci: kept importable here)
 from alignment_probe.generation import table_html
 from alignment_probe.report import figures as F
+from alignment_probe.runfiles import SUMMARY_FILE, RunFiles
 from alignment_probe.tokenview import TOKEN_STYLE, token_table
 
-SUMMARY_FILE = "summary.json"
-MANIFEST_FILE = "manifest.json"
-SCORES_FILES = ("scores.parquet", "scores.csv")
-EFFECTS_FILES = ("effects.parquet", "effects.csv")
 REPORT_FILE = "report.html"
 
 
@@ -582,37 +579,6 @@ def render_report(
     )
 
 
-def _first_existing(run_dir: Path, names: Sequence[str]) -> Path | None:
-    for name in names:
-        if (run_dir / name).is_file():
-            return run_dir / name
-    return None
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-
-
-def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame | None, pd.DataFrame | None]:
-    """(summary, manifest, scores, effects) read from a run directory: ``summary.json`` (required),
-    ``manifest.json``, ``scores.parquet|csv`` and ``effects.parquet|csv`` (each optional)."""
-    run_dir = Path(run_dir)
-    summary_path = run_dir / SUMMARY_FILE
-    if not summary_path.is_file():
-        raise FileNotFoundError(f"{summary_path} not found: pass summary= or point at a run directory")
-    summary = json.loads(summary_path.read_text())
-    manifest_path = run_dir / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    scores_path = _first_existing(run_dir, SCORES_FILES)
-    effects_path = _first_existing(run_dir, EFFECTS_FILES)
-    return (
-        summary,
-        manifest,
-        _read_table(scores_path) if scores_path else None,
-        _read_table(effects_path) if effects_path else None,
-    )
-
-
 def write_report(
     run_dir_or_path: str | Path,
     summary: Mapping[str, Any] | None = None,
@@ -626,7 +592,7 @@ def write_report(
 
     ``run_dir_or_path`` is either a run directory (the report goes to ``<dir>/report.html``) or a target
     ``.html`` file. Whatever of summary / manifest / scores / effects is not passed is read from the
-    directory (:func:`load_run` file names) when it exists there; a missing ``summary.json`` with no
+    directory (:class:`~alignment_probe.runfiles.RunFiles`, the one reader of a run directory) when it is there; a missing ``summary.json`` with no
     ``summary=`` is an error. Written atomically (temporary file + rename).
     """
     target = Path(run_dir_or_path)
@@ -634,21 +600,14 @@ def write_report(
         out, run_dir = target, target.parent
     else:
         out, run_dir = target / REPORT_FILE, target
+    files = RunFiles(run_dir)  # each file read only if it is needed and there
     if summary is None:
-        summary, loaded_manifest, loaded_scores, loaded_effects = load_run(run_dir)
-    else:
-        loaded_manifest, loaded_scores, loaded_effects = {}, None, None
-        if run_dir.is_dir():
-            mp = run_dir / MANIFEST_FILE
-            if manifest is None and mp.is_file():
-                loaded_manifest = json.loads(mp.read_text())
-            sp = _first_existing(run_dir, SCORES_FILES) if scores is None else None
-            loaded_scores = _read_table(sp) if sp else None
-            ep = _first_existing(run_dir, EFFECTS_FILES) if effects is None else None
-            loaded_effects = _read_table(ep) if ep else None
-    manifest = manifest if manifest is not None else loaded_manifest
-    scores = scores if scores is not None else loaded_scores
-    effects = effects if effects is not None else loaded_effects
+        summary = files.summary
+        if summary is None:
+            raise FileNotFoundError(f"{run_dir / SUMMARY_FILE} not found: pass summary= or point at a run directory")
+    manifest = manifest if manifest is not None else (files.manifest or {})
+    scores = scores if scores is not None else files.scores
+    effects = effects if effects is not None else files.effects
     text = render_report(summary, manifest, scores=scores, effects=effects, title=title)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
