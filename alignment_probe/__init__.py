@@ -4,6 +4,7 @@ The data path, one module per step::
 
     data.py          pairs        HH-RLHF / prompt-chosen-rejected JSONL / hub dataset, split, validated
     tokens.py        tokens       BOS + prompt + completion, left truncation, seeded sampling, batches
+    prepare.py       inputs       the one input pipeline: options → checked, sampled, tokenised pairs
     pair.py          models       base + tuned as HookedTransformers, checked compatible, fingerprinted
     scoring.py       Δlogp        log p(completion | prompt), Δlogp, gain
     interventions.py patches      what a patch does to one activation (pure tensor functions)
@@ -13,8 +14,9 @@ The data path, one module per step::
     effects.py       the table    one tidy effects table that statistics, figures and reports read
     stats.py         CIs          bootstrap CIs, peak and onset layers, held-out splits
     report/          figures      plotly figures and the self-contained HTML report
-    run.py, cli.py   the edges    the run directory (resumable) and the command line
-    rundir.py        read back    a finished run: tables in, summary and report regenerated
+    run.py, cli.py   the edges    one run into its directory (resumable) and the command line
+    rundir.py        the folder   a run directory written, resumed and read back (runfiles.py reads its files)
+    launch.py        processes    the one launcher: a run as N processes (world.py, distributed.py: their parts)
     organisms/       the default  the bundled model organisms and how they are built
 
 For notebooks, the package top level is the API (``import alignment_probe as ap``; see api.py)::

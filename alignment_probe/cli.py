@@ -16,10 +16,13 @@ import threading
 import traceback
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 from alignment_probe.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, AlignmentProbeError
 from alignment_probe.vocab import parse_layers as _layers
+
+if TYPE_CHECKING:  # the types only: each subcommand imports what it runs
+    from alignment_probe.prepare import InputSpec, InputsRead
 
 
 class Terminated(BaseException):
@@ -221,7 +224,7 @@ def resolve_defaults(args: argparse.Namespace) -> None:
         args.data = args.data or str(bundled_pairs_path())
 
 
-def _input_spec(args: argparse.Namespace, n_pairs: int | None = None) -> Any:
+def _input_spec(args: argparse.Namespace, n_pairs: int | None = None) -> InputSpec:
     """The options that choose the command's pairs, for the input pipeline (prepare.py)."""
     from alignment_probe.prepare import InputSpec
 
@@ -297,7 +300,7 @@ def _list(text: str | None, cast: Callable[[str], Any] = str, option: str = "") 
         ) from None
 
 
-def _procs(args: argparse.Namespace, loaded: Any) -> int:
+def _procs(args: argparse.Namespace, loaded: InputsRead | None) -> int:
     """``--procs``: the number given, or auto's choice (processes.auto_processes), said on stderr when more than
     one; 1 in a rank that ``--procs`` started."""
     from alignment_probe.errors import ConfigError

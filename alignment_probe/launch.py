@@ -122,7 +122,7 @@ class LaunchedError(AlignmentProbeError):
 
 
 def report_error(exc: AlignmentProbeError) -> bool:
-    """In a rank :func:`spawn_cli` started: put the error where the parent reads it (it reports it once) and
+    """In a rank :func:`spawn` started: put the error where the parent reads it (it reports it once) and
     say so; elsewhere False (the caller prints it)."""
     path = os.environ.get(ERROR_FILE)
     if not path:

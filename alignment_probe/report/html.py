@@ -592,8 +592,8 @@ def write_report(
 
     ``run_dir_or_path`` is either a run directory (the report goes to ``<dir>/report.html``) or a target
     ``.html`` file. Whatever of summary / manifest / scores / effects is not passed is read from the
-    directory (:class:`~alignment_probe.runfiles.RunFiles`, the one reader of a run directory) when it is there; a missing ``summary.json`` with no
-    ``summary=`` is an error. Written atomically (temporary file + rename).
+    directory (:class:`~alignment_probe.runfiles.RunFiles`, the one reader of a run directory) when it is
+    there; a missing ``summary.json`` with no ``summary=`` is an error. Written atomically (temporary file + rename).
     """
     target = Path(run_dir_or_path)
     if target.suffix.lower() in (".html", ".htm"):

@@ -256,7 +256,7 @@ def test_procs_bad_input_is_refused_once_with_exit_2(tiny, tmp_path):
 
 
 def test_procs_auto_counts_cores_for_narrow_local_models_on_the_cpu(tmp_path):
-    from alignment_probe.distributed import auto_processes
+    from alignment_probe.processes import auto_processes
 
     narrow, wide = tmp_path / "narrow", tmp_path / "wide"
     for folder, width in ((narrow, 128), (wide, 2048)):
@@ -271,3 +271,43 @@ def test_procs_auto_counts_cores_for_narrow_local_models_on_the_cpu(tmp_path):
     assert auto_processes(device="cpu", base="meta-llama/Llama-3.2-1B", **common)[0] == 1
     for chosen in ({"OMP_NUM_THREADS": "4"}, {"WORLD_SIZE": "2"}):
         assert auto_processes(device="cpu", base=str(narrow), **{**common, "environ": chosen})[0] == 1
+
+
+def _request(tiny, out, **extra):
+    """The run of :func:`args` as a :class:`RunRequest` built in Python (as the findings driver builds one)."""
+    from alignment_probe.experiments.suite import preset_config
+    from alignment_probe.request import RunRequest
+
+    options = {"n_pairs": 6, "max_length": 64, "pairs_per_part": 1, **extra}
+    suite = preset_config(experiments=tuple(EXPERIMENTS.split(",")), n_boot=50, seed=0)
+    return RunRequest(base=str(tiny.base), tuned=str(tiny.tuned), data=str(DATA), out=out, suite=suite, **options)
+
+
+def test_a_request_launched_as_two_ranks_gives_the_bytes_of_one(tiny, tmp_path, single, monkeypatch):
+    """The findings driver's ``--nproc``: a request built in Python goes to the ranks of the one launcher (the one
+    ``run --procs`` uses) as JSON, and the run directory holds the bytes of a single process's run."""
+    from alignment_probe.launch import spawn_request
+
+    for name, value in env().items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "request"
+    spawn_request(_request(tiny, out), 2, log=lambda s: None)
+    assert_same_results(single, out)
+    assert json.loads((out / "manifest.json").read_text())["distributed"]["world_size"] == 2
+
+
+def test_a_refusal_in_a_launched_request_reaches_the_caller_with_its_message(tiny, tmp_path, monkeypatch):
+    """A rank's error is raised in the launching process, once, with the rank's own message and exit code (no pass
+    of the suite, no launcher, swallows it)."""
+    from alignment_probe.errors import EXIT_BAD_INPUT, AlignmentProbeError
+    from alignment_probe.launch import LaunchedError, spawn_request
+    from alignment_probe.run import execute
+
+    for name, value in env().items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(AlignmentProbeError) as alone:  # the same request in this process: its own refusal
+        execute(_request(tiny, tmp_path / "one", max_length=6), progress=False, log=lambda s: None)
+    with pytest.raises(LaunchedError) as launched:
+        spawn_request(_request(tiny, tmp_path / "two", max_length=6), 2, log=lambda s: None)
+    assert launched.value.exit_code == alone.value.exit_code == EXIT_BAD_INPUT
+    assert str(alone.value) in str(launched.value)
