@@ -1,7 +1,8 @@
-"""One run over many processes, GPUs and nodes, launched by ``torchrun``.
+"""One run over many processes, GPUs and nodes: how the processes share its parts.
 
 ``torchrun --nproc_per_node N [--nnodes M ...] -m alignment_probe run ... --out DIR`` starts N × M
-copies of the same command. Each reads its place in the world from the variables torchrun sets
+copies of the same command (``alignment-probe run --procs N`` starts N on this machine itself:
+:mod:`alignment_probe.launch`). Each reads its place in the world from the variables torchrun sets
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), loads the pair on its
 own device (``cuda:LOCAL_RANK``, or the CPU with the gloo backend) and runs the *same* suite code.
 The work is split where it is already cut into parts (:class:`~alignment_probe.tables.PartStore`):
@@ -19,9 +20,9 @@ The work is split where it is already cut into parts (:class:`~alignment_probe.t
 
 When the suite touches a placeholder (concatenating a stage's parts) the pass stops with
 :class:`~alignment_probe.tables.PartPending`; :func:`run_passes` waits until the owners have published
-those parts and runs the suite again, which now loads them. Any other error propagates at once, placeholders
-or not: only a pending part is a reason to run again. A finished part is written atomically to the run directory by its owner and
-its bytes are published through torch.distributed's key-value store, so every rank reads exactly
+those parts and runs the suite again, which now loads them. Any other error propagates at once,
+placeholders or not: only a pending part is a reason to run again. A finished part is written atomically
+to the run directory by its owner and its bytes are published through torch.distributed's key-value store, so every rank reads exactly
 the bytes the owner stored: the final tables are assembled from the same bytes, in the same order,
 as a single-process run's, so they are byte-identical (on CPUs: with the same threads per process).
 Rank 0 writes the manifest and the final outputs; the others exit after a last barrier.
@@ -29,8 +30,7 @@ Rank 0 writes the manifest and the final outputs; the others exit after a last b
 Nothing can hang: every wait polls the store (:class:`~alignment_probe.world.World`, this process's place
 in the run) and stops with :class:`~alignment_probe.world.PeerError` when a rank reports a failure, when a
 rank's heartbeat stops (``ALIGNMENT_PROBE_DIST_TIMEOUT`` seconds, default 300), or when the store itself is
-gone (rank 0 or the torchrun agent died). torchrun also stops the other
-workers when one exits. Whatever was finished stays in ``parts/``: running the same command again,
+gone (rank 0 or the torchrun agent died). torchrun also stops the other workers when one exits. Whatever was finished stays in ``parts/``: running the same command again,
 with any number of processes, resumes.
 """
 
