@@ -277,7 +277,8 @@ def cli_page() -> str:
 def error_classes() -> list[type[BaseException]]:
     from alignment_probe import errors
 
-    for module in ("alignment_probe.vocab", "alignment_probe.world", "alignment_probe.launch"):  # defined outside errors.py
+    # error classes defined outside errors.py
+    for module in ("alignment_probe.vocab", "alignment_probe.world", "alignment_probe.launch"):
         importlib.import_module(module)
     seen: list[type[BaseException]] = []
     todo: list[type[BaseException]] = [errors.AlignmentProbeError]
