@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -17,6 +16,7 @@ from alignment_probe.manifest import write_json_atomic
 from alignment_probe.realmodels.dpo_lora import DEFAULT_DATA, heldout_pairs, materialise_tuned
 from alignment_probe.realmodels.smollm2 import convert_smollm2
 from alignment_probe.run import RunRequest, execute
+from alignment_probe.runfiles import RunFiles
 
 REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "smollm2"
 HELPFUL_DATA = DEFAULT_DATA.parents[1] / "helpful-base" / "test.jsonl.gz"
@@ -373,7 +373,8 @@ def run_one(
         spawn_request(req, nproc, threads=threads or 1, log=lambda s: log(f"[{name}] {s}"))
     else:
         execute(req, progress=True, log=lambda s: log(f"[{name}] {s}"))
-    summary = json.loads((req.out / "summary.json").read_text())
+    summary = RunFiles(req.out).summary
+    assert summary is not None  # a finished run (execute returned, or every rank exited 0) wrote it
     timing = req.out / "wall_seconds.json"
     if not timing.exists():  # the first complete run's wall time; a resumed no-op does not overwrite it
         write_json_atomic(
