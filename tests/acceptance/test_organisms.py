@@ -27,12 +27,11 @@ from alignment_probe.organisms import (
     bundled_metrics,
     bundled_pair_paths,
     bundled_pairs_path,
-    corpus,
     planted_layers,
     planted_twin_path,
 )
-from alignment_probe.organisms.build import bootstrap_ci, build_named_twins, build_organisms
-from alignment_probe.organisms.train import completion_logps, dpo_loss, score
+from alignment_probe.organisms.build import bootstrap_ci, build_named_twins, build_organisms, corpus
+from alignment_probe.organisms.build.train import completion_logps, dpo_loss, score
 from alignment_probe.organisms.twins import materialise_named_twin, materialise_twin
 
 SMALL_NAMED = ("head_layer2_h1", "kv_layer1_g0", "mlp_layers1_3")  # the small build's named twins

@@ -133,14 +133,14 @@ def test_import_layers_catch_a_deferred_back_edge(tmp_path: Path) -> None:
     run = tmp_path / "alignment_probe" / "run.py"
     run.write_text(
         run.read_text(encoding="utf-8") + "\n\ndef _build() -> None:\n"
-        "    from alignment_probe.organisms import train  # noqa\n",
+        "    from alignment_probe.organisms.build import train  # noqa\n",
         encoding="utf-8",
     )
     proc = _lint_imports(tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
     assert "alignment_probe.files -> alignment_probe.cli" in out, out
-    assert "alignment_probe.run -> alignment_probe.organisms.train" in out, out
+    assert "alignment_probe.run -> alignment_probe.organisms.build.train" in out, out
     assert "BROKEN" in out and " 0 broken" not in out, out
 
 
