@@ -42,7 +42,7 @@ from alignment_probe.realmodels.findings.cells import UNDEFINED
 from alignment_probe.realmodels.findings.collect import collect, extra_hook_results
 from alignment_probe.realmodels.findings.driver import figures, main
 from alignment_probe.realmodels.findings.tables import render_tables
-from alignment_probe.realmodels.protocol import (  # the plan: kept importable from here
+from alignment_probe.realmodels.plan import (  # the plan: kept importable from here
     DPO_ADAPTER,
     PLANTED_ADAPTER,
     PLANTED_LAYER,
@@ -52,9 +52,9 @@ from alignment_probe.realmodels.protocol import (  # the plan: kept importable f
     models,
     neighbours,
     plan,
-    run_one,
     write_heldout_ids,
 )
+from alignment_probe.realmodels.protocol import run_one
 
 __all__ = [
     "DPO_ADAPTER",

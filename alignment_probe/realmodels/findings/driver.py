@@ -13,16 +13,16 @@ from alignment_probe.manifest import write_json_atomic
 from alignment_probe.realmodels.dpo_lora import DEFAULT_DATA
 from alignment_probe.realmodels.findings.collect import collect, extra_hook_results, read_json
 from alignment_probe.realmodels.findings.tables import render_tables
-from alignment_probe.realmodels.protocol import (
+from alignment_probe.realmodels.plan import (
     PLANTED_LAYER,
     PROTOCOLS,
     REPO_DATA,
     RUNS,
     models,
     plan,
-    run_one,
     write_heldout_ids,
 )
+from alignment_probe.realmodels.protocol import run_one
 from alignment_probe.report import figures as F
 from alignment_probe.report.html import load_run as read_run_files
 from alignment_probe.vocab import parse_layers

@@ -15,7 +15,7 @@ from alignment_probe.realmodels.findings.cells import (
     ratio_cell,
 )
 from alignment_probe.realmodels.findings.localization import render_localization
-from alignment_probe.realmodels.protocol import RUNS
+from alignment_probe.realmodels.plan import RUNS
 from alignment_probe.report.format import layer_ci_cell
 
 
