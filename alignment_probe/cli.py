@@ -525,9 +525,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_organism(args: argparse.Namespace) -> int:
-    from alignment_probe.organisms.build import build_organisms
+    # The build is a tool outside the runtime (pyproject's "build tools are leaves" contract): run it as its own
+    # program, `python -m alignment_probe.organisms.build`, and read back the metrics file it writes.
+    import json
+    import subprocess
 
-    result = build_organisms(Path(args.out), seed=args.seed, size=args.size, progress=True)
+    out = Path(args.out)
+    cmd = [sys.executable, "-m", "alignment_probe.organisms.build", "--out", str(out), "--seed", str(args.seed)]
+    code = subprocess.call([*cmd, "--size", args.size], stdout=subprocess.DEVNULL)  # its progress log is on stderr
+    if code != 0:
+        print(
+            f"alignment-probe: error: the organisms build exited with code {code} (its messages are above)",
+            file=sys.stderr,
+        )
+        return code
+    result = json.loads((out / "organisms" / "metrics.json").read_text(encoding="utf-8"))
     t = result["tuned"]
     print(
         f"built organisms in {args.out} (seed {args.seed}, {args.size}): held-out loss of base "

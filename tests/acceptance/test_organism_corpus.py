@@ -100,3 +100,16 @@ def test_a_template_slot_nothing_fills_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ValueError, match=r"'travel' uses slot\(s\) \['person'\]"):
         corpus.load_templates(path)
+
+
+def test_readme_writer_reproduces_the_bundled_readme(tmp_path: Path) -> None:
+    """data/README.md is what the build's README writer makes of the bundled metrics (it names the corpus's files)."""
+    from alignment_probe.organisms.build.readme import write_readme
+
+    for part in ("organisms", "pairs"):
+        shutil.copytree(DEFAULT_DATA_DIR / part, tmp_path / part, ignore=shutil.ignore_patterns(".cache"))
+    metrics = _metrics()
+    write_readme(tmp_path, metrics, SIZES[metrics["size"]])
+    assert (tmp_path / "README.md").read_text(encoding="utf-8") == (DEFAULT_DATA_DIR / "README.md").read_text(
+        encoding="utf-8"
+    )
