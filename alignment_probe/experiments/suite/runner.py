@@ -1,0 +1,445 @@
+"""The suite runner: a small dependency graph over the registered experiments (see registry.py).
+
+:func:`run_suite` decides the order. Experiments whose conditions need nothing upstream share
+**stage 1**; an experiment that *declares* it needs another's summary (low rank is fitted at E1's
+peak layer) runs in the stage after it; whole-data computations (the LASSO) come last. Every result
+is kept as a *part* (see :class:`~alignment_probe.tables.PartStore`), so an interrupted run resumes
+where it stopped and ends with the same numbers as an uninterrupted one:
+
+1. per group of ``pairs_per_part`` pairs of similar prompt length (:func:`pair_groups`; ``<first>``/``<last>``
+   are its lowest and highest pair ids): the scores (``scores-<first>-<last>``)
+   and every stage-1 condition (``stage1-<first>-<last>``, one engine call, so they share batches);
+2. stage n ≥ 2: an experiment's fit on all pairs, if it has one (``stage<n>-fit``, a JSON record
+   such as low rank's variance explained), then its conditions per group (``stage<n>-<first>-<last>``);
+3. each whole-data computation under its experiment's key (``lasso``).
+
+Fits and whole-data computations read the clean activations they declare (``Experiment.clean_hooks``)
+from the clean pass stage 1 made anyway, kept by the fast engine (:func:`_shared_clean_pass`), and a later
+stage's clean runs come from there too: each model runs once per sequence from its tokens.
+
+The summary is then a pure function of the tables (effects, scores and the fit records, see
+:func:`summarize_tables`), always read back from their stored form, so it cannot depend on which
+parts were computed in this process, and a finished run directory regenerates it byte for byte.
+The groups are a function of the pair list and ``pairs_per_part`` only, so every run of the same
+configuration batches the same sequences together. run.py writes the result to disk and report/
+draws it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from alignment_probe import vocab
+from alignment_probe.effects import to_frame
+from alignment_probe.engine.spec import Engine, PatchSpec
+from alignment_probe.errors import ConfigError
+from alignment_probe.experiments.registry import Tables
+from alignment_probe.experiments.suite.config import SuiteConfig
+from alignment_probe.experiments.suite.graph import Step, _plan, plan_steps, stage_specs, summarize_tables
+from alignment_probe.experiments.suite.parts import (
+    DEFAULT_PAIRS_PER_PART,
+    _real,
+    canonical_effects,
+    canonical_tokens,
+    engine_part,
+    group_tag,
+    pair_groups,
+)
+from alignment_probe.numerics import check_scores
+from alignment_probe.pair import Twins
+from alignment_probe.progress import Stages
+from alignment_probe.scoring import score_pairs
+from alignment_probe.tables import PartStore
+from alignment_probe.tokens import TokenizedPair
+
+
+@dataclass
+class SuiteResult:
+    scores: pd.DataFrame
+    effects: pd.DataFrame
+    summary: dict[str, Any]
+    lasso: dict[str, Any] | None = None
+    fits: dict[str, Any] = field(default_factory=dict)  # each experiment's fit / whole-data record
+    extra: dict[str, Any] = field(default_factory=dict)
+    tokens: pd.DataFrame = field(default_factory=pd.DataFrame)  # the long per-token table (token_effects.parquet)
+
+
+def run_suite(
+    pair: Twins,
+    tokenized: Sequence[TokenizedPair],
+    engine: Engine,
+    cfg: SuiteConfig | None = None,
+    *,
+    progress: bool | Stages = False,
+    log: Callable[[str], None] = lambda s: None,
+    store: PartStore | None = None,
+    pairs_per_part: int | None = DEFAULT_PAIRS_PER_PART,
+    extra_pairs: Mapping[str, Sequence[TokenizedPair]] | None = None,
+) -> SuiteResult:
+    """Run the chosen experiments on loaded twins and tokenised pairs.
+
+    ``store`` keeps each stage's parts (a folder for a resumable run; in memory by default):
+    parts it already holds are loaded, not recomputed. ``extra_pairs`` (tag → tokenised pairs, e.g. the
+    transfer data of E11) are other pair sets a later stage's conditions may target: a condition whose
+    ``key.split`` is a tag runs on that set (parts ``stage<n>-<tag>-<first>-<last>``), the others on the run's.
+    ``progress``: one progress display per stage (True, or the :class:`~alignment_probe.progress.Stages` of a
+    run that spans several passes); ``log`` gets a line per finished stage.
+    """
+    cfg = cfg or SuiteConfig()
+    cfg.validate(pair.n_layers)
+    store = store if store is not None else PartStore()
+    stages = progress if isinstance(progress, Stages) else Stages(progress, log, existing=store.names())
+    tokenized = sorted(tokenized, key=lambda t: t.pair_id)
+    groups = pair_groups(tokenized, pairs_per_part, ranks=store.ranks)
+    n_layers, d_model = pair.n_layers, pair.d_model
+    steps = plan_steps(cfg)
+    ids = tuple(t.pair_id for t in tokenized)
+    base_extra: dict[str, Any] = {"pair_ids": ids, "twins": pair, "tokenized": tokenized}
+    if extra_pairs:
+        base_extra["extra_pairs"] = {tag: sorted(p, key=lambda t: t.pair_id) for tag, p in extra_pairs.items()}
+    stage_one = [
+        s for s in steps if s.stage == 1 and s.experiment.compute is None and s.experiment.estimator == "exact"
+    ]
+    stage_one_specs = stage_specs(stage_one, cfg, n_layers, d_model, upstream={}, **base_extra)
+    clean = _shared_clean_pass(steps, cfg, pair, groups, engine, stage_one_specs)
+    try:
+        return _run_stages(pair, groups, steps, engine, cfg, store, clean, base_extra, stage_one_specs, stages=stages)
+    finally:
+        if clean is not None:  # the kept activations are this run's: release them
+            engine.keep = {}
+            engine.kept.clear()
+
+
+def _shared_clean_pass(
+    steps: Sequence[Step],
+    cfg: SuiteConfig,
+    pair: Twins,
+    groups: list[list[TokenizedPair]],
+    engine: Engine,
+    stage_one_specs: list[PatchSpec],
+) -> Callable[[], Any] | None:
+    """Issue 15's one clean pass per model and sequence: the clean activations the run's fits and whole-data
+    computations declare (``Experiment.clean_hooks``), kept by the engine from the clean runs it makes anyway.
+
+    Returns the ``Plan.clean`` callable, which first runs the clean passes that did not happen in this process
+    (a resumed run loads stage 1's parts instead), group by group exactly as stage 1 would have (same chunks
+    and batches, so the same numbers as an uninterrupted run); or None — the engine cannot keep activations
+    (the reference engine), or they would not fit its ``keep_budget_gb`` — and each experiment runs the models
+    itself."""
+    if not hasattr(engine, "keep"):
+        return None
+    keep: dict[str, set[str]] = {}
+    tokenized = [t for g in groups for t in g]
+    for step in steps:
+        exp = step.experiment
+        if exp.clean_hooks is not None and (exp.fit is not None or exp.compute is not None):
+            plan = _plan(step, cfg, pair.n_layers, pair.d_model, twins=pair, tokenized=tokenized)
+            for model, names in exp.clean_hooks(plan).items():
+                keep.setdefault(model, set()).update(names)
+    tokens = sum(2 * len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids) for t in tokenized)
+    size = tokens * sum(len(v) for v in keep.values()) * pair.d_model * pair.base.cfg.dtype.itemsize
+    if not keep or size > getattr(engine, "keep_budget_gb", 0.0) * 2**30:
+        return None
+    engine.keep = keep
+    done: list[bool] = []
+
+    def held(group: list[TokenizedPair]) -> bool:
+        """Stage 1 ran this group here, so the engine kept its activations (the clean pass would run the models
+        again: it asks for stage 1's own hook points too, which are not kept)."""
+        kept = engine.kept
+        return all(
+            (t.pair_id, side) in kept.get(model, {}).get(name, {})
+            for t in group
+            for side in vocab.SIDES
+            for model, names in keep.items()
+            for name in names
+        )
+
+    def clean() -> Any:
+        if not done:
+            for group in groups:
+                if not held(group):
+                    engine.clean_pass(pair, group, stage_one_specs)
+            done.append(True)
+        return engine.kept
+
+    return clean
+
+
+def _run_stages(
+    pair: Twins,
+    groups: list[list[TokenizedPair]],
+    steps: list[Step],
+    engine: Engine,
+    cfg: SuiteConfig,
+    store: PartStore,
+    clean: Callable[[], Any] | None,
+    base_extra: dict[str, Any],
+    stage_one_specs: list[PatchSpec],
+    *,
+    stages: Stages,
+) -> SuiteResult:
+    """:func:`run_suite`'s stages, in order (see the module docstring)."""
+    n_layers, d_model = pair.n_layers, pair.d_model
+    fits: dict[str, Any] = {}
+    upstream: dict[str, Any] = {}
+    tables: list[pd.DataFrame] = []
+    token_parts: list[pd.DataFrame] = []  # the long per-token table's parts (per-token experiments only)
+    scores = pd.DataFrame()
+
+    def ran(rows: pd.DataFrame, stage: Sequence[Step]) -> None:
+        """Keep a stage's rows, and the summaries that later stages declared they need."""
+        tables.append(rows)
+        for step in stage:
+            wanted = [n for n in step.computed if any(n in s.experiment.needs for s in steps)]
+            if wanted:
+                upstream.update(
+                    step.experiment.summarize(
+                        Tables(rows, scores, fits, cfg, n_layers, d_model, selected=tuple(wanted))
+                    )
+                )
+
+    for number in sorted({s.stage for s in steps if s.experiment.compute is None} | {1}):
+        stage = [s for s in steps if s.stage == number and s.experiment.compute is None]
+        extra = {**base_extra, "upstream": upstream, "clean": clean}
+        exact = [s for s in stage if s.experiment.estimator == "exact"]  # the others: _estimated
+        estimated = [s for s in stage if s not in exact]
+        # the stage's work in pairs: the run's pairs for its exact conditions (and the scores), once more per
+        # estimator, and the other pair sets' (E11's transfer pairs) in a later stage
+        n_pairs = sum(map(len, groups))
+        units = (n_pairs if exact or number == 1 else 0) + n_pairs * len({s.experiment.estimator for s in estimated})
+        if exact and number > 1:
+            units += sum(map(len, base_extra.get("extra_pairs", {}).values()))
+        if number == 1:
+            what = f"scores and {len(stage_one_specs)} conditions"
+            stages.start(1, what, units)
+            scores, rows = _stage_one(
+                pair,
+                groups,
+                engine,
+                stage_one_specs,
+                store,
+                stages=stages,
+                token_parts=token_parts,
+                per_token=any(s.experiment.per_token for s in exact),
+            )
+        else:
+            stages.start(number, ", ".join(s.experiment.key for s in stage), units)
+            rows = (
+                _later_stage(
+                    number, exact, pair, groups, engine, cfg, store, fits, extra, stages=stages, token_parts=token_parts
+                )
+                if exact
+                else pd.DataFrame()
+            )
+            what = ", ".join(f"{s.experiment.key}" + (" (fit on all pairs)" if s.experiment.fit else "") for s in stage)
+        rows = _estimated(number, estimated, rows, pair, groups, cfg, store, extra, stages=stages)
+        stages.finish(
+            number,
+            f"{what}: {len(rows)} rows, {n_pairs} pairs in {len(groups)} part(s)"
+            + (f" ({engine.name} engine)" if number == 1 else ""),
+        )
+        if len(rows):
+            ran(rows, stage)
+    computes = [s for s in steps if s.experiment.compute is not None]
+    if computes:
+        number = computes[0].stage
+        stages.start(number, ", ".join(s.experiment.key for s in computes), len(computes), unit="step")
+    for step in computes:
+        plan = _plan(step, cfg, n_layers, d_model, upstream=upstream, scores=scores, clean=clean, **base_extra)
+        fits[step.experiment.key] = store.json(step.experiment.key, lambda s=step, p=plan: s.experiment.compute(p))
+        stages.done(step.stage, f"{step.experiment.key}.json", 1)
+    if computes:
+        stages.finish(computes[0].stage, ", ".join(s.experiment.key for s in computes) + " on all pairs")
+    # effects.parquet, as written; with no patched condition (e.g. shift alone) still the table's columns, which
+    # every summary reads
+    effects = pd.concat(tables, ignore_index=True) if tables else to_frame([])
+    tokens = canonical_tokens(token_parts)  # token_effects.parquet
+    summary = summarize_tables(effects, scores, fits, cfg, n_layers=n_layers, d_model=d_model, tokens=tokens)
+    return SuiteResult(
+        scores=scores, effects=effects, summary=summary, lasso=fits.get("lasso"), fits=fits, tokens=tokens
+    )
+
+
+def _stage_one(
+    pair: Twins,
+    groups: list[list[TokenizedPair]],
+    engine: Engine,
+    specs: list[PatchSpec],
+    store: PartStore,
+    *,
+    stages: Stages,
+    per_token: bool,
+    token_parts: list[pd.DataFrame],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scores and every stage-1 condition, one group of pairs at a time."""
+    score_parts, effect_parts = [], []
+    for group in groups:
+        tag = group_tag(group)
+
+        def score(group: list[TokenizedPair] = group) -> pd.DataFrame:
+            # One clean pass per model for the run: the fast engine scored these sequences in its clean runs
+            # (free after engine.run; else its own clean pass); the reference engine has no such pass.
+            clean = getattr(engine, "clean_scores", None)
+            table = clean(pair, group) if clean is not None else score_pairs(pair, group, progress=False)
+            check_scores(pair, table, group)  # NaN/inf: names the pair, model and layer
+            return table
+
+        if specs:
+            effect_parts.append(
+                engine_part(
+                    store,
+                    f"stage1-{tag}",
+                    engine,
+                    pair,
+                    group,
+                    lambda: specs,
+                    per_token=per_token,
+                    token_parts=token_parts,
+                )
+            )
+        score_parts.append(store.table(f"scores-{tag}", score))
+        stages.done(1, f"stage1-{tag}.parquet", len(group), real=_real(score_parts[-1], *effect_parts[-1:]))
+    scores = pd.concat(score_parts, ignore_index=True).sort_values("pair_id", kind="stable").reset_index(drop=True)
+    return scores, canonical_effects(effect_parts)
+
+
+def _later_stage(
+    number: int,
+    stage: list[Step],
+    pair: Twins,
+    groups: list[list[TokenizedPair]],
+    engine: Engine,
+    cfg: SuiteConfig,
+    store: PartStore,
+    fits: dict[str, Any],
+    extra: dict[str, Any],
+    *,
+    stages: Stages,
+    token_parts: list[pd.DataFrame],
+) -> pd.DataFrame:
+    """A stage after the first: its fits on all pairs (computed only when some part still needs them),
+    then its conditions per group of pairs."""
+    n_layers, d_model = pair.n_layers, pair.d_model
+    fitting = [s for s in stage if s.experiment.fit is not None]
+    fit_part = {
+        s.experiment.key: f"stage{number}-fit" if len(fitting) == 1 else f"stage{number}-fit-{s.experiment.key}"
+        for s in fitting
+    }
+    names = [f"stage{number}-{group_tag(g)}.parquet" for g in groups]
+    # other pair sets (E11's transfer data), in groups of the run's size
+    other = {
+        tag: pair_groups(p, max(map(len, groups)) if groups else None, ranks=store.ranks)
+        for tag, p in extra.get("extra_pairs", {}).items()
+        if p
+    }
+    other_names = {tag: [f"stage{number}-{tag}-{group_tag(g)}.parquet" for g in gs] for tag, gs in other.items()}
+    fitted: dict[str, Any] = {}
+
+    def fitted_of(step: Step) -> Any:
+        if step.experiment.key not in fitted:
+            fitted[step.experiment.key] = step.experiment.fit(_plan(step, cfg, n_layers, d_model, **extra))
+        return fitted[step.experiment.key]
+
+    complete = (
+        all(store.has(f"{p}.json") for p in fit_part.values())
+        and all(store.has(n) for n in names)
+        and all(store.has(n) for ns in other_names.values() for n in ns)
+    )
+    for step in fitting:
+        if not complete:
+            fitted_of(step)  # some part is missing: its conditions need the fit
+        fits[step.experiment.key] = store.json(fit_part[step.experiment.key], lambda s=step: fitted_of(s).record)
+    specs_cache: list[list[PatchSpec]] = []
+
+    def specs() -> list[PatchSpec]:
+        if not specs_cache:
+            specs_cache.append(
+                [
+                    spec
+                    for s in stage
+                    for spec in s.experiment.specs(
+                        _plan(s, cfg, n_layers, d_model, fitted=fitted_of(s) if s.experiment.fit else None, **extra)
+                    )
+                ]
+            )
+        return specs_cache[0]
+
+    def specs_for(tag: str | None) -> list[PatchSpec]:
+        """The run's pairs (None) get every condition but those of another pair set; a set, only its own."""
+        if not other:
+            return specs()
+        return [s for s in specs() if (s.key.split == tag if tag is not None else s.key.split not in other)]
+
+    parts = []
+    for group, name in zip(groups, names):
+        parts.append(
+            engine_part(
+                store,
+                name.removesuffix(".parquet"),
+                engine,
+                pair,
+                group,
+                lambda: specs_for(None),
+                per_token=any(s.experiment.per_token for s in stage),
+                token_parts=token_parts,
+            )
+        )
+        stages.done(number, name, len(group), real=_real(parts[-1]))
+    for tag, tag_groups in other.items():
+        for group, name in zip(tag_groups, other_names[tag]):
+
+            def run_other(g: list[TokenizedPair] = group, t: str = tag) -> pd.DataFrame:
+                chosen = specs_for(t)
+                return engine.run(pair, g, chosen, progress=False) if chosen else pd.DataFrame()
+
+            parts.append(store.table(name.removesuffix(".parquet"), run_other))
+            stages.done(number, name, len(group), real=_real(parts[-1]))
+    return canonical_effects(parts)
+
+
+# Engines of the estimators an experiment may declare (``Experiment.estimator``), "module:Class".
+ESTIMATOR_ENGINES = {"atp": "alignment_probe.engine.attribution:AttributionEngine"}
+
+
+def estimator_engine(name: str) -> Engine:
+    """The engine that computes an estimator's conditions (built with its defaults)."""
+    if name not in ESTIMATOR_ENGINES:
+        raise ConfigError(f"unknown estimator {name!r}; known: exact, {', '.join(ESTIMATOR_ENGINES)}.")
+    module, _, attr = ESTIMATOR_ENGINES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)()
+
+
+def _estimated(
+    number: int,
+    stage: list[Step],
+    rows: pd.DataFrame,
+    pair: Twins,
+    groups: list[list[TokenizedPair]],
+    cfg: SuiteConfig,
+    store: PartStore,
+    extra: dict[str, Any],
+    *,
+    stages: Stages,
+) -> pd.DataFrame:
+    """A stage's conditions that an estimator computes instead of the run's engine (``Experiment.estimator``,
+    e.g. attribution patching), per group of pairs in parts ``stage<n>-<estimator>-<first>-<last>``, added to
+    the stage's exact ``rows`` in the canonical order (the exact rows keep theirs)."""
+    parts = [rows]
+    for name in sorted({s.experiment.estimator for s in stage}):
+        own = [s for s in stage if s.experiment.estimator == name]
+        if any(s.experiment.fit is not None for s in own):
+            raise ConfigError(f"{', '.join(s.experiment.key for s in own)}: an estimated experiment cannot have a fit.")
+        specs = stage_specs(own, cfg, pair.n_layers, pair.d_model, **extra)
+        if not specs:
+            continue
+        engine = estimator_engine(name)
+        for group in groups:
+            part = f"stage{number}-{name}-{group_tag(group)}"
+            parts.append(store.table(part, lambda g=group, e=engine, c=specs: e.run(pair, g, c, progress=False)))
+            stages.done(number, f"{part}.parquet", len(group), real=_real(parts[-1]))
+    return canonical_effects(parts) if len(parts) > 1 else rows
