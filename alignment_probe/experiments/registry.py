@@ -334,6 +334,18 @@ def per_layer_names() -> tuple[str, ...]:
     )
 
 
+def sweep_names() -> tuple[str, ...]:
+    """Names whose conditions emit per-layer rows, whatever runs before them (a fit on all pairs, an upstream
+    summary they need): what ``ap.sweep`` accepts."""
+    return tuple(
+        n.name
+        for e in experiments()
+        if (e.specs is not None or e.fit is not None) and e.compute is None
+        for n in e.names
+        if n.per_layer
+    )
+
+
 def figures() -> list[Figure]:
     """Every registered figure, in report order."""
     figs = [f for e in experiments() for f in e.figures] + list(_EXTRA_FIGURES.values())

@@ -79,6 +79,7 @@ def run_suite(
     store: PartStore | None = None,
     pairs_per_part: int | None = DEFAULT_PAIRS_PER_PART,
     extra_pairs: Mapping[str, Sequence[TokenizedPair]] | None = None,
+    summarize: bool = True,
 ) -> SuiteResult:
     """Run the chosen experiments on loaded twins and tokenised pairs.
 
@@ -86,6 +87,7 @@ def run_suite(
     parts it already holds are loaded, not recomputed. ``extra_pairs`` (tag → tokenised pairs, e.g. the
     transfer data of E11) are other pair sets a later stage's conditions may target: a condition whose
     ``key.split`` is a tag runs on that set (parts ``stage<n>-<tag>-<first>-<last>``), the others on the run's.
+    ``summarize=False``: the tables only (``summary`` empty; e.g. ``ap.sweep``, which reads the effects).
     ``progress``: one progress display per stage (True, or the :class:`~alignment_probe.progress.Stages` of a
     run that spans several passes); ``log`` gets a line per finished stage.
     """
@@ -107,7 +109,9 @@ def run_suite(
     stage_one_specs = stage_specs(stage_one, cfg, n_layers, d_model, upstream={}, **base_extra)
     clean = _shared_clean_pass(steps, cfg, pair, groups, engine, stage_one_specs)
     try:
-        return _run_stages(pair, groups, steps, engine, cfg, store, clean, base_extra, stage_one_specs, stages=stages)
+        return _run_stages(
+            pair, groups, steps, engine, cfg, store, clean, base_extra, stage_one_specs, stages=stages, summarize=summarize
+        )
     finally:
         if clean is not None:  # the kept activations are this run's: release them
             engine.keep = {}
@@ -182,6 +186,7 @@ def _run_stages(
     stage_one_specs: list[PatchSpec],
     *,
     stages: Stages,
+    summarize: bool = True,
 ) -> SuiteResult:
     """:func:`run_suite`'s stages, in order (see the module docstring)."""
     n_layers, d_model = pair.n_layers, pair.d_model
@@ -259,7 +264,11 @@ def _run_stages(
     # every summary reads
     effects = pd.concat(tables, ignore_index=True) if tables else to_frame([])
     tokens = canonical_tokens(token_parts)  # token_effects.parquet
-    summary = summarize_tables(effects, scores, fits, cfg, n_layers=n_layers, d_model=d_model, tokens=tokens)
+    summary = (
+        summarize_tables(effects, scores, fits, cfg, n_layers=n_layers, d_model=d_model, tokens=tokens)
+        if summarize
+        else {}
+    )
     return SuiteResult(
         scores=scores, effects=effects, summary=summary, lasso=fits.get("lasso"), fits=fits, tokens=tokens
     )
