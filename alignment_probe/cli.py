@@ -357,10 +357,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         spawn_cli(args.argv[1:], procs, threads=1, log=lambda s: print(s, file=sys.stderr))
         return EXIT_OK  # rank 0 has reported the run
 
+    from alignment_probe.experiments import registry
     from alignment_probe.experiments.suite import preset_config
     from alignment_probe.run import RunRequest, execute
-
-    from alignment_probe.experiments import registry
 
     experiments = _list(args.experiments) or ()  # SuiteConfig expands "all" to the default suite
     options: dict[str, Any] = {}

@@ -110,7 +110,17 @@ def run_suite(
     clean = _shared_clean_pass(steps, cfg, pair, groups, engine, stage_one_specs)
     try:
         return _run_stages(
-            pair, groups, steps, engine, cfg, store, clean, base_extra, stage_one_specs, stages=stages, summarize=summarize
+            pair,
+            groups,
+            steps,
+            engine,
+            cfg,
+            store,
+            clean,
+            base_extra,
+            stage_one_specs,
+            stages=stages,
+            summarize=summarize,
         )
     finally:
         if clean is not None:  # the kept activations are this run's: release them
