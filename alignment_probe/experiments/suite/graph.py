@@ -42,7 +42,9 @@ def plan_steps(cfg: SuiteConfig) -> list[Step]:
 
     def stage_of(exp: Experiment) -> int:
         if exp.key not in stages:
-            stages[exp.key] = 1 + max((stage_of(registry.get(n)) for n in exp.needs), default=0)
+            after = 1 + max((stage_of(registry.get(n)) for n in exp.needs), default=0)
+            # a fit runs before its conditions, and stage 1 has none (its conditions share one call with the scores)
+            stages[exp.key] = max(after, 2) if exp.fit is not None else after
         return stages[exp.key]
 
     steps = []
