@@ -305,8 +305,8 @@ def run_suite(
     Models and data default to the bundled organisms. ``suite``: the preset, ``"tour"`` (the default) or
     ``"full"`` (``--suite``; experiments/presets.py says what each runs); ``n_pairs``: ``"preset"`` (its number:
     32 for the tour, 80 for full), a number, or None for every pair; ``options``:
-    :class:`~alignment_probe.experiments.suite.SuiteConfig` fields (``hook``, ``layers``, ``alphas``,
-    ``n_boot``…), which win over the preset's."""
+    :class:`~alignment_probe.experiments.suite.SuiteConfig` fields (``hook``, ``layers``, ``n_boot``…) and every
+    option an experiment declares (``alphas``, ``steer_k``…: ``Experiment.options``), which win over the preset's."""
     from alignment_probe.experiments.presets import PRESETS
     from alignment_probe.experiments.suite import preset_config
     from alignment_probe.organisms import bundled_pair_paths, bundled_pairs_path

@@ -1,7 +1,8 @@
 """The suite: a small dependency graph over the registered experiments (see registry.py), in three parts —
 :mod:`~alignment_probe.experiments.suite.config` (the options, the experiments' own included, and presets),
 :mod:`~alignment_probe.experiments.suite.graph` (stages, conditions, the summary) and
-:mod:`~alignment_probe.experiments.suite.runner` (the stages run into resumable parts, parts.py)."""
+:mod:`~alignment_probe.experiments.suite.runner` (the run: stage by stage, stages.py, into resumable parts,
+parts.py)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,8 @@ from alignment_probe.experiments.suite.parts import (
     pair_groups,
     per_token_names,
 )
-from alignment_probe.experiments.suite.runner import (
-    ESTIMATOR_ENGINES,
-    SuiteResult,
-    estimator_engine,
-    run_suite,
-)
+from alignment_probe.experiments.suite.runner import SuiteResult, run_suite
+from alignment_probe.experiments.suite.stages import ESTIMATOR_ENGINES, estimator_engine
 
 __all__ = [
     "ALL",
