@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import BUNDLED_PAIRS
-from transformer_lens.utils import get_act_name
+
+try:  # TransformerLens 3.x; 4.x moved it
+    from transformer_lens.utils import get_act_name
+except ImportError:
+    from transformer_lens.utilities.components_utils import get_act_name
 
 import alignment_probe as ap
 from alignment_probe import sites
