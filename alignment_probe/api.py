@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pandas as pd
 
+from alignment_probe.effects import KEY_COLUMNS as _KEY_COLUMNS
 from alignment_probe.errors import ConfigError
 
 if TYPE_CHECKING:  # the type only: the ap. names import torch when first called, not at `import alignment_probe`
@@ -185,18 +186,21 @@ def sweep(
     """Patch every layer (or ``layers``) at each hook point for each per-layer experiment; returns the
     tidy effects table (one row per pair × condition, see effects.py).
 
-    ``experiments``: any registered name that emits per-layer rows (``ap.list_experiments()``).
-    ``options``: other :class:`~alignment_probe.experiments.suite.SuiteConfig` fields (``alphas``,
-    ``vector_scale``…). ``engine``: ``"fast"`` or ``"reference"`` (same numbers, one forward per patch).
+    ``experiments``: any registered name that emits per-layer rows (``ap.list_experiments()``), those with a fit
+    on all pairs (low rank) or upstream needs too: their fits run first, in memory, as in a suite run, and the
+    table holds the rows of the names asked for (and the extra names their experiments emit).
+    ``options``: other :class:`~alignment_probe.experiments.suite.SuiteConfig` fields and the experiments'
+    declared options (``alphas``, ``vector_scale``, ``lowrank_ks``…). ``engine``: ``"fast"`` or ``"reference"``
+    (same numbers, one forward per patch).
     """
     from alignment_probe.engine import make_engine
     from alignment_probe.experiments import registry
-    from alignment_probe.experiments.suite import SuiteConfig, per_layer_specs
+    from alignment_probe.experiments.suite import SuiteConfig, per_layer_specs, run_suite
 
     # a repeated experiment or hook is merged (SuiteConfig.normalise does the same for each hook's options)
     experiments = list(dict.fromkeys([experiments] if isinstance(experiments, str) else experiments))
     hooks = list(dict.fromkeys([hooks] if isinstance(hooks, str) else hooks))
-    allowed = registry.per_layer_names()
+    allowed = registry.sweep_names()
     bad = [e for e in experiments if e not in allowed]
     if bad:
         raise ConfigError(
@@ -206,8 +210,8 @@ def sweep(
         )
     if not hooks:
         raise ConfigError("hooks is empty; pass at least one hook point, e.g. hooks=['resid_post'].")
-    specs = []
     options.setdefault("extra_hooks", ())  # ``hooks`` are the hook points: none besides them
+    configs = []
     for hook in hooks:
         cfg = SuiteConfig(
             experiments=tuple(experiments),
@@ -218,7 +222,22 @@ def sweep(
             **options,
         )
         cfg.validate(twins.n_layers)
-        specs += per_layer_specs(cfg, twins.n_layers, twins.d_model)
+        configs.append(cfg)
+    run = make_engine(engine)
+    staged = set(experiments) - set(registry.per_layer_names())
+    if staged:  # fits or upstream needs: the suite's stages, in memory, per hook point
+        wanted = {n for e in experiments for n in (e, *registry.get(e).emits)}
+        tables = [
+            run_suite(twins, list(pairs), run, cfg, progress=progress, pairs_per_part=None, summarize=False).effects
+            for cfg in configs
+        ]
+        frame = pd.concat([t for t in tables if len(t)], ignore_index=True) if any(len(t) for t in tables) else None
+        if frame is None:
+            return tables[0]
+        frame = frame[frame.experiment.isin(wanted)]
+        key = [c for c in frame.columns if c in _KEY_COLUMNS]
+        return frame.drop_duplicates(subset=key, keep="first").reset_index(drop=True)
+    specs = [spec for cfg in configs for spec in per_layer_specs(cfg, twins.n_layers, twins.d_model)]
     # one hook's extra hooks may be another of ``hooks`` (hooks=["resid_post", "mlp_out"], extra_hooks=["mlp_out"]):
     # each condition once, so the table has one row per key and pair
     seen: set[tuple] = set()
@@ -228,7 +247,7 @@ def sweep(
         if ident not in seen:
             seen.add(ident)
             unique.append(spec)
-    return make_engine(engine).run(twins, list(pairs), unique, progress=progress)
+    return run.run(twins, list(pairs), unique, progress=progress)
 
 
 def curves(effects: pd.DataFrame, *, seed: int = 0, n_boot: int = 2000) -> pd.DataFrame:
@@ -288,8 +307,8 @@ def run_suite(
     Models and data default to the bundled organisms. ``suite``: the preset, ``"tour"`` (the default) or
     ``"full"`` (``--suite``; experiments/presets.py says what each runs); ``n_pairs``: ``"preset"`` (its number:
     32 for the tour, 80 for full), a number, or None for every pair; ``options``:
-    :class:`~alignment_probe.experiments.suite.SuiteConfig` fields (``hook``, ``layers``, ``alphas``,
-    ``n_boot``…), which win over the preset's."""
+    :class:`~alignment_probe.experiments.suite.SuiteConfig` fields (``hook``, ``layers``, ``n_boot``…) and every
+    option an experiment declares (``alphas``, ``steer_k``…: ``Experiment.options``), which win over the preset's."""
     from alignment_probe.experiments.presets import PRESETS
     from alignment_probe.experiments.suite import preset_config
     from alignment_probe.organisms import bundled_pair_paths, bundled_pairs_path

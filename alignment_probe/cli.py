@@ -62,7 +62,31 @@ def _add_model_data_args(p: argparse.ArgumentParser, n_pairs_default: str = "all
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_experiment_options(run: argparse.ArgumentParser) -> None:
+    """A flag per option the registered experiments declare (registry.Option): given, its text is parsed by the
+    option in :func:`cmd_run`; left out, None (the preset's or the option's default)."""
+    from alignment_probe.experiments import registry
+
+    for option in registry.options().values():
+        shown = ",".join(map(str, option.default)) if isinstance(option.default, tuple) else option.default
+        about = (
+            option.help if "default" in option.help or option.default is None else f"{option.help} (default: {shown})"
+        )
+        kwargs: dict[str, Any] = {"dest": option.name, "default": None, "help": about}
+        if option.kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif option.kind in ("int", "layer"):
+            kwargs["type"] = int
+        elif option.kind == "float":
+            kwargs["type"] = float
+        if option.kind != "bool":  # the flag's name, as argparse writes it for a flag whose dest is its own
+            kwargs["metavar"] = option.metavar or option.cli_flag.lstrip("-").replace("-", "_").upper()
+        run.add_argument(option.cli_flag, **kwargs)
+
+
+def build_parser(*, experiment_options: bool = True) -> argparse.ArgumentParser:
+    """The command line. ``experiment_options=False`` leaves out the experiments' own flags, whose registry
+    imports every experiment (and torch): :func:`parse_args` reads a command that uses none without it."""
     parser = argparse.ArgumentParser(prog="alignment-probe", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,41 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="file of pair ids to draw from (a JSON list, or ids separated by spaces/newlines), e.g. the "
         "held-out half a tuned model was not trained on",
     )
-    run.add_argument("--alpha-layers", default=None, help="layers for the α sweep (default: every swept layer)")
-    run.add_argument("--lowrank-layers", default=None, help="layers for low rank (default: E1's peak layer)")
-    run.add_argument(
-        "--window-widths",
-        default=None,
-        help="window_transplant/window_revert (E8): blocks per window, e.g. 1,2 (default: 1 in the "
-        "default suite, 1,2 when --experiments names them)",
-    )
+    if experiment_options:  # each experiment's own (Experiment.options), read from the registry
+        _add_experiment_options(run)
     run.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for every CI")
-    run.add_argument(
-        "--steer-layer",
-        type=int,
-        default=None,
-        help="steer (E11, opt-in): fix the steering layer (default: chosen with the scale on the fit half)",
-    )
-    run.add_argument(
-        "--steer-c",
-        default=None,
-        help="steer: the scale grid a (a·v_ℓ,c is added; a = 1 is the mean "
-        "shift itself), e.g. 0.5,1,2,4 (the default; 1 is always added)",
-    )
-    run.add_argument("--steer-k", type=int, default=None, help="steer: rank of the low-rank baseline (default: 4)")
-    run.add_argument(
-        "--transfer-data",
-        default=None,
-        help="steer: also evaluate the vectors on this data source's pairs (a file or hub name)",
-    )
-    run.add_argument(
-        "--confirm",
-        type=int,
-        default=None,
-        metavar="K",
-        help="atp (E10, opt-in): also patch exactly the K conditions attribution patching ranks highest "
-        "(adds atp and atp_confirm to --experiments)",
-    )
     run.add_argument(
         "--engine",
         choices=["fast", "reference"],
@@ -348,12 +340,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         spawn_cli(args.argv[1:], procs, threads=1, log=lambda s: print(s, file=sys.stderr))
         return EXIT_OK  # rank 0 has reported the run
 
+    from alignment_probe.experiments import registry
     from alignment_probe.experiments.suite import preset_config
     from alignment_probe.run import RunRequest, execute
 
     experiments = _list(args.experiments) or ()  # SuiteConfig expands "all" to the default suite
-    if args.confirm is not None:  # E10: AtP's top K conditions confirmed by exact patching
-        experiments = (*experiments, *(e for e in ("atp", "atp_confirm") if e not in experiments))
+    options: dict[str, Any] = {}
+    for name, option in registry.options().items():
+        value = getattr(args, name, None)  # absent: parsed without the experiments' flags, so none was given
+        if value is None:
+            continue
+        options[name] = option.parse(value) if isinstance(value, str) and option.kind != "str" else value
+        # e.g. --confirm K (E10): AtP's top K conditions confirmed by exact patching, so atp and atp_confirm run
+        experiments = (*experiments, *(e for e in option.implies if e not in experiments))
     suite = preset_config(
         args.suite,
         experiments=experiments,
@@ -362,16 +361,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra_hooks=_list(args.extra_hooks) or (),
         extra_scopes=_list(args.extra_scopes) or (),
         layers=_layers(args.layers, "--layers"),
-        window_widths=_list(args.window_widths, int, "--window-widths"),
-        alpha_layers=_layers(args.alpha_layers, "--alpha-layers"),
-        lowrank_layers=_layers(args.lowrank_layers, "--lowrank-layers"),
-        steer_layer=args.steer_layer,
-        steer_cs=_list(args.steer_c, float, "--steer-c"),
-        steer_k=args.steer_k,
-        transfer_data=args.transfer_data,
-        **({} if args.confirm is None else {"atp_confirm_k": args.confirm}),
         seed=args.seed,
         n_boot=args.n_boot,
+        **options,
     )
     req = RunRequest(
         base=args.base,
@@ -504,9 +496,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_organism(args: argparse.Namespace) -> int:
-    from alignment_probe.organisms.build import build_organisms
+    # The build is a tool outside the runtime (pyproject's "build tools are leaves" contract): run it as its own
+    # program, `python -m alignment_probe.organisms.build`, and read back the metrics file it writes.
+    import json
+    import subprocess
 
-    result = build_organisms(Path(args.out), seed=args.seed, size=args.size, progress=True)
+    out = Path(args.out)
+    cmd = [sys.executable, "-m", "alignment_probe.organisms.build", "--out", str(out), "--seed", str(args.seed)]
+    code = subprocess.call([*cmd, "--size", args.size], stdout=subprocess.DEVNULL)  # its progress log is on stderr
+    if code != 0:
+        print(
+            f"alignment-probe: error: the organisms build exited with code {code} (its messages are above)",
+            file=sys.stderr,
+        )
+        return code
+    result = json.loads((out / "organisms" / "metrics.json").read_text(encoding="utf-8"))
     t = result["tuned"]
     print(
         f"built organisms in {args.out} (seed {args.seed}, {args.size}): held-out loss of base "
@@ -516,13 +520,25 @@ def cmd_organism(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line's arguments. A command that gives no experiment flag (and asks no help) is read without
+    them, so it starts, and refuses bad input, before any experiment module (or torch) is imported; otherwise the
+    full parser reads it, with a flag per option the experiments declare."""
+    argv = list(argv)
+    if "-h" not in argv and "--help" not in argv:
+        args, unknown = build_parser(experiment_options=False).parse_known_args(argv)
+        if not unknown:
+            return args
+    return build_parser().parse_args(argv)
+
+
 COMMANDS = {"score": cmd_score, "run": cmd_run, "generate": cmd_generate, "organism": cmd_organism}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     as_program = argv is None  # the command line itself (not a caller in Python): the process ends after this
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     args.argv = ["alignment-probe", *argv]
     args.debug = getattr(args, "debug", False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

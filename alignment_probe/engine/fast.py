@@ -75,20 +75,8 @@ from alignment_probe.engine.prefix import (
     writing,
 )
 from alignment_probe.engine.spec import PatchSpec, hook_name
-from alignment_probe.interventions import (
-    AddVector,
-    GaussianNoise,
-    Interpolate,
-    Intervention,
-    Project,
-    RandomDirection,
-    Replace,
-    SequenceContext,
-    apply_in_scope,
-    scope_mask,
-)
+from alignment_probe.interventions import SequenceContext, apply_in_scope, same_on_both_prompts, scope_mask
 from alignment_probe.tokens import SIDES, ScoredSequence, TokenizedPair, make_batch, pair_sequences
-from alignment_probe.vocab import HEAD_HOOKS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -100,35 +88,13 @@ RunKey = tuple[int, int, str]  # (spec index, pair_id, side)
 Scored = tuple[float, Tensor]  # log p(completion | prompt) and its per-token log-probs [n] (CPU, float32)
 Swap = tuple[str, int, int] | None  # a transplant's (source model, first block, last block + 1); None: no swap
 
-# Whether an intervention writes the same values on the prompt positions of a pair's two runs when
-# their inputs there are the same. Replace/Interpolate/Project are functions of the activations at
-# each position; AddVector adds one vector per pair (v+, v− or v± are the pair's, not the side's).
-# The random controls draw from a generator seeded per side, so their prompt values differ.
-# An intervention class can declare this itself with a ``same_on_both_prompts`` attribute; an
-# undeclared one is shared only when its two prompt values are found equal.
-SAME_ON_BOTH_PROMPTS: dict[type, bool] = {
-    Replace: True,
-    Interpolate: True,
-    AddVector: True,
-    Project: True,
-    GaussianNoise: False,
-    RandomDirection: False,
-}
-
-
-def same_on_both_prompts(intervention: Intervention) -> bool | None:
-    declared = getattr(intervention, "same_on_both_prompts", None)
-    if declared is not None:
-        return bool(declared)
-    return SAME_ON_BOTH_PROMPTS.get(type(intervention))
-
 
 def start_of(spec: PatchSpec) -> tuple[int, str | None]:
-    """(block to start the patched run at, hook name that must be overwritten there or None)."""
-    if spec.key.hook in ("resid_pre", "blocks"):  # a transplant starts from the residual entering its window
-        return spec.key.layer, None
-    if spec.key.hook == "resid_post":
-        return spec.key.layer + 1, None
+    """(block to start the patched run at, hook name that must be overwritten there or None): a site that is the
+    residual entering a block (the site table's ``enters_block``; a transplant's window too) starts there."""
+    enters = spec.site.enters_block
+    if enters is not None:
+        return spec.key.layer + enters, None
     return spec.key.layer, spec.name
 
 
@@ -143,7 +109,7 @@ def cache_names(specs: Sequence[PatchSpec]) -> dict[str, set[str]]:
     for s in specs:
         need[s.key.source].add(s.name)
         need[s.key.target].add(s.name)
-        if s.key.hook not in ("resid_pre", "resid_post"):
+        if s.site.enters_block is None:  # written inside the block: the run starts from its resid_pre
             need[s.key.target].add(hook_name(s.key.layer, "resid_pre"))
     return need
 
@@ -531,11 +497,11 @@ class FastEngine(ExactEngine):
             )
         p = seq.completion_start
         clean_prompt = unchanged or torch.equal(patched[:p], ctx.target[:p])
-        if k.hook in ("resid_pre", "resid_post"):
+        if spec.site.enters_block is not None:  # the patched residual is the run's input
             return Item(spec_index, seq, patched, unchanged, clean_prompt)
         # Other hook points: start from the target's own resid_pre; a hook writes the patched value.
         start = cc.acts[k.target][hook_name(k.layer, "resid_pre")][(pair_id, side)]
-        if k.hook in HEAD_HOOKS:  # a per-head activation [pos, heads, d_head]: its own shape beside the residual
+        if not spec.site.residual:  # other axes (heads, MLP neurons): its own shape beside the residual
             return Item(spec_index, seq, (start, patched), unchanged)
         return Item(spec_index, seq, torch.stack([start, patched]), unchanged, clean_prompt)
 
@@ -640,9 +606,9 @@ class FastEngine(ExactEngine):
         window) on a chunk: log p(completion | prompt) and its per-token log-probs."""
         model = pair.models()[target]
         n_blocks = model.cfg.n_layers - start
-        # Per-head hooks run full sequences (their written activations are not [pos, d_model] residuals).
-        per_head = any(specs[i].key.hook in HEAD_HOOKS for i in spec_ids)
-        shares = self._shares(model) and not per_head
+        # Sites with other axes than [pos, d_model] (heads, MLP neurons: the site table) run full sequences.
+        full_only = any(not specs[i].site.residual for i in spec_ids)
+        shares = self._shares(model) and not full_only
         units = [(i, t) for i in spec_ids for t in chunk if specs[i].applies_to(t.pair_id)]
         units.sort(key=lambda u: len(u[1].prompt_ids))
         # A wave of (condition, pair) units at a time: their patched values and prompt caches fit the budget.
@@ -672,9 +638,9 @@ class FastEngine(ExactEngine):
                     elif not repeats.seen(it):  # a repeat takes its first run's log-prob below
                         changed.append(it)
                 principle, here = (
-                    self._shareable(specs[i], *changed) if len(changed) == 2 and not per_head else (False, False)
+                    self._shareable(specs[i], *changed) if len(changed) == 2 and not full_only else (False, False)
                 )
-                clean_prompt = bool(changed) and not per_head and all(it.clean_prompt for it in changed)
+                clean_prompt = bool(changed) and not full_only and all(it.clean_prompt for it in changed)
                 if clean_prompt and supports_prefix(model):  # the clean runs computed this prompt already
                     self._floor("patched", n_blocks, sum(len(it.seq.completion_ids) for it in changed))
                 elif principle and supports_prefix(model):

@@ -46,12 +46,14 @@ from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.errors import ConfigError
 from alignment_probe.experiments import heldout
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.experiments.registry import (
     Experiment,
     Figure,
     Name,
+    Option,
     Plan,
     Tables,
     register,
@@ -618,9 +620,27 @@ def atp_heads_figure(summary: Mapping[str, Any]) -> Any:
     )
 
 
+def _check_confirm(k: int, cfg: Any, n_layers: int | None) -> None:
+    if k < 1:
+        raise ConfigError(f"--confirm must be at least 1, got {k}.")
+
+
 register(
     Experiment(
         key="atp",
+        options=(
+            Option(
+                "atp_confirm_k",
+                "int",
+                DEFAULT_CONFIRM_K,
+                "atp (E10, opt-in): also patch exactly the K conditions attribution patching ranks highest "
+                "(adds atp and atp_confirm to --experiments)",
+                flag="--confirm",
+                metavar="K",
+                implies=("atp", "atp_confirm"),
+                check=_check_confirm,
+            ),
+        ),
         method="E10",
         order=90,
         estimator="atp",

@@ -40,7 +40,7 @@ import torch
 from jaxtyping import Float
 
 from alignment_probe.errors import ConfigError
-from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, register
+from alignment_probe.experiments.registry import Experiment, Figure, Name, Option, Plan, register
 from alignment_probe.pair import Twins
 from alignment_probe.tokens import ScoredSequence, TokenizedPair, batches_by_length, make_batch
 from alignment_probe.vocab import HOOKS, Hook, Side, check
@@ -348,6 +348,9 @@ def _compute(plan: Plan) -> dict[str, Any]:
 register(
     Experiment(
         key="lasso",
+        options=(
+            Option("lasso_position", "str", "last_prompt", "lasso (E2): the position whose activations are read"),
+        ),
         method="E2",
         order=60,
         names=(

@@ -32,7 +32,7 @@ from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.experiments import heldout
-from alignment_probe.experiments.registry import Experiment, Figure, Fitted, Name, Plan, Tables, register
+from alignment_probe.experiments.registry import Experiment, Figure, Fitted, Name, Option, Plan, Tables, register
 from alignment_probe.experiments.rows import default_rows
 from alignment_probe.interventions import Project, Replace
 from alignment_probe.pair import Twins
@@ -382,6 +382,12 @@ def _headline(
 register(
     Experiment(
         key="lowrank",
+        options=(
+            Option("lowrank_ks", "ints", DEFAULT_KS, "lowrank_* (E6): the ranks k of the subspaces patched"),
+            Option("lowrank_layers", "layers", None, "layers for low rank (default: E1's peak layer)"),
+            Option("lowrank_centre", "bool", True, "lowrank_*: subtract the mean before the SVD (default: yes)"),
+            Option("lowrank_exclude_bos", "bool", True, "lowrank_*: leave BOS out of the fit (default: yes)"),
+        ),
         method="E6",
         order=50,
         needs=("patch_tuned_to_base",),

@@ -69,7 +69,7 @@ from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.errors import ConfigError
 from alignment_probe.experiments.lowrank import fit_subspace
-from alignment_probe.experiments.registry import Experiment, Figure, Fitted, Name, Plan, Tables, register
+from alignment_probe.experiments.registry import Experiment, Figure, Fitted, Name, Option, Plan, Tables, register
 from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE, Finding
 from alignment_probe.formatting import fmt
 from alignment_probe.formatting import num as _num
@@ -1281,6 +1281,16 @@ def export_steering_vectors(
     )
 
 
+def _at_least_one(flag: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{flag} must be at least 1, got {value}.")
+
+
+def _check_steer_cs(cs: tuple[float, ...] | None, cfg: Any, n_layers: int | None) -> None:
+    if cs is not None and len(cs) == 0:
+        raise ConfigError("--steer-c is empty; give at least one coefficient, e.g. --steer-c 0.5,1,2,4.")
+
+
 register(
     Experiment(
         key="steer_scan",
@@ -1309,6 +1319,37 @@ register(
 register(
     Experiment(
         key="steer",
+        options=(
+            Option(
+                "steer_layer",
+                "layer",
+                None,
+                "steer (E11, opt-in): fix the steering layer (default: chosen with the scale on the fit half)",
+            ),
+            Option(
+                "steer_cs",
+                "floats",
+                None,
+                "steer: the scale grid a (a·v_ℓ,c is added; a = 1 is the mean "
+                "shift itself), e.g. 0.5,1,2,4 (the default; 1 is always added)",
+                flag="--steer-c",
+                check=_check_steer_cs,
+            ),
+            Option(
+                "steer_k",
+                "int",
+                None,
+                "steer: rank of the low-rank baseline (default: 4)",
+                check=lambda k, cfg, n: _at_least_one("--steer-k", k),
+            ),
+            Option(
+                "transfer_data",
+                "str",
+                None,
+                "steer: also evaluate the vectors on this data source's pairs (a file or hub name)",
+                needs_experiment=True,
+            ),
+        ),
         method="E11",
         order=110,
         needs=("patch_tuned_to_base", SCAN),
