@@ -21,7 +21,7 @@ from alignment_probe.prepare import InputSpec
 def suite_from_dict(raw: Mapping[str, Any]) -> SuiteConfig:
     """A :class:`SuiteConfig` from its ``to_dict()`` read back from JSON (lists back to tuples; a field this
     version does not know, from a newer or older run, is left out and takes its default)."""
-    known = set(SuiteConfig.__dataclass_fields__)
+    known = set(SuiteConfig.known())
     options: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known}
     return SuiteConfig(**options)
 
