@@ -94,7 +94,13 @@ def start() -> OtherLineRun:
     log = work / "pytest.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     _run = OtherLineRun(python, cmd, log, process, time.monotonic())
     return _run

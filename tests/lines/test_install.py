@@ -114,7 +114,19 @@ def dry_run(python: str, tmp_path: Path) -> list[tuple[str, str]]:
     req = tmp_path / "requirements.txt"
     req.write_text("\n".join(PYPROJECT["dependencies"]) + "\n")
     report = tmp_path / "report.json"
-    cmd = [python, "-m", "pip", "install", "--dry-run", "--quiet", "--no-index", "--report", str(report), "-r", str(req)]
+    cmd = [
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--quiet",
+        "--no-index",
+        "--report",
+        str(report),
+        "-r",
+        str(req),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (
         f"pip cannot install the package's requirements into {python}'s environment without changing it "
@@ -133,7 +145,9 @@ def test_installing_changes_neither_torch_nor_transformer_lens(line, tmp_path):
     if line == "this":
         python = sys.executable
     else:
-        python = other_line.other_python() or pytest.skip(other_line.how_to_run("the install check on the other TransformerLens line"))
+        python = other_line.other_python() or pytest.skip(
+            other_line.how_to_run("the install check on the other TransformerLens line")
+        )
     before = {name: installed(python, name) for name in ("torch", "transformer-lens")}
     changes = dry_run(python, tmp_path)
     assert not changes, f"installing the package into {python}'s environment ({before}) would install {changes}"

@@ -44,7 +44,9 @@ def test_other_line_tiers():
     code, output, seconds = other_line.wait()
     tail = output[-12000:]
     where = f"{' '.join(other_line.command(python, other_line.REPO / '<tmp>'))} ({seconds:.0f} s)"
-    assert code is not None, f"the other line's tests ran past ${other_line.TIMEOUT_VAR} and were stopped: {where}\n{tail}"
+    assert code is not None, (
+        f"the other line's tests ran past ${other_line.TIMEOUT_VAR} and were stopped: {where}\n{tail}"
+    )
     assert code != 5, f"the other line's selection collected no test (paths moved?): {where}\n{tail}"
     assert code == 0, f"the other line's engine, family, equivalence or acceptance tests failed: {where}\n{tail}"
     assert re.search(r"\d+ passed", tail), f"the other line's run passed nothing: {where}\n{tail}"
