@@ -287,8 +287,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "runs": [],
         "split": None,
     }
-    import alignment_probe.pair  # noqa: F401 - imported before the clock starts: load_s is the load alone
+    # imported before the clock starts: load_s is the load alone
     import transformer_lens  # noqa: F401
+
+    import alignment_probe.pair  # noqa: F401
 
     for backend in backends:
         for dtype in args.dtypes.split(","):
