@@ -73,6 +73,15 @@ class OtherLineRun:
 _run: OtherLineRun | None = None
 
 
+def environment(python: str) -> dict[str, str]:
+    """This process's environment for a subprocess of ``python``: its own console scripts (alignment-probe,
+    lint-imports) first on PATH, and no ``$ALIGNMENT_PROBE_OTHER_LINE_PYTHON`` (it would point back here)."""
+    env = {k: v for k, v in os.environ.items() if k != VAR}
+    env["PATH"] = str(Path(python).parent) + os.pathsep + env.get("PATH", "")
+    env["VIRTUAL_ENV"] = str(Path(python).parent.parent)
+    return env
+
+
 def command(python: str, basetemp: Path) -> list[str]:
     # --basetemp: its own temporary root, so neither run's pytest clears the other's folders
     return [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={basetemp}", *PATHS]
@@ -86,17 +95,13 @@ def start() -> OtherLineRun:
     python = other_python()
     assert python is not None, how_to_run()
     work = Path(tempfile.mkdtemp(prefix="ap-other-line-"))
-    env = {k: v for k, v in os.environ.items() if k != VAR}
-    bindir = str(Path(python).parent)  # its console scripts (alignment-probe, lint-imports) come first on PATH
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    env["VIRTUAL_ENV"] = str(Path(python).parent.parent)
     cmd = command(python, work / "basetemp")
     log = work / "pytest.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             cmd,
             cwd=REPO,
-            env=env,
+            env=environment(python),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
