@@ -192,7 +192,9 @@ def sync(device: str) -> None:
 
 
 def devices_of(twins: Any) -> list[str]:
-    return sorted({str(p.device) for m in (twins.base, twins.tuned) for p in m.parameters()})
+    """Where the pair's weights are (a backend that wraps its model keeps it under ``.model``)."""
+    modules = [m if hasattr(m, "parameters") else getattr(m, "model", None) for m in (twins.base, twins.tuned)]
+    return sorted({str(p.device) for m in modules if m is not None for p in m.parameters()}) or ["unknown"]
 
 
 def one_run(args: argparse.Namespace, backend: str, dtype: str, device: str, config: dict[str, Any]) -> dict[str, Any]:
