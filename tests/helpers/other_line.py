@@ -50,7 +50,7 @@ def other_python() -> str | None:
 
 def how_to_run(what: str = "the other TransformerLens line's engine, family, equivalence and acceptance tests") -> str:
     return (
-        f"${VAR} is not set, so {what} did not run. To run them: python3 -m venv .venv-tl4 && .venv-tl4/bin/pip install -e '.[dev]' "
+        f"${VAR} is not set, so {what} did not run. To run: python3 -m venv .venv-tl4 && .venv-tl4/bin/pip install -e '.[dev]' "
         f"-c constraints/tl4.txt, then {VAR}=$PWD/.venv-tl4/bin/python python -m pytest -q tests/lines "
         "(.ci/run builds .ci-venv-tl4 and sets it)"
     )
