@@ -407,7 +407,7 @@ register(
         figures=(
             Figure(
                 "lowrank",
-                "alignment_probe.experiments.figures:lowrank",
+                "alignment_probe.experiments.fit_figures:lowrank",
                 "Low-rank patching (paper Fig. 4, Table 2)",
                 "Paper Fig. 4 / Table 2. Effect of patching a rank-k version of the activations, as a fraction "
                 "of the full effect, and the variance the k directions explain; dotted: subspace fitted on one "
