@@ -54,7 +54,7 @@ from alignment_probe.experiments.atp.conditions import (
     n_heads_of,
     ranked_conditions,
 )
-from alignment_probe.experiments.atp.figures import atp_figure, atp_heads_figure, atp_map_figure
+from alignment_probe.experiments.atp.figures import HEAD_MARKERS, PALETTE, atp_figure, atp_heads_figure, atp_map_figure
 from alignment_probe.experiments.atp.summary import (
     confirmed,
     head_cells,
@@ -74,6 +74,8 @@ __all__ = [
     "EXACT",
     "EXACT_HEADS",
     "HEAD_ESTIMATOR",
+    "HEAD_MARKERS",
+    "PALETTE",
     "atp_figure",
     "atp_head_specs",
     "atp_heads_figure",

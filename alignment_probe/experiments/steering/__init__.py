@@ -97,7 +97,7 @@ from alignment_probe.experiments.steering.common import (
     steer_scales,
 )
 from alignment_probe.experiments.steering.figures import figure, scan_figure
-from alignment_probe.experiments.steering.fit import fit_scan, fit_steering, kl_to_tuned, steer_choice
+from alignment_probe.experiments.steering.fit import fit_scan, fit_steering, kl_to_tuned, scan_layers, steer_choice
 from alignment_probe.experiments.steering.measures import kl_summary, null_location, null_summary, ratio_difference
 from alignment_probe.experiments.steering.shift import (
     Shift,
@@ -108,6 +108,7 @@ from alignment_probe.experiments.steering.shift import (
     export_steering_vectors,
     fit_steer_shifts,
     null_specs,
+    predicting_batches,
     random_units,
 )
 from alignment_probe.experiments.steering.summary import scan_landscape, summarize_scan, summarize_steering
@@ -168,7 +169,9 @@ __all__ = [
     "null_location",
     "null_specs",
     "null_summary",
+    "predicting_batches",
     "random_units",
+    "scan_layers",
     "ratio_difference",
     "scan_figure",
     "scan_landscape",

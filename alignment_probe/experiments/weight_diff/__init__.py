@@ -30,9 +30,30 @@ from typing import Any, Iterator, Mapping
 
 from alignment_probe import plotting as P
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
-from alignment_probe.experiments.weight_diff.delta import MODULE_ORDER, weight_diff
+from alignment_probe.experiments.weight_diff.delta import (
+    EXACT_SVD_MAX,
+    MODULE_ORDER,
+    TOP_K,
+    as_matrix,
+    module_of,
+    weight_diff,
+    weight_diff_from_adapter,
+    weight_diff_from_models,
+)
 
-__all__ = ["NAME", "summarize_weight_diff", "weight_diff", "weight_diff_figure"]
+__all__ = [
+    "EXACT_SVD_MAX",
+    "MODULE_ORDER",
+    "NAME",
+    "TOP_K",
+    "as_matrix",
+    "module_of",
+    "summarize_weight_diff",
+    "weight_diff",
+    "weight_diff_figure",
+    "weight_diff_from_adapter",
+    "weight_diff_from_models",
+]
 
 NAME = "weight_diff"
 
