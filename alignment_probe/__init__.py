@@ -11,7 +11,7 @@ The data path, one module per step::
     experiments/     E1–E11       one module per experiment, each registering itself (registry.py),
                                   and the suite: a dependency graph over the registry
     effects.py       the table    one tidy effects table that statistics, figures and reports read
-    stats.py         CIs          bootstrap CIs, peak and onset layers, held-out splits
+    stats/           CIs          bootstrap CIs, peak and onset layers, held-out splits
     report/          figures      plotly figures and the self-contained HTML report
     run.py, cli.py   the edges    the run directory (resumable) and the command line
     rundir.py        read back    a finished run: tables in, summary and report regenerated

@@ -368,7 +368,7 @@ register(
         figures=(
             Figure(
                 "lasso_coefficients",
-                "alignment_probe.experiments.figures:lasso_coefficients",
+                "alignment_probe.experiments.fit_figures:lasso_coefficients",
                 "LASSO attribution and probes (paper Fig. 2, Table 1)",
                 "Paper Fig. 2 / Table 1. LASSO (5-fold CV) coefficients of the z-scored per-layer "
                 "activation distances predicting the gain; grey bars are zero.",
