@@ -250,7 +250,9 @@ class Backend(ABC):
 
 
 class BackendLoader(Protocol):
-    """What each backend module (``backends.hooked``, ``backends.bridge``) offers for loading."""
+    """What each backend module (``backends.hooked``, ``backends.bridge``) offers at module level: ``load``,
+    ``wrap``, ``checkpoint_shape`` (``backends.load_model``/``backend_of``/``checkpoint_shape`` dispatch to them).
+    ``load`` registers the backend it returns (``backends.register``) so ``backend_of(backend.model)`` finds it."""
 
     def load(
         self,
@@ -263,6 +265,10 @@ class BackendLoader(Protocol):
         device_map: Any = None,
     ) -> Backend:
         """A local Hugging Face checkpoint folder, unprocessed (logits equal Hugging Face's), in eval mode."""
+        ...
+
+    def wrap(self, model: Any) -> Backend:
+        """The backend of a native model built or loaded elsewhere (``backends.backend_of`` calls it)."""
         ...
 
     def checkpoint_shape(self, path: str, source: str) -> tuple[int | None, int]:
