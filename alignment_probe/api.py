@@ -337,14 +337,18 @@ def sequence_tokens(pair: Any, side: str = "chosen") -> Any:
 def completion_logprob(
     model: Any, pair: Any, side: str = "chosen", fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = ()
 ) -> float:
-    """log p(completion | prompt) of one side of a tokenised pair under ``model`` (a HookedTransformer),
-    with any TransformerLens forward hooks applied: the building block of a hand-made patch."""
+    """log p(completion | prompt) of one side of a tokenised pair under ``model`` (``twins.base`` or ``twins.tuned``:
+    a HookedTransformer or a TransformerBridge), with any TransformerLens forward hooks applied: the building
+    block of a hand-made patch."""
     import torch
 
+    from alignment_probe.backends import backend_of
+
+    backend = backend_of(model)
     seq = pair.sequence(side)
-    tokens = sequence_tokens(pair, side).to(model.cfg.device)
+    tokens = sequence_tokens(pair, side).to(backend.device)
     with torch.inference_mode():
-        logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
+        logits, _ = backend.run(tokens, hooks=list(fwd_hooks))
     logp = logits[0, seq.completion_start - 1 : seq.length - 1].float().log_softmax(-1)
     target = tokens[0, seq.completion_start : seq.length]
     return float(logp.gather(-1, target[:, None]).sum())

@@ -377,7 +377,7 @@ def run_in_world(
     make_deterministic(device)
     pair = load_twins(req.base, req.tuned, device=device, dtype=req.dtype, checkpoints=checkpoints)
     if threads is not None:
-        threads.choose(pair.base.cfg.device, pair.d_model, log)
+        threads.choose(pair.backends()["base"].device, pair.d_model, log)
     manifest = build_manifest(
         "run",
         req.config(),

@@ -196,7 +196,9 @@ def backend_of(model: Any) -> Backend:
         elif "TransformerBridge" in names:
             found = _module("bridge").wrap(model)
         else:
-            raise TypeError(f"{type(model).__name__} is no TransformerLens model (HookedTransformer or TransformerBridge)")
+            raise TypeError(
+                f"{type(model).__name__} is no TransformerLens model (HookedTransformer or TransformerBridge)"
+            )
         register(found)
     return found
 

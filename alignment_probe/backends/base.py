@@ -275,3 +275,25 @@ class BackendLoader(Protocol):
         """(context length, layers) the backend gives the checkpoint in ``path``, from its config only (no
         weights read); refuses an architecture the backend cannot convert."""
         ...
+
+
+def pad_stack(tensors: Sequence[Tensor], width: int) -> Tensor:
+    """Right-pad tensors of shape [len, ...] with zeros to ``width`` and stack: [batch, width, ...]."""
+    out = tensors[0].new_zeros((len(tensors), width, *tensors[0].shape[1:]))
+    for i, t in enumerate(tensors):
+        out[i, : t.shape[0]] = t
+    return out
+
+
+def length_mask(lengths: Sequence[int], width: int, device: Any) -> Tensor:
+    """``[batch, width]`` int64: 1 at each row's first ``lengths[r]`` positions (right padding), else 0."""
+    pos = torch.arange(width, device=device)
+    return (pos[None, :] < torch.tensor(list(lengths), device=device)[:, None]).to(torch.int64)
+
+
+def capture_filter(capture: Capture) -> Callable[[str], bool] | None:
+    """``capture`` as a filter over hook names (None: capture nothing)."""
+    if capture is None or callable(capture):
+        return capture
+    names = frozenset(capture)
+    return lambda n: n in names

@@ -289,13 +289,13 @@ class FastEngine(ExactEngine):
         self.work_by_stage[stage].add_floor(n_blocks, tokens)
 
     def _overhead(self, model: Any) -> float:
-        return self.overhead if self.overhead is not None else overhead_tokens(model.cfg)
+        return self.overhead if self.overhead is not None else overhead_tokens(model)
 
     def _costs(self, model: Any) -> dict[str, float]:
         """The planner's cost model for this model: its per-forward and attention terms (batching.py)."""
         return {
             "overhead_tokens": self._overhead(model),
-            "attention_tokens": self.attention if self.attention is not None else attention_tokens(model.cfg),
+            "attention_tokens": self.attention if self.attention is not None else attention_tokens(model),
         }
 
     def _plan(self, model: Any, lengths: Sequence[int], context: Sequence[int] | None = None) -> list[list[int]]:
@@ -325,7 +325,7 @@ class FastEngine(ExactEngine):
     def pairs_per_chunk(self, pair: Twins, tokenized: Sequence[TokenizedPair], n_cached: int) -> int:
         """How many pairs' caches fit the memory budget (at least one)."""
         width = max(max(len(t.prompt_ids) + len(t.completion_ids(s)) for s in SIDES) for t in tokenized)
-        bytes_per_pair = 2 * max(n_cached, 1) * width * pair.d_model * pair.base.cfg.dtype.itemsize
+        bytes_per_pair = 2 * max(n_cached, 1) * width * pair.d_model * pair.backends()["base"].dtype.itemsize
         return max(1, int(self.memory_budget_gb * 2**30 // bytes_per_pair))
 
     # -- clean runs --------------------------------------------------------------------------
@@ -356,7 +356,7 @@ class FastEngine(ExactEngine):
         """The chunk's clean runs read from ``kept``, when it holds every activation and log-prob ``need`` asks for."""
         seqs = pair_sequences(chunk)
         keys = [(s.pair_id, s.side) for s in seqs]
-        models = [m for m in pair.models() if m in need]
+        models = [m for m in pair.backends() if m in need]
         held = self.kept
         if not models or not all(
             k in self.clean_logprobs[m] and all(n in held[m] and k in held[m][n] for n in need[m])
@@ -380,12 +380,12 @@ class FastEngine(ExactEngine):
             return held
         seqs = pair_sequences(chunk)
         acts, clean, tokens, prompts = {}, {}, {}, {}
-        for name, model in pair.models().items():
+        for name, model in pair.backends().items():
             if name not in need:  # neither patched nor a source: its clean run is not needed
                 continue
             names = set(need[name])
             capture = (lambda n, names=names: n in names) if names else None
-            n_blocks = model.cfg.n_layers
+            n_blocks = model.n_layers
             if supports_prefix(model):
                 self._floor(
                     "clean", n_blocks, sum(len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids) for t in chunk)
@@ -418,14 +418,8 @@ class FastEngine(ExactEngine):
         for rows in self._plan(model, [s.length for s in seqs]):
             group = [seqs[r] for r in rows]
             batch = make_batch(group)
-            ids = batch.tokens.to(model.cfg.device)
-            if capture is None:
-                resid, cache = model(ids, stop_at_layer=model.cfg.n_layers), {}
-            else:
-                resid, cache = model.run_with_cache(
-                    ids, names_filter=capture, stop_at_layer=model.cfg.n_layers, return_cache_object=False
-                )
-            self._computed("clean", model.cfg.n_layers, batch.tokens.numel())
+            resid, cache = model.run(batch.tokens, stop_at_layer=model.n_layers, capture=capture)
+            self._computed("clean", model.n_layers, batch.tokens.numel())
             for s, v, per_token in zip(group, *batch_logprobs(model, resid, batch)):
                 clean[(s.pair_id, s.side)], tokens[(s.pair_id, s.side)] = v, per_token
             for n in names:
@@ -436,7 +430,7 @@ class FastEngine(ExactEngine):
     def _clean_shared(
         self, model: Any, chunk: Sequence[TokenizedPair], names: set[str], capture: Any
     ) -> tuple[dict[Key, float], dict[Key, Tensor], dict[str, dict[Key, Tensor]], dict[int, PromptState]]:
-        n_blocks = model.cfg.n_layers
+        n_blocks = model.n_layers
         states: dict[int, PromptState] = {}
         prompt_acts: dict[str, dict[int, Tensor]] = {n: {} for n in names}
         for rows in self._plan(model, [len(t.prompt_ids) for t in chunk]):
@@ -473,7 +467,7 @@ class FastEngine(ExactEngine):
         from alignment_probe.numerics import check_clean
         from alignment_probe.scoring import score_table
 
-        models = pair.models()
+        models = pair.backends()
         keys = [(t.pair_id, s) for t in tokenized for s in SIDES]
         missing = [
             t for t in tokenized if any((t.pair_id, s) not in self.clean_logprobs[m] for m in models for s in SIDES)
@@ -487,7 +481,7 @@ class FastEngine(ExactEngine):
 
     # -- patched runs ------------------------------------------------------------------------
     def _parts(self, pair: Twins, target: str, source: str) -> PartComparison:
-        models = pair.models()
+        models = pair.backends()
         key = (id(models[target]), id(models[source]))
         if key not in self._comparisons:
             self._comparisons[key] = PartComparison(models[target], models[source])
@@ -496,12 +490,12 @@ class FastEngine(ExactEngine):
     @contextlib.contextmanager
     def _hybrid(self, pair: Twins, target: str, swap: Swap) -> Iterator[Any]:
         """The target model, with a transplant's window of source blocks swapped in (hybrid.py) if ``swap``."""
-        model = pair.models()[target]
+        model = pair.backends()[target]
         if swap is None:
             yield model
             return
         source, lo, hi = swap
-        with transplanted(model, pair.models()[source], range(lo, hi)):
+        with transplanted(model, pair.backends()[source], range(lo, hi)):
             yield model
 
     def item(self, pair: Twins, spec_index: int, spec: PatchSpec, pair_id: int, side: str, cc: ChunkCache) -> Item:
@@ -557,9 +551,8 @@ class FastEngine(ExactEngine):
         else:
             resid = pad_stack([it.value[0] for it in items], width)
             written = pad_stack([it.value[1] for it in items], width)
-        with writing(model, hook, written):
-            final = model(resid, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
-        self._computed("patched", model.cfg.n_layers - start, batch.tokens.numel())
+        final, _ = model.run(resid, start_at_layer=start, stop_at_layer=model.n_layers, hooks=writing(hook, written))
+        self._computed("patched", model.n_layers - start, batch.tokens.numel())
         return list(zip(*batch_logprobs(model, final, batch)))
 
     @torch.inference_mode()
@@ -572,7 +565,7 @@ class FastEngine(ExactEngine):
             return self._run_shared(model, start, hook, units)
 
     def _run_shared(self, model: Any, start: int, hook: str | None, units: list[_Shared]) -> dict[RunKey, Scored]:
-        n_blocks = model.cfg.n_layers - start
+        n_blocks = model.n_layers - start
         states: list[PromptState | None] = [u.state for u in units]
         to_run = [i for i, u in enumerate(units) if u.state is None]
         for plan_rows in self._plan(model, [units[i].items[0].seq.completion_start for i in to_run]):
@@ -638,8 +631,8 @@ class FastEngine(ExactEngine):
     ) -> dict[RunKey, Scored]:
         """Every patched run of the conditions ``spec_ids`` (same target, start block, hook and transplanted
         window) on a chunk: log p(completion | prompt) and its per-token log-probs."""
-        model = pair.models()[target]
-        n_blocks = model.cfg.n_layers - start
+        model = pair.backends()[target]
+        n_blocks = model.n_layers - start
         # Per-head hooks run full sequences (their written activations are not [pos, d_model] residuals).
         per_head = any(specs[i].key.hook in HEAD_HOOKS for i in spec_ids)
         shares = self._shares(model) and not per_head
@@ -647,7 +640,7 @@ class FastEngine(ExactEngine):
         units.sort(key=lambda u: len(u[1].prompt_ids))
         # A wave of (condition, pair) units at a time: their patched values and prompt caches fit the budget.
         width = max(len(t.prompt_ids) + max(len(t.chosen_ids), len(t.rejected_ids)) for t in chunk)
-        per_unit = 8 * width * pair.d_model * model.cfg.dtype.itemsize * (1 + n_blocks)
+        per_unit = 8 * width * pair.d_model * model.dtype.itemsize * (1 + n_blocks)
         wave = max(self.batch_size, int(self.memory_budget_gb * 2**30 // per_unit))
         patched: dict[RunKey, Scored] = {}
         repeats = _Repeats()

@@ -245,10 +245,7 @@ def class_shifts(
         owner = cls[at]
         caches = {}
         for m in ("base", "tuned"):
-            model = twins.models()[m]
-            _, caches[m] = model.run_with_cache(
-                batch.tokens.to(model.cfg.device), names_filter=list(names), stop_at_layer=stop
-            )
+            _, caches[m] = twins.backends()[m].run(batch.tokens, capture=list(names), stop_at_layer=stop)
         for name, layer in names.items():
             tuned = caches["tuned"][name]
             rows = (tuned[at.to(tuned.device)].double() - caches["base"][name][at.to(tuned.device)].double()).cpu()
@@ -527,10 +524,10 @@ def kl_to_tuned(
     ([3, d] per-class vectors added at ``blocks.{layer}.hook_{hook}``), KL(T ‖ B steered), of the next-token
     distributions (nats): ``{"pair_id": [...], "base": [...], "steered": [[...] per vectors]}``."""
     name = hook_name(layer, hook)
-    base, tuned = twins.models()["base"], twins.models()["tuned"]
+    base, tuned = twins.backends()["base"], twins.backends()["tuned"]
     sums: dict[int, list[float]] = {}
     for seqs, batch, cls, at in predicting_batches(tokenized, first_k, pairs_per_batch):
-        tokens = batch.tokens.to(base.cfg.device)
+        tokens = batch.tokens.to(base.device)
 
         def scored(logits: Tensor) -> Tensor:  # log-probs at the predicting positions only [rows, vocab]
             return torch.log_softmax(logits.double()[at.to(logits.device)], dim=-1)
@@ -544,13 +541,10 @@ def kl_to_tuned(
 
             return steer
 
-        lt = scored(tuned(tokens))
+        lt = scored(tuned.run(tokens)[0])
         p_t = lt.exp()
-        kls = [(p_t * (lt - scored(base(tokens)))).sum(-1).cpu()]
-        kls += [
-            (p_t * (lt - scored(base.run_with_hooks(tokens, fwd_hooks=[(name, adder(v))])))).sum(-1).cpu()
-            for v in steered
-        ]
+        kls = [(p_t * (lt - scored(base.run(tokens)[0]))).sum(-1).cpu()]
+        kls += [(p_t * (lt - scored(base.run(tokens, hooks=[(name, adder(v))])[0]))).sum(-1).cpu() for v in steered]
         owner = torch.tensor([s.pair_id for s in seqs])[:, None].expand_as(cls)[at]
         for pid in torch.unique(owner).tolist():
             rows = owner == pid
@@ -1277,7 +1271,7 @@ def export_steering_vectors(
         "tuned": str(twins.tuned_source),
     }
     return export_shift_vectors(
-        pooled, out, model_hint=str(twins.base.cfg.original_architecture or ""), metadata=meta, by_class=by_class
+        pooled, out, model_hint=twins.backends()["base"].facts.architecture, metadata=meta, by_class=by_class
     )
 
 

@@ -590,7 +590,7 @@ def _shared_clean_pass(
             for model, names in exp.clean_hooks(plan).items():
                 keep.setdefault(model, set()).update(names)
     tokens = sum(2 * len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids) for t in tokenized)
-    size = tokens * sum(len(v) for v in keep.values()) * pair.d_model * pair.base.cfg.dtype.itemsize
+    size = tokens * sum(len(v) for v in keep.values()) * pair.d_model * pair.backends()["base"].dtype.itemsize
     if not keep or size > getattr(engine, "keep_budget_gb", 0.0) * 2**30:
         return None
     engine.keep = keep
