@@ -352,6 +352,39 @@ class FastEngine(ExactEngine):
         for chunk in self._chunks(pair, tokenized, need):
             check_clean(pair, self.clean_chunk(pair, chunk, need).clean, chunk)
 
+    # -- the clean activations a run keeps for its fits (the suite's one clean pass) ---------------
+    def keep_activations(self, names: dict[str, set[str]]) -> None:
+        """From now on every clean pass also keeps the activations at these hook names (model → names), for the
+        whole data: :meth:`clean_activations` hands them out."""
+        self.keep = {m: set(v) for m, v in names.items()}
+
+    def clean_activations(
+        self, pair: Twins, groups: Sequence[Sequence[TokenizedPair]], specs: Sequence[PatchSpec] = ()
+    ) -> dict[str, dict[str, dict[Key, Tensor]]]:
+        """The kept activations of every pair of ``groups`` (model → hook name → (pair_id, side) → [length, ...]):
+        a group whose activations were kept already (its patched runs ran here) is not run again; any other runs
+        its clean pass for ``specs`` exactly as :meth:`run` would (same chunks and batches, so the same numbers
+        as an uninterrupted run: a resumed run loaded those groups' effects instead of computing them)."""
+        for group in groups:
+            if not self._holds(group):
+                self.clean_pass(pair, group, specs)
+        return self.kept
+
+    def release_activations(self) -> None:
+        """Stop keeping activations and free those kept."""
+        self.keep = {}
+        self.kept.clear()
+
+    def _holds(self, group: Sequence[TokenizedPair]) -> bool:
+        kept = self.kept
+        return all(
+            (t.pair_id, side) in kept.get(model, {}).get(name, {})
+            for t in group
+            for side in SIDES
+            for model, names in self.keep.items()
+            for name in names
+        )
+
     def _from_kept(self, pair: Twins, chunk: Sequence[TokenizedPair], need: dict[str, set[str]]) -> ChunkCache | None:
         """The chunk's clean runs read from ``kept``, when it holds every activation and log-prob ``need`` asks for."""
         seqs = pair_sequences(chunk)
