@@ -72,10 +72,7 @@ def stacked_activations(
             continue
         batch = make_batch(seqs)
         for m in out:
-            model = pair.models()[m]
-            _, cache = model.run_with_cache(
-                batch.tokens.to(model.cfg.device), names_filter=name, stop_at_layer=layer + 1
-            )
+            _, cache = pair.backends()[m].run(batch.tokens, capture=[name], stop_at_layer=layer + 1)
             acts = cache[name].float().cpu()
             out[m] += [acts[i, first : s.length] for i, s in enumerate(seqs)]
     return {m: torch.cat(v) for m, v in out.items()} | {"pair_id": torch.cat(owner)}

@@ -66,8 +66,8 @@ def _specs(plan: Plan) -> list[PatchSpec]:
         scopes = list(dict.fromkeys((cfg.scope, *cfg.extra_scopes)))
         specs += swept_only(plan, atp_specs(plan.n_layers, hooks=atp_hooks(cfg), scopes=scopes))
     if ATP_HEADS in plan.selected:
-        mcfg = plan.twins.base.cfg
-        specs += atp_head_specs(cfg.swept_layers(plan.n_layers), n_heads_of(mcfg, "z"), n_heads_of(mcfg, "k"))
+        model = plan.twins.backends()["base"]
+        specs += atp_head_specs(cfg.swept_layers(plan.n_layers), model.heads_at("z"), model.heads_at("k"))
     return specs
 
 

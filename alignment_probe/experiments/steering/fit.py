@@ -125,10 +125,10 @@ def kl_to_tuned(
     ([3, d] per-class vectors added at ``blocks.{layer}.hook_{hook}``), KL(T ‖ B steered), of the next-token
     distributions (nats): ``{"pair_id": [...], "base": [...], "steered": [[...] per vectors]}``."""
     name = hook_name(layer, hook)
-    base, tuned = twins.models()["base"], twins.models()["tuned"]
+    base, tuned = twins.backends()["base"], twins.backends()["tuned"]
     sums: dict[int, list[float]] = {}
     for seqs, batch, cls, at in predicting_batches(tokenized, first_k, pairs_per_batch):
-        tokens = batch.tokens.to(base.cfg.device)
+        tokens = batch.tokens.to(base.device)
 
         def scored(logits: Tensor) -> Tensor:  # log-probs at the predicting positions only [rows, vocab]
             return torch.log_softmax(logits.double()[at.to(logits.device)], dim=-1)
@@ -142,13 +142,10 @@ def kl_to_tuned(
 
             return steer
 
-        lt = scored(tuned(tokens))
+        lt = scored(tuned.run(tokens)[0])
         p_t = lt.exp()
-        kls = [(p_t * (lt - scored(base(tokens)))).sum(-1).cpu()]
-        kls += [
-            (p_t * (lt - scored(base.run_with_hooks(tokens, fwd_hooks=[(name, adder(v))])))).sum(-1).cpu()
-            for v in steered
-        ]
+        kls = [(p_t * (lt - scored(base.run(tokens)[0]))).sum(-1).cpu()]
+        kls += [(p_t * (lt - scored(base.run(tokens, hooks=[(name, adder(v))])[0]))).sum(-1).cpu() for v in steered]
         owner = torch.tensor([s.pair_id for s in seqs])[:, None].expand_as(cls)[at]
         for pid in torch.unique(owner).tolist():
             rows = owner == pid

@@ -101,10 +101,7 @@ def class_shifts(
         owner = cls[at]
         caches = {}
         for m in ("base", "tuned"):
-            model = twins.models()[m]
-            _, caches[m] = model.run_with_cache(
-                batch.tokens.to(model.cfg.device), names_filter=list(names), stop_at_layer=stop
-            )
+            _, caches[m] = twins.backends()[m].run(batch.tokens, capture=list(names), stop_at_layer=stop)
         for name, layer in names.items():
             tuned = caches["tuned"][name]
             rows = (tuned[at.to(tuned.device)].double() - caches["base"][name][at.to(tuned.device)].double()).cpu()
@@ -297,5 +294,5 @@ def export_steering_vectors(
         "tuned": str(twins.tuned_source),
     }
     return export_shift_vectors(
-        pooled, out, model_hint=str(twins.base.cfg.original_architecture or ""), metadata=meta, by_class=by_class
+        pooled, out, model_hint=twins.backends()["base"].facts.architecture, metadata=meta, by_class=by_class
     )

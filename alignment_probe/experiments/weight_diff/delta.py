@@ -8,7 +8,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import torch
 
@@ -152,12 +152,19 @@ def _finish(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=_order)
 
 
+def _weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """A model's parameters under HookedTransformer's names, on either backend (the seam's ``named_weights``)."""
+    from alignment_probe.backends import backend_of
+
+    return backend_of(model).named_weights()
+
+
 @torch.inference_mode()
 def weight_diff_from_models(base: torch.nn.Module, tuned: torch.nn.Module) -> list[dict[str, Any]]:
     """``by_module`` rows from two loaded models' parameters (the merged path)."""
-    tuned_params = dict(tuned.named_parameters())
+    tuned_params = dict(_weights(tuned))
     groups: dict[tuple[int | None, str], dict[str, Any]] = {}
-    for name, wb in base.named_parameters():
+    for name, wb in _weights(base):
         where = module_of(name)
         if where is None:
             continue
@@ -219,7 +226,7 @@ def weight_diff_from_adapter(base: torch.nn.Module, adapter: str | Path) -> list
     # every base module, with the LoRA-changed ones filled in; the rest have ΔW = 0 exactly
     sq_base: dict[tuple[int | None, str], float] = {}
     counts: dict[tuple[int | None, str], int] = {}
-    for name, wb in base.named_parameters():
+    for name, wb in _weights(base):
         where = module_of(name)
         if where is None:
             continue
