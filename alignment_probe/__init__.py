@@ -4,7 +4,9 @@ The data path, one module per step::
 
     data.py          pairs        HH-RLHF / prompt-chosen-rejected JSONL / hub dataset, split, validated
     tokens.py        tokens       BOS + prompt + completion, left truncation, seeded sampling, batches
-    pair.py          models       base + tuned as HookedTransformers, checked compatible, fingerprinted
+    pair.py          models       base + tuned, checked compatible, fingerprinted
+    backends/        the seam     the primitives every forward goes through: HookedTransformer (TransformerLens
+                                  3.9) or TransformerBridge (4.x), chosen from what is installed (--backend)
     scoring.py       Δlogp        log p(completion | prompt), Δlogp, gain
     interventions.py patches      what a patch does to one activation (pure tensor functions)
     engine/          forwards     how patched runs execute: reference loop, fast engine

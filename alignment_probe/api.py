@@ -2,7 +2,7 @@
 
 ::
 
-    twins = ap.load_twins(base, tuned, device="cpu", dtype="float32")  # checked base/tuned HookedTransformers
+    twins = ap.load_twins(base, tuned, device="cpu", dtype="float32")  # checked base/tuned (backend="auto")
     pairs = ap.load_pairs(data, n=16, seed=0, tokenizer=twins.tokenizer, max_length=512)
     scores = ap.score(twins, pairs)              # the per-pair table of `alignment-probe score`
     eff = ap.sweep(twins, pairs, experiments=["patch_tuned_to_base", "identity"],
@@ -53,12 +53,17 @@ def load_twins(
     *,
     device: str | None = "cpu",
     dtype: str = "float32",
+    backend: str = "auto",
+    device_map: Any = None,
 ) -> Twins:
-    """Load a base model and its tuned twin as unprocessed HookedTransformers, checked compatible.
+    """Load a base model and its tuned twin unprocessed, checked compatible: HookedTransformers (TransformerLens
+    3.x) or TransformerBridges (4.x).
 
     ``base``/``tuned``: hub names TransformerLens knows or local Hugging Face checkpoint folders;
-    both None: the bundled model organisms. Returns :class:`~alignment_probe.pair.Twins`
-    (``.base``, ``.tuned``, ``.tokenizer``, ``.n_layers``, ``.d_model``)."""
+    both None: the bundled model organisms. ``backend``: ``auto`` (the installed TransformerLens line), ``hooked``
+    or ``bridge``; ``device_map`` (bridge only): ``"auto"``, ``"balanced"`` or a dict of module name → device, to
+    split each model over devices. Returns :class:`~alignment_probe.pair.Twins` (``.base``, ``.tuned``,
+    ``.tokenizer``, ``.n_layers``, ``.d_model``, ``.backend``)."""
     from alignment_probe.pair import load_twins as _load
 
     if (base is None) != (tuned is None):
@@ -67,7 +72,7 @@ def load_twins(
         from alignment_probe.organisms import bundled_pair_paths
 
         base, tuned = bundled_pair_paths()
-    return _load(base, tuned, device=device, dtype=dtype)
+    return _load(base, tuned, device=device, dtype=dtype, backend=backend, device_map=device_map)
 
 
 class TokenizedPairs(list):

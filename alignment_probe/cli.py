@@ -49,6 +49,20 @@ def _add_model_data_args(p: argparse.ArgumentParser, n_pairs_default: str = "all
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
     p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "hooked", "bridge"],
+        help="the TransformerLens line that runs the models: hooked (HookedTransformer, transformer-lens 3.x), "
+        "bridge (TransformerBridge, 4.x) or auto (the installed one, the default)",
+    )
+    p.add_argument(
+        "--device-map",
+        default=None,
+        metavar="auto|balanced|JSON|FILE",
+        help="split each model over devices (bridge backend only): auto or balanced (accelerate places the blocks), "
+        "a JSON object of module name to device, or a file holding one",
+    )
+    p.add_argument(
         "--chat-template",
         default="none",
         metavar="auto|none|FILE",
@@ -239,6 +253,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     )
 
     resolve_defaults(args)
+    check_backend_args(args)
     out = check_table_path(args.out)
     if args.batch_size < 1:
         from alignment_probe.errors import ConfigError
@@ -247,7 +262,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     # Read and validate the data and the checkpoints' files before loading any model: bad input fails in a second.
     pairs, report = load_pairs(args.data, data_dir=args.data_dir, split=args.split)
     check_sampling_options(args.n_pairs, args.max_length, len(pairs), args.data, report)
-    checkpoints = open_checkpoints(args.base, args.tuned)  # tokenizers and context first: tokenise before any weights
+    # tokenizers and context first: tokenise before any weights
+    checkpoints = open_checkpoints(args.base, args.tuned, backend=args.backend)
     chat = resolve_chat_template(args.chat_template, checkpoints.tokenizer, checkpoints.tuned_tokenizer)
     max_length, note = cap_to_context(args.max_length, checkpoints.n_ctx)
     if note:
@@ -265,7 +281,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     truncation = describe_truncation(tokenized, max_length, report)
     if truncation:
         print(truncation, file=sys.stderr)
-    pair = load_twins(args.base, args.tuned, device=args.device, dtype=args.dtype, checkpoints=checkpoints)
+    pair = load_twins(
+        args.base,
+        args.tuned,
+        device=args.device,
+        dtype=args.dtype,
+        checkpoints=checkpoints,
+        backend=args.backend,
+        device_map=args.device_map,
+    )
     table = score_pairs(pair, tokenized, batch_size=args.batch_size, progress=True)
     check_scores(pair, table, tokenized)
     write_table(table, out)
@@ -307,13 +331,24 @@ def _list(text: str | None, cast: Callable[[str], Any] = str, option: str = "") 
         ) from None
 
 
+def check_backend_args(args: argparse.Namespace) -> None:
+    """``--backend`` and ``--device-map`` checked (and parsed) before anything heavy loads: the backend installed,
+    the device map well-formed and on a backend that can split a model."""
+    from alignment_probe.backends import check_device_map, parse_device_map, resolve_backend
+
+    args.backend = resolve_backend(args.backend)
+    args.device_map = parse_device_map(args.device_map)
+    check_device_map(args.backend, args.device_map)
+
+
 def precheck_inputs(args: argparse.Namespace) -> tuple[object, object] | None:
     """The cheap checks, before torch or TransformerLens is imported, so bad input is refused in under a
-    second: the data file read and validated (returned, so it is read once), the pair-id file, and the
-    checkpoint folders, adapter folder or hub names. A hub dataset is checked when it loads."""
+    second: the backend and device map, the data file read and validated (returned, so it is read once), the
+    pair-id file, and the checkpoint folders, adapter folder or hub names. A hub dataset is checked when it loads."""
     from alignment_probe.checkpoint_files import precheck_pair
     from alignment_probe.data import is_hub_dataset, load_pairs, read_pair_ids
 
+    check_backend_args(args)
     loaded = None if is_hub_dataset(args.data) else load_pairs(args.data, data_dir=args.data_dir, split=args.split)
     if args.pair_ids is not None:
         read_pair_ids(args.pair_ids)
@@ -409,6 +444,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         pair_ids=args.pair_ids,
         argv=args.argv,
         chat_template=args.chat_template,
+        backend=args.backend,
+        device_map=args.device_map,
     )
     result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr), loaded=loaded, auto_threads=True)
     if result.extra.get("rank", 0) != 0:  # one of several torchrun processes: rank 0 reports the run
@@ -458,6 +495,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from alignment_probe.tokens import cap_to_context, check_sampling_options, sample_and_tokenize
 
     resolve_defaults(args)
+    check_backend_args(args)
     from alignment_probe.errors import ConfigError
 
     if args.max_new_tokens < 1:
@@ -471,7 +509,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # data, checkpoints and the conditions (against the model's depth) are checked before any weights load
     pairs, report = load_pairs(args.data, data_dir=args.data_dir, split=args.split)
     check_sampling_options(n_pairs, args.max_length, len(pairs), args.data, report)
-    checkpoints = open_checkpoints(args.base, args.tuned)
+    checkpoints = open_checkpoints(args.base, args.tuned, backend=args.backend)
     conditions = [c.text for c in parse_conditions(args.conditions, checkpoints.n_layers)]
     chat = resolve_chat_template(args.chat_template, checkpoints.tokenizer, checkpoints.tuned_tokenizer)
     max_length, note = cap_to_context(args.max_length, checkpoints.n_ctx)
@@ -488,7 +526,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     order = np.random.default_rng(args.seed).permutation(len(drawn))
     tokenized = sorted((drawn[i] for i in order[:n_pairs]), key=lambda t: t.pair_id)
     fit_pairs = sorted((drawn[i] for i in order[n_pairs:]), key=lambda t: t.pair_id)
-    twins = load_twins(args.base, args.tuned, device=args.device, dtype=args.dtype, checkpoints=checkpoints)
+    twins = load_twins(
+        args.base,
+        args.tuned,
+        device=args.device,
+        dtype=args.dtype,
+        checkpoints=checkpoints,
+        backend=args.backend,
+        device_map=args.device_map,
+    )
     shifts = fit_steer_shifts(twins, conditions, fit_pairs) if steering else None
     rows = Generations(
         generate(

@@ -126,6 +126,8 @@ class Twins:
             "base": {"source": self.base_source, "fingerprint": self.base_fingerprint},
             "tuned": {"source": self.tuned_source, "fingerprint": self.tuned_fingerprint},
             **backends.backend_of(self.base).facts.describe(),
+            "backend": self.backend,  # which TransformerLens line ran the models, and its version
+            "transformer_lens": backends.transformer_lens_version(),
         }
 
 

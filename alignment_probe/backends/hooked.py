@@ -26,6 +26,7 @@ from alignment_probe.backends.base import (
     Capture,
     Hooks,
     ModelFacts,
+    PromptKV,
     capture_filter,
     length_mask,
     pad_stack,
@@ -86,7 +87,7 @@ class HookedBackend(Backend):
             normalization_type=cfg.normalization_type,
             positional_embedding_type=str(cfg.positional_embedding_type),
             act_fn=cfg.act_fn,
-            device=torch.device(cfg.device),
+            device=torch.device(cfg.device or "cpu"),
             dtype=cfg.dtype,
         )
 
@@ -96,7 +97,7 @@ class HookedBackend(Backend):
 
     @property
     def device(self) -> torch.device:
-        return torch.device(self.model.cfg.device)
+        return torch.device(self.model.cfg.device or "cpu")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -160,8 +161,9 @@ class HookedBackend(Backend):
         names_filter = capture_filter(capture)
         with self.hooked(hooks):
             if names_filter is None:
-                return model(inputs, stop_at_layer=stop_at_layer, **kwargs), {}
-            out, cache = model.run_with_cache(
+                out: Tensor = model(inputs, stop_at_layer=stop_at_layer, **kwargs)
+                return out, {}
+            out, cache = model.run_with_cache(  # type: ignore[assignment]  # the residual or the logits, a Tensor
                 inputs, names_filter=names_filter, stop_at_layer=stop_at_layer, return_cache_object=False, **kwargs
             )
         return out, dict(cache)
@@ -177,7 +179,7 @@ class HookedBackend(Backend):
         start_at_layer: int | None = None,
         hooks: Hooks = (),
         capture: Capture = None,
-    ) -> tuple[Tensor, dict[str, Tensor], list[HookedPromptKV]]:  # type: ignore[override]
+    ) -> tuple[Tensor, dict[str, Tensor], list[PromptKV]]:
         KVCache, _ = _kv_cache_classes()
         device = self.model.cfg.device
         cache = KVCache.init_cache(self.model.cfg, device, inputs.shape[0])
@@ -192,7 +194,7 @@ class HookedBackend(Backend):
             past_kv_cache=cache,
         )
         first = 0 if start_at_layer is None else start_at_layer
-        states = []
+        states: list[PromptKV] = []
         for b, n in enumerate(lengths):
             keys = [None if i < first else e.past_keys[b, :n] for i, e in enumerate(cache.entries)]
             values = [None if i < first else e.past_values[b, :n] for i, e in enumerate(cache.entries)]
