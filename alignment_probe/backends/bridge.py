@@ -229,6 +229,7 @@ class BridgeBackend(Backend):
         _mend_kv_cache(model)
         self._points: dict[str, Any] | None = None  # hook name → hook point, built on first use
         self._names_of_point: list[list[str]] = []
+        self._paths: dict[str, str] | None = None  # hook name → its module path in the Bridge
 
     # -- facts ----------------------------------------------------------------------------------------
     @property
@@ -280,9 +281,15 @@ class BridgeBackend(Backend):
 
     # -- hooks ----------------------------------------------------------------------------------------
     def _hook_points(self) -> dict[str, Any]:
-        """Hook name → hook point, every name the Bridge knows (HookedTransformer's and its own)."""
+        """Hook name → hook point, every name the Bridge knows (HookedTransformer's and its own).
+
+        Resolved through each point's module path, not the Bridge's registry: after :meth:`swap_part` the path
+        leads into the swapped-in component (the registry would still hold the old one's points)."""
         if self._points is None:
-            self._points = dict(self.model.hook_dict)
+            if self._paths is None:
+                where = {id(m): path for path, m in self.model.named_modules()}
+                self._paths = {name: where[id(p)] for name, p in self.model.hook_dict.items() if id(p) in where}
+            self._points = {name: self.model.get_submodule(path) for name, path in self._paths.items()}
             by_point: dict[int, list[str]] = {}
             for name, point in self._points.items():
                 by_point.setdefault(id(point), []).append(name)
@@ -507,8 +514,7 @@ class BridgeBackend(Backend):
         setattr(owner, attr, module)  # a block: the ModuleList the Bridge's ``blocks`` also is
         if not name.startswith("blocks."):
             setattr(self.model, name, module)
-        self.model.clear_hook_registry()  # its hook points are the swapped-in component's now
-        self._points = None
+        self._points = None  # the hook points at this part are the swapped-in component's now
         return old
 
     def named_weights(self) -> Iterator[tuple[str, Tensor]]:
