@@ -448,7 +448,7 @@ class BridgeBackend(Backend):
         first = 0 if start_at_layer is None else start_at_layer
         p_width = max(p.length for p in prompts)
         cache = self._new_cache()
-        for i in range(self.n_layers):
+        for i in range(self.n_layers if first < self.n_layers else 0):  # from the final residual: no block runs
             src = max(i, first)
             prompt_keys: list[Tensor] = [p.keys[src].transpose(0, 1) for p in prompts]  # type: ignore[union-attr]
             prompt_values: list[Tensor] = [p.values[src].transpose(0, 1) for p in prompts]  # type: ignore[union-attr]
@@ -565,6 +565,17 @@ def _bridge_config(path: str, source: str) -> Any:
     return cfg
 
 
+def _resident(model: torch.nn.Module) -> torch.nn.Module:
+    """The parameters that hold data here (a ``disk`` device map leaves offloaded ones on the meta device until
+    their block runs), under their names, for the finite-weights check."""
+    holder = torch.nn.Module()
+    for i, (name, p) in enumerate(model.named_parameters()):
+        if p.device.type != "meta":
+            holder.register_parameter(f"p{i}", p)
+            holder._parameters[name] = holder._parameters.pop(f"p{i}")  # the name in messages, dots and all
+    return holder
+
+
 def checkpoint_shape(path: str, source: str) -> tuple[int | None, int]:
     """(n_ctx, n_layers) the Bridge gives the checkpoint in ``path`` (its config only, no weights read)."""
     cfg = _bridge_config(path, source)
@@ -633,7 +644,7 @@ def load(
         ) from exc
     bridge.enable_compatibility_mode(no_processing=True)
     bridge.eval()
-    check_finite_weights(bridge, source)
+    check_finite_weights(_resident(bridge), source)
     backend = BridgeBackend(bridge, tokenizer)
     _self_check(backend, source)
     register(backend)
