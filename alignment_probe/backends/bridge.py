@@ -544,7 +544,9 @@ class BridgeBackend(Backend):
 
 def _bridge_config(path: str, source: str) -> Any:
     """The Bridge's config for the checkpoint in ``path`` (its config.json only), refusing what it cannot adapt."""
-    from transformer_lens.model_bridge.sources.transformers import source as tf_source
+    from transformer_lens.model_bridge.sources.transformers import (  # type: ignore[attr-defined,unused-ignore]  # 4.x
+        source as tf_source,
+    )
     from transformers import AutoConfig
 
     try:
@@ -554,7 +556,7 @@ def _bridge_config(path: str, source: str) -> Any:
             f"The config.json of {source} cannot be read by transformers ({type(exc).__name__}: {exc})."
         ) from exc
     try:
-        arch = tf_source.determine_architecture_from_hf_config(hf_config)  # type: ignore[no-untyped-call]
+        arch = tf_source.determine_architecture_from_hf_config(hf_config)  # type: ignore[no-untyped-call,unused-ignore]
         cfg = tf_source.build_bridge_config_from_hf(hf_config, arch, path, torch.float32)
         tf_source.architecture_adapter_factory.ArchitectureAdapterFactory.select_architecture_adapter(cfg)
     except (ValueError, NotImplementedError, KeyError, AttributeError) as exc:

@@ -160,7 +160,9 @@ def test_hook_names_and_shapes_are_hooked_transformers(fam: Family, build: Any) 
     for name in names:
         assert tuple(cache[name].shape) == (2, SEQ, *sites[name.split(".", 2)[2]]), name
     for layer in range(f.n_layers - 1):  # one residual stream: what leaves block l enters block l+1
-        torch.testing.assert_close(cache[f"blocks.{layer}.hook_resid_post"], cache[f"blocks.{layer + 1}.hook_resid_pre"])
+        torch.testing.assert_close(
+            cache[f"blocks.{layer}.hook_resid_post"], cache[f"blocks.{layer + 1}.hook_resid_pre"]
+        )
 
 
 @pytest.mark.parametrize("fam", BRIDGE_FAMILIES, ids=lambda f: f.name)
