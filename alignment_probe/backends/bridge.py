@@ -213,6 +213,17 @@ def _positions(mask: Tensor, offset: Tensor | None = None) -> Tensor:
     return pos if offset is None else pos + offset[:, None]
 
 
+def _on_its_device(fn: Any) -> Any:
+    """A hook function whose replacement lands on the device of the activation it replaces: with a device map the
+    value written may come from a block (or the other model) on another device."""
+
+    def hook(act: Tensor, hook: Any) -> Any:
+        out = fn(act, hook=hook)
+        return out.to(act.device) if isinstance(out, Tensor) and out.device != act.device else out
+
+    return hook
+
+
 def _ht_name_first(name: str) -> tuple[bool, int]:
     return name.endswith((".hook_in", ".hook_out")), name.count(".")
 
@@ -316,7 +327,7 @@ class BridgeBackend(Backend):
                     if name not in points:
                         raise KeyError(f"{name}: no such hook point on this TransformerBridge")
                     point = points[name]
-                    point.add_hook(fn, dir="fwd", level=level, alias_names=[name])
+                    point.add_hook(_on_its_device(fn), dir="fwd", level=level, alias_names=[name])
                     added.append(point)
             yield
         finally:
@@ -336,7 +347,7 @@ class BridgeBackend(Backend):
             return []
 
         def save(act: Tensor, hook: Any) -> None:
-            store[hook.name] = act
+            store[hook.name] = act.to(self.device)  # with a device map, the block's device may be another
 
         return [(name, save) for name in self._matching(keep)]
 
@@ -391,7 +402,7 @@ class BridgeBackend(Backend):
         )
 
     def unembed(self, resid: Tensor) -> Tensor:
-        return self.runner.logits(resid[None])[0]
+        return self.runner.logits(resid[None])[0].to(resid.device)
 
     def _new_cache(self) -> Any:
         from transformers.cache_utils import DynamicCache
@@ -646,6 +657,8 @@ def load(
         ) from exc
     bridge.enable_compatibility_mode(no_processing=True)
     bridge.eval()
+    if getattr(bridge.cfg, "original_architecture", None) is None:  # HookedTransformer's config names the class
+        bridge.cfg.original_architecture = (getattr(bridge.original_model.config, "architectures", None) or [None])[0]
     check_finite_weights(_resident(bridge), source)
     backend = BridgeBackend(bridge, tokenizer)
     _self_check(backend, source)
