@@ -40,13 +40,11 @@ from alignment_probe.adapters import is_adapter_dir, merge_adapter
 from alignment_probe.backends.base import Backend
 
 # The loading helpers both backends share, kept importable here (old scripts import them from pair).
-from alignment_probe.backends.loading import (  # noqa: F401
-    DTYPES,
-    check_finite_weights,
-    load_tokenizer,
-    resolve_dtype,
-)
+from alignment_probe.backends.loading import DTYPES as DTYPES
+from alignment_probe.backends.loading import check_finite_weights as check_finite_weights
+from alignment_probe.backends.loading import load_tokenizer as load_tokenizer
 from alignment_probe.backends.loading import name_safe_path as _name_safe_path  # noqa: F401
+from alignment_probe.backends.loading import resolve_dtype as resolve_dtype
 
 # The cheap checks of checkpoint folders and hub names (no torch, no TransformerLens), kept importable here.
 from alignment_probe.checkpoint_files import (  # noqa: F401

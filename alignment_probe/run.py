@@ -108,6 +108,7 @@ class RunRequest:
             "suite": self.suite.to_dict(),
             # recorded only when used, so run directories written before the option resume unchanged
             **({"chat_template": self.chat_template} if self.chat_template != "none" else {}),
+            **({"device_map": self.device_map} if self.device_map is not None else {}),
         }
 
     def validate(self) -> None:

@@ -27,9 +27,11 @@ INSTALL_BRIDGE = "pip install 'transformer-lens>=4.3,<5'"
 def installed_line() -> str:
     """Which line is installed, read from the package itself (not from its version string): 3.x exports
     HookedTransformer, 4.x only TransformerBridge."""
-    import transformer_lens
-
-    return "hooked" if hasattr(transformer_lens, "HookedTransformer") else "bridge"
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:  # 4.x: "HookedTransformer was removed in TransformerLens 4.0"
+        return "bridge"
+    return "hooked"
 
 
 def test_the_installed_line_is_the_one_transformer_lens_provides():
