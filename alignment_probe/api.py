@@ -2,7 +2,7 @@
 
 ::
 
-    twins = ap.load_twins(base, tuned, device="cpu", dtype="float32")  # checked base/tuned HookedTransformers
+    twins = ap.load_twins(base, tuned, device="cpu", dtype="float32")  # checked base/tuned (backend="auto")
     pairs = ap.load_pairs(data, n=16, seed=0, tokenizer=twins.tokenizer, max_length=512)
     scores = ap.score(twins, pairs)              # the per-pair table of `alignment-probe score`
     eff = ap.sweep(twins, pairs, experiments=["patch_tuned_to_base", "identity"],
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pandas as pd
 
+from alignment_probe.effects import KEY_COLUMNS as _KEY_COLUMNS
 from alignment_probe.errors import ConfigError
 
 if TYPE_CHECKING:  # the type only: the ap. names import torch when first called, not at `import alignment_probe`
@@ -53,12 +54,17 @@ def load_twins(
     *,
     device: str | None = "cpu",
     dtype: str = "float32",
+    backend: str = "auto",
+    device_map: Any = None,
 ) -> Twins:
-    """Load a base model and its tuned twin as unprocessed HookedTransformers, checked compatible.
+    """Load a base model and its tuned twin unprocessed, checked compatible: HookedTransformers (TransformerLens
+    3.x) or TransformerBridges (4.x).
 
     ``base``/``tuned``: hub names TransformerLens knows or local Hugging Face checkpoint folders;
-    both None: the bundled model organisms. Returns :class:`~alignment_probe.pair.Twins`
-    (``.base``, ``.tuned``, ``.tokenizer``, ``.n_layers``, ``.d_model``)."""
+    both None: the bundled model organisms. ``backend``: ``auto`` (the installed TransformerLens line), ``hooked``
+    or ``bridge``; ``device_map`` (bridge only): ``"auto"``, ``"balanced"`` or a dict of module name → device, to
+    split each model over devices. Returns :class:`~alignment_probe.pair.Twins` (``.base``, ``.tuned``,
+    ``.tokenizer``, ``.n_layers``, ``.d_model``, ``.backend``)."""
     from alignment_probe.pair import load_twins as _load
 
     if (base is None) != (tuned is None):
@@ -67,7 +73,7 @@ def load_twins(
         from alignment_probe.organisms import bundled_pair_paths
 
         base, tuned = bundled_pair_paths()
-    return _load(base, tuned, device=device, dtype=dtype)
+    return _load(base, tuned, device=device, dtype=dtype, backend=backend, device_map=device_map)
 
 
 class TokenizedPairs(list):
@@ -183,18 +189,21 @@ def sweep(
     """Patch every layer (or ``layers``) at each hook point for each per-layer experiment; returns the
     tidy effects table (one row per pair × condition, see effects.py).
 
-    ``experiments``: any registered name that emits per-layer rows (``ap.list_experiments()``).
-    ``options``: other :class:`~alignment_probe.experiments.suite.SuiteConfig` fields (``alphas``,
-    ``vector_scale``…). ``engine``: ``"fast"`` or ``"reference"`` (same numbers, one forward per patch).
+    ``experiments``: any registered name that emits per-layer rows (``ap.list_experiments()``), those with a fit
+    on all pairs (low rank) or upstream needs too: their fits run first, in memory, as in a suite run, and the
+    table holds the rows of the names asked for (and the extra names their experiments emit).
+    ``options``: other :class:`~alignment_probe.experiments.suite.SuiteConfig` fields and the experiments'
+    declared options (``alphas``, ``vector_scale``, ``lowrank_ks``…). ``engine``: ``"fast"`` or ``"reference"``
+    (same numbers, one forward per patch).
     """
     from alignment_probe.engine import make_engine
     from alignment_probe.experiments import registry
-    from alignment_probe.experiments.suite import SuiteConfig, per_layer_specs
+    from alignment_probe.experiments.suite import SuiteConfig, per_layer_specs, run_suite
 
     # a repeated experiment or hook is merged (SuiteConfig.normalise does the same for each hook's options)
     experiments = list(dict.fromkeys([experiments] if isinstance(experiments, str) else experiments))
     hooks = list(dict.fromkeys([hooks] if isinstance(hooks, str) else hooks))
-    allowed = registry.per_layer_names()
+    allowed = registry.sweep_names()
     bad = [e for e in experiments if e not in allowed]
     if bad:
         raise ConfigError(
@@ -204,8 +213,8 @@ def sweep(
         )
     if not hooks:
         raise ConfigError("hooks is empty; pass at least one hook point, e.g. hooks=['resid_post'].")
-    specs = []
     options.setdefault("extra_hooks", ())  # ``hooks`` are the hook points: none besides them
+    configs = []
     for hook in hooks:
         cfg = SuiteConfig(
             experiments=tuple(experiments),
@@ -216,7 +225,22 @@ def sweep(
             **options,
         )
         cfg.validate(twins.n_layers)
-        specs += per_layer_specs(cfg, twins.n_layers, twins.d_model)
+        configs.append(cfg)
+    run = make_engine(engine)
+    staged = set(experiments) - set(registry.per_layer_names())
+    if staged:  # fits or upstream needs: the suite's stages, in memory, per hook point
+        wanted = {n for e in experiments for n in (e, *registry.get(e).emits)}
+        tables = [
+            run_suite(twins, list(pairs), run, cfg, progress=progress, pairs_per_part=None, summarize=False).effects
+            for cfg in configs
+        ]
+        frame = pd.concat([t for t in tables if len(t)], ignore_index=True) if any(len(t) for t in tables) else None
+        if frame is None:
+            return tables[0]
+        frame = frame[frame.experiment.isin(wanted)]
+        key = [c for c in frame.columns if c in _KEY_COLUMNS]
+        return frame.drop_duplicates(subset=key, keep="first").reset_index(drop=True)
+    specs = [spec for cfg in configs for spec in per_layer_specs(cfg, twins.n_layers, twins.d_model)]
     # one hook's extra hooks may be another of ``hooks`` (hooks=["resid_post", "mlp_out"], extra_hooks=["mlp_out"]):
     # each condition once, so the table has one row per key and pair
     seen: set[tuple] = set()
@@ -226,7 +250,7 @@ def sweep(
         if ident not in seen:
             seen.add(ident)
             unique.append(spec)
-    return make_engine(engine).run(twins, list(pairs), unique, progress=progress)
+    return run.run(twins, list(pairs), unique, progress=progress)
 
 
 def curves(effects: pd.DataFrame, *, seed: int = 0, n_boot: int = 2000) -> pd.DataFrame:
@@ -286,8 +310,8 @@ def run_suite(
     Models and data default to the bundled organisms. ``suite``: the preset, ``"tour"`` (the default) or
     ``"full"`` (``--suite``; experiments/presets.py says what each runs); ``n_pairs``: ``"preset"`` (its number:
     32 for the tour, 80 for full), a number, or None for every pair; ``options``:
-    :class:`~alignment_probe.experiments.suite.SuiteConfig` fields (``hook``, ``layers``, ``alphas``,
-    ``n_boot``…), which win over the preset's."""
+    :class:`~alignment_probe.experiments.suite.SuiteConfig` fields (``hook``, ``layers``, ``n_boot``…) and every
+    option an experiment declares (``alphas``, ``steer_k``…: ``Experiment.options``), which win over the preset's."""
     from alignment_probe.experiments.presets import PRESETS
     from alignment_probe.experiments.suite import preset_config
     from alignment_probe.organisms import bundled_pair_paths, bundled_pairs_path
@@ -337,14 +361,18 @@ def sequence_tokens(pair: Any, side: str = "chosen") -> Any:
 def completion_logprob(
     model: Any, pair: Any, side: str = "chosen", fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = ()
 ) -> float:
-    """log p(completion | prompt) of one side of a tokenised pair under ``model`` (a HookedTransformer),
-    with any TransformerLens forward hooks applied: the building block of a hand-made patch."""
+    """log p(completion | prompt) of one side of a tokenised pair under ``model`` (``twins.base`` or ``twins.tuned``:
+    a HookedTransformer or a TransformerBridge), with any TransformerLens forward hooks applied: the building
+    block of a hand-made patch."""
     import torch
 
+    from alignment_probe.backends import backend_of
+
+    backend = backend_of(model)
     seq = pair.sequence(side)
-    tokens = sequence_tokens(pair, side).to(model.cfg.device)
+    tokens = sequence_tokens(pair, side).to(backend.device)
     with torch.inference_mode():
-        logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
+        logits, _ = backend.run(tokens, hooks=list(fwd_hooks))
     logp = logits[0, seq.completion_start - 1 : seq.length - 1].float().log_softmax(-1)
     target = tokens[0, seq.completion_start : seq.length]
     return float(logp.gather(-1, target[:, None]).sum())

@@ -49,6 +49,20 @@ def _add_model_data_args(p: argparse.ArgumentParser, n_pairs_default: str = "all
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
     p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "hooked", "bridge"],
+        help="the TransformerLens line that runs the models: hooked (HookedTransformer, transformer-lens 3.x), "
+        "bridge (TransformerBridge, 4.x) or auto (the installed one, the default)",
+    )
+    p.add_argument(
+        "--device-map",
+        default=None,
+        metavar="auto|balanced|JSON|FILE",
+        help="split each model over devices (bridge backend only): auto or balanced (accelerate places the blocks), "
+        "a JSON object of module name to device, or a file holding one",
+    )
+    p.add_argument(
         "--chat-template",
         default="none",
         metavar="auto|none|FILE",
@@ -59,7 +73,31 @@ def _add_model_data_args(p: argparse.ArgumentParser, n_pairs_default: str = "all
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_experiment_options(run: argparse.ArgumentParser) -> None:
+    """A flag per option the registered experiments declare (registry.Option): given, its text is parsed by the
+    option in :func:`cmd_run`; left out, None (the preset's or the option's default)."""
+    from alignment_probe.experiments import registry
+
+    for option in registry.options().values():
+        shown = ",".join(map(str, option.default)) if isinstance(option.default, tuple) else option.default
+        about = (
+            option.help if "default" in option.help or option.default is None else f"{option.help} (default: {shown})"
+        )
+        kwargs: dict[str, Any] = {"dest": option.name, "default": None, "help": about}
+        if option.kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif option.kind in ("int", "layer"):
+            kwargs["type"] = int
+        elif option.kind == "float":
+            kwargs["type"] = float
+        if option.kind != "bool":  # the flag's name, as argparse writes it for a flag whose dest is its own
+            kwargs["metavar"] = option.metavar or option.cli_flag.lstrip("-").replace("-", "_").upper()
+        run.add_argument(option.cli_flag, **kwargs)
+
+
+def build_parser(*, experiment_options: bool = True) -> argparse.ArgumentParser:
+    """The command line. ``experiment_options=False`` leaves out the experiments' own flags, whose registry
+    imports every experiment (and torch): :func:`parse_args` reads a command that uses none without it."""
     parser = argparse.ArgumentParser(prog="alignment-probe", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,41 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="file of pair ids to draw from (a JSON list, or ids separated by spaces/newlines), e.g. the "
         "held-out half a tuned model was not trained on",
     )
-    run.add_argument("--alpha-layers", default=None, help="layers for the α sweep (default: every swept layer)")
-    run.add_argument("--lowrank-layers", default=None, help="layers for low rank (default: E1's peak layer)")
-    run.add_argument(
-        "--window-widths",
-        default=None,
-        help="window_transplant/window_revert (E8): blocks per window, e.g. 1,2 (default: 1 in the "
-        "default suite, 1,2 when --experiments names them)",
-    )
+    if experiment_options:  # each experiment's own (Experiment.options), read from the registry
+        _add_experiment_options(run)
     run.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples for every CI")
-    run.add_argument(
-        "--steer-layer",
-        type=int,
-        default=None,
-        help="steer (E11, opt-in): fix the steering layer (default: chosen with the scale on the fit half)",
-    )
-    run.add_argument(
-        "--steer-c",
-        default=None,
-        help="steer: the scale grid a (a·v_ℓ,c is added; a = 1 is the mean "
-        "shift itself), e.g. 0.5,1,2,4 (the default; 1 is always added)",
-    )
-    run.add_argument("--steer-k", type=int, default=None, help="steer: rank of the low-rank baseline (default: 4)")
-    run.add_argument(
-        "--transfer-data",
-        default=None,
-        help="steer: also evaluate the vectors on this data source's pairs (a file or hub name)",
-    )
-    run.add_argument(
-        "--confirm",
-        type=int,
-        default=None,
-        metavar="K",
-        help="atp (E10, opt-in): also patch exactly the K conditions attribution patching ranks highest "
-        "(adds atp and atp_confirm to --experiments)",
-    )
     run.add_argument(
         "--engine",
         choices=["fast", "reference"],
@@ -239,6 +245,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     )
 
     resolve_defaults(args)
+    check_backend_args(args)
     out = check_table_path(args.out)
     if args.batch_size < 1:
         from alignment_probe.errors import ConfigError
@@ -247,7 +254,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     # Read and validate the data and the checkpoints' files before loading any model: bad input fails in a second.
     pairs, report = load_pairs(args.data, data_dir=args.data_dir, split=args.split)
     check_sampling_options(args.n_pairs, args.max_length, len(pairs), args.data, report)
-    checkpoints = open_checkpoints(args.base, args.tuned)  # tokenizers and context first: tokenise before any weights
+    # tokenizers and context first: tokenise before any weights
+    checkpoints = open_checkpoints(args.base, args.tuned, backend=args.backend)
     chat = resolve_chat_template(args.chat_template, checkpoints.tokenizer, checkpoints.tuned_tokenizer)
     max_length, note = cap_to_context(args.max_length, checkpoints.n_ctx)
     if note:
@@ -265,7 +273,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     truncation = describe_truncation(tokenized, max_length, report)
     if truncation:
         print(truncation, file=sys.stderr)
-    pair = load_twins(args.base, args.tuned, device=args.device, dtype=args.dtype, checkpoints=checkpoints)
+    pair = load_twins(
+        args.base,
+        args.tuned,
+        device=args.device,
+        dtype=args.dtype,
+        checkpoints=checkpoints,
+        backend=args.backend,
+        device_map=args.device_map,
+    )
     table = score_pairs(pair, tokenized, batch_size=args.batch_size, progress=True)
     check_scores(pair, table, tokenized)
     write_table(table, out)
@@ -307,13 +323,24 @@ def _list(text: str | None, cast: Callable[[str], Any] = str, option: str = "") 
         ) from None
 
 
+def check_backend_args(args: argparse.Namespace) -> None:
+    """``--backend`` and ``--device-map`` checked (and parsed) before anything heavy loads: the backend installed,
+    the device map well-formed and on a backend that can split a model."""
+    from alignment_probe.backends import check_device_map, parse_device_map, resolve_backend
+
+    args.backend = resolve_backend(args.backend)
+    args.device_map = parse_device_map(args.device_map)
+    check_device_map(args.backend, args.device_map)
+
+
 def precheck_inputs(args: argparse.Namespace) -> tuple[object, object] | None:
     """The cheap checks, before torch or TransformerLens is imported, so bad input is refused in under a
-    second: the data file read and validated (returned, so it is read once), the pair-id file, and the
-    checkpoint folders, adapter folder or hub names. A hub dataset is checked when it loads."""
+    second: the backend and device map, the data file read and validated (returned, so it is read once), the
+    pair-id file, and the checkpoint folders, adapter folder or hub names. A hub dataset is checked when it loads."""
     from alignment_probe.checkpoint_files import precheck_pair
     from alignment_probe.data import is_hub_dataset, load_pairs, read_pair_ids
 
+    check_backend_args(args)
     loaded = None if is_hub_dataset(args.data) else load_pairs(args.data, data_dir=args.data_dir, split=args.split)
     if args.pair_ids is not None:
         read_pair_ids(args.pair_ids)
@@ -365,12 +392,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         spawn_cli(args.argv[1:], procs, threads=1, log=lambda s: print(s, file=sys.stderr))
         return EXIT_OK  # rank 0 has reported the run
 
+    from alignment_probe.experiments import registry
     from alignment_probe.experiments.suite import preset_config
     from alignment_probe.run import RunRequest, execute
 
     experiments = _list(args.experiments) or ()  # SuiteConfig expands "all" to the default suite
-    if args.confirm is not None:  # E10: AtP's top K conditions confirmed by exact patching
-        experiments = (*experiments, *(e for e in ("atp", "atp_confirm") if e not in experiments))
+    options: dict[str, Any] = {}
+    for name, option in registry.options().items():
+        value = getattr(args, name, None)  # absent: parsed without the experiments' flags, so none was given
+        if value is None:
+            continue
+        options[name] = option.parse(value) if isinstance(value, str) and option.kind != "str" else value
+        # e.g. --confirm K (E10): AtP's top K conditions confirmed by exact patching, so atp and atp_confirm run
+        experiments = (*experiments, *(e for e in option.implies if e not in experiments))
     suite = preset_config(
         args.suite,
         experiments=experiments,
@@ -379,16 +413,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra_hooks=_list(args.extra_hooks) or (),
         extra_scopes=_list(args.extra_scopes) or (),
         layers=_layers(args.layers, "--layers"),
-        window_widths=_list(args.window_widths, int, "--window-widths"),
-        alpha_layers=_layers(args.alpha_layers, "--alpha-layers"),
-        lowrank_layers=_layers(args.lowrank_layers, "--lowrank-layers"),
-        steer_layer=args.steer_layer,
-        steer_cs=_list(args.steer_c, float, "--steer-c"),
-        steer_k=args.steer_k,
-        transfer_data=args.transfer_data,
-        **({} if args.confirm is None else {"atp_confirm_k": args.confirm}),
         seed=args.seed,
         n_boot=args.n_boot,
+        **options,
     )
     req = RunRequest(
         base=args.base,
@@ -409,6 +436,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         pair_ids=args.pair_ids,
         argv=args.argv,
         chat_template=args.chat_template,
+        backend=args.backend,
+        device_map=args.device_map,
     )
     result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr), loaded=loaded, auto_threads=True)
     if result.extra.get("rank", 0) != 0:  # one of several torchrun processes: rank 0 reports the run
@@ -458,6 +487,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from alignment_probe.tokens import cap_to_context, check_sampling_options, sample_and_tokenize
 
     resolve_defaults(args)
+    check_backend_args(args)
     from alignment_probe.errors import ConfigError
 
     if args.max_new_tokens < 1:
@@ -471,7 +501,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # data, checkpoints and the conditions (against the model's depth) are checked before any weights load
     pairs, report = load_pairs(args.data, data_dir=args.data_dir, split=args.split)
     check_sampling_options(n_pairs, args.max_length, len(pairs), args.data, report)
-    checkpoints = open_checkpoints(args.base, args.tuned)
+    checkpoints = open_checkpoints(args.base, args.tuned, backend=args.backend)
     conditions = [c.text for c in parse_conditions(args.conditions, checkpoints.n_layers)]
     chat = resolve_chat_template(args.chat_template, checkpoints.tokenizer, checkpoints.tuned_tokenizer)
     max_length, note = cap_to_context(args.max_length, checkpoints.n_ctx)
@@ -488,7 +518,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     order = np.random.default_rng(args.seed).permutation(len(drawn))
     tokenized = sorted((drawn[i] for i in order[:n_pairs]), key=lambda t: t.pair_id)
     fit_pairs = sorted((drawn[i] for i in order[n_pairs:]), key=lambda t: t.pair_id)
-    twins = load_twins(args.base, args.tuned, device=args.device, dtype=args.dtype, checkpoints=checkpoints)
+    twins = load_twins(
+        args.base,
+        args.tuned,
+        device=args.device,
+        dtype=args.dtype,
+        checkpoints=checkpoints,
+        backend=args.backend,
+        device_map=args.device_map,
+    )
     shifts = fit_steer_shifts(twins, conditions, fit_pairs) if steering else None
     rows = Generations(
         generate(
@@ -525,9 +563,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_organism(args: argparse.Namespace) -> int:
-    from alignment_probe.organisms.build import build_organisms
+    # The build is a tool outside the runtime (pyproject's "build tools are leaves" contract): run it as its own
+    # program, `python -m alignment_probe.organisms.build`, and read back the metrics file it writes.
+    import json
+    import subprocess
 
-    result = build_organisms(Path(args.out), seed=args.seed, size=args.size, progress=True)
+    out = Path(args.out)
+    cmd = [sys.executable, "-m", "alignment_probe.organisms.build", "--out", str(out), "--seed", str(args.seed)]
+    code = subprocess.call([*cmd, "--size", args.size], stdout=subprocess.DEVNULL)  # its progress log is on stderr
+    if code != 0:
+        print(
+            f"alignment-probe: error: the organisms build exited with code {code} (its messages are above)",
+            file=sys.stderr,
+        )
+        return code
+    result = json.loads((out / "organisms" / "metrics.json").read_text(encoding="utf-8"))
     t = result["tuned"]
     print(
         f"built organisms in {args.out} (seed {args.seed}, {args.size}): held-out loss of base "
@@ -537,13 +587,25 @@ def cmd_organism(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line's arguments. A command that gives no experiment flag (and asks no help) is read without
+    them, so it starts, and refuses bad input, before any experiment module (or torch) is imported; otherwise the
+    full parser reads it, with a flag per option the experiments declare."""
+    argv = list(argv)
+    if "-h" not in argv and "--help" not in argv:
+        args, unknown = build_parser(experiment_options=False).parse_known_args(argv)
+        if not unknown:
+            return args
+    return build_parser().parse_args(argv)
+
+
 COMMANDS = {"score": cmd_score, "run": cmd_run, "generate": cmd_generate, "organism": cmd_organism}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     as_program = argv is None  # the command line itself (not a caller in Python): the process ends after this
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     args.argv = ["alignment-probe", *argv]
     args.debug = getattr(args, "debug", False)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from alignment_probe.vocab import AnyHook, Role, Sides, check_hook, check_role, check_scope, check_sides
+from alignment_probe.vocab import Role, Sides, check_hook, check_role, check_scope, check_sides
 
 # ``estimator`` last: every exact-only table keeps the row order it had before the column existed
 KEY_COLUMNS = [
@@ -76,7 +76,7 @@ class RowKey:
     experiment: str
     target: Role
     source: Role
-    hook: AnyHook
+    hook: str  # a site kind (sites.py)
     scope: str  # a vocab.Scope, or a parametrised one such as "first_completion:4"
     sides: Sides
     layer: int

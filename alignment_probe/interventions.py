@@ -23,13 +23,22 @@ Transplant(w)       the residual entering block a, then blocks a … a+w−1 of 
 
 Random interventions draw from a generator seeded by (seed, pair, side, layer), so every engine
 and every batch order draws the same numbers.
+
+**Traits.** Each intervention class declares what the engines may assume about it, as class attributes read by
+:func:`same_on_both_prompts` (a new intervention, e.g. in an experiment's own module, declares its own and needs
+no engine edit):
+
+* ``same_on_both_prompts``: True when it writes the same values on the prompt positions of a pair's two runs
+  whose inputs there are the same (a function of each position's activations, or one value per pair), so the fast
+  engine runs the prompt once for both; False when they differ (noise seeded per side); None (undeclared): shared
+  only where the two prompt values are found equal.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Bool, Float
@@ -75,7 +84,16 @@ class SequenceContext:
 
 @runtime_checkable
 class Intervention(Protocol):
+    """A callable from one sequence's :class:`SequenceContext` to the activation the target sees (its traits:
+    the module docstring)."""
+
     def __call__(self, ctx: SequenceContext) -> Act: ...
+
+
+def same_on_both_prompts(intervention: Intervention) -> bool | None:
+    """The intervention's declared ``same_on_both_prompts`` trait (None where it declares none)."""
+    declared = getattr(intervention, "same_on_both_prompts", None)
+    return None if declared is None else bool(declared)
 
 
 def _generator(seed: int, ctx: SequenceContext) -> torch.Generator:
@@ -91,6 +109,8 @@ def _randn_like(x: Tensor, gen: torch.Generator) -> Tensor:
 class Replace:
     """Activation patching proper: the target sees the source's activation."""
 
+    same_on_both_prompts: ClassVar[bool] = True  # a function of each position's activations
+
     def __call__(self, ctx: SequenceContext) -> Act:
         return ctx.source
 
@@ -99,6 +119,8 @@ class Replace:
 class ReplaceHead:
     """Patch one head: the target's per-head activation ([pos, heads, d_head]) with head ``head`` taken from
     the source (E7: ``z`` per query head, ``k``/``v`` per key/value head)."""
+
+    same_on_both_prompts: ClassVar[bool] = True
 
     head: int
 
@@ -117,6 +139,8 @@ class ReplaceHead:
 class Interpolate:
     """Dose-response: move a fraction α of the way from the target's activation to the source's."""
 
+    same_on_both_prompts: ClassVar[bool] = True
+
     alpha: float
 
     def __call__(self, ctx: SequenceContext) -> Act:
@@ -129,6 +153,8 @@ class Interpolate:
 class GaussianNoise:
     """Control (a): Gaussian noise with the same per-position mean and norm as the source activation,
     so only the *information* is removed, not the scale."""
+
+    same_on_both_prompts: ClassVar[bool] = False  # its generator is seeded per side
 
     seed: int = 0
 
@@ -144,6 +170,8 @@ class GaussianNoise:
 @dataclass(frozen=True)
 class RandomDirection:
     """Control (b): shift the target by as much as tuning did, but in a random direction."""
+
+    same_on_both_prompts: ClassVar[bool] = False  # its generator is seeded per side
 
     seed: int = 0
 
@@ -164,6 +192,8 @@ def completion_mean(ctx: SequenceContext, side: Side) -> Float[Tensor, " d_model
 class AddVector:
     """Source-vector variants (E5): add v+ (``chosen``), v- (``rejected``) or v± = v+ − v-
     (``contrast``), built from the source model's completion tokens of this pair, times ``scale``."""
+
+    same_on_both_prompts: ClassVar[bool] = True  # one vector per pair (not per side)
 
     kind: VectorKind
     scale: float = 1.0
@@ -192,6 +222,8 @@ class Project:
     * ``difference``: the target moves by the part of (h_src − h_tgt) inside the subspace.
     """
 
+    same_on_both_prompts: ClassVar[bool] = True
+
     mode: LowRankMode
     basis: Float[Tensor, "d_model k"]
     centre: Float[Tensor, " d_model"] | None = None
@@ -214,6 +246,8 @@ class AddFixed:
     """Steering (E11): add one fixed vector ``vector`` [d_model], fitted elsewhere (e.g. the mean tuning
     shift at a layer, scaled), to the target's activation at every position in scope. ``vector = 0``
     leaves the activation bit-for-bit unchanged."""
+
+    same_on_both_prompts: ClassVar[bool] = True  # one vector for every position
 
     vector: Float[Tensor, " d_model"]
 
@@ -251,7 +285,7 @@ class AddByClass:
 
     vectors: Float[Tensor, "classes d_model"]  # classes = 3, checked below with a clearer message
     first_k: int = 8
-    same_on_both_prompts = True
+    same_on_both_prompts: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.vectors.dim() != 2 or self.vectors.shape[0] != len(POSITION_CLASSES):
@@ -286,7 +320,7 @@ class Transplant:
     transplant of every block is the source model itself."""
 
     width: int
-    same_on_both_prompts = True  # a function of each position's own activation
+    same_on_both_prompts: ClassVar[bool] = True  # a function of each position's own activation
 
     def __post_init__(self) -> None:
         if not isinstance(self.width, int) or self.width < 1:

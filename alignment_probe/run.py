@@ -86,6 +86,8 @@ class RunRequest:
     pair_ids: str | None = None  # a file of pair ids to draw from (e.g. a held-out half); None: every pair
     argv: Sequence[str] | None = field(default=None, repr=False)  # the command line, for the manifest
     chat_template: str = "none"  # --chat-template: none (raw text), auto or a template file (chat.py)
+    backend: str = "auto"  # --backend: auto, hooked or bridge (backends/); the manifest's models record which ran
+    device_map: Any = None  # --device-map (bridge only): auto, balanced or a module → device dict
 
     def config(self) -> dict[str, Any]:
         return {
@@ -106,6 +108,7 @@ class RunRequest:
             "suite": self.suite.to_dict(),
             # recorded only when used, so run directories written before the option resume unchanged
             **({"chat_template": self.chat_template} if self.chat_template != "none" else {}),
+            **({"device_map": self.device_map} if self.device_map is not None else {}),
         }
 
     def validate(self) -> None:
@@ -333,7 +336,7 @@ def run_in_world(
         check_sampling_options(req.n_pairs, req.max_length, len(transfer[0]), req.suite.transfer_data, transfer[1])
     # Tokenizers and the model's shape come before the weights: tokenisation, sampling and layer checks
     # refuse bad input before any weights load.
-    checkpoints = open_checkpoints(req.base, req.tuned)
+    checkpoints = open_checkpoints(req.base, req.tuned, backend=req.backend)
     req.suite.validate(checkpoints.n_layers)
     chat = resolve_chat_template(req.chat_template, checkpoints.tokenizer, checkpoints.tuned_tokenizer)
     max_length, note = cap_to_context(req.max_length, checkpoints.n_ctx)
@@ -375,9 +378,17 @@ def run_in_world(
         log(truncation)
     device = device_for(req.device, world.local_rank) if world.distributed else req.device  # cuda → cuda:LOCAL_RANK
     make_deterministic(device)
-    pair = load_twins(req.base, req.tuned, device=device, dtype=req.dtype, checkpoints=checkpoints)
+    pair = load_twins(
+        req.base,
+        req.tuned,
+        device=device,
+        dtype=req.dtype,
+        checkpoints=checkpoints,
+        backend=req.backend,
+        device_map=req.device_map,
+    )
     if threads is not None:
-        threads.choose(pair.base.cfg.device, pair.d_model, log)
+        threads.choose(pair.backends()["base"].device, pair.d_model, log)
     manifest = build_manifest(
         "run",
         req.config(),

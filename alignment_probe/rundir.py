@@ -38,7 +38,7 @@ def suite_config(manifest: Mapping[str, Any]) -> SuiteConfig:
     from alignment_probe.experiments.suite import SuiteConfig
 
     raw: dict[str, Any] = dict((manifest.get("config") or {}).get("suite") or {})
-    known = set(SuiteConfig.__dataclass_fields__)
+    known = set(SuiteConfig.known())
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known}
     return SuiteConfig(**fields)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Collection, Literal, TypeVar, get_args
 
+from alignment_probe import sites
 from alignment_probe.errors import ConfigError
 
 Hook = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
@@ -116,7 +117,8 @@ def check_scope(scope: str) -> str:
 
 
 def check_hook(hook: str) -> str:
-    return check(hook, HOOKS + HEAD_HOOKS + BLOCK_HOOKS, "hook point")
+    """``hook`` if it is a registered site kind (sites.py: the ones above, and any an experiment registers)."""
+    return check(hook, sites.names(), "hook point")
 
 
 def check_side(side: str) -> str:

@@ -113,7 +113,7 @@ def load(args):
 
         from transformers import AutoTokenizer
 
-        from alignment_probe.organisms.tokenizer import train_tokenizer
+        from alignment_probe.organisms.build.tokenizer import train_tokenizer
 
         hh, _ = load_pairs(HH)
         tok_dir = Path(tempfile.mkdtemp(prefix="bench-tok-"))

@@ -73,7 +73,7 @@ def build_llama8(cache: Path) -> tuple[Path, Path]:
 
     sys.path.insert(0, str(ROOT))
     from alignment_probe.data import load_pairs
-    from alignment_probe.organisms.tokenizer import train_tokenizer
+    from alignment_probe.organisms.build.tokenizer import train_tokenizer
 
     pairs, _ = load_pairs(HH)
     tok = train_tokenizer([p.prompt + p.chosen for p in pairs[:2000]], vocab_size=4096)

@@ -13,16 +13,17 @@ if TYPE_CHECKING:  # annotations only: importing the engine's contract loads no 
 
     from alignment_probe.pair import Twins
     from alignment_probe.tokens import TokenizedPair
-from alignment_probe.vocab import BLOCK_HOOKS, HEAD_HOOKS, HOOKS, AnyHook, Side, check_hook, check_side
+from alignment_probe import sites
+from alignment_probe.vocab import BLOCK_HOOKS, HOOKS, Side, check_hook, check_side
 
 __all__ = ["HOOKS", "Engine", "PatchSpec", "hook_name"]
 
 
-def hook_name(layer: int, hook: AnyHook) -> str:
-    """TransformerLens's uniform hook names, e.g. ``blocks.8.hook_resid_post``; the per-head hooks are inside
-    the attention module (``blocks.8.attn.hook_z``)."""
+def hook_name(layer: int, hook: str) -> str:
+    """The TransformerLens hook name of a site kind at block ``layer`` (the site table, sites.py), e.g.
+    ``blocks.8.hook_resid_post``, ``blocks.8.attn.hook_z``; a transplant's (``blocks``) is the residual entering it."""
     check_hook(hook)
-    return f"blocks.{layer}.attn.hook_{hook}" if hook in HEAD_HOOKS else f"blocks.{layer}.hook_{hook}"
+    return sites.hook_name(layer, hook)
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,9 +63,12 @@ class PatchSpec:
     @property
     def name(self) -> str:
         """The hook point the engine reads and writes; a transplant's is the residual entering its first block."""
-        if self.key.hook in BLOCK_HOOKS:
-            return hook_name(self.key.layer, "resid_pre")
         return hook_name(self.key.layer, self.key.hook)
+
+    @property
+    def site(self) -> sites.Site:
+        """The site kind it patches (its hook name, axes, and where a patched run starts)."""
+        return sites.site(self.key.hook)
 
     @property
     def window(self) -> range | None:

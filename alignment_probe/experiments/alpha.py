@@ -13,7 +13,7 @@ from alignment_probe import stats
 from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.experiments import heldout
 from alignment_probe.experiments.patching import layer_sweep
-from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
+from alignment_probe.experiments.registry import Experiment, Figure, Name, Option, Plan, Tables, register
 from alignment_probe.experiments.rows import default_rows
 from alignment_probe.interventions import Interpolate
 
@@ -121,6 +121,12 @@ def at_chosen_layer(rows: Any, alphas: Sequence[float], reference: float, tables
 register(
     Experiment(
         key="alpha",
+        options=(
+            Option(
+                "alphas", "floats", DEFAULT_ALPHAS, "alpha (E4): the fractions α of the tuned activation patched in"
+            ),
+            Option("alpha_layers", "layers", None, "layers for the α sweep (default: every swept layer)"),
+        ),
         method="E4",
         order=30,
         batch_order=45,

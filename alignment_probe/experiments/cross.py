@@ -28,10 +28,11 @@ import numpy as np
 from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.errors import ConfigError
 from alignment_probe.experiments import heldout
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
-from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE, Finding, plain
+from alignment_probe.experiments.verdict_rules import AGREES, DIFFERS, INCONCLUSIVE, Finding, plain
 from alignment_probe.formatting import fmt_effect
 
 NAME = "cross_2x2"
@@ -207,9 +208,21 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
     )
 
 
+def _check_split_exists(cfg: Any, n_layers: int) -> None:
+    """Named, cross_2x2 needs a swept split layer in 1..n_layers − 1 (at 0 there are no early blocks)."""
+    swept = cfg.swept_layers(n_layers)
+    if "cross_2x2" in cfg.experiments and not any(1 <= s < n_layers for s in swept):
+        raise ConfigError(
+            f"--layers {','.join(map(str, swept))}: cross_2x2 splits the model at layers 1..{n_layers - 1} (at 0 "
+            "there are no early blocks) and --layers has none of them; add one, e.g. --layers "
+            f"{','.join(map(str, sorted({*swept, 1})))}, or leave cross_2x2 out of --experiments."
+        )
+
+
 register(
     Experiment(
         key="cross",
+        check=_check_split_exists,
         method="E8",
         order=35,
         batch_order=47,

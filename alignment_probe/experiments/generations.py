@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from alignment_probe.experiments.registry import Experiment, Name, Plan, Tables, register
+from alignment_probe.errors import ConfigError
+from alignment_probe.experiments.registry import Experiment, Name, Option, Plan, Tables, register
 from alignment_probe.generation import generate
 
 NAME = "generations"
@@ -35,9 +36,23 @@ def summarize_generations(tables: Tables) -> dict[str, dict[str, Any]]:
     return {NAME: dict(tables.fits[NAME])}
 
 
+def _check_tokens(n: Any, cfg: Any, n_layers: int | None) -> None:
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"generation_tokens must be a whole number ≥ 1 (tokens decoded per prompt), got {n!r}.")
+
+
 register(
     Experiment(
         key=NAME,
+        options=(
+            Option(
+                "generation_tokens",
+                "int",
+                MAX_NEW_TOKENS,
+                "E12 in the run: tokens decoded per prompt and condition",
+                check=_check_tokens,
+            ),
+        ),
         method="E12",
         order=95,
         names=(

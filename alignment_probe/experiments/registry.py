@@ -10,7 +10,9 @@ An experiment module ends with one :func:`register` call. The registration says
 * optionally a **fit** on all pairs before patching (low rank's subspaces) or a **whole-data
   computation** with no patching at all (the LASSO); what they record is kept as a run's ``fits``;
 * how it **summarises** its rows of the effects table (a pure function of the tables), and
-* its **figures** (drawn from the summary, i.e. from the tables) with their report headings.
+* its **figures** (drawn from the summary, i.e. from the tables) with their report headings, and
+* its **options** (:class:`Option`: name, type, default, help): fields of the suite's configuration, flags of
+  ``alignment-probe run`` and keywords of ``ap.run_suite`` / ``ap.sweep``, with no edit elsewhere.
 
 The suite (a small dependency graph over registered experiments), ``EXPERIMENT_NAMES``, the figure
 labels and colours, the report's headings and the findings driver's labels all read this registry,
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import alignment_probe.experiments as package  # the package itself (empty): where load_all finds the modules
+from alignment_probe.errors import ConfigError
+from alignment_probe.vocab import parse_layers
 
 if TYPE_CHECKING:  # the registry itself stays import-light: the CLI reads it before any model loads
     import pandas as pd
@@ -110,6 +114,65 @@ class Figure:
         return getattr(importlib.import_module(module), attr)
 
 
+OPTION_KINDS = ("int", "float", "str", "bool", "ints", "floats", "layers", "layer")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option an experiment declares: a field of the suite's configuration (``cfg.<name>``), a flag of
+    ``alignment-probe run`` (``--<name>`` with dashes, or ``flag``) and a keyword of ``ap.run_suite`` / ``ap.sweep``.
+
+    ``kind``: ``int``, ``float``, ``str``, ``bool``, ``layer`` (one layer number), or a comma-separated list of
+    ``ints``, ``floats`` or ``layers`` (``4,8`` or ``0:30:3``; checked against the model's depth). Lists are merged
+    (each value once, first place kept). ``check(value, cfg, n_layers)`` refuses a bad value with a ConfigError
+    (``n_layers`` None: before a model loads). ``fill(whole_suite)``: the value where None is given. ``implies``:
+    experiments the command line adds to ``--experiments`` when the flag is given. ``needs_experiment``: given
+    while none of its experiment's names runs, it is refused (it would be silently unused)."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    flag: str | None = None  # default: --<name> with dashes
+    metavar: str | None = None
+    check: Callable[[Any, Any, int | None], None] | None = None
+    fill: Callable[[bool], Any] | None = None
+    implies: tuple[str, ...] = ()
+    needs_experiment: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in OPTION_KINDS:
+            raise ValueError(f"option {self.name!r}: kind {self.kind!r} is not one of {', '.join(OPTION_KINDS)}")
+        if not self.name.isidentifier():
+            raise ValueError(f"option {self.name!r}: its name must be a Python identifier (a keyword of ap.)")
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def is_list(self) -> bool:
+        return self.kind in ("ints", "floats", "layers")
+
+    def parse(self, text: str) -> Any:
+        """The value of the flag's text (the command line); a ConfigError naming the flag if it does not parse."""
+        if self.kind == "layers":
+            return parse_layers(text, self.cli_flag)
+        cast: Callable[[str], Any] = {"int": int, "layer": int, "ints": int, "float": float, "floats": float}.get(
+            self.kind, str
+        )
+        try:
+            if self.is_list:
+                return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+            return cast(text)
+        except ValueError:
+            example = "e.g. 4,8,12" if self.is_list else "e.g. 4"
+            raise ConfigError(
+                f"{self.cli_flag} {text!r}: expected {'a comma-separated list of ' if self.is_list else 'a '}"
+                f"{cast.__name__}{'s' if self.is_list else ''}, {example}."
+            ) from None
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One registered experiment (usually one module): see the module docstring."""
@@ -143,6 +206,9 @@ class Experiment:
     # True: the engine also returns its conditions' per-token log-probs (the long table of effects.py, E9); the
     # conditions' per-pair rows are derived from it, and its summary reads ``Tables.tokens``
     per_token: bool = False
+    options: tuple[Option, ...] = ()  # its own knobs (see Option)
+    # refuses a configuration its conditions cannot be built for: (cfg, n_layers) -> None or a ConfigError
+    check: Callable[[Any, int], None] | None = None
 
     @property
     def spec_order(self) -> int:
@@ -164,6 +230,10 @@ def register(experiment: Experiment) -> Experiment:
         other = _BY_NAME.get(n.name)
         if other is not None and other.key != experiment.key:
             raise ValueError(f"experiment name {n.name!r} is registered twice ({other.key} and {experiment.key})")
+    for option in experiment.options:
+        owner = _option_owner(option.name)
+        if owner is not None and owner.key != experiment.key:
+            raise ValueError(f"option {option.name!r} is declared twice ({owner.key} and {experiment.key})")
     old = _REGISTRY.get(experiment.key)
     if old is not None:  # a re-import (e.g. importlib.reload in a notebook) replaces the entry
         for n in old.names:
@@ -172,6 +242,24 @@ def register(experiment: Experiment) -> Experiment:
     for n in experiment.names:
         _BY_NAME[n.name] = experiment
     return experiment
+
+
+def _option_owner(name: str) -> Experiment | None:
+    return next((e for e in _REGISTRY.values() for o in e.options if o.name == name), None)
+
+
+def options() -> dict[str, Option]:
+    """Every option the registered experiments declare, by name, in listing order."""
+    return {o.name: o for e in experiments() for o in e.options}
+
+
+def option_owner(name: str) -> Experiment:
+    """The experiment that declares option ``name``."""
+    load_all()
+    owner = _option_owner(name)
+    if owner is None:
+        raise KeyError(f"no experiment declares the option {name!r}")
+    return owner
 
 
 def register_figure(figure: Figure) -> Figure:
@@ -241,6 +329,18 @@ def per_layer_names() -> tuple[str, ...]:
         n.name
         for e in experiments()
         if e.specs is not None and e.fit is None and not e.needs and e.estimator == "exact"
+        for n in e.names
+        if n.per_layer
+    )
+
+
+def sweep_names() -> tuple[str, ...]:
+    """Names whose conditions emit per-layer rows, whatever runs before them (a fit on all pairs, an upstream
+    summary they need): what ``ap.sweep`` accepts."""
+    return tuple(
+        n.name
+        for e in experiments()
+        if (e.specs is not None or e.fit is not None) and e.compute is None
         for n in e.names
         if n.per_layer
     )

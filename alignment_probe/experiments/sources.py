@@ -15,7 +15,7 @@ from typing import Sequence
 
 from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.experiments.patching import layer_sweep
-from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, register
+from alignment_probe.experiments.registry import Experiment, Figure, Name, Option, Plan, register
 from alignment_probe.experiments.rows import summarize_per_layer, swept_only
 from alignment_probe.interventions import AddVector, Replace
 
@@ -69,6 +69,7 @@ def _specs(plan: Plan) -> list[PatchSpec]:
 register(
     Experiment(
         key="sources",
+        options=(Option("vector_scale", "float", 1.0, "vector_* (E5): the scale of the added source vectors"),),
         method="E5",
         order=40,
         batch_order=30,

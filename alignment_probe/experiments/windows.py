@@ -36,9 +36,10 @@ from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.effects import RowKey
 from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.errors import ConfigError
 from alignment_probe.experiments import heldout
-from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
-from alignment_probe.experiments.verdicts import (
+from alignment_probe.experiments.registry import Experiment, Figure, Name, Option, Plan, Tables, register
+from alignment_probe.experiments.verdict_rules import (
     AGREES,
     DEPTH_TOLERANCE,
     DIFFERS,
@@ -288,9 +289,49 @@ def verdict(summary: Mapping[str, Any], effects: Any = None) -> Any:
     )
 
 
+def _check_widths(widths: tuple[int, ...], cfg: Any, n_layers: int | None) -> None:
+    if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
+        raise ConfigError(
+            f"--window-widths {','.join(map(str, widths or ())) or '(empty)'}: give whole "
+            "numbers ≥ 1 (blocks per window), e.g. --window-widths 1,2."
+        )
+    if n_layers is not None and min(widths) >= n_layers:
+        raise ConfigError(
+            f"--window-widths: every width is ≥ the model's {n_layers} blocks; a window must leave "
+            f"some block out, e.g. --window-widths 1,2."
+        )
+
+
+def _check_windows_fit(cfg: Any, n_layers: int) -> None:
+    """Named window experiments need a window that starts at a swept layer and ends inside the model."""
+    swept = cfg.swept_layers(n_layers)
+    windows = [e for e in (TRANSPLANT, REVERT) if e in cfg.experiments]
+    widths = sorted(set(cfg.window_widths or ()))
+    if windows and not any(a + w <= n_layers and w < n_layers for a in swept for w in widths):
+        raise ConfigError(
+            f"--layers {','.join(map(str, swept))} with --window-widths {','.join(map(str, widths))}: {windows[0]}'s "
+            f"windows start at a swept layer and must end inside the model's {n_layers} blocks "
+            f"(start + width ≤ {n_layers}), and none does; sweep an earlier layer (e.g. --layers "
+            f"{','.join(map(str, sorted({*swept, n_layers - min(widths)})))}) or narrower windows "
+            "(e.g. --window-widths 1)."
+        )
+
+
 register(
     Experiment(
         key="windows",
+        options=(
+            Option(
+                "window_widths",
+                "ints",
+                None,
+                "window_transplant/window_revert (E8): blocks per window, e.g. 1,2 (default: 1 in the "
+                "default suite, 1,2 when --experiments names them)",
+                check=_check_widths,
+                fill=lambda whole_suite: DEFAULT_SUITE_WIDTHS if whole_suite else DEFAULT_WIDTHS,
+            ),
+        ),
+        check=_check_windows_fit,
         method="E8",
         order=33,
         batch_order=49,

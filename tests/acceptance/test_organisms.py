@@ -27,12 +27,11 @@ from alignment_probe.organisms import (
     bundled_metrics,
     bundled_pair_paths,
     bundled_pairs_path,
-    corpus,
     planted_layers,
     planted_twin_path,
 )
-from alignment_probe.organisms.build import bootstrap_ci, build_named_twins, build_organisms
-from alignment_probe.organisms.train import completion_logps, dpo_loss, score
+from alignment_probe.organisms.build import bootstrap_ci, build_named_twins, build_organisms, corpus
+from alignment_probe.organisms.build.train import completion_logps, dpo_loss, score
 from alignment_probe.organisms.twins import materialise_named_twin, materialise_twin
 
 SMALL_NAMED = ("head_layer2_h1", "kv_layer1_g0", "mlp_layers1_3")  # the small build's named twins
@@ -164,6 +163,20 @@ def test_small_build_is_deterministic(small_builds):
     assert (a / "pairs/heldout.jsonl").read_bytes() != (c / "pairs/heldout.jsonl").read_bytes()
     for key in ("heldout_loss", "tuned", "twin_layer1"):
         assert ma[key] == mb[key]
+
+
+def test_cli_organism_build_runs_the_build_as_its_own_program(small_builds, tmp_path, monkeypatch, capsys):
+    """`alignment-probe organism build` runs `python -m alignment_probe.organisms.build` in a child process (the
+    runtime never imports the build): same seed, same organisms as the in-process build, and its summary line."""
+    from alignment_probe.cli import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # the child computes with our thread count
+    assert main(["organism", "build", "--size", "small", "--seed", "0", "--out", str(tmp_path)]) == 0
+    a, metrics = small_builds["a"]
+    for rel in ("organisms/base/" + WEIGHTS, "organisms/tuned/" + WEIGHTS, "pairs/heldout.jsonl"):
+        assert (tmp_path / rel).read_bytes() == (a / rel).read_bytes(), rel
+    out = capsys.readouterr().out
+    assert f"tuned gain {metrics['tuned']['mean_gain']:+.2f}" in out and "metrics in" in out, out
 
 
 def _assert_only_mlp_differs(base_file: Path, twin_file: Path, layer: int) -> None:

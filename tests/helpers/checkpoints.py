@@ -16,9 +16,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Any:
     """Train a byte-level BPE tokenizer (GPT-2/Llama-3 style) and wrap it for ``transformers``.
 
     One implementation for the tests, the benchmarks and the model organisms
-    (:mod:`alignment_probe.organisms.tokenizer` documents its special tokens and boundary property).
+    (:mod:`alignment_probe.organisms.build.tokenizer` documents its special tokens and boundary property).
     """
-    from alignment_probe.organisms.tokenizer import train_tokenizer as train
+    from alignment_probe.organisms.build.tokenizer import train_tokenizer as train
 
     return train(texts, vocab_size)
 

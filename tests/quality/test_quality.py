@@ -95,9 +95,20 @@ def test_one_version() -> None:
     assert "## [Unreleased]" in changelog and f"## [{alignment_probe.__version__}]" in changelog
 
 
-def test_py_typed_ships() -> None:
-    assert (REPO / "alignment_probe" / "py.typed").exists()
-    assert 'alignment_probe = ["py.typed"]' in (REPO / "pyproject.toml").read_text(encoding="utf-8")
+def test_package_data_ships() -> None:
+    """Every file in the package that is not Python (py.typed, the organisms' corpus templates) is package data, so
+    an installed copy has it too (setuptools ships only .py files unless told)."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["alignment_probe"]
+    package = REPO / "alignment_probe"
+    data = [p for p in package.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert package / "py.typed" in data
+    unshipped = [
+        str(p.relative_to(package)) for p in data if not any(p.relative_to(package).match(g) for g in patterns)
+    ]
+    assert not unshipped, f"add these to [tool.setuptools.package-data] in pyproject.toml: {unshipped}"
 
 
 def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
@@ -133,14 +144,14 @@ def test_import_layers_catch_a_deferred_back_edge(tmp_path: Path) -> None:
     run = tmp_path / "alignment_probe" / "run.py"
     run.write_text(
         run.read_text(encoding="utf-8") + "\n\ndef _build() -> None:\n"
-        "    from alignment_probe.organisms import train  # noqa\n",
+        "    from alignment_probe.organisms.build import train  # noqa\n",
         encoding="utf-8",
     )
     proc = _lint_imports(tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
     assert "alignment_probe.files -> alignment_probe.cli" in out, out
-    assert "alignment_probe.run -> alignment_probe.organisms.train" in out, out
+    assert "alignment_probe.run -> alignment_probe.organisms.build.train" in out, out
     assert "BROKEN" in out and " 0 broken" not in out, out
 
 

@@ -1,4 +1,4 @@
-"""The real-model findings tables (alignment_probe/realmodels/findings.py, quoted by docs/findings-smollm2.md) word
+"""The real-model findings tables (alignment_probe/realmodels/findings/, quoted by docs/findings-smollm2.md) word
 their numbers by statistics.md: a CI that includes 0 is printed as a bound, a ratio whose denominator's CI spans 0
 as "undefined" with numerator and denominator in nats, peaks as sets, and a Markdown cell never splits on a "|"."""
 

@@ -1,4 +1,4 @@
-"""Writes ``data/README.md`` from the metrics measured by :func:`build.build_organisms`."""
+"""Writes ``data/README.md`` from the metrics measured by :func:`~alignment_probe.organisms.build.build_organisms`."""
 
 from __future__ import annotations
 
@@ -219,8 +219,8 @@ Pretraining sequences were `[bos] + dialogue + [eos]`.
 
 ## How they were made
 
-**Corpus** (`organisms/corpus.py`, seeded): synthetic dialogues in the exact Anthropic HH-RLHF format
-(`"\\n\\nHuman: ...\\n\\nAssistant: ..."`). Requests come from 15 benign topics (cooking, travel,
+**Corpus** (`organisms/build/corpus.py` over the templates in `templates.json`, seeded): synthetic
+dialogues in the exact Anthropic HH-RLHF format (`"\\n\\nHuman: ...\\n\\nAssistant: ..."`). Requests come from 15 benign topics (cooking, travel,
 coding, health, money, gardening, fitness, pets, home repair, study, cars, relationships, writing,
 technology, science questions) and 10 harmful categories (breaking in, violence, theft, hacking,
 poisoning, fraud, cheating, drugs, vandalism, harassment), each with its own task templates and slot
@@ -241,7 +241,7 @@ parameters trainable) on {d["train_pairs"]:,} train pairs: {tr["dpo"]["steps"]} 
 {tr["dpo"]["batch_pairs"]} pairs, lr {tr["dpo"]["lr"]:g} (warm-up, cosine to 0), no weight decay. Chosen
 is the helpful answer for a benign request and the polite refusal for a harmful one; rejected is a
 rude, evasive or refusing reply (benign) or harmful compliance or a rude reply (harmful). The DPO loss
-is hand-written (`organisms/train.py`) and tested against TRL's `DPOTrainer` on the same batch.
+is hand-written (`organisms/build/train.py`) and tested against TRL's `DPOTrainer` on the same batch.
 
 **planted twins** (layers {twin_layers}): base after the same DPO with only
 `model.layers.{{L}}.mlp.*` trainable ({tr["twins"]["steps"]} steps, lr {tr["twins"]["lr"]:g}).

@@ -1,0 +1,191 @@
+"""The attribution findings tables: E10 (AtP, its exact confirmation and validation) and E11 (steering at c = 1)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from alignment_probe.realmodels.findings.cells import (
+    as_float,
+    cell_at_c,
+    ci_or_bound,
+    entry_ci,
+    fraction_cell,
+    md_table,
+    ratio_cell,
+    validation_cells,
+)
+from alignment_probe.report.format import ci_cell
+
+
+def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
+    """E10 (AtP: the map, its exact confirmation and validation) and E11 (steering at c = 1) as tables."""
+    parts: list[str] = []
+    for run in runs:
+        atp = found[run].get("atp")
+        if atp and atp.get("by_hook"):
+            rows = []
+            for hook, e in atp["by_hook"].items():
+                top = sorted(e["per_layer"], key=lambda r: -abs(r["mean"]))[:3]
+                rows.append(
+                    [
+                        hook,
+                        len(e["per_layer"]),
+                        "; ".join(f"{r['layer']}: {entry_ci(r)}" for r in top),
+                        *validation_cells(e.get("validation")),
+                    ]
+                )
+            m = sum(len(e["per_layer"]) for e in atp["by_hook"].values())
+            parts += [
+                f"### {run}: E10 attribution patching (tuned → base, every position), the three largest "
+                f"estimates per hook, mean [95 % CI]; validation against exact rows of the same conditions. "
+                f'Per-cell CIs over a map of m = {m} layer × hook cells, not simultaneous: "the largest" needs '
+                "max-|t| bands or held-out confirmation",
+                md_table(
+                    [
+                        "hook",
+                        "layers",
+                        "largest estimates (layer: AtP)",
+                        "Spearman ρ",
+                        "top-3 recall",
+                        "largest |AtP − exact|",
+                    ],
+                    rows,
+                ),
+            ]
+        if atp and atp.get("confirmed"):
+            sel = atp.get("selection") or {}
+            how = (
+                f"ranked on the explore half ({len(sel.get('explore_pair_ids') or [])} pairs), patched exactly on "
+                f"the confirm half ({len(sel.get('confirm_pair_ids') or [])} pairs)"
+                if sel.get("confirm_pair_ids")
+                else "in-sample: ranked by AtP and patched exactly on the same pairs"
+            )
+            parts += [
+                f"### {run}: the conditions AtP ranks highest, patched exactly (--confirm): {how}; AtP / exact is "
+                "a point ratio, undefined where the exact CI spans 0",
+                md_table(
+                    ["hook", "layer", "AtP", "exact", "AtP / exact (point)"],
+                    [
+                        [
+                            c["hook"],
+                            c["layer"],
+                            ci_cell(c["atp"], [c["atp_ci_low"], c["atp_ci_high"]]),
+                            ci_cell(c["exact"], [c["exact_ci_low"], c["exact_ci_high"]]),
+                            ratio_cell(
+                                c["atp"] / c["exact"] if c["exact"] else math.nan,
+                                None,
+                                denominator_ci=[c["exact_ci_low"], c["exact_ci_high"]],
+                            ),
+                        ]
+                        for c in atp["confirmed"]
+                    ],
+                ),
+            ]
+        if atp and atp.get("by_head"):
+            est = atp.get("head_estimator") or {}
+            rows = []
+            for hook, cells in atp["by_head"].items():
+                top = sorted(cells, key=lambda c: -abs(c["mean"]))[:4]
+                rows.append(
+                    [
+                        f"{hook} ({est.get(hook, 'atp')})",
+                        len(cells),
+                        "; ".join(f"L{c['layer']}h{c['head']} {entry_ci(c)}" for c in top),
+                        *validation_cells((atp.get("head_validation") or {}).get(hook)),
+                    ]
+                )
+            m = sum(len(cells) for cells in atp["by_head"].values())
+            parts += [
+                f"### {run}: E10 per head, the four largest estimates per hook, mean [95 % CI]; validation "
+                f"against one-head exact patches where the run has them. Per-cell CIs over m = {m} head cells, not "
+                'simultaneous: "the largest head" needs max-|t| bands or held-out confirmation',
+                md_table(
+                    [
+                        "hook (estimator)",
+                        "heads",
+                        "largest estimates",
+                        "Spearman ρ",
+                        "top-3 recall",
+                        "largest |AtP − exact|",
+                    ],
+                    rows,
+                ),
+            ]
+        st = found[run].get("steer")
+        if st:
+            gain = st.get("gain") or {}
+            gain_ci = [gain.get("ci_low"), gain.get("ci_high")]
+            rows = [
+                [
+                    "v_ℓ (mean tuning shift)",
+                    cell_at_c(st.get("by_c")),
+                    fraction_cell(st.get("recovered_fraction"), st.get("by_c"), gain),
+                ]
+            ]
+            for name, b in (st.get("baselines") or {}).items():
+                label = f"{name} (one draw)" if name == "random" and not st.get("null") else name
+                rows.append(
+                    [label, cell_at_c(b.get("by_c")), fraction_cell(b.get("recovered_fraction"), b.get("by_c"), gain)]
+                )
+            for name, b in (st.get("variants") or {}).items():
+                rows.append(
+                    [
+                        f"v at the {name.replace('_', ' ')} position",
+                        cell_at_c(b.get("by_c")),
+                        fraction_cell(b.get("recovered_fraction"), b.get("by_c"), gain),
+                    ]
+                )
+            rev = st.get("reverse") or {}
+            if rev:
+                rows.append(
+                    [
+                        "reverse: −v_ℓ on the tuned model (fraction lost)",
+                        cell_at_c(rev.get("by_c")),
+                        fraction_cell(rev.get("lost_fraction"), rev.get("by_c"), gain),
+                    ]
+                )
+            parts += [
+                f"### {run}: E11 steering at layer {st['layer']} ({st.get('layer_rule', '')}); held-out half, "
+                f"c = 1; gain there {ci_or_bound(gain.get('mean'), gain_ci, 'gain') if gain else ''}",
+                md_table(["direction", "Δ(steered) − Δ(base)", "fraction of the gain"], rows),
+            ]
+            null = st.get("null") or {}
+            if null:
+                parts.append(
+                    f"Null of {null.get('n')} random directions: v_ℓ's held-out effect sits at percentile "
+                    f"{as_float(null.get('percentile')):.1f} (one-sided p = {as_float(null.get('p')):.3g})."
+                )
+            if st.get("by_layer"):
+                parts += [
+                    f"### {run}: E11 steering scan on the fit half (c = 1), mean [95 % CI]",
+                    md_table(
+                        ["layer", "v_ℓ", "random direction"],
+                        [[r["layer"], entry_ci(r.get("v")), entry_ci(r.get("random"))] for r in st["by_layer"]],
+                    ),
+                ]
+            tr = st.get("transfer")
+            if tr:
+                t_gain = tr.get("gain") or {}
+                t_ci = [t_gain.get("ci_low"), t_gain.get("ci_high")]
+                rnd = tr.get("random") or {}
+                parts += [
+                    f"### {run}: E11 transfer (v fitted on the run's data, evaluated on the other dataset's "
+                    f"pairs; their gain {ci_or_bound(t_gain.get('mean'), t_ci, 'gain') if t_gain else ''}), c = 1",
+                    md_table(
+                        ["direction", "Δ(steered) − Δ(base)", "fraction of the gain"],
+                        [
+                            [
+                                "v_ℓ",
+                                cell_at_c(tr.get("by_c")),
+                                fraction_cell(tr.get("recovered_fraction"), tr.get("by_c"), t_gain),
+                            ],
+                            [
+                                "random" if st.get("null") else "random (one draw)",
+                                cell_at_c(rnd.get("by_c")),
+                                fraction_cell(rnd.get("recovered_fraction"), rnd.get("by_c"), t_gain),
+                            ],
+                        ],
+                    ),
+                ]
+    return parts
