@@ -5,14 +5,16 @@ The data path, one module per step::
     data.py          pairs        HH-RLHF / prompt-chosen-rejected JSONL / hub dataset, split, validated
     tokens.py        tokens       BOS + prompt + completion, left truncation, seeded sampling, batches
     prepare.py       inputs       the one input pipeline: options → checked, sampled, tokenised pairs
-    pair.py          models       base + tuned as HookedTransformers, checked compatible, fingerprinted
+    pair.py          models       base + tuned, checked compatible, fingerprinted
+    backends/        the seam     the primitives every forward goes through: HookedTransformer (TransformerLens
+                                  3.9) or TransformerBridge (4.x), chosen from what is installed (--backend)
     scoring.py       Δlogp        log p(completion | prompt), Δlogp, gain
     interventions.py patches      what a patch does to one activation (pure tensor functions)
     engine/          forwards     how patched runs execute: reference loop, fast engine
     experiments/     E1–E11       one module per experiment, each registering itself (registry.py),
                                   and the suite: a dependency graph over the registry
     effects.py       the table    one tidy effects table that statistics, figures and reports read
-    stats.py         CIs          bootstrap CIs, peak and onset layers, held-out splits
+    stats/           CIs          bootstrap CIs, peak and onset layers, held-out splits
     report/          figures      plotly figures and the self-contained HTML report
     run.py, cli.py   the edges    one run into its directory (resumable) and the command line
     rundir.py        the folder   a run directory written, resumed and read back (runfiles.py reads its files)

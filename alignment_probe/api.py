@@ -2,7 +2,7 @@
 
 ::
 
-    twins = ap.load_twins(base, tuned, device="cpu", dtype="float32")  # checked base/tuned HookedTransformers
+    twins = ap.load_twins(base, tuned, device="cpu", dtype="float32")  # checked base/tuned (backend="auto")
     pairs = ap.load_pairs(data, n=16, seed=0, tokenizer=twins.tokenizer, max_length=512)
     scores = ap.score(twins, pairs)              # the per-pair table of `alignment-probe score`
     eff = ap.sweep(twins, pairs, experiments=["patch_tuned_to_base", "identity"],
@@ -54,12 +54,17 @@ def load_twins(
     *,
     device: str | None = "cpu",
     dtype: str = "float32",
+    backend: str = "auto",
+    device_map: Any = None,
 ) -> Twins:
-    """Load a base model and its tuned twin as unprocessed HookedTransformers, checked compatible.
+    """Load a base model and its tuned twin unprocessed, checked compatible: HookedTransformers (TransformerLens
+    3.x) or TransformerBridges (4.x).
 
     ``base``/``tuned``: hub names TransformerLens knows or local Hugging Face checkpoint folders;
-    both None: the bundled model organisms. Returns :class:`~alignment_probe.pair.Twins`
-    (``.base``, ``.tuned``, ``.tokenizer``, ``.n_layers``, ``.d_model``)."""
+    both None: the bundled model organisms. ``backend``: ``auto`` (the installed TransformerLens line), ``hooked``
+    or ``bridge``; ``device_map`` (bridge only): ``"auto"``, ``"balanced"`` or a dict of module name → device, to
+    split each model over devices. Returns :class:`~alignment_probe.pair.Twins` (``.base``, ``.tuned``,
+    ``.tokenizer``, ``.n_layers``, ``.d_model``, ``.backend``)."""
     from alignment_probe.pair import load_twins as _load
 
     if (base is None) != (tuned is None):
@@ -68,7 +73,7 @@ def load_twins(
         from alignment_probe.organisms import bundled_pair_paths
 
         base, tuned = bundled_pair_paths()
-    return _load(base, tuned, device=device, dtype=dtype)
+    return _load(base, tuned, device=device, dtype=dtype, backend=backend, device_map=device_map)
 
 
 class TokenizedPairs(list):
@@ -358,14 +363,18 @@ def sequence_tokens(pair: Any, side: str = "chosen") -> Any:
 def completion_logprob(
     model: Any, pair: Any, side: str = "chosen", fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = ()
 ) -> float:
-    """log p(completion | prompt) of one side of a tokenised pair under ``model`` (a HookedTransformer),
-    with any TransformerLens forward hooks applied: the building block of a hand-made patch."""
+    """log p(completion | prompt) of one side of a tokenised pair under ``model`` (``twins.base`` or ``twins.tuned``:
+    a HookedTransformer or a TransformerBridge), with any TransformerLens forward hooks applied: the building
+    block of a hand-made patch."""
     import torch
 
+    from alignment_probe.backends import backend_of
+
+    backend = backend_of(model)
     seq = pair.sequence(side)
-    tokens = sequence_tokens(pair, side).to(model.cfg.device)
+    tokens = sequence_tokens(pair, side).to(backend.device)
     with torch.inference_mode():
-        logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
+        logits, _ = backend.run(tokens, hooks=list(fwd_hooks))
     logp = logits[0, seq.completion_start - 1 : seq.length - 1].float().log_softmax(-1)
     target = tokens[0, seq.completion_start : seq.length]
     return float(logp.gather(-1, target[:, None]).sum())

@@ -52,6 +52,20 @@ def _add_model_data_args(p: argparse.ArgumentParser, n_pairs_default: str = "all
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
     p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "hooked", "bridge"],
+        help="the TransformerLens line that runs the models: hooked (HookedTransformer, transformer-lens 3.x), "
+        "bridge (TransformerBridge, 4.x) or auto (the installed one, the default)",
+    )
+    p.add_argument(
+        "--device-map",
+        default=None,
+        metavar="auto|balanced|JSON|FILE",
+        help="split each model over devices (bridge backend only): auto or balanced (accelerate places the blocks), "
+        "a JSON object of module name to device, or a file holding one",
+    )
+    p.add_argument(
         "--chat-template",
         default="none",
         metavar="auto|none|FILE",
@@ -237,6 +251,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from alignment_probe.tables import check_table_path
 
     resolve_defaults(args)
+    check_backend_args(args)
     out = check_table_path(args.out)
     if args.batch_size < 1:
         from alignment_probe.errors import ConfigError
@@ -252,7 +267,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     from alignment_probe.scoring import score_pairs, summarize_scores
     from alignment_probe.tables import write_table
 
-    checkpoints = open_checkpoints(args.base, args.tuned)  # tokenizers and context first: tokenise before any weights
+    checkpoints = open_checkpoints(
+        args.base, args.tuned, backend=args.backend
+    )  # tokenizers and context first: tokenise before any weights
     prepared = prepare_pairs(
         read,
         checkpoints.tokenizer,
@@ -262,7 +279,15 @@ def cmd_score(args: argparse.Namespace) -> int:
         verb="scoring",
     )
     tokenized = prepared.pairs
-    pair = load_twins(args.base, args.tuned, device=args.device, dtype=args.dtype, checkpoints=checkpoints)
+    pair = load_twins(
+        args.base,
+        args.tuned,
+        device=args.device,
+        dtype=args.dtype,
+        checkpoints=checkpoints,
+        backend=args.backend,
+        device_map=args.device_map,
+    )
     table = score_pairs(pair, tokenized, batch_size=args.batch_size, progress=True)
     check_scores(pair, table, tokenized)
     write_table(table, out)
@@ -290,6 +315,16 @@ def _list(text: str | None, cast: Callable[[str], Any] = str, option: str = "") 
         raise ConfigError(
             f"{option} {text!r}: expected a comma-separated list of {cast.__name__}s, e.g. 4,8,12."
         ) from None
+
+
+def check_backend_args(args: argparse.Namespace) -> None:
+    """``--backend`` and ``--device-map`` checked (and parsed) before anything heavy loads: the backend installed,
+    the device map well-formed and on a backend that can split a model."""
+    from alignment_probe.backends import check_device_map, parse_device_map, resolve_backend
+
+    args.backend = resolve_backend(args.backend)
+    args.device_map = parse_device_map(args.device_map)
+    check_device_map(args.backend, args.device_map)
 
 
 def _procs(args: argparse.Namespace, loaded: InputsRead | None) -> int:
@@ -332,6 +367,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from alignment_probe.prepare import precheck_inputs
 
     # the cheap checks, before torch or TransformerLens is imported, so bad input is refused in under a second
+    check_backend_args(args)
     loaded = precheck_inputs(_input_spec(args), args.base, args.tuned)
     procs = _procs(args, loaded)
     if procs > 1:  # the same command, as that many ranks; this process imports nothing heavy and waits
@@ -384,6 +420,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         pair_ids=args.pair_ids,
         argv=args.argv,
         chat_template=args.chat_template,
+        backend=args.backend,
+        device_map=args.device_map,
     )
     result = execute(req, progress=True, log=lambda s: print(s, file=sys.stderr), loaded=loaded, auto_threads=True)
     if result.extra.get("rank", 0) != 0:  # one of several torchrun processes: rank 0 reports the run
@@ -430,6 +468,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from alignment_probe.prepare import prepare_pairs, read_inputs
 
     resolve_defaults(args)
+    check_backend_args(args)
     from alignment_probe.errors import ConfigError
 
     if args.max_new_tokens < 1:
@@ -442,7 +481,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     n_pairs = GENERATE_DEFAULT_PAIRS if args.n_pairs is None else args.n_pairs
     # data, checkpoints and the conditions (against the model's depth) are checked before any weights load
     read = read_inputs(_input_spec(args, n_pairs))
-    checkpoints = open_checkpoints(args.base, args.tuned)
+    checkpoints = open_checkpoints(args.base, args.tuned, backend=args.backend)
     conditions = [c.text for c in parse_conditions(args.conditions, checkpoints.n_layers)]
     steering = any(c.startswith("steer@") for c in conditions)
     if steering and args.steer_pairs < 2:
@@ -461,7 +500,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     order = np.random.default_rng(args.seed).permutation(len(drawn))
     tokenized = sorted((drawn[i] for i in order[:n_pairs]), key=lambda t: t.pair_id)
     fit_pairs = sorted((drawn[i] for i in order[n_pairs:]), key=lambda t: t.pair_id)
-    twins = load_twins(args.base, args.tuned, device=args.device, dtype=args.dtype, checkpoints=checkpoints)
+    twins = load_twins(
+        args.base,
+        args.tuned,
+        device=args.device,
+        dtype=args.dtype,
+        checkpoints=checkpoints,
+        backend=args.backend,
+        device_map=args.device_map,
+    )
     shifts = fit_steer_shifts(twins, conditions, fit_pairs) if steering else None
     rows = Generations(
         generate(

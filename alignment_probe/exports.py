@@ -73,10 +73,8 @@ def export_activations(
             keep = {"all": slice(0, seq.length), "completion": slice(start, seq.length), "prompt": slice(0, start)}[
                 positions
             ]
-            for role, model in twins.models().items():
-                _, cache = model.run_with_cache(
-                    ids.to(model.cfg.device), names_filter=lambda n: n in names, stop_at_layer=max(layers) + 1
-                )
+            for role, model in twins.backends().items():
+                _, cache = model.run(ids, capture=names, stop_at_layer=max(layers) + 1)
                 for n in names:
                     cols[f"{role}.{n}"].append(cache[n][0, keep].to("cpu", dtype))
             n_rows = keep.stop - keep.start

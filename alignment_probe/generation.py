@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from alignment_probe.backends import backend_of
 from alignment_probe.engine.hybrid import transplanted
 from alignment_probe.errors import ConfigError
 from alignment_probe.tables import write_bytes_atomic
@@ -102,12 +103,6 @@ def parse_conditions(texts: str | Iterable[str], n_layers: int | None = None) ->
     return out
 
 
-def _init_cache(model: Any) -> Any:
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    return TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
-
-
 class _Picker:
     """Greedy, or seeded sampling at a temperature (the same generator draws for every condition of a prompt)."""
 
@@ -157,15 +152,16 @@ def _decode(
 ) -> list[int]:
     """Decode with ``model`` and its key/value cache; ``before_step(new_tokens)`` runs first at every step (the
     lockstep source of a patch)."""
-    device = model.cfg.device
-    cache = _init_cache(model)
+    backend = backend_of(model)
+    device = backend.device
+    cache = backend.new_decode_state()
     x = torch.tensor([list(prompt)], device=device)
     out: list[int] = []
-    with model.hooks(fwd_hooks=list(fwd_hooks)):
+    with backend.hooked(list(fwd_hooks)):
         for _ in range(max_new_tokens):
             if before_step is not None:
                 before_step(x)
-            token = pick(model(x, past_kv_cache=cache))
+            token = pick(backend.decode_step(x, cache))
             out.append(token)
             if token in stop:
                 break
@@ -176,15 +172,16 @@ def _decode(
 def _patch_step(source: Any, hook_name: str, layer: int) -> tuple[Callable[[torch.Tensor], None], Callable[..., Any]]:
     """The source's side of a lockstep patch: a step function that runs the source on the new tokens (its own
     cache, only up to ``layer``) and keeps its activation, and the target's hook that puts it in."""
-    cache = _init_cache(source)
+    backend = backend_of(source)
+    cache = backend.new_decode_state()
     kept: dict[str, torch.Tensor] = {}
 
     def keep(act: torch.Tensor, hook: Any) -> None:
         kept["act"] = act.detach()
 
     def step(x: torch.Tensor) -> None:
-        with source.hooks(fwd_hooks=[(hook_name, keep)]):
-            source(x.to(source.cfg.device), past_kv_cache=cache, stop_at_layer=layer + 1)
+        with backend.hooked([(hook_name, keep)]):
+            backend.decode_step(x, cache, stop_at_layer=layer + 1)
 
     def put(act: torch.Tensor, hook: Any) -> torch.Tensor:
         return kept["act"].to(act.device, act.dtype)

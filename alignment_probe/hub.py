@@ -30,10 +30,17 @@ BIN_PATTERNS = ["*.json", "pytorch_model*.bin", "tokenizer*", "*.model", "*.txt"
 def official_name(name: str) -> str:
     """TransformerLens's official spelling of ``name`` (aliases such as ``gpt2-small`` resolve), or
     :class:`HubModelUnknownError`. Cheap: a table look-up, no network."""
-    from transformer_lens.loading_from_pretrained import get_official_model_name
+    import importlib
 
+    # TransformerLens's alias table: in loading_from_pretrained on 3.x, rehomed to supported_models on 4.x
+    for where in ("transformer_lens.loading_from_pretrained", "transformer_lens.supported_models"):
+        try:
+            get_official_model_name = importlib.import_module(where).get_official_model_name
+            break
+        except (ImportError, AttributeError):
+            continue
     try:
-        return get_official_model_name(name)
+        return str(get_official_model_name(name))
     except ValueError:
         raise HubModelUnknownError(
             f"{name!r} is neither a local folder nor a model TransformerLens knows by name. If it is a local "

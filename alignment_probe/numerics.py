@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from alignment_probe.backends import backend_of
 from alignment_probe.errors import NumericalError
 
 FIX = (
@@ -48,8 +49,7 @@ def first_nonfinite_hook(model: Any, tokens: Sequence[int]) -> str | None:
         "hook_mlp_out",
         "hook_resid_post",
     )
-    ids = torch.tensor([list(tokens)], device=model.cfg.device)
-    logits = model.run_with_hooks(ids, fwd_hooks=[(lambda n: n.endswith(wanted), keep)])
+    logits, _ = backend_of(model).run(torch.tensor([list(tokens)]), hooks=[(lambda n: n.endswith(wanted), keep)])
     for name in names:
         if not cache[name]:
             return name

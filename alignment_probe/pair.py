@@ -1,4 +1,5 @@
-"""Load a base model and its tuned twin as two TransformerLens ``HookedTransformer``s.
+"""Load a base model and its tuned twin through a backend (:mod:`alignment_probe.backends`): two TransformerLens
+``HookedTransformer``s (3.9) or ``TransformerBridge``s (4.x).
 
 Cross-model patching copies an activation computed by one model into the forward pass of the
 other. That is only meaningful when both residual streams live in the same basis, so both models
@@ -26,19 +27,24 @@ tokenizer behaviour.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import os
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer
 
+from alignment_probe import backends
 from alignment_probe.adapters import is_adapter_dir, merge_adapter
+from alignment_probe.backends.base import Backend
+
+# The loading helpers both backends share, kept importable here (old scripts import them from pair).
+from alignment_probe.backends.loading import DTYPES as DTYPES
+from alignment_probe.backends.loading import check_finite_weights as check_finite_weights
+from alignment_probe.backends.loading import load_tokenizer as load_tokenizer
+from alignment_probe.backends.loading import name_safe_path as _name_safe_path  # noqa: F401
+from alignment_probe.backends.loading import resolve_dtype as resolve_dtype
 
 # The cheap checks of checkpoint folders and hub names (no torch, no TransformerLens), kept importable here.
 from alignment_probe.checkpoint_files import (  # noqa: F401
@@ -50,16 +56,8 @@ from alignment_probe.checkpoint_files import (  # noqa: F401
     precheck_pair,
     read_checkpoint_config,
 )
-from alignment_probe.errors import ArchitectureNotSupportedError, CheckpointError, ConfigError, IncompatiblePairError
-from alignment_probe.families import build_config, check_architecture
+from alignment_probe.errors import ConfigError, IncompatiblePairError
 from alignment_probe.hub import resolve_snapshot
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float64": torch.float64,
-}
 
 # A probe string that exercises spaces, punctuation, digits, newlines and the HH turn markers.
 TOKENIZER_PROBE = "\n\nHuman: Can you help me, please? It's 3:45pm.\n\nAssistant: Sure — here's how."
@@ -69,21 +67,28 @@ TOKENIZER_PROBE = "\n\nHuman: Can you help me, please? It's 3:45pm.\n\nAssistant
 class LoadedModel:
     """One loaded model plus what is needed to tell it apart from others."""
 
-    model: HookedTransformer
+    model: Any  # the native TransformerLens model (HookedTransformer or TransformerBridge)
     tokenizer: Any
     source: str  # the hub name or the resolved local path it was loaded from
     fingerprint: str = field(default="")
+
+    @property
+    def backend(self) -> Backend:
+        return backends.backend_of(self.model)
 
 
 @dataclass
 class Twins:
     """The ``base`` model and its ``tuned`` twin, checked compatible, sharing one tokenizer.
 
+    ``base``/``tuned`` are the native TransformerLens models (``run_with_cache``, ``run_with_hooks`` work on
+    both lines); the engine and the experiments reach them through :meth:`backends` (the seam).
+
     (Named for what it holds: ``load_pairs`` in data.py loads preference *pairs*; this is the
     model twins. ``ModelPair``/``load_pair`` remain as aliases for old code.)"""
 
-    base: HookedTransformer
-    tuned: HookedTransformer
+    base: Any
+    tuned: Any
     tokenizer: Any
     base_source: str
     tuned_source: str
@@ -94,40 +99,34 @@ class Twins:
 
     @property
     def n_layers(self) -> int:
-        return self.base.cfg.n_layers
+        return backends.backend_of(self.base).n_layers
 
     @property
     def d_model(self) -> int:
-        return self.base.cfg.d_model
+        return backends.backend_of(self.base).d_model
 
-    def models(self) -> dict[str, HookedTransformer]:
+    @property
+    def backend(self) -> str:
+        """Which backend runs the twins: ``hooked`` or ``bridge``."""
+        return backends.backend_of(self.base).name
+
+    def models(self) -> dict[str, Any]:
+        """The native models by role (for notebooks: ``run_with_cache``, ``run_with_hooks``)."""
         return {"base": self.base, "tuned": self.tuned}
+
+    def backends(self) -> dict[str, Backend]:
+        """The models by role behind the seam (what the engine and the experiments call)."""
+        return {"base": backends.backend_of(self.base), "tuned": backends.backend_of(self.tuned)}
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able record of what was loaded, for manifests."""
-        cfg = self.base.cfg
         return {
             "base": {"source": self.base_source, "fingerprint": self.base_fingerprint},
             "tuned": {"source": self.tuned_source, "fingerprint": self.tuned_fingerprint},
-            "architecture": cfg.original_architecture,
-            "n_layers": cfg.n_layers,
-            "d_model": cfg.d_model,
-            "n_heads": cfg.n_heads,
-            "n_key_value_heads": cfg.n_key_value_heads,
-            "d_mlp": cfg.d_mlp,
-            "d_vocab": cfg.d_vocab,
-            "dtype": str(cfg.dtype).replace("torch.", ""),
-            "device": str(cfg.device),
+            **backends.backend_of(self.base).facts.describe(),
+            "backend": self.backend,  # which TransformerLens line ran the models, and its version
+            "transformer_lens": backends.transformer_lens_version(),
         }
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"Unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}.") from None
 
 
 def resolve_device(device: str | None) -> str:
@@ -140,105 +139,6 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def check_finite_weights(model: torch.nn.Module, source: str) -> None:
-    """Refuse a model with NaN or inf in its weights (a broken save or an overflowed conversion)."""
-    # Parameters only: buffers such as the attention mask's IGNORE value are -inf by design.
-    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
-    if bad:
-        raise CheckpointError(
-            f"The checkpoint {source} has NaN or inf in {len(bad)} weight tensor(s): "
-            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. The file is broken (or was "
-            "converted to a dtype too narrow for its values); re-save or re-download it."
-        )
-
-
-# Substrings that make TransformerLens read a family from a *path* instead of its config.json.
-_NAME_GUESSES = ("llama", "gemma")
-
-
-def _name_safe_path(path: Path) -> Path:
-    """TransformerLens guesses the architecture from any path containing "llama" (or "gemma") and then
-    ignores the checkpoint's config. Reach such a directory through a neutrally named symlink instead."""
-    if not any(g in str(path).lower() for g in _NAME_GUESSES):
-        return path
-    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
-    link = Path(tempfile.gettempdir()) / f"alignment-probe-ckpt-{digest}"
-    if link.is_symlink() and link.resolve() != path:
-        link.unlink()
-    if not link.exists():
-        link.symlink_to(path, target_is_directory=True)
-    return link
-
-
-class _SoftCappedUnembed(torch.nn.Module):
-    """Unembed, then ``cap * tanh(logits / cap)`` (Gemma-2's final logit soft-capping).
-
-    TransformerLens applies the cap in ``forward()`` after ``model.unembed``; scoring unembeds only
-    the completion positions by calling ``model.unembed`` itself and would skip it. Moving the cap into
-    the module (and switching it off in the config) gives both routes HF's logits exactly once.
-    Parameters keep their names (``unembed.W_U``, ``unembed.b_U``), so fingerprints are unchanged."""
-
-    def __init__(self, unembed: Any, cap: float) -> None:  # TransformerLens's Unembed
-        super().__init__()
-        self.W_U: torch.Tensor = unembed.W_U
-        self.b_U: torch.Tensor = unembed.b_U
-        self.cap = cap
-
-    def forward(self, residual: torch.Tensor) -> torch.Tensor:
-        logits = residual @ self.W_U + self.b_U
-        return self.cap * torch.tanh(logits / self.cap)
-
-
-def _move_soft_cap_into_unembed(model: HookedTransformer) -> None:
-    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0)
-    if cap is not None and cap > 0:
-        model.unembed = _SoftCappedUnembed(model.unembed, float(cap))  # type: ignore[assignment]  # its forward, W_U and b_U
-        model.cfg.output_logits_soft_cap = -1.0
-
-
-def load_tokenizer(path: str | os.PathLike[str], source: str | None = None) -> Any:
-    """The tokenizer of a local checkpoint directory (offline; no weights read)."""
-    from transformers import AutoTokenizer
-
-    real = Path(path).expanduser().resolve()
-    try:
-        return AutoTokenizer.from_pretrained(str(_name_safe_path(real)))
-    except Exception as exc:  # corrupt or incompatible tokenizer files: a problem with the checkpoint
-        raise CheckpointError(
-            f"The tokenizer files in {source or real} cannot be loaded ({type(exc).__name__}: {exc}). "
-            "Save them again with tokenizer.save_pretrained(dir) (--debug shows the traceback)."
-        ) from exc
-
-
-@contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Hugging Face's "Loading weights" progress bar off while a checkpoint loads (a run shows one progress display
-    per stage), then put back as it was; its warnings and errors still show."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
-
-
-@contextmanager
-def _conversion_errors(source: str, arch: str) -> Iterator[None]:
-    """TransformerLens's failures to build a config or convert weights, as one error that names the checkpoint."""
-    try:
-        yield
-    except ArchitectureNotSupportedError as exc:
-        raise ArchitectureNotSupportedError(f"{source}: {exc}") from exc
-    except (NotImplementedError, ValueError, KeyError, AttributeError, AssertionError) as exc:
-        raise ArchitectureNotSupportedError(
-            f"TransformerLens cannot convert the {arch} checkpoint {source} ({type(exc).__name__}: {exc}). It supports "
-            "the released variants of each family; use one (--debug shows the traceback)."
-        ) from exc
-
-
 def load_local_model(
     path: str | os.PathLike[str],
     *,
@@ -246,101 +146,36 @@ def load_local_model(
     dtype: str | torch.dtype = "float32",
     source: str | None = None,
     tokenizer: Any = None,
+    backend: str = "auto",
+    device_map: Any = None,
 ) -> LoadedModel:
-    """Load a local Hugging Face checkpoint directory as an unprocessed ``HookedTransformer``.
-
-    Builds the TransformerLens config from the checkpoint's own config.json (never from a
-    built-in table; :mod:`alignment_probe.families` for the families TransformerLens configures only
-    by official name), converts the Hugging Face weights, and loads them with every processing
-    flag off, so logits equal the Hugging Face model's. The Hugging Face copy is released before this
-    returns, so a pair peaks at one Hugging Face model plus two converted ones. ``source`` names the
-    model in messages and manifests (default: the resolved path). ``tokenizer``: the checkpoint's
-    tokenizer when the caller loaded it already (:func:`open_checkpoints`).
-    """
-    from transformer_lens import loading_from_pretrained as loading
-    from transformers import AutoModelForCausalLM
-
+    """Load a local Hugging Face checkpoint directory through ``backend`` (backends.load_model), unprocessed
+    (logits equal the Hugging Face model's). ``source`` names the model in messages and manifests (default: the
+    resolved path). ``tokenizer``: the checkpoint's tokenizer when the caller loaded it already
+    (:func:`open_checkpoints`)."""
     real = Path(path).expanduser().resolve()
     check_checkpoint_dir(real)
-    source = source or str(real)
-    torch_dtype = resolve_dtype(dtype)
-    safe = str(_name_safe_path(real))
-    arch = check_architecture(read_checkpoint_config(real), source)  # before reading any weights
-    if tokenizer is None:
-        tokenizer = load_tokenizer(real, source)
-    try:
-        with _quiet_loading():
-            hf_model = AutoModelForCausalLM.from_pretrained(safe, dtype=torch_dtype)
-    except Exception as exc:  # truncated weights, shapes that disagree with config.json, unknown model_type
-        raise CheckpointError(
-            f"The model in {source} cannot be loaded ({type(exc).__name__}: {exc}). The weight files "
-            "may be truncated (an interrupted copy or download) or disagree with config.json; save "
-            "or download the checkpoint again (--debug shows the traceback)."
-        ) from exc
-    with _conversion_errors(source, arch):
-        cfg = build_config(safe, hf_model.config.to_dict(), device=device, dtype=torch_dtype)
-        state_dict = loading.get_pretrained_state_dict(safe, cfg, hf_model, dtype=torch_dtype)
-    del hf_model  # the state dict still views its tensors; they go when it is emptied below
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    model.load_and_process_state_dict(  # empties state_dict key by key, releasing the Hugging Face tensors
-        state_dict,
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=False,
-        refactor_factored_attn_matrices=False,
+    loaded = backends.load_model(
+        real, backend=backend, device=device, dtype=dtype, device_map=device_map, source=source, tokenizer=tokenizer
     )
-    del state_dict
-    gc.collect()
-    _move_soft_cap_into_unembed(model)
-    model.to(device, print_details=False)  # TransformerLens would print "Moving model to device" for each model
-    model.eval()
-    check_finite_weights(model, source)
-    store_weights_column_major(model)
-    return LoadedModel(model=model, tokenizer=tokenizer, source=source, fingerprint=model_fingerprint(model))
+    return LoadedModel(
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        source=source or str(real),
+        fingerprint=model_fingerprint(loaded.model),
+    )
 
 
-# The attention's 3-D weights, stored so that TransformerLens's rearrangement into a ``[out, in]`` matrix
-# is a view: the axes permutation that takes the stored (contiguous) tensor to the parameter's shape.
-_ATTENTION_LAYOUT = {
-    "W_Q": (0, 2, 1),
-    "W_K": (0, 2, 1),
-    "W_V": (0, 2, 1),
-    "_W_K": (0, 2, 1),
-    "_W_V": (0, 2, 1),
-    "W_O": (1, 2, 0),
-}
-
-
-def store_weights_column_major(model: torch.nn.Module) -> None:
-    """Store every weight in the memory layout TransformerLens's matrix products read (same values).
-
-    TransformerLens multiplies activations by ``W`` through ``W.T``-shaped kernels; with a row-major
-    ``W`` PyTorch copies ``W.T.contiguous()`` on every call, which on a CPU costs about as much as the
-    matrix product itself (measured: a 1B forward 10–13 s → 5.5 s). Likewise the attention rearranges
-    ``W_Q``/``W_K``/``W_V`` ``[head, d_model, d_head]`` into ``[(head d_head), d_model]`` and ``W_O``
-    ``[head, d_head, d_model]`` into ``[d_model, (head d_head)]`` on every call, a copy unless the memory
-    already has that order. The products then read the same values in the same layout as the copies
-    they replace: outputs are bit-identical.
-    """
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            order = _ATTENTION_LAYOUT.get(name.rsplit(".", 1)[-1])
-            if p.dim() == 2 and p.is_contiguous():
-                p.data = p.data.T.contiguous().T
-            elif p.dim() == 3 and order is not None and p.is_contiguous():
-                inverse = tuple(order.index(i) for i in range(3))  # stored axes: the parameter's, permuted
-                p.data = p.data.permute(*inverse).contiguous().permute(*order)
-
-
-def load_hub_model(name: str, *, device: str = "cpu", dtype: str | torch.dtype = "float32") -> LoadedModel:
+def load_hub_model(
+    name: str, *, device: str = "cpu", dtype: str | torch.dtype = "float32", backend: str = "auto"
+) -> LoadedModel:
     """Load a model TransformerLens knows by name: its snapshot folder in the Hugging Face cache
     (downloaded when the hub can be reached, as is offline), through the local-checkpoint route.
 
     Errors say which case it is (:mod:`alignment_probe.hub`): unknown to TransformerLens, not cached
     and no network, gated or private, an architecture TransformerLens cannot convert."""
     official, path = resolve_snapshot(name)
-    return load_local_model(path, device=device, dtype=dtype, source=official)
+    return load_local_model(path, device=device, dtype=dtype, source=official, backend=backend)
 
 
 def resolve_tuned(
@@ -362,12 +197,13 @@ def load_model(
     device: str | None = "cpu",
     dtype: str | torch.dtype = "float32",
     source: str | None = None,
+    backend: str = "auto",
 ) -> LoadedModel:
     """Load one model from a local checkpoint directory or a hub name."""
     device = resolve_device(device)
     if is_local_checkpoint(spec):
-        return load_local_model(spec, device=device, dtype=dtype, source=source)
-    return load_hub_model(str(spec), device=device, dtype=dtype)
+        return load_local_model(spec, device=device, dtype=dtype, source=source, backend=backend)
+    return load_hub_model(str(spec), device=device, dtype=dtype, backend=backend)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -378,21 +214,6 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:32]
-
-
-_CFG_FIELDS = (
-    "original_architecture",
-    "n_layers",
-    "d_model",
-    "n_heads",
-    "n_key_value_heads",
-    "d_head",
-    "d_mlp",
-    "d_vocab",
-    "normalization_type",
-    "positional_embedding_type",
-    "act_fn",
-)
 
 
 def tokenizer_problems(tb: Any, tt: Any) -> list[str]:
@@ -424,8 +245,9 @@ def _refuse_incompatible(base_source: str, tuned_source: str, problems: list[str
 def check_compatible(base: LoadedModel, tuned: LoadedModel) -> None:
     """Refuse a pair whose activations cannot be swapped: different architecture, size or tokenizer."""
     problems = []
-    for name in _CFG_FIELDS:
-        b, t = getattr(base.model.cfg, name, None), getattr(tuned.model.cfg, name, None)
+    fb, ft = base.backend.facts.shape_fields(), tuned.backend.facts.shape_fields()
+    for name in fb:
+        b, t = fb[name], ft[name]
         if b != t:
             problems.append(f"{name}: base={b!r} tuned={t!r}")
     _refuse_incompatible(base.source, tuned.source, problems + tokenizer_problems(base.tokenizer, tuned.tokenizer))
@@ -458,34 +280,23 @@ def _checkpoint_dir(spec: str | os.PathLike[str]) -> tuple[Path, str]:
     return Path(path), official
 
 
-def open_checkpoints(base: str | os.PathLike[str], tuned: str | os.PathLike[str]) -> Checkpoints:
+def open_checkpoints(
+    base: str | os.PathLike[str], tuned: str | os.PathLike[str], *, backend: str = "auto"
+) -> Checkpoints:
     """Find both checkpoints, load their tokenizers, check the tokenizers behave the same and read the
     model's context from its config: no weights are read (a hub model is fetched into the cache if absent).
-    A ``tuned`` adapter folder is merged onto the base later, by :func:`load_twins`."""
-    from transformers import AutoConfig
-
+    A ``tuned`` adapter folder is merged onto the base later, by :func:`load_twins`. ``backend``: whose
+    conversion reads the config (it refuses an architecture it cannot convert, before any weights load)."""
     precheck_pair(base, tuned)  # cheap: missing files and mismatched configs
     base_dir, base_source = _checkpoint_dir(base)
-    arch = check_architecture(read_checkpoint_config(base_dir), base_source)
+    n_ctx, n_layers = backends.checkpoint_shape(base_dir, base_source, backend)
     tokenizer = load_tokenizer(base_dir, base_source)
     tuned_dir = tuned_source = tuned_tokenizer = None
     if not is_adapter_dir(tuned):
         tuned_dir, tuned_source = _checkpoint_dir(tuned)
         tuned_tokenizer = load_tokenizer(tuned_dir, tuned_source)
         _refuse_incompatible(base_source, tuned_source, tokenizer_problems(tokenizer, tuned_tokenizer))
-    safe = str(_name_safe_path(base_dir))
-    with _conversion_errors(base_source, arch):
-        cfg = build_config(safe, AutoConfig.from_pretrained(safe).to_dict(), device="cpu", dtype=torch.float32)
-    return Checkpoints(
-        base_dir,
-        base_source,
-        tuned_dir,
-        tuned_source,
-        tokenizer,
-        tuned_tokenizer,
-        getattr(cfg, "n_ctx", None),
-        cfg.n_layers,
-    )
+    return Checkpoints(base_dir, base_source, tuned_dir, tuned_source, tokenizer, tuned_tokenizer, n_ctx, n_layers)
 
 
 def load_twins(
@@ -496,22 +307,32 @@ def load_twins(
     dtype: str | torch.dtype = "float32",
     cache_dir: str | os.PathLike[str] | None = None,
     checkpoints: Checkpoints | None = None,
+    backend: str = "auto",
+    device_map: Any = None,
 ) -> Twins:
     """Load ``base`` and ``tuned`` with identical (no) weight processing and check they are compatible.
 
     ``tuned`` may be a peft adapter folder: it is merged onto ``base`` first (cached in ``cache_dir``,
     default ``$ALIGNMENT_PROBE_CACHE`` or ``~/.cache/alignment-probe``). One model is loaded at a time,
     each one's Hugging Face copy released before the next loads (peak: two converted models plus one
-    Hugging Face copy). ``checkpoints``: what :func:`open_checkpoints` already read of this pair."""
-    ck = checkpoints or open_checkpoints(base, tuned)
+    Hugging Face copy). ``checkpoints``: what :func:`open_checkpoints` already read of this pair.
+
+    ``backend``: ``auto`` (the installed TransformerLens line), ``hooked`` (HookedTransformer, 3.9) or ``bridge``
+    (TransformerBridge, 4.x). ``device_map`` (Bridge only): ``auto``, ``balanced`` or a dict of module name →
+    device, splitting each model over devices (checked before anything loads)."""
+    backend = backends.resolve_backend(backend)
+    device_map = backends.parse_device_map(device_map)
+    backends.check_device_map(backend, device_map)
+    ck = checkpoints or open_checkpoints(base, tuned, backend=backend)
     device = resolve_device(device)
     tuned_dir, tuned_source, tuned_tokenizer = ck.tuned, ck.tuned_source, ck.tuned_tokenizer
     adapter = None
     if tuned_dir is None:  # an adapter: merged (or found merged in the cache) before any weights load here
         merged, tuned_source = resolve_tuned(base, tuned, cache_dir=cache_dir)
         tuned_dir, adapter = Path(merged), str(Path(tuned).expanduser().resolve())
-    b = load_local_model(ck.base, device=device, dtype=dtype, source=ck.base_source, tokenizer=ck.tokenizer)
-    t = load_local_model(tuned_dir, device=device, dtype=dtype, source=tuned_source, tokenizer=tuned_tokenizer)
+    common: dict[str, Any] = {"device": device, "dtype": dtype, "backend": backend, "device_map": device_map}
+    b = load_local_model(ck.base, source=ck.base_source, tokenizer=ck.tokenizer, **common)
+    t = load_local_model(tuned_dir, source=tuned_source, tokenizer=tuned_tokenizer, **common)
     check_compatible(b, t)
     return Twins(
         base=b.model,

@@ -48,6 +48,8 @@ class RunRequest:
     pair_ids: str | None = None  # a file of pair ids to draw from (e.g. a held-out half); None: every pair
     argv: Sequence[str] | None = field(default=None, repr=False)  # the command line, for the manifest
     chat_template: str = "none"  # --chat-template: none (raw text), auto or a template file (chat.py)
+    backend: str = "auto"  # --backend: auto, hooked or bridge (backends/); the manifest's models record which ran
+    device_map: Any = None  # --device-map (bridge only): auto, balanced or a module → device dict
 
     def config(self) -> dict[str, Any]:
         return {
@@ -68,6 +70,7 @@ class RunRequest:
             "suite": self.suite.to_dict(),
             # recorded only when used, so run directories written before the option resume unchanged
             **({"chat_template": self.chat_template} if self.chat_template != "none" else {}),
+            **({"device_map": self.device_map} if self.device_map is not None else {}),
         }
 
     def validate(self) -> None:

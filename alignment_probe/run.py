@@ -83,7 +83,7 @@ def run_in_world(
         transfer = read_inputs(req.transfer_inputs())
     # Tokenizers and the model's shape come before the weights: tokenisation, sampling and layer checks
     # refuse bad input before any weights load.
-    checkpoints = open_checkpoints(req.base, req.tuned)
+    checkpoints = open_checkpoints(req.base, req.tuned, backend=req.backend)
     req.suite.validate(checkpoints.n_layers)
     prepared = prepare_pairs(
         read, checkpoints.tokenizer, tuned_tokenizer=checkpoints.tuned_tokenizer, n_ctx=checkpoints.n_ctx, log=log
@@ -101,9 +101,17 @@ def run_in_world(
         )
     device = device_for(req.device, world.local_rank) if world.distributed else req.device  # cuda → cuda:LOCAL_RANK
     make_deterministic(device)
-    pair = load_twins(req.base, req.tuned, device=device, dtype=req.dtype, checkpoints=checkpoints)
+    pair = load_twins(
+        req.base,
+        req.tuned,
+        device=device,
+        dtype=req.dtype,
+        checkpoints=checkpoints,
+        backend=req.backend,
+        device_map=req.device_map,
+    )
     if threads is not None:
-        threads.choose(pair.base.cfg.device, pair.d_model, log)
+        threads.choose(pair.backends()["base"].device, pair.d_model, log)
     manifest = build_manifest(
         "run",
         req.config(),

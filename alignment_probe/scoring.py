@@ -15,7 +15,7 @@ the few positions that are scored.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,8 +23,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from alignment_probe.backends import backend_of
+from alignment_probe.backends.base import Backend
 from alignment_probe.pair import Twins
 from alignment_probe.tokens import (
     ScoredSequence,
@@ -40,7 +41,7 @@ UNEMBED_CHUNK = 1024
 
 
 def completion_token_logprobs(
-    model: HookedTransformer, resid_final: Float[Tensor, "batch pos d_model"], batch: SequenceBatch
+    model: Backend | Any, resid_final: Float[Tensor, "batch pos d_model"], batch: SequenceBatch
 ) -> tuple[Float[Tensor, " n"], Int[Tensor, " n"]]:
     """Log-prob of every completion token given the final residual stream (before ``ln_final``).
 
@@ -51,15 +52,16 @@ def completion_token_logprobs(
 
 
 def token_logprobs(
-    model: HookedTransformer, resid: Float[Tensor, "n d_model"], targets: Int[Tensor, " n"]
+    model: Backend | Any, resid: Float[Tensor, "n d_model"], targets: Int[Tensor, " n"]
 ) -> Float[Tensor, " n"]:
     """log p(target | predictor) for each predictor position's final residual (before ``ln_final``),
     unembedded :data:`UNEMBED_CHUNK` positions at a time."""
+    backend = backend_of(model)
     out = torch.empty(resid.shape[0], dtype=torch.float32, device=resid.device)
     targets = targets.to(resid.device)
     for lo in range(0, resid.shape[0], UNEMBED_CHUNK):
         hi = lo + UNEMBED_CHUNK
-        logits = model.unembed(model.ln_final(resid[lo:hi].unsqueeze(0)))[0].float()  # [n, d_vocab]
+        logits = backend.unembed(resid[lo:hi]).float()  # [n, d_vocab]
         out[lo:hi] = logits.log_softmax(-1).gather(-1, targets[lo:hi, None])[:, 0]
     return out
 
@@ -77,23 +79,24 @@ def split_by_row(values: Float[Tensor, " n"], rows: Int[Tensor, " n"], n_rows: i
 
 
 @torch.inference_mode()
-def batch_logprobs(model: HookedTransformer, batch: SequenceBatch) -> Float[Tensor, " batch"]:
+def batch_logprobs(model: Backend | Any, batch: SequenceBatch) -> Float[Tensor, " batch"]:
     """``logp(completion | prompt)`` of every sequence of a right-padded batch (unpatched model)."""
-    tokens = batch.tokens.to(model.cfg.device)
-    resid = model(tokens, stop_at_layer=model.cfg.n_layers)
-    lp, rows = completion_token_logprobs(model, resid, batch)
+    backend = backend_of(model)
+    resid, _ = backend.run(batch.tokens, stop_at_layer=backend.n_layers)
+    lp, rows = completion_token_logprobs(backend, resid, batch)
     return sum_by_row(lp, rows, batch.size).cpu()
 
 
 def sequence_logprobs(
-    model: HookedTransformer,
+    model: Backend | Any,
     sequences: Sequence[ScoredSequence],
     *,
     batch_size: int = 8,
     progress: bool = False,
     desc: str = "scoring",
 ) -> dict[tuple[int, str], float]:
-    """``logp(completion | prompt)`` for each sequence, keyed by ``(pair_id, side)``."""
+    """``logp(completion | prompt)`` for each sequence, keyed by ``(pair_id, side)`` (``model``: a backend, or a
+    native model: its backend)."""
     out: dict[tuple[int, str], float] = {}
     groups = batches_by_length(sequences, batch_size)
     for group in tqdm(groups, desc=desc, disable=not progress, unit="batch"):
@@ -116,7 +119,7 @@ def score_pairs(
     seqs = pair_sequences(tokenized)
     scores = {
         name: sequence_logprobs(model, seqs, batch_size=batch_size, progress=progress, desc=f"scoring {name}")
-        for name, model in pair.models().items()
+        for name, model in pair.backends().items()
     }
     return score_table(tokenized, scores)
 

@@ -20,6 +20,7 @@ from tests.helpers import typecheck  # noqa: E402
 typecheck.install()
 
 from alignment_probe.data import load_pairs  # noqa: E402
+from tests.helpers import other_line  # noqa: E402
 from tests.helpers.checkpoints import llama_config, perturbed_copy, random_llama, save_checkpoint, train_tokenizer  # noqa: E402
 
 # The test models are tiny: one thread is faster than two, and far faster on a loaded machine.
@@ -59,7 +60,7 @@ def require_hh(path: Path = HH_HARMLESS) -> Path:
     return path
 
 
-TIERS = ("unit", "integration", "acceptance", "quality")
+TIERS = ("unit", "integration", "acceptance", "quality", "lines")
 
 
 def gpu_missing_reason() -> str | None:
@@ -78,8 +79,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tier = Path(str(item.fspath)).parent.name
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+        if other_line.is_selected(item.nodeid):
+            item.add_marker(pytest.mark.other_line)
         if no_gpu is not None and item.get_closest_marker("gpu") is not None:
             item.add_marker(pytest.mark.skip(reason=no_gpu))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the other TransformerLens line's tiers now (tests/helpers/other_line.py) when this run will wait for
+    them, so they run beside this run's tests rather than after them."""
+    if session.config.option.collectonly or not other_line.other_python():
+        return
+    if any(item.nodeid == other_line.RUNNER for item in session.items):
+        other_line.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    other_line.stop()  # an interrupted run leaves no pytest running in the other interpreter
 
 
 @dataclass

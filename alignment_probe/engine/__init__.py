@@ -1,8 +1,9 @@
 """How patched runs are executed. Experiments build :class:`PatchSpec`s; an engine runs them.
 
-* :class:`ReferenceEngine` — one pair, one condition, one ``run_with_hooks`` at a time (the paper's way).
-* :class:`FastEngine` — cached clean runs, shared prompts (TransformerLens's key/value cache), ``start_at_layer``,
-  batched conditions, completion-only unembedding; every forward is TransformerLens's own. The same numbers.
+* :class:`ReferenceEngine` — one pair, one condition, one hooked full forward at a time (the paper's way).
+* :class:`FastEngine` — cached clean runs, shared prompts (the model's key/value cache), start at the patched
+  block, batched conditions, completion-only unembedding; every forward goes through the backend seam
+  (``alignment_probe.backends``: TransformerLens's own modules). The same numbers.
 
 Imports are lazy: ``from alignment_probe.engine import make_engine`` loads neither torch's model
 code nor TransformerLens until an engine is built (the CLI refuses bad input before that).

@@ -61,6 +61,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from alignment_probe.backends import backend_of
+from alignment_probe.backends.base import Backend
 from alignment_probe.effects import make_row, to_frame
 from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.errors import ConfigError, NumericalError
@@ -78,7 +80,6 @@ from alignment_probe.vocab import HEAD_HOOKS
 
 if TYPE_CHECKING:
     import pandas as pd
-    from transformer_lens import HookedTransformer
     from transformer_lens.components import AbstractAttention
 
     from alignment_probe.pair import Twins
@@ -154,16 +155,13 @@ def estimate_of(spec: PatchSpec) -> Estimate:
     return Estimate(estimator, factor, head, qk)
 
 
-def n_heads_at(model: HookedTransformer, hook: str) -> int:
-    """Heads of a per-head hook: query heads at ``z``; key/value heads at ``k``/``v`` (as TransformerLens
-    hooks them: all query heads when it ungroups grouped-query attention)."""
-    cfg = model.cfg
-    if hook == "z" or cfg.n_key_value_heads is None or getattr(cfg, "ungroup_grouped_query_attention", False):
-        return int(cfg.n_heads)
-    return int(cfg.n_key_value_heads)
+def n_heads_at(model: Backend | Any, hook: str) -> int:
+    """Heads of a per-head hook: query heads at ``z``; key/value heads at ``k``/``v`` (as the hook presents
+    them: all query heads when the backend ungroups grouped-query attention)."""
+    return backend_of(model).heads_at(hook)
 
 
-def _check_head(spec: PatchSpec, est: Estimate, model: HookedTransformer) -> None:
+def _check_head(spec: PatchSpec, est: Estimate, model: Backend) -> None:
     if est.head is not None and not 0 <= est.head < n_heads_at(model, spec.key.hook):
         raise ConfigError(
             f"{spec.key.experiment}: ReplaceHead({est.head}) at {spec.key.hook} of layer "
@@ -172,9 +170,9 @@ def _check_head(spec: PatchSpec, est: Estimate, model: HookedTransformer) -> Non
         )
 
 
-def _logits_dtype(model: HookedTransformer) -> torch.dtype:
+def _logits_dtype(model: Backend) -> torch.dtype:
     """log-softmax in the model's dtype when it is float32/float64, else in float32 (as scoring does)."""
-    dtype = model.cfg.dtype
+    dtype = model.dtype
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
@@ -331,8 +329,8 @@ class AttributionEngine:
 
     def contributions(
         self,
-        target: HookedTransformer,
-        source: HookedTransformer,
+        target: Backend | Any,
+        source: Backend | Any,
         sequences: Sequence[ScoredSequence],
         names: Sequence[str],
         qk_fixes: Sequence[QKFix] = (),
@@ -341,23 +339,24 @@ class AttributionEngine:
         (``blocks.ℓ.hook_…``, ``blocks.ℓ.attn.hook_{z,k,v}``: summed over d_model, or per head over d_head)
         and the AtP* terms of every ``qk_fixes`` entry (per query position) on every sequence, and the
         target's clean log p(y|x) of each sequence."""
+        target, source = backend_of(target), backend_of(source)
         names = sorted(set(names))
         fixes = sorted(set(qk_fixes), key=lambda f: (f.layer, f.scope, f.factor, -1 if f.group is None else f.group))
         for layer in sorted({f.layer for f in fixes}):
-            check_qk_fix_supported(target.blocks[layer].attn)
+            check_qk_fix_supported(target.attention(layer))
         qkv = {attn_hook(f.layer, h) for f in fixes for h in ("q", "k", "v")}
         with_grad = set(names) | {hook_name(f.layer, "z") for f in fixes}  # the z gradient AtP* reads
         from_source = set(names) | {hook_name(f.layer, "k") for f in fixes}
         hooked = with_grad | qkv
         top = max(int(n.split(".")[1]) for n in hooked) + 1
-        n_layers = target.cfg.n_layers
+        n_layers = target.n_layers
         out: Contributions = {}
         clean: dict[tuple[int, str], float] = {}
         for group in batches_by_length(sequences, self.batch_size):
             batch = make_batch(group)
-            tokens = batch.tokens.to(target.cfg.device)
+            tokens = batch.tokens.to(target.device)
             with torch.no_grad():  # the source's activations: one plain forward
-                _, cache = source.run_with_cache(tokens, names_filter=lambda n: n in from_source, stop_at_layer=top)
+                _, cache = source.run(tokens, capture=from_source, stop_at_layer=top)
             acts: dict[str, Tensor] = {}
             seen: dict[str, Tensor] = {}  # q, k, v as the target computed them (AtP*'s inputs)
 
@@ -370,14 +369,14 @@ class AttributionEngine:
                     seen[hook.name] = act.detach()
                 return act
 
-            with torch.enable_grad(), _frozen(target):  # gradients for activations only, none for weights
-                resid = target.run_with_hooks(tokens, stop_at_layer=n_layers, fwd_hooks=[(lambda n: n in hooked, keep)])
+            with torch.enable_grad(), _frozen(target.model):  # gradients for activations only, none for weights
+                resid, _ = target.run(tokens, stop_at_layer=n_layers, hooks=[(lambda n: n in hooked, keep)])
                 rows, pos, targets = (t.to(resid.device) for t in batch.completion_index())
                 lp = torch.empty(rows.shape[0], dtype=_logits_dtype(target), device=resid.device)
                 picked = resid[rows, pos]
                 for lo in range(0, picked.shape[0], UNEMBED_CHUNK):
                     hi = lo + UNEMBED_CHUNK
-                    logits = target.unembed(target.ln_final(picked[lo:hi].unsqueeze(0)))[0].to(lp.dtype)
+                    logits = target.unembed(picked[lo:hi]).to(lp.dtype)
                     lp[lo:hi] = logits.log_softmax(-1).gather(-1, targets[lo:hi, None])[:, 0]
                 unique = list({id(a): a for a in acts.values()}.values())  # resid_pre ℓ+1 is resid_post ℓ
                 grads = dict(zip(map(id, unique), torch.autograd.grad(lp.sum(), unique, allow_unused=True)))
@@ -399,7 +398,7 @@ class AttributionEngine:
             width = tokens.shape[1]
             for fix in fixes:
                 mask = torch.stack([scope_mask(fix.scope, s.completion_start, s.length, width) for s in group])
-                attn = target.blocks[fix.layer].attn
+                attn = target.attention(fix.layer)
                 q, k, v = (seen[attn_hook(fix.layer, h)] for h in ("q", "k", "v"))
                 terms[fix] = qk_fix_terms(
                     attn,
@@ -428,7 +427,7 @@ class AttributionEngine:
         from tqdm.auto import tqdm
 
         estimates = [estimate_of(s) for s in specs]  # refuses what cannot be estimated, before any compute
-        models = pair.models()
+        models = pair.backends()
         for s, e in zip(specs, estimates):
             _check_head(s, e, models[s.key.target])
         by_models: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -500,7 +499,7 @@ def position_terms(
     """The full-resolution AtP map: per (pair_id, side), per hook name, the estimate at each position
     ([length]; per-head hooks ``z``, ``k``, ``v``: [length, heads], plain AtP) — ``Σ`` over a scope's
     positions of these is that scope's estimate for one sequence."""
-    models = pair.models()
+    models = pair.backends()
     layers = range(pair.n_layers) if layers is None else layers
     names = [hook_name(layer, hook) for hook in hooks for layer in layers]
     terms, _ = engine.contributions(models[target], models[source], pair_sequences(tokenized), names)

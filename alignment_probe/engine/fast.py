@@ -49,6 +49,10 @@ is Σ over forwards of blocks run × tokens in the padded batch; ``floor`` is th
 work of the same task: each needed run from its start block (a repeat of another's inputs is not
 needed), no padding, each shareable prompt counted once per pair and condition and a prompt the patch
 left as it was not at all (the clean runs computed it), whether or not ``share_prompts`` is on.
+
+**Where the code is**: the clean runs and the activations they keep in clean.py, the planning (which hook points
+are cached, patched runs as items, the batch planner's cost model) in planning.py, the counters in work.py; this
+module plans and runs the patched runs. Every forward goes through the backend seam (``alignment_probe.backends``).
 """
 
 from __future__ import annotations
@@ -56,16 +60,23 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
-from alignment_probe.engine.batching import attention_tokens, overhead_tokens, plan_batches, plan_cost
+# The engine's parts, importable from here as before the split: clean runs (clean.py), planning (planning.py), work
+# accounting (work.py).
+from alignment_probe.engine.clean import (  # noqa: F401
+    ChunkCache,
+    CleanRuns,
+    Key,
+    batch_logprobs,
+    continuation_logprobs,
+)
 from alignment_probe.engine.hybrid import PartComparison, transplanted
 from alignment_probe.engine.outputs import ExactEngine, Run
+from alignment_probe.engine.planning import Item, _Repeats, _Shared, cache_names  # noqa: F401
 from alignment_probe.engine.prefix import (
     PromptState,
     pad_stack,
@@ -75,15 +86,13 @@ from alignment_probe.engine.prefix import (
     writing,
 )
 from alignment_probe.engine.spec import PatchSpec, hook_name
+from alignment_probe.engine.work import WorkCounter  # noqa: F401
 from alignment_probe.interventions import SequenceContext, apply_in_scope, same_on_both_prompts, scope_mask
-from alignment_probe.tokens import SIDES, ScoredSequence, TokenizedPair, make_batch, pair_sequences
+from alignment_probe.tokens import SIDES, TokenizedPair, make_batch
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from alignment_probe.pair import Twins
 
-Key = tuple[int, str]  # (pair_id, side)
 RunKey = tuple[int, int, str]  # (spec index, pair_id, side)
 Scored = tuple[float, Tensor]  # log p(completion | prompt) and its per-token log-probs [n] (CPU, float32)
 Swap = tuple[str, int, int] | None  # a transplant's (source model, first block, last block + 1); None: no swap
@@ -103,101 +112,7 @@ def swap_of(spec: PatchSpec) -> Swap:
     return None if window is None else (spec.key.source, window.start, window.stop)
 
 
-def cache_names(specs: Sequence[PatchSpec]) -> dict[str, set[str]]:
-    """Hook names each model must cache: the patched hook (target and source) and the start input."""
-    need: dict[str, set[str]] = defaultdict(set)
-    for s in specs:
-        need[s.key.source].add(s.name)
-        need[s.key.target].add(s.name)
-        if s.site.enters_block is None:  # written inside the block: the run starts from its resid_pre
-            need[s.key.target].add(hook_name(s.key.layer, "resid_pre"))
-    return need
-
-
-@dataclass
-class Item:
-    """One patched run of one sequence."""
-
-    spec_index: int
-    seq: ScoredSequence
-    # [pos, d_model]: the start residual; or [2, pos, d_model]: start residual, written activation; for a per-head
-    # hook (z, k, v) the pair (start residual [pos, d_model], written activation [pos, heads, d_head])
-    value: Tensor | tuple[Tensor, Tensor]
-    unchanged: bool = False  # the patch leaves the target's activation bit-for-bit as it was
-    clean_prompt: bool = False  # ... on the prompt positions at least (the run's prompt is the clean prompt)
-    # a transplant whose hybrid has exactly one model's weights: that model's clean run is the patched run
-    same_as: str | None = None
-
-
-@dataclass
-class ChunkCache:
-    """Clean activations and log-probs of one chunk of pairs."""
-
-    acts: dict[str, dict[str, dict[Key, Tensor]]]  # model -> hook name -> (pair_id, side) -> [length, d_model]
-    clean: dict[str, dict[Key, float]]  # model -> (pair_id, side) -> logp
-    seqs: dict[Key, ScoredSequence]
-    tokens: dict[str, dict[Key, Tensor]]  # model -> (pair_id, side) -> per completion token logp [n]
-    # model -> pair_id -> the clean prompt's keys and values (when the clean runs shared prompts): a patched run
-    # that leaves the prompt as it was continues from them, its prompt not run again
-    prompts: dict[str, dict[int, PromptState]] = field(default_factory=dict)
-
-
-@dataclass
-class WorkCounter:
-    """Block-token products: what the engine computed (padding included) and the floor, the least
-    work of the same task (no padding, shareable prompts once). Their ratio is the overhead."""
-
-    computed: int = 0
-    floor: int = 0
-    forwards: int = 0
-
-    def add_computed(self, n_blocks: int, tokens: int) -> None:
-        self.computed += n_blocks * tokens
-        self.forwards += 1
-
-    def add_floor(self, n_blocks: int, tokens: int) -> None:
-        self.floor += n_blocks * tokens
-
-    @property
-    def ratio(self) -> float | None:
-        return self.computed / self.floor if self.floor else None
-
-
-class _Repeats:
-    """Patched runs of one target, start block and hook whose inputs are bit-for-bit the same run once: E8's
-    ``resid_pre`` at ℓ + 1 is E1's ``resid_post`` at ℓ, a one-sided source patch is one side of E1's run."""
-
-    def __init__(self) -> None:
-        self.first: dict[tuple[Any, ...], list[Item]] = defaultdict(list)
-        self.alias: dict[tuple[int, int, str], tuple[int, int, str]] = {}
-
-    def seen(self, it: Item) -> bool:
-        """Whether an earlier item runs ``it``'s inputs (then ``it`` takes that run's log-prob)."""
-        parts = it.value if isinstance(it.value, tuple) else (it.value,)
-        key = (it.seq.pair_id, it.seq.side, *(float(v.sum()) for v in parts))  # a cheap filter; torch.equal decides
-        for other in self.first[key]:
-            others = other.value if isinstance(other.value, tuple) else (other.value,)
-            if all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(parts, others)):
-                self.alias[(it.spec_index, it.seq.pair_id, it.seq.side)] = (
-                    other.spec_index,
-                    it.seq.pair_id,
-                    it.seq.side,
-                )
-                return True
-        self.first[key].append(it)
-        return False
-
-
-@dataclass
-class _Shared:
-    """A patched prompt run once for the completions that continue it (both sides of a pair, or one)."""
-
-    prompt: Tensor | None  # [P, d_model] or [2, P, d_model]; None: ``state`` is the clean prompt's
-    items: list[Item] = field(default_factory=list)  # their value holds the whole sequence
-    state: PromptState | None = None
-
-
-class FastEngine(ExactEngine):
+class FastEngine(CleanRuns, ExactEngine):
     """``FastEngine(batch_size, memory_budget_gb, share_prompts="auto", overhead_tokens=None,
     keep_budget_gb=0.5, attention_tokens=None)``.
 
@@ -208,8 +123,8 @@ class FastEngine(ExactEngine):
     forwards can cost more than the prompt tokens they save; ``True`` always shares where the prompts
     are the same; ``False`` runs every sequence in full. All three give the same numbers to float
     precision. ``keep_budget_gb``: the most clean activations a suite run may ask it to keep for its
-    fits and whole-data computations (``keep``). Every forward is TransformerLens's own (its modules,
-    its key/value cache); the engine chooses which forwards to run, not how a block computes."""
+    fits and whole-data computations (``keep_activations``). Every forward is the backend's (TransformerLens's own
+    modules and key/value cache); the engine chooses which forwards to run, not how a block computes."""
 
     name = "fast"
 
@@ -231,8 +146,7 @@ class FastEngine(ExactEngine):
         self.share_prompts = share_prompts
         self.overhead = overhead_tokens
         self.attention = attention_tokens
-        self.work = WorkCounter()
-        self.work_by_stage = {"clean": WorkCounter(), "patched": WorkCounter()}
+        self._start_counting()
         # model -> (pair_id, side) -> clean logp, for every pair this engine has run (see clean_scores)
         self.clean_logprobs: dict[str, dict[Key, float]] = defaultdict(dict)
         self.clean_tokens: dict[str, dict[Key, Tensor]] = defaultdict(dict)  # ... and per completion token
@@ -245,215 +159,9 @@ class FastEngine(ExactEngine):
         self.keep_budget_gb = keep_budget_gb
         self.kept: dict[str, dict[str, dict[Key, Tensor]]] = defaultdict(lambda: defaultdict(dict))
 
-    # -- bookkeeping -------------------------------------------------------------------------
-    def _computed(self, stage: str, n_blocks: int, tokens: int) -> None:
-        self.work.add_computed(n_blocks, tokens)
-        self.work_by_stage[stage].add_computed(n_blocks, tokens)
-
-    def _floor(self, stage: str, n_blocks: int, tokens: int) -> None:
-        self.work.add_floor(n_blocks, tokens)
-        self.work_by_stage[stage].add_floor(n_blocks, tokens)
-
-    def _overhead(self, model: Any) -> float:
-        return self.overhead if self.overhead is not None else overhead_tokens(model.cfg)
-
-    def _costs(self, model: Any) -> dict[str, float]:
-        """The planner's cost model for this model: its per-forward and attention terms (batching.py)."""
-        return {
-            "overhead_tokens": self._overhead(model),
-            "attention_tokens": self.attention if self.attention is not None else attention_tokens(model.cfg),
-        }
-
-    def _plan(self, model: Any, lengths: Sequence[int], context: Sequence[int] | None = None) -> list[list[int]]:
-        return plan_batches(lengths, self.batch_size, context=context, **self._costs(model))
-
-    def _shares(self, model: Any) -> bool:
-        return bool(self.share_prompts) and supports_prefix(model)
-
-    def _worth_sharing(
-        self,
-        model: Any,
-        full: Sequence[int],
-        prompts: Sequence[int],
-        completions: Sequence[int],
-        context: Sequence[int],
-    ) -> bool:
-        """Whether prompt + continuation forwards (``context``: each continuation's prompt length) beat full
-        sequences (always, unless "auto")."""
-        if self.share_prompts != "auto":
-            return True
-        c = self._costs(model)
-        shared = plan_cost(prompts, self.batch_size, **c) + plan_cost(
-            completions, self.batch_size, context=context, **c
-        )
-        return shared < plan_cost(full, self.batch_size, **c)
-
-    def pairs_per_chunk(self, pair: Twins, tokenized: Sequence[TokenizedPair], n_cached: int) -> int:
-        """How many pairs' caches fit the memory budget (at least one)."""
-        width = max(max(len(t.prompt_ids) + len(t.completion_ids(s)) for s in SIDES) for t in tokenized)
-        bytes_per_pair = 2 * max(n_cached, 1) * width * pair.d_model * pair.base.cfg.dtype.itemsize
-        return max(1, int(self.memory_budget_gb * 2**30 // bytes_per_pair))
-
-    # -- clean runs --------------------------------------------------------------------------
-    def _need(self, specs: Sequence[PatchSpec]) -> dict[str, set[str]]:
-        """Hook names each model's clean runs cache for ``specs``, and those ``keep`` asks for."""
-        need = cache_names(specs)
-        for model, names in self.keep.items():
-            need[model] |= names
-        return need
-
-    def _chunks(
-        self, pair: Twins, tokenized: Sequence[TokenizedPair], need: dict[str, set[str]]
-    ) -> list[Sequence[TokenizedPair]]:
-        per_chunk = self.pairs_per_chunk(pair, tokenized, sum(len(v) for v in need.values()))
-        return [tokenized[lo : lo + per_chunk] for lo in range(0, len(tokenized), per_chunk)]
-
-    def clean_pass(self, pair: Twins, tokenized: Sequence[TokenizedPair], specs: Sequence[PatchSpec] = ()) -> None:
-        """The clean runs :meth:`run` makes of these pairs for ``specs``, without the patched runs: the same
-        chunks and batches, hence the same numbers. Fills ``kept`` and the clean log-probs where they are
-        missing (e.g. for parts a resumed run loaded instead of computing); runs nothing where they are not."""
-        from alignment_probe.numerics import check_clean
-
-        need = self._need(specs)
-        for chunk in self._chunks(pair, tokenized, need):
-            check_clean(pair, self.clean_chunk(pair, chunk, need).clean, chunk)
-
-    def _from_kept(self, pair: Twins, chunk: Sequence[TokenizedPair], need: dict[str, set[str]]) -> ChunkCache | None:
-        """The chunk's clean runs read from ``kept``, when it holds every activation and log-prob ``need`` asks for."""
-        seqs = pair_sequences(chunk)
-        keys = [(s.pair_id, s.side) for s in seqs]
-        models = [m for m in pair.models() if m in need]
-        held = self.kept
-        if not models or not all(
-            k in self.clean_logprobs[m] and all(n in held[m] and k in held[m][n] for n in need[m])
-            for m in models
-            for k in keys
-        ):
-            return None
-        return ChunkCache(
-            {m: {n: {k: held[m][n][k] for k in keys} for n in need[m]} for m in models},
-            {m: {k: self.clean_logprobs[m][k] for k in keys} for m in models},
-            dict(zip(keys, seqs)),
-            {m: {k: self.clean_tokens[m][k] for k in keys} for m in models},
-        )
-
-    @torch.inference_mode()
-    def clean_chunk(self, pair: Twins, chunk: Sequence[TokenizedPair], need: dict[str, set[str]]) -> ChunkCache:
-        """Clean runs of every model in ``need``, caching the hook points it names (read from ``kept`` when it
-        holds them all: the runs were made before, by this engine, on the same chunk)."""
-        held = self._from_kept(pair, chunk, need)
-        if held is not None:
-            return held
-        seqs = pair_sequences(chunk)
-        acts, clean, tokens, prompts = {}, {}, {}, {}
-        for name, model in pair.models().items():
-            if name not in need:  # neither patched nor a source: its clean run is not needed
-                continue
-            names = set(need[name])
-            capture = (lambda n, names=names: n in names) if names else None
-            n_blocks = model.cfg.n_layers
-            if supports_prefix(model):
-                self._floor(
-                    "clean", n_blocks, sum(len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids) for t in chunk)
-                )
-            else:
-                self._floor("clean", n_blocks, sum(s.length for s in seqs))
-            if self._shares(model) and self._worth_sharing(
-                model,
-                [s.length for s in seqs],
-                [len(t.prompt_ids) for t in chunk],
-                [len(s.completion_ids) for s in seqs],
-                [s.completion_start for s in seqs],
-            ):
-                clean[name], tokens[name], acts[name], prompts[name] = self._clean_shared(model, chunk, names, capture)
-            else:
-                clean[name], tokens[name], acts[name] = self._clean_full(model, seqs, names, capture)
-            self.clean_logprobs[name].update(clean[name])
-            self.clean_tokens[name].update(tokens[name])
-            for n in self.keep.get(name, ()):
-                for key, t in acts[name].get(n, {}).items():
-                    self.kept[name][n][key] = t.clone()  # not a view that would hold its padded batch
-        return ChunkCache(acts, clean, {(s.pair_id, s.side): s for s in seqs}, tokens, prompts)
-
-    def _clean_full(
-        self, model: Any, seqs: list[ScoredSequence], names: set[str], capture: Any
-    ) -> tuple[dict[Key, float], dict[Key, Tensor], dict[str, dict[Key, Tensor]]]:
-        clean: dict[Key, float] = {}
-        tokens: dict[Key, Tensor] = {}
-        acts: dict[str, dict[Key, Tensor]] = {n: {} for n in names}
-        for rows in self._plan(model, [s.length for s in seqs]):
-            group = [seqs[r] for r in rows]
-            batch = make_batch(group)
-            ids = batch.tokens.to(model.cfg.device)
-            if capture is None:
-                resid, cache = model(ids, stop_at_layer=model.cfg.n_layers), {}
-            else:
-                resid, cache = model.run_with_cache(
-                    ids, names_filter=capture, stop_at_layer=model.cfg.n_layers, return_cache_object=False
-                )
-            self._computed("clean", model.cfg.n_layers, batch.tokens.numel())
-            for s, v, per_token in zip(group, *batch_logprobs(model, resid, batch)):
-                clean[(s.pair_id, s.side)], tokens[(s.pair_id, s.side)] = v, per_token
-            for n in names:
-                for b, s in enumerate(group):
-                    acts[n][(s.pair_id, s.side)] = cache[n][b, : s.length]
-        return clean, tokens, acts
-
-    def _clean_shared(
-        self, model: Any, chunk: Sequence[TokenizedPair], names: set[str], capture: Any
-    ) -> tuple[dict[Key, float], dict[Key, Tensor], dict[str, dict[Key, Tensor]], dict[int, PromptState]]:
-        n_blocks = model.cfg.n_layers
-        states: dict[int, PromptState] = {}
-        prompt_acts: dict[str, dict[int, Tensor]] = {n: {} for n in names}
-        for rows in self._plan(model, [len(t.prompt_ids) for t in chunk]):
-            group = [chunk[r] for r in rows]
-            inputs = [torch.tensor(t.prompt_ids, dtype=torch.long) for t in group]
-            st, a, _ = run_prompts(model, None, inputs, capture=capture)
-            self._computed("clean", n_blocks, len(group) * max(len(t.prompt_ids) for t in group))
-            for b, t in enumerate(group):
-                states[t.pair_id] = st[b]
-                for n in names:
-                    prompt_acts[n][t.pair_id] = a[n][b, : len(t.prompt_ids)]
-        seqs = pair_sequences(chunk)
-        clean: dict[Key, float] = {}
-        tokens: dict[Key, Tensor] = {}
-        acts: dict[str, dict[Key, Tensor]] = {n: {} for n in names}
-        for rows in self._plan(model, [len(s.completion_ids) for s in seqs], [s.completion_start for s in seqs]):
-            group = [seqs[r] for r in rows]
-            inputs = [torch.tensor(s.completion_ids, dtype=torch.long) for s in group]
-            prompts = [states[s.pair_id] for s in group]
-            out, a = run_continuations(model, None, prompts, inputs, capture=capture)
-            self._computed("clean", n_blocks, len(group) * max(len(s.completion_ids) for s in group))
-            for s, v, per_token in zip(group, *continuation_logprobs(model, prompts, out, group)):
-                clean[(s.pair_id, s.side)], tokens[(s.pair_id, s.side)] = v, per_token
-            for n in names:
-                for b, s in enumerate(group):
-                    acts[n][(s.pair_id, s.side)] = torch.cat(
-                        [prompt_acts[n][s.pair_id], a[n][b, : len(s.completion_ids)]]
-                    )
-        return clean, tokens, acts, states
-
-    def clean_scores(self, pair: Twins, tokenized: Sequence[TokenizedPair]) -> pd.DataFrame:
-        """The scores table of ``tokenized`` (the columns of :func:`alignment_probe.scoring.score_pairs`)
-        from this engine's clean runs: free after :meth:`run` on the same pairs, else one clean pass."""
-        from alignment_probe.numerics import check_clean
-        from alignment_probe.scoring import score_table
-
-        models = pair.models()
-        keys = [(t.pair_id, s) for t in tokenized for s in SIDES]
-        missing = [
-            t for t in tokenized if any((t.pair_id, s) not in self.clean_logprobs[m] for m in models for s in SIDES)
-        ]
-        if missing:
-            need = {m: set(self.keep.get(m, ())) for m in models}  # capture what is kept: one clean pass
-            for chunk in self._chunks(pair, missing, need):
-                cc = self.clean_chunk(pair, chunk, need)
-                check_clean(pair, cc.clean, chunk)
-        return score_table(tokenized, {m: {k: self.clean_logprobs[m][k] for k in keys} for m in models})
-
     # -- patched runs ------------------------------------------------------------------------
     def _parts(self, pair: Twins, target: str, source: str) -> PartComparison:
-        models = pair.models()
+        models = pair.backends()
         key = (id(models[target]), id(models[source]))
         if key not in self._comparisons:
             self._comparisons[key] = PartComparison(models[target], models[source])
@@ -462,12 +170,12 @@ class FastEngine(ExactEngine):
     @contextlib.contextmanager
     def _hybrid(self, pair: Twins, target: str, swap: Swap) -> Iterator[Any]:
         """The target model, with a transplant's window of source blocks swapped in (hybrid.py) if ``swap``."""
-        model = pair.models()[target]
+        model = pair.backends()[target]
         if swap is None:
             yield model
             return
         source, lo, hi = swap
-        with transplanted(model, pair.models()[source], range(lo, hi)):
+        with transplanted(model, pair.backends()[source], range(lo, hi)):
             yield model
 
     def item(self, pair: Twins, spec_index: int, spec: PatchSpec, pair_id: int, side: str, cc: ChunkCache) -> Item:
@@ -523,9 +231,8 @@ class FastEngine(ExactEngine):
         else:
             resid = pad_stack([it.value[0] for it in items], width)
             written = pad_stack([it.value[1] for it in items], width)
-        with writing(model, hook, written):
-            final = model(resid, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
-        self._computed("patched", model.cfg.n_layers - start, batch.tokens.numel())
+        final, _ = model.run(resid, start_at_layer=start, stop_at_layer=model.n_layers, hooks=writing(hook, written))
+        self._computed("patched", model.n_layers - start, batch.tokens.numel())
         return list(zip(*batch_logprobs(model, final, batch)))
 
     @torch.inference_mode()
@@ -538,7 +245,7 @@ class FastEngine(ExactEngine):
             return self._run_shared(model, start, hook, units)
 
     def _run_shared(self, model: Any, start: int, hook: str | None, units: list[_Shared]) -> dict[RunKey, Scored]:
-        n_blocks = model.cfg.n_layers - start
+        n_blocks = model.n_layers - start
         states: list[PromptState | None] = [u.state for u in units]
         to_run = [i for i, u in enumerate(units) if u.state is None]
         for plan_rows in self._plan(model, [units[i].items[0].seq.completion_start for i in to_run]):
@@ -604,8 +311,8 @@ class FastEngine(ExactEngine):
     ) -> dict[RunKey, Scored]:
         """Every patched run of the conditions ``spec_ids`` (same target, start block, hook and transplanted
         window) on a chunk: log p(completion | prompt) and its per-token log-probs."""
-        model = pair.models()[target]
-        n_blocks = model.cfg.n_layers - start
+        model = pair.backends()[target]
+        n_blocks = model.n_layers - start
         # Sites with other axes than [pos, d_model] (heads, MLP neurons: the site table) run full sequences.
         full_only = any(not specs[i].site.residual for i in spec_ids)
         shares = self._shares(model) and not full_only
@@ -613,7 +320,7 @@ class FastEngine(ExactEngine):
         units.sort(key=lambda u: len(u[1].prompt_ids))
         # A wave of (condition, pair) units at a time: their patched values and prompt caches fit the budget.
         width = max(len(t.prompt_ids) + max(len(t.chosen_ids), len(t.rejected_ids)) for t in chunk)
-        per_unit = 8 * width * pair.d_model * model.cfg.dtype.itemsize * (1 + n_blocks)
+        per_unit = 8 * width * pair.d_model * model.dtype.itemsize * (1 + n_blocks)
         wave = max(self.batch_size, int(self.memory_budget_gb * 2**30 // per_unit))
         patched: dict[RunKey, Scored] = {}
         repeats = _Repeats()
@@ -713,36 +420,3 @@ class FastEngine(ExactEngine):
                     yield spec, t.pair_id, clean, after
             bar.update(len(chunk))
         bar.close()
-
-
-def batch_logprobs(
-    model: Any, final: Float[Tensor, "batch pos d_model"], batch: Any
-) -> tuple[list[float], list[Tensor]]:
-    """Per row of a right-padded full-sequence batch: log p(completion | prompt) (summed in float64) and the
-    per-token log-probs (CPU, float32)."""
-    from alignment_probe.scoring import completion_token_logprobs, split_by_row, sum_by_row
-
-    lp, rows = completion_token_logprobs(model, final, batch)
-    return sum_by_row(lp, rows, batch.size).tolist(), split_by_row(lp, rows, batch.size)
-
-
-def continuation_logprobs(
-    model: Any,
-    prompts: Sequence[PromptState],
-    final: Float[Tensor, "batch pos d_model"],
-    seqs: Sequence[ScoredSequence],
-) -> tuple[list[float], list[Tensor]]:
-    """``logp(completion | prompt)`` per row of a continuation batch, and its per-token log-probs: the first
-    completion token is predicted by the prompt's last position, the others by the continuation's own positions."""
-    from alignment_probe.scoring import split_by_row, sum_by_row, token_logprobs
-
-    xs, targets, rows = [], [], []
-    for r, (p, s) in enumerate(zip(prompts, seqs)):
-        n = len(s.completion_ids)
-        xs += [p.last[None], final[r, : n - 1]]
-        targets += list(s.completion_ids)
-        rows += [r] * n
-    device = final.device
-    lp = token_logprobs(model, torch.cat(xs), torch.tensor(targets, device=device))
-    index = torch.tensor(rows, device=device)
-    return sum_by_row(lp, index, len(seqs)).tolist(), split_by_row(lp, index, len(seqs))

@@ -4,7 +4,8 @@ A window transplant W(a, w) runs blocks a … a+w−1 of one model inside the ot
 (../shared/docs/localization.md, E8). The embedding goes with block 0's owner and the final norm and
 unembedding with block L−1's, so a transplant of every block *is* the source model. Rather than
 re-implementing TransformerLens's forward, :func:`transplanted` swaps the source's modules into the
-target for the duration of a forward and puts the target's back afterwards (also on an error): every
+target (the backend's ``part``/``swap_part``) for the duration of a forward and puts the target's back
+afterwards (also on an error): every
 forward the engines already run — ``start_at_layer``, key/value-cache continuations, completion-only
 unembedding — then runs the hybrid unchanged.
 
@@ -22,15 +23,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+from alignment_probe.backends import backend_of
+from alignment_probe.backends.base import EMBED_PARTS, HEAD_PARTS, Backend
 
-EMBED_PARTS = ("embed", "pos_embed")  # pos_embed exists for absolute position embeddings only
-HEAD_PARTS = ("ln_final", "unembed")
+__all__ = ["EMBED_PARTS", "HEAD_PARTS", "PartComparison", "transplanted", "window_parts"]
 
 
 def window_parts(n_layers: int, window: range) -> list[str]:
@@ -48,35 +48,23 @@ def window_parts(n_layers: int, window: range) -> list[str]:
     return parts
 
 
-def _module(model: HookedTransformer, name: str) -> torch.nn.Module | None:
-    if name.startswith("blocks."):
-        return model.blocks[int(name.split(".")[1])]
-    return getattr(model, name, None)
-
-
 @contextlib.contextmanager
-def transplanted(target: HookedTransformer, source: HookedTransformer, window: range) -> Iterator[HookedTransformer]:
+def transplanted(target: Any, source: Any, window: range) -> Iterator[Any]:
     """``target`` with the modules of ``window`` (see :func:`window_parts`) taken from ``source`` inside the
-    ``with`` block; the target's own modules are restored on exit."""
+    ``with`` block; the target's own modules are restored on exit. ``target``/``source``: backends or native
+    models; yields ``target`` as given."""
+    mine_b, theirs_b = backend_of(target), backend_of(source)
     saved: list[tuple[str, torch.nn.Module]] = []
     try:
-        for name in window_parts(target.cfg.n_layers, window):
-            mine, theirs = _module(target, name), _module(source, name)
+        for name in window_parts(mine_b.n_layers, window):
+            mine, theirs = mine_b.part(name), theirs_b.part(name)
             if mine is None or theirs is None:
                 continue
-            saved.append((name, mine))
-            _set(target, name, theirs)
+            saved.append((name, mine_b.swap_part(name, theirs)))
         yield target
     finally:
         for name, module in reversed(saved):
-            _set(target, name, module)
-
-
-def _set(model: HookedTransformer, name: str, module: torch.nn.Module) -> None:
-    if name.startswith("blocks."):
-        model.blocks[int(name.split(".")[1])] = module  # type: ignore[assignment]  # the other model's block
-    else:
-        setattr(model, name, module)
+            mine_b.swap_part(name, module)
 
 
 def _same(a: torch.nn.Module | None, b: torch.nn.Module | None) -> bool:
@@ -90,20 +78,20 @@ class PartComparison:
     """Which of two models' parts (embedding, each block, the head) have bit-identical weights; computed
     once per part and kept (the weights of loaded twins do not change)."""
 
-    def __init__(self, target: Any, source: Any):
-        self.target, self.source = target, source
+    def __init__(self, target: Backend | Any, source: Backend | Any):
+        self.target, self.source = backend_of(target), backend_of(source)
         self._equal: dict[str, bool] = {}
-        n = target.cfg.n_layers
+        n = self.target.n_layers
         self.all_parts = window_parts(n, range(n))
 
     def equal(self, name: str) -> bool:
         if name not in self._equal:
-            self._equal[name] = _same(_module(self.target, name), _module(self.source, name))
+            self._equal[name] = _same(self.target.part(name), self.source.part(name))
         return self._equal[name]
 
     def hybrid_equals(self, window: range) -> str | None:
         """``"target"`` if the hybrid's weights are the target's, ``"source"`` if they are the source's, else None."""
-        inside = set(window_parts(self.target.cfg.n_layers, window))
+        inside = set(window_parts(self.target.n_layers, window))
         if all(self.equal(p) for p in inside):
             return "target"
         if all(self.equal(p) for p in self.all_parts if p not in inside):

@@ -3,131 +3,66 @@
 A pair's two sequences share BOS + prompt. By causality the prompt positions of a run depend only
 on the prompt's inputs, so when both runs of a pair see the same inputs at the prompt positions
 (the clean runs always; a patched run when its patch is the same on both prompts) the prompt is
-computed once and each completion continues from its keys and values — TransformerLens's own
-``past_kv_cache`` mechanism, which works with ``start_at_layer``.
+computed once and each completion continues from its keys and values — the model's own key/value cache,
+through the backend seam (``Backend.run_prompts``/``run_continuations``), from any start block.
 
 How a batch of continuations of prompts of different lengths stays exact:
 
-* prompt forwards are right-padded; each prompt's keys/values are kept unpadded, per block;
-* a continuation batch gathers its rows' prompt keys/values into a right-padded
-  ``[batch, longest prompt, heads, d_head]`` frozen ``TransformerLensKeyValueCache`` (TransformerLens's own
-  cache and entries, public constructors) and passes the attention mask ``[prompt mask | completion mask]``,
-  so padded prompt keys are masked out;
-* TransformerLens derives rotary positions (and absolute position embeddings) from that mask
-  (``cumsum − 1``), so completion token j of a row with a P-token prompt sits at position P + j,
-  as in the full sequence;
+* prompt forwards are right-padded; each prompt's keys/values are kept unpadded (an opaque ``PromptKV`` the
+  backend made);
+* a continuation batch gathers its rows' prompt keys/values right-padded, masks the padded prompt keys and
+  places completion token j of a row with a P-token prompt at position P + j, as in the full sequence (the
+  backend does this: backends/hooked.py with TransformerLens's frozen key/value cache);
 * the first completion token is predicted by the prompt's last position: the prompt forward keeps
   that final residual, the continuation scores the rest.
 
-Only rotary and standard (absolute, learned) position embeddings are supported: ALiBi and
-shortformer models fall back to full sequences (:func:`supports_prefix`).
+Where the backend says a continuation would not reproduce the full sequence (ALiBi, shortformer, local
+attention …: ``Backend.shares_prompt_kv``), the engine runs full sequences (:func:`supports_prefix`).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
+
+from alignment_probe.backends import backend_of
+from alignment_probe.backends.base import Backend, Hooks, PromptKV, length_mask, pad_stack
+
+__all__ = ["PromptState", "length_mask", "pad_stack", "run_continuations", "run_prompts", "supports_prefix", "writing"]
 
 CaptureFn = Callable[[str], bool]
 
 
-def supports_prefix(model: Any) -> bool:
-    """Whether continuing from a key/value cache reproduces the full sequence for this model."""
-    cfg = model.cfg
-    return (
-        cfg.positional_embedding_type in ("rotary", "standard")
-        and not getattr(cfg, "use_attention_sinks", False)
-        and not getattr(cfg, "use_logn_attn", False)
-        and not getattr(cfg, "use_dynamic_ntk_rope", False)
-        and getattr(cfg, "attention_dir", "causal") == "causal"
-        # Sliding-window attention (Mistral, Gemma-2/3, GPT-Neo's local layers): TransformerLens masks the
-        # window only within one forward, so a continuation from a cache would see keys past the window.
-        and not getattr(cfg, "use_local_attn", False)
-    )
+def supports_prefix(model: Backend | Any) -> bool:
+    """Whether continuing from a key/value cache reproduces the full sequence for this model (a backend, or a
+    native model: its backend)."""
+    return backend_of(model).shares_prompt_kv()
 
 
 @dataclass
 class PromptState:
     """What the continuations of one prompt need: its keys and values at every block the forward
-    ran (None below ``start``), and the final residual at its last position."""
+    ran (the backend's, opaque), and the final residual at its last position."""
 
-    keys: list[Tensor | None]  # per block: [prompt_len, kv_heads, d_head]
-    values: list[Tensor | None]
+    kv: PromptKV
     last: Float[Tensor, " d_model"]
     length: int
 
 
-def pad_stack(tensors: Sequence[Tensor], width: int) -> Tensor:
-    """Right-pad tensors of shape [len, ...] with zeros to ``width`` and stack: [batch, width, ...]."""
-    out = tensors[0].new_zeros((len(tensors), width, *tensors[0].shape[1:]))
-    for i, t in enumerate(tensors):
-        out[i, : t.shape[0]] = t
-    return out
-
-
-def length_mask(lengths: Sequence[int], width: int, device: Any) -> Int[Tensor, "batch width"]:
-    pos = torch.arange(width, device=device)
-    return (pos[None, :] < torch.tensor(list(lengths), device=device)[:, None]).to(torch.int64)
-
-
-def _cache_class() -> tuple[type[Any], type[Any]]:
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
-
-    return TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
-
-
-@contextmanager
-def writing(model: Any, hook: str | None, written: Tensor | None) -> Iterator[None]:
-    """During the block: the activation at ``hook`` is replaced by ``written`` (nothing if ``hook`` is None).
-
-    ``model.hooks(...)`` does the same but on exit resets every hook point of the model, ~1 ms of Python
-    per forward on the bundled model, paid by every patched forward; this adds and removes the one hook,
-    at its own context level as ``model.hooks`` would."""
-    if hook is None:
-        yield
-        return
-    point = model.hook_dict[hook]
-    model.context_level += 1
-    level = model.context_level
-    try:
-        point.add_hook(lambda act, hook: written.to(act.dtype), dir="fwd", level=level)  # type: ignore[union-attr]
-        yield
-    finally:
-        point.remove_hooks("fwd", level=level)
-        model.context_level -= 1
-
-
-def _run(
-    model: Any,
-    x: Tensor,
-    *,
-    start: int | None,
-    hook: str | None,
-    written: Tensor | None,
-    capture: CaptureFn | None,
-    **kwargs: Any,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """One forward to the final residual (before ``ln_final``), a hook writing ``written`` if any."""
-    if start is not None:
-        kwargs["start_at_layer"] = start
-    with writing(model, hook, written):
-        if capture is None:
-            return model(x, stop_at_layer=model.cfg.n_layers, **kwargs), {}
-        out, cache = model.run_with_cache(
-            x, names_filter=capture, stop_at_layer=model.cfg.n_layers, return_cache_object=False, **kwargs
-        )
-    return out, dict(cache)
+def writing(hook: str | None, written: Tensor | None) -> Hooks:
+    """The hooks that replace the activation at ``hook`` by ``written`` (none if ``hook`` is None)."""
+    if hook is None or written is None:
+        return ()
+    return [(hook, lambda act, hook: written.to(act.dtype))]
 
 
 @torch.inference_mode()
 def run_prompts(
-    model: Any,
+    model: Backend | Any,
     start: int | None,
     inputs: Sequence[Tensor],
     *,
@@ -141,29 +76,20 @@ def run_prompts(
     (start at block ``start``). Returns one :class:`PromptState` per prompt, the captured
     activations ``[batch, width, d_model]`` and the final residual.
     """
-    KVCache, _ = _cache_class()
-    device = model.cfg.device
+    backend = backend_of(model)
+    device = backend.device
     lengths = [int(t.shape[0]) for t in inputs]
     width = max(lengths)
     x = pad_stack(list(inputs), width).to(device)
-    mask = length_mask(lengths, width, device)
-    cache = KVCache.init_cache(model.cfg, device, len(inputs))
     w = None if written is None else pad_stack(list(written), width).to(device)
-    out, acts = _run(
-        model, x, start=start, hook=hook, written=w, capture=capture, attention_mask=mask, past_kv_cache=cache
-    )
-    first = 0 if start is None else start
-    states = []
-    for b, n in enumerate(lengths):
-        keys = [None if i < first else e.past_keys[b, :n] for i, e in enumerate(cache.entries)]
-        values = [None if i < first else e.past_values[b, :n] for i, e in enumerate(cache.entries)]
-        states.append(PromptState(keys, values, out[b, n - 1], n))
+    out, acts, kvs = backend.run_prompts(x, lengths, start_at_layer=start, hooks=writing(hook, w), capture=capture)
+    states = [PromptState(kv, out[b, n - 1], n) for b, (kv, n) in enumerate(zip(kvs, lengths))]
     return states, acts, out
 
 
 @torch.inference_mode()
 def run_continuations(
-    model: Any,
+    model: Backend | Any,
     start: int | None,
     prompts: Sequence[PromptState],
     inputs: Sequence[Tensor],
@@ -177,39 +103,12 @@ def run_continuations(
     ``inputs`` as in :func:`run_prompts`, for the completion positions only. Returns the final
     residual ``[batch, width, d_model]`` and the captured activations, completion positions only.
     """
-    KVCache, Entry = _cache_class()
-    device = model.cfg.device
+    backend = backend_of(model)
+    device = backend.device
     lengths = [int(t.shape[0]) for t in inputs]
     width = max(lengths)
-    p_width = max(p.length for p in prompts)
-    first = 0 if start is None else start
-    entries: list[Any] = []
-    for i in range(model.cfg.n_layers):
-        if i < first:
-            entries.append(None)
-            continue
-        # one statement each, so the ignores stay on their lines whatever the formatter does
-        prompt_keys: list[torch.Tensor] = [p.keys[i] for p in prompts]  # type: ignore[misc]
-        prompt_values: list[torch.Tensor] = [p.values[i] for p in prompts]  # type: ignore[misc]
-        entries.append(Entry(pad_stack(prompt_keys, p_width), pad_stack(prompt_values, p_width), frozen=True))
-    prompt_mask = length_mask([p.length for p in prompts], p_width, device)
-    mask = length_mask(lengths, width, device)
     x = pad_stack(list(inputs), width).to(device)
     w = None if written is None else pad_stack(list(written), width).to(device)
-    cache = KVCache(entries=entries, previous_attention_mask=prompt_mask, frozen=True)
-    if start is None:  # from tokens: TransformerLens appends the prompt mask and offsets positions itself
-        out, acts = _run(
-            model, x, start=None, hook=hook, written=w, capture=capture, attention_mask=mask, past_kv_cache=cache
-        )
-    else:  # from a residual: the blocks need the whole mask, prompt and completion
-        out, acts = _run(
-            model,
-            x,
-            start=start,
-            hook=hook,
-            written=w,
-            capture=capture,
-            attention_mask=torch.cat([prompt_mask, mask], dim=1),
-            past_kv_cache=cache,
-        )
-    return out, acts
+    return backend.run_continuations(
+        x, lengths, [p.kv for p in prompts], start_at_layer=start, hooks=writing(hook, w), capture=capture
+    )

@@ -1,8 +1,8 @@
-"""The reference engine: one pair, one condition, one sequence, one ``run_with_hooks`` at a time.
+"""The reference engine: one pair, one condition, one sequence, one hooked full forward at a time.
 
 This is the paper's procedure written as plainly as possible, so it can be trusted by reading it:
-cache the source model's activation with ``run_with_cache``, run the whole target model with a
-hook that overwrites that activation, take the full logits and score the completion. A weight
+capture the source model's activation, run the whole target model with a hook that overwrites
+that activation (full forwards through the backend seam: ``Backend.run``), take the full logits and score the completion. A weight
 transplant (E8) runs the whole hybrid model (hybrid.py) on the tokens. It is slow
 by design and exists to check the fast engine against (``alignment-probe run --engine reference``).
 """
@@ -46,7 +46,7 @@ def full_logprob(logits: Float[Tensor, "1 pos d_vocab"], seq: ScoredSequence) ->
     return _scored(logits, seq)[0]
 
 
-def _tokens(seq: ScoredSequence, device: str) -> Int[Tensor, "1 pos"]:
+def _tokens(seq: ScoredSequence, device: Any) -> Int[Tensor, "1 pos"]:
     return torch.tensor([list(seq.prompt_ids) + list(seq.completion_ids)], device=device)
 
 
@@ -59,11 +59,11 @@ class ReferenceEngine(ExactEngine):
     ) -> Iterator[Run]:
         from tqdm.auto import tqdm
 
-        models = pair.models()
+        models = pair.backends()
         for t in tqdm(tokenized, desc="patching (reference)", disable=not progress, unit="pair"):
             seqs = {side: t.sequence(side) for side in SIDES}
             clean = {
-                name: {side: _scored(m(_tokens(seqs[side], m.cfg.device)), seqs[side]) for side in SIDES}
+                name: {side: _scored(m.run(_tokens(seqs[side], m.device))[0], seqs[side]) for side in SIDES}
                 for name, m in models.items()
             }
             check_clean(
@@ -77,9 +77,7 @@ class ReferenceEngine(ExactEngine):
                     None
                     if spec.window is not None
                     else {  # the source's activation at the hook, each side
-                        s: source.run_with_cache(_tokens(seqs[s], source.cfg.device), names_filter=spec.name)[1][
-                            spec.name
-                        ][0]
+                        s: source.run(_tokens(seqs[s], source.device), capture=[spec.name])[1][spec.name][0]
                         for s in SIDES
                     }
                 )
@@ -91,7 +89,7 @@ class ReferenceEngine(ExactEngine):
                         # A weight transplant: the target with the window's modules (and the embedding or the
                         # head, at the ends) taken from the source, run on the tokens as one model.
                         with transplanted(target, source, spec.window):
-                            patched[side] = _scored(target(_tokens(seqs[side], target.cfg.device)), seqs[side])
+                            patched[side] = _scored(target.run(_tokens(seqs[side], target.device))[0], seqs[side])
                     else:
                         patched[side] = self._patched(t, spec, target, src, seqs, side)
                 check_patched({(0, t.pair_id, side): v[0] for side, v in patched.items()}, [spec])
@@ -130,5 +128,5 @@ class ReferenceEngine(ExactEngine):
             )
             return apply_in_scope(spec.intervention, ctx, spec.key.scope)[None]
 
-        logits = target.run_with_hooks(_tokens(seq, target.cfg.device), fwd_hooks=[(spec.name, overwrite)])
+        logits, _ = target.run(_tokens(seq, target.device), hooks=[(spec.name, overwrite)])
         return _scored(logits, seq)

@@ -32,7 +32,7 @@ from alignment_probe.errors import ConfigError
 from alignment_probe.experiments import heldout
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
-from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE, Finding, plain
+from alignment_probe.experiments.verdict_rules import AGREES, DIFFERS, INCONCLUSIVE, Finding, plain
 from alignment_probe.formatting import fmt_effect
 
 NAME = "cross_2x2"

@@ -21,9 +21,9 @@ its label (``LABELS``); its band is ``"<label> (95% CI)"``; the peak and onset m
 function                   paper                                   summary keys read
 =========================  ======================================  ==============================
 ``layer_curve``            Fig. 1                                  ``patch_tuned_to_base``
-``lasso_coefficients``     Fig. 2, Table 1                         ``lasso``
+``lasso_coefficients``     Fig. 2, Table 1 (fit_figures.py)        ``lasso``
 ``source_variants``        Fig. 3 (both families of method E5)     ``source_*``, ``vector_*``
-``lowrank``                Fig. 4, Table 2                         ``lowrank_reconstruct/difference``
+``lowrank``                Fig. 4, Table 2 (fit_figures.py)        ``lowrank_reconstruct/difference``
 ``directionality``         Fig. 5 (A1)                             ``patch_*``
 ``controls``               Fig. 6 (A2)                             ``identity``, ``random_*``
 ``alpha_dose_response``    Fig. 7 (A3)                             ``alpha``
@@ -56,26 +56,10 @@ from alignment_probe.plotting import has_per_layer as has_per_layer
 from alignment_probe.plotting import lowrank_frame as lowrank_frame
 from alignment_probe.plotting import n_layers as n_layers
 from alignment_probe.plotting import per_layer_frame as per_layer_frame
-from alignment_probe.vocab import LOWRANK_MODES  # noqa: F401  (E6 experiment name → mode; defined once)
 
 CONTROL_EXPERIMENTS = ("identity", "random_noise", "random_direction")
 DECOMPOSITION_EXPERIMENTS = ("source_chosen_only", "source_rejected_only")
 VECTOR_EXPERIMENTS = ("vector_chosen", "vector_rejected", "vector_contrast")
-
-
-_ci_pair = plotting.ci_pair
-_rgba = plotting.rgba
-_band = plotting.band
-_mean_trace = plotting.mean_trace
-_add_curve = plotting.add_curve
-_value_at = plotting.value_at
-_add_layer_marker = plotting.add_layer_marker
-_add_peak_set = plotting.add_peak_set
-_layer_ticks = plotting.layer_ticks
-_zero_line = plotting.zero_line
-_note_missing = plotting.note_missing
-_layout = plotting.layout
-_num = plotting.num
 
 
 class _FromRegistry(Mapping):
@@ -103,9 +87,6 @@ def _names() -> list[Any]:
 
 LABELS: Mapping[str, str] = _FromRegistry(lambda: {n.name: n.label for n in _names()})
 COLORS: Mapping[str, str] = _FromRegistry(lambda: {n.name: n.color for n in _names()})
-
-# The paper's reference values (Llama-3.2-1B, 16 layers), drawn as grey markers for comparison.
-PAPER_LOWRANK = {"k": 4, "effect_ratio": 0.986, "variance_explained": 0.15, "layer": 9}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,11 +124,13 @@ def _draw_layer_experiments(
             continue
         frame = per_layer_frame(entry["per_layer"])
         label, color = (labels or {}).get(name, _label(name)), _color(name, i)
-        _add_curve(fig, frame, name=label, color=color, group=name, row=row, col=col)
+        plotting.add_curve(fig, frame, name=label, color=color, group=name, row=row, col=col)
         if markers:
-            _add_peak_set(fig, entry, frame, name=label, color=color, group=name, row=row, col=col)
+            plotting.add_peak_set(fig, entry, frame, name=label, color=color, group=name, row=row, col=col)
             for which in ("peak", "onset"):
-                _add_layer_marker(fig, entry, frame, which=which, name=label, color=color, group=name, row=row, col=col)
+                plotting.add_layer_marker(
+                    fig, entry, frame, which=which, name=label, color=color, group=name, row=row, col=col
+                )
         layers += frame["layer"].tolist()
     return layers
 
@@ -178,8 +161,8 @@ def layer_curve(
     present, missing = _require("layer_curve", summary, list(experiments))
     fig = go.Figure()
     layers = _draw_layer_experiments(fig, summary, present, markers=markers)
-    _zero_line(fig)
-    gain = _num(summary.get("gain_mean"))
+    plotting.zero_line(fig)
+    gain = plotting.num(summary.get("gain_mean"))
     if show_gain and MAIN in present and math.isfinite(gain):
         fig.add_hline(
             y=gain,
@@ -187,9 +170,9 @@ def layer_curve(
             annotation_text=f"mean gain {gain:+.3g} nats",
             annotation_position="top left",
         )
-    _layer_ticks(fig, layers)
-    _note_missing(fig, missing)
-    return _layout(fig, title)
+    plotting.layer_ticks(fig, layers)
+    plotting.note_missing(fig, missing)
+    return plotting.layout(fig, title)
 
 
 def directionality(summary: Mapping[str, Any]) -> go.Figure:
@@ -198,8 +181,8 @@ def directionality(summary: Mapping[str, Any]) -> go.Figure:
     present, missing = _require("directionality", summary, [MAIN, REVERSE])
     fig = go.Figure()
     layers = _draw_layer_experiments(fig, summary, present)
-    _zero_line(fig)
-    gain = _num(summary.get("gain_mean"))
+    plotting.zero_line(fig)
+    gain = plotting.num(summary.get("gain_mean"))
     if math.isfinite(gain):
         for sign, text in ((1, "+gain"), (-1, "−gain")):
             fig.add_hline(
@@ -208,9 +191,9 @@ def directionality(summary: Mapping[str, Any]) -> go.Figure:
                 annotation_text=f"{text} ({sign * gain:+.3g})",
                 annotation_position="top left",
             )
-    _layer_ticks(fig, layers)
-    _note_missing(fig, missing)
-    return _layout(fig, "Directionality: tuned → base vs base → tuned (A1)")
+    plotting.layer_ticks(fig, layers)
+    plotting.note_missing(fig, missing)
+    return plotting.layout(fig, "Directionality: tuned → base vs base → tuned (A1)")
 
 
 def controls(summary: Mapping[str, Any]) -> go.Figure:
@@ -222,10 +205,10 @@ def controls(summary: Mapping[str, Any]) -> go.Figure:
     missing = [n for n in names if n not in present]
     fig = go.Figure()
     layers = _draw_layer_experiments(fig, summary, present, markers=False)
-    _zero_line(fig)
-    _layer_ticks(fig, layers)
-    _note_missing(fig, missing)
-    return _layout(fig, "Controls: identity and random patches vs tuned → base (A2)")
+    plotting.zero_line(fig)
+    plotting.layer_ticks(fig, layers)
+    plotting.note_missing(fig, missing)
+    return plotting.layout(fig, "Controls: identity and random patches vs tuned → base (A2)")
 
 
 def _rho(rhos: Mapping[Any, Any] | None, layer: int) -> float:
@@ -233,7 +216,7 @@ def _rho(rhos: Mapping[Any, Any] | None, layer: int) -> float:
         return math.nan
     for key in (layer, str(layer), float(layer)):
         if key in rhos:
-            return _num(rhos[key])
+            return plotting.num(rhos[key])
     return math.nan
 
 
@@ -246,9 +229,9 @@ def alpha_frame(entry: Mapping[str, Any]) -> pd.DataFrame:
                 {
                     "alpha": float(key),
                     "layer": int(r["layer"]),
-                    "mean": _num(r.get("mean")),
-                    "ci_low": _num(r.get("ci_low")),
-                    "ci_high": _num(r.get("ci_high")),
+                    "mean": plotting.num(r.get("mean")),
+                    "ci_low": plotting.num(r.get("ci_low")),
+                    "ci_high": plotting.num(r.get("ci_high")),
                 }
             )
     frame = pd.DataFrame(rows, columns=["alpha", "layer", "mean", "ci_low", "ci_high"])
@@ -268,7 +251,7 @@ def alpha_dose_response(summary: Mapping[str, Any]) -> go.Figure:
     for layer, color in zip(layers, colors):
         rho = _rho(entry.get("spearman_rho"), layer)
         name = f"layer {layer} (ρ = {rho:+.2f})" if math.isfinite(rho) else f"layer {layer}"
-        _add_curve(
+        plotting.add_curve(
             fig,
             frame[frame["layer"] == layer],
             name=name,
@@ -278,7 +261,7 @@ def alpha_dose_response(summary: Mapping[str, Any]) -> go.Figure:
             x_label="α",
             band_opacity=0.12,
         )
-    _zero_line(fig)
+    plotting.zero_line(fig)
     if frame["alpha"].max() > 1:
         fig.add_vrect(
             x0=1,
@@ -291,7 +274,7 @@ def alpha_dose_response(summary: Mapping[str, Any]) -> go.Figure:
         )
     alphas = sorted(frame["alpha"].unique().tolist())
     fig.update_xaxes(tickmode="array", tickvals=alphas, ticktext=[f"{a:g}" for a in alphas])
-    return _layout(fig, "Dose-response: effect vs patch strength α (A3)", x_title="α (patch strength)")
+    return plotting.layout(fig, "Dose-response: effect vs patch strength α (A3)", x_title="α (patch strength)")
 
 
 def source_variants(summary: Mapping[str, Any]) -> go.Figure:
@@ -331,182 +314,13 @@ def source_variants(summary: Mapping[str, Any]) -> go.Figure:
                 row=1,
                 col=col,
             )
-        _zero_line(fig, row=1, col=col)
-        _layer_ticks(fig, layers, row=1, col=col)
+        plotting.zero_line(fig, row=1, col=col)
+        plotting.layer_ticks(fig, layers, row=1, col=col)
         fig.update_xaxes(title_text=LAYER_AXIS, row=1, col=col)
         fig.update_yaxes(title_text=EFFECT_AXIS, row=1, col=col)
     if not decomposition:
         missing = [*DECOMPOSITION_EXPERIMENTS, *missing]
     if not vectors:
         missing += list(VECTOR_EXPERIMENTS)
-    _note_missing(fig, missing)
-    return _layout(fig, "Source variants (Fig. 3)", x_title=None, y_title=None)
-
-
-def lowrank(summary: Mapping[str, Any], *, show_paper: bool = True) -> go.Figure:
-    """Paper Fig. 4 / Table 2 (method E6): per mode present (``reconstruct`` = the paper's literal reading,
-    ``difference`` = patch h_base + P_k(h_tuned − h_base)), the effect ratio (low-rank / full effect) vs k on a
-    log2 axis with CI band and the held-out ratio (dotted), and the variance explained vs k. Grey ✕: the
-    paper's value (k = 4: ratio 0.986, ≈15% variance, layer 9 of Llama-3.2-1B)."""
-    modes = [(name, lowrank_frame(experiment(summary, name) or {})) for name in LOWRANK_MODES]
-    modes = [(name, frame) for name, frame in modes if not frame.empty]
-    if not modes:
-        raise MissingExperimentError("lowrank", list(LOWRANK_MODES))
-    titles = []
-    for name, _ in modes:
-        titles += [f"{LOWRANK_MODES[name]}: effect ratio", f"{LOWRANK_MODES[name]}: variance explained"]
-    fig = make_subplots(
-        rows=len(modes),
-        cols=2,
-        subplot_titles=titles,
-        horizontal_spacing=0.12,
-        vertical_spacing=0.18 if len(modes) > 1 else 0.1,
-    )
-    all_k: set[int] = set()
-    for row, (name, frame) in enumerate(modes, start=1):
-        layers = sorted(frame["layer"].unique().tolist())
-        base_color = _color(name)
-        colors = (
-            [base_color]
-            if len(layers) == 1
-            else sample_colorscale("Viridis", [i / (len(layers) - 1) * 0.9 for i in range(len(layers))])
-        )
-        for layer, color in zip(layers, colors):
-            sub = frame[frame["layer"] == layer]
-            all_k |= set(sub["k"].tolist())
-            label = f"{LOWRANK_MODES[name]}, layer {layer}"
-            group = f"{name}-{layer}"
-            curve = sub.rename(columns={"effect_ratio": "mean"})
-            band = _band(curve["k"], curve["ci_low"], curve["ci_high"], name=label, color=color, group=group)
-            if band is not None:
-                fig.add_trace(band, row=row, col=1)
-            fig.add_trace(
-                go.Scatter(
-                    x=curve["k"].tolist(),
-                    y=curve["mean"].tolist(),
-                    mode="lines+markers",
-                    name=label,
-                    legendgroup=group,
-                    line={"color": color, "width": 2},
-                    customdata=curve[["ci_low", "ci_high", "variance_explained"]].to_numpy(),
-                    hovertemplate=(
-                        f"<b>{label}</b><br>k = %{{x}}<br>effect ratio %{{y:.3f}}"
-                        "<br>95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}]"
-                        "<br>variance explained %{customdata[2]:.1%}<extra></extra>"
-                    ),
-                ),
-                row=row,
-                col=1,
-            )
-            if sub["heldout_effect_ratio"].notna().any():
-                fig.add_trace(
-                    go.Scatter(
-                        x=sub["k"].tolist(),
-                        y=sub["heldout_effect_ratio"].tolist(),
-                        mode="lines+markers",
-                        name=f"{label} (held-out)",
-                        legendgroup=group,
-                        line={"color": color, "width": 1.5, "dash": "dot"},
-                        marker={"symbol": "circle-open", "size": 7},
-                        hovertemplate=(
-                            f"<b>{label}, held-out</b><br>k = %{{x}}<br>effect ratio %{{y:.3f}}<extra></extra>"
-                        ),
-                    ),
-                    row=row,
-                    col=1,
-                )
-            fig.add_trace(
-                go.Scatter(
-                    x=sub["k"].tolist(),
-                    y=sub["variance_explained"].tolist(),
-                    mode="lines+markers",
-                    name=f"{label}: variance explained",
-                    legendgroup=group,
-                    showlegend=False,
-                    line={"color": color, "width": 2},
-                    hovertemplate=(f"<b>{label}</b><br>k = %{{x}}<br>variance explained %{{y:.1%}}<extra></extra>"),
-                ),
-                row=row,
-                col=2,
-            )
-        fig.add_hline(y=1, line={"dash": "dash", "color": "#444", "width": 1}, row=row, col=1)
-        if show_paper:
-            p = PAPER_LOWRANK
-            for col, key in ((1, "effect_ratio"), (2, "variance_explained")):
-                fig.add_trace(
-                    go.Scatter(
-                        x=[p["k"]],
-                        y=[p[key]],
-                        mode="markers",
-                        name="paper (k = 4, layer 9)",
-                        legendgroup="paper",
-                        showlegend=(row == 1 and col == 1),
-                        marker={"symbol": "x", "size": 11, "color": "#777"},
-                        hovertemplate=f"<b>paper</b><br>k = 4<br>{key.replace('_', ' ')} {p[key]:g}<extra></extra>",
-                    ),
-                    row=row,
-                    col=col,
-                )
-        fig.update_yaxes(title_text="effect ratio (low-rank / full)", row=row, col=1)
-        fig.update_yaxes(title_text="variance explained", tickformat=".0%", rangemode="tozero", row=row, col=2)
-    ks = sorted(all_k | ({PAPER_LOWRANK["k"]} if show_paper else set()))
-    fig.update_xaxes(
-        type="log", tickmode="array", tickvals=ks, ticktext=[str(k) for k in ks], title_text="k (rank, log₂ scale)"
-    )
-    return _layout(
-        fig,
-        "Low-rank patching: effect ratio and variance explained vs k (Fig. 4)",
-        height=HEIGHT if len(modes) == 1 else 2 * HEIGHT - 60,
-        x_title=None,
-        y_title=None,
-    )
-
-
-def lasso_coefficients(summary: Mapping[str, Any]) -> go.Figure:
-    """Paper Fig. 2 / Table 1 (method E2): LASSO coefficient per layer (bars; features are z-scored
-    ‖h_tuned − h_base‖₂ per layer, target the centred gain in nats), with the bootstrap selection frequency
-    and the per-layer probe R² on a second axis."""
-    entry = experiment(summary, "lasso")
-    coefs = [_num(c) for c in (entry or {}).get("coefficients") or []]
-    if not coefs:
-        raise MissingExperimentError("lasso_coefficients", ["lasso"])
-    layers = list(range(len(coefs)))
-    nonzero = {int(v) for v in entry.get("nonzero_layers") or [i for i, c in enumerate(coefs) if c != 0]}
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(
-        go.Bar(
-            x=layers,
-            y=coefs,
-            name="LASSO coefficient",
-            marker={"color": ["#1f77b4" if i in nonzero else "#c7c7c7" for i in layers]},
-            hovertemplate="<b>LASSO</b><br>layer %{x}<br>coefficient %{y:.4g}<extra></extra>",
-        ),
-        secondary_y=False,
-    )
-    for key, name, color, symbol in (
-        ("selection_frequency", "selection frequency", "#ff7f0e", "circle"),
-        ("probe_r2", "probe R² (CV)", "#2ca02c", "square"),
-    ):
-        values = [_num(v) for v in entry.get(key) or []]
-        if values:
-            fig.add_trace(
-                go.Scatter(
-                    x=list(range(len(values))),
-                    y=values,
-                    mode="lines+markers",
-                    name=name,
-                    line={"color": color, "width": 1.5},
-                    marker={"symbol": symbol, "size": 7},
-                    hovertemplate=f"<b>{name}</b><br>layer %{{x}}<br>%{{y:.3f}}<extra></extra>",
-                ),
-                secondary_y=True,
-            )
-    alpha = _num(entry.get("alpha_"))
-    title = "LASSO: activation distance → gain, coefficient per layer (Fig. 2)"
-    if math.isfinite(alpha):
-        title += f"  ·  α* = {alpha:.3g}"
-    _zero_line(fig)
-    _layer_ticks(fig, layers)
-    fig.update_yaxes(title_text="coefficient (nats of gain per SD of ‖Δh‖)", secondary_y=False)
-    fig.update_yaxes(title_text="selection frequency / probe R²", secondary_y=True, showgrid=False)
-    return _layout(fig, title, y_title=None)
+    plotting.note_missing(fig, missing)
+    return plotting.layout(fig, "Source variants (Fig. 3)", x_title=None, y_title=None)

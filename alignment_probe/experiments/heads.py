@@ -42,8 +42,7 @@ KV_HEADS = "kv_head_patch"
 
 
 def _n_heads(plan: Plan, hook: str) -> int:
-    cfg = plan.twins.base.cfg
-    return int(cfg.n_heads if hook == "z" else (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads))
+    return plan.twins.backends()["base"].heads_at(hook)
 
 
 def head_specs(plan: Plan) -> list[PatchSpec]:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from alignment_probe import stats
+from alignment_probe.stats.peaks import _peak_index
 
 TOP = 5  # cells of the explore ranking reported with their confirm-half means
 
@@ -102,7 +103,7 @@ def choose(
         raise ValueError(f"rank must be 'max' or 'abs', got {rank!r}")
     ex_mean = m[ex_rows].mean(axis=0)
     score = ex_mean if rank == "max" else np.abs(ex_mean)
-    best = int(stats._peak_index(score[None, :], np.random.default_rng([cfg.seed, 2]))[0])
+    best = int(_peak_index(score[None, :], np.random.default_rng([cfg.seed, 2]))[0])
     order = [best] + [int(j) for j in np.argsort(-score, kind="stable") if j != best]
     ex_ids = [int(pair_ids[i]) for i in ex_rows]
     co_ids = [int(pair_ids[i]) for i in co_rows]

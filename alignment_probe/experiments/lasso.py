@@ -72,11 +72,9 @@ def _batch_norms(
     rows = torch.arange(len(group))
     pos = torch.tensor([_positions(s, position) for s in group], dtype=torch.long)
     acts: dict[str, list[Float[torch.Tensor, "group d_model"]]] = {}
-    for label, model in (("base", pair.base), ("tuned", pair.tuned)):
-        device = model.cfg.device
-        _, cache = model.run_with_cache(
-            batch.tokens.to(device), names_filter=lambda n: n in names, stop_at_layer=model.cfg.n_layers
-        )
+    for label, model in pair.backends().items():
+        device = model.device
+        _, cache = model.run(batch.tokens, capture=names, stop_at_layer=model.n_layers)
         acts[label] = [cache[name][rows.to(device), pos.to(device)].float().cpu() for name in names]
         del cache
     out = [(t - b).double().norm(dim=-1) for b, t in zip(acts["base"], acts["tuned"])]
@@ -368,7 +366,7 @@ register(
         figures=(
             Figure(
                 "lasso_coefficients",
-                "alignment_probe.experiments.figures:lasso_coefficients",
+                "alignment_probe.experiments.fit_figures:lasso_coefficients",
                 "LASSO attribution and probes (paper Fig. 2, Table 1)",
                 "Paper Fig. 2 / Table 1. LASSO (5-fold CV) coefficients of the z-scored per-layer "
                 "activation distances predicting the gain; grey bars are zero.",

@@ -20,12 +20,10 @@ on the explore pairs (``--lowrank-layers`` overrides it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
 from torch import Tensor
 
 from alignment_probe import stats
@@ -34,31 +32,14 @@ from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.experiments import heldout
 from alignment_probe.experiments.registry import Experiment, Figure, Fitted, Name, Option, Plan, Tables, register
 from alignment_probe.experiments.rows import default_rows
+from alignment_probe.experiments.subspace import Stacked, Subspace, fit_for_mode, rows_of
 from alignment_probe.interventions import Project, Replace
 from alignment_probe.pair import Twins
 from alignment_probe.tokens import TokenizedPair, make_batch, pair_sequences
-from alignment_probe.vocab import LOWRANK_MODE_NAMES, LOWRANK_MODES, Hook, LowRankMode, Role, check
+from alignment_probe.vocab import LOWRANK_MODES, Hook, Role, check
 
 MODES = LOWRANK_MODES  # experiment name → low-rank mode (defined once, in alignment_probe.vocab)
-# stacked_activations: [rows, d_model] per model, and the owning pair of every row under "pair_id".
-Stacked = dict[str, Float[Tensor, "rows d_model"] | Int[Tensor, " rows"]]
-Subset = dict[str, Float[Tensor, "kept d_model"] | Int[Tensor, " kept"]]  # rows_of: some of those rows
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
-
-
-@dataclass
-class Subspace:
-    """Principal directions of a stack of activations (columns of ``basis``, strongest first)."""
-
-    basis: Float[Tensor, "d_model d_model"]
-    variance: Float[Tensor, " d_model"]  # squared singular values, descending
-    centre: Float[Tensor, " d_model"] | None
-
-    def top(self, k: int) -> Float[Tensor, "d_model k"]:
-        return self.basis[:, :k]
-
-    def variance_explained(self, k: int) -> float:
-        return float(self.variance[:k].sum() / self.variance.sum().clamp_min(1e-30))
 
 
 @torch.inference_mode()
@@ -91,38 +72,10 @@ def stacked_activations(
             continue
         batch = make_batch(seqs)
         for m in out:
-            model = pair.models()[m]
-            _, cache = model.run_with_cache(
-                batch.tokens.to(model.cfg.device), names_filter=name, stop_at_layer=layer + 1
-            )
+            _, cache = pair.backends()[m].run(batch.tokens, capture=[name], stop_at_layer=layer + 1)
             acts = cache[name].float().cpu()
             out[m] += [acts[i, first : s.length] for i, s in enumerate(seqs)]
     return {m: torch.cat(v) for m, v in out.items()} | {"pair_id": torch.cat(owner)}
-
-
-def rows_of(acts: Stacked, pair_ids: Iterable[int]) -> Subset:
-    """The rows of :func:`stacked_activations` that belong to ``pair_ids``."""
-    keep = torch.isin(acts["pair_id"], torch.tensor(sorted(pair_ids), dtype=torch.long))
-    return {m: v[keep] for m, v in acts.items()}
-
-
-def fit_subspace(stack: Float[Tensor, "rows d_model"], *, centre: bool = True) -> Subspace:
-    """Principal directions via the eigendecomposition of the d×d second-moment matrix (float64)."""
-    x = stack.double()
-    mu = x.mean(0) if centre else None
-    if mu is not None:
-        x = x - mu
-    evals, evecs = torch.linalg.eigh(x.T @ x)
-    order = torch.argsort(evals, descending=True)
-    return Subspace(
-        basis=evecs[:, order].float(), variance=evals[order].clamp_min(0), centre=None if mu is None else mu.float()
-    )
-
-
-def fit_for_mode(mode: LowRankMode, acts: Stacked, *, centre: bool) -> Subspace:
-    check(mode, LOWRANK_MODE_NAMES, "low-rank mode")
-    stack = acts["tuned"] if mode == "reconstruct" else acts["tuned"] - acts["base"]
-    return fit_subspace(stack, centre=centre)
 
 
 def ks_for(d_model: int, ks: Sequence[int]) -> list[int]:
@@ -413,7 +366,7 @@ register(
         figures=(
             Figure(
                 "lowrank",
-                "alignment_probe.experiments.figures:lowrank",
+                "alignment_probe.experiments.fit_figures:lowrank",
                 "Low-rank patching (paper Fig. 4, Table 2)",
                 "Paper Fig. 4 / Table 2. Effect of patching a rank-k version of the activations, as a fraction "
                 "of the full effect, and the variance the k directions explain; dotted: subspace fitted on one "

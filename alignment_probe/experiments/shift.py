@@ -46,7 +46,7 @@ def _clean_hooks(plan: Plan) -> dict[str, set[str]]:
 
 def _log_probs(model: Any, resid: torch.Tensor) -> torch.Tensor:
     """log-softmax of the logits at these final residuals (before ``ln_final``): [positions, d_vocab]."""
-    return model.unembed(model.ln_final(resid[None]))[0].float().log_softmax(-1).cpu()
+    return model.unembed(resid).float().log_softmax(-1).cpu()
 
 
 @torch.inference_mode()
@@ -68,15 +68,15 @@ def sequence_shift(
         logp: dict[str, Any] = {}
         if clean is not None:  # the completion predictors' final residuals, unembedded
             name = final_hook(twins)
-            for role, model in twins.models().items():
+            for role, model in twins.backends().items():
                 logp[role] = [
                     _log_probs(model, clean[role][name][(s.pair_id, s.side)][s.completion_start - 1 : s.length - 1])
                     for s in seqs
                 ]
         else:
             batch = make_batch(seqs)
-            for role, model in twins.models().items():
-                logits = model(batch.tokens.to(model.cfg.device), stop_at_layer=None)
+            for role, model in twins.backends().items():
+                logits, _ = model.run(batch.tokens)
                 full = logits.float().log_softmax(-1).cpu()
                 logp[role] = [full[i, s.completion_start - 1 : s.length - 1] for i, s in enumerate(seqs)]
         values: dict[tuple[int, str], tuple[list[float], list[int]]] = {}

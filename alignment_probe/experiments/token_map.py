@@ -36,7 +36,7 @@ from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.experiments.lowrank import ratio_of_means
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Plan, Tables, register
-from alignment_probe.experiments.verdicts import AGREES, DIFFERS, INCONCLUSIVE, Finding, interval_vs_value, plain
+from alignment_probe.experiments.verdict_rules import AGREES, DIFFERS, INCONCLUSIVE, Finding, interval_vs_value, plain
 from alignment_probe.formatting import fmt_effect, fmt_ratio
 from alignment_probe.interventions import Transplant
 

@@ -39,7 +39,7 @@ from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.errors import ConfigError
 from alignment_probe.experiments import heldout
 from alignment_probe.experiments.registry import Experiment, Figure, Name, Option, Plan, Tables, register
-from alignment_probe.experiments.verdicts import (
+from alignment_probe.experiments.verdict_rules import (
     AGREES,
     DEPTH_TOLERANCE,
     DIFFERS,

@@ -13,9 +13,9 @@ from typing import Any
 
 import pandas as pd
 
+from alignment_probe import plotting as P
 from alignment_probe import stats
 from alignment_probe.experiments.registry import color, label
-from alignment_probe.report import figures as F
 
 CONDITION = ["experiment", "target", "source", "hook", "scope", "sides", "param", "split"]
 CURVE_COLUMNS = [
@@ -95,7 +95,7 @@ def plot(
     for i, (key, group) in enumerate(groups):
         row = dict(zip(CONDITION, key))
         c = (color(row["experiment"]) if own_colours else None) or palette[i % len(palette)]
-        F._add_curve(fig, group.sort_values("layer"), name=condition_label(row, varying), color=c, group=str(key))
-    F._zero_line(fig)
-    F._layer_ticks(fig, frame["layer"].tolist())
-    return F._layout(fig, title)
+        P.add_curve(fig, group.sort_values("layer"), name=condition_label(row, varying), color=c, group=str(key))
+    P.zero_line(fig)
+    P.layer_ticks(fig, frame["layer"].tolist())
+    return P.layout(fig, title)

@@ -1,7 +1,7 @@
 """The paper's figures, as the report draws them: every figure the registered experiments declare
 (:data:`FIGURES`, :func:`build_figures`), and static export. The figures themselves are in
-:mod:`alignment_probe.experiments.figures`, the primitives in :mod:`alignment_probe.plotting`; every name is kept
-importable from here.
+:mod:`alignment_probe.experiments.figures` and :mod:`~alignment_probe.experiments.fit_figures`, the primitives in
+:mod:`alignment_probe.plotting`; every public name is kept importable from here.
 """
 
 from __future__ import annotations
@@ -23,32 +23,11 @@ from alignment_probe.experiments.figures import EFFECT_AXIS as EFFECT_AXIS
 from alignment_probe.experiments.figures import HEIGHT as HEIGHT
 from alignment_probe.experiments.figures import LABELS as LABELS
 from alignment_probe.experiments.figures import LAYER_AXIS as LAYER_AXIS
-from alignment_probe.experiments.figures import LOWRANK_MODES as LOWRANK_MODES
 from alignment_probe.experiments.figures import MAIN as MAIN
-from alignment_probe.experiments.figures import PAPER_LOWRANK as PAPER_LOWRANK
 from alignment_probe.experiments.figures import REVERSE as REVERSE
 from alignment_probe.experiments.figures import VECTOR_EXPERIMENTS as VECTOR_EXPERIMENTS
 from alignment_probe.experiments.figures import MissingExperimentError as MissingExperimentError
-from alignment_probe.experiments.figures import _add_curve as _add_curve
-from alignment_probe.experiments.figures import _add_layer_marker as _add_layer_marker
-from alignment_probe.experiments.figures import _add_peak_set as _add_peak_set
-from alignment_probe.experiments.figures import _band as _band
-from alignment_probe.experiments.figures import _ci_pair as _ci_pair
-from alignment_probe.experiments.figures import _color as _color
-from alignment_probe.experiments.figures import _draw_layer_experiments as _draw_layer_experiments
-from alignment_probe.experiments.figures import _FromRegistry as _FromRegistry
-from alignment_probe.experiments.figures import _label as _label
-from alignment_probe.experiments.figures import _layer_ticks as _layer_ticks
-from alignment_probe.experiments.figures import _layout as _layout
-from alignment_probe.experiments.figures import _mean_trace as _mean_trace
-from alignment_probe.experiments.figures import _names as _names
-from alignment_probe.experiments.figures import _note_missing as _note_missing
-from alignment_probe.experiments.figures import _num as _num
-from alignment_probe.experiments.figures import _require as _require
-from alignment_probe.experiments.figures import _rgba as _rgba
-from alignment_probe.experiments.figures import _rho as _rho
-from alignment_probe.experiments.figures import _value_at as _value_at
-from alignment_probe.experiments.figures import _zero_line as _zero_line
+from alignment_probe.experiments.figures import _FromRegistry
 from alignment_probe.experiments.figures import alpha_dose_response as alpha_dose_response
 from alignment_probe.experiments.figures import alpha_frame as alpha_frame
 from alignment_probe.experiments.figures import controls as controls
@@ -56,13 +35,15 @@ from alignment_probe.experiments.figures import directionality as directionality
 from alignment_probe.experiments.figures import experiment as experiment
 from alignment_probe.experiments.figures import gain_histogram as gain_histogram
 from alignment_probe.experiments.figures import has_per_layer as has_per_layer
-from alignment_probe.experiments.figures import lasso_coefficients as lasso_coefficients
 from alignment_probe.experiments.figures import layer_curve as layer_curve
-from alignment_probe.experiments.figures import lowrank as lowrank
 from alignment_probe.experiments.figures import lowrank_frame as lowrank_frame
 from alignment_probe.experiments.figures import n_layers as n_layers
 from alignment_probe.experiments.figures import per_layer_frame as per_layer_frame
 from alignment_probe.experiments.figures import source_variants as source_variants
+from alignment_probe.experiments.fit_figures import PAPER_LOWRANK as PAPER_LOWRANK
+from alignment_probe.experiments.fit_figures import lasso_coefficients as lasso_coefficients
+from alignment_probe.experiments.fit_figures import lowrank as lowrank
+from alignment_probe.vocab import LOWRANK_MODES as LOWRANK_MODES
 
 # --------------------------------------------------------------------------------------------------
 # all of them, and static export

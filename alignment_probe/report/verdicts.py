@@ -1,8 +1,7 @@
 """The verdict rules (the paper's claims, constants and rules) live in :mod:`alignment_probe.experiments.verdicts`,
-beside the experiments that add rows to them; every name is kept importable from here."""
+beside the experiments that add rows to them; every public name is kept importable from here."""
 
-from alignment_probe.experiments.verdicts import (  # noqa: F401
-    _EPS,
+from alignment_probe.experiments.verdicts import (
     AGREES,
     BY_CONSTRUCTION,
     DEPTH_TOLERANCE,
@@ -20,11 +19,6 @@ from alignment_probe.experiments.verdicts import (  # noqa: F401
     REVERSE_MAX_RATIO,
     VERDICTS,
     Finding,
-    _call,
-    _evaluated_layer,
-    _mid_depth,
-    _part,
-    _peak_set,
     finding_identity,
     finding_lasso,
     finding_lowrank,
@@ -42,7 +36,6 @@ from alignment_probe.experiments.verdicts import (  # noqa: F401
 )
 
 __all__ = [
-    "_EPS",
     "AGREES",
     "BY_CONSTRUCTION",
     "DEPTH_TOLERANCE",
@@ -60,11 +53,6 @@ __all__ = [
     "REVERSE_MAX_RATIO",
     "VERDICTS",
     "Finding",
-    "_call",
-    "_evaluated_layer",
-    "_mid_depth",
-    "_part",
-    "_peak_set",
     "finding_identity",
     "finding_lasso",
     "finding_lowrank",

@@ -23,6 +23,7 @@ CHECKED_MODULES = (
     "alignment_probe.scoring",
     "alignment_probe.engine.spec",
     "alignment_probe.experiments.lowrank",
+    "alignment_probe.experiments.subspace",
     "alignment_probe.experiments.lasso",
 )
 

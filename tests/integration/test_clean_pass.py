@@ -66,11 +66,17 @@ def test_kept_activations_give_what_own_forwards_give(tiny_pair, pairs):
 def test_a_kept_chunk_is_not_run_again(tiny_pair, pairs):
     engine = FastEngine()
     names = {"blocks.1.hook_resid_post"}
-    engine.keep = {"base": names, "tuned": set(names)}
+    engine.keep_activations({"base": names, "tuned": set(names)})
     engine.clean_pass(tiny_pair, pairs)
     ran = engine.work_by_stage["clean"].forwards
     engine.clean_pass(tiny_pair, pairs)  # held: nothing runs
+    kept = engine.clean_activations(tiny_pair, [pairs[:3], pairs[3:]])  # held too: nothing runs
     assert ran > 0 and engine.work_by_stage["clean"].forwards == ran
-    assert set(engine.kept["tuned"]["blocks.1.hook_resid_post"]) == {
+    assert set(kept["tuned"]["blocks.1.hook_resid_post"]) == {
         (t.pair_id, s) for t in pairs for s in ("chosen", "rejected")
     }
+    engine.release_activations()
+    assert engine.kept == {}
+    engine.keep_activations({"base": names})
+    kept = engine.clean_activations(tiny_pair, [pairs[:3], pairs[3:]])  # released: the clean passes run again
+    assert engine.work_by_stage["clean"].forwards > ran and set(kept) == {"base"}

@@ -10,9 +10,10 @@ import torch
 from transformer_lens import patching as tl_patching
 
 from alignment_probe.engine import FastEngine, ReferenceEngine
-from alignment_probe.experiments.lowrank import fit_for_mode, lowrank_specs, stacked_activations
+from alignment_probe.experiments.lowrank import lowrank_specs, stacked_activations
 from alignment_probe.experiments.patching import layer_sweep
 from alignment_probe.experiments.registry import EXPERIMENT_NAMES
+from alignment_probe.experiments.subspace import fit_for_mode
 from alignment_probe.experiments.suite import SuiteConfig, per_layer_specs
 from alignment_probe.tokens import sample_and_tokenize
 

@@ -547,10 +547,12 @@ SLIDING_WINDOW = {"gpt-neo", "mistral", "gemma-2", "gemma-3"}
 
 @pytest.mark.parametrize("fam", FAMILIES, ids=lambda f: f.name)
 def test_family_continuations_equal_the_full_sequence(fam, build):
-    """Prompt sharing (engine/prefix.py, TransformerLens's own key/value cache) on every family: completions
+    """Prompt sharing (engine/prefix.py, the backend's key/value cache: TransformerLens's, or Hugging Face's under the
+    Bridge) on every family: completions
     continued from their prompts' keys and values — from a residual at block 1 and from tokens, rows in another
     order than their prompts, a hook point captured — give the full right-padded sequence's final residual and
     activations at the completion positions, and the prompt's last position gives the full sequence's there."""
+    from alignment_probe.backends import backend_of
     from alignment_probe.engine.prefix import length_mask, pad_stack, run_continuations, run_prompts, supports_prefix
 
     b = build(fam)
@@ -563,10 +565,9 @@ def test_family_continuations_equal_the_full_sequence(fam, build):
     width = max(len(x) for x in ids)
     batch, mask = pad_stack(ids, width), length_mask([len(x) for x in ids], width, "cpu")
     keep = lambda n: n in ("blocks.1.hook_resid_pre", "blocks.2.attn.hook_z")  # noqa: E731
-    with torch.no_grad():
-        full, cache = model.run_with_cache(
-            batch, attention_mask=mask, names_filter=keep, stop_at_layer=model.cfg.n_layers, return_cache_object=False
-        )
+    with torch.no_grad():  # through the seam: the final residual on either backend
+        backend = backend_of(model)
+        full, cache = backend.run(batch, attention_mask=mask, capture=keep, stop_at_layer=backend.n_layers)
 
     def close(a: torch.Tensor, b_: torch.Tensor, what: str) -> None:  # other batch shapes: float rounding only
         torch.testing.assert_close(a, b_, rtol=1e-5, atol=1e-5 * max(1.0, b_.abs().max().item()), msg=what)

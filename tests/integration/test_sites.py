@@ -61,7 +61,9 @@ def test_a_name_is_one_sites_only_and_the_row_key_accepts_a_registered_site():
 
 
 def test_a_new_site_and_intervention_run_alike_on_both_engines(tiny_pair):
-    pairs = ap.load_pairs(BUNDLED_PAIRS, n=3, seed=5, tokenizer=tiny_pair.tokenizer, max_length=48)
+    # 96 tokens: with ../shared beside the checkout the tiny tokenizer is trained on real HH-RLHF text and
+    # splits the bundled pairs into more tokens than without it
+    pairs = ap.load_pairs(BUNDLED_PAIRS, n=3, seed=5, tokenizer=tiny_pair.tokenizer, max_length=96)
     specs = [
         PatchSpec(RowKey("every_other", "base", "tuned", hook, scope, "both", layer), KeepEveryOther())
         for hook in (NEURONS.name, "resid_mid")  # extra axes (full sequences) and a residual (shared prompts)

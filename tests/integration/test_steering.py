@@ -1,4 +1,4 @@
-"""E11 — steering with the localized direction, revised (experiments/steering.py), on the tiny twins; and the
+"""E11 — steering with the localized direction, revised (experiments/steering/), on the tiny twins; and the
 known answers: a bias twin (a constant shift everywhere) and a twin whose shift differs by position class."""
 
 from __future__ import annotations

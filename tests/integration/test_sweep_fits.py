@@ -20,7 +20,7 @@ OPTIONS = {"lowrank_layers": (1,), "lowrank_ks": (1, 4)}
 
 @pytest.fixture(scope="module")
 def pairs(tiny_pair):
-    return ap.load_pairs(BUNDLED_PAIRS, n=4, seed=3, tokenizer=tiny_pair.tokenizer, max_length=64)
+    return ap.load_pairs(BUNDLED_PAIRS, n=4, seed=3, tokenizer=tiny_pair.tokenizer, max_length=96)
 
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:

@@ -31,6 +31,7 @@ from alignment_probe.report import (
 )
 from alignment_probe.report import figures as F
 from alignment_probe.report import html as H
+from alignment_probe.report.html_tables import _findings_table
 
 N_LAYERS = 7
 PEAK = 3  # relative depth 3/6 = 0.5: mid-stack, like the paper's 8/15
@@ -465,7 +466,7 @@ def test_report_shows_three_way_verdicts_with_rule_and_numbers(report, summary):
 
 
 def test_report_labels_a_by_construction_verdict():
-    table = H._findings_table(
+    table = _findings_table(
         [H.Finding("onset", "claim", "paper", "ours", "agrees", "rule", {"onset": 8}, by_construction=True)]
     )
     assert "by construction (not evidence)" in table and 'class="verdict by-construction"' in table

@@ -15,6 +15,7 @@ import pytest
 from alignment_probe import stats
 from alignment_probe.effects import RowKey, make_row, to_frame
 from alignment_probe.experiments import alpha, atp, cross, heads, heldout, lowrank, windows
+from alignment_probe.experiments.atp.conditions import _confirm_specs
 from alignment_probe.experiments.patching import summarize_patching
 from alignment_probe.experiments.registry import Plan, Tables
 from alignment_probe.experiments.suite import SuiteConfig, gain_summary
@@ -190,7 +191,7 @@ def test_atp_confirmation_is_ranked_on_explore_and_measured_on_confirm_only():
         pair_ids=tuple(range(N_PAIRS)),
         upstream={"atp": summary},
     )
-    specs = atp._confirm_specs(plan)
+    specs = _confirm_specs(plan)
     assert {(s.key.hook, s.key.layer) for s in specs} == {("mlp_out", 2), ("attn_out", 1)}
     for spec in specs:
         assert spec.pair_ids == frozenset(CONFIRM) and spec.pair_ids.isdisjoint(EXPLORE)

@@ -69,7 +69,7 @@ def test_scoring_shapes():
 
 
 def test_lowrank_shapes():
-    from alignment_probe.experiments.lowrank import Subspace, fit_subspace
+    from alignment_probe.experiments.subspace import Subspace, fit_subspace
 
     sub = fit_subspace(torch.randn(10, 4, generator=torch.Generator().manual_seed(0)))
     assert sub.top(2).shape == (4, 2)
@@ -80,7 +80,7 @@ def test_lowrank_shapes():
 
 
 def test_lowrank_row_subsets_have_their_own_length():
-    from alignment_probe.experiments.lowrank import rows_of
+    from alignment_probe.experiments.subspace import rows_of
 
     acts = {"base": torch.zeros(5, 3), "tuned": torch.ones(5, 3), "pair_id": torch.tensor([0, 0, 1, 2, 2])}
     kept = rows_of(acts, [0, 2])

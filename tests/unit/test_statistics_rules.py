@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from alignment_probe import stats
+from alignment_probe.stats.peaks import _peak_index
 
 pytestmark = pytest.mark.unit
 
@@ -66,11 +67,11 @@ def test_bootstrap_argmax_breaks_ties_at_random():
     out = stats.peak_onset_with_ci(m, layers, seed=0, n_boot=500)
     assert out["peak_layer_ci"][0] == 3 and out["peak_layer_ci"][1] >= 6
     boots = stats.bootstrap_means(m, seed=0, n_boot=2000)
-    picks = stats._peak_index(boots, np.random.default_rng(0))
+    picks = _peak_index(boots, np.random.default_rng(0))
     counts = np.bincount(picks, minlength=8)
     assert counts[:3].sum() == 0
     assert (counts[3:] > 300).all()  # about 400 each
-    assert (stats._peak_index(boots) == 3).all()  # the deterministic argmax piles onto the first
+    assert (_peak_index(boots) == 3).all()  # the deterministic argmax piles onto the first
 
 
 def test_heldout_choice_breaks_ties_at_random_and_records_roles():

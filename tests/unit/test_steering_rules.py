@@ -11,6 +11,7 @@ import torch
 
 from alignment_probe.errors import ConfigError
 from alignment_probe.experiments import steering
+from alignment_probe.experiments.steering.summary import _cell_index
 from alignment_probe.experiments.suite import SuiteConfig
 from alignment_probe.interventions import AddByClass, SequenceContext, predicting_classes, scope_mask
 from alignment_probe.report.verdicts import AGREES, DIFFERS, INCONCLUSIVE
@@ -249,13 +250,13 @@ def test_the_verdict_row_reads_the_chosen_scale_and_prints_its_numbers():
 
 
 def test_the_cell_closest_to_the_gain_and_ties_at_random():
-    assert steering._cell_index([0.1, 0.9, 3.0], 1.0, seed=0) == 1
-    assert steering._cell_index([0.1, 0.9, 1.05], 1.0, seed=0) == 2  # an overshoot closer to the gain wins
-    assert steering._cell_index([float("nan"), 0.5], 1.0, seed=0) == 1
+    assert _cell_index([0.1, 0.9, 3.0], 1.0, seed=0) == 1
+    assert _cell_index([0.1, 0.9, 1.05], 1.0, seed=0) == 2  # an overshoot closer to the gain wins
+    assert _cell_index([float("nan"), 0.5], 1.0, seed=0) == 1
     # a tie (to float rounding) is broken at random, seeded: never always the first cell
-    picks = {steering._cell_index([1.0, 3.0, 3.0 + 1e-12], 2.0, seed=s) for s in range(20)}
+    picks = {_cell_index([1.0, 3.0, 3.0 + 1e-12], 2.0, seed=s) for s in range(20)}
     assert picks == {0, 1, 2}
-    assert steering._cell_index([1.0, 3.0], 2.0, seed=4) == steering._cell_index([1.0, 3.0], 2.0, seed=4)
+    assert _cell_index([1.0, 3.0], 2.0, seed=4) == _cell_index([1.0, 3.0], 2.0, seed=4)
 
 
 def test_add_fixed_is_a_pure_function_of_the_context():

@@ -140,7 +140,8 @@ def test_interventions_validate_at_construction():
 
 
 def test_lowrank_mode_and_experiment_are_checked():
-    from alignment_probe.experiments.lowrank import fit_for_mode, lowrank_specs
+    from alignment_probe.experiments.lowrank import lowrank_specs
+    from alignment_probe.experiments.subspace import fit_for_mode
 
     acts = {"base": torch.zeros(6, 4), "tuned": torch.randn(6, 4, generator=torch.Generator().manual_seed(0))}
     with pytest.raises(VocabularyError, match="'diff'"):

@@ -32,7 +32,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from alignment_probe import vocab
 from alignment_probe.effects import to_frame
 from alignment_probe.engine.spec import Engine, PatchSpec
 from alignment_probe.experiments.registry import Tables
@@ -117,8 +116,7 @@ def run_suite(
         )
     finally:
         if clean is not None:  # the kept activations are this run's: release them
-            engine.keep = {}
-            engine.kept.clear()
+            engine.release_activations()  # an engine that keeps them (_shared_clean_pass checked)
 
 
 def _shared_clean_pass(
@@ -137,7 +135,7 @@ def _shared_clean_pass(
     and batches, so the same numbers as an uninterrupted run); or None — the engine cannot keep activations
     (the reference engine), or they would not fit its ``keep_budget_gb`` — and each experiment runs the models
     itself."""
-    if not hasattr(engine, "keep"):
+    if not hasattr(engine, "keep_activations"):
         return None
     keep: dict[str, set[str]] = {}
     tokenized = [t for g in groups for t in g]
@@ -148,31 +146,14 @@ def _shared_clean_pass(
             for model, names in exp.clean_hooks(plan).items():
                 keep.setdefault(model, set()).update(names)
     tokens = sum(2 * len(t.prompt_ids) + len(t.chosen_ids) + len(t.rejected_ids) for t in tokenized)
-    size = tokens * sum(len(v) for v in keep.values()) * pair.d_model * pair.base.cfg.dtype.itemsize
+    size = tokens * sum(len(v) for v in keep.values()) * pair.d_model * pair.backends()["base"].dtype.itemsize
     if not keep or size > getattr(engine, "keep_budget_gb", 0.0) * 2**30:
         return None
-    engine.keep = keep
-    done: list[bool] = []
-
-    def held(group: list[TokenizedPair]) -> bool:
-        """Stage 1 ran this group here, so the engine kept its activations (the clean pass would run the models
-        again: it asks for stage 1's own hook points too, which are not kept)."""
-        kept = engine.kept
-        return all(
-            (t.pair_id, side) in kept.get(model, {}).get(name, {})
-            for t in group
-            for side in vocab.SIDES
-            for model, names in keep.items()
-            for name in names
-        )
+    engine.keep_activations(keep)
 
     def clean() -> Any:
-        if not done:
-            for group in groups:
-                if not held(group):
-                    engine.clean_pass(pair, group, stage_one_specs)
-            done.append(True)
-        return engine.kept
+        # groups stage 1 ran here are held already; the others (a resumed run loaded them) run their clean pass now
+        return engine.clean_activations(pair, groups, stage_one_specs)
 
     return clean
 
