@@ -113,8 +113,10 @@ class RunRequest:
         )
 
     def to_json(self) -> str:
-        """The whole request as JSON: :meth:`config`, the run directory, ``force`` and the command line."""
-        return json.dumps({**self.config(), "out": str(self.out), "force": self.force, "argv": self.argv})
+        """The whole request as JSON: :meth:`config`, the run directory, ``force``, the command line and the backend
+        (not in the config: a run resumes on either backend)."""
+        extra = {"out": str(self.out), "force": self.force, "argv": self.argv, "backend": self.backend}
+        return json.dumps({**self.config(), **extra})
 
     @classmethod
     def from_json(cls, text: str) -> "RunRequest":

@@ -90,6 +90,7 @@ def test_a_run_request_survives_json_unchanged():
         chat_template="auto",
         force=True,
         argv=["findings", "harmless"],
+        backend="hooked",
     )
     back = RunRequest.from_json(req.to_json())
     assert back == req and back.config() == req.config()
