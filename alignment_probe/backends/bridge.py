@@ -14,14 +14,15 @@ Prompt sharing continues completions from the prompt's keys and values in Huggin
 attention mask ``[prompt | completion]`` and the positions ``P + j``; it is off for sliding-window attention, as
 on the HookedTransformer line.
 
-The modules: this one (the backend: facts, hooks, forwards, prompt key/values, weights), ``bridge_runner`` (the
-layer runner), ``bridge_kv`` (the key/value caches), ``bridge_loading`` (booting the Bridge, the load-time check).
+The modules: this one (the backend: facts, forwards, prompt key/values, weights), ``bridge_hooks`` (the hook
+points by name), ``bridge_runner`` (the layer runner), ``bridge_kv`` (the key/value caches), ``bridge_loading``
+(booting the Bridge, the load-time check).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -34,9 +35,9 @@ from alignment_probe.backends.base import (
     Hooks,
     ModelFacts,
     PromptKV,
-    capture_filter,
     length_mask,
 )
+from alignment_probe.backends.bridge_hooks import BridgeHooks
 from alignment_probe.backends.bridge_kv import (
     BridgeDecodeState,
     BridgePromptKV,
@@ -49,21 +50,6 @@ from alignment_probe.backends.bridge_runner import LayerRunner, mend_kv_cache, p
 from alignment_probe.errors import ConfigError
 
 
-def _on_its_device(fn: Any) -> Any:
-    """A hook function whose replacement lands on the device of the activation it replaces: with a device map the
-    value written may come from a block (or the other model) on another device."""
-
-    def hook(act: Tensor, hook: Any) -> Any:
-        out = fn(act, hook=hook)
-        return out.to(act.device) if isinstance(out, Tensor) and out.device != act.device else out
-
-    return hook
-
-
-def _ht_name_first(name: str) -> tuple[bool, int]:
-    return name.endswith((".hook_in", ".hook_out")), name.count(".")
-
-
 class BridgeBackend(Backend):
     """The seam on a ``TransformerBridge`` in compatibility mode, unprocessed (logits equal Hugging Face's)."""
 
@@ -74,9 +60,7 @@ class BridgeBackend(Backend):
         self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         self.runner = LayerRunner(model)
         mend_kv_cache(model)
-        self._points: dict[str, Any] | None = None  # hook name → hook point, built on first use
-        self._names_of_point: list[list[str]] = []
-        self._paths: dict[str, str] | None = None  # hook name → its module path in the Bridge
+        self.hook_points = BridgeHooks(model)
 
     # -- facts ----------------------------------------------------------------------------------------
     @property
@@ -127,65 +111,10 @@ class BridgeBackend(Backend):
         )
 
     # -- hooks ----------------------------------------------------------------------------------------
-    def _hook_points(self) -> dict[str, Any]:
-        """Hook name → hook point, every name the Bridge knows (HookedTransformer's and its own).
-
-        Resolved through each point's module path, not the Bridge's registry: after :meth:`swap_part` the path
-        leads into the swapped-in component (the registry would still hold the old one's points)."""
-        if self._points is None:
-            if self._paths is None:
-                where = {id(m): path for path, m in self.model.named_modules()}
-                self._paths = {name: where[id(p)] for name, p in self.model.hook_dict.items() if id(p) in where}
-            self._points = {name: self.model.get_submodule(path) for name, path in self._paths.items()}
-            by_point: dict[int, list[str]] = {}
-            for name, point in self._points.items():
-                by_point.setdefault(id(point), []).append(name)
-            # one name list per point, HookedTransformer's name first: the Bridge's own names for the same point
-            # are its wrappers' ``….hook_in``/``….hook_out`` (``blocks.0.attn.o.hook_in`` is ``attn.hook_z``)
-            self._names_of_point = [sorted(names, key=_ht_name_first) for names in by_point.values()]
-        return self._points
-
-    @contextmanager
-    def hooked(self, hooks: Hooks) -> Iterator[None]:
+    def hooked(self, hooks: Hooks) -> contextlib.AbstractContextManager[None]:
         """Adds ``hooks`` to their points at a new context level (the hook sees the name it was asked by), removes
         exactly those on exit."""
-        if not hooks:
-            yield
-            return
-        model, points = self.model, self._hook_points()
-        model.context_level += 1
-        level = model.context_level
-        added = []
-        try:
-            for target, fn in hooks:
-                names = [target] if isinstance(target, str) else self._matching(target)
-                for name in names:
-                    if name not in points:
-                        raise KeyError(f"{name}: no such hook point on this TransformerBridge")
-                    point = points[name]
-                    point.add_hook(_on_its_device(fn), dir="fwd", level=level, alias_names=[name])
-                    added.append(point)
-            yield
-        finally:
-            for point in added:
-                point.remove_hooks("fwd", level=level)
-            model.context_level -= 1
-
-    def _matching(self, keep: Any) -> list[str]:
-        """Per hook point, the first of its names (HookedTransformer's first) that ``keep`` accepts: a filter that
-        accepts two names of one point still hooks it once."""
-        self._hook_points()
-        return [next(n for n in names if keep(n)) for names in self._names_of_point if any(keep(n) for n in names)]
-
-    def _capturing(self, capture: Capture, store: dict[str, Tensor]) -> list[tuple[str, Any]]:
-        keep = capture_filter(capture)
-        if keep is None:
-            return []
-
-        def save(act: Tensor, hook: Any) -> None:
-            store[hook.name] = act.to(self.device)  # with a device map, the block's device may be another
-
-        return [(name, save) for name in self._matching(keep)]
+        return self.hook_points.hooked(hooks)
 
     # -- forwards -------------------------------------------------------------------------------------
     def _forward(
@@ -208,7 +137,7 @@ class BridgeBackend(Backend):
             attention_mask = attention_mask.to(self.device)
             if position_ids is None:
                 position_ids = positions(attention_mask)[:, -inputs.shape[1] :]
-        with self.hooked([*hooks, *self._capturing(capture, store)]):
+        with self.hooked([*hooks, *self.hook_points.capturing(capture, store, self.device)]):
             out = self.runner.run(
                 inputs, first, last, attention_mask=attention_mask, position_ids=position_ids, cache=cache
             )
@@ -342,7 +271,7 @@ class BridgeBackend(Backend):
         setattr(owner, attr, module)  # a block: the ModuleList the Bridge's ``blocks`` also is
         if not name.startswith("blocks."):
             setattr(self.model, name, module)
-        self._points = None  # the hook points at this part are the swapped-in component's now
+        self.hook_points.forget()  # the hook points at this part are the swapped-in component's now
         return old
 
     def named_weights(self) -> Iterator[tuple[str, Tensor]]:
