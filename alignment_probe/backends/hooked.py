@@ -163,7 +163,7 @@ class HookedBackend(Backend):
             if names_filter is None:
                 out: Tensor = model(inputs, stop_at_layer=stop_at_layer, **kwargs)
                 return out, {}
-            out, cache = model.run_with_cache(  # type: ignore[assignment]  # the residual or the logits, a Tensor
+            out, cache = model.run_with_cache(  # type: ignore[assignment,unused-ignore]  # the residual or the logits, a Tensor
                 inputs, names_filter=names_filter, stop_at_layer=stop_at_layer, return_cache_object=False, **kwargs
             )
         return out, dict(cache)
@@ -264,7 +264,7 @@ class HookedBackend(Backend):
         old = self.part(name)
         assert old is not None, f"{name}: no such part to swap"
         if name.startswith("blocks."):
-            self.model.blocks[int(name.split(".")[1])] = module  # type: ignore[assignment]  # the other model's block
+            self.model.blocks[int(name.split(".")[1])] = module  # type: ignore[assignment,unused-ignore]  # the other model's block
         else:
             setattr(self.model, name, module)
         return old
@@ -301,7 +301,7 @@ class _SoftCappedUnembed(torch.nn.Module):
 def _move_soft_cap_into_unembed(model: HookedTransformer) -> None:
     cap = getattr(model.cfg, "output_logits_soft_cap", -1.0)
     if cap is not None and cap > 0:
-        model.unembed = _SoftCappedUnembed(model.unembed, float(cap))  # type: ignore[assignment]  # its forward, W_U and b_U
+        model.unembed = _SoftCappedUnembed(model.unembed, float(cap))  # type: ignore[assignment,unused-ignore]  # its forward, W_U and b_U
         model.cfg.output_logits_soft_cap = -1.0
 
 
