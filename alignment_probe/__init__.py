@@ -16,7 +16,7 @@ The data path, one module per step::
     effects.py       the table    one tidy effects table that statistics, figures and reports read
     stats/           CIs          bootstrap CIs, peak and onset layers, held-out splits
     report/          figures      plotly figures and the self-contained HTML report
-    run.py, cli.py   the edges    one run into its directory (resumable) and the command line
+    run.py, cli/     the edges    one run into its directory (resumable) and the command line
     rundir.py        the folder   a run directory written, resumed and read back (runfiles.py reads its files)
     launch.py        processes    the one launcher: a run as N processes (world.py, distributed.py: their parts)
     organisms/       the default  the bundled model organisms and how they are built

@@ -249,7 +249,7 @@ def cli_page() -> str:
     out = [
         "# Command line: `alignment-probe`",
         "",
-        "Generated from the command's own parser (`alignment_probe/cli.py`, `build_parser`), so it lists every",
+        "Generated from the command's own parser (`alignment_probe/cli/parser.py`, `build_parser`), so it lists every",
         "option with its default as the installed version has them. `python -m alignment_probe` is the same",
         "command. What the exit codes mean: [Errors](../errors/index.md).",
         "",
