@@ -130,3 +130,40 @@ def test_ratios_and_effects_whose_ci_excludes_zero_are_printed_as_intervals():
     assert "| +0.02 [+0.01, +0.10] |" in text and "\\|I\\|" not in text
     assert "| v_ℓ (mean tuning shift) | +0.27 [-0.58, +1.06] | +0.34 [-2.59, +2.67] |" in text
     assert "— (not in this summary: rerun)" in text  # an older summary without peak sets says so
+
+
+def _atp_run(*, with_bands: bool) -> dict:
+    """An AtP entry as collect() shapes it: one hook over two layers and one head map, bands optional."""
+
+    def cell(mean: float, lo: float, hi: float, **where: int) -> dict:
+        band = {"band_low": lo - 0.2, "band_high": hi + 0.2} if with_bands else {}
+        return {**where, "mean": mean, "ci_low": lo, "ci_high": hi, "n": 80, **band}
+
+    atp = {
+        "by_hook": {"attn_out": {"per_layer": [cell(0.30, 0.09, 0.51, layer=16), cell(0.01, -0.02, 0.04, layer=0)]}},
+        "by_head": {"v": [cell(0.18, 0.05, 0.32, layer=16, head=2)]},
+    }
+    if with_bands:
+        atp["map"] = {"m": 2, "critical": 3.32}
+        atp["head_map"] = {"v": {"m": 1, "critical": 3.45}}
+    return {
+        "atp": {
+            "n_pairs": 80,
+            "gain_mean": 0.78,
+            "gain_ci": [0.24, 1.33],
+            "base_delta_logp_mean": 12.9,
+            "tuned_delta_logp_mean": 13.7,
+            "atp": atp,
+        }
+    }
+
+
+def test_atp_maps_print_their_simultaneous_bands_and_m_or_say_they_are_per_cell():
+    banded = render_tables(_atp_run(with_bands=True))
+    _tables_are_rectangular(banded)
+    # statistics.md: a "largest" claim over a map of m cells needs simultaneous bands; the table prints them and m
+    assert "16: +0.30 [+0.09, +0.51], band [-0.11, +0.71]" in banded
+    assert "max-|t| bootstrap bands over m = 2 layer × hook cells (critical |t| 3.32)" in banded
+    assert "L16h2 +0.18 [+0.05, +0.32], band [-0.15, +0.52]" in banded and "v: m = 1" in banded
+    plain = render_tables(_atp_run(with_bands=False))
+    assert "band [" not in plain and "Per-cell CIs over a map of m = 2 layer × hook cells, not simultaneous" in plain

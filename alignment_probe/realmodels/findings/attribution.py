@@ -18,6 +18,25 @@ from alignment_probe.realmodels.findings.cells import (
 from alignment_probe.report.format import ci_cell
 
 
+def _band_cell(entry: dict[str, Any]) -> str:
+    """An estimate with its per-cell CI and, where the run has it, its simultaneous (max-|t|) band."""
+    if entry.get("band_low") is None or entry.get("band_high") is None:
+        return entry_ci(entry)
+    return f"{entry_ci(entry)}, band [{as_float(entry['band_low']):+.2f}, {as_float(entry['band_high']):+.2f}]"
+
+
+def _map_note(maps: Sequence[dict[str, Any] | None], m: int, what: str, largest: str) -> str:
+    """What the intervals over a map of m cells are: simultaneous bands (statistics.md) or per-cell CIs only."""
+    given = [x for x in maps if x]
+    if given and len(given) == len(maps):
+        crit = ", ".join(f"{as_float(x['critical']):.2f}" for x in given)
+        return (
+            f"Bands: simultaneous 95 % max-|t| bootstrap bands over m = {m} {what} (critical |t| {crit}); a "
+            f"{largest} is distinguished from another only where the bands separate"
+        )
+    return f'Per-cell CIs over a map of m = {m} {what}, not simultaneous: "the {largest}" needs max-|t| bands or held-out confirmation'
+
+
 def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
     """E10 (AtP: the map, its exact confirmation and validation) and E11 (steering at c = 1) as tables."""
     parts: list[str] = []
@@ -31,7 +50,7 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
                     [
                         hook,
                         len(e["per_layer"]),
-                        "; ".join(f"{r['layer']}: {entry_ci(r)}" for r in top),
+                        "; ".join(f"{r['layer']}: {_band_cell(r)}" for r in top),
                         *validation_cells(e.get("validation")),
                     ]
                 )
@@ -39,8 +58,7 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
             parts += [
                 f"### {run}: E10 attribution patching (tuned → base, every position), the three largest "
                 f"estimates per hook, mean [95 % CI]; validation against exact rows of the same conditions. "
-                f'Per-cell CIs over a map of m = {m} layer × hook cells, not simultaneous: "the largest" needs '
-                "max-|t| bands or held-out confirmation",
+                + _map_note([atp.get("map")], m, "layer × hook cells", "largest cell"),
                 md_table(
                     [
                         "hook",
@@ -58,6 +76,7 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
             how = (
                 f"ranked on the explore half ({len(sel.get('explore_pair_ids') or [])} pairs), patched exactly on "
                 f"the confirm half ({len(sel.get('confirm_pair_ids') or [])} pairs)"
+                + (f", out of m = {sel['m']} conditions ranked" if sel.get("m") else "")
                 if sel.get("confirm_pair_ids")
                 else "in-sample: ranked by AtP and patched exactly on the same pairs"
             )
@@ -91,15 +110,22 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
                     [
                         f"{hook} ({est.get(hook, 'atp')})",
                         len(cells),
-                        "; ".join(f"L{c['layer']}h{c['head']} {entry_ci(c)}" for c in top),
+                        "; ".join(f"L{c['layer']}h{c['head']} {_band_cell(c)}" for c in top),
                         *validation_cells((atp.get("head_validation") or {}).get(hook)),
                     ]
                 )
             m = sum(len(cells) for cells in atp["by_head"].values())
             parts += [
                 f"### {run}: E10 per head, the four largest estimates per hook, mean [95 % CI]; validation "
-                f"against one-head exact patches where the run has them. Per-cell CIs over m = {m} head cells, not "
-                'simultaneous: "the largest head" needs max-|t| bands or held-out confirmation',
+                f"against one-head exact patches where the run has them. "
+                + _map_note(
+                    [(atp.get("head_map") or {}).get(hook) for hook in atp["by_head"]],
+                    m,
+                    "head cells; each hook's band is simultaneous over that hook's own heads ("
+                    + ", ".join(f"{h}: m = {len(c)}" for h, c in atp["by_head"].items())
+                    + ")",
+                    "largest head",
+                ),
                 md_table(
                     [
                         "hook (estimator)",

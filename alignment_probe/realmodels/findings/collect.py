@@ -158,6 +158,11 @@ def collect(
                     "exact_by_head",
                     "head_validation",
                     "selection",
+                    # statistics.md: simultaneous (max-|t|) bands over each map, with its size m
+                    "map",
+                    "head_map",
+                    "peak_set",
+                    "peak_set_hook",
                 )
                 if k in ex["atp"]
             }
