@@ -10,8 +10,10 @@ per-token means stand beside them in the report's headline).
    shown but never judged: on any ramp it is mid-depth by construction.
 2. **One non-zero LASSO coefficient.** Uses the bootstrap selection frequency of each layer. Agrees iff exactly one
    layer is non-zero, it is mid-depth, it is selected in ≥ ``LASSO_STABLE`` (95%) of bootstraps and every other layer
-   in ≤ ``LASSO_RARE`` (5%); differs iff a layer outside the band is selected in ≥ 95%, or two or more layers are, or
-   every layer is selected in ≤ 5% and none is non-zero; else inconclusive (also without selection frequencies).
+   in ≤ ``LASSO_RARE`` (5%); differs iff a layer outside the band is selected in ≥ 95%, or two or more layers are;
+   else inconclusive (also without selection frequencies). An empty selection is a null (no layer predicts the
+   per-pair gain well enough to survive the penalty), printed as such and never read as "differs": without a
+   measured power it is no evidence against one layer (statistics.md: nulls are bounds, not facts).
 3. **k = 4 gives ≈ 99% of the effect** (one row per low-rank mode run). At the only layer run (else the one nearest
    our peak) and k = 4, the held-out ratio (subspace fitted on the other half) when the summary gives its CI, else
    the in-sample one: undefined under the ratio rule (denominator CI spans 0) → inconclusive; CI inside
@@ -141,8 +143,8 @@ def finding_lasso(summary: Mapping[str, Any]) -> Finding:
     rule = (
         f"agrees iff exactly one layer is non-zero, it is mid-depth, it is selected in ≥ {LASSO_STABLE:.0%} of "
         f"bootstraps and every other layer in ≤ {LASSO_RARE:.0%}; differs iff a layer outside mid-depth is "
-        f"selected in ≥ {LASSO_STABLE:.0%}, or two or more layers are, or every layer is selected in "
-        f"≤ {LASSO_RARE:.0%} and none is non-zero; else inconclusive"
+        f"selected in ≥ {LASSO_STABLE:.0%}, or two or more layers are; else inconclusive (an empty selection is a "
+        "null without measured power, not evidence against one layer)"
     )
     entry = F.experiment(summary, "lasso")
     coefs = [_num(c) for c in (entry or {}).get("coefficients") or []]
@@ -184,7 +186,7 @@ def finding_lasso(summary: Mapping[str, Any]) -> Finding:
     outside = [i for i in stable if not _mid_depth(relative_depth(i, n))]
     if len(nonzero) == 1 and stable == nonzero and plausible == nonzero and _mid_depth(relative_depth(nonzero[0], n)):
         verdict = AGREES
-    elif outside or len(stable) >= 2 or (not plausible and not nonzero):
+    elif outside or len(stable) >= 2:
         verdict = DIFFERS
     else:
         verdict = INCONCLUSIVE

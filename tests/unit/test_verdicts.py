@@ -140,7 +140,7 @@ def freqs(**at):
         ([8], freqs(l8=0.6, l9=0.4), I),  # the bootstrap cannot tell 8 from 9
         ([2], freqs(l2=0.99), D),  # stably non-zero outside mid-depth
         ([7, 8], freqs(l7=0.96, l8=0.97), D),  # stably two
-        ([], freqs(l4=0.05, l8=0.02), D),  # stably none
+        ([], freqs(l4=0.05, l8=0.02), I),  # stably none: a null, not evidence against one layer
         ([], freqs(l8=0.3), I),
         ([8], None, I),  # no bootstrap: stability unknown
     ],
