@@ -288,12 +288,9 @@ class BridgeBackend(Backend):
                 yield name, tensor
 
     def attention(self, layer: int) -> Any:
-        raise ConfigError(
-            "AtP*'s QK fix recomputes attention patterns through HookedTransformer's attention module, which the "
-            "TransformerBridge backend (TransformerLens 4.x) does not have. Estimate the key rows with plain AtP "
-            "(estimator 'atp'), patch them exactly (kv_head_patch), or run on the HookedTransformer line "
-            "(transformer-lens 3.9, --backend hooked)."
-        )
+        from alignment_probe.backends.bridge_attention import bridge_attention
+
+        return bridge_attention(self.model, layer, self.facts.architecture)
 
 
 def load(
