@@ -278,9 +278,11 @@ class BridgeBackend(Backend):
         """The Bridge's HookedTransformer-named parameters, with grouped key/value weights as HookedTransformer keeps
         them (``attn._W_K``/``_W_V``/``_b_K``/``_b_V``, one per key/value head; the Bridge repeats them per query
         head), so weight diffs count each parameter once on both backends."""
+        from alignment_probe.backends.bridge_weights import hooked_values
+
         n_heads, n_kv = self.facts.n_heads, self.facts.n_kv_heads
         group = n_heads // n_kv
-        for name, tensor in self.model.tl_named_parameters():
+        for name, tensor in hooked_values(self.model.tl_named_parameters(), self.model, self.facts.architecture):
             leaf = name.rsplit(".", 1)[-1]
             if group > 1 and leaf in ("W_K", "W_V", "b_K", "b_V"):
                 yield f"{name.rsplit('.', 1)[0]}._{leaf}", tensor[::group]

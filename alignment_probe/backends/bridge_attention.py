@@ -55,7 +55,12 @@ class BridgeAttention:
         if scaling is None:
             raise _refuse(architecture, "an attention without a 'scaling' attribute")
         self.attn_scale = 1.0 / float(scaling)
-        window = getattr(hf_attention, "sliding_window", None)
+        # the layer's own window where the module keeps one (Gemma-2/3, Qwen2: None on full-attention layers), else
+        # the config's, which Mistral's attention hands to its kernel for every layer
+        if hasattr(hf_attention, "sliding_window"):
+            window = hf_attention.sliding_window
+        else:
+            window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
         self._window = int(window) if window else None
         decoder = getattr(hf_model, getattr(hf_model, "base_model_prefix", "model"), hf_model)
         self._rotary = getattr(decoder, "rotary_emb", None)
