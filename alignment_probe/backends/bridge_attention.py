@@ -57,8 +57,9 @@ class BridgeAttention:
         self.attn_scale = 1.0 / float(scaling)
         # the layer's own window where the module keeps one (Gemma-2/3, Qwen2: None on full-attention layers), else
         # the config's, which Mistral's attention hands to its kernel for every layer
+        window: Any
         if hasattr(hf_attention, "sliding_window"):
-            window = hf_attention.sliding_window
+            window = getattr(hf_attention, "sliding_window", None)
         else:
             window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
         self._window = int(window) if window else None

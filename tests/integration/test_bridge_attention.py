@@ -44,7 +44,7 @@ REFUSED = {"gemma-3": "QK norm", "olmo-2-grouped": "QK norm", "gpt-neo": "withou
 
 
 @pytest.mark.parametrize("fam", BRIDGE_FAMILIES, ids=lambda f: f.name)
-def test_attention_z_reproduces_the_models_hook_z(fam: Family, build: Any) -> None:
+def test_attention_z_reproduces_the_models_hook_z(fam: Family, build: Any) -> None:  # noqa: F811 (fixture)
     backend, *_ = build(fam)
     layer = 1
     names = [f"blocks.{layer}.attn.hook_{h}" for h in "qkvz"]
@@ -73,7 +73,7 @@ def test_attention_z_reproduces_the_models_hook_z(fam: Family, build: Any) -> No
     torch.testing.assert_close(attention_z(attn, q, new_k, v), moved[names[3]], rtol=0, atol=1e-5)
 
 
-def test_gemma2_weights_are_what_the_model_computes_with(build: Any) -> None:
+def test_gemma2_weights_are_what_the_model_computes_with(build: Any) -> None:  # noqa: F811 (fixture)
     backend, hf, *_ = build(_BY_NAME["gemma-2"])
     weights = dict(backend.named_weights())
     layer = hf.model.layers[1]
