@@ -47,7 +47,6 @@ from alignment_probe.backends.bridge_kv import (
 )
 from alignment_probe.backends.bridge_loading import boot, checkpoint_shape, self_check
 from alignment_probe.backends.bridge_runner import LayerRunner, mend_kv_cache, positions
-from alignment_probe.errors import ConfigError
 
 
 class BridgeBackend(Backend):
