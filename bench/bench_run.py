@@ -2,6 +2,7 @@
 
     python bench/bench_run.py --baseline 6ee59a4     # issue 15's targets, this tree beside an older commit
     python bench/bench_run.py --only llama8          # just fast vs --engine reference on the 8-layer d512 pair
+    python bench/bench_run.py --only llama8 --backend bridge   # the same on TransformerBridge (run with 4.x's python)
 
 Each command runs in a fresh subprocess (imports, loading, scoring, patching, tables, report: the
 whole run); wall time, CPU time and that process's peak resident memory (``os.wait4``) are recorded
@@ -60,6 +61,7 @@ HH = (
     / "test.jsonl.gz"
 )
 PARTS = ("startup", "refusal", "bundled", "memory", "llama8")
+BACKEND_ARGS: list[str] = []  # --backend X, appended to every `run` command (set by main)
 
 
 def build_llama8(cache: Path) -> tuple[Path, Path]:
@@ -144,7 +146,11 @@ def timed(
     if code is not None:
         full_env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if BACKEND_ARGS:  # logs of another backend kept beside this one's
+        name = f"{name}-{BACKEND_ARGS[1]}"
     log = RESULTS / f"run-{name}.log"
+    if argv[:1] == ["run"]:
+        argv = [*argv, *BACKEND_ARGS]
     load = os.getloadavg()[0]
     with open(log, "w") as fh:
         t0 = time.perf_counter()
@@ -267,7 +273,14 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "alignment-probe-bench")
     parser.add_argument("--keep", action="store_true", help="keep the run directories")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench-run.json", help="where the numbers go")
+    parser.add_argument(
+        "--backend",
+        default=None,
+        help="passed to every `run` command as --backend (hooked|bridge|auto); the line is this python's",
+    )
     args = parser.parse_args()
+    global BACKEND_ARGS
+    BACKEND_ARGS = ["--backend", args.backend] if args.backend else []
     parts = args.only or [p for p in PARTS if p != "llama8"]
     work = Path(tempfile.mkdtemp(prefix="bench-run-"))
     codes = {"after": None} | ({"before": checkout(args.baseline)} if args.baseline else {})
@@ -276,6 +289,8 @@ def main() -> int:
         "machine": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "baseline": args.baseline,
+        "backend": args.backend,
+        "python": sys.executable,
         "head": subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),

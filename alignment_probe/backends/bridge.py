@@ -47,7 +47,6 @@ from alignment_probe.backends.bridge_kv import (
 )
 from alignment_probe.backends.bridge_loading import boot, checkpoint_shape, self_check
 from alignment_probe.backends.bridge_runner import LayerRunner, mend_kv_cache, positions
-from alignment_probe.errors import ConfigError
 
 
 class BridgeBackend(Backend):
@@ -278,9 +277,11 @@ class BridgeBackend(Backend):
         """The Bridge's HookedTransformer-named parameters, with grouped key/value weights as HookedTransformer keeps
         them (``attn._W_K``/``_W_V``/``_b_K``/``_b_V``, one per key/value head; the Bridge repeats them per query
         head), so weight diffs count each parameter once on both backends."""
+        from alignment_probe.backends.bridge_weights import hooked_values
+
         n_heads, n_kv = self.facts.n_heads, self.facts.n_kv_heads
         group = n_heads // n_kv
-        for name, tensor in self.model.tl_named_parameters():
+        for name, tensor in hooked_values(self.model.tl_named_parameters(), self.model, self.facts.architecture):
             leaf = name.rsplit(".", 1)[-1]
             if group > 1 and leaf in ("W_K", "W_V", "b_K", "b_V"):
                 yield f"{name.rsplit('.', 1)[0]}._{leaf}", tensor[::group]
@@ -288,12 +289,9 @@ class BridgeBackend(Backend):
                 yield name, tensor
 
     def attention(self, layer: int) -> Any:
-        raise ConfigError(
-            "AtP*'s QK fix recomputes attention patterns through HookedTransformer's attention module, which the "
-            "TransformerBridge backend (TransformerLens 4.x) does not have. Estimate the key rows with plain AtP "
-            "(estimator 'atp'), patch them exactly (kv_head_patch), or run on the HookedTransformer line "
-            "(transformer-lens 3.9, --backend hooked)."
-        )
+        from alignment_probe.backends.bridge_attention import bridge_attention
+
+        return bridge_attention(self.model, layer, self.facts.architecture)
 
 
 def load(

@@ -30,7 +30,13 @@ SELECTION: dict[str, tuple[str, ...]] = {
     # on every experiment; continuations and generation under intervention through the key/value cache
     "engine": ("tests/integration/test_engine.py", "tests/integration/test_generation.py"),
     # every family from a local folder against Hugging Face's logits; the twins' load and compatibility checks
-    "family": ("tests/integration/test_families.py", "tests/integration/test_pair.py"),
+    # (the bridge backend's own tests skip on 3.9, so this is where they run: families, AtP*'s attention, weights)
+    "family": (
+        "tests/integration/test_families.py",
+        "tests/integration/test_pair.py",
+        "tests/integration/test_bridge_backend.py",
+        "tests/integration/test_bridge_attention.py",
+    ),
     # two routes, one answer: shared prompts = full sequences, the one clean pass = the fits' own forwards,
     # same inputs and seed = the same bytes
     "equivalence": (
