@@ -473,7 +473,7 @@ def test_bad_transfer_data_fails_before_any_model_loads(tiny, tmp_path):
 
 
 def test_findings_tables_quote_the_steering_summary(run_dir):
-    """The real-model findings (docs/findings-smollm2.md) quote the run's own a = 1 numbers."""
+    """The real-model findings (docs/findings-smollm2.md) quote the run's own numbers at the chosen scale a."""
     from alignment_probe.realmodels.findings import collect, render_tables
     from alignment_probe.report.format import ci_cell
 
@@ -482,9 +482,10 @@ def test_findings_tables_quote_the_steering_summary(run_dir):
     found = collect({"steer": summary}, n_layers=4, planted_layer=2)
     assert found["steer"]["steer"]["layer"] == st["layer"]
     tables = render_tables(found)
-    at1 = next(r for r in st["by_c"] if r["c"] == 1.0)
+    at_a = next(r for r in st["by_c"] if r["c"] == st["scale"])
     assert f"E11 steering at layer {st['layer']}" in tables and "E11 transfer" in tables
-    assert f"| v_ℓ (mean tuning shift) | {ci_cell(at1['mean'], [at1['ci_low'], at1['ci_high']])} |" in tables
+    assert f"held-out half, c = {st['scale']:g};" in tables
+    assert f"| v_ℓ (mean tuning shift) | {ci_cell(at_a['mean'], [at_a['ci_low'], at_a['ci_high']])} |" in tables
     assert "nan" not in tables.split("E11 steering at layer", 1)[1]
 
 

@@ -167,3 +167,26 @@ def test_atp_maps_print_their_simultaneous_bands_and_m_or_say_they_are_per_cell(
     assert "L16h2 +0.18 [+0.05, +0.32], band [-0.15, +0.52]" in banded and "v: m = 1" in banded
     plain = render_tables(_atp_run(with_bands=False))
     assert "band [" not in plain and "Per-cell CIs over a map of m = 2 layer × hook cells, not simultaneous" in plain
+
+
+def test_steering_rows_quote_the_chosen_scale_not_c_1():
+    """Revised E11 picks (ℓ, a) on the fit half: the table's effect and an undefined fraction's numerator are the
+    a row of the dose curve, so a = 2 must not print the c = 1 row."""
+    by_c = [
+        {"c": 1.0, "mean": 0.11, "ci_low": -0.21, "ci_high": 0.43, "n": 40},
+        {"c": 2.0, "mean": 0.37, "ci_low": -0.47, "ci_high": 1.14, "n": 40},
+    ]
+    undefined = {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "defined": False}
+    steer = {
+        "layer": 29,
+        "scale": 2.0,
+        "by_c": by_c,
+        "recovered_fraction": undefined,
+        "gain": {"mean": 0.80, "ci_low": -0.08, "ci_high": 1.67, "n": 40},
+    }
+    text = render_tables({"harmless": _run([-0.08, 1.67]) | {"steer": steer}})
+    row = next(line for line in text.splitlines() if line.startswith("| v_ℓ (mean tuning shift)"))
+    effect, fraction = _cells(row)[1:]
+    assert "+0.37 [-0.47, +1.14]" in effect and "0.11" not in effect
+    assert fraction.startswith(UNDEFINED) and "+0.37 [-0.47, +1.14]" in fraction
+    assert "held-out half, c = 2;" in text

@@ -142,24 +142,30 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
         if st:
             gain = st.get("gain") or {}
             gain_ci = [gain.get("ci_low"), gain.get("ci_high")]
+            # revised E11 picks the scale a on the fit half; the first definition had only c = 1
+            c = float(st.get("scale") or 1.0)
             rows = [
                 [
                     "v_ℓ (mean tuning shift)",
-                    cell_at_c(st.get("by_c")),
-                    fraction_cell(st.get("recovered_fraction"), st.get("by_c"), gain),
+                    cell_at_c(st.get("by_c"), c),
+                    fraction_cell(st.get("recovered_fraction"), st.get("by_c"), gain, c),
                 ]
             ]
             for name, b in (st.get("baselines") or {}).items():
                 label = f"{name} (one draw)" if name == "random" and not st.get("null") else name
                 rows.append(
-                    [label, cell_at_c(b.get("by_c")), fraction_cell(b.get("recovered_fraction"), b.get("by_c"), gain)]
+                    [
+                        label,
+                        cell_at_c(b.get("by_c"), c),
+                        fraction_cell(b.get("recovered_fraction"), b.get("by_c"), gain, c),
+                    ]
                 )
             for name, b in (st.get("variants") or {}).items():
                 rows.append(
                     [
                         f"v at the {name.replace('_', ' ')} position",
-                        cell_at_c(b.get("by_c")),
-                        fraction_cell(b.get("recovered_fraction"), b.get("by_c"), gain),
+                        cell_at_c(b.get("by_c"), c),
+                        fraction_cell(b.get("recovered_fraction"), b.get("by_c"), gain, c),
                     ]
                 )
             rev = st.get("reverse") or {}
@@ -167,13 +173,13 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
                 rows.append(
                     [
                         "reverse: −v_ℓ on the tuned model (fraction lost)",
-                        cell_at_c(rev.get("by_c")),
-                        fraction_cell(rev.get("lost_fraction"), rev.get("by_c"), gain),
+                        cell_at_c(rev.get("by_c"), c),
+                        fraction_cell(rev.get("lost_fraction"), rev.get("by_c"), gain, c),
                     ]
                 )
             parts += [
                 f"### {run}: E11 steering at layer {st['layer']} ({st.get('layer_rule', '')}); held-out half, "
-                f"c = 1; gain there {ci_or_bound(gain.get('mean'), gain_ci, 'gain') if gain else ''}",
+                f"c = {c:g}; gain there {ci_or_bound(gain.get('mean'), gain_ci, 'gain') if gain else ''}",
                 md_table(["direction", "Δ(steered) − Δ(base)", "fraction of the gain"], rows),
             ]
             null = st.get("null") or {}
@@ -197,19 +203,19 @@ def render_attribution(found: dict[str, Any], runs: Sequence[str]) -> list[str]:
                 rnd = tr.get("random") or {}
                 parts += [
                     f"### {run}: E11 transfer (v fitted on the run's data, evaluated on the other dataset's "
-                    f"pairs; their gain {ci_or_bound(t_gain.get('mean'), t_ci, 'gain') if t_gain else ''}), c = 1",
+                    f"pairs; their gain {ci_or_bound(t_gain.get('mean'), t_ci, 'gain') if t_gain else ''}), c = {c:g}",
                     md_table(
                         ["direction", "Δ(steered) − Δ(base)", "fraction of the gain"],
                         [
                             [
                                 "v_ℓ",
-                                cell_at_c(tr.get("by_c")),
-                                fraction_cell(tr.get("recovered_fraction"), tr.get("by_c"), t_gain),
+                                cell_at_c(tr.get("by_c"), c),
+                                fraction_cell(tr.get("recovered_fraction"), tr.get("by_c"), t_gain, c),
                             ],
                             [
                                 "random" if st.get("null") else "random (one draw)",
-                                cell_at_c(rnd.get("by_c")),
-                                fraction_cell(rnd.get("recovered_fraction"), rnd.get("by_c"), t_gain),
+                                cell_at_c(rnd.get("by_c"), c),
+                                fraction_cell(rnd.get("recovered_fraction"), rnd.get("by_c"), t_gain, c),
                             ],
                         ],
                     ),

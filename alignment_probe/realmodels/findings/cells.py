@@ -138,10 +138,10 @@ def cell_at_c(rows: Sequence[dict[str, Any]] | None, c: float = 1.0) -> str:
     return entry_ci(next((r for r in rows or [] if abs(float(r["c"]) - c) < 1e-9), None))
 
 
-def fraction_cell(entry: dict[str, Any] | None, by_c: Any, gain: dict[str, Any]) -> str:
-    """A recovered (or lost) fraction of ``gain`` under the ratio rule: undefined, with the steering effect at c = 1
-    and the gain in nats, when the gain's CI spans 0 (or the summary has no finite fraction)."""
-    num = next((r for r in by_c or [] if abs(float(r["c"]) - 1.0) < 1e-9), None)
+def fraction_cell(entry: dict[str, Any] | None, by_c: Any, gain: dict[str, Any], c: float = 1.0) -> str:
+    """A recovered (or lost) fraction of ``gain`` under the ratio rule: undefined, with the steering effect at scale
+    ``c`` and the gain in nats, when the gain's CI spans 0 (or the summary has no finite fraction)."""
+    num = next((r for r in by_c or [] if abs(float(r["c"]) - c) < 1e-9), None)
     if (
         spans_zero([gain.get("ci_low"), gain.get("ci_high")])
         or not entry

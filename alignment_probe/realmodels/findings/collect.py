@@ -170,12 +170,13 @@ def collect(
             entry.setdefault("atp", {})["confirmed"] = ex["atp_confirm"].get("confirmed")
         if (ex.get("atp_confirm") or {}).get("selection") and not (entry.get("atp") or {}).get("selection"):
             entry.setdefault("atp", {})["selection"] = ex["atp_confirm"]["selection"]
-        if "steer" in ex:  # E11: the dose curves stay in the run's summary; the document quotes c = 1
+        if "steer" in ex:  # E11: the dose curves stay in the run's summary; the document quotes the chosen scale
             st = ex["steer"]
             entry["steer"] = {
                 k: st[k]
                 for k in (
                     "layer",
+                    "scale",
                     "layer_rule",
                     "by_c",
                     "recovered_fraction",
