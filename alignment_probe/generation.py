@@ -33,6 +33,7 @@ import torch
 from alignment_probe.backends import backend_of
 from alignment_probe.engine.hybrid import transplanted
 from alignment_probe.errors import ConfigError
+from alignment_probe.interventions import predicting_classes
 from alignment_probe.tables import write_bytes_atomic
 from alignment_probe.tokens import bos_ids
 from alignment_probe.vocab import HOOKS
@@ -123,7 +124,6 @@ def _steer_hook(vectors: Mapping[str, torch.Tensor], scale: float, prompt_len: i
     F: the first K generated predictors after it, R: the rest); BOS and earlier prompt positions get nothing. The
     classes are E11's own (:func:`alignment_probe.interventions.predicting_classes`): while decoding, every position
     seen so far predicts a token, so the sequence is taken one longer than what has been seen."""
-    from alignment_probe.interventions import predicting_classes
 
     rows = torch.stack([vectors[c] for c in ("LP", "F", "R")])  # class ids 0, 1, 2 (interventions.POSITION_CLASSES)
     seen = [0]

@@ -37,6 +37,7 @@ from alignment_probe.backends.base import (
     PromptKV,
     length_mask,
 )
+from alignment_probe.backends.bridge_attention import bridge_attention
 from alignment_probe.backends.bridge_hooks import BridgeHooks
 from alignment_probe.backends.bridge_kv import (
     BridgeDecodeState,
@@ -47,6 +48,7 @@ from alignment_probe.backends.bridge_kv import (
 )
 from alignment_probe.backends.bridge_loading import boot, checkpoint_shape, self_check
 from alignment_probe.backends.bridge_runner import LayerRunner, mend_kv_cache, positions
+from alignment_probe.backends.bridge_weights import hooked_values
 
 
 class BridgeBackend(Backend):
@@ -277,7 +279,6 @@ class BridgeBackend(Backend):
         """The Bridge's HookedTransformer-named parameters, with grouped key/value weights as HookedTransformer keeps
         them (``attn._W_K``/``_W_V``/``_b_K``/``_b_V``, one per key/value head; the Bridge repeats them per query
         head), so weight diffs count each parameter once on both backends."""
-        from alignment_probe.backends.bridge_weights import hooked_values
 
         n_heads, n_kv = self.facts.n_heads, self.facts.n_kv_heads
         group = n_heads // n_kv
@@ -289,7 +290,6 @@ class BridgeBackend(Backend):
                 yield name, tensor
 
     def attention(self, layer: int) -> Any:
-        from alignment_probe.backends.bridge_attention import bridge_attention
 
         return bridge_attention(self.model, layer, self.facts.architecture)
 

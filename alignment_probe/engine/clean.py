@@ -15,6 +15,8 @@ from torch import Tensor
 from alignment_probe.engine.planning import BatchPlanning, cache_names
 from alignment_probe.engine.prefix import PromptState, run_continuations, run_prompts, supports_prefix
 from alignment_probe.engine.spec import PatchSpec
+from alignment_probe.numerics import check_clean
+from alignment_probe.scoring import completion_token_logprobs, score_table, split_by_row, sum_by_row, token_logprobs
 from alignment_probe.tokens import SIDES, ScoredSequence, TokenizedPair, make_batch, pair_sequences
 
 if TYPE_CHECKING:
@@ -60,7 +62,6 @@ class CleanRuns(BatchPlanning):
         """The clean runs :meth:`run` makes of these pairs for ``specs``, without the patched runs: the same
         chunks and batches, hence the same numbers. Fills ``kept`` and the clean log-probs where they are
         missing (e.g. for parts a resumed run loaded instead of computing); runs nothing where they are not."""
-        from alignment_probe.numerics import check_clean
 
         need = self._need(specs)
         for chunk in self._chunks(pair, tokenized, need):
@@ -211,8 +212,6 @@ class CleanRuns(BatchPlanning):
     def clean_scores(self, pair: Twins, tokenized: Sequence[TokenizedPair]) -> pd.DataFrame:
         """The scores table of ``tokenized`` (the columns of :func:`alignment_probe.scoring.score_pairs`)
         from this engine's clean runs: free after :meth:`run` on the same pairs, else one clean pass."""
-        from alignment_probe.numerics import check_clean
-        from alignment_probe.scoring import score_table
 
         models = pair.backends()
         keys = [(t.pair_id, s) for t in tokenized for s in SIDES]
@@ -232,7 +231,6 @@ def batch_logprobs(
 ) -> tuple[list[float], list[Tensor]]:
     """Per row of a right-padded full-sequence batch: log p(completion | prompt) (summed in float64) and the
     per-token log-probs (CPU, float32)."""
-    from alignment_probe.scoring import completion_token_logprobs, split_by_row, sum_by_row
 
     lp, rows = completion_token_logprobs(model, final, batch)
     return sum_by_row(lp, rows, batch.size).tolist(), split_by_row(lp, rows, batch.size)
@@ -246,7 +244,6 @@ def continuation_logprobs(
 ) -> tuple[list[float], list[Tensor]]:
     """``logp(completion | prompt)`` per row of a continuation batch, and its per-token log-probs: the first
     completion token is predicted by the prompt's last position, the others by the continuation's own positions."""
-    from alignment_probe.scoring import split_by_row, sum_by_row, token_logprobs
 
     xs, targets, rows = [], [], []
     for r, (p, s) in enumerate(zip(prompts, seqs)):

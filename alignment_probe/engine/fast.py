@@ -88,6 +88,7 @@ from alignment_probe.engine.prefix import (
 from alignment_probe.engine.spec import PatchSpec, hook_name
 from alignment_probe.engine.work import WorkCounter  # noqa: F401
 from alignment_probe.interventions import SequenceContext, apply_in_scope, same_on_both_prompts, scope_mask
+from alignment_probe.numerics import check_clean, check_patched
 from alignment_probe.tokens import SIDES, TokenizedPair, make_batch
 
 if TYPE_CHECKING:
@@ -391,8 +392,6 @@ class FastEngine(CleanRuns, ExactEngine):
         """Per (condition, pair): each side's clean and patched (log-prob, per-token log-probs); ``run`` and
         ``run_tokens`` (outputs.py) turn them into the effects table and the long per-token table."""
         from tqdm.auto import tqdm
-
-        from alignment_probe.numerics import check_clean, check_patched
 
         need = self._need(specs)
         # Conditions that start at the same block with the same hook (and the same transplanted window) share batches.

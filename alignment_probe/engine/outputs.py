@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from alignment_probe.effects import TokenBlock, make_row, to_frame, tokens_to_frame
 from alignment_probe.tokens import SIDES, TokenizedPair
 
 if TYPE_CHECKING:
@@ -23,7 +24,6 @@ Run = tuple["PatchSpec", int, tuple[tuple[float, Any], ...], tuple[tuple[float, 
 
 
 def effects_table(runs: Iterable[Run]) -> pd.DataFrame:
-    from alignment_probe.effects import make_row, to_frame
 
     return to_frame(
         [
@@ -35,8 +35,6 @@ def effects_table(runs: Iterable[Run]) -> pd.DataFrame:
 
 def token_table(runs: Iterable[Run], tokenized: Sequence[TokenizedPair]) -> pd.DataFrame:
     import numpy as np
-
-    from alignment_probe.effects import TokenBlock, tokens_to_frame
 
     by_id = {t.pair_id: t for t in tokenized}
     return tokens_to_frame(

@@ -30,6 +30,8 @@ from alignment_probe.experiments.steering.common import (
     TARGET,
 )
 from alignment_probe.experiments.subspace import fit_subspace
+from alignment_probe.exports import export_shift_vectors
+from alignment_probe.generation import parse_conditions
 from alignment_probe.interventions import POSITION_CLASSES, AddByClass, predicting_classes
 from alignment_probe.tokens import TokenizedPair, make_batch, pair_sequences
 
@@ -256,7 +258,6 @@ def fit_steer_shifts(
 ) -> dict[int, dict[str, Tensor]] | None:
     """E11's per-class shifts (LP, F, R) at every ``steer@`` condition's layer (E12, generation.py), fitted on
     ``pairs`` (both runs of each, :func:`class_shifts`); None when no condition steers."""
-    from alignment_probe.generation import parse_conditions
 
     layers = sorted(
         {c.layer for c in parse_conditions(conditions, twins.n_layers) if c.kind == "steer" and c.layer is not None}
@@ -281,8 +282,6 @@ def export_steering_vectors(
     (what a control vector adds everywhere) and ``layer.<ℓ>.last_prompt|first|rest`` the per-class vectors E11
     steers with; a ``.gguf`` control vector beside it when ``gguf`` is installed."""
     import json
-
-    from alignment_probe.exports import export_shift_vectors
 
     fitted = class_shifts(twins, list(pairs), layers=[int(x) for x in layers], hook=hook)
     pooled = {layer: s.pooled.float() for layer, s in fitted.items()}

@@ -14,6 +14,7 @@ from alignment_probe.engine.spec import PatchSpec
 from alignment_probe.experiments import registry
 from alignment_probe.experiments.registry import Experiment, Plan, Tables
 from alignment_probe.experiments.suite.config import SuiteConfig
+from alignment_probe.experiments.verdicts import summary_verdicts
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,6 @@ def summarize_tables(
         if step.reported and (step.experiment.compute is None or step.experiment.key in fits):
             tables = Tables(effects, scores, fits, cfg, n_layers, d_model, selected=step.reported, tokens=tokens)
             summary["experiments"].update(step.experiment.summarize(tables))
-    from alignment_probe.experiments.verdicts import summary_verdicts
 
     # the findings-vs-paper verdicts are part of the summary: a function of it and of the same tables
     summary.update(summary_verdicts(summary, effects, scores))

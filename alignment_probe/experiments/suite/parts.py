@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from alignment_probe.effects import KEY_COLUMNS, TOKEN_KEY_COLUMNS
+from alignment_probe.engine.outputs import effects_table, token_table
 from alignment_probe.engine.spec import Engine, PatchSpec
 from alignment_probe.errors import ConfigError
 from alignment_probe.experiments import registry
@@ -76,7 +77,6 @@ def engine_part(
         return store.table(name, lambda: engine.run(pair, group, specs(), progress=False))
     if not hasattr(engine, "runs"):
         raise ConfigError(f"per-token maps need an exact engine (--engine fast or reference); {engine.name} has none.")
-    from alignment_probe.engine.outputs import effects_table, token_table
 
     wanted = per_token_names()
     done: dict[str, pd.DataFrame] = {}

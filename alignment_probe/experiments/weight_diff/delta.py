@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import torch
 
+from alignment_probe.backends import backend_of
+
 if TYPE_CHECKING:  # the type only (follows the layers: the twins sit below)
     from alignment_probe.pair import Twins
 
@@ -154,7 +156,6 @@ def _finish(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
     """A model's parameters under HookedTransformer's names, on either backend (the seam's ``named_weights``)."""
-    from alignment_probe.backends import backend_of
 
     return backend_of(model).named_weights()
 
