@@ -31,31 +31,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_load_llama1b import CONFIG as LLAMA_1B  # a sibling script: python bench/gpu.py puts bench/ on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "pairs" / "heldout.jsonl"
 # Llama-3.2-1B's config.json (transformers 5 spelling); ``tiny`` keeps its structure at test size.
 SHAPES: dict[str, dict[str, Any]] = {
-    "llama-1b": dict(
-        vocab_size=128256,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=64,
-        max_position_embeddings=131072,
-        rms_norm_eps=1e-5,
-        hidden_act="silu",
-        tie_word_embeddings=True,
-        rope_parameters={
-            "rope_type": "llama3",
-            "rope_theta": 500000.0,
-            "factor": 32.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
-    ),
+    # the same config bench_load_llama1b.py plants under the official names, without its special-token ids
+    "llama-1b": {k: v for k, v in LLAMA_1B.items() if k not in ("bos_token_id", "eos_token_id")},
     "tiny": dict(
         vocab_size=1024,
         hidden_size=64,
